@@ -1,0 +1,52 @@
+"""neocaffe: Caffe's formats, nets, layers and tools on PyTorch, with pycaffe's interface.
+
+``import caffe`` gives what pycaffe gives: ``caffe.Net``, ``caffe.TRAIN``/``caffe.TEST``,
+``caffe.set_mode_cpu()``/``set_mode_gpu()``, ``caffe.Layer`` for Python layers, ``caffe.io`` ...
+"""
+
+from caffe._version import __version__
+from caffe.blob import Blob
+from caffe.common import (
+    TEST,
+    TRAIN,
+    set_device,
+    set_mode_cpu,
+    set_mode_gpu,
+    set_random_seed,
+)
+from caffe.errors import (
+    CaffeError,
+    DeviceError,
+    LayerError,
+    NetError,
+    ParseError,
+    ShapeError,
+    SolverError,
+    UnknownLayerTypeError,
+    WeightsError,
+)
+from caffe.layer import layer_type_list
+from caffe.net import Net
+from caffe.proto import caffe_pb2 as proto_pb2  # noqa: F401
+
+__all__ = [
+    "TEST",
+    "TRAIN",
+    "Blob",
+    "CaffeError",
+    "DeviceError",
+    "LayerError",
+    "Net",
+    "NetError",
+    "ParseError",
+    "ShapeError",
+    "SolverError",
+    "UnknownLayerTypeError",
+    "WeightsError",
+    "__version__",
+    "layer_type_list",
+    "set_device",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_random_seed",
+]

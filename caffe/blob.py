@@ -1,0 +1,293 @@
+"""Blob: an N-d array with data and diff, seen from Python as writable NumPy arrays.
+
+The compute side is a torch tensor. On the CPU the NumPy arrays *are* that tensor's memory. On a
+GPU, Caffe's synced-memory rule holds: the NumPy view is a host copy, brought up to date when it is
+read and copied back to the device the next time the net uses the blob.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from caffe.errors import ShapeError
+
+Shape = tuple[int, ...]
+
+_HOST, _DEVICE, _SYNCED = 0, 1, 2
+
+
+class SyncedTensor:
+    """One array held in host memory and/or on a device, synchronized lazily on access."""
+
+    __slots__ = ("_host", "_dev", "_head", "device")
+
+    def __init__(self, tensor: torch.Tensor, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cpu":
+            self._host = self._dev = tensor
+            self._head = _SYNCED
+        elif tensor.device.type == "cpu":
+            self._host, self._dev, self._head = tensor, None, _HOST
+        else:
+            self._host, self._dev, self._head = None, tensor, _DEVICE
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def host(self) -> torch.Tensor:
+        """The host tensor, up to date; the caller may write it (the head moves to the host)."""
+        if self.on_cpu:
+            return self._host
+        if self._head == _DEVICE:
+            src = self._dev.detach()
+            if self._host is None or self._host.shape != src.shape or self._host.dtype != src.dtype:
+                self._host = torch.empty(src.shape, dtype=src.dtype)
+            self._host.copy_(src)
+        self._head = _HOST
+        return self._host
+
+    def dev(self) -> torch.Tensor:
+        """The device tensor, up to date with any host writes."""
+        if self.on_cpu:
+            return self._dev
+        if self._head == _HOST:
+            if self._dev is None or self._dev.shape != self._host.shape:
+                self._dev = self._host.to(self.device)
+            else:
+                # .data keeps the tensor's identity and autograd version: a host write is
+                # Caffe-style memory mutation, not a graph operation.
+                self._dev.data.copy_(self._host, non_blocking=False)
+            self._head = _SYNCED
+        return self._dev
+
+    def mutable_dev(self) -> torch.Tensor:
+        """The device tensor, for writing in place (the host copy becomes stale)."""
+        t = self.dev()
+        if not self.on_cpu:
+            self._head = _DEVICE
+        return t
+
+    def set_dev(self, tensor: torch.Tensor) -> None:
+        """Replace the device-side value with a freshly computed tensor."""
+        if self.on_cpu:
+            self._host = self._dev = tensor
+        else:
+            self._dev = tensor
+            self._head = _DEVICE
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> SyncedTensor:
+        base = self._host if self.on_cpu or self._head == _HOST else self._dev
+        base = base.detach().to(device=device, dtype=dtype or base.dtype).clone()
+        return SyncedTensor(base, device)
+
+
+def _as_shape(dims: Iterable[int]) -> Shape:
+    shape = tuple(int(d) for d in dims)
+    if any(d < 0 for d in shape):
+        raise ShapeError(f"blob shape {shape} has a negative dimension")
+    return shape
+
+
+class Blob:
+    """Caffe's Blob: ``shape``, ``count``, ``reshape`` and ``data``/``diff`` NumPy views."""
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (),
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
+    ) -> None:
+        self._device = device or torch.device("cpu")
+        self._dtype = dtype
+        self._shape: Shape = _as_shape(shape)
+        self._data = SyncedTensor(self._zeros(self._shape), self._device)
+        self._diff: SyncedTensor | None = None
+
+    # ----------------------------------------------------------------- construction helpers
+    @classmethod
+    def from_tensor(cls, tensor: torch.Tensor, *, device: torch.device | None = None) -> Blob:
+        blob = cls.__new__(cls)
+        blob._device = device or tensor.device
+        blob._dtype = tensor.dtype
+        blob._shape = tuple(tensor.shape)
+        blob._data = SyncedTensor(tensor, blob._device)
+        blob._diff = None
+        return blob
+
+    def _zeros(self, shape: Shape) -> torch.Tensor:
+        where = self._device if self._device.type == "cpu" else torch.device("cpu")
+        return torch.zeros(shape, dtype=self._dtype, device=where)
+
+    # ----------------------------------------------------------------- shape
+    @property
+    def shape(self) -> Shape:
+        return self._shape
+
+    @property
+    def num_axes(self) -> int:
+        return len(self._shape)
+
+    @property
+    def count(self) -> int:
+        return math.prod(self._shape)
+
+    def count_range(self, start: int, end: int | None = None) -> int:
+        """Product of dimensions ``start`` to ``end`` (exclusive), as Caffe's ``count(start, end)``."""
+        return math.prod(self._shape[start:end])
+
+    def canonical_axis_index(self, axis: int) -> int:
+        n = len(self._shape)
+        if not -n <= axis < max(n, 1):
+            raise ShapeError(f"axis {axis} out of range for a {n}-axis blob of shape {self.shape_string()}")
+        return axis + n if axis < 0 else axis
+
+    def _legacy(self, index: int) -> int:
+        if len(self._shape) > 4:
+            raise ShapeError(
+                f"num/channels/height/width are only defined for blobs of at most 4 axes, not {self.shape_string()}"
+            )
+        padded = (1,) * (4 - len(self._shape)) + self._shape
+        return padded[index]
+
+    @property
+    def num(self) -> int:
+        return self._legacy(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy(3)
+
+    def shape_string(self) -> str:
+        return " ".join(str(d) for d in self._shape) + f" ({self.count})"
+
+    def reshape(self, *shape: int | Sequence[int]) -> None:
+        """Change the shape; memory is kept when the count is unchanged (as in Caffe)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size, np.ndarray)):
+            shape = tuple(shape[0])
+        new_shape = _as_shape(shape)  # type: ignore[arg-type]
+        if new_shape == self._shape:
+            return
+        if math.prod(new_shape) == self.count:
+            self._data = self._reshaped(self._data, new_shape)
+            if self._diff is not None:
+                self._diff = self._reshaped(self._diff, new_shape)
+        else:
+            self._data = SyncedTensor(self._zeros(new_shape), self._device)
+            self._diff = None
+        self._shape = new_shape
+
+    def _reshaped(self, st: SyncedTensor, shape: Shape) -> SyncedTensor:
+        if st.on_cpu:
+            return SyncedTensor(st.host().detach().reshape(shape), self._device)
+        host = st.host().reshape(shape)
+        return SyncedTensor(host, self._device)
+
+    # ----------------------------------------------------------------- NumPy views (pycaffe)
+    @property
+    def data(self) -> np.ndarray:
+        """Writable NumPy view of the data (host side)."""
+        return self._data.host().detach().numpy()
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self.data[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        """Writable NumPy view of the diff (host side)."""
+        return self._diff_synced().host().detach().numpy()
+
+    @diff.setter
+    def diff(self, value: np.ndarray) -> None:
+        self.diff[...] = value
+
+    # ----------------------------------------------------------------- torch side
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The data on the compute device (synchronized from host writes)."""
+        return self._data.dev()
+
+    @property
+    def mutable_tensor(self) -> torch.Tensor:
+        """The data on the compute device, to be modified in place (e.g. by a solver update)."""
+        return self._data.mutable_dev()
+
+    @tensor.setter
+    def tensor(self, value: torch.Tensor) -> None:
+        """Store a freshly computed value (may change the shape)."""
+        self._shape = tuple(value.shape)
+        self._data.set_dev(value)
+        if self._diff is not None and tuple(self._diff.dev().shape) != self._shape:
+            self._diff = None
+
+    def _diff_synced(self) -> SyncedTensor:
+        if self._diff is None:
+            self._diff = SyncedTensor(self._zeros(self._shape), self._device)
+        return self._diff
+
+    @property
+    def grad(self) -> torch.Tensor:
+        """The diff on the compute device."""
+        return self._diff_synced().dev()
+
+    @property
+    def mutable_grad(self) -> torch.Tensor:
+        """The diff on the compute device, to be modified in place."""
+        return self._diff_synced().mutable_dev()
+
+    @grad.setter
+    def grad(self, value: torch.Tensor) -> None:
+        if tuple(value.shape) != self._shape:
+            value = value.reshape(self._shape)
+        self._diff_synced().set_dev(value.detach())
+
+    def has_diff(self) -> bool:
+        return self._diff is not None
+
+    def accumulate_grad(self, value: torch.Tensor) -> None:
+        """``diff += value`` in place (parameter diffs accumulate, as in Caffe)."""
+        self.mutable_grad.add_(value.detach().reshape(self._shape))
+
+    def zero_grad(self) -> None:
+        if self._diff is not None:
+            self.mutable_grad.zero_()
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """Move the blob's storage to another device (and optionally dtype)."""
+        self._data = self._data.to(device, dtype)
+        if self._diff is not None:
+            self._diff = self._diff.to(device, dtype)
+        self._device = device
+        if dtype is not None:
+            self._dtype = dtype
+
+    def share_data(self, other: Blob) -> None:
+        """Make this blob use ``other``'s data storage (shapes must have equal counts)."""
+        if other.count != self.count:
+            raise ShapeError(f"cannot share data of {other.shape_string()} with {self.shape_string()}")
+        self._data = other._data if other.shape == self._shape else self._reshaped(other._data, self._shape)
+
+    def __repr__(self) -> str:
+        return f"<caffe.Blob shape={self._shape} dtype={str(self._dtype).replace('torch.', '')}>"

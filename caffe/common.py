@@ -1,0 +1,78 @@
+"""Process-wide state, as Caffe's ``Caffe`` singleton: the compute mode, the GPU id and the RNG seed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from caffe.errors import DeviceError
+
+TRAIN = 0
+TEST = 1
+
+
+@dataclass
+class _State:
+    mode: str = "CPU"
+    device_id: int = 0
+    seed: int | None = None
+
+
+_state = _State()
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def set_mode_cpu() -> None:
+    """Run nets on the CPU (the default)."""
+    _state.mode = "CPU"
+
+
+def set_mode_gpu() -> None:
+    """Run nets on the current GPU (see :func:`set_device`); a clear error when there is no CUDA device."""
+    if not cuda_available():
+        raise DeviceError(
+            "set_mode_gpu: no CUDA device is available on this machine "
+            "(torch.cuda.is_available() is False); use caffe.set_mode_cpu()"
+        )
+    _state.mode = "GPU"
+
+
+def set_device(device_id: int) -> None:
+    """Choose the GPU used in GPU mode."""
+    device_id = int(device_id)
+    if cuda_available() and not 0 <= device_id < torch.cuda.device_count():
+        raise DeviceError(
+            f"set_device: GPU {device_id} does not exist (this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s))"
+        )
+    _state.device_id = device_id
+
+
+def mode() -> str:
+    return _state.mode
+
+
+def device() -> torch.device:
+    """The torch device that new work runs on under the current mode."""
+    if _state.mode == "GPU":
+        return torch.device("cuda", _state.device_id)
+    return torch.device("cpu")
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed every random source used by fillers, dropout, data shuffling and sampling."""
+    seed = int(seed)
+    _state.seed = seed
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+    random.seed(seed)
+
+
+def random_seed() -> int | None:
+    return _state.seed

@@ -1,0 +1,151 @@
+"""Reading and writing Caffe's proto files: text (.prototxt) and binary (.caffemodel, .binaryproto).
+
+Reads go through protobuf's C++/upb backend. Errors name the file and, for text, line:column.
+Nets and solvers are upgraded from old formats on read, as Caffe does. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TypeVar
+
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError, Message
+
+from caffe.errors import ParseError, UnknownLayerTypeError, WeightsError
+from caffe.proto import caffe_pb2 as pb
+
+M = TypeVar("M", bound=Message)
+PathLike = str | os.PathLike
+
+
+def _read_bytes(path: PathLike, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ParseError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise ParseError(f"{path}: is a directory, expected a {what} file") from None
+    except OSError as e:
+        raise ParseError(f"{path}: cannot read {what} file: {e.strerror}") from None
+
+
+def parse_text(text: str, message: M, source: str = "<string>") -> M:
+    """Parse prototxt ``text`` into ``message``; a ParseError names source:line:column."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        line, col = e.GetLine(), e.GetColumn()
+        detail = str(e)
+        detail = re.sub(r"^\d+:\d+ : ", "", detail)
+        where = f"{source}:{line}:{col}" if line else source
+        if isinstance(message, pb.NetParameter):
+            _raise_if_fork_layers(text, source, detail)
+        raise ParseError(f"{where}: {detail}") from None
+    return message
+
+
+def _raise_if_fork_layers(text: str, source: str, detail: str) -> None:
+    """A prototxt from a Caffe fork fails on its extra fields; name its unknown layer types instead."""
+    from caffe.layer import layer_type_list
+
+    lenient = pb.NetParameter()
+    try:
+        text_format.Parse(text, lenient, allow_unknown_field=True)
+    except text_format.ParseError:
+        return
+    known = set(layer_type_list())
+    unknown: dict[str, list[str]] = {}
+    for layer in lenient.layer:
+        if layer.type not in known:
+            unknown.setdefault(layer.type, []).append(layer.name)
+    if unknown:
+        listing = "; ".join(f"{t} (e.g. layer '{names[0]}', {len(names)} in all)" for t, names in unknown.items())
+        raise UnknownLayerTypeError(
+            f"{source}: unknown layer types {', '.join(sorted(unknown))} - this net needs a Caffe fork "
+            f"(BVLC Caffe has no such layers): {listing}; first unknown field: {detail}"
+        )
+
+
+def read_text(path: PathLike, message: M) -> M:
+    data = _read_bytes(path, "prototxt")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError(f"{path}: not a text prototxt (binary content); is it a .caffemodel?") from None
+    return parse_text(text, message, str(path))
+
+
+def read_binary(path: PathLike, message: M, what: str = "binary proto") -> M:
+    data = _read_bytes(path, what)
+    return parse_binary(data, message, str(path), what)
+
+
+def parse_binary(data: bytes, message: M, source: str = "<bytes>", what: str = "binary proto") -> M:
+    try:
+        message.ParseFromString(data)
+    except DecodeError as e:
+        hint = ""
+        if data[:200].lstrip().startswith((b"name", b"layer", b"input", b"#")):
+            hint = " (it looks like a text prototxt)"
+        raise WeightsError(
+            f"{source}: not a valid {what} {type(message).__name__}{hint}: truncated or corrupt data ({e})"
+        ) from None
+    return message
+
+
+def read_net_param(path: PathLike) -> pb.NetParameter:
+    """A NetParameter from a text prototxt, upgraded from V0/V1 and legacy inputs as needed."""
+    from caffe.upgrade import upgrade_net_as_needed
+
+    net = read_text(path, pb.NetParameter())
+    return upgrade_net_as_needed(net, str(path))
+
+
+def read_net_param_binary(path: PathLike) -> pb.NetParameter:
+    """A NetParameter from a binary file (a .caffemodel), upgraded as needed."""
+    from caffe.upgrade import upgrade_net_as_needed
+
+    net = read_binary(path, pb.NetParameter(), "caffemodel")
+    return upgrade_net_as_needed(net, str(path))
+
+
+def read_solver_param(path: PathLike) -> pb.SolverParameter:
+    """A SolverParameter from a text prototxt, with the deprecated solver_type enum upgraded."""
+    from caffe.upgrade import upgrade_solver_as_needed
+
+    solver = read_text(path, pb.SolverParameter())
+    return upgrade_solver_as_needed(solver, str(path))
+
+
+def atomic_write(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def to_text(message: Message) -> str:
+    return text_format.MessageToString(message)
+
+
+def write_text(path: PathLike, message: Message) -> None:
+    atomic_write(path, to_text(message).encode("utf-8"))
+
+
+def write_binary(path: PathLike, message: Message) -> None:
+    atomic_write(path, message.SerializeToString())

@@ -1,0 +1,223 @@
+"""Weights files: BlobProto <-> tensor, ``.caffemodel`` and HDF5 (``/data/<layer>/<i>``) read and write.
+
+Copying follows Caffe's ``CopyTrainedLayersFrom``: source layers are matched to the net's layers by
+name; unmatched source layers are ignored, net layers missing from the file keep their fillers; a
+blob-count or shape mismatch is an error naming the layer, the blob index and both shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from caffe.blob import Shape
+from caffe.errors import WeightsError
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import atomic_write, read_net_param_binary
+
+if TYPE_CHECKING:
+    from caffe.net import Net
+
+log = logging.getLogger("caffe")
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------- BlobProto
+def _has_legacy_dims(proto: pb.BlobProto) -> bool:
+    return any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
+
+
+def proto_shape(proto: pb.BlobProto) -> Shape:
+    """The shape a BlobProto declares (its ``shape``, or the legacy num/channels/height/width)."""
+    if _has_legacy_dims(proto):
+        return (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(proto.shape.dim)
+
+
+def legacy_shape_matches(shape: Shape, proto: pb.BlobProto) -> bool:
+    """Caffe's ``Blob::ShapeEquals``: legacy 4-d protos compare against the shape padded with 1s in front."""
+    if _has_legacy_dims(proto):
+        if len(shape) > 4:
+            return False
+        padded = (1,) * (4 - len(shape)) + tuple(shape)
+        return padded == (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(shape) == tuple(proto.shape.dim)
+
+
+def blob_proto_to_array(proto: pb.BlobProto, *, diff: bool = False) -> np.ndarray:
+    """A NumPy array with the proto's data (or diff), shaped as the proto declares."""
+    shape = proto_shape(proto)
+    if diff:
+        values = proto.double_diff if len(proto.double_diff) else proto.diff
+    else:
+        values = proto.double_data if len(proto.double_data) else proto.data
+    dtype = np.float64 if (len(proto.double_diff) if diff else len(proto.double_data)) else np.float32
+    arr = np.array(values, dtype=dtype)
+    if arr.size != math.prod(shape):
+        raise WeightsError(f"blob declares shape {shape} ({math.prod(shape)} values) but holds {arr.size} values")
+    return arr.reshape(shape)
+
+
+def blob_proto_to_tensor(
+    proto: pb.BlobProto, *, expect: Sequence[int] | None = None, where: str = "blob"
+) -> torch.Tensor:
+    """A float32 tensor from a BlobProto; with ``expect``, checked (legacy-aware) and shaped to it."""
+    if expect is not None and not legacy_shape_matches(tuple(expect), proto):
+        raise WeightsError(f"{where}: shape mismatch, expected {tuple(expect)} but the file has {proto_shape(proto)}")
+    try:
+        arr = blob_proto_to_array(proto)
+    except WeightsError as e:
+        raise WeightsError(f"{where}: {e}") from None
+    shape = tuple(expect) if expect is not None else arr.shape
+    return torch.from_numpy(arr.astype(np.float32, copy=False).reshape(shape))
+
+
+def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None) -> pb.BlobProto:
+    """A BlobProto with ``shape`` and float data (and diff), as Caffe's ``Blob::ToProto`` writes it."""
+    proto = pb.BlobProto()
+    proto.shape.dim.extend(int(d) for d in data.shape)
+    proto.data.extend(np.ascontiguousarray(data, dtype=np.float32).ravel().tolist())
+    if diff is not None:
+        proto.diff.extend(np.ascontiguousarray(diff, dtype=np.float32).ravel().tolist())
+    return proto
+
+
+# ---------------------------------------------------------------------------- reading files
+def is_hdf5(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def load_net_param(path: str | os.PathLike) -> pb.NetParameter:
+    """The NetParameter of a ``.caffemodel`` (V0/V1 upgraded)."""
+    return read_net_param_binary(path)
+
+
+def copy_trained_layers(net: Net, source: pb.NetParameter | str | os.PathLike) -> list[str]:
+    """Copy weights into ``net`` by layer name; returns the names of the layers copied."""
+    if not isinstance(source, pb.NetParameter):
+        if not Path(source).exists():
+            raise WeightsError(f"{source}: weights file not found")
+        if is_hdf5(source):
+            return copy_trained_layers_hdf5(net, source)
+        origin = str(source)
+        source = load_net_param(source)
+    else:
+        origin = "NetParameter"
+    copied = []
+    for src in source.layer:
+        target = net.layer_by_name(src.name)
+        if target is None:
+            log.info("Ignoring source layer %s", src.name)
+            continue
+        blobs = target.blobs
+        if len(src.blobs) != len(blobs):
+            raise WeightsError(
+                f"{origin}: incompatible number of blobs for layer '{src.name}': "
+                f"the file has {len(src.blobs)}, the net expects {len(blobs)}"
+            )
+        for j, (blob, bp) in enumerate(zip(blobs, src.blobs, strict=True)):
+            if not legacy_shape_matches(blob.shape, bp):
+                raise WeightsError(
+                    f"{origin}: cannot copy param {j} weights from layer '{src.name}'; shape mismatch. "
+                    f"Source param shape is {' '.join(map(str, proto_shape(bp)))}; "
+                    f"target param shape is {' '.join(map(str, blob.shape))}"
+                )
+            net.set_param_data(blob, blob_proto_to_tensor(bp, expect=blob.shape, where=f"{origin} layer {src.name}"))
+        if blobs:
+            copied.append(src.name)
+            log.info("Copying source layer %s", src.name)
+    return copied
+
+
+def copy_trained_layers_hdf5(net: Net, path: str | os.PathLike) -> list[str]:
+    import h5py
+
+    copied = []
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot open HDF5 weights: {e}") from None
+    with f:
+        if "data" not in f:
+            raise WeightsError(f"{path}: HDF5 weights file has no /data group")
+        for name, group in f["data"].items():
+            layer = net.layer_by_name(name)
+            if layer is None:
+                log.info("Ignoring source layer %s", name)
+                continue
+            if len(group) > len(layer.blobs):
+                raise WeightsError(
+                    f"{path}: incompatible number of blobs for layer '{name}': "
+                    f"the file has {len(group)}, the net expects {len(layer.blobs)}"
+                )
+            for j, blob in enumerate(layer.blobs):
+                key = str(j)
+                if key not in group:
+                    if net.param_is_shared(layer, j):
+                        continue
+                    raise WeightsError(f"{path}: layer '{name}' is missing blob {j} in /data/{name}")
+                arr = np.asarray(group[key], dtype=np.float32)
+                if tuple(arr.shape) != tuple(blob.shape):
+                    raise WeightsError(
+                        f"{path}: cannot copy param {j} weights from layer '{name}'; shape mismatch. "
+                        f"Source param shape is {' '.join(map(str, arr.shape))}; "
+                        f"target param shape is {' '.join(map(str, blob.shape))}"
+                    )
+                net.set_param_data(blob, torch.from_numpy(arr))
+            if layer.blobs:
+                copied.append(name)
+    return copied
+
+
+# ---------------------------------------------------------------------------- writing files
+def net_to_proto(net: Net, write_diff: bool = False) -> pb.NetParameter:
+    """Caffe's ``Net::ToProto``: every layer's parameter (split layers included) with its blobs."""
+    param = pb.NetParameter()
+    param.name = net.name
+    for layer in net.layers:
+        lp = param.layer.add()
+        lp.CopyFrom(layer.layer_param)
+        del lp.blobs[:]
+        for blob in layer.blobs:
+            lp.blobs.append(array_to_blob_proto(blob.data, blob.diff if write_diff else None))
+    return param
+
+
+def save_caffemodel(net: Net, path: str | os.PathLike, write_diff: bool = False) -> None:
+    atomic_write(path, net_to_proto(net, write_diff).SerializeToString())
+
+
+def save_hdf5(net: Net, path: str | os.PathLike, write_diff: bool = False) -> None:
+    """Caffe's ``Net::ToHDF5``: /data/<layer>/<i> (owners of shared params only), optional /diff."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for layer in net.layers:
+                gd = data.require_group(layer.name)
+                gf = diff.require_group(layer.name) if diff is not None else None
+                for j, blob in enumerate(layer.blobs):
+                    if not net.param_is_shared(layer, j):
+                        gd.create_dataset(str(j), data=np.asarray(blob.data, dtype=np.float32))
+                    if gf is not None:
+                        gf.create_dataset(str(j), data=np.asarray(blob.diff, dtype=np.float32))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
