@@ -1,3 +1,20 @@
-"""Every layer family; importing this package registers all built-in layer types."""
+"""Every layer family; importing this package registers all built-in layer types.
 
-from caffe.layers import input, utility  # noqa: F401
+Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData), ``vision``
+(convolution, pooling, crop), ``core`` (InnerProduct, Embed, Scale, Bias, Parameter),
+``normalization`` (LRN, MVN, BatchNorm), ``neuron`` (element-wise activations, Dropout),
+``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
+``recurrent`` (RNN, LSTM, LSTMUnit) and ``python`` (user layers).
+"""
+
+from caffe.layers import (  # noqa: F401
+    core,
+    input,
+    loss,
+    neuron,
+    normalization,
+    python,
+    recurrent,
+    utility,
+    vision,
+)

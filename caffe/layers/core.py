@@ -1,0 +1,1 @@
+"""core layers (being written)."""

@@ -1,0 +1,1 @@
+"""neuron layers (being written)."""

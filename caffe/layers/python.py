@@ -1,0 +1,1 @@
+"""python layers (being written)."""

@@ -1,0 +1,1 @@
+"""vision layers (being written)."""
