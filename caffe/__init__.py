@@ -26,6 +26,7 @@ from caffe.errors import (
     WeightsError,
 )
 from caffe.layer import layer_type_list
+from caffe.layers.python import Layer
 from caffe.net import Net
 from caffe.proto import caffe_pb2 as proto_pb2  # noqa: F401
 
@@ -35,6 +36,7 @@ __all__ = [
     "Blob",
     "CaffeError",
     "DeviceError",
+    "Layer",
     "LayerError",
     "Net",
     "NetError",

@@ -23,7 +23,7 @@ _HOST, _DEVICE, _SYNCED = 0, 1, 2
 class SyncedTensor:
     """One array held in host memory and/or on a device, synchronized lazily on access."""
 
-    __slots__ = ("_host", "_dev", "_head", "device")
+    __slots__ = ("_dev", "_head", "_host", "device")
 
     def __init__(self, tensor: torch.Tensor, device: torch.device) -> None:
         self.device = device

@@ -48,8 +48,7 @@ def set_device(device_id: int) -> None:
     device_id = int(device_id)
     if cuda_available() and not 0 <= device_id < torch.cuda.device_count():
         raise DeviceError(
-            f"set_device: GPU {device_id} does not exist (this machine has "
-            f"{torch.cuda.device_count()} CUDA device(s))"
+            f"set_device: GPU {device_id} does not exist (this machine has {torch.cuda.device_count()} CUDA device(s))"
         )
     _state.device_id = device_id
 

@@ -153,8 +153,7 @@ class Net:
         if isinstance(phase, (str, os.PathLike)) and not isinstance(level, (str, os.PathLike)):
             # deprecated pycaffe form: Net(file, pretrained_file, phase)
             log.warning(
-                "DEPRECATION WARNING - deprecated use of Python interface; use "
-                "Net('%s', %s, weights='%s')",
+                "DEPRECATION WARNING - deprecated use of Python interface; use Net('%s', %s, weights='%s')",
                 network,
                 level,
                 phase,
@@ -519,7 +518,7 @@ class Net:
 
     def _forward(self, start: int, end: int) -> float:
         """Caffe's ForwardFromTo(start, end), both inclusive; returns the weighted loss."""
-        if not (0 <= start and end < len(self._layers)):
+        if not (start >= 0 and end < len(self._layers)):
             raise NetError(f"forward range {start}..{end} is outside the net's {len(self._layers)} layers")
         self._sync_device()
         grad_mode = torch.is_grad_enabled() and self._any_need_backward
@@ -571,7 +570,7 @@ class Net:
 
     def _backward(self, start: int, end: int) -> None:
         """Caffe's BackwardFromTo(start, end): layers start down to end, inclusive."""
-        if not (0 <= end and start < len(self._layers)):
+        if not (end >= 0 and start < len(self._layers)):
             raise NetError(f"backward range {start}..{end} is outside the net's {len(self._layers)} layers")
         self._sync_device()
         if self._callbacks["before_backward"] or self._callbacks["after_backward"]:
@@ -694,7 +693,9 @@ class Net:
             for name, arr in kwargs.items():
                 arr = np.asarray(arr)
                 if arr.shape[0] != self.blobs[name].shape[0]:
-                    raise ShapeError(f"diff for '{name}' is not batch sized: {arr.shape[0]} vs {self.blobs[name].shape[0]}")
+                    raise ShapeError(
+                        f"diff for '{name}' is not batch sized: {arr.shape[0]} vs {self.blobs[name].shape[0]}"
+                    )
                 self.blobs[name].diff[...] = arr
         self._backward(start_ind, end_ind)
         return {out: self.blobs[out].diff for out in outputs}
@@ -896,8 +897,9 @@ class Net:
 
     # ------------------------------------------------------------------ pycaffe properties
     @property
-    def layers(self) -> list[Layer]:
-        return self._layers
+    def layers(self) -> list[Any]:
+        """The layers; a Python layer appears as the user's own object, as in pycaffe."""
+        return [getattr(layer, "impl", layer) for layer in self._layers]
 
     @property
     def _layer_names_list(self) -> list[str]:
@@ -913,7 +915,7 @@ class Net:
 
     @property
     def layer_dict(self) -> OrderedDict[str, Layer]:
-        return OrderedDict(zip(self._layer_names, self._layers, strict=True))
+        return OrderedDict(zip(self._layer_names, self.layers, strict=True))
 
     @property
     def params(self) -> OrderedDict[str, list[Blob]]:
@@ -952,8 +954,7 @@ class Net:
     @property
     def bottom_names(self) -> OrderedDict[str, list[str]]:
         return OrderedDict(
-            (self._layer_names[i], [self._blob_names[b] for b in self._bottom_ids[i]])
-            for i in range(len(self._layers))
+            (self._layer_names[i], [self._blob_names[b] for b in self._bottom_ids[i]]) for i in range(len(self._layers))
         )
 
     @property
@@ -981,7 +982,7 @@ class Net:
 class _ParamView(Blob):
     """A parameter blob that shares an owner's storage under another shape (PERMISSIVE sharing)."""
 
-    def __init__(self, owner: Blob, shape: Shape) -> None:  # noqa: D107
+    def __init__(self, owner: Blob, shape: Shape) -> None:
         self.owner = owner
         self._view_shape = tuple(shape)
 

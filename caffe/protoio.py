@@ -6,6 +6,7 @@ Nets and solvers are upgraded from old formats on read, as Caffe does. Writes ar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -132,10 +133,8 @@ def atomic_write(path: PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -186,7 +186,7 @@ def net_to_proto(net: Net, write_diff: bool = False) -> pb.NetParameter:
     """Caffe's ``Net::ToProto``: every layer's parameter (split layers included) with its blobs."""
     param = pb.NetParameter()
     param.name = net.name
-    for layer in net.layers:
+    for layer in net._layers:
         lp = param.layer.add()
         lp.CopyFrom(layer.layer_param)
         del lp.blobs[:]
@@ -209,7 +209,7 @@ def save_hdf5(net: Net, path: str | os.PathLike, write_diff: bool = False) -> No
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             diff = f.create_group("diff") if write_diff else None
-            for layer in net.layers:
+            for layer in net._layers:
                 gd = data.require_group(layer.name)
                 gf = diff.require_group(layer.name) if diff is not None else None
                 for j, blob in enumerate(layer.blobs):

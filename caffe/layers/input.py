@@ -62,7 +62,9 @@ class DummyDataLayer(Layer):
             for field in ("num", "channels", "height", "width"):
                 _check_once_or_per_top(self, field, len(getattr(p, field)), num_top)
             for i in range(num_top):
-                dims = [getattr(p, f)[0 if len(getattr(p, f)) == 1 else i] for f in ("num", "channels", "height", "width")]
+                dims = [
+                    getattr(p, f)[0 if len(getattr(p, f)) == 1 else i] for f in ("num", "channels", "height", "width")
+                ]
                 shapes.append(tuple(dims))
         else:
             _check_once_or_per_top(self, "shape", len(p.shape), num_top)
