@@ -61,7 +61,7 @@ def _raise_if_fork_layers(text: str, source: str, detail: str) -> None:
     known = set(layer_type_list())
     unknown: dict[str, list[str]] = {}
     for layer in lenient.layer:
-        if layer.type not in known:
+        if layer.type and layer.type not in known:
             unknown.setdefault(layer.type, []).append(layer.name)
     if unknown:
         listing = "; ".join(f"{t} (e.g. layer '{names[0]}', {len(names)} in all)" for t, names in unknown.items())

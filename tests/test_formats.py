@@ -1,0 +1,126 @@
+"""Caffe's file formats: every asset prototxt/caffemodel reads (old formats upgraded), bad files fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ASSETS, asset
+
+import caffe
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import read_binary, read_net_param, read_net_param_binary, read_solver_param, to_text
+from caffe.weights import blob_proto_to_array
+
+SSD = "models/res10_ssd_face_prototxt_only/deploy.prototxt"
+
+
+def _all(pattern: str) -> list[Path]:
+    found = sorted(ASSETS.rglob(pattern))
+    assert found, f"no {pattern} under {ASSETS}"
+    return found
+
+
+def _is_solver(path: Path) -> bool:
+    return "solver" in path.name
+
+
+@pytest.mark.parametrize("path", _all("*.prototxt"), ids=lambda p: str(p.relative_to(ASSETS)))
+def test_every_prototxt_parses(path: Path):
+    if path.relative_to(ASSETS).as_posix() == SSD:
+        with pytest.raises(caffe.UnknownLayerTypeError):
+            read_net_param(path)
+        return
+    if _is_solver(path):
+        solver = read_solver_param(path)
+        assert solver.type in ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+        return
+    net = read_net_param(path)
+    assert len(net.layer) > 0 and len(net.layers) == 0  # upgraded to the current format
+    assert not net.input and not net.input_dim  # legacy inputs became an Input layer
+    assert all(layer.type for layer in net.layer)
+
+
+@pytest.mark.parametrize("path", _all("*.caffemodel"), ids=lambda p: str(p.relative_to(ASSETS)))
+def test_every_caffemodel_reads(path: Path):
+    net = read_net_param_binary(path)
+    blobs = [b for layer in net.layer for b in layer.blobs]
+    assert blobs and len(net.layers) == 0
+    for b in blobs:
+        arr = blob_proto_to_array(b)
+        assert arr.size > 0 and np.isfinite(arr).all()
+
+
+def test_ssd_fork_prototxt_names_its_unknown_layer_types():
+    with pytest.raises(caffe.UnknownLayerTypeError) as e:
+        read_net_param(asset(SSD))
+    msg = str(e.value)
+    for t in ("Normalize", "PriorBox", "Permute", "DetectionOutput"):
+        assert t in msg
+    assert "deploy.prototxt" in msg and "\n" not in msg
+    with pytest.raises(caffe.UnknownLayerTypeError, match="PriorBox"):
+        caffe.Net(str(asset(SSD)), caffe.TEST)
+
+
+def test_v1_lenet_weights_upgrade_with_legacy_shapes():
+    net = read_net_param_binary(asset("models/lenet_mnist_v1format_2014/lenet_iter_10000.caffemodel"))
+    types = {layer.name: layer.type for layer in net.layer}
+    assert types["conv1"] == "Convolution" and types["ip2"] == "InnerProduct"
+    conv1 = next(layer for layer in net.layer if layer.name == "conv1")
+    assert blob_proto_to_array(conv1.blobs[0]).shape == (20, 1, 5, 5)
+
+
+def test_mean_binaryproto_reads():
+    mean = read_binary(asset("models/imagenet-common/imagenet_mean.binaryproto"), pb.BlobProto())
+    arr = blob_proto_to_array(mean)
+    assert arr.shape == (1, 3, 256, 256)
+
+
+# ---------------------------------------------------------------------------- bad files
+def test_malformed_prototxt_reports_file_line_column(tmp_path: Path):
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('name: "x"\nlayer {\n  name: "a"\n  typo_field: 3\n}\n')
+    with pytest.raises(caffe.ParseError, match=r"bad\.prototxt:4:3: .*typo_field") as e:
+        caffe.Net(str(bad), caffe.TEST)
+    assert "\n" not in str(e.value)
+    unbalanced = tmp_path / "unbalanced.prototxt"
+    unbalanced.write_text('layer {\n  name: "a"\n')
+    with pytest.raises(caffe.ParseError, match=r"unbalanced\.prototxt:2:\d+: Expected \"}\""):
+        read_net_param(unbalanced)
+    wrong_type = tmp_path / "wrongtype.prototxt"
+    wrong_type.write_text('layer { name: "a" type: "Input" input_param { shape { dim: "x" } } }\n')
+    with pytest.raises(caffe.ParseError, match=r"wrongtype\.prototxt:1:\d+"):
+        read_net_param(wrong_type)
+
+
+def test_missing_files_are_clear(tmp_path: Path):
+    with pytest.raises(caffe.CaffeError, match="Could not open file .*nope.prototxt"):
+        caffe.Net(str(tmp_path / "nope.prototxt"), caffe.TEST)
+    with pytest.raises(caffe.ParseError, match="not found"):
+        read_net_param(tmp_path / "nope.prototxt")
+
+
+def test_garbage_and_truncated_caffemodels(tmp_path: Path):
+    garbage = tmp_path / "garbage.caffemodel"
+    garbage.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    with pytest.raises(caffe.WeightsError, match=r"garbage\.caffemodel: not a valid caffemodel"):
+        read_net_param_binary(garbage)
+    real = asset("models/lenet_mnist_newformat/lenet_iter_10000.caffemodel").read_bytes()
+    truncated = tmp_path / "truncated.caffemodel"
+    truncated.write_bytes(real[: len(real) // 2])
+    with pytest.raises(caffe.WeightsError, match=r"truncated\.caffemodel.*truncated or corrupt"):
+        read_net_param_binary(truncated)
+    text = tmp_path / "text.caffemodel"
+    text.write_text('name: "LeNet"\nlayer { name: "x" }\n')
+    with pytest.raises(caffe.WeightsError, match="looks like a text prototxt"):
+        read_net_param_binary(text)
+
+
+def test_text_round_trip_is_lossless():
+    net = read_net_param(asset("models/open_nsfw_resnet50_1by2/deploy.prototxt"))
+    again = pb.NetParameter()
+    from google.protobuf import text_format
+
+    text_format.Parse(to_text(net), again)
+    assert again == net
