@@ -95,7 +95,7 @@ def test_malformed_prototxt_reports_file_line_column(tmp_path: Path):
 
 
 def test_missing_files_are_clear(tmp_path: Path):
-    with pytest.raises(caffe.CaffeError, match="Could not open file .*nope.prototxt"):
+    with pytest.raises(caffe.CaffeError, match=r"Could not open file .*nope\.prototxt"):
         caffe.Net(str(tmp_path / "nope.prototxt"), caffe.TEST)
     with pytest.raises(caffe.ParseError, match="not found"):
         read_net_param(tmp_path / "nope.prototxt")
