@@ -33,7 +33,7 @@ def _no_sparse(p: pb.FillerParameter) -> None:
 
 def _fans(shape: tuple[int, ...]) -> tuple[float, float]:
     count = math.prod(shape)
-    fan_in = count / shape[0]
+    fan_in = count / (shape[0] if shape else 1)
     fan_out = count / shape[1] if len(shape) > 1 else count
     return fan_in, fan_out
 
@@ -65,7 +65,7 @@ def gaussian(p: pb.FillerParameter, shape: tuple[int, ...], dtype: torch.dtype) 
     if p.sparse < -1:
         raise LayerError(f"gaussian filler: sparse must be >= -1, got {p.sparse}")
     if p.sparse >= 0:
-        keep = min(1.0, p.sparse / shape[0])
+        keep = min(1.0, p.sparse / (shape[0] if shape else 1))
         out *= torch.bernoulli(torch.full(shape, keep, dtype=dtype))
     return out
 
@@ -74,7 +74,7 @@ def gaussian(p: pb.FillerParameter, shape: tuple[int, ...], dtype: torch.dtype) 
 def positive_unitball(p: pb.FillerParameter, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     _no_sparse(p)
     out = torch.rand(shape, dtype=dtype)
-    rows = out.reshape(shape[0], -1)
+    rows = out.reshape(shape[0] if shape else 1, -1)
     rows /= rows.sum(dim=1, keepdim=True)
     return out
 

@@ -605,8 +605,6 @@ class Net:
                 if t.requires_grad and id(t) not in consumed:
                     roots.append(t)
                     seeds.append(self._blobs[self._top_ids[i][j]].grad.reshape(t.shape).to(t.dtype))
-        if not roots:
-            return
         wanted: list[torch.Tensor] = []
         targets: list[tuple[str, Blob]] = []
         for i in reversed(layers):
@@ -627,7 +625,10 @@ class Net:
                         targets.append(("param", owner))
         if not wanted:
             return
-        grads = torch.autograd.grad(roots, wanted, seeds, retain_graph=True, allow_unused=True)
+        if roots:
+            grads = torch.autograd.grad(roots, wanted, seeds, retain_graph=True, allow_unused=True)
+        else:  # nothing above depends on these inputs: Caffe's backward writes zero diffs
+            grads = (None,) * len(wanted)
         for (kind, blob), g, t in zip(targets, grads, wanted, strict=True):
             if kind == "bottom":
                 blob.grad = g if g is not None else torch.zeros_like(t)
