@@ -277,7 +277,8 @@ class Net:
                     top_ids.append(blob_id)
                     if lp.type == "Input":
                         self._input_ids.append(blob_id)
-                available[name] = None
+                if j < len(lp.top):  # automatic tops are never net outputs
+                    available[name] = None
             self._top_ids.append(top_ids)
 
             layer.bottoms = [self._blobs[b] for b in bottom_ids]
