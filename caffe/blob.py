@@ -152,8 +152,8 @@ class Blob:
             raise ShapeError(
                 f"num/channels/height/width are only defined for blobs of at most 4 axes, not {self.shape_string()}"
             )
-        padded = (1,) * (4 - len(self._shape)) + self._shape
-        return padded[index]
+        # Caffe's LegacyShape(index) for index 0..3: axes past the last one count as 1.
+        return self._shape[index] if index < len(self._shape) else 1
 
     @property
     def num(self) -> int:

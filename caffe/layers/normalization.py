@@ -1,1 +1,179 @@
-"""normalization layers (being written)."""
+"""Normalization layers: LRN, MVN and BatchNorm (Caffe's formulas and Caffe's statistics blobs)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from caffe.blob import Shape
+from caffe.common import TEST
+from caffe.layer import Layer, register
+from caffe.proto import caffe_pb2 as pb
+
+log = logging.getLogger("caffe")
+
+
+def _legacy_4d(layer: Layer, shape: Shape) -> Shape:
+    """Caffe's (num, channels, height, width) of a blob of at most 4 axes (missing trailing axes are 1)."""
+    if len(shape) > 4:
+        raise layer.shape_error(f"needs a bottom of at most 4 axes (num, channels, height, width), got shape {shape}")
+    return (*shape, *(1,) * (4 - len(shape)))
+
+
+# ---------------------------------------------------------------------------- LRN
+@register("LRN")
+class LRNLayer(Layer):
+    """Local response normalization, ``top = x * scale^-beta``.
+
+    ACROSS_CHANNELS: ``scale = k + alpha/size * sum of x^2`` over ``size`` neighbouring channels
+    (centred, zero padded). WITHIN_CHANNEL, as Caffe composes it (square, AVE pooling of a
+    ``size`` x ``size`` window with pad ``(size-1)/2``, power with shift 1): ``scale = 1 +
+    alpha/size^2 * sum of x^2`` over the spatial window; ``k`` is not used and the divisor stays
+    ``size^2`` at the borders.
+    """
+
+    exact_num_bottom, exact_num_top = 1, 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.lrn_param
+        self.require(p.local_size % 2 == 1, f"lrn_param.local_size must be odd, got {p.local_size}")
+        self._size, self._pad = int(p.local_size), (int(p.local_size) - 1) // 2
+        self._alpha, self._beta, self._k = float(p.alpha), float(p.beta), float(p.k)
+        self._across = p.norm_region == pb.LRNParameter.ACROSS_CHANNELS
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        if len(bottom[0]) != 4:
+            raise self.shape_error(f"input must have 4 axes (num, channels, height, width), got shape {bottom[0]}")
+        return [bottom[0]]
+
+    def _window_mean_of_squares(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of x^2 over the zero-padded window (divisor always the full window size)."""
+        sq = x * x
+        if self._across:
+            padded = F.pad(sq, (0, 0, 0, 0, self._pad, self._pad)).unsqueeze(1)  # zero channels on both sides
+            return F.avg_pool3d(padded, (self._size, 1, 1), stride=1).squeeze(1)
+        return F.avg_pool2d(sq, self._size, stride=1, padding=self._pad, count_include_pad=True)
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        shift = self._k if self._across else 1.0
+        scale = self._window_mean_of_squares(x) * self._alpha + shift
+        return [x * scale.pow(-self._beta)]
+
+
+# ---------------------------------------------------------------------------- MVN
+@register("MVN")
+class MVNLayer(Layer):
+    """Mean-variance normalization over H*W per (n, c), or over C*H*W per n with ``across_channels``.
+
+    ``top = (x - mean) / (sqrt(var) + eps)``: eps is added after the square root, as in Caffe. The
+    top has Caffe's legacy 4-axis shape (num, channels, height, width).
+    """
+
+    exact_num_bottom, exact_num_top = 1, 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.mvn_param
+        self._normalize_variance, self._across, self._eps = p.normalize_variance, p.across_channels, float(p.eps)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        self._top_shape = _legacy_4d(self, bottom[0])
+        self._rows = self._top_shape[0] if self._across else self._top_shape[0] * self._top_shape[1]
+        return [self._top_shape]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        rows = bottom[0].reshape(self._rows, -1)
+        centred = rows - rows.mean(dim=1, keepdim=True)
+        if self._normalize_variance:
+            var = (centred * centred).mean(dim=1, keepdim=True)
+            denom = var.sqrt() + self._eps
+            if denom.requires_grad:
+                # Caffe's backward differentiates the denominator as if it were sqrt(var + c): its
+                # variance term has (std + eps)^3 where the exact one has std * (std + eps)^2. Same
+                # value; the gradient through var is 1 / (2 * denom).
+                held = denom.detach()
+                denom = held + (var - var.detach()) / (2 * held)
+            centred = centred / denom
+        return [centred.reshape(self._top_shape)]
+
+
+# ---------------------------------------------------------------------------- BatchNorm
+@register("BatchNorm")
+class BatchNormLayer(Layer):
+    """Caffe's BatchNorm: no affine part; blobs hold mean*s, var*s and s (the moving-average weight).
+
+    With ``use_global_stats`` (default: TEST phase) the stored statistics, divided by s, are used as
+    constants. Otherwise the batch statistics (biased variance) normalize the input and the blobs
+    are updated in place: ``s = maf*s + 1``, ``mean_blob = maf*mean_blob + mean``, ``var_blob =
+    maf*var_blob + m/(m-1) * var`` with m = count / channels.
+    """
+
+    exact_num_bottom, exact_num_top = 1, 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.batch_norm_param
+        self._maf = float(p.moving_average_fraction)
+        self._eps = float(p.eps)
+        self._use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else self.phase == TEST
+        self._check_shape(bottom[0])
+        self._channels = bottom[0][1]
+        for _ in range(2):
+            self.add_param((self._channels,), None)
+        self.add_param((1,), None)
+        self._freeze_statistics()
+
+    def _freeze_statistics(self) -> None:
+        """Caffe masks the statistics from the solver with lr_mult 0 (written into the net's layer_param)."""
+        specs = self.layer_param.param
+        for i in range(len(self.blobs)):
+            if i == len(specs):
+                specs.add().lr_mult = 0.0
+            elif specs[i].lr_mult != 0:
+                log.warning(
+                    "layer '%s' (BatchNorm): param %d has lr_mult %g, but batch normalization statistics cannot "
+                    "be learned; using lr_mult 0",
+                    self.name,
+                    i,
+                    specs[i].lr_mult,
+                )
+                specs[i].lr_mult = 0.0
+
+    def _check_shape(self, shape: Shape) -> None:
+        if len(shape) < 2:
+            raise self.shape_error(f"needs a bottom with at least 2 axes (num, channels, ...), got shape {shape}")
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        self._check_shape(bottom[0])
+        if bottom[0][1] != self._channels:
+            raise self.shape_error(
+                f"bottom shape {bottom[0]} has {bottom[0][1]} channels, the layer was set up for {self._channels}"
+            )
+        return [bottom[0]]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        if self._use_global_stats:
+            s = self.param_tensor(2).detach()
+            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            mean = self.param_tensor(0).detach() * factor
+            var = self.param_tensor(1).detach() * factor
+            return [F.batch_norm(x, mean, var, training=False, eps=self._eps)]
+        dims = [0, *range(2, x.dim())]
+        m = x.numel() // self._channels
+        if m > 1:
+            top = F.batch_norm(x, None, None, training=True, eps=self._eps)
+        else:  # one value per channel: torch refuses batch statistics; Caffe gives (x - x) / sqrt(eps)
+            centred = x - x.mean(dim=dims, keepdim=True)
+            top = centred / (centred.pow(2).mean(dim=dims, keepdim=True) + self._eps).sqrt()
+        self._update_statistics(x.detach(), dims, m)
+        return [top]
+
+    def _update_statistics(self, x: torch.Tensor, dims: list[int], m: int) -> None:
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=dims, correction=0)
+            correction = m / (m - 1) if m > 1 else 1.0
+            self.blobs[2].mutable_tensor.mul_(self._maf).add_(1.0)
+            self.blobs[0].mutable_tensor.mul_(self._maf).add_(mean)
+            self.blobs[1].mutable_tensor.mul_(self._maf).add_(var, alpha=correction)
