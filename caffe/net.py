@@ -721,20 +721,36 @@ class Net:
                 padded[name] = np.concatenate([arr[-rem:], pad])
             yield padded
 
+    class _Gathered:
+        """Arrays gathered over batches: per-item outputs item by item, scalars (losses) once per batch."""
+
+        def __init__(self, names: Iterable[str]) -> None:
+            self.items: dict[str, list[np.ndarray]] = {name: [] for name in names}
+            self.scalars: set[str] = set()
+
+        def add(self, arrays: dict[str, np.ndarray]) -> None:
+            for name, arr in arrays.items():
+                if arr.ndim:
+                    self.items[name].extend(arr.copy())
+                else:
+                    self.scalars.add(name)
+                    self.items[name].append(arr.copy())
+
+        def stacked(self, num: int | None) -> dict[str, np.ndarray]:
+            """Stack everything; per-item outputs are cut to ``num`` (dropping the last batch's padding)."""
+            return {
+                name: np.asarray(v) if name in self.scalars or num is None else np.asarray(v)[:num]
+                for name, v in self.items.items()
+            }
+
     def forward_all(self, blobs: Iterable[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
         """Run forward over inputs of any length in batches of the net's batch size."""
         blobs = list(blobs or [])
         kwargs = {k: np.asarray(v) for k, v in kwargs.items()}
-        all_outs: dict[str, list[np.ndarray]] = {out: [] for out in set(self.outputs + blobs)}
+        outs = self._Gathered(set(self.outputs + blobs))
         for batch in self._batch(kwargs):
-            outs = self.forward(blobs=blobs, **batch)
-            for name, arr in outs.items():
-                all_outs[name].extend(arr.copy())
-        result = {name: np.asarray(v) for name, v in all_outs.items()}
-        pad = len(next(iter(result.values()))) - len(next(iter(kwargs.values())))
-        if pad:
-            result = {name: v[:-pad] for name, v in result.items()}
-        return result
+            outs.add(self.forward(blobs=blobs, **batch))
+        return outs.stacked(len(next(iter(kwargs.values()))))
 
     def forward_backward_all(
         self, blobs: Iterable[str] | None = None, diffs: Iterable[str] | None = None, **kwargs: np.ndarray
@@ -744,27 +760,17 @@ class Net:
 
         blobs, diffs = list(blobs or []), list(diffs or [])
         kwargs = {k: np.asarray(v) for k, v in kwargs.items()}
-        all_outs: dict[str, list] = {out: [] for out in set(self.outputs + blobs)}
-        all_diffs: dict[str, list] = {d: [] for d in set(self.inputs + diffs)}
+        outs = self._Gathered(set(self.outputs + blobs))
+        grads = self._Gathered(set(self.inputs + diffs))
         fwd = {k: kwargs[k] for k in self.inputs if k in kwargs}
         bwd = {k: kwargs[k] for k in self.outputs if k in kwargs}
         f_batches = self._batch(fwd) if fwd else iter(())
         b_batches = self._batch(bwd) if bwd else iter(())
         for fb, bb in zip_longest(f_batches, b_batches, fillvalue={}):
-            outs = self.forward(blobs=blobs, **fb)
-            grads = self.backward(diffs=diffs, **bb)
-            for name, arr in outs.items():
-                all_outs[name].extend(arr.copy())
-            for name, arr in grads.items():
-                all_diffs[name].extend(arr.copy())
-        outs_np = {k: np.asarray(v) for k, v in all_outs.items()}
-        diffs_np = {k: np.asarray(v) for k, v in all_diffs.items()}
-        if kwargs:
-            pad = len(next(iter(outs_np.values()))) - len(next(iter(kwargs.values())))
-            if pad:
-                outs_np = {k: v[:-pad] for k, v in outs_np.items()}
-                diffs_np = {k: v[:-pad] for k, v in diffs_np.items()}
-        return outs_np, diffs_np
+            outs.add(self.forward(blobs=blobs, **fb))
+            grads.add(self.backward(diffs=diffs, **bb))
+        num = len(next(iter(kwargs.values()))) if kwargs else None
+        return outs.stacked(num), grads.stacked(num)
 
     def reshape(self) -> None:
         """Propagate input-blob shape changes through every layer (Caffe's Net::Reshape)."""

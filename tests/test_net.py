@@ -115,14 +115,16 @@ def test_split_carries_loss_weight_to_first_output():
     p = netp(
         """
         layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
-        layer { name: "e" type: "EuclideanLoss" bottom: "x" bottom: "x" top: "l" }
+        layer { name: "e" type: "EuclideanLoss" bottom: "x" bottom: "x" top: "l" loss_weight: 2 }
         layer { name: "r" type: "ReLU" bottom: "l" top: "r" }
         """
     )
     q = insert_splits(p)
     split = next(lp for lp in q.layer if lp.name == "l_e_0_split")
     assert list(split.top) == ["l_e_0_split_0", "l_e_0_split_1"]
-    assert list(split.loss_weight) == [1.0, 0.0] or list(split.loss_weight) == []
+    assert list(split.loss_weight) == [2.0, 0.0]
+    assert not next(lp for lp in q.layer if lp.name == "e").loss_weight  # moved to the split
+    assert next(lp for lp in q.layer if lp.name == "r").bottom[0] == "l_e_0_split_1"
 
 
 def test_unknown_bottom_and_duplicate_top_errors():
@@ -182,7 +184,7 @@ def test_forward_backward_match_plain_torch():
     x, y = fill_mlp(net)
     out = net.forward()
     ref, params = torch_mlp(net, x, y)
-    assert out["loss"] == pytest.approx(float(ref), rel=1e-5)
+    assert out["loss"] == pytest.approx(float(ref.detach()), rel=1e-5)
     net.clear_param_diffs()
     net.backward()
     ref.backward()
@@ -312,7 +314,7 @@ def test_parameter_sharing_strict_and_permissive():
     layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 6 } } }
     layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" }
             inner_product_param { num_output: 6 bias_term: false weight_filler { type: "gaussian" } } }
-    layer { name: "s" type: "Reshape" bottom: "a" top: "s" reshape_param { shape { dim: 2 dim: 3 dim: 2 } } }
+    layer { name: "s" type: "Reshape" bottom: "a" top: "s" reshape_param { shape { dim: 2 dim: 3 dim: 2 dim: 1 } } }
     layer { name: "c" type: "Convolution" bottom: "s" top: "c" param { name: "w" share_mode: PERMISSIVE }
             convolution_param { num_output: 12 kernel_size: 1 bias_term: false } }
     """
@@ -370,7 +372,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "z" bottom: "x" top: "loss" }
 
 def test_python_layers_forward_backward_and_blobs():
     net = build("force_backward: true\n" + PY, caffe.TRAIN)
-    py = net.layers[1]
+    py = net.layer_dict["py"]
     assert py.k == 3.0 and py.setup_phase == caffe.TRAIN and py.type == "Python"
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     net.blobs["x"].data[...] = x
@@ -412,3 +414,13 @@ def test_memory_data_and_set_input_arrays():
         net.set_input_arrays(data[:3], labels[:3])
     with pytest.raises(caffe.LayerError, match="must be float32"):
         net.set_input_arrays(data.astype(np.float64), labels)
+
+
+def test_forward_backward_all_in_batches():
+    net = build("force_backward: true\n" + MLP, caffe.TEST)
+    x = np.random.default_rng(2).standard_normal((6, 5)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2], dtype=np.float32)
+    outs, diffs = net.forward_backward_all(data=x, label=y)
+    assert diffs["data"].shape == (6, 5) and outs["loss"].shape == (2,)  # one loss per batch of 4
+    net.forward(data=x[:4], label=y[:4])
+    np.testing.assert_allclose(net.backward()["data"], diffs["data"][:4], rtol=1e-5)
