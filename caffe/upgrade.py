@@ -325,7 +325,7 @@ def upgrade_net_as_needed(net: pb.NetParameter, source: str = "") -> pb.NetParam
 def _report(ok: bool, origin: str, what: str) -> None:
     """Log the outcome of one upgrade step."""
     if ok:
-        log.warning(
+        log.info(
             "Successfully upgraded %s specified using deprecated %s; "
             "convert it with upgrade_net_proto_text / upgrade_net_proto_binary to silence this",
             origin,
@@ -707,7 +707,7 @@ def upgrade_solver_as_needed(solver: pb.SolverParameter, source: str = "") -> pb
     if solver_needs_type_upgrade(solver):
         log.info("Attempting to upgrade input file specified using deprecated 'solver_type' field (enum): %s", origin)
         upgrade_solver_type(solver, source)
-        log.warning(
+        log.info(
             "Successfully upgraded %s from deprecated 'solver_type' field (enum) to 'type' field (string) "
             "(type: \"%s\"); only 'type' will be supported in the future",
             origin,
