@@ -309,12 +309,13 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def caffe_pool_output(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
-    """Caffe's pooled size: ceil or floor of (size + 2*pad - kernel)/stride, + 1; with padding, a last
-    window starting in the bottom/right padding is dropped. ``size + 2*pad >= kernel`` is assumed."""
+def caffe_pool_output(size: int, kernel: int, stride: int, pad: int, ceil: bool, padded: bool) -> int:
+    """Caffe's pooled size: ceil or floor of (size + 2*pad - kernel)/stride, + 1; when the layer has any
+    padding (``padded``: pad_h or pad_w nonzero, on both axes alike), a last window starting in the
+    bottom/right padding is dropped. ``size + 2*pad >= kernel`` is assumed."""
     span = size + 2 * pad - kernel
     out = (_ceil_div(span, stride) if ceil else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if padded and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -372,7 +373,8 @@ class PoolPlan:
         self.method, self.kernel, self.stride, self.pad, self.ceil = method, kernel, stride, pad, ceil
         self.in_hw = in_hw
         self.is_global = is_global
-        self.out = tuple(caffe_pool_output(n, k, s, p, ceil) for n, k, s, p in zip(in_hw, kernel, stride, pad))
+        padded = any(pad)
+        self.out = tuple(caffe_pool_output(n, k, s, p, ceil, padded) for n, k, s, p in zip(in_hw, kernel, stride, pad))
         torch_out = tuple(_torch_pool_output(n, k, s, p, ceil) for n, k, s, p in zip(in_hw, kernel, stride, pad))
         # torch's pooling = Caffe's when it accepts the pad and produces Caffe's output size (then the
         # window clipping, the MAX tie rule and the AVE divisor clipped to [-pad, size+pad) coincide).
