@@ -3,6 +3,8 @@ gradients against finite differences, loss weights through a plain net, and bad 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -601,9 +603,15 @@ def test_accuracy_has_no_gradient():
     assert not net.blobs["acc"].tensor.requires_grad
 
 
-def test_accuracy_top_k_larger_than_classes():
-    with pytest.raises(caffe.LayerError, match="top_k must be less than or equal to the number of classes"):
-        layer_net(ACC + "accuracy_param { top_k: 4 }", {"x": (2, 3), "y": (2,)})
+def test_accuracy_top_k_larger_than_classes_is_always_correct(caplog):
+    # BVLC Caffe refuses this; DIGITS' Caffe accepted it and the beginners' guide relies on it.
+    with caplog.at_level(logging.WARNING, logger="caffe"):
+        net = layer_net(ACC + "accuracy_param { top_k: 4 }", {"x": (2, 3), "y": (2,)})
+    assert any("larger than the number of classes" in r.getMessage() for r in caplog.records)
+    net.blobs["x"].data[...] = np.random.default_rng(0).standard_normal((2, 3))
+    net.blobs["y"].data[...] = [0, 2]
+    net.forward()
+    assert float(net.blobs["acc"].data) == 1.0
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -20,6 +20,7 @@ positions make the loss (or accuracy) NaN instead, where Caffe reads out of boun
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -478,11 +479,19 @@ class AccuracyLayer(_LabelledLayer):
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         label_count = _count(bottom[1])
-        if label_count == 0 or self.top_k > _count(bottom[0]) // label_count:
-            raise self.shape_error(
-                f"top_k must be less than or equal to the number of classes: top_k {self.top_k}, "
-                f"predictions {_shape_str(bottom[0])}, labels {_shape_str(bottom[1])}"
+        if label_count == 0:
+            raise self.shape_error(f"no labels: predictions {_shape_str(bottom[0])}, labels {_shape_str(bottom[1])}")
+        classes = _count(bottom[0]) // label_count
+        if self.top_k > classes and not getattr(self, "_warned_top_k", False):
+            # BVLC Caffe refuses this; DIGITS' Caffe accepted it, and the beginners' guide relies on it
+            # (GoogLeNet's top-5 accuracy layers fine-tuned to 2 classes). Every prediction is then correct.
+            logging.getLogger("caffe").warning(
+                "%s: top_k %d is larger than the number of classes (%d); its accuracy is always 1",
+                self.name,
+                self.top_k,
+                classes,
             )
+            self._warned_top_k = True
         self.label_geometry(bottom, self.layer_param.accuracy_param.axis, "axis")
         return [(), (self.num_classes,)] if len(self.tops) >= 2 else [()]
 
