@@ -14,6 +14,7 @@ from caffe.common import (
     set_mode_gpu,
     set_random_seed,
 )
+from caffe.engine import inference_engine, set_inference_engine
 from caffe.errors import (
     CaffeError,
     DeviceError,
@@ -46,8 +47,10 @@ __all__ = [
     "UnknownLayerTypeError",
     "WeightsError",
     "__version__",
+    "inference_engine",
     "layer_type_list",
     "set_device",
+    "set_inference_engine",
     "set_mode_cpu",
     "set_mode_gpu",
     "set_random_seed",

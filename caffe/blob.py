@@ -8,7 +8,7 @@ read and copied back to the device the next time the net uses the blob.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +108,8 @@ class Blob:
         self._shape: Shape = _as_shape(shape)
         self._data = SyncedTensor(self._zeros(self._shape), self._device)
         self._diff: SyncedTensor | None = None
+        self._version = 0
+        self._refresh: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- construction helpers
     @classmethod
@@ -118,6 +120,8 @@ class Blob:
         blob._shape = tuple(tensor.shape)
         blob._data = SyncedTensor(tensor, blob._device)
         blob._diff = None
+        blob._version = 0
+        blob._refresh = None
         return blob
 
     def _zeros(self, shape: Shape) -> torch.Tensor:
@@ -181,6 +185,7 @@ class Blob:
         new_shape = _as_shape(shape)  # type: ignore[arg-type]
         if new_shape == self._shape:
             return
+        self._version += 1
         if math.prod(new_shape) == self.count:
             self._data = self._reshaped(self._data, new_shape)
             if self._diff is not None:
@@ -198,8 +203,25 @@ class Blob:
 
     # ----------------------------------------------------------------- NumPy views (pycaffe)
     @property
+    def version(self) -> int:
+        """Increases whenever the data may have been written through this object (a NumPy view handed
+        out, an in-place device write, a new value); caches derived from the data compare it."""
+        return self._version
+
+    def mark_stale(self, refresh: Callable[[], None]) -> None:
+        """The stored value is out of date; ``refresh`` recomputes it (and others) on first access."""
+        self._refresh = refresh
+
+    def _fresh(self) -> None:
+        if self._refresh is not None:
+            refresh, self._refresh = self._refresh, None
+            refresh()
+
+    @property
     def data(self) -> np.ndarray:
         """Writable NumPy view of the data (host side)."""
+        self._fresh()
+        self._version += 1
         return self._data.host().detach().numpy()
 
     @data.setter
@@ -227,16 +249,21 @@ class Blob:
     @property
     def tensor(self) -> torch.Tensor:
         """The data on the compute device (synchronized from host writes)."""
+        self._fresh()
         return self._data.dev()
 
     @property
     def mutable_tensor(self) -> torch.Tensor:
         """The data on the compute device, to be modified in place (e.g. by a solver update)."""
+        self._fresh()
+        self._version += 1
         return self._data.mutable_dev()
 
     @tensor.setter
     def tensor(self, value: torch.Tensor) -> None:
         """Store a freshly computed value (may change the shape)."""
+        self._refresh = None
+        self._version += 1
         self._shape = tuple(value.shape)
         self._data.set_dev(value)
         if self._diff is not None and tuple(self._diff.dev().shape) != self._shape:
@@ -276,6 +303,7 @@ class Blob:
 
     def to(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
         """Move the blob's storage to another device (and optionally dtype)."""
+        self._version += 1
         self._data = self._data.to(device, dtype)
         if self._diff is not None:
             self._diff = self._diff.to(device, dtype)

@@ -119,6 +119,19 @@ class Layer:
         """Whether ``force_backward`` may compute a gradient for this bottom (labels: no)."""
         return True
 
+    # ------------------------------------------------------------------ fusion hooks (inference engine)
+    # A layer that the inference engine may fold into a preceding convolution describes itself here;
+    # the defaults say "not foldable".
+    traceable: ClassVar[bool] = True  # forward is pure tensor code (no Python-side state per call)
+
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """If this layer is ``y = x * a[c] + b[c]`` along axis 1 in the current phase, return (a, b)."""
+        return None
+
+    def pointwise_activation(self) -> tuple[str, list[float]] | None:
+        """If this layer is an element-wise activation oneDNN can fuse, its (name, scalars)."""
+        return None
+
     # ------------------------------------------------------------------ helpers for subclasses
     def error(self, message: str, cls: type[LayerError] = LayerError) -> LayerError:
         """An exception naming this layer."""

@@ -25,6 +25,7 @@ import torch
 
 from caffe import common
 from caffe.blob import Blob, Shape
+from caffe.engine import CompiledPlan
 from caffe.errors import CaffeError, LayerError, NetError, ShapeError, UnknownLayerTypeError
 from caffe.layer import Layer, create_layer, layer_class
 from caffe.proto import caffe_pb2 as pb
@@ -500,6 +501,7 @@ class Net:
                 if not isinstance(blob, _ParamView):
                     blob.tensor.requires_grad_(layer.param_propagate_down[k])
         self._device = device
+        self._runner_key = None
         self._fwd_inputs = [None] * len(self._layers)
         self._fwd_outputs = [None] * len(self._layers)
 
@@ -517,12 +519,23 @@ class Net:
             raise NetError(f"no layer named '{name}' in net '{self.name}'")
         return self._layer_by_name[name]
 
-    def _forward(self, start: int, end: int) -> float:
-        """Caffe's ForwardFromTo(start, end), both inclusive; returns the weighted loss."""
+    def _forward(self, start: int, end: int, wanted: Iterable[str] | None = None) -> float:
+        """Caffe's ForwardFromTo(start, end), both inclusive; returns the weighted loss.
+
+        ``wanted`` names blobs the caller will read (besides the outputs): an inference engine that
+        does not store every blob eagerly makes sure these are stored.
+        """
         if not (start >= 0 and end < len(self._layers)):
             raise NetError(f"forward range {start}..{end} is outside the net's {len(self._layers)} layers")
         self._sync_device()
         grad_mode = torch.is_grad_enabled() and self._any_need_backward
+        if not grad_mode and start == 0 and end == len(self._layers) - 1 and not self.debug_info:
+            runner = self._inference_runner()
+            if runner is not None:
+                with torch.no_grad():
+                    if isinstance(runner, CompiledPlan):
+                        return runner.run({self._blob_index[b] for b in wanted or () if b in self._blob_index})
+                    return runner.run()
         loss = 0.0
         with torch.set_grad_enabled(grad_mode):
             for i in range(start, end + 1):
@@ -532,6 +545,23 @@ class Net:
                 for cb in self._callbacks["after_forward"]:
                     cb(i)
         return loss
+
+    def _inference_runner(self) -> Any:
+        """The engine-specific runner of a gradient-free full forward (None: run layer by layer)."""
+        from caffe.engine import CompiledPlan, InferencePlan, inference_engine
+
+        engine = inference_engine()
+        if engine == "eager" or self._callbacks["before_forward"] or self._callbacks["after_forward"]:
+            return None
+        key = (engine, self._device)
+        if getattr(self, "_runner_key", None) != key:
+            plan = InferencePlan(self)
+            if engine == "compiled" and CompiledPlan.supported(self):
+                self._runner = CompiledPlan(plan)
+            else:
+                self._runner = plan
+            self._runner_key = key
+        return self._runner
 
     def _forward_layer(self, i: int, grad_mode: bool) -> float:
         layer = self._layers[i]
@@ -665,10 +695,10 @@ class Net:
                         f"the blob holds {self.blobs[name].shape[0]} (reshape the blob first)"
                     )
                 self.blobs[name].data[...] = arr
-        self._forward(start_ind, end_ind)
         missing = [b for b in outputs if b not in self._blob_index]
         if missing:
             raise NetError(f"no blob named {', '.join(repr(m) for m in missing)} in net '{self.name}'")
+        self._forward(start_ind, end_ind, outputs)
         return {out: self.blobs[out].data for out in outputs}
 
     def backward(
@@ -1009,6 +1039,10 @@ class _ParamView(Blob):
     @property
     def _dtype(self) -> torch.dtype:  # type: ignore[override]
         return self.owner.dtype
+
+    @property
+    def version(self) -> int:  # type: ignore[override]
+        return self.owner.version
 
     @property
     def tensor(self) -> torch.Tensor:  # type: ignore[override]

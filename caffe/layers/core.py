@@ -148,6 +148,11 @@ class _BroadcastOperand(Layer):
     def _operand_filler(self) -> pb.FillerParameter:
         return self._param.filler
 
+    def _per_channel(self) -> bool:
+        """Whether the operand is a learned blob of one value per channel of axis 1."""
+        view = self._operand_view
+        return len(self.bottoms) == 1 and len(view) >= 2 and view[0] == 1 and math.prod(view) == view[1]
+
     def _operand_tensor(self, bottom: list[torch.Tensor]) -> torch.Tensor:
         operand = bottom[1] if len(bottom) > 1 else self.param_tensor(0)
         return operand.reshape(self._operand_view)
@@ -170,6 +175,12 @@ class BiasLayer(_BroadcastOperand):
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return [bottom[0] + self._operand_tensor(bottom)]
+
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self._per_channel():
+            return None
+        beta = self.param_tensor(0).detach().double()
+        return torch.ones_like(beta), beta
 
 
 @register("Scale")
@@ -207,6 +218,13 @@ class ScaleLayer(_BroadcastOperand):
         if self._bias_term:
             return [torch.addcmul(self.param_tensor(len(self.blobs) - 1).reshape(self._bias_view), bottom[0], scale)]
         return [bottom[0] * scale]
+
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self._per_channel():
+            return None
+        gamma = self.param_tensor(0).detach().double()
+        beta = self.param_tensor(1).detach().double() if self._bias_term else torch.zeros_like(gamma)
+        return gamma, beta
 
 
 # ---------------------------------------------------------------------------- Parameter

@@ -43,6 +43,8 @@ class InputLayer(Layer):
 class DummyDataLayer(Layer):
     """Tops of given shapes filled by fillers; constant fillers fill once, others every forward."""
 
+    traceable = False  # per-call state or data-dependent shapes: never compiled
+
     exact_num_bottom = 0
     min_top = 1
 
@@ -93,6 +95,8 @@ class DummyDataLayer(Layer):
 @register("MemoryData")
 class MemoryDataLayer(Layer):
     """Serves batches from arrays given with ``Net.set_input_arrays(data, labels)``."""
+
+    traceable = False  # per-call state or data-dependent shapes: never compiled
 
     exact_num_bottom = 0
     exact_num_top = 2

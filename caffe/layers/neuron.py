@@ -67,6 +67,9 @@ class ReLULayer(NeuronLayer):
             return F.relu(x)
         return F.leaky_relu(x, self.negative_slope)
 
+    def pointwise_activation(self) -> tuple[str, list[float]] | None:
+        return ("relu", []) if self.negative_slope == 0 else ("leaky_relu", [self.negative_slope])
+
 
 @register("PReLU")
 class PReLULayer(NeuronLayer):

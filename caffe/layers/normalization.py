@@ -170,6 +170,17 @@ class BatchNormLayer(Layer):
         self._update_statistics(x.detach(), dims, m)
         return [top]
 
+    def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With global statistics BatchNorm is x * a + b per channel: a = 1/sqrt(var + eps), b = -mean * a."""
+        if not self._use_global_stats:
+            return None
+        s = self.param_tensor(2).detach().double()
+        factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+        mean = self.param_tensor(0).detach().double() * factor
+        var = self.param_tensor(1).detach().double() * factor
+        a = 1.0 / torch.sqrt(var + self._eps)
+        return a, -mean * a
+
     def _update_statistics(self, x: torch.Tensor, dims: list[int], m: int) -> None:
         with torch.no_grad():
             var, mean = torch.var_mean(x, dim=dims, correction=0)

@@ -97,6 +97,8 @@ class _PythonForward(torch.autograd.Function):
 class PythonLayer(_Layer):
     """Hosts a user's :class:`Layer` subclass inside a Net."""
 
+    traceable = False  # per-call state or data-dependent shapes: never compiled
+
     def __init__(self, param: pb.LayerParameter) -> None:
         super().__init__(param)
         pp = param.python_param

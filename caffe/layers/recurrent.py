@@ -133,6 +133,8 @@ class RecurrentLayer(Layer):
     ``add_output_params``/``output``.
     """
 
+    traceable = False  # per-call state or data-dependent shapes: never compiled
+
     num_gates: ClassVar[int] = 1
     state_names: ClassVar[tuple[str, ...]] = ("h",)
 

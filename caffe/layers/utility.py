@@ -292,6 +292,8 @@ class FilterLayer(Layer):
     The tops' first dimension depends on the selector's values: this layer cannot be traced.
     """
 
+    traceable = False  # per-call state or data-dependent shapes: never compiled
+
     min_bottom = 2
     min_top = 1
 
