@@ -3,7 +3,8 @@
 
 Usage::
 
-    python scripts/generate_proto.py
+    python scripts/generate_proto.py          # rewrite the generated files
+    python scripts/generate_proto.py --check  # exit 1 if they do not describe caffe.proto
 
 Requires ``grpcio-tools`` (it bundles ``protoc``); nothing else is needed at
 build time.  The proto is compiled with ``caffe/proto`` as the include root,
@@ -65,11 +66,42 @@ def generate(proto_dir: Path = PROTO_DIR, proto_file: str = PROTO_FILE) -> list[
     return outputs
 
 
-def main() -> int:
+def check(proto_dir: Path = PROTO_DIR, proto_file: str = PROTO_FILE) -> bool:
+    """Whether the checked-in module's schema equals the one compiled from ``proto_file`` now.
+
+    Compares descriptors, not bytes, so a newer protoc that formats its output differently passes.
+    """
+    import shutil
+    import tempfile
+
+    from google.protobuf import descriptor_pb2
+
+    def descriptor_of(module_path: Path) -> descriptor_pb2.FileDescriptorProto:
+        source = module_path.read_text()
+        start = source.index("AddSerializedFile(b") + len("AddSerializedFile(")
+        end = source.index(")\n", start)
+        serialized = eval(source[start:end])  # a bytes literal written by protoc
+        return descriptor_pb2.FileDescriptorProto.FromString(serialized)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(proto_dir / proto_file, tmp)
+        generate(Path(tmp), proto_file)
+        fresh = descriptor_of(Path(tmp) / f"{Path(proto_file).stem}_pb2.py")
+    current = descriptor_of(proto_dir / f"{Path(proto_file).stem}_pb2.py")
+    return fresh == current
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        if check():
+            print("caffe_pb2.py matches caffe.proto")
+            return 0
+        print("caffe_pb2.py is out of date: run python scripts/generate_proto.py", file=sys.stderr)
+        return 1
     for path in generate():
         print(f"wrote {path.relative_to(REPO_ROOT)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
