@@ -30,6 +30,17 @@ from caffe.layer import layer_type_list
 from caffe.layers.python import Layer
 from caffe.net import Net
 from caffe.proto import caffe_pb2 as proto_pb2  # noqa: F401
+from caffe.pycaffe_extras import (
+    Timer,
+    has_nccl,
+    init_log,
+    log,
+    set_multiprocess,
+    set_solver_count,
+    set_solver_rank,
+    solver_count,
+    solver_rank,
+)
 
 __all__ = [
     "TEST",
@@ -44,14 +55,23 @@ __all__ = [
     "ParseError",
     "ShapeError",
     "SolverError",
+    "Timer",
     "UnknownLayerTypeError",
     "WeightsError",
     "__version__",
+    "has_nccl",
     "inference_engine",
+    "init_log",
     "layer_type_list",
+    "log",
     "set_device",
     "set_inference_engine",
     "set_mode_cpu",
     "set_mode_gpu",
+    "set_multiprocess",
     "set_random_seed",
+    "set_solver_count",
+    "set_solver_rank",
+    "solver_count",
+    "solver_rank",
 ]

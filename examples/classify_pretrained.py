@@ -24,13 +24,14 @@ MODEL = ASSETS / "models" / "squeezenet_v1.0_deepcompression"
 
 
 def load_bgr(path: Path, size: int) -> np.ndarray:
-    """Decode an image as Caffe's tools do (OpenCV, BGR) and resize it to size x size."""
-    import cv2
+    """Decode an image, resize it bilinearly to size x size and return it as BGR floats in 0..255."""
+    from PIL import Image
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SystemExit(f"{path}: cannot read image")
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    try:
+        img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read image ({e})") from None
+    return np.asarray(img, dtype=np.float32)[:, :, ::-1]
 
 
 def main(argv: list[str]) -> int:

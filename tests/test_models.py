@@ -132,3 +132,32 @@ def test_lenet_scores_on_mnist_and_matches_cv2(folder: str, weights: str):
     a = ours(proto, w, x[:64], ["prob"])
     b = cv2_forward(proto, w, x[:64], ["prob"])
     assert_same(a, b)
+
+
+def test_squeezenet_scores_match_the_independent_numpy_reference():
+    """REFERENCE_top5_numpy.txt: pre-softmax scores from a NumPy forward pass written by someone else."""
+    from PIL import Image
+
+    d = "models/squeezenet_v1.0_deepcompression"
+    lines = asset(f"{d}/REFERENCE_top5_numpy.txt").read_text().splitlines()
+    expected: dict[str, list[tuple[float, str]]] = {}
+    for line in lines:
+        if line.startswith("== "):
+            current = expected.setdefault(line[3:].strip(), [])
+        elif line and not line.startswith("#"):
+            score, synset = line.split(" ", 2)[:2]
+            current.append((float(score), synset))
+    labels = [w.split(" ", 1)[0] for w in asset("models/imagenet-common/synset_words.txt").read_text().splitlines()]
+    net = caffe.Net(
+        str(asset(f"{d}/SqueezeNet_deploy.prototxt")),
+        caffe.TEST,
+        weights=str(asset(f"{d}/squeezenet_v1.0_deepcompression_decoded.caffemodel")),
+    )
+    mean = np.array([104, 117, 123], dtype=np.float32)
+    for image, top5 in expected.items():
+        rgb = Image.open(asset(f"{IMAGES}/{image}")).convert("RGB").resize((227, 227), Image.BILINEAR)
+        bgr = np.asarray(rgb, dtype=np.float32)[:, :, ::-1] - mean
+        scores = net.forward(data=nchw(bgr))[net.outputs[0]].reshape(-1)
+        order = np.argsort(-scores)[:5]
+        assert [labels[k] for k in order] == [s for _, s in top5]
+        np.testing.assert_allclose(scores[order], [v for v, _ in top5], atol=2e-3)
