@@ -424,3 +424,13 @@ def test_forward_backward_all_in_batches():
     assert diffs["data"].shape == (6, 5) and outs["loss"].shape == (2,)  # one loss per batch of 4
     net.forward(data=x[:4], label=y[:4])
     np.testing.assert_allclose(net.backward()["data"], diffs["data"][:4], rtol=1e-5)
+
+
+def test_share_with_uses_the_other_nets_parameters():
+    train, test = build(MLP, caffe.TRAIN), build(MLP, caffe.TEST)
+    test.share_with(train)
+    train.params["ip1"][0].data[...] = 0.5
+    assert (test.params["ip1"][0].data == 0.5).all()
+    x, y = fill_mlp(test)
+    fill_mlp(train)
+    np.testing.assert_allclose(test.forward()["loss"], train.forward()["loss"], rtol=1e-6)
