@@ -1,0 +1,92 @@
+"""``caffe <command> [flags]``: one entry point, commands registered by the modules that implement them.
+
+Flags are accepted in gflags' forms, as Caffe's tool takes them: ``--name=value``, ``-name=value``,
+``--name value`` and ``-name value``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from caffe.errors import CaffeError
+from caffe.tools import glog
+
+log = logging.getLogger("caffe")
+
+
+@dataclass
+class Command:
+    name: str
+    summary: str
+    run: Callable[[list[str]], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, summary: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
+    """Register ``fn(argv) -> exit code`` as ``caffe <name>``."""
+
+    def deco(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        COMMANDS[name] = Command(name, summary, fn)
+        return fn
+
+    return deco
+
+
+def _load_commands() -> None:
+    from caffe.tools import device, upgrade_tools  # noqa: F401  (they register themselves)
+
+
+def usage() -> str:
+    _load_commands()
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: caffe <command> <args>", "", "commands:"]
+    lines += [f"  {c.name:<{width}}  {c.summary}" for c in COMMANDS.values()]
+    return "\n".join(lines)
+
+
+def normalize_flags(argv: Sequence[str]) -> list[str]:
+    """gflags spellings to argparse's: ``-name=value`` and ``-name value`` become ``--name...``."""
+    out = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and len(arg) > 2 and not arg[1].isdigit():
+            arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_commands()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 1
+    if argv[0] in ("--version", "-version"):
+        from caffe import __version__
+
+        print(f"caffe version {__version__} (neocaffe)")
+        return 0
+    name, rest = argv[0], normalize_flags(argv[1:])
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        print(f"caffe: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        return 1
+    glog.setup()
+    try:
+        return cmd.run(rest)
+    except CaffeError as e:
+        log.error("%s", e)
+        return 1
+
+
+def run_tool(name: str) -> Callable[[], int]:
+    """A console-script entry point running ``caffe <name>`` (for Caffe's stand-alone tool names)."""
+
+    def entry() -> int:
+        return main([name, *sys.argv[1:]])
+
+    return entry
