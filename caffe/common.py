@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,3 +78,28 @@ def set_random_seed(seed: int) -> None:
 
 def random_seed() -> int | None:
     return _state.seed
+
+
+_allocator_tuned = False
+
+
+def tune_allocator() -> bool:
+    """Keep large freed blocks in the process instead of unmapping them (glibc only; once).
+
+    glibc serves allocations above its mmap threshold (at most 32 MB by default) with fresh pages
+    and unmaps them on free, so every forward pass of a large batch page-faults its activations
+    anew; measured on SqueezeNet at batch 32 that is a third of the time. Raising the threshold
+    and the trim threshold keeps that memory mapped (the process keeps its peak footprint).
+    Set ``CAFFE_MALLOC_TUNING=0`` to leave the allocator alone.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("CAFFE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+        return libc.mallopt(m_trim_threshold, 1 << 30) == 1 and ok
+    except (OSError, AttributeError):  # not glibc
+        return False

@@ -182,6 +182,7 @@ class Net:
             param.state.stage.extend(stages)
         if level is not None or not isinstance(network, pb.NetParameter):
             param.state.level = int(level or 0)
+        common.tune_allocator()
         self._dtype = dtype
         self._device = common.device()
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {

@@ -431,6 +431,6 @@ def test_share_with_uses_the_other_nets_parameters():
     test.share_with(train)
     train.params["ip1"][0].data[...] = 0.5
     assert (test.params["ip1"][0].data == 0.5).all()
-    x, y = fill_mlp(test)
+    fill_mlp(test)
     fill_mlp(train)
     np.testing.assert_allclose(test.forward()["loss"], train.forward()["loss"], rtol=1e-6)
