@@ -210,22 +210,30 @@ class CompiledPlan:
         ]
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._versions: tuple[int, ...] = ()
+        self._prints: list[int] = []
         self._shapes: list[tuple[int, ...]] = []
 
     @staticmethod
     def supported(net: Net) -> bool:
         return bool(net._input_ids) and all(layer.traceable for layer in net._layers)
 
+    def _params(self) -> list[Any]:
+        return [b for layer in self.plan.net._layers for b in layer.blobs]
+
     def _all_versions(self) -> tuple[int, ...]:
-        return tuple(b.version for layer in self.plan.net._layers for b in layer.blobs)
+        return tuple(b.version for b in self._params())
 
     def _function(self, wanted: tuple[int, ...]) -> Any:
         versions = self._all_versions()
         if versions != self._versions:
-            self._compiled.clear()
-            for step in self.plan.steps:
-                if isinstance(step, _ConvStep):
-                    self.plan._fold(step)
+            # A version also moves when a NumPy view was only read: recompile only on real changes.
+            prints = [_fingerprint(b.tensor) for b in self._params()]
+            if prints != self._prints:
+                self._compiled.clear()
+                for step in self.plan.steps:
+                    if isinstance(step, _ConvStep):
+                        self.plan._fold(step)
+                self._prints = prints
             self._versions = self._all_versions()
         fn = self._compiled.get(wanted)
         if fn is None:
@@ -261,6 +269,14 @@ class CompiledPlan:
                 if w:
                     loss += w * float(net._blobs[net._top_ids[i][j]].tensor.sum())
         return loss
+
+
+def _fingerprint(t: torch.Tensor) -> int:
+    """An exact checksum of a tensor's bits (any single changed element changes it)."""
+    flat = t.detach().reshape(-1)
+    ints = flat.view(torch.int64 if flat.element_size() == 8 else torch.int32)
+    weights = torch.arange(1, ints.numel() + 1, device=ints.device, dtype=torch.int64) % 65521
+    return int((ints.to(torch.int64) * weights).sum())
 
 
 class _Refresh:

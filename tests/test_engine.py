@@ -109,3 +109,23 @@ def test_compiled_engine_matches_and_materializes_intermediates_lazily():
     np.testing.assert_allclose(net.blobs["ip1"].data, eager["ip1"], rtol=1e-4, atol=1e-5)  # ...until read
     requested = run(net, "compiled", x, ["ip1"])
     np.testing.assert_allclose(requested["ip1"], eager["ip1"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_engine_recompiles_only_when_weights_really_change():
+    d = "models/lenet_mnist_newformat"
+    net = caffe.Net(
+        str(asset(f"{d}/lenet.prototxt")), caffe.TEST, weights=str(asset(f"{d}/lenet_iter_10000.caffemodel"))
+    )
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    first = run(net, "compiled", x)["prob"]
+    runner = net._runner
+    compiled = dict(runner._compiled)
+    _ = net.params["conv1"][0].data.sum()  # reading a NumPy view moves the version...
+    run(net, "compiled", x)
+    assert runner._compiled == compiled  # ...but nothing is recompiled
+    net.params["ip2"][1].data[0] += 10.0  # a real change is seen
+    second = run(net, "compiled", x)["prob"]
+    assert runner._compiled != compiled
+    assert second[:, 0].mean() > first[:, 0].mean()
+    np.testing.assert_allclose(second, run(net, "eager", x)["prob"], rtol=1e-4, atol=1e-6)

@@ -86,7 +86,10 @@ class SplitLayer(Layer):
         return [bottom[0]] * len(self.tops)
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [bottom[0].view_as(bottom[0]) for _ in self.tops]
+        # The tops share the bottom's data, as in Caffe; when gradients are recorded the Net gives
+        # each top its own view. (A view here would give a batch-1 tensor an odd batch stride,
+        # which sends channels-last pooling down PyTorch's slow NCHW kernel.)
+        return [bottom[0]] * len(self.tops)
 
 
 # ---------------------------------------------------------------------------- views of the bottom
