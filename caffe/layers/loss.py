@@ -153,6 +153,18 @@ class LossLayer(_LabelledLayer):
         self.check_first_dim(bottom)
         return [()]
 
+    def reshape_one_label_per_item(self, bottom: list[Shape]) -> list[Shape]:
+        """For losses over N x D scores with one class label per item: sets ``num`` and ``dim``."""
+        self.check_first_dim(bottom)
+        if _count(bottom[1]) != bottom[0][0]:
+            raise self.shape_error(
+                f"the label blob must hold one label per item: data shape {_shape_str(bottom[0])}, "
+                f"label shape {_shape_str(bottom[1])}"
+            )
+        self.num = bottom[0][0]
+        self.dim = _count(bottom[0], 1)
+        return [()]
+
     def read_normalization(self, unset: int = VALID) -> int:
         """``loss_param.normalization``; else the legacy ``normalize`` (true: VALID, false: BATCH_SIZE);
         else ``unset`` (VALID, or BATCH_SIZE for SigmoidCrossEntropyLoss)."""
@@ -219,16 +231,7 @@ class MultinomialLogisticLossLayer(LossLayer):
     """``-sum_n log(max(p[n, label_n], 1e-20)) / N`` for probabilities ``p`` flattened to (N, dim)."""
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        self.check_first_dim(bottom)
-        dims = _legacy_dims(bottom[1])
-        if dims is None or dims[1:] != (1, 1, 1):
-            raise self.shape_error(
-                f"the label blob must hold one label per item (shape N x 1 x 1 x 1), got {_shape_str(bottom[1])} "
-                f"for data of shape {_shape_str(bottom[0])}"
-            )
-        self.num = bottom[0][0]
-        self.dim = _count(bottom[0], 1)
-        return [()]
+        return self.reshape_one_label_per_item(bottom)
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         p = bottom[0].reshape(self.num, self.dim)
@@ -347,15 +350,7 @@ class HingeLossLayer(LossLayer):
         self.squared = norm == pb.HingeLossParameter.L2
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        self.check_first_dim(bottom)
-        if _count(bottom[1]) != bottom[0][0]:
-            raise self.shape_error(
-                f"the label blob must hold one label per item: data shape {_shape_str(bottom[0])}, "
-                f"label shape {_shape_str(bottom[1])}"
-            )
-        self.num = bottom[0][0]
-        self.dim = _count(bottom[0], 1)
-        return [()]
+        return self.reshape_one_label_per_item(bottom)
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x = bottom[0].reshape(self.num, self.dim)
