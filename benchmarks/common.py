@@ -283,3 +283,20 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def write_docs_section(title: str, section: str) -> None:
+    """Replace the section headed ``title`` (a ``## `` line) in docs/benchmarks.md, or append it."""
+    text = DOCS.read_text() if DOCS.exists() else ""
+    if not text.strip():
+        text = "# Benchmarks\n\nMeasured by the scripts in `benchmarks/`; each section is rewritten by its script.\n\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == title), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
+    DOCS.parent.mkdir(parents=True, exist_ok=True)
+    DOCS.write_text(new.rstrip("\n") + "\n")

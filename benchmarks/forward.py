@@ -54,6 +54,7 @@ from common import (
     make_input,
     median,
     reshape_input,
+    write_docs_section,
 )
 from torch_models import BUILDERS, load_from_net
 
@@ -695,23 +696,7 @@ def report(
 
 
 def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else ""
-    if not text.strip():
-        text = (
-            "# Benchmarks\n\n"
-            "Measured by the scripts in `benchmarks/`; each section is rewritten by its script.\n"
-            "Forward (inference) speed: `python benchmarks/forward.py`.\n\n"
-        )
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new.rstrip("\n") + "\n")
+    write_docs_section(SECTION, section)
 
 
 # ---------------------------------------------------------------------------- main
