@@ -17,6 +17,7 @@ from caffe.common import (
 from caffe.engine import inference_engine, set_inference_engine
 from caffe.errors import (
     CaffeError,
+    DataError,
     DeviceError,
     LayerError,
     NetError,
@@ -47,6 +48,7 @@ __all__ = [
     "TRAIN",
     "Blob",
     "CaffeError",
+    "DataError",
     "DeviceError",
     "Layer",
     "LayerError",

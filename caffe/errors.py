@@ -35,6 +35,10 @@ class WeightsError(CaffeError):
     """A weights file (.caffemodel, .h5) that is unreadable or does not fit the net."""
 
 
+class DataError(CaffeError):
+    """A database, image, list file or data source that cannot be read as asked."""
+
+
 class SolverError(CaffeError):
     """A solver definition or state that cannot be used."""
 

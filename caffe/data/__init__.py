@@ -1,0 +1,1 @@
+"""Data: Datum databases (LMDB, LevelDB), image decoding, Caffe's transformation and prefetching."""
