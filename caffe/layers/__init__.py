@@ -4,11 +4,13 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 (convolution, pooling, crop), ``core`` (InnerProduct, Embed, Scale, Bias, Parameter),
 ``normalization`` (LRN, MVN, BatchNorm), ``neuron`` (element-wise activations, Dropout),
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
-``recurrent`` (RNN, LSTM, LSTMUnit) and ``python`` (user layers).
+``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` (Data, ImageData: prefetching readers) and
+``python`` (user layers).
 """
 
 from caffe.layers import (  # noqa: F401
     core,
+    data,
     input,
     loss,
     neuron,

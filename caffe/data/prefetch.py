@@ -1,0 +1,238 @@
+"""Batches prepared in the background, ``depth`` ahead of the net (Caffe's prefetching data layers).
+
+One feeder thread reads the records of each batch in order and draws every random number the
+batch needs (so a seeded run repeats exactly, whatever the thread timing); decode workers then
+decode their share of the items and crop/mirror them, in uint8, straight into the batch's buffer
+(OpenCV releases the GIL while decoding, so threads run in parallel). The net's thread turns a
+finished buffer into a float tensor with one vectorised pass (see ``DataTransformer.to_tensor``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from caffe.data.transform import HWC, DataTransformer
+from caffe.errors import DataError
+
+log = logging.getLogger("caffe")
+
+_workers = int(os.environ.get("CAFFE_DATA_WORKERS", str(min(2, os.cpu_count() or 1))))
+
+
+def set_data_workers(n: int) -> None:
+    """Decode threads per data layer for layers set up from now on (0: decode in the net's thread)."""
+    global _workers
+    _workers = max(0, int(n))
+
+
+def data_workers() -> int:
+    return _workers
+
+
+@dataclass
+class Record:
+    """One item to read: a Datum's bytes or an image path, with a name (key or path) for messages."""
+
+    payload: Any
+    name: str
+    label: float = 0.0
+
+
+@dataclass
+class Decoded:
+    """A decoded item: HWC (images) or CHW (raw Datums) array, its layout and label."""
+
+    array: np.ndarray
+    layout: str
+    label: float
+
+
+class Source(Protocol):
+    """Where a prefetching layer's records come from."""
+
+    def peek(self) -> Record:
+        """The first record (read at set-up to learn the top shape)."""
+        ...
+
+    def next_records(self, n: int) -> list[Record]: ...
+
+    def decode(self, record: Record) -> Decoded: ...
+
+
+@dataclass
+class _Batch:
+    records: list[Record]
+    draws: list[tuple[float, float, bool]]
+    layout: str = HWC
+    buffer: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    item_shape: tuple[int, ...] = ()
+    pending: int = 0
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Prefetcher:
+    """Fills batches of ``batch_size`` items from ``source`` with ``workers`` decode threads."""
+
+    def __init__(
+        self,
+        source: Source,
+        transformer: DataTransformer,
+        batch_size: int,
+        *,
+        depth: int = 4,
+        workers: int | None = None,
+        seed: int = 0,
+        name: str = "data",
+    ) -> None:
+        self.source, self.transformer, self.batch_size = source, transformer, int(batch_size)
+        self.depth = max(1, int(depth))
+        self.workers = _workers if workers is None else max(0, int(workers))
+        self.name = name
+        self.rng = np.random.default_rng(seed)
+        self.wait_seconds = 0.0  # time the net's thread spent waiting for a batch
+        self.batches = 0
+        self._lock = threading.Lock()
+        self._ready: queue.Queue[_Batch] = queue.Queue()
+        self._slots = threading.Semaphore(self.depth)
+        self._jobs: list[queue.Queue[tuple[_Batch, Sequence[int]] | None]] = [
+            queue.Queue() for _ in range(self.workers)
+        ]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if self.workers:
+            self._threads.append(threading.Thread(target=self._feed, name=f"{name}-feeder", daemon=True))
+            for w in range(self.workers):
+                self._threads.append(threading.Thread(target=self._work, args=(w,), name=f"{name}-{w}", daemon=True))
+            for t in self._threads:
+                t.start()
+
+    # ------------------------------------------------------------------ background side
+    def _prepare(self) -> _Batch:
+        """Read a batch's records, draw its random numbers, decode its first item (sets the shape)."""
+        records = self.source.next_records(self.batch_size)
+        batch = _Batch(records, [self.transformer.draw(self.rng) for _ in records])
+        first = self.source.decode(records[0])
+        array = first.array
+        c, h, w = (array.shape[2], *array.shape[:2]) if first.layout == HWC else array.shape
+        self.transformer.check_item(c, h, w, records[0].name)
+        c, hh, ww = self.transformer.output_shape(c, h, w)
+        shape = (len(records), hh, ww, c) if first.layout == HWC else (len(records), c, hh, ww)
+        dtype = np.uint8 if array.dtype == np.uint8 else np.float32
+        batch.layout, batch.item_shape = first.layout, array.shape
+        batch.buffer = np.empty(shape, dtype=dtype)
+        batch.labels = np.empty(len(records), dtype=np.float32)
+        batch.offsets = [(0, 0)] * len(records)
+        self._place(batch, 0, first)
+        return batch
+
+    def _place(self, batch: _Batch, i: int, item: Decoded) -> None:
+        if item.array.shape != batch.item_shape or item.layout != batch.layout:
+            raise DataError(
+                f"{self.name}: {batch.records[i].name}: item of shape {item.array.shape} in a batch whose first "
+                f"item is {batch.item_shape}; images in a batch must have the same size (resize them, or use "
+                "batch_size 1)"
+            )
+        assert batch.buffer is not None and batch.labels is not None
+        batch.offsets[i] = self.transformer.place(item.array, item.layout, batch.buffer[i], batch.draws[i])
+        batch.labels[i] = item.label
+
+    def _fill(self, batch: _Batch, indices: Sequence[int]) -> None:
+        try:
+            for i in indices:
+                self._place(batch, i, self.source.decode(batch.records[i]))
+        except BaseException as e:  # reported to the net's thread, which raises it
+            with self._lock:
+                batch.error = batch.error or e
+        finally:
+            with self._lock:
+                batch.pending -= 1
+                finished = batch.pending == 0
+            if finished:
+                batch.done.set()
+
+    def _feed(self) -> None:
+        while True:
+            self._slots.acquire()
+            if self._stop.is_set():
+                return
+            try:
+                batch = self._prepare()
+            except BaseException as e:
+                batch = _Batch([], [], error=e)
+                batch.done.set()
+                self._ready.put(batch)
+                return
+            rest = list(range(1, len(batch.records)))
+            chunks = [rest[k :: self.workers] for k in range(self.workers)]
+            chunks = [c for c in chunks if c]
+            batch.pending = len(chunks)
+            self._ready.put(batch)
+            if not chunks:
+                batch.done.set()
+            for k, chunk in enumerate(chunks):
+                self._jobs[k].put((batch, chunk))
+
+    def _work(self, w: int) -> None:
+        jobs = self._jobs[w]
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            self._fill(*job)
+
+    # ------------------------------------------------------------------ net side
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch as (float data (N, C, H, W), labels (N,)); waits if it is not ready yet."""
+        start = time.perf_counter()
+        if self.workers:
+            batch = self._ready.get()
+            batch.done.wait()
+        else:
+            try:
+                batch = self._prepare()
+                self._fill(batch, range(1, len(batch.records)))
+            except DataError:
+                raise
+            batch.done.set()
+        self.wait_seconds += time.perf_counter() - start
+        self.batches += 1
+        try:
+            if batch.error is not None:
+                error = batch.error
+                self.stop()
+                if isinstance(error, DataError):
+                    raise error.with_traceback(None)
+                raise DataError(f"{self.name}: {type(error).__name__}: {error}") from error
+            assert batch.buffer is not None and batch.labels is not None
+            flips = [d[2] for d in batch.draws]
+            data = self.transformer.to_tensor(batch.buffer, batch.layout, batch.offsets, flips)
+            return data, torch.from_numpy(batch.labels)
+        finally:
+            if self.workers:
+                self._slots.release()
+
+    def stop(self) -> None:
+        """End the background threads (they are daemons: a process exiting needs no call)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for jobs in self._jobs:
+            jobs.put(None)
+        self._slots.release()
+
+    @property
+    def mean_wait_ms(self) -> float:
+        return 1000.0 * self.wait_seconds / max(1, self.batches)

@@ -1,0 +1,150 @@
+"""Caffe's DataTransformer, applied batch-wise: crop, mirror, mean (file or values), scale.
+
+Per item the work is only cropping and mirroring in uint8 (done by the prefetch workers); the
+float conversion, mean subtraction and scaling happen once per batch as vectorised torch ops.
+Numbers are Caffe's: ``top = (x - mean) * scale`` with the mean cropped at the same offsets as the
+image and never mirrored (mirroring applies to the mean-subtracted crop).
+
+One deliberate difference: Caffe's transformer mirrors at random whenever ``mirror: true``, in
+TEST too; here mirroring happens in TRAIN only, as this project's specification asks (test-time
+results stay deterministic).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from caffe.common import TRAIN
+from caffe.errors import DataError
+from caffe.proto import caffe_pb2 as pb
+
+HWC, CHW = "hwc", "chw"  # layouts of an item: decoded image (H, W, C) or raw Datum planes (C, H, W)
+
+
+class DataTransformer:
+    """Caffe's TransformationParameter for one layer (``where`` names it in messages)."""
+
+    def __init__(self, param: pb.TransformationParameter, phase: int, where: str) -> None:
+        self.where = where
+        self.scale = float(param.scale)
+        self.crop = int(param.crop_size)
+        self.mirror = bool(param.mirror) and phase == TRAIN
+        self.train = phase == TRAIN
+        self.force_color, self.force_gray = bool(param.force_color), bool(param.force_gray)
+        if self.force_color and self.force_gray:
+            raise DataError(f"{where}: cannot set both force_color and force_gray")
+        if param.mean_file and len(param.mean_value):
+            raise DataError(f"{where}: cannot specify mean_file and mean_value at the same time")
+        self.mean_values = np.array(param.mean_value, dtype=np.float32) if len(param.mean_value) else None
+        self.mean: np.ndarray | None = None  # (C, H, W)
+        self._mean_tensors: dict[tuple[str, bool], torch.Tensor] = {}
+        if param.mean_file:
+            self.mean = load_mean(param.mean_file, where)
+
+    # ------------------------------------------------------------------ shapes and checks
+    def check_item(self, channels: int, height: int, width: int, name: str = "") -> None:
+        """Caffe's checks for an item of this size, as one-line errors naming it."""
+        item = f"{self.where}: {name + ': ' if name else ''}"
+        if self.crop and (height < self.crop or width < self.crop):
+            raise DataError(f"{item}crop_size {self.crop} is larger than the image ({height}x{width})")
+        if self.mean is not None and self.mean.shape != (channels, height, width):
+            raise DataError(
+                f"{item}the mean file is {'x'.join(map(str, self.mean.shape))} but the data is "
+                f"{channels}x{height}x{width} (channels x height x width)"
+            )
+        if self.mean_values is not None and len(self.mean_values) not in (1, channels):
+            raise DataError(
+                f"{item}specify either 1 mean_value or as many as channels ({channels}), got {len(self.mean_values)}"
+            )
+
+    def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
+        if self.crop:
+            return channels, self.crop, self.crop
+        return channels, height, width
+
+    # ------------------------------------------------------------------ per item (workers)
+    def draw(self, rng: np.random.Generator) -> tuple[float, float, bool]:
+        """The random numbers one item needs (drawn in order by one thread, so runs repeat exactly)."""
+        u_h, u_w = rng.random(2) if self.crop and self.train else (0.0, 0.0)
+        flip = bool(rng.integers(2)) if self.mirror else False
+        return float(u_h), float(u_w), flip
+
+    def offsets(self, height: int, width: int, draw: tuple[float, float, bool]) -> tuple[int, int]:
+        if not self.crop:
+            return 0, 0
+        if self.train:  # uniform over the height - crop + 1 possible rows (Caffe's Rand(n))
+            return int(draw[0] * (height - self.crop + 1)), int(draw[1] * (width - self.crop + 1))
+        return (height - self.crop) // 2, (width - self.crop) // 2
+
+    def place(self, item: np.ndarray, layout: str, out: np.ndarray, draw: tuple[float, float, bool]) -> tuple[int, int]:
+        """Crop (and mirror) ``item`` into ``out``; returns the crop offsets (h, w)."""
+        if layout == HWC:
+            height, width = item.shape[:2]
+        else:
+            height, width = item.shape[1:]
+        h, w = self.offsets(height, width, draw)
+        size_h, size_w = out.shape[:2] if layout == HWC else out.shape[1:]
+        if layout == HWC:
+            crop = item[h : h + size_h, w : w + size_w]
+            out[...] = crop[:, ::-1] if draw[2] else crop
+        else:
+            crop = item[:, h : h + size_h, w : w + size_w]
+            out[...] = crop[:, :, ::-1] if draw[2] else crop
+        return h, w
+
+    # ------------------------------------------------------------------ per batch (consumer)
+    def _mean_tensor(self, layout: str, flipped: bool) -> torch.Tensor:
+        key = (layout, flipped)
+        if key not in self._mean_tensors:
+            mean = self.mean[:, :, ::-1] if flipped else self.mean  # type: ignore[index]
+            if layout == HWC:
+                mean = mean.transpose(1, 2, 0)
+            self._mean_tensors[key] = torch.from_numpy(np.ascontiguousarray(mean))
+        return self._mean_tensors[key]
+
+    def to_tensor(
+        self, buffer: np.ndarray, layout: str, offsets: list[tuple[int, int]], flips: list[bool]
+    ) -> torch.Tensor:
+        """A float32 (N, C, H, W) batch from the uint8/float buffer: mean subtracted, then scaled.
+
+        An HWC buffer comes back as a channels-last view (no transpose copy), which is what the
+        convolutions prefer.
+        """
+        x = torch.from_numpy(buffer).to(torch.float32)
+        if self.mean is not None:
+            full_w = self.mean.shape[2]
+            size_h, size_w = x.shape[1:3] if layout == HWC else x.shape[2:]
+            for i, ((h, w), flip) in enumerate(zip(offsets, flips, strict=True)):
+                mean = self._mean_tensor(layout, flip)
+                if flip:  # crop of the flipped mean = flip of the crop of the mean
+                    w = full_w - w - size_w
+                if layout == HWC:
+                    x[i] -= mean[h : h + size_h, w : w + size_w]
+                else:
+                    x[i] -= mean[:, h : h + size_h, w : w + size_w]
+        elif self.mean_values is not None:
+            values = torch.from_numpy(self.mean_values)
+            channels = x.shape[3] if layout == HWC else x.shape[1]
+            if len(values) == 1:
+                values = values.expand(channels)
+            x -= values.view(1, 1, 1, -1) if layout == HWC else values.view(1, -1, 1, 1)
+        if self.scale != 1.0:
+            x *= self.scale
+        return x.permute(0, 3, 1, 2) if layout == HWC else x
+
+
+def load_mean(path: str, where: str) -> np.ndarray:
+    """A mean file (binary BlobProto, 1 x C x H x W) as a (C, H, W) float32 array."""
+    from caffe.protoio import read_binary
+    from caffe.weights import blob_proto_to_array
+
+    try:
+        arr = blob_proto_to_array(read_binary(path, pb.BlobProto(), "mean file"))
+    except Exception as e:  # ParseError / WeightsError: say it is the mean file
+        raise DataError(f"{where}: cannot read mean_file: {e}") from None
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise DataError(f"{where}: mean_file {path} has shape {arr.shape}, expected 1 x C x H x W")
+    return arr.astype(np.float32)

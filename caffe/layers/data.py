@@ -1,0 +1,267 @@
+"""Prefetching data layers: Data (LMDB/LevelDB of Datums) and ImageData (a list of image files).
+
+Both read ahead in background threads (``caffe.data.prefetch``) and apply Caffe's transformation
+(``transform_param``: crop, mirror, mean, scale). Tops: the data (N, C, H, W) and, if asked for,
+the labels (N,). The top shape comes from the first item, as in Caffe; with ``batch_size: 1`` the
+size may change from batch to batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from caffe.blob import Shape
+from caffe.data.prefetch import Decoded, Prefetcher, Record, Source
+from caffe.data.transform import CHW, HWC, DataTransformer
+from caffe.errors import DataError
+from caffe.layer import Layer, register
+from caffe.proto import caffe_pb2 as pb
+
+log = logging.getLogger("caffe")
+
+
+def _layer_seed() -> int:
+    """A seed for a layer's data order and augmentation: follows ``caffe.set_random_seed``."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+
+class _PrefetchingDataLayer(Layer):
+    """Shared by the prefetching layers: transformer, source, prefetcher, shapes, forward."""
+
+    exact_num_bottom = 0
+    min_top, max_top = 1, 2
+    traceable = False
+
+    def make_source(self, rng: np.random.Generator) -> Source:
+        raise NotImplementedError
+
+    def batch_size(self) -> int:
+        raise NotImplementedError
+
+    def prefetch_depth(self) -> int:
+        return 4
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        where = f"layer '{self.name}' ({self.type})"
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, where)
+        if self.batch_size() <= 0:
+            raise self.error(f"batch_size must be positive, got {self.batch_size()}")
+        seed = _layer_seed()
+        self.source = self.make_source(np.random.default_rng(seed))
+        first = self.source.decode(self.source.peek())
+        a = first.array
+        c, h, w = (a.shape[2], *a.shape[:2]) if first.layout == HWC else a.shape
+        self.transformer.check_item(c, h, w, self.source.peek().name)
+        self._data_shape = (self.batch_size(), *self.transformer.output_shape(c, h, w))
+        log.info("output data size: %s", ",".join(map(str, self._data_shape)))
+        self.prefetcher = Prefetcher(
+            self.source, self.transformer, self.batch_size(), depth=self.prefetch_depth(), seed=seed + 1, name=where
+        )
+        weakref.finalize(self, self.prefetcher.stop)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        return [self._data_shape, (self._data_shape[0],)][: len(self.tops)]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        data, labels = self.prefetcher.next()
+        self._data_shape = tuple(data.shape)
+        device, dtype = self.tops[0].device, self.tops[0].dtype
+        if device.type != "cpu" or dtype != torch.float32:
+            data = data.to(device=device, dtype=dtype, non_blocking=True)
+            labels = labels.to(device=device, dtype=dtype, non_blocking=True)
+        return [data, labels][: len(self.tops)]
+
+
+# ---------------------------------------------------------------------------- Data (databases)
+class DatumSource:
+    """Datums read in key order from an LMDB or LevelDB, wrapping around at the end."""
+
+    def __init__(self, path: str, backend: str, transformer: DataTransformer, rand_skip: int, rng: np.random.Generator):
+        from caffe.data.db import open_db
+
+        self.path, self.backend, self.transformer = path, backend, transformer
+        self._open = lambda: open_db(path, backend, "read")
+        db = self._open()
+        try:
+            if len(db) == 0:
+                raise DataError(f"{path}: the {backend} database is empty")
+            first_key, first_value = next(iter(db.cursor()))
+        finally:
+            db.close()
+        self._first = Record(first_value, self._describe(first_key))
+        self._skip = int(rng.integers(rand_skip)) if rand_skip else 0
+        if self._skip:
+            log.info("Skipping first %d data points.", self._skip)
+        self._iter = None
+        self._db = None
+
+    def _describe(self, key: bytes) -> str:
+        return f"{self.path} record {key.decode('utf-8', 'replace')!r}"
+
+    def peek(self) -> Record:
+        return self._first
+
+    def _records(self):  # runs in the feeder thread: the database is opened there
+        self._db = self._open()
+        skip = self._skip
+        while True:
+            for key, value in self._db.cursor():
+                if skip:
+                    skip -= 1
+                    continue
+                yield Record(value, self._describe(key))
+            log.info("Restarting data prefetching from start.")
+
+    def next_records(self, n: int) -> list[Record]:
+        if self._iter is None:
+            self._iter = self._records()
+        return [next(self._iter) for _ in range(n)]
+
+    def decode(self, record: Record) -> Decoded:
+        from caffe.data.datum import datum_image_hwc
+
+        try:
+            datum = pb.Datum.FromString(record.payload)
+        except Exception:
+            raise DataError(f"{record.name}: not a valid Datum (corrupt record)") from None
+        t = self.transformer
+        if datum.encoded:
+            return Decoded(datum_image_hwc(datum, t.force_color, t.force_gray), HWC, float(datum.label))
+        shape = (datum.channels, datum.height, datum.width)
+        count = int(np.prod(shape))
+        if datum.data:
+            if len(datum.data) != count:
+                raise DataError(
+                    f"{record.name}: Datum holds {len(datum.data)} bytes but is {'x'.join(map(str, shape))}"
+                )
+            array = np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+        else:
+            if len(datum.float_data) != count:
+                raise DataError(
+                    f"{record.name}: Datum holds {len(datum.float_data)} floats but is {'x'.join(map(str, shape))}"
+                )
+            array = np.array(datum.float_data, dtype=np.float32).reshape(shape)
+        if count == 0:
+            raise DataError(f"{record.name}: empty Datum (0 channels, height or width)")
+        return Decoded(array, CHW, float(datum.label))
+
+
+def _backend_name(value: int) -> str:
+    return "lmdb" if value == pb.DataParameter.LMDB else "leveldb"
+
+
+@register("Data")
+class DataLayer(_PrefetchingDataLayer):
+    """Datums from an LMDB or LevelDB (``data_param``: source, backend, batch_size, rand_skip, prefetch)."""
+
+    def batch_size(self) -> int:
+        return int(self.layer_param.data_param.batch_size)
+
+    def prefetch_depth(self) -> int:
+        return max(1, int(self.layer_param.data_param.prefetch))
+
+    def make_source(self, rng: np.random.Generator) -> Source:
+        from caffe.data.db import detect_backend
+
+        p = self.layer_param.data_param
+        if not p.source:
+            raise self.error("data_param.source is not set")
+        if not Path(p.source).exists():
+            raise DataError(f"layer '{self.name}' (Data): database {p.source} does not exist")
+        backend = _backend_name(p.backend)
+        found = detect_backend(p.source)
+        if found != backend:
+            if p.HasField("backend"):
+                raise DataError(
+                    f"layer '{self.name}' (Data): {p.source} is a {found} database but data_param.backend is "
+                    f"{backend.upper()}; set backend: {found.upper()}"
+                )
+            backend = found  # Caffe's default (LEVELDB) was not chosen by the user: read what is there
+        return DatumSource(p.source, backend, self.transformer, int(p.rand_skip), rng)
+
+
+# ---------------------------------------------------------------------------- ImageData (list of files)
+class ImageListSource:
+    """``path label`` lines (split at the last space), optionally shuffled every epoch."""
+
+    def __init__(self, layer: Layer, rng: np.random.Generator) -> None:
+        p = layer.layer_param.image_data_param
+        self.root = p.root_folder
+        self.height, self.width, self.is_color = int(p.new_height), int(p.new_width), bool(p.is_color)
+        self.shuffle, self.rng = bool(p.shuffle), rng
+        if (self.height == 0) != (self.width == 0):
+            raise layer.error("image_data_param: new_height and new_width must be set together")
+        if not p.source:
+            raise layer.error("image_data_param.source is not set")
+        self.records = read_image_list(p.source)
+        if not self.records:
+            raise DataError(f"{p.source}: the image list is empty")
+        if self.shuffle:
+            log.info("Shuffling data")
+            self.rng.shuffle(self.records)
+        log.info("A total of %d images.", len(self.records))
+        self._pos = int(rng.integers(p.rand_skip)) % len(self.records) if p.rand_skip else 0
+        if self._pos:
+            log.info("Skipping first %d data points.", self._pos)
+
+    def peek(self) -> Record:
+        return self.records[self._pos]
+
+    def next_records(self, n: int) -> list[Record]:
+        out = []
+        for _ in range(n):
+            out.append(self.records[self._pos])
+            self._pos += 1
+            if self._pos == len(self.records):
+                log.info("Restarting data prefetching from start.")
+                self._pos = 0
+                if self.shuffle:
+                    self.rng.shuffle(self.records)
+        return out
+
+    def decode(self, record: Record) -> Decoded:
+        from caffe.data.datum import read_image
+
+        image = read_image(self.root + record.payload, self.height, self.width, self.is_color)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        return Decoded(image, HWC, record.label)
+
+
+def read_image_list(path: str) -> list[Record]:
+    """Caffe's list file: ``relative/path.jpg label`` per line (the label after the last space)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the image list ({e.strerror})") from None
+    records = []
+    for n, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        name, _, label = line.rpartition(" ")
+        try:
+            value = int(label)
+        except ValueError:
+            raise DataError(f"{path}:{n}: expected 'path label', got {line!r}") from None
+        if not name:
+            raise DataError(f"{path}:{n}: expected 'path label', got {line!r}")
+        records.append(Record(name, name, float(value)))
+    return records
+
+
+@register("ImageData")
+class ImageDataLayer(_PrefetchingDataLayer):
+    """Images listed in a text file (``image_data_param``: source, root_folder, batch_size, shuffle,
+    new_height/new_width, is_color, rand_skip)."""
+
+    def batch_size(self) -> int:
+        return int(self.layer_param.image_data_param.batch_size)
+
+    def make_source(self, rng: np.random.Generator) -> Source:
+        return ImageListSource(self, rng)

@@ -1,0 +1,161 @@
+"""Caffe's data transformation (crop, mirror, mean, scale) and the prefetcher, against hand computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import caffe
+from caffe.data.prefetch import Decoded, Prefetcher, Record
+from caffe.data.transform import CHW, HWC, DataTransformer
+from caffe.proto import caffe_pb2 as pb
+
+
+def transformer(phase: int = caffe.TRAIN, **fields) -> DataTransformer:
+    mean_values = fields.pop("mean_value", [])
+    p = pb.TransformationParameter(**fields)
+    p.mean_value.extend(mean_values)
+    return DataTransformer(p, phase, "test")
+
+
+class ArraySource:
+    """Items from memory: HWC uint8 images, with label = index."""
+
+    def __init__(self, images: list[np.ndarray], layout: str = HWC, bad: int | None = None) -> None:
+        self.images, self.layout, self.bad, self.pos = images, layout, bad, 0
+
+    def peek(self) -> Record:
+        return Record(0, "item 0")
+
+    def next_records(self, n: int) -> list[Record]:
+        out = []
+        for _ in range(n):
+            out.append(Record(self.pos, f"item {self.pos}"))
+            self.pos = (self.pos + 1) % len(self.images)
+        return out
+
+    def decode(self, record: Record) -> Decoded:
+        if record.payload == self.bad:
+            raise caffe.DataError(f"{record.name}: cannot decode")
+        return Decoded(self.images[record.payload], self.layout, float(record.payload))
+
+
+def images(n: int = 6, h: int = 8, w: int = 10, c: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (h, w, c), dtype=np.uint8) for _ in range(n)]
+
+
+def run_batch(t: DataTransformer, imgs: list[np.ndarray], batch: int, workers: int, seed: int = 5, layout: str = HWC):
+    src = ArraySource(imgs if layout == HWC else [np.ascontiguousarray(i.transpose(2, 0, 1)) for i in imgs], layout)
+    p = Prefetcher(src, t, batch, workers=workers, seed=seed)
+    try:
+        return p.next()
+    finally:
+        p.stop()
+
+
+def test_test_phase_center_crop_mean_values_then_scale():
+    imgs = images()
+    t = transformer(caffe.TEST, crop_size=4, scale=0.5, mirror=True, mean_value=[10, 20, 30])
+    data, labels = run_batch(t, imgs, 2, workers=0)
+    assert data.shape == (2, 3, 4, 4)
+    h0, w0 = (8 - 4) // 2, (10 - 4) // 2
+    for i in range(2):
+        chw = imgs[i].transpose(2, 0, 1).astype(np.float32)[:, h0 : h0 + 4, w0 : w0 + 4]
+        expected = (chw - np.array([10, 20, 30], np.float32)[:, None, None]) * 0.5  # mean first, then scale
+        np.testing.assert_array_equal(data[i].numpy(), expected)  # TEST: centre crop, never mirrored
+    np.testing.assert_array_equal(labels.numpy(), [0, 1])
+
+
+def test_train_random_crop_within_bounds_and_mirror_with_unmirrored_mean():
+    imgs = images(n=32, h=9, w=9)
+    mean = np.random.default_rng(1).random((3, 9, 9)).astype(np.float32) * 100
+    t = transformer(caffe.TRAIN, crop_size=5, mirror=True)
+    t.mean = mean
+    data, _ = run_batch(t, imgs, 32, workers=2)
+    offsets, flips = set(), []
+    for i in range(32):
+        x = imgs[i].transpose(2, 0, 1).astype(np.float32)
+        found = None
+        for h in range(5):
+            for w in range(5):
+                for flip in (False, True):
+                    crop = x[:, h : h + 5, w : w + 5] - mean[:, h : h + 5, w : w + 5]  # Caffe: mean then mirror
+                    if flip:
+                        crop = crop[:, :, ::-1]
+                    if np.allclose(data[i].numpy(), crop):
+                        found = (h, w, flip)
+        assert found is not None, f"item {i} is not a crop of its image"
+        offsets.add(found[:2])
+        flips.append(found[2])
+    assert len(offsets) > 5 and 0 < sum(flips) < 32  # random positions and mirrors
+
+
+def test_no_crop_mean_value_broadcast_and_single_value_for_all_channels():
+    imgs = images(n=2)
+    t = transformer(caffe.TRAIN, mean_value=[7])
+    data, _ = run_batch(t, imgs, 2, workers=1)
+    np.testing.assert_array_equal(data[1].numpy(), imgs[1].transpose(2, 0, 1).astype(np.float32) - 7)
+    assert data.is_contiguous(memory_format=__import__("torch").channels_last)
+
+
+def test_raw_chw_items_and_float_items():
+    imgs = images(n=3)
+    t = transformer(caffe.TEST, crop_size=6, scale=2.0)
+    data, _ = run_batch(t, imgs, 3, workers=2, layout=CHW)
+    h0, w0 = 1, 2
+    np.testing.assert_array_equal(data[2].numpy(), imgs[2].transpose(2, 0, 1)[:, h0 : h0 + 6, w0 : w0 + 6] * 2.0)
+
+
+def test_runs_repeat_exactly_whatever_the_worker_count():
+    imgs = images(n=16, h=12, w=12)
+    results = []
+    for workers in (0, 1, 2, 3):
+        t = transformer(caffe.TRAIN, crop_size=7, mirror=True)
+        results.append(run_batch(t, imgs, 16, workers=workers)[0].numpy())
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_batches_come_in_order_and_wrap_around():
+    imgs = images(n=5)
+    src = ArraySource(imgs)
+    p = Prefetcher(src, transformer(caffe.TEST), 3, workers=2, depth=2)
+    try:
+        labels = [p.next()[1].numpy().tolist() for _ in range(4)]
+    finally:
+        p.stop()
+    assert labels == [[0, 1, 2], [3, 4, 0], [1, 2, 3], [4, 0, 1]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_item_is_a_clear_error_naming_it(workers: int):
+    src = ArraySource(images(n=4), bad=2)
+    p = Prefetcher(src, transformer(caffe.TEST), 4, workers=workers)
+    with pytest.raises(caffe.DataError, match="item 2: cannot decode"):
+        p.next()
+    p.stop()
+
+
+def test_checks_on_sizes():
+    t = transformer(caffe.TRAIN, crop_size=20)
+    with pytest.raises(caffe.DataError, match=r"crop_size 20 is larger than the image \(8x10\)"):
+        t.check_item(3, 8, 10, "img.jpg")
+    t = transformer(caffe.TEST, mean_value=[1, 2])
+    with pytest.raises(caffe.DataError, match="either 1 mean_value or as many as channels"):
+        t.check_item(3, 8, 10)
+    t = transformer(caffe.TEST)
+    t.mean = np.zeros((3, 4, 4), np.float32)
+    with pytest.raises(caffe.DataError, match="the mean file is 3x4x4 but the data is 3x8x10"):
+        t.check_item(3, 8, 10)
+    with pytest.raises(caffe.DataError, match="both force_color and force_gray"):
+        transformer(force_color=True, force_gray=True)
+    with pytest.raises(caffe.DataError, match="mean_file and mean_value"):
+        transformer(mean_file="m.binaryproto", mean_value=[1])
+
+
+def test_items_of_different_sizes_in_one_batch():
+    imgs = [np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)]
+    p = Prefetcher(ArraySource(imgs), transformer(caffe.TEST), 2, workers=0)
+    with pytest.raises(caffe.DataError, match=r"item 1: item of shape .* must have the same size"):
+        p.next()
