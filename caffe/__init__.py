@@ -4,6 +4,7 @@
 ``caffe.set_mode_cpu()``/``set_mode_gpu()``, ``caffe.Layer`` for Python layers, ``caffe.io`` ...
 """
 
+from caffe import io
 from caffe._version import __version__
 from caffe.blob import Blob
 from caffe.common import (
@@ -64,6 +65,7 @@ __all__ = [
     "has_nccl",
     "inference_engine",
     "init_log",
+    "io",
     "layer_type_list",
     "log",
     "set_device",

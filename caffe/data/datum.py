@@ -1,0 +1,262 @@
+"""Datum <-> images and arrays, with Caffe's rules (``io.cpp``, ``convert_imageset``, pycaffe's ``caffe.io``).
+
+A ``Datum`` holds one item in one of three layouts:
+
+* raw bytes: ``data`` = ``channels*height*width`` uint8 values, planes channel-major (C, H, W);
+  a colour image's channels are B, G, R (OpenCV order);
+* floats: ``float_data`` = ``channels*height*width`` float32 values, (C, H, W);
+* encoded: ``encoded: true`` and ``data`` = an image file's bytes (JPEG, PNG, ...); ``channels``,
+  ``height`` and ``width`` are left unset, as Caffe leaves them.
+
+OpenCV (``cv2``) reads and decodes the images, as in Caffe, with one deliberate choice: EXIF
+orientation is ignored in every mode (Caffe's reference OpenCV 2.4 never applied it, and the native
+decode of a stored file cannot apply it), so an image gives the same pixels whether it was stored as
+its file bytes, re-encoded, or raw.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from caffe.errors import DataError
+from caffe.proto import caffe_pb2 as pb
+
+PathLike = str | os.PathLike
+
+_COLOR = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_GRAY = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+_DECODE_FLAGS = {"native": cv2.IMREAD_UNCHANGED, "color": _COLOR, "gray": _GRAY}
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def read_image(path: PathLike, height: int = 0, width: int = 0, is_color: bool = True) -> np.ndarray:
+    """An image file as OpenCV reads it (Caffe's ``ReadImageToCVMat``).
+
+    Returns HxWx3 uint8 BGR when ``is_color`` (grayscale files are expanded), else HxW uint8 gray.
+    The image is resized to ``height`` x ``width`` with bilinear interpolation only when both are
+    positive; otherwise it keeps its size. An unreadable file is a DataError naming ``path``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such image file" if not p.exists() else f"{path}: not an image file")
+    img = cv2.imread(str(p), _COLOR if is_color else _GRAY)
+    if img is None:
+        if not os.access(p, os.R_OK):
+            raise DataError(f"{path}: permission denied reading the image")
+        raise DataError(f"{path}: could not decode the image (corrupt, truncated or not an image format OpenCV reads)")
+    if height > 0 and width > 0:
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    return img
+
+
+def decode_image_bytes(data: bytes, mode: str = "native", name: str = "<bytes>") -> np.ndarray:
+    """Decode an image file's bytes with OpenCV.
+
+    ``mode``: ``"native"`` keeps the file's channels and depth (Caffe's ``DecodeDatumToCVMatNative``,
+    ``IMREAD_UNCHANGED``: a gray JPEG gives HxW, a PNG with alpha HxWx4, a 16-bit PNG uint16);
+    ``"color"`` gives HxWx3 uint8 BGR and ``"gray"`` HxW uint8 (``DecodeDatumToCVMat``).
+    A failure is a DataError naming ``name``.
+    """
+    flag = _DECODE_FLAGS.get(mode)
+    if flag is None:
+        raise DataError(f"{name}: unknown decode mode {mode!r} (use 'native', 'color' or 'gray')")
+    if len(data) == 0:
+        raise DataError(f"{name}: cannot decode an image from 0 bytes")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error as e:
+        raise DataError(f"{name}: could not decode the image: {str(e).strip().splitlines()[-1]}") from None
+    if img is None:
+        raise DataError(f"{name}: could not decode the image ({len(data)} bytes: corrupt, truncated or unknown format)")
+    return img
+
+
+def _encode_image(img: np.ndarray, encoding: str, name: str) -> bytes:
+    ext = "." + encoding
+    try:
+        ok, buf = cv2.imencode(ext, img)
+    except cv2.error as e:
+        raise DataError(f"{name}: cannot encode the image as {ext}: {str(e).strip().splitlines()[-1]}") from None
+    if not ok:
+        raise DataError(f"{name}: cannot encode the image as {ext}")
+    return buf.tobytes()
+
+
+def _extension_matches(filename: str, encoding: str) -> bool:
+    """Caffe's test of whether a file already is in ``encoding``: the text after the last '.' of the
+    whole path (all of it without a '.'), compared ignoring case; ``jpg`` also accepts ``jpeg``."""
+    dot = filename.rfind(".")
+    ext = (filename[dot + 1 :] if dot >= 0 else filename).lower()
+    enc = encoding.lower()
+    return ext == enc or (enc == "jpg" and ext == "jpeg")
+
+
+# ---------------------------------------------------------------------------------------------
+# Datum from images
+
+
+def image_to_datum(
+    path: PathLike, label: int, height: int = 0, width: int = 0, is_color: bool = True, encoding: str = ""
+) -> pb.Datum:
+    """One image file as a Datum, exactly as Caffe's ``ReadImageToDatum`` (``convert_imageset``) makes it.
+
+    Without ``encoding``: a raw datum, the image read as :func:`read_image` does, stored (C, H, W).
+    With ``encoding`` (``"jpg"``, ``"png"``, ...): an encoded datum. It holds the file's own bytes when
+    ``height`` and ``width`` are both 0 and the file name's extension matches ``encoding``
+    (``.jpeg`` counts as ``jpg``) - even for a gray file read with ``is_color``, whose stored
+    bytes then stay gray; otherwise the read (and possibly resized) image re-encoded with OpenCV.
+    Note that a single nonzero ``height`` or ``width`` resizes nothing but still forces re-encoding.
+    """
+    img = read_image(path, height, width, is_color)
+    datum = pb.Datum()
+    if encoding:
+        filename = os.fspath(path)
+        channels = 1 if img.ndim == 2 else img.shape[2]
+        if (channels == 3) == is_color and not height and not width and _extension_matches(filename, encoding):
+            try:
+                datum.data = Path(path).read_bytes()
+            except OSError as e:
+                raise DataError(f"{path}: cannot read the image file: {e.strerror}") from None
+        else:
+            datum.data = _encode_image(img, encoding, str(path))
+        datum.label = label
+        datum.encoded = True
+        return datum
+    _fill_raw(datum, img, str(path))
+    datum.label = label
+    return datum
+
+
+def image_to_raw_datum(img: np.ndarray, label: int | None = None, name: str = "<image>") -> pb.Datum:
+    """A raw Datum from an HxW or HxWxC uint8 OpenCV image (Caffe's ``CVMatToDatum``)."""
+    datum = pb.Datum()
+    _fill_raw(datum, img, name)
+    if label is not None:
+        datum.label = label
+    return datum
+
+
+def _fill_raw(datum: pb.Datum, img: np.ndarray, name: str) -> None:
+    if img.dtype != np.uint8:
+        raise DataError(f"{name}: image data type must be uint8 for a Datum, got {img.dtype}")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise DataError(f"{name}: an image must be HxW or HxWxC, got shape {img.shape}")
+    h, w, c = img.shape
+    datum.channels, datum.height, datum.width = c, h, w
+    datum.ClearField("float_data")
+    datum.data = np.ascontiguousarray(img.transpose(2, 0, 1)).tobytes()
+    datum.encoded = False  # set explicitly, as CVMatToDatum does: it is serialized
+
+
+# ---------------------------------------------------------------------------------------------
+# Datum <-> arrays
+
+
+def check_datum(datum: pb.Datum, name: str = "datum") -> None:
+    """DataError unless a raw or float datum's payload has channels*height*width values."""
+    if datum.encoded:
+        return
+    c, h, w = datum.channels, datum.height, datum.width
+    size = c * h * w
+    if datum.data:
+        if len(datum.data) != size:
+            raise DataError(
+                f"{name}: datum data has {len(datum.data)} bytes but channels*height*width = {c}*{h}*{w} = {size}"
+            )
+    elif len(datum.float_data) != size:
+        raise DataError(
+            f"{name}: datum float_data has {len(datum.float_data)} values but channels*height*width = "
+            f"{c}*{h}*{w} = {size}"
+        )
+
+
+def datum_to_array(datum: pb.Datum, name: str = "datum") -> np.ndarray:
+    """A Datum's contents as a (C, H, W) array (pycaffe's ``caffe.io.datum_to_array``).
+
+    uint8 from ``data``, float32 from ``float_data`` (pycaffe returned float64 of the same values);
+    an encoded datum is decoded natively and returned as (C, H, W) uint8 as a convenience. The label
+    is not returned: read ``datum.label``.
+    """
+    if datum.encoded:
+        img = decode_image_bytes(datum.data, "native", name)
+        if img.dtype != np.uint8:
+            raise DataError(f"{name}: encoded image decodes to {img.dtype}, Caffe needs 8-bit images")
+        if img.ndim == 2:
+            return img[None, :, :]
+        return np.ascontiguousarray(img.transpose(2, 0, 1))
+    check_datum(datum, name)
+    shape = (datum.channels, datum.height, datum.width)
+    if datum.data:  # a writable copy, as pycaffe's was
+        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).copy()
+    return np.array(datum.float_data, dtype=np.float32).reshape(shape)
+
+
+def array_to_datum(arr: np.ndarray, label: int | None = None) -> pb.Datum:
+    """A (C, H, W) array as a Datum (pycaffe's ``caffe.io.array_to_datum``).
+
+    uint8 arrays go to ``data`` as bytes; any other dtype to ``float_data`` as float32. ``label`` is
+    set when given.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise DataError(f"array_to_datum needs a 3-d (channels, height, width) array, got shape {arr.shape}")
+    datum = pb.Datum()
+    datum.channels, datum.height, datum.width = arr.shape
+    if arr.dtype == np.uint8:
+        datum.data = np.ascontiguousarray(arr).tobytes()
+    else:
+        datum.float_data.extend(np.asarray(arr, dtype=np.float32).ravel().tolist())
+    if label is not None:
+        datum.label = label
+    return datum
+
+
+def parse_datum(value: bytes, name: str = "datum") -> pb.Datum:
+    """A Datum from its serialized bytes (a database value); DataError naming ``name`` if corrupt."""
+    from google.protobuf.message import DecodeError
+
+    datum = pb.Datum()
+    try:
+        datum.ParseFromString(value)
+    except DecodeError as e:
+        raise DataError(f"{name}: not a valid serialized Datum ({len(value)} bytes): {e}") from None
+    return datum
+
+
+# ---------------------------------------------------------------------------------------------
+# data layers' decode
+
+
+def datum_image_hwc(
+    datum: pb.Datum, force_color: bool = False, force_gray: bool = False, name: str = "datum"
+) -> np.ndarray:
+    """Decode an encoded datum to HxWxC uint8 by Caffe's data-transformer rules.
+
+    ``force_color`` decodes as 3-channel BGR, ``force_gray`` as 1 channel, neither keeps the file's
+    own channels (a gray JPEG stays gray, a PNG with alpha has 4); both is a DataError. A 1-channel
+    result keeps its channel axis (HxWx1).
+
+    Only encoded datums are decoded here: a raw datum already holds its pixels as (C, H, W) bytes
+    that callers use directly (``datum_to_array``), so passing one is a DataError (Caffe ignores
+    ``force_color``/``force_gray`` for raw datums).
+    """
+    if force_color and force_gray:
+        raise DataError(f"{name}: cannot set both force_color and force_gray")
+    if not datum.encoded:
+        raise DataError(f"{name}: datum_image_hwc decodes encoded datums only; use the raw (C, H, W) data directly")
+    mode = "color" if force_color else "gray" if force_gray else "native"
+    img = decode_image_bytes(datum.data, mode, name)
+    if img.dtype != np.uint8:
+        raise DataError(f"{name}: encoded image decodes to {img.dtype}, Caffe needs 8-bit images")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    return img

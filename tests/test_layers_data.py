@@ -1,0 +1,173 @@
+"""Data and ImageData layers: what comes out equals decoding the same records/files directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ASSETS, asset
+from google.protobuf import text_format
+
+import caffe
+from caffe.data.datum import array_to_datum, image_to_datum
+from caffe.data.db import item_key, open_db
+from caffe.proto import caffe_pb2 as pb
+from caffe.weights import array_to_blob_proto
+
+DOLPHINS = sorted((ASSETS / "dolphins-and-seahorses" / "dolphin").glob("*.jpg"))[:12]
+
+
+def data_net(source: Path, batch: int = 4, phase: int = caffe.TEST, extra: str = "", data: str = "") -> caffe.Net:
+    text = f"""
+    layer {{ name: "data" type: "Data" top: "data" top: "label"
+            data_param {{ source: "{source}" batch_size: {batch} {data} }} {extra} }}
+    """
+    return caffe.Net(text_format.Parse(text, pb.NetParameter()), phase)
+
+
+def write_db(path: Path, datums: list[pb.Datum], backend: str = "lmdb") -> None:
+    with open_db(path, backend, "new") as db:
+        txn = db.transaction()
+        for i, d in enumerate(datums):
+            txn.put(item_key(i, f"item{i}"), d.SerializeToString())
+        txn.commit()
+
+
+def raw_items(n: int = 7, c: int = 3, h: int = 6, w: int = 5) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (c, h, w), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
+def test_raw_datums_in_order_with_labels_and_wrap_around(tmp_path: Path, backend: str):
+    items = raw_items()
+    write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(items)], backend)
+    bk = "LMDB" if backend == "lmdb" else "LEVELDB"
+    net = data_net(tmp_path / "db", batch=4, data=f"backend: {bk}")
+    assert net.blobs["data"].shape == (4, 3, 6, 5) and net.blobs["label"].shape == (4,)
+    seen = []
+    for _ in range(3):
+        out = net.forward()
+        seen += out["label"].astype(int).tolist()
+        for k, label in enumerate(out["label"].astype(int)):
+            np.testing.assert_array_equal(out["data"][k], items[label].astype(np.float32))
+    assert seen == [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]
+
+
+def test_encoded_jpegs_equal_opencv_decoding(tmp_path: Path):
+    datums = [image_to_datum(p, label=i, encoding="jpg") for i, p in enumerate(DOLPHINS[:4])]
+    sizes = {cv2.imread(str(p)).shape for p in DOLPHINS[:4]}
+    batch = 1 if len(sizes) > 1 else 4  # images of different sizes: one per batch, as Caffe allows
+    write_db(tmp_path / "db", datums)
+    net = data_net(tmp_path / "db", batch=batch)
+    for i in range(4 // batch):
+        out = net.forward()
+        for k in range(batch):
+            idx = int(out["label"][k])
+            ref = cv2.imread(str(DOLPHINS[idx]), cv2.IMREAD_COLOR).transpose(2, 0, 1).astype(np.float32)
+            np.testing.assert_array_equal(out["data"][k], ref)
+        assert i < 4
+
+
+def test_mean_file_and_scale_and_center_crop(tmp_path: Path):
+    items = raw_items(n=2, h=8, w=8)
+    write_db(tmp_path / "db", [array_to_datum(a, label=0) for a in items])
+    mean = np.random.default_rng(3).random((1, 3, 8, 8)).astype(np.float32) * 50
+    (tmp_path / "mean.binaryproto").write_bytes(array_to_blob_proto(mean).SerializeToString())
+    net = data_net(
+        tmp_path / "db",
+        batch=2,
+        extra=(
+            f'transform_param {{ mean_file: "{tmp_path / "mean.binaryproto"}" scale: 0.25 crop_size: 4 mirror: true }}'
+        ),
+    )
+    out = net.forward()["data"]
+    expected = (items[1].astype(np.float32) - mean[0])[:, 2:6, 2:6] * 0.25
+    np.testing.assert_allclose(out[1], expected, rtol=1e-6)
+
+
+def test_backend_is_detected_unless_given_wrong(tmp_path: Path):
+    write_db(tmp_path / "db", [array_to_datum(a) for a in raw_items(n=2)], "lmdb")
+    net = data_net(tmp_path / "db", batch=2)  # no backend: Caffe's default would be LEVELDB
+    assert net.blobs["data"].shape[0] == 2
+    with pytest.raises(caffe.DataError, match=r"is a lmdb database but data_param\.backend is LEVELDB"):
+        data_net(tmp_path / "db", batch=2, data="backend: LEVELDB")
+
+
+def test_data_layer_errors(tmp_path: Path):
+    with pytest.raises(caffe.DataError, match="does not exist"):
+        data_net(tmp_path / "missing_lmdb")
+    write_db(tmp_path / "db", [array_to_datum(a) for a in raw_items(n=2, h=6, w=6)])
+    with pytest.raises(caffe.DataError, match=r"crop_size 10 is larger than the image \(6x6\)"):
+        data_net(tmp_path / "db", extra="transform_param { crop_size: 10 }")
+    mean = np.zeros((1, 3, 4, 4), np.float32)
+    (tmp_path / "m.binaryproto").write_bytes(array_to_blob_proto(mean).SerializeToString())
+    with pytest.raises(caffe.DataError, match="the mean file is 3x4x4 but the data is 3x6x6"):
+        data_net(tmp_path / "db", extra=f'transform_param {{ mean_file: "{tmp_path / "m.binaryproto"}" }}')
+    # a corrupt record in the middle: a clear error naming the record when its batch is used
+    with open_db(tmp_path / "bad", "lmdb", "new") as db:
+        txn = db.transaction()
+        txn.put(item_key(0, "good"), array_to_datum(raw_items(1)[0]).SerializeToString())
+        txn.put(item_key(1, "bad"), b"\xff\xfe not a datum")
+        txn.commit()
+    net = data_net(tmp_path / "bad", batch=2)
+    with pytest.raises(caffe.DataError, match="00000001_bad"):
+        net.forward()
+
+
+def test_image_data_layer(tmp_path: Path):
+    root = ASSETS / "dolphins-and-seahorses"
+    lines = [f"dolphin/{p.name} {i % 2}" for i, p in enumerate(DOLPHINS[:6])]
+    lines.append("dolphin/image_0042.jpg 1")  # the grayscale one
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    text = f"""
+    layer {{ name: "d" type: "ImageData" top: "data" top: "label"
+            image_data_param {{ source: "{listing}" root_folder: "{root}/" batch_size: 7
+                                new_height: 32 new_width: 40 }} }}
+    """
+    net = caffe.Net(text_format.Parse(text, pb.NetParameter()), caffe.TEST)
+    out = net.forward()
+    assert out["data"].shape == (7, 3, 32, 40)
+    for k, line in enumerate(lines):
+        path = root / line.split()[0]
+        ref = cv2.resize(cv2.imread(str(path), cv2.IMREAD_COLOR), (40, 32)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(out["data"][k], ref.astype(np.float32))
+    np.testing.assert_array_equal(out["label"], [int(x.split()[1]) for x in lines])
+    gray = text.replace("new_width: 40", "new_width: 40 is_color: false")
+    assert caffe.Net(text_format.Parse(gray, pb.NetParameter()), caffe.TEST).blobs["data"].shape == (7, 1, 32, 40)
+
+
+def test_image_list_errors(tmp_path: Path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.jpg 0\nno_label_here.jpg\n")
+    text = (
+        f'layer {{ name: "d" type: "ImageData" top: "data" top: "label" image_data_param {{ source: "{listing}" }} }}'
+    )
+    with pytest.raises(caffe.DataError, match=r"list.txt:2: expected 'path label'"):
+        caffe.Net(text_format.Parse(text, pb.NetParameter()), caffe.TEST)
+    listing.write_text("missing.jpg 0\n")
+    with pytest.raises(caffe.DataError, match=r"missing\.jpg"):
+        caffe.Net(text_format.Parse(text, pb.NetParameter()), caffe.TEST)
+
+
+def test_data_layer_feeds_a_real_net(tmp_path: Path):
+    import gzip
+
+    with gzip.open(asset("mnist/t10k-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:200]
+    with gzip.open(asset("mnist/t10k-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:200]
+    write_db(tmp_path / "mnist", [array_to_datum(im, int(lb)) for im, lb in zip(images, labels, strict=True)])
+    text = asset("caffe-ref/examples/mnist/lenet_train_test.prototxt").read_text()
+    text = text.replace("examples/mnist/mnist_test_lmdb", str(tmp_path / "mnist"))
+    text = text.replace("examples/mnist/mnist_train_lmdb", str(tmp_path / "mnist"))
+    proto = tmp_path / "lenet_train_test.prototxt"
+    proto.write_text(text)
+    net = caffe.Net(
+        str(proto), caffe.TEST, weights=str(asset("models/lenet_mnist_newformat/lenet_iter_10000.caffemodel"))
+    )
+    accuracy = np.mean([net.forward()["accuracy"] for _ in range(2)])  # 2 x 100 images
+    assert accuracy >= 0.97
