@@ -2,18 +2,20 @@
 
 One feeder thread reads the records of each batch in order and draws every random number the
 batch needs (so a seeded run repeats exactly, whatever the thread timing); decode workers then
-decode their share of the items and crop/mirror them, in uint8, straight into the batch's buffer
-(OpenCV releases the GIL while decoding, so threads run in parallel). The net's thread turns a
-finished buffer into a float tensor with one vectorised pass (see ``DataTransformer.to_tensor``).
+decode their share of the items and transform them straight into the batch's float buffer (OpenCV
+and NumPy release the GIL, so the threads run in parallel); the net's thread only wraps a finished
+buffer as a tensor.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +29,18 @@ from caffe.errors import DataError
 log = logging.getLogger("caffe")
 
 _workers = int(os.environ.get("CAFFE_DATA_WORKERS", str(min(2, os.cpu_count() or 1))))
+_live: weakref.WeakSet[Prefetcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Stop and join every prefetcher's threads before the interpreter shuts down.
+
+    A daemon thread still inside OpenCV or NumPy while Python finalizes can abort the process
+    ("terminate called without an active exception").
+    """
+    for prefetcher in list(_live):
+        prefetcher.stop(join=True)
 
 
 def set_data_workers(n: int) -> None:
@@ -76,7 +90,6 @@ class _Batch:
     layout: str = HWC
     buffer: np.ndarray | None = None
     labels: np.ndarray | None = None
-    offsets: list[tuple[int, int]] = field(default_factory=list)
     item_shape: tuple[int, ...] = ()
     pending: int = 0
     error: BaseException | None = None
@@ -118,6 +131,7 @@ class Prefetcher:
                 self._threads.append(threading.Thread(target=self._work, args=(w,), name=f"{name}-{w}", daemon=True))
             for t in self._threads:
                 t.start()
+            _live.add(self)
 
     # ------------------------------------------------------------------ background side
     def _prepare(self) -> _Batch:
@@ -130,11 +144,9 @@ class Prefetcher:
         self.transformer.check_item(c, h, w, records[0].name)
         c, hh, ww = self.transformer.output_shape(c, h, w)
         shape = (len(records), hh, ww, c) if first.layout == HWC else (len(records), c, hh, ww)
-        dtype = np.uint8 if array.dtype == np.uint8 else np.float32
         batch.layout, batch.item_shape = first.layout, array.shape
-        batch.buffer = np.empty(shape, dtype=dtype)
+        batch.buffer = np.empty(shape, dtype=np.float32)  # a new one per batch: the net keeps using it
         batch.labels = np.empty(len(records), dtype=np.float32)
-        batch.offsets = [(0, 0)] * len(records)
         self._place(batch, 0, first)
         return batch
 
@@ -146,7 +158,7 @@ class Prefetcher:
                 "batch_size 1)"
             )
         assert batch.buffer is not None and batch.labels is not None
-        batch.offsets[i] = self.transformer.place(item.array, item.layout, batch.buffer[i], batch.draws[i])
+        self.transformer.place(item.array, item.layout, batch.buffer[i], batch.draws[i])
         batch.labels[i] = item.label
 
     def _fill(self, batch: _Batch, indices: Sequence[int]) -> None:
@@ -217,21 +229,22 @@ class Prefetcher:
                     raise error.with_traceback(None)
                 raise DataError(f"{self.name}: {type(error).__name__}: {error}") from error
             assert batch.buffer is not None and batch.labels is not None
-            flips = [d[2] for d in batch.draws]
-            data = self.transformer.to_tensor(batch.buffer, batch.layout, batch.offsets, flips)
-            return data, torch.from_numpy(batch.labels)
+            return self.transformer.to_tensor(batch.buffer, batch.layout), torch.from_numpy(batch.labels)
         finally:
             if self.workers:
                 self._slots.release()
 
-    def stop(self) -> None:
-        """End the background threads (they are daemons: a process exiting needs no call)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        for jobs in self._jobs:
-            jobs.put(None)
-        self._slots.release()
+    def stop(self, join: bool = False) -> None:
+        """End the background threads (``join``: wait for them, at most a few seconds)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            for jobs in self._jobs:
+                jobs.put(None)
+            self._slots.release()
+        if join:
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join(timeout=5.0)
 
     @property
     def mean_wait_ms(self) -> float:

@@ -1,8 +1,8 @@
 """Caffe's DataTransformer, applied batch-wise: crop, mirror, mean (file or values), scale.
 
-Per item the work is only cropping and mirroring in uint8 (done by the prefetch workers); the
-float conversion, mean subtraction and scaling happen once per batch as vectorised torch ops.
-Numbers are Caffe's: ``top = (x - mean) * scale`` with the mean cropped at the same offsets as the
+Each item is cropped, mirrored, mean-subtracted and scaled by the prefetch workers in one fused
+NumPy pass straight into the batch's float32 buffer, which the net then uses as it is. Numbers
+are Caffe's: ``top = (x - mean) * scale`` with the mean cropped at the same offsets as the
 image and never mirrored (mirroring applies to the mean-subtracted crop).
 
 One deliberate difference: Caffe's transformer mirrors at random whenever ``mirror: true``, in
@@ -12,6 +12,7 @@ results stay deterministic).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -38,7 +39,7 @@ class DataTransformer:
             raise DataError(f"{where}: cannot specify mean_file and mean_value at the same time")
         self.mean_values = np.array(param.mean_value, dtype=np.float32) if len(param.mean_value) else None
         self.mean: np.ndarray | None = None  # (C, H, W)
-        self._mean_tensors: dict[tuple[str, bool], torch.Tensor] = {}
+        self._means: dict[tuple[str, bool], np.ndarray] = {}
         if param.mean_file:
             self.mean = load_mean(param.mean_file, where)
 
@@ -77,60 +78,50 @@ class DataTransformer:
             return int(draw[0] * (height - self.crop + 1)), int(draw[1] * (width - self.crop + 1))
         return (height - self.crop) // 2, (width - self.crop) // 2
 
+    def _mean_view(self, layout: str, flip: bool) -> np.ndarray:
+        """The mean file in the item's layout (mirrored for mirrored items), cached."""
+        key = (layout, flip)
+        if key not in self._means:
+            mean = self.mean[:, :, ::-1] if flip else self.mean  # type: ignore[index]
+            self._means[key] = np.ascontiguousarray(mean.transpose(1, 2, 0) if layout == HWC else mean)
+        return self._means[key]
+
     def place(self, item: np.ndarray, layout: str, out: np.ndarray, draw: tuple[float, float, bool]) -> tuple[int, int]:
-        """Crop (and mirror) ``item`` into ``out``; returns the crop offsets (h, w)."""
-        if layout == HWC:
-            height, width = item.shape[:2]
-        else:
-            height, width = item.shape[1:]
+        """Write ``(crop(item) - crop(mean)) * scale`` (mirrored if drawn so) into the float32 ``out``.
+
+        One fused pass per item (NumPy releases the GIL, so decode workers run it in parallel).
+        Returns the crop offsets (h, w).
+        """
+        height, width = item.shape[:2] if layout == HWC else item.shape[1:]
         h, w = self.offsets(height, width, draw)
         size_h, size_w = out.shape[:2] if layout == HWC else out.shape[1:]
+        flip = draw[2]
         if layout == HWC:
             crop = item[h : h + size_h, w : w + size_w]
-            out[...] = crop[:, ::-1] if draw[2] else crop
+            if flip:  # cv2.flip: a SIMD copy into a contiguous array (a negative-stride view is slow below)
+                crop = cv2.flip(crop, 1).reshape(crop.shape)
         else:
             crop = item[:, h : h + size_h, w : w + size_w]
-            out[...] = crop[:, :, ::-1] if draw[2] else crop
+            crop = crop[:, :, ::-1] if flip else crop
+        out[...] = crop  # one casting copy into the float32 slot
+        if self.mean is not None:
+            # mirror(crop(x) - crop(mean)) = mirror(crop(x)) - crop(mirrored mean at the mirrored offset)
+            ww = width - w - size_w if flip else w
+            mean = self._mean_view(layout, flip)
+            if layout == HWC:
+                np.subtract(out, mean[h : h + size_h, ww : ww + size_w], out=out)
+            else:
+                np.subtract(out, mean[:, h : h + size_h, ww : ww + size_w], out=out)
+        elif self.mean_values is not None:
+            np.subtract(out, self.mean_values if layout == HWC else self.mean_values[:, None, None], out=out)
+        if self.scale != 1.0:
+            np.multiply(out, np.float32(self.scale), out=out)
         return h, w
 
-    # ------------------------------------------------------------------ per batch (consumer)
-    def _mean_tensor(self, layout: str, flipped: bool) -> torch.Tensor:
-        key = (layout, flipped)
-        if key not in self._mean_tensors:
-            mean = self.mean[:, :, ::-1] if flipped else self.mean  # type: ignore[index]
-            if layout == HWC:
-                mean = mean.transpose(1, 2, 0)
-            self._mean_tensors[key] = torch.from_numpy(np.ascontiguousarray(mean))
-        return self._mean_tensors[key]
-
-    def to_tensor(
-        self, buffer: np.ndarray, layout: str, offsets: list[tuple[int, int]], flips: list[bool]
-    ) -> torch.Tensor:
-        """A float32 (N, C, H, W) batch from the uint8/float buffer: mean subtracted, then scaled.
-
-        An HWC buffer comes back as a channels-last view (no transpose copy), which is what the
-        convolutions prefer.
-        """
-        x = torch.from_numpy(buffer).to(torch.float32)
-        if self.mean is not None:
-            full_w = self.mean.shape[2]
-            size_h, size_w = x.shape[1:3] if layout == HWC else x.shape[2:]
-            for i, ((h, w), flip) in enumerate(zip(offsets, flips, strict=True)):
-                mean = self._mean_tensor(layout, flip)
-                if flip:  # crop of the flipped mean = flip of the crop of the mean
-                    w = full_w - w - size_w
-                if layout == HWC:
-                    x[i] -= mean[h : h + size_h, w : w + size_w]
-                else:
-                    x[i] -= mean[:, h : h + size_h, w : w + size_w]
-        elif self.mean_values is not None:
-            values = torch.from_numpy(self.mean_values)
-            channels = x.shape[3] if layout == HWC else x.shape[1]
-            if len(values) == 1:
-                values = values.expand(channels)
-            x -= values.view(1, 1, 1, -1) if layout == HWC else values.view(1, -1, 1, 1)
-        if self.scale != 1.0:
-            x *= self.scale
+    @staticmethod
+    def to_tensor(buffer: np.ndarray, layout: str) -> torch.Tensor:
+        """The finished float32 batch as (N, C, H, W): an HWC buffer becomes a channels-last view."""
+        x = torch.from_numpy(buffer)
         return x.permute(0, 3, 1, 2) if layout == HWC else x
 
 
