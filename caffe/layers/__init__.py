@@ -4,13 +4,14 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 (convolution, pooling, crop), ``core`` (InnerProduct, Embed, Scale, Bias, Parameter),
 ``normalization`` (LRN, MVN, BatchNorm), ``neuron`` (element-wise activations, Dropout),
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
-``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` (Data, ImageData: prefetching readers) and
-``python`` (user layers).
+``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` and ``window_data`` (Data, ImageData, WindowData:
+prefetching readers), ``hdf5`` (HDF5Data, HDF5Output) and ``python`` (user layers).
 """
 
 from caffe.layers import (  # noqa: F401
     core,
     data,
+    hdf5,
     input,
     loss,
     neuron,
@@ -19,4 +20,5 @@ from caffe.layers import (  # noqa: F401
     recurrent,
     utility,
     vision,
+    window_data,
 )
