@@ -171,3 +171,31 @@ def test_data_layer_feeds_a_real_net(tmp_path: Path):
     )
     accuracy = np.mean([net.forward()["accuracy"] for _ in range(2)])  # 2 x 100 images
     assert accuracy >= 0.97
+
+
+def test_force_gray_and_force_color_on_encoded_datums(tmp_path: Path):
+    gray_file = ASSETS / "dolphins-and-seahorses" / "dolphin" / "image_0042.jpg"  # a grayscale JPEG
+    color_file = DOLPHINS[0]
+    for name, path in (("color", color_file), ("gray", gray_file)):
+        write_db(tmp_path / name, [image_to_datum(path, label=0, encoding="jpg")])
+    native_gray = data_net(tmp_path / "gray", batch=1).forward()["data"]
+    assert native_gray.shape[1] == 1  # a gray file stays 1 channel unless forced
+    forced = data_net(tmp_path / "gray", batch=1, extra="transform_param { force_color: true }").forward()["data"]
+    ref = cv2.imread(str(gray_file), cv2.IMREAD_COLOR).transpose(2, 0, 1).astype(np.float32)
+    np.testing.assert_array_equal(forced[0], ref)
+    grayed = data_net(tmp_path / "color", batch=1, extra="transform_param { force_gray: true }").forward()["data"]
+    np.testing.assert_array_equal(grayed[0, 0], cv2.imread(str(color_file), cv2.IMREAD_GRAYSCALE).astype(np.float32))
+
+
+def test_undecodable_image_in_a_database_is_named(tmp_path: Path):
+    good = image_to_datum(DOLPHINS[0], label=0, encoding="jpg")
+    bad = pb.Datum(data=b"\xff\xd8\xff\xe0 definitely not a jpeg", encoded=True, label=1)
+    with open_db(tmp_path / "db", "lmdb", "new") as db:
+        txn = db.transaction()
+        txn.put(item_key(0, "good.jpg"), good.SerializeToString())
+        txn.put(item_key(1, "broken.jpg"), bad.SerializeToString())
+        txn.commit()
+    net = data_net(tmp_path / "db", batch=1)
+    net.forward()
+    with pytest.raises(caffe.DataError, match=r"00000001_broken\.jpg.*could not decode"):
+        net.forward()

@@ -131,7 +131,8 @@ class DatumSource:
             raise DataError(f"{record.name}: not a valid Datum (corrupt record)") from None
         t = self.transformer
         if datum.encoded:
-            return Decoded(datum_image_hwc(datum, t.force_color, t.force_gray), HWC, float(datum.label))
+            image = datum_image_hwc(datum, t.force_color, t.force_gray, name=record.name)
+            return Decoded(image, HWC, float(datum.label))
         shape = (datum.channels, datum.height, datum.width)
         count = int(np.prod(shape))
         if datum.data:
