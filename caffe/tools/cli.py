@@ -38,7 +38,16 @@ def command(name: str, summary: str) -> Callable[[Callable[[list[str]], int]], C
 
 
 def _load_commands() -> None:
-    from caffe.tools import device, upgrade_tools  # noqa: F401  (they register themselves)
+    from caffe.tools import (  # noqa: F401  (they register themselves)
+        compute_image_mean,
+        convert_cifar_data,
+        convert_imageset,
+        convert_mnist_data,
+        device,
+        download,
+        extract_features,
+        upgrade_tools,
+    )
 
 
 def usage() -> str:
@@ -81,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CaffeError as e:
         log.error("%s", e)
         return 1
+    except KeyboardInterrupt:
+        log.error("Interrupted.")
+        return 130
 
 
 def run_tool(name: str) -> Callable[[], int]:

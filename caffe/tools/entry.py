@@ -5,3 +5,8 @@ from caffe.tools.cli import run_tool
 upgrade_net_proto_text = run_tool("upgrade_net_proto_text")
 upgrade_net_proto_binary = run_tool("upgrade_net_proto_binary")
 upgrade_solver_proto_text = run_tool("upgrade_solver_proto_text")
+convert_imageset = run_tool("convert_imageset")
+compute_image_mean = run_tool("compute_image_mean")
+convert_mnist_data = run_tool("convert_mnist_data")
+convert_cifar_data = run_tool("convert_cifar_data")
+extract_features = run_tool("extract_features")

@@ -1,0 +1,279 @@
+"""``convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME``: images listed with labels -> an LMDB/LevelDB of Datums.
+
+Caffe's tool, with its flags, defaults, keys (``%08d_<listed name>``, the number being the line's
+position in the - possibly shuffled - list) and log lines. Differences, all on paths where Caffe
+misbehaves:
+
+* A list line without a label (or with a label that is not an integer) is an error naming
+  ``LISTFILE:line``; Caffe silently gave such a line label 0. Blank lines are skipped.
+* An unreadable image is a warning naming the file; the others are written and the number of
+  unreadable ones is reported at the end (Caffe logged an error per file and went on too).
+* ``--shuffle`` is reproducible: the list is shuffled with a NumPy generator seeded with
+  ``--random_seed`` (default 0). Caffe shuffled with its own RNG, seeded differently on every run.
+* ``ROOTFOLDER`` without a trailing ``/`` that names a folder is joined with ``/`` (Caffe
+  concatenated the strings, reading ``/data/trainn01440764/...``); otherwise it is a plain prefix.
+* ``--check_size`` compares the decoded images' channels x height x width, also for encoded
+  datums (Caffe compared an encoded file's byte count with 0 and aborted on the second image).
+* The database is created atomically (see :func:`caffe.tools.progress.new_database`); an existing
+  non-empty ``DB_NAME`` is an error, as Caffe's ``db::NEW`` is.
+
+Images are read and decoded by ``--threads`` threads (default: one per core) and written in list
+order; a progress bar is shown when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from caffe.data.datum import decode_image_bytes, image_to_raw_datum
+from caffe.data.db import backend_name, item_key
+from caffe.errors import DataError
+from caffe.proto import caffe_pb2 as pb
+from caffe.tools.cli import command
+from caffe.tools.progress import (
+    Progress,
+    ToolParser,
+    check_new_database_path,
+    default_threads,
+    gflags_int,
+    new_database,
+    ordered_map,
+    parse_flags,
+)
+
+log = logging.getLogger("caffe")
+
+COMMIT_EVERY = 1000
+
+USAGE = """convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
+
+Convert a set of images to the leveldb/lmdb format used as input for Caffe.
+LISTFILE lines are 'relative/path/to/image.jpg LABEL' (the label after the last space)."""
+
+
+@dataclass
+class ListEntry:
+    name: str  # as listed (relative to ROOTFOLDER)
+    label: int
+
+
+@dataclass
+class Converted:
+    payload: bytes | None  # the serialized Datum, or None when the image could not be read
+    shape: tuple[int, int, int]  # decoded (channels, height, width)
+    error: str = ""
+
+
+def read_list(path: str | os.PathLike) -> list[ListEntry]:
+    """``LISTFILE``: ``name label`` per line, split at the last space (or tab); blank lines skipped."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the image list ({e.strerror})") from None
+    entries = []
+    for lineno, line in enumerate(raw.decode("utf-8", "surrogateescape").splitlines(), start=1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        cut = max(text.rfind(" "), text.rfind("\t"))
+        label_text = text[cut + 1 :].strip() if cut >= 0 else ""
+        name = text[:cut] if cut >= 0 else text
+        if cut < 0 or not name.strip():
+            raise DataError(f"{path}:{lineno}: expected 'path label', found no label in {text!r}")
+        try:
+            label = int(label_text, 10)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: the label {label_text!r} is not an integer (line {text!r})") from None
+        if not -(2**31) <= label < 2**31:
+            raise DataError(f"{path}:{lineno}: the label {label} does not fit Datum's int32 label")
+        entries.append(ListEntry(name, label))
+    return entries
+
+
+def _join_root(root: str, name: str) -> str:
+    if root and not root.endswith(("/", os.sep)) and os.path.isdir(root):
+        return root + "/" + name
+    return root + name
+
+
+def _match_ext(filename: str, encoding: str) -> bool:
+    """Whether ``filename`` already is in ``encoding``: its text after the last '.', ignoring case (jpeg = jpg)."""
+    ext = filename[filename.rfind(".") + 1 :].lower()
+    enc = encoding.lower()
+    return ext == enc or (enc == "jpg" and ext == "jpeg")
+
+
+class _Converter:
+    """Turns one list entry into a serialized Datum (runs on worker threads)."""
+
+    def __init__(self, root: str, height: int, width: int, is_color: bool, encoded: bool, encode_type: str) -> None:
+        self.root, self.height, self.width, self.is_color = root, height, width, is_color
+        self.encoded, self.encode_type = encoded, encode_type
+
+    def encoding_for(self, name: str) -> str:
+        if self.encode_type:
+            return self.encode_type
+        dot = name.rfind(".")
+        return name[dot + 1 :].lower() if dot >= 0 else ""
+
+    def __call__(self, entry: ListEntry) -> Converted:
+        path = _join_root(self.root, entry.name)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            return Converted(None, (0, 0, 0), f"Could not open or find file {path} ({e.strerror})")
+        try:
+            img = decode_image_bytes(raw, "color" if self.is_color else "gray", path)
+        except DataError:
+            return Converted(None, (0, 0, 0), f"Could not decode file {path} (not an image OpenCV reads, or corrupt)")
+        if self.height > 0 and self.width > 0:
+            img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        shape = (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
+        if not self.encoded:
+            return Converted(image_to_raw_datum(img, entry.label, path).SerializeToString(), shape)
+        datum = pb.Datum()
+        enc = self.encoding_for(entry.name)
+        keep_file = (shape[0] == 3) == self.is_color and not self.height and not self.width
+        if keep_file and (not enc or _match_ext(entry.name, enc)):
+            datum.data = raw  # the file as it is (also when its encoding cannot be guessed, as Caffe)
+        elif not enc:
+            return Converted(
+                None, shape, f"Failed to guess the encoding of '{entry.name}' (no extension); set --encode_type"
+            )
+        else:
+            ok, buf = cv2.imencode("." + enc, img)
+            if not ok:
+                raise DataError(f"{path}: OpenCV could not encode the image as .{enc}")
+            datum.data = buf.tobytes()
+        datum.label = entry.label
+        datum.encoded = True
+        return Converted(datum.SerializeToString(), shape)
+
+
+def convert_imageset_db(
+    root: str,
+    list_file: str | os.PathLike,
+    db_name: str | os.PathLike,
+    *,
+    gray: bool = False,
+    shuffle: bool = False,
+    backend: str = "lmdb",
+    resize_width: int = 0,
+    resize_height: int = 0,
+    check_size: bool = False,
+    encoded: bool = False,
+    encode_type: str = "",
+    random_seed: int = 0,
+    threads: int = 0,
+) -> tuple[int, int]:
+    """Write the database; returns (records written, images that could not be read)."""
+    backend = backend_name(backend)
+    encode_type = encode_type.lower().lstrip(".")
+    if encode_type and not cv2.haveImageWriter("x." + encode_type):
+        raise DataError(f"--encode_type={encode_type}: OpenCV cannot write .{encode_type} images")
+    check_new_database_path(db_name)
+    entries = read_list(list_file)
+    if shuffle:
+        log.info("Shuffling data")
+        order = np.random.default_rng(random_seed).permutation(len(entries))
+        entries = [entries[i] for i in order]
+    log.info("A total of %d images.", len(entries))
+    if not entries:
+        raise DataError(f"{list_file}: the image list is empty; nothing to convert")
+    if encode_type and not encoded:
+        log.info("encode_type specified, assuming encoded=true.")
+        encoded = True
+    if encoded and not encode_type:
+        for e in entries:
+            if "." not in e.name:
+                log.warning("Failed to guess the encoding of '%s'", e.name)
+    if (resize_height > 0) != (resize_width > 0):
+        log.warning(
+            "Only one of --resize_height/--resize_width is set: images keep their size (both are needed to resize)"
+        )
+    convert = _Converter(root, max(0, resize_height), max(0, resize_width), not gray, encoded, encode_type)
+
+    count = failed = 0
+    first_shape: tuple[int, int, int] | None = None
+    cv_threads = cv2.getNumThreads()
+    threads = threads if threads > 0 else default_threads()
+    if threads > 1:
+        cv2.setNumThreads(1)  # parallel over images, not inside each resize
+    try:
+        with new_database(db_name, backend) as db, Progress(len(entries), "convert_imageset", "img") as bar:
+            txn = db.transaction()
+            for line_id, (entry, result) in enumerate(zip(entries, ordered_map(convert, entries, threads))):
+                bar.update()
+                if result.payload is None:
+                    log.warning("%s", result.error)
+                    failed += 1
+                    continue
+                if check_size:
+                    if first_shape is None:
+                        first_shape = result.shape
+                    elif result.shape != first_shape:
+                        raise DataError(
+                            f"--check_size: {entry.name} is {'x'.join(map(str, result.shape))} but the first image "
+                            f"is {'x'.join(map(str, first_shape))} (channels x height x width)"
+                        )
+                txn.put(item_key(line_id, entry.name.encode("utf-8", "surrogateescape")), result.payload)
+                count += 1
+                if count % COMMIT_EVERY == 0:
+                    txn.commit()
+                    log.info("Processed %d files.", count)
+            if count == 0:
+                raise DataError(f"{list_file}: none of the {len(entries)} listed images could be read; nothing written")
+            if count % COMMIT_EVERY != 0:
+                txn.commit()
+                log.info("Processed %d files.", count)
+    finally:
+        cv2.setNumThreads(cv_threads)
+    if failed:
+        log.warning("%d of %d listed images could not be read and were skipped (named above).", failed, len(entries))
+    return count, failed
+
+
+@command("convert_imageset", "convert a list of images and labels to an LMDB/LevelDB of Datums")
+def convert_imageset(argv: list[str]) -> int:
+    parser = ToolParser("convert_imageset", USAGE)
+    parser.add_bool("gray", "When this option is on, treat images as grayscale ones")
+    parser.add_bool("shuffle", "Randomly shuffle the order of images and their labels")
+    parser.add_argument("--backend", default="lmdb", help="The backend {lmdb, leveldb} for storing the result")
+    parser.add_argument("--resize_width", type=gflags_int, default=0, help="Width images are resized to")
+    parser.add_argument("--resize_height", type=gflags_int, default=0, help="Height images are resized to")
+    parser.add_bool("check_size", "When this option is on, check that all the datum have the same size")
+    parser.add_bool("encoded", "When this option is on, the encoded image will be save in datum")
+    parser.add_argument(
+        "--encode_type", default="", help="Optional: What type should we encode the image as ('png','jpg',...)."
+    )
+    parser.add_argument("--random_seed", type=gflags_int, default=0, help="Seed of --shuffle (neocaffe)")
+    parser.add_argument("--threads", type=gflags_int, default=0, help="Decoding threads (neocaffe; 0: one per core)")
+    parser.add_argument("root_folder", metavar="ROOTFOLDER/")
+    parser.add_argument("list_file", metavar="LISTFILE")
+    parser.add_argument("db_name", metavar="DB_NAME")
+    args = parse_flags(parser, argv)
+    if isinstance(args, int):
+        return args
+    convert_imageset_db(
+        args.root_folder,
+        args.list_file,
+        args.db_name,
+        gray=args.gray,
+        shuffle=args.shuffle,
+        backend=args.backend,
+        resize_width=args.resize_width,
+        resize_height=args.resize_height,
+        check_size=args.check_size,
+        encoded=args.encoded,
+        encode_type=args.encode_type,
+        random_seed=args.random_seed,
+        threads=args.threads,
+    )
+    return 0
