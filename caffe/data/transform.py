@@ -103,17 +103,27 @@ class DataTransformer:
         else:
             crop = item[:, h : h + size_h, w : w + size_w]
             crop = crop[:, :, ::-1] if flip else crop
-        out[...] = crop  # one casting copy into the float32 slot
         if self.mean is not None:
             # mirror(crop(x) - crop(mean)) = mirror(crop(x)) - crop(mirrored mean at the mirrored offset)
             ww = width - w - size_w if flip else w
             mean = self._mean_view(layout, flip)
-            if layout == HWC:
-                np.subtract(out, mean[h : h + size_h, ww : ww + size_w], out=out)
+            if layout == HWC and crop.dtype == np.uint8 and crop.shape[2] <= 4:
+                # one fused pass: uint8 - float32 -> float32 straight into the slot
+                cv2.subtract(
+                    crop, mean[h : h + size_h, ww : ww + size_w], dst=out.reshape(crop.shape), dtype=cv2.CV_32F
+                )
             else:
-                np.subtract(out, mean[:, h : h + size_h, ww : ww + size_w], out=out)
-        elif self.mean_values is not None:
-            np.subtract(out, self.mean_values if layout == HWC else self.mean_values[:, None, None], out=out)
+                out[...] = crop
+                mean = (
+                    mean[h : h + size_h, ww : ww + size_w]
+                    if layout == HWC
+                    else mean[:, h : h + size_h, ww : ww + size_w]
+                )
+                np.subtract(out, mean, out=out)
+        else:
+            out[...] = crop  # one casting copy into the float32 slot
+            if self.mean_values is not None:
+                np.subtract(out, self.mean_values if layout == HWC else self.mean_values[:, None, None], out=out)
         if self.scale != 1.0:
             np.multiply(out, np.float32(self.scale), out=out)
         return h, w
