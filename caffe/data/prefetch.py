@@ -1,10 +1,10 @@
 """Batches prepared in the background, ``depth`` ahead of the net (Caffe's prefetching data layers).
 
 One feeder thread reads the records of each batch in order and draws every random number the
-batch needs (so a seeded run repeats exactly, whatever the thread timing); decode workers then
-decode their share of the items and transform them straight into the batch's float buffer (OpenCV
-and NumPy release the GIL, so the threads run in parallel); the net's thread only wraps a finished
-buffer as a tensor.
+batch needs (so a seeded run repeats exactly, whatever the thread timing) and hands whole batches
+to the decode workers in turn; a worker decodes and transforms a batch's items straight into its
+float buffer (OpenCV and NumPy release the GIL, so the workers run in parallel); the net's thread
+takes the batches in order and only wraps a finished buffer as a tensor.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,7 +90,6 @@ class _Batch:
     buffer: np.ndarray | None = None
     labels: np.ndarray | None = None
     item_shape: tuple[int, ...] = ()
-    pending: int = 0
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -117,12 +115,9 @@ class Prefetcher:
         self.rng = np.random.default_rng(seed)
         self.wait_seconds = 0.0  # time the net's thread spent waiting for a batch
         self.batches = 0
-        self._lock = threading.Lock()
         self._ready: queue.Queue[_Batch] = queue.Queue()
         self._slots = threading.Semaphore(self.depth)
-        self._jobs: list[queue.Queue[tuple[_Batch, Sequence[int]] | None]] = [
-            queue.Queue() for _ in range(self.workers)
-        ]
+        self._jobs: list[queue.Queue[_Batch | None]] = [queue.Queue() for _ in range(self.workers)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         if self.workers:
@@ -134,10 +129,14 @@ class Prefetcher:
             _live.add(self)
 
     # ------------------------------------------------------------------ background side
-    def _prepare(self) -> _Batch:
-        """Read a batch's records, draw its random numbers, decode its first item (sets the shape)."""
+    def _records(self) -> _Batch:
+        """Read a batch's records and draw its random numbers (feeder thread, in order)."""
         records = self.source.next_records(self.batch_size)
-        batch = _Batch(records, [self.transformer.draw(self.rng) for _ in records])
+        return _Batch(records, [self.transformer.draw(self.rng) for _ in records])
+
+    def _build(self, batch: _Batch) -> None:
+        """Decode and transform every item of ``batch`` into a new float32 buffer (one thread)."""
+        records = batch.records
         first = self.source.decode(records[0])
         array = first.array
         c, h, w = (array.shape[2], *array.shape[:2]) if first.layout == HWC else array.shape
@@ -148,7 +147,8 @@ class Prefetcher:
         batch.buffer = np.empty(shape, dtype=np.float32)  # a new one per batch: the net keeps using it
         batch.labels = np.empty(len(records), dtype=np.float32)
         self._place(batch, 0, first)
-        return batch
+        for i in range(1, len(records)):
+            self._place(batch, i, self.source.decode(records[i]))
 
     def _place(self, batch: _Batch, i: int, item: Decoded) -> None:
         if item.array.shape != batch.item_shape or item.layout != batch.layout:
@@ -161,49 +161,35 @@ class Prefetcher:
         self.transformer.place(item.array, item.layout, batch.buffer[i], batch.draws[i])
         batch.labels[i] = item.label
 
-    def _fill(self, batch: _Batch, indices: Sequence[int]) -> None:
-        try:
-            for i in indices:
-                self._place(batch, i, self.source.decode(batch.records[i]))
-        except BaseException as e:  # reported to the net's thread, which raises it
-            with self._lock:
-                batch.error = batch.error or e
-        finally:
-            with self._lock:
-                batch.pending -= 1
-                finished = batch.pending == 0
-            if finished:
-                batch.done.set()
-
     def _feed(self) -> None:
+        """Read records in order and hand whole batches to the workers in turn."""
+        k = 0
         while True:
             self._slots.acquire()
             if self._stop.is_set():
                 return
             try:
-                batch = self._prepare()
+                batch = self._records()
             except BaseException as e:
                 batch = _Batch([], [], error=e)
                 batch.done.set()
                 self._ready.put(batch)
                 return
-            rest = list(range(1, len(batch.records)))
-            chunks = [rest[k :: self.workers] for k in range(self.workers)]
-            chunks = [c for c in chunks if c]
-            batch.pending = len(chunks)
             self._ready.put(batch)
-            if not chunks:
-                batch.done.set()
-            for k, chunk in enumerate(chunks):
-                self._jobs[k].put((batch, chunk))
+            self._jobs[k % self.workers].put(batch)
+            k += 1
 
     def _work(self, w: int) -> None:
         jobs = self._jobs[w]
         while True:
-            job = jobs.get()
-            if job is None:
+            batch = jobs.get()
+            if batch is None:
                 return
-            self._fill(*job)
+            try:
+                self._build(batch)
+            except BaseException as e:  # reported to the net's thread, which raises it
+                batch.error = e
+            batch.done.set()
 
     # ------------------------------------------------------------------ net side
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,12 +199,8 @@ class Prefetcher:
             batch = self._ready.get()
             batch.done.wait()
         else:
-            try:
-                batch = self._prepare()
-                self._fill(batch, range(1, len(batch.records)))
-            except DataError:
-                raise
-            batch.done.set()
+            batch = self._records()
+            self._build(batch)
         self.wait_seconds += time.perf_counter() - start
         self.batches += 1
         try:
