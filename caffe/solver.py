@@ -1,0 +1,580 @@
+"""Solver: trains a Net as Caffe's ``Solver`` does, from a SolverParameter.
+
+It builds the train net and the test nets (sharing the train net's weights), runs iterations
+(``iter_size`` forward/backward passes, then an update), tests every ``test_interval``, prints
+Caffe's log lines (so Caffe's log parsers and DIGITS read them), writes snapshots in Caffe's file
+names and formats (atomically), restores them exactly, and can also write one JSON line per
+display, test and snapshot for programs that follow a training (``events``).
+
+The update rule is the subclass's (``caffe.solvers``): SGD, Nesterov, AdaGrad, RMSProp, AdaDelta,
+Adam, each keeping Caffe's history blobs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from caffe import common
+from caffe.blob import Blob
+from caffe.errors import SolverError
+from caffe.net import Net
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import atomic_write, read_binary, read_net_param, read_solver_param
+
+log = logging.getLogger("caffe")
+
+_SOLVERS: dict[str, type[Solver]] = {}
+
+
+def fmt(x: float) -> str:
+    """A number as C++'s default stream output (6 significant digits), as Caffe's log lines print it."""
+    return f"{x:g}"
+
+
+def register_solver(name: str) -> Callable[[type[Solver]], type[Solver]]:
+    def deco(cls: type[Solver]) -> type[Solver]:
+        _SOLVERS[name] = cls
+        cls.type_name = name
+        return cls
+
+    return deco
+
+
+def solver_class(type_name: str) -> type[Solver]:
+    import caffe.solvers  # noqa: F401  (registers the solver types)
+
+    cls = _SOLVERS.get(type_name)
+    if cls is None:
+        raise SolverError(f"unknown solver type '{type_name}' (known: {', '.join(sorted(_SOLVERS))})")
+    return cls
+
+
+def get_solver(solver: str | os.PathLike | pb.SolverParameter, **kwargs: Any) -> Solver:
+    """pycaffe's ``caffe.get_solver``: the solver class named by the parameter's ``type``."""
+    param = solver if isinstance(solver, pb.SolverParameter) else read_solver_param(solver)
+    return solver_class(param.type)(param, **kwargs)
+
+
+class SolverAction:
+    NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
+
+
+class Callback:
+    """pycaffe's solver callback: ``on_start`` before each iteration, ``on_gradients_ready`` before the update."""
+
+    def __init__(self, on_start: Callable[[], Any], on_gradients_ready: Callable[[], Any]) -> None:
+        self.on_start, self.on_gradients_ready = on_start, on_gradients_ready
+
+
+class EventLog:
+    """One JSON object per line, flushed at once (the web app follows trainings through it)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115  (kept open for the training)
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        self._f.write(json.dumps(record, allow_nan=True) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Solver:
+    """Caffe's Solver; subclasses implement the update (``compute_update_value``) and its history."""
+
+    type_name: ClassVar[str] = ""
+    history_per_param: ClassVar[int] = 1  # AdaDelta and Adam keep two history blobs per parameter
+
+    def __init__(
+        self,
+        solver: str | os.PathLike | pb.SolverParameter,
+        *,
+        events: str | os.PathLike | EventLog | None = None,
+        action: Callable[[], str] | None = None,
+    ) -> None:
+        if isinstance(solver, pb.SolverParameter):
+            self.param = pb.SolverParameter()
+            self.param.CopyFrom(solver)
+            from caffe.upgrade import upgrade_solver_as_needed
+
+            upgrade_solver_as_needed(self.param, "SolverParameter")
+            self.source = "SolverParameter"
+        else:
+            self.param = read_solver_param(solver)
+            self.source = str(solver)
+        p = self.param
+        if p.average_loss < 1:
+            raise SolverError(f"{self.source}: average_loss should be at least 1, got {p.average_loss}")
+        if p.iter_size < 1:
+            raise SolverError(f"{self.source}: iter_size should be at least 1, got {p.iter_size}")
+        self.events = EventLog(events) if isinstance(events, (str, os.PathLike)) else events
+        self.action = action
+        self.callbacks: list[Callback] = []
+        self.requested_early_exit = False
+        self.iter = 0
+        self.current_step = 0
+        self._check_snapshot_prefix()
+        if p.random_seed >= 0:
+            common.set_random_seed(p.random_seed)
+        if p.solver_mode == pb.SolverParameter.GPU and common.mode() == "CPU":
+            log.info("solver_mode is GPU, but the CPU mode was chosen (no --gpu, or no CUDA): training on the CPU")
+        self.net = self._train_net()
+        self.test_nets = self._test_nets()
+        log.info("Solver scaffolding done.")
+        self.losses: list[float] = []
+        self.smoothed_loss = 0.0
+        self.history: list[Blob] = [
+            Blob(b.shape, dtype=b.dtype, device=b.device)
+            for _ in range(self.history_per_param)
+            for b in self.net.learnable_params
+        ]
+
+    # ------------------------------------------------------------------ nets
+    def _net_param(self, field: str) -> pb.NetParameter:
+        value = getattr(self.param, field)
+        if field.endswith("_param"):
+            net = pb.NetParameter()
+            net.CopyFrom(value)
+            return net
+        return read_net_param(value)
+
+    def _train_net(self) -> Net:
+        p = self.param
+        given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError(
+                f"{self.source}: the solver must specify exactly one train net with one of net, net_param, "
+                f"train_net, train_net_param (found {len(given) or 'none'}: {', '.join(given)})"
+            )
+        net_param = self._net_param(given[0])
+        log.info("Creating training net from %s", given[0] if given[0].endswith("_param") else getattr(p, given[0]))
+        state = pb.NetState(phase=pb.TRAIN)
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        net_param.state.CopyFrom(state)
+        net = Net(net_param)
+        for weights in p.weights:
+            self.load_weights(net, weights)
+        return net
+
+    def _test_nets(self) -> list[Net]:
+        p = self.param
+        generic = [f for f in ("net", "net_param") if p.HasField(f)]
+        specific: list[tuple[str, pb.NetParameter]] = [("test_net_param", n) for n in p.test_net_param]
+        specific += [(f"test_net file: {f}", read_net_param(f)) for f in p.test_net]
+        if generic and len(p.test_iter) < len(specific):
+            raise SolverError(f"{self.source}: test_iter must be specified for each test network")
+        if not generic and len(p.test_iter) != len(specific):
+            raise SolverError(
+                f"{self.source}: test_iter must be specified for each test network "
+                f"({len(specific)} test net(s), {len(p.test_iter)} test_iter value(s))"
+            )
+        sources = list(specific)
+        for _ in range(len(p.test_iter) - len(specific)):
+            sources.append((generic[0], self._net_param(generic[0])))
+        if len(p.test_state) and len(p.test_state) != len(sources):
+            raise SolverError(
+                f"{self.source}: test_state must be unspecified or specified once per test net "
+                f"({len(sources)} test net(s), {len(p.test_state)} test_state value(s))"
+            )
+        if sources and p.test_interval <= 0:
+            raise SolverError(f"{self.source}: test_interval must be positive when there are test nets")
+        nets = []
+        for i, (source, net_param) in enumerate(sources):
+            state = pb.NetState(phase=pb.TEST)
+            state.MergeFrom(net_param.state)
+            if len(p.test_state):
+                state.MergeFrom(p.test_state[i])
+            net_param.state.CopyFrom(state)
+            log.info("Creating test net (#%d) specified by %s", i, source)
+            net = Net(net_param)
+            net.debug_info = p.debug_info
+            for weights in p.weights:
+                self.load_weights(net, weights)
+            net.share_with(self.net)
+            nets.append(net)
+        return nets
+
+    @staticmethod
+    def load_weights(net: Net, model_list: str) -> list[str]:
+        """Caffe's LoadNetWeights: a comma-separated list of weight files, copied in order."""
+        copied: list[str] = []
+        for name in (m.strip() for m in model_list.split(",")):
+            if name:
+                log.info("Finetuning from %s", name)
+                copied += net.copy_from(name)
+        return copied
+
+    # ------------------------------------------------------------------ learning rate
+    def learning_rate(self) -> float:
+        """Caffe's GetLearningRate for the current iteration (updates ``current_step`` as Caffe does)."""
+        p, it = self.param, self.iter
+        policy = p.lr_policy
+        if policy == "fixed":
+            rate = p.base_lr
+        elif policy == "step":
+            if p.stepsize <= 0:
+                raise SolverError(f"{self.source}: lr_policy 'step' needs a positive stepsize")
+            self.current_step = it // p.stepsize
+            rate = p.base_lr * p.gamma**self.current_step
+        elif policy == "exp":
+            rate = p.base_lr * p.gamma**it
+        elif policy == "inv":
+            rate = p.base_lr * (1.0 + p.gamma * it) ** (-p.power)
+        elif policy == "multistep":
+            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
+                self.current_step += 1
+                log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
+            rate = p.base_lr * p.gamma**self.current_step
+        elif policy == "poly":
+            rate = p.base_lr * (1.0 - it / p.max_iter) ** p.power
+        elif policy == "sigmoid":
+            if p.stepsize <= 0:
+                raise SolverError(f"{self.source}: lr_policy 'sigmoid' needs a positive stepsize")
+            rate = p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (it - p.stepsize))))
+        else:
+            raise SolverError(
+                f"{self.source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid)"
+            )
+        return float(np.float32(rate))
+
+    # ------------------------------------------------------------------ update
+    def apply_update(self) -> None:
+        """Caffe's ApplyUpdate: rate, clipping, then per parameter normalize, regularize, update; w -= diff."""
+        rate = self.learning_rate()
+        if self.param.display and self.iter % self.param.display == 0:
+            log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
+        self._last_rate = rate
+        with torch.no_grad():
+            self.clip_gradients()
+            for i, blob in enumerate(self.net.learnable_params):
+                self.normalize(blob)
+                self.regularize(i, blob)
+                self.compute_update_value(i, blob, rate)
+            self.net.update()
+        self.iter += 1
+
+    def clip_gradients(self) -> None:
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        params = self.net.learnable_params
+        norm = math.sqrt(sum(float(b.grad.double().pow(2).sum()) for b in params))
+        if norm > clip:
+            factor = clip / norm
+            log.info(
+                "Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale factor %s",
+                fmt(norm),
+                fmt(clip),
+                fmt(factor),
+            )
+            for b in params:
+                b.mutable_grad.mul_(factor)
+
+    def normalize(self, blob: Blob) -> None:
+        if self.param.iter_size > 1:
+            blob.mutable_grad.mul_(1.0 / self.param.iter_size)
+
+    def regularize(self, i: int, blob: Blob) -> None:
+        decay = self.param.weight_decay * self.net.params_weight_decay[i]
+        if not decay:
+            return
+        kind = self.param.regularization_type
+        if kind == "L2":
+            blob.mutable_grad.add_(blob.tensor, alpha=decay)
+        elif kind == "L1":
+            blob.mutable_grad.add_(torch.sign(blob.tensor), alpha=decay)
+        else:
+            raise SolverError(f"{self.source}: unknown regularization_type '{kind}' (L2 or L1)")
+
+    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
+        """Turn ``blob``'s diff into the step to subtract (the solver type's rule)."""
+        raise NotImplementedError
+
+    def local_rate(self, i: int, rate: float) -> float:
+        return float(np.float32(rate) * np.float32(self.net.params_lr[i]))
+
+    # ------------------------------------------------------------------ the loop
+    def add_callback(self, on_start: Callable[[], Any] | Callback, on_gradients_ready: Callable[[], Any] | None = None):
+        cb = on_start if isinstance(on_start, Callback) else Callback(on_start, on_gradients_ready or (lambda: None))
+        self.callbacks.append(cb)
+
+    def _requested(self) -> str:
+        return self.action() if self.action is not None else SolverAction.NONE
+
+    def update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+        average = self.param.average_loss
+        if len(self.losses) < average:
+            self.losses.append(loss)
+            size = len(self.losses)
+            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
+        else:
+            idx = (self.iter - start_iter) % average
+            self.smoothed_loss += (loss - self.losses[idx]) / average
+            self.losses[idx] = loss
+
+    def step(self, iters: int) -> None:
+        """Run ``iters`` iterations (Caffe's Step)."""
+        p = self.param
+        start_iter, stop_iter = self.iter, self.iter + int(iters)
+        self.losses, self.smoothed_loss = [], 0.0
+        timer, last_iter = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for cb in self.callbacks:
+                cb.on_start()
+            display = bool(p.display) and self.iter % p.display == 0
+            self.net.debug_info = display and p.debug_info
+            loss = 0.0
+            for _ in range(p.iter_size):
+                loss += self.net.forward_backward()
+            loss /= p.iter_size
+            self.update_smoothed_loss(loss, start_iter)
+            if display:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - last_iter) / (lapse or 1.0)
+                log.info(
+                    "Iteration %d (%s iter/s, %ss/%d iters), loss = %s",
+                    self.iter,
+                    fmt(per_s),
+                    fmt(lapse),
+                    p.display,
+                    fmt(self.smoothed_loss),
+                )
+                timer, last_iter = time.perf_counter(), self.iter
+                outputs = self._log_outputs(self.net, "Train", None)
+            for cb in self.callbacks:
+                cb.on_gradients_ready()
+            self.apply_update()
+            if display and self.events is not None:
+                self.events.write(
+                    "train",
+                    iter=self.iter - 1,
+                    loss=self.smoothed_loss,
+                    lr=self._last_rate,
+                    iter_per_s=per_s,
+                    outputs=outputs,
+                )
+            request = self._requested()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
+                self.snapshot()
+            if request == SolverAction.STOP:
+                self.requested_early_exit = True
+                break
+
+    def solve(self, resume_file: str | os.PathLike | None = None) -> None:
+        """Caffe's Solve: restore if asked, run to max_iter, snapshot, final display and test."""
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self.requested_early_exit = False
+        if resume_file:
+            log.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
+        if self.events is not None:
+            self.events.write("start", iter=self.iter, max_iter=p.max_iter, net=self.net.name, solver=self.source)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info("Optimization stopped early.")
+            if self.events is not None:
+                self.events.write("done", iter=self.iter, stopped_early=True)
+            return
+        if p.display and self.iter % p.display == 0:
+            with torch.no_grad():
+                loss = self.net._forward(0, len(self.net.layers) - 1)
+            self.update_smoothed_loss(loss, start_iter)
+            log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+        if self.events is not None:
+            self.events.write("done", iter=self.iter, stopped_early=False)
+
+    # ------------------------------------------------------------------ testing
+    def test_all(self) -> None:
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test(i)
+
+    def test(self, test_net_id: int = 0) -> dict[str, float]:
+        """Caffe's Test: mean of each output over test_iter batches, logged as 'Test net output #k'."""
+        p = self.param
+        log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
+        net = self.test_nets[test_net_id]
+        iters = p.test_iter[test_net_id]
+        totals: list[np.ndarray] | None = None
+        loss = 0.0
+        for _ in range(iters):
+            request = self._requested()
+            while request != SolverAction.NONE:
+                if request == SolverAction.SNAPSHOT:
+                    self.snapshot()
+                elif request == SolverAction.STOP:
+                    self.requested_early_exit = True
+                request = self._requested()
+            if self.requested_early_exit:
+                break
+            with torch.no_grad():
+                batch_loss = net._forward(0, len(net.layers) - 1)
+            if p.test_compute_loss:
+                loss += batch_loss
+            values = [net.blobs[name].data.astype(np.float64).reshape(-1).copy() for name in net.outputs]
+            totals = values if totals is None else [t + v for t, v in zip(totals, values, strict=True)]
+        if self.requested_early_exit:
+            log.info("Test interrupted.")
+            return {}
+        if p.test_compute_loss:
+            log.info("Test loss: %s", fmt(loss / iters))
+        means = [t / iters for t in totals] if totals is not None else []
+        results = self._log_outputs(net, "Test", means)
+        if self.events is not None:
+            self.events.write("test", iter=self.iter, net=test_net_id, outputs=results)
+        return results
+
+    @staticmethod
+    def _log_outputs(net: Net, kind: str, values: list[np.ndarray] | None) -> dict[str, float | list[float]]:
+        """Log every element of every output as Caffe does; return {name: value(s)}."""
+        results: dict[str, float | list[float]] = {}
+        index = 0
+        weights = net.blob_loss_weights
+        for j, name in enumerate(net.outputs):
+            data = values[j] if values is not None else net.blobs[name].data.reshape(-1)
+            weight = weights[name]
+            for v in data:
+                extra = f" (* {fmt(weight)} = {fmt(weight * float(v))} loss)" if weight else ""
+                log.info("    %s net output #%d: %s = %s%s", kind, index, name, fmt(float(v)), extra)
+                index += 1
+            results[name] = float(data[0]) if len(data) == 1 else [float(v) for v in data]
+        return results
+
+    # ------------------------------------------------------------------ snapshots
+    def _check_snapshot_prefix(self) -> None:
+        p = self.param
+        if not p.snapshot:
+            return
+        if not p.HasField("snapshot_prefix"):
+            raise SolverError(f"{self.source}: snapshot is specified but snapshot_prefix is not")
+        folder = Path(self.snapshot_filename(".tempfile")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise SolverError(
+                f"{self.source}: cannot write to snapshot prefix '{p.snapshot_prefix}': make sure that the "
+                "directory exists and is writable"
+            )
+
+    def snapshot_filename(self, extension: str) -> str:
+        return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
+
+    def snapshot(self) -> tuple[str, str]:
+        """Write the weights, then the solver state (each atomically); returns both file names."""
+        p = self.param
+        if p.snapshot_format == pb.SolverParameter.HDF5:
+            model = self.snapshot_filename(".caffemodel.h5")
+            log.info("Snapshotting to HDF5 file %s", model)
+            self.net.save_hdf5(model, write_diff=p.snapshot_diff)
+        else:
+            model = self.snapshot_filename(".caffemodel")
+            log.info("Snapshotting to binary proto file %s", model)
+            self.net.save(model, write_diff=p.snapshot_diff)
+        state = self.snapshot_solver_state(model)
+        if self.events is not None:
+            self.events.write("snapshot", iter=self.iter, model=model, state=state)
+        return model, state
+
+    def snapshot_solver_state(self, model_filename: str) -> str:
+        from caffe.weights import array_to_blob_proto
+
+        if self.param.snapshot_format == pb.SolverParameter.HDF5:
+            import h5py
+
+            name = self.snapshot_filename(".solverstate.h5")
+            log.info("Snapshotting solver state to HDF5 file %s", name)
+            tmp = Path(name).with_name(f".{Path(name).name}.tmp")
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("iter", data=np.int32(self.iter))
+                f.create_dataset("learned_net", data=model_filename, dtype=h5py.string_dtype("ascii"))
+                f.create_dataset("current_step", data=np.int32(self.current_step))
+                group = f.create_group("history")
+                for i, blob in enumerate(self.history):
+                    group.create_dataset(str(i), data=np.asarray(blob.data, dtype=np.float32))
+            os.replace(tmp, name)
+            return name
+        name = self.snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", name)
+        state = pb.SolverState(iter=self.iter, learned_net=model_filename, current_step=self.current_step)
+        for blob in self.history:
+            state.history.append(array_to_blob_proto(blob.data))
+        atomic_write(name, state.SerializeToString())
+        return name
+
+    def restore(self, state_file: str | os.PathLike) -> None:
+        """Continue from a ``.solverstate`` (or ``.solverstate.h5``): iteration, weights, step, history."""
+        path = Path(state_file)
+        if not path.exists():
+            raise SolverError(f"{state_file}: solver state file not found")
+        if path.name.endswith(".h5"):
+            iteration, learned, step, history = self._read_state_hdf5(path)
+        else:
+            state = read_binary(path, pb.SolverState(), "solverstate")
+            from caffe.weights import blob_proto_to_array
+
+            iteration, step = state.iter, state.current_step
+            learned = state.learned_net if state.HasField("learned_net") else None
+            history = [blob_proto_to_array(h) for h in state.history]
+        if len(history) != len(self.history):
+            raise SolverError(
+                f"{state_file}: incorrect length of history blobs: the state has {len(history)}, "
+                f"the {self.type_name} solver of this net needs {len(self.history)}"
+            )
+        self.iter, self.current_step = int(iteration), int(step)
+        if learned:
+            weights = Path(learned)
+            if not weights.exists() and (path.parent / weights.name).exists():
+                weights = path.parent / weights.name  # the snapshot folder was moved
+            self.net.copy_from(str(weights))
+        log.info("%sSolver: restoring history", self.type_name)
+        for i, (blob, arr) in enumerate(zip(self.history, history, strict=True)):
+            if arr.size != blob.count:
+                raise SolverError(
+                    f"{state_file}: history blob {i} holds {arr.size} values, the parameter has {blob.count}"
+                )
+            with torch.no_grad():
+                blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=np.float32).reshape(blob.shape)))
+
+    @staticmethod
+    def _read_state_hdf5(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            learned = f["learned_net"][()] if "learned_net" in f else None
+            if isinstance(learned, bytes):
+                learned = learned.decode()
+            history = [np.asarray(f["history"][str(i)]) for i in range(len(f["history"]))]
+            return int(f["iter"][()]), learned, int(f["current_step"][()]), history
+
+    # ------------------------------------------------------------------ pycaffe
+    def share_weights(self, net: Net) -> None:
+        net.share_with(self.net)
+
+    def __repr__(self) -> str:
+        return f"<caffe.{type(self).__name__} net='{self.net.name}' iter={self.iter}>"
