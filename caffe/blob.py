@@ -23,10 +23,11 @@ _HOST, _DEVICE, _SYNCED = 0, 1, 2
 class SyncedTensor:
     """One array held in host memory and/or on a device, synchronized lazily on access."""
 
-    __slots__ = ("_dev", "_head", "_host", "device")
+    __slots__ = ("_dev", "_head", "_host", "device", "on_cpu")
 
     def __init__(self, tensor: torch.Tensor, device: torch.device) -> None:
         self.device = device
+        self.on_cpu = device.type == "cpu"
         if device.type == "cpu":
             self._host = self._dev = tensor
             self._head = _SYNCED
@@ -34,10 +35,6 @@ class SyncedTensor:
             self._host, self._dev, self._head = tensor, None, _HOST
         else:
             self._host, self._dev, self._head = None, tensor, _DEVICE
-
-    @property
-    def on_cpu(self) -> bool:
-        return self.device.type == "cpu"
 
     def host(self) -> torch.Tensor:
         """The host tensor, up to date; the caller may write it (the head moves to the host)."""
