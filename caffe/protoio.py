@@ -122,11 +122,18 @@ def read_solver_param(path: PathLike) -> pb.SolverParameter:
     return upgrade_solver_as_needed(solver, str(path))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; a saved model should be readable as usual
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
