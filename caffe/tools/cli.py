@@ -46,6 +46,8 @@ def _load_commands() -> None:
         device,
         download,
         extract_features,
+        log_tools,
+        train,
         upgrade_tools,
     )
 
