@@ -223,6 +223,8 @@ class Solver:
         """Caffe's GetLearningRate for the current iteration (updates ``current_step`` as Caffe does)."""
         p, it = self.param, self.iter
         policy = p.lr_policy
+        if policy in ("step", "exp", "inv", "multistep", "sigmoid") and p.gamma < 0:
+            raise SolverError(f"{self.source}: lr_policy '{policy}' needs gamma >= 0, got {fmt(p.gamma)}")
         if policy == "fixed":
             rate = p.base_lr
         elif policy == "step":
@@ -244,7 +246,8 @@ class Solver:
         elif policy == "sigmoid":
             if p.stepsize <= 0:
                 raise SolverError(f"{self.source}: lr_policy 'sigmoid' needs a positive stepsize")
-            rate = p.base_lr * (1.0 / (1.0 + math.exp(-p.gamma * (it - p.stepsize))))
+            z = -p.gamma * (it - p.stepsize)  # exp overflows to inf, the rate to 0, as in C++ (no OverflowError)
+            rate = p.base_lr * (1.0 / (1.0 + (math.exp(z) if z < 700 else math.inf)))
         else:
             raise SolverError(
                 f"{self.source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid)"
@@ -510,14 +513,21 @@ class Solver:
             name = self.snapshot_filename(".solverstate.h5")
             log.info("Snapshotting solver state to HDF5 file %s", name)
             tmp = Path(name).with_name(f".{Path(name).name}.tmp")
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("iter", data=np.int32(self.iter))
-                f.create_dataset("learned_net", data=model_filename, dtype=h5py.string_dtype("ascii"))
-                f.create_dataset("current_step", data=np.int32(self.current_step))
-                group = f.create_group("history")
-                for i, blob in enumerate(self.history):
-                    group.create_dataset(str(i), data=np.asarray(blob.data, dtype=np.float32))
-            os.replace(tmp, name)
+            learned = model_filename.encode()
+            try:
+                with h5py.File(tmp, "w") as f:
+                    # Caffe's hdf5_save_int: a 1-element int dataset; hdf5_save_string (H5LTmake_dataset_string):
+                    # a scalar fixed-length, NUL-terminated string (Caffe's reader cannot read variable-length)
+                    f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
+                    f.create_dataset("learned_net", data=np.array(learned, dtype=f"S{len(learned) + 1}"))
+                    f.create_dataset("current_step", data=np.array([self.current_step], dtype=np.int32))
+                    group = f.create_group("history")
+                    for i, blob in enumerate(self.history):
+                        group.create_dataset(str(i), data=np.asarray(blob.data, dtype=np.float32))
+                os.replace(tmp, name)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
             return name
         name = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", name)
@@ -565,12 +575,15 @@ class Solver:
     def _read_state_hdf5(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
         import h5py
 
+        def first(value: Any) -> Any:  # Caffe writes its ints as 1-element datasets
+            return np.asarray(value).reshape(-1)[0]
+
         with h5py.File(path, "r") as f:
-            learned = f["learned_net"][()] if "learned_net" in f else None
+            learned = first(f["learned_net"][()]) if "learned_net" in f else None
             if isinstance(learned, bytes):
-                learned = learned.decode()
+                learned = learned.rstrip(b"\0").decode()
             history = [np.asarray(f["history"][str(i)]) for i in range(len(f["history"]))]
-            return int(f["iter"][()]), learned, int(f["current_step"][()]), history
+            return int(first(f["iter"][()])), learned, int(first(f["current_step"][()])), history
 
     # ------------------------------------------------------------------ pycaffe
     def share_weights(self, net: Net) -> None:
