@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TypeVar
 
@@ -122,6 +123,26 @@ def read_solver_param(path: PathLike) -> pb.SolverParameter:
     return upgrade_solver_as_needed(solver, str(path))
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files a killed writer of ``path`` left behind (their process is gone)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    for stale in folder.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -131,7 +152,8 @@ def _umask() -> int:
 def atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent or ".")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; a saved model should be readable as usual
         with os.fdopen(fd, "wb") as f:

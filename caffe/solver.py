@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from google.protobuf import text_format
 
 from caffe import common
 from caffe.blob import Blob
@@ -39,6 +40,15 @@ _SOLVERS: dict[str, type[Solver]] = {}
 def fmt(x: float) -> str:
     """A number as C++'s default stream output (6 significant digits), as Caffe's log lines print it."""
     return f"{x:g}"
+
+
+def _cpow(base: float, exponent: float) -> float:
+    """``pow`` as C's: inf on overflow and NaN for a negative base with a fractional exponent."""
+    try:
+        value = base**exponent
+    except OverflowError:
+        return math.inf
+    return math.nan if isinstance(value, complex) else float(value)
 
 
 def register_solver(name: str) -> Callable[[type[Solver]], type[Solver]]:
@@ -61,7 +71,10 @@ def solver_class(type_name: str) -> type[Solver]:
 
 def get_solver(solver: str | os.PathLike | pb.SolverParameter, **kwargs: Any) -> Solver:
     """pycaffe's ``caffe.get_solver``: the solver class named by the parameter's ``type``."""
-    param = solver if isinstance(solver, pb.SolverParameter) else read_solver_param(solver)
+    if isinstance(solver, pb.SolverParameter):
+        return solver_class(solver.type)(solver, **kwargs)
+    param = read_solver_param(solver)
+    kwargs.setdefault("source", str(solver))
     return solver_class(param.type)(param, **kwargs)
 
 
@@ -104,18 +117,20 @@ class Solver:
         *,
         events: str | os.PathLike | EventLog | None = None,
         action: Callable[[], str] | None = None,
+        source: str | None = None,
     ) -> None:
         if isinstance(solver, pb.SolverParameter):
             self.param = pb.SolverParameter()
             self.param.CopyFrom(solver)
             from caffe.upgrade import upgrade_solver_as_needed
 
-            upgrade_solver_as_needed(self.param, "SolverParameter")
-            self.source = "SolverParameter"
+            self.source = source or "SolverParameter"  # the file it came from, for messages
+            upgrade_solver_as_needed(self.param, self.source)
         else:
             self.param = read_solver_param(solver)
             self.source = str(solver)
         p = self.param
+        log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(p).rstrip())
         if p.average_loss < 1:
             raise SolverError(f"{self.source}: average_loss should be at least 1, got {p.average_loss}")
         if p.iter_size < 1:
@@ -129,7 +144,7 @@ class Solver:
         self._check_snapshot_prefix()
         if p.random_seed >= 0:
             common.set_random_seed(p.random_seed)
-        if p.solver_mode == pb.SolverParameter.GPU and common.mode() == "CPU":
+        if p.HasField("solver_mode") and p.solver_mode == pb.SolverParameter.GPU and common.mode() == "CPU":
             log.info("solver_mode is GPU, but the CPU mode was chosen (no --gpu, or no CUDA): training on the CPU")
         self.net = self._train_net()
         self.test_nets = self._test_nets()
@@ -233,7 +248,7 @@ class Solver:
             self.current_step = it // p.stepsize
             rate = p.base_lr * p.gamma**self.current_step
         elif policy == "exp":
-            rate = p.base_lr * p.gamma**it
+            rate = p.base_lr * _cpow(p.gamma, it)
         elif policy == "inv":
             rate = p.base_lr * (1.0 + p.gamma * it) ** (-p.power)
         elif policy == "multistep":
@@ -242,7 +257,7 @@ class Solver:
                 log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
             rate = p.base_lr * p.gamma**self.current_step
         elif policy == "poly":
-            rate = p.base_lr * (1.0 - it / p.max_iter) ** p.power
+            rate = p.base_lr * _cpow(1.0 - it / p.max_iter, p.power)
         elif policy == "sigmoid":
             if p.stepsize <= 0:
                 raise SolverError(f"{self.source}: lr_policy 'sigmoid' needs a positive stepsize")
@@ -478,12 +493,15 @@ class Solver:
             return
         if not p.HasField("snapshot_prefix"):
             raise SolverError(f"{self.source}: snapshot is specified but snapshot_prefix is not")
-        folder = Path(self.snapshot_filename(".tempfile")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
+        probe = Path(self.snapshot_filename(".tempfile"))
+        try:  # Caffe's check: write a probe file where the snapshots will go
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError:
             raise SolverError(
                 f"{self.source}: cannot write to snapshot prefix '{p.snapshot_prefix}': make sure that the "
                 "directory exists and is writable"
-            )
+            ) from None
 
     def snapshot_filename(self, extension: str) -> str:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"

@@ -21,6 +21,11 @@ from caffe.solver import Solver, register_solver
 class SGDSolver(Solver):
     """``h = momentum * h + r * g; diff = h``."""
 
+    @property
+    def lr(self) -> float:
+        """The learning rate of the current iteration (pycaffe master's ``SGDSolver.lr``)."""
+        return self.learning_rate()
+
     def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
         h = self.history[i].mutable_tensor
         h.mul_(self.param.momentum).add_(blob.grad, alpha=self.local_rate(i, rate))

@@ -289,14 +289,7 @@ def train(argv: list[str]) -> int:
         elif args.weights:
             del param.weights[:]
             param.weights.append(args.weights)
-        try:
-            solver = get_solver(param, events=events, action=lambda: actions[handler.check()])
-        except SolverError as e:  # the solver was given a SolverParameter: name its file instead
-            prefix = "SolverParameter:"
-            if str(e).startswith(prefix):
-                raise SolverError(f"{args.solver}:{str(e)[len(prefix) :]}") from None
-            raise
-        solver.source = args.solver
+        solver = get_solver(param, events=events, action=lambda: actions[handler.check()], source=args.solver)
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)
