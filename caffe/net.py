@@ -13,6 +13,7 @@ accumulate, exactly as Caffe's per-layer backward does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -802,6 +803,27 @@ class Net:
             grads.add(self.backward(diffs=diffs, **bb))
         num = len(next(iter(kwargs.values()))) if kwargs else None
         return outs.stacked(num), grads.stacked(num)
+
+    @contextlib.contextmanager
+    def every_layer_backward(self) -> Iterator[int]:
+        """Within this block, backward runs every layer with learnable parameters, as ``caffe time``
+        measures it: such a layer computes its parameter diffs even with no loss above it (a deploy
+        net); bottoms' diffs stay as the net decided. Yields how many layers this adds."""
+        extra = [
+            i
+            for i, layer in enumerate(self._layers)
+            if not self._layer_need_backward[i] and any(layer.param_propagate_down)
+        ]
+        saved = self._any_need_backward
+        try:
+            for i in extra:
+                self._layer_need_backward[i] = True
+            self._any_need_backward = saved or bool(extra)
+            yield len(extra)
+        finally:
+            for i in extra:
+                self._layer_need_backward[i] = False
+            self._any_need_backward = saved
 
     def reshape(self) -> None:
         """Propagate input-blob shape changes through every layer (Caffe's Net::Reshape)."""

@@ -22,13 +22,12 @@ with "Optimization stopped early." and exit status 0; further signals while stop
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -389,31 +388,6 @@ def _time_parser() -> ToolParser:
     return parser
 
 
-@contextlib.contextmanager
-def _caffe_backward_set(net: object) -> Iterator[int]:
-    """Make the net's backward do what Caffe's time does: it calls every layer's Backward, and a
-    layer with learnable parameters (lr_mult != 0) computes their diffs even when no loss lies above
-    it (a deploy net, or a TEST-phase net without a loss); its bottoms' diffs are still not computed.
-    Yields how many layers that adds (0 for nets trained with a loss)."""
-    need = getattr(net, "_layer_need_backward", None)
-    layers = getattr(net, "_layers", None)
-    if not isinstance(need, list) or layers is None or not hasattr(net, "_any_need_backward"):
-        yield 0
-        return
-    extra = [i for i, layer in enumerate(layers) if not need[i] and any(getattr(layer, "param_propagate_down", ()))]
-    saved_any = net._any_need_backward  # type: ignore[attr-defined]
-    try:
-        for i in extra:
-            need[i] = True
-        if extra:
-            net._any_need_backward = True  # type: ignore[attr-defined]
-        yield len(extra)
-    finally:
-        for i in extra:
-            need[i] = False
-        net._any_need_backward = saved_any  # type: ignore[attr-defined]
-
-
 def _benchmark(net: object, iterations: int) -> None:
     from caffe.net import Net
 
@@ -504,7 +478,7 @@ def time_(argv: list[str]) -> int:
     engine = inference_engine()
     set_inference_engine("eager")
     try:
-        with _caffe_backward_set(net) as added:
+        with net.every_layer_backward() as added:
             if added:
                 log.info(
                     "%d layer(s) need no backward (no loss above them); their backward times the parameter "
