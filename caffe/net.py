@@ -544,6 +544,8 @@ class Net:
                 for cb in self._callbacks["before_forward"]:
                     cb(i)
                 loss += self._forward_layer(i, grad_mode)
+                if self.debug_info:
+                    self._forward_debug_info(i)
                 for cb in self._callbacks["after_forward"]:
                     cb(i)
         return loss
@@ -606,15 +608,32 @@ class Net:
         if not (end >= 0 and start < len(self._layers)):
             raise NetError(f"backward range {start}..{end} is outside the net's {len(self._layers)} layers")
         self._sync_device()
-        if self._callbacks["before_backward"] or self._callbacks["after_backward"]:
+        if self._callbacks["before_backward"] or self._callbacks["after_backward"] or self.debug_info:
             for i in range(start, end - 1, -1):
                 for cb in self._callbacks["before_backward"]:
                     cb(i)
                 self._backward_range(i, i)
+                if self.debug_info and self._layer_need_backward[i]:
+                    self._backward_debug_info(i)
                 for cb in self._callbacks["after_backward"]:
                     cb(i)
         else:
             self._backward_range(start, end)
+        if self.debug_info and start == len(self._layers) - 1 and end == 0:
+            data = [b.tensor.detach().double() for b in self._learnable_params]
+            diff = [b.grad.detach().double() for b in self._learnable_params]
+            log.error(
+                "    [Backward] All net params (data, diff): L1 norm = (%s, %s); L2 norm = (%s, %s)",
+                *(
+                    f"{v:g}"
+                    for v in (
+                        sum(float(t.abs().sum()) for t in data),
+                        sum(float(t.abs().sum()) for t in diff),
+                        sum(float(t.pow(2).sum()) for t in data) ** 0.5,
+                        sum(float(t.pow(2).sum()) for t in diff) ** 0.5,
+                    )
+                ),
+            )
 
     def _backward_range(self, start: int, end: int) -> None:
         layers = [i for i in range(end, start + 1) if self._layer_need_backward[i]]
@@ -841,9 +860,68 @@ class Net:
 
     def update(self) -> None:
         """Caffe's Net::Update: data -= diff for every learnable parameter."""
+        if self.debug_info:
+            for net_id in range(len(self._params)):
+                self._update_debug_info(net_id)
         with torch.no_grad():
             for blob in self._learnable_params:
                 blob.mutable_tensor.sub_(blob.grad)
+
+    # ------------------------------------------------------------------ debug_info (Caffe's per-layer log lines)
+    @staticmethod
+    def _abs_mean(t: torch.Tensor) -> str:
+        return f"{float(t.detach().abs().double().mean()) if t.numel() else 0.0:g}"
+
+    def _forward_debug_info(self, i: int) -> None:
+        name = self._layer_names[i]
+        for tid in self._top_ids[i]:
+            log.info(
+                "    [Forward] Layer %s, top blob %s data: %s",
+                name,
+                self._blob_names[tid],
+                self._abs_mean(self._blobs[tid].tensor),
+            )
+        for k, blob in enumerate(self._layers[i].blobs):
+            label = self._param_display_names[self._param_id_vecs[i][k]]
+            log.info("    [Forward] Layer %s, param blob %s data: %s", name, label, self._abs_mean(blob.tensor))
+
+    def _backward_debug_info(self, i: int) -> None:
+        name = self._layer_names[i]
+        for j, bid in enumerate(self._bottom_ids[i]):
+            if self._bottom_need_backward[i][j]:
+                log.info(
+                    "    [Backward] Layer %s, bottom blob %s diff: %s",
+                    name,
+                    self._blob_names[bid],
+                    self._abs_mean(self._blobs[bid].grad),
+                )
+        layer = self._layers[i]
+        for k, blob in enumerate(layer.blobs):
+            if layer.param_propagate_down[k]:
+                log.info("    [Backward] Layer %s, param blob %d diff: %s", name, k, self._abs_mean(blob.grad))
+
+    def _update_debug_info(self, net_id: int) -> None:
+        layer_id, _ = self._param_layer_indices[net_id]
+        blob = self._params[net_id]
+        label = self._param_display_names[net_id]
+        owner = self._param_owners[net_id]
+        if owner < 0:
+            log.info(
+                "    [Update] Layer %s, param %s data: %s; diff: %s",
+                self._layer_names[layer_id],
+                label,
+                self._abs_mean(blob.tensor),
+                self._abs_mean(blob.grad),
+            )
+        else:
+            log.info(
+                "    [Update] Layer %s, param blob %s (owned by layer %s, param %s) diff: %s",
+                self._layer_names[layer_id],
+                label,
+                self._layer_names[self._param_layer_indices[owner][0]],
+                self._param_display_names[owner],
+                self._abs_mean(blob.grad),
+            )
 
     def set_param_data(self, blob: Blob, value: torch.Tensor) -> None:
         """Overwrite a parameter's values in place (identity kept, so sharing and solvers see it)."""

@@ -653,3 +653,38 @@ def test_solver_errors_are_one_line(tmp_path: Path, text: str, message: str):
     with pytest.raises(caffe.SolverError, match=re.escape(message)) as info:
         caffe.get_solver(str(path))
     assert "\n" not in str(info.value)
+
+
+def test_debug_info_prints_caffes_per_layer_lines(tmp_path, caplog):
+    import logging
+
+    from google.protobuf import text_format
+
+    from caffe.proto import caffe_pb2 as pb
+
+    net = text_format.Parse(
+        """
+        layer { name: "d" type: "DummyData" top: "x" top: "y"
+                dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }
+                                   data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+                inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+        """,
+        pb.NetParameter(),
+    )
+    solver = pb.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=2, display=1, debug_info=True)
+    solver.net_param.CopyFrom(net)
+    s = caffe.get_solver(solver)
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        s.step(1)
+    text = caplog.text
+    for line in (
+        "[Forward] Layer ip, top blob ip data: ",
+        "[Forward] Layer ip, param blob 0 data: ",
+        "[Backward] Layer loss, bottom blob ip diff: ",
+        "[Backward] Layer ip, param blob 0 diff: ",
+        "[Backward] All net params (data, diff): L1 norm = (",
+        "[Update] Layer ip, param 0 data: ",
+    ):
+        assert line in text, line
