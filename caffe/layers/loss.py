@@ -153,6 +153,19 @@ class LossLayer(_LabelledLayer):
         self.check_first_dim(bottom)
         return [()]
 
+    def softmax_loss_tops(
+        self, per_pos: torch.Tensor, valid: torch.Tensor | None, scores: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Tops of a softmax-based loss from per-position losses: the normalized loss (ignored
+        positions contribute 0) and, when asked for, the softmax ``prob`` (detached, as Caffe
+        ignores its diff)."""
+        if valid is not None:
+            per_pos = torch.where(valid, per_pos, torch.zeros_like(per_pos))
+        loss = per_pos.sum() / self.normalizer(self.mode, self.outer, self.inner, valid, scores.dtype)
+        if len(self.tops) >= 2:
+            return [loss, torch.softmax(scores.detach(), dim=self.axis)]
+        return [loss]
+
     def reshape_one_label_per_item(self, bottom: list[Shape]) -> list[Shape]:
         """For losses over N x D scores with one class label per item: sets ``num`` and ``dim``."""
         self.check_first_dim(bottom)
@@ -217,13 +230,7 @@ class SoftmaxWithLossLayer(LossLayer):
         index, valid, bad = self.class_labels(label, self.num_classes, f"along softmax axis {self.axis}")
         logp = torch.log_softmax(x, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         logp = _straight_through(logp, logp.clamp(min=math.log(FLT_MIN)))
-        per_pos = self.poison(-logp, bad)
-        if valid is not None:
-            per_pos = torch.where(valid, per_pos, torch.zeros_like(per_pos))
-        loss = per_pos.sum() / self.normalizer(self.mode, self.outer, self.inner, valid, x.dtype)
-        if len(self.tops) >= 2:
-            return [loss, torch.softmax(bottom[0].detach(), dim=self.axis)]
-        return [loss]
+        return self.softmax_loss_tops(self.poison(-logp, bad), valid, bottom[0])
 
 
 @register("MultinomialLogisticLoss")
@@ -309,13 +316,7 @@ class InfogainLossLayer(LossLayer):
         logp = torch.log_softmax(x, dim=1)
         logp = _straight_through(logp, logp.clamp(min=math.log(LOG_THRESHOLD)))
         rows = h[index].movedim(-1, 1)  # (outer, C, inner): H[label, l] at class l
-        per_pos = self.poison(-(rows * logp).sum(1), bad)
-        if valid is not None:
-            per_pos = torch.where(valid, per_pos, torch.zeros_like(per_pos))
-        loss = per_pos.sum() / self.normalizer(self.mode, self.outer, self.inner, valid, x.dtype)
-        if len(self.tops) >= 2:
-            return [loss, torch.softmax(bottom[0].detach(), dim=self.axis)]
-        return [loss]
+        return self.softmax_loss_tops(self.poison(-(rows * logp).sum(1), bad), valid, bottom[0])
 
 
 @register("EuclideanLoss")
