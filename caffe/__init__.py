@@ -53,6 +53,32 @@ from caffe.solvers import (
     SGDSolver,
 )
 
+# pycaffe's heavier modules load on first use, so ``import caffe`` stays quick.
+_LAZY_ATTRS = {
+    "Classifier": ("caffe.classifier", "Classifier"),
+    "Detector": ("caffe.detector", "Detector"),
+    "NetSpec": ("caffe.net_spec", "NetSpec"),
+    "layers": ("caffe.net_spec", "layers"),
+    "params": ("caffe.net_spec", "params"),
+    "to_proto": ("caffe.net_spec", "to_proto"),
+}
+_LAZY_MODULES = {"classifier", "coord_map", "detector", "draw", "net_spec", "zoo", "deploy", "export"}
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name in _LAZY_ATTRS:
+        module, attr = _LAZY_ATTRS[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f"caffe.{name}")
+    else:
+        raise AttributeError(f"module 'caffe' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "TEST",
     "TRAIN",
@@ -60,13 +86,16 @@ __all__ = [
     "AdaGradSolver",
     "AdamSolver",
     "Blob",
+    "Classifier",
     "CaffeError",
     "DataError",
+    "Detector",
     "DeviceError",
     "Layer",
     "LayerError",
     "NesterovSolver",
     "Net",
+    "NetSpec",
     "NetError",
     "ParseError",
     "RMSPropSolver",
@@ -84,7 +113,9 @@ __all__ = [
     "init_log",
     "io",
     "layer_type_list",
+    "layers",
     "log",
+    "params",
     "set_device",
     "set_inference_engine",
     "set_mode_cpu",
@@ -95,4 +126,5 @@ __all__ = [
     "set_solver_rank",
     "solver_count",
     "solver_rank",
+    "to_proto",
 ]

@@ -1,6 +1,8 @@
 """Console-script entry points under Caffe's original tool names (each runs ``caffe <name>``)."""
 
-from caffe.tools.cli import run_tool
+import sys
+
+from caffe.tools.cli import main, run_tool
 
 upgrade_net_proto_text = run_tool("upgrade_net_proto_text")
 upgrade_net_proto_binary = run_tool("upgrade_net_proto_binary")
@@ -12,3 +14,9 @@ convert_cifar_data = run_tool("convert_cifar_data")
 extract_features = run_tool("extract_features")
 parse_log = run_tool("parse_log")
 plot_training_log = run_tool("plot_training_log")
+draw_net = run_tool("draw_net")
+
+
+def download_model_binary() -> int:
+    """``download_model_binary DIR``: Caffe's ``scripts/download_model_binary.py``, as ``caffe zoo download``."""
+    return main(["zoo", "download", *sys.argv[1:]])

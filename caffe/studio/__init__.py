@@ -1,0 +1,1 @@
+"""Studio: the DIGITS-style web app (``caffe studio``)."""
