@@ -1,0 +1,733 @@
+"""Inference for the studio: classify one image or many with a model job's snapshot or a pretrained job.
+
+A job's files are resolved into a :class:`ModelSource` (deploy net, weights, labels, mean, image size and
+resize mode), loaded once into a :class:`LoadedModel` kept in a small LRU cache, and run on images:
+
+* :func:`classify_one` - top-5 ``(label, percent)``; with ``visualize`` also per-layer activations and
+  weights as tiled PNG data URIs with mean/std/histogram statistics, as DIGITS shows them;
+* :func:`classify_many` - top-5 per image and, when ground truth is given, top-1/top-5 accuracy, the
+  confusion matrix and per-class accuracy; :func:`top_n` - the N highest-scoring images of each class.
+
+Preprocessing follows DIGITS: decode (transparency onto white), resize to the job's image size with its
+resize mode (squash/crop/fill/half_crop), then to the net's input: a centre crop when the input is smaller
+(Caffe's test-phase crop, as the validation images were seen in training), a squash otherwise; RGB -> BGR,
+0..255, minus the mean (an image is centre-cropped to the input, or reduced to per-channel values when it
+does not fit). A softmax is applied unless the net's output comes from a Softmax layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffe.errors import CaffeError, DataError
+from caffe.studio.datasets import RESIZE_MODES, SUPPORTED_EXTENSIONS
+
+#: Nets kept loaded (the LRU cache of :func:`load_model`).
+CACHE_SIZE = 4
+TOP_K = 5
+_SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.caffemodel(\.h5)?$")
+
+
+class InferenceError(CaffeError):
+    """A request that cannot be served: unknown snapshot, missing files, bad image; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------------------- model files
+@dataclass(frozen=True)
+class ModelSource:
+    """Everything needed to run one job's network on images."""
+
+    job_id: str
+    deploy: Path
+    weights: Path
+    labels: tuple[str, ...] = ()
+    mean_file: Path | None = None
+    mean_values: tuple[float, ...] = ()
+    channels: int = 3
+    height: int = 256
+    width: int = 256
+    resize_mode: str = "squash"
+    python_layer: Path | None = None
+    epoch: float | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Cache key: the files and their modification times (a re-upload or new snapshot reloads)."""
+        stamps = tuple(p.stat().st_mtime_ns if p and p.exists() else 0 for p in (self.deploy, self.weights))
+        return (self, stamps)
+
+
+def read_info(job_dir: Path) -> dict[str, Any]:
+    """A job's ``info.json`` ({} when absent or unreadable)."""
+    try:
+        data = json.loads((job_dir / "info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_labels_text(text: str) -> list[str]:
+    """Labels, one a line (trailing blank lines dropped, each stripped)."""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [line.strip() for line in lines]
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """A job's labels file (empty when it has none)."""
+    if not path.is_file():
+        return ()
+    return tuple(read_labels_text(path.read_text(encoding="utf-8", errors="replace")))
+
+
+def snapshots(job_dir: Path, iters_per_epoch: float | None) -> list[tuple[float, Path]]:
+    """``(epoch, file)`` of a model job's ``snapshot_iter_N.caffemodel`` files, oldest first.
+
+    The epoch is ``N / iters_per_epoch`` (rounded to 2 decimals) or ``N`` when that is unknown.
+    """
+    found = []
+    for p in job_dir.glob("snapshot_iter_*.caffemodel*"):
+        m = _SNAPSHOT_RE.match(p.name)
+        if m:
+            it = int(m.group(1))
+            found.append((round(it / iters_per_epoch, 2) if iters_per_epoch else float(it), p))
+    return sorted(found, key=lambda e: e[0])
+
+
+def _iters_per_epoch(job: Any, info: dict[str, Any], job_dir: Path) -> float | None:
+    for holder in (job.result or {}, info):
+        value = holder.get("iters_per_epoch") if isinstance(holder, dict) else None
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+    epochs = (job.params or {}).get("train_epochs") or (job.params or {}).get("epochs")
+    solver = job_dir / "solver.prototxt"
+    if epochs and solver.is_file():
+        from caffe.protoio import read_solver_param
+
+        try:
+            max_iter = read_solver_param(solver).max_iter
+            return max_iter / float(epochs) if max_iter else None
+        except (CaffeError, ValueError):
+            return None
+    return None
+
+
+def _image_settings(params: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """channels/height/width/resize_mode from a dataset's or pretrained job's params and info (DIGITS names too)."""
+
+    def pick(*names: str, default: Any) -> Any:
+        for holder in (info, params):
+            for n in names:
+                if holder.get(n) not in (None, ""):
+                    return holder[n]
+        return default
+
+    channels = pick("channels", "resize_channels", "image_channels", default=3)
+    if isinstance(channels, str):
+        channels = 1 if channels.lower() in ("1", "grayscale", "gray") else 3
+    mode = str(pick("resize_mode", default="squash"))
+    return {
+        "channels": int(channels),
+        "height": int(pick("height", "resize_height", "image_height", default=256)),
+        "width": int(pick("width", "resize_width", "image_width", default=256)),
+        "resize_mode": mode if mode in RESIZE_MODES else "squash",
+    }
+
+
+def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelSource:
+    """The :class:`ModelSource` of a model job (snapshot of ``epoch``, default the last) or a pretrained job."""
+    try:
+        job = store.get(job_id)
+    except KeyError:
+        raise InferenceError(f"no job {job_id!r}", 404) from None
+    job_dir = Path(store.job_dir(job_id))
+    info = read_info(job_dir)
+    labels = read_labels(job_dir / "labels.txt")
+    mean_file = job_dir / "mean.binaryproto"
+    common: dict[str, Any] = {
+        "job_id": job_id,
+        "labels": labels,
+        "mean_file": mean_file if mean_file.is_file() else None,
+        "mean_values": tuple(float(v) for v in info.get("mean_values") or ()),
+    }
+    if job.kind == "pretrained":
+        py = job_dir / "python_layer.py"
+        return ModelSource(
+            deploy=job_dir / "deploy.prototxt",
+            weights=job_dir / "weights.caffemodel",
+            python_layer=py if py.is_file() else None,
+            **_image_settings(job.params or {}, info),
+            **common,
+        )
+    if job.kind != "model":
+        raise InferenceError(f"job {job_id} is a {job.kind} job; choose a model or a pretrained model")
+    found = snapshots(job_dir, _iters_per_epoch(job, info, job_dir))
+    if not found:
+        raise InferenceError(f"model {job_id} has no snapshot yet; wait for the first one", 409)
+    if epoch in (None, "", "-1", -1):
+        chosen = found[-1]
+    else:
+        try:
+            want = float(epoch)
+        except (TypeError, ValueError):
+            raise InferenceError(f"snapshot_epoch {epoch!r} is not a number") from None
+        matches = [s for s in found if math.isclose(s[0], want, abs_tol=1e-6)]
+        if not matches:
+            have = ", ".join(f"{e:g}" for e, _ in found)
+            raise InferenceError(f"model {job_id} has no snapshot for epoch {want:g} (snapshots: {have})", 404)
+        chosen = matches[0]
+    dataset_params: dict[str, Any] = {}
+    if job.parent:
+        try:
+            dataset_params = dict(store.get(job.parent).params or {})
+        except KeyError:
+            dataset_params = {}
+    settings = _image_settings({**dataset_params, **(job.params or {})}, info)
+    return ModelSource(deploy=job_dir / "deploy.prototxt", weights=chosen[1], epoch=chosen[0], **settings, **common)
+
+
+# --------------------------------------------------------------------------------------- loaded nets
+@dataclass
+class LoadedModel:
+    """A net ready for inference; ``lock`` serializes its use (nets are not thread-safe)."""
+
+    source: ModelSource
+    net: Any
+    input: str
+    input_shape: tuple[int, int, int]
+    output: str
+    softmax: bool
+    mean: np.ndarray | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def label(self, index: int) -> str:
+        labels = self.source.labels
+        return labels[index] if index < len(labels) else str(index)
+
+
+def register_python_layer(path: Path, net_param: Any) -> None:
+    """Make an uploaded Python layer file importable under the module names the net's Python layers use."""
+    import importlib.util
+    import sys
+
+    for layer in net_param.layer:
+        if layer.type == "Python" and layer.python_param.module:
+            name = layer.python_param.module
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise InferenceError(f"{path}: cannot load the Python layer file")
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:  # the user's code: any error is theirs
+                raise InferenceError(f"{path}: the Python layer file fails to import: {type(e).__name__}: {e}") from e
+            sys.modules[name] = module
+
+
+def build_net(deploy: Path, weights: Path | None, python_layer: Path | None = None) -> Any:
+    """A TEST-phase Net of ``deploy`` (with the ``deploy`` stage) with ``weights`` copied in."""
+    from caffe.common import TEST
+    from caffe.net import Net
+    from caffe.protoio import read_net_param
+
+    param = read_net_param(deploy)
+    if python_layer is not None:
+        register_python_layer(python_layer, param)
+    net = Net(str(deploy), TEST, stages=["deploy"])
+    if weights is not None:
+        net.copy_from(str(weights))
+    return net
+
+
+def fit_mean(mean_file: Path | None, mean_values: Sequence[float], shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The mean in the input's layout: C x H x W (centre crop of a mean image) or C x 1 x 1 values."""
+    c, h, w = shape
+    mean: np.ndarray | None = None
+    if mean_file is not None:
+        from caffe.io import blobproto_to_array
+        from caffe.proto import caffe_pb2 as pb
+        from caffe.protoio import read_binary
+
+        arr = blobproto_to_array(read_binary(mean_file, pb.BlobProto(), "mean binaryproto"))
+        arr = arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr.reshape(1, *arr.shape[-2:])
+        if arr.shape[0] != c:
+            raise InferenceError(f"{mean_file.name}: the mean has {arr.shape[0]} channels, the net's input {c}")
+        if arr.shape[1] >= h and arr.shape[2] >= w:
+            top, left = (arr.shape[1] - h) // 2, (arr.shape[2] - w) // 2
+            mean = arr[:, top : top + h, left : left + w]
+        else:
+            mean = arr.reshape(c, -1).mean(axis=1)[:, None, None]
+    elif mean_values:
+        values = np.asarray(mean_values, dtype=np.float32)
+        if values.size == 1:
+            values = np.repeat(values, c)
+        if values.size != c:
+            raise InferenceError(f"{values.size} mean values for a {c}-channel input")
+        mean = values[:, None, None]
+    return None if mean is None else np.ascontiguousarray(mean, dtype=np.float32)
+
+
+def _output_is_softmax(net: Any, output: str) -> bool:
+    for name, tops in reversed(net.top_names.items()):
+        if output in tops:
+            return net.layer_dict[name].type == "Softmax"
+    return False
+
+
+def load(source: ModelSource) -> LoadedModel:
+    """Build a :class:`LoadedModel` from its files (no cache)."""
+    net = build_net(source.deploy, source.weights, source.python_layer)
+    if not net.inputs:
+        raise InferenceError(f"{source.deploy}: the deploy net has no input blob (an Input layer)")
+    inp = net.inputs[0]
+    shape = net.blobs[inp].shape
+    if len(shape) != 4:
+        raise InferenceError(f"{source.deploy}: input '{inp}' has shape {shape}, expected N x C x H x W")
+    in_shape = (int(shape[1]), int(shape[2]), int(shape[3]))
+    if not net.outputs:
+        raise InferenceError(f"{source.deploy}: the deploy net has no output blob")
+    out = net.outputs[-1]
+    return LoadedModel(source, net, inp, in_shape, out, not _output_is_softmax(net, out),
+                       fit_mean(source.mean_file, source.mean_values, in_shape))
+
+
+class ModelCache:
+    """A small LRU cache of loaded nets, keyed by their files (and modification times)."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._items: OrderedDict[Any, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, source: ModelSource) -> LoadedModel:
+        key = source.key
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        model = load(source)
+        with self._lock:
+            self._items[key] = model
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def forget(self, job_dir: Path) -> None:
+        """Drop the nets loaded from one job's folder (it was deleted or replaced)."""
+        with self._lock:
+            for key in [k for k, m in self._items.items() if m.source.deploy.parent == job_dir]:
+                del self._items[key]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+CACHE = ModelCache()
+
+
+def load_model(store: Any, job_id: str, epoch: float | str | None = None) -> LoadedModel:
+    """The loaded net of a job (see :func:`resolve`), from the LRU cache when it is there."""
+    return CACHE.get(resolve(store, job_id, epoch))
+
+
+# --------------------------------------------------------------------------------------- images
+def decode_image(data: bytes, channels: int, what: str = "image") -> np.ndarray:
+    """Image bytes -> H x W x C uint8 (RGB or gray), decoded as the dataset job decodes (transparency onto white)."""
+    from caffe.studio.datasets import image_array, load_image
+
+    if not data:
+        raise InferenceError(f"{what}: empty file")
+    try:
+        arr = image_array(load_image(io.BytesIO(data)), channels)
+    except DataError:
+        raise InferenceError(f"{what}: not an image that can be decoded ({len(data)} bytes)", 415) from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _pil_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[:2] == (height, width):
+        return img
+    im = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
+    out = np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def resize_image(img: np.ndarray, height: int, width: int, mode: str = "squash") -> np.ndarray:
+    """The dataset job's resize (DIGITS' squash/crop/fill/half_crop) with seeded noise: one image, one input."""
+    from caffe.studio import datasets
+
+    out = datasets.resize_image(img[:, :, 0] if img.shape[2] == 1 else img, height, width, mode,
+                                rng=np.random.default_rng(0))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def prepare(model: LoadedModel, img: np.ndarray) -> np.ndarray:
+    """H x W x C uint8 at the job's image size -> the net's C x H x W float32 input (see the module)."""
+    c, h, w = model.input_shape
+    if img.shape[2] != c:
+        img = np.repeat(img, c, axis=2) if img.shape[2] == 1 else img.mean(axis=2, keepdims=True).astype(np.uint8)
+    ih, iw = img.shape[:2]
+    if ih >= h and iw >= w:
+        top, left = (ih - h) // 2, (iw - w) // 2
+        img = img[top : top + h, left : left + w]
+    else:
+        img = _pil_resize(img, h, w)
+    x = img.astype(np.float32).transpose(2, 0, 1)
+    if c == 3:
+        x = x[::-1]
+    if model.mean is not None:
+        x = x - model.mean
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_input(model: LoadedModel, data: bytes, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """Image bytes -> (the net's input, the resized image shown to the user)."""
+    s = model.source
+    shown = resize_image(decode_image(data, model.input_shape[0], what), s.height, s.width, s.resize_mode)
+    return prepare(model, shown), shown
+
+
+# --------------------------------------------------------------------------------------- forward
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def forward(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
+    """N x C x H x W inputs -> N x K class probabilities. The caller holds ``model.lock``."""
+    net = model.net
+    blob = net.blobs[model.input]
+    if blob.shape[0] != len(batch):
+        blob.reshape(len(batch), *model.input_shape)
+        net.reshape()
+    out = net.forward(**{model.input: batch})[model.output]
+    scores = np.asarray(out, dtype=np.float64).reshape(len(batch), -1)
+    return _softmax(scores) if model.softmax else scores
+
+
+def top_k(model: LoadedModel, probs: np.ndarray, k: int = TOP_K) -> list[tuple[str, float]]:
+    """The ``k`` best ``(label, percent)`` of one row, as DIGITS reports them (percent, 2 decimals)."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(model.label(int(i)), round(float(probs[i]) * 100.0, 2)) for i in order]
+
+
+def classify_arrays(model: LoadedModel, inputs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    """Probabilities for prepared inputs, in batches."""
+    rows = []
+    with model.lock:
+        for i in range(0, len(inputs), batch_size):
+            rows.append(forward(model, np.stack(inputs[i : i + batch_size])))
+    return np.concatenate(rows) if rows else np.zeros((0, len(model.source.labels)))
+
+
+# --------------------------------------------------------------------------------------- visualizations
+def png_data_uri(img: np.ndarray) -> str:
+    """H x W (gray) or H x W x 3 (RGB) uint8 -> ``data:image/png;base64,...``."""
+    import cv2
+
+    if img.ndim == 3:
+        img = img[:, :, ::-1]  # cv2 writes BGR
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise InferenceError("cannot encode a PNG", 500)
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def _normalize(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def tile(maps: np.ndarray, pad: int = 1, max_side: int = 384) -> np.ndarray:
+    """N x H x W (or N x H x W x 3) uint8 -> one mosaic of ceil(sqrt(N)) columns, at most ``max_side`` wide."""
+    import cv2
+
+    n, h, w = maps.shape[:3]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    shape = (rows * (h + pad) + pad, cols * (w + pad) + pad, *maps.shape[3:])
+    mosaic = np.full(shape, 255, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        mosaic[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = maps[i]
+    side = max(mosaic.shape[:2])
+    if side > max_side:
+        scale = max_side / side
+        size = (max(1, round(mosaic.shape[1] * scale)), max(1, round(mosaic.shape[0] * scale)))
+        mosaic = cv2.resize(mosaic, size, interpolation=cv2.INTER_AREA)
+    elif side < 128:  # tiny maps (fc layers, 1x1 pools) are enlarged so that they can be seen
+        f = 128 // side
+        mosaic = cv2.resize(mosaic, (mosaic.shape[1] * f, mosaic.shape[0] * f), interpolation=cv2.INTER_NEAREST)
+    return mosaic
+
+
+def heatmap(gray: np.ndarray) -> np.ndarray:
+    """uint8 H x W -> RGB with a perceptual colour map (as DIGITS' activation heat maps)."""
+    import cv2
+
+    return cv2.applyColorMap(gray, cv2.COLORMAP_VIRIDIS)[:, :, ::-1]
+
+
+def stats(a: np.ndarray, bins: int = 20) -> dict[str, Any]:
+    """mean, std and a ``bins``-bin histogram of ``a``."""
+    flat = np.asarray(a, dtype=np.float64).ravel()
+    if flat.size == 0:
+        return {"mean": 0.0, "std": 0.0, "hist": {"counts": [], "edges": []}}
+    counts, edges = np.histogram(flat, bins=bins)
+    return {
+        "mean": float(flat.mean()),
+        "std": float(flat.std()),
+        "hist": {"counts": counts.tolist(), "edges": [float(e) for e in edges]},
+    }
+
+
+def activation_image(data: np.ndarray, max_maps: int = 64) -> tuple[str, int]:
+    """One item's blob (C x H x W, or a vector) -> (tiled heat map data URI, number of maps shown)."""
+    a = np.asarray(data, dtype=np.float32)
+    if a.ndim == 3:
+        maps = a[:max_maps]
+    else:  # a vector: one square map
+        flat = a.ravel()
+        side = math.ceil(math.sqrt(flat.size))
+        padded = np.full(side * side, flat.min() if flat.size else 0.0, dtype=np.float32)
+        padded[: flat.size] = flat
+        maps = padded.reshape(1, side, side)
+    mosaic = tile(_normalize(maps))
+    return png_data_uri(heatmap(mosaic)), len(maps)
+
+
+def weight_image(w: np.ndarray, max_filters: int = 96) -> str:
+    """Convolution filters (O x I x kh x kw) tiled: colour when I == 3 (BGR weights shown as RGB), else channel 0."""
+    w = np.asarray(w, dtype=np.float32)[:max_filters]
+    maps = _normalize(w[:, ::-1].transpose(0, 2, 3, 1)) if w.shape[1] == 3 else heatmap_stack(_normalize(w[:, 0]))
+    return png_data_uri(tile(maps))
+
+
+def heatmap_stack(maps: np.ndarray) -> np.ndarray:
+    return np.stack([heatmap(m) for m in maps])
+
+
+def visualizations(model: LoadedModel) -> list[dict[str, Any]]:
+    """Per layer (after a forward of one image): its top blob's activations and, for convolutions, its filters.
+
+    Each entry: ``{"layer", "type", "blob", "shape", "activation": {image, maps, mean, std, hist},
+    "weights": {image?, shape, params, mean, std, hist} | None}``. The caller holds ``model.lock``.
+    """
+    net = model.net
+    out = []
+    for name, layer in net.layer_dict.items():
+        tops = net.top_names.get(name) or []
+        if layer.type in ("Input", "Split", "Silence") or set(tops) & set(net.bottom_names.get(name) or []):
+            continue  # an in-place layer's result is shown as its producer's activation
+        entry: dict[str, Any] = {"layer": name, "type": layer.type, "blob": None, "activation": None, "weights": None}
+        if tops:
+            data = net.blobs[tops[0]].data[0]
+            image, shown = activation_image(data)
+            entry.update(blob=tops[0], shape=list(net.blobs[tops[0]].shape))
+            entry["activation"] = {"image": image, "maps": shown, **stats(data)}
+        params = net.params.get(name) or []
+        if params:
+            w = params[0].data
+            info: dict[str, Any] = {"shape": list(w.shape), "params": int(sum(p.count for p in params)), **stats(w)}
+            if layer.type in ("Convolution", "Deconvolution") and w.ndim == 4:
+                info["image"] = weight_image(w)
+            entry["weights"] = info
+        out.append(entry)
+    return out
+
+
+# --------------------------------------------------------------------------------------- classify
+@dataclass
+class OneResult:
+    predictions: list[tuple[str, float]]
+    image: str  # data URI of the resized image
+    layers: list[dict[str, Any]] | None = None
+
+
+def classify_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image") -> OneResult:
+    """Top-5 of one image (and, with ``visualize``, the per-layer visualizations)."""
+    x, shown = load_input(model, data, what)
+    with model.lock:
+        probs = forward(model, x[None])[0]
+        layers = visualizations(model) if visualize else None
+    image = png_data_uri(shown[:, :, 0] if shown.shape[2] == 1 else shown)
+    return OneResult(top_k(model, probs), image, layers)
+
+
+@dataclass
+class ManyResult:
+    """Per-image predictions and, when every image has a ground truth, the evaluation."""
+
+    paths: list[str]
+    probs: np.ndarray
+    truth: list[int | None]
+    labels: list[str]
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def top5(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probs[i], kind="stable")[:k]
+        return [(self._label(int(j)), round(float(self.probs[i][j]) * 100.0, 2)) for j in order]
+
+    def _label(self, j: int) -> str:
+        return self.labels[j] if j < len(self.labels) else str(j)
+
+    @property
+    def has_truth(self) -> bool:
+        return bool(self.truth) and all(t is not None for t in self.truth)
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """top-1/top-5 accuracy (percent), confusion matrix (rows: truth, columns: top-1) and per-class accuracy."""
+        if not self.has_truth or not len(self.probs):
+            return None
+        k = self.probs.shape[1]
+        truth = np.asarray(self.truth, dtype=np.int64)
+        if truth.max() >= k or truth.min() < 0:
+            raise InferenceError(f"ground-truth label {int(truth.max())} outside the model's {k} classes")
+        top1 = self.probs.argmax(axis=1)
+        top5 = np.argsort(-self.probs, axis=1, kind="stable")[:, : min(TOP_K, k)]
+        confusion = np.zeros((k, k), dtype=np.int64)
+        np.add.at(confusion, (truth, top1), 1)
+        per_class = {}
+        for c in range(k):
+            n = int(confusion[c].sum())
+            if n:
+                per_class[self._label(c)] = {"correct": int(confusion[c, c]), "total": n,
+                                             "accuracy": round(100.0 * confusion[c, c] / n, 2)}
+        return {
+            "top1_accuracy": round(100.0 * float((top1 == truth).mean()), 2),
+            "top5_accuracy": round(100.0 * float((top5 == truth[:, None]).any(axis=1).mean()), 2),
+            "confusion_matrix": confusion.tolist(),
+            "labels": [self._label(c) for c in range(k)],
+            "per_class_accuracy": per_class,
+        }
+
+    def classifications(self) -> dict[str, list[tuple[str, float]]]:
+        return {p: self.top5(i) for i, p in enumerate(self.paths)}
+
+
+def classify_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]], batch_size: int = 16) -> ManyResult:
+    """Classify server-side images; unreadable images are reported in ``errors`` and left out."""
+    inputs, paths, truth, errors = [], [], [], {}
+    for path, label in items:
+        try:
+            x, _ = load_input(model, read_image_file(path), str(path))
+        except (InferenceError, DataError) as e:
+            errors[str(path)] = str(e)
+            continue
+        inputs.append(x)
+        paths.append(str(path))
+        truth.append(label)
+    probs = classify_arrays(model, inputs, batch_size)
+    return ManyResult(paths, probs, truth, list(model.source.labels), errors)
+
+
+def top_n(result: ManyResult, n: int = 9) -> list[dict[str, Any]]:
+    """For each class, the ``n`` images with the highest probability: ``[{label, images: [(path, pct)]}]``."""
+    out = []
+    for c in range(result.probs.shape[1] if len(result.probs) else 0):
+        order = np.argsort(-result.probs[:, c], kind="stable")[:n]
+        images = [(result.paths[i], round(float(result.probs[i, c]) * 100.0, 2)) for i in order]
+        out.append({"label": result._label(c), "images": images})
+    return out
+
+
+def thumbnail_uri(path: str | Path, size: int = 96) -> str:
+    """A small PNG data URI of a server-side image (for the top-N and classify-many pages)."""
+    img = decode_image(read_image_file(Path(path)), 3, str(path))
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    return png_data_uri(_pil_resize(img, max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+# --------------------------------------------------------------------------------------- image lists
+def read_image_file(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the image ({e.strerror or e})") from None
+
+
+def parse_image_list(
+    text: str, resolve_path: Any, labels: Sequence[str] = (), source: str = "image list"
+) -> list[tuple[Path, int | None]]:
+    """Lines ``path [label]`` -> ``(path, label index or None)``.
+
+    ``resolve_path(str) -> Path`` validates each path (allowed roots, no traversal) and raises for a bad one;
+    its error is re-raised naming the line. A label is an integer index or one of ``labels``.
+    """
+    items: list[tuple[Path, int | None]] = []
+    index = {name: i for i, name in enumerate(labels)}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        path_text, label = line, None
+        parts = line.rsplit(None, 1)
+        if len(parts) == 2 and (re.fullmatch(r"-?\d+", parts[1]) or parts[1] in index):
+            path_text = parts[0]
+            label = int(parts[1]) if parts[1] not in index else index[parts[1]]
+            if label < 0:
+                raise InferenceError(f"{source}:{lineno}: negative label {label}")
+        try:
+            path = resolve_path(path_text)
+        except CaffeError as e:
+            raise InferenceError(f"{source}:{lineno}: {e}", getattr(e, "status", 400)) from None
+        items.append((Path(path), label))
+    if not items:
+        raise InferenceError(f"{source}: no image paths in it")
+    return items
+
+
+def scan_folder(folder: Path, labels: Sequence[str]) -> list[tuple[Path, int | None]]:
+    """A folder of class sub-folders (named as the model's labels) -> ``(image, label index)``, sorted.
+
+    A folder of images without sub-folders gives ``(image, None)``; a sub-folder named after no label is an error.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InferenceError(f"{folder}: not a folder", 404)
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def images(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+
+    if not subdirs:
+        found: list[tuple[Path, int | None]] = [(p, None) for p in images(folder)]
+    else:
+        index = {name: i for i, name in enumerate(labels)}
+        unknown = [d.name for d in subdirs if d.name not in index]
+        if unknown:
+            raise InferenceError(
+                f"{folder}: sub-folders {', '.join(unknown)} match no label of the model "
+                f"({', '.join(labels) or 'none'})"
+            )
+        found = [(p, index[d.name]) for d in subdirs for p in images(d)]
+    if not found:
+        raise InferenceError(f"{folder}: no images ({', '.join(SUPPORTED_EXTENSIONS)}) in it")
+    return found
+
+

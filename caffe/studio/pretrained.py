@@ -1,0 +1,391 @@
+"""Pretrained models in the studio: upload weights + network (+ labels, + Python layer), promote a trained job,
+list, delete.
+
+A pretrained job's folder holds ``deploy.prototxt``, ``original.prototxt`` (the train_val network when one was
+given, else the deploy net), ``weights.caffemodel``, [``labels.txt``], [``python_layer.py``],
+[``mean.binaryproto``] and ``info.json`` (image type/size/resize mode, mean values, where it came from).
+
+Everything is validated before a job is kept: each prototxt parses (the error names its line), the Python
+layer file compiles, the deploy net builds and the weights load into it; a deploy layer with parameters that
+the weights file does not name is an error listing the names on both sides (fine-tuning renames are made
+later, on the model form, never in the uploaded network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import atomic_write, parse_text, to_text
+from caffe.studio import inference
+
+#: Layer types that read data (replaced by an Input in a deploy net made from a train_val).
+DATA_LAYER_TYPES = frozenset(
+    {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Python_Data", "AnnotatedData"}
+)
+#: Layers that need labels or only make sense in training (dropped from a deploy net).
+TRAINING_ONLY_TYPES = frozenset(
+    {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
+     "SigmoidCrossEntropyLoss", "ContrastiveLoss", "Silence", "HDF5Output"}
+)
+
+
+class PretrainedError(CaffeError):
+    """A pretrained-model request that cannot be honoured; ``status`` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------------------- networks
+def parse_net(text: str, source: str) -> pb.NetParameter:
+    """A prototxt's text -> NetParameter (upgraded as Caffe does); ParseError names ``source:line:column``."""
+    from caffe.upgrade import upgrade_net_as_needed
+
+    param = parse_text(text, pb.NetParameter(), source)
+    upgrade_net_as_needed(param, source)
+    if not param.layer:
+        raise ParseError(f"{source}: the network has no layers")
+    return param
+
+
+def _has_deploy_stage(param: pb.NetParameter) -> bool:
+    return any("deploy" in r.stage for layer in param.layer for r in (*layer.include, *layer.exclude))
+
+
+def deploy_from_train_val(param: pb.NetParameter, channels: int, height: int, width: int) -> pb.NetParameter:
+    """A deploy net from a train_val (or DIGITS all-in-one) network, as DIGITS derives it.
+
+    An all-in-one net with ``stage: "deploy"`` rules is filtered for the TEST phase and that stage. Otherwise
+    the data layers become one ``Input`` (1 x C x crop x crop, or 1 x C x H x W without a crop) named after the
+    first data layer's first top; TRAIN-only layers, losses, accuracies and every layer that consumes a label
+    blob are dropped; a ``SoftmaxWithLoss`` becomes a ``Softmax`` named ``softmax`` with top ``prob``.
+    """
+    from caffe.net import filter_net
+
+    net = pb.NetParameter()
+    net.CopyFrom(param)
+    net.state.phase = pb.TEST
+    if _has_deploy_stage(param):
+        net.state.stage.append("deploy")
+        out = filter_net(net)
+        out.ClearField("state")
+        return out
+    net = filter_net(net)
+    data_layers = [layer for layer in net.layer if layer.type in DATA_LAYER_TYPES or layer.type == "Input"]
+    if not data_layers:
+        raise NetError("the network has no data or Input layer to take images from")
+    first = data_layers[0]
+    if first.type == "Input":
+        return _without_training_layers(net, set())
+    crop = first.transform_param.crop_size
+    h, w = (crop, crop) if crop else (height, width)
+    input_name = first.top[0]
+    labels = {top for layer in data_layers for top in layer.top} - {input_name}
+    out = pb.NetParameter()
+    out.name = net.name
+    inp = out.layer.add(name=input_name, type="Input", top=[input_name])
+    inp.input_param.shape.add(dim=[1, channels, h, w])
+    kept = _without_training_layers(net, labels, skip=set(id(x) for x in data_layers))
+    out.layer.extend(kept.layer)
+    return out
+
+
+def _without_training_layers(net: pb.NetParameter, labels: set[str], skip: set[int] | None = None) -> pb.NetParameter:
+    out = pb.NetParameter()
+    out.name = net.name
+    out.input.extend(net.input)
+    out.input_shape.extend(net.input_shape)
+    out.input_dim.extend(net.input_dim)
+    tainted = set(labels)  # blobs computed from labels
+    last_softmax_loss = None
+    for layer in net.layer:
+        if skip and id(layer) in skip:
+            continue
+        if any(b in tainted for b in layer.bottom):
+            tainted.update(layer.top)
+            continue
+        if layer.type == "SoftmaxWithLoss":
+            last_softmax_loss = layer
+            continue
+        if layer.type in TRAINING_ONLY_TYPES or layer.type.endswith("Loss"):
+            continue
+        kept = out.layer.add()
+        kept.CopyFrom(layer)
+        del kept.include[:]
+        del kept.exclude[:]
+        kept.ClearField("loss_weight")
+    if last_softmax_loss is not None and not any(layer.type == "Softmax" for layer in out.layer):
+        out.layer.add(name="softmax", type="Softmax", bottom=[last_softmax_loss.bottom[0]], top=["prob"])
+    return out
+
+
+# --------------------------------------------------------------------------------------- validation
+def check_python_layer(code: bytes, source: str = "python_layer.py") -> None:
+    """The Python layer file must be UTF-8 Python that compiles; ParseError names its line."""
+    try:
+        compile(code.decode("utf-8"), source, "exec")
+    except UnicodeDecodeError:
+        raise ParseError(f"{source}: not a UTF-8 text file") from None
+    except SyntaxError as e:
+        raise ParseError(f"{source}:{e.lineno}:{e.offset or 0}: {e.msg}") from None
+
+
+def parse_labels(data: bytes, source: str = "labels.txt") -> list[str]:
+    """Labels, one a line; a non-text file or one without labels is a DataError."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{source}: not a UTF-8 text file (one label a line expected)") from None
+    labels = inference.read_labels_text(text)
+    if not labels or not any(labels):
+        raise DataError(f"{source}: no labels in it (one label a line expected)")
+    return labels
+
+
+def check_weights(job_dir: Path, python_layer: Path | None = None) -> dict[str, Any]:
+    """Build the job's deploy net and load its weights; a name or shape mismatch is a WeightsError.
+
+    Returns facts for the job's result: input shape, output size, layer and parameter counts.
+    """
+    from caffe.weights import is_hdf5, load_net_param
+
+    deploy, weights = job_dir / "deploy.prototxt", job_dir / "weights.caffemodel"
+    net = inference.build_net(deploy, None, python_layer)
+    if is_hdf5(weights):
+        copied = set(net.copy_from(str(weights)))
+        in_file: list[str] | None = None
+    else:
+        param = load_net_param(weights)
+        in_file = [layer.name for layer in param.layer if layer.blobs]
+        copied = set(net.copy_from(param))
+    wanted = [name for name, blobs in net.params.items() if blobs]
+    missing = [name for name in wanted if name not in copied]
+    if missing:
+        listing = f"; the weights file has: {', '.join(in_file[:40])}" if in_file is not None else ""
+        raise WeightsError(
+            f"weights.caffemodel: no weights for layer(s) {', '.join(missing)} of the network "
+            f"(layer names must match){listing}"
+        )
+    inp = net.inputs[0] if net.inputs else None
+    out = net.outputs[-1] if net.outputs else None
+    return {
+        "input_shape": list(net.blobs[inp].shape) if inp else None,
+        "outputs": int(net.blobs[out].count // max(1, net.blobs[out].shape[0])) if out else None,
+        "layers": len(net.layers),
+        "parameters": int(sum(b.count for blobs in net.params.values() for b in blobs)),
+        "net": net,
+    }
+
+
+# --------------------------------------------------------------------------------------- jobs
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _copy_stream(src: IO[bytes] | Path, dest: Path) -> None:
+    """Copy a file object or a file to ``dest`` atomically (temp file in the same folder, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(src, Path):
+                with src.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            else:
+                shutil.copyfileobj(src, out, 1 << 20)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def image_settings(image_type: str | int = "color", width: int = 256, height: int = 256,
+                   resize_mode: str = "squash") -> dict[str, Any]:
+    """The image options of the upload form (DIGITS' defaults: color, 256 x 256, squash), checked."""
+    kind = str(image_type).lower()
+    if kind not in ("color", "3", "grayscale", "gray", "1"):
+        raise DataError(f"image_type: must be 'color' or 'grayscale' (got {image_type!r})")
+    channels = 3 if kind in ("color", "3") else 1
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or not 1 <= value <= 8192:
+            raise DataError(f"{name}: must be a whole number of pixels between 1 and 8192 (got {value!r})")
+    if resize_mode not in inference.RESIZE_MODES:
+        raise DataError(f"resize_mode: must be one of {', '.join(inference.RESIZE_MODES)} (got {resize_mode!r})")
+    return {"channels": channels, "width": width, "height": height, "resize_mode": resize_mode}
+
+
+def parse_mean_values(text: str | None) -> list[float]:
+    """``"104,117,123"`` -> [104.0, 117.0, 123.0]; empty -> []."""
+    if not text or not str(text).strip():
+        return []
+    try:
+        return [float(v) for v in str(text).replace(" ", "").split(",")]
+    except ValueError:
+        raise DataError(f"mean_values: expected comma-separated numbers such as 104,117,123 (got {text!r})") from None
+
+
+def upload(
+    store: Any,
+    *,
+    name: str,
+    weights: IO[bytes] | Path,
+    deploy: str | None = None,
+    original: str | None = None,
+    labels: bytes | None = None,
+    python_layer: bytes | None = None,
+    mean_file: bytes | None = None,
+    mean_values: str | None = None,
+    image_type: str | int = "color",
+    width: int = 256,
+    height: int = 256,
+    resize_mode: str = "squash",
+) -> Any:
+    """Create a pretrained job from uploaded files (see the module); the job is kept only when all is valid.
+
+    ``deploy`` and ``original`` are prototxt texts; at least one is needed (a deploy net is derived from
+    ``original`` when ``deploy`` is missing).
+    """
+    if not (name or "").strip():
+        raise DataError("job_name: a name is required")
+    settings = image_settings(image_type, width, height, resize_mode)
+    if not (deploy or "").strip() and not (original or "").strip():
+        raise DataError("model_def_file: a network (deploy.prototxt or train_val.prototxt) is required")
+    original_param = parse_net(original, "original.prototxt") if (original or "").strip() else None
+    if (deploy or "").strip():
+        deploy_param = parse_net(deploy, "deploy.prototxt")
+    else:
+        assert original_param is not None
+        try:
+            deploy_param = deploy_from_train_val(original_param, settings["channels"], settings["height"],
+                                                 settings["width"])
+        except NetError as e:
+            raise NetError(f"original.prototxt: cannot derive a deploy network: {e}") from None
+    label_list = parse_labels(labels) if labels else []
+    if python_layer:
+        check_python_layer(python_layer)
+    means = parse_mean_values(mean_values)
+    if means and len(means) not in (1, settings["channels"]):
+        raise DataError(f"mean_values: {len(means)} values for {settings['channels']}-channel images")
+
+    job = store.create("pretrained", name.strip(), {"source": "upload", **settings, "mean_values": means})
+    job_dir = Path(store.job_dir(job.id))
+    try:
+        atomic_write(job_dir / "deploy.prototxt", to_text(deploy_param).encode("utf-8"))
+        atomic_write(job_dir / "original.prototxt", (original if original_param is not None else deploy or "")
+                     .encode("utf-8"))
+        _copy_stream(weights, job_dir / "weights.caffemodel")
+        if label_list:
+            atomic_write(job_dir / "labels.txt", ("\n".join(label_list) + "\n").encode("utf-8"))
+        if python_layer:
+            atomic_write(job_dir / "python_layer.py", python_layer)
+        if mean_file:
+            atomic_write(job_dir / "mean.binaryproto", mean_file)
+        return _finish(store, job, job_dir, {"source": "upload", **settings, "mean_values": means}, label_list)
+    except BaseException:
+        store.delete(job.id)
+        raise
+
+
+def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: list[str]) -> Any:
+    """Validate the written folder (net builds, weights fit, labels match), write info.json, mark Done."""
+    py = job_dir / "python_layer.py"
+    facts = check_weights(job_dir, py if py.is_file() else None)
+    net = facts.pop("net")
+    if labels and facts["outputs"] and len(labels) != facts["outputs"]:
+        raise DataError(
+            f"labels.txt: {len(labels)} labels, but the network's output '{net.outputs[-1]}' has "
+            f"{facts['outputs']} values per image"
+        )
+    if (job_dir / "mean.binaryproto").is_file():
+        inference.fit_mean(job_dir / "mean.binaryproto", (), tuple(facts["input_shape"][1:]))
+    info = {
+        **info,
+        "name": job.name,
+        "framework": "caffe",
+        "deploy_file": "deploy.prototxt",
+        "original_file": "original.prototxt",
+        "weights_file": "weights.caffemodel",
+        "labels_file": "labels.txt" if labels else None,
+        "mean_file": "mean.binaryproto" if (job_dir / "mean.binaryproto").is_file() else None,
+        "python_layer_file": "python_layer.py" if py.is_file() else None,
+        **facts,
+    }
+    _write_json(job_dir / "info.json", info)
+    return store.update(job.id, status="Done", result={**facts, "labels": len(labels)})
+
+
+def promote(store: Any, model_job_id: str, epoch: float | str | None = None, name: str | None = None) -> Any:
+    """A pretrained job from a model job's snapshot (``epoch``, default the last), as DIGITS' "Make Pretrained Model".
+
+    Copies deploy.prototxt, original.prototxt (the model's network), the snapshot as weights.caffemodel,
+    labels.txt, mean.binaryproto and the Python layer file, with the dataset's image settings in info.json.
+    """
+    source = inference.resolve(store, model_job_id, epoch)
+    model = store.get(model_job_id)
+    if model.kind != "model":
+        raise PretrainedError(f"job {model_job_id} is a {model.kind} job; only a trained model can be promoted")
+    src_dir = Path(store.job_dir(model_job_id))
+    settings = {"channels": source.channels, "width": source.width, "height": source.height,
+                "resize_mode": source.resize_mode}
+    info = {"source": "model", "model_job": model_job_id, "snapshot_epoch": source.epoch,
+            "snapshot_file": source.weights.name, **settings, "mean_values": list(source.mean_values)}
+    title = name or f"{model.name} (epoch {source.epoch:g})"
+    job = store.create("pretrained", title, info, parent=model_job_id)
+    job_dir = Path(store.job_dir(job.id))
+    try:
+        _copy_stream(source.deploy, job_dir / "deploy.prototxt")
+        original = next((p for p in (src_dir / "original.prototxt", src_dir / "train_val.prototxt") if p.is_file()),
+                        source.deploy)
+        _copy_stream(original, job_dir / "original.prototxt")
+        _copy_stream(source.weights, job_dir / "weights.caffemodel")
+        for src, dest in ((src_dir / "labels.txt", "labels.txt"), (source.mean_file, "mean.binaryproto"),
+                          (source.python_layer, "python_layer.py")):
+            if src is not None and src.is_file():
+                _copy_stream(src, job_dir / dest)
+        return _finish(store, job, job_dir, info, list(source.labels))
+    except BaseException:
+        store.delete(job.id)
+        raise
+
+
+def list_pretrained(store: Any) -> list[Any]:
+    """Pretrained jobs, newest first."""
+    return store.list("pretrained")
+
+
+def users(store: Any, job_id: str) -> list[Any]:
+    """Model jobs that were made from this pretrained job and are still waiting or running."""
+    return [j for j in store.list("model") if j.parent == job_id and j.status in ("Waiting", "Running")]
+
+
+def delete(store: Any, job_id: str) -> None:
+    """Delete a pretrained job (row and folder); refused while a training that uses it is queued or running."""
+    try:
+        job = store.get(job_id)
+    except KeyError:
+        raise PretrainedError(f"no job {job_id!r}", 404) from None
+    if job.kind != "pretrained":
+        raise PretrainedError(f"job {job_id} is a {job.kind} job, not a pretrained model")
+    busy = users(store, job_id)
+    if busy:
+        raise PretrainedError(
+            f"pretrained model {job_id} is used by training(s) in progress: {', '.join(j.id for j in busy)}", 409
+        )
+    store.delete(job_id)
+    inference.CACHE.forget(Path(store.job_dir(job_id)))
+
+
+def summary(jobs: Iterable[Any]) -> list[dict[str, Any]]:
+    """JSON rows of pretrained jobs for the list page and ``/pretrained_models.json``."""
+    return [{"id": j.id, "name": j.name, "status": j.status, "created": j.created, "source": j.params.get("source"),
+             "parent": j.parent, **{k: j.result.get(k) for k in ("input_shape", "outputs", "labels", "parameters")}}
+            for j in jobs]
