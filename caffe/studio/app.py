@@ -1,0 +1,586 @@
+"""The studio's web app: ``create_app(config)`` builds the FastAPI application ``caffe studio`` serves.
+
+It holds the shared state (``app.state.studio``: config, store, scheduler, templates), protects every
+route when a token is configured (login cookie, ``Authorization: Bearer``, or ``?token=``), answers
+413 to bodies over ``max_upload_bytes``, serves static files (plotly.js from the installed ``plotly``
+package) and the job-generic pages and routes: the home page, ``/index.json``, a job's log, its events
+as server-sent events, abort, delete and clone. The dataset and model pages come from
+``routes_datasets.router`` and ``routes_models.router``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import importlib
+import ipaddress
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, fields
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import FastAPI, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from caffe.errors import CaffeError
+from caffe.studio.scheduler import Scheduler
+from caffe.studio.store import Job, JobNotFound, JobStore
+
+HERE = Path(__file__).resolve().parent
+MiB = 1 << 20
+COOKIE = "caffe_studio_session"
+# the page of each kind of job (served by routes_datasets / routes_models)
+KIND_PAGES = {"dataset": "/datasets/{id}", "model": "/models/{id}", "pretrained": "/pretrained_models/{id}"}
+_OPEN_PATHS = ("/login", "/logout", "/static/")
+
+
+def default_jobs_dir() -> Path:
+    return Path(os.environ.get("CAFFE_STUDIO_JOBS") or "~/.neocaffe/studio").expanduser()
+
+
+@dataclass
+class StudioConfig:
+    jobs_dir: Path = field(default_factory=default_jobs_dir)
+    token: str | None = None  # password/token protecting every page and route; None: no authentication
+    max_upload_bytes: int = 512 * MiB  # largest request body (pretrained weights are the big ones)
+    max_image_bytes: int = 32 * MiB  # largest single image a form may upload (checked by the routes)
+    devices: list[str] | None = None  # "cpu", "cuda:0", ...; None: cpu plus every CUDA device
+    host: str = "127.0.0.1"
+    port: int = 5000
+    unsafe_no_auth: bool = False  # allow a non-loopback host without a token
+    data_roots: list[Path] | None = None  # server folders forms may name (None: any readable folder)
+    abort_grace: float = 30.0  # seconds from SIGINT to SIGTERM (and SIGTERM to SIGKILL) on abort
+
+    @classmethod
+    def of(cls, config: StudioConfig | Mapping[str, Any]) -> StudioConfig:
+        if isinstance(config, StudioConfig):
+            return config
+        names = {f.name for f in fields(cls)}
+        unknown = set(config) - names
+        if unknown:
+            raise CaffeError(f"unknown studio setting(s): {', '.join(sorted(unknown))}")
+        return cls(**config)
+
+
+@dataclass
+class Studio:
+    """Shared state of the app, at ``request.app.state.studio``."""
+
+    config: StudioConfig
+    store: JobStore
+    scheduler: Scheduler
+    templates: Jinja2Templates
+
+
+def studio_of(request: Request) -> Studio:
+    return request.app.state.studio
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+def detect_devices() -> list[str]:
+    import torch
+
+    return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+
+
+def wants_html(request: Request) -> bool:
+    """Whether the caller is a browser page (answer with a page or a redirect, not JSON)."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+# ---------------------------------------------------------------------------------------------
+# authentication
+
+
+def session_value(token: str) -> str:
+    """The cookie value for a token (an HMAC, so the cookie never holds the token itself)."""
+    return hmac.new(token.encode(), b"caffe-studio-session", hashlib.sha256).hexdigest()
+
+
+class AuthMiddleware:
+    """ASGI middleware: without a valid cookie, bearer token or ``?token=``, pages redirect to /login
+    and everything else gets 401. A valid ``?token=`` also sets the cookie."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token
+        self.cookie = session_value(token)
+
+    def _check(self, scope: dict[str, Any]) -> str | None:
+        """'cookie' / 'bearer' / 'query' when authenticated, else None."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        cookie = SimpleCookie()
+        with contextlib.suppress(Exception):
+            cookie.load(headers.get("cookie", ""))
+        if COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value, self.cookie):
+            return "cookie"
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), self.token.encode()):
+            return "bearer"
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if any(hmac.compare_digest(t.encode(), self.token.encode()) for t in query.get("token", ())):
+            return "query"
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        how = self._check(scope)
+        if how is None:
+            await self._refuse(scope, receive, send)
+            return
+        if how != "query":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cookie(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"set-cookie", _cookie_header(self.cookie).encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        if request.method == "GET" and wants_html(request):
+            target = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+            response: Response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        else:
+            response = JSONResponse(
+                {"detail": "authentication required: log in, or send 'Authorization: Bearer TOKEN' or ?token=TOKEN"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        await response(scope, receive, send)
+
+
+def _cookie_header(value: str, max_age: int = 30 * 24 * 3600) -> str:
+    return f"{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax"
+
+
+def _safe_next(target: str | None) -> str:
+    """A local redirect target only (no scheme, no //host)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# events (server-sent events)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as the strings "NaN", "Infinity", "-Infinity" (JSON has no such numbers;
+    JavaScript's ``Number()`` reads the strings back)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _sse(data: dict[str, Any], event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}data: {json.dumps(_json_safe(data), allow_nan=False)}\n\n".encode()
+
+
+class _EventFile:
+    """Reads the complete lines added to a JSON-lines file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.count = 0  # lines read so far (the SSE id of the last one)
+
+    def new_events(self) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1  # a line still being written waits for its newline
+        self.offset += end
+        out = []
+        for line in data[:end].splitlines():
+            if not line.strip():
+                continue
+            self.count += 1
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    out.append((self.count, event))
+        return out
+
+
+async def follow_job(studio: Studio, job_id: str, last_id: int = 0, poll: float = 0.25) -> AsyncIterator[bytes]:
+    """SSE stream of a job: events.jsonl replayed (lines after ``last_id``), its status, then new lines and
+    status changes as they come; ends with ``{"event": "end", "status": ...}`` once the job is not active."""
+    loop = asyncio.get_running_loop()
+    changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def on_status(event: dict[str, Any]) -> None:
+        if event.get("job") == job_id:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the stream has ended
+                loop.call_soon_threadsafe(changes.put_nowait, event)
+
+    unsubscribe = studio.scheduler.subscribe(on_status)
+    events = _EventFile(studio.store.job_dir(job_id) / "events.jsonl")
+    try:
+        job = studio.store.get(job_id)
+        yield _sse({"event": "status", "time": round(time.time(), 3), "job": job_id, "status": job.status,
+                    "returncode": job.returncode})
+        last_beat = time.monotonic()
+        held: list[dict[str, Any]] = []  # a status change caught while waiting (sent after the file's lines)
+        while True:
+            for n, event in events.new_events():
+                if n > last_id:
+                    yield _sse(event, n)
+            for event in held:
+                yield _sse(event)
+            held.clear()
+            while not changes.empty():
+                yield _sse(changes.get_nowait())
+            try:
+                job = studio.store.get(job_id)
+            except JobNotFound:
+                yield _sse({"event": "end", "status": "Deleted"})
+                return
+            if not job.active:
+                for n, event in events.new_events():
+                    if n > last_id:
+                        yield _sse(event, n)
+                yield _sse({"event": "end", "time": round(time.time(), 3), "status": job.status,
+                            "returncode": job.returncode})
+                return
+            if time.monotonic() - last_beat > 15:
+                last_beat = time.monotonic()
+                yield b": keep-alive\n\n"
+            with contextlib.suppress(asyncio.TimeoutError):
+                held.append(await asyncio.wait_for(changes.get(), poll))
+    finally:
+        unsubscribe()
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "name": job.name, "kind": job.kind, "status": job.status, "created": job.created,
+            "updated": job.updated, "parent": job.parent, "result": job.result}
+
+
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    env = templates.env
+    env.filters["datetime"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+    env.filters["status_class"] = lambda s: f"status-{str(s).lower()}"
+    env.globals["job_page"] = lambda job: KIND_PAGES[job.kind].format(id=job.id)
+    from caffe import __version__
+
+    env.globals["version"] = __version__
+    return templates
+
+
+def _plotly_js() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def _error(request: Request, status: int, message: str) -> Response:
+    if wants_html(request):
+        return studio_of(request).templates.TemplateResponse(
+            request, "error.html", {"status": status, "message": message}, status_code=status
+        )
+    return JSONResponse({"detail": message, "errors": [message]}, status_code=status)
+
+
+def _include_kind_routers(app: FastAPI) -> None:
+    # TODO(issue 6): import routes_datasets / routes_models unconditionally once both are committed.
+    for name in ("routes_datasets", "routes_models"):
+        module_name = f"caffe.studio.{name}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue
+        app.include_router(module.router)
+
+
+def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
+    """The studio app for ``config`` (a StudioConfig or a dict of its fields); its scheduler starts now
+    (recovering interrupted jobs) and stops with the app's lifespan."""
+    from caffe.serve import BodyLimitMiddleware
+
+    config = StudioConfig.of(config)
+    if not config.token and not is_loopback(config.host) and not config.unsafe_no_auth:
+        raise CaffeError(
+            f"refusing to serve on {config.host} without authentication: give --token (anyone who can reach "
+            "this address could run jobs and read files), or --unsafe_no_auth on a trusted network"
+        )
+    config.jobs_dir = Path(config.jobs_dir).expanduser().resolve()
+    if config.devices is None:
+        config.devices = detect_devices()
+    store = JobStore(config.jobs_dir)
+    scheduler = Scheduler(store, config.devices, abort_grace=config.abort_grace).start()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    from caffe import __version__
+
+    app = FastAPI(title="neocaffe studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    templates = _templates()
+    templates.env.globals["auth_enabled"] = bool(config.token)
+    app.state.studio = Studio(config, store, scheduler, templates)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
+    if config.token:
+        app.add_middleware(AuthMiddleware, token=config.token)
+
+    @app.exception_handler(JobNotFound)
+    async def _not_found(request: Request, e: JobNotFound) -> Response:
+        return _error(request, 404, str(e))
+
+    @app.exception_handler(CaffeError)
+    async def _bad_input(request: Request, e: CaffeError) -> Response:  # UnsafePathError among them
+        return _error(request, 400, str(e))
+
+    _add_routes(app)
+    _include_kind_routers(app)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/static/plotly.min.js", include_in_schema=False)
+    def plotly_js() -> FileResponse:
+        return FileResponse(_plotly_js(), media_type="text/javascript")
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request, next: str = "/") -> Response:
+        return studio_of(request).templates.TemplateResponse(request, "login.html", {"next": _safe_next(next)})
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        studio = studio_of(request)
+        form = await request.form()
+        target = _safe_next(str(form.get("next") or "/"))
+        token = studio.config.token
+        given = str(form.get("password") or "")
+        if token and not hmac.compare_digest(given.encode(), token.encode()):
+            return studio.templates.TemplateResponse(
+                request, "login.html", {"next": target, "error": "Wrong password."}, status_code=401
+            )
+        response = RedirectResponse(target, status_code=303)
+        if token:
+            response.headers["set-cookie"] = _cookie_header(session_value(token))
+        return response
+
+    @app.get("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.headers["set-cookie"] = _cookie_header("", max_age=0)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home(request: Request) -> Response:
+        studio = studio_of(request)
+        jobs = studio.store.list()
+        names = {j.id: j.name for j in jobs}
+        by_kind = {k: [j for j in jobs if j.kind == k] for k in ("dataset", "model", "pretrained")}
+        return studio.templates.TemplateResponse(
+            request, "home.html", {"datasets": by_kind["dataset"], "models": by_kind["model"],
+                                   "pretrained": by_kind["pretrained"], "names": names}
+        )
+
+    @app.get("/index.json", summary="All jobs: datasets, models and pretrained models")
+    def index_json(request: Request) -> dict[str, Any]:
+        studio = studio_of(request)
+        from caffe import __version__
+
+        jobs = studio.store.list()
+        return {
+            "version": __version__,
+            "jobs_dir": str(studio.config.jobs_dir),
+            "devices": studio.config.devices,
+            "datasets": [_job_summary(j) for j in jobs if j.kind == "dataset"],
+            "models": [_job_summary(j) for j in jobs if j.kind == "model"],
+            "pretrained_models": [_job_summary(j) for j in jobs if j.kind == "pretrained"],
+        }
+
+    @app.get("/jobs/{job_id}", summary="Redirect to the job's page")
+    def job_page(request: Request, job_id: str) -> RedirectResponse:
+        job = studio_of(request).store.get(job_id)
+        return RedirectResponse(KIND_PAGES[job.kind].format(id=job.id), status_code=303)
+
+    @app.get("/jobs/{job_id}/status", summary="A job's status")
+    def job_status(request: Request, job_id: str) -> dict[str, Any]:
+        return _job_summary(studio_of(request).store.get(job_id))
+
+    @app.get("/jobs/{job_id}/log", response_class=HTMLResponse, summary="A job's log page")
+    def job_log_page(request: Request, job_id: str) -> Response:
+        studio = studio_of(request)
+        job = studio.store.get(job_id)
+        text, _ = _read_log(studio, job_id, 0)
+        return studio.templates.TemplateResponse(request, "job_log.html", {"job": job, "log": text})
+
+    @app.get("/jobs/{job_id}/log.txt", response_class=PlainTextResponse, summary="A job's log (from a byte offset)")
+    def job_log(request: Request, job_id: str, offset: int = 0) -> Response:
+        studio = studio_of(request)
+        job = studio.store.get(job_id)
+        text, end = _read_log(studio, job_id, max(0, offset))
+        return PlainTextResponse(text, headers={"X-Log-Offset": str(end), "X-Job-Status": job.status})
+
+    @app.get("/jobs/{job_id}/events", summary="A job's events as server-sent events (replay, then follow)")
+    def job_events(request: Request, job_id: str) -> StreamingResponse:
+        studio = studio_of(request)
+        studio.store.get(job_id)
+        last = request.headers.get("last-event-id", "")
+        stream = follow_job(studio, job_id, int(last) if last.isdigit() else 0)
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    @app.post("/jobs/{job_id}/abort", summary="Abort a waiting or running job")
+    def job_abort(request: Request, job_id: str) -> Response:
+        studio = studio_of(request)
+        studio.store.get(job_id)
+        aborted = studio.scheduler.abort(job_id)
+        if wants_html(request):
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+        return JSONResponse({"job_id": job_id, "aborted": aborted, "status": studio.store.get(job_id).status})
+
+    def delete(request: Request, job_id: str) -> None:
+        studio_of(request).scheduler.delete(job_id)
+
+    @app.delete("/jobs/{job_id}", summary="Delete a job (aborted first if it runs)")
+    def job_delete(request: Request, job_id: str) -> dict[str, Any]:
+        delete(request, job_id)
+        return {"job_id": job_id, "deleted": True}
+
+    @app.post("/jobs/{job_id}/delete", include_in_schema=False)
+    def job_delete_form(request: Request, job_id: str) -> Response:
+        delete(request, job_id)
+        if wants_html(request):
+            return RedirectResponse("/", status_code=303)
+        return JSONResponse({"job_id": job_id, "deleted": True})
+
+    @app.post("/jobs/{job_id}/clone", summary="A new job with the same parameters (not run)")
+    def job_clone(request: Request, job_id: str) -> Response:
+        job = studio_of(request).scheduler.clone(job_id)
+        if wants_html(request):
+            return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+        return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
+
+
+def _read_log(studio: Studio, job_id: str, offset: int, limit: int = 4 * MiB) -> tuple[str, int]:
+    """The log's text from byte ``offset`` (at most ``limit`` bytes, the last ones) and the end offset."""
+    path = studio.store.job_dir(job_id) / "log.txt"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(offset, size - limit) if offset < size else size
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return "", 0
+    return data.decode("utf-8", errors="replace"), start + len(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# running it
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CaffeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _server(app: FastAPI, access_log: bool = False) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=3))
+
+
+def serve(config: StudioConfig | Mapping[str, Any], access_log: bool = False,
+          on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the studio in this thread until interrupted (what ``caffe studio`` does)."""
+    config = StudioConfig.of(config)
+    app = create_app(config)
+    sock = _bind(config.host, config.port)
+    port = sock.getsockname()[1]
+    if on_ready:
+        on_ready(f"http://{_url_host(config.host)}:{port}")
+    _server(app, access_log).run(sockets=[sock])
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve_in_thread(config: StudioConfig | Mapping[str, Any]) -> tuple[str, Callable[[], None]]:
+    """Serve the studio from a background thread on a free port: ``(base_url, stop)`` (for tests)."""
+    config = StudioConfig.of(config)
+    app = create_app(config)
+    sock = _bind(config.host, 0)
+    server = _server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="studio-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the studio server did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+    return f"http://{_url_host(config.host)}:{sock.getsockname()[1]}", stop

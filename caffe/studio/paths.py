@@ -1,0 +1,74 @@
+"""Safe paths for the studio: every job id, file name and server path taken from a request goes through here.
+
+``check_job_id`` accepts only the DIGITS-style ids the store makes; ``safe_join`` keeps a relative name
+inside a folder (no ``..``, no absolute paths, no symlink leading out); ``resolve_user_path`` checks a
+server-side path typed in a form (e.g. a dataset's image folder) against the allowed roots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from caffe.errors import CaffeError
+
+JOB_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
+
+
+class UnsafePathError(CaffeError):
+    """A path or id from a request that would leave its folder (answered 400)."""
+
+
+def is_job_id(text: object) -> bool:
+    return isinstance(text, str) and JOB_ID_RE.fullmatch(text) is not None
+
+
+def check_job_id(text: str) -> str:
+    if not is_job_id(text):
+        raise UnsafePathError(f"not a job id: {text!r}")
+    return text
+
+
+def _parts(relpath: str) -> list[str]:
+    """The components of a relative path; absolute paths, drives and ``..`` are refused."""
+    if not relpath or "\x00" in relpath:
+        raise UnsafePathError(f"bad path {relpath!r}")
+    if PurePosixPath(relpath).is_absolute() or PureWindowsPath(relpath).is_absolute() or PureWindowsPath(relpath).drive:
+        raise UnsafePathError(f"absolute path not allowed here: {relpath!r}")
+    parts = [p for p in re.split(r"[\\/]+", relpath) if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise UnsafePathError(f"path leaves its folder: {relpath!r}")
+    return parts
+
+
+def is_within(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path`` (symlinks resolved) is ``root`` or lies under it."""
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
+def safe_join(root: str | os.PathLike, relpath: str) -> Path:
+    """``root / relpath``, refused (UnsafePathError) if it would lead outside ``root``."""
+    path = Path(root).joinpath(*_parts(relpath))
+    if not is_within(path, root):
+        raise UnsafePathError(f"path leads outside its folder: {relpath!r}")
+    return path
+
+
+def resolve_user_path(text: str, roots: Iterable[str | os.PathLike] | None = None) -> Path:
+    """A server path typed in a form: ``~`` expanded, no ``..`` component, and (when ``roots`` are
+    given) resolved inside one of them. Existence is the caller's check."""
+    text = (text or "").strip()
+    if not text or "\x00" in text:
+        raise UnsafePathError(f"bad path {text!r}")
+    if ".." in re.split(r"[\\/]+", text):
+        raise UnsafePathError(f"'..' is not allowed in a path: {text!r}")
+    path = Path(text).expanduser()
+    if roots is None:
+        return path.resolve()
+    roots = [Path(r).expanduser() for r in roots]
+    if not any(is_within(path, r) for r in roots):
+        shown = ", ".join(str(r) for r in roots) or "(none)"
+        raise UnsafePathError(f"path {text!r} is outside the folders this server may read: {shown}")
+    return path.resolve()

@@ -1,0 +1,324 @@
+"""Runs studio jobs as child processes: one training at a time per device, dataset jobs side by side.
+
+A job is submitted with its command line and its resource (a device name such as ``"cpu"`` or
+``"cuda:0"``, or None for jobs that need no device). It waits (status ``Waiting``) until the resource is
+free, then runs (``Running``) with stdout and stderr appended to ``<job_dir>/log.txt``; it ends ``Done``
+(exit status 0), ``Error`` or ``Aborted``. Everything is written to the store first, so a new
+scheduler on the same store (a restarted server) finds jobs that were running marked ``Interrupted``
+(their leftover process killed) and waiting jobs queued again.
+
+Abort sends SIGINT (``caffe train`` then stops after the iteration and snapshots), SIGTERM after
+``abort_grace`` seconds and SIGKILL after as many again. Listeners registered with ``subscribe`` get
+every status change, from the scheduler's threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from caffe.studio.store import FINISHED, Job, JobStore
+
+log = logging.getLogger("caffe")
+
+Listener = Callable[[dict[str, Any]], None]
+
+# ``python -m caffe.tools.cli`` would need a __main__ block; this runs the same entry point.
+_CLI = "import sys; from caffe.tools.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def caffe_argv(*args: str) -> list[str]:
+    """The command line of ``caffe ARGS...`` run by this Python (no PATH lookup of the console script)."""
+    return [sys.executable, "-c", _CLI, *args]
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """``python -m MODULE ARGS...`` with this Python."""
+    return [sys.executable, "-m", module, *args]
+
+
+def _proc_cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def _is_our_process(pid: int, argv: Sequence[str] | None) -> bool:
+    """Whether ``pid`` is alive and runs ``argv`` (checked through /proc; elsewhere we cannot tell: no)."""
+    return bool(argv) and _proc_cmdline(pid) == list(argv)
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group and hasattr(os, "killpg"):
+            os.killpg(pid, sig)  # children run in their own session: pid == pgid
+        else:
+            os.kill(pid, sig)
+
+
+class _Running:
+    def __init__(self, job_id: str, proc: subprocess.Popen, resource: str | None) -> None:
+        self.job_id = job_id
+        self.proc = proc
+        self.resource = resource
+        self.end_status: str | None = None  # set by abort / stop: the status to record at exit
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: JobStore,
+        devices: Iterable[str] = ("cpu",),
+        *,
+        max_parallel: int = 4,
+        abort_grace: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.devices = list(devices)
+        self.max_parallel = max_parallel  # jobs without a resource (datasets) running at once
+        self.abort_grace = abort_grace
+        self._cv = threading.Condition()
+        self._queue: list[str] = []  # waiting job ids, in order
+        self._running: dict[str, _Running] = {}
+        self._listeners: list[Listener] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> Scheduler:
+        """Recover the store's jobs (Running -> Interrupted, Waiting queued again), then dispatch."""
+        with self._cv:
+            if self._thread is not None:
+                return self
+            for job in sorted(self.store.list(), key=lambda j: j.updated):
+                if job.status == "Running":
+                    self._recover_running(job)
+                elif job.status == "Waiting":
+                    if job.argv and (job.resource is None or job.resource in self.devices):
+                        self._queue.append(job.id)
+                    else:
+                        self._set_status(job.id, "Error", result_note="queued for a device this server lacks")
+            self._stopping = False
+            self._thread = threading.Thread(target=self._dispatch, name="studio-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def _recover_running(self, job: Job) -> None:
+        if job.pid and _is_our_process(job.pid, job.argv):
+            log.warning("Job %s: killing its process %d, left from a previous server", job.id, job.pid)
+            _signal(job.pid, signal.SIGKILL, group=True)
+        self._set_status(job.id, "Interrupted", pid=None)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop dispatching; running jobs get SIGINT (trainings snapshot) and end ``Interrupted``."""
+        with self._cv:
+            self._stopping = True
+            running = list(self._running.values())
+            for r in running:
+                r.end_status = "Interrupted"
+                _signal(r.proc.pid, signal.SIGINT, group=False)
+            self._cv.notify_all()
+        deadline = time.monotonic() + (self.abort_grace if timeout is None else timeout)
+        for r in running:
+            try:
+                r.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal(r.proc.pid, signal.SIGKILL, group=True)
+                r.proc.wait()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def submit(self, job_id: str, argv: Sequence[str], resource: str | None = None) -> Job:
+        """Queue ``argv`` for the job (status Waiting); it runs when ``resource`` is free."""
+        if resource is not None and resource not in self.devices:
+            raise ValueError(f"unknown device {resource!r} (this server has: {', '.join(self.devices)})")
+        with self._cv:
+            job = self.store.get(job_id)
+            if job.active:
+                raise RuntimeError(f"job {job_id} is already {job.status.lower()}")
+            job = self._set_status(job_id, "Waiting", argv=list(argv), resource=resource, pid=None, returncode=None)
+            self._queue.append(job_id)
+            self._cv.notify_all()
+        return job
+
+    def abort(self, job_id: str) -> bool:
+        """Abort a waiting or running job; False if it was neither."""
+        with self._cv:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self._set_status(job_id, "Aborted")
+                return True
+            r = self._running.get(job_id)
+            if r is None or r.end_status is not None:
+                return False
+            r.end_status = "Aborted"
+        log.info("Job %s: abort (SIGINT)", job_id)
+        _signal(r.proc.pid, signal.SIGINT, group=False)
+        threading.Thread(target=self._escalate, args=(r,), name=f"abort-{job_id}", daemon=True).start()
+        return True
+
+    def _escalate(self, r: _Running) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                r.proc.wait(self.abort_grace)
+                return
+            except subprocess.TimeoutExpired:
+                log.warning("Job %s: still running after %gs, sending %s", r.job_id, self.abort_grace, sig.name)
+                _signal(r.proc.pid, sig, group=True)
+
+    def kill(self, job_id: str, status: str = "Aborted", timeout: float = 10.0) -> None:
+        """End a job at once (SIGTERM, then SIGKILL): for deleting, where no snapshot is wanted."""
+        with self._cv:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                self._set_status(job_id, status)
+                return
+            r = self._running.get(job_id)
+            if r is None:
+                return
+            r.end_status = r.end_status or status
+        _signal(r.proc.pid, signal.SIGTERM, group=True)
+        try:
+            r.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal(r.proc.pid, signal.SIGKILL, group=True)
+        self.wait(job_id, timeout)
+
+    def delete(self, job_id: str) -> None:
+        """Kill the job if it runs, then remove it (row and folder)."""
+        self.store.get(job_id)  # JobNotFound first
+        self.kill(job_id)
+        self.store.delete(job_id)
+
+    def clone(self, job_id: str) -> Job:
+        """A new job (Initialized, not run) with the same kind, parameters and parent."""
+        src = self.store.get(job_id)
+        return self.store.create(src.kind, f"{src.name} (clone)", src.params, parent=src.parent)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job is neither waiting nor running (for tests and deletes); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while job_id in self._queue or job_id in self._running:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} still {self.store.get(job_id).status} after {timeout}s")
+                self._cv.wait(1.0 if left is None else min(left, 1.0))
+        return self.store.get(job_id)
+
+    def is_running(self, job_id: str) -> bool:
+        with self._cv:
+            return job_id in self._running
+
+    def queue(self) -> list[str]:
+        with self._cv:
+            return list(self._queue)
+
+    # --- listeners ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener({"event": "status", "job": id, "status": s, ...})`` on every status change;
+        returns the function that unsubscribes it. Listeners run on scheduler threads: keep them short."""
+        with self._cv:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._cv, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _set_status(self, job_id: str, status: str, expected: dict | None = None, result_note: str | None = None,
+                    **fields: Any) -> Job:
+        job = self.store.update_if(job_id, expected, status=status, **fields)
+        if job is None:
+            return self.store.get(job_id)
+        if result_note:
+            job = self.store.merge_result(job_id, scheduler_note=result_note)
+        event = {"event": "status", "time": round(time.time(), 3), "job": job_id, "status": status,
+                 "returncode": job.returncode}
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop the scheduler
+                log.exception("studio: status listener failed")
+        return job
+
+    # --- dispatching -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        with self._cv:
+            while not self._stopping:
+                self._start_ready()
+                self._cv.wait(1.0)
+
+    def _start_ready(self) -> None:
+        busy = {r.resource for r in self._running.values() if r.resource is not None}
+        unbound = sum(1 for r in self._running.values() if r.resource is None)
+        for job_id in list(self._queue):
+            try:
+                job = self.store.get(job_id)
+            except KeyError:  # deleted while waiting
+                self._queue.remove(job_id)
+                continue
+            if job.resource is None:
+                if unbound >= self.max_parallel:
+                    continue
+                unbound += 1
+            elif job.resource in busy:
+                continue
+            else:
+                busy.add(job.resource)
+            self._queue.remove(job_id)
+            self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        job_dir = self.store.job_dir(job.id)
+        assert job.argv
+        try:
+            with open(job_dir / "log.txt", "ab") as logf:
+                logf.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run: {' '.join(job.argv)}\n".encode())
+                logf.flush()
+                proc = subprocess.Popen(
+                    job.argv, cwd=job_dir, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                )
+        except OSError as e:
+            log.error("Job %s: cannot start %s: %s", job.id, job.argv[0], e)
+            self._set_status(job.id, "Error", result_note=f"cannot start {job.argv[0]}: {e}")
+            self._cv.notify_all()
+            return
+        r = _Running(job.id, proc, job.resource)
+        self._running[job.id] = r
+        self._set_status(job.id, "Running", pid=proc.pid)
+        threading.Thread(target=self._watch, args=(r,), name=f"job-{job.id}", daemon=True).start()
+
+    def _watch(self, r: _Running) -> None:
+        rc = r.proc.wait()
+        with self._cv:
+            status = r.end_status or ("Done" if rc == 0 else "Error")
+            # compare-and-set: a newer scheduler (restart) may already have marked this job Interrupted
+            with contextlib.suppress(KeyError):  # or it was deleted
+                self._set_status(r.job_id, status, expected={"status": "Running", "pid": r.proc.pid},
+                                 returncode=rc, pid=None)
+            self._running.pop(r.job_id, None)
+            self._cv.notify_all()
+        log.info("Job %s: %s (exit status %d)", r.job_id, status, rc)
+
+
+__all__ = ["FINISHED", "Scheduler", "caffe_argv", "python_module_argv"]
