@@ -144,7 +144,7 @@ def assign_proto(proto: Message, name: str, val: Any) -> None:
                 else:
                     raise TypeError(f"{field.full_name}: expected dicts or {field.message_type.name}s, got {item!r}")
         else:
-            container.extend(_scalar(field, item) for item in items)
+            _protobuf_set(field, lambda: container.extend([_scalar(field, item) for item in items]))
     elif isinstance(val, (list, tuple)):
         raise TypeError(f"{field.full_name} is not a repeated field; got a list {val!r}")
     elif field.message_type is not None:
@@ -155,7 +155,17 @@ def assign_proto(proto: Message, name: str, val: Any) -> None:
         else:
             raise TypeError(f"{field.full_name}: expected a dict or a {field.message_type.name}, got {val!r}")
     else:
-        setattr(proto, name, _scalar(field, val))
+        _protobuf_set(field, lambda: setattr(proto, name, _scalar(field, val)))
+
+
+def _protobuf_set(field: Any, setter: Any) -> None:
+    """Run ``setter``; protobuf's errors for values of the wrong type get the field's name."""
+    try:
+        setter()
+    except (TypeError, ValueError) as e:
+        if field.full_name in str(e):
+            raise
+        raise type(e)(f"{field.full_name}: {e}") from None
 
 
 def _has_field(message: Message, name: str) -> bool:
@@ -244,21 +254,29 @@ class Function:
             layer.top.extend(self._top_name(t, names, autonames) for t in self.tops)
         layer.name = self._layer_name(names, autonames)
 
-        own, extra = _param_fields(self.type_name)
         for key, value in self.params.items():
-            if key.endswith("param"):
-                assign_proto(layer, key, value)
-            elif own is not None and _has_field(getattr(layer, own), key):
-                assign_proto(getattr(layer, own), key, value)
-            elif _has_field(layer, key):
-                assign_proto(layer, key, value)
-            else:
-                target = next((p for p in extra if _has_field(getattr(layer, p), key)), None)
-                if target is None:
-                    where = " or ".join([*([own] if own else []), "LayerParameter", *extra])
-                    raise AttributeError(f"{self.type_name} layer '{layer.name}': '{key}' is not a field of {where}")
-                assign_proto(getattr(layer, target), key, value)
+            target = self._target(layer, key)
+            try:
+                assign_proto(target, key, value)
+            except (TypeError, ValueError) as e:  # ours, or protobuf's for a value of the wrong type
+                raise type(e)(f"{self.type_name} layer '{layer.name}': {e}") from None
         return layer
+
+    def _target(self, layer: caffe_pb2.LayerParameter, key: str) -> Message:
+        """The message that has field ``key``: the layer for ``*param`` names, else the type's own parameter
+        message, else the LayerParameter, else a further message the type reads (see the module docstring)."""
+        own, extra = _param_fields(self.type_name)
+        if key.endswith("param"):
+            return layer
+        if own is not None and _has_field(getattr(layer, own), key):
+            return getattr(layer, own)
+        if _has_field(layer, key):
+            return layer
+        target = next((p for p in extra if _has_field(getattr(layer, p), key)), None)
+        if target is None:
+            where = " or ".join([*([own] if own else []), "LayerParameter", *extra])
+            raise AttributeError(f"{self.type_name} layer '{layer.name}': '{key}' is not a field of {where}")
+        return getattr(layer, target)
 
 
 def _collect(items: Iterable[Top | Function], names: dict) -> caffe_pb2.NetParameter:
