@@ -443,16 +443,13 @@ def _iteration_of(weights: Path, solver: PathLike | None) -> int:
     return 0
 
 
-def _input_dims(deploy: Path) -> list[int] | None:
-    """[H, W, C] of the deploy net's first input (DIGITS' "image dimensions"), if it declares one."""
+def input_shape(deploy: PathLike) -> list[int] | None:
+    """The shape of the deploy net's first ``Input`` (legacy ``input:`` fields upgraded), or None."""
     from caffe.protoio import read_net_param
 
-    net = read_net_param(deploy)
-    for layer in net.layer:
+    for layer in read_net_param(deploy).layer:
         if layer.type == "Input" and layer.input_param.shape:
-            dims = list(layer.input_param.shape[0].dim)
-            if len(dims) == 4:
-                return [int(dims[2]), int(dims[3]), int(dims[1])]
+            return [int(d) for d in layer.input_param.shape[0].dim]
     return None
 
 
@@ -502,7 +499,7 @@ def package_model(
         if f is not None and not Path(f).is_file():
             raise ModelFilesError(f"{what} file {f}: not found")
     deploy, weights = Path(deploy), Path(weights)
-    dims = _input_dims(deploy)
+    shape = input_shape(deploy)
     if labels is not None:
         read_labels(labels)  # refuse an empty or unreadable labels file now
     iteration = _iteration_of(weights, solver)
@@ -531,8 +528,8 @@ def package_model(
         "snapshot file": weights_name,
         "image resize mode": "squash",
     }
-    if dims is not None:
-        record["image dimensions"] = dims
+    if shape is not None and len(shape) == 4:  # DIGITS' [height, width, channels]
+        record["image dimensions"] = [shape[2], shape[3], shape[1]]
     optional = {
         "mean file": "mean.binaryproto",
         "labels file": "labels.txt",

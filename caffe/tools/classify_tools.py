@@ -1,0 +1,483 @@
+"""``caffe classify`` (classify images with a deployable model) and ``caffe package`` (write a DIGITS archive).
+
+``caffe classify [FLAGS] [MODEL] INPUT...``: MODEL is a model folder or a DIGITS archive (see
+:func:`caffe.deploy.find_model`), or leave it out and name the files (``--model``/``--model_def``,
+``--weights``/``--pretrained_model``, ``--mean``/``--mean_file``, ``--labels``). INPUTs are image files,
+folders (their images, or ``*.EXT`` with ``--ext``), http/https URLs (fetched with ``--timeout`` and
+``--max_mb``), video files (every ``--every``-th frame, with OpenCV) or ``.npy`` arrays of H x W x K images.
+
+Preprocessing is that of Caffe's C++ classification example and DIGITS: images are decoded with
+Pillow, resized (bilinear) to the input's size (or ``--images_dim``), turned into K x H x W BGR
+(``--channel_swap``), scaled to 0..255 (``--raw_scale``), the per-channel mean subtracted (of a mean
+image, its per-channel average; or values such as ``--mean=104,117,123``), times ``--input_scale``.
+With ``--oversample`` (pycaffe's default, or ``--nocenter_only``) the ten 224-style crops of an image
+resized to ``--images_dim`` (default: the input's size, at least 256 x 256) are averaged.
+
+Output: the net's first output as it is (no softmax is added), top ``--top_k`` per input as
+``0.9997 - "dolphin"`` lines (``--format=text``), JSON or CSV; ``--output FILE`` writes it to a file
+instead (a ``.npy`` FILE gets the N x C predictions, as pycaffe's ``classify.py``). Inputs that cannot
+be read are reported and skipped; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import logging
+import re
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffe import deploy
+from caffe.errors import CaffeError, DataError
+from caffe.protoio import atomic_write
+from caffe.tools.cli import command
+from caffe.tools.progress import ToolParser, parse_flags, usage_error
+
+log = logging.getLogger("caffe")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
+CLASSIFY_USAGE = """caffe classify [FLAGS] [MODEL] INPUT [INPUT ...]
+
+Classify images, folders of images, URLs or video frames with a model folder, a DIGITS model archive
+(.tar.gz/.zip) or explicit files (--model, --weights, --mean, --labels)."""
+
+PACKAGE_USAGE = """caffe package --output=MODEL.tar.gz --deploy=DEPLOY --weights=SNAPSHOT [--solver=... --train_val=...
+  --mean=... --labels=...]
+
+Write a model archive as DIGITS' "Download Model" gives it (deploy.prototxt, snapshot_iter_N.caffemodel,
+mean.binaryproto, labels.txt, solver.prototxt, train_val.prototxt, original.prototxt, info.json)."""
+
+
+class InputError(DataError):
+    """An input (file, folder, URL, video) that gives no image."""
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Image:
+    """One image to classify: its name in the output and its pixels (H x W x K float in [0, 1])."""
+
+    name: str
+    pixels: np.ndarray
+
+
+def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
+    """The body of an http/https ``url``; failures, timeouts and bodies over ``max_bytes`` are InputErrors."""
+    if not re.match(r"^https?://", url, re.IGNORECASE):
+        raise InputError(f"{url}: only http:// and https:// URLs are fetched")
+    request = urllib.request.Request(url, headers={"User-Agent": "neocaffe-classify"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise InputError(f"{url}: {length} bytes, more than the {max_bytes} allowed (--max_mb)")
+            data = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as e:
+        raise InputError(f"{url}: HTTP error {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise InputError(f"{url}: cannot fetch ({e.reason})") from None
+    except TimeoutError:
+        raise InputError(f"{url}: no answer within {timeout:g} s (--timeout)") from None
+    except (http.client.HTTPException, OSError) as e:
+        raise InputError(f"{url}: cannot fetch ({e})") from None
+    if len(data) > max_bytes:
+        raise InputError(f"{url}: more than the {max_bytes} bytes allowed (--max_mb)")
+    return data
+
+
+def _video_frames(path: Path, every: int, color: bool, size: tuple[int, int] | None) -> Iterator[Image]:
+    import cv2
+    from PIL import Image as PILImage
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise InputError(f"{path}: OpenCV cannot open it as a video")
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                rgb = PILImage.fromarray(np.ascontiguousarray(frame[:, :, ::-1]))
+                yield Image(f"{path}#frame={index}", deploy.pil_to_array(rgb, color=color, size=size))
+            index += 1
+    finally:
+        capture.release()
+    if index == 0:
+        raise InputError(f"{path}: no frame could be read from the video")
+
+
+def _folder_files(folder: Path, ext: str | None) -> list[Path]:
+    suffixes = (f".{ext.lower().lstrip('.')}",) if ext else IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    files = sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
+    if not files:
+        raise InputError(f"{folder}: no {'*' + suffixes[0] if ext else 'image or video'} files in the folder")
+    return files
+
+
+@dataclass
+class Failure:
+    """An input that gave no image, and why."""
+
+    name: str
+    message: str
+
+
+@dataclass
+class Reader:
+    """Turns INPUT arguments into images of the net's layout (see the module)."""
+
+    color: bool
+    size: tuple[int, int] | None
+    ext: str | None = None
+    every: int = 1
+    timeout: float = 10.0
+    max_bytes: int = 50 << 20
+
+    def read(self, inputs: Sequence[str]) -> Iterator[Image | Failure]:
+        """Images in order; an input that gives none yields a Failure instead (and reading goes on)."""
+        for spec in inputs:
+            try:
+                if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
+                    data = fetch_url(spec, self.timeout, self.max_bytes)
+                    yield Image(spec, self._decode(data, spec))
+                    continue
+                path = Path(spec)
+                if path.is_dir():
+                    for q in _folder_files(path, self.ext):
+                        yield from self.read([str(q)])
+                elif not path.is_file():
+                    raise InputError(f"{spec}: no such file, folder or URL")
+                elif path.suffix.lower() in VIDEO_EXTENSIONS:
+                    yield from _video_frames(path, self.every, self.color, self.size)
+                elif path.suffix.lower() == ".npy":
+                    yield from self._npy(path)
+                else:
+                    yield Image(spec, self._decode(path.read_bytes(), spec))
+            except (DataError, OSError) as e:
+                yield Failure(spec, str(e) if isinstance(e, CaffeError) else f"{spec}: {e}")
+
+    def _decode(self, data: bytes, source: str) -> np.ndarray:
+        return deploy.decode_image(data, color=self.color, size=self.size, source=source)
+
+    def _npy(self, path: Path) -> Iterator[Image]:
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise InputError(f"{path}: not a NumPy array file ({e})") from None
+        if arr.ndim == 3:
+            arr = arr[np.newaxis]
+        if arr.ndim != 4:
+            raise InputError(f"{path}: expected N x H x W x K images, got shape {arr.shape}")
+        for i, im in enumerate(arr.astype(np.float32)):
+            if self.size is not None and im.shape[:2] != self.size:
+                from caffe.io import resize_image
+
+                im = resize_image(im, self.size)
+            yield Image(f"{path}[{i}]", im)
+
+
+# ---------------------------------------------------------------------------------------------- classify
+
+
+def _ints(text: str, flag: str, count: int | None = None) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CaffeError(f"{flag}={text}: expected comma-separated integers") from None
+    if count is not None and len(values) != count:
+        raise CaffeError(f"{flag}={text}: expected {count} comma-separated integers")
+    return values
+
+
+def _classify_parser() -> ToolParser:
+    p = ToolParser("caffe classify", CLASSIFY_USAGE)
+    p.add_argument("inputs", nargs="*", metavar="[MODEL] INPUT")
+    p.add_argument("--model", "--model_def", dest="model", help="The deploy prototxt")
+    p.add_argument("--weights", "--pretrained_model", dest="weights", help="The trained weights (.caffemodel)")
+    p.add_argument("--mean", "--mean_file", dest="mean", help="Mean: .binaryproto, .npy or values (104,117,123)")
+    p.add_argument("--labels", help="Labels file, one per line (labels.txt, synset_words.txt)")
+    p.add_argument("--top_k", type=int, default=5, help="How many classes to print per input (default 5)")
+    p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="Output format")
+    p.add_argument("--output", help="Write the results to this file (.npy: the prediction array)")
+    p.add_bool("center_only", "Classify the centre crop only (the default; --nocenter_only oversamples)")
+    p.set_defaults(center_only=True)
+    p.add_bool("oversample", "Average the 10 crops (corners, centre, mirrored) of each image")
+    p.add_argument("--images_dim", help="H,W the images are resized to (default: the input's size)")
+    p.add_argument("--raw_scale", type=float, default=255.0, help="Scale of the [0,1] pixels (default 255)")
+    p.add_argument("--input_scale", type=float, default=None, help="Scale after the mean subtraction")
+    p.add_argument("--channel_swap", default="2,1,0", help="Channel order of the net's input (default 2,1,0: BGR)")
+    p.add_argument("--ext", help="Only *.EXT files of folders (default: every image and video)")
+    p.add_argument("--every", type=int, default=1, help="Videos: classify every Nth frame (default 1)")
+    p.add_argument("--batch_size", type=int, default=16, help="Images per forward pass (default 16)")
+    p.add_argument("--timeout", type=float, default=10.0, help="URLs: seconds to wait (default 10)")
+    p.add_argument("--max_mb", type=float, default=50.0, help="URLs: largest download in MB (default 50)")
+    p.add_argument("--gpu", default="", help="GPU id to run on (bare --gpu: 0); default: the CPU")
+    return p
+
+
+def _bare_gpu(argv: list[str]) -> list[str]:
+    """pycaffe's ``--gpu`` took no value: a bare ``--gpu`` means GPU 0."""
+    out = []
+    for i, arg in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        out.append("--gpu=0" if arg == "--gpu" and not re.fullmatch(r"\d+(,\d+)*|all", nxt) else arg)
+    return out
+
+
+def _select_device(spec: str) -> None:
+    from caffe.tools.train import _select_device as select
+
+    if spec and not re.fullmatch(r"\d+(,\d+)*|all", spec):
+        raise CaffeError(f"--gpu must be a device id (or ids, or 'all'), got '{spec}'")
+    select(spec)
+
+
+@dataclass
+class Result:
+    name: str
+    scores: np.ndarray | None = None
+    error: str | None = None
+
+
+class Formatter:
+    """Writes results as text, JSON or CSV (streamed for text and CSV)."""
+
+    def __init__(self, fmt: str, labels: list[str] | None, top_k: int, out: io.TextIOBase) -> None:
+        self.fmt, self.labels, self.top_k, self.out = fmt, labels, top_k, out
+        self.records: list[dict[str, Any]] = []
+        self.csv = csv.writer(out) if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["input", "rank", "index", "label", "score"])
+
+    def top(self, scores: np.ndarray) -> list[tuple[int, str, float]]:
+        order = np.argsort(-scores, kind="stable")[: self.top_k]
+        return [(int(k), self.labels[k] if self.labels else str(int(k)), float(scores[k])) for k in order]
+
+    def add(self, r: Result) -> None:
+        if self.fmt == "json":
+            rec: dict[str, Any] = {"input": r.name}
+            if r.error is not None:
+                rec["error"] = r.error
+            else:
+                assert r.scores is not None
+                rec["predictions"] = [{"index": k, "label": lab, "score": s} for k, lab, s in self.top(r.scores)]
+            self.records.append(rec)
+        elif r.scores is None:
+            return
+        elif self.csv is not None:
+            for rank, (k, lab, s) in enumerate(self.top(r.scores), 1):
+                self.csv.writerow([r.name, rank, k, lab, f"{s:.6g}"])
+        else:
+            self.out.write(f"---------- Prediction for {r.name} ----------\n")
+            for _, lab, s in self.top(r.scores):
+                self.out.write(f'{s:.4f} - "{lab}"\n')
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            json.dump(self.records, self.out, indent=2)
+            self.out.write("\n")
+
+
+def _model_files(args: Any) -> tuple[deploy.ModelFiles, list[str]]:
+    inputs = list(args.inputs)
+    path = None
+    if args.model is None:
+        if not inputs:
+            raise CaffeError("no model given: name a model folder or archive first, or --model and --weights")
+        path = inputs.pop(0)
+    files = deploy.find_model(path, deploy=args.model, weights=args.weights, labels=args.labels)
+    if not inputs:
+        raise CaffeError("no inputs: name images, folders, URLs or videos after the model")
+    return files, inputs
+
+
+def _build(args: Any, files: deploy.ModelFiles) -> tuple[Any, tuple[int, int], bool]:
+    """The Classifier for ``files`` and the flags: (classifier, image dims, oversample)."""
+    from caffe.classifier import Classifier
+
+    log.info("Model: %s, weights %s", files.deploy, files.weights)
+    shape = deploy.input_shape(files.deploy)
+    if shape is None or len(shape) != 4:
+        raise CaffeError(f"{files.deploy}: no N x C x H x W Input to feed images to (input shape {shape})")
+    channels, crop = int(shape[1]), (int(shape[2]), int(shape[3]))
+    oversample = args.oversample or not args.center_only
+    if args.images_dim:
+        dims = tuple(_ints(args.images_dim, "--images_dim", 2))
+    else:
+        dims = tuple(max(c, 256) for c in crop) if oversample else crop
+    mean_spec = args.mean if args.mean is not None else files.mean
+    mean = None
+    if mean_spec is not None:
+        mean = deploy.channel_mean(deploy.parse_mean(mean_spec))
+        log.info("Mean: %s (per channel: %s)", mean_spec, ", ".join(f"{v:.4g}" for v in mean))
+        if len(mean) != channels:
+            raise CaffeError(f"mean {mean_spec}: {len(mean)} channels, the net's input has {channels}")
+    swap = _ints(args.channel_swap, "--channel_swap") if channels > 1 and args.channel_swap else None
+    clf = Classifier(
+        str(files.deploy),
+        str(files.weights),
+        image_dims=dims,
+        mean=mean,
+        input_scale=args.input_scale,
+        raw_scale=args.raw_scale,
+        channel_swap=swap,
+    )
+    return clf, (int(dims[0]), int(dims[1])), oversample
+
+
+def _predict(clf: Any, images: list[Image], oversample: bool) -> np.ndarray:
+    in_ = clf.inputs[0]
+    blob = clf.blobs[in_]
+    views = len(images) * (10 if oversample else 1)
+    if blob.data.shape[0] != views:
+        blob.reshape(views, *blob.data.shape[1:])
+        clf.reshape()
+    return clf.predict([im.pixels for im in images], oversample=oversample).reshape(len(images), -1)
+
+
+@command("classify", "classify images, folders, URLs or videos with a model folder, archive or files")
+def classify(argv: list[str]) -> int:
+    parser = _classify_parser()
+    args = parse_flags(parser, _bare_gpu(argv))
+    if isinstance(args, int):
+        return args
+    for flag in ("top_k", "every", "batch_size"):
+        if getattr(args, flag) < 1:
+            return usage_error(parser, f"--{flag} must be at least 1")
+    try:
+        files, inputs = _model_files(args)
+    except CaffeError as e:
+        if not args.inputs and args.model is None:
+            return usage_error(parser, str(e))
+        raise
+    labels = deploy.read_labels(files.labels) if files.labels is not None else None
+    _select_device(args.gpu)
+    clf, dims, oversample = _build(args, files)
+    outputs = int(np.prod(clf.blobs[clf.outputs[0]].data.shape[1:]))
+    if labels is not None and len(labels) != outputs:
+        raise CaffeError(f"labels file {files.labels}: {len(labels)} labels, but the net gives {outputs} scores")
+    color = clf.blobs[clf.inputs[0]].data.shape[1] != 1
+    reader = Reader(color, dims, args.ext, args.every, args.timeout, int(args.max_mb * (1 << 20)))
+    to_npy = args.output is not None and args.output.lower().endswith(".npy")
+    text = io.StringIO() if args.output is not None else sys.stdout
+    formatter = Formatter(args.format, labels, args.top_k, text)
+    predictions: list[np.ndarray] = []
+    failed = done = 0
+    pending: list[Image | Failure] = []  # results go out in input order
+
+    def flush() -> None:
+        nonlocal done, failed
+        images = [item for item in pending if isinstance(item, Image)]
+        scores = iter(_predict(clf, images, oversample) if images else [])
+        for item in pending:
+            if isinstance(item, Failure):
+                formatter.add(Result(item.name, error=item.message))
+                failed += 1
+            else:
+                s = next(scores)
+                formatter.add(Result(item.name, scores=s))
+                predictions.append(s[np.newaxis])
+                done += 1
+        pending.clear()
+
+    count = 0
+    for item in reader.read(inputs):
+        if isinstance(item, Failure):
+            log.error("%s", item.message)
+        else:
+            count += 1
+        pending.append(item)
+        if count >= args.batch_size:
+            flush()
+            count = 0
+    flush()
+    formatter.close()
+    if args.output is not None:
+        if to_npy:
+            buf = io.BytesIO()
+            np.save(buf, np.concatenate(predictions) if predictions else np.zeros((0, outputs), np.float32))
+            atomic_write(args.output, buf.getvalue())
+        else:
+            atomic_write(args.output, text.getvalue().encode("utf-8"))
+        log.info("Wrote %s", args.output)
+    log.info("Classified %d input(s)%s", done, f"; {failed} could not be read" if failed else "")
+    return 1 if failed or not done else 0
+
+
+# ---------------------------------------------------------------------------------------------- package
+
+
+def _newest_snapshot(solver_path: str) -> Path:
+    from caffe.protoio import read_solver_param
+
+    solver = read_solver_param(solver_path)
+    if not solver.snapshot_prefix:
+        raise CaffeError(f"{solver_path}: no snapshot_prefix, so no snapshot to package; give --weights")
+    prefix = Path(solver.snapshot_prefix)
+    found = [q for q in prefix.parent.glob(f"{prefix.name}_iter_*.caffemodel*") if re.search(r"_iter_\d+\.", q.name)]
+    if not found:
+        raise CaffeError(f"{solver_path}: no snapshot {prefix}_iter_N.caffemodel yet; give --weights")
+    return max(found, key=lambda q: int(re.search(r"_iter_(\d+)\.", q.name).group(1)))  # type: ignore[union-attr]
+
+
+def _solver_net(solver_path: str) -> str | None:
+    from caffe.protoio import read_solver_param
+
+    solver = read_solver_param(solver_path)
+    net = solver.net or solver.train_net
+    return net if net and Path(net).is_file() else None
+
+
+@command("package", "write a DIGITS-style model archive (.tar.gz/.zip) from a training's files")
+def package(argv: list[str]) -> int:
+    parser = ToolParser("caffe package", PACKAGE_USAGE)
+    parser.add_argument("--output", help="The archive to write (.tar.gz, .tgz, .tar or .zip)")
+    parser.add_argument("--deploy", help="The deploy prototxt")
+    parser.add_argument("--weights", "--snapshot", dest="weights", help="The weights (default: newest snapshot)")
+    parser.add_argument("--solver", help="The solver prototxt (also gives the newest snapshot and the net)")
+    parser.add_argument("--train_val", help="The training net (default: the solver's net)")
+    parser.add_argument("--original", help="The network as written (default: the training net)")
+    parser.add_argument("--mean", help="The mean (.binaryproto or .npy)")
+    parser.add_argument("--labels", help="The labels file")
+    parser.add_argument("--name", help="The model's name in info.json (default: the archive's)")
+    parser.add_argument("--format", choices=("tar.gz", "tar", "zip"), help="Archive format (default: by suffix)")
+    args = parse_flags(parser, argv)
+    if isinstance(args, int):
+        return args
+    if not args.output or not args.deploy:
+        return usage_error(parser, "--output and --deploy are required")
+    if not args.weights and not args.solver:
+        return usage_error(parser, "give --weights (or --solver, to take its newest snapshot)")
+    weights = args.weights or _newest_snapshot(args.solver)
+    train_val = args.train_val or (_solver_net(args.solver) if args.solver else None)
+    info = {"name": args.name} if args.name else None
+    out = deploy.package_model(
+        args.output,
+        deploy=args.deploy,
+        weights=weights,
+        solver=args.solver,
+        train_val=train_val,
+        original=args.original,
+        mean=args.mean,
+        labels=args.labels,
+        info=info,
+        fmt=args.format,
+    )
+    log.info("Wrote %s: %s", out, ", ".join(sorted(deploy.check_archive(out))))
+    return 0
