@@ -226,9 +226,9 @@ def train_val_net(net: pb.NetParameter) -> pb.NetParameter:
         if not (in_train or in_val):
             continue
         copy = _without_rules(layer)
-        out.layer.append(copy)
         if in_train != in_val:
             copy.include.add(phase=pb.TRAIN if in_train else pb.TEST)
+        out.layer.append(copy)  # appends a copy: set the rules first
     return out
 
 

@@ -1,0 +1,725 @@
+"""Model jobs: the "New Image Classification Model" form turned into Caffe files and a ``caffe train`` run.
+
+:class:`ModelForm` holds DIGITS' form fields (same names, so DIGITS' REST calls work). A job's folder
+gets ``original.prototxt`` (the network as this job trains it: chosen or edited, classifier set to the
+dataset's classes and, when fine-tuning, renamed), ``train_val.prototxt`` (data layers pointed at the
+dataset's LMDBs and mean), ``deploy.prototxt``, ``solver.prototxt``, ``info.json``, ``labels.txt`` and
+``mean.binaryproto``, then the scheduler runs ``caffe train --solver ... --events ... [--weights W]
+[--gpu N]``.
+
+DIGITS' form-to-solver mapping (CAFFE.md §2.4): ``max_iter = ceil(train / (batch * iter_size)) * epochs``;
+snapshot and test_interval are the intervals in epochs times iterations per epoch (at least 1; an
+interval reaching the end means "only at the end"); ``test_iter = ceil(val / val_batch)``; lr policy
+parameters are percentages of the training, scaled by ``max_iter / 100``; momentum 0.9 (not for
+AdaGrad/RMSProp), ``weight_decay = base_lr / 100``, ``display = max(1, min(floor(max_iter /
+(epochs * 8)), ceil(5000 / (batch * iter_size))))``.
+
+Resume: ``caffe train --snapshot`` from the newest ``snapshot_iter_N.solverstate``. The solver state
+holds the iteration, lr step and history but, as in Caffe, not the data reader's position: the
+reader starts again at the first record, so a resumed run matches an uninterrupted one exactly when
+the snapshot falls where the reader wraps (train count a multiple of batch * iter_size, snapshots on
+epochs) and the net draws no random numbers (no mirror/random crop/dropout).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from caffe.data.db import open_db
+from caffe.errors import CaffeError, NetError
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import atomic_write, read_net_param, to_text
+from caffe.studio import networks as nets
+from caffe.studio.paths import is_job_id
+
+SOLVER_CLASSES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
+                  "ADADELTA": "AdaDelta", "ADAM": "Adam"}  # fmt: skip
+SOLVER_TYPES = tuple(SOLVER_CLASSES)
+LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
+NETWORK_METHODS = ("standard", "previous", "pretrained", "custom")
+MEAN_MODES = ("image", "pixel", "none")
+FINETUNE_LR = 0.001  # proposed base lr when starting from pretrained weights (the guide's choice)
+SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.(caffemodel|solverstate)(\.h5)?$")
+NAN_ADVICE = (
+    "The network output NaN or infinity for {what}. Training diverged: try a lower base learning rate "
+    "(e.g. 10x smaller), and check the data (labels within 0..classes-1, mean subtraction, image scale)."
+)
+
+
+class FormError(CaffeError):
+    """Bad model form input; ``errors`` maps each field at fault to its message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+# ---------------------------------------------------------------------------------------------- the form
+@dataclass
+class ModelForm:
+    """DIGITS' "New Image Classification Model" fields, with DIGITS' defaults."""
+
+    dataset: str = ""
+    model_name: str = ""
+    method: str = "standard"
+    standard_networks: str = "alexnet"
+    previous_networks: str = ""
+    previous_epoch: float = 0.0  # weights of that epoch's snapshot; 0: the architecture only
+    pretrained_networks: str = ""
+    custom_network: str = ""
+    solver_type: str = "SGD"
+    train_epochs: int = 30
+    snapshot_interval: float = 1.0
+    val_interval: float = 1.0
+    batch_size: int | None = None
+    batch_accumulation: int | None = None
+    learning_rate: float = 0.01
+    lr_policy: str = "step"
+    lr_step_size: float = 33.0
+    lr_step_gamma: float = 0.1
+    lr_multistep_values: str = "50,85"
+    lr_multistep_gamma: float = 0.5
+    lr_exp_gamma: float = 0.95
+    lr_inv_gamma: float = 0.1
+    lr_inv_power: float = 0.5
+    lr_poly_power: float = 3.0
+    lr_sigmoid_step: float = 50.0
+    lr_sigmoid_gamma: float = 0.1
+    crop_size: int | None = None
+    use_mean: str = "image"
+    random_seed: int | None = None
+    device: str = "cpu"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelForm:
+        """Coerce submitted strings; empty optional fields are None. Unknown keys are ignored."""
+        form, errors = cls(), {}
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            raw = values[f.name]
+            raw = raw.strip() if isinstance(raw, str) and f.name != "custom_network" else raw
+            kind = str(f.type)
+            if raw in ("", None):
+                if "None" in kind:
+                    setattr(form, f.name, None)
+                continue
+            try:
+                number = float(raw) if kind != "str" else None
+            except (TypeError, ValueError):
+                errors[f.name] = f"not a number: {raw!r}"
+                continue
+            if number is None:
+                setattr(form, f.name, str(raw))
+            elif kind.startswith("int") and number != int(number):
+                errors[f.name] = f"not a whole number: {raw!r}"
+            else:
+                setattr(form, f.name, int(number) if kind.startswith("int") else number)
+        if errors:
+            raise FormError(errors)
+        return form
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, devices: list[str] | None = None) -> None:
+        """Ranges and choices; raises FormError naming every bad field."""
+        e: dict[str, str] = {}
+        if not is_job_id(self.dataset):
+            e["dataset"] = "choose a dataset"
+        choices = (
+            ("method", NETWORK_METHODS),
+            ("standard_networks", tuple(nets.STANDARD_NETWORKS)),
+            ("solver_type", SOLVER_TYPES),
+            ("lr_policy", LR_POLICIES),
+            ("use_mean", MEAN_MODES),
+        )
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                e[name] = f"{getattr(self, name)!r} is not one of {', '.join(allowed)}"
+        if self.train_epochs < 1:
+            e["train_epochs"] = "must be at least 1"
+        if not self.snapshot_interval > 0:
+            e["snapshot_interval"] = "must be more than 0 epochs (an interrupted training resumes from a snapshot)"
+        if self.val_interval < 0:
+            e["val_interval"] = "must be 0 (no validation) or more epochs"
+        for name in ("batch_size", "batch_accumulation", "crop_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                e[name] = "must be at least 1 (or left empty)"
+        if not self.learning_rate > 0:
+            e["learning_rate"] = "must be more than 0"
+        if self.random_seed is not None and self.random_seed < 0:
+            e["random_seed"] = "must be 0 or more (or left empty)"
+        if self.lr_policy == "multistep":
+            try:
+                steps = _percentages(self.lr_multistep_values)
+                if not steps or steps != sorted(steps):
+                    raise ValueError
+            except ValueError:
+                e["lr_multistep_values"] = "give increasing percentages of the training, e.g. 50,85"
+        if self.lr_policy in ("step", "sigmoid"):
+            key = "lr_step_size" if self.lr_policy == "step" else "lr_sigmoid_step"
+            if not getattr(self, key) > 0:
+                e[key] = "must be more than 0 (% of the training)"
+        if self.method == "custom" and not self.custom_network.strip():
+            e["custom_network"] = "paste or customize a network"
+        if self.method == "previous" and not is_job_id(self.previous_networks):
+            e["previous_networks"] = "choose a previous model"
+        if self.method == "pretrained" and not is_job_id(self.pretrained_networks):
+            e["pretrained_networks"] = "choose a pretrained model"
+        if devices is not None and self.device not in devices:
+            e["device"] = f"{self.device!r} is not one of this server's devices ({', '.join(devices)})"
+        if e:
+            raise FormError(e)
+
+
+def _percentages(text: str) -> list[float]:
+    return [float(x) for x in re.split(r"[,\s]+", text.strip()) if x]
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+@dataclass
+class DatasetInfo:
+    """What a model job needs from a finished dataset job."""
+
+    id: str
+    dir: Path
+    train_count: int
+    val_count: int
+    labels: list[str]
+    shape: tuple[int, int, int]  # C, H, W
+
+    @property
+    def classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_job(cls, store: Any, job_id: str) -> DatasetInfo:
+        try:
+            job = store.get(job_id)
+        except KeyError:
+            raise FormError({"dataset": f"no dataset job {job_id!r}"}) from None
+        if job.kind != "dataset" or job.status != "Done":
+            raise FormError({"dataset": f"job {job_id} is not a finished dataset (status {job.status})"})
+        d = store.job_dir(job_id)
+        labels = [s.strip() for s in (d / "labels.txt").read_text(encoding="utf-8").splitlines() if s.strip()]
+        counts = {}
+        for split in ("train", "val"):
+            db_dir = d / f"{split}_db"
+            if db_dir.exists():
+                with open_db(db_dir, "lmdb", "read") as db:
+                    counts[split] = len(db)
+        h, w, c = job.result.get("image_dims") or _mean_dims(d / "mean.binaryproto")
+        if counts.get("train", 0) < 1:
+            raise FormError({"dataset": f"dataset {job_id} has no training images"})
+        return cls(job_id, d, counts["train"], counts.get("val", 0), labels, (int(c), int(h), int(w)))
+
+
+def _mean_dims(path: Path) -> tuple[int, int, int]:
+    from caffe.protoio import read_binary
+
+    blob = read_binary(path, pb.BlobProto(), "mean file")
+    c, h, w = list(blob.shape.dim)[-3:] if blob.shape.dim else (blob.channels, blob.height, blob.width)
+    return h, w, c
+
+
+# ---------------------------------------------------------------------------------------------- solver
+def iterations_per_epoch(train_count: int, batch: int, iter_size: int = 1) -> int:
+    return math.ceil(train_count / (batch * iter_size))
+
+
+def _interval(epochs: float, per_epoch: int, max_iter: int, *, at_end: int) -> int:
+    """DIGITS: an interval in epochs as iterations, at least 1; reaching max_iter means ``at_end``."""
+    its = epochs * per_epoch
+    if 0 < its <= 1:
+        return 1
+    if 1 < its < max_iter:
+        return int(its)
+    return at_end
+
+
+def solver_param(
+    form: ModelForm, train_count: int, val_count: int, train_batch: int, val_batch: int
+) -> pb.SolverParameter:
+    """DIGITS' mapping of the form to a SolverParameter (net and snapshot_prefix are set by the caller)."""
+    iter_size = form.batch_accumulation or 1
+    per_epoch = iterations_per_epoch(train_count, train_batch, iter_size)
+    s = pb.SolverParameter(type=SOLVER_CLASSES[form.solver_type])
+    s.max_iter = per_epoch * form.train_epochs
+    if iter_size > 1:
+        s.iter_size = iter_size
+    s.snapshot = _interval(form.snapshot_interval, per_epoch, s.max_iter, at_end=0)
+    if val_count and form.val_interval:
+        s.test_iter.append(math.ceil(val_count / val_batch))
+        s.test_interval = _interval(form.val_interval, per_epoch, s.max_iter, at_end=s.max_iter)
+    s.base_lr = form.learning_rate
+    _lr_policy(s, form)
+    if form.solver_type not in ("ADAGRAD", "RMSPROP"):
+        s.momentum = 0.9
+    if form.solver_type == "RMSPROP":
+        s.rms_decay = 0.99
+    s.weight_decay = form.learning_rate / 100.0
+    s.display = max(1, min(s.max_iter // (form.train_epochs * 8), math.ceil(5000 / (train_batch * iter_size))))
+    if form.random_seed is not None:
+        s.random_seed = form.random_seed
+    return s
+
+
+def _lr_policy(s: pb.SolverParameter, form: ModelForm) -> None:
+    """The lr policy, its parameters given in % of the training scaled to iterations (DIGITS)."""
+    s.lr_policy = form.lr_policy
+    scale = s.max_iter / 100.0
+    policy = form.lr_policy
+    if policy == "step":
+        s.stepsize, s.gamma = math.ceil(form.lr_step_size * scale), form.lr_step_gamma
+    elif policy == "multistep":
+        s.stepvalue.extend(math.ceil(v * scale) for v in _percentages(form.lr_multistep_values))
+        s.gamma = form.lr_multistep_gamma
+    elif policy == "exp":
+        s.gamma = form.lr_exp_gamma ** (1.0 / scale)
+    elif policy == "inv":
+        s.gamma, s.power = form.lr_inv_gamma / scale, form.lr_inv_power
+    elif policy == "poly":
+        s.power = form.lr_poly_power
+    elif policy == "sigmoid":
+        s.gamma, s.stepsize = -form.lr_sigmoid_gamma / scale, math.ceil(form.lr_sigmoid_step * scale)
+
+
+def lr_schedule(param: pb.SolverParameter, points: int = 101) -> tuple[list[int], list[float]]:
+    """The learning rate at ``points`` iterations from 0 to max_iter, computed by the solver's own
+    ``learning_rate`` (every iteration is visited for ``multistep``, whose step advances one at a time)."""
+    from caffe.solver import Solver
+
+    last = max(param.max_iter, 1)
+    wanted = sorted({round(k * last / (points - 1)) for k in range(points)})
+    shim = SimpleNamespace(param=param, iter=0, current_step=0, source="lr policy")
+    rates: list[float] = []
+    visit = range(last + 1) if param.lr_policy == "multistep" else wanted
+    keep = set(wanted)
+    for it in visit:
+        shim.iter = it
+        rate = Solver.learning_rate(shim)  # type: ignore[arg-type]
+        if it in keep:
+            rates.append(rate)
+    return wanted, rates
+
+
+# ---------------------------------------------------------------------------------------------- networks
+@dataclass
+class Network:
+    """The network a form chose: its NetParameter, the weights to start from, where it came from."""
+
+    net: pb.NetParameter
+    weights: Path | None
+    source: str
+
+
+def choose_network(store: Any, form: ModelForm) -> Network:
+    """The form's network (standard, previous job, pretrained job or custom text)."""
+    if form.method == "standard":
+        key = form.standard_networks
+        return Network(nets.parse_network(nets.standard_network(key), f"{key}.prototxt"), None, f"standard:{key}")
+    if form.method == "custom":
+        return Network(nets.parse_network(form.custom_network, "custom network"), None, "custom")
+    job_id = form.previous_networks if form.method == "previous" else form.pretrained_networks
+    field = f"{form.method}_networks"
+    try:
+        job = store.get(job_id)
+    except KeyError:
+        raise FormError({field: f"no job {job_id!r}"}) from None
+    d = store.job_dir(job_id)
+    if form.method == "previous":
+        if job.kind != "model":
+            raise FormError({field: f"job {job_id} is not a model"})
+        weights = None
+        if form.previous_epoch:
+            snap = snapshot_for_epoch(d, form.previous_epoch)
+            if snap is None:
+                raise FormError({"previous_epoch": f"model {job_id} has no snapshot at epoch {form.previous_epoch:g}"})
+            weights = snap
+        return Network(read_net_param(d / "original.prototxt"), weights, f"previous:{job_id}")
+    if job.kind != "pretrained":
+        raise FormError({field: f"job {job_id} is not a pretrained model"})
+    original = d / "original.prototxt"
+    net = read_net_param(original if original.is_file() else d / "deploy.prototxt")
+    return Network(net, d / "weights.caffemodel", f"pretrained:{job_id}")
+
+
+def network_defaults(net: pb.NetParameter) -> dict[str, int | None]:
+    """The batch and crop sizes a network's train Data layer carries (the form's placeholders)."""
+    train = next((x for x in nets.data_layers(net) if x.type == "Data" and nets.included(x, nets.TRAIN_STATE)), None)
+    if train is None:
+        return {"batch_size": None, "crop_size": None}
+    return {
+        "batch_size": train.data_param.batch_size or None,
+        "crop_size": train.transform_param.crop_size or None,
+    }
+
+
+@dataclass
+class ModelFiles:
+    """Everything a model job writes before it trains."""
+
+    original: pb.NetParameter
+    train_val: pb.NetParameter
+    deploy: pb.NetParameter
+    solver: pb.SolverParameter
+    info: dict[str, Any]
+    weights: Path | None
+
+
+def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
+    """Check the form and compute the job's files (nothing is written)."""
+    form.check(devices)
+    data = DatasetInfo.from_job(store, form.dataset)
+    chosen = choose_network(store, form)
+    net = nets.trainable(chosen.net)
+    renamed = nets.retarget(net, data.classes, finetune=chosen.weights is not None)
+    train_val = nets.train_val_net(net)
+    layers = [x for x in train_val.layer if nets.is_source(x)]
+    if not layers or any(x.type != "Data" for x in layers):
+        kinds = sorted({x.type for x in layers}) or ["none"]
+        raise NetError(f"network '{net.name}': its data layers must be of type Data (found {', '.join(kinds)})")
+    val = [x for x in layers if x.include and x.include[0].phase == pb.TEST]
+    train = [x for x in layers if x not in val]
+    if not train:
+        raise NetError(f"network '{net.name}': no Data layer for the TRAIN phase")
+    crop = form.crop_size or train[0].transform_param.crop_size or None
+    c, h, w = data.shape
+    if crop and crop > min(h, w):
+        raise FormError({"crop_size": f"{crop} is larger than the dataset's {w}x{h} images"})
+    mean = _mean_values(data) if form.use_mean == "pixel" else None
+    for layer in layers:
+        is_train = layer in train
+        db = data.dir / ("train_db" if is_train else "val_db")
+        layer.data_param.source, layer.data_param.backend = str(db), pb.DataParameter.LMDB
+        if form.batch_size:
+            layer.data_param.batch_size = form.batch_size
+        elif not layer.data_param.batch_size:
+            layer.data_param.batch_size = nets.DEFAULT_BATCH_SIZE
+        tp = layer.transform_param
+        tp.ClearField("mean_file")
+        tp.ClearField("mean_value")
+        if form.use_mean == "image":
+            tp.mean_file = str(job_dir / "mean.binaryproto")
+        elif mean is not None:
+            tp.mean_value.extend(mean)
+        if crop:
+            tp.crop_size = crop
+        else:
+            tp.ClearField("crop_size")
+    if not data.val_count:
+        for layer in val:
+            train_val.layer.remove(layer)
+    val_batch = val[0].data_param.batch_size if val else train[0].data_param.batch_size
+    solver = solver_param(form, data.train_count, data.val_count if val else 0, train[0].data_param.batch_size,
+                          val_batch)
+    solver.net = str(job_dir / "train_val.prototxt")
+    solver.snapshot_prefix = str(job_dir / "snapshot")
+    if devices is not None and form.device.startswith("cuda"):
+        solver.solver_mode = pb.SolverParameter.GPU
+    deploy = nets.deploy_net(net, (c, crop or h, crop or w))
+    per_epoch = iterations_per_epoch(data.train_count, train[0].data_param.batch_size, form.batch_accumulation or 1)
+    info = {
+        "job id": job_dir.name,
+        "name": form.model_name,
+        "framework": "caffe",
+        "dataset": data.id,
+        "network": chosen.source,
+        "pretrained weights": str(chosen.weights) if chosen.weights else None,
+        "renamed layers": [list(r) for r in renamed],
+        "classes": data.classes,
+        "image dimensions": [h, w, c],
+        "crop size": crop,
+        "mean subtraction": form.use_mean,
+        "train count": data.train_count,
+        "val count": data.val_count,
+        "iterations per epoch": per_epoch,
+        "max iterations": solver.max_iter,
+        "epochs": form.train_epochs,
+        "accuracy outputs": [t for x in train_val.layer if x.type == "Accuracy" for t in x.top],
+        "mean file": "mean.binaryproto",
+        "labels file": "labels.txt",
+    }
+    return ModelFiles(net, train_val, deploy, solver, info, chosen.weights)
+
+
+def _mean_values(data: DatasetInfo) -> list[float]:
+    """Per-channel means of the dataset's mean image ("pixel" mean subtraction)."""
+    from caffe.io import blobproto_to_array
+    from caffe.protoio import read_binary
+
+    blob = read_binary(data.dir / "mean.binaryproto", pb.BlobProto(), "mean file")
+    arr = blobproto_to_array(blob).reshape(-1, data.shape[1], data.shape[2])
+    return [float(v) for v in arr.mean(axis=(1, 2))]
+
+
+def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
+    """Write the job's files atomically (labels and mean copied from the dataset)."""
+    for name, message in (
+        ("original.prototxt", files.original),
+        ("train_val.prototxt", files.train_val),
+        ("deploy.prototxt", files.deploy),
+        ("solver.prototxt", files.solver),
+    ):
+        atomic_write(job_dir / name, to_text(message).encode())
+    atomic_write(job_dir / "info.json", json.dumps(files.info, indent=2).encode())
+    for name in ("labels.txt", "mean.binaryproto"):
+        if (dataset_dir / name).is_file():
+            shutil.copyfile(dataset_dir / name, job_dir / name)
+
+
+def train_argv(job_dir: Path, device: str, *, weights: Path | None = None, snapshot: Path | None = None) -> list[str]:
+    """``caffe train`` for a job folder (run by the scheduler with this Python)."""
+    from caffe.studio.scheduler import caffe_argv
+
+    args = ["train", f"--solver={job_dir / 'solver.prototxt'}", f"--events={job_dir / 'events.jsonl'}"]
+    if snapshot is not None:
+        args.append(f"--snapshot={snapshot}")
+    elif weights is not None:
+        args.append(f"--weights={weights}")
+    if device.startswith("cuda:"):
+        args.append(f"--gpu={device.split(':', 1)[1]}")
+    return caffe_argv(*args)
+
+
+def create_model_job(store: Any, scheduler: Any, form: ModelForm) -> Any:
+    """Check the form, create the job, write its files and submit the training; returns the job."""
+    devices = list(scheduler.devices)
+    form.check(devices)
+    job = store.create("model", form.model_name or "model", form.to_dict(), parent=form.dataset)
+    job_dir = store.job_dir(job.id)
+    try:
+        files = build_files(store, form, job_dir, devices)
+        write_files(job_dir, files, store.job_dir(form.dataset))
+        store.update(job.id, result={"info": files.info})
+        return scheduler.submit(job.id, train_argv(job_dir, form.device, weights=files.weights), form.device)
+    except BaseException:
+        store.delete(job.id)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- snapshots
+def job_info(job_dir: Path) -> dict[str, Any]:
+    path = job_dir / "info.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def epoch_of(iteration: int, per_epoch: int) -> float:
+    """An iteration as epochs (3 decimals; whole epochs as ints, as DIGITS shows them)."""
+    e = round(iteration / max(per_epoch, 1), 3)
+    return int(e) if e == int(e) else e
+
+
+def iteration_of(epoch: float, per_epoch: int) -> int:
+    return round(epoch * per_epoch)
+
+
+def snapshot_files(job_dir: Path, kind: str = "caffemodel") -> dict[int, Path]:
+    """``{iteration: path}`` of the job's ``snapshot_iter_N.<kind>`` files."""
+    found: dict[int, Path] = {}
+    for p in job_dir.iterdir() if job_dir.is_dir() else ():
+        m = SNAPSHOT_RE.match(p.name)
+        if m and m.group(2) == kind:
+            found[int(m.group(1))] = p
+    return dict(sorted(found.items()))
+
+
+def snapshots(job_dir: Path) -> list[dict[str, Any]]:
+    """The weight snapshots as ``[{iter, epoch, file}]`` (oldest first)."""
+    per_epoch = job_info(job_dir).get("iterations per epoch", 1)
+    return [{"iter": i, "epoch": epoch_of(i, per_epoch), "file": p.name} for i, p in snapshot_files(job_dir).items()]
+
+
+def snapshot_for_epoch(job_dir: Path, epoch: float | None) -> Path | None:
+    """The weights of ``epoch`` (None: the newest)."""
+    files = snapshot_files(job_dir)
+    if not files:
+        return None
+    if epoch is None:
+        return files[max(files)]
+    per_epoch = job_info(job_dir).get("iterations per epoch", 1)
+    return files.get(iteration_of(epoch, per_epoch))
+
+
+def latest_solverstate(job_dir: Path) -> Path | None:
+    states = snapshot_files(job_dir, "solverstate")
+    return states[max(states)] if states else None
+
+
+def resume_model_job(store: Any, scheduler: Any, job_id: str) -> Any:
+    """Continue a stopped training from its newest solver state (from the start when it has none)."""
+    job = store.get(job_id)
+    if job.kind != "model":
+        raise FormError({"job": f"job {job_id} is a {job.kind}, not a model"})
+    if job.status not in ("Interrupted", "Aborted", "Error"):
+        raise FormError({"job": f"job {job_id} is {job.status}: only interrupted, aborted or failed trainings resume"})
+    job_dir = store.job_dir(job_id)
+    state = latest_solverstate(job_dir)
+    device = job.resource or job.params.get("device", "cpu")
+    weights = None
+    if state is None:
+        w = job.result.get("info", {}).get("pretrained weights")
+        weights = Path(w) if w else None
+    return scheduler.submit(job_id, train_argv(job_dir, device, weights=weights, snapshot=state), device)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def read_events(job_dir: Path) -> list[dict[str, Any]]:
+    path = job_dir / "events.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written
+            continue
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return not isinstance(x, (int, float)) or math.isfinite(x)
+
+
+def training_progress(job_dir: Path, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Charts, progress, ETA and NaN advice from the job's events (a resumed run replaces what came
+    after its starting iteration). x values are epochs."""
+    info = job_info(job_dir)
+    per_epoch = info.get("iterations per epoch", 1)
+    max_iter = info.get("max iterations", 0)
+    accuracy = set(info.get("accuracy outputs", []))
+    train: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
+    it, session = 0, None
+    nan: str | None = None
+    for ev in read_events(job_dir) if events is None else events:
+        kind = ev.get("event")
+        if kind == "start":
+            k = ev.get("iter", 0)
+            train = [p for p in train if p["iter"] < k]
+            val = [p for p in val if p["iter"] < k]
+            max_iter = ev.get("max_iter", max_iter)
+            session = (ev.get("time", 0.0), k)
+            it = k
+        elif kind == "train":
+            train.append({"iter": ev["iter"], "loss": ev.get("loss"), "lr": ev.get("lr")})
+            it = max(it, ev["iter"])
+            if nan is None and not _finite(ev.get("loss")):
+                nan = f"the training loss (iteration {ev['iter']})"
+        elif kind == "test":
+            outputs = ev.get("outputs", {})
+            val.append({"iter": ev["iter"], **outputs})
+            for name, v in outputs.items():
+                if nan is None and not all(_finite(x) for x in (v if isinstance(v, list) else [v])):
+                    nan = f"'{name}' (validation, iteration {ev['iter']})"
+        elif kind in ("snapshot", "done"):
+            it = max(it, ev.get("iter", 0))
+    eta = None
+    last_time = max((ev.get("time", 0.0) for ev in (events or read_events(job_dir))), default=0.0)
+    if session and it > session[1] and max_iter:
+        rate = (it - session[1]) / max(last_time - session[0], 1e-6)
+        eta = round((max_iter - it) / rate, 1)
+    val_series: dict[str, dict[str, list]] = {}
+    for p in val:
+        for name, v in p.items():
+            if name != "iter" and not isinstance(v, list):
+                s = val_series.setdefault(name, {"epoch": [], "value": []})
+                s["epoch"].append(epoch_of(p["iter"], per_epoch))
+                s["value"].append(v)
+    return {
+        "iter": it,
+        "max_iter": max_iter,
+        "epoch": epoch_of(it, per_epoch),
+        "epochs": info.get("epochs"),
+        "progress": round(it / max_iter, 4) if max_iter else 0.0,
+        "eta_seconds": eta,
+        "train": {
+            "epoch": [epoch_of(p["iter"], per_epoch) for p in train],
+            "loss": [p["loss"] for p in train],
+            "lr": [p["lr"] for p in train],
+        },
+        "val": {name: {**s, "kind": "accuracy" if name in accuracy else "loss"} for name, s in val_series.items()},
+        "nan": nan,
+        "advice": NAN_ADVICE.format(what=nan) if nan else None,
+    }
+
+
+def model_summary(store: Any, job_id: str) -> dict[str, Any]:
+    """``GET /models/{id}.json``: DIGITS' fields plus the series the charts draw."""
+    job = store.get(job_id)
+    job_dir = store.job_dir(job_id)
+    snaps = snapshots(job_dir)
+    return {
+        "id": job.id,
+        "name": job.name,
+        "directory": str(job_dir),
+        "status": job.status,
+        "dataset": job.parent,
+        "snapshots": [s["epoch"] for s in snaps],
+        "snapshot_files": snaps,
+        "can_resume": job.status in ("Interrupted", "Aborted", "Error"),
+        "params": job.params,
+        "info": job_info(job_dir),
+        **training_progress(job_dir),
+        "updated": job.updated,
+        "now": time.time(),
+    }
+
+
+def package(job_dir: Path, epoch: float | None, fmt: str, out_dir: Path) -> Path:
+    """A DIGITS-style archive of the snapshot of ``epoch`` (newest when None) in ``out_dir``."""
+    from caffe.deploy import package_model
+
+    weights = snapshot_for_epoch(job_dir, epoch)
+    if weights is None:
+        what = f"epoch {epoch:g}" if epoch is not None else "any epoch"
+        raise FormError({"epoch": f"no snapshot for {what} (snapshots: {[s['epoch'] for s in snapshots(job_dir)]})"})
+    info = job_info(job_dir)
+    per_epoch = info.get("iterations per epoch", 1)
+    iteration = int(SNAPSHOT_RE.match(weights.name).group(1))  # type: ignore[union-attr]
+    ep = epoch_of(iteration, per_epoch)
+    out = out_dir / f"{job_dir.name}_epoch_{ep}.{fmt}"
+
+    def opt(name: str) -> Path | None:
+        return job_dir / name if (job_dir / name).is_file() else None
+
+    return package_model(
+        out,
+        deploy=job_dir / "deploy.prototxt",
+        weights=weights,
+        solver=opt("solver.prototxt"),
+        train_val=opt("train_val.prototxt"),
+        original=opt("original.prototxt"),
+        mean=opt("mean.binaryproto"),
+        labels=opt("labels.txt"),
+        info={"job id": job_dir.name, "epoch": ep, "classes": info.get("classes"), "network": info.get("network")},
+        fmt=fmt,
+    )
+
+
+def customize(store: Any, form: ModelForm) -> dict[str, Any]:
+    """The chosen network as editable text ("Customize"): with a dataset, its classifier already set
+    (and renamed when weights come with it)."""
+    chosen = choose_network(store, form)
+    net = nets.trainable(chosen.net)
+    renamed: list[tuple[str, str]] = []
+    if is_job_id(form.dataset):
+        data = DatasetInfo.from_job(store, form.dataset)
+        renamed = nets.retarget(net, data.classes, finetune=chosen.weights is not None)
+    return {
+        "network": to_text(net),
+        "renamed": [list(r) for r in renamed],
+        "finetune": chosen.weights is not None,
+        "suggested_lr": FINETUNE_LR if chosen.weights is not None else None,
+        **network_defaults(net),
+    }
+
