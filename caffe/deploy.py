@@ -252,8 +252,8 @@ def check_archive(archive: PathLike) -> list[str]:
             with zipfile.ZipFile(archive) as z:
                 for info in z.infolist():
                     _check_name(archive, info.filename)
-                    mode = info.external_attr >> 16
-                    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer set no Unix type
+                    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                         raise ModelFilesError(f"{archive}: refusing member {info.filename!r} (a link or special file)")
                     total += info.file_size
                     if not info.is_dir():
@@ -554,7 +554,9 @@ def _archive_bytes(fmt: str, members: Iterable[tuple[str, Path | bytes]]) -> byt
     if fmt == "zip":
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             for name, src in members:
-                z.writestr(name, src if isinstance(src, bytes) else src.read_bytes())
+                entry = zipfile.ZipInfo(name, datetime.datetime.fromtimestamp(now).timetuple()[:6])
+                entry.external_attr, entry.compress_type = (stat.S_IFREG | 0o644) << 16, zipfile.ZIP_DEFLATED
+                z.writestr(entry, src if isinstance(src, bytes) else src.read_bytes())
     else:
         with tarfile.open(fileobj=buf, mode="w" if fmt == "tar" else "w:gz") as t:
             for name, src in members:
