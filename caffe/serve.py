@@ -1,0 +1,1213 @@
+"""A REST inference server for Caffe classification models (FastAPI), with request batching.
+
+``caffe serve [flags] MODEL [MODEL ...]`` (see :mod:`caffe.tools.serve_tools`) runs :func:`create_app`
+under uvicorn; from Python::
+
+    from caffe.serve import create_app, load_model
+    app = create_app([load_model("squeezenet=models/sq", labels="synset_words.txt", mean="104,117,123")])
+
+Endpoints
+---------
+* ``POST /models/{name}/predict`` (and ``POST /predict`` for the default model: the only one, or the
+  first given): one image, as a multipart upload (field ``file``; DIGITS' ``image_file`` also works),
+  as JSON ``{"url": ...}`` or ``{"base64": ...}`` (``image_base64`` and ``data:`` URLs work too), as
+  form fields ``url``/``base64``, or as a raw ``image/*`` body; ``top_k`` (default 5) in the JSON, the
+  form or the query. Answers ``{"model", "predictions": [{"label", "index", "probability"}, ...],
+  "time_ms"}`` (``time_ms``: the server's time for this request).
+* ``POST /models/images/classification/classify_one.json``: DIGITS' REST call (form ``job_id`` = the
+  model name, ``image_file`` or ``image_url``); answers ``{"predictions": [[label, percent], ...]}``.
+* ``GET /health``: status, models, uptime. ``GET /models``, ``GET /models/{name}``: input shape,
+  labels, mean, layers, engine, whether a softmax is applied, batching counters.
+* ``GET /openapi.json`` (self-contained) and ``GET /docs`` (FastAPI's Swagger UI page, which loads
+  its script and style from cdn.jsdelivr.net: offline, read ``/openapi.json`` instead, or turn the
+  page off with ``docs=False`` / ``--nodocs``).
+
+Batching
+--------
+Each model has one worker (an asyncio task) and one thread that owns its net (nets are not
+thread-safe). Requests are decoded, resized and mean-subtracted on a thread pool, then queued; the
+worker takes the first queued image, waits at most ``max_wait_ms`` for up to ``max_batch`` in all,
+reshapes the net's input to that batch, runs ONE forward on the net's thread and answers each
+request with its row. While a forward runs the event loop keeps accepting and the queue fills, so
+under load batches are full without waiting. With the ``compiled`` engine batches are padded to
+a power of two (or ``max_batch``), so that few input shapes are compiled (all of them at start-up).
+
+Outputs: the net's first output, flattened per image. Unless the layer producing it is a
+``Softmax`` (or its output on a blank image is already non-negative and sums to 1), a softmax is
+applied; ``/models/{name}`` says which (``softmax_applied``).
+
+Preprocessing (pycaffe's classic conventions, as DIGITS): decode with Pillow (EXIF orientation not
+applied), RGB (or grayscale for 1-channel nets), bilinear resize (Pillow's) to the input's H x W,
+channels swapped to BGR, scaled to 0..255 (``raw_scale``), mean subtracted (per-channel values, or a
+mean image of the input's size; a mean image of another size gives its per-channel mean, as DIGITS
+does), times ``input_scale``.
+
+Limits and errors
+-----------------
+A body over ``max_body_bytes`` is answered 413 before it is read (from its Content-Length, or as soon
+as a chunked body passes the limit). URLs (http/https only) are fetched with a timeout and the same
+size limit. User errors are 4xx with a ``detail`` message: 400 a malformed request (not an image, bad
+base64, bad JSON, no image), 404 unknown model, 413 too large (body or fetched image), 415 unsupported
+content type, 422 well-formed but invalid fields (``top_k``, unknown fields, two image sources), 502 a
+URL that cannot be fetched (error status, refused, timeout); 503 when a model's queue is full. The
+server fetches whatever http(s) URL a client names (including hosts on its own network): it binds to
+127.0.0.1 by default; pass ``allow_urls=False`` / ``--noallow_urls`` when clients are not trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import http.client
+import io
+import ipaddress
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from caffe.errors import CaffeError
+
+log = logging.getLogger("caffe")
+
+MB = 1 << 20
+#: Decoded images above this many pixels are refused (decompression bombs).
+MAX_PIXELS = 64_000_000
+DIGITS_TOP_K = 5
+
+
+class RequestError(Exception):
+    """A user error answered with ``status`` and a ``{"detail": message}`` body."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+# ---------------------------------------------------------------------------------------------
+# model files: a folder, a DIGITS archive, or deploy.prototxt + weights
+
+
+@dataclass
+class ModelFiles:
+    """The files of one model (mean and labels optional)."""
+
+    deploy: Path
+    weights: Path
+    mean: Path | None = None
+    labels: Path | None = None
+    name: str = ""
+
+
+def _local_find_model(path: str) -> ModelFiles:
+    """Local fallback discovery: ``DEPLOY.prototxt,WEIGHTS``, a folder, or a DIGITS archive (.tar.gz/.tgz/.tar/.zip)."""
+    if "," in path:
+        deploy, weights = (Path(p) for p in path.split(",", 1))
+        for p in (deploy, weights):
+            if not p.is_file():
+                raise CaffeError(f"{p}: no such file")
+        return ModelFiles(deploy, weights, name=deploy.parent.name or deploy.stem)
+    p = Path(path)
+    if p.is_file() and p.suffix == ".prototxt":
+        weights = _pick_weights(p.parent)
+        return _with_extras(ModelFiles(p, weights, name=p.parent.name or p.stem), p.parent)
+    if p.is_file() and _is_archive(p):
+        folder = _extract_archive(p)
+        files = _find_in_folder(folder)
+        files.name = re.sub(r"(\.tar)?\.(gz|tgz|tar|zip|bz2|xz)$", "", p.name)
+        return files
+    if p.is_dir():
+        files = _find_in_folder(p)
+        files.name = p.resolve().name
+        return files
+    raise CaffeError(f"{path}: not a model folder, a DIGITS archive, or DEPLOY.prototxt,WEIGHTS.caffemodel")
+
+
+def _is_archive(p: Path) -> bool:
+    return p.name.endswith((".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz"))
+
+
+def _extract_archive(p: Path) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="caffe-serve-"))
+    import atexit
+
+    atexit.register(shutil.rmtree, folder, True)
+    try:
+        if p.name.endswith(".zip"):
+            with zipfile.ZipFile(p) as z:
+                for member in z.namelist():
+                    _check_member(p, member)
+                z.extractall(folder)
+        else:
+            with tarfile.open(p) as t:
+                members = [m for m in t.getmembers() if m.isfile() or m.isdir()]
+                for m in members:
+                    _check_member(p, m.name)
+                t.extractall(folder, members=members)  # member names checked above
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CaffeError(f"{p}: cannot read the archive ({e})") from None
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def _check_member(archive: Path, name: str) -> None:
+    if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+        raise CaffeError(f"{archive}: unsafe path {name!r} in the archive")
+
+
+def _iteration(p: Path) -> int:
+    m = re.search(r"_iter_(\d+)", p.name)
+    return int(m.group(1)) if m else -1
+
+
+def _pick_weights(folder: Path) -> Path:
+    found = sorted(folder.glob("*.caffemodel")) + sorted(folder.glob("*.caffemodel.h5"))
+    if not found:
+        raise CaffeError(f"{folder}: no .caffemodel weights found")
+    return max(found, key=lambda q: (_iteration(q), q.stat().st_mtime))
+
+
+def _find_in_folder(folder: Path) -> ModelFiles:
+    protos = sorted(folder.glob("*.prototxt"))
+    deploys = [q for q in protos if "deploy" in q.name.lower()]
+    if not deploys:
+        raise CaffeError(f"{folder}: no deploy prototxt (a *deploy*.prototxt file) found")
+    deploy = next((q for q in deploys if q.name == "deploy.prototxt"), deploys[0])
+    return _with_extras(ModelFiles(deploy, _pick_weights(folder)), folder)
+
+
+def _with_extras(files: ModelFiles, folder: Path) -> ModelFiles:
+    for cand in ("mean.binaryproto", *sorted(q.name for q in folder.glob("*.binaryproto")), "mean.npy"):
+        if (folder / cand).is_file():
+            files.mean = folder / cand
+            break
+    for cand in ("labels.txt", "synset_words.txt", *sorted(q.name for q in folder.glob("*label*.txt"))):
+        if (folder / cand).is_file():
+            files.labels = folder / cand
+            break
+    return files
+
+
+def find_model(path: str) -> ModelFiles:
+    """The files of the model at ``path``: :mod:`caffe.deploy`'s discovery when present, else the local one."""
+    return _local_find_model(path)
+
+
+def parse_model_arg(arg: str) -> tuple[str | None, str]:
+    """``name=path`` or ``path`` -> (name or None, path)."""
+    m = re.match(r"^([A-Za-z0-9_.\-]+)=(.+)$", arg)
+    if m and not Path(arg).exists():
+        return m.group(1), m.group(2)
+    return None, arg
+
+
+# ---------------------------------------------------------------------------------------------
+# preprocessing
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise CaffeError(f"{path}: cannot read labels ({e.strerror or e})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [ln.strip() for ln in lines]
+
+
+def read_mean(spec: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """A mean from values ``"104,117,123"``, a ``.binaryproto`` or a ``.npy``: (array C or C x H x W, description)."""
+    text = str(spec)
+    if re.fullmatch(r"\s*[-+0-9.eE]+(\s*,\s*[-+0-9.eE]+)*\s*", text):
+        try:
+            values = np.array([float(v) for v in text.split(",")], dtype=np.float32)
+        except ValueError:
+            raise CaffeError(f"mean {text!r}: expected comma-separated numbers or a file") from None
+        return values, "values"
+    path = Path(text)
+    if not path.is_file():
+        raise CaffeError(f"mean {text!r}: no such file (give a .binaryproto, a .npy or values such as 104,117,123)")
+    if path.suffix == ".npy":
+        arr = np.load(path).astype(np.float32)
+    else:
+        from caffe.proto import caffe_pb2 as pb
+        from caffe.protoio import read_binary
+        from caffe.weights import blob_proto_to_array
+
+        arr = blob_proto_to_array(read_binary(path, pb.BlobProto(), "binaryproto")).astype(np.float32)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim not in (1, 3):
+        raise CaffeError(f"{path}: a mean must be C values or a C x H x W image, got shape {arr.shape}")
+    return arr, "image" if arr.ndim == 3 else "values"
+
+
+_HIGH_DEPTH = {"I": float(2**31 - 1), "F": 1.0}
+
+
+def decode_image(data: bytes, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """``data`` decoded and resized (bilinear) to ``size`` = (H, W): H x W x channels float32 in 0..1 (RGB).
+
+    As ``caffe.io.load_image``: alpha dropped, palettes expanded, 16/32-bit images scaled to 0..1, EXIF
+    orientation not applied. 8-bit images are resized by Pillow, deeper ones by OpenCV.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise RequestError(400, "empty image: the request carries no image bytes")
+    mode = "RGB" if channels == 3 else "L"
+    height, width = size
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise RequestError(400, f"image too large: {w} x {h} pixels (at most {MAX_PIXELS} are accepted)")
+            im.load()
+            full = 65535.0 if im.mode.startswith("I;16") else _HIGH_DEPTH.get(im.mode)
+            if full is None:  # 8-bit
+                if im.mode in ("P", "PA"):  # palettes may carry transparency
+                    im = im.convert("RGBA")
+                im = im.convert(mode)
+                if im.size != (width, height):
+                    im = im.resize((width, height), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.float32) * np.float32(1.0 / 255.0)
+            else:
+                arr = np.asarray(im, dtype=np.float32) * np.float32(1.0 / full)
+    except RequestError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        kind = "not an image" if isinstance(e, UnidentifiedImageError) else "cannot decode the image"
+        raise RequestError(400, f"{kind}: {len(data)} bytes that Pillow cannot read ({e})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, np.newaxis]
+    if arr.shape[:2] != (height, width):
+        import cv2
+
+        arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
+    if arr.shape[2] != channels:
+        arr = np.repeat(arr, channels, axis=2) if arr.shape[2] == 1 else arr.mean(axis=2, keepdims=True)
+    return arr
+
+
+@dataclass
+class Preprocessing:
+    """Image bytes -> the net's C x H x W input (see the module docstring)."""
+
+    shape: tuple[int, int, int]
+    mean: np.ndarray | None = None  # C x 1 x 1 or C x H x W, in the net's channel order
+    raw_scale: float = 255.0
+    channel_swap: tuple[int, ...] | None = (2, 1, 0)
+    input_scale: float = 1.0
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        c, h, w = self.shape
+        img = decode_image(data, c, (h, w))
+        x = img.transpose(2, 0, 1)
+        if self.channel_swap is not None and c > 1:
+            x = x[list(self.channel_swap)]
+        x = x * np.float32(self.raw_scale)
+        if self.mean is not None:
+            x = x - self.mean
+        if self.input_scale != 1.0:
+            x = x * np.float32(self.input_scale)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# a served model
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class ServedModel:
+    """A classification net with its preprocessing and labels; :meth:`forward_batch` runs on one thread only."""
+
+    def __init__(
+        self,
+        name: str,
+        files: ModelFiles,
+        *,
+        labels: str | os.PathLike | None = None,
+        mean: str | os.PathLike | None = None,
+        raw_scale: float = 255.0,
+        channel_swap: Sequence[int] | None = (2, 1, 0),
+        input_scale: float = 1.0,
+        engine: str | None = None,
+    ) -> None:
+        import caffe
+
+        self.name = name
+        self.files = files
+        self.engine = engine or caffe.inference_engine()
+        self.net = caffe.Net(str(files.deploy), caffe.TEST, weights=str(files.weights))
+        if not self.net.inputs:
+            raise CaffeError(f"{files.deploy}: the net has no input blob")
+        self.input = self.net.inputs[0]
+        shape = tuple(self.net.blobs[self.input].shape)
+        if len(shape) != 4 or shape[1] not in (1, 3):
+            raise CaffeError(
+                f"{files.deploy}: input '{self.input}' has shape {shape}; an image classifier needs N x 1|3 x H x W"
+            )
+        self.shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
+        self.output = self.net.outputs[0]
+        label_file = labels or files.labels
+        self.labels_file = str(label_file) if label_file else None
+        self.labels = read_labels(label_file) if label_file else []
+        mean_spec = mean if mean is not None else files.mean
+        self.mean_info: dict[str, Any] | None = None
+        mean_arr = None
+        if mean_spec is not None:
+            mean_arr, self.mean_info = self._fit_mean(mean_spec)
+        swap = tuple(channel_swap) if channel_swap is not None and self.shape[0] == 3 else None
+        if swap is not None and sorted(swap) != [0, 1, 2]:
+            raise CaffeError(f"channel_swap {swap} is not a permutation of the 3 channels")
+        self.preprocess = Preprocessing(self.shape, mean_arr, raw_scale, swap, input_scale)
+        self.padded_sizes: list[int] = []
+        self.forwards = 0
+        self.images = 0
+        self.requests = 0
+        self.max_seen_batch = 0
+        self._lock = threading.Lock()
+        producer = self._producer_type()
+        probe = self.forward_batch(np.zeros((1, *self.shape), dtype=np.float32), _raw=True)
+        self.classes = int(probe.shape[1])
+        looks_like_prob = bool(np.all(probe >= 0) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
+        if producer == "Softmax":
+            self.softmax, self.softmax_reason = False, f"output '{self.output}' comes from a Softmax layer"
+        elif looks_like_prob:
+            self.softmax, self.softmax_reason = False, f"output '{self.output}' is already a probability distribution"
+        else:
+            self.softmax = True
+            self.softmax_reason = (
+                f"output '{self.output}' (from a {producer} layer) holds scores, not probabilities: softmax applied"
+            )
+        self.forwards = self.images = self.max_seen_batch = 0
+        self.layers = [
+            {
+                "name": n,
+                "type": layer.type,
+                "tops": {t: list(self.net.blobs[t].shape[1:]) for t in self.net.top_names[n]},
+            }
+            for n, layer in zip(self.net._layer_names, self.net.layers)
+        ]
+        if self.labels and len(self.labels) != self.classes:
+            log.warning(
+                "%s: %d labels in %s for %d outputs; indexes stand for missing labels",
+                name,
+                len(self.labels),
+                self.labels_file,
+                self.classes,
+            )
+
+    def _producer_type(self) -> str:
+        producer = "?"
+        for layer_name, tops in self.net.top_names.items():
+            if self.output in tops:
+                producer = self.net.layer_dict[layer_name].type
+        return producer
+
+    def _fit_mean(self, spec: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+        arr, kind = read_mean(spec)
+        c, h, w = self.shape
+        source = str(spec)
+        if kind == "image" and arr.shape[0] == c and arr.shape[1:] == (h, w):
+            return arr, {"type": "image", "source": source, "shape": list(arr.shape)}
+        if kind == "image":
+            if arr.shape[0] != c:
+                raise CaffeError(f"mean {source}: {arr.shape[0]} channels for a {c}-channel input")
+            values = arr.reshape(c, -1).mean(axis=1)
+            info = {"type": "values", "source": source, "values": [round(float(v), 4) for v in values]}
+            info["note"] = f"per-channel mean of a {arr.shape[1]} x {arr.shape[2]} mean image"
+            return values.reshape(c, 1, 1).astype(np.float32), info
+        if arr.size == 1:
+            arr = np.repeat(arr, c)
+        if arr.size != c:
+            raise CaffeError(f"mean {source}: {arr.size} values for a {c}-channel input")
+        info = {"type": "values", "source": source, "values": [float(v) for v in arr]}
+        return arr.reshape(c, 1, 1).astype(np.float32), info
+
+    def batch_shape(self, n: int, max_batch: int) -> int:
+        """The input batch a forward of ``n`` images runs at (padded to a few sizes for the compiled engine)."""
+        if self.engine != "compiled":
+            return n
+        size = 1
+        while size < n:
+            size *= 2
+        return min(size, max(max_batch, n))
+
+    def forward_batch(self, x: np.ndarray, max_batch: int = 0, _raw: bool = False) -> np.ndarray:
+        """One forward of the N x C x H x W batch ``x``: N x classes probabilities (call from one thread)."""
+        import caffe
+
+        n = len(x)
+        rows = self.batch_shape(n, max_batch or n)
+        blob = self.net.blobs[self.input]
+        with self._lock:
+            if caffe.inference_engine() != self.engine:
+                caffe.set_inference_engine(self.engine)
+            if blob.shape[0] != rows:
+                blob.reshape(rows, *self.shape)
+                self.net.reshape()
+            data = blob.data
+            data[:n] = x
+            if rows > n:
+                data[n:] = 0
+            out = self.net.forward()[self.output]
+            scores = np.array(out[:n], dtype=np.float64).reshape(n, -1)
+            self.forwards += 1
+            self.images += n
+            self.max_seen_batch = max(self.max_seen_batch, n)
+        if _raw or not self.softmax:
+            return scores
+        return _softmax(scores)
+
+    def warm_up(self, max_batch: int) -> None:
+        """Run every input batch shape once (the compiled engine compiles each)."""
+        sizes = sorted({self.batch_shape(n, max_batch) for n in range(1, max_batch + 1)})
+        for size in sizes:
+            t = time.perf_counter()
+            self.forward_batch(np.zeros((size, *self.shape), dtype=np.float32), max_batch)
+            log.info("%s: batch of %d ready (%.1f s)", self.name, size, time.perf_counter() - t)
+        self.forwards = self.images = self.max_seen_batch = 0
+
+    def label(self, index: int) -> str:
+        return self.labels[index] if index < len(self.labels) else str(index)
+
+    def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
+        k = min(k, len(probs))
+        idx = np.argpartition(-probs, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
+        idx = idx[np.argsort(-probs[idx], kind="stable")]
+        return [{"label": self.label(int(i)), "index": int(i), "probability": float(probs[i])} for i in idx]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "deploy": str(self.files.deploy),
+            "weights": str(self.files.weights),
+            "input": {"blob": self.input, "shape": list(self.shape)},
+            "output": {"blob": self.output, "classes": self.classes},
+            "labels": len(self.labels),
+            "labels_file": self.labels_file,
+            "mean": self.mean_info,
+            "raw_scale": self.preprocess.raw_scale,
+            "channel_swap": list(self.preprocess.channel_swap) if self.preprocess.channel_swap else None,
+            "input_scale": self.preprocess.input_scale,
+            "softmax_applied": self.softmax,
+            "softmax_reason": self.softmax_reason,
+            "engine": self.engine,
+            "layers": self.layers,
+            "stats": {
+                "requests": self.requests,
+                "forwards": self.forwards,
+                "images": self.images,
+                "mean_batch": round(self.images / self.forwards, 3) if self.forwards else 0.0,
+                "max_batch_seen": self.max_seen_batch,
+            },
+        }
+
+
+def load_model(
+    arg: str,
+    *,
+    labels: str | os.PathLike | None = None,
+    mean: str | os.PathLike | None = None,
+    raw_scale: float = 255.0,
+    channel_swap: Sequence[int] | None = (2, 1, 0),
+    input_scale: float = 1.0,
+    engine: str | None = None,
+) -> ServedModel:
+    """The model named by a ``caffe serve`` argument (``name=path`` or ``path``).
+
+    ``labels`` and ``mean`` are used when the model's own files have none (a DIGITS archive has both).
+    """
+    name, path = parse_model_arg(arg)
+    files = find_model(path)
+    name = name or files.name or Path(path).stem
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+        raise CaffeError(f"model name {name!r}: use letters, digits, '_', '-' and '.' (give NAME=PATH)")
+    t = time.perf_counter()
+    model = ServedModel(
+        name,
+        files,
+        labels=files.labels or labels,
+        mean=files.mean if files.mean is not None else mean,
+        raw_scale=raw_scale,
+        channel_swap=channel_swap,
+        input_scale=input_scale,
+        engine=engine,
+    )
+    log.info(
+        "Model %s: %s + %s, input %s %s, %d classes, %d labels, mean %s; %s (%.2f s)",
+        name,
+        files.deploy,
+        files.weights.name,
+        model.input,
+        "x".join(map(str, model.shape)),
+        model.classes,
+        len(model.labels),
+        (model.mean_info or {}).get("values") or (model.mean_info or {}).get("source") or "none",
+        model.softmax_reason,
+        time.perf_counter() - t,
+    )
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class Batcher:
+    """Collects requests for one model and runs them in batches on the model's own thread."""
+
+    model: ServedModel
+    max_batch: int = 8
+    timeout_s: float = 0.005
+    max_queue: int = 256
+    _executor: ThreadPoolExecutor | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _task: asyncio.Task[None] | None = None
+    _queue: collections.deque[_Pending] = field(default_factory=collections.deque)
+    _wakeup: asyncio.Event | None = None
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._task is not None and not self._task.done():
+            return
+        if self._task is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"caffe-net-{self.model.name}")
+        self._loop = loop
+        self._queue = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task = loop.create_task(self._run(), name=f"batcher-{self.model.name}")
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        """The probabilities of one preprocessed image (waits for its batch)."""
+        self._start()
+        if len(self._queue) >= self.max_queue:
+            raise RequestError(
+                503, f"model '{self.model.name}' is busy ({self.max_queue} queued)", {"Retry-After": "1"}
+            )
+        assert self._loop is not None and self._wakeup is not None
+        item = _Pending(x, self._loop.create_future())
+        self._queue.append(item)
+        self._wakeup.set()
+        return await item.future
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        queue, wakeup = self._queue, self._wakeup
+        while True:
+            while not queue:
+                wakeup.clear()
+                await wakeup.wait()
+            if self.max_batch > 1 and len(queue) < self.max_batch and self.timeout_s > 0:
+                deadline = loop.time() + self.timeout_s
+                while len(queue) < self.max_batch:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    wakeup.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wakeup.wait(), remaining)
+            batch: list[_Pending] = []
+            while queue and len(batch) < self.max_batch:
+                item = queue.popleft()
+                if not item.future.done():  # a cancelled request (client gone) is dropped
+                    batch.append(item)
+            if not batch:
+                continue
+            try:
+                probs = await loop.run_in_executor(self._executor, self._forward, [b.x for b in batch])
+            except Exception as e:  # a server-side failure: every waiting request gets it (500)
+                for b in batch:
+                    if not b.future.done():
+                        b.future.set_exception(e)
+                continue
+            for b, p in zip(batch, probs):
+                if not b.future.done():
+                    b.future.set_result(p)
+
+    def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
+        return self.model.forward_batch(np.stack(xs), self.max_batch)
+
+    def close(self) -> None:
+        if self._task is not None and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._task.cancel)
+        self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+# ---------------------------------------------------------------------------------------------
+# image sources
+
+
+def decode_base64(text: str) -> bytes:
+    if not isinstance(text, str):
+        raise RequestError(400, "image_base64 must be a string")
+    s = text.strip()
+    if s.startswith("data:"):
+        head, sep, s = s.partition(",")
+        if not sep or ";base64" not in head:
+            raise RequestError(400, "image_base64: a data URL must be 'data:<type>;base64,<data>'")
+    s = re.sub(r"\s+", "", s)
+    s = s.replace("-", "+").replace("_", "/")  # URL-safe alphabet too
+    s += "=" * (-len(s) % 4) if len(s) % 4 != 1 else ""
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(400, f"image_base64 is not valid base64 ({e})") from None
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http(s) URLs only (urllib's default also follows ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise RequestError(400, f"url {req.full_url!r} redirects to {newurl!r}: only http(s) URLs are fetched")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
+def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
+    """The bytes at an http(s) ``url``: RequestError 400 for a malformed URL, 413 over ``max_bytes``, 502 when it
+    cannot be fetched."""
+    if not isinstance(url, str) or not url.strip():
+        raise RequestError(400, "url must be a non-empty string")
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https"):
+        raise RequestError(400, f"url {url!r}: only http:// and https:// URLs are fetched")
+    try:
+        parsed.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError as e:
+        raise RequestError(400, f"url {url!r}: {e}") from None
+    if not parsed.hostname:
+        raise RequestError(400, f"url {url!r}: no host")
+    req = urllib.request.Request(url.strip(), headers={"User-Agent": "neocaffe-serve/1", "Accept": "image/*"})
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise RequestError(413, f"url {url!r}: {int(length)} bytes, more than the {max_bytes}-byte limit")
+            data = resp.read(max_bytes + 1)
+    except RequestError:
+        raise
+    except urllib.error.HTTPError as e:
+        raise RequestError(502, f"url {url!r}: the server answered HTTP {e.code} {e.reason}") from None
+    except TimeoutError:
+        raise RequestError(502, f"url {url!r}: no answer within {timeout:g} s") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise RequestError(502, f"url {url!r}: cannot fetch it ({reason})") from None
+    if len(data) > max_bytes:
+        raise RequestError(413, f"url {url!r}: more than the {max_bytes}-byte limit")
+    return data
+
+
+def _is_loopback(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return host == "localhost"
+
+
+# ---------------------------------------------------------------------------------------------
+# body size limit (checked before the body is used)
+
+#: A body over the limit is still read (and dropped) up to this size before the 413 goes out, so that the
+#: client, still sending, reads the answer instead of a connection reset; beyond it the connection is closed.
+DRAIN_BYTES = 64 * MB
+
+
+class _BodyTooLarge(RequestError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the {limit}-byte limit")
+
+
+async def _drain(receive: Any, budget: int) -> bool:
+    """Read and drop the rest of a request body, at most ``budget`` bytes: whether it was all read."""
+    while budget >= 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return budget >= 0
+    return False
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: 413 for a body over ``max_bytes``, known from its Content-Length (the body is
+    dropped unread) or counted while a streamed body arrives."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers", ()))
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                await self._reject(send, 400, "invalid Content-Length header", close=True)
+                return
+            if int(length) > self.max_bytes:
+                # a client waiting for "100 Continue" sends nothing: no need to drain
+                waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+                drained = not waiting and int(length) <= DRAIN_BYTES and await _drain(receive, DRAIN_BYTES)
+                await self._reject(send, 413, _BodyTooLarge(self.max_bytes).message, close=not drained)
+                return
+        seen = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_BYTES)
+                    raise _BodyTooLarge(self.max_bytes)  # answered by create_app's RequestError handler
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    @staticmethod
+    async def _reject(send: Any, status: int, message: str, close: bool) -> None:
+        body = json.dumps({"detail": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------------------------------
+# the app
+
+
+@dataclass
+class ServeOptions:
+    """Server settings; the ``caffe serve`` flags of the same names."""
+
+    max_batch: int = 8  # most requests run in one forward
+    max_wait_ms: float = 5.0  # longest wait for a batch to fill
+    max_body_bytes: int = 10 * MB  # largest request body, and largest image fetched from a URL
+    url_timeout_s: float = 10.0
+    allow_urls: bool = True
+    max_queue: int = 256  # queued requests per model before 503
+    threads: int = 0  # preprocessing threads (0: one per core, at most 8)
+    docs: bool = True
+
+    def check(self) -> None:
+        """CaffeError naming the first setting out of range."""
+        for name, value, ok in (
+            ("max_batch", self.max_batch, self.max_batch >= 1),
+            ("max_wait_ms", self.max_wait_ms, self.max_wait_ms >= 0),
+            ("max_body_bytes", self.max_body_bytes, self.max_body_bytes >= 1),
+            ("url_timeout_s", self.url_timeout_s, self.url_timeout_s > 0),
+            ("max_queue", self.max_queue, self.max_queue >= 1),
+            ("threads", self.threads, self.threads >= 0),
+        ):
+            if not ok:
+                raise CaffeError(f"{name} = {value} is out of range")
+
+
+_URL_FIELDS = ("url", "image_url")
+_B64_FIELDS = ("base64", "image_base64")
+_FILE_FIELDS = ("file", "image_file")
+_JSON_FIELDS = {*_URL_FIELDS, *_B64_FIELDS, "top_k"}
+
+
+def _predict_openapi() -> dict[str, Any]:
+    top_k = {"type": "integer", "minimum": 1, "default": 5, "description": "how many classes to return"}
+    url = {"type": "string", "description": "an http(s) URL of an image, fetched by the server"}
+    b64 = {"type": "string", "description": "image bytes, base64 (a data: URL works too)"}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "One image: an upload, a URL to fetch, or base64 bytes (exactly one).",
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": "the image file"},
+                            "url": url,
+                            "base64": b64,
+                            "top_k": top_k,
+                        },
+                    }
+                },
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"url": url, "base64": b64, "top_k": top_k}},
+                    "example": {"url": "https://example.com/cat.jpg", "top_k": 5},
+                },
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "parameters": [{"name": "top_k", "in": "query", "required": False, "schema": top_k}],
+    }
+
+
+class Prediction(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[Prediction]
+    time_ms: float
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int, str] = {
+    400: "malformed request: not an image, invalid base64 or JSON, no image",
+    404: "no such model",
+    413: "request body (or fetched image) over the size limit",
+    415: "unsupported Content-Type",
+    422: "invalid fields: top_k, unknown fields, more than one image source",
+    502: "the image URL cannot be fetched",
+    503: "the model's queue is full",
+}
+
+
+def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorResponse, "description": _ERRORS[c]} for c in codes or _ERRORS}
+
+
+@dataclass
+class _Source:
+    """What a predict request carries (exactly one of data / url / b64 must be set)."""
+
+    data: bytes | None = None
+    url: str | None = None
+    b64: str | None = None
+    top_k: Any = None
+    job_id: str | None = None  # DIGITS' form field
+
+
+def _pick(fields: Any, names: Sequence[str]) -> Any:
+    """The first of ``names`` present and non-empty in ``fields``."""
+    return next((fields[n] for n in names if fields.get(n) not in (None, "")), None)
+
+
+def _parse_top_k(value: Any) -> int:
+    if value is None or value == "":
+        return 5
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        k = int(value)
+    except (TypeError, ValueError):
+        raise RequestError(422, f"top_k must be a positive integer, got {value!r}") from None
+    if k < 1:
+        raise RequestError(422, f"top_k must be at least 1, got {k}")
+    return k
+
+
+async def _form_source(request: Request) -> _Source:
+    try:
+        form = await request.form()
+    except RequestError:
+        raise
+    except Exception as e:  # malformed multipart (starlette's MultiPartException, ...)
+        detail = getattr(e, "message", None) or getattr(e, "detail", None) or str(e)
+        raise RequestError(400, f"cannot parse the form: {detail}") from None
+    try:
+        job = form.get("job_id")
+        src = _Source(top_k=form.get("top_k"), job_id=job if isinstance(job, str) else None)
+        upload = _pick(form, _FILE_FIELDS)
+        if isinstance(upload, UploadFile):
+            src.data = await upload.read()
+        elif upload is not None:
+            raise RequestError(422, "the 'file' field must be a file upload (multipart), not text")
+        src.url, src.b64 = _pick(form, _URL_FIELDS), _pick(form, _B64_FIELDS)
+    finally:
+        await form.close()
+    return src
+
+
+def _json_source(body: bytes) -> _Source:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"the body is not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise RequestError(422, 'the JSON body must be an object: {"url": ...} or {"base64": ...}')
+    unknown = set(doc) - _JSON_FIELDS
+    if unknown:
+        raise RequestError(422, f"unknown JSON field(s) {', '.join(sorted(unknown))}: use url, base64, top_k")
+    src = _Source(url=_pick(doc, _URL_FIELDS), b64=_pick(doc, _B64_FIELDS), top_k=doc.get("top_k"))
+    for name, value in (("url", src.url), ("base64", src.b64)):
+        if value is not None and not isinstance(value, str):
+            raise RequestError(422, f"{name} must be a string, got {type(value).__name__}")
+    return src
+
+
+async def read_source(request: Request) -> _Source:
+    """The image source of a predict request, from a form, a JSON object or a raw image body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return await _form_source(request)
+    body = await request.body()
+    if ctype == "application/json" or (not ctype and body[:1] == b"{"):
+        return _json_source(body)
+    if ctype.startswith("image/") or ctype == "application/octet-stream" or (not ctype and body):
+        return _Source(data=body)
+    if not body:
+        raise RequestError(400, "no image given: send a multipart 'file', JSON {'url'|'base64'}, or image bytes")
+    raise RequestError(415, f"unsupported Content-Type {ctype!r}: use multipart/form-data, JSON or image/*")
+
+
+class _App:
+    """The request handlers' state: models, batchers, the preprocessing pool."""
+
+    def __init__(self, models: Sequence[ServedModel], opts: ServeOptions) -> None:
+        opts.check()
+        self.opts = opts
+        self.models: dict[str, ServedModel] = {}
+        for m in models:
+            if m.name in self.models:
+                raise CaffeError(f"two models are named '{m.name}': name them with NAME=PATH")
+            self.models[m.name] = m
+        if not self.models:
+            raise CaffeError("no model to serve")
+        self.default = next(iter(self.models))
+        self.batchers = {
+            name: Batcher(m, opts.max_batch, opts.max_wait_ms / 1000.0, opts.max_queue)
+            for name, m in self.models.items()
+        }
+        threads = opts.threads or max(1, min(8, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="caffe-serve-pre")
+        self.started = time.time()
+
+    def model(self, name: str) -> ServedModel:
+        m = self.models.get(name)
+        if m is None:
+            raise RequestError(404, f"no model named '{name}' (served: {', '.join(self.models)})")
+        return m
+
+    async def image_bytes(self, src: _Source) -> bytes:
+        given = [k for k, v in (("file", src.data), ("url", src.url), ("base64", src.b64)) if v is not None]
+        if not given:
+            raise RequestError(422, "no image given: a 'file' upload, a 'url' or 'base64' is required")
+        if len(given) > 1:
+            raise RequestError(422, f"give exactly one image source (file, url or base64), got {' and '.join(given)}")
+        if src.data is not None:
+            return src.data
+        if src.b64 is not None:
+            return decode_base64(src.b64)
+        if not self.opts.allow_urls:
+            raise RequestError(422, "this server does not fetch URLs (started with --noallow_urls)")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.pool, fetch_url, src.url, self.opts.url_timeout_s, self.opts.max_body_bytes
+        )
+
+    async def classify(self, model: ServedModel, src: _Source, query_top_k: Any) -> tuple[list[dict[str, Any]], float]:
+        t0 = time.perf_counter()
+        k = _parse_top_k(src.top_k if src.top_k is not None else query_top_k)
+        data = await self.image_bytes(src)
+        x = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess, data)
+        model.requests += 1
+        probs = await self.batchers[model.name].submit(x)
+        return model.top_k(probs, k), (time.perf_counter() - t0) * 1000.0
+
+    async def predict(self, name: str, request: Request) -> dict[str, Any]:
+        model = self.model(name)
+        src = await read_source(request)
+        predictions, ms = await self.classify(model, src, request.query_params.get("top_k"))
+        return {"model": name, "predictions": predictions, "time_ms": round(ms, 3)}
+
+    def close(self) -> None:
+        for b in self.batchers.values():
+            b.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(models: Sequence[ServedModel], options: ServeOptions | None = None) -> FastAPI:
+    """The FastAPI application serving ``models`` (already loaded) with ``options``."""
+    import caffe
+
+    state = _App(models, options or ServeOptions())
+    opts = state.opts
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.close()
+
+    app = FastAPI(
+        title="neocaffe serve",
+        version=caffe.__version__,
+        description="Caffe classification models over HTTP, with batching of concurrent requests. "
+        f"`POST /predict` uses the default model ('{state.default}'). "
+        "`/docs` loads Swagger UI from cdn.jsdelivr.net; `/openapi.json` needs nothing external.",
+        docs_url="/docs" if opts.docs else None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=opts.max_body_bytes)
+    app.state.serve = state
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [dict(e) for e in exc.errors()]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    predict_doc = {
+        "response_model": PredictResponse,
+        "openapi_extra": _predict_openapi(),
+        "tags": ["inference"],
+    }
+
+    @app.post("/models/{name}/predict", summary="Classify one image", responses=_error_responses(), **predict_doc)
+    async def predict(name: str, request: Request) -> dict[str, Any]:
+        return await state.predict(name, request)
+
+    codes_default = tuple(c for c in _ERRORS if c != 404)
+
+    @app.post(
+        "/predict",
+        summary=f"Classify one image with the default model ('{state.default}')",
+        responses=_error_responses(*codes_default),
+        **predict_doc,
+    )
+    async def predict_default(request: Request) -> dict[str, Any]:
+        return await state.predict(state.default, request)
+
+    @app.post(
+        "/models/images/classification/classify_one.json",
+        responses=_error_responses(),
+        summary="DIGITS-compatible: classify one image (form job_id, image_file or image_url)",
+        tags=["digits"],
+    )
+    async def digits_classify_one(request: Request) -> dict[str, Any]:
+        src = await read_source(request)
+        job = src.job_id or request.query_params.get("job_id")
+        if not job and len(state.models) > 1:
+            raise RequestError(422, f"job_id (the model name) is required: one of {', '.join(state.models)}")
+        model = state.model(str(job or state.default))
+        src.top_k = src.top_k if src.top_k is not None else DIGITS_TOP_K
+        predictions, _ = await state.classify(model, src, None)
+        return {"predictions": [[p["label"], round(100.0 * p["probability"], 2)] for p in predictions]}
+
+    @app.get("/health", tags=["server"], summary="Server status")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "models": list(state.models),
+            "default_model": state.default,
+            "uptime_s": round(time.time() - state.started, 3),
+            "version": caffe.__version__,
+        }
+
+    @app.get("/models", tags=["server"], summary="The served models")
+    async def list_models() -> dict[str, Any]:
+        return {"default": state.default, "models": [model_info_of(name) for name in state.models]}
+
+    @app.get("/models/{name}", tags=["server"], summary="One model", responses=_error_responses(404))
+    async def model_info(name: str) -> dict[str, Any]:
+        return model_info_of(name)
+
+    def model_info_of(name: str) -> dict[str, Any]:
+        info = state.model(name).info()
+        info["batching"] = {"max_batch": opts.max_batch, "max_wait_ms": opts.max_wait_ms, "max_queue": opts.max_queue}
+        return info
+
+    return app
+
+
+def log_startup(models: Sequence[ServedModel], host: str, port: int, opts: ServeOptions) -> None:
+    """glog lines saying where the server listens and how it batches."""
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    log.info(
+        "Serving %d model(s) (%s) on %s: batches of up to %d within %g ms, bodies up to %d bytes",
+        len(models),
+        ", ".join(m.name for m in models),
+        where,
+        opts.max_batch,
+        opts.max_wait_ms,
+        opts.max_body_bytes,
+    )
+    docs = f", docs at {where}/docs (Swagger UI from cdn.jsdelivr.net)" if opts.docs else ""
+    log.info("POST %s/predict or %s/models/NAME/predict; API at %s/openapi.json%s", where, where, where, docs)
+    if not _is_loopback(host):
+        log.warning("Listening on %s: reachable from other machines (the default is 127.0.0.1)", host)
+
+
+__all__ = [
+    "Batcher",
+    "BodyLimitMiddleware",
+    "Preprocessing",
+    "RequestError",
+    "ServeOptions",
+    "ServedModel",
+    "create_app",
+    "decode_image",
+    "fetch_url",
+    "load_model",
+    "parse_model_arg",
+    "read_source",
+]
