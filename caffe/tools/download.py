@@ -15,7 +15,9 @@ What ``wget -c URL`` did in Caffe's scripts, plus what they lacked:
   yann.lecun.com has been unreliable; the checksums make any source safe);
 * ``--gunzip``: unpack ``NAME.gz`` into ``NAME`` afterwards (and remove the ``.gz``, as gunzip does).
 
-A progress bar is shown when stderr is a terminal.
+A progress bar is shown when stderr is a terminal. :func:`download` is also the machinery of
+``caffe zoo download`` (:mod:`caffe.zoo`): it takes the name to save under (``filename``), a progress
+display (``progress``), and tells a checksum failure (:class:`ChecksumError`) from a network one.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from caffe.errors import DataError
 from caffe.tools.cli import command
@@ -87,6 +92,21 @@ class _NetworkError(Exception):
     pass
 
 
+class ChecksumError(DataError):
+    """A downloaded file that is not the expected one (wrong MD5/SHA1); it has been removed."""
+
+
+#: ``progress(total_bytes_or_None, name, initial_bytes)``: a context manager with ``update(n)``.
+ProgressFactory = Callable[[int | None, str, int], AbstractContextManager[Any]]
+
+
+def byte_progress(total: int | None, name: str, initial: int = 0) -> Progress:
+    """The default progress display: a tqdm bar in bytes when stderr is a terminal, else nothing."""
+    bar = Progress(total, name, "B", unit_scale=True)
+    bar.update(initial)
+    return bar
+
+
 def file_name(url: str) -> str:
     name = os.path.basename(urllib.parse.urlparse(url).path)
     if not name:
@@ -125,16 +145,16 @@ def _local_mirror(mirror: str) -> Path | None:
     return Path(mirror)
 
 
-def _copy(src: Path, part: Path, name: str) -> None:
+def _copy(src: Path, part: Path, name: str, progress: ProgressFactory = byte_progress) -> None:
     size = src.stat().st_size
     log.info("Copying %s from the mirror %s (%d bytes)", name, src.parent, size)
-    with open(src, "rb") as fin, open(part, "wb") as fout, Progress(size, name, "B", unit_scale=True) as bar:
+    with open(src, "rb") as fin, open(part, "wb") as fout, progress(size, name, 0) as bar:
         while chunk := fin.read(CHUNK):
             fout.write(chunk)
             bar.update(len(chunk))
 
 
-def _fetch(url: str, part: Path, name: str, timeout: float) -> None:
+def _fetch(url: str, part: Path, name: str, timeout: float, progress: ProgressFactory = byte_progress) -> None:
     """Download ``url`` into ``part``, continuing what ``part`` already holds when the server allows."""
     start = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "neocaffe-download_data/1"}
@@ -165,8 +185,7 @@ def _fetch(url: str, part: Path, name: str, timeout: float) -> None:
         total = start + int(length) if length and length.isdigit() else None
         log.info("Downloading %s%s", url, f" ({total} bytes)" if total else "")
         try:
-            with open(part, mode) as out, Progress(total, name, "B", unit_scale=True) as bar:
-                bar.update(start)
+            with open(part, mode) as out, progress(total, name, start) as bar:
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -203,15 +222,22 @@ def download(
     sha1: str = "",
     gunzip: bool = False,
     timeout: float = 60.0,
+    filename: str | None = None,
+    progress: ProgressFactory = byte_progress,
+    mirror_env: str = MIRROR_ENV,
 ) -> Path:
     """Fetch ``url`` (or its namesake in ``mirror``) into ``output_dir``, verified; returns the file's path.
 
-    ``mirror`` None means the ``CAFFE_DATA_MIRROR`` environment variable; '' means no mirror.
+    ``mirror`` None means the environment variable ``mirror_env`` (default ``CAFFE_DATA_MIRROR``); ''
+    means no mirror.
+    ``filename`` is the name to save as (and to look for in a mirror); default: the URL's file name.
+    A checksum mismatch raises :class:`ChecksumError` (the file is removed); other failures
+    :class:`~caffe.errors.DataError` (a partial download is kept as ``NAME.part`` for the next run).
     """
-    name = file_name(url)
+    name = filename or file_name(url)
     known = KNOWN_FILES.get(name, KnownFile())
     md5, sha1 = (md5 or known.md5).lower(), (sha1 or known.sha1).lower()
-    mirror = os.environ.get(MIRROR_ENV, "") if mirror is None else mirror
+    mirror = os.environ.get(mirror_env, "") if mirror is None else mirror
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dest, part = out / name, out / f"{name}.part"
@@ -233,10 +259,10 @@ def download(
             src = local / name
             if not src.is_file():
                 raise DataError(
-                    f"{name}: not found in the mirror {local} ({MIRROR_ENV}/--mirror); with a mirror set nothing "
+                    f"{name}: not found in the mirror {local} ({mirror_env}/--mirror); with a mirror set nothing "
                     "is downloaded from the internet"
                 )
-            _copy(src, part, name)
+            _copy(src, part, name, progress)
             sources = []
         else:
             sources = [mirror.rstrip("/") + "/" + urllib.parse.quote(name)]
@@ -246,7 +272,7 @@ def download(
     errors = []
     for i, source in enumerate(sources):
         try:
-            _fetch(source, part, name, timeout)
+            _fetch(source, part, name, timeout, progress)
             break
         except _NetworkError as e:
             errors.append(f"{source}: {e}")
@@ -260,7 +286,7 @@ def download(
     problem = _mismatch(part, md5, sha1)
     if problem:
         part.unlink(missing_ok=True)
-        raise DataError(f"{name}: {problem}; the downloaded file was removed (corrupt, or not the expected file)")
+        raise ChecksumError(f"{name}: {problem}; the downloaded file was removed (corrupt, or not the expected file)")
     os.replace(part, dest)
     log.info("Saved %s (%d bytes%s)", dest, dest.stat().st_size, ", checksum OK" if md5 or sha1 else "")
     return gunzip_file(dest) if gunzip else dest
