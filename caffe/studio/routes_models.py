@@ -1,0 +1,266 @@
+"""Model pages and DIGITS' model JSON routes (``router``, included by ``caffe.studio.app``).
+
+* ``GET  /models/images/classification/new`` (and ``/models/new``): the "New Image Classification Model" form;
+* ``POST /models/images/classification``: create the job, then redirect to its page (errors: the form again);
+* ``POST /models/images/classification.json``: the same for API callers -> ``{job_id, name, status}`` or
+  400 ``{errors: [...], fields: {field: message}}``; the fields are DIGITS' (see ``models.ModelForm``);
+* ``POST /models/customize.json``: the chosen network as editable text (classifier set/renamed for the dataset);
+* ``POST /models/visualize-lr.json``: the learning rate over the training, computed by the solver's own code;
+* ``GET  /models/{id}`` (page), ``/models/{id}.json``: status, progress, ETA, snapshots, chart series, NaN advice;
+* ``GET  /models/{id}/download[.tar.gz|.zip]?epoch=N&fmt=tar.gz|zip``: the DIGITS archive of a snapshot;
+* ``POST /jobs/{id}/resume``: continue an interrupted/aborted training from its newest ``.solverstate``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from caffe.errors import CaffeError
+from caffe.studio import models as m
+from caffe.studio import networks as nets
+from caffe.studio.store import Job
+
+router = APIRouter()
+
+ARCHIVE_FORMATS = ("tar.gz", "zip")
+MAX_FORM_BYTES = 16 << 20  # a custom network pasted in the editor
+
+
+def _studio(request: Request) -> Any:
+    return request.app.state.studio
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _model_job(request: Request, job_id: str) -> Job:
+    try:
+        job = _studio(request).store.get(job_id)
+    except KeyError:
+        raise HTTPException(404, f"no model {job_id!r}") from None
+    if job.kind != "model":
+        raise HTTPException(404, f"job {job_id} is a {job.kind}, not a model")
+    return job
+
+
+async def _values(request: Request) -> dict[str, Any]:
+    """The submitted fields, from a form (urlencoded or multipart) or a JSON object."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise m.FormError({"body": "the request body is not valid JSON"}) from None
+        if not isinstance(body, dict):
+            raise m.FormError({"body": "the JSON body must be an object of form fields"})
+        return body
+    form = await request.form()
+    values: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            values[key] = value
+        elif key == "custom_network_file":  # a prototxt file instead of the editor's text
+            data = await value.read(MAX_FORM_BYTES + 1)
+            if len(data) > MAX_FORM_BYTES:
+                raise m.FormError({key: f"over the {MAX_FORM_BYTES >> 20} MiB limit"})
+            if data:
+                values["custom_network"] = data.decode("utf-8", errors="replace")
+    return values
+
+
+def _errors(e: CaffeError) -> dict[str, str]:
+    return e.errors if isinstance(e, m.FormError) else {"network": str(e)}
+
+
+def _error_response(e: CaffeError) -> JSONResponse:
+    fields = _errors(e)
+    return JSONResponse({"errors": [f"{k}: {v}" for k, v in fields.items()], "fields": fields}, status_code=400)
+
+
+# ---------------------------------------------------------------------------------------------- the form
+def _choices(request: Request) -> dict[str, Any]:
+    store = _studio(request).store
+    return {
+        "datasets": [j for j in store.list("dataset") if j.status == "Done"],
+        "previous": [(j, m.snapshots(store.job_dir(j.id))) for j in store.list("model")],
+        "pretrained": [j for j in store.list("pretrained") if j.status == "Done"],
+        "standard": nets.STANDARD_NETWORKS,
+        "solver_types": m.SOLVER_TYPES,
+        "lr_policies": m.LR_POLICIES,
+        "devices": _studio(request).scheduler.devices,
+    }
+
+
+def _form_page(request: Request, values: dict[str, Any], errors: dict[str, str] | None = None) -> Response:
+    defaults = m.ModelForm().to_dict()
+    context = {"values": {**defaults, **values}, "errors": errors or {}, **_choices(request)}
+    return _studio(request).templates.TemplateResponse(
+        request, "model_new.html", context, status_code=400 if errors else 200
+    )
+
+
+@router.get("/models/new", include_in_schema=False)
+def model_new_short() -> RedirectResponse:
+    return RedirectResponse("/models/images/classification/new", status_code=303)
+
+
+@router.get("/models/images/classification/new", include_in_schema=False)
+def model_new(request: Request) -> Response:
+    values: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in m.ModelForm.__dataclass_fields__}
+    return _form_page(request, values)
+
+
+def _create(request: Request, values: dict[str, Any]) -> Job:
+    studio = _studio(request)
+    return m.create_model_job(studio.store, studio.scheduler, m.ModelForm.from_dict(values))
+
+
+@router.post("/models/images/classification", include_in_schema=False)
+async def model_create(request: Request) -> Response:
+    values: dict[str, Any] = {}
+    try:
+        values = await _values(request)
+        job = await run_in_threadpool(_create, request, values)
+    except CaffeError as e:
+        return _form_page(request, values, _errors(e))
+    return RedirectResponse(f"/models/{job.id}", status_code=303)
+
+
+@router.post("/models/images/classification.json", summary="Create an image classification model (DIGITS fields)")
+async def model_create_json(request: Request) -> Response:
+    try:
+        values = await _values(request)
+        job = await run_in_threadpool(_create, request, values)
+    except CaffeError as e:
+        return _error_response(e)
+    return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
+
+
+@router.post("/models/customize.json", summary="The chosen network as text, ready for the custom editor")
+async def customize_json(request: Request) -> Response:
+    try:
+        values = await _values(request)
+        form = m.ModelForm.from_dict(values)
+        body = await run_in_threadpool(m.customize, _studio(request).store, form)
+    except CaffeError as e:
+        return _error_response(e)
+    return JSONResponse(body)
+
+
+@router.post("/models/visualize-lr.json", summary="The learning rate schedule of a model form (x in epochs)")
+async def visualize_lr_json(request: Request) -> Response:
+    try:
+        form = m.ModelForm.from_dict(await _values(request))
+        body = await run_in_threadpool(_lr_preview, request, form)
+    except CaffeError as e:
+        return _error_response(e)
+    except ValueError as e:  # e.g. multistep values that are not numbers
+        return _error_response(m.FormError({"lr_policy": str(e)}))
+    return JSONResponse(body)
+
+
+def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
+    """Without a dataset, 100 iterations per epoch stand in for the real count (the curve's shape is
+    the same: its parameters are percentages of the training)."""
+    train_count, batch = 100, 1
+    if form.dataset:
+        data = m.DatasetInfo.from_job(_studio(request).store, form.dataset)
+        chosen = m.choose_network(_studio(request).store, form) if form.method != "custom" else None
+        net_batch = m.network_defaults(nets.trainable(chosen.net))["batch_size"] if chosen else None
+        train_count, batch = data.train_count, form.batch_size or net_batch or nets.DEFAULT_BATCH_SIZE
+    solver = m.solver_param(form, train_count, 0, batch, batch)
+    iters, rates = m.lr_schedule(solver)
+    per_epoch = m.iterations_per_epoch(train_count, batch, form.batch_accumulation or 1)
+    return {
+        "iterations": iters,
+        "epochs": [m.epoch_of(i, per_epoch) for i in iters],
+        "lr": rates,
+        "max_iter": solver.max_iter,
+        "solver": {"lr_policy": solver.lr_policy, "base_lr": solver.base_lr, "gamma": solver.gamma,
+                   "power": solver.power, "stepsize": solver.stepsize, "stepvalue": list(solver.stepvalue)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- a model
+@router.get("/models/{job_id}.json", summary="A model: status, snapshots (epochs), progress and chart series")
+def model_json(request: Request, job_id: str) -> Response:
+    _model_job(request, job_id)
+    return JSONResponse(_json_safe(m.model_summary(_studio(request).store, job_id)))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/Infinity as strings (JSON has no such numbers; JavaScript's Number() reads them back)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@router.get("/models/{job_id}", include_in_schema=False)
+def model_show(request: Request, job_id: str) -> Response:
+    job = _model_job(request, job_id)
+    summary = m.model_summary(_studio(request).store, job_id)
+    return _studio(request).templates.TemplateResponse(
+        request, "model_show.html", {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS}
+    )
+
+
+def _download(request: Request, job_id: str, epoch: float | None, fmt: str) -> Response:
+    _model_job(request, job_id)
+    if fmt not in ARCHIVE_FORMATS:
+        raise HTTPException(400, f"fmt must be one of {', '.join(ARCHIVE_FORMATS)}")
+    tmp = Path(tempfile.mkdtemp(prefix="caffe-studio-download-"))
+    try:
+        path = m.package(_studio(request).store.job_dir(job_id), epoch, fmt, tmp)
+    except CaffeError as e:
+        _remove(tmp)
+        raise HTTPException(404, str(e)) from None
+    media = "application/zip" if fmt == "zip" else "application/gzip"
+    return FileResponse(path, media_type=media, filename=path.name, background=BackgroundTask(_remove, tmp))
+
+
+def _remove(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@router.get("/models/{job_id}/download", summary="Download a snapshot as a DIGITS archive (fmt: tar.gz or zip)")
+def download(request: Request, job_id: str, epoch: float | None = None, fmt: str = "tar.gz") -> Response:
+    return _download(request, job_id, epoch, fmt)
+
+
+@router.get("/models/{job_id}/download.tar.gz", include_in_schema=False)
+def download_tgz(request: Request, job_id: str, epoch: float | None = None) -> Response:
+    return _download(request, job_id, epoch, "tar.gz")
+
+
+@router.get("/models/{job_id}/download.zip", include_in_schema=False)
+def download_zip(request: Request, job_id: str, epoch: float | None = None) -> Response:
+    return _download(request, job_id, epoch, "zip")
+
+
+@router.post("/jobs/{job_id}/resume", summary="Resume an interrupted or aborted training from its last solverstate")
+def resume(request: Request, job_id: str) -> Response:
+    studio = _studio(request)
+    try:
+        job = m.resume_model_job(studio.store, studio.scheduler, job_id)
+    except KeyError:
+        raise HTTPException(404, f"no job {job_id!r}") from None
+    except (CaffeError, RuntimeError, ValueError) as e:
+        if _wants_html(request):
+            raise HTTPException(409, str(e)) from None
+        return JSONResponse({"errors": [str(e)]}, status_code=409)
+    if _wants_html(request):
+        return RedirectResponse(f"/models/{job.id}", status_code=303)
+    return JSONResponse({"job_id": job.id, "status": job.status, "argv": job.argv})
