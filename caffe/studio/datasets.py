@@ -53,7 +53,6 @@ ENCODINGS = ("png", "jpg", "none")
 SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 90
 COMMIT_EVERY = 1000
-ROOTS_ENV = "CAFFE_STUDIO_DATA_ROOTS"
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -171,15 +170,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise DataError(f"{name}: expected {kind}, got {value!r}") from None
 
 
-def allowed_roots(configured: Iterable[str | os.PathLike] | None = None) -> list[Path]:
-    """The folders a dataset may be read from: ``configured``, else ``$CAFFE_STUDIO_DATA_ROOTS``
-    (``os.pathsep``-separated), else the user's home and the current folder."""
-    if configured:
-        return [Path(r).expanduser().resolve() for r in configured]
-    env = os.environ.get(ROOTS_ENV, "")
-    if env.strip():
-        return [Path(r).expanduser().resolve() for r in env.split(os.pathsep) if r.strip()]
-    return [Path.home().resolve(), Path.cwd().resolve()]
+def allowed_roots(configured: Iterable[str | os.PathLike] | None) -> list[Path] | None:
+    """The folders a dataset may be read from, resolved (None: any folder this process can read)."""
+    return None if configured is None else [Path(r).expanduser().resolve() for r in configured]
 
 
 def check_server_path(text: str, field_name: str, roots: Iterable[str | os.PathLike] | None, kind: str = "dir") -> Path:
@@ -502,7 +495,9 @@ def plan_from_lists(params: DatasetParams, roots: list[Path] | None, rng: np.ran
 def make_plan(params: DatasetParams, extra_roots: Iterable[Path] = ()) -> Plan:
     """The dataset's labels and splits (deterministic for ``params.seed``); the training split is
     shuffled across classes so that batches mix them."""
-    roots = None if params.data_roots is None else [*allowed_roots(params.data_roots), *extra_roots]
+    roots = allowed_roots(params.data_roots)
+    if roots is not None:
+        roots += [Path(r).resolve() for r in extra_roots]
     rng = np.random.default_rng(params.seed)
     if params.method == "folder":
         plan = plan_from_folder(params, roots, rng)

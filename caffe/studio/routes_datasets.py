@@ -1,0 +1,363 @@
+"""Dataset pages and DIGITS' dataset JSON routes (``router``, included by ``caffe.studio.app``).
+
+* ``GET  /datasets/images/classification/new``: the "New Image Classification Dataset" form;
+* ``POST /datasets/images/classification``: create the job, then redirect to its page;
+* ``POST /datasets/images/classification.json``: the same for API callers -> ``{job_id, name, status}``
+  or 400 ``{errors: [...]}``;
+* ``GET  /datasets/{id}``, ``/datasets/{id}.json``: status, progress, counts per class, mean image;
+* ``GET  /datasets/{id}/explore?db=train&label=&page=&size=``: the stored images by class, paged;
+  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG, ``/datasets/{id}/mean.jpg``.
+
+Every form is checked before a job is queued (folder and list paths against the allowed roots, the
+class folders, the list lines), so a newcomer sees what is wrong on the form itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from caffe.data.datum import datum_to_array, parse_datum
+from caffe.data.db import item_key
+from caffe.errors import CaffeError, DataError
+from caffe.protoio import atomic_write
+from caffe.studio import datasets as ds
+from caffe.studio.scheduler import python_module_argv
+from caffe.studio.store import Job
+
+router = APIRouter()
+
+MAX_LIST_BYTES = 64 << 20  # an uploaded list or labels file
+PAGE_SIZES = (10, 25, 50, 100)
+_PARAM_NAMES = {f.name for f in fields(ds.DatasetParams)} - {"data_roots"}
+_UPLOADS = ("train_images", "val_images", "test_images", "labels_file")  # textfile_<x> / textfile_local_<x>
+
+
+def _studio(request: Request) -> Any:
+    return request.app.state.studio
+
+
+def data_roots(request: Request) -> list[Path] | None:
+    """The folders datasets may be read from (the server's ``data_roots``; None: any readable folder)."""
+    return ds.allowed_roots(_studio(request).config.data_roots)
+
+
+def _dataset_job(request: Request, job_id: str) -> Job:
+    try:
+        job = _studio(request).store.get(job_id)
+    except KeyError:
+        raise HTTPException(404, f"no dataset {job_id!r}") from None
+    if job.kind != "dataset":
+        raise HTTPException(404, f"job {job_id} is a {job.kind}, not a dataset")
+    return job
+
+
+# ---------------------------------------------------------------------------------------------
+# creating
+
+
+async def _form_values(request: Request) -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
+    """The submitted fields (form or JSON body) and the uploaded files (name, contents)."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise DataError("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise DataError("the JSON body must be an object of form fields")
+        return body, {}
+    form = await request.form()
+    values: dict[str, Any] = {}
+    uploads: dict[str, tuple[str, bytes]] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if value.filename:
+                data = await value.read(MAX_LIST_BYTES + 1)
+                if len(data) > MAX_LIST_BYTES:
+                    raise DataError(f"{key}: the uploaded file is over the {MAX_LIST_BYTES >> 20} MiB limit")
+                if data:
+                    uploads[key] = (value.filename, data)
+        else:
+            values[key] = value
+    return values, uploads
+
+
+def _params_values(values: dict[str, Any], job_dir: Path, uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    """Form fields -> DatasetParams values; uploads are saved in the job folder (``upload_<field>/<name>``,
+    so that messages name the file as uploaded) and used by path."""
+    out = {k: v for k, v in values.items() if k in _PARAM_NAMES}
+    for name in _UPLOADS:
+        field = f"textfile_{name}"
+        if field in uploads:
+            filename, data = uploads[field]
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(filename.replace("\\", "/")).name).lstrip(".") or "list.txt"
+            path = job_dir / f"upload_{name}" / safe
+            path.parent.mkdir()
+            atomic_write(path, data)
+            out[field] = str(path)
+        elif not str(out.get(field) or "").strip():
+            out[field] = values.get(f"textfile_local_{name}", "")
+    if out.get("method") != "textfile":
+        for name in _UPLOADS:
+            out.pop(f"textfile_{name}", None)
+    return out
+
+
+def create_dataset_job(request: Request, values: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> Job:
+    """Check the form, create the job (params.json, uploads) and submit it; DataError if the form is bad."""
+    studio = _studio(request)
+    store = studio.store
+    name = str(values.get("dataset_name") or "").strip()
+    if not name:
+        folder = str(values.get("folder_train") or "").strip().rstrip("/")
+        name = Path(folder).name if folder and values.get("method", "folder") == "folder" else ""
+    if not name:
+        raise DataError("dataset_name: give the dataset a name")
+    job = store.create("dataset", name, {})
+    job_dir = store.job_dir(job.id)
+    try:
+        clean = _params_values(values, job_dir, uploads)
+        roots = data_roots(request)
+        clean["data_roots"] = None if roots is None else [str(r) for r in roots]
+        params = ds.DatasetParams.from_dict(clean)
+        ds.make_plan(params, extra_roots=[job_dir.resolve()])  # every check the job makes, now
+    except (CaffeError, ValueError) as e:
+        store.delete(job.id)
+        raise DataError(str(e)) from None
+    submitted = {**params.to_dict(), "dataset_name": name}
+    atomic_write(job_dir / "params.json", json.dumps(submitted, indent=1).encode("utf-8"))
+    store.update(job.id, params=submitted)
+    return studio.scheduler.submit(job.id, python_module_argv("caffe.studio.datasets", str(job_dir)), None)
+
+
+def _shown(value: Any) -> Any:
+    """A value as the form shows it (25.0 as 25)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _form_page(request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200) -> Response:
+    shown = ds.DatasetParams().to_dict()
+    shown.update({k: v for k, v in (values or {}).items() if isinstance(v, str | int | float)})
+    context = {
+        "values": {k: _shown(v) for k, v in shown.items()},
+        "error": error,
+        "roots": [str(r) for r in data_roots(request) or []],
+        "resize_modes": ds.RESIZE_MODES,
+        "encodings": ds.ENCODINGS,
+    }
+    return _studio(request).templates.TemplateResponse(request, "dataset_new.html", context, status_code=status)
+
+
+@router.get("/datasets/images/classification/new", name="dataset_new")
+def dataset_new(request: Request, clone: str = "") -> Response:
+    """The form; ``?clone=<dataset id>`` fills it with that dataset's parameters (DIGITS' Clone)."""
+    values = _dataset_job(request, clone).params if clone else None
+    return _form_page(request, values)
+
+
+@router.post("/datasets/images/classification.json", name="dataset_create_json")
+async def dataset_create_json(request: Request) -> Response:
+    try:
+        values, uploads = await _form_values(request)
+        job = await run_in_threadpool(create_dataset_job, request, values, uploads)
+    except DataError as e:
+        return JSONResponse({"errors": [str(e)]}, status_code=400)
+    return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status})
+
+
+@router.post("/datasets/images/classification", name="dataset_create")
+async def dataset_create(request: Request) -> Response:
+    values: dict[str, Any] = {}
+    try:
+        values, uploads = await _form_values(request)
+        job = await run_in_threadpool(create_dataset_job, request, values, uploads)
+    except DataError as e:
+        return _form_page(request, values, str(e), status=400)
+    return RedirectResponse(f"/datasets/{job.id}", status_code=303)
+
+
+# ---------------------------------------------------------------------------------------------
+# showing
+
+
+def _read_events(job_dir: Path) -> tuple[dict | None, str]:
+    """The last ``progress`` event and the ``error`` message (if any) of a dataset job."""
+    last, error = None, ""
+    try:
+        lines = (job_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None, ""
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "progress":
+            last = event
+        elif event.get("event") == "error":
+            error = str(event.get("message", ""))
+    return last, error
+
+
+def dataset_info(request: Request, job: Job) -> dict[str, Any]:
+    """What the page and the JSON route show about a dataset job."""
+    job_dir = _studio(request).store.job_dir(job.id)
+    progress, error = _read_events(job_dir)
+    params = {k: v for k, v in job.params.items() if k != "data_roots"}
+    return {
+        "id": job.id,
+        "name": job.name,
+        "directory": str(job_dir),
+        "status": job.status,
+        "created": job.created,
+        "updated": job.updated,
+        "returncode": job.returncode,
+        "params": params,
+        "result": job.result,
+        "progress": progress,
+        "error": error,
+        "dbs": [s for s in ds.SPLITS if (job_dir / f"{s}_db").is_dir()],
+        "has_mean": (job_dir / "mean.jpg").is_file(),
+    }
+
+
+@router.get("/datasets/{job_id}.json", name="dataset_json")
+def dataset_json(request: Request, job_id: str) -> Response:
+    return JSONResponse(dataset_info(request, _dataset_job(request, job_id)))
+
+
+@router.get("/datasets/{job_id}/mean.jpg", name="dataset_mean")
+def dataset_mean(request: Request, job_id: str) -> Response:
+    path = _studio(request).store.job_dir(_dataset_job(request, job_id).id) / "mean.jpg"
+    if not path.is_file():
+        raise HTTPException(404, "the mean image is not made yet")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.get("/datasets/{job_id}", name="dataset_show")
+def dataset_show(request: Request, job_id: str) -> Response:
+    info = dataset_info(request, _dataset_job(request, job_id))
+    return _studio(request).templates.TemplateResponse(request, "dataset_show.html", {"job": info})
+
+
+# ---------------------------------------------------------------------------------------------
+# exploring
+
+
+def _split_name(db: str) -> str:
+    if db not in ds.SPLITS:
+        raise HTTPException(400, f"db must be one of {', '.join(ds.SPLITS)} (got {db!r})")
+    return db
+
+
+def _db_entries(job_dir: Path, split: str) -> list[tuple[str, int]]:
+    """The records of a split's database, in key order, from its list file (``path label`` lines)."""
+    try:
+        lines = (job_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        raise HTTPException(404, f"this dataset has no {split} database") from None
+    out = []
+    for line in lines:
+        path, _, label = line.rpartition(" ")
+        if path:
+            out.append((path, int(label)))
+    return out
+
+
+def _read_labels(job_dir: Path) -> list[str]:
+    try:
+        return [s for s in (job_dir / "labels.txt").read_text(encoding="utf-8").splitlines() if s]
+    except OSError:
+        return []
+
+
+@router.get("/datasets/{job_id}/explore", name="dataset_explore")
+def dataset_explore(
+    request: Request, job_id: str, db: str = "train", label: str = "", page: int = 0, size: int = 25
+) -> Response:
+    job = _dataset_job(request, job_id)
+    split = _split_name(db)
+    job_dir = _studio(request).store.job_dir(job.id)
+    labels = _read_labels(job_dir)
+    entries = list(enumerate(_db_entries(job_dir, split)))
+    counts = [0] * len(labels)
+    for _, (_, lab) in entries:
+        if 0 <= lab < len(counts):
+            counts[lab] += 1
+    chosen: int | None = None
+    if label.strip():
+        try:
+            chosen = int(label)
+        except ValueError:
+            raise HTTPException(400, f"label must be a class number (got {label!r})") from None
+        entries = [e for e in entries if e[1][1] == chosen]
+    size = size if size in PAGE_SIZES else 25
+    pages = max(1, math.ceil(len(entries) / size))
+    page = min(max(page, 0), pages - 1)
+    shown = []
+    for i, (path, lab) in entries[page * size : (page + 1) * size]:
+        name = labels[lab] if 0 <= lab < len(labels) else str(lab)
+        shown.append({"index": i, "path": path, "name": Path(path).name, "label": lab, "class": name})
+    context = {
+        "job": {"id": job.id, "name": job.name, "status": job.status},
+        "db": split,
+        "dbs": [s for s in ds.SPLITS if (job_dir / f"{s}_db").is_dir()],
+        "labels": labels,
+        "counts": counts,
+        "label": chosen,
+        "page": page,
+        "pages": pages,
+        "size": size,
+        "sizes": PAGE_SIZES,
+        "total": len(entries),
+        "images": shown,
+    }
+    return _studio(request).templates.TemplateResponse(request, "dataset_explore.html", context)
+
+
+def record_png(db_path: Path, index: int) -> bytes:
+    """The ``index``-th record of a dataset LMDB (key ``%08d_...``) as PNG bytes."""
+    import lmdb
+
+    if not db_path.is_dir():
+        raise HTTPException(404, f"no database {db_path.name}")
+    prefix = item_key(index, "")
+    env = lmdb.open(str(db_path), readonly=True, lock=False, readahead=False, subdir=True)
+    try:
+        with env.begin() as txn, txn.cursor() as cur:
+            if not cur.set_range(prefix) or not cur.key().startswith(prefix):
+                raise HTTPException(404, f"no record {index} in {db_path.name}")
+            key, value = cur.key(), cur.value()
+    finally:
+        env.close()
+    name = f"{db_path.name} record {key.decode('utf-8', 'replace')!r}"
+    try:
+        chw = datum_to_array(parse_datum(value, name), name)
+    except DataError as e:
+        raise HTTPException(500, str(e)) from None
+    img = chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)  # BGR(A) planes: what cv2 encodes
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise HTTPException(500, f"{name}: cannot encode as PNG")
+    return buf.tobytes()
+
+
+@router.get("/datasets/{job_id}/explore/image", name="dataset_explore_image")
+def dataset_explore_image(request: Request, job_id: str, db: str = "train", index: int = 0) -> Response:
+    job = _dataset_job(request, job_id)
+    split = _split_name(db)
+    if index < 0:
+        raise HTTPException(400, "index must be >= 0")
+    data = record_png(_studio(request).store.job_dir(job.id) / f"{split}_db", index)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
