@@ -43,6 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from caffe.errors import CaffeError
+from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler
 from caffe.studio.store import Job, JobNotFound, JobStore
 
@@ -244,9 +245,15 @@ class _EventFile:
         return out
 
 
-async def follow_job(studio: Studio, job_id: str, last_id: int = 0, poll: float = 0.25) -> AsyncIterator[bytes]:
-    """SSE stream of a job: events.jsonl replayed (lines after ``last_id``), its status, then new lines and
-    status changes as they come; ends with ``{"event": "end", "status": ...}`` once the job is not active."""
+def follow_job(studio: Studio, job_id: str, last_id: int = 0, poll: float = 0.25) -> AsyncIterator[bytes]:
+    """SSE stream of a job: its status, events.jsonl replayed (lines after ``last_id``), then new lines and
+    status changes as they come; ends with ``{"event": "end", "status": ...}`` once the job is not active.
+    The job and its file are checked now (JobNotFound, UnsafePathError), before a response starts."""
+    studio.store.get(job_id)
+    return _follow(studio, job_id, _EventFile(safe_join(studio.store.job_dir(job_id), "events.jsonl")), last_id, poll)
+
+
+async def _follow(studio: Studio, job_id: str, events: _EventFile, last_id: int, poll: float) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -256,7 +263,6 @@ async def follow_job(studio: Studio, job_id: str, last_id: int = 0, poll: float 
                 loop.call_soon_threadsafe(changes.put_nowait, event)
 
     unsubscribe = studio.scheduler.subscribe(on_status)
-    events = _EventFile(studio.store.job_dir(job_id) / "events.jsonl")
     try:
         job = studio.store.get(job_id)
         yield _sse({"event": "status", "time": round(time.time(), 3), "job": job_id, "status": job.status,
@@ -471,7 +477,6 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/jobs/{job_id}/events", summary="A job's events as server-sent events (replay, then follow)")
     def job_events(request: Request, job_id: str) -> StreamingResponse:
         studio = studio_of(request)
-        studio.store.get(job_id)
         last = request.headers.get("last-event-id", "")
         stream = follow_job(studio, job_id, int(last) if last.isdigit() else 0)
         return StreamingResponse(
@@ -512,7 +517,7 @@ def _add_routes(app: FastAPI) -> None:
 
 def _read_log(studio: Studio, job_id: str, offset: int, limit: int = 4 * MiB) -> tuple[str, int]:
     """The log's text from byte ``offset`` (at most ``limit`` bytes, the last ones) and the end offset."""
-    path = studio.store.job_dir(job_id) / "log.txt"
+    path = safe_join(studio.store.job_dir(job_id), "log.txt")  # a symlink out of the folder is refused
     try:
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -563,10 +568,13 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def serve_in_thread(config: StudioConfig | Mapping[str, Any]) -> tuple[str, Callable[[], None]]:
-    """Serve the studio from a background thread on a free port: ``(base_url, stop)`` (for tests)."""
+def serve_in_thread(
+    config: StudioConfig | Mapping[str, Any], app: FastAPI | None = None
+) -> tuple[str, Callable[[], None]]:
+    """Serve the studio (``app``, or a new one for ``config``) from a background thread on a free port
+    of ``config.host``: returns ``(base_url, stop)`` (for tests)."""
     config = StudioConfig.of(config)
-    app = create_app(config)
+    app = app or create_app(config)
     sock = _bind(config.host, 0)
     server = _server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="studio-server", daemon=True)
