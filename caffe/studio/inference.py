@@ -111,7 +111,8 @@ def snapshots(job_dir: Path, iters_per_epoch: float | None) -> list[tuple[float,
     return sorted(found, key=lambda e: e[0])
 
 
-def _iters_per_epoch(job: Any, info: dict[str, Any], job_dir: Path) -> float | None:
+def iters_per_epoch(job: Any, info: dict[str, Any], job_dir: Path) -> float | None:
+    """A model job's iterations per epoch: from its result or info.json, else solver max_iter / epochs."""
     for holder in (job.result or {}, info):
         value = holder.get("iters_per_epoch") if isinstance(holder, dict) else None
         if isinstance(value, (int, float)) and value > 0:
@@ -178,7 +179,7 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         )
     if job.kind != "model":
         raise InferenceError(f"job {job_id} is a {job.kind} job; choose a model or a pretrained model")
-    found = snapshots(job_dir, _iters_per_epoch(job, info, job_dir))
+    found = snapshots(job_dir, iters_per_epoch(job, info, job_dir))
     if not found:
         raise InferenceError(f"model {job_id} has no snapshot yet; wait for the first one", 409)
     if epoch in (None, "", "-1", -1):

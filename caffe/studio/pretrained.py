@@ -23,18 +23,9 @@ from typing import IO, Any
 
 from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
 from caffe.proto import caffe_pb2 as pb
-from caffe.protoio import atomic_write, parse_text, to_text
+from caffe.protoio import atomic_write, to_text
 from caffe.studio import inference
-
-#: Layer types that read data (replaced by an Input in a deploy net made from a train_val).
-DATA_LAYER_TYPES = frozenset(
-    {"Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Python_Data", "AnnotatedData"}
-)
-#: Layers that need labels or only make sense in training (dropped from a deploy net).
-TRAINING_ONLY_TYPES = frozenset(
-    {"Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss",
-     "SigmoidCrossEntropyLoss", "ContrastiveLoss", "Silence", "HDF5Output"}
-)
+from caffe.studio.networks import parse_network
 
 
 class PretrainedError(CaffeError):
@@ -46,86 +37,32 @@ class PretrainedError(CaffeError):
 
 
 # --------------------------------------------------------------------------------------- networks
-def parse_net(text: str, source: str) -> pb.NetParameter:
-    """A prototxt's text -> NetParameter (upgraded as Caffe does); ParseError names ``source:line:column``."""
-    from caffe.upgrade import upgrade_net_as_needed
+def deploy_from_original(param: pb.NetParameter, channels: int, height: int, width: int) -> pb.NetParameter:
+    """The deploy net of a train_val (or DIGITS all-in-one) network, by :func:`caffe.studio.networks.deploy_net`.
 
-    param = parse_text(text, pb.NetParameter(), source)
-    upgrade_net_as_needed(param, source)
-    if not param.layer:
-        raise ParseError(f"{source}: the network has no layers")
-    return param
-
-
-def _has_deploy_stage(param: pb.NetParameter) -> bool:
-    return any("deploy" in r.stage for layer in param.layer for r in (*layer.include, *layer.exclude))
-
-
-def deploy_from_train_val(param: pb.NetParameter, channels: int, height: int, width: int) -> pb.NetParameter:
-    """A deploy net from a train_val (or DIGITS all-in-one) network, as DIGITS derives it.
-
-    An all-in-one net with ``stage: "deploy"`` rules is filtered for the TEST phase and that stage. Otherwise
-    the data layers become one ``Input`` (1 x C x crop x crop, or 1 x C x H x W without a crop) named after the
-    first data layer's first top; TRAIN-only layers, losses, accuracies and every layer that consumes a label
-    blob are dropped; a ``SoftmaxWithLoss`` becomes a ``Softmax`` named ``softmax`` with top ``prob``.
+    The input is the net's own ``Input`` shape when it has one, else 1 x C x crop x crop when its data layers
+    crop, else 1 x C x ``height`` x ``width`` (the form's image size).
     """
-    from caffe.net import filter_net
+    from caffe.studio import networks
 
-    net = pb.NetParameter()
-    net.CopyFrom(param)
-    net.state.phase = pb.TEST
-    if _has_deploy_stage(param):
-        net.state.stage.append("deploy")
-        out = filter_net(net)
-        out.ClearField("state")
-        return out
-    net = filter_net(net)
-    data_layers = [layer for layer in net.layer if layer.type in DATA_LAYER_TYPES or layer.type == "Input"]
-    if not data_layers:
-        raise NetError("the network has no data or Input layer to take images from")
-    first = data_layers[0]
-    if first.type == "Input":
-        return _without_training_layers(net, set())
-    crop = first.transform_param.crop_size
-    h, w = (crop, crop) if crop else (height, width)
-    input_name = first.top[0]
-    labels = {top for layer in data_layers for top in layer.top} - {input_name}
-    out = pb.NetParameter()
-    out.name = net.name
-    inp = out.layer.add(name=input_name, type="Input", top=[input_name])
-    inp.input_param.shape.add(dim=[1, channels, h, w])
-    kept = _without_training_layers(net, labels, skip=set(id(x) for x in data_layers))
-    out.layer.extend(kept.layer)
-    return out
+    sources = networks.data_layers(param)
+    shaped = next((s for s in sources if s.type == "Input" and s.input_param.shape), None)
+    if shaped is not None and len(shaped.input_param.shape[0].dim) == 4:
+        shape = tuple(int(d) for d in shaped.input_param.shape[0].dim[1:])
+    else:
+        crop = max((s.transform_param.crop_size for s in sources), default=0)
+        shape = (channels, crop, crop) if crop else (channels, height, width)
+    return networks.deploy_net(param, shape)
 
 
-def _without_training_layers(net: pb.NetParameter, labels: set[str], skip: set[int] | None = None) -> pb.NetParameter:
-    out = pb.NetParameter()
-    out.name = net.name
-    out.input.extend(net.input)
-    out.input_shape.extend(net.input_shape)
-    out.input_dim.extend(net.input_dim)
-    tainted = set(labels)  # blobs computed from labels
-    last_softmax_loss = None
-    for layer in net.layer:
-        if skip and id(layer) in skip:
-            continue
-        if any(b in tainted for b in layer.bottom):
-            tainted.update(layer.top)
-            continue
-        if layer.type == "SoftmaxWithLoss":
-            last_softmax_loss = layer
-            continue
-        if layer.type in TRAINING_ONLY_TYPES or layer.type.endswith("Loss"):
-            continue
-        kept = out.layer.add()
-        kept.CopyFrom(layer)
-        del kept.include[:]
-        del kept.exclude[:]
-        kept.ClearField("loss_weight")
-    if last_softmax_loss is not None and not any(layer.type == "Softmax" for layer in out.layer):
-        out.layer.add(name="softmax", type="Softmax", bottom=[last_softmax_loss.bottom[0]], top=["prob"])
-    return out
+def network_mean_values(param: pb.NetParameter) -> list[float]:
+    """The ``mean_value``s of a train_val's first data layer that has them (the mean the weights were trained with)."""
+    from caffe.studio import networks
+
+    for layer in networks.data_layers(param):
+        if layer.transform_param.mean_value:
+            return [float(v) for v in layer.transform_param.mean_value]
+    return []
 
 
 # --------------------------------------------------------------------------------------- validation
@@ -259,27 +196,30 @@ def upload(
     settings = image_settings(image_type, width, height, resize_mode)
     if not (deploy or "").strip() and not (original or "").strip():
         raise DataError("model_def_file: a network (deploy.prototxt or train_val.prototxt) is required")
-    original_param = parse_net(original, "original.prototxt") if (original or "").strip() else None
+    original_param = parse_network(original, "original.prototxt") if (original or "").strip() else None
     if (deploy or "").strip():
-        deploy_param = parse_net(deploy, "deploy.prototxt")
+        deploy_param = parse_network(deploy, "deploy.prototxt")
     else:
         assert original_param is not None
         try:
-            deploy_param = deploy_from_train_val(original_param, settings["channels"], settings["height"],
-                                                 settings["width"])
+            deploy_param = deploy_from_original(original_param, settings["channels"], settings["height"],
+                                                settings["width"])
         except NetError as e:
             raise NetError(f"original.prototxt: cannot derive a deploy network: {e}") from None
     label_list = parse_labels(labels) if labels else []
     if python_layer:
         check_python_layer(python_layer)
     means = parse_mean_values(mean_values)
+    if not means and not mean_file and original_param is not None:
+        means = network_mean_values(original_param)
     if means and len(means) not in (1, settings["channels"]):
         raise DataError(f"mean_values: {len(means)} values for {settings['channels']}-channel images")
 
     job = store.create("pretrained", name.strip(), {"source": "upload", **settings, "mean_values": means})
     job_dir = Path(store.job_dir(job.id))
     try:
-        atomic_write(job_dir / "deploy.prototxt", to_text(deploy_param).encode("utf-8"))
+        deploy_text = deploy if (deploy or "").strip() else to_text(deploy_param)
+        atomic_write(job_dir / "deploy.prototxt", str(deploy_text).encode("utf-8"))
         atomic_write(job_dir / "original.prototxt", (original if original_param is not None else deploy or "")
                      .encode("utf-8"))
         _copy_stream(weights, job_dir / "weights.caffemodel")

@@ -1,0 +1,515 @@
+"""Pretrained-model and inference pages and DIGITS' inference JSON routes (``router``, included by the app).
+
+Pretrained models:
+
+* ``GET  /pretrained_models`` (``.json``): the list; ``GET /pretrained_models/new``: the upload form;
+* ``POST /pretrained_models`` (``.json``): upload ``weights_file`` + ``deploy_file`` and/or ``model_def_file``
+  (train_val, kept as original.prototxt) + [``labels_file``, ``python_layer_file``, ``mean_file``,
+  ``mean_values``], ``image_type``, ``resize_mode``, ``width``, ``height``, ``job_name``;
+* ``GET  /pretrained_models/{id}`` (``.json``); ``DELETE /pretrained_models/{id}`` (or ``POST .../delete``);
+* ``POST /models/{id}/to_pretrained`` (``snapshot_epoch``, ``job_name``): promote a trained model.
+
+Inference (every route takes ``job_id`` - a model or pretrained job - and ``snapshot_epoch``, default the last):
+
+* ``POST /models/images/classification/classify_one`` (page) and ``classify_one.json``: ``image_file`` (upload),
+  ``image_url`` (http/https) or ``image_path`` (a URL or a server path), ``show_visualizations``
+  -> ``{"predictions": [[label, percent], ...]}`` (top-5; with visualizations also ``"visualizations"``);
+* ``POST .../classify_many`` (page) and ``classify_many.json``: ``image_list`` (upload of ``path [label]`` lines;
+  relative paths are under ``image_folder``) or ``image_folder`` alone (a folder of class sub-folders), and
+  ``num_test_images`` -> ``{"classifications": {path: [[label, percent], ...]}}`` plus, with ground truth,
+  ``top1_accuracy``, ``top5_accuracy``, ``confusion_matrix``, ``per_class_accuracy``;
+* ``POST .../top_n`` (page) and ``top_n.json``: the same images, ``top_n`` (default 9) best per class.
+
+The ``GET`` of each inference route shows its form. Server paths must lie inside the studio's data roots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from caffe.errors import CaffeError, DataError
+from caffe.studio import inference, pretrained
+from caffe.studio.datasets import RESIZE_MODES, allowed_roots
+from caffe.studio.paths import resolve_user_path
+
+router = APIRouter()
+
+MAX_TEXT_BYTES = 16 << 20  # a prototxt, labels, list or Python file
+MAX_MEAN_BYTES = 256 << 20
+URL_TIMEOUT_S = 10.0
+CLASSIFY = "/models/images/classification"
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _studio(request: Request) -> Any:
+    return request.app.state.studio
+
+
+def _wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _roots(request: Request) -> list[Path]:
+    return allowed_roots(_studio(request).config.data_roots)
+
+
+def _page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
+    return _studio(request).templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def _fail(request: Request, error: CaffeError, html: bool) -> Response:
+    status = getattr(error, "status", None) or 400
+    if html:
+        return _page(request, "error.html", {"status": status, "message": str(error)}, status)
+    return JSONResponse({"detail": str(error), "errors": [str(error)]}, status_code=status)
+
+
+class _Form:
+    """A submitted form (multipart, urlencoded or a JSON body): text values and uploaded files."""
+
+    def __init__(self, values: dict[str, Any], files: dict[str, UploadFile]) -> None:
+        self.values, self.files = values, files
+
+    def text(self, name: str, default: str = "") -> str:
+        value = self.values.get(name)
+        return default if value is None else str(value).strip()
+
+    def number(self, name: str, default: int | None, lo: int = 0, hi: int = 1 << 30) -> int | None:
+        raw = self.text(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise DataError(f"{name}: expected a whole number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise DataError(f"{name}: must be between {lo} and {hi} (got {value})")
+        return value
+
+    def flag(self, name: str) -> bool:
+        return self.text(name).lower() in ("1", "true", "on", "yes")
+
+    async def read(self, name: str, limit: int = MAX_TEXT_BYTES) -> bytes | None:
+        """An uploaded file's bytes (None when no file was chosen); over ``limit`` is a 413."""
+        upload = self.files.get(name)
+        if upload is None:
+            return None
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise inference.InferenceError(f"{name}: the file is over the {limit >> 20} MiB limit", 413)
+        return data
+
+    async def read_text(self, name: str) -> str | None:
+        data = await self.read(name)
+        if data is None:
+            return None
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise DataError(f"{name}: not a UTF-8 text file") from None
+
+
+async def _form(request: Request) -> _Form:
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise DataError("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise DataError("the JSON body must be an object of form fields")
+        return _Form(body, {})
+    form = await request.form()
+    values: dict[str, Any] = {}
+    files: dict[str, UploadFile] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if value.filename:
+                files[key] = value
+        else:
+            values[key] = value
+    return _Form(values, files)
+
+
+def _job_choices(request: Request) -> list[dict[str, Any]]:
+    """Model and pretrained jobs that can classify, with their snapshot epochs."""
+    store = _studio(request).store
+    out = []
+    for job in store.list():
+        if job.kind == "pretrained" and job.status == "Done":
+            out.append({"id": job.id, "name": job.name, "kind": job.kind, "epochs": []})
+        elif job.kind == "model":
+            epochs = _epochs(request, job.id)
+            if epochs:
+                out.append({"id": job.id, "name": job.name, "kind": job.kind, "epochs": epochs})
+    return out
+
+
+def _epochs(request: Request, job_id: str) -> list[float]:
+    store = _studio(request).store
+    try:
+        job = store.get(job_id)
+    except KeyError:
+        return []
+    job_dir = Path(store.job_dir(job_id))
+    info = inference.read_info(job_dir)
+    return [e for e, _ in inference.snapshots(job_dir, inference.iters_per_epoch(job, info, job_dir))]
+
+
+def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, Any]:
+    values = dict(form.values) if form else dict(request.query_params)
+    job_id = str(values.get("job_id") or "")
+    return {"jobs": _job_choices(request), "values": values, "job_id": job_id,
+            "epochs": _epochs(request, job_id) if job_id else [], "roots": [str(r) for r in _roots(request)], **extra}
+
+
+# --------------------------------------------------------------------------------------- pretrained
+@router.get("/pretrained_models.json", summary="Pretrained models")
+def pretrained_list_json(request: Request) -> dict[str, Any]:
+    return {"pretrained_models": pretrained.summary(pretrained.list_pretrained(_studio(request).store))}
+
+
+@router.get("/pretrained_models", include_in_schema=False)
+def pretrained_list(request: Request) -> Response:
+    jobs = pretrained.list_pretrained(_studio(request).store)
+    return _page(request, "pretrained_list.html", {"jobs": jobs, "rows": pretrained.summary(jobs)})
+
+
+@router.get("/pretrained_models/new", include_in_schema=False)
+def pretrained_new(request: Request) -> Response:
+    return _page(request, "pretrained_new.html", {"values": {}, "resize_modes": RESIZE_MODES})
+
+
+async def _upload(request: Request) -> Any:
+    form = await _form(request)
+    weights = form.files.get("weights_file")
+    if weights is None:
+        raise DataError("weights_file: the weights (.caffemodel) are required")
+    args = {
+        "name": form.text("job_name"),
+        "weights": weights.file,
+        "deploy": await form.read_text("deploy_file"),
+        "original": await form.read_text("model_def_file"),
+        "labels": await form.read("labels_file"),
+        "python_layer": await form.read("python_layer_file"),
+        "mean_file": await form.read("mean_file", MAX_MEAN_BYTES),
+        "mean_values": form.text("mean_values"),
+        "image_type": form.text("image_type", "color"),
+        "width": form.number("width", 256, 1, 8192),
+        "height": form.number("height", 256, 1, 8192),
+        "resize_mode": form.text("resize_mode", "squash"),
+    }
+    return form, await run_in_threadpool(lambda: pretrained.upload(_studio(request).store, **args))
+
+
+@router.post("/pretrained_models.json", summary="Upload a pretrained model (weights + network [+ labels])")
+async def pretrained_create_json(request: Request) -> Response:
+    try:
+        _, job = await _upload(request)
+    except CaffeError as e:
+        return _fail(request, e, False)
+    return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
+
+
+@router.post("/pretrained_models", include_in_schema=False)
+async def pretrained_create(request: Request) -> Response:
+    html = _wants_html(request)
+    form: _Form | None = None
+    try:
+        form, job = await _upload(request)
+    except CaffeError as e:
+        if not html:
+            return _fail(request, e, False)
+        values = form.values if form else {}
+        status = getattr(e, "status", 400)
+        return _page(request, "pretrained_new.html",
+                     {"values": values, "resize_modes": RESIZE_MODES, "error": str(e)}, status)
+    if html:
+        return RedirectResponse(f"/pretrained_models/{job.id}", status_code=303)
+    return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
+
+
+def _pretrained_job(request: Request, job_id: str) -> Any:
+    try:
+        job = _studio(request).store.get(job_id)
+    except KeyError:
+        raise pretrained.PretrainedError(f"no pretrained model {job_id!r}", 404) from None
+    if job.kind != "pretrained":
+        raise pretrained.PretrainedError(f"job {job_id} is a {job.kind} job, not a pretrained model", 404)
+    return job
+
+
+@router.get("/pretrained_models/{job_id}.json", summary="A pretrained model")
+def pretrained_show_json(request: Request, job_id: str) -> Response:
+    try:
+        job = _pretrained_job(request, job_id)
+    except CaffeError as e:
+        return _fail(request, e, False)
+    info = inference.read_info(Path(_studio(request).store.job_dir(job_id)))
+    return JSONResponse({**pretrained.summary([job])[0], "info": info})
+
+
+@router.get("/pretrained_models/{job_id}", include_in_schema=False)
+def pretrained_show(request: Request, job_id: str) -> Response:
+    try:
+        job = _pretrained_job(request, job_id)
+    except CaffeError as e:
+        return _fail(request, e, True)
+    job_dir = Path(_studio(request).store.job_dir(job_id))
+    files = sorted(p.name for p in job_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    return _page(request, "pretrained_show.html",
+                 {"job": job, "info": inference.read_info(job_dir), "files": files, "parent": job.parent})
+
+
+def _delete(request: Request, job_id: str) -> None:
+    _pretrained_job(request, job_id)
+    pretrained.delete(_studio(request).store, job_id)
+
+
+@router.delete("/pretrained_models/{job_id}", summary="Delete a pretrained model")
+def pretrained_delete(request: Request, job_id: str) -> Response:
+    try:
+        _delete(request, job_id)
+    except CaffeError as e:
+        return _fail(request, e, False)
+    return JSONResponse({"job_id": job_id, "deleted": True})
+
+
+@router.post("/pretrained_models/{job_id}/delete", include_in_schema=False)
+def pretrained_delete_form(request: Request, job_id: str) -> Response:
+    html = _wants_html(request)
+    try:
+        _delete(request, job_id)
+    except CaffeError as e:
+        return _fail(request, e, html)
+    if html:
+        return RedirectResponse("/pretrained_models", status_code=303)
+    return JSONResponse({"job_id": job_id, "deleted": True})
+
+
+@router.post("/models/{job_id}/to_pretrained", summary="Make a pretrained model from a trained model's snapshot")
+async def promote(request: Request, job_id: str) -> Response:
+    html = _wants_html(request)
+    try:
+        form = await _form(request)
+        epoch = form.text("snapshot_epoch") or None
+        name = form.text("job_name") or None
+        job = await run_in_threadpool(pretrained.promote, _studio(request).store, job_id, epoch, name)
+    except CaffeError as e:
+        return _fail(request, e, html)
+    if html:
+        return RedirectResponse(f"/pretrained_models/{job.id}", status_code=303)
+    return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
+
+
+# --------------------------------------------------------------------------------------- classify one
+async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
+    """The image of a classify-one request: an upload, an http(s) URL, or a server path inside the data roots."""
+    limit = _studio(request).config.max_image_bytes
+    data = await form.read("image_file", limit)
+    if data is not None:
+        return data, form.files["image_file"].filename or "image_file"
+    where = form.text("image_url") or form.text("image_path")
+    if not where:
+        raise DataError("image_file: choose an image to upload, or give its URL (image_url)")
+    if "://" in where:
+        from caffe.serve import RequestError, fetch_url
+
+        try:
+            return await run_in_threadpool(fetch_url, where, URL_TIMEOUT_S, limit), where
+        except RequestError as e:
+            raise inference.InferenceError(e.message, 502 if e.status == 422 else e.status) from None
+    path = _server_file(request, where, "image_path")
+    return inference.read_image_file(path), str(path)
+
+
+def _server_file(request: Request, text: str, field: str) -> Path:
+    try:
+        path = resolve_user_path(text, _roots(request))
+    except CaffeError as e:
+        raise inference.InferenceError(f"{field}: {e}", 403) from None
+    if not path.is_file():
+        raise inference.InferenceError(f"{field}: no such file {text!r}", 404)
+    return path
+
+
+def _server_folder(request: Request, text: str, field: str) -> Path:
+    try:
+        path = resolve_user_path(text, _roots(request))
+    except CaffeError as e:
+        raise inference.InferenceError(f"{field}: {e}", 403) from None
+    if not path.is_dir():
+        raise inference.InferenceError(f"{field}: no such folder {text!r}", 404)
+    return path
+
+
+async def _classify_one(request: Request) -> tuple[_Form, Any, inference.OneResult, str]:
+    form = await _form(request)
+    job_id = form.text("job_id")
+    if not job_id:
+        raise DataError("job_id: choose a model")
+    data, name = await _image_bytes(request, form)
+    epoch = form.text("snapshot_epoch") or None
+    store = _studio(request).store
+
+    def run() -> tuple[Any, inference.OneResult]:
+        model = inference.load_model(store, job_id, epoch)
+        return model, inference.classify_one(model, data, form.flag("show_visualizations"), name)
+
+    model, result = await run_in_threadpool(run)
+    return form, model, result, name
+
+
+@router.post(f"{CLASSIFY}/classify_one.json", summary="Classify one image: top-5 [label, percent]")
+async def classify_one_json(request: Request) -> Response:
+    try:
+        _, model, result, _ = await _classify_one(request)
+    except CaffeError as e:
+        return _fail(request, e, False)
+    body: dict[str, Any] = {"predictions": [[label, pct] for label, pct in result.predictions]}
+    if result.layers is not None:
+        body["visualizations"] = result.layers
+    if model.source.epoch is not None:
+        body["snapshot_epoch"] = model.source.epoch
+    return JSONResponse(body)
+
+
+@router.get(f"{CLASSIFY}/classify_one", include_in_schema=False)
+def classify_one_form(request: Request) -> Response:
+    return _page(request, "classify_one.html", _context(request, None))
+
+
+@router.post(f"{CLASSIFY}/classify_one", include_in_schema=False)
+async def classify_one_page(request: Request) -> Response:
+    try:
+        form, model, result, name = await _classify_one(request)
+    except CaffeError as e:
+        return _fail(request, e, True)
+    return _page(request, "classify_one.html",
+                 _context(request, form, result=result, model=model, image_name=name))
+
+
+# --------------------------------------------------------------------------------------- classify many / top N
+async def _images(request: Request, form: _Form, labels: tuple[str, ...]) -> list[tuple[Path, int | None]]:
+    """The images of a classify-many or top-N request, each validated against the data roots."""
+    folder_text = form.text("image_folder")
+    folder = _server_folder(request, folder_text, "image_folder") if folder_text else None
+    listing = await form.read_text("image_list")
+    if listing is None and form.text("image_list"):
+        listing = form.text("image_list")  # a JSON body may carry the list's text
+    roots = _roots(request)
+
+    def resolve(text: str) -> Path:
+        relative = not Path(text).is_absolute()
+        target = str(folder / text) if relative and folder is not None else text
+        if relative and folder is None:
+            raise DataError(f"relative path {text!r}: give image_folder to resolve it, or an absolute path")
+        try:
+            path = resolve_user_path(target, roots)
+        except CaffeError as e:
+            raise inference.InferenceError(str(e), 403) from None
+        if not path.is_file():
+            raise inference.InferenceError(f"no such image {text!r}", 404)
+        return path
+
+    if listing is not None:
+        items = inference.parse_image_list(listing, resolve, labels, "image_list")
+    elif folder is not None:
+        items = inference.scan_folder(folder, labels)
+    else:
+        raise DataError("image_list: upload a list of images, or give image_folder (a folder of class sub-folders)")
+    count = form.number("num_test_images", None, 1)
+    return items[:count] if count else items
+
+
+async def _classify_many(request: Request) -> tuple[_Form, Any, inference.ManyResult]:
+    form = await _form(request)
+    job_id = form.text("job_id")
+    if not job_id:
+        raise DataError("job_id: choose a model")
+    epoch = form.text("snapshot_epoch") or None
+    store = _studio(request).store
+    source = await run_in_threadpool(inference.resolve, store, job_id, epoch)
+    items = await _images(request, form, source.labels)
+
+    def run() -> tuple[Any, inference.ManyResult]:
+        model = inference.CACHE.get(source)
+        return model, inference.classify_many(model, items)
+
+    model, result = await run_in_threadpool(run)
+    return form, model, result
+
+
+def _many_body(result: inference.ManyResult) -> dict[str, Any]:
+    body: dict[str, Any] = {"classifications": result.classifications()}
+    if result.errors:
+        body["errors_by_image"] = result.errors
+    evaluation = result.evaluation()
+    if evaluation:
+        body.update(evaluation)
+    return body
+
+
+@router.post(f"{CLASSIFY}/classify_many.json", summary="Classify many images (list or folder): top-5 per image")
+async def classify_many_json(request: Request) -> Response:
+    try:
+        _, _, result = await _classify_many(request)
+        body = _many_body(result)
+    except CaffeError as e:
+        return _fail(request, e, False)
+    return JSONResponse(body)
+
+
+@router.get(f"{CLASSIFY}/classify_many", include_in_schema=False)
+def classify_many_form(request: Request) -> Response:
+    return _page(request, "classify_many.html", _context(request, None))
+
+
+@router.post(f"{CLASSIFY}/classify_many", include_in_schema=False)
+async def classify_many_page(request: Request) -> Response:
+    try:
+        form, model, result = await _classify_many(request)
+        evaluation = result.evaluation()
+    except CaffeError as e:
+        return _fail(request, e, True)
+    rows = [{"path": p, "truth": result._label(t) if t is not None else None, "top5": result.top5(i)}
+            for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))]
+    return _page(request, "classify_many.html",
+                 _context(request, form, result=result, rows=rows, evaluation=evaluation, model=model))
+
+
+async def _top_n(request: Request) -> tuple[_Form, Any, list[dict[str, Any]]]:
+    form, model, result = await _classify_many(request)
+    n = form.number("top_n", 9, 1, 100)
+    return form, model, inference.top_n(result, n or 9)
+
+
+@router.post(f"{CLASSIFY}/top_n.json", summary="The N best-scoring images of each class")
+async def top_n_json(request: Request) -> Response:
+    try:
+        _, _, classes = await _top_n(request)
+    except CaffeError as e:
+        return _fail(request, e, False)
+    return JSONResponse({"top_n": [{"label": c["label"], "images": [[p, pct] for p, pct in c["images"]]}
+                                   for c in classes]})
+
+
+@router.get(f"{CLASSIFY}/top_n", include_in_schema=False)
+def top_n_form(request: Request) -> Response:
+    return _page(request, "top_n.html", _context(request, None))
+
+
+@router.post(f"{CLASSIFY}/top_n", include_in_schema=False)
+async def top_n_page(request: Request) -> Response:
+    try:
+        form, model, classes = await _top_n(request)
+        thumbs = await run_in_threadpool(
+            lambda: {p: inference.thumbnail_uri(p) for c in classes for p, _ in c["images"]})
+    except CaffeError as e:
+        return _fail(request, e, True)
+    return _page(request, "top_n.html", _context(request, form, classes=classes, thumbs=thumbs, model=model))
