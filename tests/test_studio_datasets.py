@@ -505,3 +505,21 @@ def test_json_route_with_uploaded_lists(studio):
     assert job.status == "Done" and job.result["counts"] == {"train": 2, "val": 1}
     d = _records(st.store.job_dir(job.id) / "train_db")[0][1]
     assert (d.channels, d.height, d.width, d.encoded) == (3, 32, 32, False)
+
+
+def test_clone_fills_the_form_and_unknown_ids_are_404(studio, dolphins):
+    client, _ = studio
+    job_id, _ = dolphins
+    html = client.get("/datasets/images/classification/new", params={"clone": job_id}).text
+    assert re.search(r'id="folder-train"[^>]*value="' + re.escape(str(DOLPHINS)) + '"', html)
+    assert re.search(r'id="dataset-name"[^>]*value="dolphins-and-seahorses"', html)
+    assert client.get("/datasets/20000101-000000-abcd.json").status_code == 404
+    assert client.get("/datasets/images/classification/new", params={"clone": "nope"}).status_code == 404
+
+
+def test_job_process_reports_bad_parameters(tmp_path):
+    (tmp_path / "params.json").write_text(json.dumps({"folder_train": str(tmp_path), "resize_mode": "zoom"}))
+    assert ds.main([str(tmp_path)]) == 1
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "error" and "resize_mode: must be one of" in events[-1]["message"]
+    assert ds.main([]) == 1

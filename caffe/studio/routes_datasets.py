@@ -214,7 +214,7 @@ def dataset_info(request: Request, job: Job) -> dict[str, Any]:
     """What the page and the JSON route show about a dataset job."""
     job_dir = _studio(request).store.job_dir(job.id)
     progress, error = _read_events(job_dir)
-    params = {k: v for k, v in job.params.items() if k != "data_roots"}
+    params = {k: _shown(v) for k, v in job.params.items() if k != "data_roots"}
     return {
         "id": job.id,
         "name": job.name,
