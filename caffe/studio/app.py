@@ -4,8 +4,8 @@ It holds the shared state (``app.state.studio``: config, store, scheduler, templ
 route when a token is configured (login cookie, ``Authorization: Bearer``, or ``?token=``), answers
 413 to bodies over ``max_upload_bytes``, serves static files (plotly.js from the installed ``plotly``
 package) and the job-generic pages and routes: the home page, ``/index.json``, a job's log, its events
-as server-sent events, abort, delete and clone. The dataset and model pages come from
-``routes_datasets.router`` and ``routes_models.router``.
+as server-sent events, abort, delete and clone. The dataset, model, pretrained-model and inference pages
+come from ``routes_datasets.router``, ``routes_models.router`` and ``routes_inference.router``.
 """
 
 from __future__ import annotations
@@ -335,16 +335,18 @@ def _error(request: Request, status: int, message: str) -> Response:
 
 
 def _include_kind_routers(app: FastAPI) -> None:
-    # TODO(issue 6): import routes_datasets / routes_models unconditionally once both are committed.
-    for name in ("routes_datasets", "routes_models"):
-        module_name = f"caffe.studio.{name}"
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            continue
-        app.include_router(module.router)
+    from caffe.studio import routes_datasets, routes_models
+
+    app.include_router(routes_datasets.router)
+    app.include_router(routes_models.router)
+    # TODO(issue 6): import routes_inference like the others once it is committed.
+    try:
+        routes_inference = importlib.import_module("caffe.studio.routes_inference")
+    except ModuleNotFoundError as e:
+        if e.name != "caffe.studio.routes_inference":
+            raise
+    else:
+        app.include_router(routes_inference.router)
 
 
 def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
