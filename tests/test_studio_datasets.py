@@ -336,6 +336,8 @@ def test_bad_list_lines(tmp_path, line, match):
         ("folder_pct_val", "abc", "folder_pct_val: expected a number"),
         ("folder_pct_val", "120", "folder_pct_val: must be a percentage"),
         ("resize_width", "0", "resize_width: must be between"),
+        ("resize_width", "inf", "resize_width: expected a whole number"),
+        ("seed", "1.5", "seed: expected a whole number"),
         ("resize_channels", "2", "resize_channels: must be 1"),
         ("folder_train_max_per_class", "1", "folder_train_max_per_class: must be at least the minimum"),
     ],

@@ -165,7 +165,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if name == "data_roots":
             return [str(v) for v in value]
         return str(value).strip()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = "a whole number" if isinstance(default, int) or name.endswith("_per_class") else "a number"
         raise DataError(f"{name}: expected {kind}, got {value!r}") from None
 
