@@ -380,6 +380,7 @@ def exportable_module(
 def _quiet_tracing() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         yield
@@ -510,15 +511,14 @@ def to_torchscript(
             with torch.no_grad(), _quiet_tracing():
                 traced = torch.jit.trace(module, example, check_trace=False)
                 frozen = torch.jit.freeze(traced.eval())
-                out_values = frozen(*example)
-            io = {
-                "net": net.name,
-                "inputs": in_names,
-                "outputs": out_names,
-                "shapes": {n: list(t.shape) for n, t in zip(in_names, example)},
-                "dynamic_batch": dynamic_batch,
-            }
-            torch.jit.save(frozen, str(tmp), _extra_files={"caffe_io.json": json.dumps(io)})
+                io = {
+                    "net": net.name,
+                    "inputs": in_names,
+                    "outputs": out_names,
+                    "shapes": {n: list(t.shape) for n, t in zip(in_names, example)},
+                    "dynamic_batch": dynamic_batch,
+                }
+                torch.jit.save(frozen, str(tmp), _extra_files={"caffe_io.json": json.dumps(io)})
             os.replace(tmp, path)
         except CaffeError:
             raise
@@ -531,7 +531,7 @@ def to_torchscript(
             path=path,
             format="torchscript",
             inputs=_shapes_of(in_names, example),
-            outputs=_shapes_of(out_names, out_values),
+            outputs={n: tuple(net.blobs[n].shape) for n in out_names},  # the net is at the export shapes here
             dynamic_batch=dynamic_batch,
             folded=fold,
         )
@@ -629,7 +629,8 @@ def _runner(result: ExportResult) -> Callable[[dict[str, Any]], list[Any]]:
             raise ExportError("checking an ONNX export needs onnxruntime (pip install onnxruntime)") from e
         session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
         return lambda feeds: session.run(list(result.outputs), feeds)
-    module = torch.jit.load(str(result.path), map_location="cpu")
+    with _quiet_tracing():
+        module = torch.jit.load(str(result.path), map_location="cpu")
 
     def run(feeds: dict[str, Any]) -> list[Any]:
         with torch.no_grad():
