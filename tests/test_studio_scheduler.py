@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from caffe.studio.scheduler import Scheduler
+from caffe.studio.scheduler import Scheduler, caffe_argv, display_argv
 from caffe.studio.store import JobStore
 
 # a job that records when it ran (in its folder: the job's working directory)
@@ -212,6 +212,17 @@ def test_submit_checks_device_and_state(store, sched):
     with pytest.raises(RuntimeError, match="already"):
         sched.submit(job.id, py("pass"), "cpu")
     sched.abort(job.id)
+
+
+def test_caffe_argv_runs_the_caffe_command_and_reads_as_one(store, sched):
+    job = store.create("model", "m")
+    argv = caffe_argv("train", "--solver", "/no such/solver.prototxt")
+    assert display_argv(argv) == "caffe train --solver '/no such/solver.prototxt'"
+    sched.submit(job.id, argv, "cpu")
+    ended = sched.wait(job.id, 60)
+    log = (store.job_dir(job.id) / "log.txt").read_text()
+    assert log.startswith("[studio] ") and "run: caffe train --solver '/no such/solver.prototxt'\n" in log
+    assert ended.status == "Error" and ended.returncode == 1 and "/no such/solver.prototxt" in log
 
 
 def test_a_program_that_cannot_start_is_an_error(store, sched):

@@ -44,7 +44,7 @@ from fastapi.templating import Jinja2Templates
 
 from caffe.errors import CaffeError
 from caffe.studio.paths import safe_join
-from caffe.studio.scheduler import Scheduler
+from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
 
 HERE = Path(__file__).resolve().parent
@@ -313,6 +313,7 @@ def _templates() -> Jinja2Templates:
     env = templates.env
     env.filters["datetime"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
     env.filters["status_class"] = lambda s: f"status-{str(s).lower()}"
+    env.filters["command"] = display_argv
     env.globals["job_page"] = lambda job: KIND_PAGES[job.kind].format(id=job.id)
     from caffe import __version__
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +40,14 @@ _CLI = "import sys; from caffe.tools.cli import main; sys.exit(main(sys.argv[1:]
 def caffe_argv(*args: str) -> list[str]:
     """The command line of ``caffe ARGS...`` run by this Python (no PATH lookup of the console script)."""
     return [sys.executable, "-c", _CLI, *args]
+
+
+def display_argv(argv: Sequence[str]) -> str:
+    """A command line as a user would type it (``caffe train ...`` for ``caffe_argv``'s)."""
+    n = len(caffe_argv())
+    if list(argv[:n]) == caffe_argv():
+        return shlex.join(["caffe", *argv[n:]])
+    return shlex.join(argv)
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:
@@ -292,7 +301,7 @@ class Scheduler:
         assert job.argv
         try:
             with open(job_dir / "log.txt", "ab") as logf:
-                logf.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run: {' '.join(job.argv)}\n".encode())
+                logf.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run: {display_argv(job.argv)}\n".encode())
                 logf.flush()
                 proc = subprocess.Popen(
                     job.argv, cwd=job_dir, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
@@ -321,4 +330,4 @@ class Scheduler:
         log.info("Job %s: %s (exit status %d)", r.job_id, status, rc)
 
 
-__all__ = ["FINISHED", "Scheduler", "caffe_argv", "python_module_argv"]
+__all__ = ["FINISHED", "Scheduler", "caffe_argv", "display_argv", "python_module_argv"]

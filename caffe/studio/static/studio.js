@@ -95,7 +95,7 @@ const studio = {
       try {
         const response = await fetch(`/jobs/${encodeURIComponent(id)}/log.txt?offset=${offset}`);
         const text = await response.text();
-        const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        const atBottom = offset === 0 || pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
         if (offset === 0) pre.textContent = text; else pre.textContent += text;
         if (atBottom) pre.scrollTop = pre.scrollHeight;
         offset = Number(response.headers.get("X-Log-Offset") || offset);
