@@ -7,8 +7,10 @@ Jobs live in ``--jobs-dir`` (default CAFFE_STUDIO_JOBS or ``~/.neocaffe/studio``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from pathlib import Path
 
 from caffe.tools.cli import command
 from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_error
@@ -16,7 +18,7 @@ from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_erro
 log = logging.getLogger("caffe")
 
 USAGE = """caffe studio [--host 127.0.0.1] [--port 5000] [--jobs-dir DIR] [--token T] [--devices cpu,cuda:0,...] \
-[--unsafe_no_auth] [--max_upload_mb 512]
+[--unsafe_no_auth] [--data_roots DIR,...] [--max_upload_mb 512]
 
 Serve the studio web app: make image datasets, train and fine-tune models with live charts, classify
 images and download trained models, from a browser (http://HOST:PORT/) or its REST API (/openapi.json)."""
@@ -32,6 +34,9 @@ def build_parser() -> ToolParser:
                    help="password / bearer token required by every page and route (default $CAFFE_STUDIO_TOKEN)")
     p.add_argument("--devices", default=None,
                    help="devices trainings may use, e.g. cpu or cpu,cuda:0,cuda:1 (default: cpu and every GPU)")
+    p.add_argument("--data_roots", default=None,
+                   help="folders (separated by ',') that forms may name as image folders / list files "
+                   "(default: any folder this process can read)")
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
     p.add_bool("unsafe_no_auth", "serve a non-loopback address without a token (trusted networks only)")
     p.add_bool("access_log", "log every request (uvicorn's access log)")
@@ -83,6 +88,7 @@ def studio(argv: list[str]) -> int:
         host=args.host,
         port=args.port,
         unsafe_no_auth=args.unsafe_no_auth,
+        data_roots=None if args.data_roots is None else [Path(r).expanduser() for r in args.data_roots.split(",") if r],
     )
     _log_through_caffe()
 
@@ -94,8 +100,6 @@ def studio(argv: list[str]) -> int:
             log.warning("No authentication on %s: anyone who reaches it can run jobs", args.host)
         log.info("Studio at %s/ (Ctrl-C to stop)", url)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has shut down cleanly and re-raises the signal
         serve(config, access_log=args.access_log, on_ready=ready)
-    except KeyboardInterrupt:  # uvicorn has shut down cleanly and re-raises the signal
-        pass
     return 0
