@@ -102,6 +102,10 @@ def test_resnet50_nsfw_to_onnx_scores_and_probabilities(tmp_path: Path, nsfw: ca
     assert max_diff(scores, ours["fc_nsfw"]) <= TOL
     assert max_diff(prob, ours["prob"]) <= TOL
     assert abs(float(prob.sum()) - 1) < 1e-5 and np.abs(scores).max() > 0.1  # real, non-degenerate outputs
+    folded = ex.to_onnx(nsfw, tmp_path / "folded.onnx", outputs=["prob"], fold=True)
+    assert "BatchNormalization" not in folded.details["ops"] and folded.nodes < result.nodes
+    [prob] = ort.InferenceSession(str(folded.path), providers=["CPUExecutionProvider"]).run(None, {"data": x})
+    assert max_diff(prob, ours["prob"]) <= TOL
 
 
 def test_dynamic_batch_and_input_shape(tmp_path: Path, squeezenet: caffe.Net, images: dict):
