@@ -97,13 +97,19 @@ def check_weights(job_dir: Path, python_layer: Path | None = None) -> dict[str, 
 
     deploy, weights = job_dir / "deploy.prototxt", job_dir / "weights.caffemodel"
     net = inference.build_net(deploy, None, python_layer)
-    if is_hdf5(weights):
-        copied = set(net.copy_from(str(weights)))
-        in_file: list[str] | None = None
-    else:
-        param = load_net_param(weights)
-        in_file = [layer.name for layer in param.layer if layer.blobs]
-        copied = set(net.copy_from(param))
+    in_file: list[str] | None = None
+    try:
+        if is_hdf5(weights):
+            copied = set(net.copy_from(str(weights)))
+        else:
+            param = load_net_param(weights)
+            in_file = [layer.name for layer in param.layer if layer.blobs]
+            copied = set(net.copy_from(param))
+    except (WeightsError, ParseError) as e:
+        detail = str(e)
+        for prefix in (f"{weights}: ", "NetParameter: "):
+            detail = detail.removeprefix(prefix)
+        raise WeightsError(f"weights.caffemodel: {detail}") from None
     wanted = [name for name, blobs in net.params.items() if blobs]
     missing = [name for name in wanted if name not in copied]
     if missing:
