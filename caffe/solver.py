@@ -238,7 +238,7 @@ class Solver:
         """Caffe's GetLearningRate for the current iteration (updates ``current_step`` as Caffe does)."""
         p, it = self.param, self.iter
         policy = p.lr_policy
-        if policy in ("step", "exp", "inv", "multistep", "sigmoid") and p.gamma < 0:
+        if policy in ("step", "exp", "inv", "multistep") and p.gamma < 0:
             raise SolverError(f"{self.source}: lr_policy '{policy}' needs gamma >= 0, got {fmt(p.gamma)}")
         if policy == "fixed":
             rate = p.base_lr

@@ -401,7 +401,6 @@ def test_multistep_advances_one_step_per_call_and_logs(caplog: pytest.LogCapture
         ("lr_policy: 'exp' gamma: -0.1", "needs gamma >= 0"),
         ("lr_policy: 'inv' gamma: -0.1 power: 1", "needs gamma >= 0"),
         ("lr_policy: 'multistep' gamma: -0.1 stepvalue: 1", "needs gamma >= 0"),
-        ("lr_policy: 'sigmoid' gamma: -0.1 stepsize: 2", "needs gamma >= 0"),
     ],
 )
 def test_bad_lr_policy_is_a_solver_error(settings: str, message: str):

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from caffe.errors import SolverError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param, read_solver_param
 from caffe.studio import datasets
@@ -82,13 +81,9 @@ FORMULAS = {  # Caffe's GetLearningRate, written out here in float64
     "poly": lambda it, s: s.base_lr * (1 - it / s.max_iter) ** s.power,
     "sigmoid": lambda it, s: s.base_lr / (1 + math.exp(-s.gamma * (it - s.stepsize))),
 }
-SIGMOID_BUG = pytest.mark.xfail(
-    strict=True, raises=SolverError,
-    reason="caffe.solver refuses a negative gamma for 'sigmoid'; Caffe accepts it and DIGITS' mapping needs it",
-)
 
 
-@pytest.mark.parametrize("policy", [p if p != "sigmoid" else pytest.param(p, marks=SIGMOID_BUG) for p in FORMULAS])
+@pytest.mark.parametrize("policy", list(FORMULAS))
 def test_lr_preview_is_caffes_lr_policy(policy):
     s = m.solver_param(form(train_epochs="10", lr_policy=policy, learning_rate="0.1"), 300, 0, 10, 10)
     iters, rates = m.lr_schedule(s)
