@@ -109,11 +109,13 @@ class Detector(Net):
     def crop(self, im: np.ndarray, window: Sequence[float]) -> np.ndarray:
         """The pixels of ``window`` = (ymin, xmin, ymax, xmax) of the H x W x K image ``im``, with the
         configured context padding (see the module)."""
-        ymin, xmin, ymax, xmax = (int(round(float(v))) for v in window)
+        ymin, xmin, ymax, xmax = (round(float(v)) for v in window)
         if not self.context_pad:
             out = im[ymin:ymax, xmin:xmax]
             if out.size == 0:
-                raise CaffeError(f"Detector.crop: window {tuple(window)} holds no pixels of an image of shape {im.shape}")
+                raise CaffeError(
+                    f"Detector.crop: window {tuple(window)} holds no pixels of an image of shape {im.shape}"
+                )
             return out
         crop_h, crop_w = (int(d) for d in self.crop_dims[:2])
         pad = float(self.context_pad)

@@ -10,8 +10,9 @@ Preprocessing is that of Caffe's C++ classification example and DIGITS: images a
 Pillow, resized (bilinear) to the input's size (or ``--images_dim``), turned into K x H x W BGR
 (``--channel_swap``), scaled to 0..255 (``--raw_scale``), the per-channel mean subtracted (of a mean
 image, its per-channel average; or values such as ``--mean=104,117,123``), times ``--input_scale``.
-With ``--oversample`` (pycaffe's default, or ``--nocenter_only``) the ten 224-style crops of an image
-resized to ``--images_dim`` (default: the input's size, at least 256 x 256) are averaged.
+With ``--oversample`` (pycaffe's default; also ``--nocenter_only``) the outputs of ten input-sized crops
+(corners, centre, and their mirrors) of the image resized to ``--images_dim`` (default: the input's size,
+at least 256 x 256) are averaged. Without it, as Caffe's example: the whole image resized to the input.
 
 Output: the net's first output as it is (no softmax is added), top ``--top_k`` per input as
 ``0.9997 - "dolphin"`` lines (``--format=text``), JSON or CSV; ``--output FILE`` writes it to a file
