@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import shutil
 from pathlib import Path
@@ -70,13 +71,14 @@ def upload_tiny(client: TestClient, folder: Path, seed: int = 3) -> str:
     return r.json()["job_id"]
 
 
-def expected_probs(deploy: Path, weights: Path, images: list[Path], size: int = 24) -> np.ndarray:
+def expected_probs(deploy: Path, weights: Path, images: list[Path], size: int = 24, mean=None) -> np.ndarray:
     """Independent preprocessing (PIL squash, BGR, minus mean) and forward through caffe.Net."""
     net = caffe.Net(str(deploy), caffe.TEST, weights=str(weights))
+    mean = np.array(TINY_MEAN, np.float32)[:, None, None] if mean is None else mean
     out = []
     for p in images:
         im = np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
-        x = im[:, :, ::-1].transpose(2, 0, 1) - np.array(TINY_MEAN, np.float32)[:, None, None]
+        x = im[:, :, ::-1].transpose(2, 0, 1) - mean
         out.append(net.forward(data=x[None])["prob"][0].copy())
     return np.array(out)
 
@@ -328,6 +330,12 @@ def test_top_n(env, tiny):
 
 
 # --------------------------------------------------------------------------------------- model jobs
+def model_mean_image() -> np.ndarray:
+    """The model job's mean image: TINY_MEAN per channel plus a left-to-right ramp (so pixel != image mean)."""
+    ramp = np.linspace(-40, 40, 24, dtype=np.float32)[None, None, :]
+    return np.array(TINY_MEAN, np.float32)[:, None, None] + np.broadcast_to(ramp, (3, 24, 24))
+
+
 def make_model_job(store, tmp: Path, iters=(10, 20)) -> str:
     """A finished model job as routes_models leaves it: deploy, snapshots, labels, mean (of the tiny net)."""
     dataset = store.create("dataset", "d", {"resize_width": 24, "resize_height": 24, "resize_channels": 3})
@@ -341,9 +349,11 @@ def make_model_job(store, tmp: Path, iters=(10, 20)) -> str:
     (job_dir / "labels.txt").write_text("dolphin\nseahorse\n")
     mean = pb.BlobProto()
     mean.shape.dim.extend([1, 3, 24, 24])
-    mean.data.extend(np.repeat(np.array(TINY_MEAN, np.float32), 24 * 24).tolist())
+    mean.data.extend(model_mean_image().ravel().tolist())
     (job_dir / "mean.binaryproto").write_bytes(mean.SerializeToString())
-    store.update(job.id, status="Done", result={"iters_per_epoch": 10})
+    (job_dir / "info.json").write_text(json.dumps({"iterations per epoch": 10, "image dimensions": [24, 24, 3],
+                                                   "mean subtraction": "image"}))
+    store.update(job.id, status="Done")
     return job.id
 
 
@@ -360,7 +370,7 @@ def test_model_job_snapshots_by_epoch(env):
         assert r.status_code == 200, r.text
         assert r.json()["snapshot_epoch"] == (float(epoch) if epoch else 2.0)
         deploy, weights = tiny_weights(tmp / "check", seed)
-        p = expected_probs(deploy, weights, [img])[0]
+        p = expected_probs(deploy, weights, [img], mean=model_mean_image())[0]
         assert [pct for _, pct in r.json()["predictions"]] == pytest.approx(sorted(100 * p, reverse=True), abs=0.011)
         answers[epoch] = r.json()["predictions"]
     assert answers["1"] != answers["2"] and answers["2"] == answers[""]
@@ -368,7 +378,14 @@ def test_model_job_snapshots_by_epoch(env):
                           files={"image_file": ("a.jpg", img.read_bytes())})
     assert missing.status_code == 404 and "epoch 7" in missing.json()["detail"]
     form = client.get(f"{CLASSIFY}/classify_one", params={"job_id": job_id})
-    assert 'value="1.0"' in form.text and 'value="2.0"' in form.text
+    assert 'value="1"' in form.text and 'value="2"' in form.text
+    # the model's "mean subtraction" is honoured: pixel (channel means of the mean image) and none
+    info_path = Path(store.job_dir(job_id)) / "info.json"
+    for mode, mean in (("pixel", model_mean_image().mean(axis=(1, 2))[:, None, None]), ("none", np.float32(0))):
+        info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "mean subtraction": mode}))
+        r = client.post(url, data={"job_id": job_id}, files={"image_file": ("a.jpg", img.read_bytes())})
+        p = expected_probs(deploy, weights, [img], mean=mean)[0]
+        assert [pct for _, pct in r.json()["predictions"]] == pytest.approx(sorted(100 * p, reverse=True), abs=0.011)
     empty = store.create("model", "untrained", {})
     r = client.post(url, data={"job_id": empty.id}, files={"image_file": ("a.jpg", img.read_bytes())})
     assert r.status_code == 409 and "no snapshot" in r.json()["detail"]

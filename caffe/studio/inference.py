@@ -37,7 +37,6 @@ from caffe.studio.datasets import RESIZE_MODES, SUPPORTED_EXTENSIONS
 #: Nets kept loaded (the LRU cache of :func:`load_model`).
 CACHE_SIZE = 4
 TOP_K = 5
-_SNAPSHOT_RE = re.compile(r"^snapshot_iter_(\d+)\.caffemodel(\.h5)?$")
 
 
 class InferenceError(CaffeError):
@@ -97,37 +96,22 @@ def read_labels(path: Path) -> tuple[str, ...]:
     return tuple(read_labels_text(path.read_text(encoding="utf-8", errors="replace")))
 
 
-def snapshots(job_dir: Path, iters_per_epoch: float | None) -> list[tuple[float, Path]]:
-    """``(epoch, file)`` of a model job's ``snapshot_iter_N.caffemodel`` files, oldest first.
+def snapshot_epochs(job_dir: Path) -> list[float]:
+    """The epochs of a model job's weight snapshots, oldest first (see :func:`caffe.studio.models.snapshots`)."""
+    from caffe.studio import models
 
-    The epoch is ``N / iters_per_epoch`` (rounded to 2 decimals) or ``N`` when that is unknown.
-    """
-    found = []
-    for p in job_dir.glob("snapshot_iter_*.caffemodel*"):
-        m = _SNAPSHOT_RE.match(p.name)
-        if m:
-            it = int(m.group(1))
-            found.append((round(it / iters_per_epoch, 2) if iters_per_epoch else float(it), p))
-    return sorted(found, key=lambda e: e[0])
+    return [s["epoch"] for s in models.snapshots(job_dir)]
 
 
-def iters_per_epoch(job: Any, info: dict[str, Any], job_dir: Path) -> float | None:
-    """A model job's iterations per epoch: from its result or info.json, else solver max_iter / epochs."""
-    for holder in (job.result or {}, info):
-        value = holder.get("iters_per_epoch") if isinstance(holder, dict) else None
-        if isinstance(value, (int, float)) and value > 0:
-            return float(value)
-    epochs = (job.params or {}).get("train_epochs") or (job.params or {}).get("epochs")
-    solver = job_dir / "solver.prototxt"
-    if epochs and solver.is_file():
-        from caffe.protoio import read_solver_param
+def _channel_means(mean_file: Path) -> tuple[float, ...]:
+    """Per-channel averages of a mean image ("pixel" mean subtraction)."""
+    from caffe.io import blobproto_to_array
+    from caffe.proto import caffe_pb2 as pb
+    from caffe.protoio import read_binary
 
-        try:
-            max_iter = read_solver_param(solver).max_iter
-            return max_iter / float(epochs) if max_iter else None
-        except (CaffeError, ValueError):
-            return None
-    return None
+    arr = blobproto_to_array(read_binary(mean_file, pb.BlobProto(), "mean binaryproto"))
+    arr = arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr.reshape(1, *arr.shape[-2:])
+    return tuple(float(v) for v in arr.mean(axis=(1, 2)))
 
 
 def _image_settings(params: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +124,9 @@ def _image_settings(params: dict[str, Any], info: dict[str, Any]) -> dict[str, A
                     return holder[n]
         return default
 
+    dims = info.get("image dimensions")  # a model job's [height, width, channels]
+    if isinstance(dims, list) and len(dims) == 3:
+        info = {**info, "height": dims[0], "width": dims[1], "channels": dims[2]}
     channels = pick("channels", "resize_channels", "image_channels", default=3)
     if isinstance(channels, str):
         channels = 1 if channels.lower() in ("1", "grayscale", "gray") else 3
@@ -179,7 +166,9 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         )
     if job.kind != "model":
         raise InferenceError(f"job {job_id} is a {job.kind} job; choose a model or a pretrained model")
-    found = snapshots(job_dir, iters_per_epoch(job, info, job_dir))
+    from caffe.studio import models
+
+    found = models.snapshots(job_dir)
     if not found:
         raise InferenceError(f"model {job_id} has no snapshot yet; wait for the first one", 409)
     if epoch in (None, "", "-1", -1):
@@ -189,11 +178,16 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
             want = float(epoch)
         except (TypeError, ValueError):
             raise InferenceError(f"snapshot_epoch {epoch!r} is not a number") from None
-        matches = [s for s in found if math.isclose(s[0], want, abs_tol=1e-6)]
+        matches = [s for s in found if math.isclose(s["epoch"], want, abs_tol=1e-3)]
         if not matches:
-            have = ", ".join(f"{e:g}" for e, _ in found)
+            have = ", ".join(f"{s['epoch']:g}" for s in found)
             raise InferenceError(f"model {job_id} has no snapshot for epoch {want:g} (snapshots: {have})", 404)
         chosen = matches[0]
+    mode = info.get("mean subtraction", "image")
+    if mode == "none" or common["mean_file"] is None:
+        common.update(mean_file=None, mean_values=())
+    elif mode == "pixel":
+        common.update(mean_file=None, mean_values=_channel_means(common["mean_file"]))
     dataset_params: dict[str, Any] = {}
     if job.parent:
         try:
@@ -201,7 +195,8 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         except KeyError:
             dataset_params = {}
     settings = _image_settings({**dataset_params, **(job.params or {})}, info)
-    return ModelSource(deploy=job_dir / "deploy.prototxt", weights=chosen[1], epoch=chosen[0], **settings, **common)
+    return ModelSource(deploy=job_dir / "deploy.prototxt", weights=job_dir / chosen["file"], epoch=chosen["epoch"],
+                       **settings, **common)
 
 
 # --------------------------------------------------------------------------------------- loaded nets

@@ -156,9 +156,7 @@ def _epochs(request: Request, job_id: str) -> list[float]:
         job = store.get(job_id)
     except KeyError:
         return []
-    job_dir = Path(store.job_dir(job_id))
-    info = inference.read_info(job_dir)
-    return [e for e, _ in inference.snapshots(job_dir, inference.iters_per_epoch(job, info, job_dir))]
+    return inference.snapshot_epochs(Path(store.job_dir(job_id))) if job.kind == "model" else []
 
 
 def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, Any]:
