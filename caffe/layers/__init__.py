@@ -22,3 +22,13 @@ from caffe.layers import (  # noqa: F401
     vision,
     window_data,
 )
+
+
+def __getattr__(name: str) -> object:
+    """``L.<Type>`` for pycaffe's ``from caffe import layers as L``: that import finds this package, so the
+    NetSpec layer constructors are served here (layer types are CamelCase, the family modules lowercase)."""
+    if name[:1].isupper():
+        from caffe.net_spec import layers
+
+        return getattr(layers, name)
+    raise AttributeError(f"module 'caffe.layers' has no attribute {name!r}")
