@@ -39,16 +39,22 @@ def command(name: str, summary: str) -> Callable[[Callable[[list[str]], int]], C
 
 def _load_commands() -> None:
     from caffe.tools import (  # noqa: F401  (they register themselves)
+        classify_tools,
         compute_image_mean,
         convert_cifar_data,
         convert_imageset,
         convert_mnist_data,
         device,
         download,
+        draw_tools,
+        export_tools,
         extract_features,
         log_tools,
+        serve_tools,
+        studio_tools,
         train,
         upgrade_tools,
+        zoo_tools,
     )
 
 
