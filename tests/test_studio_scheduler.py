@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from caffe.errors import CaffeError
 from caffe.studio.scheduler import Scheduler, caffe_argv, display_argv
 from caffe.studio.store import JobStore
 
@@ -172,6 +174,23 @@ def test_restart_leaves_a_foreign_process_alone(tmp_path):
     store.update(job.id, status="Running", pid=os.getpid(), argv=["not", "this", "process"], resource="cpu")
     Scheduler(store, ["cpu"]).start().stop(timeout=1)  # pytest is still alive to see the next line
     assert store.get(job.id).status == "Interrupted"
+
+
+def test_a_second_server_process_on_the_same_jobs_dir_is_refused(store, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom caffe.studio.scheduler import Scheduler\n"
+         "from caffe.studio.store import JobStore\nScheduler(JobStore(sys.argv[1])).start()\n"
+         "print('ready', flush=True)\ntime.sleep(60)", str(tmp_path / "other")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        with pytest.raises(CaffeError, match=f"another studio server \\(pid {holder.pid}\\)"):
+            Scheduler(JobStore(tmp_path / "other")).start()
+    finally:
+        holder.kill()
+        holder.wait()
+    Scheduler(JobStore(tmp_path / "other")).start().stop(timeout=1)  # free again once that process is gone
 
 
 def test_stop_interrupts_running_jobs(store):

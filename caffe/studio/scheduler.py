@@ -5,7 +5,8 @@ A job is submitted with its command line and its resource (a device name such as
 free, then runs (``Running``) with stdout and stderr appended to ``<job_dir>/log.txt``; it ends ``Done``
 (exit status 0), ``Error`` or ``Aborted``. Everything is written to the store first, so a new
 scheduler on the same store (a restarted server) finds jobs that were running marked ``Interrupted``
-(their leftover process killed) and waiting jobs queued again.
+(their leftover process killed) and waiting jobs queued again. One process at a time schedules a jobs
+folder (a lock file): a second server on the same folder is refused instead of killing the first one's jobs.
 
 Abort sends SIGINT (``caffe train`` then stops after the iteration and snapshots), SIGTERM after
 ``abort_grace`` seconds and SIGKILL after as many again. Listeners registered with ``subscribe`` get
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from caffe.errors import CaffeError
 from caffe.studio.store import FINISHED, Job, JobStore
 
 log = logging.getLogger("caffe")
@@ -76,6 +78,32 @@ def _signal(pid: int, sig: int, group: bool) -> None:
             os.kill(pid, sig)
 
 
+_HELD_LOCKS: dict[Path, int] = {}  # jobs folders this process schedules (fd of their lock file)
+
+
+def _lock_jobs_dir(jobs_dir: Path) -> None:
+    """Make this process the only one scheduling ``jobs_dir`` (another server would take its running
+    jobs for leftovers of a crash and kill them). Schedulers within one process share the lock."""
+    if jobs_dir in _HELD_LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): nothing to hold
+        return
+    path = jobs_dir / "scheduler.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the jobs (close-on-exec)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CaffeError(f"another studio server (pid {owner}) is using the jobs folder {jobs_dir}: stop it, "
+                         "or give this one another --jobs-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_LOCKS[jobs_dir] = fd
+
+
 class _Running:
     def __init__(self, job_id: str, proc: subprocess.Popen, resource: str | None) -> None:
         self.job_id = job_id
@@ -111,6 +139,7 @@ class Scheduler:
         with self._cv:
             if self._thread is not None:
                 return self
+            _lock_jobs_dir(self.store.jobs_dir)
             for job in sorted(self.store.list(), key=lambda j: j.updated):
                 if job.status == "Running":
                     self._recover_running(job)
