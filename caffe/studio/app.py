@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import importlib
 import ipaddress
 import json
 import math
@@ -336,18 +335,10 @@ def _error(request: Request, status: int, message: str) -> Response:
 
 
 def _include_kind_routers(app: FastAPI) -> None:
-    from caffe.studio import routes_datasets, routes_models
+    from caffe.studio import routes_datasets, routes_inference, routes_models
 
-    app.include_router(routes_datasets.router)
-    app.include_router(routes_models.router)
-    # TODO(issue 6): import routes_inference like the others once it is committed.
-    try:
-        routes_inference = importlib.import_module("caffe.studio.routes_inference")
-    except ModuleNotFoundError as e:
-        if e.name != "caffe.studio.routes_inference":
-            raise
-    else:
-        app.include_router(routes_inference.router)
+    for module in (routes_datasets, routes_models, routes_inference):
+        app.include_router(module.router)
 
 
 def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
