@@ -62,21 +62,16 @@ import binascii
 import collections
 import contextlib
 import http.client
-import io
 import ipaddress
 import json
 import logging
 import os
 import re
-import shutil
-import tarfile
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -91,13 +86,12 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from caffe.deploy import ImageDecodeError, ModelFiles, channel_mean, decode_image, find_model, parse_mean, read_labels
 from caffe.errors import CaffeError
 
 log = logging.getLogger("caffe")
 
 MB = 1 << 20
-#: Decoded images above this many pixels are refused (decompression bombs).
-MAX_PIXELS = 64_000_000
 DIGITS_TOP_K = 5
 
 
@@ -112,112 +106,7 @@ class RequestError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# model files: a folder, a DIGITS archive, or deploy.prototxt + weights
-
-
-@dataclass
-class ModelFiles:
-    """The files of one model (mean and labels optional)."""
-
-    deploy: Path
-    weights: Path
-    mean: Path | None = None
-    labels: Path | None = None
-    name: str = ""
-
-
-def _local_find_model(path: str) -> ModelFiles:
-    """Local fallback discovery: ``DEPLOY.prototxt,WEIGHTS``, a folder, or a DIGITS archive (.tar.gz/.tgz/.tar/.zip)."""
-    if "," in path:
-        deploy, weights = (Path(p) for p in path.split(",", 1))
-        for p in (deploy, weights):
-            if not p.is_file():
-                raise CaffeError(f"{p}: no such file")
-        return ModelFiles(deploy, weights, name=deploy.parent.name or deploy.stem)
-    p = Path(path)
-    if p.is_file() and p.suffix == ".prototxt":
-        weights = _pick_weights(p.parent)
-        return _with_extras(ModelFiles(p, weights, name=p.parent.name or p.stem), p.parent)
-    if p.is_file() and _is_archive(p):
-        folder = _extract_archive(p)
-        files = _find_in_folder(folder)
-        files.name = re.sub(r"(\.tar)?\.(gz|tgz|tar|zip|bz2|xz)$", "", p.name)
-        return files
-    if p.is_dir():
-        files = _find_in_folder(p)
-        files.name = p.resolve().name
-        return files
-    raise CaffeError(f"{path}: not a model folder, a DIGITS archive, or DEPLOY.prototxt,WEIGHTS.caffemodel")
-
-
-def _is_archive(p: Path) -> bool:
-    return p.name.endswith((".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tar.xz"))
-
-
-def _extract_archive(p: Path) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="caffe-serve-"))
-    import atexit
-
-    atexit.register(shutil.rmtree, folder, True)
-    try:
-        if p.name.endswith(".zip"):
-            with zipfile.ZipFile(p) as z:
-                for member in z.namelist():
-                    _check_member(p, member)
-                z.extractall(folder)
-        else:
-            with tarfile.open(p) as t:
-                members = [m for m in t.getmembers() if m.isfile() or m.isdir()]
-                for m in members:
-                    _check_member(p, m.name)
-                t.extractall(folder, members=members)  # member names checked above
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CaffeError(f"{p}: cannot read the archive ({e})") from None
-    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
-
-
-def _check_member(archive: Path, name: str) -> None:
-    if name.startswith(("/", "\\")) or ".." in Path(name).parts:
-        raise CaffeError(f"{archive}: unsafe path {name!r} in the archive")
-
-
-def _iteration(p: Path) -> int:
-    m = re.search(r"_iter_(\d+)", p.name)
-    return int(m.group(1)) if m else -1
-
-
-def _pick_weights(folder: Path) -> Path:
-    found = sorted(folder.glob("*.caffemodel")) + sorted(folder.glob("*.caffemodel.h5"))
-    if not found:
-        raise CaffeError(f"{folder}: no .caffemodel weights found")
-    return max(found, key=lambda q: (_iteration(q), q.stat().st_mtime))
-
-
-def _find_in_folder(folder: Path) -> ModelFiles:
-    protos = sorted(folder.glob("*.prototxt"))
-    deploys = [q for q in protos if "deploy" in q.name.lower()]
-    if not deploys:
-        raise CaffeError(f"{folder}: no deploy prototxt (a *deploy*.prototxt file) found")
-    deploy = next((q for q in deploys if q.name == "deploy.prototxt"), deploys[0])
-    return _with_extras(ModelFiles(deploy, _pick_weights(folder)), folder)
-
-
-def _with_extras(files: ModelFiles, folder: Path) -> ModelFiles:
-    for cand in ("mean.binaryproto", *sorted(q.name for q in folder.glob("*.binaryproto")), "mean.npy"):
-        if (folder / cand).is_file():
-            files.mean = folder / cand
-            break
-    for cand in ("labels.txt", "synset_words.txt", *sorted(q.name for q in folder.glob("*label*.txt"))):
-        if (folder / cand).is_file():
-            files.labels = folder / cand
-            break
-    return files
-
-
-def find_model(path: str) -> ModelFiles:
-    """The files of the model at ``path``: :mod:`caffe.deploy`'s discovery when present, else the local one."""
-    return _local_find_model(path)
+# model arguments and preprocessing
 
 
 def parse_model_arg(arg: str) -> tuple[str | None, str]:
@@ -228,94 +117,14 @@ def parse_model_arg(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-# ---------------------------------------------------------------------------------------------
-# preprocessing
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise CaffeError(f"{path}: cannot read labels ({e.strerror or e})") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return [ln.strip() for ln in lines]
-
-
-def read_mean(spec: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """A mean from values ``"104,117,123"``, a ``.binaryproto`` or a ``.npy``: (array C or C x H x W, description)."""
-    text = str(spec)
-    if re.fullmatch(r"\s*[-+0-9.eE]+(\s*,\s*[-+0-9.eE]+)*\s*", text):
-        try:
-            values = np.array([float(v) for v in text.split(",")], dtype=np.float32)
-        except ValueError:
-            raise CaffeError(f"mean {text!r}: expected comma-separated numbers or a file") from None
-        return values, "values"
-    path = Path(text)
-    if not path.is_file():
-        raise CaffeError(f"mean {text!r}: no such file (give a .binaryproto, a .npy or values such as 104,117,123)")
-    if path.suffix == ".npy":
-        arr = np.load(path).astype(np.float32)
-    else:
-        from caffe.proto import caffe_pb2 as pb
-        from caffe.protoio import read_binary
-        from caffe.weights import blob_proto_to_array
-
-        arr = blob_proto_to_array(read_binary(path, pb.BlobProto(), "binaryproto")).astype(np.float32)
-    while arr.ndim > 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    if arr.ndim not in (1, 3):
-        raise CaffeError(f"{path}: a mean must be C values or a C x H x W image, got shape {arr.shape}")
-    return arr, "image" if arr.ndim == 3 else "values"
-
-
-_HIGH_DEPTH = {"I": float(2**31 - 1), "F": 1.0}
-
-
-def decode_image(data: bytes, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """``data`` decoded and resized (bilinear) to ``size`` = (H, W): H x W x channels float32 in 0..1 (RGB).
-
-    As ``caffe.io.load_image``: alpha dropped, palettes expanded, 16/32-bit images scaled to 0..1, EXIF
-    orientation not applied. 8-bit images are resized by Pillow, deeper ones by OpenCV.
-    """
-    from PIL import Image, UnidentifiedImageError
-
+def decode_request_image(data: bytes, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """:func:`caffe.deploy.decode_image` of a request's bytes; unreadable bytes are a 400."""
     if not data:
         raise RequestError(400, "empty image: the request carries no image bytes")
-    mode = "RGB" if channels == 3 else "L"
-    height, width = size
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise RequestError(400, f"image too large: {w} x {h} pixels (at most {MAX_PIXELS} are accepted)")
-            im.load()
-            full = 65535.0 if im.mode.startswith("I;16") else _HIGH_DEPTH.get(im.mode)
-            if full is None:  # 8-bit
-                if im.mode in ("P", "PA"):  # palettes may carry transparency
-                    im = im.convert("RGBA")
-                im = im.convert(mode)
-                if im.size != (width, height):
-                    im = im.resize((width, height), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) * np.float32(1.0 / 255.0)
-            else:
-                arr = np.asarray(im, dtype=np.float32) * np.float32(1.0 / full)
-    except RequestError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        kind = "not an image" if isinstance(e, UnidentifiedImageError) else "cannot decode the image"
-        raise RequestError(400, f"{kind}: {len(data)} bytes that Pillow cannot read ({e})") from None
-    if arr.ndim == 2:
-        arr = arr[:, :, np.newaxis]
-    if arr.shape[:2] != (height, width):
-        import cv2
-
-        arr = cv2.resize(arr, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-    if arr.shape[2] != channels:
-        arr = np.repeat(arr, channels, axis=2) if arr.shape[2] == 1 else arr.mean(axis=2, keepdims=True)
-    return arr
+        return decode_image(data, color=channels == 3, size=size, source=f"the image ({len(data)} bytes)")
+    except ImageDecodeError as e:
+        raise RequestError(400, str(e)) from None
 
 
 @dataclass
@@ -330,7 +139,7 @@ class Preprocessing:
 
     def __call__(self, data: bytes) -> np.ndarray:
         c, h, w = self.shape
-        img = decode_image(data, c, (h, w))
+        img = decode_request_image(data, c, (h, w))
         x = img.transpose(2, 0, 1)
         if self.channel_swap is not None and c > 1:
             x = x[list(self.channel_swap)]
@@ -371,6 +180,9 @@ class ServedModel:
         self.name = name
         self.files = files
         self.engine = engine or caffe.inference_engine()
+        label_file = labels or files.labels
+        self.labels_file = str(label_file) if label_file else None
+        self.labels = read_labels(label_file) if label_file else []
         self.net = caffe.Net(str(files.deploy), caffe.TEST, weights=str(files.weights))
         if not self.net.inputs:
             raise CaffeError(f"{files.deploy}: the net has no input blob")
@@ -382,9 +194,6 @@ class ServedModel:
             )
         self.shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
         self.output = self.net.outputs[0]
-        label_file = labels or files.labels
-        self.labels_file = str(label_file) if label_file else None
-        self.labels = read_labels(label_file) if label_file else []
         mean_spec = mean if mean is not None else files.mean
         self.mean_info: dict[str, Any] | None = None
         mean_arr = None
@@ -439,24 +248,21 @@ class ServedModel:
         return producer
 
     def _fit_mean(self, spec: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-        arr, kind = read_mean(spec)
+        """The mean to subtract (C x H x W, or C x 1 x 1) for values or a mean file, and its description."""
+        arr = parse_mean(spec)
         c, h, w = self.shape
         source = str(spec)
-        if kind == "image" and arr.shape[0] == c and arr.shape[1:] == (h, w):
+        if arr.shape == (c, h, w) and (h, w) != (1, 1):
             return arr, {"type": "image", "source": source, "shape": list(arr.shape)}
-        if kind == "image":
-            if arr.shape[0] != c:
-                raise CaffeError(f"mean {source}: {arr.shape[0]} channels for a {c}-channel input")
-            values = arr.reshape(c, -1).mean(axis=1)
-            info = {"type": "values", "source": source, "values": [round(float(v), 4) for v in values]}
+        if arr.shape[0] == 1 and c > 1:
+            arr = np.repeat(arr, c, axis=0)
+        if arr.shape[0] != c:
+            raise CaffeError(f"mean {source}: {arr.shape[0]} channels for a {c}-channel input")
+        values = channel_mean(arr)
+        info: dict[str, Any] = {"type": "values", "source": source, "values": [round(float(v), 4) for v in values]}
+        if arr.shape[1:] != (1, 1):
             info["note"] = f"per-channel mean of a {arr.shape[1]} x {arr.shape[2]} mean image"
-            return values.reshape(c, 1, 1).astype(np.float32), info
-        if arr.size == 1:
-            arr = np.repeat(arr, c)
-        if arr.size != c:
-            raise CaffeError(f"mean {source}: {arr.size} values for a {c}-channel input")
-        info = {"type": "values", "source": source, "values": [float(v) for v in arr]}
-        return arr.reshape(c, 1, 1).astype(np.float32), info
+        return values.reshape(c, 1, 1), info
 
     def batch_shape(self, n: int, max_batch: int) -> int:
         """The input batch a forward of ``n`` images runs at (padded to a few sizes for the compiled engine)."""
@@ -553,7 +359,11 @@ def load_model(
     ``labels`` and ``mean`` are used when the model's own files have none (a DIGITS archive has both).
     """
     name, path = parse_model_arg(arg)
-    files = find_model(path)
+    if "," in path and not Path(path).exists():  # DEPLOY.prototxt,WEIGHTS.caffemodel
+        deploy, weights = path.split(",", 1)
+        files = find_model(deploy=deploy, weights=weights)
+    else:
+        files = find_model(path)
     name = name or files.name or Path(path).stem
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise CaffeError(f"model name {name!r}: use letters, digits, '_', '-' and '.' (give NAME=PATH)")
@@ -1205,7 +1015,7 @@ __all__ = [
     "ServeOptions",
     "ServedModel",
     "create_app",
-    "decode_image",
+    "decode_request_image",
     "fetch_url",
     "load_model",
     "parse_model_arg",
