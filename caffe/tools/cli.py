@@ -110,3 +110,7 @@ def run_tool(name: str) -> Callable[[], int]:
         return main([name, *sys.argv[1:]])
 
     return entry
+
+
+if __name__ == "__main__":
+    sys.exit(main())
