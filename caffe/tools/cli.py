@@ -112,5 +112,7 @@ def run_tool(name: str) -> Callable[[], int]:
     return entry
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run through the imported module, where the commands register
+    from caffe.tools.cli import main as _main
+
+    sys.exit(_main())
