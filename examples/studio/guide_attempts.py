@@ -1,0 +1,368 @@
+"""The beginners' guide's three training attempts, run on the CPU through the studio's REST API only.
+
+    python examples/studio/guide_attempts.py [--jobs-dir DIR] [--attempts squeezenet,resnet50,alexnet]
+                                              [--epochs N] [--no-write]
+
+A studio server is started in this process (``serve_in_thread``, the assets folder as a data root);
+everything else is HTTP + JSON, as a REST client of DIGITS would do it:
+
+1. ``POST /datasets/images/classification.json``: dolphins-and-seahorses with DIGITS' defaults
+   (256x256 squash, 25 % validation -> 92 training / 30 validation images);
+2. ``POST /pretrained_models.json``: upload the pretrained weights + deploy net + labels. The guide's
+   AlexNet and GoogLeNet ImageNet weights are not in the assets; SqueezeNet v1.0 (ImageNet, the Deep
+   Compression release decoded to a plain .caffemodel) and ResNet-50 1by2 (Yahoo open_nsfw) are;
+3. the guide's attempts, one training at a time on the ``cpu`` device, each waited for until Done:
+   AlexNet from scratch (``standard_networks=alexnet``, DIGITS' defaults: 30 epochs, base lr 0.01),
+   then fine-tuning: ``POST /models/customize.json`` shows the one-click rename of the classifier and
+   the proposed base lr, which the ``POST /models/images/classification.json`` form then uses;
+4. ``GET /models/{id}.json``: validation accuracy per epoch; the wall time is measured here, from
+   the request to the Done status; ``POST .../classify_one.json`` classifies two images.
+
+The table is printed and written to docs/benchmarks.md (section "Studio: the guide's attempts").
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import assets_dir, machine_info, write_docs_section  # noqa: E402
+
+SECTION = "## Studio: the guide's attempts"
+DATASET = "dolphins-and-seahorses"
+FINISHED = ("Done", "Error", "Aborted", "Interrupted")
+SAMPLES = ("dolphin/image_0042.jpg", "seahorse/image_0005.jpg")  # the grayscale dolphin, a seahorse
+
+
+# ---------------------------------------------------------------------------------------------- the client
+class StudioError(RuntimeError):
+    """A studio route answered with an error, or a job did not end Done."""
+
+
+class StudioAPI:
+    """The studio's JSON routes used by the guide (a thin httpx wrapper; errors carry the server's message)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 120.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise StudioError(f"{response.request.method} {response.request.url.path}: "
+                              f"{response.status_code} {response.text[:2000]}")
+        return response.json()
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self._json(self.http.get(path))
+
+    def post(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._json(self.http.post(path, **kwargs))
+
+    def create_dataset(self, name: str, folder: Path, **fields: Any) -> str:
+        body = {"dataset_name": name, "method": "folder", "folder_train": str(folder), **fields}
+        return self.post("/datasets/images/classification.json", json=body)["job_id"]
+
+    def upload_pretrained(self, name: str, *, weights: Path, deploy: Path, labels: bytes | None = None,
+                          mean_values: str = "", width: int = 256, height: int = 256) -> str:
+        files = {"weights_file": (weights.name, weights.read_bytes()),
+                 "deploy_file": (deploy.name, deploy.read_bytes())}
+        if labels is not None:
+            files["labels_file"] = ("labels.txt", labels)
+        data = {"job_name": name, "mean_values": mean_values, "width": str(width), "height": str(height)}
+        return self.post("/pretrained_models.json", data=data, files=files)["job_id"]
+
+    def customize(self, **form: Any) -> dict[str, Any]:
+        return self.post("/models/customize.json", json=form)
+
+    def create_model(self, **form: Any) -> str:
+        return self.post("/models/images/classification.json", json=form)["job_id"]
+
+    def wait(self, path: str, timeout: float, on_poll: Callable[[dict[str, Any]], None] | None = None,
+             interval: float = 1.0) -> dict[str, Any]:
+        """Poll ``path`` (a job's .json) until its status is final; StudioError unless it is Done."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(path)
+            if on_poll is not None:
+                on_poll(body)
+            if body["status"] in FINISHED:
+                break
+            if time.monotonic() > deadline:
+                raise StudioError(f"{path}: still {body['status']} after {timeout:.0f} s")
+            time.sleep(interval)
+        if body["status"] != "Done":
+            raise StudioError(f"{path}: ended {body['status']}: {body.get('error') or body.get('advice') or ''}")
+        return body
+
+    def classify_one(self, job_id: str, image: Path) -> list[tuple[str, float]]:
+        body = self.post("/models/images/classification/classify_one.json",
+                         data={"job_id": job_id, "image_path": str(image)})
+        return [(label, float(pct)) for label, pct in body["predictions"]]
+
+
+def val_accuracy(model: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """(epochs, accuracies) of the model's first validation accuracy output (``GET /models/{id}.json``)."""
+    series = [s for s in model.get("val", {}).values() if s.get("kind") == "accuracy"]
+    if not series:
+        return [], []
+    return list(series[0]["epoch"]), [float(v) for v in series[0]["value"]]
+
+
+# ---------------------------------------------------------------------------------------------- the attempts
+@dataclass(frozen=True)
+class Pretrained:
+    """Pretrained weights from the assets, uploaded through ``POST /pretrained_models.json``."""
+
+    name: str
+    weights: str
+    deploy: str
+    labels: str | None = None  # an assets file ...
+    label_lines: tuple[str, ...] = ()  # ... or the labels themselves
+    mean_values: str = "104,117,123"
+
+    def label_bytes(self, assets: Path) -> bytes | None:
+        if self.labels:
+            return (assets / self.labels).read_bytes()
+        return "".join(f"{x}\n" for x in self.label_lines).encode() if self.label_lines else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    key: str
+    title: str  # what the guide did, and what runs here instead
+    form: dict[str, Any]
+    pretrained: Pretrained | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+SQUEEZENET = Pretrained(
+    "SqueezeNet v1.0 (ImageNet)",
+    "models/squeezenet_v1.0_deepcompression/squeezenet_v1.0_deepcompression_decoded.caffemodel",
+    "models/squeezenet_v1.0_deepcompression/SqueezeNet_deploy.prototxt",
+    labels="models/imagenet-common/synset_words.txt",
+)
+RESNET = Pretrained(
+    "ResNet-50 1by2 (open_nsfw)",
+    "models/open_nsfw_resnet50_1by2/resnet_50_1by2_nsfw.caffemodel",
+    "models/open_nsfw_resnet50_1by2/deploy.prototxt",
+    label_lines=("sfw", "nsfw"),
+)
+
+ATTEMPTS = {
+    a.key: a
+    for a in (
+        Attempt("alexnet", "1. AlexNet from scratch", {"method": "standard", "standard_networks": "alexnet"}),
+        Attempt("squeezenet", "2. fine-tune SqueezeNet v1.0 (guide: AlexNet)", {"method": "pretrained"}, SQUEEZENET),
+        Attempt("resnet50", "3. fine-tune ResNet-50 1by2 (guide: GoogLeNet)", {"method": "pretrained"}, RESNET),
+    )
+}
+
+
+@dataclass
+class Result:
+    attempt: Attempt
+    job_id: str = ""
+    renamed: list[list[str]] = field(default_factory=list)
+    suggested_lr: float | None = None
+    form: dict[str, Any] = field(default_factory=dict)
+    epochs: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    max_iter: int = 0
+    classified: list[tuple[str, str, float]] = field(default_factory=list)
+    error: str = ""
+
+
+def make_dataset(api: StudioAPI, folder: Path, timeout: float = 900.0, **fields: Any) -> dict[str, Any]:
+    job_id = api.create_dataset(folder.name, folder, **fields)
+    return api.wait(f"/datasets/{job_id}.json", timeout)
+
+
+def run_attempt(api: StudioAPI, attempt: Attempt, dataset: str, pretrained_id: str | None, *,
+                epochs: int | None, timeout: float, progress: Callable[[str], None] = print) -> Result:
+    """One attempt: (customize ->) create the model job, wait for Done, read accuracy and time."""
+    res = Result(attempt)
+    form: dict[str, Any] = {"dataset": dataset, "model_name": attempt.key, "device": "cpu", **attempt.form}
+    if pretrained_id:
+        form["pretrained_networks"] = pretrained_id
+        proposal = api.customize(**form)
+        res.renamed, res.suggested_lr = proposal["renamed"], proposal["suggested_lr"]
+        form["learning_rate"] = res.suggested_lr  # what the form proposes, accepted as a user would
+    if epochs:
+        form["train_epochs"] = epochs
+    res.form = form
+    start = time.monotonic()
+    res.job_id = api.create_model(**form)
+    last = [-1.0]
+
+    def report(body: dict[str, Any]) -> None:
+        if body.get("epoch", 0) != last[0] or body["status"] in FINISHED:
+            last[0] = body.get("epoch", 0)
+            _, acc = val_accuracy(body)
+            eta = body.get("eta_seconds")
+            progress(f"  {attempt.key}: {body['status']} epoch {body.get('epoch', 0)}/{body.get('epochs')}"
+                     f"{f', val accuracy {acc[-1]:.3f}' if acc else ''}{f', ETA {eta:.0f} s' if eta else ''}"
+                     f" ({time.monotonic() - start:.0f} s)")
+
+    model = api.wait(f"/models/{res.job_id}.json", timeout, report, interval=2.0)
+    res.wall_s = time.monotonic() - start
+    res.epochs, res.accuracy = val_accuracy(model)
+    res.max_iter = model.get("max_iter", 0)
+    return res
+
+
+def classify_samples(api: StudioAPI, res: Result, folder: Path) -> None:
+    for rel in SAMPLES:
+        top = api.classify_one(res.job_id, folder / rel)
+        res.classified.append((rel, *top[0]))
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def table(results: list[Result], dataset: dict[str, Any], info: dict[str, str], started: str) -> list[str]:
+    counts = dataset.get("result", {}).get("counts", {})
+    lines = [
+        SECTION,
+        "",
+        "Reproduce with `python examples/studio/guide_attempts.py`. The beginners' guide's attempts, made only "
+        "through the studio's REST API on the CPU (the guide used DIGITS' pages): a `caffe studio` server "
+        "(`serve_in_thread`), the dolphins-and-seahorses dataset with DIGITS' defaults "
+        f"(256x256 squash, 25 % validation: {counts.get('train', '?')} training / {counts.get('val', '?')} "
+        "validation images), one training at a time on the `cpu` device, each started with "
+        "`POST /models/images/classification.json` and polled until Done. The guide's AlexNet and GoogLeNet "
+        "ImageNet weights are not available here, so the fine-tuning attempts start from SqueezeNet v1.0's "
+        "ImageNet weights and from ResNet-50 1by2 (Yahoo open_nsfw, ImageNet-initialised, trained on SFW/NSFW); "
+        "each was uploaded with `POST /pretrained_models.json`, and `POST /models/customize.json` gave the "
+        "one-click rename and the proposed base lr, used as proposed. Every other field keeps DIGITS' default "
+        "(SGD, step policy at 33 % with gamma 0.1, image mean subtraction, the network's batch and crop sizes).",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, shared with other processes (the load average "
+        f"was {info.get('load', '?')} at the start), so times are indicative; torch {info['torch']}; "
+        f"run {started}. Wall time: from the create request to Done, as the client saw it (process start, "
+        "data, training, validation and snapshots every epoch).",
+        "",
+        "| attempt | base lr | epochs (iterations) | renamed (one click) | val accuracy: epoch 1 / best / last "
+        "| wall time | s per epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        form = r.form
+        epochs = form.get("train_epochs", 30)
+        renamed = ", ".join(f"`{a}` -> `{b}`" for a, b in r.renamed) or "none"
+        if r.error:
+            lines.append(f"| {r.attempt.title} | {form.get('learning_rate', 0.01)} | {epochs} | {renamed} "
+                         f"| failed: {r.error} | | |")
+            continue
+        acc = r.accuracy
+        accs = f"{_pct(acc[0])} / {_pct(max(acc))} / **{_pct(acc[-1])}**" if acc else "none"
+        lines.append(
+            f"| {r.attempt.title} | {form.get('learning_rate', 0.01)} | {epochs} ({r.max_iter}) | {renamed} "
+            f"| {accs} | {r.wall_s / 60:.1f} min | {r.wall_s / max(epochs, 1):.1f} |"
+        )
+    lines += ["", "Validation accuracy per epoch (%):", ""]
+    for r in results:
+        if r.accuracy:
+            series = ", ".join(f"{100 * a:.0f}" for a in r.accuracy)
+            lines.append(f"- {r.attempt.title}: {series}")
+    lines += ["", "Classified with `POST /models/images/classification/classify_one.json` (last epoch; these "
+              "images may be in the training split):", ""]
+    for r in results:
+        if r.classified:
+            shown = "; ".join(f"`{rel}` -> {label} ({pct:.1f} %)" for rel, label, pct in r.classified)
+            lines.append(f"- {r.attempt.title}: {shown}")
+    lines.append("")
+    return lines
+
+
+def _load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs-dir", type=Path, help="the studio's jobs folder (default: a temporary one)")
+    parser.add_argument("--attempts", default="squeezenet,resnet50,alexnet",
+                        help=f"comma-separated, run in this order (of {', '.join(ATTEMPTS)})")
+    parser.add_argument("--epochs", type=int, help="train epochs for every attempt (default: DIGITS' 30)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for one training")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.attempts.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ATTEMPTS]
+    if unknown:
+        parser.error(f"unknown attempt(s) {', '.join(unknown)} (choose from {', '.join(ATTEMPTS)})")
+
+    from caffe.studio.app import serve_in_thread
+
+    assets = assets_dir()
+    folder = assets / DATASET
+    info = {**machine_info(), "load": _load()}
+    started = info["date"]
+    tmp = None if args.jobs_dir else Path(tempfile.mkdtemp(prefix="guide-attempts-"))
+    jobs_dir = args.jobs_dir or tmp
+    url, stop = serve_in_thread({"jobs_dir": jobs_dir, "devices": ["cpu"], "data_roots": [assets]})
+    api = StudioAPI(url)
+    results: list[Result] = []
+    try:
+        print(f"studio at {url}, jobs in {jobs_dir}", flush=True)
+        t = time.monotonic()
+        dataset = make_dataset(api, folder)
+        counts = dataset["result"].get("counts")
+        print(f"dataset {dataset['id']}: {counts} ({time.monotonic() - t:.1f} s)", flush=True)
+        for key in keys:
+            attempt = ATTEMPTS[key]
+            pretrained_id = None
+            if attempt.pretrained is not None:
+                p = attempt.pretrained
+                pretrained_id = api.upload_pretrained(
+                    p.name, weights=assets / p.weights, deploy=assets / p.deploy,
+                    labels=p.label_bytes(assets), mean_values=p.mean_values)
+                print(f"uploaded {p.name}: {pretrained_id}", flush=True)
+            try:
+                res = run_attempt(api, attempt, dataset["id"], pretrained_id, epochs=args.epochs,
+                                  timeout=args.timeout)
+                classify_samples(api, res, folder)
+            except StudioError as e:
+                res = Result(attempt, error=str(e)[:300])
+                print(f"{key}: {e}", file=sys.stderr, flush=True)
+            results.append(res)
+            print(f"{key}: accuracy per epoch {[round(a, 3) for a in res.accuracy]}, {res.wall_s:.0f} s, "
+                  f"renamed {res.renamed}, classified {res.classified}", flush=True)
+    finally:
+        api.close()
+        stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    results.sort(key=lambda r: list(ATTEMPTS).index(r.attempt.key))
+    lines = table(results, dataset, info, started)
+    print("\n".join(lines))
+    if not args.no_write:
+        write_docs_section(SECTION, "\n".join(lines))
+        print("written: docs/benchmarks.md")
+    return 0 if all(not r.error for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
