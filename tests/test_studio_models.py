@@ -184,6 +184,18 @@ def test_new_model_page_and_helpers(env):
     assert lr["lr"][0] == pytest.approx(0.01) and lr["lr"][-1] == pytest.approx(1e-5)
 
 
+def test_clone_and_preset_fill_the_form(env):
+    client, studio, dataset = env
+    source = studio.store.create("model", "to clone", {**LENET, "dataset": dataset, "learning_rate": 0.0375})
+    page = client.get(f"/models/images/classification/new?clone={source.id}")
+    assert page.status_code == 200 and 'value="0.0375"' in page.text and 'value="tiny lenet"' in page.text
+    preset = client.get("/models/images/classification/new?method=pretrained&learning_rate=0.0425")
+    assert 'value="0.0425"' in preset.text
+    assert client.get("/models/images/classification/new?clone=20990101-000000-abcd").status_code == 404
+    assert client.get("/models/images/classification/new?clone=../../etc").status_code in (400, 404)
+    studio.store.delete(source.id)
+
+
 def test_tiny_training_snapshots_download_and_resume(env, tmp_path):
     client, studio, dataset = env
     r = client.post("/models/images/classification.json", data={**LENET, "dataset": dataset})

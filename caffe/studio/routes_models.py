@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from caffe.errors import CaffeError
 from caffe.studio import models as m
 from caffe.studio import networks as nets
+from caffe.studio.paths import check_job_id
 from caffe.studio.store import Job
 
 router = APIRouter()
@@ -114,8 +115,11 @@ def model_new_short() -> RedirectResponse:
 
 
 @router.get("/models/images/classification/new", include_in_schema=False)
-def model_new(request: Request) -> Response:
-    values: dict[str, Any] = {k: v for k, v in request.query_params.items() if k in m.ModelForm.__dataclass_fields__}
+def model_new(request: Request, clone: str = "") -> Response:
+    """The form; ``?clone=<model id>`` fills it with that model's form (DIGITS' Clone), other query
+    parameters preset single fields (``?method=pretrained&pretrained_networks=<id>``)."""
+    values: dict[str, Any] = dict(_studio(request).store.get(check_job_id(clone)).params) if clone else {}
+    values.update({k: v for k, v in request.query_params.items() if k in m.ModelForm.__dataclass_fields__})
     return _form_page(request, values)
 
 
