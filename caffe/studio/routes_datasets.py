@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from caffe.data.datum import datum_to_array, parse_datum
-from caffe.data.db import item_key
+from caffe.data.db import item_key, open_db
 from caffe.errors import CaffeError, DataError
 from caffe.protoio import atomic_write
 from caffe.studio import datasets as ds
@@ -326,21 +327,28 @@ def dataset_explore(
     return _studio(request).templates.TemplateResponse(request, "dataset_explore.html", context)
 
 
-def record_png(db_path: Path, index: int) -> bytes:
-    """The ``index``-th record of a dataset LMDB (key ``%08d_...``) as PNG bytes."""
-    import lmdb
+_RECORD_LOCK = threading.Lock()
 
+
+def record_png(db_path: Path, index: int) -> bytes:
+    """The ``index``-th record of a dataset LMDB (key ``%08d_...``) as PNG bytes.
+
+    A page asks for many records at once: python-lmdb refuses a second ``lmdb.open`` of a database
+    already open in the process, so the database is opened through caffe.data.db (one shared
+    environment per process), and reads are serialized because a release closing that environment
+    can race with the next open."""
     if not db_path.is_dir():
         raise HTTPException(404, f"no database {db_path.name}")
     prefix = item_key(index, "")
-    env = lmdb.open(str(db_path), readonly=True, lock=False, readahead=False, subdir=True)
-    try:
-        with env.begin() as txn, txn.cursor() as cur:
-            if not cur.set_range(prefix) or not cur.key().startswith(prefix):
-                raise HTTPException(404, f"no record {index} in {db_path.name}")
-            key, value = cur.key(), cur.value()
-    finally:
-        env.close()
+    with (
+        _RECORD_LOCK,
+        open_db(db_path, "lmdb", "read", readahead=False) as db,
+        db.env.begin() as txn,
+        txn.cursor() as cur,
+    ):
+        if not cur.set_range(prefix) or not cur.key().startswith(prefix):
+            raise HTTPException(404, f"no record {index} in {db_path.name}")
+        key, value = cur.key(), cur.value()
     name = f"{db_path.name} record {key.decode('utf-8', 'replace')!r}"
     try:
         chw = datum_to_array(parse_datum(value, name), name)
