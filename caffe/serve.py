@@ -203,7 +203,6 @@ class ServedModel:
         if swap is not None and sorted(swap) != [0, 1, 2]:
             raise CaffeError(f"channel_swap {swap} is not a permutation of the 3 channels")
         self.preprocess = Preprocessing(self.shape, mean_arr, raw_scale, swap, input_scale)
-        self.padded_sizes: list[int] = []
         self.forwards = 0
         self.images = 0
         self.requests = 0
