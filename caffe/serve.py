@@ -48,8 +48,9 @@ A body over ``max_body_bytes`` is answered 413 before it is read (from its Conte
 as a chunked body passes the limit). URLs (http/https only) are fetched with a timeout and the same
 size limit. User errors are 4xx with a ``detail`` message: 400 a malformed request (not an image, bad
 base64, bad JSON, no image), 404 unknown model, 413 too large (body or fetched image), 415 unsupported
-content type, 422 well-formed but invalid fields (``top_k``, unknown fields, two image sources), 502 a
-URL that cannot be fetched (error status, refused, timeout); 503 when a model's queue is full. The
+content type, 422 well-formed but invalid fields (``top_k``, unknown fields, two image sources); a URL
+that cannot be fetched (error status, refused, timeout) is the client's to fix, so 400 too, its detail
+naming the URL and what went wrong; 503 when a model's queue is full. The
 server fetches whatever http(s) URL a client names (including hosts on its own network): it binds to
 127.0.0.1 by default; pass ``allow_urls=False`` / ``--noallow_urls`` when clients are not trusted.
 """
@@ -525,7 +526,7 @@ _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
-    """The bytes at an http(s) ``url``: RequestError 400 for a malformed URL, 413 over ``max_bytes``, 502 when it
+    """The bytes at an http(s) ``url``: RequestError 400 for a malformed URL, 413 over ``max_bytes``, 400 when it
     cannot be fetched."""
     if not isinstance(url, str) or not url.strip():
         raise RequestError(400, "url must be a non-empty string")
@@ -548,12 +549,12 @@ def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
     except RequestError:
         raise
     except urllib.error.HTTPError as e:
-        raise RequestError(502, f"url {url!r}: the server answered HTTP {e.code} {e.reason}") from None
+        raise RequestError(400, f"url {url!r}: the server answered HTTP {e.code} {e.reason}") from None
     except TimeoutError:
-        raise RequestError(502, f"url {url!r}: no answer within {timeout:g} s") from None
+        raise RequestError(400, f"url {url!r}: no answer within {timeout:g} s") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", None) or e
-        raise RequestError(502, f"url {url!r}: cannot fetch it ({reason})") from None
+        raise RequestError(400, f"url {url!r}: cannot fetch it ({reason})") from None
     if len(data) > max_bytes:
         raise RequestError(413, f"url {url!r}: more than the {max_bytes}-byte limit")
     return data
@@ -724,12 +725,11 @@ class ErrorResponse(BaseModel):
 
 
 _ERRORS: dict[int, str] = {
-    400: "malformed request: not an image, invalid base64 or JSON, no image",
+    400: "malformed request: not an image, invalid base64 or JSON, no image, an image URL that cannot be fetched",
     404: "no such model",
     413: "request body (or fetched image) over the size limit",
     415: "unsupported Content-Type",
     422: "invalid fields: top_k, unknown fields, more than one image source",
-    502: "the image URL cannot be fetched",
     503: "the model's queue is full",
 }
 

@@ -203,7 +203,7 @@ def test_classify_one_refusals(env, tiny):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     down = client.post(url, data={"job_id": tiny, "image_url": f"http://127.0.0.1:{port}/a.jpg"})
-    assert down.status_code == 502 and "cannot fetch" in down.json()["detail"]
+    assert down.status_code == 400 and "cannot fetch" in down.json()["detail"]
     outside = client.post(url, data={"job_id": tiny, "image_path": "/etc/passwd"})
     assert outside.status_code == 403
     traversal = client.post(url, data={"job_id": tiny, "image_path": str(asset(".")) + "/../../etc/passwd"})

@@ -321,7 +321,7 @@ async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
         try:
             return await run_in_threadpool(fetch_url, where, URL_TIMEOUT_S, limit), where
         except RequestError as e:
-            raise inference.InferenceError(e.message, 502 if e.status == 422 else e.status) from None
+            raise inference.InferenceError(e.message, e.status) from None
     path = _server_file(request, where, "image_path")
     return inference.read_image_file(path), str(path)
 
