@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,9 @@ def sync_playwright() -> Any:
 
 
 @contextmanager
-def browser_page(timeout_ms: int = 30_000) -> Iterator[Any]:
-    """A fresh page of a headless system Chromium that accepts downloads."""
+def browser_page(artifacts: Path, timeout_ms: int = 30_000) -> Iterator[tuple[Any, list[str]]]:
+    """A page of a fresh headless system Chromium that accepts downloads, and the list of the uncaught
+    JavaScript errors of its pages. A failing test leaves ``failure.png`` in ``artifacts``."""
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -47,8 +48,12 @@ def browser_page(timeout_ms: int = 30_000) -> Iterator[Any]:
             page.set_default_timeout(timeout_ms)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.js_errors = errors  # type: ignore[attr-defined]
-            yield page
+            try:
+                yield page, errors
+            except BaseException:
+                with suppress(Exception):
+                    page.screenshot(path=str(artifacts / "failure.png"), full_page=True)
+                raise
         finally:
             browser.close()
 

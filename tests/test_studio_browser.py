@@ -79,7 +79,7 @@ def test_newcomer_walkthrough_in_a_browser(studio, tmp_path):
     url, jobs = studio
     folder = asset("dolphins-and-seahorses")
     shot = Shots(artifacts_dir())
-    with browser_page() as page:
+    with browser_page(shot.folder) as (page, js_errors):
         # ---- home, then "New Dataset" with the form's defaults (only the folder typed in)
         page.goto(url + "/")
         shot(page, "home empty")
@@ -107,10 +107,10 @@ def test_newcomer_walkthrough_in_a_browser(studio, tmp_path):
         assert page.text_content("#explore-label-all").strip() == "all (92)"
         classes = {page.text_content(f"#explore-label-{i}").split()[0] for i in (0, 1)}
         assert classes == {"dolphin", "seahorse"}
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('#explore-images img')].slice(0, 4)"
-            ".every((img) => img.complete && img.naturalWidth === 256)"
-        )
+        images = "[...document.querySelectorAll('#explore-images img')]"  # a page asks for 25 records at once
+        page.wait_for_function(f"() => {images}.every((img) => img.complete)")
+        sizes = page.evaluate(f"() => {images}.map((img) => [img.alt, img.naturalWidth, img.naturalHeight])")
+        assert len(sizes) == 25 and all(s[1:] == [256, 256] for s in sizes), f"broken thumbnails: {sizes}"
         shot(page, "dataset explore")
 
         # ---- "New Model": pick the dataset, Customize LeNet, then type a small network into the editor
@@ -127,7 +127,10 @@ def test_newcomer_walkthrough_in_a_browser(studio, tmp_path):
         page.fill("#model-train-epochs", str(EPOCHS))
         page.fill("#model-random-seed", "7")
         page.fill("#model-name", "tiny dolphins")
-        page.wait_for_function("() => document.getElementById('lr-chart').data")  # the lr preview
+        page.wait_for_function(  # the lr preview follows the form: x from 0 to the epochs typed in
+            "(n) => { const d = document.getElementById('lr-chart').data; return d && d[0].x.at(-1) === n; }",
+            arg=EPOCHS,
+        )
         shot(page, "model form")
         page.click("#create-model")
         page.wait_for_url(re.compile(r"/models/[\w-]+$"))
@@ -187,7 +190,7 @@ def test_newcomer_walkthrough_in_a_browser(studio, tmp_path):
         page.click("#tab-models")
         assert page.get_attribute(f"#job-{model_id}", "data-status") == "Done"
         shot(page, "home")
-        assert not page.js_errors, page.js_errors
+        assert not js_errors, js_errors
     # The page's percentages are the archive's: OpenCV's Caffe importer on the downloaded files.
     assert opencv_percentages(tmp_path / "model", image) == pytest.approx(shown, abs=1.0)
     assert all(path.stat().st_size > 10_000 for path in shot.paths)
