@@ -191,8 +191,9 @@ def test_newcomer_walkthrough_in_a_browser(studio, tmp_path):
         assert page.get_attribute(f"#job-{model_id}", "data-status") == "Done"
         shot(page, "home")
         assert not js_errors, js_errors
-    # The page's percentages are the archive's: OpenCV's Caffe importer on the downloaded files.
-    assert opencv_percentages(tmp_path / "model", image) == pytest.approx(shown, abs=1.0)
+    # The page's percentages are the archive's: OpenCV's Caffe importer on the downloaded files (its own
+    # resize differs from the studio's: measured within 0.12 points over 13 images, 0.5 allowed).
+    assert opencv_percentages(tmp_path / "model", image) == pytest.approx(shown, abs=0.5)
     assert all(path.stat().st_size > 10_000 for path in shot.paths)
 
 
