@@ -1,5 +1,5 @@
-"""Helpers of the studio's browser test: the system Chromium driven by Playwright, a studio served in a
-thread, screenshots saved as test artifacts, and the plot/progress readings taken in the page."""
+"""Helpers of the studio's browser test: the system Chromium driven by Playwright, screenshots saved as
+test artifacts, and readings taken in the pages (plot points, progress, a job's end)."""
 
 from __future__ import annotations
 
