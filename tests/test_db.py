@@ -250,6 +250,29 @@ def test_lmdb_concurrent_readers(tmp_path: Path):
     assert out == f"{N} {N}"
 
 
+def test_lmdb_opens_and_closes_from_many_threads(tmp_path: Path):
+    """Handles opened and closed concurrently (a web page loading thumbnails): a close never races an open."""
+    path = tmp_path / "db"
+    with open_db(path, "lmdb", "new") as db, db.transaction() as txn:
+        txn.put("00000003", b"x" * 100)
+    errors: list[str] = []
+
+    def work() -> None:
+        for _ in range(150):
+            try:
+                with open_db(path, "lmdb", "read") as db:
+                    assert db.get("00000003") == b"x" * 100
+            except Exception as e:  # collected: an exception in a thread would not fail the test
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 def test_fork_rules(tmp_path: Path):
     write_db(tmp_path / "a", "lmdb", records(5))
     write_db(tmp_path / "b", "leveldb", records(5))

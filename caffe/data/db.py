@@ -681,14 +681,14 @@ class LMDB(DB):
 
     def _close(self) -> None:
         shared = self._shared
-        with _LMDB_ENVS_LOCK:
+        with _LMDB_ENVS_LOCK:  # closed under the lock: a concurrent open must not race the close
             shared.refs -= 1
             if shared.refs > 0:
                 return
             if shared.key is not None and _LMDB_ENVS.get(shared.key) is shared:
                 del _LMDB_ENVS[shared.key]
-        with contextlib.suppress(lmdb.Error):
-            shared.env.close()
+            with contextlib.suppress(lmdb.Error):
+                shared.env.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.mode != "read":
