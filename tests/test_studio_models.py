@@ -224,6 +224,7 @@ def test_tiny_training_snapshots_download_and_resume(env, tmp_path):
 
     page = client.get(f"/models/{job_id}")
     assert page.status_code == 200 and 'id="model-chart"' in page.text and 'id="download-2-tar-gz"' in page.text
+    assert f'href="/datasets/{dataset}">tiny</a>' in page.text  # the dataset by its name
 
     archive = client.get(f"/models/{job_id}/download", params={"epoch": 2, "fmt": "tar.gz"})
     assert archive.status_code == 200

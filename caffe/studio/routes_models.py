@@ -215,10 +215,14 @@ def _json_safe(value: Any) -> Any:
 @router.get("/models/{job_id}", include_in_schema=False)
 def model_show(request: Request, job_id: str) -> Response:
     job = _model_job(request, job_id)
-    summary = m.model_summary(_studio(request).store, job_id)
-    return _studio(request).templates.TemplateResponse(
-        request, "model_show.html", {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS}
-    )
+    store = _studio(request).store
+    summary = m.model_summary(store, job_id)
+    try:
+        dataset_name = store.get(job.parent).name if job.parent else None
+    except KeyError:  # the dataset was deleted since
+        dataset_name = None
+    context = {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS, "dataset_name": dataset_name}
+    return _studio(request).templates.TemplateResponse(request, "model_show.html", context)
 
 
 def _download(request: Request, job_id: str, epoch: float | None, fmt: str) -> Response:
