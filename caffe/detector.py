@@ -56,16 +56,9 @@ class Detector(Net):
         if not self.inputs:
             raise CaffeError(f"Detector: the net in {model_file} has no input blob to feed windows to")
         in_ = self.inputs[0]
-        self.transformer = caffe_io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = caffe_io.image_transformer(
+            in_, self.blobs[in_].data.shape, mean, input_scale, raw_scale, channel_swap
+        )
         self.configure_crop(context_pad)
 
     # ------------------------------------------------------------------ detection

@@ -287,6 +287,30 @@ class Transformer:
             raise PreprocessError(f"'{in_}': mean of shape {mean_shape} does not fit the image's shape {shape}")
 
 
+def image_transformer(
+    in_: str,
+    shape: Sequence[int],
+    mean: Any = None,
+    input_scale: Any = None,
+    raw_scale: Any = None,
+    channel_swap: Sequence[int] | None = None,
+) -> Transformer:
+    """A ``Transformer`` for the input ``in_`` of ``shape`` fed H x W x K images: transposed to K x H x W,
+    with whichever of ``mean``, ``input_scale``, ``raw_scale`` and ``channel_swap`` are given (the setup
+    that ``caffe.Classifier`` and ``caffe.Detector`` share)."""
+    transformer = Transformer({in_: shape})
+    transformer.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(in_, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(in_, channel_swap)
+    return transformer
+
+
 # ---------------------------------------------------------------------------- images
 _LUMA_709 = np.array([0.2125, 0.7154, 0.0721])  # scikit-image's rgb2gray weights
 
