@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import math
 import os
 import socket
 import threading
@@ -45,6 +44,7 @@ from caffe.errors import CaffeError
 from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
+from caffe.studio.web import error_response, json_safe, studio_of, wants_html
 
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -92,10 +92,6 @@ class Studio:
     templates: Jinja2Templates
 
 
-def studio_of(request: Request) -> Studio:
-    return request.app.state.studio
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -108,11 +104,6 @@ def detect_devices() -> list[str]:
     import torch
 
     return ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-
-
-def wants_html(request: Request) -> bool:
-    """Whether the caller is a browser page (answer with a page or a redirect, not JSON)."""
-    return "text/html" in request.headers.get("accept", "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,21 +189,9 @@ def _safe_next(target: str | None) -> str:
 # events (server-sent events)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as the strings "NaN", "Infinity", "-Infinity" (JSON has no such numbers;
-    JavaScript's ``Number()`` reads the strings back)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _sse(data: dict[str, Any], event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}data: {json.dumps(_json_safe(data), allow_nan=False)}\n\n".encode()
+    return f"{head}data: {json.dumps(json_safe(data), allow_nan=False)}\n\n".encode()
 
 
 class _EventFile:
@@ -327,11 +306,7 @@ def _plotly_js() -> Path:
 
 
 def _error(request: Request, status: int, message: str) -> Response:
-    if wants_html(request):
-        return studio_of(request).templates.TemplateResponse(
-            request, "error.html", {"status": status, "message": message}, status_code=status
-        )
-    return JSONResponse({"detail": message, "errors": [message]}, status_code=status)
+    return error_response(request, status, message, wants_html(request))
 
 
 def _include_kind_routers(app: FastAPI) -> None:

@@ -36,6 +36,7 @@ from caffe.protoio import atomic_write
 from caffe.studio import datasets as ds
 from caffe.studio.scheduler import python_module_argv
 from caffe.studio.store import Job
+from caffe.studio.web import data_roots, job_of_kind, json_fields, studio_of
 
 router = APIRouter()
 
@@ -45,23 +46,8 @@ _PARAM_NAMES = {f.name for f in fields(ds.DatasetParams)} - {"data_roots"}
 _UPLOADS = ("train_images", "val_images", "test_images", "labels_file")  # textfile_<x> / textfile_local_<x>
 
 
-def _studio(request: Request) -> Any:
-    return request.app.state.studio
-
-
-def data_roots(request: Request) -> list[Path] | None:
-    """The folders datasets may be read from (the server's ``data_roots``; None: any readable folder)."""
-    return ds.allowed_roots(_studio(request).config.data_roots)
-
-
 def _dataset_job(request: Request, job_id: str) -> Job:
-    try:
-        job = _studio(request).store.get(job_id)
-    except KeyError:
-        raise HTTPException(404, f"no dataset {job_id!r}") from None
-    if job.kind != "dataset":
-        raise HTTPException(404, f"job {job_id} is a {job.kind}, not a dataset")
-    return job
+    return job_of_kind(request, job_id, "dataset")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,13 +56,8 @@ def _dataset_job(request: Request, job_id: str) -> Job:
 
 async def _form_values(request: Request) -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
     """The submitted fields (form or JSON body) and the uploaded files (name, contents)."""
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise DataError("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise DataError("the JSON body must be an object of form fields")
+    body = await json_fields(request)
+    if body is not None:
         return body, {}
     form = await request.form()
     values: dict[str, Any] = {}
@@ -117,7 +98,7 @@ def _params_values(values: dict[str, Any], job_dir: Path, uploads: dict[str, tup
 
 def create_dataset_job(request: Request, values: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> Job:
     """Check the form, create the job (params.json, uploads) and submit it; DataError if the form is bad."""
-    studio = _studio(request)
+    studio = studio_of(request)
     store = studio.store
     name = str(values.get("dataset_name") or "").strip()
     if not name:
@@ -157,7 +138,7 @@ def _form_page(request: Request, values: dict[str, Any] | None = None, error: st
         "resize_modes": ds.RESIZE_MODES,
         "encodings": ds.ENCODINGS,
     }
-    return _studio(request).templates.TemplateResponse(request, "dataset_new.html", context, status_code=status)
+    return studio_of(request).templates.TemplateResponse(request, "dataset_new.html", context, status_code=status)
 
 
 @router.get("/datasets/images/classification/new", name="dataset_new")
@@ -213,7 +194,7 @@ def _read_events(job_dir: Path) -> tuple[dict | None, str]:
 
 def dataset_info(request: Request, job: Job) -> dict[str, Any]:
     """What the page and the JSON route show about a dataset job."""
-    job_dir = _studio(request).store.job_dir(job.id)
+    job_dir = studio_of(request).store.job_dir(job.id)
     progress, error = _read_events(job_dir)
     params = {k: _shown(v) for k, v in job.params.items() if k != "data_roots"}
     return {
@@ -240,7 +221,7 @@ def dataset_json(request: Request, job_id: str) -> Response:
 
 @router.get("/datasets/{job_id}/mean.jpg", name="dataset_mean")
 def dataset_mean(request: Request, job_id: str) -> Response:
-    path = _studio(request).store.job_dir(_dataset_job(request, job_id).id) / "mean.jpg"
+    path = studio_of(request).store.job_dir(_dataset_job(request, job_id).id) / "mean.jpg"
     if not path.is_file():
         raise HTTPException(404, "the mean image is not made yet")
     return FileResponse(path, media_type="image/jpeg")
@@ -249,7 +230,7 @@ def dataset_mean(request: Request, job_id: str) -> Response:
 @router.get("/datasets/{job_id}", name="dataset_show")
 def dataset_show(request: Request, job_id: str) -> Response:
     info = dataset_info(request, _dataset_job(request, job_id))
-    return _studio(request).templates.TemplateResponse(request, "dataset_show.html", {"job": info})
+    return studio_of(request).templates.TemplateResponse(request, "dataset_show.html", {"job": info})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +270,7 @@ def dataset_explore(
 ) -> Response:
     job = _dataset_job(request, job_id)
     split = _split_name(db)
-    job_dir = _studio(request).store.job_dir(job.id)
+    job_dir = studio_of(request).store.job_dir(job.id)
     labels = _read_labels(job_dir)
     entries = list(enumerate(_db_entries(job_dir, split)))
     counts = [0] * len(labels)
@@ -324,7 +305,7 @@ def dataset_explore(
         "total": len(entries),
         "images": shown,
     }
-    return _studio(request).templates.TemplateResponse(request, "dataset_explore.html", context)
+    return studio_of(request).templates.TemplateResponse(request, "dataset_explore.html", context)
 
 
 _RECORD_LOCK = threading.Lock()
@@ -367,5 +348,5 @@ def dataset_explore_image(request: Request, job_id: str, db: str = "train", inde
     split = _split_name(db)
     if index < 0:
         raise HTTPException(400, "index must be >= 0")
-    data = record_png(_studio(request).store.job_dir(job.id) / f"{split}_db", index)
+    data = record_png(studio_of(request).store.job_dir(job.id) / f"{split}_db", index)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

@@ -35,8 +35,9 @@ from starlette.datastructures import UploadFile
 
 from caffe.errors import CaffeError, DataError
 from caffe.studio import inference, pretrained
-from caffe.studio.datasets import RESIZE_MODES, allowed_roots
+from caffe.studio.datasets import RESIZE_MODES
 from caffe.studio.paths import resolve_user_path
+from caffe.studio.web import data_roots, error_response, job_of_kind, json_fields, studio_of, wants_html
 
 router = APIRouter()
 
@@ -47,27 +48,12 @@ CLASSIFY = "/models/images/classification"
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _studio(request: Request) -> Any:
-    return request.app.state.studio
-
-
-def _wants_html(request: Request) -> bool:
-    return "text/html" in request.headers.get("accept", "")
-
-
-def _roots(request: Request) -> list[Path]:
-    return allowed_roots(_studio(request).config.data_roots)
-
-
 def _page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
-    return _studio(request).templates.TemplateResponse(request, template, context, status_code=status)
+    return studio_of(request).templates.TemplateResponse(request, template, context, status_code=status)
 
 
 def _fail(request: Request, error: CaffeError, html: bool) -> Response:
-    status = getattr(error, "status", None) or 400
-    if html:
-        return _page(request, "error.html", {"status": status, "message": str(error)}, status)
-    return JSONResponse({"detail": str(error), "errors": [str(error)]}, status_code=status)
+    return error_response(request, getattr(error, "status", None) or 400, str(error), html)
 
 
 class _Form:
@@ -116,13 +102,8 @@ class _Form:
 
 
 async def _form(request: Request) -> _Form:
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise DataError("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise DataError("the JSON body must be an object of form fields")
+    body = await json_fields(request)
+    if body is not None:
         return _Form(body, {})
     form = await request.form()
     values: dict[str, Any] = {}
@@ -138,7 +119,7 @@ async def _form(request: Request) -> _Form:
 
 def _job_choices(request: Request) -> list[dict[str, Any]]:
     """Model and pretrained jobs that can classify, with their snapshot epochs."""
-    store = _studio(request).store
+    store = studio_of(request).store
     out = []
     for job in store.list():
         if job.kind == "pretrained" and job.status == "Done":
@@ -151,7 +132,7 @@ def _job_choices(request: Request) -> list[dict[str, Any]]:
 
 
 def _epochs(request: Request, job_id: str) -> list[float]:
-    store = _studio(request).store
+    store = studio_of(request).store
     try:
         job = store.get(job_id)
     except KeyError:
@@ -163,18 +144,19 @@ def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, An
     values = dict(form.values) if form else dict(request.query_params)
     job_id = str(values.get("job_id") or "")
     return {"jobs": _job_choices(request), "values": values, "job_id": job_id,
-            "epochs": _epochs(request, job_id) if job_id else [], "roots": [str(r) for r in _roots(request)], **extra}
+            "epochs": _epochs(request, job_id) if job_id else [],
+            "roots": [str(r) for r in data_roots(request)], **extra}
 
 
 # --------------------------------------------------------------------------------------- pretrained
 @router.get("/pretrained_models.json", summary="Pretrained models")
 def pretrained_list_json(request: Request) -> dict[str, Any]:
-    return {"pretrained_models": pretrained.summary(pretrained.list_pretrained(_studio(request).store))}
+    return {"pretrained_models": pretrained.summary(pretrained.list_pretrained(studio_of(request).store))}
 
 
 @router.get("/pretrained_models", include_in_schema=False)
 def pretrained_list(request: Request) -> Response:
-    jobs = pretrained.list_pretrained(_studio(request).store)
+    jobs = pretrained.list_pretrained(studio_of(request).store)
     return _page(request, "pretrained_list.html", {"jobs": jobs, "rows": pretrained.summary(jobs)})
 
 
@@ -202,7 +184,7 @@ async def _upload(request: Request) -> Any:
         "height": form.number("height", 256, 1, 8192),
         "resize_mode": form.text("resize_mode", "squash"),
     }
-    return form, await run_in_threadpool(lambda: pretrained.upload(_studio(request).store, **args))
+    return form, await run_in_threadpool(lambda: pretrained.upload(studio_of(request).store, **args))
 
 
 @router.post("/pretrained_models.json", summary="Upload a pretrained model (weights + network [+ labels])")
@@ -216,7 +198,7 @@ async def pretrained_create_json(request: Request) -> Response:
 
 @router.post("/pretrained_models", include_in_schema=False)
 async def pretrained_create(request: Request) -> Response:
-    html = _wants_html(request)
+    html = wants_html(request)
     form: _Form | None = None
     try:
         form, job = await _upload(request)
@@ -233,13 +215,8 @@ async def pretrained_create(request: Request) -> Response:
 
 
 def _pretrained_job(request: Request, job_id: str) -> Any:
-    try:
-        job = _studio(request).store.get(job_id)
-    except KeyError:
-        raise pretrained.PretrainedError(f"no pretrained model {job_id!r}", 404) from None
-    if job.kind != "pretrained":
-        raise pretrained.PretrainedError(f"job {job_id} is a {job.kind} job, not a pretrained model", 404)
-    return job
+    return job_of_kind(request, job_id, "pretrained", "pretrained model",
+                       lambda message: pretrained.PretrainedError(message, 404))
 
 
 @router.get("/pretrained_models/{job_id}.json", summary="A pretrained model")
@@ -248,7 +225,7 @@ def pretrained_show_json(request: Request, job_id: str) -> Response:
         job = _pretrained_job(request, job_id)
     except CaffeError as e:
         return _fail(request, e, False)
-    info = inference.read_info(Path(_studio(request).store.job_dir(job_id)))
+    info = inference.read_info(Path(studio_of(request).store.job_dir(job_id)))
     return JSONResponse({**pretrained.summary([job])[0], "info": info})
 
 
@@ -258,7 +235,7 @@ def pretrained_show(request: Request, job_id: str) -> Response:
         job = _pretrained_job(request, job_id)
     except CaffeError as e:
         return _fail(request, e, True)
-    job_dir = Path(_studio(request).store.job_dir(job_id))
+    job_dir = Path(studio_of(request).store.job_dir(job_id))
     files = sorted(p.name for p in job_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     return _page(request, "pretrained_show.html",
                  {"job": job, "info": inference.read_info(job_dir), "files": files, "parent": job.parent})
@@ -266,7 +243,7 @@ def pretrained_show(request: Request, job_id: str) -> Response:
 
 def _delete(request: Request, job_id: str) -> None:
     _pretrained_job(request, job_id)
-    pretrained.delete(_studio(request).store, job_id)
+    pretrained.delete(studio_of(request).store, job_id)
 
 
 @router.delete("/pretrained_models/{job_id}", summary="Delete a pretrained model")
@@ -280,7 +257,7 @@ def pretrained_delete(request: Request, job_id: str) -> Response:
 
 @router.post("/pretrained_models/{job_id}/delete", include_in_schema=False)
 def pretrained_delete_form(request: Request, job_id: str) -> Response:
-    html = _wants_html(request)
+    html = wants_html(request)
     try:
         _delete(request, job_id)
     except CaffeError as e:
@@ -292,12 +269,12 @@ def pretrained_delete_form(request: Request, job_id: str) -> Response:
 
 @router.post("/models/{job_id}/to_pretrained", summary="Make a pretrained model from a trained model's snapshot")
 async def promote(request: Request, job_id: str) -> Response:
-    html = _wants_html(request)
+    html = wants_html(request)
     try:
         form = await _form(request)
         epoch = form.text("snapshot_epoch") or None
         name = form.text("job_name") or None
-        job = await run_in_threadpool(pretrained.promote, _studio(request).store, job_id, epoch, name)
+        job = await run_in_threadpool(pretrained.promote, studio_of(request).store, job_id, epoch, name)
     except CaffeError as e:
         return _fail(request, e, html)
     if html:
@@ -308,7 +285,7 @@ async def promote(request: Request, job_id: str) -> Response:
 # --------------------------------------------------------------------------------------- classify one
 async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
     """The image of a classify-one request: an upload, an http(s) URL, or a server path inside the data roots."""
-    limit = _studio(request).config.max_image_bytes
+    limit = studio_of(request).config.max_image_bytes
     data = await form.read("image_file", limit)
     if data is not None:
         return data, form.files["image_file"].filename or "image_file"
@@ -322,27 +299,21 @@ async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
             return await run_in_threadpool(fetch_url, where, URL_TIMEOUT_S, limit), where
         except RequestError as e:
             raise inference.InferenceError(e.message, e.status) from None
-    path = _server_file(request, where, "image_path")
+    path = _server_path(where, data_roots(request), "file", "image_path")
     return inference.read_image_file(path), str(path)
 
 
-def _server_file(request: Request, text: str, field: str) -> Path:
+def _server_path(text: str, roots: list[Path] | None, what: str = "file", field: str = "",
+                 shown: str | None = None) -> Path:
+    """The server ``what`` ("file", "image" or "folder") at ``text``, inside the data roots: a 403 outside
+    them, a 404 when missing (naming it as ``shown``, default ``text``); messages start with ``field``."""
+    prefix = f"{field}: " if field else ""
     try:
-        path = resolve_user_path(text, _roots(request))
+        path = resolve_user_path(text, roots)
     except CaffeError as e:
-        raise inference.InferenceError(f"{field}: {e}", 403) from None
-    if not path.is_file():
-        raise inference.InferenceError(f"{field}: no such file {text!r}", 404)
-    return path
-
-
-def _server_folder(request: Request, text: str, field: str) -> Path:
-    try:
-        path = resolve_user_path(text, _roots(request))
-    except CaffeError as e:
-        raise inference.InferenceError(f"{field}: {e}", 403) from None
-    if not path.is_dir():
-        raise inference.InferenceError(f"{field}: no such folder {text!r}", 404)
+        raise inference.InferenceError(f"{prefix}{e}", 403) from None
+    if not (path.is_dir() if what == "folder" else path.is_file()):
+        raise inference.InferenceError(f"{prefix}no such {what} {shown or text!r}", 404)
     return path
 
 
@@ -353,7 +324,7 @@ async def _classify_one(request: Request) -> tuple[_Form, Any, inference.OneResu
         raise DataError("job_id: choose a model")
     data, name = await _image_bytes(request, form)
     epoch = form.text("snapshot_epoch") or None
-    store = _studio(request).store
+    store = studio_of(request).store
 
     def run() -> tuple[Any, inference.OneResult]:
         model = inference.load_model(store, job_id, epoch)
@@ -396,24 +367,18 @@ async def classify_one_page(request: Request) -> Response:
 async def _images(request: Request, form: _Form, labels: tuple[str, ...]) -> list[tuple[Path, int | None]]:
     """The images of a classify-many or top-N request, each validated against the data roots."""
     folder_text = form.text("image_folder")
-    folder = _server_folder(request, folder_text, "image_folder") if folder_text else None
+    folder = _server_path(folder_text, data_roots(request), "folder", "image_folder") if folder_text else None
     listing = await form.read_text("image_list")
     if listing is None and form.text("image_list"):
         listing = form.text("image_list")  # a JSON body may carry the list's text
-    roots = _roots(request)
+    roots = data_roots(request)
 
     def resolve(text: str) -> Path:
         relative = not Path(text).is_absolute()
         target = str(folder / text) if relative and folder is not None else text
         if relative and folder is None:
             raise DataError(f"relative path {text!r}: give image_folder to resolve it, or an absolute path")
-        try:
-            path = resolve_user_path(target, roots)
-        except CaffeError as e:
-            raise inference.InferenceError(str(e), 403) from None
-        if not path.is_file():
-            raise inference.InferenceError(f"no such image {text!r}", 404)
-        return path
+        return _server_path(target, roots, "image", shown=text)
 
     if listing is not None:
         items = inference.parse_image_list(listing, resolve, labels, "image_list")
@@ -431,7 +396,7 @@ async def _classify_many(request: Request) -> tuple[_Form, Any, inference.ManyRe
     if not job_id:
         raise DataError("job_id: choose a model")
     epoch = form.text("snapshot_epoch") or None
-    store = _studio(request).store
+    store = studio_of(request).store
     source = await run_in_threadpool(inference.resolve, store, job_id, epoch)
     items = await _images(request, form, source.labels)
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,11 +23,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from caffe.errors import CaffeError
+from caffe.errors import CaffeError, DataError
 from caffe.studio import models as m
 from caffe.studio import networks as nets
 from caffe.studio.paths import check_job_id
 from caffe.studio.store import Job
+from caffe.studio.web import job_of_kind, json_fields, json_safe, studio_of, wants_html
 
 router = APIRouter()
 
@@ -36,33 +36,17 @@ ARCHIVE_FORMATS = ("tar.gz", "zip")
 MAX_FORM_BYTES = 16 << 20  # a custom network pasted in the editor
 
 
-def _studio(request: Request) -> Any:
-    return request.app.state.studio
-
-
-def _wants_html(request: Request) -> bool:
-    return "text/html" in request.headers.get("accept", "")
-
-
 def _model_job(request: Request, job_id: str) -> Job:
-    try:
-        job = _studio(request).store.get(job_id)
-    except KeyError:
-        raise HTTPException(404, f"no model {job_id!r}") from None
-    if job.kind != "model":
-        raise HTTPException(404, f"job {job_id} is a {job.kind}, not a model")
-    return job
+    return job_of_kind(request, job_id, "model")
 
 
 async def _values(request: Request) -> dict[str, Any]:
     """The submitted fields, from a form (urlencoded or multipart) or a JSON object."""
-    if request.headers.get("content-type", "").startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise m.FormError({"body": "the request body is not valid JSON"}) from None
-        if not isinstance(body, dict):
-            raise m.FormError({"body": "the JSON body must be an object of form fields"})
+    try:
+        body = await json_fields(request)
+    except DataError as e:
+        raise m.FormError({"body": str(e)}) from None
+    if body is not None:
         return body
     form = await request.form()
     values: dict[str, Any] = {}
@@ -89,7 +73,7 @@ def _error_response(e: CaffeError) -> JSONResponse:
 
 # ---------------------------------------------------------------------------------------------- the form
 def _choices(request: Request) -> dict[str, Any]:
-    store = _studio(request).store
+    store = studio_of(request).store
     return {
         "datasets": [j for j in store.list("dataset") if j.status == "Done"],
         "previous": [(j, m.snapshots(store.job_dir(j.id))) for j in store.list("model")],
@@ -97,14 +81,14 @@ def _choices(request: Request) -> dict[str, Any]:
         "standard": nets.STANDARD_NETWORKS,
         "solver_types": m.SOLVER_TYPES,
         "lr_policies": m.LR_POLICIES,
-        "devices": _studio(request).scheduler.devices,
+        "devices": studio_of(request).scheduler.devices,
     }
 
 
 def _form_page(request: Request, values: dict[str, Any], errors: dict[str, str] | None = None) -> Response:
     defaults = m.ModelForm().to_dict()
     context = {"values": {**defaults, **values}, "errors": errors or {}, **_choices(request)}
-    return _studio(request).templates.TemplateResponse(
+    return studio_of(request).templates.TemplateResponse(
         request, "model_new.html", context, status_code=400 if errors else 200
     )
 
@@ -118,13 +102,13 @@ def model_new_short() -> RedirectResponse:
 def model_new(request: Request, clone: str = "") -> Response:
     """The form; ``?clone=<model id>`` fills it with that model's form (DIGITS' Clone), other query
     parameters preset single fields (``?method=pretrained&pretrained_networks=<id>``)."""
-    values: dict[str, Any] = dict(_studio(request).store.get(check_job_id(clone)).params) if clone else {}
+    values: dict[str, Any] = dict(studio_of(request).store.get(check_job_id(clone)).params) if clone else {}
     values.update({k: v for k, v in request.query_params.items() if k in m.ModelForm.__dataclass_fields__})
     return _form_page(request, values)
 
 
 def _create(request: Request, values: dict[str, Any]) -> Job:
-    studio = _studio(request)
+    studio = studio_of(request)
     return m.create_model_job(studio.store, studio.scheduler, m.ModelForm.from_dict(values))
 
 
@@ -154,7 +138,7 @@ async def customize_json(request: Request) -> Response:
     try:
         values = await _values(request)
         form = m.ModelForm.from_dict(values)
-        body = await run_in_threadpool(m.customize, _studio(request).store, form)
+        body = await run_in_threadpool(m.customize, studio_of(request).store, form)
     except CaffeError as e:
         return _error_response(e)
     return JSONResponse(body)
@@ -177,8 +161,8 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
     the same: its parameters are percentages of the training)."""
     train_count, batch = 100, 1
     if form.dataset:
-        data = m.DatasetInfo.from_job(_studio(request).store, form.dataset)
-        chosen = m.choose_network(_studio(request).store, form) if form.method != "custom" else None
+        data = m.DatasetInfo.from_job(studio_of(request).store, form.dataset)
+        chosen = m.choose_network(studio_of(request).store, form) if form.method != "custom" else None
         net_batch = m.network_defaults(nets.trainable(chosen.net))["batch_size"] if chosen else None
         train_count, batch = data.train_count, form.batch_size or net_batch or nets.DEFAULT_BATCH_SIZE
     solver = m.solver_param(form, train_count, 0, batch, batch)
@@ -198,31 +182,20 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
 @router.get("/models/{job_id}.json", summary="A model: status, snapshots (epochs), progress and chart series")
 def model_json(request: Request, job_id: str) -> Response:
     _model_job(request, job_id)
-    return JSONResponse(_json_safe(m.model_summary(_studio(request).store, job_id)))
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/Infinity as strings (JSON has no such numbers; JavaScript's Number() reads them back)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
+    return JSONResponse(json_safe(m.model_summary(studio_of(request).store, job_id)))
 
 
 @router.get("/models/{job_id}", include_in_schema=False)
 def model_show(request: Request, job_id: str) -> Response:
     job = _model_job(request, job_id)
-    store = _studio(request).store
+    store = studio_of(request).store
     summary = m.model_summary(store, job_id)
     try:
         dataset_name = store.get(job.parent).name if job.parent else None
     except KeyError:  # the dataset was deleted since
         dataset_name = None
     context = {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS, "dataset_name": dataset_name}
-    return _studio(request).templates.TemplateResponse(request, "model_show.html", context)
+    return studio_of(request).templates.TemplateResponse(request, "model_show.html", context)
 
 
 def _download(request: Request, job_id: str, epoch: float | None, fmt: str) -> Response:
@@ -231,7 +204,7 @@ def _download(request: Request, job_id: str, epoch: float | None, fmt: str) -> R
         raise HTTPException(400, f"fmt must be one of {', '.join(ARCHIVE_FORMATS)}")
     tmp = Path(tempfile.mkdtemp(prefix="caffe-studio-download-"))
     try:
-        path = m.package(_studio(request).store.job_dir(job_id), epoch, fmt, tmp)
+        path = m.package(studio_of(request).store.job_dir(job_id), epoch, fmt, tmp)
     except CaffeError as e:
         _remove(tmp)
         raise HTTPException(404, str(e)) from None
@@ -260,15 +233,15 @@ def download_zip(request: Request, job_id: str, epoch: float | None = None) -> R
 
 @router.post("/jobs/{job_id}/resume", summary="Resume an interrupted or aborted training from its last solverstate")
 def resume(request: Request, job_id: str) -> Response:
-    studio = _studio(request)
+    studio = studio_of(request)
     try:
         job = m.resume_model_job(studio.store, studio.scheduler, job_id)
     except KeyError:
         raise HTTPException(404, f"no job {job_id!r}") from None
     except (CaffeError, RuntimeError, ValueError) as e:
-        if _wants_html(request):
+        if wants_html(request):
             raise HTTPException(409, str(e)) from None
         return JSONResponse({"errors": [str(e)]}, status_code=409)
-    if _wants_html(request):
+    if wants_html(request):
         return RedirectResponse(f"/models/{job.id}", status_code=303)
     return JSONResponse({"job_id": job.id, "status": job.status, "argv": job.argv})
