@@ -145,7 +145,7 @@ def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, An
     job_id = str(values.get("job_id") or "")
     return {"jobs": _job_choices(request), "values": values, "job_id": job_id,
             "epochs": _epochs(request, job_id) if job_id else [],
-            "roots": [str(r) for r in data_roots(request)], **extra}
+            "roots": [str(r) for r in data_roots(request) or []], **extra}
 
 
 # --------------------------------------------------------------------------------------- pretrained
