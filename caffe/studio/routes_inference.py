@@ -317,13 +317,18 @@ def _server_path(text: str, roots: list[Path] | None, what: str = "file", field:
     return path
 
 
-async def _classify_one(request: Request) -> tuple[_Form, Any, inference.OneResult, str]:
-    form = await _form(request)
+def _model_choice(form: _Form) -> tuple[str, str | None]:
+    """The ``job_id`` (required) and ``snapshot_epoch`` (None: the last) an inference form names."""
     job_id = form.text("job_id")
     if not job_id:
         raise DataError("job_id: choose a model")
+    return job_id, form.text("snapshot_epoch") or None
+
+
+async def _classify_one(request: Request) -> tuple[_Form, Any, inference.OneResult, str]:
+    form = await _form(request)
+    job_id, epoch = _model_choice(form)
     data, name = await _image_bytes(request, form)
-    epoch = form.text("snapshot_epoch") or None
     store = studio_of(request).store
 
     def run() -> tuple[Any, inference.OneResult]:
@@ -392,10 +397,7 @@ async def _images(request: Request, form: _Form, labels: tuple[str, ...]) -> lis
 
 async def _classify_many(request: Request) -> tuple[_Form, Any, inference.ManyResult]:
     form = await _form(request)
-    job_id = form.text("job_id")
-    if not job_id:
-        raise DataError("job_id: choose a model")
-    epoch = form.text("snapshot_epoch") or None
+    job_id, epoch = _model_choice(form)
     store = studio_of(request).store
     source = await run_in_threadpool(inference.resolve, store, job_id, epoch)
     items = await _images(request, form, source.labels)
