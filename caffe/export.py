@@ -395,6 +395,34 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+@contextlib.contextmanager
+def _export_file(path: Path, what: str, net_name: str) -> Iterator[Path]:
+    """A temporary file next to ``path`` that replaces it when the block succeeds (removed otherwise);
+    any error but a CaffeError becomes an ExportError naming ``what`` (the format) and the net."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except CaffeError:
+        raise
+    except Exception as e:  # the exporters and checkers raise many kinds of errors
+        raise ExportError(f"{what} export of net '{net_name}' failed: {_one_line(e)}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _log_exported(net: Any, path: Path, what: str, dynamic_batch: bool, fold: bool) -> None:
+    log.info(
+        "Exported net '%s' to %s (%s%s%s)",
+        net.name,
+        path,
+        what,
+        ", dynamic batch" if dynamic_batch else "",
+        ", BatchNorm/Scale folded" if fold else "",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- ONNX
 def to_onnx(
     net: Any,
@@ -431,8 +459,7 @@ def to_onnx(
         with torch.no_grad():
             out_values = module(*example)
         axes = {n: {0: "batch"} for n in [*in_names, *out_names]} if dynamic_batch else None
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
+        with _export_file(path, "ONNX", net.name) as tmp:
             with torch.no_grad(), _quiet_tracing():
                 torch.onnx.export(
                     module,
@@ -460,14 +487,6 @@ def to_onnx(
             onnx.save(model, str(tmp))
             if check:
                 onnx.checker.check_model(str(tmp), full_check=True)
-            os.replace(tmp, path)
-        except CaffeError:
-            raise
-        except Exception as e:  # torch.onnx and onnx.checker raise many kinds of errors
-            raise ExportError(f"ONNX export of net '{net.name}' failed: {_one_line(e)}") from e
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
         result = ExportResult(
             path=path,
             format="onnx",
@@ -478,15 +497,7 @@ def to_onnx(
             nodes=len(model.graph.node),
             details={"opset": int(opset), "ops": sorted({n.op_type for n in model.graph.node})},
         )
-    log.info(
-        "Exported net '%s' to %s (ONNX opset %d, %d nodes%s%s)",
-        net.name,
-        path,
-        opset,
-        result.nodes,
-        ", dynamic batch" if dynamic_batch else "",
-        ", BatchNorm/Scale folded" if fold else "",
-    )
+    _log_exported(net, path, f"ONNX opset {int(opset)}, {result.nodes} nodes", dynamic_batch, fold)
     return result
 
 
@@ -506,27 +517,17 @@ def to_torchscript(
     with exportable_module(
         net, batch=batch, input_shapes=input_shapes, outputs=outputs, fold=fold, dynamic_batch=dynamic_batch
     ) as (module, example, in_names, out_names):
-        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        try:
-            with torch.no_grad(), _quiet_tracing():
-                traced = torch.jit.trace(module, example, check_trace=False)
-                frozen = torch.jit.freeze(traced.eval())
-                io = {
-                    "net": net.name,
-                    "inputs": in_names,
-                    "outputs": out_names,
-                    "shapes": {n: list(t.shape) for n, t in zip(in_names, example)},
-                    "dynamic_batch": dynamic_batch,
-                }
-                torch.jit.save(frozen, str(tmp), _extra_files={"caffe_io.json": json.dumps(io)})
-            os.replace(tmp, path)
-        except CaffeError:
-            raise
-        except Exception as e:
-            raise ExportError(f"TorchScript export of net '{net.name}' failed: {_one_line(e)}") from e
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        with _export_file(path, "TorchScript", net.name) as tmp, torch.no_grad(), _quiet_tracing():
+            traced = torch.jit.trace(module, example, check_trace=False)
+            frozen = torch.jit.freeze(traced.eval())
+            io = {
+                "net": net.name,
+                "inputs": in_names,
+                "outputs": out_names,
+                "shapes": {n: list(t.shape) for n, t in zip(in_names, example)},
+                "dynamic_batch": dynamic_batch,
+            }
+            torch.jit.save(frozen, str(tmp), _extra_files={"caffe_io.json": json.dumps(io)})
         result = ExportResult(
             path=path,
             format="torchscript",
@@ -535,13 +536,7 @@ def to_torchscript(
             dynamic_batch=dynamic_batch,
             folded=fold,
         )
-    log.info(
-        "Exported net '%s' to %s (TorchScript%s%s)",
-        net.name,
-        path,
-        ", dynamic batch" if dynamic_batch else "",
-        ", BatchNorm/Scale folded" if fold else "",
-    )
+    _log_exported(net, path, "TorchScript", dynamic_batch, fold)
     return result
 
 
