@@ -68,6 +68,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -560,10 +561,43 @@ def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
     return data
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is this machine only."""
     with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     return host == "localhost"
+
+
+# ---------------------------------------------------------------------------------------------
+# running under uvicorn (``caffe serve`` and ``caffe studio``)
+
+
+def url_host(host: str) -> str:
+    """``host`` as it stands in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: a free one), inheritable, for ``uvicorn.Server.run``;
+    a CaffeError naming the address when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CaffeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_server(app: Any, access_log: bool = False, graceful_shutdown_s: int = 5) -> Any:
+    """A ``uvicorn.Server`` for ``app`` that leaves logging to the caller (no uvicorn log config)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=graceful_shutdown_s)
+    return uvicorn.Server(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -990,7 +1024,7 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
 
 def log_startup(models: Sequence[ServedModel], host: str, port: int, opts: ServeOptions) -> None:
     """glog lines saying where the server listens and how it batches."""
-    where = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    where = f"http://{url_host(host)}:{port}"
     log.info(
         "Serving %d model(s) (%s) on %s: batches of up to %d within %g ms, bodies up to %d bytes",
         len(models),
@@ -1002,7 +1036,7 @@ def log_startup(models: Sequence[ServedModel], host: str, port: int, opts: Serve
     )
     docs = f", docs at {where}/docs (Swagger UI from cdn.jsdelivr.net)" if opts.docs else ""
     log.info("POST %s/predict or %s/models/NAME/predict; API at %s/openapi.json%s", where, where, where, docs)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning("Listening on %s: reachable from other machines (the default is 127.0.0.1)", host)
 
 
@@ -1013,10 +1047,14 @@ __all__ = [
     "RequestError",
     "ServeOptions",
     "ServedModel",
+    "bind_socket",
     "create_app",
     "decode_request_image",
     "fetch_url",
+    "is_loopback",
     "load_model",
     "parse_model_arg",
     "read_source",
+    "url_host",
+    "uvicorn_server",
 ]

@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -41,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from caffe.errors import CaffeError
+from caffe.serve import bind_socket, is_loopback, url_host, uvicorn_server
 from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
@@ -52,6 +51,7 @@ COOKIE = "caffe_studio_session"
 # the page of each kind of job (served by routes_datasets / routes_models)
 KIND_PAGES = {"dataset": "/datasets/{id}", "model": "/models/{id}", "pretrained": "/pretrained_models/{id}"}
 _OPEN_PATHS = ("/login", "/logout", "/static/")
+GRACEFUL_SHUTDOWN_S = 3  # seconds open connections get when the server stops
 
 
 def default_jobs_dir() -> Path:
@@ -90,14 +90,6 @@ class Studio:
     store: JobStore
     scheduler: Scheduler
     templates: Jinja2Templates
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    return False
 
 
 def detect_devices() -> list[str]:
@@ -502,39 +494,16 @@ def _read_log(studio: Studio, job_id: str, offset: int, limit: int = 4 * MiB) ->
 # running it
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise CaffeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def _server(app: FastAPI, access_log: bool = False) -> Any:
-    import uvicorn
-
-    return uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=3))
-
-
 def serve(config: StudioConfig | Mapping[str, Any], access_log: bool = False,
           on_ready: Callable[[str], None] | None = None) -> None:
     """Run the studio in this thread until interrupted (what ``caffe studio`` does)."""
     config = StudioConfig.of(config)
     app = create_app(config)
-    sock = _bind(config.host, config.port)
+    sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     if on_ready:
-        on_ready(f"http://{_url_host(config.host)}:{port}")
-    _server(app, access_log).run(sockets=[sock])
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+        on_ready(f"http://{url_host(config.host)}:{port}")
+    uvicorn_server(app, access_log, GRACEFUL_SHUTDOWN_S).run(sockets=[sock])
 
 
 def serve_in_thread(
@@ -544,8 +513,8 @@ def serve_in_thread(
     of ``config.host``: returns ``(base_url, stop)`` (for tests)."""
     config = StudioConfig.of(config)
     app = app or create_app(config)
-    sock = _bind(config.host, 0)
-    server = _server(app)
+    sock = bind_socket(config.host, 0)
+    server = uvicorn_server(app, graceful_shutdown_s=GRACEFUL_SHUTDOWN_S)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="studio-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -560,4 +529,4 @@ def serve_in_thread(
         thread.join(30)
         sock.close()
 
-    return f"http://{_url_host(config.host)}:{sock.getsockname()[1]}", stop
+    return f"http://{url_host(config.host)}:{sock.getsockname()[1]}", stop

@@ -130,11 +130,7 @@ def run_server(
     app: object, host: str, port: int, models: Sequence[ServedModel], opts: ServeOptions, access_log: bool = False
 ) -> int:
     """Run ``app`` under uvicorn until interrupted, logging through the ``caffe`` logger (glog lines)."""
-    import socket
-
-    import uvicorn
-
-    from caffe.serve import log_startup
+    from caffe.serve import bind_socket, log_startup, uvicorn_server
 
     caffe_handlers = [h for h in log.handlers if getattr(h, "_caffe_glog", False)]
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
@@ -142,18 +138,8 @@ def run_server(
         lg.handlers = list(caffe_handlers)
         lg.propagate = False
         lg.setLevel(logging.INFO)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise CaffeError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
-    sock.set_inheritable(True)
-    bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, access_log=access_log, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    log_startup(models, host, bound_port, opts)
+    sock = bind_socket(host, port)
+    server = uvicorn_server(app, access_log)
+    log_startup(models, host, sock.getsockname()[1], opts)
     server.run(sockets=[sock])
     return 0
