@@ -7,6 +7,7 @@ import io
 import json
 import math
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -251,3 +252,49 @@ def test_tiny_training_snapshots_download_and_resume(env, tmp_path):
     assert (job_dir / "snapshot_iter_12.caffemodel").read_bytes() == final
     summary = client.get(f"/models/{job_id}.json").json()
     assert summary["snapshots"] == [1, 2, 3, 4] and summary["val"]["accuracy"]["epoch"] == [0, 1, 2, 3, 4]
+
+
+def test_server_restart_during_training_then_resume_to_the_end(tmp_path):
+    """The server stops while a training runs: the job is Interrupted (snapshotted at the current
+    iteration); a new server on the same jobs folder resumes it with one POST, and it ends at max_iter."""
+    from caffe.studio.app import create_app
+
+    config = {"jobs_dir": tmp_path / "jobs", "devices": ["cpu"]}
+    app = create_app(config)
+    with TestClient(app) as client:
+        store = app.state.studio.store
+        dataset = store.create("dataset", "tiny", {})
+        params = datasets.DatasetParams.from_dict({"folder_train": str(make_images(tmp_path / "images")),
+                                                   "resize_channels": 1, "resize_width": 28, "resize_height": 28})
+        store.update(dataset.id, status="Done", result=datasets.create_dataset(store.job_dir(dataset.id), params))
+        fields = {**LENET, "dataset": dataset.id, "train_epochs": "100", "snapshot_interval": "50",
+                  "val_interval": "25"}
+        r = client.post("/models/images/classification.json", data=fields)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["job_id"]
+        events = store.job_dir(job_id) / "events.jsonl"
+        deadline = time.monotonic() + 120
+        while '"event": "train"' not in (events.read_text() if events.exists() else ""):
+            assert time.monotonic() < deadline and store.get(job_id).status in ("Waiting", "Running")
+            time.sleep(0.2)
+    # the server has stopped (its lifespan ended): the training was interrupted and snapshotted
+    job_dir = store.job_dir(job_id)
+    assert store.get(job_id).status == "Interrupted"
+    states = sorted(job_dir.glob("snapshot_iter_*.solverstate"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    assert states, (job_dir / "log.txt").read_text()[-2000:]
+    stopped_at = int(states[-1].stem.rsplit("_", 1)[1])
+    assert 0 < stopped_at < 300
+
+    app = create_app(config)  # the restarted server
+    with TestClient(app) as client:
+        summary = client.get(f"/models/{job_id}.json").json()
+        assert summary["status"] == "Interrupted"
+        assert 'id="model-resume"' in client.get(f"/models/{job_id}").text  # the one click
+        r = client.post(f"/jobs/{job_id}/resume")
+        assert r.status_code == 200 and f"--snapshot={states[-1]}" in r.json()["argv"]
+        job = app.state.studio.scheduler.wait(job_id, 300)
+        assert job.status == "Done", (job_dir / "log.txt").read_text()[-2000:]
+        summary = client.get(f"/models/{job_id}.json").json()
+    assert summary["iter"] == 300 and (job_dir / "snapshot_iter_300.caffemodel").is_file()
+    log = (job_dir / "log.txt").read_text()
+    assert f"Resuming from {states[-1]}" in log or f"Restoring previous solver status from {states[-1]}" in log
