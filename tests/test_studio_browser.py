@@ -159,7 +159,7 @@ def test_newcomer_walkthrough_in_a_browser(studio, tmp_path):
         wait_until_ended(page, 150)
         assert page.text_content("#job-status") == "Done", job_log(jobs, model_id)
         assert page.text_content("#model-iter") == str(ITERS) and progress_percent(page) == 100
-        assert plot_points(page, "model-chart") > seen[-1]
+        assert plot_points(page, "model-chart") >= seen[-1]  # the last update may already have been seen
         shot(page, "model done")
 
         # ---- classify one uploaded image: top-5 of two classes
