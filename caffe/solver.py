@@ -588,6 +588,26 @@ class Solver:
                 )
             with torch.no_grad():
                 blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=np.float32).reshape(blob.shape)))
+        self._fast_forward_data()
+
+    def _fast_forward_data(self) -> None:
+        """Move the data layers to where an uninterrupted run would be at ``iter``.
+
+        Caffe's readers start again at the first record after a restore (its SolverState has no data
+        position). Here they continue: the train net has read ``iter * iter_size`` batches, each test net
+        ``test_iter`` batches per test before ``iter``. With the same ``random_seed`` a resumed training then
+        reads the same records with the same crops and mirrors as one that was never interrupted.
+        """
+        p = self.param
+        nets = [(self.net, self.iter * max(1, p.iter_size))]
+        if p.test_interval and self.test_nets:
+            tests = len([t for t in range(0, self.iter, p.test_interval) if t > 0 or p.test_initialization])
+            nets += [(net, tests * p.test_iter[i]) for i, net in enumerate(self.test_nets)]
+        for net, batches in nets:
+            for layer in net.layers:
+                forward = getattr(layer, "fast_forward", None)
+                if forward is not None:
+                    forward(batches)
 
     @staticmethod
     def _read_state_hdf5(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:

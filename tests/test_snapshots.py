@@ -1,11 +1,10 @@
 """Snapshots: Caffe's file names and formats, exact resume, the 2014 LeNet solverstate, atomic writes.
 
-Resume and the data cursor: Caffe's SolverState holds the iteration, the weights file, current_step
-and the history blobs - not the position of the data readers, which start again at the first record
-after a restore. To make "100 iterations + restore + 100" comparable bit for bit with 200 straight
-iterations, the training database here holds exactly 5 batches, so after 100 iterations (20 epochs)
-the straight run's reader is back at the first record too, where the restored run's reader starts.
-(``test_restore_does_not_move_the_data_cursor`` pins down that the reader is not restored.)
+Resume and the data position: Caffe's SolverState holds the iteration, the weights file, current_step
+and the history blobs - not the position of the data readers, which Caffe starts again at the first
+record. Here a restore fast-forwards the Data layers to where the interrupted run was
+(``test_restore_continues_the_data_where_the_run_was``), so "100 iterations + restore + 100" equals
+200 straight iterations bit for bit.
 """
 
 from __future__ import annotations
@@ -317,15 +316,32 @@ def test_resume_is_exact(tmp_path: Path, kind: str, fmt: str):
         assert (tmp_path / "snaps" / f"mlp_iter_200.{state_ext}").read_bytes() == final_state
 
 
-def test_restore_does_not_move_the_data_cursor(tmp_path: Path):
-    """As in Caffe: the data reader is not part of the solver state; it starts at the first record."""
+def test_restore_continues_the_data_where_the_run_was(tmp_path: Path):
+    """Unlike Caffe (whose readers start again at the first record), a restored solver's Data layer reads
+    what the interrupted run would have read next: records 8-11 after 2 iterations of batch 4."""
     solver = make_solver(tmp_path, "lr_policy: 'fixed' max_iter: 2 snapshot: 2")
     solver.solve()  # read records 0-7
+    solver.step(1)
+    expected = solver.net.blobs["label"].data.copy()  # records 8-11
     resumed = make_solver(tmp_path, "lr_policy: 'fixed'")
     resumed.restore(str(tmp_path / "snaps" / "mlp_iter_2.solverstate"))
     resumed.step(1)
     assert resumed.iter == 3
-    np.testing.assert_array_equal(resumed.net.blobs["label"].data, [0, 1, 2, 0])  # records 0-3 again
+    np.testing.assert_array_equal(resumed.net.blobs["label"].data, expected)
+
+
+def test_resume_mid_epoch_with_iter_size_is_exact(tmp_path: Path):
+    """A snapshot in the middle of an epoch (20 records, 2 x 4 per iteration): the resumed run reads on
+    from record 4 of the second pass and ends with the uninterrupted run's weights."""
+    settings = "lr_policy: 'fixed' iter_size: 2 max_iter: 7 snapshot: 3"
+    straight = make_solver(tmp_path, settings)
+    straight.solve()
+    expected = params_of(straight)
+    resumed = make_solver(tmp_path, settings)
+    resumed.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
+    assert resumed.iter == 7
+    for a, b in zip(params_of(resumed), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_restore_errors(tmp_path: Path):

@@ -254,9 +254,18 @@ def test_tiny_training_snapshots_download_and_resume(env, tmp_path):
     assert summary["snapshots"] == [1, 2, 3, 4] and summary["val"]["accuracy"]["epoch"] == [0, 1, 2, 3, 4]
 
 
+def learned_blobs(caffemodel: Path) -> dict[str, np.ndarray]:
+    """Every learned blob of a .caffemodel, by layer name and index."""
+    from caffe.weights import blob_proto_to_array
+
+    net = pb.NetParameter.FromString(caffemodel.read_bytes())
+    return {f"{layer.name}/{i}": blob_proto_to_array(b) for layer in net.layer for i, b in enumerate(layer.blobs)}
+
+
 def test_server_restart_during_training_then_resume_to_the_end(tmp_path):
     """The server stops while a training runs: the job is Interrupted (snapshotted at the current
-    iteration); a new server on the same jobs folder resumes it with one POST, and it ends at max_iter."""
+    iteration); a new server on the same jobs folder resumes it with one POST, and it ends where an
+    uninterrupted run ends: at max_iter, with the same weights."""
     from caffe.studio.app import create_app
 
     config = {"jobs_dir": tmp_path / "jobs", "devices": ["cpu"]}
@@ -295,6 +304,16 @@ def test_server_restart_during_training_then_resume_to_the_end(tmp_path):
         job = app.state.studio.scheduler.wait(job_id, 300)
         assert job.status == "Done", (job_dir / "log.txt").read_text()[-2000:]
         summary = client.get(f"/models/{job_id}.json").json()
-    assert summary["iter"] == 300 and (job_dir / "snapshot_iter_300.caffemodel").is_file()
+        # the same form trained without interruption ends with the same weights (the resumed run's
+        # readers continued where the interrupted one stopped; LeNet draws no random numbers)
+        r = client.post("/models/images/classification.json", data=fields)
+        straight = app.state.studio.scheduler.wait(r.json()["job_id"], 300)
+        assert straight.status == "Done"
+        expected = learned_blobs(store.job_dir(straight.id) / "snapshot_iter_300.caffemodel")
+    assert summary["iter"] == 300
+    resumed = learned_blobs(job_dir / "snapshot_iter_300.caffemodel")
+    assert resumed.keys() == expected.keys() and len(expected) == 8  # (the files differ in their job paths)
+    for name, blob in expected.items():
+        np.testing.assert_array_equal(resumed[name], blob, err_msg=name)
     log = (job_dir / "log.txt").read_text()
     assert f"Resuming from {states[-1]}" in log or f"Restoring previous solver status from {states[-1]}" in log

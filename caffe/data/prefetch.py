@@ -107,6 +107,7 @@ class Prefetcher:
         workers: int | None = None,
         seed: int = 0,
         name: str = "data",
+        skip_batches: int = 0,
     ) -> None:
         self.source, self.transformer, self.batch_size = source, transformer, int(batch_size)
         self.depth = max(1, int(depth))
@@ -120,6 +121,8 @@ class Prefetcher:
         self._jobs: list[queue.Queue[_Batch | None]] = [queue.Queue() for _ in range(self.workers)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        for _ in range(int(skip_batches)):  # read and draw as the skipped batches would have, decode nothing
+            self._records()
         if self.workers:
             self._threads.append(threading.Thread(target=self._feed, name=f"{name}-feeder", daemon=True))
             for w in range(self.workers):

@@ -51,7 +51,7 @@ class _PrefetchingDataLayer(Layer):
         self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, where)
         if self.batch_size() <= 0:
             raise self.error(f"batch_size must be positive, got {self.batch_size()}")
-        seed = _layer_seed()
+        seed = self._seed = _layer_seed()
         self.source = self.make_source(np.random.default_rng(seed))
         first = self.source.decode(self.source.peek())
         a = first.array
@@ -59,10 +59,30 @@ class _PrefetchingDataLayer(Layer):
         self.transformer.check_item(c, h, w, self.source.peek().name)
         self._data_shape = (self.batch_size(), *self.transformer.output_shape(c, h, w))
         log.info("output data size: %s", ",".join(map(str, self._data_shape)))
+        self._start_prefetching(0)
+
+    def _start_prefetching(self, skip_batches: int) -> None:
+        where = f"layer '{self.name}' ({self.type})"
         self.prefetcher = Prefetcher(
-            self.source, self.transformer, self.batch_size(), depth=self.prefetch_depth(), seed=seed + 1, name=where
+            self.source,
+            self.transformer,
+            self.batch_size(),
+            depth=self.prefetch_depth(),
+            seed=self._seed + 1,
+            name=where,
+            skip_batches=skip_batches,
         )
         weakref.finalize(self, self.prefetcher.stop)
+
+    def fast_forward(self, batches: int) -> None:
+        """Continue as a run that has already read ``batches`` batches: same records, same random draws
+        (the solver calls it when it restores a snapshot, so a resumed training reads what an uninterrupted
+        one would have read next)."""
+        self.prefetcher.stop(join=True)
+        self.source = self.make_source(np.random.default_rng(self._seed))  # the fresh start, then skipped
+        if batches:
+            log.info("layer '%s': fast-forwarding the data by %d batches", self.name, batches)
+        self._start_prefetching(int(batches))
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         return [self._data_shape, (self._data_shape[0],)][: len(self.tops)]

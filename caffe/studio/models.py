@@ -15,10 +15,11 @@ AdaGrad/RMSProp), ``weight_decay = base_lr / 100``, ``display = max(1, min(floor
 (epochs * 8)), ceil(5000 / (batch * iter_size))))``.
 
 Resume: ``caffe train --snapshot`` from the newest ``snapshot_iter_N.solverstate``. The solver state
-holds the iteration, lr step and history but, as in Caffe, not the data reader's position: the
-reader starts again at the first record, so a resumed run matches an uninterrupted one exactly when
-the snapshot falls where the reader wraps (train count a multiple of batch * iter_size, snapshots on
-epochs) and the net draws no random numbers (no mirror/random crop/dropout).
+holds the iteration, lr step and history; the restore also moves the data layers to where the
+interrupted run was (reads and crop/mirror draws included, see ``Solver._fast_forward_data``), so with
+the form's random seed a resumed run ends with the weights of an uninterrupted one. Only torch's own
+random numbers (Dropout masks) are not in a solver state: nets with Dropout resume to the same
+iteration and schedule but not bit for bit.
 """
 
 from __future__ import annotations
