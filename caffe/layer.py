@@ -123,6 +123,7 @@ class Layer:
     # A layer that the inference engine may fold into a preceding convolution describes itself here;
     # the defaults say "not foldable".
     traceable: ClassVar[bool] = True  # forward is pure tensor code (no Python-side state per call)
+    draws_random: ClassVar[bool] = False  # forward draws from torch's random numbers (snapshots keep their state)
 
     def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """If this layer is ``y = x * a[c] + b[c]`` along axis 1 in the current phase, return (a, b)."""

@@ -12,6 +12,7 @@ Adam, each keeping Caffe's history blobs.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_binary, read_net_param, read_solver_param
 
 log = logging.getLogger("caffe")
+RNG_STATE_SUFFIX = ".rng"  # torch's random-number state beside a .solverstate (see Solver._save_rng_state)
 
 _SOLVERS: dict[str, type[Solver]] = {}
 
@@ -518,6 +520,8 @@ class Solver:
             log.info("Snapshotting to binary proto file %s", model)
             self.net.save(model, write_diff=p.snapshot_diff)
         state = self.snapshot_solver_state(model)
+        if any(layer.draws_random for layer in self.net.layers):
+            self._save_rng_state(state)
         if self.events is not None:
             self.events.write("snapshot", iter=self.iter, model=model, state=state)
         return model, state
@@ -555,6 +559,34 @@ class Solver:
         atomic_write(name, state.SerializeToString())
         return name
 
+    @staticmethod
+    def _rng_file(state_file: str | os.PathLike) -> Path:
+        return Path(f"{state_file}{RNG_STATE_SUFFIX}")
+
+    def _save_rng_state(self, state_file: str) -> None:
+        """torch's random-number state beside the solver state (``<state>.rng``, a neocaffe addition that
+        Caffe ignores), for nets whose layers draw random numbers while training (Dropout, DummyData's
+        fillers): after a restore they draw what an uninterrupted run would have drawn."""
+        states = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        buffer = io.BytesIO()
+        torch.save(states, buffer)
+        atomic_write(self._rng_file(state_file), buffer.getvalue())
+
+    def _restore_rng_state(self, state_file: str | os.PathLike) -> None:
+        path = self._rng_file(state_file)
+        if not path.exists():  # a state written by Caffe, or before this addition
+            return
+        try:
+            states = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+            torch.set_rng_state(states["cpu"])
+        except Exception as e:
+            log.warning("%s: cannot restore the random-number state (%s); Dropout masks will differ", path, e)
+            return
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(list(states["cuda"]))
+
     def restore(self, state_file: str | os.PathLike) -> None:
         """Continue from a ``.solverstate`` (or ``.solverstate.h5``): iteration, weights, step, history."""
         path = Path(state_file)
@@ -589,6 +621,7 @@ class Solver:
             with torch.no_grad():
                 blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=np.float32).reshape(blob.shape)))
         self._fast_forward_data()
+        self._restore_rng_state(path)
 
     def _fast_forward_data(self) -> None:
         """Move the data layers to where an uninterrupted run would be at ``iter``.

@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, asset
 from google.protobuf import text_format
 
@@ -342,6 +343,35 @@ def test_resume_mid_epoch_with_iter_size_is_exact(tmp_path: Path):
     assert resumed.iter == 7
     for a, b in zip(params_of(resumed), expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_dropout_is_exact(tmp_path: Path):
+    """torch's random-number state is kept beside the solver state (``.solverstate.rng``), so the Dropout
+    masks after a restore are the uninterrupted run's."""
+    settings = "lr_policy: 'fixed' max_iter: 6 snapshot: 3"
+    param = text_format.Parse(
+        f"type: 'SGD' base_lr: 0.05 momentum: 0.9 snapshot_prefix: '{tmp_path / 'snaps' / 'mlp'}' {settings}",
+        pb.SolverParameter(),
+    )
+    (tmp_path / "snaps").mkdir()
+    dropout = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" }\n'
+    net = mlp_net(small_lmdb(tmp_path)).replace('layer { name: "ip2"', dropout + '    layer { name: "ip2"')
+    assert "Dropout" in net
+    text_format.Parse(net, param.net_param)
+    straight = caffe.get_solver(param)
+    straight.solve()
+    assert (tmp_path / "snaps" / "mlp_iter_3.solverstate.rng").is_file()
+    expected = params_of(straight)
+    torch.manual_seed(1234)  # another random state: the one that matters comes from the snapshot
+    resumed = caffe.get_solver(param)
+    resumed.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
+    for a, b in zip(params_of(resumed), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "snaps" / "mlp_iter_3.solverstate.rng").unlink()  # a state written by Caffe: resumes, masks differ
+    torch.manual_seed(1234)
+    other = caffe.get_solver(param)
+    other.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
+    assert any(not np.array_equal(a, b) for a, b in zip(params_of(other), expected, strict=True))
 
 
 def test_restore_errors(tmp_path: Path):

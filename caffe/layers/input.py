@@ -43,6 +43,7 @@ class InputLayer(Layer):
 class DummyDataLayer(Layer):
     """Tops of given shapes filled by fillers; constant fillers fill once, others every forward."""
 
+    draws_random = True
     traceable = False  # per-call state or data-dependent shapes: never compiled
 
     exact_num_bottom = 0

@@ -293,6 +293,8 @@ class DropoutLayer(NeuronLayer):
     TEST: identity. The backward uses the forward's mask and scale.
     """
 
+    draws_random = True
+
     def layer_setup(self, bottom: list[Shape]) -> None:
         ratio = float(self.layer_param.dropout_param.dropout_ratio)
         if not 0 <= ratio < 1:

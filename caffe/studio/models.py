@@ -17,9 +17,8 @@ AdaGrad/RMSProp), ``weight_decay = base_lr / 100``, ``display = max(1, min(floor
 Resume: ``caffe train --snapshot`` from the newest ``snapshot_iter_N.solverstate``. The solver state
 holds the iteration, lr step and history; the restore also moves the data layers to where the
 interrupted run was (reads and crop/mirror draws included, see ``Solver._fast_forward_data``), so with
-the form's random seed a resumed run ends with the weights of an uninterrupted one. Only torch's own
-random numbers (Dropout masks) are not in a solver state: nets with Dropout resume to the same
-iteration and schedule but not bit for bit.
+the form's random seed a resumed run ends with the weights of an uninterrupted one (Dropout included:
+torch's random-number state is kept beside the solver state, ``snapshot_iter_N.solverstate.rng``).
 """
 
 from __future__ import annotations
