@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from caffe.protoio import atomic_write
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 
@@ -286,7 +288,7 @@ class Progress:
 
 
 def write_docs_section(title: str, section: str) -> None:
-    """Replace the section headed ``title`` (a ``## `` line) in docs/benchmarks.md, or append it."""
+    """Replace the section headed ``title`` (a ``## `` line) in docs/benchmarks.md, or append it (atomically)."""
     text = DOCS.read_text() if DOCS.exists() else ""
     if not text.strip():
         text = "# Benchmarks\n\nMeasured by the scripts in `benchmarks/`; each section is rewritten by its script.\n\n"
@@ -299,4 +301,5 @@ def write_docs_section(title: str, section: str) -> None:
         tail = "".join(lines[end:])
         new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
     DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(new.rstrip("\n") + "\n")
+    atomic_write(DOCS, (new.rstrip("\n") + "\n").encode())
+    print(f"written: {DOCS.relative_to(DOCS.parent.parent)} ({title.lstrip('# ')})")

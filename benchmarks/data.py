@@ -168,7 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.no_write:
         write_docs_section(SECTION, "\n".join(lines))
-        print("written: docs/benchmarks.md")
     return 0
 
 

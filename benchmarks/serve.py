@@ -264,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if not args.no_write:
         write_docs_section(SECTION, "\n".join(lines) + "\n")
-        print("written: docs/benchmarks.md")
     return 0
 
 

@@ -231,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if not args.no_write:
         write_docs_section(SECTION, "\n".join(lines))
-        print("written: docs/benchmarks.md")
     return 0
 
 

@@ -433,7 +433,6 @@ def report(saved: dict[str, Any], write: bool) -> int:
     print("\n".join(lines))
     if write:
         write_docs_section(SECTION, "\n".join(lines))
-        print("written: docs/benchmarks.md")
     return 0
 
 
