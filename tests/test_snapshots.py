@@ -561,6 +561,14 @@ while True:
 """
 
 
+def whole_value(arrays: list[np.ndarray]) -> int:
+    """The one value the big net's weight and bias (or their histories) hold; asserts both are whole."""
+    assert [a.size for a in arrays] == [1000 * 1000, 1000]
+    value = int(arrays[0].flat[0])
+    assert all(np.all(a == value) for a in arrays)
+    return value
+
+
 def check_binary_snapshot(folder: Path) -> tuple[int | None, int | None]:
     """The counter value in big_iter_7.caffemodel / .solverstate (None: absent); asserts they are whole."""
     values: list[int | None] = []
@@ -568,18 +576,14 @@ def check_binary_snapshot(folder: Path) -> tuple[int | None, int | None]:
     if model_file.exists():
         blobs = read_model(model_file).layer[1].blobs
         arrays = [blob_proto_to_array(b) for b in blobs]
-        assert [a.size for a in arrays] == [1000 * 1000, 1000]
-        values.append(int(arrays[0].flat[0]))
-        assert all(np.all(a == values[-1]) for a in arrays)
+        values.append(whole_value(arrays))
     else:
         values.append(None)
     if state_file.exists():
         state = read_state(state_file)
         assert state.iter == 7 and len(state.history) == 2
         arrays = [blob_proto_to_array(b) for b in state.history]
-        assert [a.size for a in arrays] == [1000 * 1000, 1000]
-        values.append(int(arrays[0].flat[0]))
-        assert all(np.all(a == values[-1]) for a in arrays)
+        values.append(whole_value(arrays))
     else:
         values.append(None)
     return values[0], values[1]
@@ -591,18 +595,14 @@ def check_hdf5_snapshot(folder: Path) -> tuple[int | None, int | None]:
     if model_file.exists():
         with h5py.File(model_file, "r") as f:
             arrays = [f["data/ip/0"][()], f["data/ip/1"][()]]
-        assert [a.size for a in arrays] == [1000 * 1000, 1000]
-        values.append(int(arrays[0].flat[0]))
-        assert all(np.all(a == values[-1]) for a in arrays)
+        values.append(whole_value(arrays))
     else:
         values.append(None)
     if state_file.exists():
         with h5py.File(state_file, "r") as f:
             assert int(f["iter"][0]) == 7
             arrays = [f["history/0"][()], f["history/1"][()]]
-        assert [a.size for a in arrays] == [1000 * 1000, 1000]
-        values.append(int(arrays[0].flat[0]))
-        assert all(np.all(a == values[-1]) for a in arrays)
+        values.append(whole_value(arrays))
     else:
         values.append(None)
     return values[0], values[1]
