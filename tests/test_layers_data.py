@@ -199,3 +199,26 @@ def test_undecodable_image_in_a_database_is_named(tmp_path: Path):
     net.forward()
     with pytest.raises(caffe.DataError, match=r"00000001_broken\.jpg.*could not decode"):
         net.forward()
+
+
+def test_a_training_net_hands_its_batch_buffers_back(tmp_path: Path):
+    """Forward + backward through a real net: the Data layer's float buffers are recycled (the net keeps
+    none beyond the current batch), and a batch read through pycaffe is not overwritten while held."""
+    items = raw_items(n=8)
+    write_db(tmp_path / "db", [array_to_datum(a, label=i % 2) for i, a in enumerate(items)])
+    text = f"""
+    layer {{ name: "data" type: "Data" top: "data" top: "label"
+            data_param {{ source: "{tmp_path / "db"}" batch_size: 4 }} }}
+    layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2
+            weight_filler {{ type: "xavier" }} }} }}
+    layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+    """
+    net = caffe.Net(text_format.Parse(text, pb.NetParameter()), caffe.TRAIN)
+    held = net.blobs["data"].data
+    snapshot = held.copy()
+    for _ in range(30):
+        net.forward()
+        net.backward()
+    np.testing.assert_array_equal(held, snapshot)
+    prefetcher = net.layer_dict["data"].prefetcher
+    assert prefetcher.pool.made <= prefetcher.depth + prefetcher.workers + 4

@@ -159,3 +159,42 @@ def test_items_of_different_sizes_in_one_batch():
     p = Prefetcher(ArraySource(imgs), transformer(caffe.TEST), 2, workers=0)
     with pytest.raises(caffe.DataError, match=r"item 1: item of shape .* must have the same size"):
         p.next()
+
+
+def test_batch_buffers_are_recycled_only_after_the_net_lets_go():
+    """The pool lends a buffer again once every tensor and view of it is gone, never before."""
+    imgs = images(n=6)
+    p = Prefetcher(ArraySource(imgs), transformer(caffe.TEST), 3, workers=0)
+    try:
+        first, _ = p.next()
+        kept = first.numpy()  # a pycaffe-style view: keeps the buffer alive
+        snapshot = kept.copy()
+        for _ in range(5):
+            data, _ = p.next()
+        assert not np.shares_memory(data.numpy(), kept)
+        np.testing.assert_array_equal(kept, snapshot)  # never overwritten while held
+        made = p.pool.made
+        del first, kept, data
+        for _ in range(20):  # now the buffers come back: no new arrays after the first rounds
+            p.next()
+        assert p.pool.made <= made + 1
+    finally:
+        p.stop()
+
+
+def test_buffer_pool_gives_back_and_keeps_a_bounded_number():
+    from caffe.data.prefetch import BufferPool
+
+    pool = BufferPool(keep=2)
+    a = pool.take((2, 3))
+    address = a.__array_interface__["data"][0]
+    del a
+    b = pool.take((2, 3))
+    assert b.__array_interface__["data"][0] == address and pool.made == 1
+    c = pool.take((2, 3))  # b is still held: a new array
+    assert not np.shares_memory(b, c) and pool.made == 2
+    other = pool.take((4,), np.float64)
+    assert other.dtype == np.float64 and pool.made == 3
+    held = [pool.take((2, 3)) for _ in range(4)]
+    del b, c, held
+    assert len(pool._free[((2, 3), np.dtype(np.float32))]) == 2  # keep=2: the rest are left to the GC
