@@ -37,6 +37,23 @@ SIGINT_STOPS = (
 SIGINT_IGNORED = (
     "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
 )
+# a job that starts a child of its own (as `caffe train` may: a Python layer's helper, a data reader), both
+# ignoring the signals named in argv 1 and 2; the child's pid goes to 'grandchild.pid'
+GRANDCHILD = (
+    "import signal, sys, time\n"
+    "for name in filter(None, sys.argv[1].split(',')): signal.signal(getattr(signal, name), signal.SIG_IGN)\n"
+    "print('up', flush=True)\n"
+    "time.sleep(60)\n"
+)
+FAMILY = (
+    "import signal, subprocess, sys, time\n"
+    "for name in filter(None, sys.argv[1].split(',')): signal.signal(getattr(signal, name), signal.SIG_IGN)\n"
+    "kid = subprocess.Popen([sys.executable, '-c', sys.argv[3], sys.argv[2]], stdout=subprocess.PIPE, text=True)\n"
+    "assert kid.stdout.readline() == 'up\\n'\n"
+    "open('grandchild.pid', 'w').write(str(kid.pid))\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
 
 
 def py(code: str, *args: str) -> list[str]:
@@ -62,6 +79,24 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie its new parent has not reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def start_family(sched, store, ignored_by_job: str = "", ignored_by_child: str = "") -> tuple[str, int, int]:
+    """Run FAMILY as a training: (job id, job pid, its child's pid) once both run."""
+    job = store.create("model", "family")
+    sched.submit(job.id, py(FAMILY, ignored_by_job, ignored_by_child, GRANDCHILD), "cpu")
+    wait_log(store, job.id, "ready")
+    pid, child = store.get(job.id).pid, int((store.job_dir(job.id) / "grandchild.pid").read_text())
+    assert not gone(pid) and not gone(child)
+    return job.id, pid, child
 
 
 def wait_log(store, job_id: str, text: str) -> None:
@@ -156,7 +191,7 @@ def test_restart_marks_running_interrupted_kills_it_and_requeues_waiting(tmp_pat
     second = Scheduler(JobStore(tmp_path), ["cpu"]).start()  # the restarted server
     try:
         assert second.store.get(running.id).status == "Interrupted"
-        wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
+        wait_for(lambda: gone(pid))
         assert second.wait(waiting.id, 20).status == "Done"
         assert (second.store.job_dir(waiting.id) / "ran").exists()
         time.sleep(0.2)  # the old scheduler saw its child die: it must not overwrite the new status
@@ -178,10 +213,16 @@ def test_restart_leaves_a_foreign_process_alone(tmp_path):
 
 def test_a_second_server_process_on_the_same_jobs_dir_is_refused(store, tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom caffe.studio.scheduler import Scheduler\n"
-         "from caffe.studio.store import JobStore\nScheduler(JobStore(sys.argv[1])).start()\n"
-         "print('ready', flush=True)\ntime.sleep(60)", str(tmp_path / "other")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom caffe.studio.scheduler import Scheduler\n"
+            "from caffe.studio.store import JobStore\nScheduler(JobStore(sys.argv[1])).start()\n"
+            "print('ready', flush=True)\ntime.sleep(60)",
+            str(tmp_path / "other"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline() == "ready\n"
@@ -201,6 +242,47 @@ def test_stop_interrupts_running_jobs(store):
     sched.stop()
     wait_for(lambda: store.get(job.id).status == "Interrupted")
     assert (store.job_dir(job.id) / "snapshot").exists()  # SIGINT: the training snapshotted
+
+
+@pytest.mark.parametrize("stubborn", [False, True], ids=["job-exits-on-sigint", "all-ignore-sigint-sigterm"])
+def test_stop_ends_the_job_and_its_children_within_the_grace_periods(store, stubborn):
+    """Shutdown: the job gets SIGINT, its process group SIGTERM after stop_grace and SIGKILL after
+    kill_grace; a child the job leaves behind is ended too. stop() returns when they are all gone."""
+    sched = Scheduler(store, ["cpu"], stop_grace=0.5, kill_grace=0.5).start()
+    ignored = "SIGINT,SIGTERM" if stubborn else ""
+    job_id, pid, child = start_family(sched, store, ignored, ignored)
+    try:
+        started = time.monotonic()
+        sched.stop()
+        took = time.monotonic() - started
+        assert gone(pid) and gone(child)
+        assert took < 0.5 + 0.5 + 2.0
+        if stubborn:
+            assert took >= 0.9  # both grace periods were given
+        assert store.get(job_id).status == "Interrupted"
+    finally:
+        for p in (pid, child):
+            if not gone(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_abort_ends_what_the_job_left_running(store, sched):
+    job_id, pid, child = start_family(sched, store)
+    try:
+        sched.abort(job_id)
+        assert sched.wait(job_id, 10).status == "Aborted"
+        assert gone(pid) and gone(child)
+    finally:
+        for p in (pid, child):
+            if not gone(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_grace_periods_are_checked(store):
+    with pytest.raises(ValueError, match="kill_grace must be a number of seconds >= 0, got -1"):
+        Scheduler(store, kill_grace=-1)
+    with pytest.raises(ValueError, match="stop_grace"):
+        Scheduler(store, stop_grace=float("nan"))
 
 
 def test_delete_kills_the_job_and_removes_it(store, sched):

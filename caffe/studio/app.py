@@ -69,7 +69,8 @@ class StudioConfig:
     port: int = 5000
     unsafe_no_auth: bool = False  # allow a non-loopback host without a token
     data_roots: list[Path] | None = None  # server folders forms may name (None: any readable folder)
-    abort_grace: float = 30.0  # seconds from SIGINT to SIGTERM (and SIGTERM to SIGKILL) on abort
+    abort_grace: float = 30.0  # seconds from SIGINT to SIGTERM on abort
+    stop_grace: float = 3.0  # seconds from SIGINT to SIGTERM for the jobs running when the server stops
 
     @classmethod
     def of(cls, config: StudioConfig | Mapping[str, Any]) -> StudioConfig:
@@ -235,8 +236,15 @@ async def _follow(studio: Studio, job_id: str, events: _EventFile, last_id: int,
     unsubscribe = studio.scheduler.subscribe(on_status)
     try:
         job = studio.store.get(job_id)
-        yield _sse({"event": "status", "time": round(time.time(), 3), "job": job_id, "status": job.status,
-                    "returncode": job.returncode})
+        yield _sse(
+            {
+                "event": "status",
+                "time": round(time.time(), 3),
+                "job": job_id,
+                "status": job.status,
+                "returncode": job.returncode,
+            }
+        )
         last_beat = time.monotonic()
         held: list[dict[str, Any]] = []  # a status change caught while waiting (sent after the file's lines)
         while True:
@@ -248,6 +256,8 @@ async def _follow(studio: Studio, job_id: str, events: _EventFile, last_id: int,
             held.clear()
             while not changes.empty():
                 yield _sse(changes.get_nowait())
+            # checked before the job is read: a job no longer running has its final status stored
+            leaving = studio.scheduler.stopping and not studio.scheduler.is_running(job_id)
             try:
                 job = studio.store.get(job_id)
             except JobNotFound:
@@ -257,9 +267,12 @@ async def _follow(studio: Studio, job_id: str, events: _EventFile, last_id: int,
                 for n, event in events.new_events():
                     if n > last_id:
                         yield _sse(event, n)
-                yield _sse({"event": "end", "time": round(time.time(), 3), "status": job.status,
-                            "returncode": job.returncode})
+                yield _sse(
+                    {"event": "end", "time": round(time.time(), 3), "status": job.status, "returncode": job.returncode}
+                )
                 return
+            if leaving:
+                return  # the server is stopping and this waiting job will not start here
             if time.monotonic() - last_beat > 15:
                 last_beat = time.monotonic()
                 yield b": keep-alive\n\n"
@@ -274,8 +287,16 @@ async def _follow(studio: Studio, job_id: str, events: _EventFile, last_id: int,
 
 
 def _job_summary(job: Job) -> dict[str, Any]:
-    return {"id": job.id, "name": job.name, "kind": job.kind, "status": job.status, "created": job.created,
-            "updated": job.updated, "parent": job.parent, "result": job.result}
+    return {
+        "id": job.id,
+        "name": job.name,
+        "kind": job.kind,
+        "status": job.status,
+        "created": job.created,
+        "updated": job.updated,
+        "parent": job.parent,
+        "result": job.result,
+    }
 
 
 def _templates() -> Jinja2Templates:
@@ -323,7 +344,7 @@ def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
     if config.devices is None:
         config.devices = detect_devices()
     store = JobStore(config.jobs_dir)
-    scheduler = Scheduler(store, config.devices, abort_grace=config.abort_grace).start()
+    scheduler = Scheduler(store, config.devices, abort_grace=config.abort_grace, stop_grace=config.stop_grace).start()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -393,8 +414,14 @@ def _add_routes(app: FastAPI) -> None:
         names = {j.id: j.name for j in jobs}
         by_kind = {k: [j for j in jobs if j.kind == k] for k in ("dataset", "model", "pretrained")}
         return studio.templates.TemplateResponse(
-            request, "home.html", {"datasets": by_kind["dataset"], "models": by_kind["model"],
-                                   "pretrained": by_kind["pretrained"], "names": names}
+            request,
+            "home.html",
+            {
+                "datasets": by_kind["dataset"],
+                "models": by_kind["model"],
+                "pretrained": by_kind["pretrained"],
+                "names": names,
+            },
         )
 
     @app.get("/index.json", summary="All jobs: datasets, models and pretrained models")
@@ -494,8 +521,9 @@ def _read_log(studio: Studio, job_id: str, offset: int, limit: int = 4 * MiB) ->
 # running it
 
 
-def serve(config: StudioConfig | Mapping[str, Any], access_log: bool = False,
-          on_ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    config: StudioConfig | Mapping[str, Any], access_log: bool = False, on_ready: Callable[[str], None] | None = None
+) -> None:
     """Run the studio in this thread until interrupted (what ``caffe studio`` does)."""
     config = StudioConfig.of(config)
     app = create_app(config)
@@ -503,7 +531,20 @@ def serve(config: StudioConfig | Mapping[str, Any], access_log: bool = False,
     port = sock.getsockname()[1]
     if on_ready:
         on_ready(f"http://{url_host(config.host)}:{port}")
-    uvicorn_server(app, access_log, GRACEFUL_SHUTDOWN_S).run(sockets=[sock])
+    server = uvicorn_server(app, access_log, GRACEFUL_SHUTDOWN_S)
+    scheduler = app.state.studio.scheduler
+    handle_exit = server.handle_exit  # uvicorn's SIGINT / SIGTERM handler
+
+    def on_exit_signal(sig: int, frame: Any) -> None:
+        # the jobs start stopping now, while open connections drain (not in a handler: it takes a lock)
+        threading.Thread(target=scheduler.request_stop, name="studio-stop", daemon=True).start()
+        handle_exit(sig, frame)
+
+    server.handle_exit = on_exit_signal
+    try:
+        server.run(sockets=[sock])
+    finally:  # done by the lifespan already, unless a second Ctrl-C made uvicorn skip it
+        scheduler.stop()
 
 
 def serve_in_thread(
@@ -524,9 +565,13 @@ def serve_in_thread(
             raise RuntimeError("the studio server did not start")
         time.sleep(0.02)
 
+    scheduler = app.state.studio.scheduler
+
     def stop() -> None:
+        scheduler.request_stop()  # the jobs stop while connections drain
         server.should_exit = True
-        thread.join(30)
+        thread.join(scheduler.stop_grace + scheduler.kill_grace + GRACEFUL_SHUTDOWN_S + 5)
         sock.close()
+        scheduler.stop()  # done by the lifespan already, unless the server thread is stuck
 
     return f"http://{url_host(config.host)}:{sock.getsockname()[1]}", stop

@@ -8,13 +8,18 @@ scheduler on the same store (a restarted server) finds jobs that were running ma
 (their leftover process killed) and waiting jobs queued again. One process at a time schedules a jobs
 folder (a lock file): a second server on the same folder is refused instead of killing the first one's jobs.
 
-Abort sends SIGINT (``caffe train`` then stops after the iteration and snapshots), SIGTERM after
-``abort_grace`` seconds and SIGKILL after as many again. Listeners registered with ``subscribe`` get
-every status change, from the scheduler's threads.
+Every job runs in a session (process group) of its own, and whatever it started dies with it: when its
+main process ends, anything left in its group gets SIGTERM, then SIGKILL ``kill_grace`` seconds later.
+Abort sends SIGINT (``caffe train`` then stops after the iteration and snapshots), then SIGTERM to the
+group after ``abort_grace`` seconds and SIGKILL after ``kill_grace`` more. ``stop()`` (the server shutting
+down, or this process exiting: an atexit hook) does the same with ``stop_grace`` for ``abort_grace``, so it
+returns within ``stop_grace + kill_grace`` seconds and a little; its jobs end ``Interrupted``. Listeners
+registered with ``subscribe`` get every status change, from the scheduler's threads.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -78,6 +83,41 @@ def _signal(pid: int, sig: int, group: bool) -> None:
             os.kill(pid, sig)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process other than a zombie is left in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc/self/stat").exists():  # no /proc: take zombies for the living
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
+def _end_group(pgid: int, grace: float) -> None:
+    """End what is left of a job's process group (its main process has exited): SIGTERM, then SIGKILL
+    after ``grace`` seconds."""
+    if not hasattr(os, "killpg") or not _group_alive(pgid):
+        return
+    log.warning("Process group %d: its leader has exited, ending the processes it left", pgid)
+    _signal(pgid, signal.SIGTERM, group=True)
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            _signal(pgid, signal.SIGKILL, group=True)
+            return
+        time.sleep(0.05)
+
+
 _HELD_LOCKS: dict[Path, int] = {}  # jobs folders this process schedules (fd of their lock file)
 
 
@@ -97,8 +137,10 @@ def _lock_jobs_dir(jobs_dir: Path) -> None:
     except OSError:
         owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise CaffeError(f"another studio server (pid {owner}) is using the jobs folder {jobs_dir}: stop it, "
-                         "or give this one another --jobs-dir") from None
+        raise CaffeError(
+            f"another studio server (pid {owner}) is using the jobs folder {jobs_dir}: stop it, "
+            "or give this one another --jobs-dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _HELD_LOCKS[jobs_dir] = fd
@@ -120,17 +162,25 @@ class Scheduler:
         *,
         max_parallel: int = 4,
         abort_grace: float = 30.0,
+        stop_grace: float = 3.0,
+        kill_grace: float = 2.0,
     ) -> None:
+        for name, value in (("abort_grace", abort_grace), ("stop_grace", stop_grace), ("kill_grace", kill_grace)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         self.store = store
         self.devices = list(devices)
         self.max_parallel = max_parallel  # jobs without a resource (datasets) running at once
-        self.abort_grace = abort_grace
+        self.abort_grace = abort_grace  # abort: seconds from SIGINT to SIGTERM
+        self.stop_grace = stop_grace  # stop: seconds from SIGINT to SIGTERM
+        self.kill_grace = kill_grace  # seconds from SIGTERM to SIGKILL
         self._cv = threading.Condition()
         self._queue: list[str] = []  # waiting job ids, in order
         self._running: dict[str, _Running] = {}
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._stop_deadline = 0.0  # when stopping: the monotonic time running jobs get SIGTERM
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -151,6 +201,7 @@ class Scheduler:
             self._stopping = False
             self._thread = threading.Thread(target=self._dispatch, name="studio-scheduler", daemon=True)
             self._thread.start()
+            atexit.register(self.stop)  # an interpreter exiting without stop() must not leave its jobs running
         return self
 
     def _recover_running(self, job: Job) -> None:
@@ -159,25 +210,54 @@ class Scheduler:
             _signal(job.pid, signal.SIGKILL, group=True)
         self._set_status(job.id, "Interrupted", pid=None)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop dispatching; running jobs get SIGINT (trainings snapshot) and end ``Interrupted``."""
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` (or ``request_stop``) was called since the last ``start``."""
+        return self._stopping
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        """Begin ``stop`` without waiting: dispatch no more, send the running jobs SIGINT (trainings
+        snapshot); they get SIGTERM ``timeout`` seconds (default ``stop_grace``) from the first call."""
         with self._cv:
+            if self._stopping:
+                return
             self._stopping = True
-            running = list(self._running.values())
-            for r in running:
-                r.end_status = "Interrupted"
-                _signal(r.proc.pid, signal.SIGINT, group=False)
+            self._stop_deadline = time.monotonic() + (self.stop_grace if timeout is None else max(0.0, timeout))
+            for r in self._running.values():
+                if r.end_status is None:
+                    r.end_status = "Interrupted"
+                    _signal(r.proc.pid, signal.SIGINT, group=False)
             self._cv.notify_all()
-        deadline = time.monotonic() + (self.abort_grace if timeout is None else timeout)
-        for r in running:
-            try:
-                r.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal(r.proc.pid, signal.SIGKILL, group=True)
-                r.proc.wait()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop dispatching and end the running jobs (status ``Interrupted``; waiting ones stay queued in
+        the store): SIGINT, SIGTERM to each job's process group ``timeout`` seconds (default ``stop_grace``)
+        after ``request_stop``, SIGKILL ``kill_grace`` seconds later; returns once they are gone."""
+        self.request_stop(timeout)
+        with self._cv:
+            deadline = self._stop_deadline
+            for sig, until in ((signal.SIGTERM, deadline), (signal.SIGKILL, deadline + self.kill_grace)):
+                if self._wait_idle(until):
+                    break
+                for r in self._running.values():
+                    log.warning("Job %s: still running at shutdown, sending %s", r.job_id, sig.name)
+                    _signal(r.proc.pid, sig, group=True)
+            else:
+                if not self._wait_idle(time.monotonic() + 2.0):  # SIGKILL takes effect at once
+                    log.error("studio: jobs %s did not end", ", ".join(self._running))
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(5)
+        atexit.unregister(self.stop)
+
+    def _wait_idle(self, until: float) -> bool:
+        """Wait (holding ``_cv``) until no job runs or ``until``; whether none runs."""
+        while self._running:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self._cv.wait(left)
+        return True
 
     # --- jobs --------------------------------------------------------------------------------
 
@@ -211,16 +291,17 @@ class Scheduler:
         return True
 
     def _escalate(self, r: _Running) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig, grace in ((signal.SIGTERM, self.abort_grace), (signal.SIGKILL, self.kill_grace)):
             try:
-                r.proc.wait(self.abort_grace)
+                r.proc.wait(grace)
                 return
             except subprocess.TimeoutExpired:
-                log.warning("Job %s: still running after %gs, sending %s", r.job_id, self.abort_grace, sig.name)
+                log.warning("Job %s: still running after %gs, sending %s", r.job_id, grace, sig.name)
                 _signal(r.proc.pid, sig, group=True)
 
     def kill(self, job_id: str, status: str = "Aborted", timeout: float = 10.0) -> None:
-        """End a job at once (SIGTERM, then SIGKILL): for deleting, where no snapshot is wanted."""
+        """End a job at once (SIGTERM to its group, SIGKILL after ``kill_grace``): for deleting, where no
+        snapshot is wanted. Waits at most ``timeout`` seconds for it to be recorded as ended."""
         with self._cv:
             if job_id in self._queue:
                 self._queue.remove(job_id)
@@ -232,7 +313,7 @@ class Scheduler:
             r.end_status = r.end_status or status
         _signal(r.proc.pid, signal.SIGTERM, group=True)
         try:
-            r.proc.wait(timeout)
+            r.proc.wait(min(timeout, self.kill_grace))
         except subprocess.TimeoutExpired:
             _signal(r.proc.pid, signal.SIGKILL, group=True)
         self.wait(job_id, timeout)
@@ -281,15 +362,21 @@ class Scheduler:
 
         return unsubscribe
 
-    def _set_status(self, job_id: str, status: str, expected: dict | None = None, result_note: str | None = None,
-                    **fields: Any) -> Job:
+    def _set_status(
+        self, job_id: str, status: str, expected: dict | None = None, result_note: str | None = None, **fields: Any
+    ) -> Job:
         job = self.store.update_if(job_id, expected, status=status, **fields)
         if job is None:
             return self.store.get(job_id)
         if result_note:
             job = self.store.merge_result(job_id, scheduler_note=result_note)
-        event = {"event": "status", "time": round(time.time(), 3), "job": job_id, "status": status,
-                 "returncode": job.returncode}
+        event = {
+            "event": "status",
+            "time": round(time.time(), 3),
+            "job": job_id,
+            "status": status,
+            "returncode": job.returncode,
+        }
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -333,8 +420,13 @@ class Scheduler:
                 logf.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run: {display_argv(job.argv)}\n".encode())
                 logf.flush()
                 proc = subprocess.Popen(
-                    job.argv, cwd=job_dir, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                    job.argv,
+                    cwd=job_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=True,
                 )
         except OSError as e:
             log.error("Job %s: cannot start %s: %s", job.id, job.argv[0], e)
@@ -348,12 +440,14 @@ class Scheduler:
 
     def _watch(self, r: _Running) -> None:
         rc = r.proc.wait()
+        _end_group(r.proc.pid, self.kill_grace)  # what the job started must not outlive it
         with self._cv:
             status = r.end_status or ("Done" if rc == 0 else "Error")
             # compare-and-set: a newer scheduler (restart) may already have marked this job Interrupted
             with contextlib.suppress(KeyError):  # or it was deleted
-                self._set_status(r.job_id, status, expected={"status": "Running", "pid": r.proc.pid},
-                                 returncode=rc, pid=None)
+                self._set_status(
+                    r.job_id, status, expected={"status": "Running", "pid": r.proc.pid}, returncode=rc, pid=None
+                )
             self._running.pop(r.job_id, None)
             self._cv.notify_all()
         log.info("Job %s: %s (exit status %d)", r.job_id, status, rc)

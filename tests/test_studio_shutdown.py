@@ -1,0 +1,208 @@
+"""Studio shutdown with real processes: ``caffe studio`` stopped by SIGTERM while a real ``caffe train`` runs
+(started through the REST API, with a Python layer that starts a helper process of its own), and a script
+serving the studio from a thread stopped by Ctrl-C. Both must end within seconds and leave no process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from test_studio_models import LENET, make_images
+
+from caffe.studio import datasets
+from caffe.studio.networks import standard_network
+from caffe.studio.scheduler import caffe_argv
+from caffe.studio.store import JobStore
+
+SHUTDOWN_LIMIT_S = 10.0
+
+# a Python layer (identity) whose setup starts a helper process, as a user's layer might; the pids of the
+# training and of its helpers are appended to the file named by param_str
+HELPER_LAYER = """
+import os, subprocess, sys
+import caffe
+
+class SpawnsHelper(caffe.Layer):
+    def setup(self, bottom, top):
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        with open(self.param_str, "a") as f:
+            f.write(f"{os.getpid()} {helper.pid}\\n")
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+"""
+
+# serves the studio from a thread, runs a stand-in job with a child of its own, waits for Ctrl-C, then stops
+THREAD_SCRIPT = """
+import sys, time
+from caffe.studio.app import serve_in_thread, create_app
+app = create_app({"jobs_dir": sys.argv[1], "devices": ["cpu"]})
+url, stop = serve_in_thread(app.state.studio.config, app)
+job = app.state.studio.store.create("dataset", "stand-in")
+family = ("import subprocess, sys, time; "
+          "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)")
+app.state.studio.scheduler.submit(job.id, [sys.executable, "-c", family])
+try:
+    print(job.id, flush=True)
+    time.sleep(120)
+finally:
+    stop()
+"""
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped by its new parent counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def reap(*pids: int) -> None:
+    """Kill what a failing test left behind."""
+    for pid in pids:
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def make_dataset(jobs_dir: Path, images: Path) -> str:
+    store = JobStore(jobs_dir)
+    try:
+        job = store.create("dataset", "tiny", {})
+        params = datasets.DatasetParams.from_dict(
+            {"folder_train": str(make_images(images)), "resize_channels": 1, "resize_width": 28, "resize_height": 28}
+        )
+        store.update(job.id, status="Done", result=datasets.create_dataset(store.job_dir(job.id), params))
+        return job.id
+    finally:
+        store.close()
+
+
+def helper_network(pids_file: Path) -> str:
+    """LeNet with the helper-starting Python layer between the data and conv1."""
+    conv1 = 'layer {\n  name: "conv1"\n  type: "Convolution"\n  bottom: "data"'
+    text = standard_network("lenet")
+    assert conv1 in text
+    layer = (
+        'layer { name: "helper" type: "Python" bottom: "data" top: "data_py" '
+        f'python_param {{ module: "helper_layer" layer: "SpawnsHelper" param_str: "{pids_file}" }} }}\n'
+    )
+    return text.replace(conv1, layer + conv1[: -len('"data"')] + '"data_py"')
+
+
+def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
+    jobs = tmp_path / "jobs"
+    dataset = make_dataset(jobs, tmp_path / "images")
+    (tmp_path / "layers").mkdir()
+    (tmp_path / "layers" / "helper_layer.py").write_text(HELPER_LAYER)
+    pids_file = tmp_path / "pids.txt"
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "layers"), os.environ.get("PYTHONPATH", "")])}
+    with open(log_path, "wb") as server_log:
+        server = subprocess.Popen(
+            caffe_argv("studio", "--port", "0", "--jobs-dir", str(jobs), "--devices", "cpu"),
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    pids: list[int] = []
+    try:
+        wait_for(lambda: "Application startup complete" in log_path.read_text(), 30, "the server to start")
+        url = re.search(r"Studio at (http://\S+)/", log_path.read_text()).group(1)
+        form = {
+            **LENET,
+            "dataset": dataset,
+            "method": "custom",
+            "train_epochs": "1000",
+            "custom_network": helper_network(pids_file),
+        }
+        with urllib.request.urlopen(
+            f"{url}/models/images/classification.json", urllib.parse.urlencode(form).encode(), timeout=30
+        ) as r:
+            assert r.status == 201
+        wait_for(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"), 30, "the training to start")
+        pids = sorted({int(p) for p in pids_file.read_text().split()})
+        training = int(pids_file.read_text().split()[0])
+        assert training in descendants(server.pid) and not any(gone(p) for p in pids)
+
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        server.wait(SHUTDOWN_LIMIT_S)
+        took = time.monotonic() - started
+        print(f"caffe studio stopped {took:.2f}s after SIGTERM")
+        assert [p for p in pids if not gone(p)] == [], "the training or its helper outlived the server"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        reap(*pids)
+    store = JobStore(jobs)
+    try:
+        (job,) = store.list("model")
+        assert job.status == "Interrupted", log_path.read_text()[-3000:]
+    finally:
+        store.close()
+
+
+def test_a_script_serving_from_a_thread_stops_within_seconds_on_ctrl_c(tmp_path):
+    script = subprocess.Popen(
+        [sys.executable, "-c", THREAD_SCRIPT, str(tmp_path / "jobs")], stdout=subprocess.PIPE, text=True
+    )
+    left: list[int] = []
+    try:
+        job_id = script.stdout.readline().strip()
+        assert job_id, "the script did not start"
+        wait_for(lambda: len(descendants(script.pid)) >= 2, 20, "the job and its child")
+        left = descendants(script.pid)
+        started = time.monotonic()
+        script.send_signal(signal.SIGINT)
+        script.wait(SHUTDOWN_LIMIT_S)
+        print(f"the script stopped {time.monotonic() - started:.2f}s after SIGINT")
+        assert [p for p in left if not gone(p)] == [], "the job or its child outlived the script"
+    finally:
+        if script.poll() is None:
+            script.kill()
+            script.wait()
+        reap(*left)
+    store = JobStore(tmp_path / "jobs")
+    try:
+        assert store.get(job_id).status == "Interrupted"
+    finally:
+        store.close()
