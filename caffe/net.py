@@ -1041,6 +1041,11 @@ class Net:
         return [getattr(layer, "impl", layer) for layer in self._layers]
 
     @property
+    def draws_random(self) -> bool:
+        """Whether a forward draws torch random numbers (Dropout, DummyData, any Python layer)."""
+        return any(layer.draws_random for layer in self._layers)
+
+    @property
     def _layer_names_list(self) -> list[str]:
         return self._layer_names
 

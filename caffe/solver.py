@@ -520,7 +520,7 @@ class Solver:
             log.info("Snapshotting to binary proto file %s", model)
             self.net.save(model, write_diff=p.snapshot_diff)
         state = self.snapshot_solver_state(model)
-        if any(layer.draws_random for layer in self.net.layers):
+        if self.net.draws_random:
             self._save_rng_state(state)
         if self.events is not None:
             self.events.write("snapshot", iter=self.iter, model=model, state=state)

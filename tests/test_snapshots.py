@@ -374,6 +374,33 @@ def test_resume_with_dropout_is_exact(tmp_path: Path):
     assert any(not np.array_equal(a, b) for a, b in zip(params_of(other), expected, strict=True))
 
 
+def test_snapshot_and_resume_with_a_python_layer(tmp_path: Path):
+    """A user's Python layer may draw torch random numbers: its net snapshots (with the RNG state) and resumes
+    exactly."""
+    settings = "lr_policy: 'fixed' max_iter: 6 snapshot: 3"
+    param = text_format.Parse(
+        f"type: 'SGD' base_lr: 0.05 momentum: 0.9 snapshot_prefix: '{tmp_path / 'snaps' / 'mlp'}' {settings}",
+        pb.SolverParameter(),
+    )
+    (tmp_path / "snaps").mkdir()
+    noise = (
+        'layer { name: "noise" type: "Python" bottom: "ip1" top: "ip1"\n'
+        '        python_param { module: "pylayers.scale_layers" layer: "TorchNoise" } }\n'
+    )
+    net = mlp_net(small_lmdb(tmp_path)).replace('layer { name: "ip2"', noise + '    layer { name: "ip2"')
+    assert "TorchNoise" in net
+    text_format.Parse(net, param.net_param)
+    straight = caffe.get_solver(param)
+    straight.solve()
+    assert (tmp_path / "snaps" / "mlp_iter_3.solverstate.rng").is_file()
+    expected = params_of(straight)
+    torch.manual_seed(99)
+    resumed = caffe.get_solver(param)
+    resumed.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
+    for a, b in zip(params_of(resumed), expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_restore_errors(tmp_path: Path):
     solver = make_solver(tmp_path, "lr_policy: 'fixed' max_iter: 1 snapshot: 1")
     solver.solve()

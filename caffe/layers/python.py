@@ -98,6 +98,7 @@ class PythonLayer(_Layer):
     """Hosts a user's :class:`Layer` subclass inside a Net."""
 
     traceable = False  # per-call state or data-dependent shapes: never compiled
+    draws_random = True  # user code may draw torch random numbers: snapshots keep the RNG state to be safe
 
     def __init__(self, param: pb.LayerParameter) -> None:
         super().__init__(param)

@@ -45,3 +45,19 @@ class LearnedScale(caffe.Layer):
 class Broken(caffe.Layer):
     def setup(self, bottom, top):
         raise ValueError("bad param_str")
+
+
+class TorchNoise(caffe.Layer):
+    """top = bottom + small noise drawn from torch's random numbers (a user layer that draws)."""
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        import torch
+
+        top[0].data[...] = bottom[0].data + 0.01 * torch.rand(bottom[0].data.shape).numpy()
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff
