@@ -362,6 +362,33 @@ def test_cursor_closed_with_database(tmp_path: Path):
             _ = cur.key
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seek_and_seek_index(tmp_path: Path, backend: str):
+    """seek: the first key at or after the one given; seek_index: record ``index % len`` (wrapping round),
+    whichever side of the every-1024th-key marks it falls, and past the end of many passes."""
+    items = records()
+    write_db(tmp_path / "db", backend, items)
+    with open_db(tmp_path / "db", backend, "read") as db:
+        cur = db.cursor()
+        cur.seek(items[17][0])
+        assert (cur.key, cur.value) == items[17]
+        cur.seek(items[17][0][:8] + b"~")  # between 17 and 18
+        assert cur.key == items[18][0]
+        cur.seek(b"\xff")
+        assert not cur.valid
+        for index in (0, 1, 1023, 1024, 1025, N - 1, N, N + 1, 2 * N + 1500, 10**15 + 3):
+            cur.seek_index(index)
+            assert cur.valid and (cur.key, cur.value) == items[index % N], index
+            assert list(cur) == items[index % N :]  # and reads on from there
+        with pytest.raises(ValueError):
+            cur.seek_index(-1)
+    write_db(tmp_path / "empty", backend, [])
+    with open_db(tmp_path / "empty", backend, "read") as db:
+        cur = db.cursor()
+        cur.seek_index(3)
+        assert not cur.valid
+
+
 def test_keys():
     assert item_key(7, "n01440764/n01440764_10026.JPEG") == b"00000007_n01440764/n01440764_10026.JPEG"
     assert item_key(123456789, "a.jpg") == b"123456789_a.jpg"

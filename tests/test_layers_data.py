@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -115,6 +116,9 @@ def test_data_layer_errors(tmp_path: Path):
     net = data_net(tmp_path / "bad", batch=2)
     with pytest.raises(caffe.DataError, match="00000001_bad"):
         net.forward()
+    write_db(tmp_path / "empty", [])
+    with pytest.raises(caffe.DataError, match="the lmdb database is empty"):
+        data_net(tmp_path / "empty")
 
 
 def test_image_data_layer(tmp_path: Path):
@@ -222,3 +226,118 @@ def test_a_training_net_hands_its_batch_buffers_back(tmp_path: Path):
     np.testing.assert_array_equal(held, snapshot)
     prefetcher = net.layer_dict["data"].prefetcher
     assert prefetcher.pool.made <= prefetcher.depth + prefetcher.workers + 4
+
+
+# ---------------------------------------------------------------------------- fast-forward (solver restore)
+def fast_forward_net(tmp_path: Path, kind: str, records: int, batch: int, extra: str = "") -> pb.NetParameter:
+    """A TRAIN-style data layer with random crops and mirrors over ``records`` items labelled 0, 1, ...:
+    a Data layer on an LMDB/LevelDB of raw 3x6x6 Datums, or an ImageData layer on a list of JPEGs."""
+    transform = "transform_param { crop_size: 4 mirror: true }"
+    if kind == "imagedata":
+        listing = tmp_path / "list.txt"
+        listing.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(DOLPHINS[:records])))
+        text = f"""layer {{ name: "data" type: "ImageData" top: "data" top: "label" {transform}
+            image_data_param {{ source: "{listing}" root_folder: "{DOLPHINS[0].parent}/" batch_size: {batch}
+                                new_height: 6 new_width: 6 {extra} }} }}"""
+    else:
+        items = raw_items(n=records, h=6, w=6)
+        write_db(tmp_path / kind, [array_to_datum(a, label=i) for i, a in enumerate(items)], kind)
+        text = f"""layer {{ name: "data" type: "Data" top: "data" top: "label" {transform}
+            data_param {{ source: "{tmp_path / kind}" backend: {kind.upper()} batch_size: {batch} {extra} }} }}"""
+    return text_format.Parse(text, pb.NetParameter())
+
+
+def reference_items(kind: str, records: int) -> list[np.ndarray]:
+    """The items of ``fast_forward_net`` before cropping, as float32 (C, H, W)."""
+    if kind == "imagedata":
+        images = [cv2.resize(cv2.imread(str(p), cv2.IMREAD_COLOR), (6, 6)) for p in DOLPHINS[:records]]
+        return [im.transpose(2, 0, 1).astype(np.float32) for im in images]
+    return [a.astype(np.float32) for a in raw_items(n=records, h=6, w=6)]
+
+
+def release(net: caffe.Net) -> None:
+    """Stop a net's data layer and close its database now, not when the net is collected."""
+    layer = net.layer_dict["data"]
+    layer.prefetcher.stop(join=True)
+    getattr(layer.source, "close", lambda: None)()
+
+
+def start_of(layer: caffe.Layer) -> int:
+    """Where a fresh layer's source starts reading (rand_skip's draw)."""
+    return int(getattr(layer.source, "_position", getattr(layer.source, "_pos", 0)))
+
+
+def test_nothing_is_read_ahead_before_the_first_forward(tmp_path: Path):
+    """Set-up reads only the first record (the top shape); prefetching starts with the first forward, so
+    the prefetcher a fast-forward replaces has read and decoded nothing."""
+    net = caffe.Net(fast_forward_net(tmp_path, "lmdb", 5, 2), caffe.TRAIN)
+    layer = net.layer_dict["data"]
+    assert net.blobs["data"].shape == (2, 3, 4, 4)
+    replaced, source = layer.prefetcher, layer.source
+    layer.fast_forward(3)
+    assert not replaced._threads and source._iter is None  # no thread started, the database never opened
+    assert not layer.prefetcher._threads
+    np.testing.assert_array_equal(net.forward()["label"], [1, 2])  # records 6, 7 of 5
+    assert layer.prefetcher._threads or not layer.prefetcher.workers
+
+
+@pytest.mark.parametrize(
+    "kind, extra",
+    [("lmdb", "rand_skip: 100"), ("leveldb", "rand_skip: 100"), ("imagedata", "shuffle: true rand_skip: 100")],
+)
+def test_fast_forward_continues_as_reading_on(tmp_path: Path, kind: str, extra: str):
+    """Fast-forwarding by n batches gives exactly the data and labels that reading n batches and going on
+    gives: over 5 epochs (reshuffled each time for ImageData), after rand_skip, with TRAIN crops and
+    mirrors; a layer that has already read batches starts again from its beginning (as a restored solver's)."""
+    records, batch, skipped = 5, 4, 6  # 24 items: 4 passes and a bit more over the 5 records (plus rand_skip)
+    param = fast_forward_net(tmp_path, kind, records, batch, extra)
+    caffe.set_random_seed(3)
+    reader = caffe.Net(param, caffe.TRAIN)
+    start = start_of(reader.layer_dict["data"])
+    assert start % records != 0  # rand_skip is in play
+    for _ in range(skipped):
+        reader.forward()
+    expected = [{k: v.copy() for k, v in reader.forward().items()} for _ in range(5)]
+    release(reader)  # a LevelDB has one reader at a time
+    caffe.set_random_seed(3)
+    skipper = caffe.Net(param, caffe.TRAIN)
+    for _ in range(2):
+        skipper.forward()
+    skipper.layer_dict["data"].fast_forward(skipped)
+    labels = []
+    for want in expected:
+        got = skipper.forward()
+        np.testing.assert_array_equal(got["data"], want["data"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+        labels += want["label"].astype(int).tolist()
+    first = -(start + skipped * batch) % records  # where the next pass begins
+    passes = [labels[i : i + records] for i in range(first, len(labels) - records + 1, records)]
+    assert len(passes) >= 3 and all(sorted(p) == list(range(records)) for p in passes)
+    if kind == "imagedata":  # reshuffled each pass
+        assert len({tuple(p) for p in passes}) > 1
+    else:
+        assert all(p == list(range(records)) for p in passes)
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "leveldb", "imagedata"])
+def test_fast_forward_by_a_million_batches_reads_nothing(tmp_path: Path, kind: str):
+    """10^6 batches (4 x 10^6 items, 400000 passes over 10 records) are skipped in constant time: the
+    position is arithmetic and the crops' and mirrors' draws one jump of the generator. The batch after
+    them is exact: records 0-3, with the crops and mirrors of uniforms 12 x 10^6 ... of the layer's draws."""
+    records, batch, skipped = 10, 4, 10**6
+    net = caffe.Net(fast_forward_net(tmp_path, kind, records, batch), caffe.TRAIN)
+    layer = net.layer_dict["data"]
+    start = time.perf_counter()
+    layer.fast_forward(skipped)
+    out = net.forward()
+    elapsed = time.perf_counter() - start
+    np.testing.assert_array_equal(out["label"], [0, 1, 2, 3])
+    rng = np.random.default_rng(layer._seed + 1)  # the prefetcher's draws
+    rng.bit_generator.advance(3 * batch * skipped)
+    u = rng.random((batch, 3))
+    whole = reference_items(kind, records)
+    for i in range(batch):
+        h, w = int(u[i, 0] * 3), int(u[i, 1] * 3)
+        crop = whole[i][:, h : h + 4, w : w + 4]
+        np.testing.assert_array_equal(out["data"][i], crop[:, :, ::-1] if u[i, 2] < 0.5 else crop)
+    assert elapsed < 0.5, f"fast-forward by {skipped} batches took {elapsed:.2f} s"

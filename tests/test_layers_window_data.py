@@ -4,6 +4,7 @@ malformed window files. Images: the assets' dolphins-and-seahorses."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
@@ -114,7 +115,7 @@ def test_batch_composition_and_crops(tmp_path: Path):
     assert net.blobs["data"].data.shape == (8, 3, 32, 32) and net.blobs["label"].data.shape == (8,)
     candidates = {w: expected(geometry(w), image(w[0]), mean=mean, scale=0.5) for w in (A, B, C, D, E, F, IGNORED)}
     seen = set()
-    for _ in range(6):
+    for _ in range(16):  # 32 foreground draws from 4 windows: one is missed with probability < 1e-3
         net.forward()
         data, labels = net.blobs["data"].data, net.blobs["label"].data
         np.testing.assert_array_equal(labels[:6], 0)
@@ -192,6 +193,47 @@ def test_cached_images_give_the_same_batches(tmp_path: Path):
         out.append((net.blobs["data"].data.copy(), net.blobs["label"].data.copy()))
     np.testing.assert_array_equal(out[0][0], out[1][0])
     np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+# ---------------------------------------------------------------------------- fast-forward (solver restore)
+def test_fast_forward_continues_as_reading_on(tmp_path: Path):
+    """Fast-forwarding by n batches draws on exactly as reading n batches would (windows and mirrors), also
+    for a layer that has already read batches (it starts again from its beginning)."""
+    source = window_file(tmp_path / "win.txt", ALL)
+    nets = []
+    for _ in range(2):
+        caffe.set_random_seed(6)
+        nets.append(window_net(source, batch=4, fg_fraction=0.5, phase=caffe.TRAIN, transform="mirror: true"))
+    reader, skipper = nets
+    for _ in range(7):
+        reader.forward()
+    skipper.forward()
+    skipper.layer_dict["win"].fast_forward(7)
+    for _ in range(3):
+        want, got = reader.forward(), skipper.forward()
+        np.testing.assert_array_equal(got["data"], want["data"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+
+
+def test_fast_forward_by_a_million_batches_is_one_jump(tmp_path: Path):
+    """10^6 batches are skipped in constant time; the batch after them is the one uniforms 2 x 4 x 10^6 ...
+    of the layer's generator pick: per window its index in its set (background first) and its mirror coin."""
+    source = window_file(tmp_path / "win.txt", ALL)
+    net = window_net(source, batch=4, fg_fraction=0.5, phase=caffe.TRAIN, transform="mirror: true")
+    layer = net.layer_dict["win"]
+    start = time.perf_counter()
+    layer.fast_forward(10**6)
+    out = net.forward()
+    elapsed = time.perf_counter() - start
+    rng = np.random.default_rng(layer._seed)
+    rng.bit_generator.advance(2 * 4 * 10**6)
+    u = rng.random((4, 2))
+    pools = [[B, E], [B, E], [A, C, D, F], [A, C, D, F]]  # in window-file order
+    for i, pool in enumerate(pools):
+        w, flip = pool[int(u[i, 0] * len(pool))], bool(u[i, 1] < 0.5)
+        assert out["label"][i] == (w[1] if i >= 2 else 0)
+        np.testing.assert_array_equal(out["data"][i], expected(geometry(w, mirror=flip), image(w[0]), mirror=flip))
+    assert elapsed < 0.5, f"fast-forward by 10^6 batches took {elapsed:.2f} s"
 
 
 # ---------------------------------------------------------------------------- errors

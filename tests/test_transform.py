@@ -128,6 +128,75 @@ def test_batches_come_in_order_and_wrap_around():
     assert labels == [[0, 1, 2], [3, 4, 0], [1, 2, 3], [4, 0, 1]]
 
 
+def test_crop_and_mirror_are_three_uniforms_per_item():
+    """Item i's crop and mirror come from uniforms 3i, 3i+1, 3i+2 of the prefetcher's generator: rows
+    int(u * (h - crop + 1)), columns likewise, mirrored when the third is below 0.5."""
+    imgs = images(n=8, h=9, w=11)
+    data, _ = run_batch(transformer(caffe.TRAIN, crop_size=5, mirror=True), imgs, 8, workers=2, seed=5)
+    u = np.random.default_rng(5).random((8, 3))
+    for i in range(8):
+        h, w = int(u[i, 0] * 5), int(u[i, 1] * 7)
+        crop = imgs[i].transpose(2, 0, 1)[:, h : h + 5, w : w + 5]
+        np.testing.assert_array_equal(data[i].numpy(), crop[:, :, ::-1] if u[i, 2] < 0.5 else crop)
+    assert 0 < int(np.sum(u[:, 2] < 0.5)) < 8  # both kinds occur in this batch
+
+
+@pytest.mark.parametrize(
+    "phase, fields, per_item",
+    [
+        (caffe.TRAIN, {"crop_size": 4, "mirror": True}, 3),
+        (caffe.TRAIN, {"crop_size": 4}, 3),
+        (caffe.TRAIN, {"mirror": True}, 3),
+        (caffe.TRAIN, {}, 0),
+        (caffe.TEST, {"crop_size": 4, "mirror": True}, 0),  # TEST: centre crop, no mirror, nothing drawn
+    ],
+)
+def test_skip_draws_is_the_draws_of_that_many_items(phase: int, fields: dict, per_item: int):
+    t = transformer(phase, **fields)
+    assert t.draws_per_item == per_item
+    drawn, skipped = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(1000):
+        t.draw(drawn)
+    t.skip_draws(skipped, 1000)
+    assert t.draw(drawn) == t.draw(skipped)
+    assert drawn.random() == skipped.random() == np.random.default_rng(3).random(1 + 1001 * per_item)[-1]
+
+
+class SkippingArraySource(ArraySource):
+    """ArraySource with ``skip`` (the prefetcher then jumps instead of reading the skipped records)."""
+
+    def __init__(self, images: list[np.ndarray]) -> None:
+        super().__init__(images)
+        self.read = 0
+
+    def next_records(self, n: int) -> list[Record]:
+        self.read += n
+        return super().next_records(n)
+
+    def skip(self, n: int) -> None:
+        self.pos = (self.pos + n) % len(self.images)
+
+
+@pytest.mark.parametrize("source", [ArraySource, SkippingArraySource])
+def test_skip_batches_continues_as_reading_them(source: type):
+    imgs = images(n=7, h=9, w=9)
+    t = transformer(caffe.TRAIN, crop_size=5, mirror=True)
+    reader = Prefetcher(ArraySource(imgs), t, 3, workers=2, seed=8)
+    skipper = Prefetcher(source(imgs), t, 3, workers=2, seed=8, skip_batches=5)
+    try:
+        for _ in range(5):
+            reader.next()
+        for _ in range(4):
+            (a, la), (b, lb) = reader.next(), skipper.next()
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+            np.testing.assert_array_equal(la.numpy(), lb.numpy())
+    finally:
+        reader.stop()
+        skipper.stop()
+    if source is SkippingArraySource:  # the skipped 5 batches were never read: only the 4 used and read-ahead
+        assert skipper.source.read <= 3 * (4 + skipper.depth)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_item_is_a_clear_error_naming_it(workers: int):
     src = ArraySource(images(n=4), bad=2)

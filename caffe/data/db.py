@@ -74,6 +74,9 @@ LEVELDB_BLOCK_SIZE = 65536
 LEVELDB_WRITE_BUFFER_SIZE = 268435456
 LEVELDB_MAX_OPEN_FILES = 100
 
+#: ``Cursor.seek_index`` keeps every so many keys of its counting pass (to come back without a second pass).
+_INDEX_STRIDE = 1024
+
 _BACKEND_NAMES = {"lmdb": "lmdb", "leveldb": "leveldb"}
 _LEVELDB_FILE = re.compile(r"^(CURRENT|LOCK|MANIFEST-\d+|\d+\.(ldb|sst|log))$")
 
@@ -312,6 +315,49 @@ class Cursor:
     def valid(self) -> bool:
         raise NotImplementedError
 
+    # positioning without reading values (neocaffe) -----------------------------------------
+    def seek(self, key: bytes | str) -> None:
+        """Move to the first record whose key is ``key`` or sorts after it (invalid if none does)."""
+        raise NotImplementedError
+
+    def seek_index(self, index: int) -> None:
+        """Move to the record ``index`` places after the first, going round again from the first record
+        past the last one (record ``index % len(db)``); an empty database leaves the cursor invalid.
+
+        Reads keys only (no value is read or copied) in at most one pass over them: when ``index`` is
+        beyond the last record, the pass has counted the records and kept every
+        ``_INDEX_STRIDE``-th key, so the cursor seeks the nearest one and steps fewer than that many.
+        """
+        self._check_open()
+        if index < 0:
+            raise ValueError(f"seek_index: index must not be negative, got {index}")
+        marks: list[bytes] = []
+        count = 0
+        with contextlib.closing(self._keys()) as keys:
+            for key in keys:
+                if count == index:
+                    self.seek(key)
+                    return
+                if count % _INDEX_STRIDE == 0:
+                    marks.append(key)
+                count += 1
+        if count == 0:
+            self._set_past_end()
+            return
+        index %= count
+        with contextlib.closing(self._keys(marks[index // _INDEX_STRIDE])) as keys:
+            for _ in range(index % _INDEX_STRIDE):
+                next(keys)
+            self.seek(next(keys))
+
+    def _keys(self, start: bytes | None = None) -> Iterator[bytes]:
+        """The keys in order from the first record (or from ``start``), through a separate keys-only
+        iterator: this cursor does not move."""
+        raise NotImplementedError
+
+    def _set_past_end(self) -> None:
+        raise NotImplementedError
+
     # Python --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         while self.valid:
@@ -504,6 +550,24 @@ class LMDBCursor(Cursor):
     @property
     def valid(self) -> bool:
         return self._valid and not self._closed
+
+    def seek(self, key: bytes | str) -> None:
+        self._check_open()
+        self._valid = self._cur.set_range(_check_key(key))
+
+    def seek_index(self, index: int) -> None:
+        # LMDB keeps the number of records: the walk stops before the end and no key is copied
+        self._check_open()
+        if index < 0:
+            raise ValueError(f"seek_index: index must not be negative, got {index}")
+        count = int(self._txn.stat(self._db.env.open_db())["entries"])
+        self._valid = self._cur.first()
+        step = self._cur.next
+        for _ in range(index % count if count else 0):
+            step()
+
+    def _set_past_end(self) -> None:
+        self._valid = False
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         self._check_open()
@@ -707,6 +771,7 @@ def _reopen_lmdb(path: str, readahead: bool) -> LMDB:
 class LevelDBCursor(Cursor):
     def __init__(self, db: LevelDB, handle: plyvel.DB) -> None:
         super().__init__(db)
+        self._handle = handle
         self._it = handle.iterator()
         self._item: tuple[bytes, bytes] | None = None
         self.seek_to_first()
@@ -744,6 +809,23 @@ class LevelDBCursor(Cursor):
     @property
     def valid(self) -> bool:
         return self._item is not None and not self._closed
+
+    def seek(self, key: bytes | str) -> None:
+        self._check_open()
+        self._it.seek(_check_key(key))
+        self._advance()
+
+    def _keys(self, start: bytes | None = None) -> Iterator[bytes]:
+        try:
+            with self._handle.iterator(include_value=False) as keys:
+                if start is not None:
+                    keys.seek(start)
+                yield from keys
+        except plyvel.Error as e:
+            raise DataError(f"{self._db.path}: cannot read LevelDB database: {_error_text(e)}") from None
+
+    def _set_past_end(self) -> None:
+        self._item = None
 
     def close(self) -> None:
         if not self._closed:

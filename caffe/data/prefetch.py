@@ -120,6 +120,8 @@ class Source(Protocol):
 
     def decode(self, record: Record) -> Decoded: ...
 
+    # Optional: ``skip(n)`` moves on as ``next_records(n)`` would, without reading anything (fast-forward).
+
 
 @dataclass
 class _Batch:
@@ -134,7 +136,11 @@ class _Batch:
 
 
 class Prefetcher:
-    """Fills batches of ``batch_size`` items from ``source`` with ``workers`` decode threads."""
+    """Fills batches of ``batch_size`` items from ``source`` with ``workers`` decode threads.
+
+    ``skip_batches``: start as if that many batches had been read (the source's ``skip`` and one jump of
+    the draws when the source has one). The threads start with the first :meth:`next`.
+    """
 
     def __init__(
         self,
@@ -161,15 +167,28 @@ class Prefetcher:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.pool = BufferPool(keep=self.depth + self.workers + 2)
-        for _ in range(int(skip_batches)):  # read and draw as the skipped batches would have, decode nothing
-            self._records()
-        if self.workers:
-            self._threads.append(threading.Thread(target=self._feed, name=f"{name}-feeder", daemon=True))
-            for w in range(self.workers):
-                self._threads.append(threading.Thread(target=self._work, args=(w,), name=f"{name}-{w}", daemon=True))
-            for t in self._threads:
-                t.start()
-            _live.add(self)
+        if skip_batches:
+            self._skip(int(skip_batches))
+
+    def _skip(self, batches: int) -> None:
+        """Continue as if ``batches`` batches had been read: the source's position and the draws move on."""
+        skip = getattr(self.source, "skip", None)
+        if skip is None:  # a source that can only be read: read and draw as the skipped batches would have
+            for _ in range(batches):
+                self._records()
+            return
+        skip(batches * self.batch_size)
+        self.transformer.skip_draws(self.rng, batches * self.batch_size)
+
+    def _start(self) -> None:
+        """Start the feeder and decode threads (on the first batch asked for: a prefetcher replaced before
+        then, as by a fast-forward, has read nothing)."""
+        self._threads.append(threading.Thread(target=self._feed, name=f"{self.name}-feeder", daemon=True))
+        for w in range(self.workers):
+            self._threads.append(threading.Thread(target=self._work, args=(w,), name=f"{self.name}-{w}", daemon=True))
+        for t in self._threads:
+            t.start()
+        _live.add(self)
 
     # ------------------------------------------------------------------ background side
     def _records(self) -> _Batch:
@@ -239,6 +258,8 @@ class Prefetcher:
         """The next batch as (float data (N, C, H, W), labels (N,)); waits if it is not ready yet."""
         start = time.perf_counter()
         if self.workers:
+            if not self._threads:
+                self._start()
             batch = self._ready.get()
             batch.done.wait()
         else:

@@ -65,11 +65,26 @@ class DataTransformer:
         return channels, height, width
 
     # ------------------------------------------------------------------ per item (workers)
+    @property
+    def draws_per_item(self) -> int:
+        """Uniforms (one 64-bit generator output each) drawn per item: 3 with a TRAIN crop or mirror, else 0."""
+        return 3 if (self.crop and self.train) or self.mirror else 0
+
     def draw(self, rng: np.random.Generator) -> tuple[float, float, bool]:
-        """The random numbers one item needs (drawn in order by one thread, so runs repeat exactly)."""
-        u_h, u_w = rng.random(2) if self.crop and self.train else (0.0, 0.0)
-        flip = bool(rng.integers(2)) if self.mirror else False
-        return float(u_h), float(u_w), flip
+        """The random numbers one item needs (drawn in order by one thread, so runs repeat exactly).
+
+        Always ``draws_per_item`` uniforms: the crop's row and column fractions and the mirror coin
+        (``u < 0.5``), so that skipping items is one jump of the generator (:meth:`skip_draws`).
+        """
+        if not self.draws_per_item:
+            return 0.0, 0.0, False
+        u_h, u_w, u_flip = rng.random(3)
+        return float(u_h), float(u_w), self.mirror and bool(u_flip < 0.5)
+
+    def skip_draws(self, rng: np.random.Generator, items: int) -> None:
+        """Move ``rng`` on as ``items`` calls of :meth:`draw` would (a constant-time jump for PCG64)."""
+        if self.draws_per_item and items:
+            rng.bit_generator.advance(self.draws_per_item * int(items))
 
     def offsets(self, height: int, width: int, draw: tuple[float, float, bool]) -> tuple[int, int]:
         if not self.crop:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,11 @@ class _PrefetchingDataLayer(Layer):
     def fast_forward(self, batches: int) -> None:
         """Continue as a run that has already read ``batches`` batches: same records, same random draws
         (the solver calls it when it restores a snapshot, so a resumed training reads what an uninterrupted
-        one would have read next)."""
+        one would have read next). Nothing skipped is read: the sources and the draws jump ahead."""
         self.prefetcher.stop(join=True)
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
         self.source = self.make_source(np.random.default_rng(self._seed))  # the fresh start, then skipped
         if batches:
             log.info("layer '%s': fast-forwarding the data by %d batches", self.name, batches)
@@ -106,19 +110,16 @@ class DatumSource:
 
         self.path, self.backend, self.transformer = path, backend, transformer
         self._open = lambda: open_db(path, backend, "read")
-        db = self._open()
-        try:
-            if len(db) == 0:
+        with self._open() as db, db.cursor() as cursor:  # (no len(db): a LevelDB counts its keys for it)
+            if not cursor.valid:
                 raise DataError(f"{path}: the {backend} database is empty")
-            first_key, first_value = next(iter(db.cursor()))
-        finally:
-            db.close()
+            first_key, first_value = cursor.key, cursor.value
         self._first = Record(first_value, self._describe(first_key))
-        self._skip = int(rng.integers(rand_skip)) if rand_skip else 0
-        if self._skip:
-            log.info("Skipping first %d data points.", self._skip)
-        self._iter = None
-        self._db = None
+        skip = int(rng.integers(rand_skip)) if rand_skip else 0
+        if skip:
+            log.info("Skipping first %d data points.", skip)
+        self._position = skip  # records passed since the first one, in all passes (rand_skip included)
+        self._iter: Iterator[Record] | None = None
 
     def _describe(self, key: bytes) -> str:
         return f"{self.path} record {key.decode('utf-8', 'replace')!r}"
@@ -126,21 +127,36 @@ class DatumSource:
     def peek(self) -> Record:
         return self._first
 
-    def _records(self):  # runs in the feeder thread: the database is opened there
-        self._db = self._open()
-        skip = self._skip
-        while True:
-            for key, value in self._db.cursor():
-                if skip:
-                    skip -= 1
-                    continue
-                yield Record(value, self._describe(key))
-            log.info("Restarting data prefetching from start.")
+    def _records(self, position: int) -> Iterator[Record]:
+        """Records from ``position`` (modulo the number of records) on, round and round (feeder thread:
+        the database is opened there)."""
+        with self._open() as db, db.cursor() as cursor:  # the cursor closes first (LevelDB needs it)
+            cursor.seek_index(position)  # keys only, at most one pass
+            if not cursor.valid:
+                raise DataError(f"{self.path}: the {self.backend} database is empty")
+            while True:
+                for key, value in cursor:
+                    yield Record(value, self._describe(key))
+                log.info("Restarting data prefetching from start.")
+                cursor.seek_to_first()
 
     def next_records(self, n: int) -> list[Record]:
         if self._iter is None:
-            self._iter = self._records()
-        return [next(self._iter) for _ in range(n)]
+            self._iter = self._records(self._position)
+        out = [next(self._iter) for _ in range(n)]
+        self._position += n
+        return out
+
+    def skip(self, n: int) -> None:
+        """Move on ``n`` records without reading them."""
+        self.close()
+        self._position += int(n)
+
+    def close(self) -> None:
+        """Close the database if records were read (reading again reopens it where it was)."""
+        if self._iter is not None:
+            self._iter.close()
+            self._iter = None
 
     def decode(self, record: Record) -> Decoded:
         from caffe.data.datum import datum_image_hwc
@@ -210,7 +226,8 @@ class DataLayer(_PrefetchingDataLayer):
 class ImageListSource:
     """``path label`` lines (split at the last space), optionally shuffled every epoch."""
 
-    def __init__(self, layer: Layer, rng: np.random.Generator) -> None:
+    def __init__(self, layer: Layer, rng: np.random.Generator, records: list[Record] | None = None) -> None:
+        """``records``: the list already read (a restart), else it is read from ``image_data_param.source``."""
         p = layer.layer_param.image_data_param
         self.root = p.root_folder
         self.height, self.width, self.is_color = int(p.new_height), int(p.new_width), bool(p.is_color)
@@ -219,31 +236,43 @@ class ImageListSource:
             raise layer.error("image_data_param: new_height and new_width must be set together")
         if not p.source:
             raise layer.error("image_data_param.source is not set")
-        self.records = read_image_list(p.source)
+        self.records = read_image_list(p.source) if records is None else records  # never reordered
         if not self.records:
             raise DataError(f"{p.source}: the image list is empty")
+        # The epoch's order, shuffled in place as the list itself would be (same permutation, same draws).
+        self.order = np.arange(len(self.records))
         if self.shuffle:
             log.info("Shuffling data")
-            self.rng.shuffle(self.records)
+            self.rng.shuffle(self.order)
         log.info("A total of %d images.", len(self.records))
         self._pos = int(rng.integers(p.rand_skip)) % len(self.records) if p.rand_skip else 0
         if self._pos:
             log.info("Skipping first %d data points.", self._pos)
 
     def peek(self) -> Record:
-        return self.records[self._pos]
+        return self.records[self.order[self._pos]]
 
     def next_records(self, n: int) -> list[Record]:
         out = []
         for _ in range(n):
-            out.append(self.records[self._pos])
+            out.append(self.records[self.order[self._pos]])
             self._pos += 1
             if self._pos == len(self.records):
                 log.info("Restarting data prefetching from start.")
                 self._pos = 0
-                if self.shuffle:
-                    self.rng.shuffle(self.records)
+                self._reshuffle(1)
         return out
+
+    def skip(self, n: int) -> None:
+        """Move on ``n`` records without reading them: only the shuffles of the epochs passed are replayed."""
+        epochs, self._pos = divmod(self._pos + int(n), len(self.records))
+        self._reshuffle(epochs)
+
+    def _reshuffle(self, epochs: int) -> None:
+        """The shuffles that starting ``epochs`` new epochs makes (none without ``shuffle``)."""
+        if self.shuffle:
+            for _ in range(epochs):
+                self.rng.shuffle(self.order)
 
     def decode(self, record: Record) -> Decoded:
         from caffe.data.datum import read_image
@@ -285,4 +314,5 @@ class ImageDataLayer(_PrefetchingDataLayer):
         return int(self.layer_param.image_data_param.batch_size)
 
     def make_source(self, rng: np.random.Generator) -> Source:
-        return ImageListSource(self, rng)
+        previous = getattr(self, "source", None)  # a fast-forward's restart: the list is not read again
+        return ImageListSource(self, rng, previous.records if previous is not None else None)

@@ -43,8 +43,8 @@ padding rather than a crop position; the prefetcher's transformer is therefore t
 
 from __future__ import annotations
 
+import copy
 import logging
-import weakref
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ import numpy as np
 
 from caffe.blob import Shape
 from caffe.common import TRAIN
-from caffe.data.prefetch import Decoded, Prefetcher, Record
+from caffe.data.prefetch import Decoded, Record
 from caffe.data.transform import CHW, DataTransformer, load_mean
 from caffe.errors import DataError
 from caffe.layer import register
@@ -258,16 +258,31 @@ class WindowSource:
         cfg = self.settings
         return self._record((cfg.fg or cfg.bg)[0], False)
 
+    @property
+    def draws_per_window(self) -> int:
+        """Uniforms drawn per window: which window of its set, and the mirror coin (``u < 0.5``) if mirroring."""
+        return 2 if self.settings.mirror else 1
+
     def next_records(self, n: int) -> list[Record]:
         cfg = self.settings
         num_fg = cfg.num_fg if n == cfg.batch else int(_f32(n) * _f32(cfg.fg_fraction))
+        u = self.rng.random((n, self.draws_per_window))
         out = []
-        for pool, count in ((cfg.bg, n - num_fg), (cfg.fg, num_fg)):
-            for _ in range(count):
-                window = pool[int(self.rng.integers(len(pool)))]
-                flip = bool(self.rng.integers(2)) if cfg.mirror else False
-                out.append(self._record(window, flip))
+        for i in range(n):
+            pool = cfg.bg if i < n - num_fg else cfg.fg
+            flip = bool(cfg.mirror and u[i, 1] < 0.5)
+            out.append(self._record(pool[int(u[i, 0] * len(pool))], flip))
         return out
+
+    def skip(self, n: int) -> None:
+        """Move on as ``next_records`` would for ``n`` windows: one jump of the generator."""
+        self.rng.bit_generator.advance(self.draws_per_window * int(n))
+
+    def restarted(self, rng: np.random.Generator) -> WindowSource:
+        """This source from its start with ``rng`` (the image cache is shared, not read again)."""
+        source = copy.copy(self)
+        source.rng = rng
+        return source
 
     def _image(self, index: int) -> np.ndarray:
         path = self.images[index].path
@@ -422,13 +437,14 @@ class WindowDataLayer(_PrefetchingDataLayer):
             bg=self.bg,
             cache_images=self.cache_images,
         )
+        self._seed = seed
         self.source = WindowSource(settings, images, np.random.default_rng(seed))
         self._data_shape = (self.batch, CHANNELS, self.crop, self.crop)
         log.info("output data size: %s", ",".join(map(str, self._data_shape)))
-        self.prefetcher = Prefetcher(
-            self.source, self.transformer, self.batch, depth=self.prefetch_depth(), seed=seed + 1, name=where
-        )
-        weakref.finalize(self, self.prefetcher.stop)  # threads are also joined at exit (caffe.data.prefetch)
+        self._start_prefetching(0)  # threads are also joined at exit (caffe.data.prefetch)
+
+    def make_source(self, rng: np.random.Generator) -> WindowSource:
+        return self.source.restarted(rng)
 
     def _read_mean(self, t: pb.TransformationParameter) -> None:
         self.mean: np.ndarray | None = None
