@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -199,10 +201,22 @@ def test_skip_batches_continues_as_reading_them(source: type):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_item_is_a_clear_error_naming_it(workers: int):
-    src = ArraySource(images(n=4), bad=2)
+    src = ArraySource(images(n=8), bad=2)  # the first batch holds the bad item, the second does not
     p = Prefetcher(src, transformer(caffe.TEST), 4, workers=workers)
     with pytest.raises(caffe.DataError, match="item 2: cannot decode"):
         p.next()
+    again: list[BaseException] = []  # a second call says it again (it used to wait forever for stopped threads)
+
+    def call() -> None:
+        try:
+            p.next()
+        except BaseException as e:
+            again.append(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(10)
+    assert again and isinstance(again[0], caffe.DataError) and "item 2: cannot decode" in str(again[0])
     p.stop()
 
 

@@ -165,6 +165,7 @@ class Prefetcher:
         self._slots = threading.Semaphore(self.depth)
         self._jobs: list[queue.Queue[_Batch | None]] = [queue.Queue() for _ in range(self.workers)]
         self._stop = threading.Event()
+        self._error: DataError | None = None  # the error that stopped the threads, raised again on next()
         self._threads: list[threading.Thread] = []
         self.pool = BufferPool(keep=self.depth + self.workers + 2)
         if skip_batches:
@@ -256,6 +257,8 @@ class Prefetcher:
     # ------------------------------------------------------------------ net side
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next batch as (float data (N, C, H, W), labels (N,)); waits if it is not ready yet."""
+        if self._error is not None:  # the threads are gone: say again what stopped them
+            raise self._error.with_traceback(None)
         start = time.perf_counter()
         if self.workers:
             if not self._threads:
@@ -264,16 +267,21 @@ class Prefetcher:
             batch.done.wait()
         else:
             batch = self._records()
-            self._build(batch)
+            try:
+                self._build(batch)
+            except Exception as e:  # reported below as the workers' errors are
+                batch.error = e
         self.wait_seconds += time.perf_counter() - start
         self.batches += 1
         try:
             if batch.error is not None:
                 error = batch.error
                 self.stop()
-                if isinstance(error, DataError):
-                    raise error.with_traceback(None)
-                raise DataError(f"{self.name}: {type(error).__name__}: {error}") from error
+                if not isinstance(error, DataError):
+                    cause, error = error, DataError(f"{self.name}: {type(error).__name__}: {error}")
+                    error.__cause__ = cause
+                self._error = error
+                raise error.with_traceback(None)
             assert batch.buffer is not None and batch.labels is not None
             return self.transformer.to_tensor(batch.buffer, batch.layout), torch.from_numpy(batch.labels)
         finally:
