@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -57,10 +59,25 @@ def build_database(folder: Path, records: int) -> tuple[Path, Path]:
     return db_path, mean_path
 
 
-def pillow_loop(db_path: Path, records: int) -> float:
-    """Images/s of the plain loop: read, parse, decode with Pillow, one thread."""
-    with open_db(db_path, "lmdb", "read") as db:
-        start = time.perf_counter()
+class Timed:
+    """Wall-clock and process CPU time (every thread, user + system) of a block."""
+
+    def __enter__(self) -> Timed:
+        self.wall, self.cpu = time.perf_counter(), process_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, process_cpu() - self.cpu
+
+
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pillow_loop(db_path: Path, records: int) -> tuple[float, float]:
+    """(images/s, CPU us per image) of the plain loop: read, parse, decode with Pillow, one thread."""
+    with open_db(db_path, "lmdb", "read") as db, Timed() as t:
         n = 0
         for _, value in db.cursor():
             datum = pb.Datum.FromString(value)
@@ -68,7 +85,25 @@ def pillow_loop(db_path: Path, records: int) -> float:
             n += 1
             if n == records:
                 break
-    return n / (time.perf_counter() - start)
+    return n / t.wall, 1e6 * t.cpu / n
+
+
+def decode_threads(db_path: Path, records: int, threads: int) -> float:
+    """Images/s of bare ``cv2.imdecode`` calls split over ``threads`` threads: the machine's own scaling."""
+    with open_db(db_path, "lmdb", "read") as db:
+        blobs = [np.frombuffer(pb.Datum.FromString(v).data, np.uint8) for _, v in db.cursor()][:records]
+
+    def work(part: list[np.ndarray]) -> None:
+        for blob in part:
+            cv2.imdecode(blob, cv2.IMREAD_COLOR)
+
+    pool = [threading.Thread(target=work, args=(blobs[k::threads],)) for k in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return len(blobs) / (time.perf_counter() - start)
 
 
 def data_net(db_path: Path, mean_path: Path, workers: int) -> caffe.Net:
@@ -81,14 +116,18 @@ def data_net(db_path: Path, mean_path: Path, workers: int) -> caffe.Net:
     return caffe.Net(text_format.Parse(text, pb.NetParameter()), caffe.TRAIN)
 
 
-def layer_rate(db_path: Path, mean_path: Path, workers: int, records: int) -> float:
+def layer_rate(db_path: Path, mean_path: Path, workers: int, records: int) -> tuple[float, float]:
+    """(images/s, CPU us per image of the whole process) of the Data layer in steady state."""
     net = data_net(db_path, mean_path, workers)
-    net.forward()  # the first batch (set-up, threads starting)
-    batches = records // BATCH - 1
-    start = time.perf_counter()
-    for _ in range(batches):
+    warm_up = 8  # steady state: threads started, the buffer pool filled (first-touch page faults paid)
+    for _ in range(warm_up):
         net.forward()
-    return batches * BATCH / (time.perf_counter() - start)
+    batches = records // BATCH - warm_up
+    with Timed() as t:
+        for _ in range(batches):
+            net.forward()
+    net.layer_dict["data"].prefetcher.stop(join=True)
+    return batches * BATCH / t.wall, 1e6 * t.cpu / (batches * BATCH)
 
 
 def alexnet_wait(db_path: Path, mean_path: Path, steps: int) -> tuple[float, float, float]:
@@ -122,7 +161,7 @@ def alexnet_wait(db_path: Path, mean_path: Path, steps: int) -> tuple[float, flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=3072)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -130,13 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db_path, mean_path = build_database(Path(tmp), args.records)
         rates: dict[str, list[float]] = {"pillow": [], "w0": [], "w1": [], "w2": []}
+        cpus: dict[str, list[float]] = {k: [] for k in rates}
+        scaling = []  # bare decoding, 2 threads vs 1
         for r in range(args.rounds):  # interleaved rounds: this VM's speed drifts
-            rates["pillow"].append(pillow_loop(db_path, args.records))
-            for w in (0, 1, 2):
-                rates[f"w{w}"].append(layer_rate(db_path, mean_path, w, args.records))
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()), flush=True)
+            for key, run in [("pillow", lambda: pillow_loop(db_path, args.records))] + [
+                (f"w{w}", lambda w=w: layer_rate(db_path, mean_path, w, args.records)) for w in (0, 1, 2)
+            ]:
+                rate, cpu = run()
+                rates[key].append(rate)
+                cpus[key].append(cpu)
+            one = decode_threads(db_path, args.records, 1)
+            scaling.append(decode_threads(db_path, args.records, 2) / one)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s {cpus[k][-1]:.0f}us" for k, v in rates.items()),
+                flush=True,
+            )
         best = {k: median(v) for k, v in rates.items()}
         ratios = {k: median([r / p for r, p in zip(v, rates["pillow"], strict=True)]) for k, v in rates.items()}
+        cpu = {k: median(v) for k, v in cpus.items()}
+        per_round = [r / p for r, p in zip(rates["w2"], rates["pillow"], strict=True)]
+        print(f"2 workers / Pillow per round: {', '.join(f'{x:.2f}' for x in per_round)}")
+        print(f"bare cv2.imdecode, 2 threads / 1 thread: {', '.join(f'{x:.2f}' for x in scaling)}")
         step_ms, wait_ms, worst_ms = alexnet_wait(db_path, mean_path, args.steps)
         print(f"AlexNet step {step_ms:.0f} ms, data wait median {wait_ms:.3f} ms, worst {worst_ms:.3f} ms")
     info = machine_info()
@@ -149,17 +202,28 @@ def main(argv: list[str] | None = None) -> int:
         f"`mirror: true` and a mean file, batch {BATCH}. Medians of {args.rounds} interleaved rounds (this VM's "
         "speed drifts, so each round runs every reader back to back and the ratio is taken per round).",
         "",
-        "| reader | images/s | vs Pillow loop (per-round ratio) |",
-        "|---|---|---|",
-        f"| plain loop: parse Datum + Pillow decode, 1 thread | {best['pillow']:.0f} | 1.00x |",
+        "| reader | images/s | vs Pillow loop (per-round ratio) | CPU us per image (all threads) |",
+        "|---|---|---|---|",
+        f"| plain loop: parse Datum + Pillow decode, 1 thread | {best['pillow']:.0f} | 1.00x | {cpu['pillow']:.0f} |",
     ]
     for w, label in ((0, "no workers (decode in the net's thread)"), (1, "1 worker"), (2, "2 workers (default)")):
-        lines.append(f"| `Data` layer, {label} | {best[f'w{w}']:.0f} | {ratios[f'w{w}']:.2f}x |")
+        lines.append(f"| `Data` layer, {label} | {best[f'w{w}']:.0f} | {ratios[f'w{w}']:.2f}x | {cpu[f'w{w}']:.0f} |")
     lines += [
         "",
-        "The `Data` layer does more per image than the peer (crop, mirror, mean subtraction, float conversion) "
-        "and still beats it, because decoding runs in parallel threads (OpenCV releases the GIL) and the float "
-        "work is one vectorised pass per batch.",
+        "Images/s are medians over rounds; the ratio column is the median of the per-round ratios (2 workers: "
+        + ", ".join(f"{x:.2f}" for x in per_round)
+        + "). The CPU column is the process's CPU time (every thread, user + system) per image while the reader "
+        "ran, in steady state (8 batches read first: threads started, the batch-buffer pool filled). Without "
+        "workers the layer costs about what the peer costs per image: OpenCV decodes as fast as Pillow, and the "
+        "crop/mirror/mean/float pass (one OpenCV call per image into a recycled batch buffer) weighs about what "
+        "the peer's two copies (`convert`, `asarray`) weigh. Two workers can then speed it up only as far as "
+        "this machine runs two decoding threads at once: bare `cv2.imdecode` calls over the same records, split "
+        f"over two threads, ran {median(scaling):.2f}x as fast as in one (median of "
+        + ", ".join(f"{x:.2f}" for x in scaling)
+        + f"), and the layer's two workers reach {best['w2'] / best['w0']:.2f}x its own no-worker rate (the feeder "
+        "and the net's thread share the same two vCPUs). The target of this benchmark, 2 workers >= 1.8x the "
+        f"plain loop, {'holds' if ratios['w2'] >= 1.8 else 'is not reached'} in this run "
+        f"({ratios['w2']:.2f}x); on this VM the ratio follows the machine's two-thread scaling from run to run.",
         "",
         f"Feeding a CPU AlexNet (caffe-ref `bvlc_alexnet/train_val.prototxt`, batch {BATCH}, forward + backward): "
         f"a step takes {step_ms:.0f} ms (median of {args.steps}); the net waited for the Data layer "
