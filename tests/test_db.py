@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -191,11 +193,28 @@ def test_not_a_database(tmp_path: Path):
         open_db(bad, "lmdb", "append")
 
 
-def test_leveldb_is_single_opener(tmp_path: Path):
+def test_leveldb_handles_share_one_opener_per_process(tmp_path: Path):
+    """LevelDB admits one opener: handles in this process share it (a TRAIN and a TEST net on one database),
+    another process is refused with a clear error."""
+    from caffe.data import db as dbmod
+
     write_db(tmp_path / "db", "leveldb", records(3))
-    with open_db(tmp_path / "db", "leveldb") as db:
-        with pytest.raises(DataError, match="locked"):
-            open_db(tmp_path / "db", "leveldb")
+    first = open_db(tmp_path / "db", "leveldb")
+    (tmp_path / "sub").mkdir()
+    second = open_db(tmp_path / "sub" / ".." / "db", "leveldb")  # another spelling of the same folder
+    with first.cursor() as a, second.cursor() as b:
+        assert [k for k, _ in a] == [k for k, _ in b] and len(second) == 3
+    other = subprocess.run(
+        [sys.executable, "-c", f"from caffe.data.db import open_db; open_db({str(tmp_path / 'db')!r}, 'leveldb')"],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode != 0 and "locked - another process has it open" in other.stderr
+    first.close()
+    assert second.get(records(3)[1][0]) == records(3)[1][1]  # still open through the other handle
+    second.close()
+    assert not dbmod._LEVELDB_HANDLES  # the last handle closed the database
+    with open_db(tmp_path / "db", "leveldb", "write") as db:  # and it can be opened again
         assert len(db) == 3
 
 

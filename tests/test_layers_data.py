@@ -341,3 +341,16 @@ def test_fast_forward_by_a_million_batches_reads_nothing(tmp_path: Path, kind: s
         crop = whole[i][:, h : h + 4, w : w + 4]
         np.testing.assert_array_equal(out["data"][i], crop[:, :, ::-1] if u[i, 2] < 0.5 else crop)
     assert elapsed < 0.5, f"fast-forward by {skipped} batches took {elapsed:.2f} s"
+
+
+def test_train_and_test_nets_read_one_leveldb_together(tmp_path: Path):
+    """Both nets of a solver may name the same LevelDB (Caffe's second opener failed on the LOCK file)."""
+    items = raw_items(n=5)
+    write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(items)], "leveldb")
+    train = data_net(tmp_path / "db", batch=2, phase=caffe.TRAIN, data="backend: LEVELDB")
+    test = data_net(tmp_path / "db", batch=3, phase=caffe.TEST, data="backend: LEVELDB")
+    seen = {"train": [], "test": []}
+    for _ in range(3):
+        seen["train"] += train.forward()["label"].astype(int).tolist()
+        seen["test"] += test.forward()["label"].astype(int).tolist()
+    assert seen == {"train": [0, 1, 2, 3, 4, 0], "test": [0, 1, 2, 3, 4, 0, 1, 2, 3]}

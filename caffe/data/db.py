@@ -29,7 +29,9 @@ Modes are Caffe's ``db::Mode``:
   folders are created.
 
 In one process, all handles on one LMDB share a single environment (LMDB forbids opening one
-twice); a database open read-only here must be closed before it is opened for writing.
+twice); a database open read-only here must be closed before it is opened for writing. All handles
+on one LevelDB in a process likewise share one plyvel handle (its ``LOCK`` admits one opener), so a
+TRAIN and a TEST net may read the same LevelDB; another process still cannot open it meanwhile.
 
 LMDB grows its memory map as Caffe does: a commit that fills the map doubles the map size and is
 retried, so ``map_size`` is only the starting size.
@@ -615,12 +617,17 @@ class LMDBTransaction(Transaction):
                 raise DataError(f"{db.path}: LMDB write failed: {_error_text(e)}") from None
 
 
-def _lmdb_file_key(path: str) -> tuple[int, int] | None:
+def _file_key(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a file or folder: the same database whatever path names it; None if missing."""
     try:
-        st = os.stat(os.path.join(path, "data.mdb"))
+        st = os.stat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
+
+
+def _lmdb_file_key(path: str) -> tuple[int, int] | None:
+    return _file_key(os.path.join(path, "data.mdb"))
 
 
 class _SharedEnv:
@@ -846,19 +853,18 @@ class LevelDBTransaction(Transaction):
             raise DataError(f"{self._db.path}: LevelDB write failed: {_error_text(e)}") from None
 
 
-class LevelDB(DB):
-    """A LevelDB folder, opened with Caffe's options; see the module docstring."""
+class _SharedLevelDB:
+    """One plyvel handle per LevelDB folder and process (LevelDB's LOCK file admits one opener), shared
+    by every :class:`LevelDB` handle on that folder: a TRAIN and a TEST net may read the same database."""
 
-    backend = "leveldb"
-
-    def __init__(self, path: PathLike, mode: str = "read") -> None:
-        super().__init__(path, mode)
-        _prepare_folder(Path(self.path), self.mode, "LevelDB")
+    def __init__(self, path: str, mode: str) -> None:
+        self.path = path
+        self.refs = 0
         try:
-            self._handle = plyvel.DB(
-                self.path,
-                create_if_missing=self.mode != "read",
-                error_if_exists=self.mode == "new",
+            self.handle = plyvel.DB(
+                path,
+                create_if_missing=mode != "read",
+                error_if_exists=mode == "new",
                 block_size=LEVELDB_BLOCK_SIZE,
                 write_buffer_size=LEVELDB_WRITE_BUFFER_SIZE,
                 max_open_files=LEVELDB_MAX_OPEN_FILES,
@@ -867,16 +873,45 @@ class LevelDB(DB):
             text = _error_text(e)
             if "lock" in text.lower():
                 raise DataError(
-                    f"{self.path}: LevelDB database is locked - another process (or another open_db() in this one) "
-                    "has it open; LevelDB allows one opener at a time"
+                    f"{path}: LevelDB database is locked - another process has it open; LevelDB allows one "
+                    "process at a time (convert it to LMDB to share it between processes)"
                 ) from None
             if "ermission denied" in text:
-                raise DataError(f"{self.path}: permission denied opening the LevelDB database") from None
-            raise DataError(f"{self.path}: cannot open LevelDB database: {text}") from None
+                raise DataError(f"{path}: permission denied opening the LevelDB database") from None
+            raise DataError(f"{path}: cannot open LevelDB database: {text}") from None
         except plyvel.CorruptionError as e:
-            raise DataError(f"{self.path}: corrupt LevelDB database: {_error_text(e)}") from None
+            raise DataError(f"{path}: corrupt LevelDB database: {_error_text(e)}") from None
         except plyvel.Error as e:
-            raise DataError(f"{self.path}: cannot open LevelDB database: {_error_text(e)}") from None
+            raise DataError(f"{path}: cannot open LevelDB database: {_error_text(e)}") from None
+        self.key = _file_key(path)
+
+
+_LEVELDB_HANDLES: dict[tuple[int, int], _SharedLevelDB] = {}
+_LEVELDB_HANDLES_LOCK = threading.Lock()
+
+
+class LevelDB(DB):
+    """A LevelDB folder, opened with Caffe's options; see the module docstring.
+
+    Several handles on one database in a process share one plyvel handle (opening it for ``"new"``
+    while it is open here is the usual "already exists" error).
+    """
+
+    backend = "leveldb"
+
+    def __init__(self, path: PathLike, mode: str = "read") -> None:
+        super().__init__(path, mode)
+        _prepare_folder(Path(self.path), self.mode, "LevelDB")
+        with _LEVELDB_HANDLES_LOCK:
+            key = _file_key(self.path)
+            shared = _LEVELDB_HANDLES.get(key) if key is not None else None
+            if shared is None:
+                shared = _SharedLevelDB(self.path, self.mode)
+                if shared.key is not None:
+                    _LEVELDB_HANDLES[shared.key] = shared
+            shared.refs += 1
+        self._shared = shared
+        self._handle = shared.handle
         self._pid = os.getpid()
         self._ready = True
 
@@ -910,4 +945,11 @@ class LevelDB(DB):
         super().close()
 
     def _close(self) -> None:
-        self._handle.close()
+        shared = self._shared
+        with _LEVELDB_HANDLES_LOCK:
+            shared.refs -= 1
+            if shared.refs > 0:
+                return
+            if shared.key is not None and _LEVELDB_HANDLES.get(shared.key) is shared:
+                del _LEVELDB_HANDLES[shared.key]
+            shared.handle.close()
