@@ -57,11 +57,11 @@ class BufferPool:
     """Batch buffers handed out again once nothing references them any more.
 
     A fresh ~20 MB float buffer per batch (AlexNet's 32x3x227x227) cost page faults and kernel page
-    zeroing that the decode threads contended on: with two workers a run took 5-130 us of kernel time
-    per image and its speed swung by 1.5x between identical runs. Each buffer is lent as a new NumPy
-    view of a pooled array; the tensor the net receives holds that view, so when the net (and anyone
-    else: pycaffe ``blob.data`` views, autograd's saved inputs) has let go of it, a finalizer returns
-    the array to the pool. A buffer still in use is never reused: the pool makes a new one instead.
+    zeroing whenever glibc had handed the freed one back to the system: measured with two workers, 5-130 us
+    of kernel time per image depending on the run, against ~5 us with recycled buffers. Each buffer is
+    lent as a new NumPy view of a pooled array; the tensor the net receives holds that view, so when the
+    net (and anyone else: pycaffe ``blob.data`` views, autograd's saved inputs) has let go of it, a
+    finalizer returns the array to the pool. A buffer still in use is never reused: the pool makes a new one instead.
     """
 
     def __init__(self, keep: int) -> None:
