@@ -54,9 +54,9 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import plyvel
@@ -630,7 +630,55 @@ def _lmdb_file_key(path: str) -> tuple[int, int] | None:
     return _file_key(os.path.join(path, "data.mdb"))
 
 
-class _SharedEnv:
+class _Shared:
+    """What a library allows to open once per database and process (an LMDB environment, a plyvel handle),
+    counted: every :class:`DB` on that database holds it, the last one to close closes it."""
+
+    key: tuple[int, int] | None
+    refs: int = 0
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+_S = TypeVar("_S", bound=_Shared)
+
+
+class _SharedRegistry:
+    """The :class:`_Shared` objects of one backend, by the (device, inode) that names their database."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[int, int], _Shared] = {}
+        self.lock = threading.Lock()  # open and close under it: a concurrent open must not race a close
+
+    def acquire(
+        self, key: tuple[int, int] | None, make: Callable[[], _S], check: Callable[[_S], None] | None = None
+    ) -> _S:
+        """The shared object for ``key`` (``check`` may refuse reusing it), else a new one from ``make``;
+        counted."""
+        with self.lock:
+            shared = self.items.get(key) if key is not None else None
+            if shared is None:
+                shared = make()
+                if shared.key is not None:
+                    self.items[shared.key] = shared
+            elif check is not None:
+                check(shared)  # type: ignore[arg-type]  # one registry per backend: its own kind
+            shared.refs += 1
+            return shared  # type: ignore[return-value]
+
+    def release(self, shared: _Shared) -> None:
+        """One holder fewer; the last closes it."""
+        with self.lock:
+            shared.refs -= 1
+            if shared.refs > 0:
+                return
+            if shared.key is not None and self.items.get(shared.key) is shared:
+                del self.items[shared.key]
+            shared.close()
+
+
+class _SharedEnv(_Shared):
     """One python-lmdb environment per database file and process (LMDB forbids opening one twice:
     its fcntl locks belong to the process), shared by every :class:`LMDB` handle on that file."""
 
@@ -677,9 +725,12 @@ class _SharedEnv:
                     self.pid = os.getpid()
         return self.env
 
+    def close(self) -> None:
+        with contextlib.suppress(lmdb.Error):
+            self.env.close()
 
-_LMDB_ENVS: dict[tuple[int, int], _SharedEnv] = {}
-_LMDB_ENVS_LOCK = threading.Lock()
+
+_LMDB_ENVS = _SharedRegistry()
 
 
 class LMDB(DB):
@@ -699,20 +750,19 @@ class LMDB(DB):
         self._readahead = bool(readahead)
         _prepare_folder(Path(self.path), self.mode, "LMDB")
         writable = self.mode != "read"
-        with _LMDB_ENVS_LOCK:
-            key = _lmdb_file_key(self.path)
-            shared = _LMDB_ENVS.get(key) if key is not None else None
-            if shared is None:
-                shared = _SharedEnv(self.path, writable, int(map_size), self._readahead)
-                if shared.key is not None:
-                    _LMDB_ENVS[shared.key] = shared
-            elif writable and not shared.writable:
+
+        def check(shared: _SharedEnv) -> None:
+            if writable and not shared.writable:
                 raise DataError(
                     f"{self.path}: LMDB database is open read-only in this process; close those handles before "
                     "opening it for writing (LMDB allows one environment per database and process)"
                 )
-            shared.refs += 1
-        self._shared = shared
+
+        self._shared = _LMDB_ENVS.acquire(
+            _lmdb_file_key(self.path),
+            lambda: _SharedEnv(self.path, writable, int(map_size), self._readahead),
+            check,
+        )
         self._ready = True
 
     @property
@@ -751,15 +801,7 @@ class LMDB(DB):
         return int(self.env.stat()["entries"])
 
     def _close(self) -> None:
-        shared = self._shared
-        with _LMDB_ENVS_LOCK:  # closed under the lock: a concurrent open must not race the close
-            shared.refs -= 1
-            if shared.refs > 0:
-                return
-            if shared.key is not None and _LMDB_ENVS.get(shared.key) is shared:
-                del _LMDB_ENVS[shared.key]
-            with contextlib.suppress(lmdb.Error):
-                shared.env.close()
+        _LMDB_ENVS.release(self._shared)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self.mode != "read":
@@ -853,7 +895,7 @@ class LevelDBTransaction(Transaction):
             raise DataError(f"{self._db.path}: LevelDB write failed: {_error_text(e)}") from None
 
 
-class _SharedLevelDB:
+class _SharedLevelDB(_Shared):
     """One plyvel handle per LevelDB folder and process (LevelDB's LOCK file admits one opener), shared
     by every :class:`LevelDB` handle on that folder: a TRAIN and a TEST net may read the same database."""
 
@@ -885,9 +927,11 @@ class _SharedLevelDB:
             raise DataError(f"{path}: cannot open LevelDB database: {_error_text(e)}") from None
         self.key = _file_key(path)
 
+    def close(self) -> None:
+        self.handle.close()
 
-_LEVELDB_HANDLES: dict[tuple[int, int], _SharedLevelDB] = {}
-_LEVELDB_HANDLES_LOCK = threading.Lock()
+
+_LEVELDB_HANDLES = _SharedRegistry()
 
 
 class LevelDB(DB):
@@ -902,16 +946,8 @@ class LevelDB(DB):
     def __init__(self, path: PathLike, mode: str = "read") -> None:
         super().__init__(path, mode)
         _prepare_folder(Path(self.path), self.mode, "LevelDB")
-        with _LEVELDB_HANDLES_LOCK:
-            key = _file_key(self.path)
-            shared = _LEVELDB_HANDLES.get(key) if key is not None else None
-            if shared is None:
-                shared = _SharedLevelDB(self.path, self.mode)
-                if shared.key is not None:
-                    _LEVELDB_HANDLES[shared.key] = shared
-            shared.refs += 1
-        self._shared = shared
-        self._handle = shared.handle
+        self._shared = _LEVELDB_HANDLES.acquire(_file_key(self.path), lambda: _SharedLevelDB(self.path, self.mode))
+        self._handle = self._shared.handle
         self._pid = os.getpid()
         self._ready = True
 
@@ -945,11 +981,4 @@ class LevelDB(DB):
         super().close()
 
     def _close(self) -> None:
-        shared = self._shared
-        with _LEVELDB_HANDLES_LOCK:
-            shared.refs -= 1
-            if shared.refs > 0:
-                return
-            if shared.key is not None and _LEVELDB_HANDLES.get(shared.key) is shared:
-                del _LEVELDB_HANDLES[shared.key]
-            shared.handle.close()
+        _LEVELDB_HANDLES.release(self._shared)
