@@ -351,6 +351,8 @@ def test_caffe_studio_command_refuses_open_bind(tmp_path, capsys):
     assert caffe_main(["studio", "--devices", "tpu", "--jobs_dir", str(tmp_path)]) == 1
     assert "unknown device 'tpu'" in capsys.readouterr().err
     assert caffe_main(["studio", "--port", "70000"]) == 1
+    assert caffe_main(["studio", "--stop_grace", "-1", "--jobs-dir", str(tmp_path)]) == 1
+    assert "--stop_grace must be a number of seconds >= 0" in capsys.readouterr().err
 
 
 def test_serve_in_thread_serves_and_stops(tmp_path):

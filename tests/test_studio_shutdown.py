@@ -137,7 +137,7 @@ def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "layers"), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "wb") as server_log:
         server = subprocess.Popen(
-            caffe_argv("studio", "--port", "0", "--jobs-dir", str(jobs), "--devices", "cpu"),
+            caffe_argv("studio", "--port", "0", "--jobs-dir", str(jobs), "--devices", "cpu", "--stop_grace", "2"),
             stdout=server_log,
             stderr=subprocess.STDOUT,
             env=env,

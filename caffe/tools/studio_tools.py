@@ -38,6 +38,9 @@ def build_parser() -> ToolParser:
                    help="folders (separated by ',') that forms may name as image folders / list files "
                    "(default: any folder this process can read)")
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
+    p.add_argument("--stop_grace", type=float, default=3.0,
+                   help="seconds a running training has, once the server stops, to finish its iteration and "
+                   "snapshot after SIGINT before it is terminated (default 3)")
     p.add_bool("unsafe_no_auth", "serve a non-loopback address without a token (trusted networks only)")
     p.add_bool("access_log", "log every request (uvicorn's access log)")
     return p
@@ -73,6 +76,8 @@ def studio(argv: list[str]) -> int:
         return usage_error(parser, f"--port must be 0..65535, got {args.port}")
     if args.max_upload_mb <= 0:
         return usage_error(parser, f"--max_upload_mb must be positive, got {args.max_upload_mb:g}")
+    if not args.stop_grace >= 0:
+        return usage_error(parser, f"--stop_grace must be a number of seconds >= 0, got {args.stop_grace:g}")
     try:
         devices = _devices(args.devices)
     except ValueError as e:
@@ -88,6 +93,7 @@ def studio(argv: list[str]) -> int:
         host=args.host,
         port=args.port,
         unsafe_no_auth=args.unsafe_no_auth,
+        stop_grace=args.stop_grace,
         data_roots=None if args.data_roots is None else [Path(r).expanduser() for r in args.data_roots.split(",") if r],
     )
     _log_through_caffe()
