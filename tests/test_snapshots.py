@@ -345,59 +345,55 @@ def test_resume_mid_epoch_with_iter_size_is_exact(tmp_path: Path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_with_dropout_is_exact(tmp_path: Path):
-    """torch's random-number state is kept beside the solver state (``.solverstate.rng``), so the Dropout
-    masks after a restore are the uninterrupted run's."""
-    settings = "lr_policy: 'fixed' max_iter: 6 snapshot: 3"
+def solver_param_with(tmp_path: Path, layer: str) -> pb.SolverParameter:
+    """The MLP with ``layer`` inserted after ``relu`` (on ``ip1``), 6 iterations, a snapshot at 3."""
     param = text_format.Parse(
-        f"type: 'SGD' base_lr: 0.05 momentum: 0.9 snapshot_prefix: '{tmp_path / 'snaps' / 'mlp'}' {settings}",
+        f"type: 'SGD' base_lr: 0.05 momentum: 0.9 snapshot_prefix: '{tmp_path / 'snaps' / 'mlp'}' "
+        "lr_policy: 'fixed' max_iter: 6 snapshot: 3",
         pb.SolverParameter(),
     )
     (tmp_path / "snaps").mkdir()
-    dropout = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" }\n'
-    net = mlp_net(small_lmdb(tmp_path)).replace('layer { name: "ip2"', dropout + '    layer { name: "ip2"')
-    assert "Dropout" in net
+    net = mlp_net(small_lmdb(tmp_path)).replace('layer { name: "ip2"', layer + '\n    layer { name: "ip2"')
+    assert layer in net
     text_format.Parse(net, param.net_param)
+    return param
+
+
+def resumed_from_iter_3(tmp_path: Path, param: pb.SolverParameter) -> list[np.ndarray]:
+    """The parameters after resuming from the iteration-3 snapshot, torch's RNG set elsewhere meanwhile."""
+    torch.manual_seed(1234)  # another random state: the one that matters comes from the snapshot
+    resumed = caffe.get_solver(param)
+    resumed.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
+    return params_of(resumed)
+
+
+def test_resume_with_dropout_is_exact(tmp_path: Path):
+    """torch's random-number state is kept beside the solver state (``.solverstate.rng``), so the Dropout
+    masks after a restore are the uninterrupted run's."""
+    param = solver_param_with(tmp_path, 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" }')
     straight = caffe.get_solver(param)
     straight.solve()
     assert (tmp_path / "snaps" / "mlp_iter_3.solverstate.rng").is_file()
     expected = params_of(straight)
-    torch.manual_seed(1234)  # another random state: the one that matters comes from the snapshot
-    resumed = caffe.get_solver(param)
-    resumed.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
-    for a, b in zip(params_of(resumed), expected, strict=True):
+    for a, b in zip(resumed_from_iter_3(tmp_path, param), expected, strict=True):
         np.testing.assert_array_equal(a, b)
     (tmp_path / "snaps" / "mlp_iter_3.solverstate.rng").unlink()  # a state written by Caffe: resumes, masks differ
-    torch.manual_seed(1234)
-    other = caffe.get_solver(param)
-    other.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
-    assert any(not np.array_equal(a, b) for a, b in zip(params_of(other), expected, strict=True))
+    other = resumed_from_iter_3(tmp_path, param)
+    assert any(not np.array_equal(a, b) for a, b in zip(other, expected, strict=True))
 
 
 def test_snapshot_and_resume_with_a_python_layer(tmp_path: Path):
     """A user's Python layer may draw torch random numbers: its net snapshots (with the RNG state) and resumes
     exactly."""
-    settings = "lr_policy: 'fixed' max_iter: 6 snapshot: 3"
-    param = text_format.Parse(
-        f"type: 'SGD' base_lr: 0.05 momentum: 0.9 snapshot_prefix: '{tmp_path / 'snaps' / 'mlp'}' {settings}",
-        pb.SolverParameter(),
-    )
-    (tmp_path / "snaps").mkdir()
-    noise = (
+    param = solver_param_with(
+        tmp_path,
         'layer { name: "noise" type: "Python" bottom: "ip1" top: "ip1"\n'
-        '        python_param { module: "pylayers.scale_layers" layer: "TorchNoise" } }\n'
+        '        python_param { module: "pylayers.scale_layers" layer: "TorchNoise" } }',
     )
-    net = mlp_net(small_lmdb(tmp_path)).replace('layer { name: "ip2"', noise + '    layer { name: "ip2"')
-    assert "TorchNoise" in net
-    text_format.Parse(net, param.net_param)
     straight = caffe.get_solver(param)
     straight.solve()
     assert (tmp_path / "snaps" / "mlp_iter_3.solverstate.rng").is_file()
-    expected = params_of(straight)
-    torch.manual_seed(99)
-    resumed = caffe.get_solver(param)
-    resumed.solve(str(tmp_path / "snaps" / "mlp_iter_3.solverstate"))
-    for a, b in zip(params_of(resumed), expected, strict=True):
+    for a, b in zip(resumed_from_iter_3(tmp_path, param), params_of(straight), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
