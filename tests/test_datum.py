@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import struct
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from conftest import asset
 
 from caffe.data.datum import (
+    _DECODE_FLAGS,
+    _decode_jpeg,
     array_to_datum,
     check_datum,
     datum_image_hwc,
@@ -171,6 +174,73 @@ def test_exif_orientation_is_ignored(tmp_path: Path):
     enc = image_to_datum(rotated, 0, encoding="jpg")
     np.testing.assert_array_equal(datum_image_hwc(enc, force_color=True), stored)
     np.testing.assert_array_equal(datum_image_hwc(enc), stored)
+
+
+def jpeg_variants() -> list[tuple[str, bytes]]:
+    """JPEGs in every chroma subsampling, progressive with restart markers, odd sizes, gray, PIL-written
+    with optimised Huffman tables, and every JPEG among the assets."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for h, w in [(1, 1), (7, 5), (37, 53), (255, 17)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img = cv2.GaussianBlur(img, (5, 5), 0) if min(h, w) >= 5 else img
+        for sf in ("411", "420", "422", "440", "444"):
+            for quality, progressive in ((30, 0), (95, 1)):
+                sampling = getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{sf}")
+                flags = [
+                    *(cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_PROGRESSIVE, progressive),
+                    *(cv2.IMWRITE_JPEG_RST_INTERVAL, 2 * progressive, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling),
+                ]
+                cases.append((f"{h}x{w} {sf} q{quality} p{progressive}", cv2.imencode(".jpg", img, flags)[1].tobytes()))
+        cases.append((f"{h}x{w} gray", cv2.imencode(".jpg", img[:, :, 0])[1].tobytes()))
+        for subsampling in (0, 2):
+            out = io.BytesIO()
+            Image.fromarray(img).save(out, "JPEG", subsampling=subsampling, quality=85, optimize=True)
+            cases.append((f"{h}x{w} PIL {subsampling}", out.getvalue()))
+    root = asset("")
+    cases += [(str(p), p.read_bytes()) for p in sorted(root.rglob("*.jp*g"))]
+    return cases
+
+
+def test_jpeg_fast_path_decodes_what_opencv_decodes():
+    # The TurboJPEG path must give OpenCV's pixels exactly, in each mode, for every kind of JPEG.
+    fast = 0
+    for name, data in jpeg_variants():
+        for mode, flag in _DECODE_FLAGS.items():
+            ours = _decode_jpeg(data, mode)
+            assert ours is not None, f"{name}: a gray or YCbCr JPEG should take the fast path"
+            fast += 1
+            expected = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+            assert ours.shape == expected.shape, f"{name} ({mode})"
+            assert np.array_equal(ours, expected), f"{name} ({mode}): pixels differ from OpenCV's"
+    assert fast > 150
+
+
+def test_jpeg_fast_path_is_taken_and_others_go_to_opencv(monkeypatch: pytest.MonkeyPatch):
+    path = asset(DOLPHIN)
+    expected = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    from caffe.data import datum as datum_module
+
+    calls = []
+    real = cv2.imdecode
+    monkeypatch.setattr(datum_module.cv2, "imdecode", lambda *a: calls.append(1) or real(*a))
+    np.testing.assert_array_equal(decode_image_bytes(path.read_bytes(), "color"), expected)
+    np.testing.assert_array_equal(read_image(path), expected)
+    assert not calls  # JPEG: decoded without OpenCV
+    png = cv2.imencode(".png", expected)[1].tobytes()
+    np.testing.assert_array_equal(decode_image_bytes(png, "color"), expected)
+    assert len(calls) == 1  # PNG: OpenCV
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(expected[:, :, ::-1]).convert("CMYK").save(out, "JPEG")
+    assert _decode_jpeg(out.getvalue(), "color") is None  # CMYK: left to OpenCV
+    assert decode_image_bytes(out.getvalue(), "color").shape == expected.shape
+    truncated = path.read_bytes()[:2000]
+    assert _decode_jpeg(truncated, "color") is None  # a damaged JPEG is OpenCV's to judge
+    assert len(calls) == 2
 
 
 def test_array_datum_round_trips():

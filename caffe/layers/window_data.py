@@ -54,6 +54,7 @@ import numpy as np
 
 from caffe.blob import Shape
 from caffe.common import TRAIN
+from caffe.data.datum import decode_image_bytes, read_image
 from caffe.data.prefetch import Decoded, Record
 from caffe.data.transform import CHW, DataTransformer, load_mean
 from caffe.errors import DataError
@@ -234,16 +235,11 @@ class WindowSource:
 
     def __init__(self, settings: WindowSettings, images: list[WindowImage], rng: np.random.Generator) -> None:
         self.settings, self.images, self.rng = settings, images, rng
-        self.cache: dict[int, np.ndarray] = {}
-        try:
-            from caffe.data.datum import read_image
-        except ImportError:  # caffe.data.datum not available: read images here, the same way (cv2.imread)
-            read_image = None
-        self.read_image = read_image
+        self.cache: dict[int, bytes] = {}  # image index -> the file's bytes (cache_images)
         if settings.cache_images:
             for i, image in enumerate(images):
                 try:
-                    self.cache[i] = np.frombuffer(Path(image.path).read_bytes(), dtype=np.uint8)
+                    self.cache[i] = Path(image.path).read_bytes()
                 except OSError as e:
                     raise DataError(f"{settings.where}: cannot read image {image.path} ({e.strerror})") from None
 
@@ -285,23 +281,19 @@ class WindowSource:
         return source
 
     def _image(self, index: int) -> np.ndarray:
+        """The image as BGR HxWx3, decoded from the cached bytes or read from its file (as ImageData reads)."""
         path = self.images[index].path
-        if index in self.cache:
-            image = cv2.imdecode(self.cache[index], cv2.IMREAD_COLOR)
-        elif self.read_image is not None:
-            return self.read_image(path, 0, 0, True)
-        else:
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"{self.settings.where}: could not open or decode image {path}")
-        return image
+        try:
+            if index in self.cache:
+                return decode_image_bytes(self.cache[index], "color", path)
+            return read_image(path, 0, 0, True)
+        except DataError as e:
+            raise DataError(f"{self.settings.where}: {e}") from None
 
     def decode(self, record: Record) -> Decoded:
         window, flip = record.payload
         cfg = self.settings
         image = self._image(window.image)
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         rows, cols = image.shape[:2]
         g = window_geometry(
             window.x1, window.y1, window.x2, window.y2, rows, cols, cfg.crop, cfg.context_pad, cfg.square, flip
