@@ -127,7 +127,9 @@ def helper_network(pids_file: Path) -> str:
     return text.replace(conv1, layer + conv1[: -len('"data"')] + '"data_py"')
 
 
-def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
+def start_server_with_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int]]:
+    """``caffe studio`` (own log file) running a LeNet training whose Python layer started a helper process;
+    returns the server, its log and the pids of the training and the helper."""
     jobs = tmp_path / "jobs"
     dataset = make_dataset(jobs, tmp_path / "images")
     (tmp_path / "layers").mkdir()
@@ -142,7 +144,6 @@ def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
             stderr=subprocess.STDOUT,
             env=env,
         )
-    pids: list[int] = []
     try:
         wait_for(lambda: "Application startup complete" in log_path.read_text(), 30, "the server to start")
         url = re.search(r"Studio at (http://\S+)/", log_path.read_text()).group(1)
@@ -158,10 +159,28 @@ def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
         ) as r:
             assert r.status == 201
         wait_for(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"), 30, "the training to start")
-        pids = sorted({int(p) for p in pids_file.read_text().split()})
-        training = int(pids_file.read_text().split()[0])
-        assert training in descendants(server.pid) and not any(gone(p) for p in pids)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    pids = sorted({int(p) for p in pids_file.read_text().split()})
+    training = int(pids_file.read_text().split()[0])
+    assert training in descendants(server.pid) and not any(gone(p) for p in pids)
+    return server, log_path, pids
 
+
+def only_model_job(jobs: Path):
+    store = JobStore(jobs)
+    try:
+        (job,) = store.list("model")
+        return job, store.job_dir(job.id)
+    finally:
+        store.close()
+
+
+def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
+    server, log_path, pids = start_server_with_training(tmp_path)
+    try:
         started = time.monotonic()
         server.send_signal(signal.SIGTERM)
         server.wait(SHUTDOWN_LIMIT_S)
@@ -173,12 +192,24 @@ def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
             server.kill()
             server.wait()
         reap(*pids)
-    store = JobStore(jobs)
+    job, _ = only_model_job(tmp_path / "jobs")
+    assert job.status == "Interrupted", log_path.read_text()[-3000:]
+
+
+def test_a_killed_server_s_training_snapshots_and_stops_with_its_children(tmp_path):
+    # SIGKILL: the server cannot stop its jobs; the training notices its parent is gone, stops as on SIGINT
+    # (a snapshot), and ends the helper its Python layer started.
+    server, _, pids = start_server_with_training(tmp_path)
     try:
-        (job,) = store.list("model")
-        assert job.status == "Interrupted", log_path.read_text()[-3000:]
+        server.kill()
+        server.wait()
+        wait_for(lambda: all(gone(p) for p in pids), SHUTDOWN_LIMIT_S + 5, "the orphaned training and its helper")
     finally:
-        store.close()
+        reap(*pids)
+    _, job_dir = only_model_job(tmp_path / "jobs")
+    log_text = (job_dir / "log.txt").read_text()
+    assert f"The studio server (pid {server.pid}) is gone: stopping this job" in log_text, log_text[-3000:]
+    assert list(job_dir.glob("*.caffemodel")) and list(job_dir.glob("*.solverstate")), log_text[-3000:]
 
 
 def test_a_script_serving_from_a_thread_stops_within_seconds_on_ctrl_c(tmp_path):

@@ -633,9 +633,7 @@ def create_dataset(job_dir: str | os.PathLike, params: DatasetParams, progress: 
         "warnings": plan.warnings,
         "seconds": round(time.time() - start, 3),
     }
-    log.info(
-        "Dataset done: %s (%s)", ", ".join(f"{n} {s}" for s, n in counts.items()), f"{result['seconds']:.1f} s"
-    )
+    log.info("Dataset done: %s (%s)", ", ".join(f"{n} {s}" for s, n in counts.items()), f"{result['seconds']:.1f} s")
     return result
 
 
@@ -684,12 +682,14 @@ def run_job(job_dir: str | os.PathLike) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from caffe.tools import glog
+    from caffe.tools.parent_watch import stop_when_parent_exits
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m caffe.studio.datasets JOB_DIR", file=sys.stderr)
         return 1
     glog.setup(stream=sys.stdout)
+    stop_when_parent_exits()
     return run_job(argv[0])
 
 

@@ -13,7 +13,9 @@ main process ends, anything left in its group gets SIGTERM, then SIGKILL ``kill_
 Abort sends SIGINT (``caffe train`` then stops after the iteration and snapshots), then SIGTERM to the
 group after ``abort_grace`` seconds and SIGKILL after ``kill_grace`` more. ``stop()`` (the server shutting
 down, or this process exiting: an atexit hook) does the same with ``stop_grace`` for ``abort_grace``, so it
-returns within ``stop_grace + kill_grace`` seconds and a little; its jobs end ``Interrupted``. Listeners
+returns within ``stop_grace + kill_grace`` seconds and a little; its jobs end ``Interrupted``. A server that is
+killed cannot do this, so each job is told the server's pid (``CAFFE_STUDIO_PID``) and stops itself the same
+way when the server is gone (:mod:`caffe.tools.parent_watch`). Listeners
 registered with ``subscribe`` get every status change, from the scheduler's threads.
 """
 
@@ -35,6 +37,7 @@ from typing import Any
 
 from caffe.errors import CaffeError
 from caffe.studio.store import FINISHED, Job, JobStore
+from caffe.tools.parent_watch import ENV as PARENT_ENV
 
 log = logging.getLogger("caffe")
 
@@ -425,7 +428,7 @@ class Scheduler:
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())},
                     start_new_session=True,
                 )
         except OSError as e:

@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"caffe: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 1
     glog.setup()
+    from caffe.tools.parent_watch import stop_when_parent_exits
+
+    stop_when_parent_exits()  # a job of the studio: stop if its server is killed
     try:
         return cmd.run(rest)
     except CaffeError as e:
