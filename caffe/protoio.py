@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError, Message
 
 from caffe.errors import ParseError, UnknownLayerTypeError, WeightsError
+from caffe.processes import pid_alive
 from caffe.proto import caffe_pb2 as pb
 
 M = TypeVar("M", bound=Message)
@@ -128,19 +129,9 @@ def _remove_stale_temps(path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     for stale in folder.glob(f".{glob_escape(path.name)}.*.tmp"):
         pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 stale.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _umask() -> int:

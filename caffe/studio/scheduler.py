@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from caffe.errors import CaffeError
+from caffe.processes import group_members
 from caffe.studio.store import FINISHED, Job, JobStore
 from caffe.tools.parent_watch import ENV as PARENT_ENV
 
@@ -94,16 +95,8 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    if not Path("/proc/self/stat").exists():  # no /proc: take zombies for the living
-        return True
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if int(pgrp) == pgid and state != "Z":
-            return True
-    return False
+    members = group_members(pgid)
+    return members is None or bool(members)  # no /proc: take zombies for the living
 
 
 def _end_group(pgid: int, grace: float) -> None:

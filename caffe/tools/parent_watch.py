@@ -19,6 +19,8 @@ import signal
 import threading
 import time
 
+from caffe.processes import group_members, pid_alive
+
 log = logging.getLogger("caffe")
 
 ENV = "CAFFE_STUDIO_PID"
@@ -33,22 +35,12 @@ def stop_when_parent_exits() -> threading.Thread | None:
         parent = int(value)
     except ValueError:
         return None
-    if os.getppid() != parent and _exists(parent):
+    if os.getppid() != parent and pid_alive(parent):
         log.warning("%s=%s is not this process's parent: not watching it", ENV, value)
         return None
     thread = threading.Thread(target=_watch, args=(parent,), name="studio-parent-watch", daemon=True)
     thread.start()
     return thread
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        return True
-    return True
 
 
 def _watch(parent: int) -> None:
@@ -70,7 +62,7 @@ def _end_own_group(sig: int) -> None:
     previous = signal.signal(sig, signal.SIG_IGN) if sig != signal.SIGKILL else None
     try:
         if sig == signal.SIGKILL:  # cannot be ignored: send it to each of the others
-            for pid in _group_members(os.getpgrp()):
+            for pid in group_members(os.getpgrp()) or []:
                 if pid != os.getpid():
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, sig)
@@ -80,16 +72,3 @@ def _end_own_group(sig: int) -> None:
     finally:
         if previous is not None:
             signal.signal(sig, previous)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """The processes whose process group is ``pgid`` (from /proc)."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[2]) == pgid:
-                    members.append(int(entry.name))
-    return members

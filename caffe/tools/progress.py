@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from caffe.data.db import DB, open_db
 from caffe.errors import DataError
+from caffe.processes import pid_alive
 
 log = logging.getLogger("caffe")
 
@@ -147,13 +148,9 @@ def _remove_stale_partials(final: Path) -> None:
             pid = p.name[len(prefix) :]
             if not (p.name.startswith(prefix) and pid.isdigit()) or int(pid) == os.getpid():
                 continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
+            if not pid_alive(int(pid)):  # (another user's process counts as alive: left alone)
                 log.info("Removing %s, left by an interrupted run", p)
                 shutil.rmtree(p, ignore_errors=True)
-            except OSError:
-                pass  # alive (maybe another user's): leave it
 
 
 @contextlib.contextmanager
