@@ -9,8 +9,21 @@ from pathlib import Path
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (someone else's counts; a zombie counts too)."""
+    return _signal_reaches(os.kill, pid)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process other than a zombie is left in process group ``pgid`` (without /proc, zombies count)."""
+    if not _signal_reaches(os.killpg, pgid):
+        return False
+    members = group_members(pgid)
+    return members is None or bool(members)
+
+
+def _signal_reaches(send, target: int) -> bool:
+    """Whether signal 0 sent by ``send`` (os.kill or os.killpg) finds ``target`` (someone else's counts)."""
     try:
-        os.kill(pid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

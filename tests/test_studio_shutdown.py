@@ -169,6 +169,22 @@ def start_server_with_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, 
     return server, log_path, pids
 
 
+def stop_and_expect_gone(proc: subprocess.Popen, sig: int, pids: list[int], what: str) -> None:
+    """Send ``sig`` to ``proc``; it must exit within SHUTDOWN_LIMIT_S and ``pids`` must be gone by then
+    (whatever happens, nothing is left running)."""
+    try:
+        started = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(SHUTDOWN_LIMIT_S)
+        print(f"{what} stopped {time.monotonic() - started:.2f}s after {signal.Signals(sig).name}")
+        assert [p for p in pids if not gone(p)] == [], f"a process outlived {what}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reap(*pids)
+
+
 def only_model_job(jobs: Path):
     store = JobStore(jobs)
     try:
@@ -180,18 +196,7 @@ def only_model_job(jobs: Path):
 
 def test_caffe_studio_on_sigterm_stops_the_training_and_its_children(tmp_path):
     server, log_path, pids = start_server_with_training(tmp_path)
-    try:
-        started = time.monotonic()
-        server.send_signal(signal.SIGTERM)
-        server.wait(SHUTDOWN_LIMIT_S)
-        took = time.monotonic() - started
-        print(f"caffe studio stopped {took:.2f}s after SIGTERM")
-        assert [p for p in pids if not gone(p)] == [], "the training or its helper outlived the server"
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-        reap(*pids)
+    stop_and_expect_gone(server, signal.SIGTERM, pids, "caffe studio")  # the training and its helper included
     job, _ = only_model_job(tmp_path / "jobs")
     assert job.status == "Interrupted", log_path.read_text()[-3000:]
 
@@ -222,16 +227,13 @@ def test_a_script_serving_from_a_thread_stops_within_seconds_on_ctrl_c(tmp_path)
         assert job_id, "the script did not start"
         wait_for(lambda: len(descendants(script.pid)) >= 2, 20, "the job and its child")
         left = descendants(script.pid)
-        started = time.monotonic()
-        script.send_signal(signal.SIGINT)
-        script.wait(SHUTDOWN_LIMIT_S)
-        print(f"the script stopped {time.monotonic() - started:.2f}s after SIGINT")
-        assert [p for p in left if not gone(p)] == [], "the job or its child outlived the script"
-    finally:
-        if script.poll() is None:
-            script.kill()
-            script.wait()
+    except BaseException:
+        left = descendants(script.pid)
+        script.kill()
+        script.wait()
         reap(*left)
+        raise
+    stop_and_expect_gone(script, signal.SIGINT, left, "the script")  # the job and its child included
     store = JobStore(tmp_path / "jobs")
     try:
         assert store.get(job_id).status == "Interrupted"

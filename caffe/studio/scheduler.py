@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from caffe.errors import CaffeError
-from caffe.processes import group_members
+from caffe.processes import group_alive
 from caffe.studio.store import FINISHED, Job, JobStore
 from caffe.tools.parent_watch import ENV as PARENT_ENV
 
@@ -87,27 +87,15 @@ def _signal(pid: int, sig: int, group: bool) -> None:
             os.kill(pid, sig)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process other than a zombie is left in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    members = group_members(pgid)
-    return members is None or bool(members)  # no /proc: take zombies for the living
-
-
 def _end_group(pgid: int, grace: float) -> None:
     """End what is left of a job's process group (its main process has exited): SIGTERM, then SIGKILL
     after ``grace`` seconds."""
-    if not hasattr(os, "killpg") or not _group_alive(pgid):
+    if not hasattr(os, "killpg") or not group_alive(pgid):
         return
     log.warning("Process group %d: its leader has exited, ending the processes it left", pgid)
     _signal(pgid, signal.SIGTERM, group=True)
     deadline = time.monotonic() + grace
-    while _group_alive(pgid):
+    while group_alive(pgid):
         if time.monotonic() >= deadline:
             _signal(pgid, signal.SIGKILL, group=True)
             return
