@@ -13,8 +13,10 @@ explicit files; :func:`find_model` turns any of these into a :class:`ModelFiles`
 * info: ``info.json`` (DIGITS' job description) when present.
 
 Archives are checked before anything is written (absolute names, ``..``, links and special files are
-refused, and the unpacked size is bounded) and unpacked once into a cache keyed by their content
-(``$CAFFE_CACHE_DIR``, default ``~/.cache/neocaffe``), atomically, so later calls reuse it.
+refused, and the unpacked size and member count are capped: :func:`archive_limits`) and unpacked once
+into a cache keyed by their content (``$CAFFE_CACHE_DIR``, default ``~/.cache/neocaffe``), atomically, so
+later calls reuse it. The caps hold while writing too (headers can lie); archives inside an archive stay
+files. Whatever a corrupt archive makes the decompressors raise ends in a :class:`ModelFilesError`.
 
 :func:`package_model` writes the archive DIGITS' "Download Model" gives, with DIGITS' file names:
 ``deploy.prototxt``, ``mean.binaryproto``, ``solver.prototxt``, ``info.json``, ``original.prototxt``,
@@ -27,21 +29,26 @@ import datetime
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from caffe.errors import DataError
+from caffe.limits import _env_mib, format_bytes, read_file
 from caffe.protoio import atomic_write
 
 PathLike = str | os.PathLike
@@ -49,8 +56,14 @@ PathLike = str | os.PathLike
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 WEIGHTS_SUFFIXES = (".caffemodel", ".caffemodel.h5")
 LABEL_NAMES = ("labels.txt", "synset_words.txt", "synset.txt")
-#: Archives whose members add up to more than this are refused (decompression bombs).
-MAX_UNPACKED_BYTES = 16 << 30
+#: Archive caps (:func:`archive_limits`): an archive may unpack to ARCHIVE_RATIO times its own size, but at
+#: least ARCHIVE_FLOOR_BYTES and at most ARCHIVE_MAX_BYTES, in at most ARCHIVE_MAX_FILES members.
+ARCHIVE_RATIO = 20
+ARCHIVE_FLOOR_BYTES = 64 << 20
+ARCHIVE_MAX_BYTES = 4 << 30
+ARCHIVE_MAX_FILES = 10_000
+#: The largest info.json and labels file read.
+MAX_TEXT_BYTES = 64 << 20
 #: Decoded images above this many pixels are refused (decompression bombs).
 MAX_PIXELS = 64_000_000
 
@@ -206,12 +219,17 @@ def _pick_labels(folder: Path) -> Path | None:
 
 
 def _read_info(path: Path) -> dict[str, Any]:
+    data = read_file(path, "info.json", max_bytes=MAX_TEXT_BYTES, error=ModelFilesError)
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelFilesError(f"{path}: cannot read ({e})") from None
+        info = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ModelFilesError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ModelFilesError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ModelFilesError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ModelFilesError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise ModelFilesError(f"{path}: expected a JSON object, got {type(info).__name__}")
     return info
@@ -242,57 +260,184 @@ def _check_name(archive: Path, name: str) -> None:
         raise ModelFilesError(f"{archive}: refusing unsafe member {name!r} (absolute path or '..')")
 
 
-def check_archive(archive: PathLike) -> list[str]:
-    """The names of the files in ``archive``, after refusing unsafe members (see the module)."""
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps on what one archive may unpack to: total bytes of its files and number of members."""
+
+    max_bytes: int
+    max_files: int
+
+
+def _env_count(name: str) -> int | None:
+    """A whole number from environment variable ``name`` (None when unset); a bad value is a ModelFilesError."""
+    text = os.environ.get(name, "").strip()
+    if text and (not text.isdigit() or int(text) < 1):
+        raise ModelFilesError(f"{name}={text!r}: expected a positive whole number")
+    return int(text) if text else None
+
+
+def archive_limits(archive_bytes: int) -> ArchiveLimits:
+    """The caps for an archive of ``archive_bytes``: it may unpack to ``ARCHIVE_RATIO`` times its size but at
+    least ``ARCHIVE_FLOOR_BYTES`` and at most ``ARCHIVE_MAX_BYTES`` (``CAFFE_ARCHIVE_MAX_MB``), in at most
+    ``ARCHIVE_MAX_FILES`` members (``CAFFE_ARCHIVE_MAX_FILES``)."""
+    ceiling = _env_mib("CAFFE_ARCHIVE_MAX_MB") or ARCHIVE_MAX_BYTES
+    files = _env_count("CAFFE_ARCHIVE_MAX_FILES") or ARCHIVE_MAX_FILES
+    return ArchiveLimits(min(ceiling, max(ARCHIVE_FLOOR_BYTES, ARCHIVE_RATIO * archive_bytes)), files)
+
+
+#: What a corrupt archive makes the zip, tar and decompression modules raise.
+_CORRUPT = (
+    tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, lzma.LZMAError,
+    struct.error, UnicodeError, ValueError, OverflowError, RuntimeError, NotImplementedError,
+)
+
+
+@contextmanager
+def _reading(archive: Path, doing: str) -> Iterator[None]:
+    """Turn what a corrupt archive raises while ``doing`` into one ModelFilesError naming ``archive``."""
+    try:
+        yield
+    except ModelFilesError:
+        raise
+    except RecursionError:
+        raise ModelFilesError(f"{archive}: cannot {doing} the archive (nested too deeply)") from None
+    except _CORRUPT as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise ModelFilesError(f"{archive}: cannot {doing} the archive ({detail})") from None
+
+
+def _is_zip(archive: Path) -> bool:
+    return archive.name.lower().endswith(".zip")
+
+
+@dataclass
+class _Tally:
+    """Members and bytes seen so far, refused past ``limits``."""
+
+    archive: Path
+    limits: ArchiveLimits
+    files: int = 0
+    size: int = 0
+
+    def member(self, name: str) -> None:
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise ModelFilesError(
+                f"{self.archive}: more than {self.limits.max_files} members (at {name!r}); "
+                "set CAFFE_ARCHIVE_MAX_FILES to allow more"
+            )
+
+    def add(self, name: str, n: int, declared: bool = True) -> None:
+        self.size += n
+        if self.size > self.limits.max_bytes:
+            how = "unpacks to" if declared else "wrote"
+            raise ModelFilesError(
+                f"{self.archive}: {how} more than the {format_bytes(self.limits.max_bytes)} allowed (at member "
+                f"{name!r}); set CAFFE_ARCHIVE_MAX_MB to allow more"
+            )
+
+
+def _zip_members(archive: Path, z: zipfile.ZipFile, tally: _Tally) -> Iterator[zipfile.ZipInfo]:
+    """``z``'s members, each checked (name, type, compression, caps from the central directory)."""
+    for info in z.infolist():
+        tally.member(info.filename)
+        _check_name(archive, info.filename)
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer set no Unix type
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise ModelFilesError(f"{archive}: refusing member {info.filename!r} (a link or special file)")
+        if info.flag_bits & 0x1:
+            raise ModelFilesError(f"{archive}: refusing member {info.filename!r} (encrypted)")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelFilesError(
+                f"{archive}: refusing member {info.filename!r} (compression method {info.compress_type}; "
+                "only stored and deflate members are unpacked)"
+            )
+        tally.add(info.filename, info.file_size)
+        yield info
+
+
+def _tar_members(archive: Path, t: tarfile.TarFile, tally: _Tally) -> Iterator[tarfile.TarInfo]:
+    """``t``'s members, each checked as its header is read (so a bomb is refused before its end is read)."""
+    while (m := t.next()) is not None:
+        tally.member(m.name)
+        _check_name(archive, m.name)
+        if not (m.isfile() or m.isdir()):
+            raise ModelFilesError(f"{archive}: refusing member {m.name!r} (a link or special file)")
+        if m.issparse():
+            raise ModelFilesError(f"{archive}: refusing member {m.name!r} (a sparse file)")
+        tally.add(m.name, m.size)
+        yield m
+        t.members.clear()  # the names are checked as they come; keep none of them
+
+
+def check_archive(archive: PathLike, limits: ArchiveLimits | None = None) -> list[str]:
+    """The names of the files in ``archive``, after refusing unsafe members and archives over ``limits``
+    (default :func:`archive_limits` of its size) from the headers alone (see the module)."""
     archive = Path(archive)
     names: list[str] = []
-    total = 0
-    try:
-        if archive.name.lower().endswith(".zip"):
+    with _reading(archive, "read"):
+        tally = _Tally(archive, limits or archive_limits(archive.stat().st_size))
+        if _is_zip(archive):
             with zipfile.ZipFile(archive) as z:
-                for info in z.infolist():
-                    _check_name(archive, info.filename)
-                    kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the writer set no Unix type
-                    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                        raise ModelFilesError(f"{archive}: refusing member {info.filename!r} (a link or special file)")
-                    total += info.file_size
-                    if not info.is_dir():
-                        names.append(info.filename)
+                names = [i.filename for i in _zip_members(archive, z, tally) if not i.is_dir()]
         else:
             with tarfile.open(archive) as t:
-                for m in t.getmembers():
-                    _check_name(archive, m.name)
-                    if not (m.isfile() or m.isdir()):
-                        raise ModelFilesError(f"{archive}: refusing member {m.name!r} (a link or special file)")
-                    total += m.size
-                    if m.isfile():
-                        names.append(m.name)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ModelFilesError(f"{archive}: cannot read the archive ({e})") from None
-    if total > MAX_UNPACKED_BYTES:
-        raise ModelFilesError(f"{archive}: unpacks to {total} bytes, more than the {MAX_UNPACKED_BYTES} allowed")
+                names = [m.name for m in _tar_members(archive, t, tally) if m.isfile()]
     return names
 
 
-def _unpack(archive: Path, dest: Path) -> None:
-    try:
-        if archive.name.lower().endswith(".zip"):
+def _write(src: IO[bytes], dest: Path, name: str, written: _Tally) -> None:
+    """Copy ``src`` to a new file ``dest`` (never through a link), counting its bytes against the caps."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := src.read(1 << 20):
+            written.add(name, len(chunk), declared=False)
+            out.write(chunk)
+
+
+def _unpack(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
+    """Write ``archive``'s members under ``dest``, checking each again and counting what is written."""
+    tally, written = _Tally(archive, limits), _Tally(archive, limits)
+    with _reading(archive, "unpack"):
+        if _is_zip(archive):
             with zipfile.ZipFile(archive) as z:
-                z.extractall(dest)
+                for info in _zip_members(archive, z, tally):
+                    target = dest / info.filename
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        with z.open(info) as src:
+                            _write(src, target, info.filename, written)
         else:
             with tarfile.open(archive) as t:
-                t.extractall(dest, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ModelFilesError(f"{archive}: cannot unpack the archive ({e})") from None
+                for m in _tar_members(archive, t, tally):
+                    target = dest / m.name
+                    if m.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        src = t.extractfile(m)
+                        assert src is not None  # a regular file
+                        _write(src, target, m.name, written)
+                # read the compressed stream to its end so that its checksum is verified (bounded by the caps)
+                while chunk := t.fileobj.read(1 << 20):
+                    written.add("(data after the end of the archive)", len(chunk), declared=False)
 
 
-def extract_archive(archive: PathLike, *, cache_dir: PathLike | None = None) -> Path:
+def extract_archive(
+    archive: PathLike, *, cache_dir: PathLike | None = None, limits: ArchiveLimits | None = None
+) -> Path:
     """Unpack a checked ``archive`` into the cache (once per content) and return the model's folder
-    (the archive's single top-level folder if it has one)."""
+    (the archive's single top-level folder if it has one). Archives are never unpacked recursively."""
     archive = Path(archive)
-    check_archive(archive)
+    try:
+        limits = limits or archive_limits(archive.stat().st_size)
+        check_archive(archive, limits)
+        digest = _file_digest(archive)
+    except OSError as e:
+        raise ModelFilesError(f"{archive}: cannot read the archive ({e.strerror or e})") from None
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
-    target = root / f"{_archive_stem(archive)}-{_file_digest(archive)[:16]}"
+    target = root / f"{_archive_stem(archive)}-{digest[:16]}"
     if not target.is_dir():
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -300,11 +445,11 @@ def extract_archive(archive: PathLike, *, cache_dir: PathLike | None = None) -> 
         except OSError as e:
             raise ModelFilesError(f"{root}: cannot create the model cache ({e.strerror or e})") from None
         try:
-            _unpack(archive, work)
+            _unpack(archive, work, limits)
             os.replace(work, target)
-        except OSError:
+        except OSError as e:
             if not target.is_dir():  # not merely another process that finished first
-                raise
+                raise ModelFilesError(f"{target}: cannot move the unpacked archive into place ({e})") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
     entries = [e for e in target.iterdir() if not e.name.startswith(".")]
@@ -316,12 +461,10 @@ def extract_archive(archive: PathLike, *, cache_dir: PathLike | None = None) -> 
 
 def read_labels(path: PathLike) -> list[str]:
     """One label per line (surrounding blanks and trailing empty lines removed)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise ModelFilesError(f"labels file {path}: not found") from None
-    except OSError as e:
-        raise ModelFilesError(f"labels file {path}: cannot read ({e.strerror or e})") from None
+    if not os.path.lexists(path):
+        raise ModelFilesError(f"labels file {path}: not found")
+    data = read_file(path, "labels file", max_bytes=MAX_TEXT_BYTES, error=ModelFilesError)
+    text = data.decode("utf-8", errors="replace")
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
