@@ -189,15 +189,18 @@ def test_classify_one_form_page(env, squeezenet):
     assert f'value="{squeezenet}" data-epochs="[]" selected' in r.text
 
 
-def test_inference_forms_without_data_roots(tmp_path):
-    """A studio with no data_roots (any readable folder) still shows every inference form."""
+def test_inference_forms_without_data_roots(tmp_path, monkeypatch):
+    """A studio with no data_roots configured shows every inference form, naming the default root (the
+    working directory) as the allowed folder."""
     from caffe.studio.app import create_app
 
+    monkeypatch.chdir(tmp_path)
     with TestClient(create_app({"jobs_dir": tmp_path / "jobs", "devices": ["cpu"]})) as client:
         for page in ("classify_one", "classify_many", "top_n"):
             r = client.get(f"{CLASSIFY}/{page}")
             assert r.status_code == 200, (page, r.text[:300])
-            assert "Allowed folders" not in r.text
+            if page != "classify_one":  # the forms with a server folder field name the roots
+                assert f"Allowed folders: {tmp_path.resolve()}." in r.text
 
 
 def test_classify_one_refusals(env, tiny):

@@ -68,7 +68,9 @@ class StudioConfig:
     host: str = "127.0.0.1"
     port: int = 5000
     unsafe_no_auth: bool = False  # allow a non-loopback host without a token
-    data_roots: list[Path] | None = None  # server folders forms may name (None: any readable folder)
+    # server folders requests may name, symlinks followed (None: the default, the working directory, see
+    # caffe.studio.paths.default_data_roots; [Path("/")]: every folder this process can read; []: none)
+    data_roots: list[Path] | None = None
     abort_grace: float = 30.0  # seconds from SIGINT to SIGTERM on abort
     stop_grace: float = 3.0  # seconds from SIGINT to SIGTERM for the jobs running when the server stops
 

@@ -41,9 +41,10 @@ from PIL import Image
 from caffe.data.datum import image_to_raw_datum
 from caffe.data.db import item_key
 from caffe.errors import CaffeError, DataError
+from caffe.limits import MiB, read_file
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write
-from caffe.studio.paths import resolve_user_path
+from caffe.studio.paths import default_data_roots, resolve_user_path
 
 log = logging.getLogger("caffe")
 
@@ -53,6 +54,8 @@ ENCODINGS = ("png", "jpg", "none")
 SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 90
 COMMIT_EVERY = 1000
+MAX_LIST_BYTES = 64 * MiB  # the largest list or labels file read (named by path or uploaded)
+QUOTE_CHARS = 80  # at most this much of a list line is quoted in an error
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -90,7 +93,8 @@ class DatasetParams:
     encoding: str = "png"
     backend: str = "lmdb"
     seed: int = 0
-    # set by the server: the folders images may be read from (None: anywhere)
+    # set by the server (always: its data roots): the folders lists and images may be read from;
+    # None, for a params.json written by hand for the command-line job, is no restriction
     data_roots: list[str] | None = None
 
     @classmethod
@@ -170,9 +174,22 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         raise DataError(f"{name}: expected {kind}, got {value!r}") from None
 
 
-def allowed_roots(configured: Iterable[str | os.PathLike] | None) -> list[Path] | None:
-    """The folders a dataset may be read from, resolved (None: any folder this process can read)."""
-    return None if configured is None else [Path(r).expanduser().resolve() for r in configured]
+def allowed_roots(configured: Iterable[str | os.PathLike] | None) -> list[Path]:
+    """The studio's data roots, resolved; None is the default, :func:`caffe.studio.paths.default_data_roots`
+    (the working directory). ``[Path("/")]`` allows every folder this process can read."""
+    if configured is None:
+        return default_data_roots()
+    return [Path(r).expanduser().resolve() for r in configured]
+
+
+def _inside(path: str | os.PathLike, roots: list[Path] | None) -> bool:
+    """Whether ``path``, symlinks followed, lies inside one of ``roots`` (None: no restriction)."""
+    return roots is None or any(Path(path).resolve().is_relative_to(r) for r in roots)
+
+
+def _quote(text: str) -> str:
+    """``text`` as an error quotes it: repr, cut to :data:`QUOTE_CHARS` characters."""
+    return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
 
 
 def check_server_path(text: str, field_name: str, roots: Iterable[str | os.PathLike] | None, kind: str = "dir") -> Path:
@@ -380,7 +397,7 @@ def scan_class_folder(folder: Path, roots: list[Path] | None, skipped: list[dict
             path = os.path.join(dirpath, name)
             if not _is_image_name(name):
                 skipped.append({"path": path, "reason": f"not an image file ({' '.join(SUPPORTED_EXTENSIONS)})"})
-            elif roots is not None and not any(Path(path).resolve().is_relative_to(r) for r in roots):
+            elif not _inside(path, roots):
                 skipped.append({"path": path, "reason": "a link to a file outside the allowed folders"})
             else:
                 found.append(path)
@@ -390,13 +407,20 @@ def scan_class_folder(folder: Path, roots: list[Path] | None, skipped: list[dict
 def plan_from_folder(params: DatasetParams, roots: list[Path] | None, rng: np.random.Generator) -> Plan:
     """Class sub-folders (sorted names) -> labels and a per-class split, as DIGITS' ``parse_folder``."""
     folder = check_server_path(params.folder_train, "folder_train", roots)
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    plan = Plan([], {s: [] for s in SPLITS})
+    subdirs = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        if _inside(p, roots):
+            subdirs.append(p)
+        else:  # a link out: its contents are not listed, not even in the skipped files
+            plan.skipped.append({"path": str(p), "reason": "a link to a folder outside the allowed folders"})
     if len(subdirs) < 2:
         raise DataError(
             f"folder_train: {params.folder_train} has {len(subdirs)} class sub-folder(s); "
             "a classification dataset needs at least two (one folder of images per class)"
         )
-    plan = Plan([], {s: [] for s in SPLITS})
     need = 1 + (params.folder_pct_val > 0) + (params.folder_pct_test > 0)
     minimum = max(need, params.folder_train_min_per_class)
     mx = params.folder_train_max_per_class
@@ -423,11 +447,19 @@ def plan_from_folder(params: DatasetParams, roots: list[Path] | None, rng: np.ra
     return plan
 
 
-def read_labels_file(path: Path, field_name: str = "textfile_labels_file") -> list[str]:
+def _read_list_text(path: Path, field_name: str, what: str) -> str:
+    """A list or labels file's text: a regular file of at most :data:`MAX_LIST_BYTES`, UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{field_name}: cannot read {path} ({e})") from None
+        return read_file(path, what, max_bytes=MAX_LIST_BYTES, error=DataError).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{field_name}: {path} is not UTF-8 text (byte {e.start})") from None
+    except CaffeError as e:
+        raise DataError(f"{field_name}: {e}") from None
+
+
+def read_labels_file(path: Path, field_name: str = "textfile_labels_file") -> list[str]:
+    """The class names of a labels file (one a line, blank lines skipped); at least two."""
+    text = _read_list_text(path, field_name, "labels file")
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if len(labels) < 2:
         raise DataError(f"{field_name}: {path} names {len(labels)} class(es); a classification dataset needs two")
@@ -439,11 +471,9 @@ def read_image_list(
 ) -> list[Entry]:
     """``path label`` lines (split at the last space/tab; blank lines skipped). Relative paths are
     taken under ``image_folder``; every path must stay inside the allowed roots. A line without a
-    label, a label out of range or a path leaving the roots is a DataError naming ``file:line``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{field_name}: cannot read {path} ({e})") from None
+    label, a label out of range or a path leaving the roots is a DataError naming ``file:line`` (quoting at
+    most :data:`QUOTE_CHARS` characters of the line). The file is bounded by :data:`MAX_LIST_BYTES`."""
+    text = _read_list_text(path, field_name, "list file")
     entries = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -452,20 +482,20 @@ def read_image_list(
         where = f"{field_name}: {path.name}:{lineno}"
         cut = max(line.rfind(" "), line.rfind("\t"))
         if cut < 0:
-            raise DataError(f"{where}: expected 'path label', found no label in {line!r}")
+            raise DataError(f"{where}: expected 'path label', found no label in {_quote(line)}")
         name, label_text = line[:cut].strip(), line[cut + 1 :]
         try:
             label = int(label_text)
         except ValueError:
-            raise DataError(f"{where}: the label {label_text!r} is not a whole number (line {line!r})") from None
+            raise DataError(f"{where}: the label {_quote(label_text)} is not a whole number") from None
         if not 0 <= label < n_labels:
             raise DataError(f"{where}: label {label} is not in the labels file (0..{n_labels - 1})")
         if not os.path.isabs(name):
             if image_folder is None:
-                raise DataError(f"{where}: {name!r} is a relative path; give the images folder or absolute paths")
+                raise DataError(f"{where}: {_quote(name)} is a relative path; give the images folder or absolute paths")
             name = str(image_folder / name)
         try:
-            resolved = resolve_user_path(name, roots)
+            resolved = resolve_user_path(name, roots, shown=_quote(name))
         except CaffeError as e:
             raise DataError(f"{where}: {e}") from None
         entries.append(Entry(str(resolved), label))
@@ -495,7 +525,7 @@ def plan_from_lists(params: DatasetParams, roots: list[Path] | None, rng: np.ran
 def make_plan(params: DatasetParams, extra_roots: Iterable[Path] = ()) -> Plan:
     """The dataset's labels and splits (deterministic for ``params.seed``); the training split is
     shuffled across classes so that batches mix them."""
-    roots = allowed_roots(params.data_roots)
+    roots = None if params.data_roots is None else allowed_roots(params.data_roots)
     if roots is not None:
         roots += [Path(r).resolve() for r in extra_roots]
     rng = np.random.default_rng(params.seed)

@@ -3,6 +3,10 @@
 ``check_job_id`` accepts only the DIGITS-style ids the store makes; ``safe_join`` keeps a relative name
 inside a folder (no ``..``, no absolute paths, no symlink leading out); ``resolve_user_path`` checks a
 server-side path typed in a form (e.g. a dataset's image folder) against the allowed roots.
+
+The studio's allowed roots ("data roots") are ``caffe studio --data_roots DIR,...``; by default
+(:func:`default_data_roots`) the one folder the server was started in. ``--data_roots /`` allows every
+folder the process can read; ``--data_roots ""`` none (uploads only).
 """
 
 from __future__ import annotations
@@ -56,19 +60,26 @@ def safe_join(root: str | os.PathLike, relpath: str) -> Path:
     return path
 
 
-def resolve_user_path(text: str, roots: Iterable[str | os.PathLike] | None = None) -> Path:
+def default_data_roots() -> list[Path]:
+    """The studio's data roots when none are configured: the working directory it was started in."""
+    return [Path.cwd().resolve()]
+
+
+def resolve_user_path(text: str, roots: Iterable[str | os.PathLike] | None = None, shown: str | None = None) -> Path:
     """A server path typed in a form: ``~`` expanded, no ``..`` component, and (when ``roots`` are
-    given) resolved inside one of them. Existence is the caller's check."""
+    given; None is no restriction, for trusted callers only) resolved, symlinks followed, inside one
+    of them. Existence is the caller's check. Messages quote the path as ``shown`` (default its repr)."""
     text = (text or "").strip()
+    quoted = repr(text) if shown is None else shown
     if not text or "\x00" in text:
-        raise UnsafePathError(f"bad path {text!r}")
+        raise UnsafePathError(f"bad path {quoted}")
     if ".." in re.split(r"[\\/]+", text):
-        raise UnsafePathError(f"'..' is not allowed in a path: {text!r}")
+        raise UnsafePathError(f"'..' is not allowed in a path: {quoted}")
     path = Path(text).expanduser()
     if roots is None:
         return path.resolve()
     roots = [Path(r).expanduser() for r in roots]
     if not any(is_within(path, r) for r in roots):
-        shown = ", ".join(str(r) for r in roots) or "(none)"
-        raise UnsafePathError(f"path {text!r} is outside the folders this server may read: {shown}")
+        listed = ", ".join(str(r) for r in roots) or "(none)"
+        raise UnsafePathError(f"path {quoted} is outside the folders this server may read: {listed}")
     return path.resolve()

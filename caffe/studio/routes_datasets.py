@@ -8,8 +8,9 @@
 * ``GET  /datasets/{id}/explore?db=train&label=&page=&size=``: the stored images by class, paged;
   ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG, ``/datasets/{id}/mean.jpg``.
 
-Every form is checked before a job is queued (folder and list paths against the allowed roots, the
-class folders, the list lines), so a newcomer sees what is wrong on the form itself.
+Every form is checked before a job is queued (folder, list and image paths, symlinks followed, against the
+studio's data roots; list files bounded; the class folders, the list lines), so a newcomer sees what is wrong
+on the form itself, and a path outside the roots is refused before anything in it is read.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from caffe.studio.web import data_roots, job_of_kind, json_fields, studio_of
 
 router = APIRouter()
 
-MAX_LIST_BYTES = 64 << 20  # an uploaded list or labels file
 PAGE_SIZES = (10, 25, 50, 100)
 _PARAM_NAMES = {f.name for f in fields(ds.DatasetParams)} - {"data_roots"}
 _UPLOADS = ("train_images", "val_images", "test_images", "labels_file")  # textfile_<x> / textfile_local_<x>
@@ -65,9 +65,9 @@ async def _form_values(request: Request) -> tuple[dict[str, Any], dict[str, tupl
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
             if value.filename:
-                data = await value.read(MAX_LIST_BYTES + 1)
-                if len(data) > MAX_LIST_BYTES:
-                    raise DataError(f"{key}: the uploaded file is over the {MAX_LIST_BYTES >> 20} MiB limit")
+                data = await value.read(ds.MAX_LIST_BYTES + 1)
+                if len(data) > ds.MAX_LIST_BYTES:
+                    raise DataError(f"{key}: the uploaded file is over the {ds.MAX_LIST_BYTES >> 20} MiB limit")
                 if data:
                     uploads[key] = (value.filename, data)
         else:
@@ -110,8 +110,7 @@ def create_dataset_job(request: Request, values: dict[str, Any], uploads: dict[s
     job_dir = store.job_dir(job.id)
     try:
         clean = _params_values(values, job_dir, uploads)
-        roots = data_roots(request)
-        clean["data_roots"] = None if roots is None else [str(r) for r in roots]
+        clean["data_roots"] = [str(r) for r in data_roots(request)]  # never None: the job reads only these
         params = ds.DatasetParams.from_dict(clean)
         ds.make_plan(params, extra_roots=[job_dir.resolve()])  # every check the job makes, now
     except (CaffeError, ValueError) as e:
@@ -134,7 +133,7 @@ def _form_page(request: Request, values: dict[str, Any] | None = None, error: st
     context = {
         "values": {k: _shown(v) for k, v in shown.items()},
         "error": error,
-        "roots": [str(r) for r in data_roots(request) or []],
+        "roots": [str(r) for r in data_roots(request)],
         "resize_modes": ds.RESIZE_MODES,
         "encodings": ds.ENCODINGS,
     }

@@ -36,7 +36,7 @@ from starlette.datastructures import UploadFile
 from caffe.errors import CaffeError, DataError
 from caffe.studio import inference, pretrained
 from caffe.studio.datasets import RESIZE_MODES
-from caffe.studio.paths import resolve_user_path
+from caffe.studio.paths import is_within, resolve_user_path
 from caffe.studio.web import data_roots, error_response, job_of_kind, json_fields, studio_of, wants_html
 
 router = APIRouter()
@@ -145,7 +145,7 @@ def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, An
     job_id = str(values.get("job_id") or "")
     return {"jobs": _job_choices(request), "values": values, "job_id": job_id,
             "epochs": _epochs(request, job_id) if job_id else [],
-            "roots": [str(r) for r in data_roots(request) or []], **extra}
+            "roots": [str(r) for r in data_roots(request)], **extra}
 
 
 # --------------------------------------------------------------------------------------- pretrained
@@ -303,10 +303,11 @@ async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
     return inference.read_image_file(path), str(path)
 
 
-def _server_path(text: str, roots: list[Path] | None, what: str = "file", field: str = "",
+def _server_path(text: str, roots: list[Path], what: str = "file", field: str = "",
                  shown: str | None = None) -> Path:
-    """The server ``what`` ("file", "image" or "folder") at ``text``, inside the data roots: a 403 outside
-    them, a 404 when missing (naming it as ``shown``, default ``text``); messages start with ``field``."""
+    """The server ``what`` ("file", "image" or "folder") at ``text``, inside the data roots (symlinks
+    followed): a 403 outside them, a 404 when missing (naming it as ``shown``, default ``text``); messages
+    start with ``field``."""
     prefix = f"{field}: " if field else ""
     try:
         path = resolve_user_path(text, roots)
@@ -389,6 +390,11 @@ async def _images(request: Request, form: _Form, labels: tuple[str, ...]) -> lis
         items = inference.parse_image_list(listing, resolve, labels, "image_list")
     elif folder is not None:
         items = inference.scan_folder(folder, labels)
+        for path, _ in items:  # a link in the folder may lead out of the roots (named by its folder only)
+            if not any(is_within(path, r) for r in roots):
+                raise inference.InferenceError(
+                    f"image_folder: {str(path.parent)!r} holds a link to a place outside the folders this server "
+                    f"may read: {', '.join(map(str, roots)) or '(none)'}", 403)
     else:
         raise DataError("image_list: upload a list of images, or give image_folder (a folder of class sub-folders)")
     count = form.number("num_test_images", None, 1)

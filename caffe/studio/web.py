@@ -24,8 +24,9 @@ def studio_of(request: Request) -> Studio:
     return request.app.state.studio
 
 
-def data_roots(request: Request) -> list[Path] | None:
-    """The server folders forms may name (the config's ``data_roots``, resolved; None: any readable folder)."""
+def data_roots(request: Request) -> list[Path]:
+    """The server folders requests may name: the config's ``data_roots``, resolved (None: the default,
+    the working directory; see :func:`caffe.studio.paths.default_data_roots`)."""
     return allowed_roots(studio_of(request).config.data_roots)
 
 

@@ -35,8 +35,9 @@ def build_parser() -> ToolParser:
     p.add_argument("--devices", default=None,
                    help="devices trainings may use, e.g. cpu or cpu,cuda:0,cuda:1 (default: cpu and every GPU)")
     p.add_argument("--data_roots", default=None,
-                   help="folders (separated by ',') that forms may name as image folders / list files "
-                   "(default: any folder this process can read)")
+                   help="the only folders (separated by ',') that forms and API calls may name as image folders, "
+                   "list and labels files or images, symlinks followed (default: the current working directory; "
+                   "'/': any folder this process can read; '': none, uploads only)")
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
     p.add_argument("--stop_grace", type=float, default=3.0,
                    help="seconds a running training has, once the server stops, to finish its iteration and "
@@ -84,6 +85,15 @@ def studio(argv: list[str]) -> int:
         return usage_error(parser, f"--devices: {e}")
 
     from caffe.studio.app import StudioConfig, default_jobs_dir, is_loopback, serve
+    from caffe.studio.paths import default_data_roots
+
+    if args.data_roots is None:
+        data_roots = default_data_roots()
+    else:
+        data_roots = [Path(r.strip()).expanduser().resolve() for r in args.data_roots.split(",") if r.strip()]
+        missing = [str(r) for r in data_roots if not r.is_dir()]
+        if missing:
+            return usage_error(parser, f"--data_roots: no such folder {', '.join(missing)}")
 
     config = StudioConfig(
         jobs_dir=default_jobs_dir() if args.jobs_dir is None else os.path.expanduser(args.jobs_dir),
@@ -94,12 +104,13 @@ def studio(argv: list[str]) -> int:
         port=args.port,
         unsafe_no_auth=args.unsafe_no_auth,
         stop_grace=args.stop_grace,
-        data_roots=None if args.data_roots is None else [Path(r).expanduser() for r in args.data_roots.split(",") if r],
+        data_roots=data_roots,
     )
     _log_through_caffe()
 
     def ready(url: str) -> None:
         log.info("Studio jobs in %s; devices: %s", config.jobs_dir, ", ".join(config.devices or []))
+        log.info("Forms may name server files under: %s", ", ".join(map(str, data_roots)) or "(nothing: uploads only)")
         if config.token:
             log.info("Login required (token set)")
         elif not is_loopback(args.host):
