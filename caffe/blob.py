@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from caffe.errors import ShapeError
+from caffe.limits import check_blob
 
 Shape = tuple[int, ...]
 
@@ -122,6 +123,7 @@ class Blob:
         return blob
 
     def _zeros(self, shape: Shape) -> torch.Tensor:
+        check_blob(shape, self._dtype.itemsize, "blob")
         where = self._device if self._device.type == "cpu" else torch.device("cpu")
         return torch.zeros(shape, dtype=self._dtype, device=where)
 

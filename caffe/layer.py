@@ -24,6 +24,7 @@ import torch
 from caffe.blob import Blob, Shape
 from caffe.errors import LayerError, ShapeError, UnknownLayerTypeError, layer_context
 from caffe.fillers import fill
+from caffe.limits import check_blob
 from caffe.proto import caffe_pb2 as pb
 
 _REGISTRY: dict[str, type[Layer]] = {}
@@ -149,6 +150,8 @@ class Layer:
         """Create the next learnable blob, filled by ``filler``, unless the prototxt carries it."""
         index = len(self.blobs)
         shape = tuple(int(s) for s in shape)
+        if min(shape, default=0) >= 0:  # a negative one is the filler's error, as before
+            check_blob(shape, 4, f"layer '{self.name}' ({self.type}) param {index}")
         if index < len(self.layer_param.blobs):
             from caffe.weights import blob_proto_to_tensor  # late: weights imports layer
 

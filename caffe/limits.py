@@ -8,20 +8,24 @@ Everything here ends such input in a :class:`~caffe.errors.CaffeError` naming th
 * :func:`check_path` - a path given as text (no NUL byte, not empty);
 * :func:`read_file` - a regular file's bytes, refused when it is a device, FIFO or folder, or larger
   than :func:`max_file_bytes`;
+* :func:`read_text` - the same for a text file (a list file), at most :func:`max_list_bytes`, UTF-8;
+* :func:`check_regular_file` - a file opened by another library (h5py), refused unless regular;
+* :func:`hdf5_errors` - h5py's low-level exceptions from a corrupt file as a CaffeError naming it;
 * :func:`check_blob` - a declared shape refused before allocation when its elements overflow or its bytes
   exceed :func:`blob_budget`.
 
-Budgets come from the environment (``CAFFE_MAX_FILE_MB``, ``CAFFE_MAX_BLOB_MB``) or from the machine:
-a blob may take at most half of the memory available when first asked, and a file at most 8 GiB (the
-largest Caffe models are about 0.6 GB).
+Budgets come from the environment (``CAFFE_MAX_FILE_MB``, ``CAFFE_MAX_LIST_MB``, ``CAFFE_MAX_BLOB_MB``) or
+from the machine: a blob may take at most half of the memory available when first asked, a file at most
+8 GiB (the largest Caffe models are about 0.6 GB), a list file at most 1 GiB (ImageNet's is 40 MB).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from caffe.errors import CaffeError, DataError
 MiB = 1 << 20
 GiB = 1 << 30
 DEFAULT_MAX_FILE_BYTES = 8 * GiB
+DEFAULT_MAX_LIST_BYTES = 1 * GiB
 _FALLBACK_BLOB_BYTES = 4 * GiB  # when the machine's available memory cannot be read
 
 
@@ -79,6 +84,11 @@ def max_file_bytes() -> int:
     return _env_mib("CAFFE_MAX_FILE_MB") or DEFAULT_MAX_FILE_BYTES
 
 
+def max_list_bytes() -> int:
+    """The largest text list file (image list, HDF5 list, window file) read whole: ``CAFFE_MAX_LIST_MB``, else 1 GiB."""
+    return _env_mib("CAFFE_MAX_LIST_MB") or DEFAULT_MAX_LIST_BYTES
+
+
 def format_bytes(n: int | float) -> str:
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
         if n >= size:
@@ -115,31 +125,87 @@ def read_file(
     limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise error(f"{p}: {what} not found") from None
-    except IsADirectoryError:
-        raise error(f"{p}: is a folder, expected a {what}") from None
     except OSError as e:
-        raise error(f"{p}: cannot read the {what}: {e.strerror}") from None
+        raise _os_error(p, what, error, e) from None
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise error(f"{p}: is a folder, expected a {what}")
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{p}: not a regular file (a device, pipe or socket), expected a {what}")
+        _require_regular(p, st.st_mode, what, error)
         if st.st_size > limit:
-            raise LimitError(f"{p}: {format_bytes(st.st_size)}, larger than the {format_bytes(limit)} allowed "
-                             f"for a {what}")
+            raise LimitError(
+                f"{p}: {format_bytes(st.st_size)}, larger than the {format_bytes(limit)} allowed for a {what}"
+            )
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     except OSError as e:
-        raise error(f"{p}: cannot read the {what}: {e.strerror}") from None
+        raise _os_error(p, what, error, e) from None
     finally:
         os.close(fd)
     if len(data) > limit:
         raise LimitError(f"{p}: larger than the {format_bytes(limit)} allowed for a {what}")
     return data
+
+
+def _os_error(p: Path, what: str, error: type[CaffeError], e: OSError) -> CaffeError:
+    """The one-line ``error`` for an OSError met opening or reading ``p``."""
+    if isinstance(e, FileNotFoundError):
+        return error(f"{p}: {what} not found")
+    if isinstance(e, IsADirectoryError):
+        return error(f"{p}: is a folder, expected a {what}")
+    return error(f"{p}: cannot read the {what}: {e.strerror}")
+
+
+def _require_regular(p: Path, mode: int, what: str, error: type[CaffeError]) -> None:
+    """``error`` unless ``mode`` (from stat) is a regular file's."""
+    if stat.S_ISDIR(mode):
+        raise error(f"{p}: is a folder, expected a {what}")
+    if not stat.S_ISREG(mode):
+        raise error(f"{p}: not a regular file (a device, pipe or socket), expected a {what}")
+
+
+def read_text(
+    path: str | os.PathLike,
+    what: str = "list file",
+    *,
+    max_bytes: int | None = None,
+    error: type[CaffeError] = DataError,
+) -> str:
+    """The UTF-8 text of the regular file ``path``, at most ``max_bytes`` (default :func:`max_list_bytes`)."""
+    data = read_file(path, what, max_bytes=max_list_bytes() if max_bytes is None else max_bytes, error=error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{os.fspath(path)}: the {what} is not UTF-8 text (byte {e.start})") from None
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file", error: type[CaffeError] = DataError) -> Path:
+    """``path`` as a Path when it names an existing regular file (symlinks followed), else ``error``.
+
+    For files another library opens itself (h5py would block on a FIFO or read a device).
+    """
+    p = check_path(path, what, error)
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise _os_error(p, what, error, e) from None
+    _require_regular(p, mode, what, error)
+    return p
+
+
+# what h5py (and NumPy under it) raises for corrupt or unexpected HDF5 content
+HDF5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError)
+
+
+@contextlib.contextmanager
+def hdf5_errors(path: str | os.PathLike, what: str, error: type[CaffeError] = DataError) -> Iterator[None]:
+    """Turn h5py's low-level exceptions inside the block into ``error`` naming ``path`` and ``what``."""
+    try:
+        yield
+    except CaffeError:
+        raise
+    except HDF5_FAILURES as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"{os.fspath(path)}: corrupt or unreadable {what}: {detail}") from None
 
 
 def check_blob(shape: Iterable[int], itemsize: int = 4, what: str = "blob") -> int:

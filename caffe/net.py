@@ -29,6 +29,7 @@ from caffe.blob import Blob, Shape
 from caffe.engine import CompiledPlan
 from caffe.errors import CaffeError, LayerError, NetError, ShapeError, UnknownLayerTypeError
 from caffe.layer import Layer, create_layer, layer_class
+from caffe.limits import LimitError, check_blob
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param
 
@@ -288,8 +289,8 @@ class Net:
             layer.tops = [self._blobs[t] for t in top_ids]
             top_shapes = self._guard(layer, "setup", layer.setup, [b.shape for b in layer.bottoms], num_top)
             self._move_layer_params(layer)
-            for t, shape in zip(layer.tops, top_shapes, strict=True):
-                t.reshape(shape)
+            for tid, shape in zip(top_ids, top_shapes, strict=True):
+                self._reshape_top(layer, tid, shape)
             for j, tid in enumerate(top_ids):
                 self._blob_loss_weights[tid] = layer.loss(j)
             log.info("Setting up %s", lp.name)
@@ -349,11 +350,22 @@ class Net:
         """Run ``fn``; turn a low-level failure into a one-line error naming the layer."""
         try:
             return fn(*args)
+        except LimitError as e:
+            context = f"layer '{layer.name}' ({layer.type})"
+            raise (e if str(e).startswith(context) else LimitError(f"{context} {what}: {e}")) from None
         except CaffeError:
             raise
         except (RuntimeError, ValueError, IndexError, TypeError, ZeroDivisionError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LayerError(f"layer '{layer.name}' ({layer.type}) {what} failed: {msg}") from e
+
+    def _reshape_top(self, layer: Layer, blob_id: int, shape: Shape) -> None:
+        """Give top blob ``blob_id`` the shape ``layer`` declared, refused before allocation when over the budget."""
+        blob = self._blobs[blob_id]
+        if tuple(shape) != blob.shape and min(shape, default=0) >= 0:  # negative: Blob.reshape's ShapeError
+            what = f"layer '{layer.name}' ({layer.type}) top '{self._blob_names[blob_id]}'"
+            check_blob(shape, blob.dtype.itemsize, what)
+        blob.reshape(shape)
 
     def _move_layer_params(self, layer: Layer) -> None:
         for blob in layer.blobs:
@@ -850,7 +862,7 @@ class Net:
             shapes = [self._blobs[b].shape for b in self._bottom_ids[i]]
             tops = self._guard(layer, "reshape", layer.checked_reshape, shapes)
             for tid, shape in zip(self._top_ids[i], tops, strict=True):
-                self._blobs[tid].reshape(shape)
+                self._reshape_top(layer, tid, shape)
         self._set_loss_diffs()
 
     # ------------------------------------------------------------------ parameters

@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError, Message
 
 from caffe.errors import ParseError, UnknownLayerTypeError, WeightsError
+from caffe.limits import read_file
 from caffe.processes import pid_alive
 from caffe.proto import caffe_pb2 as pb
 
@@ -26,20 +27,17 @@ PathLike = str | os.PathLike
 
 
 def _read_bytes(path: PathLike, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ParseError(f"{path}: {what} file not found") from None
-    except IsADirectoryError:
-        raise ParseError(f"{path}: is a directory, expected a {what} file") from None
-    except OSError as e:
-        raise ParseError(f"{path}: cannot read {what} file: {e.strerror}") from None
+    """The bytes of the regular file ``path`` (bounded by :func:`caffe.limits.read_file`); ParseError if not."""
+    return read_file(path, f"{what} file", error=ParseError)
 
 
 def parse_text(text: str, message: M, source: str = "<string>") -> M:
     """Parse prototxt ``text`` into ``message``; a ParseError names source:line:column."""
     try:
         text_format.Parse(text, message)
+    except RecursionError:
+        message.Clear()
+        raise ParseError(f"{source}: messages nested too deeply to parse (a corrupt or hostile prototxt)") from None
     except text_format.ParseError as e:
         line, col = e.GetLine(), e.GetColumn()
         detail = str(e)
@@ -58,7 +56,7 @@ def _raise_if_fork_layers(text: str, source: str, detail: str) -> None:
     lenient = pb.NetParameter()
     try:
         text_format.Parse(text, lenient, allow_unknown_field=True)
-    except text_format.ParseError:
+    except (text_format.ParseError, RecursionError):
         return
     known = set(layer_type_list())
     unknown: dict[str, list[str]] = {}

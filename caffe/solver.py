@@ -28,7 +28,8 @@ from google.protobuf import text_format
 
 from caffe import common
 from caffe.blob import Blob
-from caffe.errors import SolverError
+from caffe.errors import SolverError, WeightsError
+from caffe.limits import check_blob, check_path, check_regular_file, hdf5_errors
 from caffe.net import Net
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_binary, read_net_param, read_solver_param
@@ -166,7 +167,12 @@ class Solver:
             net = pb.NetParameter()
             net.CopyFrom(value)
             return net
-        return read_net_param(value)
+        return self._read_net_file(value, field)
+
+    def _read_net_file(self, path: str, field: str) -> pb.NetParameter:
+        """The net prototxt a solver field names; a NUL byte or empty path is a SolverError naming the field."""
+        check_path(path, f"{field} of {self.source}", SolverError)
+        return read_net_param(path)
 
     def _train_net(self) -> Net:
         p = self.param
@@ -191,7 +197,7 @@ class Solver:
         p = self.param
         generic = [f for f in ("net", "net_param") if p.HasField(f)]
         specific: list[tuple[str, pb.NetParameter]] = [("test_net_param", n) for n in p.test_net_param]
-        specific += [(f"test_net file: {f}", read_net_param(f)) for f in p.test_net]
+        specific += [(f"test_net file: {f}", self._read_net_file(f, "test_net")) for f in p.test_net]
         if generic and len(p.test_iter) < len(specific):
             raise SolverError(f"{self.source}: test_iter must be specified for each test network")
         if not generic and len(p.test_iter) != len(specific):
@@ -495,6 +501,7 @@ class Solver:
             return
         if not p.HasField("snapshot_prefix"):
             raise SolverError(f"{self.source}: snapshot is specified but snapshot_prefix is not")
+        check_path(p.snapshot_prefix, f"snapshot_prefix of {self.source}", SolverError)
         probe = Path(self.snapshot_filename(".tempfile"))
         try:  # Caffe's check: write a probe file where the snapshots will go
             probe.write_bytes(b"")
@@ -589,18 +596,13 @@ class Solver:
 
     def restore(self, state_file: str | os.PathLike) -> None:
         """Continue from a ``.solverstate`` (or ``.solverstate.h5``): iteration, weights, step, history."""
-        path = Path(state_file)
+        path = check_path(state_file, "solver state file", SolverError)
         if not path.exists():
             raise SolverError(f"{state_file}: solver state file not found")
         if path.name.endswith(".h5"):
             iteration, learned, step, history = self._read_state_hdf5(path)
         else:
-            state = read_binary(path, pb.SolverState(), "solverstate")
-            from caffe.weights import blob_proto_to_array
-
-            iteration, step = state.iter, state.current_step
-            learned = state.learned_net if state.HasField("learned_net") else None
-            history = [blob_proto_to_array(h) for h in state.history]
+            iteration, learned, step, history = self._read_state_proto(path)
         if len(history) != len(self.history):
             raise SolverError(
                 f"{state_file}: incorrect length of history blobs: the state has {len(history)}, "
@@ -608,10 +610,7 @@ class Solver:
             )
         self.iter, self.current_step = int(iteration), int(step)
         if learned:
-            weights = Path(learned)
-            if not weights.exists() and (path.parent / weights.name).exists():
-                weights = path.parent / weights.name  # the snapshot folder was moved
-            self.net.copy_from(str(weights))
+            self.net.copy_from(str(self._learned_net_path(path, learned)))
         log.info("%sSolver: restoring history", self.type_name)
         for i, (blob, arr) in enumerate(zip(self.history, history, strict=True)):
             if arr.size != blob.count:
@@ -622,6 +621,26 @@ class Solver:
                 blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=np.float32).reshape(blob.shape)))
         self._fast_forward_data()
         self._restore_rng_state(path)
+
+    @staticmethod
+    def _learned_net_path(state_file: Path, learned: str) -> Path:
+        """The weights a state names: as written, else beside the state (the snapshot folder was moved)."""
+        weights = check_path(learned, f"learned_net of {state_file}", SolverError)
+        if not weights.exists() and (state_file.parent / weights.name).exists():
+            weights = state_file.parent / weights.name
+        return weights
+
+    @staticmethod
+    def _read_state_proto(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
+        from caffe.weights import blob_proto_to_array
+
+        state = read_binary(path, pb.SolverState(), "solverstate")
+        try:
+            history = [blob_proto_to_array(h) for h in state.history]
+        except WeightsError as e:
+            raise SolverError(f"{path}: history blob: {e}") from None
+        learned = state.learned_net if state.HasField("learned_net") else None
+        return state.iter, learned, state.current_step, history
 
     def _fast_forward_data(self) -> None:
         """Move the data layers to where an uninterrupted run would be at ``iter``.
@@ -646,15 +665,18 @@ class Solver:
     def _read_state_hdf5(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
         import h5py
 
-        def first(value: Any) -> Any:  # Caffe writes its ints as 1-element datasets
-            return np.asarray(value).reshape(-1)[0]
-
-        with h5py.File(path, "r") as f:
-            learned = first(f["learned_net"][()]) if "learned_net" in f else None
+        check_regular_file(path, "HDF5 solver state", SolverError)
+        with hdf5_errors(path, "HDF5 solver state", SolverError), h5py.File(path, "r") as f:
+            learned = _h5_scalar(f, "learned_net", path, required=False)
             if isinstance(learned, bytes):
-                learned = learned.rstrip(b"\0").decode()
-            history = [np.asarray(f["history"][str(i)]) for i in range(len(f["history"]))]
-            return int(first(f["iter"][()])), learned, int(first(f["current_step"][()])), history
+                learned = learned.rstrip(b"\0").decode("utf-8", errors="replace")
+            group = f.get("history")
+            if not isinstance(group, h5py.Group):
+                raise SolverError(f"{path}: HDF5 solver state has no /history group")
+            history = [_h5_array(group, str(i), path) for i in range(len(group))]
+            iteration = int(_h5_scalar(f, "iter", path))
+            step = int(_h5_scalar(f, "current_step", path))
+            return iteration, learned, step, history
 
     # ------------------------------------------------------------------ pycaffe
     def share_weights(self, net: Net) -> None:
@@ -662,3 +684,34 @@ class Solver:
 
     def __repr__(self) -> str:
         return f"<caffe.{type(self).__name__} net='{self.net.name}' iter={self.iter}>"
+
+
+def _h5_dataset(group: Any, name: str, path: Path) -> Any:
+    import h5py
+
+    node = group.get(name)
+    if not isinstance(node, h5py.Dataset):
+        raise SolverError(f"{path}: HDF5 solver state has no dataset {group.name.rstrip('/')}/{name}")
+    return node
+
+
+def _h5_scalar(f: Any, name: str, path: Path, required: bool = True) -> Any:
+    """The first value of a small dataset (Caffe writes ints as 1-element datasets); None if absent and optional."""
+    if not required and name not in f:
+        return None
+    node = _h5_dataset(f, name, path)
+    if node.size is None or node.size < 1 or node.size > 1 << 16:
+        raise SolverError(f"{path}: HDF5 solver state dataset {name} holds {node.size} values, expected one")
+    value = np.asarray(node[()]).reshape(-1)[0]
+    if name != "learned_net" and value.dtype.kind not in "iu":
+        raise SolverError(f"{path}: HDF5 solver state dataset {name} is {value.dtype}, expected an integer")
+    return value
+
+
+def _h5_array(group: Any, name: str, path: Path) -> np.ndarray:
+    """A numeric history dataset, refused before reading when its declared size is over the blob budget."""
+    node = _h5_dataset(group, name, path)
+    if node.dtype.kind not in "fiu":
+        raise SolverError(f"{path}: HDF5 solver state dataset history/{name} is {node.dtype}, expected numbers")
+    check_blob(node.shape or (), node.dtype.itemsize, f"{path}: history/{name}")
+    return np.asarray(node[()])

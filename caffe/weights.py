@@ -19,6 +19,7 @@ import torch
 
 from caffe.blob import Shape
 from caffe.errors import WeightsError
+from caffe.limits import check_regular_file, hdf5_errors
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_net_param_binary
 
@@ -55,6 +56,8 @@ def legacy_shape_matches(shape: Shape, proto: pb.BlobProto) -> bool:
 def blob_proto_to_array(proto: pb.BlobProto, *, diff: bool = False) -> np.ndarray:
     """A NumPy array with the proto's data (or diff), shaped as the proto declares."""
     shape = proto_shape(proto)
+    if any(d < 0 for d in shape):
+        raise WeightsError(f"blob declares shape {shape} with a negative dimension")
     if diff:
         values = proto.double_diff if len(proto.double_diff) else proto.diff
     else:
@@ -92,10 +95,11 @@ def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None) -> pb.
 
 # ---------------------------------------------------------------------------- reading files
 def is_hdf5(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file starting with the HDF5 signature (never opens a device or FIFO)."""
     try:
-        with open(path, "rb") as f:
+        with open(check_regular_file(path, "weights file", WeightsError), "rb") as f:
             return f.read(8) == HDF5_SIGNATURE
-    except OSError:
+    except (WeightsError, OSError):
         return False
 
 
@@ -107,8 +111,7 @@ def load_net_param(path: str | os.PathLike) -> pb.NetParameter:
 def copy_trained_layers(net: Net, source: pb.NetParameter | str | os.PathLike) -> list[str]:
     """Copy weights into ``net`` by layer name; returns the names of the layers copied."""
     if not isinstance(source, pb.NetParameter):
-        if not Path(source).exists():
-            raise WeightsError(f"{source}: weights file not found")
+        check_regular_file(source, "weights file", WeightsError)
         if is_hdf5(source):
             return copy_trained_layers_hdf5(net, source)
         origin = str(source)
@@ -142,43 +145,48 @@ def copy_trained_layers(net: Net, source: pb.NetParameter | str | os.PathLike) -
 
 
 def copy_trained_layers_hdf5(net: Net, path: str | os.PathLike) -> list[str]:
+    """Copy ``/data/<layer>/<i>`` datasets into ``net`` by layer name; any corrupt content is a WeightsError."""
     import h5py
 
-    copied = []
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot open HDF5 weights: {e}") from None
-    with f:
-        if "data" not in f:
+    check_regular_file(path, "HDF5 weights file", WeightsError)
+    with hdf5_errors(path, "HDF5 weights file", WeightsError), h5py.File(path, "r") as f:
+        data = f.get("data")
+        if not isinstance(data, h5py.Group):
             raise WeightsError(f"{path}: HDF5 weights file has no /data group")
-        for name, group in f["data"].items():
-            layer = net.layer_by_name(name)
-            if layer is None:
-                log.info("Ignoring source layer %s", name)
+        return [name for name, group in data.items() if _copy_hdf5_layer(net, path, name, group)]
+
+
+def _copy_hdf5_layer(net: Net, path: str | os.PathLike, name: str, group: object) -> bool:
+    """Copy one layer's datasets; False when the net has no such layer or it has no blobs."""
+    import h5py
+
+    layer = net.layer_by_name(name)
+    if layer is None:
+        log.info("Ignoring source layer %s", name)
+        return False
+    if not isinstance(group, h5py.Group):
+        raise WeightsError(f"{path}: /data/{name} is not a group of blobs")
+    if len(group) > len(layer.blobs):
+        raise WeightsError(
+            f"{path}: incompatible number of blobs for layer '{name}': "
+            f"the file has {len(group)}, the net expects {len(layer.blobs)}"
+        )
+    for j, blob in enumerate(layer.blobs):
+        node = group.get(str(j))
+        if node is None:
+            if net.param_is_shared(layer, j):
                 continue
-            if len(group) > len(layer.blobs):
-                raise WeightsError(
-                    f"{path}: incompatible number of blobs for layer '{name}': "
-                    f"the file has {len(group)}, the net expects {len(layer.blobs)}"
-                )
-            for j, blob in enumerate(layer.blobs):
-                key = str(j)
-                if key not in group:
-                    if net.param_is_shared(layer, j):
-                        continue
-                    raise WeightsError(f"{path}: layer '{name}' is missing blob {j} in /data/{name}")
-                arr = np.asarray(group[key], dtype=np.float32)
-                if tuple(arr.shape) != tuple(blob.shape):
-                    raise WeightsError(
-                        f"{path}: cannot copy param {j} weights from layer '{name}'; shape mismatch. "
-                        f"Source param shape is {' '.join(map(str, arr.shape))}; "
-                        f"target param shape is {' '.join(map(str, blob.shape))}"
-                    )
-                net.set_param_data(blob, torch.from_numpy(arr))
-            if layer.blobs:
-                copied.append(name)
-    return copied
+            raise WeightsError(f"{path}: layer '{name}' is missing blob {j} in /data/{name}")
+        if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "fiu":
+            raise WeightsError(f"{path}: /data/{name}/{j} is not a numeric dataset")
+        if tuple(node.shape or ()) != tuple(blob.shape):
+            raise WeightsError(
+                f"{path}: cannot copy param {j} weights from layer '{name}'; shape mismatch. "
+                f"Source param shape is {' '.join(map(str, node.shape or ()))}; "
+                f"target param shape is {' '.join(map(str, blob.shape))}"
+            )
+        net.set_param_data(blob, torch.from_numpy(np.asarray(node[()], dtype=np.float32)))
+    return bool(layer.blobs)
 
 
 # ---------------------------------------------------------------------------- writing files

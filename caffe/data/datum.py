@@ -27,6 +27,7 @@ import numpy as np
 import simplejpeg
 
 from caffe.errors import DataError
+from caffe.limits import read_file
 from caffe.proto import caffe_pb2 as pb
 
 PathLike = str | os.PathLike
@@ -50,12 +51,7 @@ def read_image(path: PathLike, height: int = 0, width: int = 0, is_color: bool =
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such image file" if not p.exists() else f"{path}: not an image file")
-    try:
-        data = p.read_bytes()
-    except PermissionError:
-        raise DataError(f"{path}: permission denied reading the image") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the image ({e.strerror})") from None
+    data = read_file(p, "image")
     img = _decode_jpeg(data, "color" if is_color else "gray")
     if img is None:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _COLOR if is_color else _GRAY) if data else None
@@ -210,6 +206,8 @@ def check_datum(datum: pb.Datum, name: str = "datum") -> None:
     if datum.encoded:
         return
     c, h, w = datum.channels, datum.height, datum.width
+    if min(c, h, w) < 0:
+        raise DataError(f"{name}: datum has a negative dimension: channels*height*width = {c}*{h}*{w}")
     size = c * h * w
     if datum.data:
         if len(datum.data) != size:

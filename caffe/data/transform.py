@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from caffe.common import TRAIN
-from caffe.errors import DataError
+from caffe.errors import CaffeError, DataError
 from caffe.proto import caffe_pb2 as pb
 
 HWC, CHW = "hwc", "chw"  # layouts of an item: decoded image (H, W, C) or raw Datum planes (C, H, W)
@@ -157,7 +157,7 @@ def load_mean(path: str, where: str) -> np.ndarray:
 
     try:
         arr = blob_proto_to_array(read_binary(path, pb.BlobProto(), "mean file"))
-    except Exception as e:  # ParseError / WeightsError: say it is the mean file
+    except CaffeError as e:  # ParseError / WeightsError / LimitError: say it is the mean file
         raise DataError(f"{where}: cannot read mean_file: {e}") from None
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]

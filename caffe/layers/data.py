@@ -9,6 +9,7 @@ size may change from batch to batch.
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from caffe.data.prefetch import Decoded, Prefetcher, Record, Source
 from caffe.data.transform import CHW, HWC, DataTransformer
 from caffe.errors import DataError
 from caffe.layer import Layer, register
+from caffe.limits import check_blob, read_text
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -60,6 +62,7 @@ class _PrefetchingDataLayer(Layer):
         self.transformer.check_item(c, h, w, self.source.peek().name)
         self._data_shape = (self.batch_size(), *self.transformer.output_shape(c, h, w))
         log.info("output data size: %s", ",".join(map(str, self._data_shape)))
+        check_blob(self._data_shape, 4, f"{where} top '{self.layer_param.top[0]}'")  # before prefetching allocates it
         self._start_prefetching(0)
 
     def _start_prefetching(self, skip_batches: int) -> None:
@@ -170,7 +173,9 @@ class DatumSource:
             image = datum_image_hwc(datum, t.force_color, t.force_gray, name=record.name)
             return Decoded(image, HWC, float(datum.label))
         shape = (datum.channels, datum.height, datum.width)
-        count = int(np.prod(shape))
+        if min(shape) < 0:
+            raise DataError(f"{record.name}: Datum has a negative dimension ({'x'.join(map(str, shape))})")
+        count = math.prod(shape)
         if datum.data:
             if len(datum.data) != count:
                 raise DataError(
@@ -285,10 +290,7 @@ class ImageListSource:
 
 def read_image_list(path: str) -> list[Record]:
     """Caffe's list file: ``relative/path.jpg label`` per line (the label after the last space)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the image list ({e.strerror})") from None
+    lines = read_text(path, "image list").splitlines()
     records = []
     for n, line in enumerate(lines, start=1):
         line = line.strip()

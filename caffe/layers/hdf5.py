@@ -33,6 +33,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from caffe.blob import Shape
 from caffe.errors import DataError
 from caffe.layer import Layer, register
 from caffe.layers.data import _layer_seed
+from caffe.limits import check_blob, check_regular_file, hdf5_errors, read_text
 
 log = logging.getLogger("caffe")
 
@@ -60,11 +62,9 @@ def _dims(shape: tuple[int, ...]) -> str:
 def read_hdf5_list(source: str, where: str) -> list[str]:
     """The .h5 paths named by ``source`` (one per line), resolved: as written, else beside the list."""
     try:
-        lines = Path(source).read_text().splitlines()
-    except OSError as e:
-        raise DataError(f"{where}: cannot read the HDF5 file list {source} ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{where}: the HDF5 file list {source} is not a text file") from None
+        lines = read_text(source, "HDF5 file list").splitlines()
+    except DataError as e:
+        raise DataError(f"{where}: cannot read the HDF5 file list ({e})") from None
     here = Path(source).parent
     paths = []
     for n, line in enumerate(lines, start=1):
@@ -131,6 +131,13 @@ class HDF5DataLayer(Layer):
         path = self.files[int(self.order[self.position])]
         self.arrays: list[np.ndarray] = []  # release the previous file before reading the next
         h5py = _h5py()
+        check_regular_file(path, f"HDF5 data file of {self.where}")
+        with hdf5_errors(path, f"HDF5 data file of {self.where}"):
+            arrays = self._read_datasets(h5py, path)
+        self._accept(path, arrays)
+
+    def _read_datasets(self, h5py: ModuleType, path: str) -> list[np.ndarray]:
+        """Every top's dataset of ``path``, each checked (numeric, rows, size within the blob budget) before reading."""
         try:
             f = h5py.File(path, "r")
         except OSError as e:
@@ -153,10 +160,15 @@ class HDF5DataLayer(Layer):
                     )
                 if node.ndim < 1:
                     raise DataError(f"{self.where}: HDF5 file {path}: dataset '{name}' is a scalar; need N x ... rows")
+                check_blob(node.shape, node.dtype.itemsize, f"{self.where}: HDF5 file {path}: dataset '{name}'")
                 try:
                     arrays.append(node[()])
                 except OSError as e:
                     raise DataError(f"{self.where}: cannot read dataset '{name}' of HDF5 file {path}: {e}") from None
+        return arrays
+
+    def _accept(self, path: str, arrays: list[np.ndarray]) -> None:
+        """Make ``arrays`` (one per top, from ``path``) the current file's rows after checking they agree."""
         rows = {a.shape[0] for a in arrays}
         if len(rows) != 1:
             listed = ", ".join(f"'{n}' {_dims(a.shape)}" for n, a in zip(self.names, arrays, strict=True))

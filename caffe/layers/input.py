@@ -6,8 +6,10 @@ import numpy as np
 import torch
 
 from caffe.blob import Shape
+from caffe.errors import layer_context
 from caffe.fillers import fill
 from caffe.layer import Layer, register
+from caffe.limits import check_blob
 from caffe.proto import caffe_pb2 as pb
 
 
@@ -30,7 +32,11 @@ class InputLayer(Layer):
         _check_once_or_per_top(self, "shape", len(shapes), len(self.tops), allow_zero=True)
         for i, top in enumerate(self.tops):
             if shapes:
-                top.reshape(tuple(shapes[0 if len(shapes) == 1 else i].dim))
+                dims = tuple(shapes[0 if len(shapes) == 1 else i].dim)
+                if min(dims, default=0) >= 0:  # a negative one is Blob.reshape's ShapeError
+                    what = f"{layer_context(self.name, self.type)} top '{self.layer_param.top[i]}'"
+                    check_blob(dims, top.dtype.itemsize, what)
+                top.reshape(dims)
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         return [top.shape for top in self.tops]

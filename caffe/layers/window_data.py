@@ -60,6 +60,7 @@ from caffe.data.transform import CHW, DataTransformer, load_mean
 from caffe.errors import DataError
 from caffe.layer import register
 from caffe.layers.data import _layer_seed, _PrefetchingDataLayer
+from caffe.limits import read_text
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -89,11 +90,9 @@ class WindowImage:
 def read_window_file(path: str, root_folder: str = "") -> tuple[list[WindowImage], list[Window]]:
     """Parse an R-CNN window file into its images and windows (every window, before thresholds)."""
     try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise DataError(f"cannot read window file {path} ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"window file {path} is not a text file") from None
+        text = read_text(path, "window file")
+    except DataError as e:
+        raise DataError(f"cannot read window file ({e})") from None
     tokens = [(tok, n) for n, line in enumerate(text.splitlines(), start=1) for tok in line.split()]
     if not tokens:
         raise DataError(f"window file {path} is empty")
