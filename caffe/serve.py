@@ -649,20 +649,42 @@ class BodyLimitMiddleware:
                 drained = not waiting and int(length) <= DRAIN_BYTES and await _drain(receive, DRAIN_BYTES)
                 await self._reject(send, 413, _BodyTooLarge(self.max_bytes).message, close=not drained)
                 return
+        await self._limited(scope, receive, send)
+
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Run the app on a body counted as it arrives: once over the limit, whatever the app does with
+        the error raised in its ``receive`` (a 500, a 400 from a form parser, nothing) becomes a 413."""
         seen = 0
+        over = False  # the limit was passed: the app's answer is dropped
+        drained = True
+        started = False
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
+            nonlocal seen, over, drained
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    over = True
                     if message.get("more_body", False):
-                        await _drain(receive, DRAIN_BYTES)
-                    raise _BodyTooLarge(self.max_bytes)  # answered by create_app's RequestError handler
+                        drained = await _drain(receive, DRAIN_BYTES)
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if over and not started:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not over or started:
+                raise
+        if over and not started:
+            await self._reject(send, 413, _BodyTooLarge(self.max_bytes).message, close=not drained)
 
     @staticmethod
     async def _reject(send: Any, status: int, message: str, close: bool) -> None:

@@ -15,9 +15,13 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
+import math
 import os
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from http.cookies import SimpleCookie
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -40,6 +44,7 @@ from fastapi.templating import Jinja2Templates
 
 from caffe.errors import CaffeError
 from caffe.serve import bind_socket, is_loopback, url_host, uvicorn_server
+from caffe.studio.csrf import CrossSiteMiddleware, csrf_input, csrf_token, require_csrf_token, server_names
 from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
@@ -52,6 +57,7 @@ COOKIE = "caffe_studio_session"
 KIND_PAGES = {"dataset": "/datasets/{id}", "model": "/models/{id}", "pretrained": "/pretrained_models/{id}"}
 _OPEN_PATHS = ("/login", "/logout", "/static/")
 GRACEFUL_SHUTDOWN_S = 3  # seconds open connections get when the server stops
+log = logging.getLogger("caffe")
 
 
 def default_jobs_dir() -> Path:
@@ -72,6 +78,9 @@ class StudioConfig:
     # caffe.studio.paths.default_data_roots; [Path("/")]: every folder this process can read; []: none)
     data_roots: list[Path] | None = None
     abort_grace: float = 30.0  # seconds from SIGINT to SIGTERM on abort
+    # dotted names the Host header may carry besides IP addresses, localhost and --host (see csrf.py);
+    # None: $CAFFE_STUDIO_ALLOWED_HOSTS (separated by ',')
+    allowed_hosts: list[str] | None = None
     stop_grace: float = 3.0  # seconds from SIGINT to SIGTERM for the jobs running when the server stops
 
     @classmethod
@@ -93,6 +102,8 @@ class Studio:
     store: JobStore
     scheduler: Scheduler
     templates: Jinja2Templates
+    csrf_token: str = ""  # the token the pages carry (see csrf.py)
+    login_limiter: LoginLimiter = field(default_factory=lambda: LoginLimiter())
 
 
 def detect_devices() -> list[str]:
@@ -110,14 +121,79 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"caffe-studio-session", hashlib.sha256).hexdigest()
 
 
+class LoginLimiter:
+    """Failed logins per client: after ``free`` failures in a row, each further try waits ``base * 2**k``
+    seconds (k: the failures past ``free``, the wait at most ``max_wait``); a success, or ``forget_s``
+    without a failure, forgets the client. At most ``capacity`` clients are kept (the least recent go)."""
+
+    def __init__(
+        self, free: int = 5, base: float = 1.0, max_wait: float = 900.0, forget_s: float = 3600.0,
+        capacity: int = 10_000, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free, self.base, self.max_wait, self.forget_s = free, base, max_wait, forget_s
+        self.capacity = capacity
+        self.clock = clock
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # client -> (count, last)
+        self._lock = threading.Lock()
+
+    def _delay(self, count: int) -> float:
+        return 0.0 if count < self.free else min(self.max_wait, self.base * 2.0 ** (count - self.free))
+
+    def _entry(self, client: str) -> tuple[int, float]:
+        count, last = self._failures.get(client, (0, 0.0))
+        if count and self.clock() - last > max(self.forget_s, self._delay(count)):
+            del self._failures[client]
+            return 0, 0.0
+        return count, last
+
+    def wait(self, client: str) -> float:
+        """Seconds before ``client`` may try again (0: now)."""
+        with self._lock:
+            count, last = self._entry(client)
+            return max(0.0, last + self._delay(count) - self.clock()) if count else 0.0
+
+    def failed(self, client: str) -> None:
+        """Count a failed attempt of ``client`` (and log it)."""
+        with self._lock:
+            count = self._entry(client)[0] + 1
+            self._failures[client] = (count, self.clock())
+            self._failures.move_to_end(client)
+            while len(self._failures) > self.capacity:
+                self._failures.popitem(last=False)
+        delay = self._delay(count)
+        log.warning("Studio: failed login from %s (%d in a row)%s", client, count,
+                    f"; next try in {delay:g} s" if delay else "")
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+
+def client_of(scope: Mapping[str, Any]) -> str:
+    """The client's address (the key of the login limits)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def too_many_attempts(wait: float) -> tuple[str, dict[str, str]]:
+    """The message and headers of a 429 to a client that must wait ``wait`` seconds."""
+    seconds = max(1, math.ceil(wait))
+    return f"Too many failed login attempts: try again in {seconds} s.", {"Retry-After": str(seconds)}
+
+
 class AuthMiddleware:
     """ASGI middleware: without a valid cookie, bearer token or ``?token=``, pages redirect to /login
-    and everything else gets 401. A valid ``?token=`` also sets the cookie."""
+    and everything else gets 401. A valid ``?token=`` also sets the cookie. A wrong bearer token or
+    ``?token=`` counts as a failed login in ``limiter``; a client it locks out gets 429 unchecked."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, token: str, limiter: LoginLimiter) -> None:
         self.app = app
         self.token = token
         self.cookie = session_value(token)
+        self.limiter = limiter
 
     def _check(self, scope: dict[str, Any]) -> str | None:
         """'cookie' / 'bearer' / 'query' when authenticated, else None."""
@@ -139,10 +215,20 @@ class AuthMiddleware:
         if scope["type"] != "http" or scope["path"].startswith(_OPEN_PATHS):
             await self.app(scope, receive, send)
             return
+        presented = _presents_token(scope)
+        wait = self.limiter.wait(client_of(scope)) if presented else 0.0
+        if wait:
+            message, headers = too_many_attempts(wait)
+            await JSONResponse({"detail": message, "errors": [message]}, 429, headers)(scope, receive, send)
+            return
         how = self._check(scope)
         if how is None:
+            if presented:
+                self.limiter.failed(client_of(scope))
             await self._refuse(scope, receive, send)
             return
+        if presented and how != "cookie":
+            self.limiter.succeeded(client_of(scope))
         if how != "query":
             await self.app(scope, receive, send)
             return
@@ -167,6 +253,12 @@ class AuthMiddleware:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         await response(scope, receive, send)
+
+
+def _presents_token(scope: Mapping[str, Any]) -> bool:
+    """Whether a request offers a token (a bearer header or ``?token=``), not just a cookie."""
+    bearer = any(k.lower() == b"authorization" and v[:7].lower() == b"bearer " for k, v in scope.get("headers", ()))
+    return bearer or "token" in parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
 def _cookie_header(value: str, max_age: int = 30 * 24 * 3600) -> str:
@@ -331,6 +423,13 @@ def _include_kind_routers(app: FastAPI) -> None:
         app.include_router(module.router)
 
 
+def _host_names(config: StudioConfig) -> frozenset[str]:
+    extra = config.allowed_hosts
+    if extra is None:
+        extra = [h.strip() for h in os.environ.get("CAFFE_STUDIO_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    return server_names(config.host, extra)
+
+
 def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
     """The studio app for ``config`` (a StudioConfig or a dict of its fields); its scheduler starts now
     (recovering interrupted jobs) and stops with the app's lifespan."""
@@ -355,14 +454,22 @@ def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
 
     from caffe import __version__
 
-    app = FastAPI(title="neocaffe studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="neocaffe studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+        dependencies=[Depends(require_csrf_token)],
+    )
     templates = _templates()
     templates.env.globals["auth_enabled"] = bool(config.token)
-    app.state.studio = Studio(config, store, scheduler, templates)
+    # with a token, pages opened before a restart keep working; without one, a secret of this process
+    token = csrf_token(session_value(config.token).encode() if config.token else secrets.token_bytes(32))
+    templates.env.globals["csrf_token"] = token
+    templates.env.globals["csrf_input"] = lambda: csrf_input(token)
+    app.state.studio = studio = Studio(config, store, scheduler, templates, token)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
     if config.token:
-        app.add_middleware(AuthMiddleware, token=config.token)
+        app.add_middleware(AuthMiddleware, token=config.token, limiter=studio.login_limiter)
+    app.add_middleware(CrossSiteMiddleware, names=_host_names(config), check_host=not config.token)
 
     @app.exception_handler(JobNotFound)
     async def _not_found(request: Request, e: JobNotFound) -> Response:
@@ -393,11 +500,20 @@ def _add_routes(app: FastAPI) -> None:
         form = await request.form()
         target = _safe_next(str(form.get("next") or "/"))
         token = studio.config.token
-        given = str(form.get("password") or "")
-        if token and not hmac.compare_digest(given.encode(), token.encode()):
-            return studio.templates.TemplateResponse(
-                request, "login.html", {"next": target, "error": "Wrong password."}, status_code=401
-            )
+        if token:
+            client, limiter = client_of(request.scope), studio.login_limiter
+            wait = limiter.wait(client)
+            if wait:  # the password is not even looked at
+                message, headers = too_many_attempts(wait)
+                return studio.templates.TemplateResponse(
+                    request, "login.html", {"next": target, "error": message}, status_code=429, headers=headers
+                )
+            if not hmac.compare_digest(str(form.get("password") or "").encode(), token.encode()):
+                limiter.failed(client)
+                return studio.templates.TemplateResponse(
+                    request, "login.html", {"next": target, "error": "Wrong password."}, status_code=401
+                )
+            limiter.succeeded(client)
         response = RedirectResponse(target, status_code=303)
         if token:
             response.headers["set-cookie"] = _cookie_header(session_value(token))

@@ -2,6 +2,7 @@
  *   followJob(id, onEvent)           follow a job's events (server-sent events); returns the EventSource
  *   studio.Chart(el, options)        a live line chart over Plotly (load /static/plotly.min.js first)
  *   studio.tabs / refreshStatuses / followLog / setStatus / num / duration / fetchJSON
+ *   studio.csrfHeaders(headers)      headers plus the page's CSRF token (every POST/PUT/DELETE needs it)
  */
 "use strict";
 
@@ -36,8 +37,15 @@ const studio = {
     return h ? `${h}h ${pad(m)}m` : m ? `${m}m ${pad(r)}s` : `${r}s`;
   },
 
+  /* The page's CSRF token (from <meta name="csrf-token">) added to `headers`. */
+  csrfHeaders(headers = {}) {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? {...headers, "X-CSRF-Token": meta.content} : headers;
+  },
+
   async fetchJSON(url, options = {}) {
-    const response = await fetch(url, {headers: {Accept: "application/json"}, ...options});
+    const headers = studio.csrfHeaders({Accept: "application/json", ...(options.headers || {})});
+    const response = await fetch(url, {...options, headers});
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error((body.errors || [body.detail || response.statusText]).join("; "));
     return body;
