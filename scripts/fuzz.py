@@ -1,0 +1,1247 @@
+#!/usr/bin/env python
+"""Fuzz neocaffe's parsers and upload routes with mutated real files; count outcomes; keep reproducers.
+
+    python scripts/fuzz.py --inputs N [--seconds S] [--targets a,b] [--jobs J] [--out DIR] [--write_docs]
+    python scripts/fuzz.py --replay DIR/findings/<name>.bin --targets <target>   # rerun one reproducer
+
+Every input is a pure function of (run seed, target, index): a seed file picked and mutated by a
+``random.Random`` seeded with that triple, so any input can be made again (``--dump``). Each target turns
+bytes into a call of the project (a parser, ``caffe.Net``, ``find_model``, a studio or ``caffe serve``
+route through FastAPI's TestClient) and its outcome is one of:
+
+* ``ok`` - accepted; ``caffe error`` - refused with a :class:`caffe.errors.CaffeError` (for the web
+  targets: any answer below 500);
+* ``non-caffe`` - any other exception, or a 5xx answer (a finding);
+* ``hang`` - one input ran longer than ``--hang_s`` (the parent kills and restarts the worker);
+* ``crash`` - the worker died (a signal, ``os.abort``, the address-space limit hit in C code).
+
+Workers are processes (``--jobs``) with an address-space limit (``--max_memory_mb``); the parent hands
+them batches of indices, watches a shared slot per worker (which input, since when) and records hangs
+and crashes with their input. A finding is deduplicated by (target, exception type, innermost frame in
+``caffe/``) and its input shrunk (chunks removed while the same failure recurs) before it is saved
+under ``DIR/findings``. Targets get shares of ``--inputs`` by their cost (``WEIGHTS``): cheap parsers
+thousands per second, Net building and web routes fewer; the summary reports the counts honestly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CAFFE_DIR = str(ROOT / "caffe") + os.sep
+ASSETS = Path(os.environ.get("CAFFE_TEST_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
+OUTCOMES = ("ok", "caffe error", "non-caffe", "hang", "crash")
+DOCS_BEGIN, DOCS_END = "<!-- fuzz-table:begin -->", "<!-- fuzz-table:end -->"
+
+# ================================================================================================ inputs
+
+
+@dataclass
+class Seed:
+    """One file to mutate: ``kind`` picks the structure-aware mutators (proto, text, json, image, tar, bytes)."""
+
+    name: str
+    data: bytes
+    kind: str
+    _fields: list[tuple[int, int, int, int]] | None = field(default=None, repr=False)
+    _tokens: list[tuple[int, int, str]] | None = field(default=None, repr=False)
+
+    def fields(self) -> list[tuple[int, int, int, int]]:
+        """Protobuf fields (tag start, value start, value end, wire type), nested messages included."""
+        if self._fields is None:
+            self._fields = []
+            _proto_fields(self.data, 0, len(self.data), 0, self._fields)
+        return self._fields
+
+    def tokens(self) -> list[tuple[int, int, str]]:
+        """Text tokens (start, end, kind: number, string, word, brace)."""
+        if self._tokens is None:
+            kinds = {"n": "number", "s": "string", "w": "word", "b": "brace"}
+            self._tokens = [(m.start(), m.end(), kinds[m.lastgroup or "w"]) for m in _TOKEN.finditer(
+                self.data.decode("latin-1"))][:50_000]
+        return self._tokens
+
+
+_TOKEN = re.compile(
+    r'(?P<n>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)|(?P<s>"(?:[^"\\]|\\.)*")|(?P<w>[A-Za-z_]\w*)|(?P<b>[{}\[\]])')
+
+
+def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while i < end and shift < 70:
+        b = buf[i]
+        value |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return value, i
+        shift += 7
+    raise ValueError("bad varint")
+
+
+def _proto_fields(buf: bytes, start: int, end: int, depth: int, out: list[tuple[int, int, int, int]]) -> bool:
+    """Append the fields of the message in ``buf[start:end]`` (recursing into what parses as a message)."""
+    i, found = start, []
+    try:
+        while i < end:
+            tag_at = i
+            key, i = _varint(buf, i, end)
+            wire = key & 7
+            if key >> 3 == 0 or wire in (3, 4, 6, 7):
+                return False
+            if wire == 0:
+                _, j = _varint(buf, i, end)
+            elif wire == 1:
+                j = i + 8
+            elif wire == 5:
+                j = i + 4
+            else:
+                n, i = _varint(buf, i, end)
+                j = i + n
+            if j > end:
+                return False
+            found.append((tag_at, i, j, wire))
+            i = j
+    except ValueError:
+        return False
+    for f in found:
+        out.append(f)
+        if f[3] == 2 and depth < 5 and f[2] - f[1] >= 2 and len(out) < 20_000:
+            _proto_fields(buf, f[1], f[2], depth + 1, out)
+    return True
+
+
+def _encode_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        out.append(b | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+INTERESTING_INTS = (0, 1, -1, 2, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, -(2**31))
+INTERESTING_TEXT = ("0", "-1", "-2147483648", "2147483647", "2147483648", "4294967296", "9223372036854775807",
+                    "18446744073709551616", "1e309", "-1e309", "nan", "inf", "1e-320", "99999999999999999999999999")
+INTERESTING_STRINGS = ('"a\\000b"', '"\\000"', '""', '"/dev/zero"', '"/etc/passwd"', '"../../../../etc/passwd"',
+                       '"' + "A" * 5000 + '"', '"\\377\\376"', '"/proc/self/environ"', '"x\\n\\ny"')
+
+
+def _chunk(n: int, rng: random.Random) -> tuple[int, int]:
+    start = rng.randrange(n)
+    size = min(n - start, rng.choice((1, 2, 4, 8, 16, 64, 256, 4096, n)))
+    return start, start + max(size, 1)
+
+
+def m_flip(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    if d:
+        for _ in range(rng.choice((1, 1, 2, 8))):
+            d[rng.randrange(len(d))] ^= 1 << rng.randrange(8)
+    return d
+
+
+def m_byte(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    if d:
+        d[rng.randrange(len(d))] = rng.choice((0, 0xFF, 0x7F, 0x80, 0x01, 0x0A, 0x7B, 0x22))
+    return d
+
+
+def m_int(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    if len(d) >= 8:
+        at = rng.randrange(len(d) - 7)
+        fmt = rng.choice(("<i", "<I", "<q", ">i", "<f"))
+        value = rng.choice((float("nan"), float("inf"), 1e38)) if fmt == "<f" else rng.choice(INTERESTING_INTS)
+        try:
+            packed = struct.pack(fmt, value)
+        except struct.error:
+            packed = struct.pack(fmt.replace("i", "I").replace("q", "Q"), value & ((1 << (8 * struct.calcsize(fmt)))
+                                                                               - 1))
+        d[at:at + len(packed)] = packed
+    return d
+
+
+def m_truncate(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    return d[: rng.randrange(len(d) + 1)] if d else d
+
+
+def m_delete(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    if d:
+        a, b = _chunk(len(d), rng)
+        del d[a:b]
+    return d
+
+
+def m_duplicate(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    if d:
+        a, b = _chunk(len(d), rng)
+        at = rng.randrange(len(d) + 1)
+        d[at:at] = d[a:b] * rng.choice((1, 1, 2, 16))
+    return d
+
+
+def m_insert(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    at = rng.randrange(len(d) + 1)
+    d[at:at] = rng.randbytes(rng.choice((1, 4, 16, 100)))
+    return d
+
+
+def m_varint(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    """A varint field's value set to 0, -1, 2^31, 2^63, ... (only when ``d`` is still the seed's layout)."""
+    fields = [f for f in seed.fields() if f[3] == 0] if len(d) == len(seed.data) else []
+    if fields:
+        _, a, b, _ = rng.choice(fields)
+        d[a:b] = _encode_varint(rng.choice(INTERESTING_INTS))
+    return d
+
+
+def m_length(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    """A length prefix made longer, shorter, zero or huge."""
+    fields = [f for f in seed.fields() if f[3] == 2] if len(d) == len(seed.data) else []
+    if fields:
+        tag_at, a, b, _ = rng.choice(fields)
+        _, prefix_at = _varint(seed.data, tag_at, len(seed.data))
+        n = b - a
+        new = rng.choice((0, n + 1, max(n - 1, 0), n * 2, 2**31 - 1, 2**32 + n, 2**63))
+        d[prefix_at:a] = _encode_varint(new)
+    return d
+
+
+def m_fixed(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    fields = [f for f in seed.fields() if f[3] in (1, 5)] if len(d) == len(seed.data) else []
+    if fields:
+        _, a, b, wire = rng.choice(fields)
+        value = rng.choice((float("nan"), float("inf"), -float("inf"), 3e38, 0.0, -1.0))
+        d[a:b] = struct.pack("<d" if wire == 1 else "<f", value)
+    return d
+
+
+def m_token(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    """A prototxt/JSON token replaced: numbers by huge/negative ones, strings by NUL bytes and odd paths."""
+    tokens = seed.tokens() if len(d) == len(seed.data) else []
+    if not tokens:
+        return m_insert(d, rng, seed)
+    a, b, kind = rng.choice(tokens)
+    if kind == "number":
+        new = rng.choice(INTERESTING_TEXT)
+    elif kind == "string":
+        new = rng.choice(INTERESTING_STRINGS)
+    elif kind == "word":
+        new = rng.choice(("layer", "type", "bottom", "top", "include", "dim", "shape", "x", "0", "{", "}", ":",
+                          "input_dim", "layers", "net", "learned_net", "source", "mean_file", "null", "true"))
+    else:
+        new = rng.choice(("{", "}", "[", "]", "", "{}"))
+    d[a:b] = new.encode()
+    return d
+
+
+def m_nest(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    """Deep nesting inserted (prototxt blocks or JSON arrays)."""
+    depth = rng.choice((100, 1000, 20_000))
+    at = rng.randrange(len(d) + 1)
+    if seed.kind == "json":
+        d[at:at] = b"[" * depth + b"1" + b"]" * depth
+    else:
+        d[at:at] = b"layer { " * depth + b"}" * rng.choice((0, depth))
+    return d
+
+
+def m_lines(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    lines = bytes(d).split(b"\n")
+    if len(lines) > 1:
+        i = rng.randrange(len(lines))
+        op = rng.randrange(3)
+        if op == 0:
+            del lines[i]
+        elif op == 1:
+            lines.insert(rng.randrange(len(lines)), lines[i])
+        else:
+            lines[i] = lines[i] + rng.choice((b"\x00", b" \x00 ", b"\xff\xfe", b"#", b" {"))
+    return bytearray(b"\n".join(lines))
+
+
+def m_png_size(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    """A PNG's IHDR width/height set to extremes, with the chunk CRC fixed so decoders believe it."""
+    if d[:8] == b"\x89PNG\r\n\x1a\n" and len(d) >= 33:
+        d[16:24] = struct.pack(">II", rng.choice((0, 1, 2**31 - 1, 65535, 100_000)), rng.choice((0, 1, 2**31 - 1,
+                                                                                                   70_000)))
+        d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])))
+    return d
+
+
+def m_tar_header(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
+    """A tar header field (name, mode, size, type, link name) replaced."""
+    headers = [i for i in range(0, len(d) - 511, 512) if d[i + 257:i + 262] == b"ustar"]
+    if headers:
+        h = rng.choice(headers)
+        what = rng.randrange(4)
+        if what == 0:
+            name = rng.choice((b"../evil", b"/etc/x", b"a/../../b", b"", b"\x00", b"deploy.prototxt", b"x" * 99))
+            d[h:h + 100] = name.ljust(100, b"\x00")[:100]
+        elif what == 1:
+            d[h + 124:h + 136] = rng.choice((b"77777777777\x00", b"-1\x00", b"\x80" + b"\xff" * 11, b"0" * 12,
+                                             b"00000001000\x00"))
+        elif what == 2:
+            d[h + 156:h + 157] = rng.choice((b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"x", b"S", b"L", b"K"))
+        else:
+            d[h + 157:h + 257] = rng.choice((b"/etc/passwd", b"../x", b"deploy.prototxt")).ljust(100, b"\x00")
+    return d
+
+
+GENERIC = (m_flip, m_byte, m_int, m_truncate, m_delete, m_duplicate, m_insert)
+MUTATORS: dict[str, tuple[Callable[[bytearray, random.Random, Seed], bytearray], ...]] = {
+    "bytes": GENERIC,
+    "proto": (*GENERIC, m_varint, m_varint, m_varint, m_length, m_length, m_fixed),
+    "text": (m_token, m_token, m_token, m_nest, m_lines, m_lines, m_truncate, m_delete, m_duplicate, m_flip),
+    "json": (m_token, m_token, m_token, m_nest, m_truncate, m_delete, m_duplicate, m_byte),
+    "image": (*GENERIC, m_png_size, m_png_size),
+    "tar": (*GENERIC, m_tar_header, m_tar_header, m_tar_header),
+}
+
+
+def make_input(run_seed: int, target: str, index: int, seeds: list[Seed]) -> tuple[bytes, Seed]:
+    """Input ``index`` of ``target``: a seed, mutated 1 to 8 times (a few are left as they are)."""
+    rng = random.Random(f"{run_seed}:{target}:{index}")
+    seed = seeds[rng.randrange(len(seeds))]
+    d = bytearray(seed.data)
+    if rng.random() < 0.02:
+        return bytes(d), seed
+    pool = MUTATORS[seed.kind]
+    for _ in range(1 + min(int(rng.expovariate(0.7)), 7)):
+        d = rng.choice(pool)(d, rng, seed)
+    return bytes(d), seed
+
+
+# ================================================================================================ targets
+
+
+class ServerError(Exception):
+    """A web route answered 5xx without raising."""
+
+
+@dataclass
+class Target:
+    """A named setup returning (seeds, run); ``web`` targets count every escaped exception as a finding."""
+
+    name: str
+    setup: Callable[[Path], tuple[list[Seed], Callable[[bytes, Seed], Any]]]
+    weight: float
+    batch: int
+    web: bool = False
+    planted: bool = False
+
+
+TARGETS: dict[str, Target] = {}
+#: Relative shares of --inputs (roughly inverse to cost, so every target gets minutes, not seconds).
+WEIGHTS: dict[str, float] = {}
+
+
+def target(name: str, weight: float, batch: int = 100, web: bool = False, planted: bool = False) -> Callable:
+    def register(setup: Callable) -> Callable:
+        TARGETS[name] = Target(name, setup, weight, batch, web, planted)
+        WEIGHTS[name] = weight
+        return setup
+    return register
+
+
+def _asset(rel: str) -> Path:
+    path = ASSETS / rel
+    if not path.exists():
+        raise SystemExit(f"fuzz: missing asset {path} (set CAFFE_TEST_ASSETS)")
+    return path
+
+
+LENET = "models/lenet_mnist_newformat"
+LENET_V1 = "models/lenet_mnist_v1format_2014"
+TINY_NET = """name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 2
+  weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def _tiny_model(work: Path) -> tuple[Path, Path, Any]:
+    """The tiny net's deploy file, seeded weights (.caffemodel and .h5 beside) and the Net."""
+    import caffe
+
+    deploy = work / "tiny.prototxt"
+    deploy.write_text(TINY_NET)
+    caffe.set_random_seed(5)
+    net = caffe.Net(str(deploy), caffe.TEST)
+    net.save(str(work / "tiny.caffemodel"))
+    net.save_hdf5(str(work / "tiny.caffemodel.h5"))
+    return deploy, work / "tiny.caffemodel", net
+
+
+def _scratch(work: Path, name: str, data: bytes) -> Path:
+    path = work / name
+    path.write_bytes(data)
+    return path
+
+
+def _images() -> list[Seed]:
+    from PIL import Image
+
+    gray = Image.frombytes("L", (8, 8), bytes(range(0, 256, 4)))
+    out = io.BytesIO()
+    gray.convert("RGB").save(out, "PNG")
+    small_png = out.getvalue()
+    out = io.BytesIO()
+    gray.convert("RGB").resize((16, 16)).save(out, "JPEG", quality=80)
+    return [Seed("small.png", small_png, "image"), Seed("small.jpg", out.getvalue(), "image"),
+            Seed("dolphin.jpg", _asset("dolphins-and-seahorses/dolphin/image_0042.jpg").read_bytes(), "image")]
+
+
+@target("prototxt", weight=150, batch=200)
+def _prototxt(work: Path):
+    from caffe.protoio import read_net_param
+
+    files = [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt", f"{LENET_V1}/lenet_train_test.prototxt",
+             "caffe-ref/examples/cifar10/cifar10_quick.prototxt"]
+    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files]
+
+    def run(data: bytes, seed: Seed) -> None:
+        read_net_param(_scratch(work, "in.prototxt", data))
+    return seeds, run
+
+
+@target("solver_prototxt", weight=150, batch=300)
+def _solver_prototxt(work: Path):
+    from caffe.protoio import read_solver_param
+
+    files = ["caffe-ref/examples/mnist/lenet_solver.prototxt", "caffe-ref/examples/mnist/lenet_solver_adam.prototxt",
+             f"{LENET_V1}/lenet_solver.prototxt"]
+    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files]
+
+    def run(data: bytes, seed: Seed) -> None:
+        read_solver_param(_scratch(work, "in_solver.prototxt", data))
+    return seeds, run
+
+
+@target("net", weight=20, batch=50)
+def _net(work: Path):
+    import caffe
+
+    files = [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt"]
+    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files] + [Seed("tiny", TINY_NET.encode(),
+                                                                                          "text")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        caffe.Net(str(_scratch(work, "in_net.prototxt", data)), caffe.TEST)
+    return seeds, run
+
+
+@target("caffemodel", weight=20, batch=20)
+def _caffemodel(work: Path):
+    import caffe
+
+    _, tiny_weights, tiny = _tiny_model(work)
+    lenet = caffe.Net(str(_asset(f"{LENET}/lenet.prototxt")), caffe.TEST)
+    seeds = [Seed("lenet_newformat", _asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes(), "proto"),
+             Seed("lenet_v1", _asset(f"{LENET_V1}/lenet_iter_10000.caffemodel").read_bytes(), "proto"),
+             Seed("tiny", tiny_weights.read_bytes(), "proto")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        (tiny if seed.name == "tiny" else lenet).copy_from(str(_scratch(work, "in.caffemodel", data)))
+    return seeds, run
+
+
+@target("solverstate", weight=10, batch=10)
+def _solverstate(work: Path):
+    import caffe
+    from caffe.proto import caffe_pb2 as pb
+    from caffe.protoio import parse_text
+
+    net = parse_text(_asset(f"{LENET}/lenet.prototxt").read_text(), pb.NetParameter())
+    net.layer.add(name="label", type="Input", top=["label"]).input_param.shape.add(dim=[64])
+    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["ip2", "label"], top=["loss"])
+    del net.layer[[layer.name for layer in net.layer].index("prob")]
+    solver_param = pb.SolverParameter(net_param=net, base_lr=0.01, momentum=0.9, lr_policy="fixed",
+                                      snapshot_prefix=str(work / "snap"))
+    solver = caffe.get_solver(str(_scratch(work, "solver.prototxt", str(solver_param).encode())))
+    state = _asset(f"{LENET_V1}/lenet_iter_10000.solverstate").read_bytes()
+    learned = pb.SolverState.FromString(state).learned_net
+    shutil.copy(_asset(f"{LENET_V1}/lenet_iter_10000.caffemodel"), work / Path(learned).name)
+    seeds = [Seed("lenet_v1.solverstate", state, "proto")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        solver.restore(str(_scratch(work, "in.solverstate", data)))
+    return seeds, run
+
+
+@target("binaryproto", weight=50, batch=100)
+def _binaryproto(work: Path):
+    import numpy as np
+
+    from caffe import deploy
+    from caffe import io as cio
+
+    small = cio.array_to_blobproto(np.arange(3 * 4 * 4, dtype=np.float32).reshape(1, 3, 4, 4)).SerializeToString()
+    seeds = [Seed("imagenet_mean", _asset("models/imagenet-common/imagenet_mean.binaryproto").read_bytes(), "proto"),
+             Seed("small_mean", small, "proto")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        deploy.read_mean(_scratch(work, "in.binaryproto", data))
+    return seeds, run
+
+
+@target("datum", weight=500, batch=2000)
+def _datum(work: Path):
+    import numpy as np
+
+    from caffe.data.datum import array_to_datum, datum_to_array
+    from caffe.proto import caffe_pb2 as pb
+    from caffe.protoio import parse_binary
+
+    rng = np.random.default_rng(0)
+    raw = array_to_datum(rng.integers(0, 255, (3, 8, 8), dtype=np.uint8), label=3)
+    flt = array_to_datum(rng.standard_normal((2, 4, 4)).astype(np.float32), label=1)
+    encoded = [pb.Datum(encoded=True, data=s.data, label=1) for s in _images()[:2]]
+    seeds = [Seed(n, d.SerializeToString(), "proto") for n, d in
+             (("raw", raw), ("float", flt), ("png", encoded[0]), ("jpeg", encoded[1]))]
+
+    def run(data: bytes, seed: Seed) -> None:
+        datum_to_array(parse_binary(data, pb.Datum(), "fuzz", "Datum"), "fuzz")
+    return seeds, run
+
+
+@target("hdf5_weights", weight=40, batch=100)
+def _hdf5(work: Path):
+    _, weights, tiny = _tiny_model(work)
+    seeds = [Seed("tiny.caffemodel.h5", weights.with_name("tiny.caffemodel.h5").read_bytes(), "bytes")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        tiny.copy_from(str(_scratch(work, "in.caffemodel.h5", data)))
+    return seeds, run
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+@target("archive", weight=40, batch=100)
+def _archive(work: Path):
+    from caffe import deploy
+
+    tiny_deploy, weights, _ = _tiny_model(work)
+    labels = _scratch(work, "labels.txt", b"dolphin\nseahorse\n")
+    seeds = []
+    for fmt in ("tar", "zip"):
+        path = deploy.package_model(work / f"tiny.{fmt}", deploy=tiny_deploy, weights=weights, labels=labels)
+        seeds.append(Seed(f"tiny.{fmt}", path.read_bytes(), "tar" if fmt == "tar" else "bytes"))
+    with zipfile.ZipFile(io.BytesIO(seeds[1].data)) as z, zipfile.ZipFile(buf := io.BytesIO(), "w") as stored:
+        for info in z.infolist():
+            stored.writestr(info.filename, z.read(info))
+    seeds.append(Seed("tiny_stored.zip", buf.getvalue(), "bytes"))
+    seeds.append(Seed("tiny.tar.gz", seeds[0].data, "tar"))  # the tar mutated, then gzipped
+    cache = work / "cache"
+
+    def run(data: bytes, seed: Seed) -> None:
+        suffix = ".tar.gz" if seed.name.endswith(".tar.gz") else Path(seed.name).suffix
+        archive = _scratch(work, f"in{suffix}", _gzip(data) if suffix == ".tar.gz" else data)
+        try:
+            files = deploy.find_model(archive, cache_dir=cache)
+            if files.labels is not None:
+                deploy.read_labels(files.labels)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+    return seeds, run
+
+
+class _Web:
+    """A TestClient kept open for the worker's life; answers >= 500 raise ServerError; ``refused(r)`` says 4xx."""
+
+    def __init__(self, app: Any) -> None:
+        from fastapi.testclient import TestClient
+
+        self.client = TestClient(app, raise_server_exceptions=True)
+        self.client.__enter__()
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        r = self.client.post(url, **kwargs)
+        if r.status_code >= 500:
+            raise ServerError(f"{url}: {r.status_code} {r.text[:300]!r}")
+        return r
+
+    @staticmethod
+    def refused(r: Any) -> bool:
+        return r.status_code >= 400
+
+
+def _studio(work: Path) -> tuple[_Web, Any]:
+    from caffe.studio.app import create_app
+
+    app = create_app({"jobs_dir": work / "jobs", "devices": ["cpu"], "data_roots": [str(work)]})
+    studio = app.state.studio
+    studio.scheduler.submit = lambda job_id, argv, resource=None: studio.store.get(job_id)  # never run jobs
+    return _Web(app), studio.store
+
+
+def _forget(store: Any, response: Any) -> None:
+    """Delete the job a successful request created (the fuzzer keeps the jobs folder small)."""
+    if response.status_code < 300:
+        job_id = response.json().get("job_id")
+        if job_id:
+            store.delete(job_id)
+
+
+@target("studio_pretrained", weight=2.5, batch=10, web=True)
+def _studio_pretrained(work: Path):
+    _, weights, _ = _tiny_model(work)
+    web, store = _studio(work)
+    form = {"job_name": "fuzz", "width": "8", "height": "8", "image_type": "color", "resize_mode": "squash"}
+    base = {"weights_file": weights.read_bytes(), "deploy_file": TINY_NET.encode(), "labels_file": b"a\nb\n"}
+    seeds = [Seed(f"{k}", v, "proto" if k == "weights_file" else "text") for k, v in base.items()]
+    seeds.append(Seed("form", json.dumps(form).encode(), "json"))
+
+    def run(data: bytes, seed: Seed) -> None:
+        fields, files = dict(form), dict(base)
+        if seed.name == "form":
+            try:
+                value = json.loads(data.decode("utf-8", "replace"))
+                fields = ({str(k): str(v) for k, v in value.items()} if isinstance(value, dict)
+                          else {"width": str(value)})
+            except (ValueError, RecursionError):
+                fields = {"job_name": "fuzz", "width": data.decode("latin-1")}
+        else:
+            files[seed.name] = data
+        r = web.post("/pretrained_models.json", data=fields, files={k: (k, v) for k, v in files.items()})
+        _forget(store, r)
+        return web.refused(r)
+    return seeds, run
+
+
+def _labelled_folder(work: Path) -> Path:
+    root = work / "labelled"
+    for cls, names in (("dolphin", ("image_0042.jpg", "image_0001.jpg")), ("seahorse", ("image_0001.jpg",
+                                                                                         "image_0002.jpg"))):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            shutil.copy(_asset(f"dolphins-and-seahorses/{cls}/{n}"), root / cls / n)
+    return root
+
+
+@target("studio_dataset", weight=2.5, batch=10, web=True)
+def _studio_dataset(work: Path):
+    web, store = _studio(work)
+    folder = _labelled_folder(work)
+    listing = work / "train.txt"
+    listing.write_text(f"{folder}/dolphin/image_0042.jpg 0\n{folder}/seahorse/image_0001.jpg 1\n")
+    (work / "labels.txt").write_text("dolphin\nseahorse\n")
+    by_folder = {"dataset_name": "fuzz", "method": "folder", "folder_train": str(folder), "resize_width": 16,
+                 "resize_height": 16, "resize_channels": 3, "resize_mode": "squash", "folder_pct_val": 25}
+    by_text = {"dataset_name": "fuzz", "method": "textfile", "textfile_local_train_images": str(listing),
+               "textfile_local_labels_file": str(work / "labels.txt"), "resize_width": 16, "resize_height": 16}
+    seeds = [Seed("folder.json", json.dumps(by_folder).encode(), "json"),
+             Seed("textfile.json", json.dumps(by_text).encode(), "json")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        r = web.post("/datasets/images/classification.json", content=data,
+                     headers={"content-type": "application/json"})
+        _forget(store, r)
+        return web.refused(r)
+    return seeds, run
+
+
+@target("studio_classify_one", weight=5, batch=20, web=True)
+def _studio_classify_one(work: Path):
+    _, weights, _ = _tiny_model(work)
+    web, _ = _studio(work)
+    r = web.post("/pretrained_models.json", data={"job_name": "tiny", "width": "8", "height": "8"},
+                 files={"weights_file": ("w.caffemodel", weights.read_bytes()), "deploy_file": ("d.prototxt", TINY_NET),
+                        "labels_file": ("labels.txt", b"a\nb\n")})
+    if r.status_code != 201:
+        raise RuntimeError(f"fuzz setup: the tiny model upload failed: {r.status_code} {r.text}")
+    job_id = r.json()["job_id"]
+
+    def run(data: bytes, seed: Seed) -> None:
+        return web.refused(web.post("/models/images/classification/classify_one.json", data={"job_id": job_id},
+                                    files={"image_file": (seed.name, data)}))
+    return _images(), run
+
+
+@target("serve_predict", weight=10, batch=50, web=True)
+def _serve_predict(work: Path):
+    from caffe import deploy
+    from caffe.serve import create_app, load_model
+
+    tiny_deploy, weights, _ = _tiny_model(work)
+    folder = work / "served"
+    folder.mkdir()
+    shutil.copy(tiny_deploy, folder / "deploy.prototxt")
+    shutil.copy(weights, folder / "snapshot_iter_1.caffemodel")
+    (folder / "labels.txt").write_text("a\nb\n")
+    del deploy
+    web = _Web(create_app([load_model(f"tiny={folder}")]))
+
+    def run(data: bytes, seed: Seed) -> None:
+        return web.refused(web.post("/models/tiny/predict", files={"image": (seed.name, data)}))
+    return _images(), run
+
+
+# planted failures: the harness's own tests (not in --targets all)
+@target("planted_error", weight=1, batch=10, planted=True)
+def _planted_error(work: Path):
+    def run(data: bytes, seed: Seed) -> None:
+        if data.count(b"\x00") % 3 == 1:
+            raise ValueError("planted non-caffe exception")
+    return [Seed("zeros", bytes(64), "bytes")], run
+
+
+@target("planted_hang", weight=1, batch=10, planted=True)
+def _planted_hang(work: Path):
+    def run(data: bytes, seed: Seed) -> None:
+        if data.count(b"\x00") % 5 == 1:
+            time.sleep(3600)
+    return [Seed("zeros", bytes(64), "bytes")], run
+
+
+@target("planted_crash", weight=1, batch=10, planted=True)
+def _planted_crash(work: Path):
+    def run(data: bytes, seed: Seed) -> None:
+        if data.count(b"\x00") % 5 == 2:
+            os.abort()
+    return [Seed("zeros", bytes(64), "bytes")], run
+
+
+# ================================================================================================ running
+
+
+@dataclass
+class Failure:
+    """A distinct finding: where it was first seen and its (shrunk) reproducer."""
+
+    target: str
+    outcome: str
+    key: str
+    index: int
+    seed: str
+    error: str
+    frame: str
+    trace: str
+    data: bytes = b""
+    count: int = 1
+
+
+def _innermost(tb: Any) -> str:
+    """The innermost traceback frame in ``caffe/`` as ``path:line in function`` (else the innermost one)."""
+    frames = traceback.extract_tb(tb)
+    ours = [f for f in frames if f.filename.startswith(CAFFE_DIR)] or frames[-1:]
+    if not ours:
+        return "?"
+    f = ours[-1]
+    return f"{os.path.relpath(f.filename, ROOT)}:{f.lineno} in {f.name}"
+
+
+def classify(exc: BaseException, web: bool) -> str:
+    from caffe.errors import CaffeError
+
+    return "caffe error" if isinstance(exc, CaffeError) and not web else "non-caffe"
+
+
+class Runner:
+    """The targets set up in this process (lazily), running inputs and shrinking findings."""
+
+    def __init__(self, run_seed: int, work: Path, shrink_s: float = 3.0) -> None:
+        self.run_seed, self.work, self.shrink_s = run_seed, work, shrink_s
+        self.ready: dict[str, tuple[list[Seed], Callable[[bytes, Seed], Any]]] = {}
+        self.seen: set[str] = set()
+        self.on_input: Callable[[], None] = lambda: None
+
+    def setup(self, name: str) -> tuple[list[Seed], Callable[[bytes, Seed], Any]]:
+        if name not in self.ready:
+            folder = self.work / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            self.ready[name] = TARGETS[name].setup(folder)
+        return self.ready[name]
+
+    def attempt(self, name: str, data: bytes, seed: Seed) -> tuple[str, BaseException | None]:
+        self.on_input()
+        try:
+            refused = self.ready[name][1](data, seed)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # every escape is what is counted (MemoryError, RecursionError included)
+            return classify(e, TARGETS[name].web), e
+        return ("caffe error" if refused else "ok"), None
+
+    def run(self, name: str, index: int) -> tuple[str, Failure | None]:
+        seeds, _ = self.setup(name)
+        data, seed = make_input(self.run_seed, name, index, seeds)
+        outcome, exc = self.attempt(name, data, seed)
+        if outcome != "non-caffe" or exc is None:
+            return outcome, None
+        frame = _innermost(exc.__traceback__)
+        key = f"{name} | {type(exc).__name__} | {frame}"
+        failure = Failure(name, outcome, key, index, seed.name, f"{type(exc).__name__}: {exc}"[:500], frame,
+                          "".join(traceback.format_exception(exc, limit=-12))[-4000:])
+        if key not in self.seen:
+            self.seen.add(key)
+            failure.data = self.shrink(name, data, seed, key)
+        return outcome, failure
+
+    def shrink(self, name: str, data: bytes, seed: Seed, key: str) -> bytes:
+        """``data`` with chunks removed while the same failure recurs (bounded by ``shrink_s``)."""
+        deadline = time.monotonic() + self.shrink_s
+
+        def same(candidate: bytes) -> bool:
+            outcome, exc = self.attempt(name, candidate, seed)
+            return exc is not None and outcome == "non-caffe" and \
+                f"{name} | {type(exc).__name__} | {_innermost(exc.__traceback__)}" == key
+        size = max(len(data) // 2, 1)
+        while size >= 1 and time.monotonic() < deadline:
+            i = 0
+            while i < len(data) and time.monotonic() < deadline:
+                candidate = data[:i] + data[i + size:]
+                if same(candidate):
+                    data = candidate
+                else:
+                    i += size
+            size //= 2
+        return data
+
+
+# --------------------------------------------------------------------------------------------- workers
+
+
+def _work_dir() -> Path:
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix="caffe-fuzz-", dir=base))
+
+
+def worker_main(conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, names: list[str],
+                log: str | None = None) -> None:
+    """Run batches ``(target, start, stop)`` sent on ``conn``; ``slot`` = [target number, index, start ns, busy]."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if log:  # libpng, libjpeg and HDF5 write to the C stderr: keep it out of the progress line
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    import logging
+    import warnings
+
+    logging.disable(logging.CRITICAL)
+    warnings.simplefilter("ignore")
+    work = _work_dir()
+    runner = Runner(run_seed, work)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        if max_memory_mb:
+            limit = max_memory_mb << 20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+        def mark() -> None:
+            slot[2] = time.monotonic_ns()
+        runner.on_input = mark
+        while (msg := conn.recv()) is not None:
+            if msg[0] == "dump":
+                _, name, index, path = msg
+                seeds, _ = runner.setup(name)
+                Path(path).write_bytes(make_input(run_seed, name, index, seeds)[0])
+                conn.send(("dumped", path))
+                continue
+            name, start, stop = msg
+            slot[0], slot[3], slot[2] = names.index(name), 2, time.monotonic_ns()  # 2: setting up
+            runner.setup(name)
+            counts: Counter[str] = Counter()
+            failures: list[Failure] = []
+            t0 = time.perf_counter()
+            for index in range(start, stop):
+                slot[1], slot[3] = index, 1
+                outcome, failure = runner.run(name, index)
+                counts[outcome] += 1
+                if failure is not None:
+                    failures.append(failure)
+            slot[3] = 0
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+            conn.send(("done", name, start, stop, dict(counts), failures, time.perf_counter() - t0, rss))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class Worker:
+    process: Any
+    conn: Connection
+    slot: Any
+    batch: tuple[str, int, int] | None = None
+
+
+@dataclass
+class Report:
+    """Counts per target, distinct findings, peak memory, time."""
+
+    counts: dict[str, Counter] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)
+    peak_rss: int = 0
+    wall: float = 0.0
+    jobs: int = 1
+    run_seed: int = 0
+
+    def add(self, name: str, counts: dict[str, int], failures: list[Failure], seconds: float = 0.0) -> None:
+        self.counts.setdefault(name, Counter()).update(counts)
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        for f in failures:
+            if f.key in self.failures:
+                self.failures[f.key].count += 1
+            else:
+                self.failures[f.key] = f
+
+    def total(self, outcome: str | None = None) -> int:
+        return sum((c[outcome] if outcome else sum(c.values())) for c in self.counts.values())
+
+    def table(self) -> str:
+        """The Markdown summary: one row per target, then the totals."""
+        rows = ["| target | inputs | ok | caffe error | non-caffe | hang | crash | inputs/s per worker |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in sorted(self.counts):
+            c = self.counts[name]
+            n = sum(c.values())
+            rate = n / self.seconds[name] if self.seconds.get(name) else 0.0
+            rows.append(f"| {name} | {n:,} | " + " | ".join(f"{c[o]:,}" for o in OUTCOMES) + f" | {rate:,.0f} |")
+        rows.append(f"| **all** | **{self.total():,}** | " + " | ".join(f"**{self.total(o):,}**" for o in OUTCOMES)
+                    + f" | {self.total() / self.wall if self.wall else 0:,.0f} (wall, {self.jobs} workers) |")
+        peak = f"{self.peak_rss / (1 << 20):,.0f} MiB" if self.peak_rss else "n/a"
+        rows.append("")
+        rows.append(f"Run seed {self.run_seed}; {self.wall:,.0f} s wall with {self.jobs} worker(s); peak memory of a "
+                    f"worker (max RSS) {peak}; {len(self.failures)} distinct finding(s).")
+        return "\n".join(rows)
+
+
+def plan(total: int, names: list[str]) -> dict[str, int]:
+    """``total`` inputs shared by the targets' weights (at least one each)."""
+    weight = sum(TARGETS[n].weight for n in names)
+    return {n: max(1, math.floor(total * TARGETS[n].weight / weight)) for n in names}
+
+
+def batches(counts: dict[str, int]) -> Iterator[tuple[str, int, int]]:
+    """Round-robin batches of each target's indices, so that a --seconds cutoff still covers every target."""
+    nexts = dict.fromkeys(counts, 0)
+    while nexts:
+        for name in list(nexts):
+            start = nexts[name]
+            stop = min(start + TARGETS[name].batch, counts[name])
+            yield name, start, stop
+            if stop >= counts[name]:
+                del nexts[name]
+            else:
+                nexts[name] = stop
+
+
+class Harness:
+    """The parent: hands batches to worker processes, watches for hangs and deaths, saves reproducers."""
+
+    def __init__(self, names: list[str], *, jobs: int, run_seed: int, hang_s: float, max_memory_mb: int,
+                 out: Path, progress: bool = True) -> None:
+        self.names, self.jobs, self.run_seed = names, jobs, run_seed
+        self.hang_s, self.max_memory_mb, self.out, self.show = hang_s, max_memory_mb, out, progress
+        self.ctx = mp.get_context("spawn")
+        self.report = Report(jobs=jobs, run_seed=run_seed)
+        self.setup_s = max(120.0, hang_s)
+
+    def _start(self) -> Worker:
+        parent, child = self.ctx.Pipe()
+        slot = self.ctx.Array("q", 4, lock=False)
+        p = self.ctx.Process(target=worker_main, args=(child, slot, self.run_seed, self.max_memory_mb, self.names,
+                                                        str(self.out / "workers.log")),
+                             daemon=True)
+        p.start()
+        child.close()
+        return Worker(p, parent, slot)
+
+    def _stop(self, w: Worker, kill: bool) -> None:
+        if kill:
+            w.process.kill()
+        else:
+            with contextlib.suppress(OSError):
+                w.conn.send(None)
+        w.process.join(10)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+
+    def _lost(self, w: Worker, outcome: str, pending: list[tuple[str, int, int]]) -> Worker:
+        """Record the input ``w`` was running as a hang or crash, requeue the rest, start a new worker."""
+        assert w.batch is not None
+        name, start, stop = w.batch
+        index = int(w.slot[1]) if w.slot[3] == 1 else start
+        if w.slot[3] == 2:  # died or stuck while setting up: the target cannot run at all
+            outcome = "crash" if outcome == "crash" else "hang"
+        self._stop(w, kill=True)
+        code = w.process.exitcode
+        detail = f"worker killed after {self.hang_s:g} s" if outcome == "hang" else f"worker died (exit code {code})"
+        key = f"{name} | {outcome}"
+        failure = Failure(name, outcome, key, index, "?", detail, "?", "")
+        if index > start:  # the finished part of the batch was not reported: run it again
+            pending.insert(0, (name, start, index))
+        if index + 1 < stop:
+            pending.insert(0, (name, index + 1, stop))
+        self.report.add(name, {outcome: 1}, [failure])
+        new = self._start()
+        if key in self.report.failures and not self.report.failures[key].data:
+            path = self.out / "findings" / f"{_slug(key)}.bin"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new.conn.send(("dump", name, index, str(path)))
+            if new.conn.poll(self.setup_s):
+                new.conn.recv()
+                self.report.failures[key].data = path.read_bytes()
+        return new
+
+    def run(self, total: int, seconds: float | None) -> Report:
+        self.out.mkdir(parents=True, exist_ok=True)
+        counts = plan(total, self.names)
+        pending = list(batches(counts))
+        workers = [self._start() for _ in range(self.jobs)]
+        t0 = last = time.monotonic()
+        deadline = t0 + seconds if seconds else math.inf
+        try:
+            while True:
+                now = time.monotonic()
+                for w in workers:
+                    if w.batch is None and pending and now < deadline:
+                        w.batch = pending.pop(0)
+                        w.slot[3], w.slot[2] = 2, time.monotonic_ns()
+                        w.conn.send(w.batch)
+                busy = [w for w in workers if w.batch is not None]
+                if not busy:
+                    break
+                for conn in wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.25):
+                    w = next((w for w in busy if conn in (w.conn, w.process.sentinel)), None)
+                    if w is None or w.batch is None or w not in workers:  # handled already (pipe and sentinel)
+                        continue
+                    try:
+                        msg = w.conn.recv() if w.conn.poll() else None
+                    except (EOFError, OSError):
+                        msg = None
+                    if msg is not None and msg[0] == "done":
+                        _, name, _, _, c, failures, secs, rss = msg
+                        self.report.add(name, c, failures, secs)
+                        self.report.peak_rss = max(self.report.peak_rss, rss)
+                        w.batch = None
+                    elif not w.process.is_alive():
+                        workers[workers.index(w)] = self._lost(w, "crash", pending)
+                for i, w in enumerate(workers):
+                    if w.batch is not None and w.process.is_alive():
+                        allowed = self.setup_s if w.slot[3] == 2 else self.hang_s
+                        if (time.monotonic_ns() - w.slot[2]) / 1e9 > allowed:
+                            workers[i] = self._lost(w, "hang", pending)
+                if self.show and time.monotonic() - last >= 1.0:
+                    last = time.monotonic()
+                    self._progress(last - t0, sum(counts.values()))
+        finally:
+            for w in workers:
+                self._stop(w, kill=w.batch is not None)
+        self.report.wall = time.monotonic() - t0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss << 10
+        self.report.peak_rss = max(self.report.peak_rss, children)
+        if self.show:
+            self._progress(self.report.wall, sum(counts.values()))
+            sys.stderr.write("\n")
+        return self.report
+
+    def _progress(self, elapsed: float, planned: int) -> None:
+        r = self.report
+        done = r.total()
+        line = (f"[{elapsed:6.0f}s] {done:,}/{planned:,} inputs  {done / max(elapsed, 1e-9):,.0f}/s  "
+                + "  ".join(f"{o} {r.total(o):,}" for o in OUTCOMES) + f"  peak {r.peak_rss >> 20:,} MiB")
+        sys.stderr.write(("\r" + line) if sys.stderr.isatty() else line + "\n")
+        sys.stderr.flush()
+
+
+def run_inprocess(names: list[str], inputs: int, run_seed: int = 0, shrink_s: float = 1.0) -> Report:
+    """Run ``inputs`` inputs of each target in this process (no watchdog): the test suite's quick run."""
+    report = Report(run_seed=run_seed)
+    work = _work_dir()
+    runner = Runner(run_seed, work, shrink_s)
+    t0 = time.monotonic()
+    try:
+        for name in names:
+            counts: Counter[str] = Counter()
+            failures = []
+            runner.setup(name)
+            t = time.perf_counter()
+            for index in range(inputs):
+                outcome, failure = runner.run(name, index)
+                counts[outcome] += 1
+                if failure is not None:
+                    failures.append(failure)
+            report.add(name, counts, failures, time.perf_counter() - t)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.wall = time.monotonic() - t0
+    report.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    return report
+
+
+# ================================================================================================ output
+
+
+def _slug(key: str) -> str:
+    name, _, rest = key.partition(" | ")
+    kind = rest.split(" | ")[0] if rest else "x"
+    return f"{name}-{re.sub(r'[^A-Za-z0-9]+', '_', kind)}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+
+
+def save_findings(report: Report, out: Path) -> list[Path]:
+    """Each distinct finding's reproducer (``.bin``) and description (``.txt``) under ``out/findings``."""
+    folder = out / "findings"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in report.failures.values():
+        base = folder / _slug(f.key)
+        base.with_suffix(".bin").write_bytes(f.data)
+        base.with_suffix(".txt").write_text(
+            f"target: {f.target}\noutcome: {f.outcome}\nerror: {f.error}\nframe: {f.frame}\nseen: {f.count}\n"
+            f"first input: --seed {report.run_seed} --dump {f.target}:{f.index} (seed file {f.seed})\n"
+            f"reproducer: {base.with_suffix('.bin')} ({len(f.data)} bytes; rerun: python scripts/fuzz.py --replay "
+            f"{base.with_suffix('.bin')} --targets {f.target})\n\n{f.trace}")
+        paths.append(base.with_suffix(".bin"))
+    return paths
+
+
+def findings_markdown(report: Report, out: Path) -> str:
+    lines = [f"## Fuzz findings (scripts/fuzz.py, run seed {report.run_seed}, {report.total():,} inputs)", ""]
+    if not report.failures:
+        lines.append("None.")
+    for f in sorted(report.failures.values(), key=lambda f: f.key):
+        repro = out / "findings" / f"{_slug(f.key)}.bin"
+        lines.append(f"- **{f.target}** - {f.outcome}: `{f.error[:200]}` at `{f.frame}` (seen {f.count}x); "
+                     f"reproducer `{repro}` ({len(f.data)} bytes)")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(report: Report, path: Path) -> None:
+    """Replace the table between the fuzz-table markers in ``path`` (docs/security.md)."""
+    text = path.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise SystemExit(f"fuzz: {path} has no {DOCS_BEGIN} ... {DOCS_END} block")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    command = f"python scripts/fuzz.py --inputs {report.total():,} --seed {report.run_seed} --jobs {report.jobs}"
+    path.write_text(f"{head}{DOCS_BEGIN}\n`{command.replace(',', '')}`\n\n{report.table()}\n{DOCS_END}{tail}")
+
+
+def replay(path: Path, name: str) -> int:
+    """Run one saved input against ``name`` in this process and print what it does."""
+    work = _work_dir()
+    try:
+        runner = Runner(0, work)
+        seeds, run = runner.setup(name)
+        data = path.read_bytes()
+        seed = next((s for s in seeds if path.name.startswith(s.name)), seeds[0])
+        seed_name = os.environ.get("FUZZ_SEED_NAME")
+        if seed_name:
+            seed = next(s for s in seeds if s.name == seed_name)
+        try:
+            run(data, seed)
+        except Exception as e:
+            outcome = classify(e, TARGETS[name].web)
+            traceback.print_exc()
+            print(f"{name}: {outcome}: {type(e).__name__}: {e}")
+            return 1 if outcome == "non-caffe" else 0
+        print(f"{name}: ok")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--inputs", type=int, default=10_000, help="inputs over all targets (shared by WEIGHTS)")
+    p.add_argument("--seconds", type=float, default=None, help="stop handing out inputs after this long")
+    p.add_argument("--targets", default="all", help=f"comma-separated, or all: {', '.join(_public())}")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--out", type=Path, default=Path("fuzz-out"), help="reproducers, report.json, findings.md")
+    p.add_argument("--seed", type=int, default=0, help="run seed: inputs are a function of (seed, target, index)")
+    p.add_argument("--hang_s", type=float, default=10.0, help="one input running longer is a hang")
+    p.add_argument("--max_memory_mb", type=int, default=4096, help="address-space limit of each worker (0: none)")
+    p.add_argument("--write_docs", action="store_true", help="update the table in docs/security.md")
+    p.add_argument("--findings_md", type=Path, default=None, help="also write the findings as Markdown here")
+    p.add_argument("--dump", default=None, metavar="TARGET:INDEX", help="write that input to --out and exit")
+    p.add_argument("--replay", type=Path, default=None, help="run one saved input against --targets (one name)")
+    args = p.parse_args(argv)
+    names = _public() if args.targets == "all" else [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        p.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+    if args.replay:
+        return replay(args.replay, names[0])
+    if args.dump:
+        name, _, index = args.dump.partition(":")
+        work = _work_dir()
+        try:
+            seeds, _ = Runner(args.seed, work).setup(name)
+            data, seed = make_input(args.seed, name, int(index), seeds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        dest = args.out / f"{name}-{index}.bin"
+        dest.write_bytes(data)
+        print(f"{dest} (seed file {seed.name}, {len(data)} bytes)")
+        return 0
+    harness = Harness(names, jobs=args.jobs, run_seed=args.seed, hang_s=args.hang_s,
+                      max_memory_mb=args.max_memory_mb, out=args.out)
+    report = harness.run(args.inputs, args.seconds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_findings(report, args.out)
+    summary = report.table()
+    (args.out / "summary.md").write_text(summary + "\n")
+    (args.out / "findings.md").write_text(findings_markdown(report, args.out))
+    (args.out / "report.json").write_text(json.dumps({
+        "counts": {k: dict(v) for k, v in report.counts.items()}, "seconds": report.seconds, "wall": report.wall,
+        "peak_rss": report.peak_rss, "jobs": report.jobs, "seed": report.run_seed,
+        "findings": [{k: v for k, v in vars(f).items() if k != "data"} for f in report.failures.values()]}, indent=1))
+    if args.findings_md:
+        args.findings_md.write_text(findings_markdown(report, args.out))
+    if args.write_docs:
+        write_docs(report, ROOT / "docs" / "security.md")
+    print(summary)
+    for f in report.failures.values():
+        print(f"finding: {f.key} (seen {f.count}x): {f.error[:160]}")
+    bad = report.total("non-caffe") + report.total("hang") + report.total("crash")
+    return 1 if bad else 0
+
+
+def _public() -> list[str]:
+    return [n for n, t in TARGETS.items() if not t.planted]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
