@@ -421,17 +421,19 @@ def _images() -> list[Seed]:
             Seed("dolphin.jpg", _asset("dolphins-and-seahorses/dolphin/image_0042.jpg").read_bytes(), "image")]
 
 
+def _text_files(work: Path, files: list[str], read: Callable[[str], Any]):
+    """Seeds from asset text files, and a run that writes the input to a file and calls ``read(path)``."""
+    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files]
+    return seeds, lambda data, seed: read(str(_scratch(work, "in.prototxt", data)))
+
+
 @target("prototxt", weight=150, batch=200)
 def _prototxt(work: Path):
     from caffe.protoio import read_net_param
 
     files = [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt", f"{LENET_V1}/lenet_train_test.prototxt",
              "caffe-ref/examples/cifar10/cifar10_quick.prototxt"]
-    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files]
-
-    def run(data: bytes, seed: Seed) -> None:
-        read_net_param(_scratch(work, "in.prototxt", data))
-    return seeds, run
+    return _text_files(work, files, read_net_param)
 
 
 @target("solver_prototxt", weight=150, batch=300)
@@ -440,24 +442,16 @@ def _solver_prototxt(work: Path):
 
     files = ["caffe-ref/examples/mnist/lenet_solver.prototxt", "caffe-ref/examples/mnist/lenet_solver_adam.prototxt",
              f"{LENET_V1}/lenet_solver.prototxt"]
-    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files]
-
-    def run(data: bytes, seed: Seed) -> None:
-        read_solver_param(_scratch(work, "in_solver.prototxt", data))
-    return seeds, run
+    return _text_files(work, files, read_solver_param)
 
 
 @target("net", weight=20, batch=50)
 def _net(work: Path):
     import caffe
 
-    files = [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt"]
-    seeds = [Seed(Path(f).name, _asset(f).read_bytes(), "text") for f in files] + [Seed("tiny", TINY_NET.encode(),
-                                                                                          "text")]
-
-    def run(data: bytes, seed: Seed) -> None:
-        caffe.Net(str(_scratch(work, "in_net.prototxt", data)), caffe.TEST)
-    return seeds, run
+    seeds, run = _text_files(work, [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt"],
+                             lambda path: caffe.Net(path, caffe.TEST))
+    return [*seeds, Seed("tiny", TINY_NET.encode(), "text")], run
 
 
 @target("caffemodel", weight=20, batch=20)
