@@ -354,10 +354,12 @@ def load_model(
     channel_swap: Sequence[int] | None = (2, 1, 0),
     input_scale: float = 1.0,
     engine: str | None = None,
+    allow_python_layers: bool = False,
 ) -> ServedModel:
     """The model named by a ``caffe serve`` argument (``name=path`` or ``path``).
 
-    ``labels`` and ``mean`` are used when the model's own files have none (a DIGITS archive has both).
+    ``labels`` and ``mean`` are used when the model's own files have none (a DIGITS archive has both). A net
+    with a Python layer is refused (CaffeError naming the layer) unless ``allow_python_layers``.
     """
     name, path = parse_model_arg(arg)
     if "," in path and not Path(path).exists():  # DEPLOY.prototxt,WEIGHTS.caffemodel
@@ -368,6 +370,7 @@ def load_model(
     name = name or files.name or Path(path).stem
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise CaffeError(f"model name {name!r}: use letters, digits, '_', '-' and '.' (give NAME=PATH)")
+    _require_python_consent(files.deploy, allow_python_layers)
     t = time.perf_counter()
     model = ServedModel(
         name,
@@ -393,6 +396,14 @@ def load_model(
         time.perf_counter() - t,
     )
     return model
+
+
+def _require_python_consent(deploy: Path, allowed: bool) -> None:
+    """CaffeError naming the first Python layer of ``deploy`` unless they are allowed."""
+    from caffe.protoio import read_net_param
+    from caffe.studio.layer_worker import require_consent
+
+    require_consent(read_net_param(deploy), str(deploy), allowed, "caffe serve")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,6 +723,7 @@ class ServeOptions:
     max_queue: int = 256  # queued requests per model before 503
     threads: int = 0  # preprocessing threads (0: one per core, at most 8)
     docs: bool = True
+    allow_python_layers: bool = False  # serve models whose nets have Python layers (run in this process)
 
     def check(self) -> None:
         """CaffeError naming the first setting out of range."""

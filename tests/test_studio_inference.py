@@ -38,12 +38,13 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 
 
 # --------------------------------------------------------------------------------------- helpers (shared)
-def make_client(tmp: Path, roots: list[Path]) -> TestClient:
-    """A studio app over ``tmp`` with the inference router (included here until app.py includes it)."""
+def make_client(tmp: Path, roots: list[Path], **config) -> TestClient:
+    """A studio app over ``tmp`` with the inference router (included here until app.py includes it); ``config``:
+    more studio settings (``allow_python_layers=True``)."""
     from caffe.studio import routes_inference
     from caffe.studio.app import create_app
 
-    app = create_app({"jobs_dir": tmp / "jobs", "devices": ["cpu"], "data_roots": [str(r) for r in roots]})
+    app = create_app({"jobs_dir": tmp / "jobs", "devices": ["cpu"], "data_roots": [str(r) for r in roots], **config})
     if not any(getattr(r, "path", "") == "/pretrained_models/new" for r in app.routes):
         app.include_router(routes_inference.router)
     return TestClient(app)

@@ -22,7 +22,7 @@ LENET = "models/lenet_mnist_newformat"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("studio_pre")
-    with make_client(tmp, [asset("."), tmp]) as client:
+    with make_client(tmp, [asset("."), tmp], allow_python_layers=True) as client:  # uploads with Python layers
         yield client, tmp
 
 

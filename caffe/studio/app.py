@@ -82,6 +82,7 @@ class StudioConfig:
     # None: $CAFFE_STUDIO_ALLOWED_HOSTS (separated by ',')
     allowed_hosts: list[str] | None = None
     stop_grace: float = 3.0  # seconds from SIGINT to SIGTERM for the jobs running when the server stops
+    allow_python_layers: bool = False  # run networks' Python layers (in worker processes, never in the server)
 
     @classmethod
     def of(cls, config: StudioConfig | Mapping[str, Any]) -> StudioConfig:

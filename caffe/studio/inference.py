@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from caffe.errors import CaffeError, DataError
+from caffe.studio import layer_worker
 from caffe.studio.datasets import RESIZE_MODES, SUPPORTED_EXTENSIONS
 
 #: Nets kept loaded (the LRU cache of :func:`load_model`).
@@ -217,35 +218,34 @@ class LoadedModel:
         labels = self.source.labels
         return labels[index] if index < len(labels) else str(index)
 
+    @property
+    def remote(self) -> layer_worker.RemoteNet | None:
+        """The worker's stand-in when the net runs in a worker process (it has Python layers)."""
+        return self.net if isinstance(self.net, layer_worker.RemoteNet) else None
 
-def register_python_layer(path: Path, net_param: Any) -> None:
-    """Make an uploaded Python layer file importable under the module names the net's Python layers use."""
-    import importlib.util
-    import sys
+    @property
+    def usable(self) -> bool:
+        return self.remote is None or self.remote.worker.alive
 
-    for layer in net_param.layer:
-        if layer.type == "Python" and layer.python_param.module:
-            name = layer.python_param.module
-            spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or spec.loader is None:
-                raise InferenceError(f"{path}: cannot load the Python layer file")
-            module = importlib.util.module_from_spec(spec)
-            try:
-                spec.loader.exec_module(module)
-            except Exception as e:  # the user's code: any error is theirs
-                raise InferenceError(f"{path}: the Python layer file fails to import: {type(e).__name__}: {e}") from e
-            sys.modules[name] = module
+    def close(self) -> None:
+        """End the worker of a net that runs in one (once the calls in progress are done)."""
+        if self.remote is not None:
+            with self.lock:
+                self.remote.close()
 
 
 def build_net(deploy: Path, weights: Path | None, python_layer: Path | None = None) -> Any:
-    """A TEST-phase Net of ``deploy`` (with the ``deploy`` stage) with ``weights`` copied in."""
+    """A TEST-phase Net of ``deploy`` (with the ``deploy`` stage) with ``weights`` copied in.
+
+    A net with Python layers is built only in a worker process (:mod:`caffe.studio.layer_worker`), where
+    ``python_layer`` (an uploaded file) is registered under its layers' module names."""
     from caffe.common import TEST
     from caffe.net import Net
     from caffe.protoio import read_net_param
 
     param = read_net_param(deploy)
-    if python_layer is not None:
-        register_python_layer(python_layer, param)
+    if layer_worker.python_layers(param):
+        layer_worker.register_module(python_layer, param)
     net = Net(str(deploy), TEST, stages=["deploy"])
     if weights is not None:
         net.copy_from(str(weights))
@@ -287,8 +287,27 @@ def _output_is_softmax(net: Any, output: str) -> bool:
     return False
 
 
-def load(source: ModelSource) -> LoadedModel:
-    """Build a :class:`LoadedModel` from its files (no cache)."""
+def require_consent(source: ModelSource, allowed: bool) -> bool:
+    """Whether the job's net has Python layers; 403 when they are not allowed, 400 for an uploaded module
+    named like a module the server can import."""
+    from caffe.protoio import read_net_param
+
+    param = read_net_param(source.deploy)
+    layer_worker.require_consent(param, source.deploy.name, allowed)
+    if source.python_layer is not None:
+        layer_worker.check_module_names(param, source.deploy.name)
+    return bool(layer_worker.python_layers(param))
+
+
+def load(source: ModelSource, allow_python_layers: bool = False) -> LoadedModel:
+    """Build a :class:`LoadedModel` from its files (no cache); a net with Python layers runs in a worker."""
+    if require_consent(source, allow_python_layers):
+        return layer_worker.start_model(source)
+    return load_here(source)
+
+
+def load_here(source: ModelSource) -> LoadedModel:
+    """A :class:`LoadedModel` whose net is built in this process."""
     net = build_net(source.deploy, source.weights, source.python_layer)
     if not net.inputs:
         raise InferenceError(f"{source.deploy}: the deploy net has no input blob (an Input layer)")
@@ -312,29 +331,39 @@ class ModelCache:
         self._items: OrderedDict[Any, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, source: ModelSource) -> LoadedModel:
+    def get(self, source: ModelSource, allow_python_layers: bool = False) -> LoadedModel:
+        """The loaded net of ``source`` (a net with Python layers only when they are allowed)."""
         key = source.key
         with self._lock:
-            if key in self._items:
+            cached = self._items.get(key)
+            if cached is not None and cached.usable and (allow_python_layers or cached.remote is None):
                 self._items.move_to_end(key)
-                return self._items[key]
-        model = load(source)
+                return cached
+        model = load(source, allow_python_layers)
         with self._lock:
+            gone = [self._items.pop(key)] if key in self._items else []
             self._items[key] = model
-            self._items.move_to_end(key)
             while len(self._items) > self.size:
-                self._items.popitem(last=False)
+                gone.append(self._items.popitem(last=False)[1])
+        self._close(gone)
         return model
+
+    @staticmethod
+    def _close(models: list[LoadedModel]) -> None:
+        for model in models:
+            model.close()
 
     def clear(self) -> None:
         with self._lock:
+            gone = list(self._items.values())
             self._items.clear()
+        self._close(gone)
 
     def forget(self, job_dir: Path) -> None:
         """Drop the nets loaded from one job's folder (it was deleted or replaced)."""
         with self._lock:
-            for key in [k for k, m in self._items.items() if m.source.deploy.parent == job_dir]:
-                del self._items[key]
+            gone = [self._items.pop(k) for k, m in list(self._items.items()) if m.source.deploy.parent == job_dir]
+        self._close(gone)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -343,9 +372,10 @@ class ModelCache:
 CACHE = ModelCache()
 
 
-def load_model(store: Any, job_id: str, epoch: float | str | None = None) -> LoadedModel:
+def load_model(store: Any, job_id: str, epoch: float | str | None = None,
+               allow_python_layers: bool = False) -> LoadedModel:
     """The loaded net of a job (see :func:`resolve`), from the LRU cache when it is there."""
-    return CACHE.get(resolve(store, job_id, epoch))
+    return CACHE.get(resolve(store, job_id, epoch), allow_python_layers)
 
 
 # --------------------------------------------------------------------------------------- images
@@ -415,6 +445,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def forward(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     """N x C x H x W inputs -> N x K class probabilities. The caller holds ``model.lock``."""
+    if model.remote is not None:
+        return model.remote.forward(batch)
     net = model.net
     blob = net.blobs[model.input]
     if blob.shape[0] != len(batch):
@@ -527,29 +559,53 @@ def heatmap_stack(maps: np.ndarray) -> np.ndarray:
     return np.stack([heatmap(m) for m in maps])
 
 
+@dataclass
+class LayerView:
+    """What the visualizations show of one layer after a forward: its top's first item and its first weights."""
+
+    layer: str
+    type: str
+    blob: str | None
+    shape: list[int]
+    data: np.ndarray | None
+    weights: np.ndarray | None
+    params: int
+
+
+def layer_views(net: Any) -> list[LayerView]:
+    """The :class:`LayerView` of each shown layer (in-place, Input, Split and Silence layers are not)."""
+    out = []
+    for name, layer in net.layer_dict.items():
+        tops = net.top_names.get(name) or []
+        if layer.type in ("Input", "Split", "Silence") or set(tops) & set(net.bottom_names.get(name) or []):
+            continue  # an in-place layer's result is shown as its producer's activation
+        params = net.params.get(name) or []
+        out.append(LayerView(name, layer.type, tops[0] if tops else None,
+                             list(net.blobs[tops[0]].shape) if tops else [],
+                             net.blobs[tops[0]].data[0] if tops else None, params[0].data if params else None,
+                             int(sum(p.count for p in params))))
+    return out
+
+
 def visualizations(model: LoadedModel) -> list[dict[str, Any]]:
     """Per layer (after a forward of one image): its top blob's activations and, for convolutions, its filters.
 
     Each entry: ``{"layer", "type", "blob", "shape", "activation": {image, maps, mean, std, hist},
     "weights": {image?, shape, params, mean, std, hist} | None}``. The caller holds ``model.lock``.
     """
-    net = model.net
+    views = model.remote.layer_views() if model.remote is not None else layer_views(model.net)
     out = []
-    for name, layer in net.layer_dict.items():
-        tops = net.top_names.get(name) or []
-        if layer.type in ("Input", "Split", "Silence") or set(tops) & set(net.bottom_names.get(name) or []):
-            continue  # an in-place layer's result is shown as its producer's activation
-        entry: dict[str, Any] = {"layer": name, "type": layer.type, "blob": None, "activation": None, "weights": None}
-        if tops:
-            data = net.blobs[tops[0]].data[0]
-            image, shown = activation_image(data)
-            entry.update(blob=tops[0], shape=list(net.blobs[tops[0]].shape))
-            entry["activation"] = {"image": image, "maps": shown, **stats(data)}
-        params = net.params.get(name) or []
-        if params:
-            w = params[0].data
-            info: dict[str, Any] = {"shape": list(w.shape), "params": int(sum(p.count for p in params)), **stats(w)}
-            if layer.type in ("Convolution", "Deconvolution") and w.ndim == 4:
+    for view in views:
+        entry: dict[str, Any] = {"layer": view.layer, "type": view.type, "blob": None, "activation": None,
+                                 "weights": None}
+        if view.blob is not None and view.data is not None:
+            image, shown = activation_image(view.data)
+            entry.update(blob=view.blob, shape=view.shape)
+            entry["activation"] = {"image": image, "maps": shown, **stats(view.data)}
+        w = view.weights
+        if w is not None:
+            info: dict[str, Any] = {"shape": list(w.shape), "params": view.params, **stats(w)}
+            if view.type in ("Convolution", "Deconvolution") and w.ndim == 4:
                 info["image"] = weight_image(w)
             entry["weights"] = info
         out.append(entry)

@@ -14,6 +14,11 @@ parameters are percentages of the training, scaled by ``max_iter / 100``; moment
 AdaGrad/RMSProp), ``weight_decay = base_lr / 100``, ``display = max(1, min(floor(max_iter /
 (epochs * 8)), ceil(5000 / (batch * iter_size))))``.
 
+Python layers: a network with one is refused unless the studio runs with ``--allow_python_layers``; with it,
+the training runs them in its own process (``caffe train``, in the job's folder). The module file of a
+pretrained model's (or a previous model's) Python layers is copied into the job's folder as ``<module>.py``,
+where ``caffe train`` imports it.
+
 Resume: ``caffe train --snapshot`` from the newest ``snapshot_iter_N.solverstate``. The solver state
 holds the iteration, lr step and history; the restore also moves the data layers to where the
 interrupted run was (reads and crop/mirror draws included, see ``Solver._fast_forward_data``), so with
@@ -28,7 +33,7 @@ import math
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +42,7 @@ from caffe.data.db import open_db
 from caffe.errors import CaffeError, NetError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_net_param, to_text
+from caffe.studio import layer_worker
 from caffe.studio import networks as nets
 from caffe.studio.paths import is_job_id
 
@@ -320,6 +326,15 @@ class Network:
     net: pb.NetParameter
     weights: Path | None
     source: str
+    layer_files: dict[str, Path] = field(default_factory=dict)  # Python layer module -> its file
+
+
+def _layer_files(net: pb.NetParameter, job_dir: Path, uploaded: str | None = None) -> dict[str, Path]:
+    """The module files of a job's Python layers: ``uploaded`` (a pretrained job's python_layer.py) or each
+    ``<module>.py`` of the folder; only plain module names (never a path)."""
+    modules = {x.python_param.module for x in layer_worker.python_layers(net) if x.python_param.module.isidentifier()}
+    files = {name: job_dir / (uploaded or f"{name}.py") for name in sorted(modules)}
+    return {name: path for name, path in files.items() if path.is_file()}
 
 
 def choose_network(store: Any, form: ModelForm) -> Network:
@@ -345,12 +360,13 @@ def choose_network(store: Any, form: ModelForm) -> Network:
             if snap is None:
                 raise FormError({"previous_epoch": f"model {job_id} has no snapshot at epoch {form.previous_epoch:g}"})
             weights = snap
-        return Network(read_net_param(d / "original.prototxt"), weights, f"previous:{job_id}")
+        net = read_net_param(d / "original.prototxt")
+        return Network(net, weights, f"previous:{job_id}", _layer_files(net, d))
     if job.kind != "pretrained":
         raise FormError({field: f"job {job_id} is not a pretrained model"})
     original = d / "original.prototxt"
     net = read_net_param(original if original.is_file() else d / "deploy.prototxt")
-    return Network(net, d / "weights.caffemodel", f"pretrained:{job_id}")
+    return Network(net, d / "weights.caffemodel", f"pretrained:{job_id}", _layer_files(net, d, "python_layer.py"))
 
 
 def network_defaults(net: pb.NetParameter) -> dict[str, int | None]:
@@ -374,6 +390,7 @@ class ModelFiles:
     solver: pb.SolverParameter
     info: dict[str, Any]
     weights: Path | None
+    layer_files: dict[str, Path] = field(default_factory=dict)
 
 
 def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
@@ -449,7 +466,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         "mean file": "mean.binaryproto",
         "labels file": "labels.txt",
     }
-    return ModelFiles(net, train_val, deploy, solver, info, chosen.weights)
+    return ModelFiles(net, train_val, deploy, solver, info, chosen.weights, chosen.layer_files)
 
 
 def _mean_values(data: DatasetInfo) -> list[float]:
@@ -475,6 +492,8 @@ def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
     for name in ("labels.txt", "mean.binaryproto"):
         if (dataset_dir / name).is_file():
             shutil.copyfile(dataset_dir / name, job_dir / name)
+    for module, path in files.layer_files.items():
+        shutil.copyfile(path, job_dir / f"{module}.py")
 
 
 def train_argv(job_dir: Path, device: str, *, weights: Path | None = None, snapshot: Path | None = None) -> list[str]:
@@ -491,14 +510,28 @@ def train_argv(job_dir: Path, device: str, *, weights: Path | None = None, snaps
     return caffe_argv(*args)
 
 
-def create_model_job(store: Any, scheduler: Any, form: ModelForm) -> Any:
-    """Check the form, create the job, write its files and submit the training; returns the job."""
+def check_python_layers(form: ModelForm, files: ModelFiles, allowed: bool) -> None:
+    """FormError (on the network's field) for a network with Python layers when they are not allowed, or
+    whose module files would be named like a module the server can import."""
+    where = "custom_network" if form.method == "custom" else f"{form.method}_networks"
+    try:
+        layer_worker.require_consent(files.original, "the network", allowed)
+        layer_worker.check_module_names(files.original, "the network", files.layer_files)
+    except layer_worker.PythonLayerError as e:
+        raise FormError({where: str(e)}) from None
+
+
+def create_model_job(store: Any, scheduler: Any, form: ModelForm, allow_python_layers: bool = False) -> Any:
+    """Check the form, create the job, write its files and submit the training; returns the job.
+
+    A network with Python layers needs ``allow_python_layers`` (the studio's ``--allow_python_layers``)."""
     devices = list(scheduler.devices)
     form.check(devices)
     job = store.create("model", form.model_name or "model", form.to_dict(), parent=form.dataset)
     job_dir = store.job_dir(job.id)
     try:
         files = build_files(store, form, job_dir, devices)
+        check_python_layers(form, files, allow_python_layers)
         write_files(job_dir, files, store.job_dir(form.dataset))
         store.update(job.id, result={"info": files.info})
         return scheduler.submit(job.id, train_argv(job_dir, form.device, weights=files.weights), form.device)
@@ -555,7 +588,7 @@ def latest_solverstate(job_dir: Path) -> Path | None:
     return states[max(states)] if states else None
 
 
-def resume_model_job(store: Any, scheduler: Any, job_id: str) -> Any:
+def resume_model_job(store: Any, scheduler: Any, job_id: str, allow_python_layers: bool = False) -> Any:
     """Continue a stopped training from its newest solver state (from the start when it has none)."""
     job = store.get(job_id)
     if job.kind != "model":
@@ -563,6 +596,9 @@ def resume_model_job(store: Any, scheduler: Any, job_id: str) -> Any:
     if job.status not in ("Interrupted", "Aborted", "Error"):
         raise FormError({"job": f"job {job_id} is {job.status}: only interrupted, aborted or failed trainings resume"})
     job_dir = store.job_dir(job_id)
+    if (job_dir / "train_val.prototxt").is_file():
+        layer_worker.require_consent(read_net_param(job_dir / "train_val.prototxt"), "train_val.prototxt",
+                                     allow_python_layers)
     state = latest_solverstate(job_dir)
     device = job.resource or job.params.get("device", "cpu")
     weights = None

@@ -8,7 +8,9 @@ given, else the deploy net), ``weights.caffemodel``, [``labels.txt``], [``python
 Everything is validated before a job is kept: each prototxt parses (the error names its line), the Python
 layer file compiles, the deploy net builds and the weights load into it; a deploy layer with parameters that
 the weights file does not name is an error listing the names on both sides (fine-tuning renames are made
-later, on the model form, never in the uploaded network).
+later, on the model form, never in the uploaded network). A network with Python layers, or a Python layer
+file, is refused unless the studio runs with ``--allow_python_layers``; with it, such a net is built and
+checked by a worker process, never in the server (:mod:`caffe.studio.layer_worker`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import IO, Any
 from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, to_text
-from caffe.studio import inference
+from caffe.studio import inference, layer_worker
 from caffe.studio.networks import parse_network
 
 
@@ -88,10 +90,37 @@ def parse_labels(data: bytes, source: str = "labels.txt") -> list[str]:
     return labels
 
 
-def check_weights(job_dir: Path, python_layer: Path | None = None) -> dict[str, Any]:
-    """Build the job's deploy net and load its weights; a name or shape mismatch is a WeightsError.
+def check_python_layers(params: dict[str, pb.NetParameter | None], python_layer: bytes | None,
+                        allowed: bool) -> None:
+    """An upload's networks (by file name) and Python layer file: refused (403) unless Python layers are
+    allowed; an uploaded module must not be named like a module the server can import (400)."""
+    for source, param in params.items():
+        if param is not None:
+            layer_worker.require_consent(param, source, allowed)
+            if python_layer:
+                layer_worker.check_module_names(param, source)
+    if python_layer and not allowed:
+        raise layer_worker.PythonLayerError(f"python_layer.py: Python layer files are accepted only when the studio "
+                                            f"is started with {layer_worker.FLAG}", 403)
 
-    Returns facts for the job's result: input shape, output size, layer and parameter counts.
+
+def check_weights(job_dir: Path, python_layer: Path | None = None,
+                  allow_python_layers: bool = False) -> tuple[dict[str, Any], str | None]:
+    """:func:`weights_facts` of the job's folder; a net with Python layers (when allowed) is checked by a
+    worker process."""
+    source = inference.ModelSource("", job_dir / "deploy.prototxt", job_dir / "weights.caffemodel",
+                                   python_layer=python_layer)
+    if inference.require_consent(source, allow_python_layers):
+        return layer_worker.check_weights(job_dir, python_layer)
+    return weights_facts(job_dir, python_layer)
+
+
+def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict[str, Any], str | None]:
+    """Build the job's deploy net (in this process) and load its weights; a name or shape mismatch is a
+    WeightsError.
+
+    Returns facts for the job's result (input shape, output size, layer and parameter counts) and the name
+    of the net's last output.
     """
     from caffe.weights import is_hdf5, load_net_param
 
@@ -125,8 +154,7 @@ def check_weights(job_dir: Path, python_layer: Path | None = None) -> dict[str, 
         "outputs": int(net.blobs[out].count // max(1, net.blobs[out].shape[0])) if out else None,
         "layers": len(net.layers),
         "parameters": int(sum(b.count for blobs in net.params.values() for b in blobs)),
-        "net": net,
-    }
+    }, out
 
 
 # --------------------------------------------------------------------------------------- jobs
@@ -191,11 +219,12 @@ def upload(
     width: int = 256,
     height: int = 256,
     resize_mode: str = "squash",
+    allow_python_layers: bool = False,
 ) -> Any:
     """Create a pretrained job from uploaded files (see the module); the job is kept only when all is valid.
 
     ``deploy`` and ``original`` are prototxt texts; at least one is needed (a deploy net is derived from
-    ``original`` when ``deploy`` is missing).
+    ``original`` when ``deploy`` is missing). Python layers need ``allow_python_layers``.
     """
     if not (name or "").strip():
         raise DataError("job_name: a name is required")
@@ -212,6 +241,8 @@ def upload(
                                                 settings["width"])
         except NetError as e:
             raise NetError(f"original.prototxt: cannot derive a deploy network: {e}") from None
+    check_python_layers({"deploy.prototxt": deploy_param, "original.prototxt": original_param}, python_layer,
+                        allow_python_layers)
     label_list = parse_labels(labels) if labels else []
     if python_layer:
         check_python_layer(python_layer)
@@ -235,20 +266,21 @@ def upload(
             atomic_write(job_dir / "python_layer.py", python_layer)
         if mean_file:
             atomic_write(job_dir / "mean.binaryproto", mean_file)
-        return _finish(store, job, job_dir, {"source": "upload", **settings, "mean_values": means}, label_list)
+        return _finish(store, job, job_dir, {"source": "upload", **settings, "mean_values": means}, label_list,
+                       allow_python_layers)
     except BaseException:
         store.delete(job.id)
         raise
 
 
-def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: list[str]) -> Any:
+def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: list[str],
+            allow_python_layers: bool = False) -> Any:
     """Validate the written folder (net builds, weights fit, labels match), write info.json, mark Done."""
     py = job_dir / "python_layer.py"
-    facts = check_weights(job_dir, py if py.is_file() else None)
-    net = facts.pop("net")
+    facts, output = check_weights(job_dir, py if py.is_file() else None, allow_python_layers)
     if labels and facts["outputs"] and len(labels) != facts["outputs"]:
         raise DataError(
-            f"labels.txt: {len(labels)} labels, but the network's output '{net.outputs[-1]}' has "
+            f"labels.txt: {len(labels)} labels, but the network's output '{output}' has "
             f"{facts['outputs']} values per image"
         )
     if (job_dir / "mean.binaryproto").is_file():
@@ -269,7 +301,8 @@ def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: l
     return store.update(job.id, status="Done", result={**facts, "labels": len(labels)})
 
 
-def promote(store: Any, model_job_id: str, epoch: float | str | None = None, name: str | None = None) -> Any:
+def promote(store: Any, model_job_id: str, epoch: float | str | None = None, name: str | None = None,
+            allow_python_layers: bool = False) -> Any:
     """A pretrained job from a model job's snapshot (``epoch``, default the last), as DIGITS' "Make Pretrained Model".
 
     Copies deploy.prototxt, original.prototxt (the model's network), the snapshot as weights.caffemodel,
@@ -297,7 +330,7 @@ def promote(store: Any, model_job_id: str, epoch: float | str | None = None, nam
                           (source.python_layer, "python_layer.py")):
             if src is not None and src.is_file():
                 _copy_stream(src, job_dir / dest)
-        return _finish(store, job, job_dir, info, list(source.labels))
+        return _finish(store, job, job_dir, info, list(source.labels), allow_python_layers)
     except BaseException:
         store.delete(job.id)
         raise

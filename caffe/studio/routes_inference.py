@@ -21,6 +21,8 @@ Inference (every route takes ``job_id`` - a model or pretrained job - and ``snap
 * ``POST .../top_n`` (page) and ``top_n.json``: the same images, ``top_n`` (default 9) best per class.
 
 The ``GET`` of each inference route shows its form. Server paths must lie inside the studio's data roots.
+Networks with Python layers are refused (403) unless the studio runs with ``--allow_python_layers``; with it
+they run in a worker process (:mod:`caffe.studio.layer_worker`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ def _page(request: Request, template: str, context: dict[str, Any], status: int 
 
 def _fail(request: Request, error: CaffeError, html: bool) -> Response:
     return error_response(request, getattr(error, "status", None) or 400, str(error), html)
+
+
+def _python_allowed(request: Request) -> bool:
+    """Whether the operator started the studio with ``--allow_python_layers``."""
+    return bool(studio_of(request).config.allow_python_layers)
 
 
 class _Form:
@@ -162,7 +169,8 @@ def pretrained_list(request: Request) -> Response:
 
 @router.get("/pretrained_models/new", include_in_schema=False)
 def pretrained_new(request: Request) -> Response:
-    return _page(request, "pretrained_new.html", {"values": {}, "resize_modes": RESIZE_MODES})
+    return _page(request, "pretrained_new.html", {"values": {}, "resize_modes": RESIZE_MODES,
+                                                  "python_layers": _python_allowed(request)})
 
 
 async def _upload(request: Request) -> Any:
@@ -183,6 +191,7 @@ async def _upload(request: Request) -> Any:
         "width": form.number("width", 256, 1, 8192),
         "height": form.number("height", 256, 1, 8192),
         "resize_mode": form.text("resize_mode", "squash"),
+        "allow_python_layers": _python_allowed(request),
     }
     return form, await run_in_threadpool(lambda: pretrained.upload(studio_of(request).store, **args))
 
@@ -207,8 +216,8 @@ async def pretrained_create(request: Request) -> Response:
             return _fail(request, e, False)
         values = form.values if form else {}
         status = getattr(e, "status", 400)
-        return _page(request, "pretrained_new.html",
-                     {"values": values, "resize_modes": RESIZE_MODES, "error": str(e)}, status)
+        return _page(request, "pretrained_new.html", {"values": values, "resize_modes": RESIZE_MODES, "error": str(e),
+                                                      "python_layers": _python_allowed(request)}, status)
     if html:
         return RedirectResponse(f"/pretrained_models/{job.id}", status_code=303)
     return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
@@ -274,7 +283,8 @@ async def promote(request: Request, job_id: str) -> Response:
         form = await _form(request)
         epoch = form.text("snapshot_epoch") or None
         name = form.text("job_name") or None
-        job = await run_in_threadpool(pretrained.promote, studio_of(request).store, job_id, epoch, name)
+        job = await run_in_threadpool(pretrained.promote, studio_of(request).store, job_id, epoch, name,
+                                      _python_allowed(request))
     except CaffeError as e:
         return _fail(request, e, html)
     if html:
@@ -330,10 +340,10 @@ async def _classify_one(request: Request) -> tuple[_Form, Any, inference.OneResu
     form = await _form(request)
     job_id, epoch = _model_choice(form)
     data, name = await _image_bytes(request, form)
-    store = studio_of(request).store
+    store, allowed = studio_of(request).store, _python_allowed(request)
 
     def run() -> tuple[Any, inference.OneResult]:
-        model = inference.load_model(store, job_id, epoch)
+        model = inference.load_model(store, job_id, epoch, allowed)
         return model, inference.classify_one(model, data, form.flag("show_visualizations"), name)
 
     model, result = await run_in_threadpool(run)
@@ -409,7 +419,7 @@ async def _classify_many(request: Request) -> tuple[_Form, Any, inference.ManyRe
     items = await _images(request, form, source.labels)
 
     def run() -> tuple[Any, inference.ManyResult]:
-        model = inference.CACHE.get(source)
+        model = inference.CACHE.get(source, _python_allowed(request))
         return model, inference.classify_many(model, items)
 
     model, result = await run_in_threadpool(run)

@@ -109,7 +109,8 @@ def model_new(request: Request, clone: str = "") -> Response:
 
 def _create(request: Request, values: dict[str, Any]) -> Job:
     studio = studio_of(request)
-    return m.create_model_job(studio.store, studio.scheduler, m.ModelForm.from_dict(values))
+    return m.create_model_job(studio.store, studio.scheduler, m.ModelForm.from_dict(values),
+                              studio.config.allow_python_layers)
 
 
 @router.post("/models/images/classification", include_in_schema=False)
@@ -235,7 +236,7 @@ def download_zip(request: Request, job_id: str, epoch: float | None = None) -> R
 def resume(request: Request, job_id: str) -> Response:
     studio = studio_of(request)
     try:
-        job = m.resume_model_job(studio.store, studio.scheduler, job_id)
+        job = m.resume_model_job(studio.store, studio.scheduler, job_id, studio.config.allow_python_layers)
     except KeyError:
         raise HTTPException(404, f"no job {job_id!r}") from None
     except (CaffeError, RuntimeError, ValueError) as e:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("caffe")
 
 USAGE = """caffe serve [--host 127.0.0.1] [--port 8000] [--max_batch 8] [--max_wait_ms 5] \
-[--max_body_bytes 10485760] [--engine fused|compiled|eager] [--labels FILE] [--mean FILE|B,G,R] MODEL [MODEL ...]
+[--max_body_bytes 10485760] [--engine fused|compiled|eager] [--labels FILE] [--mean FILE|B,G,R] \
+[--allow_python_layers] MODEL [MODEL ...]
 
 Serve classification models over HTTP: POST /models/NAME/predict or /predict (the first MODEL): a
 multipart 'file', JSON {"url": ...} or {"base64": ...}, optional top_k; GET /health, /models,
@@ -72,6 +73,7 @@ def build_parser() -> ToolParser:
     p.add_argument("--allow_urls", action="store_true", default=True, help='fetch {"url": ...} images')
     p.add_argument("--noallow_urls", action="store_false", dest="allow_urls", help=argparse.SUPPRESS)
     p.add_bool("access_log", "log every request (uvicorn's access log)")
+    p.add_bool("allow_python_layers", "serve models whose nets have Python layers (their code runs in the server)")
     p.bool_flags += ["docs", "allow_urls"]
     return p
 
@@ -99,6 +101,7 @@ def serve(argv: list[str]) -> int:
         max_queue=args.max_queue,
         threads=args.threads,
         docs=args.docs,
+        allow_python_layers=args.allow_python_layers,
     )
     try:
         opts.check()
@@ -117,6 +120,7 @@ def serve(argv: list[str]) -> int:
             channel_swap=args.channel_swap,
             input_scale=args.input_scale,
             engine=engine,
+            allow_python_layers=opts.allow_python_layers,
         )
         if engine == "compiled":
             log.info("%s: compiling the batch shapes (torch.compile)", model.name)

@@ -18,7 +18,7 @@ from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_erro
 log = logging.getLogger("caffe")
 
 USAGE = """caffe studio [--host 127.0.0.1] [--port 5000] [--jobs-dir DIR] [--token T] [--devices cpu,cuda:0,...] \
-[--unsafe_no_auth] [--data_roots DIR,...] [--max_upload_mb 512]
+[--unsafe_no_auth] [--data_roots DIR,...] [--max_upload_mb 512] [--allow_python_layers]
 
 Serve the studio web app: make image datasets, train and fine-tune models with live charts, classify
 images and download trained models, from a browser (http://HOST:PORT/) or its REST API (/openapi.json)."""
@@ -44,6 +44,8 @@ def build_parser() -> ToolParser:
                    "snapshot after SIGINT before it is terminated (default 3)")
     p.add_bool("unsafe_no_auth", "serve a non-loopback address without a token (trusted networks only)")
     p.add_bool("access_log", "log every request (uvicorn's access log)")
+    p.add_bool("allow_python_layers", "accept networks with Python layers (run in worker processes, never in the "
+               "server); off: refused")
     return p
 
 
@@ -104,6 +106,7 @@ def studio(argv: list[str]) -> int:
         port=args.port,
         unsafe_no_auth=args.unsafe_no_auth,
         stop_grace=args.stop_grace,
+        allow_python_layers=args.allow_python_layers,
         data_roots=data_roots,
     )
     _log_through_caffe()
