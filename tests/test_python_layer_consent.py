@@ -244,8 +244,15 @@ def test_with_the_flag_a_pretrained_python_layer_fine_tunes_in_the_training_proc
         job_dir = Path(studio.store.job_dir(job.id))
         assert job.status == "Done", (job_dir / "log.txt").read_text()[-3000:]
         assert (job_dir / "consent_tune_layer.py").is_file()
+        one = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": job.id},
+                          files={"image_file": ("a.png", png(size=28))})
+        assert one.status_code == 200 and {p[0] for p in one.json()["predictions"]} == {"dark", "light"}, one.text
+        promoted = client.post(f"/models/{job.id}/to_pretrained", data={"job_name": "promoted"})
+        assert promoted.status_code == 201, promoted.text
+        assert (Path(studio.store.job_dir(promoted.json()["job_id"])) / "python_layer.py").is_file()
+        inference.CACHE.clear()
         pids = ran_in(tmp_path)
-        assert len(pids) >= 2 and os.getpid() not in pids  # the upload's check and the training
+        assert len(pids) >= 4 and os.getpid() not in pids  # upload check, training, classification, promotion
         assert "consent_tune_layer" not in sys.modules
 
 

@@ -341,8 +341,12 @@ class ModelCache:
                 return cached
         model = load(source, allow_python_layers)
         with self._lock:
-            gone = [self._items.pop(key)] if key in self._items else []
-            self._items[key] = model
+            cached = self._items.get(key)
+            if cached is not None and cached.usable:
+                gone, model = [model], cached  # loaded meanwhile by another request: keep the one in use
+            else:
+                gone = [self._items.pop(key)] if cached is not None else []
+                self._items[key] = model
             while len(self._items) > self.size:
                 gone.append(self._items.popitem(last=False)[1])
         self._close(gone)

@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import keyword
+import math
 import os
 import select
 import signal
@@ -141,7 +142,7 @@ def _read_array(spec: Any, read: Callable[[int], bytes]) -> np.ndarray:
     shape = spec.get("shape") if isinstance(spec, dict) else None
     if dtype is None or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise PythonLayerError(f"worker: an array of unknown type or shape ({str(spec)[:80]})")
-    size = int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    size = math.prod(shape) * np.dtype(dtype).itemsize
     if size > MAX_ARRAY_BYTES:
         raise PythonLayerError(f"worker: a {size}-byte array is over the limit")
     return np.frombuffer(read(size), dtype).reshape(shape)
@@ -187,7 +188,8 @@ class Worker:
         if "error" in reply:
             status = reply.get("status")
             status = status if type(status) is int and 400 <= status < 500 else 400
-            raise PythonLayerError(f"{self.what}: {_one_line(reply['error'])}", status)
+            message = _one_line(reply["error"])
+            raise PythonLayerError(message if reply.get("named") is True else f"{self.what}: {message}", status)
         return reply, out
 
     def close(self) -> None:
@@ -388,9 +390,11 @@ HANDLERS = {"check": _check, "load": _load, "forward": _forward, "views": _views
 
 
 def _error(e: BaseException) -> dict[str, Any]:
+    """The answer for an error: a caffe error's message names its file or layer; another is the user's code's."""
     status = getattr(e, "status", 400)
-    message = str(e) if isinstance(e, CaffeError) else f"{type(e).__name__}: {e}"
-    return {"error": _one_line(message), "status": status if type(status) is int else 400}
+    named = isinstance(e, CaffeError)
+    message = str(e) if named else f"{type(e).__name__}: {e}"
+    return {"error": _one_line(message), "status": status if type(status) is int else 400, "named": named}
 
 
 def main() -> int:

@@ -329,7 +329,7 @@ class Network:
     layer_files: dict[str, Path] = field(default_factory=dict)  # Python layer module -> its file
 
 
-def _layer_files(net: pb.NetParameter, job_dir: Path, uploaded: str | None = None) -> dict[str, Path]:
+def layer_files(net: pb.NetParameter, job_dir: Path, uploaded: str | None = None) -> dict[str, Path]:
     """The module files of a job's Python layers: ``uploaded`` (a pretrained job's python_layer.py) or each
     ``<module>.py`` of the folder; only plain module names (never a path)."""
     modules = {x.python_param.module for x in layer_worker.python_layers(net) if x.python_param.module.isidentifier()}
@@ -361,12 +361,12 @@ def choose_network(store: Any, form: ModelForm) -> Network:
                 raise FormError({"previous_epoch": f"model {job_id} has no snapshot at epoch {form.previous_epoch:g}"})
             weights = snap
         net = read_net_param(d / "original.prototxt")
-        return Network(net, weights, f"previous:{job_id}", _layer_files(net, d))
+        return Network(net, weights, f"previous:{job_id}", layer_files(net, d))
     if job.kind != "pretrained":
         raise FormError({field: f"job {job_id} is not a pretrained model"})
     original = d / "original.prototxt"
     net = read_net_param(original if original.is_file() else d / "deploy.prototxt")
-    return Network(net, d / "weights.caffemodel", f"pretrained:{job_id}", _layer_files(net, d, "python_layer.py"))
+    return Network(net, d / "weights.caffemodel", f"pretrained:{job_id}", layer_files(net, d, "python_layer.py"))
 
 
 def network_defaults(net: pb.NetParameter) -> dict[str, int | None]:

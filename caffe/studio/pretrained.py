@@ -306,7 +306,8 @@ def promote(store: Any, model_job_id: str, epoch: float | str | None = None, nam
     """A pretrained job from a model job's snapshot (``epoch``, default the last), as DIGITS' "Make Pretrained Model".
 
     Copies deploy.prototxt, original.prototxt (the model's network), the snapshot as weights.caffemodel,
-    labels.txt, mean.binaryproto and the Python layer file, with the dataset's image settings in info.json.
+    labels.txt, mean.binaryproto and the Python layer file (the model's ``<module>.py``), with the dataset's
+    image settings in info.json.
     """
     source = inference.resolve(store, model_job_id, epoch)
     model = store.get(model_job_id)
@@ -327,13 +328,22 @@ def promote(store: Any, model_job_id: str, epoch: float | str | None = None, nam
         _copy_stream(original, job_dir / "original.prototxt")
         _copy_stream(source.weights, job_dir / "weights.caffemodel")
         for src, dest in ((src_dir / "labels.txt", "labels.txt"), (source.mean_file, "mean.binaryproto"),
-                          (source.python_layer, "python_layer.py")):
+                          (source.python_layer or _module_file(source.deploy), "python_layer.py")):
             if src is not None and src.is_file():
                 _copy_stream(src, job_dir / dest)
         return _finish(store, job, job_dir, info, list(source.labels), allow_python_layers)
     except BaseException:
         store.delete(job.id)
         raise
+
+
+def _module_file(deploy: Path) -> Path | None:
+    """The one module file (``<module>.py``) of a model job's Python layers, if it has one."""
+    from caffe.protoio import read_net_param
+    from caffe.studio.models import layer_files
+
+    found = set(layer_files(read_net_param(deploy), deploy.parent).values())
+    return found.pop() if len(found) == 1 else None
 
 
 def list_pretrained(store: Any) -> list[Any]:
