@@ -28,6 +28,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 from caffe.errors import CaffeError, DataError
 
@@ -132,18 +133,34 @@ def read_file(
         _require_regular(p, st.st_mode, what, error)
         if st.st_size > limit:
             raise LimitError(
-                f"{p}: {format_bytes(st.st_size)}, larger than the {format_bytes(limit)} allowed for a {what}"
+                f"{p}: {format_bytes(st.st_size)}, larger than the {format_bytes(limit)} allowed for the {what}"
             )
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            data = _read_up_to(f, st.st_size, limit)
     except OSError as e:
         raise _os_error(p, what, error, e) from None
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise LimitError(f"{p}: larger than the {format_bytes(limit)} allowed for a {what}")
+        raise LimitError(f"{p}: larger than the {format_bytes(limit)} allowed for the {what}")
     return data
+
+
+def _read_up_to(f: BinaryIO, size: int, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``f``: its ``size`` from stat at once (a larger buffer would be reserved
+    up front), then, only if the file grew meanwhile, the rest in 1 MiB pieces."""
+    want = min(size, limit) + 1
+    data = f.read(want)
+    if len(data) < want:
+        return data
+    rest = bytearray(data)
+    while len(rest) <= limit:
+        piece = f.read(min(MiB, limit + 1 - len(rest)))
+        if not piece:
+            break
+        rest += piece
+    return bytes(rest)
 
 
 def _os_error(p: Path, what: str, error: type[CaffeError], e: OSError) -> CaffeError:
@@ -151,16 +168,16 @@ def _os_error(p: Path, what: str, error: type[CaffeError], e: OSError) -> CaffeE
     if isinstance(e, FileNotFoundError):
         return error(f"{p}: {what} not found")
     if isinstance(e, IsADirectoryError):
-        return error(f"{p}: is a folder, expected a {what}")
+        return error(f"{p}: the {what} is a folder")
     return error(f"{p}: cannot read the {what}: {e.strerror}")
 
 
 def _require_regular(p: Path, mode: int, what: str, error: type[CaffeError]) -> None:
     """``error`` unless ``mode`` (from stat) is a regular file's."""
     if stat.S_ISDIR(mode):
-        raise error(f"{p}: is a folder, expected a {what}")
+        raise error(f"{p}: the {what} is a folder")
     if not stat.S_ISREG(mode):
-        raise error(f"{p}: not a regular file (a device, pipe or socket), expected a {what}")
+        raise error(f"{p}: the {what} is not a regular file (a device, pipe or socket)")
 
 
 def read_text(
