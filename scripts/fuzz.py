@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import hashlib
 import io
 import json
@@ -699,7 +700,9 @@ def _serve_predict(work: Path):
     web = _Web(create_app([load_model(f"tiny={folder}")]))
 
     def run(data: bytes, seed: Seed) -> None:
-        return web.refused(web.post("/models/tiny/predict", files={"image": (seed.name, data)}))
+        if seed.name.endswith(".jpg"):  # a raw body, as curl --data-binary sends it
+            return web.refused(web.post("/models/tiny/predict", content=data, headers={"content-type": "image/jpeg"}))
+        return web.refused(web.post("/models/tiny/predict", files={"file": (seed.name, data)}))
     return _images(), run
 
 
@@ -788,7 +791,7 @@ class Runner:
             raise
         except BaseException as e:  # every escape is what is counted (MemoryError, RecursionError included)
             return classify(e, TARGETS[name].web), e
-        return ("caffe error" if refused else "ok"), None
+        return ("caffe error" if refused is True else "ok"), None  # web targets return True for a 4xx
 
     def run(self, name: str, index: int) -> tuple[str, Failure | None]:
         seeds, _ = self.setup(name)
@@ -844,6 +847,9 @@ def worker_main(conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, 
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 2)
         os.close(fd)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the parent asks for the stacks of a hang
+    if max_memory_mb:  # a blob over the project's budget is refused before the address-space limit is hit
+        os.environ.setdefault("CAFFE_MAX_BLOB_MB", str(max_memory_mb // 4))
     import logging
     import warnings
 
@@ -996,11 +1002,16 @@ class Harness:
         assert w.batch is not None
         name, start, stop = w.batch
         index = int(w.slot[1]) if w.slot[3] == 1 else start
-        if w.slot[3] == 2:  # died or stuck while setting up: the target cannot run at all
-            outcome = "crash" if outcome == "crash" else "hang"
+        if outcome == "hang" and w.process.pid:
+            with contextlib.suppress(OSError):  # every thread's stack into workers.log, then the kill
+                os.kill(w.process.pid, signal.SIGUSR1)
+                time.sleep(0.5)
+                with open(self.out / "workers.log", "a") as log:
+                    log.write(f"\n^^^ stacks of the worker hung on {name}:{index}\n")
         self._stop(w, kill=True)
         code = w.process.exitcode
-        detail = f"worker killed after {self.hang_s:g} s" if outcome == "hang" else f"worker died (exit code {code})"
+        detail = (f"worker killed after {self.hang_s:g} s (its threads' stacks: workers.log)" if outcome == "hang"
+                  else f"worker died (exit code {code})")
         key = f"{name} | {outcome}"
         failure = Failure(name, outcome, key, index, "?", detail, "?", "")
         if index > start:  # the finished part of the batch was not reported: run it again
