@@ -330,3 +330,20 @@ def test_wrong_bearer_tokens_count_as_failed_logins(tmp_path):
         assert c.get("/index.json").status_code == 401  # no token offered: not counted, not locked
         r = c.get("/index.json", headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 429 and r.headers["retry-after"] == "1"
+
+
+def test_caffe_studio_allowed_hosts_flag(tmp_path, monkeypatch):
+    """caffe studio --allowed_hosts gives the names to the app; without it the environment's list is used."""
+    from caffe.studio import app as app_module
+    from caffe.tools.cli import main as caffe_main
+
+    seen: list = []
+    monkeypatch.setattr(app_module, "serve", lambda config, access_log=False, on_ready=None: seen.append(config))
+    base = ["studio", "--jobs_dir", str(tmp_path / "jobs"), "--devices", "cpu", "--data_roots", str(tmp_path)]
+    assert caffe_main([*base, "--allowed_hosts", "studio.lab.example, gpu.lab.example"]) == 0
+    assert caffe_main(base) == 0
+    assert seen[0].allowed_hosts == ["studio.lab.example", "gpu.lab.example"]
+    assert seen[1].allowed_hosts is None  # the app then reads $CAFFE_STUDIO_ALLOWED_HOSTS
+    named = create_app(config(tmp_path / "named", allowed_hosts=seen[0].allowed_hosts))
+    with TestClient(named, base_url="http://gpu.lab.example:5000") as c:
+        assert c.get("/index.json").status_code == 200

@@ -18,7 +18,8 @@ from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_erro
 log = logging.getLogger("caffe")
 
 USAGE = """caffe studio [--host 127.0.0.1] [--port 5000] [--jobs-dir DIR] [--token T] [--devices cpu,cuda:0,...] \
-[--unsafe_no_auth] [--data_roots DIR,...] [--max_upload_mb 512] [--allow_python_layers]
+[--unsafe_no_auth] [--data_roots DIR,...] [--allowed_hosts NAME,...] [--max_upload_mb 512] \
+[--allow_python_layers]
 
 Serve the studio web app: make image datasets, train and fine-tune models with live charts, classify
 images and download trained models, from a browser (http://HOST:PORT/) or its REST API (/openapi.json)."""
@@ -38,6 +39,10 @@ def build_parser() -> ToolParser:
                    help="the only folders (separated by ',') that forms and API calls may name as image folders, "
                    "list and labels files or images, symlinks followed (default: the current working directory; "
                    "'/': any folder this process can read; '': none, uploads only)")
+    p.add_argument("--allowed_hosts", default=None,
+                   help="dotted host names (separated by ',') the Host header may carry besides IP addresses, "
+                   "localhost and --host, e.g. the name of a machine serving the studio on a trusted network "
+                   "(default $CAFFE_STUDIO_ALLOWED_HOSTS); other names are refused (DNS rebinding)")
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
     p.add_argument("--stop_grace", type=float, default=3.0,
                    help="seconds a running training has, once the server stops, to finish its iteration and "
@@ -108,6 +113,8 @@ def studio(argv: list[str]) -> int:
         stop_grace=args.stop_grace,
         allow_python_layers=args.allow_python_layers,
         data_roots=data_roots,
+        allowed_hosts=None if args.allowed_hosts is None else [h.strip() for h in args.allowed_hosts.split(",")
+                                                                if h.strip()],
     )
     _log_through_caffe()
 
