@@ -445,3 +445,17 @@ def test_mean_image_is_center_cropped(tmp_path):
     assert inference.fit_mean(None, (1, 2, 3), (3, 2, 2)).ravel().tolist() == [1, 2, 3]
     with pytest.raises(inference.InferenceError, match="2 mean values for a 3-channel input"):
         inference.fit_mean(None, (1, 2), (3, 2, 2))
+
+
+def test_server_image_files_are_read_bounded(tmp_path, monkeypatch):
+    """A server path naming a device or an oversized file ends in a caffe error, read no further than the cap."""
+    from caffe.errors import CaffeError
+    from caffe.studio import inference as inf
+
+    with pytest.raises(CaffeError, match="not a regular file"):
+        inf.read_image_file(Path("/dev/zero"))
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff" * 2048)
+    monkeypatch.setattr(inf, "MAX_IMAGE_FILE_BYTES", 1024)
+    with pytest.raises(CaffeError, match="larger than"):
+        inf.read_image_file(big)

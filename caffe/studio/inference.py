@@ -720,11 +720,15 @@ def thumbnail_uri(path: str | Path, size: int = 96) -> str:
 
 
 # --------------------------------------------------------------------------------------- image lists
+#: The largest image file a server path may name (DIGITS' images are a few MB; a camera RAW is ~50 MB).
+MAX_IMAGE_FILE_BYTES = 64 << 20
+
+
 def read_image_file(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the image ({e.strerror or e})") from None
+    """A server image's bytes: a regular file of at most MAX_IMAGE_FILE_BYTES, else a DataError naming it."""
+    from caffe.limits import read_file
+
+    return read_file(path, "image", max_bytes=MAX_IMAGE_FILE_BYTES, error=DataError)
 
 
 def parse_image_list(
