@@ -114,6 +114,11 @@ CASES = textwrap.dedent(
     def data_source():
         data_layer("Data", "data_param", "/dev/zero")
 
+    def imageset_list():
+        from caffe.tools.convert_imageset import read_list
+
+        read_list("/dev/zero")
+
     def weights():
         net_ = caffe.Net(str(W / "tiny.prototxt"), caffe.TEST)
         net_.copy_from("/dev/zero")
@@ -129,6 +134,7 @@ DEVICE_CASES = [
     "hdf5_listed_device",
     "window_file",
     "data_source",
+    "imageset_list",
     "weights",
 ]
 

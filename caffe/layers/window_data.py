@@ -47,7 +47,6 @@ import copy
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -60,7 +59,7 @@ from caffe.data.transform import CHW, DataTransformer, load_mean
 from caffe.errors import DataError
 from caffe.layer import register
 from caffe.layers.data import _layer_seed, _PrefetchingDataLayer
-from caffe.limits import read_text
+from caffe.limits import read_file, read_text
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -238,9 +237,9 @@ class WindowSource:
         if settings.cache_images:
             for i, image in enumerate(images):
                 try:
-                    self.cache[i] = Path(image.path).read_bytes()
-                except OSError as e:
-                    raise DataError(f"{settings.where}: cannot read image {image.path} ({e.strerror})") from None
+                    self.cache[i] = read_file(image.path, "image")
+                except DataError as e:
+                    raise DataError(f"{settings.where}: cannot read image ({e})") from None
 
     def _record(self, window: Window, flip: bool) -> Record:
         name = (

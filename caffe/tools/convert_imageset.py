@@ -26,14 +26,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from caffe.data.datum import decode_image_bytes, image_to_raw_datum
 from caffe.data.db import backend_name, item_key
-from caffe.errors import DataError
+from caffe.errors import CaffeError, DataError
+from caffe.limits import max_list_bytes, read_file
 from caffe.proto import caffe_pb2 as pb
 from caffe.tools.cli import command
 from caffe.tools.progress import (
@@ -72,10 +72,7 @@ class Converted:
 
 def read_list(path: str | os.PathLike) -> list[ListEntry]:
     """``LISTFILE``: ``name label`` per line, split at the last space (or tab); blank lines skipped."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the image list ({e.strerror})") from None
+    raw = read_file(path, "image list", max_bytes=max_list_bytes())
     entries = []
     for lineno, line in enumerate(raw.decode("utf-8", "surrogateescape").splitlines(), start=1):
         text = line.rstrip("\r\n")
@@ -125,10 +122,9 @@ class _Converter:
     def __call__(self, entry: ListEntry) -> Converted:
         path = _join_root(self.root, entry.name)
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            return Converted(None, (0, 0, 0), f"Could not open or find file {path} ({e.strerror})")
+            raw = read_file(path, "image")
+        except CaffeError as e:  # missing, not a regular file, or over the size limit: skipped as Caffe does
+            return Converted(None, (0, 0, 0), f"Could not open or find file {path} ({e})")
         try:
             img = decode_image_bytes(raw, "color" if self.is_color else "gray", path)
         except DataError:
