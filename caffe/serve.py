@@ -89,7 +89,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from caffe.deploy import ImageDecodeError, ModelFiles, channel_mean, decode_image, find_model, parse_mean, read_labels
-from caffe.errors import CaffeError
+from caffe.errors import CaffeError, NetError
 
 log = logging.getLogger("caffe")
 
@@ -400,10 +400,12 @@ def load_model(
 
 def _require_python_consent(deploy: Path, allowed: bool) -> None:
     """CaffeError naming the first Python layer of ``deploy`` unless they are allowed."""
+    from caffe.layers.python import consent_refusal
     from caffe.protoio import read_net_param
-    from caffe.studio.layer_worker import require_consent
 
-    require_consent(read_net_param(deploy), str(deploy), allowed, "caffe serve")
+    refusal = consent_refusal(read_net_param(deploy), str(deploy), allowed, "caffe serve")
+    if refusal:
+        raise NetError(refusal)
 
 
 # ---------------------------------------------------------------------------------------------

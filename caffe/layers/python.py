@@ -21,6 +21,25 @@ from caffe.layer import Layer as _Layer
 from caffe.layer import register
 from caffe.proto import caffe_pb2 as pb
 
+#: The flag with which an operator lets a server (``caffe studio``, ``caffe serve``) run Python layers.
+CONSENT_FLAG = "--allow_python_layers"
+
+
+def python_layers(param: pb.NetParameter) -> list[pb.LayerParameter]:
+    """The net's ``Python`` layers."""
+    return [layer for layer in param.layer if layer.type == "Python"]
+
+
+def consent_refusal(param: pb.NetParameter, source: str, allowed: bool, server: str) -> str | None:
+    """Why ``server``, unless its operator allowed Python layers, must refuse the net ``param`` read from
+    ``source`` (its first Python layer named); None when it may run it."""
+    found = python_layers(param)
+    if not found or allowed:
+        return None
+    layer = found[0]
+    return (f"{source}: layer '{layer.name}' is a Python layer (module '{layer.python_param.module}'); "
+            f"Python layers run only when {server} is started with {CONSENT_FLAG}")
+
 
 class BlobVec(list):
     """pycaffe's BlobVec: a list of blobs with ``add_blob(*shape)``."""

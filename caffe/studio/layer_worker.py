@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from caffe.errors import CaffeError
+from caffe.layers.python import consent_refusal, python_layers
 from caffe.proto import caffe_pb2 as pb
 
-FLAG = "--allow_python_layers"
 TIMEOUT_S = 120.0  # one call: start-up (torch import, net build, weights) or a batch's forward
 MAX_HEADER_BYTES = 64 << 20
 MAX_ARRAY_BYTES = 2 << 30
@@ -54,19 +54,11 @@ class PythonLayerError(CaffeError):
 
 
 # --------------------------------------------------------------------------------------- consent and names
-def python_layers(param: pb.NetParameter) -> list[pb.LayerParameter]:
-    """The net's ``Python`` layers."""
-    return [layer for layer in param.layer if layer.type == "Python"]
-
-
-def require_consent(param: pb.NetParameter, source: str, allowed: bool, server: str = "the studio") -> None:
+def require_consent(param: pb.NetParameter, source: str, allowed: bool) -> None:
     """Refuse (403) a net with a Python layer unless the operator allowed them."""
-    found = python_layers(param)
-    if found and not allowed:
-        layer = found[0]
-        raise PythonLayerError(
-            f"{source}: layer '{layer.name}' is a Python layer (module '{layer.python_param.module}'); "
-            f"Python layers run only when {server} is started with {FLAG}", 403)
+    refusal = consent_refusal(param, source, allowed, "the studio")
+    if refusal:
+        raise PythonLayerError(refusal, 403)
 
 
 def check_module_names(param: pb.NetParameter, source: str, only: Collection[str] | None = None) -> None:

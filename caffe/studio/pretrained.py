@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
+from caffe.layers.python import CONSENT_FLAG
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, to_text
 from caffe.studio import inference, layer_worker
@@ -101,7 +102,7 @@ def check_python_layers(params: dict[str, pb.NetParameter | None], python_layer:
                 layer_worker.check_module_names(param, source)
     if python_layer and not allowed:
         raise layer_worker.PythonLayerError(f"python_layer.py: Python layer files are accepted only when the studio "
-                                            f"is started with {layer_worker.FLAG}", 403)
+                                            f"is started with {CONSENT_FLAG}", 403)
 
 
 def check_weights(job_dir: Path, python_layer: Path | None = None,
