@@ -868,7 +868,16 @@ def worker_main(conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, 
         def mark() -> None:
             slot[2] = time.monotonic_ns()
         runner.on_input = mark
+        peak = 0
         while (msg := conn.recv()) is not None:
+            if msg[0] == "rerun":
+                _, name, index = msg
+                runner.setup(name)
+                conn.send(("ready",))
+                slot[0], slot[1], slot[3] = names.index(name), index, 1
+                conn.send(("rerun", *runner.run(name, index)))
+                slot[3] = 0
+                continue
             if msg[0] == "dump":
                 _, name, index, path = msg
                 seeds, _ = runner.setup(name)
@@ -889,7 +898,11 @@ def worker_main(conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, 
                     failures.append(failure)
             slot[3] = 0
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
-            conn.send(("done", name, start, stop, dict(counts), failures, time.perf_counter() - t0, rss))
+            grew, peak = rss > peak, max(peak, rss)
+            recycle = bool(max_memory_mb) and rss > (max_memory_mb << 20) // 2  # freed memory stays mapped
+            conn.send(("done", name, start, stop, dict(counts), failures, time.perf_counter() - t0, rss, grew, recycle))
+            if recycle:  # near the address-space limit even threads cannot start: a fresh worker goes on
+                break
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -910,6 +923,9 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     peak_rss: int = 0
+    rss_after: dict[str, int] = field(default_factory=dict)  # the worker peaks its batches raised
+    recycled: int = 0  # workers restarted because their memory came near the limit
+    slow: list[str] = field(default_factory=list)  # inputs over --hang_s that finished when run again alone
     wall: float = 0.0
     jobs: int = 1
     run_seed: int = 0
@@ -940,7 +956,9 @@ class Report:
         peak = f"{self.peak_rss / (1 << 20):,.0f} MiB" if self.peak_rss else "n/a"
         rows.append("")
         rows.append(f"Run seed {self.run_seed}; {self.wall:,.0f} s wall with {self.jobs} worker(s); peak memory of a "
-                    f"worker (max RSS) {peak}; {len(self.failures)} distinct finding(s).")
+                    f"worker (max RSS) {peak}; workers restarted for memory: {self.recycled}; inputs over the hang "
+                    f"limit that finished when rerun alone (counted by that outcome): {len(self.slow)}; "
+                    f"{len(self.failures)} distinct finding(s).")
         return "\n".join(rows)
 
 
@@ -1010,16 +1028,25 @@ class Harness:
                     log.write(f"\n^^^ stacks of the worker hung on {name}:{index}\n")
         self._stop(w, kill=True)
         code = w.process.exitcode
-        detail = (f"worker killed after {self.hang_s:g} s (its threads' stacks: workers.log)" if outcome == "hang"
-                  else f"worker died (exit code {code})")
-        key = f"{name} | {outcome}"
-        failure = Failure(name, outcome, key, index, "?", detail, "?", "")
         if index > start:  # the finished part of the batch was not reported: run it again
             pending.insert(0, (name, start, index))
         if index + 1 < stop:
             pending.insert(0, (name, index + 1, stop))
-        self.report.add(name, {outcome: 1}, [failure])
         new = self._start()
+        if outcome == "hang":  # confirm it alone in a fresh worker: a starved worker on a busy machine is slow
+            new.conn.send(("rerun", name, index))
+            if new.conn.poll(self.setup_s) and new.conn.recv() and new.conn.poll(2 * self.hang_s):
+                _, rerun, failure = new.conn.recv()
+                self.report.add(name, {rerun: 1}, [failure] if failure else [])
+                self.report.slow.append(f"{name}:{index}")
+                return new
+            self._stop(new, kill=True)
+            new = self._start()
+        detail = (f"worker killed after {self.hang_s:g} s (its threads' stacks: workers.log)" if outcome == "hang"
+                  else f"worker died (exit code {code})")
+        key = f"{name} | {outcome}"
+        failure = Failure(name, outcome, key, index, "?", detail, "?", "")
+        self.report.add(name, {outcome: 1}, [failure])
         if key in self.report.failures and not self.report.failures[key].data:
             path = self.out / "findings" / f"{_slug(key)}.bin"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -1056,10 +1083,16 @@ class Harness:
                     except (EOFError, OSError):
                         msg = None
                     if msg is not None and msg[0] == "done":
-                        _, name, _, _, c, failures, secs, rss = msg
+                        _, name, _, _, c, failures, secs, rss, grew, recycle = msg
                         self.report.add(name, c, failures, secs)
                         self.report.peak_rss = max(self.report.peak_rss, rss)
+                        if grew:  # this target's batch raised the worker's peak
+                            self.report.rss_after[name] = max(self.report.rss_after.get(name, 0), rss)
                         w.batch = None
+                        if recycle:
+                            self._stop(w, kill=False)
+                            workers[workers.index(w)] = self._start()
+                            self.report.recycled += 1
                     elif not w.process.is_alive():
                         workers[workers.index(w)] = self._lost(w, "crash", pending)
                 for i, w in enumerate(workers):
@@ -1231,7 +1264,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "findings.md").write_text(findings_markdown(report, args.out))
     (args.out / "report.json").write_text(json.dumps({
         "counts": {k: dict(v) for k, v in report.counts.items()}, "seconds": report.seconds, "wall": report.wall,
-        "peak_rss": report.peak_rss, "jobs": report.jobs, "seed": report.run_seed,
+        "peak_rss": report.peak_rss, "rss_after": report.rss_after, "recycled": report.recycled, "slow": report.slow,
+        "jobs": report.jobs, "seed": report.run_seed,
         "findings": [{k: v for k, v in vars(f).items() if k != "data"} for f in report.failures.values()]}, indent=1))
     if args.findings_md:
         args.findings_md.write_text(findings_markdown(report, args.out))
