@@ -10,11 +10,13 @@ import contextlib
 import os
 import re
 import tempfile
+from functools import cache
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import TypeVar
 
 from google.protobuf import text_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from caffe.errors import ParseError, UnknownLayerTypeError, WeightsError
@@ -95,7 +97,51 @@ def parse_binary(data: bytes, message: M, source: str = "<bytes>", what: str = "
         raise WeightsError(
             f"{source}: not a valid {what} {type(message).__name__}{hint}: truncated or corrupt data ({e})"
         ) from None
+    bad = _non_utf8_string(message)
+    if bad:
+        raise WeightsError(f"{source}: not a valid {what} {type(message).__name__}: the text of {bad} is not UTF-8")
     return message
+
+
+@cache
+def _has_strings(descriptor: Descriptor) -> bool:
+    """Whether messages of this type can hold a string field (at any depth)."""
+    seen: set[str] = set()
+    stack = [descriptor]
+    while stack:
+        d = stack.pop()
+        if d.full_name in seen:
+            continue
+        seen.add(d.full_name)
+        for f in d.fields:
+            if f.type == FieldDescriptor.TYPE_STRING:
+                return True
+            if f.message_type is not None:
+                stack.append(f.message_type)
+    return False
+
+
+def _non_utf8_string(message: Message) -> str | None:
+    """The path (``layer[3].name``) of a string field whose bytes are not UTF-8, else None. Binary protobuf
+    does not check proto2 strings; such a field reads back as ``bytes`` and would break code far away."""
+    if not _has_strings(message.DESCRIPTOR):
+        return None
+    stack: list[tuple[Message, str]] = [(message, "")]
+    while stack:
+        msg, path = stack.pop()
+        for field, value in msg.ListFields():
+            where = f"{path}.{field.name}" if path else field.name
+            if field.type == FieldDescriptor.TYPE_STRING:
+                values = value if field.is_repeated else [value]
+                for i, v in enumerate(values):
+                    if isinstance(v, bytes):
+                        return f"{where}[{i}]" if field.is_repeated else where
+            elif field.message_type is not None and _has_strings(field.message_type):
+                if field.is_repeated:
+                    stack.extend((m, f"{where}[{i}]") for i, m in enumerate(value))
+                else:
+                    stack.append((value, where))
+    return None
 
 
 def read_net_param(path: PathLike) -> pb.NetParameter:

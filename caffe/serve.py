@@ -865,6 +865,8 @@ def _json_source(body: bytes) -> _Source:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise RequestError(400, "the body is not valid JSON (nested too deep)") from None
     if not isinstance(doc, dict):
         raise RequestError(422, 'the JSON body must be an object: {"url": ...} or {"base64": ...}')
     unknown = set(doc) - _JSON_FIELDS

@@ -27,7 +27,7 @@ import caffe.io
 import caffe.limits
 from caffe.data.datum import datum_to_array
 from caffe.proto import caffe_pb2 as pb
-from caffe.protoio import read_net_param
+from caffe.protoio import read_net_param, read_net_param_binary
 
 TINY_NET = """name: "tiny"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 } } }
@@ -406,3 +406,34 @@ def _write(folder: Path, text: str) -> str:
     path = folder / f"net{len(list(folder.glob('net*.prototxt')))}.prototxt"
     path.write_text(text)
     return str(path)
+
+
+# ---------------------------------------------------------------- found by scripts/fuzz.py
+
+
+def test_a_string_field_that_is_not_utf8_is_a_weights_error(tmp_path: Path) -> None:
+    """Binary protobuf does not check proto2 strings: a layer name of raw bytes read back as ``bytes``."""
+    good = pb.NetParameter()
+    good.layers.add(name="conv1", type=pb.V1LayerParameter.CONVOLUTION)
+    data = good.SerializeToString().replace(b"conv1", b"co\x80\xffv")
+    path = tmp_path / "bad.caffemodel"
+    path.write_bytes(data)
+    with pytest.raises(caffe.WeightsError, match=r"bad.caffemodel.*layers\[0\]\.name is not UTF-8"):
+        read_net_param_binary(path)
+
+
+def test_a_png_chunk_longer_than_the_file_is_refused_before_decoding() -> None:
+    """OpenCV's PNG reader allocates what a chunk declares (2 GiB for 88 bytes) before it finds it missing."""
+    import cv2
+
+    from caffe.data.datum import decode_image_bytes
+
+    _, buf = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    png = bytearray(buf.tobytes())
+    idat = png.index(b"IDAT") - 4
+    png[idat : idat + 4] = (0x80000000).to_bytes(4, "big")
+    datum = caffe.io.array_to_datum(np.zeros((3, 1, 1), np.uint8))
+    datum.encoded, datum.data = True, bytes(png)
+    with pytest.raises(caffe.DataError, match="chunk 'IDAT' declares 2147483648 bytes"):
+        datum_to_array(datum)
+    assert decode_image_bytes(buf.tobytes()).shape == (4, 4, 3)  # an intact PNG still decodes

@@ -357,6 +357,7 @@ BAD = [
     ("empty upload", "files", {"file": ("x.jpg", b"")}, 400, "empty image"),
     ("bad base64", "json", {"base64": "%%% not base64 %%%"}, 400, "base64"),
     ("bad JSON", "raw_json", b'{"url": ', 400, "not valid JSON"),
+    ("JSON nested 100,000 deep", "raw_json", b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),
     ("no image in JSON", "json", {"top_k": 3}, 422, "no image"),
     ("two sources", "json", {"url": "http://127.0.0.1/x.jpg", "base64": "AAAA"}, 422, "exactly one"),
     ("unknown field", "json", {"image": "AAAA"}, 422, "unknown JSON field"),

@@ -525,3 +525,16 @@ def test_job_process_reports_bad_parameters(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "error" and "resize_mode: must be one of" in events[-1]["message"]
     assert ds.main([]) == 1
+
+
+def test_a_broken_png_chunk_is_a_data_error(tmp_path):
+    """Found by scripts/fuzz.py: Pillow raises SyntaxError for a PNG whose chunk is broken (was a 500)."""
+    # the fuzzer's 80-byte reproducer: an 8x8 PNG whose image data runs into a chunk with no type
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d49484452000000080000000808020000004b6d29dc0000001f49444154789c638a151191"
+        "2ab22d76e060c10618151414b04ab00ca404e383f00000000049454e44ae4260"
+    )
+    path = tmp_path / "broken.png"
+    path.write_bytes(png)
+    with pytest.raises(DataError, match=r"broken\.png: not a readable image"):
+        ds.load_image(path)

@@ -347,3 +347,11 @@ def test_caffe_studio_allowed_hosts_flag(tmp_path, monkeypatch):
     named = create_app(config(tmp_path / "named", allowed_hosts=seen[0].allowed_hosts))
     with TestClient(named, base_url="http://gpu.lab.example:5000") as c:
         assert c.get("/index.json").status_code == 200
+
+
+def test_json_nested_thousands_deep_is_a_400(client):
+    """Found by scripts/fuzz.py: the JSON decoder's RecursionError was a 500."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    r = client.post("/datasets/images/classification.json", content=body,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.text

@@ -20,6 +20,7 @@ goes to OpenCV.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -78,6 +79,8 @@ def decode_image_bytes(data: bytes, mode: str = "native", name: str = "<bytes>")
     img = _decode_jpeg(data, mode)
     if img is not None:
         return img
+    if data[:8] == _PNG_SIGNATURE:
+        _check_png_chunks(data, name)
     try:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     except cv2.error as e:
@@ -85,6 +88,24 @@ def decode_image_bytes(data: bytes, mode: str = "native", name: str = "<bytes>")
     if img is None:
         raise DataError(f"{name}: could not decode the image ({len(data)} bytes: corrupt, truncated or unknown format)")
     return img
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(data: bytes, name: str) -> None:
+    """DataError for a PNG whose chunk lengths run past its end: OpenCV's reader allocates what a chunk
+    declares (2 GiB for an 88-byte file) before it finds the data missing."""
+    pos, end = len(_PNG_SIGNATURE), len(data)
+    while pos + 8 <= end:
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        if length > end - pos - 12:
+            raise DataError(f"{name}: truncated or corrupt PNG: chunk {kind.decode('latin-1')!r} declares "
+                            f"{length} bytes, {max(0, end - pos - 12)} remain")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
 
 
 # JPEG colour spaces the TurboJPEG path takes, and what each mode asks it for (others: OpenCV)

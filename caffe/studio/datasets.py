@@ -227,8 +227,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             image = im.copy() if im.mode in ("L", "RGB") else _normalize_mode(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # Pillow: SyntaxError for
+        raise DataError(f"{path}: not a readable image ({e})") from None  # broken PNG chunks
     return image
 
 

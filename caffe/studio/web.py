@@ -54,7 +54,7 @@ async def json_fields(request: Request) -> dict[str, Any] | None:
         return None
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays or objects nested thousands deep
         raise DataError("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise DataError("the JSON body must be an object of form fields")
