@@ -48,7 +48,7 @@ from typing import IO, Any
 import numpy as np
 
 from caffe.errors import DataError
-from caffe.limits import _env_mib, format_bytes, read_file
+from caffe.limits import env_mib, format_bytes, read_file
 from caffe.protoio import atomic_write
 
 PathLike = str | os.PathLike
@@ -280,7 +280,7 @@ def archive_limits(archive_bytes: int) -> ArchiveLimits:
     """The caps for an archive of ``archive_bytes``: it may unpack to ``ARCHIVE_RATIO`` times its size but at
     least ``ARCHIVE_FLOOR_BYTES`` and at most ``ARCHIVE_MAX_BYTES`` (``CAFFE_ARCHIVE_MAX_MB``), in at most
     ``ARCHIVE_MAX_FILES`` members (``CAFFE_ARCHIVE_MAX_FILES``)."""
-    ceiling = _env_mib("CAFFE_ARCHIVE_MAX_MB") or ARCHIVE_MAX_BYTES
+    ceiling = env_mib("CAFFE_ARCHIVE_MAX_MB") or ARCHIVE_MAX_BYTES
     files = _env_count("CAFFE_ARCHIVE_MAX_FILES") or ARCHIVE_MAX_FILES
     return ArchiveLimits(min(ceiling, max(ARCHIVE_FLOOR_BYTES, ARCHIVE_RATIO * archive_bytes)), files)
 

@@ -43,7 +43,7 @@ class LimitError(CaffeError):
     """Input that would exceed a size budget (file, blob, archive) or names an unusable file."""
 
 
-def _env_mib(name: str) -> int | None:
+def env_mib(name: str) -> int | None:
     """A size from environment variable ``name`` in MiB (None when unset); a bad value is a CaffeError."""
     text = os.environ.get(name, "").strip()
     if not text:
@@ -77,17 +77,17 @@ def _machine_blob_budget() -> int:
 
 def blob_budget() -> int:
     """The most bytes one declared blob may take: ``CAFFE_MAX_BLOB_MB``, else half the available memory."""
-    return _env_mib("CAFFE_MAX_BLOB_MB") or _machine_blob_budget()
+    return env_mib("CAFFE_MAX_BLOB_MB") or _machine_blob_budget()
 
 
 def max_file_bytes() -> int:
     """The largest file a parser reads whole: ``CAFFE_MAX_FILE_MB``, else 8 GiB."""
-    return _env_mib("CAFFE_MAX_FILE_MB") or DEFAULT_MAX_FILE_BYTES
+    return env_mib("CAFFE_MAX_FILE_MB") or DEFAULT_MAX_FILE_BYTES
 
 
 def max_list_bytes() -> int:
     """The largest text list file (image list, HDF5 list, window file) read whole: ``CAFFE_MAX_LIST_MB``, else 1 GiB."""
-    return _env_mib("CAFFE_MAX_LIST_MB") or DEFAULT_MAX_LIST_BYTES
+    return env_mib("CAFFE_MAX_LIST_MB") or DEFAULT_MAX_LIST_BYTES
 
 
 def format_bytes(n: int | float) -> str:

@@ -172,6 +172,10 @@ class LoginLimiter:
     def __len__(self) -> int:
         return len(self._failures)
 
+    def __contains__(self, client: object) -> bool:
+        """Whether failures of ``client`` are on record."""
+        return client in self._failures
+
 
 def client_of(scope: Mapping[str, Any]) -> str:
     """The client's address (the key of the login limits)."""
