@@ -153,7 +153,10 @@ def copy_trained_layers_hdf5(net: Net, path: str | os.PathLike) -> list[str]:
         data = f.get("data")
         if not isinstance(data, h5py.Group):
             raise WeightsError(f"{path}: HDF5 weights file has no /data group")
-        return [name for name, group in data.items() if _copy_hdf5_layer(net, path, name, group)]
+        # list() first: h5py's iterators hold its global lock between items, and one abandoned by an error would
+        # keep it until collected - by another thread, which cannot release it: every other h5py user then waits
+        names = list(data)
+        return [name for name in names if _copy_hdf5_layer(net, path, name, data.get(name))]
 
 
 def _copy_hdf5_layer(net: Net, path: str | os.PathLike, name: str, group: object) -> bool:

@@ -296,6 +296,28 @@ def test_corrupt_hdf5_weights_are_a_weights_error_naming_the_file(tiny_h5: tuple
         net.copy_from(str(path))
 
 
+def test_a_corrupt_hdf5_file_leaves_h5py_usable_from_other_threads(tiny_h5: tuple) -> None:
+    """Found by scripts/fuzz.py as studio requests stalling: an h5py iterator abandoned by the error held h5py's
+    global lock for as long as the error (its traceback) lived, and every other thread's h5py call waited."""
+    import threading
+
+    net, path = tiny_h5
+    _damage(path, "string dataset")
+    with pytest.raises(caffe.WeightsError) as kept:  # the error stays referenced, as a log or a report keeps it
+        net.copy_from(str(path))
+    assert kept.value is not None
+    done = threading.Event()
+
+    def other_thread() -> None:
+        with h5py.File(path, "r") as f:
+            list(f)
+        done.set()
+
+    worker = threading.Thread(target=other_thread, daemon=True)
+    worker.start()
+    assert done.wait(60), "h5py stayed locked by an abandoned iterator"
+
+
 def test_corrupt_hdf5_solver_state_is_a_solver_error(tmp_path: Path) -> None:
     solver = _tiny_solver(tmp_path)
     solver.param.snapshot_format = pb.SolverParameter.HDF5
@@ -437,3 +459,24 @@ def test_a_png_chunk_longer_than_the_file_is_refused_before_decoding() -> None:
     with pytest.raises(caffe.DataError, match="chunk 'IDAT' declares 2147483648 bytes"):
         datum_to_array(datum)
     assert decode_image_bytes(buf.tobytes()).shape == (4, 4, 3)  # an intact PNG still decodes
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(kind: str, monkeypatch) -> None:
+    """Found by scripts/fuzz.py: a JPEG header claiming 39286 x 38526 pixels made TurboJPEG allocate 4.2 GiB.
+    Images over OpenCV's pixel cap, or whose pixels exceed the blob budget, are refused from their header."""
+    import cv2
+    import simplejpeg
+
+    from caffe.data.datum import decode_image_bytes
+
+    img = np.zeros((16, 24, 3), np.uint8)
+    data = simplejpeg.encode_jpeg(img) if kind == "jpeg" else cv2.imencode(".png", img)[1].tobytes()
+    assert decode_image_bytes(data, "color").shape == (16, 24, 3)
+    monkeypatch.setenv("CAFFE_MAX_BLOB_MB", str(16 * 24 * 3 / 2**20 * 0.9))  # just under this image
+    with pytest.raises(caffe.limits.LimitError, match="the decoded 24 x 16 image"):
+        decode_image_bytes(data, "color", "rec 5")
+    monkeypatch.delenv("CAFFE_MAX_BLOB_MB")
+    monkeypatch.setattr("caffe.data.datum.MAX_DECODE_PIXELS", 16 * 24 - 1)
+    with pytest.raises(caffe.DataError, match="rec 5: a 24 x 16 image, more than"):
+        decode_image_bytes(data, "color", "rec 5")

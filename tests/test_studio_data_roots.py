@@ -229,3 +229,13 @@ def test_valid_datasets_inside_the_roots_still_work(env):
     job = studio.scheduler.wait(r.json()["job_id"], timeout=120)  # the job process checks the roots again
     assert job.status == "Done", (studio.store.job_dir(job.id) / "log.txt").read_text()[-2000:]
     assert job.result["counts"]["train"] == 4
+
+
+def test_unusable_paths_are_a_4xx(env):
+    """Found by scripts/fuzz.py: a name too long for the file system was an OSError (500); a symlink loop and
+    an unknown ~user raise from pathlib too."""
+    client, root, _ = env
+    (root / "loop").symlink_to(root / "loop")
+    for text in (str(root / ("a" * 300)), str(root / "loop" / "x"), "~no-such-user-here/imgs"):
+        answer = _refused(client.post(CREATE, json={"dataset_name": "x", "folder_train": text}))
+        assert "folder_train" in answer

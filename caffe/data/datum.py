@@ -28,7 +28,7 @@ import numpy as np
 import simplejpeg
 
 from caffe.errors import DataError
-from caffe.limits import read_file
+from caffe.limits import check_blob, read_file
 from caffe.proto import caffe_pb2 as pb
 
 PathLike = str | os.PathLike
@@ -53,8 +53,10 @@ def read_image(path: PathLike, height: int = 0, width: int = 0, is_color: bool =
     if not p.is_file():
         raise DataError(f"{path}: no such image file" if not p.exists() else f"{path}: not an image file")
     data = read_file(p, "image")
-    img = _decode_jpeg(data, "color" if is_color else "gray")
+    img = _decode_jpeg(data, "color" if is_color else "gray", str(path))
     if img is None:
+        if data[:8] == _PNG_SIGNATURE:
+            _check_png_chunks(data, str(path))
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _COLOR if is_color else _GRAY) if data else None
     if img is None:
         raise DataError(f"{path}: could not decode the image (corrupt, truncated or not an image format OpenCV reads)")
@@ -76,7 +78,7 @@ def decode_image_bytes(data: bytes, mode: str = "native", name: str = "<bytes>")
         raise DataError(f"{name}: unknown decode mode {mode!r} (use 'native', 'color' or 'gray')")
     if len(data) == 0:
         raise DataError(f"{name}: cannot decode an image from 0 bytes")
-    img = _decode_jpeg(data, mode)
+    img = _decode_jpeg(data, mode, name)
     if img is not None:
         return img
     if data[:8] == _PNG_SIGNATURE:
@@ -93,9 +95,23 @@ def decode_image_bytes(data: bytes, mode: str = "native", name: str = "<bytes>")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+#: OpenCV refuses to decode images of more pixels than this (its CV_IO_MAX_IMAGE_PIXELS default); the
+#: TurboJPEG path keeps the same rule.
+MAX_DECODE_PIXELS = 1 << 30
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # by IHDR colour type: gray, RGB, palette, gray+alpha, RGBA
+
+
+def _check_decoded_size(width: int, height: int, channels: int, itemsize: int, name: str) -> None:
+    """Refuse, before decoding, an image whose pixels would exceed OpenCV's cap or the blob budget."""
+    if width * height > MAX_DECODE_PIXELS:
+        raise DataError(f"{name}: a {width} x {height} image, more than the {MAX_DECODE_PIXELS} pixels decoded")
+    check_blob((height, width, channels), itemsize, f"{name}: the decoded {width} x {height} image")
+
+
 def _check_png_chunks(data: bytes, name: str) -> None:
-    """DataError for a PNG whose chunk lengths run past its end: OpenCV's reader allocates what a chunk
-    declares (2 GiB for an 88-byte file) before it finds the data missing."""
+    """DataError for a PNG whose chunk lengths run past its end (OpenCV's reader allocates what a chunk
+    declares: 2 GiB for an 88-byte file, before it finds the data missing), or whose declared size is over
+    the caps of :func:`_check_decoded_size`."""
     pos, end = len(_PNG_SIGNATURE), len(data)
     while pos + 8 <= end:
         (length,) = struct.unpack_from(">I", data, pos)
@@ -103,6 +119,9 @@ def _check_png_chunks(data: bytes, name: str) -> None:
         if length > end - pos - 12:
             raise DataError(f"{name}: truncated or corrupt PNG: chunk {kind.decode('latin-1')!r} declares "
                             f"{length} bytes, {max(0, end - pos - 12)} remain")
+        if kind == b"IHDR" and length >= 10:
+            width, height, depth, colour = struct.unpack_from(">IIBB", data, pos + 8)
+            _check_decoded_size(width, height, _PNG_CHANNELS.get(colour, 4), 2 if depth == 16 else 1, name)
         if kind == b"IEND":
             return
         pos += 12 + length
@@ -119,7 +138,7 @@ _JPEG_OUTPUT = {
 }
 
 
-def _decode_jpeg(data: bytes, mode: str) -> np.ndarray | None:
+def _decode_jpeg(data: bytes, mode: str, name: str = "<bytes>") -> np.ndarray | None:
     """A gray or YCbCr JPEG decoded by libjpeg-turbo's TurboJPEG API as OpenCV would decode it, or None.
 
     None for anything else (not a JPEG, CMYK/YCCK/RGB colour spaces, any error or recoverable warning),
@@ -129,10 +148,11 @@ def _decode_jpeg(data: bytes, mode: str) -> np.ndarray | None:
     if data[:2] != b"\xff\xd8":
         return None
     try:
-        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         output = _JPEG_OUTPUT.get((mode, colorspace))
         if output is None:
             return None
+        _check_decoded_size(width, height, 1 if output == "GRAY" else 3, 1, name)
         img = simplejpeg.decode_jpeg(data, output)
     except ValueError:
         return None

@@ -147,7 +147,7 @@ class HDF5DataLayer(Layer):
             for name in self.names:
                 node = f.get(name)
                 if node is None:
-                    have = ", ".join(sorted(k for k in f if isinstance(f[k], h5py.Dataset))) or "none"
+                    have = ", ".join(sorted(k for k in list(f) if isinstance(f.get(k), h5py.Dataset))) or "none"
                     raise DataError(
                         f"{self.where}: HDF5 file {path} has no dataset '{name}' (for top '{name}'; datasets: {have})"
                     )

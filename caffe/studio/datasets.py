@@ -200,14 +200,17 @@ def check_server_path(text: str, field_name: str, roots: Iterable[str | os.PathL
     except CaffeError as e:
         raise DataError(f"{field_name}: {e}") from None
     what = "folder" if kind == "dir" else "file"
-    if not path.exists():
-        raise DataError(f"{field_name}: {what} {text!r} does not exist")
-    if kind == "dir" and not path.is_dir():
-        raise DataError(f"{field_name}: {text!r} is not a directory")
-    if kind == "file" and not path.is_file():
-        raise DataError(f"{field_name}: {text!r} is not a file")
+    try:
+        if not path.exists():
+            raise DataError(f"{field_name}: {what} {_quote(text)} does not exist")
+        if kind == "dir" and not path.is_dir():
+            raise DataError(f"{field_name}: {_quote(text)} is not a directory")
+        if kind == "file" and not path.is_file():
+            raise DataError(f"{field_name}: {_quote(text)} is not a file")
+    except OSError as e:  # e.g. a name too long for the file system
+        raise DataError(f"{field_name}: cannot use {what} {_quote(text)}: {e.strerror}") from None
     if not os.access(path, os.R_OK | (os.X_OK if kind == "dir" else 0)):
-        raise DataError(f"{field_name}: no permission to read {what} {text!r}")
+        raise DataError(f"{field_name}: no permission to read {what} {_quote(text)}")
     return path
 
 

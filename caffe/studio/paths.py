@@ -75,11 +75,14 @@ def resolve_user_path(text: str, roots: Iterable[str | os.PathLike] | None = Non
         raise UnsafePathError(f"bad path {quoted}")
     if ".." in re.split(r"[\\/]+", text):
         raise UnsafePathError(f"'..' is not allowed in a path: {quoted}")
-    path = Path(text).expanduser()
-    if roots is None:
+    try:
+        path = Path(text).expanduser()
+        if roots is None:
+            return path.resolve()
+        roots = [Path(r).expanduser() for r in roots]
+        if not any(is_within(path, r) for r in roots):
+            listed = ", ".join(str(r) for r in roots) or "(none)"
+            raise UnsafePathError(f"path {quoted} is outside the folders this server may read: {listed}")
         return path.resolve()
-    roots = [Path(r).expanduser() for r in roots]
-    if not any(is_within(path, r) for r in roots):
-        listed = ", ".join(str(r) for r in roots) or "(none)"
-        raise UnsafePathError(f"path {quoted} is outside the folders this server may read: {listed}")
-    return path.resolve()
+    except (OSError, RuntimeError) as e:  # a name too long, a symlink loop, ~user unknown
+        raise UnsafePathError(f"cannot use the path {quoted}: {getattr(e, 'strerror', None) or e}") from None
