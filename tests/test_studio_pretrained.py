@@ -166,6 +166,9 @@ def test_other_upload_refusals(env):
         "/pretrained_models.json", data={"job_name": "x", "width": "-3"},
         files={"weights_file": ("w", b"x"), "deploy_file": ("d", b"name: 'n'")})
     assert bad_size.status_code == 400 and "width" in bad_size.json()["detail"]
+    # found by scripts/fuzz.py: a net whose input and output is a scalar blob was an IndexError (500)
+    scalar = _lenet(client, deploy='name: "" layer { name: "" type: "Input" top: "a" }')
+    assert scalar.status_code == 400 and "input 'a' has shape []" in scalar.json()["detail"], scalar.text
 
 
 def test_promote_model_snapshot(env):

@@ -150,6 +150,11 @@ def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict
         )
     inp = net.inputs[0] if net.inputs else None
     out = net.outputs[-1] if net.outputs else None
+    if inp is not None and len(net.blobs[inp].shape) != 4:
+        raise NetError(f"deploy.prototxt: input '{inp}' has shape {list(net.blobs[inp].shape)}; an image "
+                       "classifier's input is N x C x H x W")
+    if out is not None and not net.blobs[out].shape:
+        raise NetError(f"deploy.prototxt: output '{out}' is a scalar; a classifier's output has a value per class")
     return {
         "input_shape": list(net.blobs[inp].shape) if inp else None,
         "outputs": int(net.blobs[out].count // max(1, net.blobs[out].shape[0])) if out else None,
