@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from collections import deque
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 
 from caffe.blob import Shape
 from caffe.data.prefetch import Decoded, Prefetcher, Record, Source
+from caffe.data.shard import ALONE, Shard
 from caffe.data.transform import CHW, HWC, DataTransformer
 from caffe.errors import DataError
 from caffe.layer import Layer, register
@@ -55,6 +58,7 @@ class _PrefetchingDataLayer(Layer):
         if self.batch_size() <= 0:
             raise self.error(f"batch_size must be positive, got {self.batch_size()}")
         seed = self._seed = _layer_seed()
+        self.shard = Shard.current()  # this process's records when several train together
         self.source = self.make_source(np.random.default_rng(seed))
         first = self.source.decode(self.source.peek())
         a = first.array
@@ -106,9 +110,18 @@ class _PrefetchingDataLayer(Layer):
 
 # ---------------------------------------------------------------------------- Data (databases)
 class DatumSource:
-    """Datums read in key order from an LMDB or LevelDB, wrapping around at the end."""
+    """Datums read in key order from an LMDB or LevelDB, wrapping around at the end; with a ``shard`` of
+    several ranks, only this rank's records (every ``shard.size``-th from ``shard.rank``, counted globally)."""
 
-    def __init__(self, path: str, backend: str, transformer: DataTransformer, rand_skip: int, rng: np.random.Generator):
+    def __init__(
+        self,
+        path: str,
+        backend: str,
+        transformer: DataTransformer,
+        rand_skip: int,
+        rng: np.random.Generator,
+        shard: Shard = ALONE,
+    ):
         from caffe.data.db import open_db
 
         self.path, self.backend, self.transformer = path, backend, transformer
@@ -121,7 +134,9 @@ class DatumSource:
         skip = int(rng.integers(rand_skip)) if rand_skip else 0
         if skip:
             log.info("Skipping first %d data points.", skip)
-        self._position = skip  # records passed since the first one, in all passes (rand_skip included)
+        self._step = shard.size
+        # global records passed since the first one, in all passes (rand_skip and the rank's offset included)
+        self._position = skip + shard.rank
         self._iter: Iterator[Record] | None = None
 
     def _describe(self, key: bytes) -> str:
@@ -146,14 +161,21 @@ class DatumSource:
     def next_records(self, n: int) -> list[Record]:
         if self._iter is None:
             self._iter = self._records(self._position)
-        out = [next(self._iter) for _ in range(n)]
-        self._position += n
+        it = self._iter
+        if self._step == 1:
+            out = [next(it) for _ in range(n)]
+        else:  # this rank's record, then past the other ranks' ones
+            out = []
+            for _ in range(n):
+                out.append(next(it))
+                deque(islice(it, self._step - 1), maxlen=0)
+        self._position += n * self._step
         return out
 
     def skip(self, n: int) -> None:
-        """Move on ``n`` records without reading them."""
+        """Move on ``n`` of this rank's records without reading them."""
         self.close()
-        self._position += int(n)
+        self._position += int(n) * self._step
 
     def close(self) -> None:
         """Close the database if records were read (reading again reopens it where it was)."""
@@ -224,14 +246,17 @@ class DataLayer(_PrefetchingDataLayer):
                     f"{backend.upper()}; set backend: {found.upper()}"
                 )
             backend = found  # Caffe's default (LEVELDB) was not chosen by the user: read what is there
-        return DatumSource(p.source, backend, self.transformer, int(p.rand_skip), rng)
+        return DatumSource(p.source, backend, self.transformer, int(p.rand_skip), rng, self.shard)
 
 
 # ---------------------------------------------------------------------------- ImageData (list of files)
 class ImageListSource:
-    """``path label`` lines (split at the last space), optionally shuffled every epoch."""
+    """``path label`` lines (split at the last space), optionally shuffled every epoch; with a ``shard`` of
+    several ranks, only this rank's items (every ``shard.size``-th from ``shard.rank``, counted globally)."""
 
-    def __init__(self, layer: Layer, rng: np.random.Generator, records: list[Record] | None = None) -> None:
+    def __init__(
+        self, layer: Layer, rng: np.random.Generator, records: list[Record] | None = None, shard: Shard = ALONE
+    ) -> None:
         """``records``: the list already read (a restart), else it is read from ``image_data_param.source``."""
         p = layer.layer_param.image_data_param
         self.root = p.root_folder
@@ -253,6 +278,8 @@ class ImageListSource:
         self._pos = int(rng.integers(p.rand_skip)) % len(self.records) if p.rand_skip else 0
         if self._pos:
             log.info("Skipping first %d data points.", self._pos)
+        self._step = shard.size
+        self._move(shard.rank)
 
     def peek(self) -> Record:
         return self.records[self.order[self._pos]]
@@ -261,16 +288,20 @@ class ImageListSource:
         out = []
         for _ in range(n):
             out.append(self.records[self.order[self._pos]])
-            self._pos += 1
-            if self._pos == len(self.records):
+            self._pos += self._step
+            if self._pos >= len(self.records):
                 log.info("Restarting data prefetching from start.")
-                self._pos = 0
-                self._reshuffle(1)
+                epochs, self._pos = divmod(self._pos, len(self.records))
+                self._reshuffle(epochs)
         return out
 
     def skip(self, n: int) -> None:
-        """Move on ``n`` records without reading them: only the shuffles of the epochs passed are replayed."""
-        epochs, self._pos = divmod(self._pos + int(n), len(self.records))
+        """Move on ``n`` of this rank's records without reading them: only the epochs' shuffles are replayed."""
+        self._move(int(n) * self._step)
+
+    def _move(self, n: int) -> None:
+        """Move on ``n`` global records (all ranks' ones)."""
+        epochs, self._pos = divmod(self._pos + n, len(self.records))
         self._reshuffle(epochs)
 
     def _reshuffle(self, epochs: int) -> None:
@@ -317,4 +348,4 @@ class ImageDataLayer(_PrefetchingDataLayer):
 
     def make_source(self, rng: np.random.Generator) -> Source:
         previous = getattr(self, "source", None)  # a fast-forward's restart: the list is not read again
-        return ImageListSource(self, rng, previous.records if previous is not None else None)
+        return ImageListSource(self, rng, previous.records if previous is not None else None, self.shard)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from caffe.blob import Shape
+from caffe.data.shard import Shard
 from caffe.errors import DataError
 from caffe.layer import Layer, register
 from caffe.layers.data import _layer_seed
@@ -122,6 +123,9 @@ class HDF5DataLayer(Layer):
         self.position = 0  # index into self.order of the loaded file
         self.item_shapes: list[tuple[int, ...]] | None = None
         self._load()
+        # with several ranks, this one reads every shard.size-th row from shard.rank (counted over all files)
+        self.shard = Shard.current()
+        self.row = self.shard.rank
         assert self.item_shapes is not None
         self._top_shapes_fixed = [(self.batch, *s) for s in self.item_shapes]
 
@@ -216,17 +220,20 @@ class HDF5DataLayer(Layer):
         return list(self._top_shapes_fixed)
 
     def next_batch(self) -> list[np.ndarray]:
-        """The next ``batch_size`` rows of every dataset, in the files' native dtypes."""
+        """The next ``batch_size`` rows of every dataset (this rank's), in the files' native dtypes."""
         parts: list[list[np.ndarray]] = [[] for _ in self.names]
-        need = self.batch
+        need, step = self.batch, self.shard.size
         while need:
-            if self.row == self.rows:
+            if self.row >= self.rows:  # past this file: the rows beyond it are counted in the next ones
+                beyond = self.row - self.rows
                 self._advance()
-            k = min(need, self.rows - self.row)
-            index = self.perm[self.row : self.row + k]
+                self.row = beyond
+                continue
+            k = min(need, (self.rows - self.row + step - 1) // step)
+            index = self.perm[self.row : self.row + (k - 1) * step + 1 : step]
             for part, array in zip(parts, self.arrays, strict=True):
                 part.append(array[index])  # fancy indexing: a copy, never a view of the file's data
-            self.row += k
+            self.row += k * step
             need -= k
         return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
