@@ -57,10 +57,12 @@ def image_param(tmp_path: Path, batch: int, transform: str = "", extra: str = ""
     return text_format.Parse(text, pb.NetParameter())
 
 
-def hdf5_param(tmp_path: Path, batch: int) -> pb.NetParameter:
-    """Three files of 5, 2 and 4 rows (the middle one shorter than N): rows 0..10, label = row."""
+def hdf5_param(
+    tmp_path: Path, batch: int, files: tuple[int, ...] = (5, 2, 4), shuffle: bool = False
+) -> pb.NetParameter:
+    """Files of so many rows (by default 5, 2 and 4: the middle one shorter than N): label = row number."""
     start, names = 0, []
-    for rows in (5, 2, 4):
+    for rows in files:
         path = tmp_path / f"part{start}.h5"
         ids = np.arange(start, start + rows)
         with h5py.File(path, "w") as f:
@@ -71,7 +73,7 @@ def hdf5_param(tmp_path: Path, batch: int) -> pb.NetParameter:
     listing = tmp_path / "h5.txt"
     listing.write_text("\n".join(names) + "\n")
     text = f"""layer {{ name: "data" type: "HDF5Data" top: "data" top: "label"
-        hdf5_data_param {{ source: "{listing}" batch_size: {batch} }} }}"""
+        hdf5_data_param {{ source: "{listing}" batch_size: {batch} shuffle: {str(shuffle).lower()} }} }}"""
     return text_format.Parse(text, pb.NetParameter())
 
 
@@ -170,3 +172,26 @@ def test_hdf5_rank_offsets_span_files_shorter_than_the_world(tmp_path: Path, mon
     """Rank 2 of 3 starts past the 2-row middle file when it reaches it: rows 2, 5, 8 (file 3), 0 (wrap)."""
     net = build(monkeypatch, hdf5_param(tmp_path, 4), 2, N, caffe.TEST)
     assert net.forward()["label"].astype(int).tolist() == [2, 5, 8, 0]
+
+
+@pytest.mark.parametrize("files", [(5, 2, 4), (7,)])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_hdf5_fast_forward_counts_global_rows(tmp_path: Path, monkeypatch, files: tuple[int, ...], shuffle: bool):
+    """HDF5Data resumes too: rank r fast-forwarded by k batches reads what it would have after k batches
+    (the files' and rows' shuffles replayed), item i·N·B + j·N + r of the stream one process with its seed reads."""
+    skipped, rank = 6, 1  # 36 global rows: three passes over the 11 (or five over the 7) and more
+    param, alone = hdf5_param(tmp_path, B, files, shuffle), hdf5_param(tmp_path, N * B, files, shuffle)
+    caffe.set_random_seed(5 + rank)
+    stream = np.concatenate([b["label"] for b in read(build(monkeypatch, alone, 0, 1, caffe.TRAIN), skipped + 3)])
+    caffe.set_random_seed(5 + rank)
+    expected = read(build(monkeypatch, param, rank, N, caffe.TRAIN), skipped + 3)[skipped:]
+    caffe.set_random_seed(5 + rank)
+    net = build(monkeypatch, param, rank, N, caffe.TRAIN)
+    net.forward()
+    net.layer_dict["data"].fast_forward(skipped)
+    for i, e in enumerate(expected):
+        g = net.forward()
+        np.testing.assert_array_equal(g["data"], e["data"])
+        np.testing.assert_array_equal(g["label"], stream[[(skipped + i) * N * B + j * N + rank for j in range(B)]])
+    if shuffle:  # the shuffles were in play
+        assert stream[: sum(files)].tolist() != list(range(sum(files)))

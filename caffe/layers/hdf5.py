@@ -116,7 +116,8 @@ class HDF5DataLayer(Layer):
         self.files = read_hdf5_list(p.source, self.where)
         log.info("Number of HDF5 files: %d", len(self.files))
         self.shuffle = bool(p.shuffle)
-        self.rng = np.random.default_rng(_layer_seed())
+        self._seed = _layer_seed()
+        self.rng = np.random.default_rng(self._seed)
         self.order = np.arange(len(self.files))
         if self.shuffle:
             self.rng.shuffle(self.order)
@@ -128,6 +129,55 @@ class HDF5DataLayer(Layer):
         self.row = self.shard.rank
         assert self.item_shapes is not None
         self._top_shapes_fixed = [(self.batch, *s) for s in self.item_shapes]
+
+    def fast_forward(self, batches: int) -> None:
+        """Continue as a run that has already read ``batches`` batches (all ranks' rows counted): the
+        solver calls it when it restores a snapshot. Only the file read next is loaded; the files passed
+        are opened for their row counts alone, and the shuffles they made are drawn again."""
+        self.rng = np.random.default_rng(self._seed)  # the fresh start, then skipped
+        self.order = np.arange(len(self.files))
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+        row = self.shard.rank + int(batches) * self.batch * self.shard.size
+        if batches:
+            log.info("layer '%s': fast-forwarding the data by %d batches", self.name, batches)
+        if len(self.files) == 1:  # the file stays; each pass over it reshuffles its rows
+            self.position = 0
+            self._load()
+            passes, self.row = divmod(row, self.rows)
+            if self.shuffle:
+                for _ in range(passes):
+                    self.rng.shuffle(self.perm)
+            return
+        counts: dict[int, int] = {}
+        if not self.shuffle:  # whole epochs are arithmetic
+            row %= sum(counts.setdefault(i, self._rows_in(i)) for i in range(len(self.files)))
+        position = 0
+        while row >= (rows := counts.setdefault(int(self.order[position]), self._rows_in(int(self.order[position])))):
+            if self.shuffle:
+                self.rng.shuffle(np.arange(rows))  # the row shuffle that loading this file made
+            row -= rows
+            position += 1
+            if position == len(self.files):
+                position = 0
+                if self.shuffle:
+                    self.rng.shuffle(self.order)
+        self.position = position
+        self._load()
+        self.row = row
+
+    def _rows_in(self, index: int) -> int:
+        """The number of rows of file ``index`` of the list (its first top's dataset; no data is read)."""
+        path = self.files[index]
+        h5py = _h5py()
+        check_regular_file(path, f"HDF5 data file of {self.where}")
+        with hdf5_errors(path, f"HDF5 data file of {self.where}"), h5py.File(path, "r") as f:
+            node = f.get(self.names[0])
+            if not isinstance(node, h5py.Dataset) or node.ndim < 1:
+                raise DataError(f"{self.where}: HDF5 file {path} has no dataset '{self.names[0]}' of rows")
+            if node.shape[0] == 0:
+                raise DataError(f"{self.where}: HDF5 file {path}: the datasets have no rows")
+            return int(node.shape[0])
 
     # ------------------------------------------------------------------ file loading
     def _load(self) -> None:
