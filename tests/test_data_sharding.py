@@ -2,7 +2,8 @@
 
 No process group: ``caffe.parallel.world`` is patched to each ``(rank, N)`` in turn while that rank's
 layer is set up (the layer reads its shard there). In every iteration the ranks' batches of B, interleaved
-(rank r's j-th item is item j·N + r), are exactly the batch of N·B that one process reads.
+(rank r's j-th item is item j·N + r), are exactly the batch of N·B that one process reads. TRAIN nets
+only: rank 0 alone tests, on every record.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def interleave(per_rank: list[list[dict[str, np.ndarray]]], i: int, top: str) ->
 
 
 def check_union(monkeypatch: pytest.MonkeyPatch, make: Callable[[int], pb.NetParameter], records: int) -> None:
-    whole = read(build(monkeypatch, make(N * B), 0, 1, caffe.TEST), ITERS)
-    per_rank = [read(build(monkeypatch, make(B), r, N, caffe.TEST), ITERS) for r in range(N)]
+    whole = read(build(monkeypatch, make(N * B), 0, 1, caffe.TRAIN), ITERS)
+    per_rank = [read(build(monkeypatch, make(B), r, N, caffe.TRAIN), ITERS) for r in range(N)]
     for i in range(ITERS):
         for top in ("data", "label"):
             np.testing.assert_array_equal(interleave(per_rank, i, top), whole[i][top])
@@ -134,7 +135,7 @@ def test_imagedata_ranks_together_read_the_single_process_batch(tmp_path: Path, 
 
 def test_world_size_one_reads_everything(tmp_path: Path, monkeypatch):
     """Alone, a layer's shard is every record (the default when no process group exists)."""
-    net = caffe.Net(data_param(write_db(tmp_path / "db", "lmdb"), "lmdb", 4), caffe.TEST)
+    net = caffe.Net(data_param(write_db(tmp_path / "db", "lmdb"), "lmdb", 4), caffe.TRAIN)
     assert net.layer_dict["data"].shard == Shard(0, 1)
     assert net.forward()["label"].astype(int).tolist() == [0, 1, 2, 3]
     release(net)
@@ -168,9 +169,23 @@ def test_fast_forward_counts_global_records(tmp_path: Path, monkeypatch, kind: s
         np.testing.assert_array_equal(g["label"], stream[[(skipped + i) * N * B + j * N + rank for j in range(B)]])
 
 
+@pytest.mark.parametrize("kind", ["lmdb", "hdf5", "imagedata"])
+def test_test_nets_are_not_sharded(tmp_path: Path, monkeypatch, kind: str):
+    """Rank 0 alone tests, so a TEST net reads every record whatever the rank (Caffe keeps TEST records)."""
+    if kind == "lmdb":
+        param = data_param(write_db(tmp_path / "db", "lmdb"), "lmdb", 4)
+    elif kind == "hdf5":
+        param = hdf5_param(tmp_path, 4)
+    else:
+        param = image_param(tmp_path, 4)
+    net = build(monkeypatch, param, 1, N, caffe.TEST)
+    assert net.layer_dict["data"].shard == Shard(0, 1)
+    assert read(net, 1)[0]["label"].astype(int).tolist() == [0, 1, 2, 3]
+
+
 def test_hdf5_rank_offsets_span_files_shorter_than_the_world(tmp_path: Path, monkeypatch):
     """Rank 2 of 3 starts past the 2-row middle file when it reaches it: rows 2, 5, 8 (file 3), 0 (wrap)."""
-    net = build(monkeypatch, hdf5_param(tmp_path, 4), 2, N, caffe.TEST)
+    net = build(monkeypatch, hdf5_param(tmp_path, 4), 2, N, caffe.TRAIN)
     assert net.forward()["label"].astype(int).tolist() == [2, 5, 8, 0]
 
 

@@ -4,6 +4,7 @@ Records are counted globally, on across wrap-arounds and epochs: the record at g
 rank ``k mod N``. Rank ``r`` therefore reads global records ``r, r + N, r + 2N, ...``: its ``j``-th item of
 iteration ``i`` (batch ``B`` per rank) is global item ``i·N·B + j·N + r``, and the ranks' batches of one
 iteration together are the ``N·B`` records one process with batch ``N·B`` reads in that iteration.
+TEST nets are not sharded: rank 0 alone tests, on every record.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ class Shard:
     size: int = 1
 
     @classmethod
-    def current(cls) -> Shard:
-        """The shard of this process, from :func:`caffe.parallel.world` (``Shard(0, 1)`` when alone)."""
+    def current(cls, phase: int) -> Shard:
+        """The shard of this process for a layer of ``phase``, from :func:`caffe.parallel.world`: every
+        record when it trains alone, and in TEST nets (only rank 0 tests, on the whole test set, as in Caffe)."""
         from caffe import parallel
+        from caffe.proto import caffe_pb2 as pb
 
+        if phase == pb.TEST:
+            return ALONE
         rank, size = parallel.world()
         return cls(int(rank), int(size))
 

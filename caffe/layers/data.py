@@ -58,7 +58,7 @@ class _PrefetchingDataLayer(Layer):
         if self.batch_size() <= 0:
             raise self.error(f"batch_size must be positive, got {self.batch_size()}")
         seed = self._seed = _layer_seed()
-        self.shard = Shard.current()  # this process's records when several train together
+        self.shard = Shard.current(self.phase)  # this process's records when several train together
         self.source = self.make_source(np.random.default_rng(seed))
         first = self.source.decode(self.source.peek())
         a = first.array

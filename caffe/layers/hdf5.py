@@ -125,7 +125,7 @@ class HDF5DataLayer(Layer):
         self.item_shapes: list[tuple[int, ...]] | None = None
         self._load()
         # with several ranks, this one reads every shard.size-th row from shard.rank (counted over all files)
-        self.shard = Shard.current()
+        self.shard = Shard.current(self.phase)
         self.row = self.shard.rank
         assert self.item_shapes is not None
         self._top_shapes_fixed = [(self.batch, *s) for s in self.item_shapes]
