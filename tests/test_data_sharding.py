@@ -210,3 +210,13 @@ def test_hdf5_fast_forward_counts_global_rows(tmp_path: Path, monkeypatch, files
         np.testing.assert_array_equal(g["label"], stream[[(skipped + i) * N * B + j * N + rank for j in range(B)]])
     if shuffle:  # the shuffles were in play
         assert stream[: sum(files)].tolist() != list(range(sum(files)))
+
+
+def test_rand_skip_under_several_ranks_is_a_warning(tmp_path: Path, monkeypatch, caplog):
+    """rand_skip draws with each rank's seed, so the shards would start apart: the log says so."""
+    source = write_db(tmp_path / "db", "lmdb")
+    text = f"""layer {{ name: "data" type: "Data" top: "data" top: "label"
+        data_param {{ source: "{source}" backend: LMDB batch_size: 2 rand_skip: 5 }} }}"""
+    with caplog.at_level("WARNING", logger="caffe"):
+        release(build(monkeypatch, text_format.Parse(text, pb.NetParameter()), 1, N, caffe.TRAIN))
+    assert "rand_skip with 3 ranks" in caplog.text

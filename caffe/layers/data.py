@@ -108,6 +108,16 @@ class _PrefetchingDataLayer(Layer):
         return [data, labels][: len(self.tops)]
 
 
+def _warn_rank_skip(source: str, rand_skip: int, shard: Shard) -> None:
+    """rand_skip is drawn with each rank's own seed: say that the ranks' shards then start apart."""
+    if rand_skip and shard.size > 1:
+        log.warning(
+            "%s: rand_skip with %d ranks: each rank skips its own random count, so the shards are not disjoint",
+            source,
+            shard.size,
+        )
+
+
 # ---------------------------------------------------------------------------- Data (databases)
 class DatumSource:
     """Datums read in key order from an LMDB or LevelDB, wrapping around at the end; with a ``shard`` of
@@ -134,6 +144,7 @@ class DatumSource:
         skip = int(rng.integers(rand_skip)) if rand_skip else 0
         if skip:
             log.info("Skipping first %d data points.", skip)
+        _warn_rank_skip(path, rand_skip, shard)
         self._step = shard.size
         # global records passed since the first one, in all passes (rand_skip and the rank's offset included)
         self._position = skip + shard.rank
@@ -278,6 +289,7 @@ class ImageListSource:
         self._pos = int(rng.integers(p.rand_skip)) % len(self.records) if p.rand_skip else 0
         if self._pos:
             log.info("Skipping first %d data points.", self._pos)
+        _warn_rank_skip(p.source, int(p.rand_skip), shard)
         self._step = shard.size
         self._move(shard.rank)
 
