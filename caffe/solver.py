@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from google.protobuf import text_format
 
-from caffe import common
+from caffe import common, parallel
 from caffe.blob import Blob
 from caffe.errors import SolverError, WeightsError
 from caffe.limits import check_blob, check_path, check_regular_file, hdf5_errors
@@ -138,19 +138,27 @@ class Solver:
             raise SolverError(f"{self.source}: average_loss should be at least 1, got {p.average_loss}")
         if p.iter_size < 1:
             raise SolverError(f"{self.source}: iter_size should be at least 1, got {p.iter_size}")
+        self.rank, self.world_size = parallel.world()  # several ranks: rank 0 alone logs, tests, snapshots
+        self.root = self.rank == 0
+        if not self.root:
+            events = None
         self.events = EventLog(events) if isinstance(events, (str, os.PathLike)) else events
         self.action = action
         self.callbacks: list[Callback] = []
         self.requested_early_exit = False
         self.iter = 0
         self.current_step = 0
-        self._check_snapshot_prefix()
+        if self.root:
+            self._check_snapshot_prefix()
         if p.random_seed >= 0:
-            common.set_random_seed(p.random_seed)
+            common.set_random_seed(p.random_seed + self.rank)
         if p.HasField("solver_mode") and p.solver_mode == pb.SolverParameter.GPU and common.mode() == "CPU":
             log.info("solver_mode is GPU, but the CPU mode was chosen (no --gpu, or no CUDA): training on the CPU")
         self.net = self._train_net()
         self.test_nets = self._test_nets()
+        if self.world_size > 1:  # every rank starts from rank 0's weights
+            with torch.no_grad():
+                parallel.broadcast([b.mutable_tensor for b in self.net.learnable_params])
         log.info("Solver scaffolding done.")
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
@@ -285,12 +293,18 @@ class Solver:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self._last_rate = rate
         with torch.no_grad():
+            if self.world_size > 1:  # Caffe's multi-GPU rule: the ranks' diffs averaged before clip/normalize
+                parallel.average([b.mutable_grad for b in self.net.learnable_params])
             self.clip_gradients()
             for i, blob in enumerate(self.net.learnable_params):
                 self.normalize(blob)
                 self.regularize(i, blob)
                 self.compute_update_value(i, blob, rate)
             self.net.update()
+            if self.world_size > 1 and self.net.debug_info:  # debug_info: every rank holds rank 0's weights
+                parallel.check_identical(
+                    [b.tensor for b in self.net.learnable_params], f"iteration {self.iter}'s weights"
+                )
         self.iter += 1
 
     def clip_gradients(self) -> None:
@@ -360,7 +374,12 @@ class Solver:
         timer, last_iter = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
-            if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
+            if (
+                p.test_interval
+                and self.iter % p.test_interval == 0
+                and (self.iter > 0 or p.test_initialization)
+                and self.root
+            ):
                 self.test_all()
                 if self.requested_early_exit:
                     break
@@ -399,7 +418,7 @@ class Solver:
                     outputs=outputs,
                 )
             request = self._requested()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT:
+            if ((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT) and self.root:
                 self.snapshot()
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
@@ -418,7 +437,7 @@ class Solver:
             self.events.write("start", iter=self.iter, max_iter=p.max_iter, net=self.net.name, solver=self.source)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) and self.root:
             self.snapshot()
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
@@ -430,7 +449,7 @@ class Solver:
                 loss = self.net._forward(0, len(self.net.layers) - 1)
             self.update_smoothed_loss(loss, start_iter)
             log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and self.root:
             self.test_all()
         log.info("Optimization Done.")
         if self.events is not None:

@@ -6,8 +6,10 @@ the C++ tool keep working. What differs:
 
 * ``--events=FILE`` (train): the solver appends one JSON object per line to FILE at the start, at
   every display, test and snapshot, and at the end (programs follow a training through it).
-* ``--gpu`` on a machine without CUDA is an error (exit 1); several GPU ids train on the first one
-  only, with a warning (Caffe needs an NCCL build for data parallelism).
+* ``--gpu`` on a machine without CUDA is an error (exit 1); several GPU ids (or ``all``) start one
+  process per GPU (NCCL) with Caffe's multi-GPU semantics (``caffe.parallel``). Under ``torchrun``
+  (``WORLD_SIZE`` > 1) each process joins the group from the environment and takes its
+  ``LOCAL_RANK``'s GPU, or the CPU (gloo) without CUDA; rank 0 alone logs (others only warnings).
 * ``caffe time`` also accepts ``--weights`` (Caffe's tutorial passes it; Caffe ignored it), and
   times the layers one by one with the eager engine; it adds the whole-net forward time of the
   inference engine in use (``fused`` by default) after Caffe's totals.
@@ -22,6 +24,7 @@ with "Optimization stopped early." and exit status 0; further signals while stop
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caffe import common
+from caffe import common, parallel
 from caffe.errors import DeviceError, SolverError
 from caffe.proto import caffe_pb2 as pb
 from caffe.tools.cli import command
@@ -69,7 +72,7 @@ def _common_flags(parser: ToolParser) -> None:
         "--gpu",
         default="",
         help="optional; run in GPU mode on the given device ids separated by ',' (or 'all'). "
-        "Only the first device is used: multi-GPU data parallelism is not supported",
+        "caffe train runs one process per device (data parallel); caffe test and time use the first",
     )
     parser.add_argument("--level", type=gflags_int, default=0, help="optional; network level (default 0)")
     parser.add_argument(
@@ -263,16 +266,21 @@ def train(argv: list[str]) -> int:
         gpus = _gpu_ids(spec)
     except _Usage as e:
         return _usage_error(parser, str(e))
-    if gpus:
+    distributed = parallel.env_world_size() > 1
+    if len(gpus) > 1 and not distributed:
         log.info("Using GPUs %s", ", ".join(map(str, gpus)))
         for i in gpus:
             log.info("GPU %d: %s", i, torch.cuda.get_device_name(i))
-        if len(gpus) > 1:
-            log.warning(
-                "Multi-GPU data parallelism is not supported (Caffe needs an NCCL build for it): "
-                "training on GPU %d only, with the net's own batch size",
-                gpus[0],
-            )
+        return _launch(gpus, argv)
+    if distributed:
+        gpus = _rank_gpu(gpus)
+        parallel.init("cuda" if gpus else "cpu")
+        if not parallel.is_root():
+            log.setLevel(logging.WARNING)
+    if gpus:
+        if not distributed:
+            log.info("Using GPUs %s", ", ".join(map(str, gpus)))
+            log.info("GPU %d: %s", gpus[0], torch.cuda.get_device_name(gpus[0]))
         param.device_id = gpus[0]
         _use_gpu(gpus[0])
     else:
@@ -299,7 +307,32 @@ def train(argv: list[str]) -> int:
         handler.close()
         if events is not None:
             events.close()
+    if distributed:
+        parallel.shutdown()
     return 0
+
+
+def _rank_gpu(gpus: list[int]) -> list[int]:
+    """Under torchrun or ``_launch``: this process's GPU (``--gpu``'s entry for LOCAL_RANK, else LOCAL_RANK's
+    own GPU when CUDA is there), or none for the CPU."""
+    rank = parallel.local_rank()
+    if gpus:
+        return [gpus[rank % len(gpus)]]
+    if common.cuda_available():
+        return [rank % torch.cuda.device_count()]
+    return []
+
+
+def _launch(gpus: list[int], argv: list[str]) -> int:
+    """``--gpu 0,1`` / ``all``: one ``caffe train`` process per GPU, joined into one NCCL group."""
+    return parallel.launch(len(gpus), functools.partial(_rank_main, list(argv)))
+
+
+def _rank_main(argv: list[str]) -> int:
+    """One rank started by ``_launch``: ``caffe train`` with the same flags (it finds its GPU by LOCAL_RANK)."""
+    from caffe.tools.cli import main
+
+    return main(["train", *argv])
 
 
 # ---------------------------------------------------------------------------------------------
