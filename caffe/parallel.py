@@ -121,6 +121,17 @@ def average(tensors: Sequence[torch.Tensor]) -> None:
     _unflatten(flat, tensors)
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' ``value`` (e.g. so that a signal one rank got acts on all)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    try:
+        dist.all_reduce(t, dist.ReduceOp.MAX)
+    except RuntimeError as e:
+        raise _lost("the exchange of signal requests", e) from None
+    return int(t)
+
+
 def check_identical(tensors: Sequence[torch.Tensor], what: str) -> None:
     """Raise on every rank unless all ranks hold bitwise rank 0's values of ``tensors`` (a debug check)."""
     if not tensors:

@@ -418,6 +418,9 @@ class Solver:
                     outputs=outputs,
                 )
             request = self._requested()
+            if self.world_size > 1:  # a signal to any rank acts on all: stop wins over snapshot over none
+                order = (SolverAction.NONE, SolverAction.SNAPSHOT, SolverAction.STOP)
+                request = order[parallel.max_over_ranks(order.index(request))]
             if ((p.snapshot and self.iter % p.snapshot == 0) or request == SolverAction.SNAPSHOT) and self.root:
                 self.snapshot()
             if request == SolverAction.STOP:

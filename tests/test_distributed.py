@@ -7,6 +7,7 @@ lost rank ends the others with an error naming it.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -187,18 +188,8 @@ def test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once(
     assert _close([w for k in got for w in got[k]], [w for k in ref for w in ref[k]]) <= 1e-5
 
 
-def test_a_killed_rank_ends_the_other_with_an_error_naming_it(mnist: Path):  # noqa: F811
-    folder = mnist / "killed"
-    folder.mkdir()
-    solver = write_solver(
-        folder,
-        "lenet",
-        mnist / "lenet_train_test.prototxt",
-        max_iter=100000,
-        snapshot=0,
-        test_interval=100000,
-        display=5,
-    )
+def _start_ranks(folder: Path, *args: str) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
+    """Two ``caffe train`` processes joined by hand (torchrun's environment, no agent), logging to files."""
     port = str(_free_port())
     logs = [folder / f"rank{rank}.log" for rank in (0, 1)]
     procs = []
@@ -212,30 +203,105 @@ def test_a_killed_rank_ends_the_other_with_an_error_naming_it(mnist: Path):  # n
             "MASTER_PORT": port,
         }
         with logs[rank].open("w") as out:
-            procs.append(
-                subprocess.Popen(
-                    caffe_cmd("train", f"--solver={solver}"), cwd=folder, env=rank_env, stdout=out, stderr=out
-                )
-            )
-    root, other = procs
+            procs.append(subprocess.Popen(caffe_cmd("train", *args), cwd=folder, env=rank_env, stdout=out, stderr=out))
+    return procs, logs
+
+
+def _wait_for(text: str, log: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def _endless(folder: Path, data: Path) -> Path:
+    folder.mkdir()
+    return write_solver(
+        folder,
+        "lenet",
+        data / "lenet_train_test.prototxt",
+        max_iter=100000,
+        snapshot=0,
+        test_interval=100000,
+        display=5,
+    )
+
+
+def test_a_killed_rank_ends_the_other_with_an_error_naming_it(mnist: Path):  # noqa: F811
+    folder = mnist / "killed"
+    solver = _endless(folder, mnist)
+    (root, other), logs = _start_ranks(folder, f"--solver={solver}")
     try:
-        deadline = time.monotonic() + 120
-        while "Iteration 5 (" not in logs[0].read_text() and time.monotonic() < deadline:
-            assert root.poll() is None, logs[0].read_text()[-3000:]
-            time.sleep(0.2)
+        _wait_for("Iteration 5 (", logs[0], root)
         other.kill()
         other.wait(30)
         killed_at = time.monotonic()
         root.wait(90)
         assert time.monotonic() - killed_at < 60
     finally:
-        for p in procs:
+        for p in (root, other):
             if p.poll() is None:
                 p.kill()
                 p.wait()
     assert root.returncode == 1
     last = logs[0].read_text().strip().splitlines()[-1]
     assert "rank 0: lost rank 1 during the gradient all-reduce" in last, last
+
+
+def test_sigint_to_one_rank_stops_all_after_a_snapshot(mnist: Path):  # noqa: F811
+    folder = mnist / "sigint"
+    solver = _endless(folder, mnist)
+    (root, other), logs = _start_ranks(folder, f"--solver={solver}")
+    try:
+        _wait_for("Iteration 5 (", logs[0], root)
+        other.send_signal(signal.SIGINT)  # not the rank that logs: the request still reaches rank 0
+        assert root.wait(60) == 0 and other.wait(60) == 0, logs[0].read_text()[-3000:]
+    finally:
+        for p in (root, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    lines = messages(logs[0].read_text())
+    assert _count(lines, "Optimization stopped early.") == 1
+    assert len(list(folder.glob("lenet_iter_*.caffemodel"))) == 1 and not messages(logs[1].read_text())
+
+
+def test_two_ranks_resume_bit_identical(mnist: Path):  # noqa: F811
+    """A 2-rank run resumed from its iteration-5 snapshot ends bitwise where the uninterrupted one does."""
+    folder = mnist / "resume"
+    folder.mkdir()
+    solver = write_solver(
+        folder,
+        "lenet",
+        mnist / "lenet_train_test.prototxt",
+        max_iter=10,
+        snapshot=5,
+        test_interval=100000,
+        display=5,
+        random_seed=3,
+    )
+    straight = subprocess.run(
+        _torchrun(2, "-m", "caffe", "train", f"--solver={solver}"),
+        cwd=folder,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    final = (folder / "lenet_iter_10.caffemodel").read_bytes()
+    (folder / "lenet_iter_10.caffemodel").unlink()
+    resumed = subprocess.run(
+        _torchrun(2, "-m", "caffe", "train", f"--solver={solver}", f"--snapshot={folder / 'lenet_iter_5.solverstate'}"),
+        cwd=folder,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _count(messages(resumed.stderr), "Resuming from") == 1
+    assert (folder / "lenet_iter_10.caffemodel").read_bytes() == final
 
 
 def test_gpu_list_starts_one_process_per_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
