@@ -7,11 +7,13 @@ lost rank ends the others with an error naming it.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +81,13 @@ def _torchrun(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
 
 
+def _run(cmd: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in ``folder``; it must succeed (its stderr tail is the message when it does not)."""
+    proc = subprocess.run(cmd, cwd=folder, env=env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
 def _tiny(folder: Path, batch: int, iter_size: int, clip: float) -> None:
     (folder / "net.prototxt").write_text(NET % {"b": batch})
     (folder / "solver.prototxt").write_text(
@@ -103,22 +112,8 @@ def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(tmp_path: Path, i
         folder.mkdir()
         _tiny(folder, batch, iter_size, clip)
     iters = "15"
-    single = subprocess.run(
-        [sys.executable, str(one / "script.py"), str(one), "4", iters],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    pair = subprocess.run(
-        _torchrun(2, str(two / "script.py"), str(two), "4", iters),
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert pair.returncode == 0, pair.stdout[-3000:] + pair.stderr[-3000:]
+    _run([sys.executable, str(one / "script.py"), str(one), "4", iters], one)
+    pair = _run(_torchrun(2, str(two / "script.py"), str(two), "4", iters), two)
     if clip > 0:
         assert "Gradient clipping: scaling down gradients" in pair.stderr
     ref = _weights(one / "rank0_of1.npz")
@@ -164,9 +159,7 @@ def test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once(
         )
         args = ("-m", "caffe", "train", f"--solver={solver}")
         cmd = _torchrun(nproc, *args) if nproc > 1 else [sys.executable, *args]
-        proc = subprocess.run(cmd, cwd=folder, env=env(), capture_output=True, text=True, timeout=180)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        runs[name] = folder, messages(proc.stderr)
+        runs[name] = folder, messages(_run(cmd, folder).stderr)
     (one, single), (two, lines) = runs["one"], runs["two"]
     for prefix in (
         "Solving LeNet",
@@ -188,8 +181,10 @@ def test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once(
     assert _close([w for k in got for w in got[k]], [w for k in ref for w in ref[k]]) <= 1e-5
 
 
-def _start_ranks(folder: Path, *args: str) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
-    """Two ``caffe train`` processes joined by hand (torchrun's environment, no agent), logging to files."""
+@contextlib.contextmanager
+def _two_ranks(folder: Path, *args: str) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[Path]]]:
+    """Two ``caffe train`` processes joined by hand (torchrun's environment, no agent), logging to files;
+    whichever still runs at the end is killed."""
     port = str(_free_port())
     logs = [folder / f"rank{rank}.log" for rank in (0, 1)]
     procs = []
@@ -204,7 +199,13 @@ def _start_ranks(folder: Path, *args: str) -> tuple[list[subprocess.Popen[bytes]
         }
         with logs[rank].open("w") as out:
             procs.append(subprocess.Popen(caffe_cmd("train", *args), cwd=folder, env=rank_env, stdout=out, stderr=out))
-    return procs, logs
+    try:
+        yield procs, logs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _wait_for(text: str, log: Path, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -230,19 +231,13 @@ def _endless(folder: Path, data: Path) -> Path:
 def test_a_killed_rank_ends_the_other_with_an_error_naming_it(mnist: Path):  # noqa: F811
     folder = mnist / "killed"
     solver = _endless(folder, mnist)
-    (root, other), logs = _start_ranks(folder, f"--solver={solver}")
-    try:
+    with _two_ranks(folder, f"--solver={solver}") as ((root, other), logs):
         _wait_for("Iteration 5 (", logs[0], root)
         other.kill()
         other.wait(30)
         killed_at = time.monotonic()
         root.wait(90)
         assert time.monotonic() - killed_at < 60
-    finally:
-        for p in (root, other):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     assert root.returncode == 1
     last = logs[0].read_text().strip().splitlines()[-1]
     assert "rank 0: lost rank 1 during the gradient all-reduce" in last, last
@@ -251,16 +246,10 @@ def test_a_killed_rank_ends_the_other_with_an_error_naming_it(mnist: Path):  # n
 def test_sigint_to_one_rank_stops_all_after_a_snapshot(mnist: Path):  # noqa: F811
     folder = mnist / "sigint"
     solver = _endless(folder, mnist)
-    (root, other), logs = _start_ranks(folder, f"--solver={solver}")
-    try:
+    with _two_ranks(folder, f"--solver={solver}") as ((root, other), logs):
         _wait_for("Iteration 5 (", logs[0], root)
         other.send_signal(signal.SIGINT)  # not the rank that logs: the request still reaches rank 0
         assert root.wait(60) == 0 and other.wait(60) == 0, logs[0].read_text()[-3000:]
-    finally:
-        for p in (root, other):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     lines = messages(logs[0].read_text())
     assert _count(lines, "Optimization stopped early.") == 1
     assert len(list(folder.glob("lenet_iter_*.caffemodel"))) == 1 and not messages(logs[1].read_text())
@@ -280,26 +269,13 @@ def test_two_ranks_resume_bit_identical(mnist: Path):  # noqa: F811
         display=5,
         random_seed=3,
     )
-    straight = subprocess.run(
-        _torchrun(2, "-m", "caffe", "train", f"--solver={solver}"),
-        cwd=folder,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    _run(_torchrun(2, "-m", "caffe", "train", f"--solver={solver}"), folder)
     final = (folder / "lenet_iter_10.caffemodel").read_bytes()
     (folder / "lenet_iter_10.caffemodel").unlink()
-    resumed = subprocess.run(
+    resumed = _run(
         _torchrun(2, "-m", "caffe", "train", f"--solver={solver}", f"--snapshot={folder / 'lenet_iter_5.solverstate'}"),
-        cwd=folder,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
+        folder,
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _count(messages(resumed.stderr), "Resuming from") == 1
     assert (folder / "lenet_iter_10.caffemodel").read_bytes() == final
 
@@ -331,10 +307,6 @@ from caffe import parallel
 from caffe.tools import train
 sys.exit(parallel.launch(2, functools.partial(train._rank_main, ["--solver={solver}"])))
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=folder, env=env(), capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = messages(proc.stderr)
+    lines = messages(_run([sys.executable, "-c", code], folder).stderr)
     assert _count(lines, "Solving LeNet") == 1 and _count(lines, "Iteration 3 (") == 1
     assert [p.name for p in folder.glob("lenet_iter_*.caffemodel")] == ["lenet_iter_6.caffemodel"]
