@@ -33,6 +33,7 @@ from caffe.layers.python import Layer
 from caffe.net import Net
 from caffe.proto import caffe_pb2 as proto_pb2  # noqa: F401
 from caffe.pycaffe_extras import (
+    NCCL,
     Timer,
     has_nccl,
     init_log,
@@ -79,6 +80,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "NCCL",
     "TEST",
     "TRAIN",
     "AdaDeltaSolver",

@@ -16,12 +16,55 @@ import torch.distributed as dist
 
 from caffe.errors import DeviceError
 
+_declared = (0, 1)  # pycaffe's set_solver_rank / set_solver_count, before caffe.NCCL joins the group
+
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process in the default process group; ``(0, 1)`` without one."""
+    """``(rank, world_size)`` of this process in the default process group; without one, what pycaffe's
+    ``set_solver_rank``/``set_solver_count`` declared (``(0, 1)`` by default)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return _declared
+
+
+def declare(rank: int | None = None, size: int | None = None) -> None:
+    """pycaffe's ``set_solver_rank``/``set_solver_count``: the place this process will take in the group."""
+    global _declared
+    _declared = (_declared[0] if rank is None else int(rank), _declared[1] if size is None else int(size))
+
+
+def joined() -> bool:
+    """Whether this process is in a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def join(address: str, device_type: str = "cpu") -> tuple[int, int]:
+    """pycaffe's ``caffe.NCCL``: join the group at ``address`` (``host:port``) as the declared rank of the
+    declared count. Returns ``world()``."""
+    import os
+
+    if joined():
+        return world()
+    host, _, port = address.rpartition(":")
+    rank, size = _declared
+    os.environ.update(
+        MASTER_ADDR=host,
+        MASTER_PORT=port,
+        RANK=str(rank),
+        WORLD_SIZE=str(size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(size),
+    )
+    return init(device_type)
+
+
+def new_address() -> str:
+    """A free ``host:port`` on this machine for ranks to meet at (pycaffe's ``NCCL.new_uid``)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def is_root() -> bool:
@@ -112,6 +155,8 @@ def average(tensors: Sequence[torch.Tensor]) -> None:
     """Replace each tensor by its mean over the ranks: one all-reduce (sum) of them flattened, scaled by 1/N."""
     if not tensors:
         return
+    if not joined():
+        raise DeviceError(f"solver_count is {world()[1]} but this process is in no group: create caffe.NCCL first")
     flat = _flatten(tensors)
     try:
         dist.all_reduce(flat, dist.ReduceOp.SUM)
@@ -175,12 +220,9 @@ def launch(n: int, target: Callable[[], int], port: int | None = None) -> int:
     MASTER_PORT), so ``init`` joins them. Returns the first non-zero exit status, else 0.
     """
     import multiprocessing as mp
-    import socket
 
     if port is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = int(new_address().rpartition(":")[2])
     ctx = mp.get_context("spawn")
     procs = []
     for rank in range(n):

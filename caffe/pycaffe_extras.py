@@ -1,15 +1,18 @@
-"""Small parts of pycaffe's module surface: logging helpers, a timer, and single-process NCCL stubs."""
+"""Small parts of pycaffe's module surface: logging helpers, a timer, the multi-process names (caffe.parallel)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
+
+from caffe import parallel
+
+if TYPE_CHECKING:
+    from caffe.solver import Solver
 
 _log = logging.getLogger("caffe")
-_solver_count = 1
-_solver_rank = 0
-_multiprocess = False
 
 
 def init_log(level: int = 0, stderr: bool = True) -> None:
@@ -28,31 +31,61 @@ def log(message: str) -> None:
 
 
 def has_nccl() -> bool:
-    """Multi-GPU NCCL training is not built in; pycaffe answers False in that case."""
-    return False
+    """Whether several processes can train together (``caffe.NCCL``: torch.distributed, NCCL or gloo)."""
+    import torch.distributed as dist
+
+    return dist.is_available()
 
 
 def solver_count() -> int:
-    return _solver_count
+    return parallel.world()[1]
 
 
 def set_solver_count(count: int) -> None:
-    global _solver_count
-    _solver_count = int(count)
+    parallel.declare(size=count)
 
 
 def solver_rank() -> int:
-    return _solver_rank
+    return parallel.world()[0]
 
 
 def set_solver_rank(rank: int) -> None:
-    global _solver_rank
-    _solver_rank = int(rank)
+    parallel.declare(rank=rank)
 
 
 def set_multiprocess(multiprocess: bool) -> None:
-    global _multiprocess
-    _multiprocess = bool(multiprocess)
+    """Accepted for pycaffe's ``python/train.py``: ranks here are always processes."""
+
+
+class NCCL:
+    """pycaffe's ``caffe.NCCL(solver, uid)``: joins this process to the group at ``uid`` as the declared
+    ``solver_rank`` of ``solver_count`` and makes ``solver`` exchange its gradients there (Caffe's rule,
+    ``caffe.parallel``). ``bcast()`` gives every rank rank 0's weights; as a solver callback it does nothing
+    more (the exchange is in the solver's update)."""
+
+    def __init__(self, solver: Solver, uid: str) -> None:
+        from caffe import common
+
+        parallel.join(uid, "cuda" if common.mode() == "GPU" else "cpu")
+        solver.rank, solver.world_size = parallel.world()
+        solver.root = solver.rank == 0
+        if not solver.root:
+            _log.setLevel(logging.WARNING)
+            solver.events = None
+        self.solver = solver
+
+    @staticmethod
+    def new_uid() -> str:
+        return parallel.new_address()
+
+    def bcast(self) -> None:
+        self.solver.broadcast_weights()
+
+    def on_start(self) -> None:
+        pass
+
+    def on_gradients_ready(self) -> None:
+        pass
 
 
 class Timer:

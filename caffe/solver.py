@@ -156,9 +156,8 @@ class Solver:
             log.info("solver_mode is GPU, but the CPU mode was chosen (no --gpu, or no CUDA): training on the CPU")
         self.net = self._train_net()
         self.test_nets = self._test_nets()
-        if self.world_size > 1:  # every rank starts from rank 0's weights
-            with torch.no_grad():
-                parallel.broadcast([b.mutable_tensor for b in self.net.learnable_params])
+        if self.world_size > 1 and parallel.joined():  # every rank starts from rank 0's weights
+            self.broadcast_weights()
         log.info("Solver scaffolding done.")
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
@@ -285,6 +284,11 @@ class Solver:
             )
         return float(np.float32(rate))
 
+    def broadcast_weights(self) -> None:
+        """Give every rank rank 0's learnable weights (at the start; pycaffe's ``NCCL.bcast``)."""
+        with torch.no_grad():
+            parallel.broadcast([b.mutable_tensor for b in self.net.learnable_params])
+
     # ------------------------------------------------------------------ update
     def apply_update(self) -> None:
         """Caffe's ApplyUpdate: rate, clipping, then per parameter normalize, regularize, update; w -= diff."""
@@ -349,7 +353,10 @@ class Solver:
 
     # ------------------------------------------------------------------ the loop
     def add_callback(self, on_start: Callable[[], Any] | Callback, on_gradients_ready: Callable[[], Any] | None = None):
-        cb = on_start if isinstance(on_start, Callback) else Callback(on_start, on_gradients_ready or (lambda: None))
+        if isinstance(on_start, Callback) or hasattr(on_start, "on_gradients_ready"):  # e.g. caffe.NCCL
+            cb = on_start
+        else:
+            cb = Callback(on_start, on_gradients_ready or (lambda: None))
         self.callbacks.append(cb)
 
     def _requested(self) -> str:
