@@ -48,7 +48,7 @@ from typing import IO, Any
 import numpy as np
 
 from caffe.errors import DataError
-from caffe.limits import env_mib, format_bytes, read_file
+from caffe.limits import env_count, env_mib, format_bytes, read_file
 from caffe.protoio import atomic_write
 
 PathLike = str | os.PathLike
@@ -268,20 +268,12 @@ class ArchiveLimits:
     max_files: int
 
 
-def _env_count(name: str) -> int | None:
-    """A whole number from environment variable ``name`` (None when unset); a bad value is a ModelFilesError."""
-    text = os.environ.get(name, "").strip()
-    if text and (not text.isdigit() or int(text) < 1):
-        raise ModelFilesError(f"{name}={text!r}: expected a positive whole number")
-    return int(text) if text else None
-
-
 def archive_limits(archive_bytes: int) -> ArchiveLimits:
     """The caps for an archive of ``archive_bytes``: it may unpack to ``ARCHIVE_RATIO`` times its size but at
     least ``ARCHIVE_FLOOR_BYTES`` and at most ``ARCHIVE_MAX_BYTES`` (``CAFFE_ARCHIVE_MAX_MB``), in at most
     ``ARCHIVE_MAX_FILES`` members (``CAFFE_ARCHIVE_MAX_FILES``)."""
-    ceiling = env_mib("CAFFE_ARCHIVE_MAX_MB") or ARCHIVE_MAX_BYTES
-    files = _env_count("CAFFE_ARCHIVE_MAX_FILES") or ARCHIVE_MAX_FILES
+    ceiling = env_mib("CAFFE_ARCHIVE_MAX_MB", ModelFilesError) or ARCHIVE_MAX_BYTES
+    files = env_count("CAFFE_ARCHIVE_MAX_FILES", ModelFilesError) or ARCHIVE_MAX_FILES
     return ArchiveLimits(min(ceiling, max(ARCHIVE_FLOOR_BYTES, ARCHIVE_RATIO * archive_bytes)), files)
 
 

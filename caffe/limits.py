@@ -43,18 +43,26 @@ class LimitError(CaffeError):
     """Input that would exceed a size budget (file, blob, archive) or names an unusable file."""
 
 
-def env_mib(name: str) -> int | None:
-    """A size from environment variable ``name`` in MiB (None when unset); a bad value is a CaffeError."""
+def env_mib(name: str, error: type[CaffeError] = CaffeError) -> int | None:
+    """A size from environment variable ``name`` in MiB (None when unset); a bad value is ``error``."""
     text = os.environ.get(name, "").strip()
     if not text:
         return None
     try:
         value = float(text)
     except ValueError:
-        raise CaffeError(f"{name}={text!r}: expected a size in MiB") from None
+        raise error(f"{name}={text!r}: expected a size in MiB") from None
     if not math.isfinite(value) or value <= 0:
-        raise CaffeError(f"{name}={text!r}: expected a positive size in MiB")
+        raise error(f"{name}={text!r}: expected a positive size in MiB")
     return int(value * MiB)
+
+
+def env_count(name: str, error: type[CaffeError] = CaffeError) -> int | None:
+    """A positive whole number from environment variable ``name`` (None when unset); a bad value is ``error``."""
+    text = os.environ.get(name, "").strip()
+    if text and (not text.isdigit() or int(text) < 1):
+        raise error(f"{name}={text!r}: expected a positive whole number")
+    return int(text) if text else None
 
 
 def available_memory() -> int | None:
