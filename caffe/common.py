@@ -1,4 +1,5 @@
-"""Process-wide state, as Caffe's ``Caffe`` singleton: the compute mode, the GPU id and the RNG seed."""
+"""Process-wide state, as Caffe's ``Caffe`` singleton: the compute mode, the GPU id, the RNG seed and the
+precision new nets compute in."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ class _State:
     mode: str = "CPU"
     device_id: int = 0
     seed: int | None = None
+    dtype: torch.dtype = torch.float32
 
 
 _state = _State()
+
+_DTYPES = {"float": torch.float32, "float32": torch.float32, "double": torch.float64, "float64": torch.float64}
 
 
 def cuda_available() -> bool:
@@ -78,6 +82,23 @@ def set_random_seed(seed: int) -> None:
 
 def random_seed() -> int | None:
     return _state.seed
+
+
+def set_dtype(dtype: str | torch.dtype) -> None:
+    """The precision of the nets built from now on: ``"float"`` (Caffe's, the default) or ``"double"``
+    (Caffe's ``Dtype=double`` instantiation: for gradient checks and exact comparisons). Snapshots of double
+    nets hold ``double_data``, as Caffe's double blobs write them."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        _state.dtype = dtype
+        return
+    if not isinstance(dtype, str) or dtype.lower() not in _DTYPES:
+        raise ValueError(f"dtype must be 'float' or 'double', got {dtype!r}")
+    _state.dtype = _DTYPES[dtype.lower()]
+
+
+def dtype() -> torch.dtype:
+    """The precision new nets compute in (``torch.float32`` unless :func:`set_dtype` chose double)."""
+    return _state.dtype
 
 
 _allocator_tuned = False

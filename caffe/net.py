@@ -151,7 +151,7 @@ class Net:
         stages: Sequence[str] | None = None,
         weights: str | os.PathLike | None = None,
         *,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> None:
         if isinstance(phase, (str, os.PathLike)) and not isinstance(level, (str, os.PathLike)):
             # deprecated pycaffe form: Net(file, pretrained_file, phase)
@@ -185,7 +185,7 @@ class Net:
         if level is not None or not isinstance(network, pb.NetParameter):
             param.state.level = int(level or 0)
         common.tune_allocator()
-        self._dtype = dtype
+        self._dtype = common.dtype() if dtype is None else dtype
         self._device = common.device()
         self._callbacks: dict[str, list[Callable[[int], Any]]] = {
             k: [] for k in ("before_forward", "after_forward", "before_backward", "after_backward")
@@ -522,6 +522,11 @@ class Net:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision the net computes in (``torch.float32``, or ``torch.float64`` for a double net)."""
+        return self._dtype
 
     # ------------------------------------------------------------------ forward / backward
     def _layer_index(self, name: str | int | None, default: int) -> int:

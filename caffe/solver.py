@@ -282,7 +282,12 @@ class Solver:
             raise SolverError(
                 f"{self.source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid)"
             )
-        return float(np.float32(rate))
+        return float(self._np_dtype(rate))
+
+    @property
+    def _np_dtype(self) -> type[np.floating]:
+        """The NumPy type of Caffe's ``Dtype`` for this solver's net: rates and states are computed and saved in it."""
+        return np.float64 if self.net.dtype == torch.float64 else np.float32
 
     def broadcast_weights(self) -> None:
         """Give every rank rank 0's learnable weights (at the start; pycaffe's ``NCCL.bcast``)."""
@@ -349,7 +354,7 @@ class Solver:
         raise NotImplementedError
 
     def local_rate(self, i: int, rate: float) -> float:
-        return float(np.float32(rate) * np.float32(self.net.params_lr[i]))
+        return float(self._np_dtype(rate) * self._np_dtype(self.net.params_lr[i]))
 
     # ------------------------------------------------------------------ the loop
     def add_callback(self, on_start: Callable[[], Any] | Callback, on_gradients_ready: Callable[[], Any] | None = None):
@@ -581,7 +586,7 @@ class Solver:
                     f.create_dataset("current_step", data=np.array([self.current_step], dtype=np.int32))
                     group = f.create_group("history")
                     for i, blob in enumerate(self.history):
-                        group.create_dataset(str(i), data=np.asarray(blob.data, dtype=np.float32))
+                        group.create_dataset(str(i), data=np.asarray(blob.data, dtype=self._np_dtype))
                 os.replace(tmp, name)
             finally:
                 if tmp.exists():
@@ -591,7 +596,7 @@ class Solver:
         log.info("Snapshotting solver state to binary proto file %s", name)
         state = pb.SolverState(iter=self.iter, learned_net=model_filename, current_step=self.current_step)
         for blob in self.history:
-            state.history.append(array_to_blob_proto(blob.data))
+            state.history.append(array_to_blob_proto(blob.data, double=self._np_dtype == np.float64))
         atomic_write(name, state.SerializeToString())
         return name
 
@@ -647,7 +652,7 @@ class Solver:
                     f"{state_file}: history blob {i} holds {arr.size} values, the parameter has {blob.count}"
                 )
             with torch.no_grad():
-                blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=np.float32).reshape(blob.shape)))
+                blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=self._np_dtype).reshape(blob.shape)))
         self._fast_forward_data()
         self._restore_rng_state(path)
 

@@ -70,9 +70,10 @@ def blob_proto_to_array(proto: pb.BlobProto, *, diff: bool = False) -> np.ndarra
 
 
 def blob_proto_to_tensor(
-    proto: pb.BlobProto, *, expect: Sequence[int] | None = None, where: str = "blob"
+    proto: pb.BlobProto, *, expect: Sequence[int] | None = None, where: str = "blob", keep_double: bool = False
 ) -> torch.Tensor:
-    """A float32 tensor from a BlobProto; with ``expect``, checked (legacy-aware) and shaped to it."""
+    """A float32 tensor from a BlobProto (float64 for ``double_data`` with ``keep_double``); with ``expect``,
+    checked (legacy-aware) and shaped to it."""
     if expect is not None and not legacy_shape_matches(tuple(expect), proto):
         raise WeightsError(f"{where}: shape mismatch, expected {tuple(expect)} but the file has {proto_shape(proto)}")
     try:
@@ -80,16 +81,20 @@ def blob_proto_to_tensor(
     except WeightsError as e:
         raise WeightsError(f"{where}: {e}") from None
     shape = tuple(expect) if expect is not None else arr.shape
-    return torch.from_numpy(arr.astype(np.float32, copy=False).reshape(shape))
+    if not (keep_double and arr.dtype == np.float64):
+        arr = arr.astype(np.float32, copy=False)
+    return torch.from_numpy(arr.reshape(shape))
 
 
-def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None) -> pb.BlobProto:
-    """A BlobProto with ``shape`` and float data (and diff), as Caffe's ``Blob::ToProto`` writes it."""
+def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None, *, double: bool = False) -> pb.BlobProto:
+    """A BlobProto with ``shape`` and float data (and diff), as Caffe's ``Blob::ToProto`` writes it; with
+    ``double``, ``double_data`` (and ``double_diff``), as a ``Blob<double>`` writes them."""
     proto = pb.BlobProto()
     proto.shape.dim.extend(int(d) for d in data.shape)
-    proto.data.extend(np.ascontiguousarray(data, dtype=np.float32).ravel().tolist())
+    kind = np.float64 if double else np.float32
+    (proto.double_data if double else proto.data).extend(np.ascontiguousarray(data, dtype=kind).ravel().tolist())
     if diff is not None:
-        proto.diff.extend(np.ascontiguousarray(diff, dtype=np.float32).ravel().tolist())
+        (proto.double_diff if double else proto.diff).extend(np.ascontiguousarray(diff, dtype=kind).ravel().tolist())
     return proto
 
 
@@ -137,7 +142,8 @@ def copy_trained_layers(net: Net, source: pb.NetParameter | str | os.PathLike) -
                     f"Source param shape is {' '.join(map(str, proto_shape(bp)))}; "
                     f"target param shape is {' '.join(map(str, blob.shape))}"
                 )
-            net.set_param_data(blob, blob_proto_to_tensor(bp, expect=blob.shape, where=f"{origin} layer {src.name}"))
+            value = blob_proto_to_tensor(bp, expect=blob.shape, where=f"{origin} layer {src.name}", keep_double=True)
+            net.set_param_data(blob, value)
         if blobs:
             copied.append(src.name)
             log.info("Copying source layer %s", src.name)
@@ -188,7 +194,8 @@ def _copy_hdf5_layer(net: Net, path: str | os.PathLike, name: str, group: object
                 f"Source param shape is {' '.join(map(str, node.shape or ()))}; "
                 f"target param shape is {' '.join(map(str, blob.shape))}"
             )
-        net.set_param_data(blob, torch.from_numpy(np.asarray(node[()], dtype=np.float32)))
+        kind = np.float64 if node.dtype == np.float64 else np.float32
+        net.set_param_data(blob, torch.from_numpy(np.asarray(node[()], dtype=kind)))
     return bool(layer.blobs)
 
 
@@ -202,7 +209,8 @@ def net_to_proto(net: Net, write_diff: bool = False) -> pb.NetParameter:
         lp.CopyFrom(layer.layer_param)
         del lp.blobs[:]
         for blob in layer.blobs:
-            lp.blobs.append(array_to_blob_proto(blob.data, blob.diff if write_diff else None))
+            double = blob.dtype == torch.float64
+            lp.blobs.append(array_to_blob_proto(blob.data, blob.diff if write_diff else None, double=double))
     return param
 
 
@@ -224,10 +232,11 @@ def save_hdf5(net: Net, path: str | os.PathLike, write_diff: bool = False) -> No
                 gd = data.require_group(layer.name)
                 gf = diff.require_group(layer.name) if diff is not None else None
                 for j, blob in enumerate(layer.blobs):
+                    kind = np.float64 if blob.dtype == torch.float64 else np.float32  # as Caffe's Dtype
                     if not net.param_is_shared(layer, j):
-                        gd.create_dataset(str(j), data=np.asarray(blob.data, dtype=np.float32))
+                        gd.create_dataset(str(j), data=np.asarray(blob.data, dtype=kind))
                     if gf is not None:
-                        gf.create_dataset(str(j), data=np.asarray(blob.diff, dtype=np.float32))
+                        gf.create_dataset(str(j), data=np.asarray(blob.diff, dtype=kind))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -122,7 +122,12 @@ def assert_in_order(lines: list[str], patterns: list[str]) -> None:
 
 def blobs(caffemodel: Path) -> dict[str, list[np.ndarray]]:
     net = read_binary(caffemodel, pb.NetParameter())
-    return {layer.name: [np.asarray(b.data, np.float32) for b in layer.blobs] for layer in net.layer if layer.blobs}
+    return {layer.name: [_values(b) for b in layer.blobs] for layer in net.layer if layer.blobs}
+
+
+def _values(blob: pb.BlobProto) -> np.ndarray:
+    """A blob's values, flat: float32 ``data``, or float64 ``double_data`` (a double net's snapshot)."""
+    return np.asarray(blob.double_data, np.float64) if len(blob.double_data) else np.asarray(blob.data, np.float32)
 
 
 @pytest.fixture(scope="module")

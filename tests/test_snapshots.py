@@ -676,3 +676,61 @@ def test_sigkill_during_snapshots_never_leaves_a_corrupt_file(tmp_path: Path):
         names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
         assert names <= {f"big_iter_7.{ext}" for pair in FORMATS.values() for ext in pair}
         counter = in_progress  # the next run writes above anything written so far
+
+
+# ----------------------------------------------------------------------------------------------
+# double precision (Caffe's Dtype=double)
+
+
+@pytest.fixture
+def double():
+    """Nets built inside the test compute in float64 (``caffe.set_dtype``); float again afterwards."""
+    caffe.set_dtype("double")
+    try:
+        yield
+    finally:
+        caffe.set_dtype("float")
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_double_snapshots_hold_doubles_and_resume_exactly(tmp_path: Path, fmt: str, double: None):
+    settings = f"lr_policy: 'inv' gamma: 0.001 power: 0.75 max_iter: 40 snapshot: 20 snapshot_format: {fmt}"
+    straight = make_solver(tmp_path, settings)
+    assert straight.net.dtype == torch.float64 and straight.history[0].data.dtype == np.float64
+    straight.step(7)
+    base, gamma, power = (float(np.float32(v)) for v in (0.05, 0.001, 0.75))  # the proto's float fields
+    rate = base * (1 + gamma * 7) ** -power
+    assert straight.learning_rate() == pytest.approx(rate, rel=1e-15)
+    assert straight.learning_rate() != float(np.float32(rate))  # computed in Caffe's Dtype, not rounded to float
+    straight.step(33)
+    model_ext, state_ext = FORMATS[fmt]
+    model, state = (tmp_path / "snaps" / f"mlp_iter_20.{ext}" for ext in (model_ext, state_ext))
+    if fmt == "BINARYPROTO":
+        blob = read_model(model).layer[1].blobs[0]
+        assert len(blob.double_data) == 8 * 36 and not len(blob.data)
+        assert all(len(h.double_data) and not len(h.data) for h in read_state(state).history)
+    else:
+        with h5py.File(model) as f:
+            assert f["data/ip1/0"].dtype == np.float64
+        with h5py.File(state) as f:
+            assert f["history/0"].dtype == np.float64
+    caffe.set_random_seed(99)
+    resumed = make_solver(tmp_path, settings)
+    resumed.restore(str(state))
+    resumed.step(20)
+    for a, b in zip(params_of(resumed), params_of(straight)):
+        np.testing.assert_array_equal(a, b)  # bitwise: no float32 rounding on the way through the files
+
+
+def test_float_net_reads_a_double_caffemodel(tmp_path: Path, double: None):
+    solver = make_solver(tmp_path, "lr_policy: 'fixed' max_iter: 3 snapshot: 3")
+    solver.solve()
+    weights = params_of(solver)
+    caffe.set_dtype("float")
+    param = pb.NetParameter()
+    text_format.Parse(mlp_net(tmp_path / "train_lmdb"), param)
+    net = caffe.Net(param, caffe.TRAIN, weights=str(tmp_path / "snaps" / "mlp_iter_3.caffemodel"))
+    got = [b.data for b in net.learnable_params]
+    assert all(g.dtype == np.float32 for g in got)
+    for g, w in zip(got, weights, strict=True):
+        np.testing.assert_array_equal(g, w.astype(np.float32))

@@ -78,12 +78,22 @@ def _common_flags(parser: ToolParser) -> None:
     parser.add_argument(
         "--stage", default="", help="optional; network stages (not to be confused with phase), separated by ','"
     )
+    parser.add_argument(
+        "--dtype",
+        default="float",
+        choices=("float", "double"),
+        help="optional (neocaffe); the precision nets compute in: float (Caffe's, the default) or double "
+        "(Caffe's Dtype=double: snapshots then hold double_data)",
+    )
 
 
 def _parse(parser: ToolParser, argv: Sequence[str]) -> argparse.Namespace | int:
     """Flags as gflags takes them; on a usage error the usage with the flags goes to stderr (exit 1)."""
     try:
-        return parser.parse_args(list(argv))
+        args = parser.parse_args(list(argv))
+        if getattr(args, "dtype", None):
+            common.set_dtype(args.dtype)
+        return args
     except (_Usage, _UsageError) as e:
         return _usage_error(parser, str(e))
     except SystemExit as e:  # --help
