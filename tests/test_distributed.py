@@ -8,6 +8,7 @@ lost rank ends the others with an error naming it.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -110,9 +111,12 @@ def _torchrun(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
 
 
-def _run(cmd: list[str], folder: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd`` in ``folder``; it must succeed (its stderr tail is the message when it does not)."""
-    proc = subprocess.run(cmd, cwd=folder, env=env(), capture_output=True, text=True, timeout=180)
+def _run(cmd: list[str], folder: Path, *path: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in ``folder`` (``path`` added to PYTHONPATH); it must succeed (its stderr tail is the
+    message when it does not)."""
+    environ = env()
+    environ["PYTHONPATH"] = os.pathsep.join([*path, environ["PYTHONPATH"]])
+    proc = subprocess.run(cmd, cwd=folder, env=environ, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
 
@@ -156,6 +160,32 @@ def test_two_ranks_of_batch_b_train_as_one_process_of_batch_2b(tmp_path: Path, i
     for a, b in zip(r0, r1, strict=True):
         assert a.tobytes() == b.tobytes()  # every rank holds bitwise the same weights
     assert _close(r0, ref) <= 1e-5
+
+
+def test_python_layers_train_on_every_rank(tmp_path: Path):
+    """Each rank imports the Python layer's module (Caffe's CLI refuses Python layers with several GPUs): a
+    learnable per-channel scale written in Python trains on 2 ranks as in one process of double batch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    scale = """layer { name: "scale" type: "Python" bottom: "ip" top: "scaled"
+        python_param { module: "pylayers.scale_layers" layer: "LearnedScale" } }
+layer { name: "loss" """
+    for folder, batch in ((one, 8), (two, 4)):
+        folder.mkdir()
+        _tiny(folder, batch, 1, -1.0)
+        net = folder / "net.prototxt"
+        net.write_text(
+            net.read_text()
+            .replace('layer { name: "loss" ', scale, 1)
+            .replace('"ip" bottom: "label"', '"scaled" bottom: "label"')
+        )
+    tests = str(Path(__file__).parent)
+    _run([sys.executable, str(one / "script.py"), str(one), "4", "8", "alone"], one, tests)
+    _run(_torchrun(2, str(two / "script.py"), str(two), "4", "8", "torchrun"), two, tests)
+    ref = _weights(one / "rank0_of1.npz")
+    r0, r1 = _weights(two / "rank0_of2.npz"), _weights(two / "rank1_of2.npz")
+    assert len(ref) == 5  # conv (2), ip (2), the Python layer's scale
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(r0, r1, strict=True))
+    assert not np.allclose(ref[4], 2.0) and _close(r0, ref) <= 1e-5  # the scale learned, the same on both
 
 
 def _count(lines: list[str], prefix: str) -> int:

@@ -386,6 +386,32 @@ def test_python_layers_forward_backward_and_blobs():
     np.testing.assert_allclose(net.blobs["x"].diff, dz * 6 - dz, rtol=1e-5)
 
 
+def test_in_place_python_layers_backward_like_separate_ones():
+    """A Python layer whose top is its bottom (TimesParam: its backward needs only diffs) reads the top diff and
+    writes the bottom diff in the same buffer, as in Caffe (it used to get zeros: every gradient below it
+    vanished, silently)."""
+    grads = []
+    for top in ("t", "z"):
+        net = build(
+            f"""force_backward: true
+            layer {{ name: "in" type: "Input" top: "x" input_param {{ shape {{ dim: 2 dim: 3 }} }} }}
+            layer {{ name: "ls" type: "Python" bottom: "x" top: "z"
+                    python_param {{ module: "pylayers.scale_layers" layer: "LearnedScale" }} }}
+            layer {{ name: "py" type: "Python" bottom: "z" top: "{top}"
+                    python_param {{ module: "pylayers.scale_layers" layer: "TimesParam" param_str: "3" }} }}
+            layer {{ name: "loss" type: "EuclideanLoss" bottom: "{top}" bottom: "x" top: "loss" }}""",
+            caffe.TRAIN,
+        )
+        net.blobs["x"].data[...] = np.arange(6, dtype=np.float32).reshape(2, 3)
+        net.forward()
+        net.backward()
+        grads.append((net.params["ls"][0].diff.copy(), net.blobs["x"].diff.copy()))
+    (separate_w, separate_x), (in_place_w, in_place_x) = grads
+    assert np.abs(separate_w).min() > 0
+    np.testing.assert_array_equal(in_place_w, separate_w)
+    np.testing.assert_array_equal(in_place_x, separate_x)
+
+
 def test_python_layer_errors_name_the_layer():
     with pytest.raises(caffe.LayerError, match=r"layer 'p' .*cannot import Python module 'no_such_module'"):
         build('layer { name: "p" type: "Python" python_param { module: "no_such_module" layer: "X" } }')

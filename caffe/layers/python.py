@@ -37,8 +37,10 @@ def consent_refusal(param: pb.NetParameter, source: str, allowed: bool, server: 
     if not found or allowed:
         return None
     layer = found[0]
-    return (f"{source}: layer '{layer.name}' is a Python layer (module '{layer.python_param.module}'); "
-            f"Python layers run only when {server} is started with {CONSENT_FLAG}")
+    return (
+        f"{source}: layer '{layer.name}' is a Python layer (module '{layer.python_param.module}'); "
+        f"Python layers run only when {server} is started with {CONSENT_FLAG}"
+    )
 
 
 class BlobVec(list):
@@ -102,8 +104,9 @@ class _PythonForward(torch.autograd.Function):
         for top, g in zip(host.tops, grads, strict=True):
             top.grad = g
         propagate = [bool(n) for n in ctx.needs_input_grad[1:]]
+        in_place = {id(top) for top in host.tops}
         for b, need in zip(host.bottoms, propagate, strict=True):
-            if need:
+            if need and id(b) not in in_place:  # an in-place bottom's diff is its top's, as in Caffe
                 b.grad = torch.zeros(b.shape, dtype=b.dtype, device=b.device)
         host.impl.backward(host.tops, propagate, host.bottoms)
         out: list[torch.Tensor | None] = [None]
