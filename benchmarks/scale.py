@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from common import REPO, assets_dir, machine_info, median, write_docs_section
 from google.protobuf import text_format
-from train import _drop_test_layers, mnist_lmdb
+from train import drop_test_layers, mnist_lmdb
 
 from caffe.proto import caffe_pb2 as pb
 
@@ -86,7 +86,7 @@ def caffenet_net(folder: Path, batch: int) -> Path:
     net = text_format.Parse(
         (assets_dir() / "caffe-ref/models/bvlc_reference_caffenet/train_val.prototxt").read_text(), pb.NetParameter()
     )
-    _drop_test_layers(net)
+    drop_test_layers(net)
     for layer in (x for x in net.layer if x.type == "Data"):
         dummy = pb.DummyDataParameter(
             shape=[pb.BlobShape(dim=[batch, 3, 227, 227]), pb.BlobShape(dim=[batch])],

@@ -36,7 +36,7 @@ from caffe.proto import caffe_pb2 as pb
 SECTION = "## Training"
 
 
-def _drop_test_layers(net: pb.NetParameter) -> None:
+def drop_test_layers(net: pb.NetParameter) -> None:
     keep = [layer for layer in net.layer if not any(r.phase == pb.TEST for r in layer.include)]
     del net.layer[:]
     net.layer.extend(keep)
@@ -61,7 +61,7 @@ def lenet_solver(db: Path) -> caffe.Solver:
     net = text_format.Parse(
         (assets_dir() / "caffe-ref/examples/mnist/lenet_train_test.prototxt").read_text(), pb.NetParameter()
     )
-    _drop_test_layers(net)
+    drop_test_layers(net)
     for layer in net.layer:
         if layer.type == "Data":
             layer.data_param.source = str(db)
@@ -95,7 +95,7 @@ def caffenet_solver(batch: int) -> caffe.Solver:
     net = text_format.Parse(
         (assets_dir() / "caffe-ref/models/bvlc_reference_caffenet/train_val.prototxt").read_text(), pb.NetParameter()
     )
-    _drop_test_layers(net)
+    drop_test_layers(net)
     for layer in net.layer:
         if layer.type == "Data":
             tops, name = list(layer.top), layer.name
