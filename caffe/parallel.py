@@ -166,14 +166,29 @@ def average(tensors: Sequence[torch.Tensor]) -> None:
     _unflatten(flat, tensors)
 
 
+def _int_tensor(value: int) -> torch.Tensor:
+    """``value`` as a one-element tensor where the backend can exchange it (NCCL: on this rank's GPU)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    return torch.tensor([int(value)], dtype=torch.int64, device=device)
+
+
 def max_over_ranks(value: int) -> int:
     """The largest of the ranks' ``value`` (e.g. so that a signal one rank got acts on all)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    t = _int_tensor(value)
     try:
         dist.all_reduce(t, dist.ReduceOp.MAX)
     except RuntimeError as e:
         raise _lost("the exchange of signal requests", e) from None
+    return int(t)
+
+
+def root_value(value: int) -> int:
+    """Rank 0's ``value`` on every rank (e.g. a data layer's seed, so that all ranks draw one data order)."""
+    t = _int_tensor(value)
+    try:
+        dist.broadcast(t, 0)
+    except RuntimeError as e:
+        raise _lost("the exchange of data seeds", e) from None
     return int(t)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from caffe.common import TRAIN
+from caffe.data.shard import ALONE, Shard
 from caffe.errors import CaffeError, DataError
 from caffe.proto import caffe_pb2 as pb
 
@@ -24,10 +25,11 @@ HWC, CHW = "hwc", "chw"  # layouts of an item: decoded image (H, W, C) or raw Da
 
 
 class DataTransformer:
-    """Caffe's TransformationParameter for one layer (``where`` names it in messages)."""
+    """Caffe's TransformationParameter for one layer (``where`` names it in messages); with the ``shard`` of
+    one of several ranks, each item's random draws are those its global item gets in one process's sequence."""
 
-    def __init__(self, param: pb.TransformationParameter, phase: int, where: str) -> None:
-        self.where = where
+    def __init__(self, param: pb.TransformationParameter, phase: int, where: str, shard: Shard = ALONE) -> None:
+        self.where, self.shard = where, shard
         self.scale = float(param.scale)
         self.crop = int(param.crop_size)
         self.mirror = bool(param.mirror) and phase == TRAIN
@@ -74,17 +76,17 @@ class DataTransformer:
         """The random numbers one item needs (drawn in order by one thread, so runs repeat exactly).
 
         Always ``draws_per_item`` uniforms: the crop's row and column fractions and the mirror coin
-        (``u < 0.5``), so that skipping items is one jump of the generator (:meth:`skip_draws`).
+        (``u < 0.5``), so that skipping items is one jump of the generator (:meth:`skip_draws`). A rank of
+        several draws every rank's and keeps its own (:meth:`Shard.draws`).
         """
         if not self.draws_per_item:
             return 0.0, 0.0, False
-        u_h, u_w, u_flip = rng.random(3)
+        u_h, u_w, u_flip = self.shard.draws(rng, 1, self.draws_per_item)[0]
         return float(u_h), float(u_w), self.mirror and bool(u_flip < 0.5)
 
     def skip_draws(self, rng: np.random.Generator, items: int) -> None:
         """Move ``rng`` on as ``items`` calls of :meth:`draw` would (a constant-time jump for PCG64)."""
-        if self.draws_per_item and items:
-            rng.bit_generator.advance(self.draws_per_item * int(items))
+        self.shard.skip_draws(rng, items, self.draws_per_item)
 
     def offsets(self, height: int, width: int, draw: tuple[float, float, bool]) -> tuple[int, int]:
         if not self.crop:

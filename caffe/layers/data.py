@@ -21,7 +21,7 @@ import torch
 
 from caffe.blob import Shape
 from caffe.data.prefetch import Decoded, Prefetcher, Record, Source
-from caffe.data.shard import ALONE, Shard
+from caffe.data.shard import ALONE, Shard, shared_seed
 from caffe.data.transform import CHW, HWC, DataTransformer
 from caffe.errors import DataError
 from caffe.layer import Layer, register
@@ -36,7 +36,39 @@ def _layer_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
-class _PrefetchingDataLayer(Layer):
+class SharedSeed:
+    """A data layer's seed (``_seed``: its order and augmentation), the same on every rank of a TRAIN net
+    (:func:`caffe.data.shard.shared_seed`): each rank draws its own, then takes rank 0's once a group exists."""
+
+    shard: Shard
+    _seed: int
+    _seed_pending: bool
+
+    def draw_seed(self) -> None:
+        """Draw the layer's seed (after ``self.shard`` is set), rank 0's when the group already exists."""
+        seed = _layer_seed()
+        shared = shared_seed(seed, self.shard)
+        self._seed = seed if shared is None else shared
+        self._seed_pending = shared is None
+
+    def share_seed_late(self, batches_read: int) -> None:
+        """Take rank 0's seed if the group was joined after set-up (pycaffe), restarting where the layer is."""
+        if not self._seed_pending:
+            return
+        shared = shared_seed(self._seed, self.shard)
+        if shared is None:
+            return
+        self._seed_pending = False
+        if shared != self._seed:
+            self._seed = shared
+            self.fast_forward(batches_read)
+
+    def fast_forward(self, batches: int) -> None:
+        """Start again from ``self._seed`` as a layer that has read ``batches`` batches (each layer's own)."""
+        raise NotImplementedError
+
+
+class _PrefetchingDataLayer(SharedSeed, Layer):
     """Shared by the prefetching layers: transformer, source, prefetcher, shapes, forward."""
 
     exact_num_bottom = 0
@@ -54,12 +86,12 @@ class _PrefetchingDataLayer(Layer):
 
     def layer_setup(self, bottom: list[Shape]) -> None:
         where = f"layer '{self.name}' ({self.type})"
-        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, where)
+        self.shard = Shard.current(self.phase)  # this process's records (and draws) when several train together
+        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, where, self.shard)
         if self.batch_size() <= 0:
             raise self.error(f"batch_size must be positive, got {self.batch_size()}")
-        seed = self._seed = _layer_seed()
-        self.shard = Shard.current(self.phase)  # this process's records when several train together
-        self.source = self.make_source(np.random.default_rng(seed))
+        self.draw_seed()
+        self.source = self.make_source(np.random.default_rng(self._seed))
         first = self.source.decode(self.source.peek())
         a = first.array
         c, h, w = (a.shape[2], *a.shape[:2]) if first.layout == HWC else a.shape
@@ -71,6 +103,7 @@ class _PrefetchingDataLayer(Layer):
 
     def _start_prefetching(self, skip_batches: int) -> None:
         where = f"layer '{self.name}' ({self.type})"
+        self._skipped = skip_batches
         self.prefetcher = Prefetcher(
             self.source,
             self.transformer,
@@ -99,6 +132,7 @@ class _PrefetchingDataLayer(Layer):
         return [self._data_shape, (self._data_shape[0],)][: len(self.tops)]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.share_seed_late(self._skipped + self.prefetcher.batches)
         data, labels = self.prefetcher.next()
         self._data_shape = tuple(data.shape)
         device, dtype = self.tops[0].device, self.tops[0].dtype
@@ -108,20 +142,11 @@ class _PrefetchingDataLayer(Layer):
         return [data, labels][: len(self.tops)]
 
 
-def _warn_rank_skip(source: str, rand_skip: int, shard: Shard) -> None:
-    """rand_skip is drawn with each rank's own seed: say that the ranks' shards then start apart."""
-    if rand_skip and shard.size > 1:
-        log.warning(
-            "%s: rand_skip with %d ranks: each rank skips its own random count, so the shards are not disjoint",
-            source,
-            shard.size,
-        )
-
-
 # ---------------------------------------------------------------------------- Data (databases)
 class DatumSource:
     """Datums read in key order from an LMDB or LevelDB, wrapping around at the end; with a ``shard`` of
-    several ranks, only this rank's records (every ``shard.size``-th from ``shard.rank``, counted globally)."""
+    several ranks, only this rank's records (every ``shard.size``-th from ``shard.rank``, counted globally,
+    after the ``rand_skip`` every rank draws alike from the shared seed)."""
 
     def __init__(
         self,
@@ -144,7 +169,6 @@ class DatumSource:
         skip = int(rng.integers(rand_skip)) if rand_skip else 0
         if skip:
             log.info("Skipping first %d data points.", skip)
-        _warn_rank_skip(path, rand_skip, shard)
         self._step = shard.size
         # global records passed since the first one, in all passes (rand_skip and the rank's offset included)
         self._position = skip + shard.rank
@@ -263,7 +287,8 @@ class DataLayer(_PrefetchingDataLayer):
 # ---------------------------------------------------------------------------- ImageData (list of files)
 class ImageListSource:
     """``path label`` lines (split at the last space), optionally shuffled every epoch; with a ``shard`` of
-    several ranks, only this rank's items (every ``shard.size``-th from ``shard.rank``, counted globally)."""
+    several ranks, only this rank's items (every ``shard.size``-th from ``shard.rank``, counted globally, in
+    the order and after the ``rand_skip`` every rank draws alike from the shared seed)."""
 
     def __init__(
         self, layer: Layer, rng: np.random.Generator, records: list[Record] | None = None, shard: Shard = ALONE
@@ -289,7 +314,6 @@ class ImageListSource:
         self._pos = int(rng.integers(p.rand_skip)) % len(self.records) if p.rand_skip else 0
         if self._pos:
             log.info("Skipping first %d data points.", self._pos)
-        _warn_rank_skip(p.source, int(p.rand_skip), shard)
         self._step = shard.size
         self._move(shard.rank)
 

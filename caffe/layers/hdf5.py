@@ -42,7 +42,7 @@ from caffe.blob import Shape
 from caffe.data.shard import Shard
 from caffe.errors import DataError
 from caffe.layer import Layer, register
-from caffe.layers.data import _layer_seed
+from caffe.layers.data import SharedSeed
 from caffe.limits import check_blob, check_regular_file, hdf5_errors, read_text
 
 log = logging.getLogger("caffe")
@@ -94,7 +94,7 @@ def read_hdf5_list(source: str, where: str) -> list[str]:
 
 
 @register("HDF5Data")
-class HDF5DataLayer(Layer):
+class HDF5DataLayer(SharedSeed, Layer):
     """Rows of the datasets named like the tops, from the .h5 files listed in ``hdf5_data_param.source``."""
 
     exact_num_bottom = 0
@@ -116,7 +116,10 @@ class HDF5DataLayer(Layer):
         self.files = read_hdf5_list(p.source, self.where)
         log.info("Number of HDF5 files: %d", len(self.files))
         self.shuffle = bool(p.shuffle)
-        self._seed = _layer_seed()
+        # with several ranks, this one reads every shard.size-th row from shard.rank (counted over all files),
+        # the files and rows shuffled alike on every rank (the seed they share)
+        self.shard = Shard.current(self.phase)
+        self.draw_seed()
         self.rng = np.random.default_rng(self._seed)
         self.order = np.arange(len(self.files))
         if self.shuffle:
@@ -124,9 +127,8 @@ class HDF5DataLayer(Layer):
         self.position = 0  # index into self.order of the loaded file
         self.item_shapes: list[tuple[int, ...]] | None = None
         self._load()
-        # with several ranks, this one reads every shard.size-th row from shard.rank (counted over all files)
-        self.shard = Shard.current(self.phase)
         self.row = self.shard.rank
+        self._batches = 0  # batches read (or skipped) so far
         assert self.item_shapes is not None
         self._top_shapes_fixed = [(self.batch, *s) for s in self.item_shapes]
 
@@ -135,6 +137,7 @@ class HDF5DataLayer(Layer):
         solver calls it when it restores a snapshot. Only the file read next is loaded; the files passed
         are opened for their row counts alone, and the shuffles they made are drawn again."""
         self.rng = np.random.default_rng(self._seed)  # the fresh start, then skipped
+        self._batches = int(batches)
         self.order = np.arange(len(self.files))
         if self.shuffle:
             self.rng.shuffle(self.order)
@@ -288,6 +291,8 @@ class HDF5DataLayer(Layer):
         return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        self.share_seed_late(self._batches)
+        self._batches += 1
         out = []
         for array, top in zip(self.next_batch(), self.tops, strict=True):
             # integers, other widths and big-endian data become native float on the NumPy side

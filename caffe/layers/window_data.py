@@ -33,6 +33,12 @@ a malformed window file are errors naming the file (and line) instead of a crash
 incomplete batch; the foreground (background) set may be empty when no foreground (background)
 window is ever drawn.
 
+When N processes train together, each TRAIN rank draws the windows one process with batch N x
+``batch_size`` draws and keeps those of its own positions (rank r's j-th window is window j·N + r of that
+batch, mirror coin included, from the seed every rank shares): the ranks' batches of an iteration together
+are that one process's batch, so a rank's batch holds the foreground windows of its positions rather than
+``int(batch_size * fg_fraction)`` of them (see ``caffe.data.shard``).
+
 Batches are prepared by the shared :class:`~caffe.data.prefetch.Prefetcher`: the feeder thread
 draws the windows and mirror flags in order (so a seeded run repeats exactly), the decode workers
 read, crop, warp and normalise each window. The item handed to the prefetcher is the finished
@@ -55,10 +61,11 @@ from caffe.blob import Shape
 from caffe.common import TRAIN
 from caffe.data.datum import decode_image_bytes, read_image
 from caffe.data.prefetch import Decoded, Record
+from caffe.data.shard import Shard
 from caffe.data.transform import CHW, DataTransformer, load_mean
 from caffe.errors import DataError
 from caffe.layer import register
-from caffe.layers.data import _layer_seed, _PrefetchingDataLayer
+from caffe.layers.data import _PrefetchingDataLayer
 from caffe.limits import read_file, read_text
 from caffe.proto import caffe_pb2 as pb
 
@@ -212,13 +219,11 @@ class WindowSettings:
 
     where: str
     source_file: str
-    batch: int
     crop: int
     context_pad: int
     square: bool
     mirror: bool
     fg_fraction: float
-    num_fg: int
     scale: float
     mean: np.ndarray | None  # (3, H, W) mean file
     mean_off: int
@@ -226,6 +231,7 @@ class WindowSettings:
     fg: list[Window]
     bg: list[Window]
     cache_images: bool
+    shard: Shard  # this rank's windows (and mirror coins) out of those one process of batch N x batch draws
 
 
 class WindowSource:
@@ -258,19 +264,22 @@ class WindowSource:
         return 2 if self.settings.mirror else 1
 
     def next_records(self, n: int) -> list[Record]:
-        cfg = self.settings
-        num_fg = cfg.num_fg if n == cfg.batch else int(_f32(n) * _f32(cfg.fg_fraction))
-        u = self.rng.random((n, self.draws_per_window))
+        """This rank's ``n`` windows: those at its positions of the batch of ``n·N`` one process draws (the
+        background windows first, then ``int(n·N·fg_fraction)`` foreground ones)."""
+        cfg, shard = self.settings, self.settings.shard
+        total = n * shard.size
+        num_bg = total - int(_f32(total) * _f32(cfg.fg_fraction))
+        u = shard.draws(self.rng, n, self.draws_per_window)
         out = []
         for i in range(n):
-            pool = cfg.bg if i < n - num_fg else cfg.fg
+            pool = cfg.bg if shard.global_offset(i) < num_bg else cfg.fg
             flip = bool(cfg.mirror and u[i, 1] < 0.5)
             out.append(self._record(pool[int(u[i, 0] * len(pool))], flip))
         return out
 
     def skip(self, n: int) -> None:
         """Move on as ``next_records`` would for ``n`` windows: one jump of the generator."""
-        self.rng.bit_generator.advance(self.draws_per_window * int(n))
+        self.settings.shard.skip_draws(self.rng, n, self.draws_per_window)
 
     def restarted(self, rng: np.random.Generator) -> WindowSource:
         """This source from its start with ``rng`` (the image cache is shared, not read again)."""
@@ -358,7 +367,9 @@ class WindowDataLayer(_PrefetchingDataLayer):
         self.fg_fraction = float(p.fg_fraction)
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise self.error(f"window_data_param.fg_fraction must be in [0, 1], got {self.fg_fraction}")
-        self.num_fg = int(_f32(self.batch) * _f32(self.fg_fraction))
+        self.shard = Shard.current(self.phase)  # this process's windows when several train together
+        total = self.batch * self.shard.size  # the batch the ranks draw together
+        self.num_fg = int(_f32(total) * _f32(self.fg_fraction))
         if p.HasField("scale") or not t.HasField("scale"):
             self.scale = float(_f32(p.scale))
             if t.HasField("scale") and t.scale != p.scale:
@@ -403,22 +414,20 @@ class WindowDataLayer(_PrefetchingDataLayer):
         log.info("Crop mode: %s", p.crop_mode)
         if self.num_fg and not self.fg:
             raise DataError(f"{where}: {p.source} has no foreground window (overlap >= {p.fg_threshold:g})")
-        if self.batch - self.num_fg and not self.bg:
+        if total - self.num_fg and not self.bg:
             raise DataError(f"{where}: {p.source} has no background window (overlap < {p.bg_threshold:g})")
 
         # The items are finished windows: the prefetcher's transformer only copies them.
         self.transformer = DataTransformer(pb.TransformationParameter(), self.phase, where)
-        seed = _layer_seed()
+        self.draw_seed()
         settings = WindowSettings(
             where=where,
             source_file=self.source_file,
-            batch=self.batch,
             crop=self.crop,
             context_pad=self.context_pad,
             square=self.square,
             mirror=self.mirror,
             fg_fraction=self.fg_fraction,
-            num_fg=self.num_fg,
             scale=self.scale,
             mean=self.mean,
             mean_off=self.mean_off,
@@ -426,9 +435,9 @@ class WindowDataLayer(_PrefetchingDataLayer):
             fg=self.fg,
             bg=self.bg,
             cache_images=self.cache_images,
+            shard=self.shard,
         )
-        self._seed = seed
-        self.source = WindowSource(settings, images, np.random.default_rng(seed))
+        self.source = WindowSource(settings, images, np.random.default_rng(self._seed))
         self._data_shape = (self.batch, CHANNELS, self.crop, self.crop)
         log.info("output data size: %s", ",".join(map(str, self._data_shape)))
         self._start_prefetching(0)  # threads are also joined at exit (caffe.data.prefetch)
