@@ -8,6 +8,7 @@ lost rank ends the others with an error naming it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -233,7 +234,8 @@ def test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once(
             iter_size=iter_size,
             clip_gradients=clip,
         )
-        args = ("-m", "caffe", "train", f"--solver={solver}", f"--dtype={dtype}")
+        events = f"--events={folder / 'events.jsonl'}"
+        args = ("-m", "caffe", "train", f"--solver={solver}", f"--dtype={dtype}", events)
         cmd = _torchrun(nproc, *args) if nproc > 1 else [sys.executable, *args]
         runs[name] = folder, messages(_run(cmd, folder).stderr)
     (one, single), (two, lines) = runs["one"], runs["two"]
@@ -251,6 +253,9 @@ def test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once(
         assert _count(lines, prefix) == _count(single, prefix), prefix
     if clip > 0:
         assert _count(lines, "Gradient clipping: scaling down gradients") > 0
+    kinds = [json.loads(line)["event"] for line in (two / "events.jsonl").read_text().splitlines()]
+    assert kinds == [json.loads(line)["event"] for line in (one / "events.jsonl").read_text().splitlines()]
+    assert kinds.count("start") == 1 and kinds.count("done") == 1  # rank 0 alone writes the event file
     names = sorted(p.name for p in two.glob("lenet_iter_*"))
     expected = sorted(f"lenet_iter_{i}.{ext}" for i in (half, iters) for ext in ("caffemodel", "solverstate"))
     assert names == expected
