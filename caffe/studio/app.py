@@ -45,6 +45,7 @@ from fastapi.templating import Jinja2Templates
 from caffe.errors import CaffeError
 from caffe.serve import bind_socket, is_loopback, url_host, uvicorn_server
 from caffe.studio.csrf import CrossSiteMiddleware, csrf_input, csrf_token, require_csrf_token, server_names
+from caffe.studio.gpus import job_hardware
 from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
@@ -395,7 +396,17 @@ def _job_summary(job: Job) -> dict[str, Any]:
         "updated": job.updated,
         "parent": job.parent,
         "result": job.result,
+        "gpus": job.gpus,
+        "gpu_request": job.gpu_request,
+        "hardware": job_hardware(job),
     }
+
+
+def _gpu_state(scheduler: Scheduler) -> dict[str, Any]:
+    """The GPU pool: every GPU, the free ones, and which job holds each of the others."""
+    held = scheduler.held_gpus()
+    return {"all": scheduler.gpus, "free": [g for g in scheduler.gpus if g not in held],
+            "held": {str(g): job for g, job in held.items()}}
 
 
 def _templates() -> Jinja2Templates:
@@ -405,6 +416,7 @@ def _templates() -> Jinja2Templates:
     env.filters["status_class"] = lambda s: f"status-{str(s).lower()}"
     env.filters["command"] = display_argv
     env.globals["job_page"] = lambda job: KIND_PAGES[job.kind].format(id=job.id)
+    env.globals["hardware"] = job_hardware
     from caffe import __version__
 
     env.globals["version"] = __version__
@@ -544,6 +556,7 @@ def _add_routes(app: FastAPI) -> None:
                 "models": by_kind["model"],
                 "pretrained": by_kind["pretrained"],
                 "names": names,
+                "gpus": _gpu_state(studio.scheduler),
             },
         )
 
@@ -557,6 +570,7 @@ def _add_routes(app: FastAPI) -> None:
             "version": __version__,
             "jobs_dir": str(studio.config.jobs_dir),
             "devices": studio.config.devices,
+            "gpus": _gpu_state(studio.scheduler),
             "datasets": [_job_summary(j) for j in jobs if j.kind == "dataset"],
             "models": [_job_summary(j) for j in jobs if j.kind == "model"],
             "pretrained_models": [_job_summary(j) for j in jobs if j.kind == "pretrained"],

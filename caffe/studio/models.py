@@ -5,7 +5,8 @@ gets ``original.prototxt`` (the network as this job trains it: chosen or edited,
 dataset's classes and, when fine-tuning, renamed), ``train_val.prototxt`` (data layers pointed at the
 dataset's LMDBs and mean), ``deploy.prototxt``, ``solver.prototxt``, ``info.json``, ``labels.txt`` and
 ``mean.binaryproto``, then the scheduler runs ``caffe train --solver ... --events ... [--weights W]
-[--gpu N]``.
+[--gpu=0,2]``. GPUs: DIGITS' ``select_gpu_count`` (that many, the scheduler picks free ones) or
+``select_gpus`` (these ids); neither trains on the CPU.
 
 DIGITS' form-to-solver mapping (CAFFE.md §2.4): ``max_iter = ceil(train / (batch * iter_size)) * epochs``;
 snapshot and test_interval are the intervals in epochs times iterations per epoch (at least 1; an
@@ -38,12 +39,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from caffe.data.db import open_db
 from caffe.errors import CaffeError, NetError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_net_param, to_text
 from caffe.studio import layer_worker
 from caffe.studio import networks as nets
+from caffe.studio.gpus import GpuRequest, device_gpu, gpu_pool, job_hardware, parse_gpu_list, request_error
 from caffe.studio.paths import is_job_id
 
 SOLVER_CLASSES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
@@ -102,14 +106,20 @@ class ModelForm:
     crop_size: int | None = None
     use_mean: str = "image"
     random_seed: int | None = None
-    device: str = "cpu"
+    device: str = "cpu"  # or "cuda:N": GPU N (as select_gpus=[N])
+    select_gpu_count: int | None = None  # train on this many GPUs (any free ones); None or 0: see select_gpus
+    select_gpus: list[int] = field(default_factory=list)  # train on these GPUs; neither: the CPU
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelForm:
         """Coerce submitted strings; empty optional fields are None. Unknown keys are ignored."""
         form, errors = cls(), {}
+        try:
+            form.select_gpus = parse_gpu_list(values.get("select_gpus"))
+        except ValueError as e:
+            errors["select_gpus"] = f"GPU ids are whole numbers: {e}"
         for f in fields(cls):
-            if f.name not in values:
+            if f.name not in values or f.name == "select_gpus":
                 continue
             raw = values[f.name]
             raw = raw.strip() if isinstance(raw, str) and f.name != "custom_network" else raw
@@ -120,7 +130,7 @@ class ModelForm:
                 continue
             try:
                 number = float(raw) if kind != "str" else None
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 errors[f.name] = f"not a number: {raw!r}"
                 continue
             if number is None:
@@ -183,8 +193,36 @@ class ModelForm:
             e["pretrained_networks"] = "choose a pretrained model"
         if devices is not None and self.device not in devices:
             e["device"] = f"{self.device!r} is not one of this server's devices ({', '.join(devices)})"
+        if "device" not in e:
+            e.update(self._gpu_errors(devices))
         if e:
             raise FormError(e)
+
+    def _gpu_errors(self, devices: list[str] | None) -> dict[str, str]:
+        """What is wrong with the GPU fields (against ``devices``' GPUs when given)."""
+        count, listed = self.select_gpu_count or 0, self.select_gpus
+        if count < 0:
+            return {"select_gpu_count": "must be 0 (train on the CPU) or more GPUs"}
+        if count and listed:
+            return {"select_gpus": "give a number of GPUs or which GPUs, not both"}
+        if (count or listed) and device_gpu(self.device) is not None:
+            return {"device": f"give the GPUs once: {self.device!r} and the GPU fields"}
+        request = self.gpu_request()
+        pool = gpu_pool(devices) if devices is not None else None
+        if request is None or pool is None:
+            return {}
+        where = "select_gpus" if listed else "select_gpu_count" if count else "device"
+        error = request_error(request, pool) if pool else "this server has no GPU: leave it empty"
+        return {where: error} if error else {}
+
+    def gpu_request(self) -> GpuRequest | None:
+        """The GPUs to train on (a number or their ids), None for the CPU."""
+        if self.select_gpus:
+            return list(self.select_gpus)
+        if self.select_gpu_count:
+            return self.select_gpu_count
+        gpu = device_gpu(self.device)
+        return None if gpu is None else [gpu]
 
 
 def _percentages(text: str) -> list[float]:
@@ -306,7 +344,8 @@ def lr_schedule(param: pb.SolverParameter, points: int = 101) -> tuple[list[int]
 
     last = max(param.max_iter, 1)
     wanted = sorted({round(k * last / (points - 1)) for k in range(points)})
-    shim = SimpleNamespace(param=param, iter=0, current_step=0, source="lr policy")
+    # the studio trains in float32: the rates as a float32 solver computes them
+    shim = SimpleNamespace(param=param, iter=0, current_step=0, source="lr policy", _np_dtype=np.float32)
     rates: list[float] = []
     visit = range(last + 1) if param.lr_policy == "multistep" else wanted
     keep = set(wanted)
@@ -441,7 +480,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
                           val_batch)
     solver.net = str(job_dir / "train_val.prototxt")
     solver.snapshot_prefix = str(job_dir / "snapshot")
-    if devices is not None and form.device.startswith("cuda"):
+    if form.gpu_request() is not None:
         solver.solver_mode = pb.SolverParameter.GPU
     deploy = nets.deploy_net(net, (c, crop or h, crop or w))
     per_epoch = iterations_per_epoch(data.train_count, train[0].data_param.batch_size, form.batch_accumulation or 1)
@@ -496,8 +535,8 @@ def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
         shutil.copyfile(path, job_dir / f"{module}.py")
 
 
-def train_argv(job_dir: Path, device: str, *, weights: Path | None = None, snapshot: Path | None = None) -> list[str]:
-    """``caffe train`` for a job folder (run by the scheduler with this Python)."""
+def train_argv(job_dir: Path, *, weights: Path | None = None, snapshot: Path | None = None) -> list[str]:
+    """``caffe train`` for a job folder (run by the scheduler with this Python, which adds ``--gpu=...``)."""
     from caffe.studio.scheduler import caffe_argv
 
     args = ["train", f"--solver={job_dir / 'solver.prototxt'}", f"--events={job_dir / 'events.jsonl'}"]
@@ -505,8 +544,6 @@ def train_argv(job_dir: Path, device: str, *, weights: Path | None = None, snaps
         args.append(f"--snapshot={snapshot}")
     elif weights is not None:
         args.append(f"--weights={weights}")
-    if device.startswith("cuda:"):
-        args.append(f"--gpu={device.split(':', 1)[1]}")
     return caffe_argv(*args)
 
 
@@ -534,7 +571,9 @@ def create_model_job(store: Any, scheduler: Any, form: ModelForm, allow_python_l
         check_python_layers(form, files, allow_python_layers)
         write_files(job_dir, files, store.job_dir(form.dataset))
         store.update(job.id, result={"info": files.info})
-        return scheduler.submit(job.id, train_argv(job_dir, form.device, weights=files.weights), form.device)
+        request = form.gpu_request()
+        argv = train_argv(job_dir, weights=files.weights)
+        return scheduler.submit(job.id, argv, "cpu" if request is None else None, gpus=request)
     except BaseException:
         store.delete(job.id)
         raise
@@ -600,12 +639,14 @@ def resume_model_job(store: Any, scheduler: Any, job_id: str, allow_python_layer
         layer_worker.require_consent(read_net_param(job_dir / "train_val.prototxt"), "train_val.prototxt",
                                      allow_python_layers)
     state = latest_solverstate(job_dir)
-    device = job.resource or job.params.get("device", "cpu")
     weights = None
     if state is None:
         w = job.result.get("info", {}).get("pretrained weights")
         weights = Path(w) if w else None
-    return scheduler.submit(job_id, train_argv(job_dir, device, weights=weights, snapshot=state), device)
+    argv = train_argv(job_dir, weights=weights, snapshot=state)
+    if job.resource == "cuda":  # the GPUs it asked for (any free ones, or the same ids)
+        return scheduler.submit(job_id, argv, gpus=job.gpu_request)
+    return scheduler.submit(job_id, argv, job.resource or job.params.get("device", "cpu"))
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -703,6 +744,9 @@ def model_summary(store: Any, job_id: str) -> dict[str, Any]:
         "snapshots": [s["epoch"] for s in snaps],
         "snapshot_files": snaps,
         "can_resume": job.status in ("Interrupted", "Aborted", "Error"),
+        "gpus": job.gpus,  # held now (Running) or by the last run
+        "gpu_request": job.gpu_request,
+        "hardware": job_hardware(job),
         "params": job.params,
         "info": job_info(job_dir),
         **training_progress(job_dir),

@@ -34,6 +34,7 @@ router = APIRouter()
 
 ARCHIVE_FORMATS = ("tar.gz", "zip")
 MAX_FORM_BYTES = 16 << 20  # a custom network pasted in the editor
+LIST_FIELDS = frozenset({"select_gpus"})  # form fields that may repeat (a multiple select)
 
 
 def _model_job(request: Request, job_id: str) -> Job:
@@ -51,7 +52,9 @@ async def _values(request: Request) -> dict[str, Any]:
     form = await request.form()
     values: dict[str, Any] = {}
     for key, value in form.multi_items():
-        if isinstance(value, str):
+        if key in LIST_FIELDS:
+            values.setdefault(key, []).append(value)
+        elif isinstance(value, str):
             values[key] = value
         elif key == "custom_network_file":  # a prototxt file instead of the editor's text
             data = await value.read(MAX_FORM_BYTES + 1)
@@ -81,7 +84,8 @@ def _choices(request: Request) -> dict[str, Any]:
         "standard": nets.STANDARD_NETWORKS,
         "solver_types": m.SOLVER_TYPES,
         "lr_policies": m.LR_POLICIES,
-        "devices": studio_of(request).scheduler.devices,
+        "gpus": studio_of(request).scheduler.gpus,
+        "free_gpus": studio_of(request).scheduler.free_gpus(),
     }
 
 

@@ -1,9 +1,13 @@
 """Runs studio jobs as child processes: one training at a time per device, dataset jobs side by side.
 
 A job is submitted with its command line and its resource (a device name such as ``"cpu"`` or
-``"cuda:0"``, or None for jobs that need no device). It waits (status ``Waiting``) until the resource is
-free, then runs (``Running``) with stdout and stderr appended to ``<job_dir>/log.txt``; it ends ``Done``
-(exit status 0), ``Error`` or ``Aborted``. Everything is written to the store first, so a new
+``"cuda:0"``, or None for jobs that need no device) or the GPUs it needs (a number of them or their ids,
+see :mod:`caffe.studio.gpus`). It waits (status ``Waiting``) until the resource, or every GPU it needs, is
+free (GPU jobs start oldest first, a younger one never taking what an older one waits for), then runs
+(``Running``) with stdout and stderr appended to ``<job_dir>/log.txt``; it ends ``Done`` (exit status 0),
+``Error`` or ``Aborted``. The scheduler owns the GPUs (the ``cuda:N`` devices): a job holds the ones it was
+given, alone, while its process runs; they are recorded with the job (``Job.gpus``, kept after it ends)
+and appended to its command as ``--gpu=0,2``. Everything is written to the store first, so a new
 scheduler on the same store (a restarted server) finds jobs that were running marked ``Interrupted``
 (their leftover process killed) and waiting jobs queued again. One process at a time schedules a jobs
 folder (a lock file): a second server on the same folder is refused instead of killing the first one's jobs.
@@ -37,6 +41,7 @@ from typing import Any
 
 from caffe.errors import CaffeError
 from caffe.processes import group_alive
+from caffe.studio.gpus import Allotment, GpuRequest, device_gpu, gpu_flag, gpu_pool, request_error
 from caffe.studio.store import FINISHED, Job, JobStore
 from caffe.tools.parent_watch import ENV as PARENT_ENV
 
@@ -131,10 +136,11 @@ def _lock_jobs_dir(jobs_dir: Path) -> None:
 
 
 class _Running:
-    def __init__(self, job_id: str, proc: subprocess.Popen, resource: str | None) -> None:
+    def __init__(self, job_id: str, proc: subprocess.Popen, resource: str | None, gpus: list[int]) -> None:
         self.job_id = job_id
         self.proc = proc
         self.resource = resource
+        self.gpus = gpus  # held alone until the process ends
         self.end_status: str | None = None  # set by abort / stop: the status to record at exit
 
 
@@ -154,6 +160,7 @@ class Scheduler:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         self.store = store
         self.devices = list(devices)
+        self.gpus = gpu_pool(self.devices)  # the GPU ids jobs may be given
         self.max_parallel = max_parallel  # jobs without a resource (datasets) running at once
         self.abort_grace = abort_grace  # abort: seconds from SIGINT to SIGTERM
         self.stop_grace = stop_grace  # stop: seconds from SIGINT to SIGTERM
@@ -178,15 +185,25 @@ class Scheduler:
                 if job.status == "Running":
                     self._recover_running(job)
                 elif job.status == "Waiting":
-                    if job.argv and (job.resource is None or job.resource in self.devices):
-                        self._queue.append(job.id)
-                    else:
-                        self._set_status(job.id, "Error", result_note="queued for a device this server lacks")
+                    self._requeue(job)
             self._stopping = False
             self._thread = threading.Thread(target=self._dispatch, name="studio-scheduler", daemon=True)
             self._thread.start()
             atexit.register(self.stop)  # an interpreter exiting without stop() must not leave its jobs running
         return self
+
+    def _requeue(self, job: Job) -> None:
+        """Queue a job a previous server left waiting, if this one has what it needs."""
+        try:
+            resource, request = self._device_request(job.resource, job.gpu_request)
+        except ValueError as e:
+            self._set_status(job.id, "Error", result_note=f"queued for a device this server lacks: {e}")
+            return
+        if not job.argv:
+            self._set_status(job.id, "Error", result_note="queued without a command")
+            return
+        self.store.update(job.id, resource=resource, gpu_request=request)
+        self._queue.append(job.id)
 
     def _recover_running(self, job: Job) -> None:
         if job.pid and _is_our_process(job.pid, job.argv):
@@ -245,18 +262,43 @@ class Scheduler:
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def submit(self, job_id: str, argv: Sequence[str], resource: str | None = None) -> Job:
-        """Queue ``argv`` for the job (status Waiting); it runs when ``resource`` is free."""
-        if resource is not None and resource not in self.devices:
-            raise ValueError(f"unknown device {resource!r} (this server has: {', '.join(self.devices)})")
+    def submit(
+        self, job_id: str, argv: Sequence[str], resource: str | None = None, *, gpus: GpuRequest | None = None
+    ) -> Job:
+        """Queue ``argv`` for the job (status Waiting); it runs when ``resource`` (a device name) or the
+        ``gpus`` (a number of GPUs or their ids; ``--gpu=...`` is appended to ``argv``) are free.
+        ValueError when this server can never serve them."""
+        resource, request = self._device_request(resource, gpus)
         with self._cv:
             job = self.store.get(job_id)
             if job.active:
                 raise RuntimeError(f"job {job_id} is already {job.status.lower()}")
-            job = self._set_status(job_id, "Waiting", argv=list(argv), resource=resource, pid=None, returncode=None)
+            job = self._set_status(
+                job_id, "Waiting", argv=list(argv), resource=resource, gpu_request=request, gpus=None, pid=None,
+                returncode=None,
+            )
             self._queue.append(job_id)
             self._cv.notify_all()
         return job
+
+    def _device_request(self, resource: str | None, gpus: GpuRequest | None) -> tuple[str | None, GpuRequest | None]:
+        """``(resource, gpu_request)`` as a job stores them: GPU jobs (``cuda:N`` or ``gpus``) have the
+        resource ``"cuda"``. ValueError when this server cannot serve them."""
+        if gpus is None and resource is not None:
+            if resource not in self.devices:
+                raise ValueError(f"unknown device {resource!r} (this server has: {', '.join(self.devices)})")
+            gpu = device_gpu(resource)
+            if gpu is None:
+                return resource, None
+            gpus = [gpu]
+        elif gpus is not None and resource not in (None, "cuda"):
+            raise ValueError(f"a job on the device {resource!r} cannot also ask for GPUs")
+        if gpus is None:
+            return None, None
+        error = request_error(gpus, self.gpus)
+        if error:
+            raise ValueError(error)
+        return "cuda", gpus
 
     def abort(self, job_id: str) -> bool:
         """Abort a waiting or running job; False if it was neither."""
@@ -332,6 +374,16 @@ class Scheduler:
         with self._cv:
             return list(self._queue)
 
+    def held_gpus(self) -> dict[int, str]:
+        """``{gpu id: job id}`` for the GPUs running jobs hold now."""
+        with self._cv:
+            return {g: r.job_id for r in self._running.values() for g in r.gpus}
+
+    def free_gpus(self) -> list[int]:
+        """The GPUs no running job holds."""
+        held = self.held_gpus()
+        return [g for g in self.gpus if g not in held]
+
     # --- listeners ---------------------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -377,34 +429,42 @@ class Scheduler:
                 self._cv.wait(1.0)
 
     def _start_ready(self) -> None:
-        busy = {r.resource for r in self._running.values() if r.resource is not None}
+        busy = {r.resource for r in self._running.values() if r.resource not in (None, "cuda")}
         unbound = sum(1 for r in self._running.values() if r.resource is None)
+        allotment = Allotment(self.free_gpus())
         for job_id in list(self._queue):
             try:
                 job = self.store.get(job_id)
             except KeyError:  # deleted while waiting
                 self._queue.remove(job_id)
                 continue
+            gpus: list[int] = []
             if job.resource is None:
                 if unbound >= self.max_parallel:
                     continue
                 unbound += 1
+            elif job.resource == "cuda":
+                taken = allotment.take(job.gpu_request)  # type: ignore[arg-type]
+                if taken is None:
+                    continue
+                gpus = taken
             elif job.resource in busy:
                 continue
             else:
                 busy.add(job.resource)
             self._queue.remove(job_id)
-            self._launch(job)
+            self._launch(job, gpus)
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job, gpus: list[int]) -> None:
         job_dir = self.store.job_dir(job.id)
         assert job.argv
+        argv = [*job.argv, gpu_flag(gpus)] if gpus else job.argv
         try:
             with open(job_dir / "log.txt", "ab") as logf:
-                logf.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run: {display_argv(job.argv)}\n".encode())
+                logf.write(f"[studio] {time.strftime('%Y-%m-%d %H:%M:%S')} run: {display_argv(argv)}\n".encode())
                 logf.flush()
                 proc = subprocess.Popen(
-                    job.argv,
+                    argv,
                     cwd=job_dir,
                     stdin=subprocess.DEVNULL,
                     stdout=logf,
@@ -417,9 +477,9 @@ class Scheduler:
             self._set_status(job.id, "Error", result_note=f"cannot start {job.argv[0]}: {e}")
             self._cv.notify_all()
             return
-        r = _Running(job.id, proc, job.resource)
+        r = _Running(job.id, proc, job.resource, gpus)
         self._running[job.id] = r
-        self._set_status(job.id, "Running", pid=proc.pid)
+        self._set_status(job.id, "Running", pid=proc.pid, argv=argv, gpus=gpus or None)
         threading.Thread(target=self._watch, args=(r,), name=f"job-{job.id}", daemon=True).start()
 
     def _watch(self, r: _Running) -> None:

@@ -26,9 +26,9 @@ STATUSES = ("Initialized", "Waiting", "Running", "Done", "Error", "Aborted", "In
 ACTIVE = frozenset({"Waiting", "Running"})  # a scheduler owns the job
 FINISHED = frozenset({"Done", "Error", "Aborted", "Interrupted"})
 
-_JSON_FIELDS = ("params", "result", "argv")
+_JSON_FIELDS = ("params", "result", "argv", "gpu_request", "gpus")
 _COLUMNS = ("id", "kind", "name", "status", "created", "updated", "params", "result", "parent", "argv", "resource",
-            "pid", "returncode")
+            "pid", "returncode", "gpu_request", "gpus")
 _UPDATABLE = frozenset(_COLUMNS) - {"id", "kind", "created"}
 
 _SCHEMA = """
@@ -36,9 +36,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL,
     created REAL NOT NULL, updated REAL NOT NULL,
     params TEXT NOT NULL DEFAULT '{}', result TEXT NOT NULL DEFAULT '{}', parent TEXT,
-    argv TEXT, resource TEXT, pid INTEGER, returncode INTEGER
+    argv TEXT, resource TEXT, pid INTEGER, returncode INTEGER, gpu_request TEXT, gpus TEXT
 )
 """
+_ADDED_COLUMNS = ("gpu_request TEXT", "gpus TEXT")  # absent from stores made before them
 
 
 class JobNotFound(KeyError):
@@ -60,9 +61,11 @@ class Job:
     result: dict = field(default_factory=dict)
     parent: str | None = None
     argv: list[str] | None = None
-    resource: str | None = None
+    resource: str | None = None  # "cpu", "cuda" (see gpu_request) or None (no device: datasets)
     pid: int | None = None
     returncode: int | None = None
+    gpu_request: int | list[int] | None = None  # a "cuda" job's wish: a number of GPUs or their ids
+    gpus: list[int] | None = None  # the GPUs it holds (while Running) or held (its last run)
 
     @property
     def finished(self) -> bool:
@@ -91,6 +94,15 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Give a store made by an older version the columns added since."""
+        with self._transaction() as db:
+            have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column in _ADDED_COLUMNS:
+                if column.split()[0] not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
 
     def close(self) -> None:
         with self._lock:

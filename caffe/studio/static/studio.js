@@ -87,8 +87,12 @@ const studio = {
           if (row && row.dataset.status !== job.status) {
             row.dataset.status = job.status;
             studio.setStatus(row.querySelector(".badge"), job.status);
+            const hardware = row.querySelector(".hardware-cell");
+            if (hardware) hardware.textContent = job.hardware;
           }
         }
+        const free = document.getElementById("gpu-free");
+        if (free && index.gpus) free.textContent = index.gpus.free.length;
       } catch (e) { /* the server restarts: try again */ }
       setTimeout(tick, period);
     };
