@@ -14,6 +14,7 @@ from test_studio_scheduler import py, wait_for
 
 from caffe.protoio import read_solver_param
 from caffe.studio import datasets
+from caffe.studio import models as m
 from caffe.studio.gpus import Allotment, parse_gpu_count, parse_gpu_list, request_error
 from caffe.studio.scheduler import Scheduler
 from caffe.studio.store import JobStore
@@ -248,6 +249,42 @@ def test_restart_frees_the_gpus_of_jobs_no_longer_running(tmp_path):
         assert store.get(late.id).status == "Error" and "1 GPU" in store.get(late.id).result["scheduler_note"]
     finally:
         again.stop(timeout=1)
+        store.close()
+
+
+def test_a_resumed_training_asks_for_the_same_gpus(store, sched):
+    blocker = hold(sched, store, "blocker", 3)
+    wait_for(lambda: running(store, blocker))
+    job = store.create("model", "stopped")
+    store.update(job.id, status="Interrupted", resource="cuda", gpu_request=[2, 1], gpus=[2, 1])
+    resumed = m.resume_model_job(store, sched, job.id)
+    assert (resumed.status, resumed.gpu_request, resumed.gpus) == ("Waiting", [2, 1], None)
+    assert not any(a.startswith("--gpu") for a in resumed.argv)  # added when it gets its GPUs
+    assert sched.abort(job.id) and sched.held_gpus() == dict.fromkeys([0, 1, 2], blocker)
+    release(store, blocker)
+
+
+def test_a_store_made_before_the_gpu_columns_gets_them(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "studio.sqlite3")
+    db.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, "
+        "created REAL NOT NULL, updated REAL NOT NULL, params TEXT NOT NULL DEFAULT '{}', "
+        "result TEXT NOT NULL DEFAULT '{}', parent TEXT, argv TEXT, resource TEXT, pid INTEGER, returncode INTEGER)"
+    )
+    db.execute(
+        "INSERT INTO jobs (id, kind, name, status, created, updated) VALUES "
+        "('20240101-000000-abcd', 'model', 'old', 'Done', 0, 0)"
+    )
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path)
+    try:
+        old = store.get("20240101-000000-abcd")
+        assert (old.name, old.gpu_request, old.gpus) == ("old", None, None)
+        assert store.update(old.id, gpus=[1]).gpus == [1]
+    finally:
         store.close()
 
 
