@@ -81,6 +81,46 @@ def get_solver(solver: str | os.PathLike | pb.SolverParameter, **kwargs: Any) ->
     return solver_class(param.type)(param, **kwargs)
 
 
+def learning_rate_at(
+    p: pb.SolverParameter,
+    it: int,
+    step: int = 0,
+    dtype: type[np.floating] = np.float32,
+    source: str = "SolverParameter",
+) -> tuple[float, int]:
+    """Caffe's GetLearningRate as a pure function: the rate at iteration ``it`` (rounded to Caffe's ``Dtype``)
+    and the step after it (``step``: the current step before it, which ``multistep`` advances at most once
+    per call, as Caffe does; ``step`` sets it from ``it``)."""
+    policy = p.lr_policy
+    if policy in ("step", "exp", "inv", "multistep") and p.gamma < 0:
+        raise SolverError(f"{source}: lr_policy '{policy}' needs gamma >= 0, got {fmt(p.gamma)}")
+    if policy == "fixed":
+        rate = p.base_lr
+    elif policy == "step":
+        if p.stepsize <= 0:
+            raise SolverError(f"{source}: lr_policy 'step' needs a positive stepsize")
+        step = it // p.stepsize
+        rate = p.base_lr * p.gamma**step
+    elif policy == "exp":
+        rate = p.base_lr * _cpow(p.gamma, it)
+    elif policy == "inv":
+        rate = p.base_lr * (1.0 + p.gamma * it) ** (-p.power)
+    elif policy == "multistep":
+        if step < len(p.stepvalue) and it >= p.stepvalue[step]:
+            step += 1
+        rate = p.base_lr * p.gamma**step
+    elif policy == "poly":
+        rate = p.base_lr * _cpow(1.0 - it / p.max_iter, p.power)
+    elif policy == "sigmoid":
+        if p.stepsize <= 0:
+            raise SolverError(f"{source}: lr_policy 'sigmoid' needs a positive stepsize")
+        z = -p.gamma * (it - p.stepsize)  # exp overflows to inf, the rate to 0, as in C++ (no OverflowError)
+        rate = p.base_lr * (1.0 / (1.0 + (math.exp(z) if z < 700 else math.inf)))
+    else:
+        raise SolverError(f"{source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid)")
+    return float(dtype(rate)), step
+
+
 class SolverAction:
     NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"
 
@@ -251,38 +291,11 @@ class Solver:
     # ------------------------------------------------------------------ learning rate
     def learning_rate(self) -> float:
         """Caffe's GetLearningRate for the current iteration (updates ``current_step`` as Caffe does)."""
-        p, it = self.param, self.iter
-        policy = p.lr_policy
-        if policy in ("step", "exp", "inv", "multistep") and p.gamma < 0:
-            raise SolverError(f"{self.source}: lr_policy '{policy}' needs gamma >= 0, got {fmt(p.gamma)}")
-        if policy == "fixed":
-            rate = p.base_lr
-        elif policy == "step":
-            if p.stepsize <= 0:
-                raise SolverError(f"{self.source}: lr_policy 'step' needs a positive stepsize")
-            self.current_step = it // p.stepsize
-            rate = p.base_lr * p.gamma**self.current_step
-        elif policy == "exp":
-            rate = p.base_lr * _cpow(p.gamma, it)
-        elif policy == "inv":
-            rate = p.base_lr * (1.0 + p.gamma * it) ** (-p.power)
-        elif policy == "multistep":
-            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
-                self.current_step += 1
-                log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
-            rate = p.base_lr * p.gamma**self.current_step
-        elif policy == "poly":
-            rate = p.base_lr * _cpow(1.0 - it / p.max_iter, p.power)
-        elif policy == "sigmoid":
-            if p.stepsize <= 0:
-                raise SolverError(f"{self.source}: lr_policy 'sigmoid' needs a positive stepsize")
-            z = -p.gamma * (it - p.stepsize)  # exp overflows to inf, the rate to 0, as in C++ (no OverflowError)
-            rate = p.base_lr * (1.0 / (1.0 + (math.exp(z) if z < 700 else math.inf)))
-        else:
-            raise SolverError(
-                f"{self.source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid)"
-            )
-        return float(self._np_dtype(rate))
+        rate, step = learning_rate_at(self.param, self.iter, self.current_step, self._np_dtype, self.source)
+        if self.param.lr_policy == "multistep" and step != self.current_step:
+            log.info("MultiStep Status: Iteration %d, step = %d", self.iter, step)
+        self.current_step = step
+        return rate
 
     @property
     def _np_dtype(self) -> type[np.floating]:

@@ -36,7 +36,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -338,20 +337,18 @@ def _lr_policy(s: pb.SolverParameter, form: ModelForm) -> None:
 
 
 def lr_schedule(param: pb.SolverParameter, points: int = 101) -> tuple[list[int], list[float]]:
-    """The learning rate at ``points`` iterations from 0 to max_iter, computed by the solver's own
-    ``learning_rate`` (every iteration is visited for ``multistep``, whose step advances one at a time)."""
-    from caffe.solver import Solver
+    """The learning rate at ``points`` iterations from 0 to max_iter, computed by the solver's own schedule
+    (every iteration is visited for ``multistep``, whose step advances one at a time)."""
+    from caffe.solver import learning_rate_at
 
     last = max(param.max_iter, 1)
     wanted = sorted({round(k * last / (points - 1)) for k in range(points)})
-    # the studio trains in float32: the rates as a float32 solver computes them
-    shim = SimpleNamespace(param=param, iter=0, current_step=0, source="lr policy", _np_dtype=np.float32)
     rates: list[float] = []
+    step = 0
     visit = range(last + 1) if param.lr_policy == "multistep" else wanted
     keep = set(wanted)
     for it in visit:
-        shim.iter = it
-        rate = Solver.learning_rate(shim)  # type: ignore[arg-type]
+        rate, step = learning_rate_at(param, it, step, np.float32, "lr policy")  # the studio trains in float32
         if it in keep:
             rates.append(rate)
     return wanted, rates
@@ -476,8 +473,9 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         for layer in val:
             train_val.layer.remove(layer)
     val_batch = val[0].data_param.batch_size if val else train[0].data_param.batch_size
-    solver = solver_param(form, data.train_count, data.val_count if val else 0, train[0].data_param.batch_size,
-                          val_batch)
+    solver = solver_param(
+        form, data.train_count, data.val_count if val else 0, train[0].data_param.batch_size, val_batch
+    )
     solver.net = str(job_dir / "train_val.prototxt")
     solver.snapshot_prefix = str(job_dir / "snapshot")
     if form.gpu_request() is not None:
@@ -636,8 +634,9 @@ def resume_model_job(store: Any, scheduler: Any, job_id: str, allow_python_layer
         raise FormError({"job": f"job {job_id} is {job.status}: only interrupted, aborted or failed trainings resume"})
     job_dir = store.job_dir(job_id)
     if (job_dir / "train_val.prototxt").is_file():
-        layer_worker.require_consent(read_net_param(job_dir / "train_val.prototxt"), "train_val.prototxt",
-                                     allow_python_layers)
+        layer_worker.require_consent(
+            read_net_param(job_dir / "train_val.prototxt"), "train_val.prototxt", allow_python_layers
+        )
     state = latest_solverstate(job_dir)
     weights = None
     if state is None:
@@ -802,4 +801,3 @@ def customize(store: Any, form: ModelForm) -> dict[str, Any]:
         "suggested_lr": FINETUNE_LR if chosen.weights is not None else None,
         **network_defaults(net),
     }
-
