@@ -2,6 +2,7 @@
 
     python benchmarks/forward.py                 # everything, writes docs/benchmarks.md
     python benchmarks/forward.py --quick --no-write --models squeezenet alexnet --batches 1
+    python benchmarks/forward.py --device cuda --no-write --out gpu.md   # GPU 0, its own section
 
 For each model (ResNet-50 1by2 open_nsfw, SqueezeNet v1.0, AlexNet, GoogLeNet) and batch size, in
 one process and on the same input:
@@ -18,6 +19,10 @@ engines are timed round-robin (a rotating order, one call each per round) and th
 engine is reported, so that drift on a noisy machine hits every engine alike. Times read as
 achieved GFLOP/s (convolution + inner-product FLOPs from the Net's shapes) and as a share of the
 machine's measured fp32 GEMM peak.
+
+With ``--device cuda`` the nets, the torch modules and the inputs live on GPU 0, each timed call is
+bracketed by ``torch.cuda.synchronize()``, cv2.dnn (CPU only) is left out, the GEMM peak is the GPU's,
+and the report is a section of its own ("Forward (inference), GPU").
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +66,53 @@ from torch_models import BUILDERS, load_from_net
 TOLERANCE = 1e-3
 NOISY = 0.25  # cores used by other processes (plus steal) that make a timed round count as noisy
 SECTION = "## Forward (inference)"
+GPU_SECTION = "## Forward (inference), GPU"
+DEVICE = torch.device("cpu")  # where nets, modules and inputs live: main() sets it from --device
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work (a no-op on the CPU): timings bracket each call with it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _use_device() -> None:
+    """neocaffe's mode for DEVICE (nets move there at their next forward)."""
+    import caffe
+
+    if DEVICE.type == "cuda":
+        caffe.set_device(DEVICE.index or 0)
+        caffe.set_mode_gpu()
+    else:
+        caffe.set_mode_cpu()
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().cpu().numpy().copy()
+
+
+class CudaGemm:
+    """fp32 ``torch.mm`` (n x n) on the GPU: ``peak(seconds)`` the best GFLOP/s, a call one timed GEMM (the
+    GPU counterpart of common.gemm_peak / GemmProbe)."""
+
+    def __init__(self, n: int = 4096) -> None:
+        self.n = n
+        self.a, self.b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
+        self.c = torch.empty(n, n, device=DEVICE)
+        self()
+
+    def __call__(self) -> float:
+        _sync()
+        t = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.c)
+        _sync()
+        return 2.0 * self.n**3 / (time.perf_counter() - t) / 1e9
+
+    def peak(self, seconds: float = 3.0) -> float:
+        best, start, reps = 0.0, time.perf_counter(), 0
+        while reps < 5 or time.perf_counter() - start < seconds:
+            best, reps = max(best, self()), reps + 1
+        return best
 
 
 # ---------------------------------------------------------------------------- CPU load of other processes
@@ -152,7 +204,7 @@ def neocaffe_engine_names() -> list[str | None]:
 class ModelBench:
     """Everything for one model: the Nets, the torch module and its variants, cv2's net, the input."""
 
-    def __init__(self, spec: ModelSpec, tmp: Path, say: Callable[[str], None]) -> None:
+    def __init__(self, spec: ModelSpec, tmp: Path, say: Callable[[str], None], skip: Sequence[str] = ()) -> None:
         import caffe
 
         self.spec, self.say = spec, say
@@ -174,16 +226,21 @@ class ModelBench:
         # the reference output is computed by the eager net under the "eager" engine (or the default)
         self.ref_engine = self.engines[0]
 
-        try:
-            import cv2
+        if DEVICE.type == "cpu":  # cv2.dnn's OpenCV backend runs on the CPU only
+            try:
+                import cv2
 
-            self.engines.append(self._cv2(cv2))
-        except ImportError as e:
-            say(f"  cv2.dnn skipped: {e}")
+                self.engines.append(self._cv2(cv2))
+            except ImportError as e:
+                say(f"  cv2.dnn skipped: {e}")
 
         caffe.set_mode_cpu()
-        self.module = load_from_net(BUILDERS[spec.key](), self.ref)
+        self.module = load_from_net(BUILDERS[spec.key](), self.ref).to(DEVICE)
         self.engines += self._torch_variants()
+        skipped = [e.name for e in self.engines if e.name in skip]
+        if skipped:
+            say(f"  skipped (--skip-engines): {', '.join(skipped)}")
+            self.engines = [e for e in self.engines if e.name not in skip]
 
     # ---------------------------------------------------------------- neocaffe
     def _neocaffe(self, net, eng: str | None) -> Engine:
@@ -192,6 +249,7 @@ class ModelBench:
         state: dict[str, object] = {}
 
         def select() -> None:
+            _use_device()
             if eng is not None:
                 caffe.set_inference_engine(eng)
 
@@ -245,7 +303,7 @@ class ModelBench:
 
         def plain(name: str, model: torch.nn.Module, channels_last: bool) -> Engine:
             def prepare(batch: int) -> Callable[[], object]:
-                x = torch.from_numpy(self.x_np)
+                x = torch.from_numpy(self.x_np).to(DEVICE)
 
                 def run() -> object:
                     with torch.inference_mode():
@@ -256,12 +314,12 @@ class ModelBench:
                 run()
                 return run
 
-            return Engine(name, "torch", prepare, lambda: state[name].contiguous().numpy().copy())
+            return Engine(name, "torch", prepare, lambda: _host(state[name]))
 
         m_cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
 
         def jit_prepare(batch: int) -> Callable[[], object]:
-            x = torch.from_numpy(self.x_np)
+            x = torch.from_numpy(self.x_np).to(DEVICE)
             with torch.no_grad():
                 traced = torch.jit.trace(copy.deepcopy(m), x, check_trace=False)
                 frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
@@ -278,7 +336,7 @@ class ModelBench:
         compiled = torch.compile(copy.deepcopy(m), dynamic=False)
 
         def compile_prepare(batch: int) -> Callable[[], object]:
-            x = torch.from_numpy(self.x_np)
+            x = torch.from_numpy(self.x_np).to(DEVICE)
 
             def run() -> object:
                 with torch.no_grad():
@@ -289,7 +347,7 @@ class ModelBench:
             return run
 
         def out(key: str) -> Callable[[], np.ndarray]:
-            return lambda: state[key].contiguous().numpy().copy()
+            return lambda: _host(state[key])
 
         return [
             plain("torch eager", m, False),
@@ -337,7 +395,7 @@ class ModelBench:
             extra = ""
             if e.name == "torch eager":
                 with torch.inference_mode():
-                    lg = self.module.logits(torch.from_numpy(self.x_np)).numpy().reshape(batch, -1)
+                    lg = _host(self.module.logits(torch.from_numpy(self.x_np).to(DEVICE))).reshape(batch, -1)
                 e.logit_diff = float(np.abs(lg - logits_ref).max())
                 extra = f", {self.module.logit_blob} max|diff| {e.logit_diff:.2e}"
             worst = max(e.diff, 0.0 if math.isnan(e.logit_diff) else e.logit_diff)
@@ -358,13 +416,20 @@ class ModelBench:
         if hasattr(caffe, "set_inference_engine"):
             caffe.set_inference_engine("eager")
         net = build_net(self.spec, self.weights)  # callbacks cannot be removed: a net of its own
+        _use_device()
         name = reshape_input(net, batch, self.spec.size)
         net.blobs[name].data[...] = self.x_np
         started: dict[int, float] = {}
         types = [layer.type for layer in net.layers]
-        net.before_forward(lambda i: started.__setitem__(i, time.perf_counter()))
+
+        def start(i: int) -> None:
+            _sync()
+            started[i] = time.perf_counter()
+
+        net.before_forward(start)
 
         def done(i: int) -> None:
+            _sync()
             by_type[types[i]] = by_type.get(types[i], 0.0) + time.perf_counter() - started[i]
 
         net.forward()
@@ -382,13 +447,20 @@ class ModelBench:
             from torch.profiler import ProfilerActivity, profile
 
             fused.run()
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            gpu = DEVICE.type == "cuda"
+            activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
+            with profile(activities=activities) as prof:
                 for _ in range(2):
                     fused.run()
-            avgs = [a for a in prof.key_averages() if a.key.startswith(("aten::", "mkldnn::", "mkl::"))]
-            tot = sum(a.self_cpu_time_total for a in avgs) or 1.0
-            avgs.sort(key=lambda a: -a.self_cpu_time_total)
-            ops = ", ".join(f"`{a.key}` {100 * a.self_cpu_time_total / tot:.0f}%" for a in avgs[:top])
+                _sync()
+
+            def own(a) -> float:  # self time on the device that computes
+                return getattr(a, "self_device_time_total", 0.0) if gpu else a.self_cpu_time_total
+
+            avgs = [a for a in prof.key_averages() if a.key.startswith(("aten::", "mkldnn::", "mkl::", "cudnn"))]
+            tot = sum(own(a) for a in avgs) or 1.0
+            avgs.sort(key=lambda a: -own(a))
+            ops = ", ".join(f"`{a.key}` {100 * own(a) / tot:.0f}%" for a in avgs[:top])
         return eager, ops
 
     def close(self) -> None:
@@ -403,7 +475,7 @@ def run_batch(
     warmup: int,
     progress: Progress,
     wait: float,
-    gemm: GemmProbe,
+    gemm: Callable[[], float],
     gemm_samples: list[float],
 ) -> tuple[list[Result], tuple[float, float]]:
     spec = bench.spec
@@ -430,9 +502,11 @@ def run_batch(
         for e in order:
             if e.run is None:
                 continue
+            _sync()
             t = time.perf_counter()
             try:
                 e.run()
+                _sync()
             except Exception as exc:
                 e.error, e.run = f"{type(exc).__name__}: {exc}".splitlines()[0][:200], None
                 continue
@@ -498,9 +572,11 @@ def best(results: list[Result], group: str) -> Result | None:
 
 def summary_table(all_results: list[Result], flops: dict[str, int], engines: list[str]) -> list[str]:
     default = "neocaffe fused" if "neocaffe fused" in engines else None
-    head = ["model", "batch", "GFLOP/img", *engines, "neocaffe best / cv2", "neocaffe best / best torch"]
+    has_cv = any(r.group == "cv2" for r in all_results)  # cv2.dnn runs on the CPU only
+    head = ["model", "batch", "GFLOP/img", *engines]
+    head += ["neocaffe best / cv2", "neocaffe best / best torch"] if has_cv else ["neocaffe best / best torch"]
     if default:
-        head.append("fused (default) / cv2")
+        head.append("fused (default) / cv2" if has_cv else "fused (default) / best torch")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keys = list(dict.fromkeys((r.model, r.batch) for r in all_results))
     for model, batch in keys:
@@ -519,13 +595,15 @@ def summary_table(all_results: list[Result], flops: dict[str, int], engines: lis
         ratio_cv = bn.per_image / cv.per_image if bn and cv and not math.isnan(cv.per_image) else math.nan
         ratio_t = bn.per_image / bt.per_image if bn and bt else math.nan
         fu = by.get(default) if default else None
-        ok = fu and cv and not math.isnan(fu.per_image) and not math.isnan(cv.per_image)
-        ratio_default = fu.per_image / cv.per_image if ok else math.nan
+        peer = cv if has_cv else bt
+        ok = fu and peer and not math.isnan(fu.per_image) and not math.isnan(peer.per_image)
+        ratio_default = fu.per_image / peer.per_image if ok else math.nan
+        best_name = bn.engine.removeprefix("neocaffe ") if bn else "—"
         lines.append(
             f"| {MODELS[model].title} | {batch} | {flops[model] / 1e9:.2f} | "
             + " | ".join(cells)
-            + f" | {fmt_ratio(ratio_cv)} ({bn.engine.removeprefix('neocaffe ') if bn else '—'})"
-            + f" | {fmt_ratio(ratio_t)} |"
+            + (f" | {fmt_ratio(ratio_cv)} ({best_name})" if has_cv else "")
+            + f" | {fmt_ratio(ratio_t)}{'' if has_cv else f' ({best_name})'} |"
             + (f" {fmt_ratio(ratio_default)} |" if default else "")
         )
     return lines
@@ -631,19 +709,36 @@ def report(
     wall: float,
 ) -> str:
     engines = list(dict.fromkeys(r.engine for r in all_results))
+    gpu = DEVICE.type == "cuda"
+    gemm_what = (
+        f"`torch.mm` {CUDA_GEMM_N}x{CUDA_GEMM_N} on the GPU (TF32 for matmuls: {torch.backends.cuda.matmul.allow_tf32})"
+        if gpu
+        else "`torch.mm` 2048x2048 on all threads"
+    )
     out = [
-        SECTION,
+        GPU_SECTION if gpu else SECTION,
         "",
-        "Reproduce with `python benchmarks/forward.py` (flags: `--models`, `--batches`, `--rounds`, `--quick`, "
-        "`--no-write`). Generated by that script; every number below was measured in this run.",
+        f"Reproduce with `python benchmarks/forward.py{' --device cuda' if gpu else ''}` (flags: `--models`, "
+        "`--batches`, `--rounds`, `--quick`, `--no-write`). Generated by that script; every number below was "
+        "measured in this run.",
         "",
+        *(
+            [
+                f"- GPU: {torch.cuda.get_device_name(DEVICE)}, CUDA {torch.version.cuda}, cuDNN "
+                f"{torch.backends.cudnn.version()}, TF32 for convolutions {torch.backends.cudnn.allow_tf32} "
+                "(PyTorch's defaults, the same for every engine); each timed call is bracketed by "
+                "`torch.cuda.synchronize()`; cv2.dnn (CPU only) is left out"
+            ]
+            if gpu
+            else []
+        ),
         f"- Machine: {info['cpu']}; {info['cpu_flags']}; {info['cores']} cores visible, "
         f"torch threads {info['torch_threads']} (cv2 threads the same); {info['os']}",
         f"- Versions: torch {info['torch']}, OpenCV {info['opencv']}, neocaffe {info['neocaffe']}, "
         f"Python {info['python']}",
         f"- Date: {info['date']}; run: `{' '.join(['python benchmarks/forward.py', *sys.argv[1:]])}`, "
         f"{wall / 60:.1f} min wall in all",
-        f"- fp32 GEMM peak measured here: **{peak:.0f} GFLOP/s**: the best `torch.mm` 2048x2048 on all threads, "
+        f"- fp32 GEMM peak measured here: **{peak:.0f} GFLOP/s**: the best {gemm_what}, "
         f"over a 3-s measurement at the start (best {gemm_info['start']:.0f}) and {gemm_info['n']:.0f} single GEMMs "
         f"timed inside the quiet rounds with the engines (median {gemm_info['median']:.0f})",
         f"- Method: one process; each engine warmed up, outputs checked against neocaffe eager (tolerance "
@@ -696,14 +791,19 @@ def report(
 
 
 def write_docs(section: str) -> None:
-    write_docs_section(SECTION, section)
+    write_docs_section(GPU_SECTION if DEVICE.type == "cuda" else SECTION, section)
 
 
 # ---------------------------------------------------------------------------- main
+CUDA_GEMM_N = 4096
+
+
 def measure_peak(wait: float, seconds: float = 3.0) -> float:
     """GEMM peak, after waiting (at most ``wait`` s) for a quiet machine; the run keeps the best of several."""
     if wait > 0:
         wait_for_quiet(wait)
+    if DEVICE.type == "cuda":
+        return CudaGemm(CUDA_GEMM_N).peak(seconds)
     return gemm_peak(2048, seconds)
 
 
@@ -732,6 +832,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="before timing, wait up to this many s for other processes to go quiet (default 10, --quick 0)",
     )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where every engine runs (cuda: GPU 0)")
+    p.add_argument(
+        "--skip-engines", nargs="+", default=[], metavar="NAME", help='engines to leave out, e.g. "torch.compile"'
+    )
+    p.add_argument("--out", type=Path, help="also write the report section (markdown) to this file")
     args = p.parse_args(argv)
     if args.rounds is None:
         args.rounds = 5 if args.quick else 20
@@ -743,7 +848,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE
     args = parse_args(argv)
+    DEVICE = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     t_start = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
@@ -760,11 +867,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, OpenCV {info['opencv']}")
     print(f"neocaffe engines: {[e or 'default' for e in neocaffe_engine_names()]}")
     peaks = [measure_peak(args.wait_quiet)]
-    print(f"fp32 GEMM peak (torch.mm 2048^2, {torch.get_num_threads()} threads): {peaks[0]:.1f} GFLOP/s")
-    gemm, gemm_samples = GemmProbe(2048), []
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    size = CUDA_GEMM_N if DEVICE.type == "cuda" else 2048
+    print(f"fp32 GEMM peak (torch.mm {size}^2, {where}): {peaks[0]:.1f} GFLOP/s")
+    gemm, gemm_samples = (CudaGemm(CUDA_GEMM_N) if DEVICE.type == "cuda" else GemmProbe(2048)), []
 
     warmup = 1 if args.quick else 2
-    n_engines = len(neocaffe_engine_names()) + 1 + 4
+    n_engines = len(neocaffe_engine_names()) + (1 if DEVICE.type == "cpu" else 0) + 4 - len(args.skip_engines)
     total = sum(1 + (args.rounds if b == 1 else big_rounds(args.rounds)) for b in args.batches) * len(args.models)
     progress = Progress(total, "forward")
     all_results: list[Result] = []
@@ -775,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in args.models:
             spec = MODELS[key]
             progress.write(f"== {spec.title}")
-            bench = ModelBench(spec, Path(tmp), progress.write)
+            bench = ModelBench(spec, Path(tmp), progress.write, args.skip_engines)
             flops[key] = bench.flops
             progress.write(f"  {bench.flops / 1e9:.3f} GFLOP/image (conv + fc), {n_engines} engines")
             for batch in args.batches:
@@ -813,6 +922,9 @@ def main(argv: list[str] | None = None) -> int:
     section = report(all_results, flops, peak, gemm_info, info, args, loads, breakdowns, wall)
     print()
     print(section)
+    if args.out:
+        args.out.write_text(section)
+        print(f"written: {args.out}")
     if not args.no_write:
         write_docs(section)
         print(f"written: {DOCS}")

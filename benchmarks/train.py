@@ -1,13 +1,14 @@
-"""Training speed on the CPU: neocaffe's solver against the same net and update as a plain PyTorch loop.
+"""Training speed: neocaffe's solver against the same net and update as a plain PyTorch loop, on one device.
 
-    python benchmarks/train.py [--iters 60] [--rounds 3] [--no-write]
+    python benchmarks/train.py [--iters 60] [--rounds 3] [--no-write] [--device cuda] [--out FILE]
 
 LeNet on MNIST (Caffe's lenet_train_test.prototxt and lenet_solver.prototxt, batch 64, the data
 from an LMDB through the Data layer) and CaffeNet (caffe-ref bvlc_reference_caffenet/train_val.prototxt
 with random weights from its fillers, batch 32, DummyData input). The peer is the same network
 written as a torch.nn module, trained with torch.optim.SGD (momentum, weight decay, the per-layer
 learning-rate multipliers as parameter groups) on tensors already in memory. Rounds alternate
-between the two; medians are reported; the table goes to docs/benchmarks.md.
+between the two; medians are reported; the table goes to docs/benchmarks.md (``--device cuda``: both on
+GPU 0, timed between ``torch.cuda.synchronize()`` calls, in a section of its own).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from caffe.data.db import item_key, open_db
 from caffe.proto import caffe_pb2 as pb
 
 SECTION = "## Training"
+GPU_SECTION = "## Training, GPU"
 
 
 def drop_test_layers(net: pb.NetParameter) -> None:
@@ -55,6 +57,34 @@ def mnist_lmdb(folder: Path, count: int = 6400) -> tuple[Path, np.ndarray, np.nd
             txn.put(item_key(i, ""), array_to_datum(im, int(lb)).SerializeToString())
         txn.commit()
     return path, images, labels
+
+
+def use_device(device: torch.device) -> None:
+    """Let the solvers built from now on run on ``device`` (neocaffe's mode and GPU id)."""
+    if device.type == "cuda":
+        caffe.set_device(device.index or 0)
+        caffe.set_mode_gpu()
+    else:
+        caffe.set_mode_cpu()
+
+
+def sync(device: torch.device | None) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_info(device: torch.device) -> str:
+    """The device's description for the report."""
+    info = machine_info()
+    if device.type != "cuda":
+        return f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}."
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return (
+        f"GPU: {torch.cuda.get_device_name(device)}; torch {info['torch']}, CUDA {torch.version.cuda}, "
+        f"cuDNN {torch.backends.cudnn.version()}; TF32 allowed for convolutions {tf32[0]}, matmuls {tf32[1]} "
+        "(PyTorch's defaults, the same for both columns)."
+    )
 
 
 def lenet_solver(db: Path) -> caffe.Solver:
@@ -163,10 +193,12 @@ def torch_step_fn(model: nn.Module, lr: float, batches: list[tuple[torch.Tensor,
     return step
 
 
-def rate(step, iters: int) -> float:
+def rate(step, iters: int, device: torch.device | None = None) -> float:
+    sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
+    sync(device)
     return iters / (time.perf_counter() - start)
 
 
@@ -175,47 +207,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=60, help="LeNet iterations per round (CaffeNet: iters / 20)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides train")
+    parser.add_argument("--out", type=Path, help="also write the section (markdown) to this file")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(2)
     caffe.set_random_seed(0)
+    use_device(device)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         db, images, labels = mnist_lmdb(Path(tmp))
         solver = lenet_solver(db)
-        x = torch.from_numpy(images.astype(np.float32) * 0.00390625)
-        y = torch.from_numpy(labels.astype(np.int64))
+        assert solver.net.device.type == device.type, f"neocaffe's net is on {solver.net.device}, not {device}"
+        x = torch.from_numpy(images.astype(np.float32) * 0.00390625).to(device)
+        y = torch.from_numpy(labels.astype(np.int64)).to(device)
         batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x) - 63, 64)]
-        plain = torch_step_fn(LeNet(), 0.01, batches)
+        plain = torch_step_fn(LeNet().to(device), 0.01, batches)
         solver.step(5)
         plain()
         ours, peer = [], []
         for r in range(args.rounds):
-            ours.append(rate(lambda: solver.step(1), args.iters))
-            peer.append(rate(plain, args.iters))
+            ours.append(rate(lambda: solver.step(1), args.iters, device))
+            peer.append(rate(plain, args.iters, device))
             print(f"LeNet round {r + 1}: neocaffe {ours[-1]:.1f} it/s, plain PyTorch {peer[-1]:.1f} it/s", flush=True)
         results["LeNet (MNIST, batch 64)"] = (ours, peer)
     solver = caffenet_solver(32)
-    model = CaffeNet()
-    xb = torch.ones(32, 3, 227, 227)
-    yb = torch.full((32,), 3, dtype=torch.int64)
+    assert solver.net.device.type == device.type, f"neocaffe's net is on {solver.net.device}, not {device}"
+    model = CaffeNet().to(device)
+    xb = torch.ones(32, 3, 227, 227, device=device)
+    yb = torch.full((32,), 3, dtype=torch.int64, device=device)
     plain = torch_step_fn(model, 0.01, [(xb, yb)])
     solver.step(1)
     plain()
     ours, peer = [], []
     n = max(2, args.iters // 20)
     for r in range(args.rounds):
-        ours.append(rate(lambda: solver.step(1), n))
-        peer.append(rate(plain, n))
+        ours.append(rate(lambda: solver.step(1), n, device))
+        peer.append(rate(plain, n, device))
         print(f"CaffeNet round {r + 1}: neocaffe {ours[-1]:.2f} it/s, plain PyTorch {peer[-1]:.2f} it/s", flush=True)
     results["CaffeNet (batch 32, random weights)"] = (ours, peer)
 
-    info = machine_info()
+    gpu = device.type == "cuda"
     lines = [
-        SECTION,
+        GPU_SECTION if gpu else SECTION,
         "",
-        f"Reproduce with `python benchmarks/train.py`. Machine: {info['cpu']}, {info['cores']} cores; "
-        f"torch {info['torch']}.",
-        "Training iterations per second (forward, backward and the solver's update), medians of "
+        f"Reproduce with `python benchmarks/train.py{' --device cuda' if gpu else ''}`. {device_info(device)}",
+        ("Both sides on the same GPU, timed between `torch.cuda.synchronize()` calls. " if gpu else "")
+        + "Training iterations per second (forward, backward and the solver's update), medians of "
         f"{args.rounds} alternating rounds. neocaffe: `caffe.get_solver(...)` + `step(1)` on Caffe's own "
         "prototxts (LeNet reads its batches from an LMDB through the Data layer; CaffeNet uses DummyData). "
         "Peer: the same network as a `torch.nn` module with `torch.optim.SGD` (momentum 0.9, weight decay, "
@@ -229,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {median(ours):.2f} | {median(peer):.2f} | {ratio:.2f}x |")
     lines.append("")
     print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
     if not args.no_write:
-        write_docs_section(SECTION, "\n".join(lines))
+        write_docs_section(lines[0], "\n".join(lines))
     return 0
 
 

@@ -392,3 +392,75 @@ sys.exit(parallel.launch(2, functools.partial(train._rank_main, ["--solver={solv
     lines = messages(_run([sys.executable, "-c", code], folder).stderr)
     assert _count(lines, "Solving LeNet") == 1 and _count(lines, "Iteration 3 (") == 1
     assert [p.name for p in folder.glob("lenet_iter_*.caffemodel")] == ["lenet_iter_6.caffemodel"]
+
+
+# ---------------------------------------------------------------------------- CUDA (skipped without a GPU)
+from conftest import requires_gpu  # noqa: E402
+
+NCCL_SCRIPT = """
+import datetime, sys
+import torch
+import torch.distributed as dist
+from caffe import parallel
+
+torch.cuda.set_device(0)
+dist.init_process_group(
+    "nccl", store=dist.FileStore(sys.argv[1], 1), rank=0, world_size=1, timeout=datetime.timedelta(seconds=60)
+)
+assert dist.get_backend() == "nccl" and parallel.world() == (0, 1) and parallel.joined()
+dev = torch.device("cuda", 0)
+for dtype in (torch.float32, torch.float64):
+    a = torch.arange(6, dtype=dtype, device=dev).reshape(2, 3)
+    b = torch.full((4,), 2.5, dtype=dtype, device=dev)
+    want = [a.clone(), b.clone()]
+    parallel.broadcast([a, b])
+    parallel.average([a, b])
+    parallel.check_identical([a, b], "the test tensors")
+    assert a.device == dev and b.device == dev
+    assert all(torch.equal(x, y) for x, y in zip([a, b], want))
+assert parallel.max_over_ranks(3) == 3
+parallel.barrier()
+dist.destroy_process_group()
+print("NCCL world of 1: broadcast, average, check_identical, max_over_ranks, barrier on", torch.cuda.get_device_name(0))
+"""
+
+
+@requires_gpu
+def test_cuda_nccl_one_rank_exchanges_cuda_tensors(tmp_path: Path):
+    """caffe.parallel's collectives on CUDA tensors in an NCCL process group of one rank (``WORLD_SIZE=1``
+    makes ``parallel.init`` a no-op, so the group is made with torch.distributed directly)."""
+    (tmp_path / "nccl.py").write_text(NCCL_SCRIPT)
+    proc = _run([sys.executable, str(tmp_path / "nccl.py"), str(tmp_path / "store")], tmp_path)
+    assert "NCCL world of 1:" in proc.stdout
+
+
+@requires_gpu
+def test_cuda_two_ranks_sharing_one_gpu_through_gloo_match_one_gpu_process_of_double_batch(
+    mnist: Path,  # noqa: F811
+):
+    """``torchrun --nproc-per-node 2 -m caffe train --gpu 0`` on a machine with one GPU: both ranks take GPU 0
+    and, without a GPU each, join through gloo (exchanging CUDA tensors); LeNet with batch 32 per rank ends
+    with the weights of one GPU process of batch 64, in float32 over 20 iterations (see the docstring of
+    ``test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once`` for why not longer); under
+    ``debug_info`` every rank checks after each iteration that it holds rank 0's weights bitwise."""
+    iters, runs = 20, {}
+    fields = {"max_iter": iters, "snapshot": iters, "test_interval": iters, "display": 10, "debug_info": "true"}
+    text = (mnist / "lenet_train_test.prototxt").read_text()
+    for name, batch, nproc in (("one", 64, 1), ("two", 32, 2)):
+        folder = mnist / f"cuda_gloo_{name}"
+        folder.mkdir()
+        (folder / "net.prototxt").write_text(text.replace("batch_size: 64", f"batch_size: {batch}"))
+        solver = write_solver(folder, "lenet", folder / "net.prototxt", random_seed=3, **fields)
+        args = ("-m", "caffe", "train", f"--solver={solver}", "--gpu=0")
+        cmd = _torchrun(nproc, *args) if nproc > 1 else [sys.executable, *args]
+        runs[name] = folder, messages(_run(cmd, folder).stderr)
+    (one, _), (two, lines) = runs["one"], runs["two"]
+    ranks = [line for line in lines if line.startswith("Rank ")]
+    assert sorted(line.split(":")[0] for line in ranks) == ["Rank 0 of 2", "Rank 1 of 2"], ranks
+    assert all(": GPU 0 (" in line and line.endswith(", gloo backend") for line in ranks), ranks
+    assert _count(lines, "Optimization Done.") == 1
+    ref, got = blobs(one / f"lenet_iter_{iters}.caffemodel"), blobs(two / f"lenet_iter_{iters}.caffemodel")
+    assert ref.keys() == got.keys()
+    worst = _close([w for k in got for w in got[k]], [w for k in ref for w in ref[k]])
+    print(f"2 gloo ranks on one GPU vs 1 GPU process, {iters} iterations: max|Δw|/max|w| = {worst:.3e}")
+    assert worst <= 1e-4

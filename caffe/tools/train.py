@@ -284,7 +284,19 @@ def train(argv: list[str]) -> int:
         return _launch(gpus, argv)
     if distributed:
         gpus = _rank_gpu(gpus)
-        parallel.init("cuda" if gpus else "cpu")
+        if gpus:  # NCCL and caffe.parallel's one-number exchanges use the current CUDA device: this rank's
+            torch.cuda.set_device(gpus[0])
+        rank, size = parallel.init("cuda" if gpus else "cpu")
+        if gpus:  # every rank says where it runs (Caffe logs each GPU too); CPU ranks other than 0 stay quiet
+            backend = torch.distributed.get_backend() if parallel.joined() else "none"
+            log.info(
+                "Rank %d of %d: GPU %d (%s), %s backend",
+                rank,
+                size,
+                gpus[0],
+                torch.cuda.get_device_name(gpus[0]),
+                backend,
+            )
         if not parallel.is_root():
             log.setLevel(logging.WARNING)
     if gpus:
