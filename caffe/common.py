@@ -48,6 +48,15 @@ def set_mode_gpu() -> None:
             "(torch.cuda.is_available() is False); use caffe.set_mode_cpu()"
         )
     _state.mode = "GPU"
+    _float32_like_caffe()
+
+
+def _float32_like_caffe() -> None:
+    """Convolutions in true float32 on the GPU, as Caffe's cuDNN and the CPU compute them: PyTorch lets cuDNN
+    use TF32 (10-bit mantissa, ~1e-3 relative) by default. ``CAFFE_ALLOW_TF32=1`` keeps PyTorch's default."""
+    if os.environ.get("CAFFE_ALLOW_TF32", "0") != "1":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def set_device(device_id: int) -> None:
@@ -58,6 +67,8 @@ def set_device(device_id: int) -> None:
             f"set_device: GPU {device_id} does not exist (this machine has {torch.cuda.device_count()} CUDA device(s))"
         )
     _state.device_id = device_id
+    if cuda_available():
+        torch.cuda.set_device(device_id)  # as cudaSetDevice: this process's collectives and new tensors go there
 
 
 def mode() -> str:
