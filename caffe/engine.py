@@ -149,6 +149,9 @@ class InferencePlan:
         g = conv.geometry
         pad, stride, dil, groups = list(g.pad), list(g.stride), list(g.dilation), conv.group
         assert step.weight is not None
+        tail = getattr(conv, "_tail", ())
+        if any(tail):  # a kernel overhanging a tiny input (Caffe's truncating output size): zero rows
+            x = F.pad(x, [0, tail[1], 0, tail[0]])
         if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and _onednn_ok():
             if not x.is_contiguous(memory_format=torch.channels_last):
                 x = x.contiguous(memory_format=torch.channels_last)

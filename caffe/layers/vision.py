@@ -58,14 +58,27 @@ class ConvGeometry:
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
 
     def conv_output(self, layer: Layer, shape: Shape) -> tuple[int, ...]:
-        """Caffe's convolution output size, (in + 2*pad - extent) / stride + 1, per spatial axis."""
+        """Caffe's convolution output size, (in + 2*pad - extent) / stride + 1 per spatial axis, with C++'s
+        division (toward zero): a kernel overhanging the padded input by less than a stride still gives 1
+        (its missing rows read as zeros, as Caffe's im2col does); a size <= 0 is refused."""
         spatial = shape[self.axis + 1 :]
-        if any(n + 2 * p < e for n, p, e in zip(spatial, self.pad, self.extent)):
+        out = tuple(_trunc_div(n + 2 * p - e, s) + 1 for n, p, e, s in zip(spatial, self.pad, self.extent, self.stride))
+        if any(o <= 0 for o in out):
             raise layer.shape_error(
                 f"input spatial size {list(spatial)} (bottom shape {list(shape)}) plus 2*pad {list(self.pad)} "
-                f"is smaller than the (dilated) kernel {list(self.extent)}"
+                f"is smaller than the (dilated) kernel {list(self.extent)} by a stride or more "
+                f"(Caffe's output size {list(out)})"
             )
-        return tuple((n + 2 * p - e) // s + 1 for n, p, e, s in zip(spatial, self.pad, self.extent, self.stride))
+        return out
+
+    def tail_pad(self, shape: Shape, out: Sequence[int]) -> tuple[int, ...]:
+        """Zeros to add after each spatial axis so that ``out`` windows fit (nonzero only when the kernel
+        overhangs the padded input, see :meth:`conv_output`)."""
+        spatial = shape[self.axis + 1 :]
+        return tuple(
+            max(0, (o - 1) * s + e - n - 2 * p)
+            for n, o, s, e, p in zip(spatial, out, self.stride, self.extent, self.pad)
+        )
 
     def deconv_output(self, layer: Layer, shape: Shape) -> tuple[int, ...]:
         """Caffe's deconvolution output size, stride*(in - 1) + extent - 2*pad, per spatial axis."""
@@ -84,6 +97,18 @@ class ConvGeometry:
                 f"bottom shape {list(shape)} has {len(shape)} axes; the layer was set up for "
                 f"{self.axis + 1 + self.num_spatial} (channel axis {self.axis}, {self.num_spatial} spatial)"
             )
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """C++ integer division (rounds toward zero)."""
+    return a // b if a >= 0 else -(-a // b)
+
+
+def _pad_tail(x: torch.Tensor, tail: Sequence[int]) -> torch.Tensor:
+    """Zero-pad the end of the last ``len(tail)`` axes of ``x``."""
+    if not any(tail):
+        return x
+    return F.pad(x, [v for t in reversed(tail) for v in (0, t)])
 
 
 def _spatial_field(
@@ -217,7 +242,9 @@ class _ConvolutionBase(Layer):
         for j, other in enumerate(bottom[1:], start=1):
             if other != shape:
                 raise self.shape_error(f"shape mismatch - bottom[0]: {list(shape)} vs. bottom[{j}]: {list(other)}")
-        top = (*shape[: g.axis], self.num_output, *self.output_spatial(shape))
+        out = self.output_spatial(shape)
+        self._tail = () if self.transposed else g.tail_pad(shape, out)
+        top = (*shape[: g.axis], self.num_output, *out)
         return [top] * len(bottom)
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -228,7 +255,7 @@ class _ConvolutionBase(Layer):
             weight = weight.unsqueeze(-1)
         tops = []
         for x in bottom:
-            xb = _batch_view(x, axis)
+            xb = _pad_tail(_batch_view(x, axis), self._tail)
             if self._zero_d:
                 y = self._fn(xb.unsqueeze(-1), weight, bias, **self._kwargs).squeeze(-1)
             else:
@@ -298,10 +325,11 @@ class Im2colLayer(Layer):
         shape = bottom[0]
         g.check_bottom(self, shape)
         self._out = g.conv_output(self, shape)
+        self._tail = g.tail_pad(shape, self._out)
         return [(*shape[: g.axis], shape[g.axis] * math.prod(g.kernel), *self._out)]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [im2col(bottom[0], self.geometry, self._out)]
+        return [im2col(_pad_tail(bottom[0], self._tail), self.geometry, self._out)]
 
 
 # ============================================================================ pooling (shared by Pooling and SPP)
@@ -310,9 +338,10 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def caffe_pool_output(size: int, kernel: int, stride: int, pad: int, ceil: bool, padded: bool) -> int:
-    """Caffe's pooled size: ceil or floor of (size + 2*pad - kernel)/stride, + 1; when the layer has any
-    padding (``padded``: pad_h or pad_w nonzero, on both axes alike), a last window starting in the
-    bottom/right padding is dropped. ``size + 2*pad >= kernel`` is assumed."""
+    """Caffe's pooled size: ceil or floor of (size + 2*pad - kernel)/stride, + 1 (a negative span rounds
+    the same way: 2x2/2 over 1x1 gives 1 with ceil, 0 with floor); when the layer has any padding
+    (``padded``: pad_h or pad_w nonzero, on both axes alike), a last window starting in the
+    bottom/right padding is dropped."""
     span = size + 2 * pad - kernel
     out = (_ceil_div(span, stride) if ceil else span // stride) + 1
     if padded and (out - 1) * stride >= size + pad:
@@ -347,6 +376,20 @@ def check_pool_config(
             raise layer.error(f"{where}pad {list(pad)} must be smaller than the kernel {list(kernel)}")
 
 
+def pool_ceil_mode(layer: Layer, p: pb.PoolingParameter) -> bool:
+    """Ceil (True) or floor rounding: BVLC master's ``round_mode`` or the forks' ``ceil_mode`` (BVLC PR
+    #3057: DenseNet, DPN, ResNeXt prototxts); both given must agree."""
+    ceil = p.round_mode == pb.PoolingParameter.CEIL
+    if p.HasField("ceil_mode"):
+        if p.HasField("round_mode") and p.ceil_mode != ceil:
+            raise layer.error(
+                f"ceil_mode: {str(p.ceil_mode).lower()} contradicts round_mode: "
+                f"{pb.PoolingParameter.RoundMode.Name(p.round_mode)}"
+            )
+        ceil = p.ceil_mode
+    return ceil
+
+
 class PoolPlan:
     """A 2-D pooling of an (N, C, H, W) input of fixed H, W with Caffe's sizes and window rules."""
 
@@ -365,16 +408,19 @@ class PoolPlan:
         if method not in _POOL_NAMES:
             raise layer.error(f"unknown pooling method {method}")
         check_pool_config(layer, method, kernel, stride, pad, where)
-        if any(n + 2 * p < k for n, p, k in zip(in_hw, pad, kernel)):
-            raise layer.shape_error(
-                f"{where}input spatial size {list(in_hw)} plus 2*pad {list(pad)} is smaller than the kernel "
-                f"{list(kernel)}"
-            )
         self.method, self.kernel, self.stride, self.pad, self.ceil = method, kernel, stride, pad, ceil
         self.in_hw = in_hw
         self.is_global = is_global
         padded = any(pad)
+        # A window larger than the input builds, as in Caffe (2x2/2 over 1x1 gives 1x1); only a size
+        # <= 0 is refused (Caffe's negative size fails its blob check; an empty top cannot pool).
         self.out = tuple(caffe_pool_output(n, k, s, p, ceil, padded) for n, k, s, p in zip(in_hw, kernel, stride, pad))
+        if min(self.out) <= 0:
+            raise layer.shape_error(
+                f"{where}input spatial size {list(in_hw)} plus 2*pad {list(pad)} is smaller than the kernel "
+                f"{list(kernel)} by too much: pooled size {list(self.out)} (stride {list(stride)}, "
+                f"{'ceil' if ceil else 'floor'} rounding)"
+            )
         torch_out = tuple(_torch_pool_output(n, k, s, p, ceil) for n, k, s, p in zip(in_hw, kernel, stride, pad))
         # torch's pooling = Caffe's when it accepts the pad and produces Caffe's output size (then the
         # window clipping, the MAX tie rule and the AVE divisor clipped to [-pad, size+pad) coincide).
@@ -519,6 +565,7 @@ class PoolingLayer(Layer):
             )
         if p.round_mode not in (pb.PoolingParameter.CEIL, pb.PoolingParameter.FLOOR):
             raise self.error(f"unknown round_mode {p.round_mode}")
+        self.ceil = pool_ceil_mode(self, p)
         if self.kernel is not None:
             check_pool_config(self, p.pool, self.kernel, self.stride, self.pad)
 
@@ -536,7 +583,7 @@ class PoolingLayer(Layer):
             hw if self.kernel is None else self.kernel,
             self.stride,
             self.pad,
-            p.round_mode == pb.PoolingParameter.CEIL,
+            self.ceil,
             hw,
             is_global=self.is_global,
         )
