@@ -5,12 +5,14 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 ``normalization`` (LRN, MVN, BatchNorm), ``neuron`` (element-wise activations, Dropout),
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
 ``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` and ``window_data`` (Data, ImageData, WindowData:
-prefetching readers), ``hdf5`` (HDF5Data, HDF5Output) and ``python`` (user layers).
+prefetching readers), ``detection`` (the SSD fork's Normalize, Permute, PriorBox,
+DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output) and ``python`` (user layers).
 """
 
 from caffe.layers import (  # noqa: F401
     core,
     data,
+    detection,
     hdf5,
     input,
     loss,

@@ -1,0 +1,172 @@
+"""The SSD fork's layers (Normalize, Permute, PriorBox, DetectionOutput): hand-computed cases from the fork's
+rules, gradient checks, forward parity with OpenCV's cv2.dnn, and the res10 SSD face detector end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from gradcheck import check_gradient, layer_net, set_inputs
+
+import caffe
+from caffe.proto import caffe_pb2 as pb
+
+
+def _rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _forward(net: caffe.Net, inputs: dict[str, np.ndarray], top: str = "y") -> np.ndarray:
+    set_inputs(net, inputs)
+    net.forward()
+    return net.blobs[top].data.copy()
+
+
+def _cv2_forward(net: caffe.Net, tmp_path: Path, inputs: dict[str, np.ndarray], layer: str = "layer") -> np.ndarray:
+    """The same net (prototxt + caffemodel written by us) run by cv2.dnn."""
+    proto, model = tmp_path / "net.prototxt", tmp_path / "net.caffemodel"
+    param = net.to_proto()
+    for lp in param.layer:
+        for blob in lp.blobs:
+            if not blob.shape.dim:  # cv2 cannot read a 0-axis blob (the fork's shared Normalize scale)
+                blob.shape.dim.append(1)
+    model.write_bytes(param.SerializeToString())
+    proto.write_text(text_format.MessageToString(_without_blobs(param)))
+    cv = cv2.dnn.readNetFromCaffe(str(proto), str(model))
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    for name, value in inputs.items():
+        cv.setInput(value.astype(np.float32), name)
+    return cv.forward(layer)
+
+
+def _without_blobs(param: pb.NetParameter) -> pb.NetParameter:
+    for layer in param.layer:
+        del layer.blobs[:]
+    return param
+
+
+# ---------------------------------------------------------------------------- proto
+def test_proto_uses_the_fork_field_numbers_and_defaults():
+    fields = pb.LayerParameter.DESCRIPTOR.fields_by_name
+    numbers = {name: fields[name].number for name in ("permute_param", "prior_box_param", "norm_param")}
+    assert numbers == {"permute_param": 202, "prior_box_param": 203, "norm_param": 206}
+    assert fields["detection_output_param"].number == 204
+    assert pb.NormalizeParameter().eps == pytest.approx(1e-10)
+    assert pb.NormalizeParameter().across_spatial and pb.NormalizeParameter().channel_shared
+    prior = pb.PriorBoxParameter()
+    assert (prior.flip, prior.clip, prior.offset) == (True, False, 0.5)
+    det = pb.DetectionOutputParameter()
+    assert (det.share_location, det.background_label_id, det.keep_top_k, det.code_type) == (True, 0, -1, 1)
+    assert det.nms_param.nms_threshold == pytest.approx(0.3) and det.nms_param.eta == 1.0
+    numbers = {f.name: f.number for f in pb.DetectionOutputParameter.DESCRIPTOR.fields}
+    assert numbers["variance_encoded_in_target"] == 8 and numbers["keep_top_k"] == 7 and numbers["clip"] == 1000
+    assert pb.SaveOutputParameter.DESCRIPTOR.fields_by_name["resize_param"].number == 7
+
+
+# ---------------------------------------------------------------------------- Normalize
+def _normalize(across: bool, shared: bool, extra: str = "") -> str:
+    return (
+        'type: "Normalize" bottom: "x" top: "y" norm_param { '
+        f"across_spatial: {str(across).lower()} channel_shared: {str(shared).lower()} {extra} }}"
+    )
+
+
+def _normalize_reference(x: np.ndarray, scale: np.ndarray, across: bool, eps: float) -> np.ndarray:
+    axes = (1, 2, 3) if across else (1,)
+    norm = np.sqrt(np.sum(x * x, axis=axes, keepdims=True) + eps)
+    return x / norm * scale.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("across", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+def test_normalize_forward(across, shared):
+    filler = 'scale_filler { type: "gaussian" std: 3 }'
+    net = layer_net(_normalize(across, shared, filler + " eps: 0.25"), {"x": (2, 3, 4, 5)})
+    scale = net.params["layer"][0].data
+    assert scale.shape == (() if shared else (3,))
+    x = _rand(2, 3, 4, 5)
+    expect = _normalize_reference(x, np.broadcast_to(scale, (3,)), across, float(np.float32(0.25)))
+    np.testing.assert_allclose(_forward(net, {"x": x}), expect, rtol=1e-12)
+
+
+def test_normalize_default_scale_is_one_and_spatial_sums_are_per_position():
+    net = layer_net('type: "Normalize" bottom: "x" top: "y" norm_param { across_spatial: false }', {"x": (1, 2, 1, 2)})
+    x = np.array([3.0, 1.0, 4.0, 0.0]).reshape(1, 2, 1, 2)  # positions (3, 4) and (1, 0)
+    y = _forward(net, {"x": x})
+    np.testing.assert_allclose(y.reshape(2, 2), [[0.6, 1.0], [0.8, 0.0]], rtol=1e-9)
+
+
+@pytest.mark.parametrize("across", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+def test_normalize_gradient(across, shared):
+    filler = "" if not shared else 'scale_filler { type: "constant" value: 2.5 }'
+    net = layer_net(_normalize(across, shared, filler), {"x": (2, 3, 2, 3)})
+    check_gradient(net, {"x": _rand(2, 3, 2, 3)}, threshold=1e-6)
+
+
+@pytest.mark.parametrize("across", [True, False])
+def test_normalize_backward_is_the_forks_with_per_channel_scales(across):
+    """The fork multiplies the normalization's gradient by the scale afterwards: s * J^T dy."""
+    net = layer_net(_normalize(across, False, 'scale_filler { type: "gaussian" }'), {"x": (2, 3, 2, 2)})
+    s = net.params["layer"][0].data.copy()
+    x, g = _rand(2, 3, 2, 2), _rand(2, 3, 2, 2, seed=4)
+    _forward(net, {"x": x})
+    net.blobs["y"].diff[...] = g
+    net.backward()
+    axes = (1, 2, 3) if across else (1,)
+    norm = np.sqrt(np.sum(x * x, axis=axes, keepdims=True) + 1e-10)
+    dot = np.sum(x * g, axis=axes, keepdims=True)
+    fork = (g - x * dot / norm**2) / norm * s.reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(net.blobs["x"].diff, fork, rtol=1e-9, atol=1e-12)
+    z = x / norm
+    np.testing.assert_allclose(net.params["layer"][0].diff, np.sum(z * g, axis=(0, 2, 3)), rtol=1e-9)
+
+
+# OpenCV refuses per-channel scales with across_spatial (its scale must then have one value).
+@pytest.mark.parametrize(("across", "shared"), [(True, True), (False, True), (False, False)])
+def test_normalize_matches_cv2(tmp_path, across, shared):
+    text = _normalize(across, shared, 'scale_filler { type: "uniform" min: 1 max: 20 }')
+    net = layer_net(text, {"x": (2, 4, 5, 6)}, dtype=torch.float32)
+    x = _rand(2, 4, 5, 6).astype(np.float32)
+    ours = _forward(net, {"x": x})
+    np.testing.assert_allclose(ours, _cv2_forward(net, tmp_path, {"x": x}), rtol=1e-5, atol=1e-6)
+
+
+def test_normalize_errors():
+    with pytest.raises(caffe.ShapeError, match="at least 2 axes"):
+        layer_net(_normalize(True, True), {"x": (4,)})
+    net = layer_net(_normalize(True, False), {"x": (1, 3, 2, 2)})
+    net.blobs["x"].reshape(1, 4, 2, 2)
+    with pytest.raises(caffe.ShapeError, match=r"layer.*4 channels"):
+        net.reshape()
+
+
+# ---------------------------------------------------------------------------- Permute
+def _permute(*order: int) -> str:
+    return 'type: "Permute" bottom: "x" top: "y" permute_param { ' + " ".join(f"order: {o}" for o in order) + " }"
+
+
+@pytest.mark.parametrize(("order", "full"), [((0, 2, 3, 1), (0, 2, 3, 1)), ((3, 1), (3, 1, 0, 2)), ((), (0, 1, 2, 3))])
+def test_permute_forward_and_gradient(order, full):
+    net = layer_net(_permute(*order), {"x": (2, 3, 4, 5)})
+    x = _rand(2, 3, 4, 5)
+    y = _forward(net, {"x": x})
+    np.testing.assert_array_equal(y, np.transpose(x, full))
+    check_gradient(net, {"x": x})
+
+
+def test_permute_matches_cv2(tmp_path):
+    net = layer_net(_permute(0, 2, 3, 1), {"x": (2, 3, 4, 5)}, dtype=torch.float32)
+    x = _rand(2, 3, 4, 5).astype(np.float32)
+    np.testing.assert_array_equal(_forward(net, {"x": x}), _cv2_forward(net, tmp_path, {"x": x}))
+
+
+def test_permute_errors():
+    with pytest.raises(caffe.ShapeError, match="order 4 is out of range"):
+        layer_net(_permute(0, 4), {"x": (2, 3, 4, 5)})
+    with pytest.raises(caffe.LayerError, match=r"'layer'.*repeats axis 2"):
+        layer_net(_permute(2, 2), {"x": (2, 3, 4, 5)})
