@@ -3,6 +3,7 @@ rules, gradient checks, forward parity with OpenCV's cv2.dnn, and the res10 SSD 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -170,3 +171,88 @@ def test_permute_errors():
         layer_net(_permute(0, 4), {"x": (2, 3, 4, 5)})
     with pytest.raises(caffe.LayerError, match=r"'layer'.*repeats axis 2"):
         layer_net(_permute(2, 2), {"x": (2, 3, 4, 5)})
+
+
+# ---------------------------------------------------------------------------- PriorBox
+def _prior_box(params: str, bottoms: tuple[str, ...] = ("x", "img")) -> str:
+    tops = " ".join(f'bottom: "{b}"' for b in bottoms)
+    return f'type: "PriorBox" {tops} top: "y" prior_box_param {{ {params} }}'
+
+
+def _prior_net(params: str, feature=(1, 1, 2, 2), image=(1, 3, 20, 20), **kw) -> caffe.Net:
+    bottoms = {"x": feature, "img": image} if image else {"x": feature}
+    return layer_net(_prior_box(params, tuple(bottoms)), bottoms, **kw)
+
+
+def _corners(cx: float, cy: float, w: float, h: float, img_w: float, img_h: float) -> list[float]:
+    return [(cx - w / 2) / img_w, (cy - h / 2) / img_h, (cx + w / 2) / img_w, (cy + h / 2) / img_h]
+
+
+def test_prior_box_sizes_ratios_and_order():
+    """Per cell (rows, then columns): min_size, sqrt(min*max), then r and 1/r for each aspect ratio."""
+    net = _prior_net("min_size: 4 max_size: 9 aspect_ratio: 2 variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2")
+    y = net.forward()["y"]
+    assert y.shape == (1, 2, 2 * 2 * 4 * 4)
+    r = math.sqrt(2)
+    expect = []
+    for cy in (5, 15):  # step = 20 / 2, offset 0.5
+        for cx in (5, 15):
+            for w, h in ((4, 4), (6, 6), (4 * r, 4 / r), (4 / r, 4 * r)):
+                expect += _corners(cx, cy, w, h, 20, 20)
+    np.testing.assert_allclose(y[0, 0], expect, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y[0, 1], [0.1, 0.1, 0.2, 0.2] * 16, rtol=1e-7)
+
+
+def test_prior_box_flip_duplicates_step_offset_and_image_size():
+    params = "min_size: 8 aspect_ratio: 3 aspect_ratio: 3 aspect_ratio: 1 flip: false step: 8 offset: 0.25 img_size: 32"
+    net = _prior_net(params, feature=(1, 1, 1, 2), image=None)
+    y = net.forward()["y"]
+    r = math.sqrt(3)
+    expect = []
+    for cx in (0.25 * 8, 1.25 * 8):
+        expect += _corners(cx, 2, 8, 8, 32, 32) + _corners(cx, 2, 8 * r, 8 / r, 32, 32)
+    np.testing.assert_allclose(y[0, 0], expect, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y[0, 1], 0.1, rtol=1e-7)  # the default variance
+
+
+def test_prior_box_step_h_w_img_h_w_clip_and_integer_sizes():
+    params = "min_size: 16.9 step_h: 4 step_w: 10 img_h: 40 img_w: 20 clip: true variance: 0.3"
+    y = _prior_net(params, feature=(1, 1, 1, 1), image=None).forward()["y"]
+    # the fork truncates min_size to an int: 16, centred at (5, 2), clipped to [0, 1]
+    np.testing.assert_allclose(y[0, 0], np.clip(_corners(5, 2, 16, 16, 20, 40), 0, 1), rtol=1e-6)
+    np.testing.assert_allclose(y[0, 1], 0.3, rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "min_size: 30 max_size: 60 aspect_ratio: 2 flip: true clip: false "
+        "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 8 offset: 0.5",
+        "min_size: 45 max_size: 99 aspect_ratio: 2 aspect_ratio: 3 flip: true clip: true variance: 0.1",
+        "min_size: 10 aspect_ratio: 0.5 flip: false clip: false step_h: 7 step_w: 9 offset: 0.3 variance: 0.2",
+        # OpenCV ignores img_h/img_w (it always reads bottom[1]), so they equal the image's size here
+        "min_size: 20 max_size: 50 clip: false img_h: 75 img_w: 100 variance: 0.1",
+    ],
+)
+def test_prior_box_matches_cv2(tmp_path, params):
+    net = _prior_net(params, feature=(1, 4, 5, 7), image=(1, 3, 75, 100), dtype=torch.float32)
+    inputs = {"x": _rand(1, 4, 5, 7), "img": _rand(1, 3, 75, 100)}
+    ours = _forward(net, inputs)
+    np.testing.assert_allclose(ours, _cv2_forward(net, tmp_path, inputs), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("aspect_ratio: 2", "must provide min_size"),
+        ("min_size: 10 max_size: 5", "greater than min_size"),
+        ("min_size: 10 variance: 0.1 variance: 0.2", "1 or 4 values"),
+        ("min_size: 10 step: 4 step_h: 4 step_w: 4", "either step or step_h/step_w"),
+        ("min_size: 10 img_h: 4", "must be positive"),
+    ],
+)
+def test_prior_box_errors(params, message):
+    with pytest.raises(caffe.LayerError, match=message):
+        _prior_net(params)
+    with pytest.raises(caffe.LayerError, match="needs the image as bottom"):
+        _prior_net("min_size: 4", image=None)
