@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import asset
 from google.protobuf import text_format
 from gradcheck import check_gradient, layer_net, set_inputs
 
@@ -256,3 +257,162 @@ def test_prior_box_errors(params, message):
         _prior_net(params)
     with pytest.raises(caffe.LayerError, match="needs the image as bottom"):
         _prior_net("min_size: 4", image=None)
+
+
+# ---------------------------------------------------------------------------- DetectionOutput
+def _detection_net(params: str, num: int, priors: int, classes: int, loc_classes: int = 1, **kw) -> caffe.Net:
+    text = (
+        'type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "y" '
+        f"detection_output_param {{ num_classes: {classes} {params} }}"
+    )
+    shapes = {"loc": (num, priors * loc_classes * 4), "conf": (num, priors * classes), "prior": (1, 2, priors * 4)}
+    return layer_net(text, shapes, force_backward=False, **kw)
+
+
+PRIORS = np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.52, 0.5], [0.6, 0.6, 0.9, 0.9]])
+
+
+def _detect(params: str, scores: np.ndarray, loc=None, priors=PRIORS, variance=(0.1, 0.1, 0.2, 0.2), **kw):
+    """Run DetectionOutput on one image: scores (P, C), loc (P, L, 4) (zeros: the priors themselves)."""
+    p, c = scores.shape
+    loc = np.zeros((p, 1, 4)) if loc is None else loc
+    net = _detection_net(params, 1, p, c, loc.shape[1], **kw)
+    prior = np.stack([priors.reshape(-1), np.tile(variance, p)]).reshape(1, 2, -1)
+    inputs = {"loc": loc.reshape(1, -1), "conf": scores.reshape(1, -1), "prior": prior}
+    return _forward(net, inputs)[0, 0]
+
+
+def _row(label: int, score: float, box, image: int = 0) -> list[float]:
+    return [image, label, score, *box]
+
+
+def test_detection_output_nms_threshold_top_k_and_confidence():
+    scores = np.array([[0.1, 0.9], [0.2, 0.8], [0.3, 0.7]])  # background 0, class 1
+    out = _detect("nms_param { nms_threshold: 0.45 }", scores)
+    # prior 1 overlaps prior 0 (IoU 0.905) and is suppressed; prior 2 is kept
+    np.testing.assert_allclose(out, [_row(1, 0.9, PRIORS[0]), _row(1, 0.7, PRIORS[2])], rtol=1e-6)
+    loose = _detect("nms_param { nms_threshold: 0.95 }", scores)
+    np.testing.assert_allclose(loose[:, 2], [0.9, 0.8, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(_detect("nms_param { nms_threshold: 0.95 top_k: 2 }", scores)[:, 2], [0.9, 0.8])
+    only = _detect("nms_param { nms_threshold: 0.45 } confidence_threshold: 0.75", scores)
+    np.testing.assert_allclose(only, [_row(1, 0.9, PRIORS[0])], rtol=1e-6)
+
+
+def test_detection_output_keep_top_k_across_classes_groups_by_label():
+    scores = np.array([[0.0, 0.9, 0.3], [0.0, 0.1, 0.2], [0.0, 0.6, 0.95]])
+    params = "nms_param { nms_threshold: 0.45 } keep_top_k: 3"
+    out = _detect(params, scores)
+    # best three overall: 0.95 (class 2, prior 2), 0.9 (class 1, prior 0), 0.6 (class 1, prior 2)
+    expect = [_row(1, 0.9, PRIORS[0]), _row(1, 0.6, PRIORS[2]), _row(2, 0.95, PRIORS[2])]
+    np.testing.assert_allclose(out, expect, rtol=1e-6)
+
+
+def test_detection_output_share_location_false_and_no_background():
+    scores = np.array([[0.8, 0.1], [0.1, 0.2], [0.1, 0.7]])
+    loc = np.zeros((3, 2, 4))
+    loc[:, 1, :] = 1.0  # class 1's boxes move by variance * 1
+    out = _detect("share_location: false background_label_id: -1 nms_param { nms_threshold: 0.45 }", scores, loc)
+    shifted = PRIORS + np.array([0.1, 0.1, 0.2, 0.2])
+    expect = [_row(0, 0.8, PRIORS[0]), _row(0, 0.1, PRIORS[2]), _row(1, 0.7, shifted[2]), _row(1, 0.2, shifted[1])]
+    np.testing.assert_allclose(out, expect, rtol=1e-6)
+    shared = _detect("background_label_id: -1 nms_param { nms_threshold: 0.45 } keep_top_k: 1", scores)
+    np.testing.assert_allclose(shared, [_row(0, 0.8, PRIORS[0])], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("code", "in_target", "loc", "expect"),
+    [
+        ("CORNER", False, [1, -1, 2, 0.5], [0.3, 0.1, 0.6 + 0.4, 0.4 + 0.1]),
+        ("CORNER", True, [0.1, -0.1, 0.4, 0.1], [0.3, 0.1, 1.0, 0.5]),
+        ("CENTER_SIZE", False, [1, -1, math.log(2) / 0.2, 0], [0.04, 0.18, 0.84, 0.38]),
+        ("CENTER_SIZE", True, [0.1, -0.1, math.log(2), 0], [0.04, 0.18, 0.84, 0.38]),
+        ("CORNER_SIZE", False, [1, -1, 2, 0.5], [0.2 + 0.04, 0.2 - 0.02, 0.6 + 0.16, 0.4 + 0.02]),
+        ("CORNER_SIZE", True, [0.1, -0.1, 0.4, 0.1], [0.24, 0.18, 0.76, 0.42]),
+    ],
+)
+def test_detection_output_code_types(code, in_target, loc, expect):
+    prior = np.array([[0.2, 0.2, 0.6, 0.4]])  # width 0.4, height 0.2, centre (0.4, 0.3)
+    params = f"code_type: {code} variance_encoded_in_target: {str(in_target).lower()}"
+    out = _detect(params, np.array([[0.0, 0.5]]), np.array(loc, dtype=float).reshape(1, 1, 4), prior)
+    np.testing.assert_allclose(out, [_row(1, 0.5, expect)], rtol=1e-5, atol=1e-6)
+
+
+def test_detection_output_no_detection_rows_and_clip():
+    scores = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    out = _detect("confidence_threshold: 0.5", scores)
+    np.testing.assert_array_equal(out, [[0, -1, -1, -1, -1, -1, -1]])
+    net = _detection_net("confidence_threshold: 0.5", 2, 3, 2)
+    prior = np.stack([PRIORS.reshape(-1), np.full(12, 0.1)]).reshape(1, 2, -1)
+    inputs = {"loc": np.zeros((2, 12)), "conf": np.tile(scores.reshape(1, -1), (2, 1)), "prior": prior}
+    np.testing.assert_array_equal(_forward(net, inputs)[0, 0], [[0, *[-1] * 6], [1, *[-1] * 6]])
+    loc = np.array([-5.0, 0, 5, 0]).reshape(1, 1, 4)
+    clipped = _detect("clip: true", np.array([[0.0, 0.5]]), loc, PRIORS[:1])
+    np.testing.assert_allclose(clipped, [_row(1, 0.5, [0, 0.1, 1, 0.5])], rtol=1e-6)
+
+
+def test_detection_output_errors():
+    with pytest.raises(caffe.LayerError, match="must specify num_classes"):
+        layer_net(
+            'type: "DetectionOutput" bottom: "a" bottom: "b" bottom: "c" top: "y"',
+            {"a": (1, 4), "b": (1, 2), "c": (1, 2, 4)},
+        )
+    with pytest.raises(caffe.ShapeError, match=r"confidence bottom .* needs 6 channels"):
+        layer_net(
+            'type: "DetectionOutput" bottom: "a" bottom: "b" bottom: "c" top: "y" '
+            "detection_output_param { num_classes: 3 }",
+            {"a": (1, 8), "b": (1, 4), "c": (1, 2, 8)},
+        )
+
+
+def _sorted_rows(rows: np.ndarray) -> np.ndarray:
+    rows = rows[np.any(rows != 0, axis=1)]  # cv2 pads with zero rows
+    return rows[np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))]
+
+
+@pytest.mark.parametrize("code", ["CORNER", "CENTER_SIZE"])
+@pytest.mark.parametrize("share", [True, False])
+def test_detection_output_matches_cv2(tmp_path, code, share):
+    num, priors, classes = 2, 60, 4
+    rng = np.random.default_rng(7)
+    lo = rng.uniform(0, 0.7, (priors, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform(0.05, 0.3, (priors, 2))], axis=1)
+    prior = np.stack([boxes.reshape(-1), np.tile([0.1, 0.1, 0.2, 0.2], priors)]).reshape(1, 2, -1)
+    loc_classes = 1 if share else classes
+    params = (
+        f"share_location: {str(share).lower()} code_type: {code} nms_param {{ nms_threshold: 0.45 top_k: 40 }} "
+        "keep_top_k: 25 confidence_threshold: 0.05 background_label_id: 0"  # cv2 requires the last one
+    )
+    net = _detection_net(params, num, priors, classes, loc_classes, dtype=torch.float32)
+    conf = rng.dirichlet(np.ones(classes), (num, priors)).reshape(num, -1)
+    inputs = {"loc": rng.normal(0, 1, (num, priors * loc_classes * 4)), "conf": conf, "prior": prior}
+    inputs = {k: v.astype(np.float32) for k, v in inputs.items()}
+    ours, ref = _forward(net, inputs)[0, 0], _cv2_forward(net, tmp_path, inputs)[0, 0]
+    assert len(ours) == 2 * 25
+    np.testing.assert_allclose(_sorted_rows(ours), _sorted_rows(ref), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the res10 SSD face detector
+def _face_input(name: str) -> np.ndarray:
+    image = cv2.imread(str(asset(f"models/mtcnn_face_caffe/{name}")), cv2.IMREAD_COLOR)
+    return cv2.dnn.blobFromImage(cv2.resize(image, (300, 300)), 1.0, (300, 300), (104.0, 177.0, 123.0))
+
+
+@pytest.mark.parametrize(("name", "faces"), [("test1.jpg", 2), ("test2.jpg", 1)])
+def test_res10_ssd_face_detector_matches_cv2(name, faces):
+    proto = asset("models/res10_ssd_face_prototxt_only/deploy.prototxt")
+    weights = asset("models/res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel")
+    blob = _face_input(name)
+    cv = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
+    cv.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    cv.setInput(blob)
+    ref = cv.forward()[0, 0]
+    net = caffe.Net(str(proto), caffe.TEST, weights=str(weights))
+    net.blobs["data"].data[...] = blob
+    ours = net.forward()["detection_out"][0, 0]
+    assert ours.shape[1] == 7 and 0 < len(ours) <= 200
+    kept = ref[: len(ours)]
+    assert not np.any(ref[len(ours) :])  # cv2 pads its 200 rows with zeros
+    np.testing.assert_array_equal(ours[:, :2], kept[:, :2])
+    np.testing.assert_allclose(ours[:, 2], kept[:, 2], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours[:, 3:], kept[:, 3:], atol=1e-4, rtol=0)
+    assert int(np.sum(ours[:, 2] > 0.5)) == int(np.sum(ref[:, 2] > 0.5)) == faces
