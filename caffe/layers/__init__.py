@@ -6,13 +6,15 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
 ``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` and ``window_data`` (Data, ImageData, WindowData:
 prefetching readers), ``detection`` (the SSD fork's Normalize, Permute, PriorBox,
-DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output) and ``python`` (user layers).
+DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output), ``python`` (user layers) and ``forks`` (BN,
+Upsample, Interp, ShuffleChannel, Axpy, the depthwise convolutions of Caffe's forks).
 """
 
 from caffe.layers import (  # noqa: F401
     core,
     data,
     detection,
+    forks,
     hdf5,
     input,
     loss,
