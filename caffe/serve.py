@@ -32,15 +32,12 @@ request with its row. While a forward runs the event loop keeps accepting and th
 under load batches are full without waiting. With the ``compiled`` engine batches are padded to
 a power of two (or ``max_batch``), so that few input shapes are compiled (all of them at start-up).
 
-Outputs: the net's first output, flattened per image. Unless the layer producing it is a
-``Softmax`` (or its output on a blank image is already non-negative and sums to 1), a softmax is
-applied; ``/models/{name}`` says which (``softmax_applied``).
-
-Preprocessing (pycaffe's classic conventions, as DIGITS): decode with Pillow (EXIF orientation not
-applied), RGB (or grayscale for 1-channel nets), bilinear resize (Pillow's) to the input's H x W,
-channels swapped to BGR, scaled to 0..255 (``raw_scale``), mean subtracted (per-channel values, or a
-mean image of the input's size; a mean image of another size gives its per-channel mean, as DIGITS
-does), times ``input_scale``.
+Each model is a :class:`caffe.deploy.DeployModel` (the same preprocessing, mean fitting and output
+normalization as ``caffe classify`` and the studio give the same image and model): outputs are
+probabilities, a softmax applied unless the net's last output comes from a ``Softmax`` layer
+(``/models/{name}`` says which: ``softmax_applied``, ``softmax_reason``). Preprocessing follows the
+model's kind: a DIGITS model (info.json) as DIGITS prepares it, any other as Caffe's classification
+example (resize to the input, BGR, 0..255, the per-channel mean subtracted); ``/models/{name}`` shows it.
 
 Limits and errors
 -----------------
@@ -69,7 +66,6 @@ import logging
 import os
 import re
 import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -88,7 +84,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from caffe.deploy import ImageDecodeError, ModelFiles, channel_mean, decode_image, find_model, parse_mean, read_labels
+from caffe.deploy import DeployModel, ImageDecodeError, ModelFiles, Settings, find_model
 from caffe.errors import CaffeError, NetError
 
 log = logging.getLogger("caffe")
@@ -119,51 +115,22 @@ def parse_model_arg(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-def decode_request_image(data: bytes, channels: int, size: tuple[int, int]) -> np.ndarray:
-    """:func:`caffe.deploy.decode_image` of a request's bytes; unreadable bytes are a 400."""
+def prepare_request_image(model: DeployModel, data: bytes) -> np.ndarray:
+    """The net input of a request's image bytes (:meth:`DeployModel.prepare`); unreadable bytes are a 400."""
     if not data:
         raise RequestError(400, "empty image: the request carries no image bytes")
     try:
-        return decode_image(data, color=channels == 3, size=size, source=f"the image ({len(data)} bytes)")
+        return model.prepare(data, f"the image ({len(data)} bytes)")
     except ImageDecodeError as e:
         raise RequestError(400, str(e)) from None
-
-
-@dataclass
-class Preprocessing:
-    """Image bytes -> the net's C x H x W input (see the module docstring)."""
-
-    shape: tuple[int, int, int]
-    mean: np.ndarray | None = None  # C x 1 x 1 or C x H x W, in the net's channel order
-    raw_scale: float = 255.0
-    channel_swap: tuple[int, ...] | None = (2, 1, 0)
-    input_scale: float = 1.0
-
-    def __call__(self, data: bytes) -> np.ndarray:
-        c, h, w = self.shape
-        img = decode_request_image(data, c, (h, w))
-        x = img.transpose(2, 0, 1)
-        if self.channel_swap is not None and c > 1:
-            x = x[list(self.channel_swap)]
-        x = x * np.float32(self.raw_scale)
-        if self.mean is not None:
-            x = x - self.mean
-        if self.input_scale != 1.0:
-            x = x * np.float32(self.input_scale)
-        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
 # a served model
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class ServedModel:
-    """A classification net with its preprocessing and labels; :meth:`forward_batch` runs on one thread only."""
+    """A :class:`caffe.deploy.DeployModel` under a name, with batching counters; forwards run on one thread."""
 
     def __init__(
         self,
@@ -182,88 +149,34 @@ class ServedModel:
         self.name = name
         self.files = files
         self.engine = engine or caffe.inference_engine()
-        label_file = labels or files.labels
-        self.labels_file = str(label_file) if label_file else None
-        self.labels = read_labels(label_file) if label_file else []
-        self.net = caffe.Net(str(files.deploy), caffe.TEST, weights=str(files.weights))
-        if not self.net.inputs:
-            raise CaffeError(f"{files.deploy}: the net has no input blob")
-        self.input = self.net.inputs[0]
-        shape = tuple(self.net.blobs[self.input].shape)
-        if len(shape) != 4 or shape[1] not in (1, 3):
-            raise CaffeError(
-                f"{files.deploy}: input '{self.input}' has shape {shape}; an image classifier needs N x 1|3 x H x W"
-            )
-        self.shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
-        self.output = self.net.outputs[0]
-        mean_spec = mean if mean is not None else files.mean
-        self.mean_info: dict[str, Any] | None = None
-        mean_arr = None
-        if mean_spec is not None:
-            mean_arr, self.mean_info = self._fit_mean(mean_spec)
-        swap = tuple(channel_swap) if channel_swap is not None and self.shape[0] == 3 else None
-        if swap is not None and sorted(swap) != [0, 1, 2]:
-            raise CaffeError(f"channel_swap {swap} is not a permutation of the 3 channels")
-        self.preprocess = Preprocessing(self.shape, mean_arr, raw_scale, swap, input_scale)
+        settings = Settings(
+            mean=mean,
+            channel_swap=tuple(channel_swap) if channel_swap is not None else None,
+            raw_scale=raw_scale,
+            input_scale=input_scale,
+        )
+        self.model = DeployModel(files, settings, labels=labels, engine=self.engine)
+        self.shape = self.model.input_shape
         self.forwards = 0
         self.images = 0
         self.requests = 0
         self.max_seen_batch = 0
-        self._lock = threading.Lock()
-        producer = self._producer_type()
-        probe = self.forward_batch(np.zeros((1, *self.shape), dtype=np.float32), _raw=True)
-        self.classes = int(probe.shape[1])
-        looks_like_prob = bool(np.all(probe >= 0) and np.allclose(probe.sum(axis=1), 1.0, atol=1e-3))
-        if producer == "Softmax":
-            self.softmax, self.softmax_reason = False, f"output '{self.output}' comes from a Softmax layer"
-        elif looks_like_prob:
-            self.softmax, self.softmax_reason = False, f"output '{self.output}' is already a probability distribution"
-        else:
-            self.softmax = True
-            self.softmax_reason = (
-                f"output '{self.output}' (from a {producer} layer) holds scores, not probabilities: softmax applied"
-            )
-        self.forwards = self.images = self.max_seen_batch = 0
-        self.layers = [
-            {
-                "name": n,
-                "type": layer.type,
-                "tops": {t: list(self.net.blobs[t].shape[1:]) for t in self.net.top_names[n]},
-            }
-            for n, layer in zip(self.net._layer_names, self.net.layers)
-        ]
-        if self.labels and len(self.labels) != self.classes:
-            log.warning(
-                "%s: %d labels in %s for %d outputs; indexes stand for missing labels",
-                name,
-                len(self.labels),
-                self.labels_file,
-                self.classes,
-            )
 
-    def _producer_type(self) -> str:
-        producer = "?"
-        for layer_name, tops in self.net.top_names.items():
-            if self.output in tops:
-                producer = self.net.layer_dict[layer_name].type
-        return producer
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
 
-    def _fit_mean(self, spec: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
-        """The mean to subtract (C x H x W, or C x 1 x 1) for values or a mean file, and its description."""
-        arr = parse_mean(spec)
-        c, h, w = self.shape
-        source = str(spec)
-        if arr.shape == (c, h, w) and (h, w) != (1, 1):
-            return arr, {"type": "image", "source": source, "shape": list(arr.shape)}
-        if arr.shape[0] == 1 and c > 1:
-            arr = np.repeat(arr, c, axis=0)
-        if arr.shape[0] != c:
-            raise CaffeError(f"mean {source}: {arr.shape[0]} channels for a {c}-channel input")
-        values = channel_mean(arr)
-        info: dict[str, Any] = {"type": "values", "source": source, "values": [round(float(v), 4) for v in values]}
-        if arr.shape[1:] != (1, 1):
-            info["note"] = f"per-channel mean of a {arr.shape[1]} x {arr.shape[2]} mean image"
-        return values.reshape(c, 1, 1), info
+    @property
+    def classes(self) -> int:
+        return self.model.classes
+
+    @property
+    def softmax_reason(self) -> str:
+        return self.model.softmax_reason
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Image bytes -> the net's input (a 400 for bytes that are not an image)."""
+        return prepare_request_image(self.model, data)
 
     def batch_shape(self, n: int, max_batch: int) -> int:
         """The input batch a forward of ``n`` images runs at (padded to a few sizes for the compiled engine)."""
@@ -274,31 +187,14 @@ class ServedModel:
             size *= 2
         return min(size, max(max_batch, n))
 
-    def forward_batch(self, x: np.ndarray, max_batch: int = 0, _raw: bool = False) -> np.ndarray:
+    def forward_batch(self, x: np.ndarray, max_batch: int = 0) -> np.ndarray:
         """One forward of the N x C x H x W batch ``x``: N x classes probabilities (call from one thread)."""
-        import caffe
-
         n = len(x)
-        rows = self.batch_shape(n, max_batch or n)
-        blob = self.net.blobs[self.input]
-        with self._lock:
-            if caffe.inference_engine() != self.engine:
-                caffe.set_inference_engine(self.engine)
-            if blob.shape[0] != rows:
-                blob.reshape(rows, *self.shape)
-                self.net.reshape()
-            data = blob.data
-            data[:n] = x
-            if rows > n:
-                data[n:] = 0
-            out = self.net.forward()[self.output]
-            scores = np.array(out[:n], dtype=np.float64).reshape(n, -1)
-            self.forwards += 1
-            self.images += n
-            self.max_seen_batch = max(self.max_seen_batch, n)
-        if _raw or not self.softmax:
-            return scores
-        return _softmax(scores)
+        probs = self.model.forward(x, self.batch_shape(n, max_batch or n))
+        self.forwards += 1
+        self.images += n
+        self.max_seen_batch = max(self.max_seen_batch, n)
+        return probs
 
     def warm_up(self, max_batch: int) -> None:
         """Run every input batch shape once (the compiled engine compiles each)."""
@@ -309,32 +205,24 @@ class ServedModel:
             log.info("%s: batch of %d ready (%.1f s)", self.name, size, time.perf_counter() - t)
         self.forwards = self.images = self.max_seen_batch = 0
 
-    def label(self, index: int) -> str:
-        return self.labels[index] if index < len(self.labels) else str(index)
-
     def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
-        k = min(k, len(probs))
-        idx = np.argpartition(-probs, k - 1)[:k] if k < len(probs) else np.arange(len(probs))
-        idx = idx[np.argsort(-probs[idx], kind="stable")]
-        return [{"label": self.label(int(i)), "index": int(i), "probability": float(probs[i])} for i in idx]
+        return [{"label": p.label, "index": p.index, "probability": p.probability} for p in self.model.top_k(probs, k)]
 
     def info(self) -> dict[str, Any]:
+        net = self.model.net
+        described = self.model.describe()
+        prep = described["preprocessing"]
         return {
             "name": self.name,
-            "deploy": str(self.files.deploy),
-            "weights": str(self.files.weights),
-            "input": {"blob": self.input, "shape": list(self.shape)},
-            "output": {"blob": self.output, "classes": self.classes},
-            "labels": len(self.labels),
-            "labels_file": self.labels_file,
-            "mean": self.mean_info,
-            "raw_scale": self.preprocess.raw_scale,
-            "channel_swap": list(self.preprocess.channel_swap) if self.preprocess.channel_swap else None,
-            "input_scale": self.preprocess.input_scale,
-            "softmax_applied": self.softmax,
-            "softmax_reason": self.softmax_reason,
+            **described,
+            "raw_scale": prep["raw_scale"],
+            "channel_swap": prep["channel_swap"],
+            "input_scale": prep["input_scale"],
             "engine": self.engine,
-            "layers": self.layers,
+            "layers": [
+                {"name": n, "type": layer.type, "tops": {t: list(net.blobs[t].shape[1:]) for t in net.top_names[n]}}
+                for n, layer in net.layer_dict.items()
+            ],
             "stats": {
                 "requests": self.requests,
                 "forwards": self.forwards,
@@ -387,11 +275,11 @@ def load_model(
         name,
         files.deploy,
         files.weights.name,
-        model.input,
+        model.model.input,
         "x".join(map(str, model.shape)),
         model.classes,
         len(model.labels),
-        (model.mean_info or {}).get("values") or (model.mean_info or {}).get("source") or "none",
+        model.model.mean.describe() if model.model.mean is not None else "none",
         model.softmax_reason,
         time.perf_counter() - t,
     )
@@ -1081,17 +969,16 @@ def log_startup(models: Sequence[ServedModel], host: str, port: int, opts: Serve
 __all__ = [
     "Batcher",
     "BodyLimitMiddleware",
-    "Preprocessing",
     "RequestError",
     "ServeOptions",
     "ServedModel",
     "bind_socket",
     "create_app",
-    "decode_request_image",
     "fetch_url",
     "is_loopback",
     "load_model",
     "parse_model_arg",
+    "prepare_request_image",
     "read_source",
     "url_host",
     "uvicorn_server",

@@ -18,6 +18,7 @@ import pytest
 from conftest import asset
 
 from caffe import deploy
+from caffe.deploy import archive as deploy_archive
 
 LENET = "models/lenet_mnist_newformat"
 MiB = 1 << 20
@@ -123,17 +124,17 @@ def test_writing_is_capped_even_when_the_headers_pass(tmp_path: Path, monkeypatc
     weights = asset(f"{LENET}/lenet_iter_10000.caffemodel")
     archive = deploy.package_model(tmp_path / "m.tar.gz", deploy=asset(f"{LENET}/lenet.prototxt"), weights=weights)
     limits = deploy.ArchiveLimits(max_bytes=MiB, max_files=100)
-    original = deploy._Tally.add
+    original = deploy_archive._Tally.add
 
-    def add(self: deploy._Tally, name: str, n: int, declared: bool = True) -> None:
+    def add(self: deploy_archive._Tally, name: str, n: int, declared: bool = True) -> None:
         if not declared:  # as if every header understated its member: only the bytes written count
             original(self, name, n, declared=False)
 
-    monkeypatch.setattr(deploy._Tally, "add", add)
+    monkeypatch.setattr(deploy_archive._Tally, "add", add)
     dest = tmp_path / "out"
     dest.mkdir()
     with pytest.raises(deploy.ModelFilesError, match=r"m\.tar\.gz: wrote more than the 1\.0 MiB allowed"):
-        deploy._unpack(archive, dest, limits)
+        deploy_archive._unpack(archive, dest, limits)
     assert sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) <= MiB
 
 

@@ -183,7 +183,7 @@ def test_find_model_on_archive_and_classify(archive: Path, tmp_path: Path, monke
     image = asset("dolphins-and-seahorses/seahorse/image_0001.jpg")
     assert main(["classify", str(archive), str(image), "--format=csv"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[0] == "input,rank,index,label,score" and len(rows) == 3
+    assert rows[0] == "input,rank,index,label,probability" and len(rows) == 3
     assert {r.split(",")[3] for r in rows[1:]} == {"dolphin", "seahorse"}
     assert abs(sum(float(r.split(",")[4]) for r in rows[1:]) - 1.0) < 1e-4  # the net's softmax
 

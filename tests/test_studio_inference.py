@@ -440,11 +440,17 @@ def test_mean_image_is_center_cropped(tmp_path):
     blob.data.extend(mean.ravel().tolist())
     path = tmp_path / "mean.binaryproto"
     path.write_bytes(blob.SerializeToString())
-    np.testing.assert_array_equal(inference.fit_mean(path, (), (3, 4, 4)), mean[:, 1:5, 1:5])
-    np.testing.assert_array_equal(inference.fit_mean(path, (), (3, 8, 8)), mean.reshape(3, -1).mean(1)[:, None, None])
-    assert inference.fit_mean(None, (1, 2, 3), (3, 2, 2)).ravel().tolist() == [1, 2, 3]
-    with pytest.raises(inference.InferenceError, match="2 mean values for a 3-channel input"):
-        inference.fit_mean(None, (1, 2), (3, 2, 2))
+    # the one mean fitter (caffe.deploy.fit_mean) that the studio's models use
+    from caffe import deploy
+
+    def fit(spec, shape):
+        return deploy.fit_mean(deploy.parse_mean(spec), shape, "image", str(spec)).array
+
+    np.testing.assert_array_equal(fit(path, (3, 4, 4)), mean[:, 1:5, 1:5])
+    np.testing.assert_array_equal(fit(path, (3, 8, 8)), mean.reshape(3, -1).mean(1)[:, None, None])
+    assert fit("1,2,3", (3, 2, 2)).ravel().tolist() == [1, 2, 3]
+    with pytest.raises(caffe.errors.CaffeError, match="2 mean values for a 3-channel input"):
+        fit("1,2", (3, 2, 2))
 
 
 def test_server_image_files_are_read_bounded(tmp_path, monkeypatch):

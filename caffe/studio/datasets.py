@@ -40,6 +40,8 @@ from PIL import Image
 
 from caffe.data.datum import image_to_raw_datum
 from caffe.data.db import item_key
+from caffe.deploy.errors import ImageDecodeError
+from caffe.deploy.images import RESIZE_MODES, image_array, open_image, resize_image, round_half_up
 from caffe.errors import CaffeError, DataError
 from caffe.limits import MiB, read_file
 from caffe.proto import caffe_pb2 as pb
@@ -49,7 +51,6 @@ from caffe.studio.paths import default_data_roots, resolve_user_path
 log = logging.getLogger("caffe")
 
 SUPPORTED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
-RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("png", "jpg", "none")
 SPLITS = ("train", "val", "test")
 JPEG_QUALITY = 90
@@ -218,107 +219,13 @@ def check_server_path(text: str, field_name: str, roots: Iterable[str | os.PathL
 # images
 
 
-def round_half_up(x: float) -> int:
-    """Python 2's ``round`` (halves away from zero), which DIGITS' arithmetic relies on."""
-    return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
-
-
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """An image file as a PIL image of mode ``L`` or ``RGB`` (transparent pixels become white, as in
-    DIGITS); DataError naming the file when it cannot be decoded."""
+    """An image file as a PIL image of mode ``L`` or ``RGB`` (:func:`caffe.deploy.images.open_image`: transparent
+    pixels become white, as in DIGITS); DataError naming the file when it cannot be decoded."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            image = im.copy() if im.mode in ("L", "RGB") else _normalize_mode(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # Pillow: SyntaxError for
-        raise DataError(f"{path}: not a readable image ({e})") from None  # broken PNG chunks
-    return image
-
-
-def _normalize_mode(im: Image.Image) -> Image.Image:
-    if im.mode == "1" or im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        return im.convert("L")
-    if im.mode in ("LA", "La"):
-        out = Image.new("L", im.size, 255)
-        out.paste(im.convert("L"), mask=im.convert("RGBA").getchannel("A"))
-        return out
-    if im.mode in ("P", "PA", "RGBA", "RGBa"):
-        out = Image.new("RGB", im.size, (255, 255, 255))
-        rgba = im.convert("RGBA")
-        out.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-        return out
-    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-
-
-def image_array(image: Image.Image, channels: int) -> np.ndarray:
-    """HxW (``channels`` 1) or HxWx3 RGB uint8 pixels of ``image``."""
-    mode = "L" if channels == 1 else "RGB"
-    return np.asarray(image if image.mode == mode else image.convert(mode))
-
-
-def _scale(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    if img.shape[:2] == (height, width):
-        return img
-    return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def _center_crop(img: np.ndarray, size: int, axis: int) -> np.ndarray:
-    start = round_half_up((img.shape[axis] - size) / 2)
-    return img[:, start : start + size] if axis == 1 else img[start : start + size]
-
-
-def _pad_noise(img: np.ndarray, size: int, axis: int, rng: np.random.Generator) -> np.ndarray:
-    pad = (size - img.shape[axis]) // 2
-    if pad <= 0:
-        return img
-    shape = list(img.shape)
-    shape[axis] = pad
-    blocks = [rng.integers(0, 255, shape, dtype=np.uint8), img, rng.integers(0, 255, shape, dtype=np.uint8)]
-    return np.concatenate(blocks, axis=axis)
-
-
-def resize_image(
-    img: np.ndarray, height: int, width: int, mode: str = "squash", rng: np.random.Generator | None = None
-) -> np.ndarray:
-    """Resize HxW or HxWxC uint8 pixels to ``height`` x ``width`` as DIGITS does (bilinear):
-
-    * ``squash``: stretch to the size (also every mode when the aspect ratio already matches);
-    * ``crop``: scale so the image covers the size, keeping its aspect ratio, then cut the middle;
-    * ``fill``: scale so the image fits inside, then pad both sides of the short dimension with
-      random noise (the scaled side is made even with the target, so the padding is equal);
-    * ``half_crop``: scale by the mean of the two ratios, cut the long side, noise-pad the short one.
-
-    Offsets round halves up (``(9-4)/2`` starts at 3), as DIGITS' Python 2 ``round`` did.
-    """
-    if mode not in RESIZE_MODES:
-        raise DataError(f"resize_mode: must be one of {', '.join(RESIZE_MODES)} (got {mode!r})")
-    ih, iw = img.shape[:2]
-    if (ih, iw) == (height, width):
-        return img
-    wr, hr = iw / width, ih / height
-    if mode == "squash" or wr == hr:
-        return _scale(img, height, width)
-    wide = wr > hr  # the image is relatively wider than the target
-    if mode == "crop":
-        if wide:
-            return _center_crop(_scale(img, height, round_half_up(iw / hr)), width, axis=1)
-        return _center_crop(_scale(img, round_half_up(ih / wr), width), height, axis=0)
-    if mode == "fill":
-        if wide:
-            rh = round_half_up(ih / wr)
-            img = _scale(img, rh + (height - rh) % 2, width)
-        else:
-            rw = round_half_up(iw / hr)
-            img = _scale(img, height, rw + (width - rw) % 2)
-    else:  # half_crop
-        ratio = (wr + hr) / 2
-        rw, rh = round_half_up(iw / ratio), round_half_up(ih / ratio)
-        if wide:
-            img = _center_crop(_scale(img, rh + (height - rh) % 2, rw), width, axis=1)
-        else:
-            img = _center_crop(_scale(img, rh, rw + (width - rw) % 2), height, axis=0)
-    rng = rng if rng is not None else np.random.default_rng()
-    return _pad_noise(img, height if wide else width, 0 if wide else 1, rng)
+        return open_image(path, str(path))
+    except ImageDecodeError as e:
+        raise DataError(f"{path}: not a readable image ({str(e).removeprefix(f'{path}: ')})") from None
 
 
 def make_datum(pixels: np.ndarray, label: int, encoding: str, name: str = "<image>") -> bytes:

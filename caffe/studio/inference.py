@@ -8,17 +8,17 @@ resize mode), loaded once into a :class:`LoadedModel` kept in a small LRU cache,
 * :func:`classify_many` - top-5 per image and, when ground truth is given, top-1/top-5 accuracy, the
   confusion matrix and per-class accuracy; :func:`top_n` - the N highest-scoring images of each class.
 
-Preprocessing follows DIGITS: decode (transparency onto white), resize to the job's image size with its
-resize mode (squash/crop/fill/half_crop), then to the net's input: a centre crop when the input is smaller
-(Caffe's test-phase crop, as the validation images were seen in training), a squash otherwise; RGB -> BGR,
-0..255, minus the mean (an image is centre-cropped to the input, or reduced to per-channel values when it
-does not fit). A softmax is applied unless the net's output comes from a Softmax layer.
+Each job becomes a :class:`caffe.deploy.DeployModel` (the owner of preprocessing, mean fitting and output
+normalization, shared with ``caffe classify`` and ``caffe serve``): images are resized to the job's image
+size with its resize mode (squash/crop/fill/half_crop), then centre-cropped to the net's input (squashed
+when smaller); RGB -> BGR, 0..255, minus the mean fitted by the job's mean subtraction (image: a mean image
+centre-cropped to the input; pixel: its per-channel values). A softmax is applied unless the net's output
+comes from a Softmax layer.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import re
@@ -31,9 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from caffe import deploy
+from caffe.deploy import RESIZE_MODES
 from caffe.errors import CaffeError, DataError
 from caffe.studio import layer_worker
-from caffe.studio.datasets import RESIZE_MODES, SUPPORTED_EXTENSIONS
+from caffe.studio.datasets import SUPPORTED_EXTENSIONS
 
 #: Nets kept loaded (the LRU cache of :func:`load_model`).
 CACHE_SIZE = 4
@@ -63,6 +65,7 @@ class ModelSource:
     height: int = 256
     width: int = 256
     resize_mode: str = "squash"
+    mean_mode: str = "image"
     python_layer: Path | None = None
     epoch: float | None = None
 
@@ -82,19 +85,11 @@ def read_info(job_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_labels_text(text: str) -> list[str]:
-    """Labels, one a line (trailing blank lines dropped, each stripped)."""
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return [line.strip() for line in lines]
-
-
 def read_labels(path: Path) -> tuple[str, ...]:
-    """A job's labels file (empty when it has none)."""
+    """A job's labels file (empty when it has none): :func:`caffe.deploy.read_labels`."""
     if not path.is_file():
         return ()
-    return tuple(read_labels_text(path.read_text(encoding="utf-8", errors="replace")))
+    return tuple(deploy.read_labels(path))
 
 
 def snapshot_epochs(job_dir: Path) -> list[float]:
@@ -102,17 +97,6 @@ def snapshot_epochs(job_dir: Path) -> list[float]:
     from caffe.studio import models
 
     return [s["epoch"] for s in models.snapshots(job_dir)]
-
-
-def _channel_means(mean_file: Path) -> tuple[float, ...]:
-    """Per-channel averages of a mean image ("pixel" mean subtraction)."""
-    from caffe.io import blobproto_to_array
-    from caffe.proto import caffe_pb2 as pb
-    from caffe.protoio import read_binary
-
-    arr = blobproto_to_array(read_binary(mean_file, pb.BlobProto(), "mean binaryproto"))
-    arr = arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr.reshape(1, *arr.shape[-2:])
-    return tuple(float(v) for v in arr.mean(axis=(1, 2)))
 
 
 def _image_settings(params: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -184,11 +168,8 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
             have = ", ".join(f"{s['epoch']:g}" for s in found)
             raise InferenceError(f"model {job_id} has no snapshot for epoch {want:g} (snapshots: {have})", 404)
         chosen = matches[0]
-    mode = info.get("mean subtraction", "image")
-    if mode == "none" or common["mean_file"] is None:
-        common.update(mean_file=None, mean_values=())
-    elif mode == "pixel":
-        common.update(mean_file=None, mean_values=_channel_means(common["mean_file"]))
+    mode = str(info.get("mean subtraction", "image"))
+    common["mean_mode"] = mode if mode in deploy.MEAN_MODES else "image"
     dataset_params: dict[str, Any] = {}
     if job.parent:
         try:
@@ -203,7 +184,10 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
 # --------------------------------------------------------------------------------------- loaded nets
 @dataclass
 class LoadedModel:
-    """A net ready for inference; ``lock`` serializes its use (nets are not thread-safe)."""
+    """A net ready for inference; ``lock`` serializes its use (nets are not thread-safe).
+
+    ``deploy_model`` is the :class:`caffe.deploy.DeployModel` when the net runs here; a net with Python layers runs
+    in a worker (``net`` is then its :class:`~caffe.studio.layer_worker.RemoteNet`)."""
 
     source: ModelSource
     net: Any
@@ -211,7 +195,8 @@ class LoadedModel:
     input_shape: tuple[int, int, int]
     output: str
     softmax: bool
-    mean: np.ndarray | None
+    preprocessing: deploy.Preprocessing
+    deploy_model: deploy.DeployModel | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def label(self, index: int) -> str:
@@ -252,39 +237,25 @@ def build_net(deploy: Path, weights: Path | None, python_layer: Path | None = No
     return net
 
 
-def fit_mean(mean_file: Path | None, mean_values: Sequence[float], shape: tuple[int, int, int]) -> np.ndarray | None:
-    """The mean in the input's layout: C x H x W (centre crop of a mean image) or C x 1 x 1 values."""
-    c, h, w = shape
-    mean: np.ndarray | None = None
-    if mean_file is not None:
-        from caffe.io import blobproto_to_array
-        from caffe.proto import caffe_pb2 as pb
-        from caffe.protoio import read_binary
-
-        arr = blobproto_to_array(read_binary(mean_file, pb.BlobProto(), "mean binaryproto"))
-        arr = arr.reshape(arr.shape[-3:]) if arr.ndim >= 3 else arr.reshape(1, *arr.shape[-2:])
-        if arr.shape[0] != c:
-            raise InferenceError(f"{mean_file.name}: the mean has {arr.shape[0]} channels, the net's input {c}")
-        if arr.shape[1] >= h and arr.shape[2] >= w:
-            top, left = (arr.shape[1] - h) // 2, (arr.shape[2] - w) // 2
-            mean = arr[:, top : top + h, left : left + w]
-        else:
-            mean = arr.reshape(c, -1).mean(axis=1)[:, None, None]
-    elif mean_values:
-        values = np.asarray(mean_values, dtype=np.float32)
-        if values.size == 1:
-            values = np.repeat(values, c)
-        if values.size != c:
-            raise InferenceError(f"{values.size} mean values for a {c}-channel input")
-        mean = values[:, None, None]
-    return None if mean is None else np.ascontiguousarray(mean, dtype=np.float32)
+def files_and_settings(source: ModelSource) -> tuple[deploy.ModelFiles, deploy.Settings]:
+    """The job as a deployable model: its files and the preprocessing DIGITS gives it (see the module)."""
+    files = deploy.ModelFiles(source.deploy, source.weights, mean=source.mean_file, folder=source.deploy.parent,
+                              name=source.job_id, info={})
+    mean: Any = source.mean_file
+    if mean is None and source.mean_values:
+        mean = np.asarray(source.mean_values, dtype=np.float32)
+    settings = deploy.Settings(mean=mean, mean_mode=source.mean_mode, image_size=(source.height, source.width),
+                               resize_mode=source.resize_mode)
+    return files, settings
 
 
-def _output_is_softmax(net: Any, output: str) -> bool:
-    for name, tops in reversed(net.top_names.items()):
-        if output in tops:
-            return net.layer_dict[name].type == "Softmax"
-    return False
+def preprocessing_of(source: ModelSource, input_shape: tuple[int, int, int]) -> deploy.Preprocessing:
+    """The :class:`caffe.deploy.Preprocessing` of a job for a net input of ``input_shape``."""
+    files, settings = files_and_settings(source)
+    try:
+        return deploy.build_preprocessing(files, settings, input_shape, warn=False)[0]
+    except CaffeError as e:
+        raise InferenceError(str(e)) from None
 
 
 def require_consent(source: ModelSource, allowed: bool) -> bool:
@@ -308,19 +279,14 @@ def load(source: ModelSource, allow_python_layers: bool = False) -> LoadedModel:
 
 def load_here(source: ModelSource) -> LoadedModel:
     """A :class:`LoadedModel` whose net is built in this process."""
+    files, settings = files_and_settings(source)
     net = build_net(source.deploy, source.weights, source.python_layer)
-    if not net.inputs:
-        raise InferenceError(f"{source.deploy}: the deploy net has no input blob (an Input layer)")
-    inp = net.inputs[0]
-    shape = net.blobs[inp].shape
-    if len(shape) != 4:
-        raise InferenceError(f"{source.deploy}: input '{inp}' has shape {shape}, expected N x C x H x W")
-    in_shape = (int(shape[1]), int(shape[2]), int(shape[3]))
-    if not net.outputs:
-        raise InferenceError(f"{source.deploy}: the deploy net has no output blob")
-    out = net.outputs[-1]
-    return LoadedModel(source, net, inp, in_shape, out, not _output_is_softmax(net, out),
-                       fit_mean(source.mean_file, source.mean_values, in_shape))
+    try:
+        model = deploy.DeployModel(files, settings, labels=list(source.labels), net=net, warn=False)
+    except CaffeError as e:
+        raise InferenceError(str(e)) from None
+    return LoadedModel(source, net, model.input, model.input_shape, model.output, model.softmax,
+                       model.preprocessing, model)
 
 
 class ModelCache:
@@ -384,87 +350,34 @@ def load_model(store: Any, job_id: str, epoch: float | str | None = None,
 
 # --------------------------------------------------------------------------------------- images
 def decode_image(data: bytes, channels: int, what: str = "image") -> np.ndarray:
-    """Image bytes -> H x W x C uint8 (RGB or gray), decoded as the dataset job decodes (transparency onto white)."""
-    from caffe.studio.datasets import image_array, load_image
-
+    """Image bytes -> H x W x C uint8 (:func:`caffe.deploy.decode_image`); 415 for bytes that are no image."""
     if not data:
         raise InferenceError(f"{what}: empty file")
     try:
-        arr = image_array(load_image(io.BytesIO(data)), channels)
-    except DataError:
-        raise InferenceError(f"{what}: not an image that can be decoded ({len(data)} bytes)", 415) from None
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _pil_resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    if img.shape[:2] == (height, width):
-        return img
-    im = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img)
-    out = np.asarray(im.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
-    return out[:, :, None] if out.ndim == 2 else out
-
-
-def resize_image(img: np.ndarray, height: int, width: int, mode: str = "squash") -> np.ndarray:
-    """The dataset job's resize (DIGITS' squash/crop/fill/half_crop) with seeded noise: one image, one input."""
-    from caffe.studio import datasets
-
-    out = datasets.resize_image(img[:, :, 0] if img.shape[2] == 1 else img, height, width, mode,
-                                rng=np.random.default_rng(0))
-    return out[:, :, None] if out.ndim == 2 else out
-
-
-def prepare(model: LoadedModel, img: np.ndarray) -> np.ndarray:
-    """H x W x C uint8 at the job's image size -> the net's C x H x W float32 input (see the module)."""
-    c, h, w = model.input_shape
-    if img.shape[2] != c:
-        img = np.repeat(img, c, axis=2) if img.shape[2] == 1 else img.mean(axis=2, keepdims=True).astype(np.uint8)
-    ih, iw = img.shape[:2]
-    if ih >= h and iw >= w:
-        top, left = (ih - h) // 2, (iw - w) // 2
-        img = img[top : top + h, left : left + w]
-    else:
-        img = _pil_resize(img, h, w)
-    x = img.astype(np.float32).transpose(2, 0, 1)
-    if c == 3:
-        x = x[::-1]
-    if model.mean is not None:
-        x = x - model.mean
-    return np.ascontiguousarray(x, dtype=np.float32)
+        return deploy.decode_image(data, channels, what)
+    except deploy.ImageDecodeError as e:
+        raise InferenceError(str(e), 415) from None
 
 
 def load_input(model: LoadedModel, data: bytes, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
     """Image bytes -> (the net's input, the resized image shown to the user)."""
-    s = model.source
-    shown = resize_image(decode_image(data, model.input_shape[0], what), s.height, s.width, s.resize_mode)
-    return prepare(model, shown), shown
+    prep = model.preprocessing
+    shown = prep.resize(decode_image(data, model.input_shape[0], what))
+    return prep.to_input(shown), shown
 
 
 # --------------------------------------------------------------------------------------- forward
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def forward(model: LoadedModel, batch: np.ndarray) -> np.ndarray:
     """N x C x H x W inputs -> N x K class probabilities. The caller holds ``model.lock``."""
     if model.remote is not None:
         return model.remote.forward(batch)
-    net = model.net
-    blob = net.blobs[model.input]
-    if blob.shape[0] != len(batch):
-        blob.reshape(len(batch), *model.input_shape)
-        net.reshape()
-    out = net.forward(**{model.input: batch})[model.output]
-    scores = np.asarray(out, dtype=np.float64).reshape(len(batch), -1)
-    return _softmax(scores) if model.softmax else scores
+    assert model.deploy_model is not None
+    return model.deploy_model.forward(batch)
 
 
 def top_k(model: LoadedModel, probs: np.ndarray, k: int = TOP_K) -> list[tuple[str, float]]:
     """The ``k`` best ``(label, percent)`` of one row, as DIGITS reports them (percent, 2 decimals)."""
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [(model.label(int(i)), round(float(probs[i]) * 100.0, 2)) for i in order]
+    return [(p.label, round(p.probability * 100.0, 2)) for p in deploy.top_k(probs, k, model.label)]
 
 
 def classify_arrays(model: LoadedModel, inputs: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
@@ -645,8 +558,7 @@ class ManyResult:
     errors: dict[str, str] = field(default_factory=dict)
 
     def top5(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
-        order = np.argsort(-self.probs[i], kind="stable")[:k]
-        return [(self._label(int(j)), round(float(self.probs[i][j]) * 100.0, 2)) for j in order]
+        return [(p.label, round(p.probability * 100.0, 2)) for p in deploy.top_k(self.probs[i], k, self._label)]
 
     def _label(self, j: int) -> str:
         return self.labels[j] if j < len(self.labels) else str(j)
@@ -716,7 +628,7 @@ def thumbnail_uri(path: str | Path, size: int = 96) -> str:
     img = decode_image(read_image_file(Path(path)), 3, str(path))
     h, w = img.shape[:2]
     scale = size / max(h, w)
-    return png_data_uri(_pil_resize(img, max(1, round(h * scale)), max(1, round(w * scale))))
+    return png_data_uri(deploy.resize_image(img, max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 # --------------------------------------------------------------------------------------- image lists

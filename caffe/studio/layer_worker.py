@@ -289,9 +289,9 @@ def start_model(source: Any) -> Any:
         if len(shape) != 3 or 0 in shape:
             raise PythonLayerError(f"worker: input shape {shape} is not C x H x W")
         c, h, w = shape
-        mean = inference.fit_mean(source.mean_file, source.mean_values, (c, h, w))
+        prep = inference.preprocessing_of(source, (c, h, w))
         return inference.LoadedModel(source, RemoteNet(worker), _text(reply.get("input"), "input"), (c, h, w),
-                                     _text(reply.get("output"), "output"), bool(reply.get("softmax")), mean)
+                                     _text(reply.get("output"), "output"), bool(reply.get("softmax")), prep)
     except BaseException:
         worker.close()
         raise

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from caffe import deploy
 from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
 from caffe.layers.python import CONSENT_FLAG
 from caffe.proto import caffe_pb2 as pb
@@ -85,7 +86,7 @@ def parse_labels(data: bytes, source: str = "labels.txt") -> list[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise DataError(f"{source}: not a UTF-8 text file (one label a line expected)") from None
-    labels = inference.read_labels_text(text)
+    labels = deploy.parse_labels(text)
     if not labels or not any(labels):
         raise DataError(f"{source}: no labels in it (one label a line expected)")
     return labels
@@ -290,7 +291,8 @@ def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: l
             f"{facts['outputs']} values per image"
         )
     if (job_dir / "mean.binaryproto").is_file():
-        inference.fit_mean(job_dir / "mean.binaryproto", (), tuple(facts["input_shape"][1:]))
+        deploy.fit_mean(deploy.read_mean(job_dir / "mean.binaryproto"), tuple(facts["input_shape"][1:]), "image",
+                        "mean.binaryproto")
     info = {
         **info,
         "name": job.name,

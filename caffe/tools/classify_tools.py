@@ -1,23 +1,26 @@
 """``caffe classify`` (classify images with a deployable model) and ``caffe package`` (write a DIGITS archive).
 
-``caffe classify [FLAGS] [MODEL] INPUT...``: MODEL is a model folder or a DIGITS archive (see
+``caffe classify [FLAGS] [MODEL] INPUT...``: MODEL is a model folder, a DIGITS archive or a zoo entry (see
 :func:`caffe.deploy.find_model`), or leave it out and name the files (``--model``/``--model_def``,
 ``--weights``/``--pretrained_model``, ``--mean``/``--mean_file``, ``--labels``). INPUTs are image files,
 folders (their images, or ``*.EXT`` with ``--ext``), http/https URLs (fetched with ``--timeout`` and
-``--max_mb``), video files (every ``--every``-th frame, with OpenCV) or ``.npy`` arrays of H x W x K images.
+``--max_mb``), video files (every ``--every``-th frame, with OpenCV) or ``.npy`` arrays of H x W x K images
+in [0, 1] (rounded to 8 bits).
 
-Preprocessing is that of Caffe's C++ classification example and DIGITS: images are decoded with
-Pillow, resized (bilinear) to the input's size (or ``--images_dim``), turned into K x H x W BGR
-(``--channel_swap``), scaled to 0..255 (``--raw_scale``), the per-channel mean subtracted (of a mean
-image, its per-channel average; or values such as ``--mean=104,117,123``), times ``--input_scale``.
-With ``--oversample`` (pycaffe's default; also ``--nocenter_only``) the outputs of ten input-sized crops
-(corners, centre, and their mirrors) of the image resized to ``--images_dim`` (default: the input's size,
-at least 256 x 256) are averaged. Without it, as Caffe's example: the whole image resized to the input.
+The model is a :class:`caffe.deploy.DeployModel`, whose defaults this command keeps: a DIGITS model (its
+archive or folder has info.json) is prepared as DIGITS and the studio prepare it (the dataset's image size
+and resize mode, then a centre crop to the input); any other model as Caffe's C++ classification example
+(resized to the input, the per-channel mean subtracted). ``--images_dim``, ``--resize_mode``, ``--mean``,
+``--channel_swap``, ``--raw_scale`` and ``--input_scale`` override them; a model without a mean is warned
+about. With ``--oversample`` (pycaffe's default; also ``--nocenter_only``) the probabilities of ten
+input-sized crops (corners, centre, and their mirrors) of the image resized to ``--images_dim`` (default:
+the input's size, at least 256 x 256) are averaged.
 
-Output: the net's first output as it is (no softmax is added), top ``--top_k`` per input as
-``0.9997 - "dolphin"`` lines (``--format=text``), JSON or CSV; ``--output FILE`` writes it to a file
-instead (a ``.npy`` FILE gets the N x C predictions, as pycaffe's ``classify.py``). Inputs that cannot
-be read are reported and skipped; the exit status is then 1.
+Output: probabilities (the net's last output, through a softmax unless a Softmax layer produces it; the log
+says which), top ``--top_k`` per input as ``0.8123 - "n02119789 kit fox"`` lines (``--format=text``), JSON
+(``probability`` and the net's raw ``score``) or CSV; ``--output FILE`` writes it to a file instead (a
+``.npy`` FILE gets the N x C probabilities). Inputs that cannot be read are reported and skipped; the exit
+status is then 1.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import numpy as np
 
 from caffe import deploy
 from caffe.errors import CaffeError, DataError
+from caffe.io import oversample as ten_crops
+from caffe.limits import read_file
 from caffe.protoio import atomic_write
 from caffe.tools.cli import command
 from caffe.tools.progress import ToolParser, parse_flags, usage_error
@@ -70,7 +75,7 @@ class InputError(DataError):
 
 @dataclass
 class Image:
-    """One image to classify: its name in the output and its pixels (H x W x K float in [0, 1])."""
+    """One image to classify: its name in the output and its pixels (H x W x C uint8, the net's channels)."""
 
     name: str
     pixels: np.ndarray
@@ -100,7 +105,7 @@ def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
     return data
 
 
-def _video_frames(path: Path, every: int, color: bool, size: tuple[int, int] | None) -> Iterator[Image]:
+def _video_frames(path: Path, every: int, channels: int) -> Iterator[Image]:
     import cv2
     from PIL import Image as PILImage
 
@@ -115,7 +120,8 @@ def _video_frames(path: Path, every: int, color: bool, size: tuple[int, int] | N
                 break
             if index % every == 0:
                 rgb = PILImage.fromarray(np.ascontiguousarray(frame[:, :, ::-1]))
-                yield Image(f"{path}#frame={index}", deploy.pil_to_array(rgb, color=color, size=size))
+                pixels = deploy.image_array(rgb, channels)
+                yield Image(f"{path}#frame={index}", pixels[:, :, np.newaxis] if pixels.ndim == 2 else pixels)
             index += 1
     finally:
         capture.release()
@@ -141,10 +147,9 @@ class Failure:
 
 @dataclass
 class Reader:
-    """Turns INPUT arguments into images of the net's layout (see the module)."""
+    """Turns INPUT arguments into images of the net's channel count (see the module)."""
 
-    color: bool
-    size: tuple[int, int] | None
+    channels: int
     ext: str | None = None
     every: int = 1
     timeout: float = 10.0
@@ -156,7 +161,7 @@ class Reader:
             try:
                 if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", spec):
                     data = fetch_url(spec, self.timeout, self.max_bytes)
-                    yield Image(spec, self._decode(data, spec))
+                    yield Image(spec, deploy.decode_image(data, self.channels, spec))
                     continue
                 path = Path(spec)
                 if path.is_dir():
@@ -165,16 +170,14 @@ class Reader:
                 elif not path.is_file():
                     raise InputError(f"{spec}: no such file, folder or URL")
                 elif path.suffix.lower() in VIDEO_EXTENSIONS:
-                    yield from _video_frames(path, self.every, self.color, self.size)
+                    yield from _video_frames(path, self.every, self.channels)
                 elif path.suffix.lower() == ".npy":
                     yield from self._npy(path)
                 else:
-                    yield Image(spec, self._decode(path.read_bytes(), spec))
+                    data = read_file(path, "image", error=InputError)
+                    yield Image(spec, deploy.decode_image(data, self.channels, spec))
             except (DataError, OSError) as e:
                 yield Failure(spec, str(e) if isinstance(e, CaffeError) else f"{spec}: {e}")
-
-    def _decode(self, data: bytes, source: str) -> np.ndarray:
-        return deploy.decode_image(data, color=self.color, size=self.size, source=source)
 
     def _npy(self, path: Path) -> Iterator[Image]:
         try:
@@ -183,17 +186,17 @@ class Reader:
             raise InputError(f"{path}: not a NumPy array file ({e})") from None
         if arr.ndim == 3:
             arr = arr[np.newaxis]
-        if arr.ndim != 4:
-            raise InputError(f"{path}: expected N x H x W x K images, got shape {arr.shape}")
-        for i, im in enumerate(arr.astype(np.float32)):
-            if self.size is not None and im.shape[:2] != self.size:
-                from caffe.io import resize_image
-
-                im = resize_image(im, self.size)
-            yield Image(f"{path}[{i}]", im)
-
-
-# ---------------------------------------------------------------------------------------------- classify
+        if arr.ndim != 4 or arr.shape[3] not in (1, 3):
+            raise InputError(f"{path}: expected N x H x W x (1|3) images, got shape {arr.shape}")
+        for i, im in enumerate(arr):
+            pixels = np.clip(np.rint(np.asarray(im, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+            if pixels.shape[2] != self.channels:
+                pixels = (
+                    np.repeat(pixels, 3, axis=2)
+                    if self.channels == 3
+                    else np.rint(pixels.mean(axis=2, keepdims=True)).astype(np.uint8)
+                )
+            yield Image(f"{path}[{i}]", pixels)
 
 
 def _ints(text: str, flag: str, count: int | None = None) -> list[int]:
@@ -219,7 +222,8 @@ def _classify_parser() -> ToolParser:
     p.add_bool("center_only", "Classify the centre crop only (the default; --nocenter_only oversamples)")
     p.set_defaults(center_only=True)
     p.add_bool("oversample", "Average the 10 crops (corners, centre, mirrored) of each image")
-    p.add_argument("--images_dim", help="H,W the images are resized to (default: the input's size)")
+    p.add_argument("--images_dim", help="H,W the images are resized to first (default: the model's; see above)")
+    p.add_argument("--resize_mode", choices=deploy.RESIZE_MODES, help="How images are resized (default: the model's)")
     p.add_argument("--raw_scale", type=float, default=255.0, help="Scale of the [0,1] pixels (default 255)")
     p.add_argument("--input_scale", type=float, default=None, help="Scale after the mean subtraction")
     p.add_argument("--channel_swap", default="2,1,0", help="Channel order of the net's input (default 2,1,0: BGR)")
@@ -252,23 +256,20 @@ def _select_device(spec: str) -> None:
 @dataclass
 class Result:
     name: str
+    probs: np.ndarray | None = None
     scores: np.ndarray | None = None
     error: str | None = None
 
 
 class Formatter:
-    """Writes results as text, JSON or CSV (streamed for text and CSV)."""
+    """Writes results as text, JSON or CSV (streamed for text and CSV): probabilities, most probable first."""
 
-    def __init__(self, fmt: str, labels: list[str] | None, top_k: int, out: io.TextIOBase) -> None:
-        self.fmt, self.labels, self.top_k, self.out = fmt, labels, top_k, out
+    def __init__(self, fmt: str, model: deploy.DeployModel, top_k: int, out: io.TextIOBase) -> None:
+        self.fmt, self.model, self.top_k, self.out = fmt, model, top_k, out
         self.records: list[dict[str, Any]] = []
         self.csv = csv.writer(out) if fmt == "csv" else None
         if self.csv is not None:
-            self.csv.writerow(["input", "rank", "index", "label", "score"])
-
-    def top(self, scores: np.ndarray) -> list[tuple[int, str, float]]:
-        order = np.argsort(-scores, kind="stable")[: self.top_k]
-        return [(int(k), self.labels[k] if self.labels else str(int(k)), float(scores[k])) for k in order]
+            self.csv.writerow(["input", "rank", "index", "label", "probability"])
 
     def add(self, r: Result) -> None:
         if self.fmt == "json":
@@ -276,18 +277,26 @@ class Formatter:
             if r.error is not None:
                 rec["error"] = r.error
             else:
-                assert r.scores is not None
-                rec["predictions"] = [{"index": k, "label": lab, "score": s} for k, lab, s in self.top(r.scores)]
+                assert r.probs is not None and r.scores is not None
+                rec["predictions"] = [
+                    {
+                        "index": p.index,
+                        "label": p.label,
+                        "probability": p.probability,
+                        "score": float(r.scores[p.index]),
+                    }
+                    for p in self.model.top_k(r.probs, self.top_k)
+                ]
             self.records.append(rec)
-        elif r.scores is None:
+        elif r.probs is None:
             return
         elif self.csv is not None:
-            for rank, (k, lab, s) in enumerate(self.top(r.scores), 1):
-                self.csv.writerow([r.name, rank, k, lab, f"{s:.6g}"])
+            for rank, p in enumerate(self.model.top_k(r.probs, self.top_k), 1):
+                self.csv.writerow([r.name, rank, p.index, p.label, f"{p.probability:.6g}"])
         else:
             self.out.write(f"---------- Prediction for {r.name} ----------\n")
-            for _, lab, s in self.top(r.scores):
-                self.out.write(f'{s:.4f} - "{lab}"\n')
+            for p in self.model.top_k(r.probs, self.top_k):
+                self.out.write(f'{p.probability:.4f} - "{p.label}"\n')
 
     def close(self) -> None:
         if self.fmt == "json":
@@ -308,48 +317,42 @@ def _model_files(args: Any) -> tuple[deploy.ModelFiles, list[str]]:
     return files, inputs
 
 
-def _build(args: Any, files: deploy.ModelFiles) -> tuple[Any, tuple[int, int], bool]:
-    """The Classifier for ``files`` and the flags: (classifier, image dims, oversample)."""
-    from caffe.classifier import Classifier
-
-    log.info("Model: %s, weights %s", files.deploy, files.weights)
-    shape = deploy.input_shape(files.deploy)
-    if shape is None or len(shape) != 4:
-        raise CaffeError(f"{files.deploy}: no N x C x H x W Input to feed images to (input shape {shape})")
-    channels, crop = int(shape[1]), (int(shape[2]), int(shape[3]))
-    oversample = args.oversample or not args.center_only
-    if args.images_dim:
-        dims = tuple(_ints(args.images_dim, "--images_dim", 2))
-    else:
-        dims = tuple(max(c, 256) for c in crop) if oversample else crop
-    mean_spec = args.mean if args.mean is not None else files.mean
-    mean = None
-    if mean_spec is not None:
-        mean = deploy.channel_mean(deploy.parse_mean(mean_spec))
-        log.info("Mean: %s (per channel: %s)", mean_spec, ", ".join(f"{v:.4g}" for v in mean))
-        if len(mean) != channels:
-            raise CaffeError(f"mean {mean_spec}: {len(mean)} channels, the net's input has {channels}")
-    swap = _ints(args.channel_swap, "--channel_swap") if channels > 1 and args.channel_swap else None
-    clf = Classifier(
-        str(files.deploy),
-        str(files.weights),
-        image_dims=dims,
-        mean=mean,
-        input_scale=args.input_scale,
-        raw_scale=args.raw_scale,
+def _settings(args: Any) -> tuple[deploy.Settings, bool, tuple[int, int] | None]:
+    """The DeployModel settings of the flags, whether to oversample, and ``--images_dim``."""
+    dims = (lambda v: (v[0], v[1]))(_ints(args.images_dim, "--images_dim", 2)) if args.images_dim else None
+    oversample = bool(args.oversample or not args.center_only)
+    swap = tuple(_ints(args.channel_swap, "--channel_swap")) if args.channel_swap else None
+    settings = deploy.Settings(
+        mean=args.mean,
+        image_size=None if oversample else dims,
+        resize_mode=args.resize_mode,
         channel_swap=swap,
+        raw_scale=args.raw_scale,
+        input_scale=1.0 if args.input_scale is None else args.input_scale,
     )
-    return clf, (int(dims[0]), int(dims[1])), oversample
+    return settings, oversample, dims
 
 
-def _predict(clf: Any, images: list[Image], oversample: bool) -> np.ndarray:
-    in_ = clf.inputs[0]
-    blob = clf.blobs[in_]
-    views = len(images) * (10 if oversample else 1)
-    if blob.data.shape[0] != views:
-        blob.reshape(views, *blob.data.shape[1:])
-        clf.reshape()
-    return clf.predict([im.pixels for im in images], oversample=oversample).reshape(len(images), -1)
+def _views(model: deploy.DeployModel, pixels: np.ndarray, oversample: tuple[int, int] | None) -> list[np.ndarray]:
+    """The net inputs of one image: one, or the ten crops of the image squashed to ``oversample`` (pycaffe)."""
+    prep = model.preprocessing
+    if oversample is None:
+        return [prep.to_input(prep.resize(pixels))]
+    big = deploy.resize_image(pixels, oversample[0], oversample[1], "squash")
+    return [prep.to_input(crop.astype(np.uint8)) for crop in ten_crops([big], model.input_shape[1:])]
+
+
+def _predict(
+    model: deploy.DeployModel, images: list[Image], oversample: tuple[int, int] | None, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, raw scores) of ``images``, N x C each; oversampled views are averaged."""
+    views = [v for im in images for v in _views(model, im.pixels, oversample)]
+    scores = np.concatenate(
+        [model.scores(np.stack(views[i : i + batch_size])) for i in range(0, len(views), batch_size)]
+    )
+    probs = model.normalize(scores)
+    per = len(views) // len(images)
+    return probs.reshape(len(images), per, -1).mean(axis=1), scores.reshape(len(images), per, -1).mean(axis=1)
 
 
 @command("classify", "classify images, folders, URLs or videos with a model folder, archive or files")
@@ -367,17 +370,25 @@ def classify(argv: list[str]) -> int:
         if not args.inputs and args.model is None:
             return usage_error(parser, str(e))
         raise
-    labels = deploy.read_labels(files.labels) if files.labels is not None else None
     _select_device(args.gpu)
-    clf, dims, oversample = _build(args, files)
-    outputs = int(np.prod(clf.blobs[clf.outputs[0]].data.shape[1:]))
-    if labels is not None and len(labels) != outputs:
-        raise CaffeError(f"labels file {files.labels}: {len(labels)} labels, but the net gives {outputs} scores")
-    color = clf.blobs[clf.inputs[0]].data.shape[1] != 1
-    reader = Reader(color, dims, args.ext, args.every, args.timeout, int(args.max_mb * (1 << 20)))
+    settings, oversample, dims = _settings(args)
+    model = deploy.DeployModel(files, settings)
+    if model.labels and len(model.labels) != model.classes:
+        raise CaffeError(
+            f"labels file {files.labels}: {len(model.labels)} labels, but the net gives {model.classes} scores"
+        )
+    _, h, w = model.input_shape
+    big = (dims or (max(h, 256), max(w, 256))) if oversample else None
+    if big is not None and (big[0] < h or big[1] < w):
+        raise CaffeError(f"--images_dim={big[0]},{big[1]}: smaller than the input's {h} x {w}, nothing to crop")
+    log.info("Model: %s, weights %s; %s", files.deploy, files.weights, model.softmax_reason)
+    log.info(
+        "Preprocessing: %s; mean %s", model.preprocessing.describe(), model.mean.describe() if model.mean else "none"
+    )
+    reader = Reader(model.input_shape[0], args.ext, args.every, args.timeout, int(args.max_mb * (1 << 20)))
     to_npy = args.output is not None and args.output.lower().endswith(".npy")
     text = io.StringIO() if args.output is not None else sys.stdout
-    formatter = Formatter(args.format, labels, args.top_k, text)
+    formatter = Formatter(args.format, model, args.top_k, text)
     predictions: list[np.ndarray] = []
     failed = done = 0
     pending: list[Image | Failure] = []  # results go out in input order
@@ -385,15 +396,16 @@ def classify(argv: list[str]) -> int:
     def flush() -> None:
         nonlocal done, failed
         images = [item for item in pending if isinstance(item, Image)]
-        scores = iter(_predict(clf, images, oversample) if images else [])
+        probs, scores = _predict(model, images, big, args.batch_size) if images else (np.zeros(0), np.zeros(0))
+        rows = iter(zip(probs, scores, strict=True))
         for item in pending:
             if isinstance(item, Failure):
                 formatter.add(Result(item.name, error=item.message))
                 failed += 1
             else:
-                s = next(scores)
-                formatter.add(Result(item.name, scores=s))
-                predictions.append(s[np.newaxis])
+                p, s = next(rows)
+                formatter.add(Result(item.name, probs=p, scores=s))
+                predictions.append(p[np.newaxis])
                 done += 1
         pending.clear()
 
@@ -412,7 +424,7 @@ def classify(argv: list[str]) -> int:
     if args.output is not None:
         if to_npy:
             buf = io.BytesIO()
-            np.save(buf, np.concatenate(predictions) if predictions else np.zeros((0, outputs), np.float32))
+            np.save(buf, np.concatenate(predictions) if predictions else np.zeros((0, model.classes), np.float32))
             atomic_write(args.output, buf.getvalue())
         else:
             atomic_write(args.output, text.getvalue().encode("utf-8"))

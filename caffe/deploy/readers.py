@@ -1,0 +1,146 @@
+"""The one label reader and the one mean reader/fitter of deployable models.
+
+Labels: one a line (``labels.txt``, ``synset_words.txt``), stripped, trailing blank lines dropped.
+
+Means come as a ``.binaryproto`` (a BlobProto), a ``.npy`` array or values ``"104,117,123"``, and are fitted
+to the net's C x H x W input by :func:`fit_mean` in one of two ways:
+
+* ``"image"`` (DIGITS' mean image subtraction): a mean image at least the input's size is centre-cropped
+  to it (as the validation images were cropped in training); a smaller one gives its per-channel mean;
+* ``"pixel"`` (Caffe's C++ classification example, DIGITS' "pixel" subtraction): the per-channel mean.
+
+Values are always per channel; one value stands for every channel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffe.deploy.errors import ModelFilesError, PathLike
+from caffe.limits import read_file
+
+#: The largest info.json and labels file read.
+MAX_TEXT_BYTES = 64 << 20
+MEAN_MODES = ("image", "pixel", "none")
+
+
+def parse_labels(text: str) -> list[str]:
+    """Labels from text, one a line (each stripped, trailing blank lines dropped)."""
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def read_labels(path: PathLike) -> list[str]:
+    """A labels file (see :func:`parse_labels`); missing, unreadable or empty is a ModelFilesError naming it."""
+    if not os.path.lexists(path):
+        raise ModelFilesError(f"labels file {path}: not found")
+    data = read_file(path, "labels file", max_bytes=MAX_TEXT_BYTES, error=ModelFilesError)
+    lines = parse_labels(data.decode("utf-8-sig", errors="replace"))
+    if not lines:
+        raise ModelFilesError(f"labels file {path}: empty")
+    return lines
+
+
+def read_mean(path: PathLike) -> np.ndarray:
+    """A mean file (``.binaryproto`` BlobProto or ``.npy``) as a float32 C x H x W array (C values: C x 1 x 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFilesError(f"mean file {path}: not found")
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ModelFilesError(f"mean file {path}: not a NumPy array file ({e})") from None
+    else:
+        from caffe.errors import WeightsError
+        from caffe.proto import caffe_pb2
+        from caffe.protoio import read_binary
+        from caffe.weights import blob_proto_to_array
+
+        try:
+            arr = blob_proto_to_array(read_binary(path, caffe_pb2.BlobProto(), "mean binaryproto"))
+        except WeightsError as e:
+            raise ModelFilesError(f"mean file {path}: {e}") from None
+    arr = np.asarray(arr, dtype=np.float32)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 1:
+        arr = arr[:, np.newaxis, np.newaxis]
+    elif arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3 or arr.size == 0:
+        raise ModelFilesError(f"mean file {path}: expected C x H x W values, got shape {arr.shape}")
+    return arr
+
+
+def is_mean_values(spec: PathLike) -> bool:
+    """Whether ``spec`` is comma-separated numbers (``"104,117,123"``) rather than a file."""
+    text = os.fspath(spec)
+    return bool(re.fullmatch(r"\s*[-+0-9.eE]+(\s*,\s*[-+0-9.eE]+)*\s*", str(text))) and not Path(text).exists()
+
+
+def parse_mean(spec: PathLike) -> np.ndarray:
+    """A mean given as a file (see :func:`read_mean`) or as values ``"104,117,123"`` (C x 1 x 1)."""
+    text = os.fspath(spec)
+    if is_mean_values(text):
+        try:
+            return np.array([float(v) for v in str(text).split(",")], dtype=np.float32)[:, np.newaxis, np.newaxis]
+        except ValueError:
+            raise ModelFilesError(f"mean {text!r}: expected a file or comma-separated numbers") from None
+    return read_mean(text)
+
+
+def channel_mean(mean: np.ndarray) -> np.ndarray:
+    """The per-channel mean (C values) of a C x H x W mean, as Caffe's classification example and DIGITS use it."""
+    return np.asarray(mean, dtype=np.float32).reshape(mean.shape[0], -1).mean(axis=1)
+
+
+@dataclass
+class FittedMean:
+    """A mean in the input's layout (C x H x W image or C x 1 x 1 values) and what it is, for people."""
+
+    array: np.ndarray
+    source: str
+    kind: str  # "image" or "values"
+    note: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """``{"type", "source", "values" | "shape", "note"?}``."""
+        out: dict[str, Any] = {"type": self.kind, "source": self.source}
+        if self.kind == "values":
+            out["values"] = [round(float(v), 4) for v in self.array.ravel()]
+        else:
+            out["shape"] = list(self.array.shape)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def fit_mean(mean: np.ndarray, shape: tuple[int, int, int], mode: str = "image", source: str = "mean") -> FittedMean:
+    """``mean`` (C x H x W, or C x 1 x 1 values) fitted to an input of ``shape`` = (C, H, W) (see the module)."""
+    if mode not in ("image", "pixel"):
+        raise ModelFilesError(f"mean subtraction {mode!r}: expected image or pixel")
+    c, h, w = shape
+    arr = np.asarray(mean, dtype=np.float32)
+    values = arr.shape[1:] == (1, 1)
+    if arr.shape[0] == 1 and c > 1:
+        arr = np.repeat(arr, c, axis=0)
+    if arr.shape[0] != c:
+        if values:
+            raise ModelFilesError(f"mean {source}: {arr.shape[0]} mean values for a {c}-channel input")
+        raise ModelFilesError(f"mean {source}: the mean has {arr.shape[0]} channels, the net's input {c}")
+    if values:
+        return FittedMean(np.ascontiguousarray(arr), source, "values")
+    if mode == "image" and arr.shape[1] >= h and arr.shape[2] >= w:
+        top, left = (arr.shape[1] - h) // 2, (arr.shape[2] - w) // 2
+        return FittedMean(np.ascontiguousarray(arr[:, top : top + h, left : left + w]), source, "image")
+    note = f"per-channel mean of a {arr.shape[1]} x {arr.shape[2]} mean image"
+    return FittedMean(channel_mean(arr).reshape(c, 1, 1), source, "values", note)
