@@ -85,11 +85,14 @@ def read_info(job_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
+def job_labels(path: Path) -> tuple[str, ...]:
     """A job's labels file (empty when it has none): :func:`caffe.deploy.read_labels`."""
     if not path.is_file():
         return ()
-    return tuple(deploy.read_labels(path))
+    try:
+        return tuple(deploy.read_labels(path))
+    except deploy.ModelFilesError:  # empty or unreadable: the model's indexes stand for its classes
+        return ()
 
 
 def snapshot_epochs(job_dir: Path) -> list[float]:
@@ -132,7 +135,7 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         raise InferenceError(f"no job {job_id!r}", 404) from None
     job_dir = Path(store.job_dir(job_id))
     info = read_info(job_dir)
-    labels = read_labels(job_dir / "labels.txt")
+    labels = job_labels(job_dir / "labels.txt")
     mean_file = job_dir / "mean.binaryproto"
     common: dict[str, Any] = {
         "job_id": job_id,
@@ -349,7 +352,7 @@ def load_model(store: Any, job_id: str, epoch: float | str | None = None,
 
 
 # --------------------------------------------------------------------------------------- images
-def decode_image(data: bytes, channels: int, what: str = "image") -> np.ndarray:
+def decode_upload(data: bytes, channels: int, what: str = "image") -> np.ndarray:
     """Image bytes -> H x W x C uint8 (:func:`caffe.deploy.decode_image`); 415 for bytes that are no image."""
     if not data:
         raise InferenceError(f"{what}: empty file")
@@ -362,7 +365,7 @@ def decode_image(data: bytes, channels: int, what: str = "image") -> np.ndarray:
 def load_input(model: LoadedModel, data: bytes, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
     """Image bytes -> (the net's input, the resized image shown to the user)."""
     prep = model.preprocessing
-    shown = prep.resize(decode_image(data, model.input_shape[0], what))
+    shown = prep.resize(decode_upload(data, model.input_shape[0], what))
     return prep.to_input(shown), shown
 
 
@@ -625,7 +628,7 @@ def top_n(result: ManyResult, n: int = 9) -> list[dict[str, Any]]:
 
 def thumbnail_uri(path: str | Path, size: int = 96) -> str:
     """A small PNG data URI of a server-side image (for the top-N and classify-many pages)."""
-    img = decode_image(read_image_file(Path(path)), 3, str(path))
+    img = decode_upload(read_image_file(Path(path)), 3, str(path))
     h, w = img.shape[:2]
     scale = size / max(h, w)
     return png_data_uri(deploy.resize_image(img, max(1, round(h * scale)), max(1, round(w * scale))))
