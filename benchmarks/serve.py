@@ -124,13 +124,12 @@ def _direct_net() -> tuple:
     global _NET
     if not _NET:
         import caffe
-        from caffe.deploy import parse_mean
-        from caffe.serve import Preprocessing
+        from caffe.deploy import Preprocessing, fit_mean, parse_mean
 
         spec = MODELS["squeezenet"]
         net = caffe.Net(str(spec.prototxt_path), caffe.TEST, weights=str(spec.weights_path))
         shape = tuple(net.blobs[net.inputs[0]].shape[1:])
-        _NET = (net, Preprocessing(shape, parse_mean(MEAN)))
+        _NET = (net, Preprocessing(shape, mean=fit_mean(parse_mean(MEAN), shape).array))
     return _NET
 
 
