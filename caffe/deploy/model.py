@@ -33,6 +33,7 @@ from caffe.deploy.files import ModelFiles, find_model
 from caffe.deploy.images import RESIZE_MODES
 from caffe.deploy.preprocess import Preprocessing
 from caffe.deploy.readers import MEAN_MODES, FittedMean, fit_mean, parse_mean, read_labels
+from caffe.engine import inference_engine, set_inference_engine
 from caffe.errors import CaffeError
 
 log = logging.getLogger("caffe")
@@ -230,11 +231,8 @@ class DeployModel:
         rows = max(rows or n, n)
         blob = self.net.blobs[self.input]
         with self.lock:
-            if self.engine is not None:
-                import caffe
-
-                if caffe.inference_engine() != self.engine:
-                    caffe.set_inference_engine(self.engine)
+            if self.engine is not None and inference_engine() != self.engine:
+                set_inference_engine(self.engine)
             if blob.shape[0] != rows:
                 blob.reshape(rows, *self.input_shape)
                 self.net.reshape()
