@@ -281,3 +281,19 @@ def test_the_duplicates_are_gone():
         assert found == [owner], (pattern, found)
     datasets = (ROOT / "caffe" / "studio" / "datasets.py").read_text()
     assert "def resize_image" not in datasets and "def _normalize_mode" not in datasets
+
+
+def test_zoo_entry_weights_come_from_its_readme(tmp_path):
+    entry = tmp_path / "bvlc_tiny"
+    entry.mkdir()
+    deploy_file, weights = tiny_weights(tmp_path / "src")
+    shutil.copy(deploy_file, entry / "deploy.prototxt")
+    (entry / "readme.md").write_text(
+        "---\nname: tiny\ncaffemodel: tiny.caffemodel\n"
+        "caffemodel_url: http://example.com/tiny.caffemodel\nsha1: " + "0" * 40 + "\n---\n"
+    )
+    with pytest.raises(deploy.ModelFilesError, match="not downloaded; run: caffe zoo download"):
+        deploy.find_model(entry)
+    shutil.copy(weights, entry / "tiny.caffemodel")
+    shutil.copy(weights, entry / "other.caffemodel")  # not a snapshot: without the readme, ambiguous
+    assert deploy.find_model(entry).weights == entry / "tiny.caffemodel"

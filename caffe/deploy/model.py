@@ -92,6 +92,8 @@ def preprocessing_defaults(files: ModelFiles, settings: Settings) -> tuple[PathL
     digits = info is not None
     mean = settings.mean if settings.mean is not None else files.mean
     mode = settings.mean_mode or (str(info.get("mean subtraction", "image")) if digits else "pixel")
+    if mode == "none" and settings.mean is not None and settings.mean_mode is None:
+        mode = "image"  # a mean the caller gives is subtracted, whatever the training did
     if mode not in MEAN_MODES:
         raise ModelFilesError(f"mean subtraction {mode!r}: expected one of {', '.join(MEAN_MODES)}")
     size = settings.image_size or (_info_size(info) if digits else None)
