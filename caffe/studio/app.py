@@ -41,15 +41,18 @@ from fastapi.responses import (
 )
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from caffe.errors import CaffeError
 from caffe.serve import bind_socket, is_loopback, url_host, uvicorn_server
 from caffe.studio.csrf import CrossSiteMiddleware, csrf_input, csrf_token, require_csrf_token, server_names
+from caffe.studio.dependents import InUse, delete_job
+from caffe.studio.failure import job_failure
 from caffe.studio.gpus import job_hardware
 from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
-from caffe.studio.web import error_response, json_safe, studio_of, wants_html
+from caffe.studio.web import error_response, in_use_response, json_safe, studio_of, wants_html, with_models_flag
 
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -82,7 +85,10 @@ class StudioConfig:
     # dotted names the Host header may carry besides IP addresses, localhost and --host (see csrf.py);
     # None: $CAFFE_STUDIO_ALLOWED_HOSTS (separated by ',')
     allowed_hosts: list[str] | None = None
-    stop_grace: float = 3.0  # seconds from SIGINT to SIGTERM for the jobs running when the server stops
+    # the jobs running when the server stops get SIGINT, then SIGTERM once a training has had two of its measured
+    # iterations plus stop_grace seconds to snapshot (at most stop_wait_max; other jobs: stop_grace)
+    stop_grace: float = 3.0
+    stop_wait_max: float = 600.0
     allow_python_layers: bool = False  # run networks' Python layers (in worker processes, never in the server)
 
     @classmethod
@@ -386,6 +392,15 @@ async def _follow(studio: Studio, job_id: str, events: _EventFile, last_id: int,
 # the app
 
 
+def _failure(store: JobStore, job: Job | Mapping[str, Any]) -> dict[str, Any] | None:
+    """Why a failed job (a Job, or a page's dict of its fields) failed, as ``failure.Failure``'s dict; None
+    for the others."""
+    fields = job if isinstance(job, Mapping) else job.to_dict()
+    if fields.get("status") != "Error":
+        return None
+    return job_failure(store.job_dir(fields["id"]), fields.get("result") or {}, fields.get("returncode")).to_dict()
+
+
 def _job_summary(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
@@ -462,7 +477,8 @@ def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
     if config.devices is None:
         config.devices = detect_devices()
     store = JobStore(config.jobs_dir)
-    scheduler = Scheduler(store, config.devices, abort_grace=config.abort_grace, stop_grace=config.stop_grace).start()
+    graces = {"abort_grace": config.abort_grace, "stop_grace": config.stop_grace}
+    scheduler = Scheduler(store, config.devices, **graces, stop_wait_max=config.stop_wait_max).start()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -481,6 +497,7 @@ def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
     token = csrf_token(session_value(config.token).encode() if config.token else secrets.token_bytes(32))
     templates.env.globals["csrf_token"] = token
     templates.env.globals["csrf_input"] = lambda: csrf_input(token)
+    templates.env.globals["job_failure"] = lambda job: _failure(store, job)
     app.state.studio = studio = Studio(config, store, scheduler, templates, token)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_upload_bytes)
@@ -617,17 +634,27 @@ def _add_routes(app: FastAPI) -> None:
             return RedirectResponse(f"/jobs/{job_id}", status_code=303)
         return JSONResponse({"job_id": job_id, "aborted": aborted, "status": studio.store.get(job_id).status})
 
-    def delete(request: Request, job_id: str) -> None:
-        studio_of(request).scheduler.delete(job_id)
+    async def delete(request: Request, job_id: str) -> Response | None:
+        """Delete the job (None), or the 409 answer when models use it and ``with_models`` was not given."""
+        studio = studio_of(request)
+        with_models = await with_models_flag(request)
+        try:
+            await run_in_threadpool(delete_job, studio.store, studio.scheduler, job_id, with_models)
+        except InUse as e:
+            return in_use_response(request, e, f"/jobs/{job_id}/delete", wants_html(request))
+        return None
 
-    @app.delete("/jobs/{job_id}", summary="Delete a job (aborted first if it runs)")
-    def job_delete(request: Request, job_id: str) -> dict[str, Any]:
-        delete(request, job_id)
-        return {"job_id": job_id, "deleted": True}
+    @app.delete("/jobs/{job_id}", summary="Delete a job (ended first if it runs; ?with_models=1: with its models)")
+    async def job_delete(request: Request, job_id: str) -> Response:
+        """A dataset or pretrained model that models use: 409 listing them, unless ``?with_models=1``."""
+        refused = await delete(request, job_id)
+        return refused or JSONResponse({"job_id": job_id, "deleted": True})
 
     @app.post("/jobs/{job_id}/delete", include_in_schema=False)
-    def job_delete_form(request: Request, job_id: str) -> Response:
-        delete(request, job_id)
+    async def job_delete_form(request: Request, job_id: str) -> Response:
+        refused = await delete(request, job_id)
+        if refused is not None:
+            return refused
         if wants_html(request):
             return RedirectResponse("/", status_code=303)
         return JSONResponse({"job_id": job_id, "deleted": True})
@@ -672,9 +699,16 @@ def serve(
     scheduler = app.state.studio.scheduler
     handle_exit = server.handle_exit  # uvicorn's SIGINT / SIGTERM handler
 
+    signals = [0]
+
     def on_exit_signal(sig: int, frame: Any) -> None:
-        # the jobs start stopping now, while open connections drain (not in a handler: it takes a lock)
-        threading.Thread(target=scheduler.request_stop, name="studio-stop", daemon=True).start()
+        # the jobs start stopping now, while open connections drain (not in a handler: it takes a lock); a second
+        # Ctrl-C ends them at once, without waiting for their snapshots
+        signals[0] += 1
+        if signals[0] == 2:
+            log.warning("studio: second stop signal: ending the running jobs now")
+        stopper = scheduler.request_stop if signals[0] == 1 else scheduler.force_stop
+        threading.Thread(target=stopper, name="studio-stop", daemon=True).start()
         handle_exit(sig, frame)
 
     server.handle_exit = on_exit_signal
@@ -707,7 +741,7 @@ def serve_in_thread(
     def stop() -> None:
         scheduler.request_stop()  # the jobs stop while connections drain
         server.should_exit = True
-        thread.join(scheduler.stop_grace + scheduler.kill_grace + GRACEFUL_SHUTDOWN_S + 5)
+        thread.join(scheduler.stop_time_left() + scheduler.kill_grace + GRACEFUL_SHUTDOWN_S + 5)
         sock.close()
         scheduler.stop()  # done by the lifespan already, unless the server thread is stuck
 

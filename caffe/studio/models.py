@@ -46,6 +46,7 @@ from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_net_param, to_text
 from caffe.studio import layer_worker
 from caffe.studio import networks as nets
+from caffe.studio.failure import job_failure
 from caffe.studio.gpus import GpuRequest, device_gpu, gpu_pool, job_hardware, parse_gpu_list, request_error
 from caffe.studio.paths import is_job_id
 
@@ -313,6 +314,7 @@ def solver_param(
     s.display = max(1, min(s.max_iter // (form.train_epochs * 8), math.ceil(5000 / (train_batch * iter_size))))
     if form.random_seed is not None:
         s.random_seed = form.random_seed
+    s.snapshot_after_train = True  # also on a stop (SIGINT): a stopped training resumes from where it was
     return s
 
 
@@ -537,6 +539,8 @@ def train_argv(job_dir: Path, *, weights: Path | None = None, snapshot: Path | N
     """``caffe train`` for a job folder (run by the scheduler with this Python, which adds ``--gpu=...``)."""
     from caffe.studio.scheduler import caffe_argv
 
+    # SIGINT (abort, server shutdown) has caffe train's default effect, stop: finish the iteration, snapshot it
+    # (the solver's snapshot_after_train, see solver_param), exit 0
     args = ["train", f"--solver={job_dir / 'solver.prototxt'}", f"--events={job_dir / 'events.jsonl'}"]
     if snapshot is not None:
         args.append(f"--snapshot={snapshot}")
@@ -625,8 +629,40 @@ def latest_solverstate(job_dir: Path) -> Path | None:
     return states[max(states)] if states else None
 
 
-def resume_model_job(store: Any, scheduler: Any, job_id: str, allow_python_layers: bool = False) -> Any:
-    """Continue a stopped training from its newest solver state (from the start when it has none)."""
+STOPPED = ("Interrupted", "Aborted")  # trainings that were stopped (they may have a snapshot to resume from)
+
+
+def resume_point(job_dir: Path) -> dict[str, Any] | None:
+    """The snapshot a resume continues from: ``{iter, epoch, file}`` of the newest solver state, or None."""
+    state = latest_solverstate(job_dir)
+    if state is None:
+        return None
+    iteration = int(SNAPSHOT_RE.match(state.name).group(1))  # type: ignore[union-attr]
+    per_epoch = job_info(job_dir).get("iterations per epoch", 1)
+    return {"iter": iteration, "epoch": epoch_of(iteration, per_epoch), "file": state.name}
+
+
+def run_again(store: Any, scheduler: Any, job_id: str, how: str, allow_python_layers: bool = False) -> Any:
+    """``how`` = "resume": continue a stopped training from its newest snapshot (FormError without one);
+    "restart": run it again from iteration 0 (its pretrained weights, if any)."""
+    job = store.get(job_id)
+    if job.kind != "model":
+        raise FormError({"job": f"job {job_id} is a {job.kind}, not a model"})
+    if job.status == "Error":
+        raise FormError({"job": f"job {job_id} failed: fix the cause in a clone of it (Clone), then run that"})
+    if job.status not in STOPPED:
+        raise FormError({"job": f"job {job_id} is {job.status}: only interrupted or aborted trainings run again"})
+    point = resume_point(store.job_dir(job_id))
+    if how == "resume" and point is None:
+        raise FormError({"job": f"job {job_id} left no snapshot: it can only restart from iteration 0"})
+    return resume_model_job(store, scheduler, job_id, allow_python_layers, from_start=how == "restart")
+
+
+def resume_model_job(
+    store: Any, scheduler: Any, job_id: str, allow_python_layers: bool = False, from_start: bool = False
+) -> Any:
+    """Continue a stopped training from its newest solver state (from the start when it has none, or when
+    ``from_start``)."""
     job = store.get(job_id)
     if job.kind != "model":
         raise FormError({"job": f"job {job_id} is a {job.kind}, not a model"})
@@ -637,7 +673,7 @@ def resume_model_job(store: Any, scheduler: Any, job_id: str, allow_python_layer
         layer_worker.require_consent(
             read_net_param(job_dir / "train_val.prototxt"), "train_val.prototxt", allow_python_layers
         )
-    state = latest_solverstate(job_dir)
+    state = None if from_start else latest_solverstate(job_dir)
     weights = None
     if state is None:
         w = job.result.get("info", {}).get("pretrained weights")
@@ -734,6 +770,8 @@ def model_summary(store: Any, job_id: str) -> dict[str, Any]:
     job = store.get(job_id)
     job_dir = store.job_dir(job_id)
     snaps = snapshots(job_dir)
+    point = resume_point(job_dir) if job.status in STOPPED else None
+    progress = training_progress(job_dir)
     return {
         "id": job.id,
         "name": job.name,
@@ -742,13 +780,17 @@ def model_summary(store: Any, job_id: str) -> dict[str, Any]:
         "dataset": job.parent,
         "snapshots": [s["epoch"] for s in snaps],
         "snapshot_files": snaps,
-        "can_resume": job.status in ("Interrupted", "Aborted", "Error"),
+        "can_resume": point is not None,  # stopped, with a snapshot: resume continues from resume_from
+        "resume_from": point,
+        "no_snapshot": job.status in STOPPED and point is None,  # stopped before any snapshot: restart only
+        "error": job_failure(job_dir, job.result, job.returncode).to_dict() if job.status == "Error" else None,
+        "has_data": bool(progress["train"]["epoch"] or progress["val"]),
         "gpus": job.gpus,  # held now (Running) or by the last run
         "gpu_request": job.gpu_request,
         "hardware": job_hardware(job),
         "params": job.params,
         "info": job_info(job_dir),
-        **training_progress(job_dir),
+        **progress,
         "updated": job.updated,
         "now": time.time(),
     }

@@ -38,8 +38,18 @@ from starlette.datastructures import UploadFile
 from caffe.errors import CaffeError, DataError
 from caffe.studio import inference, pretrained
 from caffe.studio.datasets import RESIZE_MODES
+from caffe.studio.dependents import InUse, delete_job
 from caffe.studio.paths import is_within, resolve_user_path
-from caffe.studio.web import data_roots, error_response, job_of_kind, json_fields, studio_of, wants_html
+from caffe.studio.web import (
+    data_roots,
+    error_response,
+    in_use_response,
+    job_of_kind,
+    json_fields,
+    studio_of,
+    wants_html,
+    with_models_flag,
+)
 
 router = APIRouter()
 
@@ -250,25 +260,37 @@ def pretrained_show(request: Request, job_id: str) -> Response:
                  {"job": job, "info": inference.read_info(job_dir), "files": files, "parent": job.parent})
 
 
-def _delete(request: Request, job_id: str) -> None:
+async def _delete(request: Request, job_id: str) -> None:
+    """Delete a pretrained model; InUse when models were fine-tuned from it, unless ``with_models``."""
     _pretrained_job(request, job_id)
-    pretrained.delete(studio_of(request).store, job_id)
+    studio = studio_of(request)
+    with_models = await with_models_flag(request)
+
+    def remove(pretrained_id: str) -> None:
+        pretrained.delete(studio.store, pretrained_id)
+
+    await run_in_threadpool(delete_job, studio.store, studio.scheduler, job_id, with_models, remove)
 
 
-@router.delete("/pretrained_models/{job_id}", summary="Delete a pretrained model")
-def pretrained_delete(request: Request, job_id: str) -> Response:
+@router.delete("/pretrained_models/{job_id}", summary="Delete a pretrained model (?with_models=1: with its models)")
+async def pretrained_delete(request: Request, job_id: str) -> Response:
+    """409 listing the models fine-tuned from it, unless ``?with_models=1`` (they are deleted first)."""
     try:
-        _delete(request, job_id)
+        await _delete(request, job_id)
+    except InUse as e:
+        return in_use_response(request, e, f"/pretrained_models/{job_id}/delete", False)
     except CaffeError as e:
         return _fail(request, e, False)
     return JSONResponse({"job_id": job_id, "deleted": True})
 
 
 @router.post("/pretrained_models/{job_id}/delete", include_in_schema=False)
-def pretrained_delete_form(request: Request, job_id: str) -> Response:
+async def pretrained_delete_form(request: Request, job_id: str) -> Response:
     html = wants_html(request)
     try:
-        _delete(request, job_id)
+        await _delete(request, job_id)
+    except InUse as e:
+        return in_use_response(request, e, f"/pretrained_models/{job_id}/delete", html)
     except CaffeError as e:
         return _fail(request, e, html)
     if html:

@@ -8,7 +8,8 @@
 * ``POST /models/visualize-lr.json``: the learning rate over the training, computed by the solver's own code;
 * ``GET  /models/{id}`` (page), ``/models/{id}.json``: status, progress, ETA, snapshots, chart series, NaN advice;
 * ``GET  /models/{id}/download[.tar.gz|.zip]?epoch=N&fmt=tar.gz|zip``: the DIGITS archive of a snapshot;
-* ``POST /jobs/{id}/resume``: continue an interrupted/aborted training from its newest ``.solverstate``.
+* ``POST /jobs/{id}/resume``: continue an interrupted/aborted training from its newest ``.solverstate`` (409 when
+  it failed or left none); ``POST /jobs/{id}/restart``: run it again from iteration 0.
 """
 
 from __future__ import annotations
@@ -236,11 +237,10 @@ def download_zip(request: Request, job_id: str, epoch: float | None = None) -> R
     return _download(request, job_id, epoch, "zip")
 
 
-@router.post("/jobs/{job_id}/resume", summary="Resume an interrupted or aborted training from its last solverstate")
-def resume(request: Request, job_id: str) -> Response:
+def _run_again(request: Request, job_id: str, how: str) -> Response:
     studio = studio_of(request)
     try:
-        job = m.resume_model_job(studio.store, studio.scheduler, job_id, studio.config.allow_python_layers)
+        job = m.run_again(studio.store, studio.scheduler, job_id, how, studio.config.allow_python_layers)
     except KeyError:
         raise HTTPException(404, f"no job {job_id!r}") from None
     except (CaffeError, RuntimeError, ValueError) as e:
@@ -249,4 +249,17 @@ def resume(request: Request, job_id: str) -> Response:
         return JSONResponse({"errors": [str(e)]}, status_code=409)
     if wants_html(request):
         return RedirectResponse(f"/models/{job.id}", status_code=303)
-    return JSONResponse({"job_id": job.id, "status": job.status, "argv": job.argv})
+    point = m.resume_point(studio.store.job_dir(job_id)) if how == "resume" else None
+    return JSONResponse({"job_id": job.id, "status": job.status, "argv": job.argv, "resumed_from": point})
+
+
+@router.post("/jobs/{job_id}/resume", summary="Resume an interrupted or aborted training from its last snapshot")
+def resume(request: Request, job_id: str) -> Response:
+    """409 for a failed job (clone it instead) and for one that left no snapshot (restart it); the answer's
+    ``resumed_from`` names the snapshot: ``{iter, epoch, file}``."""
+    return _run_again(request, job_id, "resume")
+
+
+@router.post("/jobs/{job_id}/restart", summary="Run an interrupted or aborted training again from iteration 0")
+def restart(request: Request, job_id: str) -> Response:
+    return _run_again(request, job_id, "restart")

@@ -16,17 +16,22 @@ Every job runs in a session (process group) of its own, and whatever it started 
 main process ends, anything left in its group gets SIGTERM, then SIGKILL ``kill_grace`` seconds later.
 Abort sends SIGINT (``caffe train`` then stops after the iteration and snapshots), then SIGTERM to the
 group after ``abort_grace`` seconds and SIGKILL after ``kill_grace`` more. ``stop()`` (the server shutting
-down, or this process exiting: an atexit hook) does the same with ``stop_grace`` for ``abort_grace``, so it
-returns within ``stop_grace + kill_grace`` seconds and a little; its jobs end ``Interrupted``. A server that is
-killed cannot do this, so each job is told the server's pid (``CAFFE_STUDIO_PID``) and stops itself the same
-way when the server is gone (:mod:`caffe.tools.parent_watch`). Listeners
-registered with ``subscribe`` get every status change, from the scheduler's threads.
+down, or this process exiting: an atexit hook) sends SIGINT too and waits for each training to write the
+snapshot of the iteration it is in: a bounded wait that follows the job's pace, read from its events file
+(:func:`stop_wait`: ``STOP_ITERATIONS`` measured iterations plus ``stop_grace`` seconds, at most
+``stop_wait_max``; jobs that are not trainings, or have not started iterating, get ``stop_grace``), logged as
+it waits; only then SIGTERM, and SIGKILL ``kill_grace`` later. ``force_stop()`` (a second Ctrl-C) sends
+SIGTERM at once. Its jobs end ``Interrupted``. A server that is killed cannot do this, so each job is told
+the server's pid (``CAFFE_STUDIO_PID``) and stops itself the same way when the server is gone
+(:mod:`caffe.tools.parent_watch`). Listeners registered with ``subscribe`` get every status change, from the
+scheduler's threads.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import shlex
@@ -36,6 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +141,93 @@ def _lock_jobs_dir(jobs_dir: Path) -> None:
     _HELD_LOCKS[jobs_dir] = fd
 
 
+STOP_ITERATIONS = 2.0  # at shutdown a training gets this many of its measured iterations (plus stop_grace)
+STOP_LOG_EVERY_S = 10.0  # how often a shutdown that waits for trainings says so again
+_EVENTS_TAIL_BYTES = 256 << 10  # the part of an events file read to find a training's pace
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Where a training is, from its events file: ``done`` iterations at wall time ``at``, an iteration
+    taking ``seconds`` (None: none finished in this run yet), its last snapshot's iteration and file."""
+
+    done: int
+    at: float
+    seconds: float | None
+    snapshot: tuple[int, str] | None = None
+
+
+def _tail_events(path: Path) -> list[dict[str, Any]]:
+    """The events in the last ``_EVENTS_TAIL_BYTES`` of a JSON-lines file (whole lines only)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _EVENTS_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.splitlines()[1 if size > _EVENTS_TAIL_BYTES else 0 :]
+    events = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict):
+                events.append(event)
+    return events
+
+
+def training_pace(events_file: Path) -> Pace | None:
+    """The pace of the training writing ``events_file`` (``caffe train --events``) in its current run;
+    None before its first ``start`` event (not a training, or still building its nets)."""
+    events = _tail_events(events_file)
+    starts = [i for i, e in enumerate(events) if e.get("event") == "start"]
+    if not starts:
+        return None
+    points: list[tuple[int, float]] = []  # (iterations done, time)
+    seconds, snapshot = None, None
+    for e in events[starts[-1] :]:
+        kind, t = e.get("event"), float(e.get("time", 0.0))
+        if kind == "start":
+            points.append((int(e.get("iter", 0)), t))
+        elif kind == "train":
+            points.append((int(e.get("iter", 0)) + 1, t))
+            rate = e.get("iter_per_s")
+            seconds = 1.0 / rate if isinstance(rate, (int, float)) and rate > 0 else None
+        elif kind == "snapshot":
+            snapshot = (int(e.get("iter", 0)), str(e.get("model", "")))
+    if seconds is None and len(points) > 1 and points[-1][0] > points[-2][0]:
+        (n0, t0), (n1, t1) = points[-2:]
+        seconds = max(t1 - t0, 0.0) / (n1 - n0)
+    done, at = points[-1]
+    return Pace(done, at, seconds, snapshot)
+
+
+def stop_wait(pace: Pace | None, grace: float, most: float, now: float | None = None) -> tuple[float, int | None]:
+    """How long a training stopped now may take to snapshot (seconds, at most ``most``) and the iteration it
+    will snapshot: ``STOP_ITERATIONS`` iterations at its measured pace (none measured yet: the iteration in
+    progress has run since its start) plus ``grace``. No pace: ``grace``, iteration unknown."""
+    if pace is None:
+        return grace, None
+    elapsed = max(0.0, (time.time() if now is None else now) - pace.at)
+    per_iter = pace.seconds if pace.seconds is not None else elapsed
+    ahead = int(elapsed // per_iter) if per_iter > 0 else 0  # iterations finished since the last event
+    return min(most, grace + STOP_ITERATIONS * per_iter), pace.done + ahead + 1
+
+
 class _Running:
-    def __init__(self, job_id: str, proc: subprocess.Popen, resource: str | None, gpus: list[int]) -> None:
+    def __init__(
+        self, job_id: str, proc: subprocess.Popen, resource: str | None, gpus: list[int], job_dir: Path
+    ) -> None:
         self.job_id = job_id
         self.proc = proc
         self.resource = resource
         self.gpus = gpus  # held alone until the process ends
+        self.job_dir = job_dir
         self.end_status: str | None = None  # set by abort / stop: the status to record at exit
+        self.stop_at: float | None = None  # stopping: the monotonic time it gets SIGTERM
+        self.stop_iter: int | None = None  # stopping: the iteration it should snapshot
+        self.term_at: float | None = None  # when it got SIGTERM (then SIGKILL kill_grace later)
+        self.killed_at: float | None = None
 
 
 class Scheduler:
@@ -154,8 +240,10 @@ class Scheduler:
         abort_grace: float = 30.0,
         stop_grace: float = 3.0,
         kill_grace: float = 2.0,
+        stop_wait_max: float = 600.0,
     ) -> None:
-        for name, value in (("abort_grace", abort_grace), ("stop_grace", stop_grace), ("kill_grace", kill_grace)):
+        limits = {"abort_grace": abort_grace, "stop_grace": stop_grace, "kill_grace": kill_grace}
+        for name, value in {**limits, "stop_wait_max": stop_wait_max}.items():
             if not value >= 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         self.store = store
@@ -163,15 +251,15 @@ class Scheduler:
         self.gpus = gpu_pool(self.devices)  # the GPU ids jobs may be given
         self.max_parallel = max_parallel  # jobs without a resource (datasets) running at once
         self.abort_grace = abort_grace  # abort: seconds from SIGINT to SIGTERM
-        self.stop_grace = stop_grace  # stop: seconds from SIGINT to SIGTERM
+        self.stop_grace = stop_grace  # stop: seconds from SIGINT to SIGTERM, beyond a training's iterations
         self.kill_grace = kill_grace  # seconds from SIGTERM to SIGKILL
+        self.stop_wait_max = stop_wait_max  # stop: the longest wait for a training's snapshot
         self._cv = threading.Condition()
         self._queue: list[str] = []  # waiting job ids, in order
         self._running: dict[str, _Running] = {}
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._stop_deadline = 0.0  # when stopping: the monotonic time running jobs get SIGTERM
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -218,47 +306,95 @@ class Scheduler:
 
     def request_stop(self, timeout: float | None = None) -> None:
         """Begin ``stop`` without waiting: dispatch no more, send the running jobs SIGINT (trainings
-        snapshot); they get SIGTERM ``timeout`` seconds (default ``stop_grace``) from the first call."""
+        snapshot); each gets SIGTERM once its wait (:func:`stop_wait`, or ``timeout`` seconds) has passed."""
         with self._cv:
             if self._stopping:
                 return
             self._stopping = True
-            self._stop_deadline = time.monotonic() + (self.stop_grace if timeout is None else max(0.0, timeout))
+            now = time.monotonic()
             for r in self._running.values():
+                self._plan_stop(r, now, timeout)
                 if r.end_status is None:
                     r.end_status = "Interrupted"
                     _signal(r.proc.pid, signal.SIGINT, group=False)
             self._cv.notify_all()
 
+    def _plan_stop(self, r: _Running, now: float, timeout: float | None) -> None:
+        """When a job being stopped gets SIGTERM: after its training's measured snapshot wait, logged."""
+        if timeout is not None:
+            r.stop_at = now + max(0.0, timeout)
+            return
+        wait, iteration = stop_wait(training_pace(r.job_dir / "events.jsonl"), self.stop_grace, self.stop_wait_max)
+        r.stop_at, r.stop_iter = now + wait, iteration
+        if iteration is not None:
+            log.info("studio: waiting up to %.0f s for job %s to snapshot iteration %d", wait, r.job_id, iteration)
+
+    def force_stop(self) -> None:
+        """End the running jobs now (a second Ctrl-C): SIGTERM to their groups, SIGKILL ``kill_grace`` later
+        (by ``stop``); they may leave no snapshot of their current iteration."""
+        self.request_stop()
+        with self._cv:
+            now = time.monotonic()
+            for r in self._running.values():
+                r.stop_at = min(r.stop_at if r.stop_at is not None else now, now)
+                self._escalate_stop(r, now)
+            self._cv.notify_all()
+
+    def stop_time_left(self) -> float:
+        """Seconds until the last job being stopped gets SIGTERM (0 when none waits)."""
+        with self._cv:
+            ends = [r.stop_at for r in self._running.values() if r.stop_at is not None]
+        return max(0.0, max(ends, default=0.0) - time.monotonic())
+
     def stop(self, timeout: float | None = None) -> None:
         """Stop dispatching and end the running jobs (status ``Interrupted``; waiting ones stay queued in
-        the store): SIGINT, SIGTERM to each job's process group ``timeout`` seconds (default ``stop_grace``)
-        after ``request_stop``, SIGKILL ``kill_grace`` seconds later; returns once they are gone."""
+        the store): SIGINT, then SIGTERM to each job's process group once its training has had the time to
+        snapshot (``timeout`` seconds if given), SIGKILL ``kill_grace`` seconds later; returns once they are gone."""
         self.request_stop(timeout)
         with self._cv:
-            deadline = self._stop_deadline
-            for sig, until in ((signal.SIGTERM, deadline), (signal.SIGKILL, deadline + self.kill_grace)):
-                if self._wait_idle(until):
+            next_log = time.monotonic() + STOP_LOG_EVERY_S
+            while self._running:
+                now = time.monotonic()
+                for r in list(self._running.values()):
+                    self._escalate_stop(r, now)
+                if all(r.killed_at is not None and now > r.killed_at + 2.0 for r in self._running.values()):
+                    log.error("studio: jobs %s did not end", ", ".join(self._running))  # SIGKILL acts at once
                     break
-                for r in self._running.values():
-                    log.warning("Job %s: still running at shutdown, sending %s", r.job_id, sig.name)
-                    _signal(r.proc.pid, sig, group=True)
-            else:
-                if not self._wait_idle(time.monotonic() + 2.0):  # SIGKILL takes effect at once
-                    log.error("studio: jobs %s did not end", ", ".join(self._running))
+                if now >= next_log:
+                    self._log_waiting(now)
+                    next_log = now + STOP_LOG_EVERY_S
+                self._cv.wait(max(0.01, min(self._next_escalation(), next_log) - now))
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(5)
         atexit.unregister(self.stop)
 
-    def _wait_idle(self, until: float) -> bool:
-        """Wait (holding ``_cv``) until no job runs or ``until``; whether none runs."""
-        while self._running:
-            left = until - time.monotonic()
-            if left <= 0:
-                return False
-            self._cv.wait(left)
-        return True
+    def _escalate_stop(self, r: _Running, now: float) -> None:
+        """SIGTERM a stopping job past its wait, SIGKILL it ``kill_grace`` after that (holding ``_cv``)."""
+        if r.term_at is None and r.stop_at is not None and now >= r.stop_at:
+            log.warning("Job %s: still running at shutdown, sending SIGTERM", r.job_id)
+            _signal(r.proc.pid, signal.SIGTERM, group=True)
+            r.term_at = now
+        elif r.term_at is not None and r.killed_at is None and now >= r.term_at + self.kill_grace:
+            log.warning("Job %s: still running at shutdown, sending SIGKILL", r.job_id)
+            _signal(r.proc.pid, signal.SIGKILL, group=True)
+            r.killed_at = now
+
+    def _next_escalation(self) -> float:
+        """The monotonic time of the next SIGTERM or SIGKILL ``stop`` sends (holding ``_cv``)."""
+        times = [time.monotonic() + 0.5]
+        for r in self._running.values():
+            if r.term_at is None and r.stop_at is not None:
+                times.append(r.stop_at)
+            elif r.term_at is not None and r.killed_at is None:
+                times.append(r.term_at + self.kill_grace)
+        return min(times)
+
+    def _log_waiting(self, now: float) -> None:
+        for r in self._running.values():
+            if r.term_at is None and r.stop_at is not None:
+                what = f" to snapshot iteration {r.stop_iter}" if r.stop_iter is not None else " to end"
+                log.info("studio: still waiting up to %.0f s for job %s%s", r.stop_at - now, r.job_id, what)
 
     # --- jobs --------------------------------------------------------------------------------
 
@@ -274,7 +410,13 @@ class Scheduler:
             if job.active:
                 raise RuntimeError(f"job {job_id} is already {job.status.lower()}")
             job = self._set_status(
-                job_id, "Waiting", argv=list(argv), resource=resource, gpu_request=request, gpus=None, pid=None,
+                job_id,
+                "Waiting",
+                argv=list(argv),
+                resource=resource,
+                gpu_request=request,
+                gpus=None,
+                pid=None,
                 returncode=None,
             )
             self._queue.append(job_id)
@@ -311,13 +453,16 @@ class Scheduler:
             if r is None or r.end_status is not None:
                 return False
             r.end_status = "Aborted"
-        log.info("Job %s: abort (SIGINT)", job_id)
+        wait, _ = stop_wait(training_pace(r.job_dir / "events.jsonl"), self.abort_grace, self.stop_wait_max)
+        wait = max(wait, self.abort_grace)
+        log.info("Job %s: abort (SIGINT; SIGTERM in %.0f s if it is still running)", job_id, wait)
         _signal(r.proc.pid, signal.SIGINT, group=False)
-        threading.Thread(target=self._escalate, args=(r,), name=f"abort-{job_id}", daemon=True).start()
+        threading.Thread(target=self._escalate, args=(r, wait), name=f"abort-{job_id}", daemon=True).start()
         return True
 
-    def _escalate(self, r: _Running) -> None:
-        for sig, grace in ((signal.SIGTERM, self.abort_grace), (signal.SIGKILL, self.kill_grace)):
+    def _escalate(self, r: _Running, wait: float) -> None:
+        """SIGTERM an aborted job still running ``wait`` s after SIGINT, SIGKILL it ``kill_grace`` s later."""
+        for sig, grace in ((signal.SIGTERM, wait), (signal.SIGKILL, self.kill_grace)):
             try:
                 r.proc.wait(grace)
                 return
@@ -477,7 +622,7 @@ class Scheduler:
             self._set_status(job.id, "Error", result_note=f"cannot start {job.argv[0]}: {e}")
             self._cv.notify_all()
             return
-        r = _Running(job.id, proc, job.resource, gpus)
+        r = _Running(job.id, proc, job.resource, gpus, job_dir)
         self._running[job.id] = r
         self._set_status(job.id, "Running", pid=proc.pid, argv=argv, gpus=gpus or None)
         threading.Thread(target=self._watch, args=(r,), name=f"job-{job.id}", daemon=True).start()
@@ -494,7 +639,28 @@ class Scheduler:
                 )
             self._running.pop(r.job_id, None)
             self._cv.notify_all()
-        log.info("Job %s: %s (exit status %d)", r.job_id, status, rc)
+        log.info("Job %s: %s (exit status %d)%s", r.job_id, status, rc, _snapshot_note(r))
 
 
-__all__ = ["FINISHED", "Scheduler", "caffe_argv", "display_argv", "python_module_argv"]
+def _snapshot_note(r: _Running) -> str:
+    """For a training that was stopped: the snapshot it left (its last run's), or that it left none."""
+    if r.stop_at is None:
+        return ""
+    pace = training_pace(r.job_dir / "events.jsonl")
+    if pace is None:
+        return ""
+    if pace.snapshot is None:
+        return "; it left no snapshot in this run"
+    return f"; its snapshot: iteration {pace.snapshot[0]} ({Path(pace.snapshot[1]).name})"
+
+
+__all__ = [
+    "FINISHED",
+    "Pace",
+    "Scheduler",
+    "caffe_argv",
+    "display_argv",
+    "python_module_argv",
+    "stop_wait",
+    "training_pace",
+]

@@ -16,6 +16,7 @@ from caffe.studio.datasets import allowed_roots
 
 if TYPE_CHECKING:
     from caffe.studio.app import Studio
+    from caffe.studio.dependents import InUse
     from caffe.studio.store import Job
 
 
@@ -84,3 +85,23 @@ def job_of_kind(
     if job.kind != kind:
         raise error(f"job {job_id} is a {job.kind} job, not a {noun}")
     return job
+
+
+def in_use_response(request: Request, error: InUse, action: str, html: bool) -> Response:
+    """409 for deleting a job that models use: a page listing them (links) with the form that deletes them
+    together (posted to ``action``), or JSON ``{detail, errors, models: [{id, name, status, url}]}``."""
+    if html:
+        context = {"job": error.job, "users": error.users, "message": str(error), "action": action}
+        return studio_of(request).templates.TemplateResponse(request, "delete_blocked.html", context, status_code=409)
+    return JSONResponse(error.to_dict(), status_code=409)
+
+
+async def with_models_flag(request: Request) -> bool:
+    """The ``with_models`` flag of a delete: from the query string, or the posted form."""
+    from caffe.studio.dependents import flag
+
+    if flag(request.query_params.get("with_models")):
+        return True
+    if request.method == "POST" and "form" in request.headers.get("content-type", ""):
+        return flag((await request.form()).get("with_models"))
+    return False

@@ -29,28 +29,52 @@ def build_parser() -> ToolParser:
     p = ToolParser("caffe studio", USAGE)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=gflags_int, default=5000, help="TCP port (default 5000; 0: any free port)")
-    p.add_argument("--jobs-dir", "--jobs_dir", dest="jobs_dir", default=None,
-                   help="where jobs are kept (default $CAFFE_STUDIO_JOBS or ~/.neocaffe/studio)")
-    p.add_argument("--token", default=None,
-                   help="password / bearer token required by every page and route (default $CAFFE_STUDIO_TOKEN)")
-    p.add_argument("--devices", default=None,
-                   help="devices trainings may use, e.g. cpu or cpu,cuda:0,cuda:1 (default: cpu and every GPU)")
-    p.add_argument("--data_roots", default=None,
-                   help="the only folders (separated by ',') that forms and API calls may name as image folders, "
-                   "list and labels files or images, symlinks followed (default: the current working directory; "
-                   "'/': any folder this process can read; '': none, uploads only)")
-    p.add_argument("--allowed_hosts", default=None,
-                   help="dotted host names (separated by ',') the Host header may carry besides IP addresses, "
-                   "localhost and --host, e.g. the name of a machine serving the studio on a trusted network "
-                   "(default $CAFFE_STUDIO_ALLOWED_HOSTS); other names are refused (DNS rebinding)")
+    p.add_argument(
+        "--jobs-dir",
+        "--jobs_dir",
+        dest="jobs_dir",
+        default=None,
+        help="where jobs are kept (default $CAFFE_STUDIO_JOBS or ~/.neocaffe/studio)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="password / bearer token required by every page and route (default $CAFFE_STUDIO_TOKEN)",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="devices trainings may use, e.g. cpu or cpu,cuda:0,cuda:1 (default: cpu and every GPU)",
+    )
+    p.add_argument(
+        "--data_roots",
+        default=None,
+        help="the only folders (separated by ',') that forms and API calls may name as image folders, "
+        "list and labels files or images, symlinks followed (default: the current working directory; "
+        "'/': any folder this process can read; '': none, uploads only)",
+    )
+    p.add_argument(
+        "--allowed_hosts",
+        default=None,
+        help="dotted host names (separated by ',') the Host header may carry besides IP addresses, "
+        "localhost and --host, e.g. the name of a machine serving the studio on a trusted network "
+        "(default $CAFFE_STUDIO_ALLOWED_HOSTS); other names are refused (DNS rebinding)",
+    )
     p.add_argument("--max_upload_mb", type=float, default=512.0, help="largest request body in MiB (default 512)")
-    p.add_argument("--stop_grace", type=float, default=3.0,
-                   help="seconds a running training has, once the server stops, to finish its iteration and "
-                   "snapshot after SIGINT before it is terminated (default 3)")
+    p.add_argument(
+        "--stop_grace",
+        type=float,
+        default=3.0,
+        help="once the server stops, a running training gets SIGINT and two of its measured iterations "
+        "plus these seconds to finish its iteration and snapshot before it is terminated (other jobs: "
+        "these seconds; default 3)",
+    )
     p.add_bool("unsafe_no_auth", "serve a non-loopback address without a token (trusted networks only)")
     p.add_bool("access_log", "log every request (uvicorn's access log)")
-    p.add_bool("allow_python_layers", "accept networks with Python layers (run in worker processes, never in the "
-               "server); off: refused")
+    p.add_bool(
+        "allow_python_layers",
+        "accept networks with Python layers (run in worker processes, never in the server); off: refused",
+    )
     return p
 
 
@@ -113,8 +137,9 @@ def studio(argv: list[str]) -> int:
         stop_grace=args.stop_grace,
         allow_python_layers=args.allow_python_layers,
         data_roots=data_roots,
-        allowed_hosts=None if args.allowed_hosts is None else [h.strip() for h in args.allowed_hosts.split(",")
-                                                                if h.strip()],
+        allowed_hosts=None
+        if args.allowed_hosts is None
+        else [h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
     )
     _log_through_caffe()
 
