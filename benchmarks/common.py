@@ -35,6 +35,9 @@ class ModelSpec:
     weights: str | None  # None: random weights from the fillers
     size: int  # input is 3 x size x size
     input_scale: float  # inputs are uniform in [-scale, scale] (image minus mean for real weights)
+    image: str | None = None  # a real image instead (resized to size x size, BGR minus ``mean``)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    detector: bool = False  # output rows [image, label, score, box]: compared without cv2's zero padding
 
     @property
     def prototxt_path(self) -> Path:
@@ -63,6 +66,17 @@ MODELS: dict[str, ModelSpec] = {
             "models/squeezenet_v1.0_deepcompression/squeezenet_v1.0_deepcompression_decoded.caffemodel",
             227,
             120.0,
+        ),
+        ModelSpec(
+            "res10_ssd",
+            "res10 SSD face detector",
+            "models/res10_ssd_face_prototxt_only/deploy.prototxt",
+            "models/res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel",
+            300,
+            120.0,
+            image="models/mtcnn_face_caffe/test1.jpg",
+            mean=(104.0, 177.0, 123.0),
+            detector=True,
         ),
         ModelSpec("alexnet", "AlexNet", "caffe-ref/models/bvlc_alexnet/deploy.prototxt", None, 227, 1.0),
         ModelSpec("googlenet", "GoogLeNet", "caffe-ref/models/bvlc_googlenet/deploy.prototxt", None, 224, 1.0),
@@ -111,6 +125,15 @@ def reshape_input(net, batch: int, size: int) -> str:
 
 
 def make_input(spec: ModelSpec, batch: int, seed: int = 0) -> np.ndarray:
+    """The benchmark input: ``spec.image`` as cv2.dnn.blobFromImage makes it (every image of the batch), else noise."""
+    if spec.image:
+        import cv2
+
+        image = cv2.imread(str(assets_dir() / spec.image), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FileNotFoundError(f"cannot read {assets_dir() / spec.image}")
+        chw = (cv2.resize(image, (spec.size, spec.size)).astype(np.float32) - np.float32(spec.mean)).transpose(2, 0, 1)
+        return np.ascontiguousarray(np.broadcast_to(chw, (batch, *chw.shape)))
     rng = np.random.default_rng(seed)
     x = rng.uniform(-spec.input_scale, spec.input_scale, size=(batch, 3, spec.size, spec.size))
     return x.astype(np.float32)

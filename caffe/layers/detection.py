@@ -73,8 +73,10 @@ class NormalizeLayer(Layer):
         return [bottom[0]]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = bottom[0].reshape(self._rows)
-        scale = self.param_tensor(0).reshape(1, -1, 1)
+        x = bottom[0]
+        if x.dim() != 4:  # as (num, channels, positions); a 4-axis bottom keeps its memory layout
+            x = x.reshape(self._rows)
+        scale = self.param_tensor(0).reshape(1, -1, *(1,) * (x.dim() - 2))
         if x.requires_grad and not self._shared:
             # The fork scales the normalization's gradient by the scale after the Jacobian (x's diff is
             # s * J^T dy, not J^T (s * dy)): route the scale into the gradient of x, keep its own gradient.
@@ -88,7 +90,7 @@ class NormalizeLayer(Layer):
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         """x / sqrt(sum of squares + eps), the sum over C*H*W or over C per position."""
-        dims = (1, 2) if self._across else (1,)
+        dims = tuple(range(1, x.dim())) if self._across else (1,)
         return x / (x.square().sum(dim=dims, keepdim=True) + self._eps).sqrt()
 
 
@@ -261,36 +263,59 @@ def box_areas(boxes: np.ndarray) -> np.ndarray:
     return np.where((w < 0) | (h < 0), 0.0, w * h)
 
 
-def jaccard(boxes: np.ndarray) -> np.ndarray:
-    """Pairwise intersection over union of (K, 4) boxes; 0 where they do not overlap."""
-    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    iw, ih = hi[..., 0] - lo[..., 0], hi[..., 1] - lo[..., 1]
+def overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box with each of ``boxes``; 0 where they do not overlap.
+
+    Boxes are columns ``(xmin, ymin, xmax, ymax, area, ...)``: ``box`` (R,), ``boxes`` (R, K).
+    """
+    iw = np.minimum(boxes[2], box[2]) - np.maximum(boxes[0], box[0])
+    ih = np.minimum(boxes[3], box[3]) - np.maximum(boxes[1], box[1])
     inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    areas = box_areas(boxes)
-    union = areas[:, None] + areas[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(inter > 0, inter / np.where(inter > 0, union, 1.0), 0.0)
+    return inter / np.where(inter > 0, box[4] + boxes[4] - inter, 1.0)
+
+
+def _best_first(scores: np.ndarray, threshold: float, top_k: int) -> np.ndarray:
+    """Indices of the scores above ``threshold``, best first (ties by index), at most ``top_k`` (-1: all)."""
+    candidates = np.flatnonzero(scores > threshold)
+    negated = -scores[candidates]
+    if 0 < top_k < len(candidates):
+        # Only the top_k best need sorting: keep those not worse than the top_k-th (ties included).
+        kth = np.partition(negated, top_k - 1)[top_k - 1]
+        near = negated <= kth
+        candidates, negated = candidates[near], negated[near]
+    order = candidates[np.argsort(negated, kind="stable")]
+    return order[:top_k] if top_k > -1 else order
 
 
 def nms(
     boxes: np.ndarray, scores: np.ndarray, threshold: float, nms_threshold: float, eta: float, top_k: int
 ) -> list[int]:
-    """The fork's ApplyNMSFast: indices of the kept boxes, best score first."""
-    candidates = np.flatnonzero(scores > threshold)
-    order = candidates[np.argsort(-scores[candidates], kind="stable")]
-    if top_k > -1:
-        order = order[:top_k]
-    overlaps = jaccard(boxes[order])
-    kept: list[int] = []
+    """The fork's ApplyNMSFast: indices of the kept boxes, best score first.
+
+    A candidate is kept when its overlap with every box kept before it is at most the (adaptive)
+    threshold; each kept box is compared with the later candidates once.
+    """
+    order = _best_first(scores, threshold, top_k)
+    chosen = boxes[order]
+    cols = np.concatenate([chosen.T, box_areas(chosen)[None], order[None]])  # (6, K): corners, area, index
+    if eta >= 1:  # a fixed threshold: drop the later candidates each kept box overlaps too much
+        kept: list[int] = []
+        while cols.shape[1]:
+            one, rest = cols[:, 0], cols[:, 1:]
+            kept.append(int(one[5]))
+            cols = rest[:, overlaps(one, rest) <= nms_threshold]
+        return kept
+    worst = np.zeros(len(order))  # the largest overlap with a kept box so far
+    picked: list[int] = []
     adaptive = nms_threshold
     for i in range(len(order)):
-        if kept and not overlaps[i, kept].max() <= adaptive:
+        if picked and not worst[i] <= adaptive:
             continue
-        kept.append(i)
-        if eta < 1 and adaptive > 0.5:
+        picked.append(i)
+        worst[i + 1 :] = np.maximum(worst[i + 1 :], overlaps(cols[:, i], cols[:, i + 1 :]))
+        if adaptive > 0.5:
             adaptive *= eta
-    return [int(order[i]) for i in kept]
+    return [int(order[i]) for i in picked]
 
 
 @register("DetectionOutput")
@@ -360,7 +385,8 @@ class DetectionOutputLayer(Layer):
     def _image_rows(self, image: int, boxes: np.ndarray, conf: np.ndarray) -> np.ndarray:
         """(D, 7) rows of one image: classes in ascending order, each best score first."""
         p = self.layer_param.detection_output_param
-        picked: list[tuple[int, int]] = []  # (label, prior)
+        labels: list[int] = []
+        priors: list[int] = []
         for label in range(self._classes):
             if label == p.background_label_id:
                 continue
@@ -368,13 +394,15 @@ class DetectionOutputLayer(Layer):
             keep = nms(
                 loc_boxes, conf[:, label], self._threshold, p.nms_param.nms_threshold, p.nms_param.eta, self._top_k
             )
-            picked.extend((label, i) for i in keep)
-        if -1 < p.keep_top_k < len(picked):
-            scores = np.array([conf[i, label] for label, i in picked])
+            labels += [label] * len(keep)
+            priors += keep
+        label_of, prior_of = np.array(labels, dtype=np.int64), np.array(priors, dtype=np.int64)
+        scores = conf[prior_of, label_of]
+        if -1 < p.keep_top_k < len(prior_of):
             best = np.sort(np.argsort(-scores, kind="stable")[: p.keep_top_k])
-            picked = sorted((picked[j] for j in best), key=lambda li: (li[0], -conf[li[1], li[0]]))
-        out = np.empty((len(picked), 7))
-        for row, (label, i) in enumerate(picked):
-            out[row, :3] = (image, label, conf[i, label])
-            out[row, 3:] = boxes[0 if p.share_location else label, i]
+            best = best[np.lexsort((-scores[best], label_of[best]))]  # by class, then best score first
+            label_of, prior_of, scores = label_of[best], prior_of[best], scores[best]
+        out = np.empty((len(prior_of), 7))
+        out[:, 0], out[:, 1], out[:, 2] = image, label_of, scores
+        out[:, 3:] = boxes[0 if p.share_location else label_of, prior_of]
         return out
