@@ -274,6 +274,11 @@ def overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.where(inter > 0, box[4] + boxes[4] - inter, 1.0)
 
 
+# Candidates left at which NMS computes all their pairwise overlaps at once rather than a row per kept
+# box (a row costs ~15 us of NumPy call overhead; 128^2 pairs cost ~120 us; measured on the res10 SSD).
+_PAIRWISE_AT = 128
+
+
 def _best_first(scores: np.ndarray, threshold: float, top_k: int) -> np.ndarray:
     """Indices of the scores above ``threshold``, best first (ties by index), at most ``top_k`` (-1: all)."""
     candidates = np.flatnonzero(scores > threshold)
@@ -293,17 +298,24 @@ def nms(
     """The fork's ApplyNMSFast: indices of the kept boxes, best score first.
 
     A candidate is kept when its overlap with every box kept before it is at most the (adaptive)
-    threshold; each kept box is compared with the later candidates once.
+    threshold. With a fixed threshold each kept box drops the later candidates it overlaps too much
+    (one vectorised row per kept box) until few are left, whose pairwise overlaps are then computed at once.
     """
     order = _best_first(scores, threshold, top_k)
     chosen = boxes[order]
     cols = np.concatenate([chosen.T, box_areas(chosen)[None], order[None]])  # (6, K): corners, area, index
-    if eta >= 1:  # a fixed threshold: drop the later candidates each kept box overlaps too much
+    if eta >= 1:
         kept: list[int] = []
-        while cols.shape[1]:
+        while cols.shape[1] > _PAIRWISE_AT:
             one, rest = cols[:, 0], cols[:, 1:]
             kept.append(int(one[5]))
             cols = rest[:, overlaps(one, rest) <= nms_threshold]
+        dropped = ~(overlaps(cols[:, :, None], cols[:, None, :]) <= nms_threshold)
+        alive = np.ones(cols.shape[1], dtype=bool)
+        for i in range(cols.shape[1]):
+            if alive[i]:
+                kept.append(int(cols[5, i]))
+                alive &= ~dropped[i]
         return kept
     worst = np.zeros(len(order))  # the largest overlap with a kept box so far
     picked: list[int] = []
