@@ -14,6 +14,15 @@ channel_swap=None, context_pad=None)`` builds the net in the TEST phase with the
 * ``configure_crop(context_pad)``: sets ``crop_dims`` (the input's H x W x K) and the padding mean.
 * ``detect_selective_search(image_files)``: windows proposed by the ``selective_search_ijcv_with_python``
   package (which runs MATLAB), as in pycaffe; without it, a ``SelectiveSearchError`` says so.
+* ``detect_ssd(images, threshold=0.5)`` (not in pycaffe): for a net ending in SSD's ``DetectionOutput``,
+  each image's detections above ``threshold`` as :class:`caffe.deploy.Detection` tuples ``(label,
+  confidence, (xmin, ymin, xmax, ymax))``, the box in pixels of the image, clipped to it. Images are file
+  names or H x W x K arrays (uint8 pixels, or floats in [0, 1] as ``caffe.io.load_image`` gives), RGB.
+  They are prepared as ``caffe detect`` prepares them (:class:`caffe.deploy.DetectionModel`: squashed to
+  the input with OpenCV's bilinear, then this Detector's ``channel_swap``, ``raw_scale``, ``mean`` and
+  ``input_scale`` in pycaffe's order), so ``Detector(..., mean=np.array([104, 177, 123]), raw_scale=255,
+  channel_swap=(2, 1, 0))`` gives ``cv2.dnn``'s numbers for OpenCV's face detector. ``detect_windows`` on
+  such a net is an error saying to use ``detect_ssd``.
 
 Differences from pycaffe: window and box coordinates are used as integers (pycaffe sliced with
 floats, which NumPy no longer accepts); for a non-square input the context scale is computed per
@@ -25,13 +34,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caffe import deploy
 from caffe import io as caffe_io
 from caffe.common import TEST
 from caffe.errors import CaffeError
+from caffe.limits import read_file
 from caffe.net import Net
 
 
@@ -55,6 +67,15 @@ class Detector(Net):
         super().__init__(model_file, TEST, weights=pretrained_file)
         if not self.inputs:
             raise CaffeError(f"Detector: the net in {model_file} has no input blob to feed windows to")
+        self.model_files = deploy.ModelFiles(Path(os.fspath(model_file)), Path(os.fspath(pretrained_file)))
+        self.ssd_settings = deploy.Settings(
+            mean=None if mean is None else np.asarray(mean, dtype=np.float32),
+            mean_mode="image",
+            channel_swap=None if channel_swap is None else tuple(int(c) for c in channel_swap),
+            raw_scale=1.0 if raw_scale is None else float(raw_scale),
+            input_scale=1.0 if input_scale is None else float(input_scale),
+        )
+        self._ssd: deploy.DetectionModel | None = None
         in_ = self.inputs[0]
         self.transformer = caffe_io.image_transformer(
             in_, self.blobs[in_].data.shape, mean, input_scale, raw_scale, channel_swap
@@ -64,6 +85,8 @@ class Detector(Net):
     # ------------------------------------------------------------------ detection
     def detect_windows(self, images_windows: Iterable[tuple[Any, Any]]) -> list[dict[str, Any]]:
         """Classify every window of every image: ``[{"window", "prediction", "filename"}, ...]``."""
+        if deploy.is_detector(self):
+            raise CaffeError("Detector: this net ends in DetectionOutput (SSD): use detect_ssd(images)")
         pairs = [(fname, np.asarray(windows).reshape(-1, 4)) for fname, windows in images_windows]
         crops = []
         for fname, windows in pairs:
@@ -97,6 +120,16 @@ class Detector(Net):
         fnames = [os.path.abspath(os.fspath(f)) for f in image_fnames]  # absolute: MATLAB runs elsewhere
         windows = selective_search.get_windows(fnames, cmd="selective_search_rcnn")
         return self.detect_windows(zip(fnames, windows))
+
+    def detect_ssd(
+        self, images: Iterable[Any], threshold: float = 0.5, batch_size: int = 16
+    ) -> list[list[deploy.Detection]]:
+        """Each image's SSD detections above ``threshold``: ``[(label, confidence, (xmin, ymin, xmax, ymax)),
+        ...]`` in the image's pixels (see the module)."""
+        if self._ssd is None:
+            self._ssd = deploy.DetectionModel(self.model_files, self.ssd_settings, net=self, warn=False)
+        channels = self._ssd.input_shape[0]
+        return self._ssd.detect([_pixels(im, channels) for im in images], threshold, batch_size)
 
     # ------------------------------------------------------------------ cropping
     def crop(self, im: np.ndarray, window: Sequence[float]) -> np.ndarray:
@@ -162,3 +195,20 @@ class Detector(Net):
         if raw_scale is not None:
             crop_mean = crop_mean / raw_scale
         self.crop_mean = crop_mean
+
+
+def _pixels(image: Any, channels: int) -> np.ndarray:
+    """H x W x ``channels`` uint8 pixels of a file name or an array (uint8, or floats in [0, 1])."""
+    if isinstance(image, (str, os.PathLike)):
+        data = read_file(image, "image", error=CaffeError)
+        return deploy.decode_image(data, channels, os.fspath(image))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, np.newaxis]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.size == 0:
+        raise CaffeError(f"Detector.detect_ssd: expected an H x W x 1|3 image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if arr.shape[2] != channels:
+        arr = np.repeat(arr, channels, axis=2) if channels == 3 else np.rint(arr.mean(axis=2, keepdims=True))
+    return arr.astype(np.uint8, copy=False)

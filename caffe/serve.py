@@ -1,4 +1,4 @@
-"""A REST inference server for Caffe classification models (FastAPI), with request batching.
+"""A REST inference server for Caffe classification models and SSD detectors (FastAPI), with request batching.
 
 ``caffe serve [flags] MODEL [MODEL ...]`` (see :mod:`caffe.tools.serve_tools`) runs :func:`create_app`
 under uvicorn; from Python::
@@ -14,6 +14,12 @@ Endpoints
   form fields ``url``/``base64``, or as a raw ``image/*`` body; ``top_k`` (default 5) in the JSON, the
   form or the query. Answers ``{"model", "predictions": [{"label", "index", "probability"}, ...],
   "time_ms"}`` (``time_ms``: the server's time for this request).
+* ``POST /models/{name}/detect`` (and ``POST /detect``): for a detector (a net ending in SSD's
+  ``DetectionOutput``, a :class:`caffe.deploy.DetectionModel`, prepared as ``caffe detect`` prepares it),
+  one image given as above and ``threshold`` (default 0.5, in the JSON, the form or the query); answers
+  ``{"model", "width", "height", "detections": [{"label", "index", "confidence", "box": [xmin, ymin,
+  xmax, ymax]}, ...], "time_ms"}``, boxes in pixels of the image, clipped to it. A classifier answers
+  400 on ``/detect`` and a detector 400 on ``/predict`` (and DIGITS' call), each naming the right route.
 * ``POST /models/images/classification/classify_one.json``: DIGITS' REST call (form ``job_id`` = the
   model name, ``image_file`` or ``image_url``); answers ``{"predictions": [[label, percent], ...]}``.
 * ``GET /health``: status, models, uptime. ``GET /models``, ``GET /models/{name}``: input shape,
@@ -45,7 +51,8 @@ A body over ``max_body_bytes`` is answered 413 before it is read (from its Conte
 as a chunked body passes the limit). URLs (http/https only) are fetched with a timeout and the same
 size limit. User errors are 4xx with a ``detail`` message: 400 a malformed request (not an image, bad
 base64, bad JSON, no image), 404 unknown model, 413 too large (body or fetched image), 415 unsupported
-content type, 422 well-formed but invalid fields (``top_k``, unknown fields, two image sources); a URL
+content type, 422 well-formed but invalid fields (``top_k``, ``threshold``, unknown fields, two image
+sources); a URL
 that cannot be fetched (error status, refused, timeout) is the client's to fix, so 400 too, its detail
 naming the URL and what went wrong; 503 when a model's queue is full. The
 server fetches whatever http(s) URL a client names (including hosts on its own network): it binds to
@@ -84,7 +91,8 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from caffe.deploy import DeployModel, ImageDecodeError, ModelFiles, Settings, find_model
+from caffe.deploy import DeployModel, DetectionModel, ImageDecodeError, ModelFiles, Settings, find_model, open_model
+from caffe.deploy.detection import to_detections
 from caffe.errors import CaffeError, NetError
 
 log = logging.getLogger("caffe")
@@ -115,14 +123,20 @@ def parse_model_arg(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-def prepare_request_image(model: DeployModel, data: bytes) -> np.ndarray:
-    """The net input of a request's image bytes (:meth:`DeployModel.prepare`); unreadable bytes are a 400."""
+def decode_request_image(model: DeployModel, data: bytes) -> np.ndarray:
+    """The pixels of a request's image bytes (the model's decoder); unreadable bytes are a 400."""
     if not data:
         raise RequestError(400, "empty image: the request carries no image bytes")
     try:
-        return model.prepare(data, f"the image ({len(data)} bytes)")
+        return model.preprocessing.decode(data, f"the image ({len(data)} bytes)")
     except ImageDecodeError as e:
         raise RequestError(400, str(e)) from None
+
+
+def prepare_request_image(model: DeployModel, data: bytes) -> np.ndarray:
+    """The net input of a request's image bytes (:meth:`DeployModel.prepare`); unreadable bytes are a 400."""
+    prep = model.preprocessing
+    return prep.to_input(prep.resize(decode_request_image(model, data)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +169,8 @@ class ServedModel:
             raw_scale=raw_scale,
             input_scale=input_scale,
         )
-        self.model = DeployModel(files, settings, labels=labels, engine=self.engine)
+        self.model = open_model(files, settings, labels=labels, engine=self.engine)
+        self.kind = "detection" if isinstance(self.model, DetectionModel) else "classification"
         self.shape = self.model.input_shape
         self.forwards = 0
         self.images = 0
@@ -178,6 +193,12 @@ class ServedModel:
         """Image bytes -> the net's input (a 400 for bytes that are not an image)."""
         return prepare_request_image(self.model, data)
 
+    def preprocess_sized(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image bytes -> the net's input and the image's (height, width) (a 400 for bytes that are not an image)."""
+        pixels = decode_request_image(self.model, data)
+        prep = self.model.preprocessing
+        return prep.to_input(prep.resize(pixels)), (int(pixels.shape[0]), int(pixels.shape[1]))
+
     def batch_shape(self, n: int, max_batch: int) -> int:
         """The input batch a forward of ``n`` images runs at (padded to a few sizes for the compiled engine)."""
         if self.engine != "compiled":
@@ -187,10 +208,15 @@ class ServedModel:
             size *= 2
         return min(size, max(max_batch, n))
 
-    def forward_batch(self, x: np.ndarray, max_batch: int = 0) -> np.ndarray:
-        """One forward of the N x C x H x W batch ``x``: N x classes probabilities (call from one thread)."""
+    def forward_batch(self, x: np.ndarray, max_batch: int = 0) -> np.ndarray | list[np.ndarray]:
+        """One forward of the N x C x H x W batch ``x`` (call from one thread): N x classes probabilities, or
+        for a detector each image's K x 7 ``DetectionOutput`` rows."""
         n = len(x)
-        probs = self.model.forward(x, self.batch_shape(n, max_batch or n))
+        rows = self.batch_shape(n, max_batch or n)
+        if isinstance(self.model, DetectionModel):
+            probs: np.ndarray | list[np.ndarray] = self.model.detect_rows(x, rows)
+        else:
+            probs = self.model.forward(x, rows)
         self.forwards += 1
         self.images += n
         self.max_seen_batch = max(self.max_seen_batch, n)
@@ -214,6 +240,7 @@ class ServedModel:
         prep = described["preprocessing"]
         return {
             "name": self.name,
+            "kind": self.kind,
             **described,
             "raw_scale": prep["raw_scale"],
             "channel_swap": prep["channel_swap"],
@@ -334,7 +361,7 @@ class Batcher:
         self._task = loop.create_task(self._run(), name=f"batcher-{self.model.name}")
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
-        """The probabilities of one preprocessed image (waits for its batch)."""
+        """The probabilities (a detector: the output rows) of one preprocessed image (waits for its batch)."""
         self._start()
         if len(self._queue) >= self.max_queue:
             raise RequestError(
@@ -381,7 +408,7 @@ class Batcher:
                 if not b.future.done():
                     b.future.set_result(p)
 
-    def _forward(self, xs: list[np.ndarray]) -> np.ndarray:
+    def _forward(self, xs: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
         return self.model.forward_batch(np.stack(xs), self.max_batch)
 
     def close(self) -> None:
@@ -632,11 +659,19 @@ class ServeOptions:
 _URL_FIELDS = ("url", "image_url")
 _B64_FIELDS = ("base64", "image_base64")
 _FILE_FIELDS = ("file", "image_file")
-_JSON_FIELDS = {*_URL_FIELDS, *_B64_FIELDS, "top_k"}
+_JSON_FIELDS = {*_URL_FIELDS, *_B64_FIELDS, "top_k", "threshold"}
+_TOP_K = {"type": "integer", "minimum": 1, "default": 5, "description": "how many classes to return"}
+_THRESHOLD = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 1,
+    "default": 0.5,
+    "description": "detections with a confidence above it are returned",
+}
 
 
-def _predict_openapi() -> dict[str, Any]:
-    top_k = {"type": "integer", "minimum": 1, "default": 5, "description": "how many classes to return"}
+def _predict_openapi(option: str = "top_k", schema: dict[str, Any] = _TOP_K) -> dict[str, Any]:
+    """The request body and query of a route taking one image and the number ``option`` (its ``schema``)."""
     url = {"type": "string", "description": "an http(s) URL of an image, fetched by the server"}
     b64 = {"type": "string", "description": "image bytes, base64 (a data: URL works too)"}
     return {
@@ -651,18 +686,18 @@ def _predict_openapi() -> dict[str, Any]:
                             "file": {"type": "string", "format": "binary", "description": "the image file"},
                             "url": url,
                             "base64": b64,
-                            "top_k": top_k,
+                            option: schema,
                         },
                     }
                 },
                 "application/json": {
-                    "schema": {"type": "object", "properties": {"url": url, "base64": b64, "top_k": top_k}},
-                    "example": {"url": "https://example.com/cat.jpg", "top_k": 5},
+                    "schema": {"type": "object", "properties": {"url": url, "base64": b64, option: schema}},
+                    "example": {"url": "https://example.com/cat.jpg", option: schema["default"]},
                 },
                 "image/*": {"schema": {"type": "string", "format": "binary"}},
             },
         },
-        "parameters": [{"name": "top_k", "in": "query", "required": False, "schema": top_k}],
+        "parameters": [{"name": option, "in": "query", "required": False, "schema": schema}],
     }
 
 
@@ -678,16 +713,32 @@ class PredictResponse(BaseModel):
     time_ms: float
 
 
+class DetectionItem(BaseModel):
+    label: str
+    index: int
+    confidence: float
+    box: list[float]
+
+
+class DetectResponse(BaseModel):
+    model: str
+    width: int
+    height: int
+    detections: list[DetectionItem]
+    time_ms: float
+
+
 class ErrorResponse(BaseModel):
     detail: str
 
 
 _ERRORS: dict[int, str] = {
-    400: "malformed request: not an image, invalid base64 or JSON, no image, an image URL that cannot be fetched",
+    400: "malformed request: not an image, invalid base64 or JSON, no image, an image URL that cannot be fetched, "
+    "a model of the other kind (a detector on /predict, a classifier on /detect)",
     404: "no such model",
     413: "request body (or fetched image) over the size limit",
     415: "unsupported Content-Type",
-    422: "invalid fields: top_k, unknown fields, more than one image source",
+    422: "invalid fields: top_k, threshold, unknown fields, more than one image source",
     503: "the model's queue is full",
 }
 
@@ -704,6 +755,7 @@ class _Source:
     url: str | None = None
     b64: str | None = None
     top_k: Any = None
+    threshold: Any = None
     job_id: str | None = None  # DIGITS' form field
 
 
@@ -726,6 +778,20 @@ def _parse_top_k(value: Any) -> int:
     return k
 
 
+def _parse_threshold(value: Any) -> float:
+    if value is None or value == "":
+        return 0.5
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        t = float(value)
+    except (TypeError, ValueError):
+        raise RequestError(422, f"threshold must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= t <= 1.0:
+        raise RequestError(422, f"threshold must be between 0 and 1, got {value!r}")
+    return t
+
+
 async def _form_source(request: Request) -> _Source:
     try:
         form = await request.form()
@@ -736,7 +802,8 @@ async def _form_source(request: Request) -> _Source:
         raise RequestError(400, f"cannot parse the form: {detail}") from None
     try:
         job = form.get("job_id")
-        src = _Source(top_k=form.get("top_k"), job_id=job if isinstance(job, str) else None)
+        src = _Source(top_k=form.get("top_k"), threshold=form.get("threshold"))
+        src.job_id = job if isinstance(job, str) else None
         upload = _pick(form, _FILE_FIELDS)
         if isinstance(upload, UploadFile):
             src.data = await upload.read()
@@ -761,6 +828,7 @@ def _json_source(body: bytes) -> _Source:
     if unknown:
         raise RequestError(422, f"unknown JSON field(s) {', '.join(sorted(unknown))}: use url, base64, top_k")
     src = _Source(url=_pick(doc, _URL_FIELDS), b64=_pick(doc, _B64_FIELDS), top_k=doc.get("top_k"))
+    src.threshold = doc.get("threshold")
     for name, value in (("url", src.url), ("base64", src.b64)):
         if value is not None and not isinstance(value, str):
             raise RequestError(422, f"{name} must be a string, got {type(value).__name__}")
@@ -829,6 +897,14 @@ class _App:
 
     async def classify(self, model: ServedModel, src: _Source, query_top_k: Any) -> tuple[list[dict[str, Any]], float]:
         t0 = time.perf_counter()
+        if model.kind != "classification":
+            raise RequestError(
+                400,
+                f"model '{model.name}' is a detector (its net ends in DetectionOutput), not a classifier: "
+                f"POST /models/{model.name}/detect",
+            )
+        if src.threshold is not None:
+            raise RequestError(422, "threshold is a field of /detect; classification takes top_k")
         k = _parse_top_k(src.top_k if src.top_k is not None else query_top_k)
         data = await self.image_bytes(src)
         x = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess, data)
@@ -841,6 +917,33 @@ class _App:
         src = await read_source(request)
         predictions, ms = await self.classify(model, src, request.query_params.get("top_k"))
         return {"model": name, "predictions": predictions, "time_ms": round(ms, 3)}
+
+    async def detect(self, name: str, request: Request) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        model = self.model(name)
+        if model.kind != "detection":
+            raise RequestError(
+                400,
+                f"model '{name}' is a classifier, not a detector (its net does not end in DetectionOutput): "
+                f"POST /models/{name}/predict",
+            )
+        src = await read_source(request)
+        if src.top_k is not None or request.query_params.get("top_k") is not None:
+            raise RequestError(422, "top_k is a field of /predict; detection takes threshold")
+        threshold = _parse_threshold(
+            src.threshold if src.threshold is not None else request.query_params.get("threshold")
+        )
+        data = await self.image_bytes(src)
+        x, (h, w) = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess_sized, data)
+        model.requests += 1
+        rows = await self.batchers[model.name].submit(x)
+        found = to_detections(rows, h, w, threshold)
+        detections = [
+            {"label": model.model.label(d.label), "index": d.label, "confidence": d.confidence, "box": list(d.box)}
+            for d in found
+        ]
+        ms = (time.perf_counter() - t0) * 1000.0
+        return {"model": name, "width": w, "height": h, "detections": detections, "time_ms": round(ms, 3)}
 
     def close(self) -> None:
         for b in self.batchers.values():
@@ -863,7 +966,7 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
     app = FastAPI(
         title="neocaffe serve",
         version=caffe.__version__,
-        description="Caffe classification models over HTTP, with batching of concurrent requests. "
+        description="Caffe classification models and SSD detectors over HTTP, with batching of concurrent requests. "
         f"`POST /predict` uses the default model ('{state.default}'). "
         "`/docs` loads Swagger UI from cdn.jsdelivr.net; `/openapi.json` needs nothing external.",
         docs_url="/docs" if opts.docs else None,
@@ -905,6 +1008,27 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
     )
     async def predict_default(request: Request) -> dict[str, Any]:
         return await state.predict(state.default, request)
+
+    detect_doc = {
+        "response_model": DetectResponse,
+        "openapi_extra": _predict_openapi("threshold", _THRESHOLD),
+        "tags": ["inference"],
+    }
+
+    @app.post(
+        "/models/{name}/detect", summary="Detect objects in one image", responses=_error_responses(), **detect_doc
+    )
+    async def detect(name: str, request: Request) -> dict[str, Any]:
+        return await state.detect(name, request)
+
+    @app.post(
+        "/detect",
+        summary=f"Detect objects in one image with the default model ('{state.default}')",
+        responses=_error_responses(*codes_default),
+        **detect_doc,
+    )
+    async def detect_default(request: Request) -> dict[str, Any]:
+        return await state.detect(state.default, request)
 
     @app.post(
         "/models/images/classification/classify_one.json",

@@ -1,4 +1,5 @@
-"""Deployable classification models: one owner for finding, preparing, running and packaging them.
+"""Deployable models (classifiers, SSD detectors, segmentation nets): one owner for finding, preparing,
+running and packaging them.
 
 A deployable model is a ``deploy.prototxt``, its weights, and optionally a mean and a labels file. It
 comes as a folder, a DIGITS "Download Model" archive, a zoo entry or explicit files.
@@ -9,6 +10,9 @@ comes as a folder, a DIGITS "Download Model" archive, a zoo entry or explicit fi
 * :mod:`caffe.deploy.images` - the image decoder and DIGITS' resize modes;
 * :mod:`caffe.deploy.preprocess` - :class:`Preprocessing`;
 * :mod:`caffe.deploy.model` - :class:`DeployModel`: defaults, batched forward, softmax, top-k;
+* :mod:`caffe.deploy.detection` - :class:`DetectionModel` (SSD's ``DetectionOutput``: boxes in pixels) and
+  :func:`open_model`, which gives a model of its kind;
+* :mod:`caffe.deploy.segmentation` - :class:`SegmentationModel` (class maps, the colour overlay);
 * :mod:`caffe.deploy.package` - :func:`package_model`, the DIGITS archive writer.
 
 ``caffe classify``, ``caffe serve``, the studio's inference and ``caffe package`` are thin callers.
@@ -28,9 +32,18 @@ from caffe.deploy.archive import (
     extract_archive,
     is_archive,
 )
+from caffe.deploy.detection import Detection, DetectionModel, is_detector, open_model
 from caffe.deploy.errors import ImageDecodeError, ModelFilesError, PathLike
 from caffe.deploy.files import LABEL_NAMES, WEIGHTS_SUFFIXES, ModelFiles, find_model, input_shape, read_info
-from caffe.deploy.images import MAX_PIXELS, RESIZE_MODES, decode_image, image_array, open_image, resize_image
+from caffe.deploy.images import (
+    INTERPOLATIONS,
+    MAX_PIXELS,
+    RESIZE_MODES,
+    decode_image,
+    image_array,
+    open_image,
+    resize_image,
+)
 from caffe.deploy.model import (
     MEAN_HINT,
     DeployModel,
@@ -51,11 +64,13 @@ from caffe.deploy.readers import (
     channel_mean,
     fit_mean,
     is_mean_values,
+    parse_labelmap,
     parse_labels,
     parse_mean,
     read_labels,
     read_mean,
 )
+from caffe.deploy.segmentation import SegmentationModel, overlay, palette
 
 __all__ = [
     "ARCHIVE_FLOOR_BYTES",
@@ -63,6 +78,7 @@ __all__ = [
     "ARCHIVE_MAX_FILES",
     "ARCHIVE_RATIO",
     "ARCHIVE_SUFFIXES",
+    "INTERPOLATIONS",
     "LABEL_NAMES",
     "MAX_PIXELS",
     "MAX_TEXT_BYTES",
@@ -72,6 +88,8 @@ __all__ = [
     "WEIGHTS_SUFFIXES",
     "ArchiveLimits",
     "DeployModel",
+    "Detection",
+    "DetectionModel",
     "FittedMean",
     "ImageDecodeError",
     "ModelFiles",
@@ -79,6 +97,7 @@ __all__ = [
     "PathLike",
     "Prediction",
     "Preprocessing",
+    "SegmentationModel",
     "Settings",
     "archive_limits",
     "archive_stem",
@@ -93,10 +112,15 @@ __all__ = [
     "image_array",
     "input_shape",
     "is_archive",
+    "is_detector",
     "is_mean_values",
     "needs_softmax",
     "open_image",
+    "open_model",
+    "overlay",
     "package_model",
+    "palette",
+    "parse_labelmap",
     "parse_labels",
     "parse_mean",
     "preprocessing_defaults",

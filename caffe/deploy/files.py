@@ -8,7 +8,8 @@
   it), else the newest snapshot (``<prefix>_iter_N.caffemodel``, highest N), else the only ``.caffemodel``
   (or ``.caffemodel.h5``); several non-snapshot candidates are an error listing them;
 * mean: ``mean.binaryproto``, ``mean.npy``, else the only ``*.binaryproto`` / ``*mean*.npy``;
-* labels: ``labels.txt``, ``synset_words.txt``, ``synset.txt``, else the only ``*label*.txt``;
+* labels: ``labels.txt``, ``synset_words.txt``, ``synset.txt``, else the only ``*label*.txt``, else the only
+  ``*labelmap*.prototxt`` (an SSD label map);
 * info: ``info.json`` (DIGITS' job description) when present: it makes the model a DIGITS model, whose
   preprocessing follows it (see :mod:`caffe.deploy.model`).
 """
@@ -113,7 +114,7 @@ def _pick_deploy(folder: Path) -> Path:
     protos = sorted(folder.glob("*.prototxt"))
     named = [q for q in protos if "deploy" in q.name.lower()]
     if not named:  # Caffe's examples: lenet.prototxt beside lenet_solver.prototxt and lenet_train_test.prototxt
-        named = [q for q in protos if not re.search(r"solver|train|val|original", q.name.lower())]
+        named = [q for q in protos if not re.search(r"solver|train|val|original|labelmap", q.name.lower())]
     found = _only(folder, named, "deploy prototxt", "name the deploy prototxt")
     if found is None:
         seen = ", ".join(q.name for q in protos) or "no .prototxt files"
@@ -156,7 +157,8 @@ def _pick_labels(folder: Path) -> Path | None:
     for name in LABEL_NAMES:
         if (folder / name).is_file():
             return folder / name
-    return _only(folder, sorted(folder.glob("*label*.txt")), "labels", "name the labels to use")
+    found = sorted(folder.glob("*label*.txt")) or sorted(folder.glob("*labelmap*.prototxt"))
+    return _only(folder, found, "labels", "name the labels to use")
 
 
 def read_info(path: Path) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 :func:`decode_image` turns image bytes into H x W x C uint8 pixels (RGB, or intensity for 1-channel nets)
 as DIGITS decodes a dataset's images: with Pillow, transparent pixels onto white, deeper-than-8-bit
 images reduced to 8 bits, EXIF orientation not applied; more than :data:`MAX_PIXELS` pixels are refused.
-:func:`resize_image` is DIGITS' ``resize_image`` (squash/crop/fill/half_crop, bilinear).
+:func:`resize_image` is DIGITS' ``resize_image`` (squash/crop/fill/half_crop, bilinear). Its scaling is
+Pillow's bilinear (``interpolation="pillow"``, DIGITS', which averages over the source when shrinking), or
+OpenCV's ``cv2.resize`` with ``INTER_LINEAR`` (``"opencv"``: Caffe's C++ examples, SSD's ``ssd_detect`` and
+``cv2.dnn.blobFromImage`` resize so).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from caffe.errors import DataError
 #: Decoded images above this many pixels are refused (decompression bombs).
 MAX_PIXELS = 64_000_000
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
+INTERPOLATIONS = ("pillow", "opencv")
 
 
 def open_image(src: str | os.PathLike | IO[bytes], source: str) -> Image.Image:
@@ -78,9 +82,13 @@ def round_half_up(x: float) -> int:
     return math.floor(abs(x) + 0.5) * (1 if x >= 0 else -1)
 
 
-def _scale(img: np.ndarray, height: int, width: int) -> np.ndarray:
+def _scale(img: np.ndarray, height: int, width: int, interpolation: str = "pillow") -> np.ndarray:
     if img.shape[:2] == (height, width):
         return img
+    if interpolation == "opencv":
+        import cv2
+
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
     return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
 
 
@@ -100,7 +108,12 @@ def _pad_noise(img: np.ndarray, size: int, axis: int, rng: np.random.Generator) 
 
 
 def resize_image(
-    img: np.ndarray, height: int, width: int, mode: str = "squash", rng: np.random.Generator | None = None
+    img: np.ndarray,
+    height: int,
+    width: int,
+    mode: str = "squash",
+    rng: np.random.Generator | None = None,
+    interpolation: str = "pillow",
 ) -> np.ndarray:
     """Resize HxW or HxWxC uint8 pixels to ``height`` x ``width`` as DIGITS does (bilinear):
 
@@ -111,36 +124,38 @@ def resize_image(
     * ``half_crop``: scale by the mean of the two ratios, cut the long side, noise-pad the short one.
 
     Offsets round halves up (``(9-4)/2`` starts at 3), as DIGITS' Python 2 ``round`` did. An H x W x 1
-    image stays H x W x 1.
+    image stays H x W x 1. ``interpolation``: see the module.
     """
     if mode not in RESIZE_MODES:
         raise DataError(f"resize_mode: must be one of {', '.join(RESIZE_MODES)} (got {mode!r})")
+    if interpolation not in INTERPOLATIONS:
+        raise DataError(f"interpolation: must be one of {', '.join(INTERPOLATIONS)} (got {interpolation!r})")
     if img.ndim == 3 and img.shape[2] == 1:
-        return resize_image(img[:, :, 0], height, width, mode, rng)[:, :, np.newaxis]
+        return resize_image(img[:, :, 0], height, width, mode, rng, interpolation)[:, :, np.newaxis]
     ih, iw = img.shape[:2]
     if (ih, iw) == (height, width):
         return img
     wr, hr = iw / width, ih / height
     if mode == "squash" or wr == hr:
-        return _scale(img, height, width)
+        return _scale(img, height, width, interpolation)
     wide = wr > hr  # the image is relatively wider than the target
     if mode == "crop":
         if wide:
-            return _center_crop(_scale(img, height, round_half_up(iw / hr)), width, axis=1)
-        return _center_crop(_scale(img, round_half_up(ih / wr), width), height, axis=0)
+            return _center_crop(_scale(img, height, round_half_up(iw / hr), interpolation), width, axis=1)
+        return _center_crop(_scale(img, round_half_up(ih / wr), width, interpolation), height, axis=0)
     if mode == "fill":
         if wide:
             rh = round_half_up(ih / wr)
-            img = _scale(img, rh + (height - rh) % 2, width)
+            img = _scale(img, rh + (height - rh) % 2, width, interpolation)
         else:
             rw = round_half_up(iw / hr)
-            img = _scale(img, height, rw + (width - rw) % 2)
+            img = _scale(img, height, rw + (width - rw) % 2, interpolation)
     else:  # half_crop
         ratio = (wr + hr) / 2
         rw, rh = round_half_up(iw / ratio), round_half_up(ih / ratio)
         if wide:
-            img = _center_crop(_scale(img, rh + (height - rh) % 2, rw), width, axis=1)
+            img = _center_crop(_scale(img, rh + (height - rh) % 2, rw, interpolation), width, axis=1)
         else:
-            img = _center_crop(_scale(img, rh, rw + (width - rw) % 2), height, axis=0)
+            img = _center_crop(_scale(img, rh, rw + (width - rw) % 2, interpolation), height, axis=0)
     rng = rng if rng is not None else np.random.default_rng()
     return _pad_noise(img, height if wide else width, 0 if wide else 1, rng)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -84,6 +84,7 @@ class Settings:
     channel_swap: tuple[int, ...] | None = (2, 1, 0)
     raw_scale: float = 255.0
     input_scale: float = 1.0
+    interpolation: str | None = None  # None: "pillow" (a detector's: "opencv", see caffe.deploy.detection)
 
 
 def preprocessing_defaults(files: ModelFiles, settings: Settings) -> tuple[PathLike | np.ndarray | None, Settings]:
@@ -101,7 +102,15 @@ def preprocessing_defaults(files: ModelFiles, settings: Settings) -> tuple[PathL
     if resize not in RESIZE_MODES:
         resize = "squash"
     filled = Settings(
-        mean, mode, size, resize, settings.crop, settings.channel_swap, settings.raw_scale, settings.input_scale
+        mean,
+        mode,
+        size,
+        resize,
+        settings.crop,
+        settings.channel_swap,
+        settings.raw_scale,
+        settings.input_scale,
+        settings.interpolation or "pillow",
     )
     return mean, filled
 
@@ -133,6 +142,7 @@ def build_preprocessing(
         s.raw_scale,
         mean.array if mean is not None else None,
         s.input_scale,
+        s.interpolation or "pillow",
     )
     return prep, mean, s
 
@@ -157,7 +167,7 @@ class DeployModel:
     ) -> None:
         self.files = files
         self.engine = engine
-        self.net = net if net is not None else self._build(files)
+        self.net = net if net is not None else self.build_net(files)
         if not self.net.inputs:
             raise CaffeError(f"{files.deploy}: the deploy net has no input blob (an Input layer)")
         if not self.net.outputs:
@@ -170,13 +180,29 @@ class DeployModel:
             )
         self.input_shape: tuple[int, int, int] = (shape[1], shape[2], shape[3])
         self.output = self.net.outputs[-1]
-        self.classes = int(np.prod(self.net.blobs[self.output].shape[1:]))
-        self.softmax, self.softmax_reason = needs_softmax(self.net, self.output)
+        self.classes = self.count_classes()
+        self.softmax, self.softmax_reason = self.normalization()
         self.labels_file, self.labels = self._labels(labels)
         self.preprocessing, self.mean, self.settings = build_preprocessing(
-            files, settings or Settings(), self.input_shape, warn=warn
+            files, self._kind_settings(settings or Settings()), self.input_shape, warn=warn
         )
         self.lock = threading.RLock()
+
+    #: The interpolation of images when Settings.interpolation is None (detectors, segmentation: "opencv").
+    interpolation: ClassVar[str] = "pillow"
+
+    def count_classes(self) -> int:
+        """How many classes the output tells apart (a classifier: its values per image)."""
+        return int(np.prod(self.net.blobs[self.output].shape[1:]))
+
+    def normalization(self) -> tuple[bool, str]:
+        """Whether a softmax turns the output into probabilities, and why, in words (:func:`needs_softmax`)."""
+        return needs_softmax(self.net, self.output)
+
+    def _kind_settings(self, settings: Settings) -> Settings:
+        if settings.interpolation is None:
+            return replace(settings, interpolation=self.interpolation)
+        return settings
 
     @classmethod
     def load(
@@ -193,7 +219,8 @@ class DeployModel:
         return cls(find_model(path, deploy=deploy, weights=weights, labels=labels), settings, engine=engine)
 
     @staticmethod
-    def _build(files: ModelFiles) -> Any:
+    def build_net(files: ModelFiles) -> Any:
+        """The deploy net of ``files`` with its weights, in the TEST phase."""
         from caffe.common import TEST
         from caffe.net import Net
 
@@ -230,6 +257,12 @@ class DeployModel:
     def scores(self, batch: np.ndarray, rows: int | None = None) -> np.ndarray:
         """One forward of the N x C x H x W ``batch`` (padded with zeros to ``rows``): N x K raw outputs."""
         n = len(batch)
+        out = self.run(batch, rows)
+        return np.array(out[:n], dtype=np.float64).reshape(n, -1)
+
+    def run(self, batch: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """One forward of the N x C x H x W ``batch`` (padded with zeros to ``rows``): a copy of the output blob."""
+        n = len(batch)
         rows = max(rows or n, n)
         blob = self.net.blobs[self.input]
         with self.lock:
@@ -242,8 +275,7 @@ class DeployModel:
             data[:n] = batch
             if rows > n:
                 data[n:] = 0
-            out = self.net.forward()[self.output]
-            return np.array(out[:n], dtype=np.float64).reshape(n, -1)
+            return np.array(self.net.forward()[self.output])
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         """Probabilities from the net's outputs (a softmax unless they already are: see the module)."""

@@ -8,6 +8,9 @@
 3. transpose to C x H x W, reorder the channels by ``channel_swap`` (RGB -> BGR by default), scale the
    0..1 intensities by ``raw_scale`` (255: pixels as they are), subtract the fitted mean, times
    ``input_scale`` (pycaffe's ``Transformer`` order).
+
+Resizing (steps 1 and 2) interpolates with Pillow's bilinear (``interpolation="pillow"``, DIGITS') or
+OpenCV's ``INTER_LINEAR`` (``"opencv"``, as ``cv2.dnn.blobFromImage`` and Caffe's C++ examples).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from caffe.deploy.images import RESIZE_MODES, decode_image, resize_image
+from caffe.deploy.images import INTERPOLATIONS, RESIZE_MODES, decode_image, resize_image
 from caffe.errors import CaffeError
 
 CROPS = ("center", "squash")
@@ -35,11 +38,14 @@ class Preprocessing:
     raw_scale: float = 255.0
     mean: np.ndarray | None = None  # C x H x W or C x 1 x 1, in the net's channel order
     input_scale: float = 1.0
+    interpolation: str = "pillow"
 
     def __post_init__(self) -> None:
         c = self.input_shape[0]
         if self.resize_mode not in RESIZE_MODES:
             raise CaffeError(f"resize mode {self.resize_mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CaffeError(f"interpolation {self.interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
         if self.crop not in CROPS:
             raise CaffeError(f"crop {self.crop!r}: expected one of {', '.join(CROPS)}")
         if self.channel_swap is not None and sorted(self.channel_swap) != list(range(c)):
@@ -59,7 +65,7 @@ class Preprocessing:
     def resize(self, pixels: np.ndarray) -> np.ndarray:
         """Step 1: H x W x C uint8 pixels at :attr:`size` (the image a person is shown)."""
         h, w = self.size
-        return resize_image(pixels, h, w, self.resize_mode, np.random.default_rng(0))
+        return resize_image(pixels, h, w, self.resize_mode, np.random.default_rng(0), self.interpolation)
 
     def to_input(self, pixels: np.ndarray) -> np.ndarray:
         """Steps 2-3: resized H x W x C uint8 pixels -> the C x H x W float32 input."""
@@ -70,7 +76,7 @@ class Preprocessing:
                 top, left = (ih - h) // 2, (iw - w) // 2
                 pixels = pixels[top : top + h, left : left + w]
             else:
-                pixels = resize_image(pixels, h, w, "squash")
+                pixels = resize_image(pixels, h, w, "squash", interpolation=self.interpolation)
         x = pixels.astype(np.float32).transpose(2, 0, 1)
         if self.channel_swap is not None and c > 1:
             x = x[list(self.channel_swap)]
@@ -95,4 +101,5 @@ class Preprocessing:
             "channel_swap": list(self.channel_swap) if self.channel_swap else None,
             "raw_scale": self.raw_scale,
             "input_scale": self.input_scale,
+            "interpolation": self.interpolation,
         }

@@ -1,6 +1,9 @@
 """The one label reader and the one mean reader/fitter of deployable models.
 
-Labels: one a line (``labels.txt``, ``synset_words.txt``), stripped, trailing blank lines dropped.
+Labels: one a line (``labels.txt``, ``synset_words.txt``), stripped, trailing blank lines dropped; or an
+SSD label map (``labelmap_voc.prototxt``: ``item { name: ... label: N display_name: ... }``, protobuf text),
+whose item of label N names class N by its ``display_name`` (else its ``name``); classes between the
+items' labels are named by their number.
 
 Means come as a ``.binaryproto`` (a BlobProto), a ``.npy`` array or values ``"104,117,123"``, and are fitted
 to the net's C x H x W input by :func:`fit_mean` in one of two ways:
@@ -30,8 +33,65 @@ MAX_TEXT_BYTES = 64 << 20
 MEAN_MODES = ("image", "pixel", "none")
 
 
+_LABELMAP_ITEM = re.compile(r"^\s*item\s*\{", re.MULTILINE)
+_LABELMAP_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|[{}:]|[^\s{}:#"\']+')
+_MAX_LABEL = 1 << 20
+
+
+def is_labelmap(text: str) -> bool:
+    """Whether ``text`` is an SSD label map (protobuf text of ``item { ... }`` blocks) rather than lines."""
+    return bool(_LABELMAP_ITEM.search(text)) and text.lstrip().startswith(("item", "#"))
+
+
+def _unquote(token: str) -> str:
+    body = token[1:-1]
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+
+
+def _labelmap_items(text: str) -> list[dict[str, str]]:
+    """The ``item`` blocks of a label map as {field: value} (ValueError describing what is wrong)."""
+    tokens = [t for t in _LABELMAP_TOKEN.findall(text) if t.strip() and not t.startswith("#")]
+    items: list[dict[str, str]] = []
+    i = 0
+    while i < len(tokens):
+        if tokens[i] != "item" or tokens[i + 1 : i + 2] != ["{"]:
+            raise ValueError(f"expected 'item {{', got {tokens[i]!r}")
+        i += 2
+        item: dict[str, str] = {}
+        while i < len(tokens) and tokens[i] != "}":
+            if tokens[i + 1 : i + 2] != [":"] or i + 2 >= len(tokens):
+                raise ValueError(f"expected 'field: value' in an item, got {tokens[i]!r}")
+            key, value = tokens[i], tokens[i + 2]
+            item[key] = _unquote(value) if value[:1] in "\"'" else value
+            i += 3
+        if i >= len(tokens):
+            raise ValueError("an item is not closed with '}'")
+        items.append(item)
+        i += 1
+    return items
+
+
+def parse_labelmap(text: str) -> list[str]:
+    """Class names indexed by label from an SSD label map (see the module); ValueError when malformed."""
+    names: dict[int, str] = {}
+    for item in _labelmap_items(text):
+        raw = item.get("label")
+        if raw is None or not re.fullmatch(r"\d+", raw) or int(raw) >= _MAX_LABEL:
+            raise ValueError(f"item {item.get('name', '?')!r}: label {raw!r} is not a class number")
+        label = int(raw)
+        if label in names:
+            raise ValueError(f"label {label} appears twice")
+        names[label] = item.get("display_name") or item.get("name") or str(label)
+    if not names:
+        raise ValueError("no items")
+    return [names.get(i, str(i)) for i in range(max(names) + 1)]
+
+
 def parse_labels(text: str) -> list[str]:
-    """Labels from text, one a line (each stripped, trailing blank lines dropped)."""
+    """Labels from text: an SSD label map (:func:`parse_labelmap`), else one a line (each stripped,
+    trailing blank lines dropped)."""
+    if is_labelmap(text):
+        return parse_labelmap(text)
     lines = [line.strip() for line in text.splitlines()]
     while lines and not lines[-1]:
         lines.pop()
@@ -43,7 +103,10 @@ def read_labels(path: PathLike) -> list[str]:
     if not os.path.lexists(path):
         raise ModelFilesError(f"labels file {path}: not found")
     data = read_file(path, "labels file", max_bytes=MAX_TEXT_BYTES, error=ModelFilesError)
-    lines = parse_labels(data.decode("utf-8-sig", errors="replace"))
+    try:
+        lines = parse_labels(data.decode("utf-8-sig", errors="replace"))
+    except ValueError as e:
+        raise ModelFilesError(f"labels file {path}: not a valid label map ({e})") from None
     if not lines:
         raise ModelFilesError(f"labels file {path}: empty")
     return lines

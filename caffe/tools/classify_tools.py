@@ -34,7 +34,7 @@ import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ class Reader:
             yield Image(f"{path}[{i}]", pixels)
 
 
-def _ints(text: str, flag: str, count: int | None = None) -> list[int]:
+def ints(text: str, flag: str, count: int | None = None) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
@@ -209,13 +209,43 @@ def _ints(text: str, flag: str, count: int | None = None) -> list[int]:
     return values
 
 
-def _classify_parser() -> ToolParser:
-    p = ToolParser("caffe classify", CLASSIFY_USAGE)
+def add_model_flags(
+    p: ToolParser, labels_help: str = "Labels file, one per line (labels.txt, synset_words.txt)"
+) -> None:
+    """The positional ``[MODEL] INPUT...`` and the model's files: --model, --weights, --mean, --labels."""
     p.add_argument("inputs", nargs="*", metavar="[MODEL] INPUT")
     p.add_argument("--model", "--model_def", dest="model", help="The deploy prototxt")
     p.add_argument("--weights", "--pretrained_model", dest="weights", help="The trained weights (.caffemodel)")
     p.add_argument("--mean", "--mean_file", dest="mean", help="Mean: .binaryproto, .npy or values (104,117,123)")
-    p.add_argument("--labels", help="Labels file, one per line (labels.txt, synset_words.txt)")
+    p.add_argument("--labels", help=labels_help)
+
+
+def add_pixel_flags(p: ToolParser, interpolation: str | None = None) -> None:
+    """How pixels become the input: --raw_scale, --input_scale, --channel_swap (and --interpolation with
+    this default, unless None)."""
+    p.add_argument("--raw_scale", type=float, default=255.0, help="Scale of the [0,1] pixels (default 255)")
+    p.add_argument("--input_scale", type=float, default=None, help="Scale after the mean subtraction")
+    p.add_argument("--channel_swap", default="2,1,0", help="Channel order of the net's input (default 2,1,0: BGR)")
+    if interpolation is not None:
+        help_ = f"How images are resized (default {interpolation}: as cv2.dnn.blobFromImage)"
+        p.add_argument("--interpolation", choices=deploy.INTERPOLATIONS, default=interpolation, help=help_)
+
+
+def add_input_flags(p: ToolParser, verb: str = "classify", batch_size: int | None = 16) -> None:
+    """Which inputs are read and how: --ext, --every, --batch_size (unless None), --timeout, --max_mb, --gpu."""
+    p.add_argument("--ext", help="Only *.EXT files of folders (default: every image and video)")
+    p.add_argument("--every", type=int, default=1, help=f"Videos: {verb} every Nth frame (default 1)")
+    if batch_size is not None:
+        help_ = f"Images per forward pass (default {batch_size})"
+        p.add_argument("--batch_size", type=int, default=batch_size, help=help_)
+    p.add_argument("--timeout", type=float, default=10.0, help="URLs: seconds to wait (default 10)")
+    p.add_argument("--max_mb", type=float, default=50.0, help="URLs: largest download in MB (default 50)")
+    p.add_argument("--gpu", default="", help="GPU id to run on (bare --gpu: 0); default: the CPU")
+
+
+def _classify_parser() -> ToolParser:
+    p = ToolParser("caffe classify", CLASSIFY_USAGE)
+    add_model_flags(p)
     p.add_argument("--top_k", type=int, default=5, help="How many classes to print per input (default 5)")
     p.add_argument("--format", choices=("text", "json", "csv"), default="text", help="Output format")
     p.add_argument("--output", help="Write the results to this file (.npy: the prediction array)")
@@ -224,19 +254,40 @@ def _classify_parser() -> ToolParser:
     p.add_bool("oversample", "Average the 10 crops (corners, centre, mirrored) of each image")
     p.add_argument("--images_dim", help="H,W the images are resized to first (default: the model's; see above)")
     p.add_argument("--resize_mode", choices=deploy.RESIZE_MODES, help="How images are resized (default: the model's)")
-    p.add_argument("--raw_scale", type=float, default=255.0, help="Scale of the [0,1] pixels (default 255)")
-    p.add_argument("--input_scale", type=float, default=None, help="Scale after the mean subtraction")
-    p.add_argument("--channel_swap", default="2,1,0", help="Channel order of the net's input (default 2,1,0: BGR)")
-    p.add_argument("--ext", help="Only *.EXT files of folders (default: every image and video)")
-    p.add_argument("--every", type=int, default=1, help="Videos: classify every Nth frame (default 1)")
-    p.add_argument("--batch_size", type=int, default=16, help="Images per forward pass (default 16)")
-    p.add_argument("--timeout", type=float, default=10.0, help="URLs: seconds to wait (default 10)")
-    p.add_argument("--max_mb", type=float, default=50.0, help="URLs: largest download in MB (default 50)")
-    p.add_argument("--gpu", default="", help="GPU id to run on (bare --gpu: 0); default: the CPU")
+    add_pixel_flags(p)
+    add_input_flags(p)
     return p
 
 
-def _bare_gpu(argv: list[str]) -> list[str]:
+def pixel_settings(args: Any, **kw: Any) -> deploy.Settings:
+    """The DeployModel settings of --mean, --channel_swap, --raw_scale, --input_scale, --interpolation (and
+    ``kw``)."""
+    swap = tuple(ints(args.channel_swap, "--channel_swap")) if args.channel_swap else None
+    if getattr(args, "interpolation", None):
+        kw.setdefault("interpolation", args.interpolation)
+    return deploy.Settings(
+        mean=args.mean,
+        channel_swap=swap,
+        raw_scale=args.raw_scale,
+        input_scale=1.0 if args.input_scale is None else args.input_scale,
+        **kw,
+    )
+
+
+def input_reader(args: Any, channels: int) -> Reader:
+    """The Reader of the input flags for images of ``channels``."""
+    return Reader(channels, args.ext, args.every, args.timeout, int(args.max_mb * (1 << 20)))
+
+
+def check_counts(parser: ToolParser, args: Any, flags: Sequence[str]) -> int | None:
+    """A usage error for the first of ``flags`` under 1, else None."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            return usage_error(parser, f"--{flag} must be at least 1")
+    return None
+
+
+def bare_gpu(argv: list[str]) -> list[str]:
     """pycaffe's ``--gpu`` took no value: a bare ``--gpu`` means GPU 0."""
     out = []
     for i, arg in enumerate(argv):
@@ -245,7 +296,7 @@ def _bare_gpu(argv: list[str]) -> list[str]:
     return out
 
 
-def _select_device(spec: str) -> None:
+def select_device(spec: str) -> None:
     from caffe.tools.train import _select_device as select
 
     if spec and not re.fullmatch(r"\d+(,\d+)*|all", spec):
@@ -304,12 +355,14 @@ class Formatter:
             self.out.write("\n")
 
 
-def _model_files(args: Any) -> tuple[deploy.ModelFiles, list[str]]:
+def model_files(parser: ToolParser, args: Any) -> tuple[deploy.ModelFiles, list[str]] | int:
+    """The model's files and the inputs of ``[MODEL] INPUT...`` with --model/--weights/--labels; no model
+    at all is a usage error (its exit status), missing files or inputs a CaffeError."""
     inputs = list(args.inputs)
     path = None
     if args.model is None:
         if not inputs:
-            raise CaffeError("no model given: name a model folder or archive first, or --model and --weights")
+            return usage_error(parser, "no model given: name a model folder or archive first, or --model and --weights")
         path = inputs.pop(0)
     files = deploy.find_model(path, deploy=args.model, weights=args.weights, labels=args.labels)
     if not inputs:
@@ -317,19 +370,36 @@ def _model_files(args: Any) -> tuple[deploy.ModelFiles, list[str]]:
     return files, inputs
 
 
+def start_model_command(
+    parser: ToolParser,
+    argv: list[str],
+    counts: Sequence[str],
+    check: Callable[[Any], str | None] = lambda args: None,
+) -> tuple[Any, deploy.ModelFiles, list[str]] | int:
+    """The common start of ``caffe classify | detect | segment``: the flags (``counts`` at least 1, then
+    ``check(args)``: a usage error message or None), the model's files and inputs, the device; an exit status
+    instead when the command line is wrong."""
+    args = parse_flags(parser, bare_gpu(argv))
+    if isinstance(args, int):
+        return args
+    bad = check_counts(parser, args, counts)
+    if bad is not None:
+        return bad
+    message = check(args)
+    if message:
+        return usage_error(parser, message)
+    found = model_files(parser, args)
+    if isinstance(found, int):
+        return found
+    select_device(args.gpu)
+    return args, found[0], found[1]
+
+
 def _settings(args: Any) -> tuple[deploy.Settings, bool, tuple[int, int] | None]:
     """The DeployModel settings of the flags, whether to oversample, and ``--images_dim``."""
-    dims = (lambda v: (v[0], v[1]))(_ints(args.images_dim, "--images_dim", 2)) if args.images_dim else None
+    dims = (lambda v: (v[0], v[1]))(ints(args.images_dim, "--images_dim", 2)) if args.images_dim else None
     oversample = bool(args.oversample or not args.center_only)
-    swap = tuple(_ints(args.channel_swap, "--channel_swap")) if args.channel_swap else None
-    settings = deploy.Settings(
-        mean=args.mean,
-        image_size=None if oversample else dims,
-        resize_mode=args.resize_mode,
-        channel_swap=swap,
-        raw_scale=args.raw_scale,
-        input_scale=1.0 if args.input_scale is None else args.input_scale,
-    )
+    settings = pixel_settings(args, image_size=None if oversample else dims, resize_mode=args.resize_mode)
     return settings, oversample, dims
 
 
@@ -358,19 +428,10 @@ def _predict(
 @command("classify", "classify images, folders, URLs or videos with a model folder, archive or files")
 def classify(argv: list[str]) -> int:
     parser = _classify_parser()
-    args = parse_flags(parser, _bare_gpu(argv))
-    if isinstance(args, int):
-        return args
-    for flag in ("top_k", "every", "batch_size"):
-        if getattr(args, flag) < 1:
-            return usage_error(parser, f"--{flag} must be at least 1")
-    try:
-        files, inputs = _model_files(args)
-    except CaffeError as e:
-        if not args.inputs and args.model is None:
-            return usage_error(parser, str(e))
-        raise
-    _select_device(args.gpu)
+    started = start_model_command(parser, argv, ("top_k", "every", "batch_size"))
+    if isinstance(started, int):
+        return started
+    args, files, inputs = started
     settings, oversample, dims = _settings(args)
     model = deploy.DeployModel(files, settings)
     if model.labels and len(model.labels) != model.classes:
@@ -385,7 +446,7 @@ def classify(argv: list[str]) -> int:
     log.info(
         "Preprocessing: %s; mean %s", model.preprocessing.describe(), model.mean.describe() if model.mean else "none"
     )
-    reader = Reader(model.input_shape[0], args.ext, args.every, args.timeout, int(args.max_mb * (1 << 20)))
+    reader = input_reader(args, model.input_shape[0])
     to_npy = args.output is not None and args.output.lower().endswith(".npy")
     text = io.StringIO() if args.output is not None else sys.stdout
     formatter = Formatter(args.format, model, args.top_k, text)

@@ -1,4 +1,4 @@
-"""``caffe serve [flags] MODEL [MODEL ...]``: a REST inference server for classification models.
+"""``caffe serve [flags] MODEL [MODEL ...]``: a REST inference server for classification models and SSD detectors.
 
 Each MODEL is ``NAME=PATH`` or ``PATH``: a model folder (a ``*deploy*.prototxt``, a ``.caffemodel``,
 optionally ``mean.binaryproto`` and ``labels.txt``), a DIGITS model archive (``.tar.gz``/``.zip``),
@@ -26,9 +26,9 @@ USAGE = """caffe serve [--host 127.0.0.1] [--port 8000] [--max_batch 8] [--max_w
 [--max_body_bytes 10485760] [--engine fused|compiled|eager] [--labels FILE] [--mean FILE|B,G,R] \
 [--allow_python_layers] MODEL [MODEL ...]
 
-Serve classification models over HTTP: POST /models/NAME/predict or /predict (the first MODEL): a
-multipart 'file', JSON {"url": ...} or {"base64": ...}, optional top_k; GET /health, /models,
-/models/NAME, /openapi.json, /docs.
+Serve classification models and SSD detectors over HTTP: POST /models/NAME/predict or /predict (the
+first MODEL): a multipart 'file', JSON {"url": ...} or {"base64": ...}, optional top_k; detectors: POST
+/models/NAME/detect or /detect, optional threshold; GET /health, /models, /models/NAME, /openapi.json, /docs.
 MODEL: NAME=PATH or PATH, PATH a model folder, a DIGITS archive or DEPLOY.prototxt,WEIGHTS.caffemodel."""
 
 
@@ -78,7 +78,7 @@ def build_parser() -> ToolParser:
     return p
 
 
-@command("serve", "serve classification models over HTTP (REST, batched)")
+@command("serve", "serve classification models and SSD detectors over HTTP (REST, batched)")
 def serve(argv: list[str]) -> int:
     parser = build_parser()
     args = parse_flags(parser, argv)

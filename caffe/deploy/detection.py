@@ -1,0 +1,133 @@
+"""``DetectionModel``: a deployable SSD-style detector (a net whose output comes from ``DetectionOutput``).
+
+It is a :class:`~caffe.deploy.model.DeployModel` (the same files, labels, mean and
+:class:`~caffe.deploy.preprocess.Preprocessing`) whose output is SSD's 1 x 1 x K x 7 rows ``[image, label,
+confidence, xmin, ymin, xmax, ymax]`` with coordinates relative to the input (rows of label -1: no
+detection). :meth:`DetectionModel.detect` turns them into :class:`Detection` boxes in pixels of each
+ORIGINAL image (the input is the image squashed to the net's size, so x scales by the image's width and y
+by its height), clipped to the image; a detection is kept when its confidence is above the threshold.
+
+Defaults: images are squashed to the input with OpenCV's bilinear interpolation, as SSD's ``ssd_detect``
+and ``cv2.dnn.blobFromImage`` do (``Settings.interpolation`` overrides); labels (``labels.txt``, or an SSD
+``labelmap*.prototxt`` beside the net: :func:`caffe.deploy.find_model`) name the ``num_classes`` classes of
+``DetectionOutput``.
+:func:`open_model` builds a model's net once and returns the model of its kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from caffe.deploy.errors import ModelFilesError, PathLike
+from caffe.deploy.files import ModelFiles
+from caffe.deploy.model import DeployModel, Settings, output_producer
+from caffe.errors import CaffeError
+
+DETECTION_LAYERS = ("DetectionOutput",)
+
+
+class Detection(NamedTuple):
+    """One detected object: class number, confidence, box ``(xmin, ymin, xmax, ymax)`` in image pixels."""
+
+    label: int
+    confidence: float
+    box: tuple[float, float, float, float]
+
+
+def is_detector(net: Any, output: str | None = None) -> bool:
+    """Whether the net's ``output`` (default: its last) comes from an SSD ``DetectionOutput`` layer."""
+    return output_producer(net, output or net.outputs[-1]) in DETECTION_LAYERS
+
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float in [0, 1]; a CaffeError otherwise."""
+    value = float(threshold)
+    if not 0.0 <= value <= 1.0:
+        raise CaffeError(f"threshold {threshold}: expected a confidence between 0 and 1")
+    return value
+
+
+def to_detections(rows: np.ndarray, height: int, width: int, threshold: float) -> list[Detection]:
+    """SSD output rows of one image (K x 7, relative coordinates) -> its detections above ``threshold``, in
+    pixels of a ``height`` x ``width`` image, clipped to it, in the net's order."""
+    out = []
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    limit = np.array([width, height, width, height], dtype=np.float64)
+    for row in np.asarray(rows, dtype=np.float64).reshape(-1, 7):
+        if row[1] < 0 or not row[2] > threshold:
+            continue
+        box = np.clip(row[3:7] * scale, 0.0, limit)
+        out.append(Detection(int(row[1]), float(row[2]), (float(box[0]), float(box[1]), float(box[2]), float(box[3]))))
+    return out
+
+
+def split_rows(out: np.ndarray, n: int) -> list[np.ndarray]:
+    """The rows of a ``DetectionOutput`` blob (1 x 1 x K x 7) per image of a batch of ``n``, each K_i x 7."""
+    rows = np.asarray(out, dtype=np.float64).reshape(-1, 7)
+    return [rows[rows[:, 0] == i] for i in range(n)]
+
+
+class DetectionModel(DeployModel):
+    """A detector with its preprocessing and labels (see the module); arguments as :class:`DeployModel`'s.
+    A net whose output does not come from ``DetectionOutput`` is a ModelFilesError."""
+
+    interpolation = "opencv"
+
+    def count_classes(self) -> int:
+        """``num_classes`` of the ``DetectionOutput`` layer producing the output (background included)."""
+        producer = output_producer(self.net, self.output)
+        if producer not in DETECTION_LAYERS:
+            raise ModelFilesError(
+                f"{self.files.deploy}: not a detector: its output '{self.output}' comes from a {producer} layer, "
+                "not DetectionOutput"
+            )
+        count = 0
+        for name, tops in self.net.top_names.items():
+            layer = self.net.layer_dict[name]
+            if self.output in tops and layer.type in DETECTION_LAYERS:
+                count = int(layer.layer_param.detection_output_param.num_classes)
+        return count
+
+    def normalization(self) -> tuple[bool, str]:
+        """No softmax: the output holds detections."""
+        return False, f"output '{self.output}' comes from a DetectionOutput layer: detections (label, confidence, box)"
+
+    def detect_rows(self, batch: np.ndarray, rows: int | None = None) -> list[np.ndarray]:
+        """One forward of N prepared inputs (padded to ``rows``): each image's output rows, K_i x 7."""
+        return split_rows(self.run(batch, rows), len(batch))
+
+    def detect(
+        self, images: Sequence[np.ndarray], threshold: float = 0.5, batch_size: int = 16
+    ) -> list[list[Detection]]:
+        """The detections of H x W x C uint8 images (the decoder's pixels), ``batch_size`` per forward."""
+        threshold = check_threshold(threshold)
+        prep = self.preprocessing
+        found: list[list[Detection]] = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i : i + batch_size]
+            batch = np.stack([prep.to_input(prep.resize(im)) for im in chunk])
+            for im, rows in zip(chunk, self.detect_rows(batch), strict=True):
+                found.append(to_detections(rows, im.shape[0], im.shape[1], threshold))
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        """:meth:`DeployModel.describe` with ``kind``."""
+        return {**super().describe(), "kind": "detection"}
+
+
+def open_model(
+    files: ModelFiles,
+    settings: Settings | None = None,
+    *,
+    labels: Sequence[str] | PathLike | None = None,
+    engine: str | None = None,
+    warn: bool = True,
+) -> DeployModel:
+    """The model of ``files`` as its kind: a :class:`DetectionModel` when the net ends in ``DetectionOutput``,
+    else a (classification) :class:`DeployModel`; the net is built once."""
+    net = DeployModel.build_net(files)
+    kind = DetectionModel if is_detector(net) else DeployModel
+    return kind(files, settings, labels=labels, net=net, engine=engine, warn=warn)
