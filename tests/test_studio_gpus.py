@@ -314,8 +314,8 @@ def app_env(tmp_path_factory):
             {
                 "folder_train": str(make_images(tmp / "images")),
                 "resize_channels": 1,
-                "resize_width": 8,
-                "resize_height": 8,
+                "resize_width": 28,
+                "resize_height": 28,
             }
         )
         studio.store.update(job.id, status="Done", result=datasets.create_dataset(studio.store.job_dir(job.id), params))

@@ -277,6 +277,21 @@ def check_weights(job_dir: Path, python_layer: Path | None) -> tuple[dict[str, A
     return checked, None if output is None else _text(output, "output")
 
 
+def validate_nets(job_dir: Path, nets: list[dict[str, Any]]) -> CaffeError | None:
+    """Build the nets (:meth:`caffe.studio.validate.NetToBuild.to_dict`) in a worker in ``job_dir`` that ends
+    after it; their first error (a NetError naming the net and layer), None when all build."""
+    from caffe.errors import NetError
+
+    worker = Worker(job_dir, "the network")
+    try:
+        worker.call("validate", {"nets": nets})
+    except PythonLayerError as e:
+        return NetError(str(e))
+    finally:
+        worker.close()
+    return None
+
+
 def start_model(source: Any) -> Any:
     """A :class:`caffe.studio.inference.LoadedModel` whose net lives in a worker (see :class:`RemoteNet`)."""
     from caffe.studio import inference
@@ -345,6 +360,16 @@ def _check(state: dict[str, Any], header: dict[str, Any], _: list[np.ndarray]) -
     return {"facts": facts, "output": output}, []
 
 
+def _validate(state: dict[str, Any], header: dict[str, Any], _: list[np.ndarray]) -> tuple[dict, list]:
+    from caffe.studio.validate import NetToBuild, build_all
+
+    nets = header.get("nets")
+    if not isinstance(nets, list) or not all(isinstance(n, dict) for n in nets):
+        raise PythonLayerError("worker: validate needs a list of nets")
+    build_all([NetToBuild.from_dict(n) for n in nets])
+    return {"built": len(nets)}, []
+
+
 def _load(state: dict[str, Any], header: dict[str, Any], _: list[np.ndarray]) -> tuple[dict, list]:
     from caffe.studio import inference
 
@@ -378,7 +403,7 @@ def _views(state: dict[str, Any], _: dict[str, Any], __: list[np.ndarray]) -> tu
     return {"views": rows}, arrays
 
 
-HANDLERS = {"check": _check, "load": _load, "forward": _forward, "views": _views}
+HANDLERS = {"check": _check, "load": _load, "validate": _validate, "forward": _forward, "views": _views}
 
 
 def _error(e: BaseException) -> dict[str, Any]:
@@ -415,7 +440,7 @@ def main() -> int:
             return 0
         try:
             handler = HANDLERS[str(header.get("op"))]
-            if handler not in (_check, _load) and "model" not in state:
+            if handler not in (_check, _load, _validate) and "model" not in state:
                 raise PythonLayerError("no model loaded")
             reply, out = handler(state, header, arrays)
         except Exception as e:  # the user's code may fail in any way: its message goes back

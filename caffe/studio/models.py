@@ -44,7 +44,7 @@ from caffe.data.db import open_db
 from caffe.errors import CaffeError, NetError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_net_param, to_text
-from caffe.studio import layer_worker
+from caffe.studio import layer_worker, validate
 from caffe.studio import networks as nets
 from caffe.studio.failure import job_failure
 from caffe.studio.gpus import GpuRequest, device_gpu, gpu_pool, job_hardware, parse_gpu_list, request_error
@@ -552,12 +552,37 @@ def train_argv(job_dir: Path, *, weights: Path | None = None, snapshot: Path | N
 def check_python_layers(form: ModelForm, files: ModelFiles, allowed: bool) -> None:
     """FormError (on the network's field) for a network with Python layers when they are not allowed, or
     whose module files would be named like a module the server can import."""
-    where = "custom_network" if form.method == "custom" else f"{form.method}_networks"
+    where = network_field(form)
     try:
         layer_worker.require_consent(files.original, "the network", allowed)
         layer_worker.check_module_names(files.original, "the network", files.layer_files)
     except layer_worker.PythonLayerError as e:
         raise FormError({where: str(e)}) from None
+
+
+def network_field(form: ModelForm) -> str:
+    """The form field that chose the network (where its errors are shown)."""
+    return "custom_network" if form.method == "custom" else f"{form.method}_networks"
+
+
+def network_source(store: Any, form: ModelForm) -> tuple[str, str | None]:
+    """The name and text of the form's network as it was written (for the line of a layer), text None when
+    it cannot be read."""
+    if form.method == "custom":
+        return "custom network", form.custom_network
+    if form.method == "standard":
+        return f"{form.standard_networks}.prototxt", nets.standard_network(form.standard_networks)
+    job_dir = store.job_dir(form.previous_networks if form.method == "previous" else form.pretrained_networks)
+    for name in ("original.prototxt", "deploy.prototxt"):
+        if (job_dir / name).is_file():
+            return name, (job_dir / name).read_text(encoding="utf-8", errors="replace")
+    return "the network", None
+
+
+def network_error(store: Any, form: ModelForm, e: CaffeError) -> FormError:
+    """A net's build error as the network field's error, at the line of the layer it names."""
+    source, text = network_source(store, form)
+    return FormError({network_field(form): validate.where(str(e), source, text)})
 
 
 def create_model_job(store: Any, scheduler: Any, form: ModelForm, allow_python_layers: bool = False) -> Any:
@@ -569,9 +594,15 @@ def create_model_job(store: Any, scheduler: Any, form: ModelForm, allow_python_l
     job = store.create("model", form.model_name or "model", form.to_dict(), parent=form.dataset)
     job_dir = store.job_dir(job.id)
     try:
-        files = build_files(store, form, job_dir, devices)
-        check_python_layers(form, files, allow_python_layers)
-        write_files(job_dir, files, store.job_dir(form.dataset))
+        try:
+            files = build_files(store, form, job_dir, devices)
+            check_python_layers(form, files, allow_python_layers)
+            write_files(job_dir, files, store.job_dir(form.dataset))
+            h, w, c = files.info["image dimensions"]
+            validate.check(files.train_val, files.deploy, (c, h, w), validation=bool(files.solver.test_iter),
+                           job_dir=job_dir)
+        except validate.NET_ERRORS as e:
+            raise network_error(store, form, e) from None
         store.update(job.id, result={"info": files.info})
         request = form.gpu_request()
         argv = train_argv(job_dir, weights=files.weights)

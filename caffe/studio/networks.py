@@ -19,6 +19,7 @@ copy-by-layer-name leaves them freshly initialized: ``fc8`` -> ``fc8_retrain``, 
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 
@@ -253,7 +254,7 @@ def deploy_net(net: pb.NetParameter, shape: tuple[int, int, int]) -> pb.NetParam
         produced.update(layer.top)
         body.append(_without_rules(layer))
     if len(inputs) != 1:
-        raise NetError(f"network '{net.name}': the deploy net must have one input blob, found {inputs or 'none'}")
+        raise NetError(f"network '{net.name}': {_input_problem(body, sources, inputs, produced)}")
     out = pb.NetParameter(name=net.name)
     out.layer.add(name=inputs[0], type="Input", top=[inputs[0]]).input_param.shape.add(dim=[1, *shape])
     train = next((s for s in sources if s.type != "Input" and included(s, TRAIN_STATE)), None)
@@ -268,6 +269,22 @@ def deploy_net(net: pb.NetParameter, shape: tuple[int, int, int]) -> pb.NetParam
         body.append(pb.LayerParameter(name="prob", type="Softmax", bottom=[heads[-1]], top=["prob"]))
     out.layer.extend(_prune(body))
     return out
+
+
+def _input_problem(body: list[pb.LayerParameter], sources: list[pb.LayerParameter], inputs: list[str],
+                   produced: set[str]) -> str:
+    """Why the deploy net has not one input: the layer reading a blob that no layer before it produces
+    (with the nearest blob names), or no layer reading the data."""
+    data = {s.top[0] for s in sources if s.top}
+    strays = [b for b in inputs if b not in data] or inputs[1:]
+    if not strays:
+        return f"no layer of the deploy net reads the data ({', '.join(sorted(data)) or 'none'})"
+    blob = strays[0]
+    reader = next(layer for layer in body if blob in layer.bottom)
+    before = [t for layer in body[: body.index(reader)] for t in layer.top] + sorted(data)
+    close = difflib.get_close_matches(blob, before, n=2, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"layer '{reader.name}' reads bottom '{blob}', which no layer before it produces{hint}"
 
 
 def _without_rules(layer: pb.LayerParameter) -> pb.LayerParameter:
