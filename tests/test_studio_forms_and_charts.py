@@ -5,10 +5,12 @@ typed kept); the classify forms answer errors inline; charts and lists say what 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
+from test_studio_inference import CLASSIFY, make_client, upload_tiny
 from test_studio_jobs_keep_work import add_dataset
 from test_studio_models import LENET
 
@@ -114,3 +116,49 @@ def test_python_layers_are_validated_in_a_worker_with_consent_and_refused_withou
             dataset = add_dataset(app.state.studio.store, tmp_path / f"images-{allowed}")
             message = submit_error(client, custom(dataset, text))
             assert expected in message and "layer 'two'" in message
+
+
+# ---------------------------------------------------------------------------------------------- item 5
+def selected(page: str, job_id: str) -> bool:
+    return re.search(rf'<option value="{job_id}"[^>]*selected', page) is not None
+
+
+def test_classify_forms_answer_errors_inline_keeping_what_was_typed(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    with make_client(tmp_path, [root]) as client:
+        tiny = upload_tiny(client, tmp_path / "weights")
+        fields = {"job_id": tiny, "show_visualizations": "1", "image_url": ""}
+        one = client.post(
+            f"{CLASSIFY}/classify_one",
+            data=fields,
+            headers=HTML,
+            files={"image_file": ("notes.txt", b"this is not an image")},
+        )
+        assert one.status_code == 415 and 'id="classify-one-form"' in one.text
+        assert 'id="error-image-file"' in one.text and "not an image" in one.text
+        assert selected(one.text, tiny) and 'name="show_visualizations" value="1" checked' in one.text
+        nothing = client.post(f"{CLASSIFY}/classify_one", data={"image_url": "https://x.example/a.jpg"}, headers=HTML)
+        assert nothing.status_code == 400 and 'id="error-job-id"' in nothing.text
+        assert 'value="https://x.example/a.jpg"' in nothing.text
+        listing = {"image_list": ("list.txt", b"missing.png 0\n")}
+        many = client.post(
+            f"{CLASSIFY}/classify_many",
+            data={"job_id": tiny, "image_folder": str(root), "num_test_images": "7"},
+            files=listing,
+            headers=HTML,
+        )
+        assert many.status_code == 404 and 'id="classify-many-form"' in many.text
+        assert 'id="error-image-list"' in many.text and "missing.png" in many.text
+        assert f'value="{root}"' in many.text and 'value="7"' in many.text and selected(many.text, tiny)
+        top = client.post(
+            f"{CLASSIFY}/top_n", data={"job_id": tiny, "image_folder": str(root), "top_n": "0"}, headers=HTML
+        )
+        assert top.status_code == 400 and 'id="error-top-n"' in top.text and 'id="top-n-form"' in top.text
+        # API clients still get 4xx JSON
+        api = client.post(
+            f"{CLASSIFY}/classify_one.json",
+            data={"job_id": tiny},
+            files={"image_file": ("notes.txt", b"this is not an image")},
+        )
+        assert api.status_code == 415 and "not an image" in api.json()["detail"]

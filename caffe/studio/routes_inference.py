@@ -27,6 +27,7 @@ they run in a worker process (:mod:`caffe.studio.layer_worker`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,27 @@ def _page(request: Request, template: str, context: dict[str, Any], status: int 
 
 def _fail(request: Request, error: CaffeError, html: bool) -> Response:
     return error_response(request, getattr(error, "status", None) or 400, str(error), html)
+
+
+FORM_FIELDS = frozenset({"job_id", "snapshot_epoch", "image_file", "image_url", "image_path", "image_list",
+                         "image_folder", "num_test_images", "top_n"})  # the inference forms' fields
+_FIELD_PREFIX = re.compile(r"^([a-z_]+):")
+
+
+def _at(field: str, error: CaffeError) -> CaffeError:
+    """``error``, marked as the fault of the form's ``field`` (unless its message names another field)."""
+    named = _FIELD_PREFIX.match(str(error))
+    if not getattr(error, "field", None):
+        error.field = named.group(1) if named and named.group(1) in FORM_FIELDS else field  # type: ignore[attr-defined]
+    return error
+
+
+def _inline(request: Request, template: str, form: _Form | None, error: CaffeError) -> Response:
+    """A browser's failed inference form: the form again, what was typed kept, the error next to its field
+    (``form`` when it is no field's); the answer keeps the error's 4xx status."""
+    field = getattr(error, "field", None) or "form"
+    status = getattr(error, "status", None) or 400
+    return _page(request, template, _context(request, form, errors={field: str(error)}), status)
 
 
 def _python_allowed(request: Request) -> bool:
@@ -161,7 +183,7 @@ def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, An
     values = dict(form.values) if form else dict(request.query_params)
     job_id = str(values.get("job_id") or "")
     return {"jobs": _job_choices(request), "values": values, "job_id": job_id,
-            "epochs": _epochs(request, job_id) if job_id else [],
+            "epochs": _epochs(request, job_id) if job_id else [], "errors": {},
             "roots": [str(r) for r in data_roots(request)], **extra}
 
 
@@ -358,24 +380,43 @@ def _model_choice(form: _Form) -> tuple[str, str | None]:
     return job_id, form.text("snapshot_epoch") or None
 
 
-async def _classify_one(request: Request) -> tuple[_Form, Any, inference.OneResult, str]:
-    form = await _form(request)
-    job_id, epoch = _model_choice(form)
-    data, name = await _image_bytes(request, form)
+def _image_field(form: _Form) -> str:
+    """Which field of a classify-one form gave the image."""
+    if "image_file" in form.files:
+        return "image_file"
+    return "image_url" if form.text("image_url") else "image_path" if form.text("image_path") else "image_file"
+
+
+async def _classify_one(request: Request, form: _Form) -> tuple[Any, inference.OneResult, str]:
+    try:
+        job_id, epoch = _model_choice(form)
+    except CaffeError as e:
+        raise _at("job_id", e) from None
+    field = _image_field(form)
+    try:
+        data, name = await _image_bytes(request, form)
+    except CaffeError as e:
+        raise _at(field, e) from None
     store, allowed = studio_of(request).store, _python_allowed(request)
 
     def run() -> tuple[Any, inference.OneResult]:
-        model = inference.load_model(store, job_id, epoch, allowed)
-        return model, inference.classify_one(model, data, form.flag("show_visualizations"), name)
+        try:
+            model = inference.load_model(store, job_id, epoch, allowed)
+        except CaffeError as e:
+            raise _at("job_id", e) from None
+        try:
+            return model, inference.classify_one(model, data, form.flag("show_visualizations"), name)
+        except CaffeError as e:
+            raise _at(field, e) from None
 
     model, result = await run_in_threadpool(run)
-    return form, model, result, name
+    return model, result, name
 
 
 @router.post(f"{CLASSIFY}/classify_one.json", summary="Classify one image: top-5 [label, percent]")
 async def classify_one_json(request: Request) -> Response:
     try:
-        _, model, result, _ = await _classify_one(request)
+        model, result, _ = await _classify_one(request, await _form(request))
     except CaffeError as e:
         return _fail(request, e, False)
     body: dict[str, Any] = {"predictions": [[label, pct] for label, pct in result.predictions]}
@@ -393,10 +434,12 @@ def classify_one_form(request: Request) -> Response:
 
 @router.post(f"{CLASSIFY}/classify_one", include_in_schema=False)
 async def classify_one_page(request: Request) -> Response:
+    form: _Form | None = None
     try:
-        form, model, result, name = await _classify_one(request)
+        form = await _form(request)
+        model, result, name = await _classify_one(request, form)
     except CaffeError as e:
-        return _fail(request, e, True)
+        return _inline(request, "classify_one.html", form, e)
     return _page(request, "classify_one.html",
                  _context(request, form, result=result, model=model, image_name=name))
 
@@ -433,19 +476,24 @@ async def _images(request: Request, form: _Form, labels: tuple[str, ...]) -> lis
     return items[:count] if count else items
 
 
-async def _classify_many(request: Request) -> tuple[_Form, Any, inference.ManyResult]:
-    form = await _form(request)
-    job_id, epoch = _model_choice(form)
+async def _classify_many(request: Request, form: _Form) -> tuple[Any, inference.ManyResult]:
     store = studio_of(request).store
-    source = await run_in_threadpool(inference.resolve, store, job_id, epoch)
-    items = await _images(request, form, source.labels)
+    try:
+        job_id, epoch = _model_choice(form)
+        source = await run_in_threadpool(inference.resolve, store, job_id, epoch)
+    except CaffeError as e:
+        raise _at("job_id", e) from None
+    try:
+        items = await _images(request, form, source.labels)
+    except CaffeError as e:
+        raise _at("image_list" if "image_list" in form.files else "image_folder", e) from None
 
     def run() -> tuple[Any, inference.ManyResult]:
         model = inference.CACHE.get(source, _python_allowed(request))
         return model, inference.classify_many(model, items)
 
     model, result = await run_in_threadpool(run)
-    return form, model, result
+    return model, result
 
 
 def _many_body(result: inference.ManyResult) -> dict[str, Any]:
@@ -461,7 +509,7 @@ def _many_body(result: inference.ManyResult) -> dict[str, Any]:
 @router.post(f"{CLASSIFY}/classify_many.json", summary="Classify many images (list or folder): top-5 per image")
 async def classify_many_json(request: Request) -> Response:
     try:
-        _, _, result = await _classify_many(request)
+        _, result = await _classify_many(request, await _form(request))
         body = _many_body(result)
     except CaffeError as e:
         return _fail(request, e, False)
@@ -475,27 +523,32 @@ def classify_many_form(request: Request) -> Response:
 
 @router.post(f"{CLASSIFY}/classify_many", include_in_schema=False)
 async def classify_many_page(request: Request) -> Response:
+    form: _Form | None = None
     try:
-        form, model, result = await _classify_many(request)
+        form = await _form(request)
+        model, result = await _classify_many(request, form)
         evaluation = result.evaluation()
     except CaffeError as e:
-        return _fail(request, e, True)
+        return _inline(request, "classify_many.html", form, e)
     rows = [{"path": p, "truth": result._label(t) if t is not None else None, "top5": result.top5(i)}
             for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))]
     return _page(request, "classify_many.html",
                  _context(request, form, result=result, rows=rows, evaluation=evaluation, model=model))
 
 
-async def _top_n(request: Request) -> tuple[_Form, Any, list[dict[str, Any]]]:
-    form, model, result = await _classify_many(request)
-    n = form.number("top_n", 9, 1, 100)
-    return form, model, inference.top_n(result, n or 9)
+async def _top_n(request: Request, form: _Form) -> tuple[Any, list[dict[str, Any]]]:
+    try:
+        n = form.number("top_n", 9, 1, 100)
+    except CaffeError as e:
+        raise _at("top_n", e) from None
+    model, result = await _classify_many(request, form)
+    return model, inference.top_n(result, n or 9)
 
 
 @router.post(f"{CLASSIFY}/top_n.json", summary="The N best-scoring images of each class")
 async def top_n_json(request: Request) -> Response:
     try:
-        _, _, classes = await _top_n(request)
+        _, classes = await _top_n(request, await _form(request))
     except CaffeError as e:
         return _fail(request, e, False)
     return JSONResponse({"top_n": [{"label": c["label"], "images": [[p, pct] for p, pct in c["images"]]}
@@ -509,10 +562,12 @@ def top_n_form(request: Request) -> Response:
 
 @router.post(f"{CLASSIFY}/top_n", include_in_schema=False)
 async def top_n_page(request: Request) -> Response:
+    form: _Form | None = None
     try:
-        form, model, classes = await _top_n(request)
+        form = await _form(request)
+        model, classes = await _top_n(request, form)
         thumbs = await run_in_threadpool(
             lambda: {p: inference.thumbnail_uri(p) for c in classes for p, _ in c["images"]})
     except CaffeError as e:
-        return _fail(request, e, True)
+        return _inline(request, "top_n.html", form, e)
     return _page(request, "top_n.html", _context(request, form, classes=classes, thumbs=thumbs, model=model))
