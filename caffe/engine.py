@@ -206,7 +206,7 @@ class InferencePlan:
             scale, shift = (a, b) if scale is None or shift is None else (scale * a, shift * a + b)
         step.scale, step.shift = scale, shift
         step.cast.clear()
-        step.versions = versions
+        step.versions = self._param_versions(step)
 
     # ---------------------------------------------------------------------------- running
     def _run_affine(self, step: _AffineStep, x: torch.Tensor) -> torch.Tensor:
@@ -217,8 +217,8 @@ class InferencePlan:
             a, b = (t.to(device=x.device, dtype=x.dtype) for t in (step.scale, step.shift))
             step.cast[key] = (a, b, torch.zeros_like(a), torch.ones_like(a))
         a, b, zeros, ones = step.cast[key]
-        if x.dim() == 4 and x.is_contiguous():
-            # batch_norm with mean 0, variance 1 and eps 0 is exactly x * a + b, and fastest on NCHW
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous():
+            # batch_norm with mean 0, variance 1 and eps 0 is exactly x * a + b, and on the CPU fastest on NCHW
             y = F.batch_norm(x, zeros, ones, a, b, False, 0.0, 0.0)
         else:
             view = (1, -1) + (1,) * (x.dim() - 2)
