@@ -290,7 +290,8 @@ class LogLayer(_ShiftScaleLayer):
 class DropoutLayer(NeuronLayer):
     """TRAIN: keep each value with probability 1 - dropout_ratio and scale it by 1 / (1 - ratio).
 
-    TEST: identity. The backward uses the forward's mask and scale.
+    TEST: identity. The backward uses the forward's mask and scale. caffe-fast-rcnn's
+    ``scale_train: false`` moves the scale to TEST: kept values unscaled, TEST multiplies by 1 - ratio.
     """
 
     draws_random = True
@@ -300,10 +301,11 @@ class DropoutLayer(NeuronLayer):
         if not 0 <= ratio < 1:
             raise self.error(f"dropout_param.dropout_ratio must be in [0, 1), got {ratio:g}")
         self.ratio = ratio
-        self.scale = 1.0 / (1.0 - ratio)
+        self.scale_train = bool(self.layer_param.dropout_param.scale_train)
+        self.scale = 1.0 / (1.0 - ratio) if self.scale_train else 1.0
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.phase != TRAIN:
-            return x
+            return x if self.scale_train else x * (1.0 - self.ratio)
         keep = torch.empty_like(x, requires_grad=False).bernoulli_(1.0 - self.ratio)
         return x * (keep * self.scale)
