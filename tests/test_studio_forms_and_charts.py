@@ -4,16 +4,23 @@ typed kept); the classify forms answer errors inline; charts and lists say what 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import asset
 from fastapi.testclient import TestClient
 from markupsafe import escape
-from test_studio_inference import CLASSIFY, make_client, upload_tiny
-from test_studio_jobs_keep_work import add_dataset
+from test_studio_inference import CAT, CLASSIFY, TINY_NET, make_client, upload_tiny
+from test_studio_jobs_keep_work import add_dataset, wait_for
 from test_studio_models import LENET
 
+import caffe
+from caffe.proto import caffe_pb2 as pb
 from caffe.studio.app import create_app
 from caffe.studio.networks import standard_network
 
@@ -162,3 +169,195 @@ def test_classify_forms_answer_errors_inline_keeping_what_was_typed(tmp_path):
             files={"image_file": ("notes.txt", b"this is not an image")},
         )
         assert api.status_code == 415 and "not an image" in api.json()["detail"]
+
+
+# ---------------------------------------------------------------------------------------------- item 6
+TWO_ACCURACIES = """
+layer { name: "data" type: "Input" top: "data" top: "label" }
+layer { name: "accuracy" type: "Accuracy" bottom: "data" bottom: "label" top: "accuracy" }
+layer { name: "accuracy-top5" type: "Accuracy" bottom: "data" bottom: "label" top: "accuracy-top5"
+  accuracy_param { top_k: 5 } }
+"""
+
+
+def one_point_job(folder: Path, classes: int) -> Path:
+    """A model folder after one training iteration and one validation: one point per series."""
+    folder.mkdir(parents=True)
+    info = {"classes": classes, "iterations per epoch": 1, "max iterations": 4, "epochs": 4,
+            "accuracy outputs": ["accuracy", "accuracy-top5"]}  # fmt: skip
+    (folder / "info.json").write_text(json.dumps(info))
+    (folder / "train_val.prototxt").write_text(TWO_ACCURACIES)
+    events = [{"event": "start", "iter": 0, "max_iter": 4, "time": 0.0},
+              {"event": "train", "iter": 1, "loss": 0.7, "lr": 0.01, "time": 1.0},
+              {"event": "test", "iter": 1, "outputs": {"accuracy": 0.5, "accuracy-top5": 1.0, "loss": 0.69},
+               "time": 1.5}]  # fmt: skip
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return folder
+
+
+def test_charts_accuracy_in_percent_at_round_ticks_top_k_below_classes_markers_and_lr_steps(tmp_path):
+    from caffe.studio import charts
+    from caffe.studio import models as m
+
+    job = one_point_job(tmp_path / "two", classes=2)
+    figures = charts.model_charts(m.training_progress(job), job, 2, "step")
+    main, lr = figures["main"], figures["lr"]
+    axis = main["layout"]["yaxis2"]
+    assert axis["range"] == [0, 100] and (axis["tickmode"], axis["tick0"], axis["dtick"]) == ("linear", 0, 20)
+    names = [t["name"] for t in main["data"]]
+    assert names == ["loss (train)", "accuracy (val)", "loss (val)"]  # no top-5 of a 2-class problem
+    accuracy = next(t for t in main["data"] if t["name"] == "accuracy (val)")
+    assert accuracy["y"] == [50.0] and accuracy["yaxis"] == "y2"
+    assert all("markers" in t["mode"] for t in main["data"] + lr["data"])  # one point each: visible
+    assert lr["data"][0]["line"]["shape"] == "hv"
+    assert charts.learning_rate([0, 1], [0.1, 0.1], "poly")["data"][0]["line"]["shape"] == "linear"
+    many = charts.model_charts(m.training_progress(job), job, 10, "fixed")["main"]
+    assert "accuracy-top5 (val)" in [t["name"] for t in many["data"]]  # 5 < 10 classes: shown
+    assert charts.mode(200) == "lines"
+
+
+@pytest.mark.parametrize(("policy", "fields", "drops"), [
+    ("step", {"lr_step_size": "33.3", "lr_step_gamma": "0.1"}, [999, 1998, 2997]),
+    ("multistep", {"lr_multistep_values": "50,85.1", "lr_multistep_gamma": "0.5"}, [1500, 2553]),
+])  # fmt: skip
+def test_lr_preview_draws_step_policies_as_steps_at_their_exact_drops(studio, policy, fields, drops):
+    from caffe.solver import learning_rate_at
+
+    client = studio[0]
+    r = client.post("/models/visualize-lr.json", data={"lr_policy": policy, "train_epochs": "30", **fields}).json()
+    assert r["max_iter"] == 3000 and r["chart"]["data"][0]["line"]["shape"] == "hv"
+    assert set(drops) <= set(r["iterations"])
+    param = pb.SolverParameter(base_lr=0.01, lr_policy=policy, max_iter=3000, gamma=r["solver"]["gamma"],
+                               stepsize=r["solver"]["stepsize"], stepvalue=r["solver"]["stepvalue"])  # fmt: skip
+    for it in drops:
+        k = r["iterations"].index(it)
+        assert r["lr"][k] < r["lr"][k - 1]  # the drop is at its iteration, not one sample later
+        step = sum(1 for v in param.stepvalue if v <= it)
+        assert r["lr"][k] == pytest.approx(learning_rate_at(param, it, step, np.float32, "lr")[0])
+
+
+def test_a_waiting_job_says_what_it_waits_for_and_the_home_list_shows_progress(studio):
+    client, st, _ = studio
+    blocker = st.store.create("model", "blocker", {})
+    waiting = st.store.create("model", "patient", {})
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    st.scheduler.submit(blocker.id, sleep, "cpu")
+    st.scheduler.submit(waiting.id, sleep, "cpu")
+    try:
+        wait_for(lambda: st.store.get(blocker.id).status == "Running", 30, "the blocker to run")
+        summary = client.get(f"/models/{waiting.id}.json").json()
+        assert summary["status"] == "Waiting"
+        assert summary["waiting_for"] == "the CPU (job 'blocker' runs on it); 1st of 1 in the queue"
+        page = client.get(f"/models/{waiting.id}", headers=HTML).text
+        assert re.search(r'<p id="model-waiting" class="muted">Waiting for <span[^>]*>the CPU', page)
+        assert client.get(f"/models/{blocker.id}.json").json()["waiting_for"] is None
+        home = client.get("/", headers=HTML).text
+        assert "<th>Progress</th>" in home and 'class="progress-cell">0 %</td>' in home
+        models = {j["id"]: j for j in client.get("/index.json").json()["models"]}
+        assert models[waiting.id]["progress"] == {"fraction": 0.0, "eta_seconds": None, "text": "0 %"}
+    finally:
+        for job in (waiting, blocker):
+            st.scheduler.abort(job.id)
+            st.scheduler.wait(job.id, 30)
+            st.store.delete(job.id)
+
+
+def test_home_progress_text_has_the_eta_of_a_running_training(tmp_path):
+    from caffe.studio.app import _model_progress
+    from caffe.studio.store import JobStore
+
+    store = JobStore(tmp_path / "jobs")
+    job = store.create("model", "half", {})
+    folder = store.job_dir(job.id)
+    (folder / "info.json").write_text(json.dumps({"iterations per epoch": 10, "max iterations": 100}))
+    events = [{"event": "start", "iter": 0, "max_iter": 100, "time": 0.0},
+              {"event": "train", "iter": 50, "loss": 1.0, "lr": 0.1, "time": 100.0}]  # fmt: skip
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    running = store.update(job.id, status="Running")
+    assert _model_progress(store, running)["text"] == "50 %, about 1m 40s left"
+
+
+def test_names_not_ids_and_the_only_dataset_preselected(studio):
+    client, st, dataset = studio
+    page = client.get("/models/images/classification/new").text
+    assert re.search(rf'<option value="{dataset}"\s+selected', page)
+    base = st.store.create("pretrained", "ImageNet GoogLeNet", {})
+    st.store.update(base.id, status="Done")
+    job = st.store.create("model", "tuned", {}, parent=dataset)
+    info = {"network": f"pretrained:{base.id}", "classes": 2}
+    (st.store.job_dir(job.id) / "info.json").write_text(json.dumps(info))
+    shown = client.get(f"/models/{job.id}", headers=HTML).text
+    cell = re.search(r'<td id="model-network">(.*?)</td>', shown, re.S).group(1)
+    assert "ImageNet GoogLeNet (pretrained model)" in cell and f'href="/pretrained_models/{base.id}"' in cell
+    assert f">{base.id}<" not in cell
+    st.store.delete(job.id)
+    st.store.delete(base.id)
+
+
+def test_folder_picker_lists_folders_inside_the_data_roots_only(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for folder in (root / "cats" / "young", root / "dogs", root / ".hidden", outside / "secret"):
+        folder.mkdir(parents=True)
+    (root / "notes.txt").write_text("a file, not a folder")
+    (root / "escape").symlink_to(outside)  # a link leading out of the root
+    with TestClient(create_app({"jobs_dir": tmp_path / "jobs", "devices": ["cpu"], "data_roots": [str(root)]})) as c:
+        top = c.get("/folders.json").json()
+        assert top == {"path": None, "parent": None, "truncated": False,
+                       "folders": [{"name": str(root), "path": str(root)}]}  # fmt: skip
+        inside = c.get("/folders.json", params={"path": str(root)}).json()
+        assert [f["name"] for f in inside["folders"]] == ["cats", "dogs"] and inside["parent"] is None
+        cats = c.get("/folders.json", params={"path": str(root / "cats")}).json()
+        assert cats["folders"] == [{"name": "young", "path": str(root / "cats" / "young")}]
+        assert cats["parent"] == str(root)
+        for path, status in ((outside, 403), (root / "escape", 403), (root / "cats" / ".." / "..", 403),
+                             (root / "missing", 404), (root / "notes.txt", 404)):  # fmt: skip
+            r = c.get("/folders.json", params={"path": str(path)})
+            assert r.status_code == status, (path, r.text)
+            assert "secret" not in r.text
+        assert c.get("/folders.json", params={"path": "x" * 5000}).status_code == 400
+        page = c.get("/datasets/images/classification/new").text
+        assert 'id="folder-train" data-folder-picker' in page and "studio.folderPickers()" in page
+
+
+THOUSAND_NET = TINY_NET.replace("num_output: 2", "num_output: 1000")
+
+
+def test_a_1000_class_pretrained_model_without_labels_is_offered_the_imagenet_labels(tmp_path):
+    root = tmp_path / "data"
+    (root / "data" / "ilsvrc12").mkdir(parents=True)
+    words = [f"n{k:08d} class number {k}" for k in range(1000)]
+    (root / "data" / "ilsvrc12" / "synset_words.txt").write_text("\n".join(words) + "\n")
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(THOUSAND_NET)
+    weights = tmp_path / "w.caffemodel"
+    caffe.Net(str(deploy), caffe.TEST).save(str(weights))
+    with make_client(tmp_path, [root]) as client:
+        r = client.post("/pretrained_models.json", data={"job_name": "imagenet-ish", "width": "24", "height": "24"},
+                        files={"weights_file": ("w.caffemodel", weights.read_bytes()),
+                               "deploy_file": ("d.prototxt", THOUSAND_NET)})  # fmt: skip
+        assert r.status_code == 201, r.text
+        job = r.json()["job_id"]
+        page = client.get(f"/pretrained_models/{job}", headers=HTML).text
+        assert 'id="pretrained-imagenet-labels"' in page and "synset_words.txt" in page
+        image = {"image_file": ("cat.jpg", asset(CAT).read_bytes())}
+        before = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": job}, files=image).json()
+        assert before["predictions"][0][0].isdigit()  # class numbers
+        done = client.post(f"/pretrained_models/{job}/imagenet_labels", headers=HTML, follow_redirects=False)
+        assert done.status_code == 303
+        after = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": job}, files=image).json()
+        assert after["predictions"][0][0] in words
+        assert 'id="pretrained-imagenet-labels"' not in client.get(f"/pretrained_models/{job}").text
+
+
+def test_classify_many_shows_top5_accuracy_only_with_more_than_5_classes(tmp_path):
+    import cv2
+
+    root = tmp_path / "data"
+    for k, label in enumerate(("dolphin", "seahorse")):
+        (root / label).mkdir(parents=True)
+        cv2.imwrite(str(root / label / "a.png"), np.full((24, 24, 3), 60 + 120 * k, np.uint8))
+    with make_client(tmp_path, [root]) as client:
+        tiny = upload_tiny(client, tmp_path / "weights")
+        page = client.post(f"{CLASSIFY}/classify_many", data={"job_id": tiny, "image_folder": str(root)}, headers=HTML)
+        assert page.status_code == 200 and 'id="accuracy-top1"' in page.text
+        assert 'id="accuracy-top5"' not in page.text  # top-5 of 2 classes is always 100 %

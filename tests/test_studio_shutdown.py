@@ -159,14 +159,19 @@ def start_server_with_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, 
             f"{url}/models/images/classification.json", urllib.parse.urlencode(form).encode(), timeout=30
         ) as r:
             assert r.status == 201
-        wait_for(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"), 30, "the training to start")
+        # the submit built the nets in a layer worker (validation at submit: its lines come first), ended since
+        validation = pids_file.read_text().splitlines() if pids_file.exists() else []
+        wait_for(lambda: pids_file.read_text().count("\n") > len(validation), 30, "the training to start")
     except BaseException:
         server.kill()
         server.wait()
         raise
-    pids = sorted({int(p) for p in pids_file.read_text().split()})
-    training = int(pids_file.read_text().split()[0])
+    lines = pids_file.read_text().splitlines()[len(validation) :]
+    pids = sorted({int(p) for line in lines for p in line.split()})
+    training = int(lines[0].split()[0])
     assert training in descendants(server.pid) and not any(gone(p) for p in pids)
+    earlier = [int(p) for line in validation for p in line.split()]
+    wait_for(lambda: all(gone(p) for p in earlier), 10, "the validation's worker and helpers to end")
     return server, log_path, pids
 
 

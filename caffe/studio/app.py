@@ -401,8 +401,28 @@ def _failure(store: JobStore, job: Job | Mapping[str, Any]) -> dict[str, Any] | 
     return job_failure(store.job_dir(fields["id"]), fields.get("result") or {}, fields.get("returncode")).to_dict()
 
 
-def _job_summary(job: Job) -> dict[str, Any]:
+def _model_progress(store: JobStore, job: Job) -> dict[str, Any]:
+    """A model's progress for the home list: ``{fraction, eta_seconds, text}`` ("42 %, about 3m 05s left")."""
+    from caffe.studio.models import training_progress
+
+    p = training_progress(store.job_dir(job.id))
+    fraction = 1.0 if job.status == "Done" else p["progress"]
+    eta = p["eta_seconds"] if job.status == "Running" else None
+    text = f"{round(100 * fraction)} %" + (f", about {_duration(eta)} left" if eta else "")
+    return {"fraction": fraction, "eta_seconds": eta, "text": text}
+
+
+def _duration(seconds: float) -> str:
+    """"1h 02m", "3m 05s", "12s" (as the pages' studio.duration)."""
+    s = round(seconds)
+    h, m, r = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}h {m:02d}m" if h else f"{m}m {r:02d}s" if m else f"{r}s"
+
+
+def _job_summary(job: Job, store: JobStore | None = None) -> dict[str, Any]:
+    extra = {"progress": _model_progress(store, job)} if store is not None and job.kind == "model" else {}
     return {
+        **extra,
         "id": job.id,
         "name": job.name,
         "kind": job.kind,
@@ -573,6 +593,7 @@ def _add_routes(app: FastAPI) -> None:
                 "models": by_kind["model"],
                 "pretrained": by_kind["pretrained"],
                 "names": names,
+                "progress": {j.id: _model_progress(studio.store, j) for j in by_kind["model"]},
                 "gpus": _gpu_state(studio.scheduler),
             },
         )
@@ -589,7 +610,7 @@ def _add_routes(app: FastAPI) -> None:
             "devices": studio.config.devices,
             "gpus": _gpu_state(studio.scheduler),
             "datasets": [_job_summary(j) for j in jobs if j.kind == "dataset"],
-            "models": [_job_summary(j) for j in jobs if j.kind == "model"],
+            "models": [_job_summary(j, studio.store) for j in jobs if j.kind == "model"],
             "pretrained_models": [_job_summary(j) for j in jobs if j.kind == "pretrained"],
         }
 

@@ -185,18 +185,23 @@ class Worker:
         return reply, out
 
     def close(self) -> None:
-        """End the worker and its process group (politely first: its stdin is closed)."""
+        """End the worker and its process group (politely first: its stdin is closed); what the user's code
+        started in the group (a helper process of a layer's setup) goes with it."""
         with contextlib.suppress(OSError):
             self.proc.stdin.close()  # type: ignore[union-attr]
         try:
             self.proc.wait(1.0)
         except subprocess.TimeoutExpired:  # busy in the user's code: killed, with what it started
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._kill_group()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5.0)
+        self._kill_group()  # the worker ended: processes it left in its session
         with contextlib.suppress(OSError):
             self.proc.stdout.close()  # type: ignore[union-attr]
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def _wait(self, fd: int, deadline: float, event: int) -> None:
         poller = select.poll()

@@ -44,7 +44,7 @@ from caffe.data.db import open_db
 from caffe.errors import CaffeError, NetError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_net_param, to_text
-from caffe.studio import layer_worker, validate
+from caffe.studio import charts, layer_worker, validate
 from caffe.studio import networks as nets
 from caffe.studio.failure import job_failure
 from caffe.studio.gpus import GpuRequest, device_gpu, gpu_pool, job_hardware, parse_gpu_list, request_error
@@ -338,13 +338,24 @@ def _lr_policy(s: pb.SolverParameter, form: ModelForm) -> None:
         s.gamma, s.stepsize = -form.lr_sigmoid_gamma / scale, math.ceil(form.lr_sigmoid_step * scale)
 
 
+def lr_drops(param: pb.SolverParameter) -> list[int]:
+    """The iterations where a step policy changes the rate (drawn exactly: the chart holds, then drops)."""
+    last = param.max_iter
+    if param.lr_policy == "step" and param.stepsize > 0:
+        return list(range(param.stepsize, last + 1, param.stepsize))[:1000]
+    if param.lr_policy == "multistep":
+        return [v for v in param.stepvalue if 0 < v <= last]
+    return []
+
+
 def lr_schedule(param: pb.SolverParameter, points: int = 101) -> tuple[list[int], list[float]]:
-    """The learning rate at ``points`` iterations from 0 to max_iter, computed by the solver's own schedule
-    (every iteration is visited for ``multistep``, whose step advances one at a time)."""
+    """The learning rate at ``points`` iterations from 0 to max_iter and at each drop of a step policy, computed
+    by the solver's own schedule (every iteration is visited for ``multistep``, whose step advances one at a
+    time)."""
     from caffe.solver import learning_rate_at
 
     last = max(param.max_iter, 1)
-    wanted = sorted({round(k * last / (points - 1)) for k in range(points)})
+    wanted = sorted({round(k * last / (points - 1)) for k in range(points)} | set(lr_drops(param)))
     rates: list[float] = []
     step = 0
     visit = range(last + 1) if param.lr_policy == "multistep" else wanted
@@ -816,6 +827,8 @@ def model_summary(store: Any, job_id: str) -> dict[str, Any]:
         "no_snapshot": job.status in STOPPED and point is None,  # stopped before any snapshot: restart only
         "error": job_failure(job_dir, job.result, job.returncode).to_dict() if job.status == "Error" else None,
         "has_data": bool(progress["train"]["epoch"] or progress["val"]),
+        "charts": charts.model_charts(progress, job_dir, job_info(job_dir).get("classes"),
+                                      job.params.get("lr_policy")),
         "gpus": job.gpus,  # held now (Running) or by the last run
         "gpu_request": job.gpu_request,
         "hardware": job_hardware(job),

@@ -86,3 +86,33 @@ def resolve_user_path(text: str, roots: Iterable[str | os.PathLike] | None = Non
         return path.resolve()
     except (OSError, RuntimeError) as e:  # a name too long, a symlink loop, ~user unknown
         raise UnsafePathError(f"cannot use the path {quoted}: {getattr(e, 'strerror', None) or e}") from None
+
+
+MAX_FOLDERS = 500  # the most sub-folders one listing shows
+
+
+def list_folders(text: str, roots: Iterable[str | os.PathLike], limit: int = MAX_FOLDERS) -> dict[str, object]:
+    """The folder picker's listing: with no ``text``, the roots; else the sub-folders of the folder ``text``
+    (inside a root, symlinks resolved: UnsafePathError outside; FileNotFoundError when it is no folder), each
+    inside a root too (a link leading out is left out), hidden ones left out, sorted, at most ``limit``.
+    ``{"path", "parent" (None at a root), "folders": [{"name", "path"}], "truncated"}``."""
+    roots = [Path(r).expanduser().resolve() for r in roots]
+    if not (text or "").strip():
+        folders = [{"name": str(r), "path": str(r)} for r in roots if r.is_dir()]
+        return {"path": None, "parent": None, "folders": folders, "truncated": False}
+    folder = resolve_user_path(text, roots)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder {text!r}")
+    children: list[Path] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_dir():
+                children.append(Path(entry.path))
+    inside = sorted((c for c in children if any(is_within(c, r) for r in roots)), key=lambda c: c.name.lower())
+    parent = folder.parent if folder not in roots and any(is_within(folder.parent, r) for r in roots) else None
+    return {
+        "path": str(folder),
+        "parent": str(parent) if parent else None,
+        "folders": [{"name": c.name, "path": str(folder / c.name)} for c in inside[:limit]],
+        "truncated": len(inside) > limit,
+    }

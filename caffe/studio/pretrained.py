@@ -364,6 +364,45 @@ def users(store: Any, job_id: str) -> list[Any]:
     return [j for j in store.list("model") if j.parent == job_id and j.status in ("Waiting", "Running")]
 
 
+IMAGENET_CLASSES = 1000
+# where a server keeps ImageNet's labels (Caffe's data/ilsvrc12/get_ilsvrc_aux.sh writes the second): looked up in
+# the project's folder and in each data root, never downloaded
+IMAGENET_PLACES = ("synset_words.txt", "data/ilsvrc12/synset_words.txt", "models/imagenet-common/synset_words.txt")
+MAX_LABELS_BYTES = 1 << 20
+
+
+def imagenet_labels_file(roots: Iterable[Path]) -> Path | None:
+    """A file of the 1000 ImageNet labels on this server (see IMAGENET_PLACES), None when there is none."""
+    project = Path(__file__).resolve().parents[2]
+    for base in (project, *roots):
+        for place in IMAGENET_PLACES:
+            path = Path(base) / place
+            try:
+                small = path.is_file() and path.stat().st_size <= MAX_LABELS_BYTES
+                if small and len(parse_labels(path.read_bytes(), place)) == IMAGENET_CLASSES:
+                    return path
+            except (OSError, DataError):
+                continue
+    return None
+
+
+def lacks_labels(job_dir: Path, info: dict[str, Any]) -> bool:
+    """Whether a pretrained model is a 1000-class one without labels (the ImageNet labels may be offered)."""
+    return info.get("outputs") == IMAGENET_CLASSES and not (job_dir / "labels.txt").is_file()
+
+
+def use_labels(store: Any, job_id: str, path: Path) -> None:
+    """Give a pretrained model the labels of ``path`` (as its labels.txt), if their count fits its outputs."""
+    job_dir = store.job_dir(job_id)
+    info = inference.read_info(job_dir)
+    labels = parse_labels(path.read_bytes(), path.name)
+    if info.get("outputs") and len(labels) != info["outputs"]:
+        raise PretrainedError(f"{path.name}: {len(labels)} labels, but the network has {info['outputs']} outputs")
+    atomic_write(job_dir / "labels.txt", ("\n".join(labels) + "\n").encode("utf-8"))
+    _write_json(job_dir / "info.json", {**info, "labels_file": "labels.txt"})
+    store.merge_result(job_id, labels=len(labels))
+
+
 def delete(store: Any, job_id: str) -> None:
     """Delete a pretrained job (row and folder); refused while a training that uses it is queued or running."""
     try:

@@ -6,7 +6,8 @@
   or 400 ``{errors: [...]}``;
 * ``GET  /datasets/{id}``, ``/datasets/{id}.json``: status, progress, counts per class, mean image;
 * ``GET  /datasets/{id}/explore?db=train&label=&page=&size=``: the stored images by class, paged;
-  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG, ``/datasets/{id}/mean.jpg``.
+  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG, ``/datasets/{id}/mean.jpg``;
+* ``GET  /folders.json?path=``: the folder picker's listing of server folders inside the data roots.
 
 Every form is checked before a job is queued (folder, list and image paths, symlinks followed, against the
 studio's data roots; list files bounded; the class folders, the list lines), so a newcomer sees what is wrong
@@ -35,6 +36,7 @@ from caffe.data.db import item_key, open_db
 from caffe.errors import CaffeError, DataError
 from caffe.protoio import atomic_write
 from caffe.studio import datasets as ds
+from caffe.studio.paths import list_folders
 from caffe.studio.scheduler import python_module_argv
 from caffe.studio.store import Job
 from caffe.studio.web import data_roots, job_of_kind, json_fields, studio_of
@@ -349,3 +351,19 @@ def dataset_explore_image(request: Request, job_id: str, db: str = "train", inde
         raise HTTPException(400, "index must be >= 0")
     data = record_png(studio_of(request).store.job_dir(job.id) / f"{split}_db", index)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/folders.json", summary="The folder picker: sub-folders of a server folder inside the data roots")
+def folders_json(request: Request, path: str = "") -> Response:
+    """No ``path``: the data roots; a path outside them (symlinks resolved) is 403, a missing folder 404."""
+    if len(path) > 4096:
+        return JSONResponse({"detail": "path too long", "errors": ["path too long"]}, status_code=400)
+    try:
+        return JSONResponse(list_folders(path, data_roots(request)))
+    except CaffeError as e:
+        return JSONResponse({"detail": str(e), "errors": [str(e)]}, status_code=403)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        return JSONResponse({"detail": str(e), "errors": [str(e)]}, status_code=404)
+    except PermissionError:
+        message = f"cannot read the folder {path!r}"
+        return JSONResponse({"detail": message, "errors": [message]}, status_code=403)

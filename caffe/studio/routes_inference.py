@@ -7,7 +7,9 @@ Pretrained models:
   (train_val, kept as original.prototxt) + [``labels_file``, ``python_layer_file``, ``mean_file``,
   ``mean_values``], ``image_type``, ``resize_mode``, ``width``, ``height``, ``job_name``;
 * ``GET  /pretrained_models/{id}`` (``.json``); ``DELETE /pretrained_models/{id}`` (or ``POST .../delete``);
-* ``POST /models/{id}/to_pretrained`` (``snapshot_epoch``, ``job_name``): promote a trained model.
+* ``POST /models/{id}/to_pretrained`` (``snapshot_epoch``, ``job_name``): promote a trained model;
+* ``POST /pretrained_models/{id}/imagenet_labels``: a 1000-class model without labels gets the server's ImageNet
+  labels (``synset_words.txt`` in the project's ``data/ilsvrc12`` or a data root; never downloaded).
 
 Inference (every route takes ``job_id`` - a model or pretrained job - and ``snapshot_epoch``, default the last):
 
@@ -278,8 +280,29 @@ def pretrained_show(request: Request, job_id: str) -> Response:
         return _fail(request, e, True)
     job_dir = Path(studio_of(request).store.job_dir(job_id))
     files = sorted(p.name for p in job_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    return _page(request, "pretrained_show.html",
-                 {"job": job, "info": inference.read_info(job_dir), "files": files, "parent": job.parent})
+    info = inference.read_info(job_dir)
+    offer = pretrained.lacks_labels(job_dir, info)
+    imagenet = pretrained.imagenet_labels_file(data_roots(request)) if offer else None
+    return _page(request, "pretrained_show.html", {"job": job, "info": info, "files": files, "parent": job.parent,
+                                                   "lacks_labels": offer, "imagenet_labels": imagenet})
+
+
+@router.post("/pretrained_models/{job_id}/imagenet_labels", summary="Give a 1000-class model the ImageNet labels")
+def pretrained_imagenet_labels(request: Request, job_id: str) -> Response:
+    """The server's ImageNet labels file (never downloaded) as the model's labels.txt; 404 when the server has
+    none, 400 when the model does not have 1000 outputs."""
+    html = wants_html(request)
+    try:
+        _pretrained_job(request, job_id)
+        path = pretrained.imagenet_labels_file(data_roots(request))
+        if path is None:
+            raise pretrained.PretrainedError("this server has no ImageNet labels file (synset_words.txt)", 404)
+        pretrained.use_labels(studio_of(request).store, job_id, path)
+    except CaffeError as e:
+        return _fail(request, e, html)
+    if html:
+        return RedirectResponse(f"/pretrained_models/{job_id}", status_code=303)
+    return JSONResponse({"job_id": job_id, "labels_file": str(path)})
 
 
 async def _delete(request: Request, job_id: str) -> None:

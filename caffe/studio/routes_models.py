@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from caffe.errors import CaffeError, DataError
+from caffe.studio import charts
 from caffe.studio import models as m
 from caffe.studio import networks as nets
 from caffe.studio.paths import check_job_id
@@ -92,7 +93,10 @@ def _choices(request: Request) -> dict[str, Any]:
 
 def _form_page(request: Request, values: dict[str, Any], errors: dict[str, str] | None = None) -> Response:
     defaults = m.ModelForm().to_dict()
-    context = {"values": {**defaults, **values}, "errors": errors or {}, **_choices(request)}
+    choices = _choices(request)
+    if not values.get("dataset") and len(choices["datasets"]) == 1:  # the only dataset: chosen already
+        values = {**values, "dataset": choices["datasets"][0].id}
+    context = {"values": {**defaults, **values}, "errors": errors or {}, **choices}
     return studio_of(request).templates.TemplateResponse(
         request, "model_new.html", context, status_code=400 if errors else 200
     )
@@ -179,6 +183,7 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
         "epochs": [m.epoch_of(i, per_epoch) for i in iters],
         "lr": rates,
         "max_iter": solver.max_iter,
+        "chart": charts.learning_rate([m.epoch_of(i, per_epoch) for i in iters], rates, solver.lr_policy),
         "solver": {"lr_policy": solver.lr_policy, "base_lr": solver.base_lr, "gamma": solver.gamma,
                    "power": solver.power, "stepsize": solver.stepsize, "stepvalue": list(solver.stepvalue)},
     }
@@ -188,20 +193,45 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
 @router.get("/models/{job_id}.json", summary="A model: status, snapshots (epochs), progress and chart series")
 def model_json(request: Request, job_id: str) -> Response:
     _model_job(request, job_id)
-    return JSONResponse(json_safe(m.model_summary(studio_of(request).store, job_id)))
+    return JSONResponse(json_safe(_summary(request, job_id)))
+
+
+def _summary(request: Request, job_id: str) -> dict[str, Any]:
+    """The model's summary, with what it waits for when it waits (the scheduler knows)."""
+    studio = studio_of(request)
+    return {**m.model_summary(studio.store, job_id), "waiting_for": studio.scheduler.waiting_for(job_id)}
 
 
 @router.get("/models/{job_id}", include_in_schema=False)
 def model_show(request: Request, job_id: str) -> Response:
     job = _model_job(request, job_id)
     store = studio_of(request).store
-    summary = m.model_summary(store, job_id)
-    try:
-        dataset_name = store.get(job.parent).name if job.parent else None
-    except KeyError:  # the dataset was deleted since
-        dataset_name = None
-    context = {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS, "dataset_name": dataset_name}
+    summary = _summary(request, job_id)
+    context = {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS, "dataset_name": _name(store, job.parent),
+               "network": _network(store, summary["info"].get("network") or "")}
     return studio_of(request).templates.TemplateResponse(request, "model_show.html", context)
+
+
+def _name(store: Any, job_id: str | None) -> str | None:
+    """A job's name; None when there is none or it was deleted."""
+    try:
+        return store.get(job_id).name if job_id else None
+    except KeyError:
+        return None
+
+
+def _network(store: Any, source: str) -> dict[str, str | None]:
+    """A model's network for its page: ``{text, href}`` - a standard network's title, a previous or pretrained
+    model's name (linked), never a bare id."""
+    kind, _, key = source.partition(":")
+    if kind == "standard":
+        return {"text": f"{nets.STANDARD_NETWORKS.get(key, key)} (standard)", "href": None}
+    if kind in ("previous", "pretrained"):
+        name = _name(store, key)
+        what = "previous model" if kind == "previous" else "pretrained model"
+        page = "/models/" if kind == "previous" else "/pretrained_models/"
+        return {"text": f"{name} ({what})" if name else f"a deleted {what}", "href": page + key if name else None}
+    return {"text": source or "custom", "href": None}
 
 
 def _download(request: Request, job_id: str, epoch: float | None, fmt: str) -> Response:

@@ -47,7 +47,7 @@ from typing import Any
 
 from caffe.errors import CaffeError
 from caffe.processes import group_alive
-from caffe.studio.gpus import Allotment, GpuRequest, device_gpu, gpu_flag, gpu_pool, request_error
+from caffe.studio.gpus import Allotment, GpuRequest, describe, device_gpu, gpu_flag, gpu_pool, request_error
 from caffe.studio.store import FINISHED, Job, JobStore
 from caffe.tools.parent_watch import ENV as PARENT_ENV
 
@@ -519,6 +519,37 @@ class Scheduler:
         with self._cv:
             return list(self._queue)
 
+    def waiting_for(self, job_id: str) -> str | None:
+        """What a waiting job waits for, for its page: the device (and the jobs holding it) and its place in the
+        queue, e.g. "the CPU (job 'alexnet' runs on it); 2nd of 3 in the queue"; None when it is not waiting."""
+        with self._cv:
+            if job_id not in self._queue:
+                return None
+            place, total = self._queue.index(job_id) + 1, len(self._queue)
+            running = [(r.job_id, r.resource, r.gpus) for r in self._running.values()]
+        try:
+            job = self.store.get(job_id)
+        except KeyError:
+            return None
+        if job.resource == "cuda":
+            device = describe(job.gpu_request or 1)
+            wanted = set(job.gpu_request) if isinstance(job.gpu_request, list) else set(self.gpus)
+            holders = [j for j, _, gpus in running if wanted & set(gpus)]
+        elif job.resource:
+            device = "the CPU" if job.resource == "cpu" else job.resource
+            holders = [j for j, resource, _ in running if resource == job.resource]
+        else:
+            device = f"a free slot ({self.max_parallel} run at once)"
+            holders = [j for j, resource, _ in running if resource is None]
+        busy = f" ({', '.join(self._job_name(j) for j in holders)} {'runs' if len(holders) == 1 else 'run'} on it)"
+        return f"{device}{busy if holders else ''}; {_ordinal(place)} of {total} in the queue"
+
+    def _job_name(self, job_id: str) -> str:
+        try:
+            return f"job '{self.store.get(job_id).name}'"
+        except KeyError:
+            return f"job {job_id}"
+
     def held_gpus(self) -> dict[int, str]:
         """``{gpu id: job id}`` for the GPUs running jobs hold now."""
         with self._cv:
@@ -664,3 +695,8 @@ __all__ = [
     "stop_wait",
     "training_pace",
 ]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

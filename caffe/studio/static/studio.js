@@ -3,6 +3,7 @@
  *   studio.Chart(el, options)        a live line chart over Plotly (load /static/plotly.min.js first)
  *   studio.tabs / refreshStatuses / followLog / setStatus / num / duration / fetchJSON
  *   studio.csrfHeaders(headers)      headers plus the page's CSRF token (every POST/PUT/DELETE needs it)
+ *   studio.folderPickers()           a folder picker for each <input data-folder-picker> (server folders)
  */
 "use strict";
 
@@ -90,6 +91,8 @@ const studio = {
             const hardware = row.querySelector(".hardware-cell");
             if (hardware) hardware.textContent = job.hardware;
           }
+          const progress = row && row.querySelector(".progress-cell");
+          if (progress && job.progress) progress.textContent = job.progress.text;
         }
         const free = document.getElementById("gpu-free");
         if (free && index.gpus) free.textContent = index.gpus.free.length;
@@ -185,6 +188,43 @@ studio.Chart = class {
     const update = {x: indices.map((i) => this.pending.get(i).x), y: indices.map((i) => this.pending.get(i).y)};
     this.pending.clear();
     Plotly.extendTraces(this.el, update, indices);
+  }
+};
+
+/* A "Browse…" button after each <input data-folder-picker>: the server folders inside the data roots
+ * (GET /folders.json), one level at a time; "Use" puts the folder into the input. */
+studio.folderPickers = function folderPickers() {
+  for (const input of document.querySelectorAll("input[data-folder-picker]")) {
+    const button = document.createElement("button");
+    Object.assign(button, {type: "button", className: "btn", textContent: "Browse…", id: `${input.id}-browse`});
+    const box = document.createElement("div");
+    Object.assign(box, {className: "folder-picker", hidden: true, id: `${input.id}-picker`});
+    input.after(button, box);
+    const entry = (label, onClick) => {
+      const b = document.createElement("button");
+      Object.assign(b, {type: "button", className: "link", textContent: label});
+      b.addEventListener("click", onClick);
+      box.append(b, document.createElement("br"));
+    };
+    const show = async (path) => {
+      let r;
+      try { r = await studio.fetchJSON(`/folders.json?path=${encodeURIComponent(path || "")}`); }
+      catch (e) { if (path) return show(""); box.textContent = e.message; box.hidden = false; return; }
+      box.replaceChildren();
+      if (r.path) {
+        entry(`Use ${r.path}`, () => {
+          input.value = r.path;
+          box.hidden = true;
+          input.dispatchEvent(new Event("change", {bubbles: true}));
+        });
+        entry("⬑ up", () => show(r.parent || ""));
+      }
+      for (const f of r.folders) entry(`${f.name}/`, () => show(f.path));
+      if (!r.folders.length) box.append(r.path ? "(no sub-folders)" : "(no data roots)");
+      if (r.truncated) box.append(" … more not shown");
+      box.hidden = false;
+    };
+    button.addEventListener("click", () => { if (box.hidden) show(input.value); else box.hidden = true; });
   }
 };
 
