@@ -53,16 +53,51 @@ def layer_type_list() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_SSD = "weiliu89/caffe's ssd branch"
+_SSD_TRAINING = f"{_SSD}, an SSD training layer, not supported yet"
+_CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
+
+#: Layer types of Caffe's forks that neocaffe does not implement, and who defines them (named in the error).
+FORK_TYPES: dict[str, str] = {
+    "MultiBoxLoss": _SSD_TRAINING,
+    "AnnotatedData": _SSD_TRAINING,
+    "DetectionEvaluate": _SSD_TRAINING,
+    "SmoothL1Loss": f"rbgirshick/caffe-fast-rcnn and {_SSD}, a training loss, not supported yet",
+    "BoxAnnotatorOHEM": "daijifeng001/caffe-rfcn, R-FCN's OHEM training layer",
+    "Yolov3DetectionOutput": "a YOLOv3 Caffe port, eric612/MobileNet-YOLO",
+    "Yolov3": "a YOLOv3 Caffe port's training loss, eric612/MobileNet-YOLO",
+    "Region": "the YOLOv2 Caffe ports, darknet's region layer",
+    "Reorg": "the YOLOv2 Caffe ports, darknet's reorg layer",
+    "DenseImageData": "alexgkendall/caffe-segnet, its image and label-image data layer",
+    "ImageSegData": "DeepLab's Caffe, deeplab-public-ver2, its image and label data layer",
+    "ROIAlign": "Mask R-CNN Caffe ports, after Caffe2/Detectron's RoIAlign",
+    "CTCLoss": _CTC,
+    "CTCGreedyDecoder": _CTC,
+    "ContinuationIndicator": _CTC,
+    "CenterLoss": "ydwen/caffe-face, the center loss",
+    "MarginInnerProduct": "wy1iu/sphereface, A-Softmax",
+    "LabelSpecificAdd": "happynear/AMSoftmax, additive margin softmax",
+}
+
+
+def unknown_type_message(type_name: str, layer_name: str) -> str:
+    """Caffe's unknown-type error, with the fork that defines the type or the closest known types."""
+    fork = FORK_TYPES.get(type_name)
+    if fork is not None:
+        return f"layer '{layer_name}' has unknown type '{type_name}' (a Caffe fork's type, from {fork})"
+    close = difflib.get_close_matches(type_name, _REGISTRY, n=3, cutoff=0.5)
+    if not close:
+        lowered = {k.lower(): k for k in _REGISTRY}
+        close = [lowered[type_name.lower()]] if type_name.lower() in lowered else []
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"layer '{layer_name}' has unknown type '{type_name}'{hint}"
+
+
 def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
     _load_layers()
     cls = _REGISTRY.get(type_name)
     if cls is None:
-        close = difflib.get_close_matches(type_name, _REGISTRY, n=3, cutoff=0.5)
-        if not close:
-            lowered = {k.lower(): k for k in _REGISTRY}
-            close = [lowered[type_name.lower()]] if type_name.lower() in lowered else []
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownLayerTypeError(f"layer '{layer_name}' has unknown type '{type_name}'{hint}")
+        raise UnknownLayerTypeError(unknown_type_message(type_name, layer_name))
     return cls
 
 

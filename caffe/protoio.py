@@ -66,7 +66,12 @@ def _raise_if_fork_layers(text: str, source: str, detail: str) -> None:
         if layer.type and layer.type not in known:
             unknown.setdefault(layer.type, []).append(layer.name)
     if unknown:
-        listing = "; ".join(f"{t} (e.g. layer '{names[0]}', {len(names)} in all)" for t, names in unknown.items())
+        from caffe.layer import FORK_TYPES
+
+        listing = "; ".join(
+            f"{t} (e.g. layer '{names[0]}', {len(names)} in all{', from ' + FORK_TYPES[t] if t in FORK_TYPES else ''})"
+            for t, names in unknown.items()
+        )
         raise UnknownLayerTypeError(
             f"{source}: unknown layer types {', '.join(sorted(unknown))} - this net needs a Caffe fork "
             f"(BVLC Caffe has no such layers): {listing}; first unknown field: {detail}"

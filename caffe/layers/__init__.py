@@ -6,8 +6,9 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
 ``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` and ``window_data`` (Data, ImageData, WindowData:
 prefetching readers), ``detection`` (the SSD fork's Normalize, Permute, PriorBox,
-DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output), ``python`` (user layers) and ``forks`` (BN,
-Upsample, Interp, ShuffleChannel, Axpy, the depthwise convolutions of Caffe's forks).
+DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output), ``python`` (user layers), ``forks`` (BN,
+Upsample, Interp, ShuffleChannel, Axpy, the depthwise convolutions of Caffe's forks) and ``rcnn``
+(ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN forks).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -21,6 +22,7 @@ from caffe.layers import (  # noqa: F401
     neuron,
     normalization,
     python,
+    rcnn,
     recurrent,
     utility,
     vision,

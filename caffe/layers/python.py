@@ -5,11 +5,21 @@ The user writes a subclass of :class:`caffe.Layer` (the class below, as in pycaf
 and ``self.phase`` are set before ``setup``; ``self.blobs.add_blob(*shape)`` adds learnable blobs.
 Its ``backward`` is called by autograd with the top diffs filled in and must write bottom diffs
 (and may accumulate into its parameter diffs), exactly as with Caffe's ``PythonLayer``.
+
+Forks' modules built in: the Caffe forks' test nets name Python layers their users never ship
+(py-faster-rcnn's and R-FCN's ``rpn.proposal_layer.ProposalLayer``). Rather than installing a
+top-level ``rpn`` package into site-packages (a name any user project may own), a layer whose
+module is in :data:`BUILTIN_MODULES` and cannot be found is built as neocaffe's own native layer
+(``param_str`` read as the fork reads it). That code is neocaffe's, so such a layer is not a
+"Python layer" for the consent rule (:func:`python_layers` leaves it out). A module the user can
+import still wins, as in Caffe, which imports it: then it is a Python layer like any other.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,13 +31,49 @@ from caffe.layer import Layer as _Layer
 from caffe.layer import register
 from caffe.proto import caffe_pb2 as pb
 
+log = logging.getLogger(__name__)
+
 #: The flag with which an operator lets a server (``caffe studio``, ``caffe serve``) run Python layers.
 CONSENT_FLAG = "--allow_python_layers"
 
 
+#: (module, class) of forks' Python layers -> the registered native type built in their place.
+BUILTIN_MODULES: dict[tuple[str, str], str] = {
+    ("rpn.proposal_layer", "ProposalLayer"): "Proposal",
+}
+
+#: Forks' Python modules with no built-in counterpart (training-time layers), named in import errors.
+_KNOWN_FORK_MODULES = {
+    "rpn.anchor_target_layer": "py-faster-rcnn's RPN training layer (rbgirshick/py-faster-rcnn lib/)",
+    "rpn.proposal_target_layer": "py-faster-rcnn's RPN training layer (rbgirshick/py-faster-rcnn lib/)",
+    "roi_data_layer.layer": "py-faster-rcnn's training data layer (rbgirshick/py-faster-rcnn lib/)",
+}
+
+
+def _findable(module: str, search: list[Path]) -> bool:
+    """Whether ``module``'s top-level package can be imported (found without running any of its code)."""
+    top = module.split(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return True
+    except (ImportError, ValueError):
+        return True  # something answers to the name: leave it to the import
+    return any((folder / f"{top}.py").exists() for folder in search)
+
+
+def builtin_type(pp: pb.PythonParameter, search: list[Path] | None = None) -> str | None:
+    """The native type built for this ``python_param`` (a fork's module that is not importable), else None."""
+    native = BUILTIN_MODULES.get((pp.module, pp.layer))
+    if native is None or _findable(pp.module, [Path.cwd()] if search is None else search):
+        return None
+    return native
+
+
 def python_layers(param: pb.NetParameter) -> list[pb.LayerParameter]:
-    """The net's ``Python`` layers."""
-    return [layer for layer in param.layer if layer.type == "Python"]
+    """The net's ``Python`` layers that run user code (not those built in, see the module docstring)."""
+    return [layer for layer in param.layer if layer.type == "Python" and builtin_type(layer.python_param) is None]
 
 
 def consent_refusal(param: pb.NetParameter, source: str, allowed: bool, server: str) -> str | None:
@@ -122,6 +168,19 @@ class PythonLayer(_Layer):
     traceable = False  # per-call state or data-dependent shapes: never compiled
     draws_random = True  # user code may draw torch random numbers: snapshots keep the RNG state to be safe
 
+    def __new__(cls, param: pb.LayerParameter) -> Any:
+        """A fork's module that is not importable builds the native layer instead (see the module)."""
+        native = builtin_type(param.python_param)
+        if native is None:
+            return super().__new__(cls)
+        from caffe.layer import layer_class
+
+        log.info(
+            "layer '%s': Python module '%s' is not importable; using neocaffe's built-in %s",
+            param.name, param.python_param.module, native,
+        )  # fmt: skip
+        return layer_class(native, param.name)(param)
+
     def __init__(self, param: pb.LayerParameter) -> None:
         super().__init__(param)
         pp = param.python_param
@@ -130,7 +189,9 @@ class PythonLayer(_Layer):
         try:
             module = _import_module(pp.module, [Path.cwd()])
         except Exception as e:  # the user's module may fail in any way while importing
-            raise self.error(f"cannot import Python module '{pp.module}': {type(e).__name__}: {e}") from None
+            known = _KNOWN_FORK_MODULES.get(pp.module)
+            hint = f" ({known}; not built into neocaffe: ship the module to use it)" if known else ""
+            raise self.error(f"cannot import Python module '{pp.module}': {type(e).__name__}: {e}{hint}") from None
         cls = getattr(module, pp.layer, None)
         if cls is None:
             raise self.error(f"Python module '{pp.module}' has no class '{pp.layer}'")
