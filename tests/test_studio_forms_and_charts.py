@@ -361,3 +361,83 @@ def test_classify_many_shows_top5_accuracy_only_with_more_than_5_classes(tmp_pat
         page = client.post(f"{CLASSIFY}/classify_many", data={"job_id": tiny, "image_folder": str(root)}, headers=HTML)
         assert page.status_code == 200 and 'id="accuracy-top1"' in page.text
         assert 'id="accuracy-top5"' not in page.text  # top-5 of 2 classes is always 100 %
+
+
+# ---------------------------------------------------------------------------------------------- item 7
+@pytest.mark.slow
+def test_failure_paths_in_a_browser(tmp_path):
+    """The guide's forms through their failure paths in the system Chromium: a misspelled type and a wrong
+    bottom refused at submit with the typed network kept, a training whose charts have round accuracy ticks and
+    a step lr, a non-image and a bad list answered inline, the folder picker; screenshots in tmp_path."""
+    from studio_e2e_helpers import Shots, browser_page, job_log, wait_until_ended
+
+    from caffe.studio.app import serve_in_thread
+
+    app = create_app({"jobs_dir": tmp_path / "jobs", "devices": ["cpu"], "data_roots": [str(tmp_path)]})
+    dataset = add_dataset(app.state.studio.store, tmp_path / "images")
+    url, stop = serve_in_thread(app.state.studio.config, app)
+    shot = Shots(tmp_path / "artifacts")
+    shot.folder.mkdir()
+    lenet = standard_network("lenet")
+    try:
+        with browser_page(shot.folder) as (page, js_errors):
+            page.goto(url + "/models/images/classification/new")
+            assert page.input_value("#model-dataset") == dataset  # the only dataset, preselected
+            page.check("#method-custom")
+            page.fill("#model-train-epochs", "2")
+            page.fill("#model-batch-size", "8")
+            page.fill("#model-name", "browser lenet")
+            for old, new, expected in (
+                ('type: "InnerProduct"', 'type: "InnerProdcut"', "did you mean 'InnerProduct'"),
+                ('bottom: "pool2"', 'bottom: "pool_2"', "layer 'ip1' reads bottom 'pool_2'"),
+            ):
+                typed = lenet.replace(old, new, 1)
+                page.fill("#model-custom-network", typed)
+                page.click("#create-model")
+                page.wait_for_selector("#error-custom-network")
+                assert expected in page.text_content("#error-custom-network")
+                assert page.input_value("#model-custom-network") == typed and page.is_checked("#method-custom")
+                assert page.input_value("#model-train-epochs") == "2"
+                shot(page, f"refused at submit {new}")
+            page.fill("#model-custom-network", lenet)
+            page.click("#create-model")
+            page.wait_for_url(re.compile(r"/models/[\w-]+$"))
+            model = page.get_attribute("#model-page", "data-job-id")
+            wait_until_ended(page, 120)
+            assert page.text_content("#job-status") == "Done", job_log(tmp_path / "jobs", model)
+            axis = page.evaluate("() => document.getElementById('model-chart').layout.yaxis2")
+            assert axis["range"] == [0, 100] and axis["dtick"] == 20
+            lr = page.evaluate("() => document.getElementById('model-lr-chart').data[0].line.shape")
+            assert lr == "hv"
+            shot(page, "trained")
+
+            page.click("#model-classify")
+            page.wait_for_selector("#classify-one-form")
+            page.set_input_files("#image-file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"no"})
+            page.click("#classify-one-submit")
+            page.wait_for_selector("#error-image-file")
+            assert page.input_value("#job-id") == model
+            shot(page, "classify one not an image")
+
+            page.goto(f"{url}/models/images/classification/classify_many?job_id={model}")
+            page.set_input_files("#image-list", {"name": "l.txt", "mimeType": "text/plain", "buffer": b"gone.png 0\n"})
+            page.fill("#image-folder", str(tmp_path))
+            page.click("#classify-many-submit")
+            page.wait_for_selector("#error-image-list")
+            assert "gone.png" in page.text_content("#error-image-list")
+            assert page.input_value("#image-folder") == str(tmp_path)
+            shot(page, "classify many bad list")
+            page.click("#image-folder-browse")
+            page.get_by_role("button", name="images/").click()
+            page.get_by_role("button", name=f"Use {tmp_path / 'images'}").click()
+            assert page.input_value("#image-folder") == str(tmp_path / "images")
+            shot(page, "folder picked")
+
+            page.goto(url + "/")
+            page.click("#tab-models")
+            assert page.text_content(f"#job-{model} .progress-cell") == "100 %"
+            shot(page, "home")
+            assert not js_errors, js_errors
+    finally:
+        stop()
+    assert len(shot.paths) == 7 and all(p.stat().st_size > 5_000 for p in shot.paths)
