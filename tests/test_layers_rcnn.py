@@ -28,6 +28,7 @@ from caffe.protoio import parse_text
 
 FORKS = Path(__file__).parent / "data" / "forks"
 ZF_TEST = FORKS / "py-faster-rcnn_ZF_faster_rcnn_end2end_test.prototxt"
+RFCN_TEST = FORKS / "py-R-FCN_ResNet-50_rfcn_end2end_test_agnostic.prototxt"
 RPN_PYTHON = "python_param { module: 'rpn.proposal_layer' layer: 'ProposalLayer' param_str: \"'feat_stride': 16\" }"
 DEFAULT_PROPOSAL = "ratio: 0.5 ratio: 1 ratio: 2 scale: 8 scale: 16 scale: 32"
 
@@ -373,24 +374,54 @@ def test_small_faster_rcnn_runs_end_to_end_like_cv2(tmp_path: Path):
     np.testing.assert_allclose(ours, ref[: len(ours)], rtol=1e-4, atol=1e-6)
 
 
-def test_py_faster_rcnn_zf_test_prototxt_runs(tmp_path: Path):
+def test_dropout_scale_train_false_scales_at_test_time():
+    """caffe-fast-rcnn's Dropout (py-faster-rcnn's fc6/fc7): TEST multiplies by 1 - ratio, TRAIN does not scale."""
+    text = 'type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.25 scale_train: false }'
+    x = np.ones((4, 50))
+    test = layer_net(text, {"x": x.shape}, dtype=torch.float32, force_backward=False)
+    np.testing.assert_allclose(_run(test, {"x": x}, "y"), 0.75 * x)
+    train = layer_net(text, {"x": x.shape}, phase=caffe.TRAIN, dtype=torch.float32, force_backward=False)
+    assert set(np.unique(_run(train, {"x": x}, "y"))) == {0.0, 1.0}
+
+
+def test_py_faster_rcnn_zf_test_prototxt_runs():
     """rbgirshick/py-faster-rcnn's ZF end2end test.prototxt as published (Python proposal layer, ROIPooling,
     Dropout's scale_train), random weights, a 128x160 image."""
-    net = caffe.Net(str(ZF_TEST), caffe.TEST)
+    _, out = _run_fork_test_net(ZF_TEST, 0.01)
+    assert out["cls_prob"].shape[1] == 21 and out["bbox_pred"].shape[1] == 84
+
+
+def test_py_r_fcn_resnet50_test_prototxt_runs():
+    """YuwenXiong/py-R-FCN's ResNet-50 rfcn_end2end test_agnostic.prototxt as published (Python proposal
+    layer, PSROIPooling of 21 and 8 x 7 x 7 position-sensitive maps), random weights, a 128x160 image."""
+    net, out = _run_fork_test_net(RFCN_TEST, 0.05)
+    assert out["cls_prob"].shape[1] == 21 and out["bbox_pred"].shape[1] == 8
+    pooled = net.blobs["psroipooled_cls_rois"].data
+    assert pooled.shape == (len(out["cls_prob"]), 21, 7, 7) and np.isfinite(pooled).all()
+
+
+def _run_fork_test_net(path: Path, spread: float) -> tuple[caffe.Net, dict[str, np.ndarray]]:
+    """Build a fork's test prototxt, fill random weights (BatchNorm: mean 0, variance 1), run a 128x160
+    image with its im_info; check the ROIs and the class probabilities of each."""
+    net = caffe.Net(str(path), caffe.TEST)
     gen = torch.Generator().manual_seed(0)
-    for blobs in net.params.values():
-        for b in blobs:
-            b.data[...] = (torch.randn(b.data.shape, generator=gen) * 0.01).numpy()
+    types = {name: layer.type for name, layer in zip(net._layer_names, net.layers, strict=True)}
+    for name, blobs in net.params.items():
+        for k, b in enumerate(blobs):
+            if types[name] == "BatchNorm":
+                b.data[...] = float(k > 0)
+            else:
+                b.data[...] = (torch.randn(b.data.shape, generator=gen) * spread).numpy()
     rng = np.random.default_rng(0)
     inputs = {"data": rng.standard_normal((1, 3, 128, 160)) * 50, "im_info": np.array([[128, 160, 1.0]])}
     set_inputs(net, inputs)
-    out = net.forward()
+    out = {name: value.copy() for name, value in net.forward().items()}
     rois = net.blobs["rois"].data
-    assert 0 < len(rois) <= 300 and out["cls_prob"].shape == (len(rois), 21)
-    assert out["bbox_pred"].shape == (len(rois), 84)
+    assert 0 < len(rois) <= 300 and len(out["cls_prob"]) == len(out["bbox_pred"]) == len(rois)
     assert rois[:, 1:].min() >= 0 and rois[:, 3].max() <= 159 and rois[:, 4].max() <= 127
     np.testing.assert_allclose(out["cls_prob"].sum(1), 1.0, rtol=1e-5)
     assert net.layers[list(net._layer_names).index("proposal")].type == "Proposal"
+    return net, out
 
 
 # ---------------------------------------------------------------------------- consent
