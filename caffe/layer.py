@@ -64,7 +64,6 @@ FORK_TYPES: dict[str, str] = {
     "DetectionEvaluate": _SSD_TRAINING,
     "SmoothL1Loss": f"rbgirshick/caffe-fast-rcnn and {_SSD}, a training loss, not supported yet",
     "BoxAnnotatorOHEM": "daijifeng001/caffe-rfcn, R-FCN's OHEM training layer",
-    "Yolov3DetectionOutput": "a YOLOv3 Caffe port, eric612/MobileNet-YOLO",
     "Yolov3": "a YOLOv3 Caffe port's training loss, eric612/MobileNet-YOLO",
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",
     "Reorg": "the YOLOv2 Caffe ports, darknet's reorg layer",

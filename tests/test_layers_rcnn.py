@@ -484,7 +484,7 @@ def test_training_modules_of_py_faster_rcnn_are_named():
     [
         ("MultiBoxLoss", "weiliu89/caffe's ssd branch"),
         ("AnnotatedData", "not supported yet"),
-        ("Yolov3DetectionOutput", "YOLOv3 Caffe port"),
+        ("Yolov3", "YOLOv3 Caffe port"),
         ("DenseImageData", "caffe-segnet"),
         ("ROIAlign", "Mask R-CNN"),
         ("CTCLoss", "CTC"),

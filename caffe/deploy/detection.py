@@ -1,4 +1,5 @@
-"""``DetectionModel``: a deployable SSD-style detector (a net whose output comes from ``DetectionOutput``).
+"""``DetectionModel``: a deployable detector (a net whose output comes from SSD's ``DetectionOutput`` or the
+YOLOv3 ports' ``Yolov3DetectionOutput``, which write the same rows).
 
 It is a :class:`~caffe.deploy.model.DeployModel` (the same files, labels, mean and
 :class:`~caffe.deploy.preprocess.Preprocessing`) whose output is SSD's 1 x 1 x K x 7 rows ``[image, label,
@@ -10,7 +11,8 @@ by its height), clipped to the image; a detection is kept when its confidence is
 Defaults: images are squashed to the input with OpenCV's bilinear interpolation, as SSD's ``ssd_detect``
 and ``cv2.dnn.blobFromImage`` do (``Settings.interpolation`` overrides); labels (``labels.txt``, or an SSD
 ``labelmap*.prototxt`` beside the net: :func:`caffe.deploy.find_model`) name the ``num_classes`` classes of
-``DetectionOutput``.
+``DetectionOutput``. A YOLOv3 port's labels are its classes plus one (no background class): a labels file
+of ``num_classes`` names (darknet's ``coco.names``) names labels 1 to ``num_classes``.
 :func:`open_model` builds a model's net once and returns the model of its kind.
 """
 
@@ -26,7 +28,7 @@ from caffe.deploy.files import ModelFiles
 from caffe.deploy.model import DeployModel, Settings, output_producer
 from caffe.errors import CaffeError
 
-DETECTION_LAYERS = ("DetectionOutput",)
+DETECTION_LAYERS = ("DetectionOutput", "Yolov3DetectionOutput")
 
 
 class Detection(NamedTuple):
@@ -38,7 +40,7 @@ class Detection(NamedTuple):
 
 
 def is_detector(net: Any, output: str | None = None) -> bool:
-    """Whether the net's ``output`` (default: its last) comes from an SSD ``DetectionOutput`` layer."""
+    """Whether the net's ``output`` (default: its last) comes from a detection layer (``DETECTION_LAYERS``)."""
     return output_producer(net, output or net.outputs[-1]) in DETECTION_LAYERS
 
 
@@ -75,25 +77,34 @@ class DetectionModel(DeployModel):
     A net whose output does not come from ``DetectionOutput`` is a ModelFilesError."""
 
     interpolation = "opencv"
+    label_offset = 0  # 1 for a YOLOv3 port (labels 1..num_classes name classes 0..num_classes - 1)
 
     def count_classes(self) -> int:
-        """``num_classes`` of the ``DetectionOutput`` layer producing the output (background included)."""
+        """``num_classes`` of the detection layer producing the output (SSD: background included)."""
         producer = output_producer(self.net, self.output)
         if producer not in DETECTION_LAYERS:
             raise ModelFilesError(
                 f"{self.files.deploy}: not a detector: its output '{self.output}' comes from a {producer} layer, "
-                "not DetectionOutput"
+                "not DetectionOutput or Yolov3DetectionOutput"
             )
-        count = 0
+        self.label_offset = 1 if producer == "Yolov3DetectionOutput" else 0
         for name, tops in self.net.top_names.items():
             layer = self.net.layer_dict[name]
-            if self.output in tops and layer.type in DETECTION_LAYERS:
-                count = int(layer.layer_param.detection_output_param.num_classes)
-        return count
+            if self.output in tops and layer.type == producer:
+                param = layer.layer_param
+                p = param.yolov3_detection_output_param if self.label_offset else param.detection_output_param
+                return int(p.num_classes)
+        return 0
+
+    def label(self, index: int) -> str:
+        """The name of detection label ``index`` (a YOLOv3 port's label ``k`` is its class ``k - 1``)."""
+        i = index - self.label_offset
+        return self.labels[i] if 0 <= i < len(self.labels) else str(index)
 
     def normalization(self) -> tuple[bool, str]:
         """No softmax: the output holds detections."""
-        return False, f"output '{self.output}' comes from a DetectionOutput layer: detections (label, confidence, box)"
+        producer = output_producer(self.net, self.output)
+        return False, f"output '{self.output}' comes from a {producer} layer: detections (label, confidence, box)"
 
     def detect_rows(self, batch: np.ndarray, rows: int | None = None) -> list[np.ndarray]:
         """One forward of N prepared inputs (padded to ``rows``): each image's output rows, K_i x 7."""
@@ -126,7 +137,7 @@ def open_model(
     engine: str | None = None,
     warn: bool = True,
 ) -> DeployModel:
-    """The model of ``files`` as its kind: a :class:`DetectionModel` when the net ends in ``DetectionOutput``,
+    """The model of ``files`` as its kind: a :class:`DetectionModel` when the net ends in a detection layer,
     else a (classification) :class:`DeployModel`; the net is built once."""
     net = DeployModel.build_net(files)
     kind = DetectionModel if is_detector(net) else DeployModel

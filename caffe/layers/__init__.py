@@ -8,7 +8,8 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 prefetching readers), ``detection`` (the SSD fork's Normalize, Permute, PriorBox,
 DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output), ``python`` (user layers), ``forks`` (BN,
 Upsample, Interp, ShuffleChannel, Axpy, the depthwise convolutions of Caffe's forks) and ``rcnn``
-(ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN forks).
+(ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN forks) and ``yolo`` (the YOLOv3 ports'
+Yolov3DetectionOutput).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -27,6 +28,7 @@ from caffe.layers import (  # noqa: F401
     utility,
     vision,
     window_data,
+    yolo,
 )
 
 

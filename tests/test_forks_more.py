@@ -1,0 +1,265 @@
+"""The rest of issue 14: the YOLOv3 ports' ``Yolov3DetectionOutput`` (and ``caffe detect`` on it).
+
+OpenCV 4.x has no ``Yolov3DetectionOutput`` (``readNetFromCaffe`` parses it, forward refuses: "Can't create
+layer"), so its cases are computed by hand, plus a loop-by-loop transliteration of the port's CPU forward
+(eric612/MobileNet-YOLO ``yolov3_detection_output_layer.cpp``) on random heads.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradcheck import layer_net, set_inputs
+
+import caffe
+from caffe.errors import LayerError
+from caffe.layer import FORK_TYPES
+
+FORKS = Path(__file__).parent / "data" / "forks"
+NEG = -30.0  # a logit whose sigmoid is ~1e-13: no candidate
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _yolo_text(**fields: object) -> str:
+    body = " ".join(
+        " ".join(f"{k}: {x}" for x in v) if isinstance(v, (list, tuple)) else f"{k}: {v}" for k, v in fields.items()
+    )
+    bottoms = " ".join(f'bottom: "b{i}"' for i in range(int(fields.get("mask_group_num", 2))))
+    return f'type: "Yolov3DetectionOutput" {bottoms} top: "det" yolov3_detection_output_param {{ {body} }}'
+
+
+def _run(text: str, heads: list[np.ndarray]) -> np.ndarray:
+    net = layer_net(text, {f"b{i}": h.shape for i, h in enumerate(heads)}, force_backward=False)
+    set_inputs(net, {f"b{i}": h for i, h in enumerate(heads)})
+    return net.forward()["det"].reshape(-1, 7)
+
+
+# ----------------------------------------------------------------------------------- Yolov3DetectionOutput
+def test_yolov3_one_cell_hand_computed():
+    """One head 2 x 3, one anchor (mask 1: 30 x 40 px), stride 8: the input is 24 x 16 px."""
+    head = np.full((1, 7, 2, 3), NEG)
+    cell = (slice(None), 1, 2)  # row 1, column 2
+    head[0, 0][cell[1:]] = 0.0  # sigmoid 0.5
+    head[0, 1][cell[1:]] = _logit(0.25)
+    head[0, 2][cell[1:]] = math.log(2.0)
+    head[0, 3][cell[1:]] = 0.0
+    head[0, 4][cell[1:]] = _logit(0.8)  # objectness
+    head[0, 5][cell[1:]] = _logit(0.9)  # class 0: 0.72
+    head[0, 6][cell[1:]] = _logit(0.5)  # class 1: 0.40, same box: suppressed across classes
+    text = _yolo_text(
+        num_classes=2, num_box=1, mask_group_num=1, mask=[1], biases=[10, 20, 30, 40], anchors_scale=[8],
+        confidence_threshold=0.3,
+    )  # fmt: skip
+    rows = _run(text, [head])
+    cx, cy, w, h = 2.5 / 3, 1.25 / 2, 2 * 30 / 24, 40 / 16
+    expected = [[0, 1, 0.72, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]  # unclipped
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_yolov3_threshold_is_strict_and_nothing_found_gives_one_row_per_image():
+    head = np.full((2, 6, 1, 1), NEG)
+    head[:, 4] = 0.0  # objectness 0.5
+    head[:, 5] = 0.0  # class 0.5 -> 0.25, not above 0.25
+    text = _yolo_text(
+        num_classes=1, num_box=1, mask_group_num=1, mask=[0], biases=[1, 1], anchors_scale=[1],
+        confidence_threshold=0.25,
+    )  # fmt: skip
+    np.testing.assert_array_equal(_run(text, [head]), [[0, -1, -1, -1, -1, -1, -1], [1, -1, -1, -1, -1, -1, -1]])
+
+
+def test_yolov3_two_heads_nms_and_order():
+    """Head 0 (1x1, stride 32, anchors 2-3) and head 1 (2x2, stride 16, anchors 0-1) of a 32 x 32 input:
+    candidates of both heads sorted together, best first; IoU below nms_threshold keeps all three, a copy
+    of the best box (IoU 1) in head 0 is suppressed."""
+    biases = [16, 16, 32, 32, 32, 32, 64, 64]  # anchors 0..3
+    h0 = np.full((1, 2 * 6, 1, 1), NEG)
+    h1 = np.full((1, 2 * 6, 2, 2), NEG)
+    # head 0, anchor 1 of the head (mask 3: 64 x 64 px): the centre of the 32 x 32 input, the whole image
+    h0[0, 6 + 0] = h0[0, 6 + 1] = 0.0
+    h0[0, 6 + 2] = h0[0, 6 + 3] = 0.0
+    h0[0, 6 + 4], h0[0, 6 + 5] = _logit(0.6), 0.0  # 0.3
+    # head 0, anchor 0 (mask 2: 32 x 32 px): the best box's copy, below it: suppressed
+    h0[0, 0], h0[0, 1], h0[0, 2], h0[0, 3] = _logit(0.75), _logit(0.75), math.log(0.5), math.log(0.5)
+    h0[0, 4], h0[0, 5] = _logit(0.5), _logit(0.5)  # 0.25
+    # head 1, anchor 0 (mask 0: 16 x 16 px) at cell (1, 1): centre (0.75, 0.75), half the image
+    h1[0, 0:4, 1, 1] = 0.0
+    h1[0, 4, 1, 1], h1[0, 5, 1, 1] = _logit(0.9), 10.0  # ~0.9
+    # head 1, anchor 1 (mask 1: 32 x 32 px) at cell (0, 0): centre (0.25, 0.25), the image's size
+    h1[0, 6:10, 0, 0] = 0.0
+    h1[0, 6 + 4, 0, 0], h1[0, 6 + 5, 0, 0] = _logit(0.7), 0.0  # 0.35
+    text = _yolo_text(
+        num_classes=1, num_box=2, mask_group_num=2, mask=[2, 3, 0, 1], biases=biases, anchors_scale=[32, 16],
+        confidence_threshold=0.1, nms_threshold=0.45,
+    )  # fmt: skip
+    rows = _run(text, [h0, h1])
+    s = 1 / (1 + math.exp(-10.0))
+    expected = [
+        [0, 1, 0.9 * s, 0.5, 0.5, 1.0, 1.0],
+        [0, 1, 0.35, -0.25, -0.25, 0.75, 0.75],
+        [0, 1, 0.3, -0.5, -0.5, 1.5, 1.5],  # IoU 0.0625 with the first, 0.25 with the second
+    ]
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-7)
+
+
+def _port_reference(p: dict, heads: list[np.ndarray]) -> np.ndarray:
+    """The port's CPU forward, loop by loop, one image at a time (float64)."""
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    gauss = p.get("gaussian_box", False)
+    length = (9 if gauss else 5) + p["num_classes"]
+    group = len(p["mask"]) // p["mask_group_num"]
+    out = []
+    for image in range(heads[0].shape[0]):
+        preds = []
+        for t, head in enumerate(heads):
+            _, _, hh, ww = head.shape
+            x = head[image].reshape(-1)
+            stride = hh * ww
+            for s in range(stride):
+                for n in range(p["num_box"]):
+                    base = n * length * stride + s
+                    v = [x[base + c * stride] for c in range(length)]
+                    if gauss:
+                        obj = sig(v[8]) * (4 - sig(v[1]) - sig(v[3]) - sig(v[5]) - sig(v[7])) / 4
+                        bx, by, bw, bh, first = sig(v[0]), sig(v[2]), v[4], v[6], 9
+                    else:
+                        obj, bx, by, bw, bh, first = sig(v[4]), sig(v[0]), sig(v[1]), v[2], v[3], 5
+                    m = p["mask"][t * group + n]
+                    box = (
+                        (s % ww + bx) / ww,
+                        (s // ww + by) / hh,
+                        math.exp(bw) * p["biases"][2 * m] / (ww * p["anchors_scale"][t]),
+                        math.exp(bh) * p["biases"][2 * m + 1] / (hh * p["anchors_scale"][t]),
+                    )
+                    for c in range(p["num_classes"]):
+                        conf = sig(v[first + c]) * obj
+                        if conf > p["confidence_threshold"]:
+                            preds.append((conf, c, box))
+        preds.sort(key=lambda r: -r[0])
+        gone: set[int] = set()
+        for i in range(len(preds)):
+            if i in gone:
+                continue
+            for j in range(i + 1, len(preds)):
+                a, b = preds[i][2], preds[j][2]
+                w = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+                h = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+                inter = 0.0 if w < 0 or h < 0 else w * h
+                if inter / (a[2] * a[3] + b[2] * b[3] - inter) >= p["nms_threshold"]:
+                    gone.add(j)
+        for i, (conf, c, (x0, y0, w, h)) in enumerate(preds):
+            if i not in gone:
+                out.append([image, c + 1, conf, x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2])
+    return np.array(out).reshape(-1, 7)
+
+
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_yolov3_matches_the_ports_loops_on_random_heads(gaussian: bool):
+    rng = np.random.default_rng(3)
+    p = {
+        "num_classes": 3, "num_box": 2, "mask_group_num": 2, "mask": [2, 3, 0, 1],
+        "biases": [10, 14, 23, 27, 37, 58, 81, 82], "anchors_scale": [32, 16], "confidence_threshold": 0.2,
+        "nms_threshold": 0.45, "gaussian_box": gaussian,
+    }  # fmt: skip
+    length = (9 if gaussian else 5) + 3
+    heads = [rng.normal(0, 1.5, (2, 2 * length, 3, 4)), rng.normal(0, 1.5, (2, 2 * length, 6, 8))]
+    fields = {**p, "gaussian_box": str(gaussian).lower()}
+    rows = _run(_yolo_text(**fields), heads)
+    expected = _port_reference({**p, "confidence_threshold": np.float32(0.2), "nms_threshold": np.float32(0.45)}, heads)
+    assert len(expected) > 5
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("fields", "shapes", "message"),
+    [
+        ({"mask_group_num": 2}, [(1, 18, 2, 2)], "1 bottoms, but mask_group_num is 2"),
+        ({"num_box": 3, "mask": [0, 1]}, [(1, 18, 2, 2)], "num_box 3: each bottom has 2 anchors"),
+        ({"mask": [0, 5]}, [(1, 12, 2, 2)], "mask: anchors beyond the 2 in biases"),
+        ({"anchors_scale": []}, [(1, 12, 2, 2)], "anchors_scale: needs one stride per bottom"),
+        ({}, [(1, 13, 2, 2)], r"expected N x 12 x H x W"),
+    ],
+)
+def test_yolov3_bad_parameters_are_refused(fields: dict, shapes: list, message: str):
+    p = {"num_classes": 1, "num_box": 2, "mask_group_num": 1, "mask": [0, 1], "biases": [1, 1, 2, 2]}
+    p |= {"anchors_scale": [8]}
+    p |= fields
+    text = _yolo_text(**p).replace('bottom: "b1" ', "")
+    with pytest.raises(LayerError, match=message):
+        layer_net(text, {f"b{i}": s for i, s in enumerate(shapes)})
+
+
+def test_yolov3_is_no_longer_an_unknown_fork_type():
+    assert "Yolov3DetectionOutput" not in FORK_TYPES
+    assert caffe.layer_type_list().count("Yolov3DetectionOutput") == 1
+
+
+def test_yolov3_tiny_prototxt_of_the_port_builds_and_runs():
+    """eric612/MobileNet-YOLO ``models/darknet_yolov3/yolov3-tiny.prototxt`` (@1abe4e8, BSD-2, LICENSE beside)
+    with random weights, its 416 input reshaped to 128: two heads of 4x4 and 8x8."""
+    net = caffe.Net(str(FORKS / "MobileNet-YOLO_darknet_yolov3-tiny.prototxt"), caffe.TEST)
+    net.blobs["data"].reshape(1, 3, 128, 128)
+    net.reshape()
+    rows = net.forward()["layer24-yolo"].reshape(-1, 7)
+    assert rows.shape[0] > 0 and np.all(rows[:, 0] == 0)
+    assert np.all((rows[:, 1] >= 1) & (rows[:, 1] <= 80)) and np.all(rows[:, 2] > 0.01)
+    assert np.all(np.diff(rows[:, 2]) <= 0)  # best first
+
+
+# ---------------------------------------------------------------------------------- caffe detect on YOLO
+YOLO_DEPLOY = """name: "tiny_yolo"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }
+layer { name: "head" type: "Convolution" bottom: "data" top: "head"
+  convolution_param { num_output: 7 kernel_size: 16 stride: 16 } }
+layer { name: "det" type: "Yolov3DetectionOutput" bottom: "head" top: "det"
+  yolov3_detection_output_param { num_classes: 2 num_box: 1 mask_group_num: 1 mask: 0 biases: 16 biases: 16
+    anchors_scale: 16 confidence_threshold: 0.1 } }
+"""
+
+
+def write_yolo_model(folder: Path) -> tuple[Path, Path, Path]:
+    """A 2-class YOLOv3 head over a 2x2 grid (stride 16) whose convolution has zero weights and biases that
+    make every cell find class 0 ("cat") at 0.72 in its own quadrant: (deploy, weights, labels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    deploy = folder / "deploy.prototxt"
+    deploy.write_text(YOLO_DEPLOY)
+    net = caffe.Net(str(deploy), caffe.TEST)
+    net.params["head"][0].data[...] = 0
+    net.params["head"][1].data[...] = [0, 0, 0, 0, _logit(0.8), _logit(0.9), NEG]
+    weights = folder / "yolo.caffemodel"
+    net.save(str(weights))
+    labels = folder / "labels.txt"
+    labels.write_text("cat\ndog\n")  # darknet's names: class 0 first
+    return deploy, weights, labels
+
+
+def quadrants(width: int, height: int) -> list[list[float]]:
+    """The four boxes of write_yolo_model's detector on a ``width`` x ``height`` image, in its order."""
+    w, h = width / 2, height / 2
+    return [[x, y, x + w, y + h] for y in (0, h) for x in (0, w)]
+
+
+def test_caffe_detect_reads_a_yolov3_ports_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import json
+
+    from PIL import Image
+
+    from caffe.tools.cli import main
+
+    deploy, weights, labels = write_yolo_model(tmp_path / "yolo")
+    image = tmp_path / "street.png"
+    Image.new("RGB", (60, 40), (90, 120, 30)).save(image)
+    argv = ["detect", "--model", str(deploy), "--weights", str(weights), "--labels", str(labels)]
+    assert main([*argv, "--format=json", str(image)]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    found = record["detections"]
+    assert [(d["label"], d["index"]) for d in found] == [("cat", 1)] * 4
+    np.testing.assert_allclose([d["confidence"] for d in found], [0.72] * 4, rtol=1e-6)
+    np.testing.assert_allclose([d["box"] for d in found], quadrants(60, 40), rtol=1e-5, atol=1e-4)
+    assert main([*argv, "--threshold=0.8", str(image)]) == 0
+    assert capsys.readouterr().out == ""
