@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Regenerate ``caffe/proto/caffe_pb2.py`` and ``caffe_pb2.pyi`` from ``caffe.proto``.
+"""Regenerate ``caffe/proto/caffe_pb2.py`` / ``caffe2_pb2.py`` (and their ``.pyi``) from the ``.proto`` files.
 
 Usage::
 
-    python scripts/generate_proto.py          # rewrite the generated files
-    python scripts/generate_proto.py --check  # exit 1 if they do not describe caffe.proto
+    python scripts/generate_proto.py          # rewrite the generated files of every schema
+    python scripts/generate_proto.py --check  # exit 1 if any of them does not describe its .proto
+
+The schemas: ``caffe.proto`` (Caffe's own) and ``caffe2.proto`` (the subset of Caffe2's NetDef and
+TensorProto that the Caffe2 model zoo's files use, with Caffe2's field numbers, package ``caffe2``).
 
 Requires ``grpcio-tools`` (it bundles ``protoc``); nothing else is needed at
 build time.  The proto is compiled with ``caffe/proto`` as the include root,
@@ -27,6 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "caffe" / "proto"
 PROTO_FILE = "caffe.proto"
+PROTO_FILES = ("caffe.proto", "caffe2.proto")
 
 
 def _protoc_args(proto_dir: Path, proto_file: str) -> list[str]:
@@ -93,13 +97,17 @@ def check(proto_dir: Path = PROTO_DIR, proto_file: str = PROTO_FILE) -> bool:
 
 def main(argv: list[str]) -> int:
     if "--check" in argv:
-        if check():
-            print("caffe_pb2.py matches caffe.proto")
-            return 0
-        print("caffe_pb2.py is out of date: run python scripts/generate_proto.py", file=sys.stderr)
-        return 1
-    for path in generate():
-        print(f"wrote {path.relative_to(REPO_ROOT)}")
+        stale = [f for f in PROTO_FILES if not check(proto_file=f)]
+        for f in PROTO_FILES:
+            module = f"{Path(f).stem}_pb2.py"
+            if f in stale:
+                print(f"{module} is out of date: run python scripts/generate_proto.py", file=sys.stderr)
+            else:
+                print(f"{module} matches {f}")
+        return 1 if stale else 0
+    for proto_file in PROTO_FILES:
+        for path in generate(proto_file=proto_file):
+            print(f"wrote {path.relative_to(REPO_ROOT)}")
     return 0
 
 
