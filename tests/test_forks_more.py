@@ -1,4 +1,5 @@
-"""The rest of issue 14: the YOLOv3 ports' ``Yolov3DetectionOutput`` (and ``caffe detect`` on it).
+"""The rest of issue 14: the YOLOv3 ports' ``Yolov3DetectionOutput`` (and ``caffe detect`` on it), SegNet's
+``DenseImageData`` (small generated PNGs).
 
 OpenCV 4.x has no ``Yolov3DetectionOutput`` (``readNetFromCaffe`` parses it, forward refuses: "Can't create
 layer"), so its cases are computed by hand, plus a loop-by-loop transliteration of the port's CPU forward
@@ -10,13 +11,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from google.protobuf import text_format
 from gradcheck import layer_net, set_inputs
 
 import caffe
 from caffe.errors import LayerError
 from caffe.layer import FORK_TYPES
+from caffe.proto import caffe_pb2 as pb
 
 FORKS = Path(__file__).parent / "data" / "forks"
 NEG = -30.0  # a logit whose sigmoid is ~1e-13: no candidate
@@ -263,3 +267,151 @@ def test_caffe_detect_reads_a_yolov3_ports_output(tmp_path: Path, capsys: pytest
     np.testing.assert_allclose([d["box"] for d in found], quadrants(60, 40), rtol=1e-5, atol=1e-4)
     assert main([*argv, "--threshold=0.8", str(image)]) == 0
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------------------------------- DenseImageData
+def _dense_set(folder: Path, sizes: list[tuple[int, int]], gray: bool = False) -> Path:
+    """Image / label PNG pairs whose image channels hold (label, 10 * k + 1, 10 * k + 2) for pair k and
+    whose labels number the pixels (row * width + column, under 256): any crop or flip shows in both alike.
+    Returns the list file (names relative to ``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for k, (h, w) in enumerate(sizes):
+        labels = (np.arange(h * w) % 256).reshape(h, w).astype(np.uint8)
+        image = np.stack([labels, np.full_like(labels, 10 * k + 1), np.full_like(labels, 10 * k + 2)], axis=2)
+        cv2.imwrite(str(folder / f"im{k}.png"), image[:, :, 0] if gray else image)
+        cv2.imwrite(str(folder / f"lab{k}.png"), labels)
+        lines.append(f"im{k}.png lab{k}.png")
+    source = folder / "list.txt"
+    source.write_text("\n".join(lines) + "\n")
+    return source
+
+
+def _dense_net(source: Path, phase: int = caffe.TRAIN, transform: str = "", **param: object) -> caffe.Net:
+    fields = " ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in param.items())
+    text = (
+        f'layer {{ name: "data" type: "DenseImageData" top: "data" top: "label" {transform} '
+        f'dense_image_data_param {{ source: "{source}" root_folder: "{source.parent}/" {fields} }} }}'
+    )
+    return caffe.Net(text_format.Parse(text, pb.NetParameter()), phase)
+
+
+def _stop(net: caffe.Net) -> None:
+    net.layer_dict["data"].prefetcher.stop(join=True)
+
+
+def test_dense_image_data_reads_pairs_in_order_and_wraps(tmp_path: Path):
+    source = _dense_set(tmp_path / "set", [(4, 6)] * 3)
+    net = _dense_net(source, batch_size=2)
+    assert net.blobs["data"].data.shape == (2, 3, 4, 6) and net.blobs["label"].data.shape == (2, 1, 4, 6)
+    batches = [{k: v.copy() for k, v in net.forward().items()} for _ in range(2)]
+    _stop(net)
+    pixels = np.arange(24).reshape(4, 6)
+    for batch, pairs in zip(batches, [(0, 1), (2, 0)], strict=True):
+        for i, k in enumerate(pairs):
+            np.testing.assert_array_equal(batch["label"][i, 0], pixels)
+            rest = [np.full((4, 6), 10 * k + 1), np.full((4, 6), 10 * k + 2)]
+            np.testing.assert_array_equal(batch["data"][i], [pixels, *rest])
+
+
+def test_dense_image_data_mean_and_scale_touch_the_image_only(tmp_path: Path):
+    source = _dense_set(tmp_path / "set", [(3, 3)])
+    net = _dense_net(source, transform="transform_param { mean_value: 1 scale: 0.5 }", batch_size=1)
+    out = net.forward()
+    _stop(net)
+    pixels = np.arange(9).reshape(3, 3)
+    np.testing.assert_allclose(out["data"][0, 1], np.full((3, 3), 0.0))  # (1 - 1) * 0.5
+    np.testing.assert_allclose(out["data"][0, 0], (pixels - 1) * 0.5)
+    np.testing.assert_array_equal(out["label"][0, 0], pixels)
+
+
+def test_dense_image_data_resizes_labels_by_nearest_neighbour(tmp_path: Path):
+    source = _dense_set(tmp_path / "set", [(4, 6)])
+    net = _dense_net(source, batch_size=1, new_height=8, new_width=9)
+    out = net.forward()
+    _stop(net)
+    labels = cv2.imread(str(tmp_path / "set" / "lab0.png"), cv2.IMREAD_GRAYSCALE)
+    image = cv2.imread(str(tmp_path / "set" / "im0.png"), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(out["label"][0, 0], cv2.resize(labels, (9, 8), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(out["data"][0], cv2.resize(image, (9, 8)).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("phase", [caffe.TRAIN, caffe.TEST])
+def test_dense_image_data_mirror_and_crop_move_image_and_labels_together(tmp_path: Path, phase: int):
+    source = _dense_set(tmp_path / "set", [(6, 8)] * 2)
+    caffe.set_random_seed(5)
+    net = _dense_net(source, phase, batch_size=4, mirror=True, crop_height=3, crop_width=5, shuffle=True)
+    batches = [{k: v.copy() for k, v in net.forward().items()} for _ in range(6)]
+    _stop(net)
+    pixels = np.arange(48).reshape(6, 8)
+    windows = set()
+    for batch in batches:
+        assert batch["data"].shape == (4, 3, 3, 5) and batch["label"].shape == (4, 1, 3, 5)
+        np.testing.assert_array_equal(batch["data"][:, 0], batch["label"][:, 0])  # same crop, same flip
+        for lab in batch["label"][:, 0].astype(int):
+            flipped = bool(lab[0, 0] % 8 > lab[0, -1] % 8)
+            source_view = pixels[:, ::-1] if flipped else pixels
+            h, w = np.argwhere(source_view == lab[0, 0])[0]
+            np.testing.assert_array_equal(lab, source_view[h : h + 3, w : w + 5])
+            windows.add((flipped, int(h), int(w)))
+    assert {f for f, _, _ in windows} == {False, True} and len(windows) > 6  # random in every phase, as the fork
+
+
+@pytest.mark.parametrize(
+    ("transform", "param", "sizes", "message"),
+    [
+        ("transform_param { mirror: true }", {}, [(4, 4)], "use dense_image_data_param's mirror"),
+        ("transform_param { crop_size: 2 }", {}, [(4, 4)], "use dense_image_data_param's mirror, crop_height"),
+        ("", {"crop_height": 2}, [(4, 4)], "crop_height and crop_width must be set together"),
+        ("", {"crop_height": 5, "crop_width": 2}, [(4, 4)], r"crop 5x2 is larger than the image \(4x4\)"),
+    ],
+)
+def test_dense_image_data_refuses_what_the_fork_refuses(tmp_path, transform, param, sizes, message):
+    source = _dense_set(tmp_path / "set", sizes)
+    with pytest.raises(caffe.CaffeError, match=message):
+        _dense_net(source, transform=transform, batch_size=1, **param)
+
+
+def test_dense_image_data_bad_files(tmp_path: Path):
+    source = _dense_set(tmp_path / "set", [(4, 4)])
+    cv2.imwrite(str(tmp_path / "set" / "lab0.png"), np.zeros((3, 4), np.uint8))
+    with pytest.raises(caffe.CaffeError, match="input and label image sizes must match"):
+        _dense_net(source, batch_size=1)
+    source.write_text("im0.png lab0.png im0.png\n")
+    with pytest.raises(caffe.CaffeError, match="expected 'image label_image' pairs"):
+        _dense_net(source, batch_size=1)
+    source.write_text("im0.png missing.png\n")
+    with pytest.raises(caffe.CaffeError, match=r"missing\.png: no such image file"):
+        _dense_net(source, batch_size=1)
+
+
+def test_dense_image_data_gray_and_batch_one_takes_each_size(tmp_path: Path):
+    source = _dense_set(tmp_path / "set", [(4, 6), (5, 3)], gray=True)
+    net = _dense_net(source, batch_size=1, is_color=False)
+    shapes = [tuple(net.forward()["data"].shape) for _ in range(2)]
+    _stop(net)
+    assert shapes == [(1, 1, 4, 6), (1, 1, 5, 3)]
+    assert "DenseImageData" not in FORK_TYPES
+
+
+def test_dense_image_data_shards_equal_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """2 training processes of batch 2 read, between them, what one process of batch 4 reads (same seed):
+    the same pairs, flips and crops."""
+    source = _dense_set(tmp_path / "set", [(6, 8)] * 5)
+
+    def run(rank: int, size: int, batch: int) -> list[np.ndarray]:
+        caffe.set_random_seed(11)
+        monkeypatch.setattr(caffe.parallel, "world", lambda: (rank, size))
+        try:
+            net = _dense_net(source, batch_size=batch, shuffle=True, mirror=True, crop_height=4, crop_width=4)
+        finally:
+            monkeypatch.undo()
+        out = [np.concatenate([net.forward()["data"], net.blobs["label"].data], axis=1).copy() for _ in range(4)]
+        _stop(net)
+        return out
+
+    whole = run(0, 1, 4)
+    ranks = [run(r, 2, 2) for r in range(2)]
+    for i in range(4):
+        interleaved = np.stack([ranks[0][i], ranks[1][i]], axis=1).reshape(whole[i].shape)
+        np.testing.assert_array_equal(interleaved, whole[i])

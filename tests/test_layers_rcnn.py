@@ -485,7 +485,7 @@ def test_training_modules_of_py_faster_rcnn_are_named():
         ("MultiBoxLoss", "weiliu89/caffe's ssd branch"),
         ("AnnotatedData", "not supported yet"),
         ("Yolov3", "YOLOv3 Caffe port"),
-        ("DenseImageData", "caffe-segnet"),
+        ("ImageSegData", "DeepLab"),
         ("ROIAlign", "Mask R-CNN"),
         ("CTCLoss", "CTC"),
     ],

@@ -4,8 +4,8 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 (convolution, pooling, crop), ``core`` (InnerProduct, Embed, Scale, Bias, Parameter),
 ``normalization`` (LRN, MVN, BatchNorm), ``neuron`` (element-wise activations, Dropout),
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
-``recurrent`` (RNN, LSTM, LSTMUnit), ``data`` and ``window_data`` (Data, ImageData, WindowData:
-prefetching readers), ``detection`` (the SSD fork's Normalize, Permute, PriorBox,
+``recurrent`` (RNN, LSTM, LSTMUnit), ``data``, ``window_data`` and ``dense_image_data`` (Data, ImageData,
+WindowData, SegNet's DenseImageData: prefetching readers), ``detection`` (the SSD fork's Normalize, Permute, PriorBox,
 DetectionOutput), ``hdf5`` (HDF5Data, HDF5Output), ``python`` (user layers), ``forks`` (BN,
 Upsample, Interp, ShuffleChannel, Axpy, the depthwise convolutions of Caffe's forks) and ``rcnn``
 (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN forks) and ``yolo`` (the YOLOv3 ports'
@@ -15,6 +15,7 @@ Yolov3DetectionOutput).
 from caffe.layers import (  # noqa: F401
     core,
     data,
+    dense_image_data,
     detection,
     forks,
     hdf5,

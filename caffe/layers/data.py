@@ -84,10 +84,14 @@ class _PrefetchingDataLayer(SharedSeed, Layer):
     def prefetch_depth(self) -> int:
         return 4
 
+    def make_transformer(self, where: str) -> DataTransformer:
+        """The layer's ``transform_param`` applier (set up before the source)."""
+        return DataTransformer(self.layer_param.transform_param, self.phase, where, self.shard)
+
     def layer_setup(self, bottom: list[Shape]) -> None:
         where = f"layer '{self.name}' ({self.type})"
         self.shard = Shard.current(self.phase)  # this process's records (and draws) when several train together
-        self.transformer = DataTransformer(self.layer_param.transform_param, self.phase, where, self.shard)
+        self.transformer = self.make_transformer(where)
         if self.batch_size() <= 0:
             raise self.error(f"batch_size must be positive, got {self.batch_size()}")
         self.draw_seed()
@@ -290,19 +294,22 @@ class ImageListSource:
     several ranks, only this rank's items (every ``shard.size``-th from ``shard.rank``, counted globally, in
     the order and after the ``rand_skip`` every rank draws alike from the shared seed)."""
 
+    param_field = "image_data_param"  # the layer's parameter message (source, root_folder, shuffle...)
+
     def __init__(
         self, layer: Layer, rng: np.random.Generator, records: list[Record] | None = None, shard: Shard = ALONE
     ) -> None:
         """``records``: the list already read (a restart), else it is read from ``image_data_param.source``."""
-        p = layer.layer_param.image_data_param
+        p = getattr(layer.layer_param, self.param_field)
+        field = self.param_field
         self.root = p.root_folder
         self.height, self.width, self.is_color = int(p.new_height), int(p.new_width), bool(p.is_color)
         self.shuffle, self.rng = bool(p.shuffle), rng
         if (self.height == 0) != (self.width == 0):
-            raise layer.error("image_data_param: new_height and new_width must be set together")
+            raise layer.error(f"{field}: new_height and new_width must be set together")
         if not p.source:
-            raise layer.error("image_data_param.source is not set")
-        self.records = read_image_list(p.source) if records is None else records  # never reordered
+            raise layer.error(f"{field}.source is not set")
+        self.records = self.read_list(p.source) if records is None else records  # never reordered
         if not self.records:
             raise DataError(f"{p.source}: the image list is empty")
         # The epoch's order, shuffled in place as the list itself would be (same permutation, same draws).
@@ -345,6 +352,10 @@ class ImageListSource:
         if self.shuffle:
             for _ in range(epochs):
                 self.rng.shuffle(self.order)
+
+    @staticmethod
+    def read_list(path: str) -> list[Record]:
+        return read_image_list(path)
 
     def decode(self, record: Record) -> Decoded:
         from caffe.data.datum import read_image
