@@ -15,11 +15,17 @@ Endpoints
   form or the query. Answers ``{"model", "predictions": [{"label", "index", "probability"}, ...],
   "time_ms"}`` (``time_ms``: the server's time for this request).
 * ``POST /models/{name}/detect`` (and ``POST /detect``): for a detector (a net ending in SSD's
-  ``DetectionOutput``, a :class:`caffe.deploy.DetectionModel`, prepared as ``caffe detect`` prepares it),
+  ``DetectionOutput`` or a YOLOv3 port's ``Yolov3DetectionOutput``, a :class:`caffe.deploy.DetectionModel`,
+  prepared as ``caffe detect`` prepares it),
   one image given as above and ``threshold`` (default 0.5, in the JSON, the form or the query); answers
   ``{"model", "width", "height", "detections": [{"label", "index", "confidence", "box": [xmin, ymin,
   xmax, ymax]}, ...], "time_ms"}``, boxes in pixels of the image, clipped to it. A classifier answers
   400 on ``/detect`` and a detector 400 on ``/predict`` (and DIGITS' call), each naming the right route.
+* ``POST /models/{name}/segment`` (and ``POST /segment``): for a segmentation net (output N x C x H x W class
+  scores, a :class:`caffe.deploy.SegmentationModel`, prepared as ``caffe segment`` prepares it), one image
+  given as above; answers its class map at the image's size as a PNG (8-bit; 16-bit over 256 classes), or
+  with ``?format=json`` ``{"model", "width", "height", "classes": [{"index", "label", "pixels"}], "time_ms"}``.
+  Any other model answers 400 naming its route (and a segmentation net 400 on ``/predict``).
 * ``POST /models/images/classification/classify_one.json``: DIGITS' REST call (form ``job_id`` = the
   model name, ``image_file`` or ``image_url``); answers ``{"predictions": [[label, percent], ...]}``.
 * ``GET /health``: status, models, uptime. ``GET /models``, ``GET /models/{name}``: input shape,
@@ -86,13 +92,14 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from caffe.deploy import DeployModel, DetectionModel, ImageDecodeError, ModelFiles, Settings, find_model, open_model
 from caffe.deploy.detection import to_detections
+from caffe.deploy.segmentation import SegmentationModel, class_counts
 from caffe.errors import CaffeError, NetError
 
 log = logging.getLogger("caffe")
@@ -169,8 +176,9 @@ class ServedModel:
             raw_scale=raw_scale,
             input_scale=input_scale,
         )
-        self.model = open_model(files, settings, labels=labels, engine=self.engine)
-        self.kind = "detection" if isinstance(self.model, DetectionModel) else "classification"
+        self.model = open_model(files, settings, labels=labels, engine=self.engine, segmentation=True)
+        kinds = {DetectionModel: "detection", SegmentationModel: "segmentation"}
+        self.kind = kinds.get(type(self.model), "classification")
         self.shape = self.model.input_shape
         self.forwards = 0
         self.images = 0
@@ -215,6 +223,8 @@ class ServedModel:
         rows = self.batch_shape(n, max_batch or n)
         if isinstance(self.model, DetectionModel):
             probs: np.ndarray | list[np.ndarray] = self.model.detect_rows(x, rows)
+        elif isinstance(self.model, SegmentationModel):
+            probs = self.model.run(x, rows)  # N x C x H x W scores
         else:
             probs = self.model.forward(x, rows)
         self.forwards += 1
@@ -734,11 +744,11 @@ class ErrorResponse(BaseModel):
 
 _ERRORS: dict[int, str] = {
     400: "malformed request: not an image, invalid base64 or JSON, no image, an image URL that cannot be fetched, "
-    "a model of the other kind (a detector on /predict, a classifier on /detect)",
+    "a model of the other kind (a detector on /predict, a classifier on /detect, a non-segmentation net on /segment)",
     404: "no such model",
     413: "request body (or fetched image) over the size limit",
     415: "unsupported Content-Type",
-    422: "invalid fields: top_k, threshold, unknown fields, more than one image source",
+    422: "invalid fields: top_k, threshold, format, unknown fields, more than one image source",
     503: "the model's queue is full",
 }
 
@@ -850,6 +860,21 @@ async def read_source(request: Request) -> _Source:
     raise RequestError(415, f"unsupported Content-Type {ctype!r}: use multipart/form-data, JSON or image/*")
 
 
+_KINDS = {  # a served model's kind: what it is, its route
+    "classification": ("a classifier", "predict"),
+    "detection": ("a detector (its net ends in DetectionOutput or Yolov3DetectionOutput)", "detect"),
+    "segmentation": ("a segmentation net (its output is N x C x H x W class scores)", "segment"),
+}
+
+
+def _require_kind(model: ServedModel, kind: str) -> None:
+    """A 400 naming the model's own route when it is not of ``kind``."""
+    if model.kind != kind:
+        what, route = _KINDS[model.kind]
+        wanted = _KINDS[kind][0].split(" (")[0]
+        raise RequestError(400, f"model '{model.name}' is {what}, not {wanted}: POST /models/{model.name}/{route}")
+
+
 class _App:
     """The request handlers' state: models, batchers, the preprocessing pool."""
 
@@ -897,12 +922,7 @@ class _App:
 
     async def classify(self, model: ServedModel, src: _Source, query_top_k: Any) -> tuple[list[dict[str, Any]], float]:
         t0 = time.perf_counter()
-        if model.kind != "classification":
-            raise RequestError(
-                400,
-                f"model '{model.name}' is a detector (its net ends in DetectionOutput), not a classifier: "
-                f"POST /models/{model.name}/detect",
-            )
+        _require_kind(model, "classification")
         if src.threshold is not None:
             raise RequestError(422, "threshold is a field of /detect; classification takes top_k")
         k = _parse_top_k(src.top_k if src.top_k is not None else query_top_k)
@@ -921,12 +941,7 @@ class _App:
     async def detect(self, name: str, request: Request) -> dict[str, Any]:
         t0 = time.perf_counter()
         model = self.model(name)
-        if model.kind != "detection":
-            raise RequestError(
-                400,
-                f"model '{name}' is a classifier, not a detector (its net does not end in DetectionOutput): "
-                f"POST /models/{name}/predict",
-            )
+        _require_kind(model, "detection")
         src = await read_source(request)
         if src.top_k is not None or request.query_params.get("top_k") is not None:
             raise RequestError(422, "top_k is a field of /predict; detection takes threshold")
@@ -944,6 +959,35 @@ class _App:
         ]
         ms = (time.perf_counter() - t0) * 1000.0
         return {"model": name, "width": w, "height": h, "detections": detections, "time_ms": round(ms, 3)}
+
+    async def segment(self, name: str, request: Request) -> Response | dict[str, Any]:
+        """The class map of one image at its size: a PNG (8-bit, 16-bit over 256 classes) or, with
+        ``format=json``, the pixels of each class present."""
+        t0 = time.perf_counter()
+        model = self.model(name)
+        _require_kind(model, "segmentation")
+        fmt = request.query_params.get("format", "png")
+        if fmt not in ("png", "json"):
+            raise RequestError(422, f"format {fmt!r}: expected 'png' or 'json'")
+        src = await read_source(request)
+        if src.top_k is not None or src.threshold is not None:
+            raise RequestError(422, "top_k and threshold are not fields of /segment")
+        data = await self.image_bytes(src)
+        x, (h, w) = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess_sized, data)
+        model.requests += 1
+        scores = await self.batchers[model.name].submit(x)
+        assert isinstance(model.model, SegmentationModel)
+        labels = model.model.class_map(scores, h, w)
+        if fmt == "png":
+            import cv2
+
+            ok, png = cv2.imencode(".png", labels)
+            if not ok:
+                raise CaffeError(f"could not encode the {w}x{h} class map as PNG")
+            return Response(png.tobytes(), media_type="image/png", headers={"X-Classes": str(model.classes)})
+        counts = [{"index": c, "label": model.model.label(c), "pixels": n} for c, n in class_counts(labels)]
+        ms = (time.perf_counter() - t0) * 1000.0
+        return {"model": name, "width": w, "height": h, "classes": counts, "time_ms": round(ms, 3)}
 
     def close(self) -> None:
         for b in self.batchers.values():
@@ -1029,6 +1073,27 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
     )
     async def detect_default(request: Request) -> dict[str, Any]:
         return await state.detect(state.default, request)
+
+    segment_doc = {
+        "openapi_extra": _predict_openapi(),
+        "tags": ["inference"],
+        "response_model": None,
+        "description": "The class map at the image's size: a PNG (one class number a pixel), or with "
+        "`?format=json` the pixels of each class present.",
+    }
+
+    @app.post("/models/{name}/segment", summary="Segment one image", responses=_error_responses(), **segment_doc)
+    async def segment(name: str, request: Request) -> Response | dict[str, Any]:
+        return await state.segment(name, request)
+
+    @app.post(
+        "/segment",
+        summary=f"Segment one image with the default model ('{state.default}')",
+        responses=_error_responses(*codes_default),
+        **segment_doc,
+    )
+    async def segment_default(request: Request) -> Response | dict[str, Any]:
+        return await state.segment(state.default, request)
 
     @app.post(
         "/models/images/classification/classify_one.json",

@@ -415,3 +415,54 @@ def test_dense_image_data_shards_equal_one_process(tmp_path: Path, monkeypatch: 
     for i in range(4):
         interleaved = np.stack([ranks[0][i], ranks[1][i]], axis=1).reshape(whole[i].shape)
         np.testing.assert_array_equal(interleaved, whole[i])
+
+
+# ------------------------------------------------------------------------------------ caffe serve /segment
+def test_serve_segment_png_and_json_and_wrong_kinds(tmp_path: Path):
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from test_detect_segment import FCN, _expected_classes, _scene, _tiny_net
+
+    from caffe.serve import create_app, load_model
+
+    folder = _tiny_net(tmp_path / "fcn", FCN.replace("CLASSES", "5"), (1, 3, 32, 48))
+    (folder / "labels.txt").write_text("sky\nroad\ncar\ntree\nsign\n")
+    rgb = _scene(50, 70)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    data = buf.getvalue()
+    expected = _expected_classes(folder, rgb)
+    deploy, weights, labels = write_yolo_model(tmp_path / "yolo")
+    seg = load_model(f"seg={folder}")
+    yolo = load_model(f"yolo={deploy},{weights}", labels=str(labels))
+    assert seg.kind == "segmentation" and yolo.kind == "detection"
+    with TestClient(create_app([seg, yolo])) as c:
+        r = c.post("/segment", files={"file": ("scene.png", data, "image/png")})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "image/png" and r.headers["x-classes"] == "5"
+        classes = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(classes, expected)
+        r = c.post("/models/seg/segment?format=json", content=data, headers={"content-type": "image/png"})
+        body = r.json()
+        assert (body["model"], body["width"], body["height"]) == ("seg", 70, 50)
+        values, counts = np.unique(expected, return_counts=True)
+        names = ["sky", "road", "car", "tree", "sign"]
+        assert body["classes"] == [
+            {"index": int(v), "label": names[v], "pixels": int(n)} for v, n in zip(values, counts, strict=True)
+        ]
+        assert sum(x["pixels"] for x in body["classes"]) == 50 * 70
+        # wrong kinds and fields: 4xx naming the right route
+        r = c.post("/models/yolo/segment", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 400 and "POST /models/yolo/detect" in r.json()["detail"]
+        r = c.post("/models/seg/predict", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 400 and "POST /models/seg/segment" in r.json()["detail"]
+        assert c.post("/segment?format=bmp", content=data, headers={"content-type": "image/png"}).status_code == 422
+        assert c.post("/segment", json={"base64": "", "threshold": 0.5}).status_code == 422
+        assert c.post("/segment", content=b"not an image", headers={"content-type": "image/png"}).status_code == 400
+        # the YOLO port's detector on /detect
+        r = c.post("/models/yolo/detect", content=data, headers={"content-type": "image/png"})
+        found = r.json()["detections"]
+        assert [d["label"] for d in found] == ["cat"] * 4
+        np.testing.assert_allclose([d["box"] for d in found], quadrants(70, 50), atol=1e-4)

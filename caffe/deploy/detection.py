@@ -136,9 +136,18 @@ def open_model(
     labels: Sequence[str] | PathLike | None = None,
     engine: str | None = None,
     warn: bool = True,
+    segmentation: bool = False,
 ) -> DeployModel:
     """The model of ``files`` as its kind: a :class:`DetectionModel` when the net ends in a detection layer,
-    else a (classification) :class:`DeployModel`; the net is built once."""
+    with ``segmentation`` a :class:`~caffe.deploy.segmentation.SegmentationModel` when its output is N x C x H x W
+    class scores (:func:`~caffe.deploy.segmentation.is_segmenter`), else a (classification)
+    :class:`DeployModel`; the net is built once."""
+    from caffe.deploy.segmentation import SegmentationModel, is_segmenter
+
     net = DeployModel.build_net(files)
-    kind = DetectionModel if is_detector(net) else DeployModel
+    kind: type[DeployModel] = DeployModel
+    if is_detector(net):
+        kind = DetectionModel
+    elif segmentation and is_segmenter(net):
+        kind = SegmentationModel
     return kind(files, settings, labels=labels, net=net, engine=engine, warn=warn)

@@ -9,6 +9,7 @@ the input is the image squashed to the net's size. Images are squashed with Open
 interpolation, as SegNet's and ENet's scripts do (``Settings.interpolation`` overrides).
 
 :func:`palette` is the PASCAL VOC colour map (class 0 black); :func:`overlay` blends it over the image.
+:func:`is_segmenter` tells a dense-prediction output (``caffe serve`` offers ``/segment`` for it).
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def class_map_dtype(classes: int) -> type[np.unsignedinteger[Any]]:
     return np.uint8 if classes <= 256 else np.uint16
 
 
+def is_segmenter(net: Any, output: str | None = None) -> bool:
+    """Whether the net's ``output`` (default: its last) is a dense prediction: N x C x H x W with more than one
+    class and more than one pixel (a classifier's N x K x 1 x 1 is not)."""
+    shape = tuple(net.blobs[output or net.outputs[-1]].shape)
+    return len(shape) == 4 and shape[1] > 1 and shape[2] * shape[3] > 1
+
+
+def class_counts(labels: np.ndarray) -> list[tuple[int, int]]:
+    """``(class, pixels)`` of each class present in a class map, by class number."""
+    values, counts = np.unique(labels, return_counts=True)
+    return [(int(v), int(c)) for v, c in zip(values, counts, strict=True)]
+
+
 class SegmentationModel(DeployModel):
     """A segmentation net with its preprocessing and labels (see the module); arguments as
     :class:`DeployModel`'s. An output that is not N x C x H x W is a ModelFilesError."""
@@ -80,15 +94,18 @@ class SegmentationModel(DeployModel):
         """The class maps (uint8 or uint16, see :func:`class_map_dtype`) of H x W x C uint8 images, each at
         its image's size, ``batch_size`` per forward."""
         prep = self.preprocessing
-        dtype = class_map_dtype(self.classes)
         maps: list[np.ndarray] = []
         for i in range(0, len(images), batch_size):
             chunk = images[i : i + batch_size]
             scores = self.run(np.stack([prep.to_input(prep.resize(im)) for im in chunk]))
             for im, s in zip(chunk, scores[: len(chunk)], strict=True):
-                labels = np.argmax(s, axis=0).astype(dtype)
-                maps.append(nearest_resize(labels, im.shape[0], im.shape[1]))
+                maps.append(self.class_map(s, im.shape[0], im.shape[1]))
         return maps
+
+    def class_map(self, scores: np.ndarray, height: int, width: int) -> np.ndarray:
+        """One image's C x H x W output scores -> its class map at ``height`` x ``width``."""
+        labels = np.argmax(scores, axis=0).astype(class_map_dtype(self.classes))
+        return nearest_resize(labels, height, width)
 
     def describe(self) -> dict[str, Any]:
         """:meth:`DeployModel.describe` with ``kind``."""
