@@ -39,6 +39,7 @@ def command(name: str, summary: str) -> Callable[[Callable[[list[str]], int]], C
 
 def _load_commands() -> None:
     from caffe.tools import (  # noqa: F401  (they register themselves)
+        caffe2_tools,
         classify_tools,
         compute_image_mean,
         convert_cifar_data,

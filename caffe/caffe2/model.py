@@ -1,0 +1,127 @@
+"""Caffe2 model folders: ``init_net.pb`` + ``predict_net.pb`` (+ ``value_info.json``) <-> Caffe files.
+
+* :func:`find_caffe2_files` - a folder's (or two given files') init net, predict net and value_info;
+* :func:`convert_caffe2` - read and convert them to a deploy NetParameter and its weights;
+* :func:`load_net` - a :class:`caffe.Net` of a Caffe2 model, converted in memory;
+* :func:`write_caffe` / :func:`write_caffe2` - the converted files written into a folder;
+* :func:`caffe_to_caffe2` - a Caffe deploy prototxt and weights as a Caffe2 model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caffe.caffe2.errors import Caffe2Error
+from caffe.caffe2.from_caffe import Caffe2Model, from_caffe
+from caffe.caffe2.io import init_blobs, read_netdef, read_value_info, write_netdef, write_value_info
+from caffe.caffe2.to_caffe import to_caffe
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import write_binary, write_text
+
+PathLike = str | os.PathLike
+INIT_NAMES = ("init_net.pb", "init_net.pbtxt")
+PREDICT_NAMES = ("predict_net.pb", "predict_net.pbtxt")
+VALUE_INFO = "value_info.json"
+
+
+@dataclass
+class Caffe2Files:
+    """The files of a Caffe2 model."""
+
+    init_net: Path
+    predict_net: Path
+    value_info: Path | None = None
+
+
+def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def is_caffe2_folder(folder: PathLike) -> bool:
+    """Whether ``folder`` holds a Caffe2 model (an init net and a predict net)."""
+    p = Path(folder)
+    return p.is_dir() and _first(p, INIT_NAMES) is not None and _first(p, PREDICT_NAMES) is not None
+
+
+def find_caffe2_files(folder: PathLike) -> Caffe2Files:
+    """The init net, predict net and (optional) ``value_info.json`` of the model folder ``folder``."""
+    p = Path(folder)
+    init, predict = _first(p, INIT_NAMES), _first(p, PREDICT_NAMES)
+    if init is None or predict is None:
+        missing = " and ".join(n for n, f in (("init_net.pb", init), ("predict_net.pb", predict)) if f is None)
+        raise Caffe2Error(f"{p}: not a Caffe2 model folder: no {missing}")
+    info = p / VALUE_INFO
+    return Caffe2Files(init, predict, info if info.is_file() else None)
+
+
+def convert_caffe2(
+    files: Caffe2Files, input_shape: list[int] | dict[str, list[int]] | None = None
+) -> tuple[pb.NetParameter, pb.NetParameter]:
+    """The deploy NetParameter and weights of a Caffe2 model (``input_shape`` wins over value_info.json)."""
+    predict = read_netdef(files.predict_net, "Caffe2 predict net")
+    blobs = init_blobs(read_netdef(files.init_net, "Caffe2 init net"), str(files.init_net))
+    shapes: list[int] | dict[str, list[int]]
+    if input_shape is not None:
+        shapes = input_shape
+    elif files.value_info is not None:
+        shapes = read_value_info(files.value_info)
+    else:
+        raise Caffe2Error(
+            f"{files.predict_net}: no {VALUE_INFO} beside it: give the input shape (e.g. --input_shape 1,3,224,224)"
+        )
+    return to_caffe(predict, blobs, shapes, str(files.predict_net))
+
+
+def load_net(folder: PathLike, phase: int | None = None, input_shape: list[int] | None = None) -> Any:
+    """A :class:`caffe.Net` (TEST phase by default) of the Caffe2 model folder ``folder``, with its weights."""
+    from caffe.common import TEST
+    from caffe.net import Net
+
+    deploy, weights = convert_caffe2(find_caffe2_files(folder), input_shape)
+    net = Net(deploy, TEST if phase is None else phase)
+    net.copy_from(weights)
+    return net
+
+
+def model_stem(name: str) -> str:
+    """A file-name stem from a net's name (``AlexNet`` -> ``alexnet``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._").lower() or "model"
+
+
+def write_caffe(deploy: pb.NetParameter, weights: pb.NetParameter, out_dir: PathLike) -> tuple[Path, Path]:
+    """Write ``deploy.prototxt`` and ``<name>.caffemodel`` into ``out_dir`` (created); return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prototxt, caffemodel = out / "deploy.prototxt", out / f"{model_stem(deploy.name)}.caffemodel"
+    write_text(prototxt, deploy)
+    write_binary(caffemodel, weights)
+    return prototxt, caffemodel
+
+
+def caffe_to_caffe2(deploy: PathLike, weights: PathLike | None) -> Caffe2Model:
+    """The Caffe2 model of a Caffe deploy prototxt and its weights (.caffemodel or .h5)."""
+    from caffe.common import TEST
+    from caffe.net import Net
+    from caffe.protoio import read_net_param
+
+    param = read_net_param(deploy)
+    net = Net(param, TEST)
+    if weights is not None:
+        net.copy_from(weights)
+    return from_caffe(param, net, str(deploy))
+
+
+def write_caffe2(model: Caffe2Model, out_dir: PathLike) -> Caffe2Files:
+    """Write ``init_net.pb``, ``predict_net.pb`` and ``value_info.json`` into ``out_dir`` (created)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = Caffe2Files(out / "init_net.pb", out / "predict_net.pb", out / VALUE_INFO)
+    write_netdef(files.init_net, model.init_net)
+    write_netdef(files.predict_net, model.predict_net)
+    assert files.value_info is not None
+    write_value_info(files.value_info, model.value_info)
+    return files
