@@ -10,6 +10,7 @@ and groups), with random weights.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -513,3 +514,80 @@ def test_convert_commands_usage_and_errors(tmp_path: Path, capsys: pytest.Captur
     )
     assert "unsupported Caffe2 operator GenerateProposals" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ============================================================================ Caffe2 folders as models
+
+
+@pytest.fixture(scope="module")
+def caffe2_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, dict]:
+    folder = tmp_path_factory.mktemp("zoo") / "bvlc_alexnet"
+    x, ws = _zoo_folder(folder)
+    return folder, x, ws
+
+
+def test_load_net_and_find_model_accept_a_caffe2_folder(
+    caffe2_folder: tuple[Path, np.ndarray, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from caffe.deploy import DeployModel, find_model
+
+    folder, x, ws = caffe2_folder
+    net = load_net(folder)
+    net.blobs["data"].data[...] = x
+    assert rel_diff(net.forward()["prob"], ws["prob"]) <= TOLERANCE
+    monkeypatch.setenv("CAFFE_CACHE_DIR", str(tmp_path / "cache"))
+    files = find_model(folder)
+    assert files.deploy.name == "deploy.prototxt" and files.weights.suffix == ".caffemodel"
+    assert files.deploy.is_relative_to(tmp_path / "cache" / "caffe2") and files.folder == folder
+    assert find_model(folder).weights == files.weights  # converted once
+    model = DeployModel(files)
+    assert model.input_shape == (3, 224, 224) and model.classes == 10 and not model.softmax
+    probs = model.forward(x)
+    assert rel_diff(probs, ws["prob"]) <= TOLERANCE
+    # a corrupt Caffe2 model folder is a model-files error naming the folder
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "init_net.pb").write_bytes(b"\x0a\xff\xff")
+    (broken / "predict_net.pb").write_bytes((folder / "predict_net.pb").read_bytes())
+    with pytest.raises(CaffeError, match="broken"):
+        find_model(broken)
+
+
+def test_caffe_classify_runs_a_caffe2_folder(
+    caffe2_folder: tuple[Path, np.ndarray, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from caffe.tools.cli import main
+
+    monkeypatch.setenv("CAFFE_CACHE_DIR", str(tmp_path / "cache"))
+    folder, _, _ = caffe2_folder
+    assert main(["classify", str(folder), str(asset("caffe-ref/examples/images/cat.jpg")), "--format", "json"]) == 0
+    assert '"index"' in capsys.readouterr().out
+
+
+def test_studio_pretrained_upload_of_a_caffe2_model(caffe2_folder: tuple[Path, np.ndarray, dict], tmp_path: Path):
+    from test_studio_inference import make_client
+
+    from caffe.studio import pretrained
+
+    folder, _, _ = caffe2_folder
+    with make_client(tmp_path, [tmp_path]) as client:
+        store = client.app.state.studio.store
+        job = pretrained.upload_caffe2(
+            store,
+            name="alexnet c2",
+            init_net=(folder / "init_net.pb").read_bytes(),
+            predict_net=(folder / "predict_net.pb").read_bytes(),
+            value_info=(folder / "value_info.json").read_bytes(),
+            width=224,
+            height=224,
+        )
+        assert store.get(job.id).status == "Done"
+        facts = json.loads((Path(store.job_dir(job.id)) / "info.json").read_text())
+        assert facts["input_shape"] == [1, 3, 224, 224] and facts["outputs"] == 10
+        with pytest.raises(CaffeError, match=r"value_info\.json"):
+            pretrained.upload_caffe2(
+                store,
+                name="no shape",
+                init_net=(folder / "init_net.pb").read_bytes(),
+                predict_net=(folder / "predict_net.pb").read_bytes(),
+            )

@@ -125,3 +125,26 @@ def write_caffe2(model: Caffe2Model, out_dir: PathLike) -> Caffe2Files:
     assert files.value_info is not None
     write_value_info(files.value_info, model.value_info)
     return files
+
+
+def converted_files(folder: PathLike, cache_dir: PathLike | None = None) -> tuple[Path, Path]:
+    """The deploy prototxt and caffemodel of the Caffe2 model folder ``folder``, converted once into a cache
+    keyed by the files' content (``<cache>/caffe2/<sha1>/``; ``cache_dir`` default: the archives' cache root),
+    so that every consumer of model files (``caffe classify``, ``caffe serve``'s workers, the studio) reads
+    ordinary Caffe files."""
+    import hashlib
+
+    from caffe.deploy.archive import cache_root
+    from caffe.limits import read_file
+
+    files = find_caffe2_files(folder)
+    digest = hashlib.sha1()
+    for path in (files.init_net, files.predict_net, files.value_info):
+        data = read_file(path, "Caffe2 model file", error=Caffe2Error) if path is not None else b""
+        digest.update(len(data).to_bytes(8, "little") + data)
+    out = (Path(cache_dir) if cache_dir is not None else cache_root()) / "caffe2" / digest.hexdigest()
+    done = [out / "deploy.prototxt", *sorted(out.glob("*.caffemodel"))] if out.is_dir() else []
+    if len(done) == 2 and done[0].is_file():
+        return done[0], done[1]
+    deploy, weights = convert_caffe2(files)
+    return write_caffe(deploy, weights, out)

@@ -12,6 +12,10 @@
   ``*labelmap*.prototxt`` (an SSD label map);
 * info: ``info.json`` (DIGITS' job description) when present: it makes the model a DIGITS model, whose
   preprocessing follows it (see :mod:`caffe.deploy.model`).
+
+A Caffe2 model folder (``init_net.pb`` + ``predict_net.pb``, optional ``value_info.json``, no ``.prototxt``)
+is converted (:mod:`caffe.caffe2`) once into the cache beside unpacked archives; deploy and weights are
+the converted files, mean and labels are still looked for in the folder.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ def find_model(
     for what, f in explicit.items():
         if f is not None and not Path(f).is_file():
             raise ModelFilesError(f"{what} file {f}: not found")
+    if deploy is None and weights is None and folder is not None and _is_caffe2(folder):
+        deploy, weights = _caffe2_files(folder, cache_dir)
     if deploy is None:
         if folder is None:
             raise ModelFilesError("no model given: name a model folder or archive, or the deploy prototxt")
@@ -98,6 +104,26 @@ def find_model(
     if folder is not None and (folder / "info.json").is_file():
         files.info = read_info(folder / "info.json")
     return files
+
+
+def _is_caffe2(folder: Path) -> bool:
+    """A Caffe2 model folder: its two nets and no prototxt (a Caffe model beside them wins)."""
+    from caffe.caffe2.model import is_caffe2_folder
+
+    return is_caffe2_folder(folder) and not any(folder.glob("*.prototxt"))
+
+
+def _caffe2_files(folder: Path, cache_dir: PathLike | None) -> tuple[Path, Path]:
+    """The converted deploy prototxt and caffemodel of a Caffe2 model folder; failures as ModelFilesError."""
+    from caffe.caffe2.model import converted_files
+    from caffe.errors import CaffeError
+
+    try:
+        return converted_files(folder, cache_dir)
+    except ModelFilesError:
+        raise
+    except CaffeError as e:
+        raise ModelFilesError(f"{folder}: Caffe2 model: {e}") from None
 
 
 def _only(folder: Path, found: list[Path], what: str, how: str) -> Path | None:

@@ -1,5 +1,5 @@
-"""Pretrained models in the studio: upload weights + network (+ labels, + Python layer), promote a trained job,
-list, delete.
+"""Pretrained models in the studio: upload weights + network (+ labels, + Python layer), or a Caffe2 model's
+``init_net.pb`` + ``predict_net.pb`` (converted), promote a trained job, list, delete.
 
 A pretrained job's folder holds ``deploy.prototxt``, ``original.prototxt`` (the train_val network when one was
 given, else the deploy net), ``weights.caffemodel``, [``labels.txt``], [``python_layer.py``],
@@ -278,6 +278,26 @@ def upload(
     except BaseException:
         store.delete(job.id)
         raise
+
+
+def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes, value_info: bytes | None = None,
+                  **kwargs: Any) -> Any:
+    """Create a pretrained job from a Caffe2 model: ``init_net.pb`` and ``predict_net.pb`` (binary or text)
+    [+ ``value_info.json``], converted to a deploy net and weights (:mod:`caffe.caffe2`); ``kwargs`` as
+    :func:`upload` (labels, mean, image settings)."""
+    import io
+
+    from caffe.caffe2.model import convert_caffe2, find_caffe2_files
+
+    with tempfile.TemporaryDirectory(prefix="caffe2-upload-") as tmp:
+        folder = Path(tmp)
+        (folder / "init_net.pb").write_bytes(init_net)
+        (folder / "predict_net.pb").write_bytes(predict_net)
+        if value_info is not None:
+            (folder / "value_info.json").write_bytes(value_info)
+        deploy_param, weights = convert_caffe2(find_caffe2_files(folder))
+    return upload(store, name=name, weights=io.BytesIO(weights.SerializeToString()), deploy=to_text(deploy_param),
+                  **kwargs)
 
 
 def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: list[str],
