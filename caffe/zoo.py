@@ -23,6 +23,14 @@ What Caffe's ``scripts/`` did with it, as a library (the ``caffe zoo`` commands 
 * :func:`fetch_gist`: download a Gist's files into ``DIRNAME/GIST_ID/``
   (``scripts/download_model_from_gist.sh``).
 
+The Caffe2 model zoo (caffe2/models) is understood too: a folder per model, named after it, holding
+``predict_net.pb`` and ``init_net.pb`` (+ ``value_info.json``), and no readme. In a clone of that repository
+the ``.pb`` files are Git-LFS pointers (``oid sha256:...``, ``size``). :func:`download_model` on such a folder
+(or on a new folder whose name is a zoo model's) fetches both nets (:func:`download_caffe2_model`) from
+``$CAFFE2_MODEL_URL`` (default Caffe2's own ``https://s3.amazonaws.com/download.caffe2.ai/models``) as
+``<url>/<model>/<file>``, or from a mirror holding ``<mirror>/<model>/<file>``, checking an LFS pointer's
+SHA-256 and size when the folder has one. :func:`list_models` lists such folders as Caffe2 entries.
+
 The Gist functions speak GitHub's REST API (``POST /gists``, ``PATCH /gists/{id}``, ``GET /gists/{id}``)
 with the standard library's ``urllib``; the API's base URL can point anywhere (``CAFFE_GIST_API``).
 """
@@ -57,6 +65,11 @@ MIRROR_ENV = "CAFFE_MODEL_MIRROR"
 GIST_API_ENV = "CAFFE_GIST_API"
 DEFAULT_GIST_API = "https://api.github.com"
 DEFAULT_TOKEN_ENV = "GITHUB_TOKEN"
+CAFFE2_URL_ENV = "CAFFE2_MODEL_URL"
+DEFAULT_CAFFE2_URL = "https://s3.amazonaws.com/download.caffe2.ai/models"
+CAFFE2_NETS = ("predict_net.pb", "init_net.pb")
+CAFFE2_OPTIONAL = ("value_info.json",)
+CAFFE2_FORMAT = "caffe2"
 _USER_AGENT = "neocaffe-zoo/1"
 _CHUNK = 1 << 20
 
@@ -221,6 +234,9 @@ def sha1_of(path: str | os.PathLike) -> str:
 def model_status(info: ModelInfo, verify: bool = True) -> str:
     """What is on disk: 'downloaded, SHA1 OK', 'downloaded, SHA1 mismatch', 'downloaded' (not
     verified), 'partial download (N bytes)', 'not downloaded', or what the readme lacks."""
+    if info.front.get("format") == CAFFE2_FORMAT:
+        missing = [n for n in CAFFE2_NETS if _lfs_pointer(info.dir / n) is not None or not (info.dir / n).is_file()]
+        return f"Caffe2 model, {'not downloaded: ' + ', '.join(missing) if missing else 'downloaded'}"
     if info.missing_keys:
         return f"readme lacks {', '.join(info.missing_keys)}"
     try:
@@ -243,7 +259,10 @@ def list_models(models_dir: str | os.PathLike = "models") -> list[ModelInfo | tu
     if not root.is_dir():
         raise ZooError(f"{models_dir}: no such folder")
     out: list[ModelInfo | tuple[Path, str]] = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / README).is_file()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and ((p / README).is_file() or is_caffe2_entry(p))):
+        if not (d / README).is_file():
+            out.append(ModelInfo(d, {"name": d.name, "format": CAFFE2_FORMAT}))
+            continue
         try:
             out.append(load_model(d, require_download_keys=False))
         except ZooError as e:
@@ -273,6 +292,8 @@ def download_model(
     Raises ModelDownloadError when the SHA1 does not match (the file is removed), ZooError for
     a bad readme, DataError when the file cannot be fetched.
     """
+    if not Path(model_dir).exists() or is_caffe2_entry(model_dir):  # a Caffe2 zoo model (see the module)
+        return download_caffe2_model(model_dir, mirror=mirror, force=force, timeout=timeout)
     info = load_model(model_dir)
     dest, part = info.caffemodel, info.partial
     if dest.exists() and not dest.is_file():
@@ -307,6 +328,79 @@ def download_model(
                 "The download of %s stopped at byte %d; resuming it (retry %d of %d)", url, after, attempt + 1, retries
             )
     raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# the Caffe2 model zoo
+
+
+def _lfs_pointer(path: Path) -> tuple[str, int] | None:
+    """The (sha256, size) of a Git-LFS pointer file, None when ``path`` is not one."""
+    try:
+        if not path.is_file() or path.stat().st_size > 1024:
+            return None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    oid = re.search(r"^oid sha256:([0-9a-f]{64})$", text, re.M)
+    size = re.search(r"^size (\d+)$", text, re.M)
+    if not text.startswith("version https://git-lfs") or oid is None or size is None:
+        return None
+    return oid.group(1), int(size.group(1))
+
+
+def is_caffe2_entry(model_dir: str | os.PathLike) -> bool:
+    """Whether ``model_dir`` is a Caffe2 zoo folder: no readme, and a Caffe2 net or value_info.json in it."""
+    d = Path(model_dir)
+    names = (*CAFFE2_NETS, *CAFFE2_OPTIONAL, "predict_net.pbtxt")
+    return d.is_dir() and not (d / README).is_file() and any((d / n).is_file() for n in names)
+
+
+def _caffe2_source(base: str, model: str) -> str:
+    """``base/model`` for a URL or a folder (a file:// URL stays one)."""
+    return f"{base.rstrip('/')}/{urllib.parse.quote(model)}" if "://" in base else str(Path(base) / model)
+
+
+def download_caffe2_model(
+    model_dir: str | os.PathLike,
+    *,
+    mirror: str | None = None,
+    base_url: str | None = None,
+    force: bool = False,
+    timeout: float = 60.0,
+) -> tuple[Path, bool]:
+    """Fetch a Caffe2 zoo model's ``predict_net.pb`` and ``init_net.pb`` (and ``value_info.json`` when the
+    source has it) into ``model_dir``, whose name is the model's (see the module). Returns ``(folder,
+    downloaded)``; ``downloaded`` is False when both nets were already there (not LFS pointers) and
+    ``force`` is not set. A net whose LFS pointer gives a SHA-256 is checked against it."""
+    folder = Path(model_dir)
+    model = folder.resolve().name
+    mirror = os.environ.get(MIRROR_ENV, "") if mirror is None else mirror
+    base = mirror or base_url or os.environ.get(CAFFE2_URL_ENV) or DEFAULT_CAFFE2_URL
+    source = _caffe2_source(base, model)
+    pointers = {n: _lfs_pointer(folder / n) for n in CAFFE2_NETS}
+    todo = [n for n in CAFFE2_NETS if force or pointers[n] is not None or not (folder / n).is_file()]
+    if not todo:
+        log.info("%s: the Caffe2 nets are already here: nothing to download", folder)
+        return folder, False
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in todo:
+        (folder / name).unlink(missing_ok=True)
+        path = download(f"{source}/{name}", folder, mirror=source if mirror else "", timeout=timeout, filename=name)
+        expected = pointers[name]
+        if expected is not None:
+            got = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+            if got != expected:
+                path.unlink()
+                raise ModelDownloadError(
+                    f"{path}: SHA-256 {got[0]} ({got[1]} bytes) is not the {expected[0]} ({expected[1]} bytes) "
+                    "of its Git-LFS pointer; the file was removed"
+                )
+    for name in CAFFE2_OPTIONAL:
+        if not (folder / name).is_file():
+            with contextlib.suppress(DataError):
+                download(f"{source}/{name}", folder, mirror=source if mirror else "", timeout=timeout, filename=name)
+    return folder, True
 
 
 # ---------------------------------------------------------------------------------------------

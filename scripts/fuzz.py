@@ -509,6 +509,30 @@ def _binaryproto(work: Path):
     return seeds, run
 
 
+@target("caffe2_netdef", weight=100, batch=200)
+def _caffe2_netdef(work: Path):
+    import numpy as np
+
+    from caffe.caffe2.io import fill_op, init_blobs, read_netdef
+    from caffe.caffe2.to_caffe import to_caffe
+    from caffe.proto import caffe2_pb2
+
+    text = _asset("caffe2/bvlc_alexnet/predict_net.pbtxt").read_bytes()
+    binary = read_netdef(_asset("caffe2/inception_v2/predict_net.pbtxt")).SerializeToString()
+    init = caffe2_pb2.NetDef(op=[fill_op("conv1_w", np.ones((2, 3, 3, 3), np.float32)),
+                                 fill_op("conv1_b", np.zeros(2, np.float32))]).SerializeToString()
+    seeds = [Seed("alexnet.pbtxt", text, "text"), Seed("inception_v2.pb", binary, "proto"),
+             Seed("init.pb", init, "proto")]
+
+    def run(data: bytes, seed: Seed) -> None:
+        net = read_netdef(_scratch(work, "in.pb", data))
+        if seed.name == "init.pb":
+            init_blobs(net, "init")
+        else:
+            to_caffe(net, {}, {"data": [1, 3, 224, 224]}, "predict")
+    return seeds, run
+
+
 @target("datum", weight=500, batch=2000)
 def _datum(work: Path):
     import numpy as np

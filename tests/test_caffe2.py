@@ -591,3 +591,58 @@ def test_studio_pretrained_upload_of_a_caffe2_model(caffe2_folder: tuple[Path, n
                 init_net=(folder / "init_net.pb").read_bytes(),
                 predict_net=(folder / "predict_net.pb").read_bytes(),
             )
+
+
+# ============================================================================ caffe zoo and the Caffe2 zoo's layout
+
+
+def _lfs_pointer(data: bytes) -> str:
+    import hashlib
+
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n"
+    )
+
+
+def test_zoo_downloads_caffe2_models_through_a_mirror(
+    caffe2_folder: tuple[Path, np.ndarray, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A clone of caffe2/models has LFS pointers for the nets: ``caffe zoo download`` fetches them from a mirror
+    (a folder, a file:// URL) holding ``<model>/<file>``, checks their SHA-256, and ``caffe zoo list`` shows it."""
+    from caffe import zoo
+    from caffe.tools.cli import main
+
+    source, _, _ = caffe2_folder
+    mirror = tmp_path / "mirror" / "bvlc_alexnet"
+    mirror.mkdir(parents=True)
+    for name in ("init_net.pb", "predict_net.pb", "value_info.json"):
+        (mirror / name).write_bytes((source / name).read_bytes())
+    models = tmp_path / "models"
+    clone = models / "bvlc_alexnet"
+    clone.mkdir(parents=True)
+    for name in ("init_net.pb", "predict_net.pb"):
+        (clone / name).write_text(_lfs_pointer((source / name).read_bytes()))
+    (clone / "value_info.json").write_bytes((source / "value_info.json").read_bytes())
+    assert main(["zoo", "list", "--models_dir", str(models)]) == 0
+    assert "Caffe2 model, not downloaded: predict_net.pb, init_net.pb" in capsys.readouterr().out
+    assert main(["zoo", "download", str(clone), "--mirror", str(tmp_path / "mirror")]) == 0
+    assert (clone / "init_net.pb").read_bytes() == (source / "init_net.pb").read_bytes()
+    assert zoo.download_caffe2_model(clone, mirror=str(tmp_path / "mirror")) == (clone, False)
+    assert main(["zoo", "list", "--models_dir", str(models)]) == 0
+    assert "Caffe2 model, downloaded" in capsys.readouterr().out
+    # a new folder named after the model, the mirror as a file:// URL from the environment; value_info comes too
+    monkeypatch.setenv(zoo.MIRROR_ENV, (tmp_path / "mirror").as_uri())
+    fresh = tmp_path / "elsewhere" / "bvlc_alexnet"
+    assert zoo.download_model(fresh) == (fresh, True)
+    assert sorted(p.name for p in fresh.iterdir()) == ["init_net.pb", "predict_net.pb", "value_info.json"]
+    monkeypatch.setenv("CAFFE_CACHE_DIR", str(tmp_path / "cache"))
+    assert caffe.deploy.find_model(fresh).weights.suffix == ".caffemodel"
+    # a file that is not the one its LFS pointer names is refused and removed
+    (clone / "init_net.pb").write_text(_lfs_pointer(b"something else"))
+    with pytest.raises(zoo.ModelDownloadError, match="Git-LFS pointer"):
+        zoo.download_model(clone)
+    assert not (clone / "init_net.pb").exists()
+    # without a mirror the files come from Caffe2's server, <url>/<model>/<file> (here: a file:// stand-in)
+    monkeypatch.setenv(zoo.MIRROR_ENV, "")
+    monkeypatch.setenv(zoo.CAFFE2_URL_ENV, (tmp_path / "mirror").as_uri())
+    assert zoo.download_model(clone) == (clone, True)
