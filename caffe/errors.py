@@ -2,13 +2,17 @@
 
 The message names what is at fault (file:line:column, layer, blob, shape) so that a user
 never has to read a traceback from deep inside torch or protobuf.
+
+Every one is also a ``RuntimeError``: pycaffe reports what Caffe's C++ side rejects (a net, a layer's
+setup, a Python layer's exception, weights, a solver) as ``RuntimeError``, and code written for pycaffe
+catches that.
 """
 
 from __future__ import annotations
 
 
-class CaffeError(Exception):
-    """Base class of every error raised by neocaffe for bad input or bad use."""
+class CaffeError(RuntimeError):
+    """Base class of every error raised by neocaffe for bad input or bad use (a ``RuntimeError``, as pycaffe's)."""
 
 
 class ParseError(CaffeError):

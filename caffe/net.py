@@ -5,10 +5,15 @@ automatic Split layers for blobs read by several layers; in-place layers; shape 
 weights; which layers and blobs need backward; output blobs; parameter sharing by name.
 
 Forward runs the layers' torch computations and records the tensors each layer read and wrote.
-Backward over a range of layers is one autograd call whose roots are the range's top tensors not
-consumed inside the range (seeded with the blobs' diffs, e.g. loss weights) and whose requested
-inputs are the range's bottoms and parameters; bottom diffs are overwritten and parameter diffs
-accumulate, exactly as Caffe's per-layer backward does.
+Backward works from the blobs' current contents, as Caffe's: layers whose recorded graph is still
+valid (recorded by the last forward that ran them, bottoms and parameters unchanged since, judged by
+the blobs' versions) are differentiated together by one autograd call per run of such layers, whose
+roots are the run's top tensors not consumed inside it (seeded with the blobs' diffs, e.g. loss
+weights) and whose requested inputs are its bottoms and parameters. A layer with no valid graph (no
+forward ran, or weights or bottoms changed in place) is recomputed alone under autograd from its
+current bottoms, without touching its tops. A layer with a backward of its own (a Python layer) is
+called with the blobs. Bottom diffs are overwritten and parameter diffs accumulate, exactly as
+Caffe's per-layer backward does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -133,6 +138,14 @@ def insert_splits(param: pb.NetParameter) -> pb.NetParameter:
                 del lp.loss_weight[:]
                 next_split[(i, j)] = next_split.get((i, j), 0) + 1
     return out
+
+
+@runtime_checkable
+class BlobBackward(Protocol):
+    """A layer with a backward of its own, called with the blobs as Caffe's ``Backward`` (a Python layer):
+    top diffs are in its top blobs; it writes the diffs of the bottoms ``propagate_down`` selects."""
+
+    def backward_blobs(self, propagate_down: list[bool]) -> None: ...
 
 
 # ---------------------------------------------------------------------------- the Net
@@ -324,8 +337,8 @@ class Net:
             log.info("This network produces output %s", name)
         self._share_weights()
         self._set_loss_diffs()
-        self._fwd_inputs: list[list[torch.Tensor] | None] = [None] * len(self._layers)
-        self._fwd_outputs: list[list[torch.Tensor] | None] = [None] * len(self._layers)
+        self._forget_graphs()
+        self._own_backward = [isinstance(layer, BlobBackward) for layer in self._layers]
         self._layer_by_name = {}
         for i, name in enumerate(self._layer_names):
             self._layer_by_name.setdefault(name, i)
@@ -516,8 +529,17 @@ class Net:
                     blob.tensor.requires_grad_(layer.param_propagate_down[k])
         self._device = device
         self._runner_key = None
-        self._fwd_inputs = [None] * len(self._layers)
-        self._fwd_outputs = [None] * len(self._layers)
+        self._forget_graphs()
+
+    def _forget_graphs(self) -> None:
+        """Drop every recorded forward graph (a later backward recomputes what it needs)."""
+        n = len(self._layers)
+        self._fwd_inputs: list[list[torch.Tensor] | None] = [None] * n
+        self._fwd_outputs: list[list[torch.Tensor] | None] = [None] * n
+        self._fwd_gen: list[int] = [0] * n  # which recording each layer's graph belongs to
+        self._param_seen: list[tuple[int, ...]] = [()] * n  # its parameters' versions when recorded
+        self._blob_seen: list[int] = [-1] * len(self._blobs)  # each blob's version when the net last ran
+        self._generation = 0
 
     @property
     def device(self) -> torch.device:
@@ -553,9 +575,13 @@ class Net:
             if runner is not None:
                 with torch.no_grad():
                     if isinstance(runner, CompiledPlan):
-                        return runner.run({self._blob_index[b] for b in wanted or () if b in self._blob_index})
-                    return runner.run()
+                        loss = runner.run({self._blob_index[b] for b in wanted or () if b in self._blob_index})
+                    else:
+                        loss = runner.run()
+                self._note_versions(start, end)
+                return loss
         loss = 0.0
+        self._generation += 1
         with torch.set_grad_enabled(grad_mode):
             for i in range(start, end + 1):
                 for cb in self._callbacks["before_forward"]:
@@ -565,7 +591,18 @@ class Net:
                     self._forward_debug_info(i)
                 for cb in self._callbacks["after_forward"]:
                     cb(i)
+        self._note_versions(start, end)
         return loss
+
+    def _note_versions(self, start: int, end: int) -> None:
+        """Remember the versions of the blobs layers ``start..end`` read and wrote: a later change to one
+        (a NumPy write, an in-place update) makes the graphs recorded from it stale."""
+        seen, blobs = self._blob_seen, self._blobs
+        for i in range(start, end + 1):
+            for bid in self._bottom_ids[i]:
+                seen[bid] = blobs[bid].version
+            for bid in self._top_ids[i]:
+                seen[bid] = blobs[bid].version
 
     def _inference_runner(self) -> Any:
         """The engine-specific runner of a gradient-free full forward (None: run layer by layer)."""
@@ -610,6 +647,10 @@ class Net:
             outputs = [o.view_as(o) if id(o) in ids else o for o in outputs]
             self._fwd_inputs[i] = inputs
             self._fwd_outputs[i] = outputs
+            self._fwd_gen[i] = self._generation
+            self._param_seen[i] = tuple(b.version for b in layer.blobs)
+        else:
+            self._fwd_inputs[i] = self._fwd_outputs[i] = None
         for j, (tid, out) in enumerate(zip(self._top_ids[i], outputs, strict=True)):
             blob = self._blobs[tid]
             blob.tensor = out
@@ -653,15 +694,75 @@ class Net:
             )
 
     def _backward_range(self, start: int, end: int) -> None:
-        layers = [i for i in range(end, start + 1) if self._layer_need_backward[i]]
+        """Backward through layers ``start`` down to ``end``: runs of layers with a valid recorded graph
+        together, stale layers recomputed one by one, layers with their own backward called with the blobs."""
+        run: list[int] = []
+        for i in range(start, end - 1, -1):
+            if not self._layer_need_backward[i]:
+                continue
+            if self._own_backward[i]:
+                self._autograd_backward(run)
+                run = []
+                self._blob_backward(i)
+            elif self._graph_is_stale(i):
+                self._autograd_backward(run)
+                run = []
+                self._record_layer(i)
+                self._autograd_backward([i])
+            else:
+                if run and self._fwd_gen[run[-1]] != self._fwd_gen[i]:  # recorded apart: not connected
+                    self._autograd_backward(run)
+                    run = []
+                run.append(i)
+        self._autograd_backward(run)
+
+    def _graph_is_stale(self, i: int) -> bool:
+        """Whether layer ``i`` has no recorded graph, or its bottoms or parameters changed since it was recorded."""
+        if self._fwd_outputs[i] is None:
+            return True
+        blobs, seen = self._blobs, self._blob_seen
+        if any(blobs[bid].version != seen[bid] for bid in self._bottom_ids[i]):
+            return True
+        return self._param_seen[i] != tuple(b.version for b in self._layers[i].blobs)
+
+    def _record_layer(self, i: int) -> None:
+        """Recompute layer ``i``'s forward under autograd from its current bottoms and parameters, leaving its
+        tops as they are (Caffe's backward reads the blobs, it does not rerun the net). An in-place bottom
+        unchanged since the last forward is read as that forward's input (the blob holds the output)."""
+        layer = self._layers[i]
+        previous = self._fwd_inputs[i]
+        inputs = []
+        for j, bid in enumerate(self._bottom_ids[i]):
+            blob = self._blobs[bid]
+            in_place = bid in self._top_ids[i] and blob.version == self._blob_seen[bid]
+            t = previous[j].detach() if previous is not None and in_place else blob.tensor.detach()
+            inputs.append(t.requires_grad_() if self._bottom_need_backward[i][j] else t)
+        shapes = [tuple(t.shape) for t in inputs]
+        if shapes != layer._last_bottom_shapes:
+            self._guard(layer, "reshape", layer.checked_reshape, shapes)
+        with torch.enable_grad():
+            outputs = self._guard(layer, "forward", layer.forward, inputs)
+        ids = {id(t) for t in inputs}
+        self._fwd_inputs[i] = inputs
+        self._fwd_outputs[i] = [o.view_as(o) if id(o) in ids else o for o in outputs]
+        self._generation += 1
+        self._fwd_gen[i] = self._generation
+        self._param_seen[i] = tuple(b.version for b in layer.blobs)
+
+    def _blob_backward(self, i: int) -> None:
+        """Call layer ``i``'s own backward with the blobs (a Python layer), as Caffe's ``Layer::Backward``."""
+        layer = self._layers[i]
+        ids = {*self._bottom_ids[i], *self._top_ids[i]}
+        unchanged = [bid for bid in ids if self._blobs[bid].version == self._blob_seen[bid]]
+        self._guard(layer, "backward", layer.backward_blobs, list(self._bottom_need_backward[i]))  # type: ignore[attr-defined]
+        for bid in unchanged:  # its own reads of .data are not changes
+            self._blob_seen[bid] = self._blobs[bid].version
+
+    def _autograd_backward(self, layers: list[int]) -> None:
+        """One autograd call through the recorded graphs of ``layers`` (connected, highest first)."""
         if not layers:
             return
-        for i in layers:
-            if self._fwd_outputs[i] is None:
-                raise NetError(
-                    f"backward through layer '{self._layer_names[i]}' needs a forward pass run with gradients "
-                    "enabled first (call net.forward() outside torch.no_grad())"
-                )
+        layers = sorted(layers)
         consumed: set[int] = set()
         for i in layers:
             for j, t in enumerate(self._fwd_inputs[i]):  # type: ignore[arg-type]
@@ -737,7 +838,17 @@ class Net:
         if missing:
             raise NetError(f"no blob named {', '.join(repr(m) for m in missing)} in net '{self.name}'")
         self._forward(start_ind, end_ind, outputs)
-        return {out: self.blobs[out].data for out in outputs}
+        return {out: self._read_data(out) for out in outputs}
+
+    def _read_data(self, name: str) -> np.ndarray:
+        """Blob ``name``'s data for the caller; handing it out is not counted as a change of the blob."""
+        bid = self._blob_index[name]
+        blob = self._blobs[bid]
+        unchanged = blob.version == self._blob_seen[bid]
+        data = blob.data
+        if unchanged:
+            self._blob_seen[bid] = blob.version
+        return data
 
     def backward(
         self,

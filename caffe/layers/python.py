@@ -3,8 +3,10 @@
 The user writes a subclass of :class:`caffe.Layer` (the class below, as in pycaffe) with
 ``setup/reshape/forward/backward`` working on :class:`~caffe.blob.Blob` lists; ``self.param_str``
 and ``self.phase`` are set before ``setup``; ``self.blobs.add_blob(*shape)`` adds learnable blobs.
-Its ``backward`` is called by autograd with the top diffs filled in and must write bottom diffs
-(and may accumulate into its parameter diffs), exactly as with Caffe's ``PythonLayer``.
+The Net calls its ``backward(top, propagate_down, bottom)`` directly with the blobs, the top diffs
+filled in; it must write bottom diffs (and may accumulate into its parameter diffs), exactly as with
+Caffe's ``PythonLayer``. An exception from the user's code reaches the caller as a
+:class:`~caffe.errors.LayerError` naming the layer (a ``RuntimeError``, as in pycaffe).
 
 Forks' modules built in: the Caffe forks' test nets name Python layers their users never ship
 (py-faster-rcnn's and R-FCN's ``rpn.proposal_layer.ProposalLayer``). Rather than installing a
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from caffe.blob import Blob, Shape
+from caffe.errors import CaffeError, LayerError, layer_context
 from caffe.layer import Layer as _Layer
 from caffe.layer import register
 from caffe.proto import caffe_pb2 as pb
@@ -133,32 +136,9 @@ def _import_module(name: str, search: list[Path]) -> Any:
         raise
 
 
-class _PythonForward(torch.autograd.Function):
-    """Runs the user's forward on the blobs; its backward runs the user's backward."""
-
-    @staticmethod
-    def forward(ctx: Any, host: PythonLayer, *bottom: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        impl = host.impl
-        impl.reshape(host.bottoms, host.tops)
-        impl.forward(host.bottoms, host.tops)
-        ctx.host = host
-        return tuple(top.tensor.detach() for top in host.tops)
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        host: PythonLayer = ctx.host
-        for top, g in zip(host.tops, grads, strict=True):
-            top.grad = g
-        propagate = [bool(n) for n in ctx.needs_input_grad[1:]]
-        in_place = {id(top) for top in host.tops}
-        for b, need in zip(host.bottoms, propagate, strict=True):
-            if need and id(b) not in in_place:  # an in-place bottom's diff is its top's, as in Caffe
-                b.grad = torch.zeros(b.shape, dtype=b.dtype, device=b.device)
-        host.impl.backward(host.tops, propagate, host.bottoms)
-        out: list[torch.Tensor | None] = [None]
-        for b, need in zip(host.bottoms, propagate, strict=True):
-            out.append(b.grad.clone() if need else None)
-        return tuple(out)
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 @register("Python")
@@ -195,7 +175,7 @@ class PythonLayer(_Layer):
         cls = getattr(module, pp.layer, None)
         if cls is None:
             raise self.error(f"Python module '{pp.module}' has no class '{pp.layer}'")
-        self.impl: Layer = cls(param)
+        self.impl: Layer = self._user("construction", cls, param)
         self.impl.param_str = pp.param_str
         self.impl.phase = param.phase
         if not hasattr(self.impl, "blobs"):
@@ -206,10 +186,19 @@ class PythonLayer(_Layer):
             self.impl.blobs.append(Blob.from_tensor(blob_proto_to_tensor(proto)))
         self.blobs = self.impl.blobs
 
+    def _user(self, what: str, fn: Any, *args: Any) -> Any:
+        """Run the user's ``fn``: any exception it raises becomes a LayerError naming the layer."""
+        try:
+            return fn(*args)
+        except CaffeError:
+            raise
+        except Exception as e:  # user code may raise anything; pycaffe reports it as a RuntimeError
+            raise LayerError(f"{layer_context(self.name, self.type)} {what} failed: {_one_line(e)}") from e
+
     def setup(self, bottom: list[Shape], num_top: int) -> list[Shape]:
         self.check_blob_counts(len(bottom), num_top)
-        self.impl.setup(self.bottoms, self.tops)
-        self.impl.reshape(self.bottoms, self.tops)
+        self._user("setup", self.impl.setup, self.bottoms, self.tops)
+        self._user("reshape", self.impl.reshape, self.bottoms, self.tops)
         self.set_loss_weights(num_top)
         self.param_propagate_down = [True] * len(self.blobs)
         self._last_bottom_shapes = list(bottom)
@@ -217,8 +206,22 @@ class PythonLayer(_Layer):
         return self._top_shapes
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        self.impl.reshape(self.bottoms, self.tops)
+        self._user("reshape", self.impl.reshape, self.bottoms, self.tops)
         return [t.shape for t in self.tops]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        return list(_PythonForward.apply(self, *bottom))
+        """Run the user's reshape and forward on the blobs; the tops' values, outside any autograd graph."""
+        self._user("reshape", self.impl.reshape, self.bottoms, self.tops)
+        self._user("forward", self.impl.forward, self.bottoms, self.tops)
+        return [top.tensor.detach() for top in self.tops]
+
+    def backward_blobs(self, propagate_down: list[bool]) -> None:
+        """Call the user's ``backward(top, propagate_down, bottom)`` with the blobs, the top diffs in place.
+
+        The diffs of the bottoms to compute start at zero, except an in-place bottom's: it is its top's
+        diff, which the user's backward reads and overwrites, as in Caffe."""
+        tops = {id(top) for top in self.tops}
+        for b, need in zip(self.bottoms, propagate_down, strict=True):
+            if need and id(b) not in tops:
+                b.grad = torch.zeros(b.shape, dtype=b.dtype, device=b.device)
+        self._user("backward", self.impl.backward, self.tops, list(propagate_down), self.bottoms)
