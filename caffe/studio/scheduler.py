@@ -668,9 +668,10 @@ class Scheduler:
                 self._set_status(
                     r.job_id, status, expected={"status": "Running", "pid": r.proc.pid}, returncode=rc, pid=None
                 )
+            # logged before the job leaves _running: stop() returns only once its outcome has been said
+            log.info("Job %s: %s (exit status %d)%s", r.job_id, status, rc, _snapshot_note(r))
             self._running.pop(r.job_id, None)
             self._cv.notify_all()
-        log.info("Job %s: %s (exit status %d)%s", r.job_id, status, rc, _snapshot_note(r))
 
 
 def _snapshot_note(r: _Running) -> str:
