@@ -564,6 +564,33 @@ def test_caffe_classify_runs_a_caffe2_folder(
     assert '"index"' in capsys.readouterr().out
 
 
+def test_caffe_serve_runs_a_caffe2_folder(
+    caffe2_folder: tuple[Path, np.ndarray, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """``caffe serve`` answers with the probabilities ``caffe classify`` prints for the same folder and image."""
+    import httpx
+    from test_serve import Server
+
+    from caffe.tools.cli import main
+
+    monkeypatch.setenv("CAFFE_CACHE_DIR", str(tmp_path / "cache"))
+    folder, _, _ = caffe2_folder
+    image = asset("caffe-ref/examples/images/cat.jpg")
+    assert main(["classify", str(folder), str(image), "--format", "json", "--top_k", "10"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    srv = Server(f"c2={folder}", "--nodocs")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as client:
+            r = client.post(
+                "/models/c2/predict?top_k=10", files={"file": ("cat.jpg", image.read_bytes(), "image/jpeg")}
+            )
+    finally:
+        srv.stop()
+    assert r.status_code == 200, r.text
+    served = {p["index"]: p["probability"] for p in r.json()["predictions"]}
+    assert served == pytest.approx({p["index"]: p["probability"] for p in printed["predictions"]}, abs=1e-6)
+
+
 def test_studio_pretrained_upload_of_a_caffe2_model(caffe2_folder: tuple[Path, np.ndarray, dict], tmp_path: Path):
     from test_studio_inference import make_client
 

@@ -71,7 +71,8 @@ def convert_caffe2(
         shapes = read_value_info(files.value_info)
     else:
         raise Caffe2Error(
-            f"{files.predict_net}: no {VALUE_INFO} beside it: give the input shape (e.g. --input_shape 1,3,224,224)"
+            f"{files.predict_net}: no {VALUE_INFO} beside it to give the input's shape: write one "
+            '(e.g. {"data": [1, [1, 3, 224, 224]]}) or, converting, give --input_shape 1,3,224,224'
         )
     return to_caffe(predict, blobs, shapes, str(files.predict_net))
 
