@@ -652,6 +652,8 @@ def test_zoo_downloads_caffe2_models_through_a_mirror(
     assert main(["zoo", "list", "--models_dir", str(models)]) == 0
     assert "Caffe2 model, not downloaded: predict_net.pb, init_net.pb" in capsys.readouterr().out
     assert main(["zoo", "download", str(clone), "--mirror", str(tmp_path / "mirror")]) == 0
+    said = capsys.readouterr().out
+    assert "Downloaded" in said and "SHA-256 checked" in said and "SHA1" not in said
     assert (clone / "init_net.pb").read_bytes() == (source / "init_net.pb").read_bytes()
     assert zoo.download_caffe2_model(clone, mirror=str(tmp_path / "mirror")) == (clone, False)
     assert main(["zoo", "list", "--models_dir", str(models)]) == 0

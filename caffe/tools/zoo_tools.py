@@ -87,10 +87,11 @@ def zoo_download(argv: list[str]) -> int:
     path, downloaded = zoo.download_model(
         args.dirname, mirror=args.mirror, force=args.force, timeout=args.timeout, retries=max(0, args.retries)
     )
+    check = "Caffe2 nets; SHA-256 checked where an LFS pointer gave one" if path.is_dir() else "SHA1 OK"
     if downloaded:
-        print(f"Downloaded {path} (SHA1 OK)")
+        print(f"Downloaded {path} ({check})")
     else:
-        print(f"{path} is already downloaded (SHA1 OK)")
+        print(f"{path} is already downloaded ({check})")
     return 0
 
 
