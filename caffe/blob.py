@@ -3,6 +3,8 @@
 The compute side is a torch tensor. On the CPU the NumPy arrays *are* that tensor's memory. On a
 GPU, Caffe's synced-memory rule holds: the NumPy view is a host copy, brought up to date when it is
 read and copied back to the device the next time the net uses the blob.
+
+BlobProto <-> array/tensor conversion lives here too (Caffe's ``Blob::FromProto``/``ToProto``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from caffe.errors import ShapeError
+from caffe.errors import ShapeError, WeightsError
 from caffe.limits import check_blob
+from caffe.proto import caffe_pb2 as pb
 
 Shape = tuple[int, ...]
 
@@ -211,6 +214,10 @@ class Blob:
         """The stored value is out of date; ``refresh`` recomputes it (and others) on first access."""
         self._refresh = refresh
 
+    def mark_fresh(self) -> None:
+        """The stored value is up to date again: drop a pending ``mark_stale`` refresh."""
+        self._refresh = None
+
     def _fresh(self) -> None:
         if self._refresh is not None:
             refresh, self._refresh = self._refresh, None
@@ -318,3 +325,70 @@ class Blob:
 
     def __repr__(self) -> str:
         return f"<caffe.Blob shape={self._shape} dtype={str(self._dtype).replace('torch.', '')}>"
+
+
+# ---------------------------------------------------------------------------- BlobProto
+def _has_legacy_dims(proto: pb.BlobProto) -> bool:
+    return any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
+
+
+def proto_shape(proto: pb.BlobProto) -> Shape:
+    """The shape a BlobProto declares (its ``shape``, or the legacy num/channels/height/width)."""
+    if _has_legacy_dims(proto):
+        return (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(proto.shape.dim)
+
+
+def legacy_shape_matches(shape: Shape, proto: pb.BlobProto) -> bool:
+    """Caffe's ``Blob::ShapeEquals``: legacy 4-d protos compare against the shape padded with 1s in front."""
+    if _has_legacy_dims(proto):
+        if len(shape) > 4:
+            return False
+        padded = (1,) * (4 - len(shape)) + tuple(shape)
+        return padded == (proto.num, proto.channels, proto.height, proto.width)
+    return tuple(shape) == tuple(proto.shape.dim)
+
+
+def blob_proto_to_array(proto: pb.BlobProto, *, diff: bool = False) -> np.ndarray:
+    """A NumPy array with the proto's data (or diff), shaped as the proto declares."""
+    shape = proto_shape(proto)
+    if any(d < 0 for d in shape):
+        raise WeightsError(f"blob declares shape {shape} with a negative dimension")
+    if diff:
+        values = proto.double_diff if len(proto.double_diff) else proto.diff
+    else:
+        values = proto.double_data if len(proto.double_data) else proto.data
+    dtype = np.float64 if (len(proto.double_diff) if diff else len(proto.double_data)) else np.float32
+    arr = np.array(values, dtype=dtype)
+    if arr.size != math.prod(shape):
+        raise WeightsError(f"blob declares shape {shape} ({math.prod(shape)} values) but holds {arr.size} values")
+    return arr.reshape(shape)
+
+
+def blob_proto_to_tensor(
+    proto: pb.BlobProto, *, expect: Sequence[int] | None = None, where: str = "blob", keep_double: bool = False
+) -> torch.Tensor:
+    """A float32 tensor from a BlobProto (float64 for ``double_data`` with ``keep_double``); with ``expect``,
+    checked (legacy-aware) and shaped to it."""
+    if expect is not None and not legacy_shape_matches(tuple(expect), proto):
+        raise WeightsError(f"{where}: shape mismatch, expected {tuple(expect)} but the file has {proto_shape(proto)}")
+    try:
+        arr = blob_proto_to_array(proto)
+    except WeightsError as e:
+        raise WeightsError(f"{where}: {e}") from None
+    shape = tuple(expect) if expect is not None else arr.shape
+    if not (keep_double and arr.dtype == np.float64):
+        arr = arr.astype(np.float32, copy=False)
+    return torch.from_numpy(arr.reshape(shape))
+
+
+def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None, *, double: bool = False) -> pb.BlobProto:
+    """A BlobProto with ``shape`` and float data (and diff), as Caffe's ``Blob::ToProto`` writes it; with
+    ``double``, ``double_data`` (and ``double_diff``), as a ``Blob<double>`` writes them."""
+    proto = pb.BlobProto()
+    proto.shape.dim.extend(int(d) for d in data.shape)
+    kind = np.float64 if double else np.float32
+    (proto.double_data if double else proto.data).extend(np.ascontiguousarray(data, dtype=kind).ravel().tolist())
+    if diff is not None:
+        (proto.double_diff if double else proto.diff).extend(np.ascontiguousarray(diff, dtype=kind).ravel().tolist())
+    return proto

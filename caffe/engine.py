@@ -107,7 +107,7 @@ class InferencePlan:
         self.net = net
         self.steps: list[_ConvStep | int] = []
         absorbed: set[int] = set()
-        for i, layer in enumerate(net._layers):
+        for i, layer in enumerate(net.host_layers):
             if i in absorbed:
                 continue
             step = self._conv_chain(i) if layer.type == "Convolution" else None
@@ -129,9 +129,9 @@ class InferencePlan:
 
     # ---------------------------------------------------------------------------- building
     def _conv_chain(self, i: int) -> _ConvStep | None:
-        net, layer = self.net, self.net._layers[i]
+        net, layer = self.net, self.net.host_layers[i]
         g = getattr(layer, "geometry", None)
-        if g is None or g.num_spatial != 2 or g.axis != 1 or len(net._top_ids[i]) != 1 or any(layer.loss_weights):
+        if g is None or g.num_spatial != 2 or g.axis != 1 or len(net.top_ids(i)) != 1 or any(layer.loss_weights):
             return None
         return _ConvStep(i, *self._in_place_chain(i))
 
@@ -139,13 +139,13 @@ class InferencePlan:
         """The layers after ``i`` that work in place on its one top: per-channel affines, then at most
         one activation (which ends the chain); stops at the first other reader of the top."""
         net = self.net
-        top = net._top_ids[i][0]
+        top = net.top_ids(i)[0]
         chain: list[int] = []
-        for j in range(i + 1, len(net._layers)):
-            if top not in net._bottom_ids[j]:
+        for j in range(i + 1, net.num_layers):
+            if top not in net.bottom_ids(j):
                 continue
-            other = net._layers[j]
-            if net._bottom_ids[j] != [top] or net._top_ids[j] != [top] or any(other.loss_weights):
+            other = net.host_layers[j]
+            if net.bottom_ids(j) != [top] or net.top_ids(j) != [top] or any(other.loss_weights):
                 break
             act = other.pointwise_activation()
             if act is not None:
@@ -159,8 +159,8 @@ class InferencePlan:
     def _affine_chain(self, i: int) -> _AffineStep | None:
         """Layer ``i`` as the head of a fused affine chain: a per-channel affine with at least one
         in-place follower (a lone affine layer gains nothing from fusing)."""
-        net, layer = self.net, self.net._layers[i]
-        if len(net._bottom_ids[i]) != 1 or len(net._top_ids[i]) != 1 or any(layer.loss_weights):
+        net, layer = self.net, self.net.host_layers[i]
+        if len(net.bottom_ids(i)) != 1 or len(net.top_ids(i)) != 1 or any(layer.loss_weights):
             return None
         if layer.channel_affine() is None:
             return None
@@ -169,20 +169,20 @@ class InferencePlan:
 
     # ---------------------------------------------------------------------------- folding
     def _param_versions(self, step: _Fused) -> tuple[int, ...]:
-        layers = self.net._layers
+        layers = self.net.host_layers
         return tuple(b.version for k in (step.index, *step.chain) for b in layers[k].blobs)
 
-    def _fold(self, step: _ConvStep) -> None:
+    def fold(self, step: _ConvStep) -> None:
         versions = self._param_versions(step)
         if versions == step.versions and step.weight is not None:
             return
-        conv = self.net._layers[step.index]
+        conv = self.net.host_layers[step.index]
         w = conv.param_tensor(0).detach()
         dtype = w.dtype
         scale = torch.ones(w.shape[0], dtype=torch.float64, device=w.device)
         shift = conv.param_tensor(1).detach().double() if conv.bias_term else torch.zeros_like(scale)
         for k in step.chain:
-            affine = self.net._layers[k].channel_affine()
+            affine = self.net.host_layers[k].channel_affine()
             if affine is None:
                 continue
             a, b = (t.reshape(-1).to(scale.device) for t in affine)
@@ -193,7 +193,7 @@ class InferencePlan:
         step.versions = self._param_versions(step)
 
     def _fold_affine(self, step: _AffineStep) -> None:
-        layers = self.net._layers
+        layers = self.net.host_layers
         versions = self._param_versions(step)
         if versions == step.versions and step.scale is not None:
             return
@@ -228,8 +228,8 @@ class InferencePlan:
         return y
 
     def _run_conv(self, step: _ConvStep, x: torch.Tensor) -> torch.Tensor:
-        self._fold(step)
-        conv = self.net._layers[step.index]
+        self.fold(step)
+        conv = self.net.host_layers[step.index]
         g = conv.geometry
         pad, stride, dil, groups = list(g.pad), list(g.stride), list(g.dilation), conv.group
         assert step.weight is not None
@@ -266,20 +266,17 @@ class InferencePlan:
     def run(self) -> float:
         """One forward pass over the whole net; returns the weighted loss as ``Net._forward`` does."""
         net = self.net
-        blobs = net._blobs
+        blobs = net.blob_list
         loss = 0.0
         for step in self.schedule:
             if isinstance(step, int):
-                loss += net._forward_layer(step, grad_mode=False)
+                loss += net.forward_layer(step)
                 continue
             i = step.index
-            x = blobs[net._bottom_ids[i][0]].tensor
-            layer = net._layers[i]
-            shapes = [tuple(x.shape)]
-            if shapes != layer._last_bottom_shapes:
-                net._guard(layer, "reshape", layer.checked_reshape, shapes)
+            x = blobs[net.bottom_ids(i)[0]].tensor
+            net.reshape_layer(i, [tuple(x.shape)])
             run = self._run_conv if isinstance(step, _ConvStep) else self._run_affine
-            blobs[net._top_ids[i][0]].tensor = net._guard(layer, "forward", run, step, x)
+            blobs[net.top_ids(i)[0]].tensor = net.run_guarded(i, "forward", run, step, x)
         return loss
 
 
@@ -295,12 +292,14 @@ class CompiledPlan:
     def __init__(self, plan: InferencePlan) -> None:
         self.plan = plan
         net = plan.net
-        self._inputs = list(net._input_ids)
-        produced = [t for i, tops in enumerate(net._top_ids) for t in tops if net._layers[i].type != "Input"]
+        self._inputs = net.input_ids
+        layers = net.host_layers
+        produced = [t for i in range(net.num_layers) for t in net.top_ids(i) if layers[i].type != "Input"]
         self._produced = list(dict.fromkeys(produced))
-        self._loss_tops = [
-            net._top_ids[i][j] for i, layer in enumerate(net._layers) for j, w in enumerate(layer.loss_weights) if w
+        self._loss_weights = [
+            (net.top_ids(i)[j], w) for i, layer in enumerate(layers) for j, w in enumerate(layer.loss_weights) if w
         ]
+        self._loss_tops = [blob_id for blob_id, _ in self._loss_weights]
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._versions: tuple[int, ...] = ()
         self._prints: list[int] = []
@@ -308,10 +307,10 @@ class CompiledPlan:
 
     @staticmethod
     def supported(net: Net) -> bool:
-        return bool(net._input_ids) and all(layer.traceable for layer in net._layers)
+        return bool(net.input_ids) and all(layer.traceable for layer in net.host_layers)
 
     def _params(self) -> list[Any]:
-        return [b for layer in self.plan.net._layers for b in layer.blobs]
+        return [b for layer in self.plan.net.host_layers for b in layer.blobs]
 
     def _all_versions(self) -> tuple[int, ...]:
         return tuple(b.version for b in self._params())
@@ -325,7 +324,7 @@ class CompiledPlan:
                 self._compiled.clear()
                 for step in self.plan.steps:
                     if isinstance(step, _ConvStep):
-                        self.plan._fold(step)
+                        self.plan.fold(step)
                 self._prints = prints
             self._versions = self._all_versions()
         fn = self._compiled.get(wanted)
@@ -339,28 +338,27 @@ class CompiledPlan:
         import torch._inductor.config as inductor_config
 
         net = self.plan.net
-        shapes = [net._blobs[b].shape for b in self._inputs]
+        blobs = net.blob_list
+        shapes = [blobs[b].shape for b in self._inputs]
         if shapes != self._shapes:
             net.reshape()  # validates the new shapes layer by layer, with clear errors
             self._shapes = shapes
-        keep = set(wanted or ()) | set(self._loss_tops) | set(net._output_ids)
+        keep = set(wanted or ()) | set(self._loss_tops) | set(net.output_ids)
         want = tuple(b for b in self._produced if b in keep)
         fn = self._function(want)
-        inputs = [net._blobs[b].tensor for b in self._inputs]
+        inputs = [blobs[b].tensor for b in self._inputs]
         with inductor_config.patch(freezing=True):
             outs = fn(*inputs)
         for blob_id, value in zip(want, outs, strict=True):
-            net._blobs[blob_id].tensor = value
-        stale = [net._blobs[b] for b in self._produced if b not in keep]
+            blobs[blob_id].tensor = value
+        stale = [blobs[b] for b in self._produced if b not in keep]
         refresh = _Refresh(self.plan, stale)
         for blob in stale:
             blob.mark_stale(refresh)
         self._versions = self._all_versions()
         loss = 0.0
-        for i, layer in enumerate(net._layers):
-            for j, w in enumerate(layer.loss_weights):
-                if w:
-                    loss += w * float(net._blobs[net._top_ids[i][j]].tensor.sum())
+        for blob_id, w in self._loss_weights:
+            loss += w * float(blobs[blob_id].tensor.sum())
         return loss
 
 
@@ -380,7 +378,7 @@ class _Refresh:
 
     def __call__(self) -> None:
         for blob in self.stale:
-            blob._refresh = None
+            blob.mark_fresh()
         with torch.no_grad():
             self.plan.run()
 
@@ -396,7 +394,7 @@ class _PlanModule(torch.nn.Module):
             if isinstance(step, _ConvStep):
                 self.register_parameter(f"w{n}", torch.nn.Parameter(step.weight.detach().clone(), requires_grad=False))
                 self.register_parameter(f"b{n}", torch.nn.Parameter(step.bias.detach().clone(), requires_grad=False))
-        layers = plan.net._layers
+        layers = plan.net.host_layers
         self._params = {
             (i, k): torch.nn.Parameter(b.tensor.detach().clone(), requires_grad=False)
             for i in plan.steps
@@ -414,21 +412,21 @@ class _PlanModule(torch.nn.Module):
         values: dict[int, torch.Tensor] = dict(zip(self.inputs, inputs, strict=True))
         for n, step in enumerate(self.plan.steps):
             if isinstance(step, _ConvStep):
-                conv = net._layers[step.index]
+                conv = net.host_layers[step.index]
                 g = conv.geometry
-                x = values[net._bottom_ids[step.index][0]]
+                x = values[net.bottom_ids(step.index)[0]]
                 y = F.conv2d(x, getattr(self, f"w{n}"), getattr(self, f"b{n}"), g.stride, g.pad, g.dilation, conv.group)
                 if step.activation is not None:
                     name, scalars = step.activation
                     y = F.leaky_relu(y, scalars[0]) if name == "leaky_relu" else getattr(torch, name)(y)
-                values[net._top_ids[step.index][0]] = y
+                values[net.top_ids(step.index)[0]] = y
                 continue
-            layer = net._layers[step]
+            layer = net.host_layers[step]
             if layer.type == "Input":
                 continue
             with _frozen_params(layer, self._params, step):
-                outs = layer.forward([values[b] for b in net._bottom_ids[step]])
-            for t, o in zip(net._top_ids[step], outs, strict=True):
+                outs = layer.forward([values[b] for b in net.bottom_ids(step)])
+            for t, o in zip(net.top_ids(step), outs, strict=True):
                 values[t] = o
         return tuple(values[b] for b in self.outputs)
 

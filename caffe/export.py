@@ -94,7 +94,8 @@ class ExportResult:
 # ---------------------------------------------------------------------------------------------- checks
 def untraceable_layers(net: Any) -> list[str]:
     """``'name' (Type)`` of every layer whose forward cannot be traced (Input layers are the graph inputs)."""
-    return [f"'{layer.name}' ({layer.type})" for layer in net._layers if layer.type != "Input" and not layer.traceable]
+    layers = net.host_layers
+    return [f"'{layer.name}' ({layer.type})" for layer in layers if layer.type != "Input" and not layer.traceable]
 
 
 def _untraceable_error(where: str, bad: list[str]) -> ExportError:
@@ -115,7 +116,7 @@ def check_exportable(net: Any) -> None:
             f"cannot export net '{net.name}': it was built in the TRAIN phase; build it with caffe.TEST "
             "(Dropout, BatchNorm and other layers compute differently while training)"
         )
-    if not net._input_ids:
+    if not net.input_ids:
         raise ExportError(f"cannot export net '{net.name}': it has no Input layer (no input blob to feed the graph)")
 
 
@@ -213,24 +214,24 @@ def _plan(net: Any, fold: bool) -> InferencePlan:
     plan = InferencePlan(net) if fold else _LayerPlan(net)
     for step in plan.steps:
         if isinstance(step, _ConvStep):
-            plan._fold(step)
+            plan.fold(step)
     return plan
 
 
 def _output_ids(net: Any, outputs: Sequence[str] | None) -> list[int]:
     names = list(outputs) if outputs else net.outputs
-    missing = [n for n in names if n not in net._blob_index]
+    missing = [n for n in names if n not in net.blob_index]
     if missing:
         raise ExportError(f"no blob named {', '.join(map(repr, missing))} in net '{net.name}'")
     if not names:
         raise ExportError(f"net '{net.name}' has no output blob to export")
-    return [net._blob_index[n] for n in names]
+    return [net.blob_index[n] for n in names]
 
 
 def _view_form(net: Any, layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     """Flatten/Reshape for any batch: ``reshape(-1, *rest)`` if the top's axis 0 follows the bottom's."""
-    bottom = tuple(layer._last_bottom_shapes[0])
-    top = tuple(layer._shape)
+    bottom = tuple(layer.bottom_shapes[0])
+    top = tuple(layer.top_shape(bottom))
     try:
         probe = (bottom[0] + 1, *bottom[1:]) if bottom else None
         other = tuple(layer.top_shape(probe)) if probe else None
@@ -247,7 +248,7 @@ def _pool_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]
     from caffe.layers.vision import AVE, FLT_MAX, MAX
 
     plan = layer.plan
-    if plan.method not in (MAX, AVE) or plan.is_global or layer._want_mask:
+    if plan.method not in (MAX, AVE) or plan.is_global or len(layer.tops) > 1:  # a mask top
         return None
     kernel, stride, pad = plan.kernel, plan.stride, plan.pad
     left, right, top, bottom = plan.explicit_pad
@@ -284,14 +285,15 @@ def _pool_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 def _batch_norm_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]] | None:
     """BatchNorm with global statistics as one BatchNormalization of constant mean and variance."""
-    if not layer._use_global_stats:
+    p = layer.layer_param.batch_norm_param
+    if not (p.use_global_stats if p.HasField("use_global_stats") else layer.phase == common.TEST):
         return None
     with torch.no_grad():
         s = layer.param_tensor(2).detach()
         factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
         mean = (layer.param_tensor(0).detach() * factor).clone()
         var = (layer.param_tensor(1).detach() * factor).clone()
-    eps = layer._eps
+    eps = float(p.eps)
     return lambda b: [F.batch_norm(b[0], mean, var, training=False, eps=eps)]
 
 
@@ -310,7 +312,7 @@ def _scale_bias_batch_free(layer: Any) -> bool:
 def _export_forms(net: Any, dynamic_batch: bool, for_onnx: bool) -> dict[int, Callable[..., list[torch.Tensor]]]:
     """Layer index -> the forward to trace instead of the layer's own (same values, exportable form)."""
     forms: dict[int, Callable[..., list[torch.Tensor]]] = {}
-    for i, layer in enumerate(net._layers):
+    for i, layer in enumerate(net.host_layers):
         if for_onnx and layer.type in ("Pooling", "BatchNorm"):
             form = _pool_form(layer) if layer.type == "Pooling" else _batch_norm_form(layer)
             if form is not None:
@@ -324,9 +326,9 @@ def _export_forms(net: Any, dynamic_batch: bool, for_onnx: bool) -> dict[int, Ca
                 raise _batch_error(net, layer, "its operand covers the batch axis")
         elif layer.type not in _BATCH_FREE:
             raise _batch_error(net, layer, f"its forward computes with the {layer.type} layer's set-up batch size")
-        elif layer.type == "Concat" and getattr(layer, "_axis", 1) == 0 and len(net._bottom_ids[i]) > 1:
+        elif layer.type == "Concat" and getattr(layer, "_axis", 1) == 0 and len(net.bottom_ids(i)) > 1:
             raise _batch_error(net, layer, "it concatenates along the batch axis")
-        elif layer.type == "Slice" and getattr(layer, "_axis", 1) == 0 and len(net._top_ids[i]) > 1:
+        elif layer.type == "Slice" and getattr(layer, "_axis", 1) == 0 and len(net.top_ids(i)) > 1:
             raise _batch_error(net, layer, "it slices along the batch axis")
         elif layer.type in ("InnerProduct", "Reduction", "Crop", "Tile") and getattr(layer, "_axis", 1) == 0:
             raise _batch_error(net, layer, "it works along the batch axis")
@@ -335,7 +337,7 @@ def _export_forms(net: Any, dynamic_batch: bool, for_onnx: bool) -> dict[int, Ca
 
 @contextlib.contextmanager
 def _forms_installed(net: Any, forms: Mapping[int, Callable[..., list[torch.Tensor]]]) -> Iterator[None]:
-    layers = [net._layers[i] for i in forms]
+    layers = [net.host_layers[i] for i in forms]
     try:
         for layer, form in zip(layers, forms.values()):
             layer.forward = form
@@ -363,17 +365,17 @@ def exportable_module(
     export form of their forward; both are undone when the block ends.
     """
     check_exportable(net)
-    net._sync_device()
+    net.sync_device()
     out_ids = _output_ids(net, outputs)
     with _shaped(net, batch, input_shapes) as shapes:
         forms = _export_forms(net, dynamic_batch, for_onnx)
-        module = _PlanModule(_plan(net, fold), list(net._input_ids), out_ids).eval()
+        module = _PlanModule(_plan(net, fold), net.input_ids, out_ids).eval()
         gen = torch.Generator().manual_seed(seed)
         example = tuple(
             torch.rand(shapes[n], generator=gen, dtype=net.blobs[n].dtype).to(net.device) for n in net.inputs
         )
         with _forms_installed(net, forms):
-            yield module, example, list(net.inputs), [net._blob_names[b] for b in out_ids]
+            yield module, example, list(net.inputs), [net.blob_names[b] for b in out_ids]
 
 
 @contextlib.contextmanager

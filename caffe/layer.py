@@ -21,7 +21,7 @@ from typing import ClassVar, TypeVar
 
 import torch
 
-from caffe.blob import Blob, Shape
+from caffe.blob import Blob, Shape, blob_proto_to_tensor
 from caffe.errors import LayerError, ShapeError, UnknownLayerTypeError, layer_context
 from caffe.fillers import fill
 from caffe.limits import check_blob
@@ -186,8 +186,6 @@ class Layer:
         if min(shape, default=0) >= 0:  # a negative one is the filler's error, as before
             check_blob(shape, 4, f"layer '{self.name}' ({self.type}) param {index}")
         if index < len(self.layer_param.blobs):
-            from caffe.weights import blob_proto_to_tensor  # late: weights imports layer
-
             value = blob_proto_to_tensor(self.layer_param.blobs[index], expect=shape, where=f"{self.name} blob {index}")
         else:
             value = fill(filler if filler is not None else pb.FillerParameter(), shape)
@@ -231,6 +229,11 @@ class Layer:
         self.set_loss_weights(num_top)
         self.param_propagate_down = [True] * len(self.blobs)
         return tops
+
+    @property
+    def bottom_shapes(self) -> list[Shape] | None:
+        """The bottom shapes of the last reshape (None before set-up)."""
+        return self._last_bottom_shapes
 
     def checked_reshape(self, bottom: list[Shape]) -> list[Shape]:
         tops = [tuple(int(d) for d in s) for s in self.reshape(bottom)]

@@ -22,8 +22,9 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -634,7 +635,7 @@ class Net:
                     t = t.detach()
             inputs.append(t)
         shapes = [tuple(t.shape) for t in inputs]
-        if shapes != layer._last_bottom_shapes:
+        if shapes != layer.bottom_shapes:
             self._guard(layer, "reshape", layer.checked_reshape, shapes)
         outputs = self._guard(layer, "forward", layer.forward, inputs)
         if len(outputs) != len(self._top_ids[i]):
@@ -738,7 +739,7 @@ class Net:
             t = previous[j].detach() if previous is not None and in_place else blob.tensor.detach()
             inputs.append(t.requires_grad_() if self._bottom_need_backward[i][j] else t)
         shapes = [tuple(t.shape) for t in inputs]
-        if shapes != layer._last_bottom_shapes:
+        if shapes != layer.bottom_shapes:
             self._guard(layer, "reshape", layer.checked_reshape, shapes)
         with torch.enable_grad():
             outputs = self._guard(layer, "forward", layer.forward, inputs)
@@ -1162,6 +1163,77 @@ class Net:
     def after_backward(self, callback: Callable[[int], Any]) -> None:
         self._callbacks["after_backward"].append(callback)
 
+    # ------------------------------------------------------------------ graph API (what other modules use)
+    @property
+    def host_layers(self) -> list[Layer]:
+        """The Layer objects the net runs, by index (a Python layer's host: ``layers`` shows the user's
+        object, as pycaffe does). The net's own list: read it, do not change it."""
+        return self._layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self._layer_names)
+
+    @property
+    def blob_list(self) -> list[Blob]:
+        """The blobs by id (the net's own list: read it, do not change it)."""
+        return self._blobs
+
+    @property
+    def blob_names(self) -> list[str]:
+        return list(self._blob_names)
+
+    @property
+    def blob_index(self) -> Mapping[str, int]:
+        """Blob name -> blob id."""
+        return MappingProxyType(self._blob_index)
+
+    def bottom_ids(self, i: int) -> list[int]:
+        """The ids of the blobs layer ``i`` reads."""
+        return list(self._bottom_ids[i])
+
+    def top_ids(self, i: int) -> list[int]:
+        """The ids of the blobs layer ``i`` writes (an in-place top has its bottom's id)."""
+        return list(self._top_ids[i])
+
+    @property
+    def input_ids(self) -> list[int]:
+        return list(self._input_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return list(self._output_ids)
+
+    def forward_from_to(self, start: int, end: int, wanted: Iterable[str] | None = None) -> float:
+        """Caffe's ForwardFromTo: layers ``start`` to ``end`` inclusive; returns the weighted loss."""
+        return self._forward(start, end, wanted)
+
+    def backward_from_to(self, start: int, end: int) -> None:
+        """Caffe's BackwardFromTo: layers ``start`` down to ``end`` inclusive."""
+        self._backward(start, end)
+
+    def forward_layer(self, i: int) -> float:
+        """Layer ``i``'s forward without gradients (an inference engine's unfused step); its weighted loss."""
+        return self._forward_layer(i, grad_mode=False)
+
+    def reshape_layer(self, i: int, shapes: list[Shape]) -> None:
+        """Reshape layer ``i`` for these bottom shapes if they changed since its last reshape."""
+        layer = self._layers[i]
+        if shapes != layer.bottom_shapes:
+            self._guard(layer, "reshape", layer.checked_reshape, shapes)
+
+    def run_guarded(self, i: int, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with a low-level failure turned into a one-line error naming layer ``i``."""
+        return self._guard(self._layers[i], what, fn, *args)
+
+    def sync_device(self) -> None:
+        """Move the net to the current Caffe mode's device if it is elsewhere."""
+        self._sync_device()
+
     # ------------------------------------------------------------------ pycaffe properties
     @property
     def layers(self) -> list[Any]:
@@ -1203,19 +1275,11 @@ class Net:
     def outputs(self) -> list[str]:
         return [self._blob_names[i] for i in self._output_ids]
 
-    @property
-    def _inputs(self) -> list[int]:
-        return list(self._input_ids)
-
-    @property
-    def _outputs(self) -> list[int]:
-        return list(self._output_ids)
-
-    def _top_ids_of(self, i: int) -> list[int]:
-        return list(self._top_ids[i])
-
-    def _bottom_ids_of(self, i: int) -> list[int]:
-        return list(self._bottom_ids[i])
+    # pycaffe's underscore names for the graph API
+    _inputs = input_ids
+    _outputs = output_ids
+    _top_ids_of = top_ids
+    _bottom_ids_of = bottom_ids
 
     @property
     def top_names(self) -> OrderedDict[str, list[str]]:

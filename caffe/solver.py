@@ -27,7 +27,7 @@ import torch
 from google.protobuf import text_format
 
 from caffe import common, parallel
-from caffe.blob import Blob
+from caffe.blob import Blob, array_to_blob_proto, blob_proto_to_array
 from caffe.errors import SolverError, WeightsError
 from caffe.limits import check_blob, check_path, check_regular_file, hdf5_errors
 from caffe.net import Net
@@ -474,7 +474,7 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
-                loss = self.net._forward(0, len(self.net.layers) - 1)
+                loss = self.net.forward_from_to(0, self.net.num_layers - 1)
             self.update_smoothed_loss(loss, start_iter)
             log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
         if p.test_interval and self.iter % p.test_interval == 0 and self.root:
@@ -509,7 +509,7 @@ class Solver:
             if self.requested_early_exit:
                 break
             with torch.no_grad():
-                batch_loss = net._forward(0, len(net.layers) - 1)
+                batch_loss = net.forward_from_to(0, net.num_layers - 1)
             if p.test_compute_loss:
                 loss += batch_loss
             values = [net.blobs[name].data.astype(np.float64).reshape(-1).copy() for name in net.outputs]
@@ -581,8 +581,6 @@ class Solver:
         return model, state
 
     def snapshot_solver_state(self, model_filename: str) -> str:
-        from caffe.weights import array_to_blob_proto
-
         if self.param.snapshot_format == pb.SolverParameter.HDF5:
             import h5py
 
@@ -679,8 +677,6 @@ class Solver:
 
     @staticmethod
     def _read_state_proto(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
-        from caffe.weights import blob_proto_to_array
-
         state = read_binary(path, pb.SolverState(), "solverstate")
         try:
             history = [blob_proto_to_array(h) for h in state.history]

@@ -1,4 +1,4 @@
-"""Weights files: BlobProto <-> tensor, ``.caffemodel`` and HDF5 (``/data/<layer>/<i>``) read and write.
+"""Weights files: ``.caffemodel`` and HDF5 (``/data/<layer>/<i>``) read and write.
 
 Copying follows Caffe's ``CopyTrainedLayersFrom``: source layers are matched to the net's layers by
 name; unmatched source layers are ignored, net layers missing from the file keep their fillers; a
@@ -8,16 +8,21 @@ blob-count or shape mismatch is an error naming the layer, the blob index and bo
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from caffe.blob import Shape
+from caffe.blob import (  # noqa: F401  (BlobProto conversion lives in blob.py; re-exported here)
+    Shape,
+    array_to_blob_proto,
+    blob_proto_to_array,
+    blob_proto_to_tensor,
+    legacy_shape_matches,
+    proto_shape,
+)
 from caffe.errors import WeightsError
 from caffe.limits import check_regular_file, hdf5_errors
 from caffe.proto import caffe_pb2 as pb
@@ -29,73 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("caffe")
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-# ---------------------------------------------------------------------------- BlobProto
-def _has_legacy_dims(proto: pb.BlobProto) -> bool:
-    return any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
-
-
-def proto_shape(proto: pb.BlobProto) -> Shape:
-    """The shape a BlobProto declares (its ``shape``, or the legacy num/channels/height/width)."""
-    if _has_legacy_dims(proto):
-        return (proto.num, proto.channels, proto.height, proto.width)
-    return tuple(proto.shape.dim)
-
-
-def legacy_shape_matches(shape: Shape, proto: pb.BlobProto) -> bool:
-    """Caffe's ``Blob::ShapeEquals``: legacy 4-d protos compare against the shape padded with 1s in front."""
-    if _has_legacy_dims(proto):
-        if len(shape) > 4:
-            return False
-        padded = (1,) * (4 - len(shape)) + tuple(shape)
-        return padded == (proto.num, proto.channels, proto.height, proto.width)
-    return tuple(shape) == tuple(proto.shape.dim)
-
-
-def blob_proto_to_array(proto: pb.BlobProto, *, diff: bool = False) -> np.ndarray:
-    """A NumPy array with the proto's data (or diff), shaped as the proto declares."""
-    shape = proto_shape(proto)
-    if any(d < 0 for d in shape):
-        raise WeightsError(f"blob declares shape {shape} with a negative dimension")
-    if diff:
-        values = proto.double_diff if len(proto.double_diff) else proto.diff
-    else:
-        values = proto.double_data if len(proto.double_data) else proto.data
-    dtype = np.float64 if (len(proto.double_diff) if diff else len(proto.double_data)) else np.float32
-    arr = np.array(values, dtype=dtype)
-    if arr.size != math.prod(shape):
-        raise WeightsError(f"blob declares shape {shape} ({math.prod(shape)} values) but holds {arr.size} values")
-    return arr.reshape(shape)
-
-
-def blob_proto_to_tensor(
-    proto: pb.BlobProto, *, expect: Sequence[int] | None = None, where: str = "blob", keep_double: bool = False
-) -> torch.Tensor:
-    """A float32 tensor from a BlobProto (float64 for ``double_data`` with ``keep_double``); with ``expect``,
-    checked (legacy-aware) and shaped to it."""
-    if expect is not None and not legacy_shape_matches(tuple(expect), proto):
-        raise WeightsError(f"{where}: shape mismatch, expected {tuple(expect)} but the file has {proto_shape(proto)}")
-    try:
-        arr = blob_proto_to_array(proto)
-    except WeightsError as e:
-        raise WeightsError(f"{where}: {e}") from None
-    shape = tuple(expect) if expect is not None else arr.shape
-    if not (keep_double and arr.dtype == np.float64):
-        arr = arr.astype(np.float32, copy=False)
-    return torch.from_numpy(arr.reshape(shape))
-
-
-def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None, *, double: bool = False) -> pb.BlobProto:
-    """A BlobProto with ``shape`` and float data (and diff), as Caffe's ``Blob::ToProto`` writes it; with
-    ``double``, ``double_data`` (and ``double_diff``), as a ``Blob<double>`` writes them."""
-    proto = pb.BlobProto()
-    proto.shape.dim.extend(int(d) for d in data.shape)
-    kind = np.float64 if double else np.float32
-    (proto.double_data if double else proto.data).extend(np.ascontiguousarray(data, dtype=kind).ravel().tolist())
-    if diff is not None:
-        (proto.double_diff if double else proto.diff).extend(np.ascontiguousarray(diff, dtype=kind).ravel().tolist())
-    return proto
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -204,7 +142,7 @@ def net_to_proto(net: Net, write_diff: bool = False) -> pb.NetParameter:
     """Caffe's ``Net::ToProto``: every layer's parameter (split layers included) with its blobs."""
     param = pb.NetParameter()
     param.name = net.name
-    for layer in net._layers:
+    for layer in net.host_layers:
         lp = param.layer.add()
         lp.CopyFrom(layer.layer_param)
         del lp.blobs[:]
@@ -228,7 +166,7 @@ def save_hdf5(net: Net, path: str | os.PathLike, write_diff: bool = False) -> No
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             diff = f.create_group("diff") if write_diff else None
-            for layer in net._layers:
+            for layer in net.host_layers:
                 gd = data.require_group(layer.name)
                 gf = diff.require_group(layer.name) if diff is not None else None
                 for j, blob in enumerate(layer.blobs):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from caffe.blob import blob_proto_to_array
 from caffe.common import TRAIN
 from caffe.data.shard import ALONE, Shard
 from caffe.errors import CaffeError, DataError
@@ -155,7 +156,6 @@ class DataTransformer:
 def load_mean(path: str, where: str) -> np.ndarray:
     """A mean file (binary BlobProto, 1 x C x H x W) as a (C, H, W) float32 array."""
     from caffe.protoio import read_binary
-    from caffe.weights import blob_proto_to_array
 
     try:
         arr = blob_proto_to_array(read_binary(path, pb.BlobProto(), "mean file"))

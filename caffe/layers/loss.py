@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from caffe.blob import Shape
+from caffe.blob import Shape, blob_proto_to_array
 from caffe.layer import Layer, register
 from caffe.proto import caffe_pb2 as pb
 
@@ -275,7 +275,6 @@ class InfogainLossLayer(LossLayer):
             if not p.HasField("source"):
                 raise self.error("Infogain matrix source must be specified (infogain_loss_param.source)")
             from caffe.protoio import read_binary  # late: keep layer imports light
-            from caffe.weights import blob_proto_to_array
 
             proto = read_binary(p.source, pb.BlobProto(), "infogain matrix BlobProto")
             self._h = torch.from_numpy(blob_proto_to_array(proto).astype("float64"))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from caffe.blob import Shape
+from caffe.blob import Shape, proto_shape
 from caffe.common import TRAIN
 from caffe.layer import Layer, register
 from caffe.proto import caffe_pb2 as pb
@@ -89,8 +89,6 @@ class PReLULayer(NeuronLayer):
         shape: Shape = () if self.channel_shared else (channels,)
         if len(self.layer_param.blobs):
             # Caffe keeps the shape of a slope given inline and only checks its count.
-            from caffe.weights import proto_shape  # late: weights imports layer
-
             given = proto_shape(self.layer_param.blobs[0])
             if math.prod(given) != math.prod(shape):
                 what = "1 (channel_shared)" if self.channel_shared else f"{channels} (one per channel)"

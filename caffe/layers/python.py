@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from caffe.blob import Blob, Shape
+from caffe.blob import Blob, Shape, blob_proto_to_tensor
 from caffe.errors import CaffeError, LayerError, layer_context
 from caffe.layer import Layer as _Layer
 from caffe.layer import register
@@ -181,8 +181,6 @@ class PythonLayer(_Layer):
         if not hasattr(self.impl, "blobs"):
             self.impl.blobs = BlobVec()
         for proto in param.blobs:
-            from caffe.weights import blob_proto_to_tensor
-
             self.impl.blobs.append(Blob.from_tensor(blob_proto_to_tensor(proto)))
         self.blobs = self.impl.blobs
 

@@ -404,7 +404,7 @@ def test(argv: list[str]) -> int:
     loss = np.float32(0)
     for i in range(args.iterations):
         with torch.no_grad():
-            iter_loss = net._forward(0, len(net.layers) - 1)
+            iter_loss = net.forward_from_to(0, net.num_layers - 1)
         loss += np.float32(iter_loss)
         for j, name in enumerate(outputs):
             values = np.asarray(net.blobs[name].data, dtype=np.float32).reshape(-1)
@@ -448,7 +448,7 @@ def _benchmark(net: object, iterations: int) -> None:
 
     assert isinstance(net, Net)
     n = len(net.layers)
-    names = net._layer_names
+    names = net.layer_names
     sync = _sync(net.device)
     clock = time.perf_counter
     forward_per_layer = [0.0] * n
@@ -462,14 +462,14 @@ def _benchmark(net: object, iterations: int) -> None:
         iter_start = clock()
         for i in range(n):
             start = clock()
-            net._forward(i, i)
+            net.forward_from_to(i, i)
             sync()
             forward_per_layer[i] += clock() - start
         forward_time += clock() - iter_start
         backward_start = clock()
         for i in range(n - 1, -1, -1):
             start = clock()
-            net._backward(i, i)
+            net.backward_from_to(i, i)
             sync()
             backward_per_layer[i] += clock() - start
         backward_time += clock() - backward_start
@@ -495,11 +495,11 @@ def _whole_net_forward(net: object, engine: str, iterations: int) -> None:
     sync = _sync(net.device)
     last = len(net.layers) - 1
     with torch.no_grad():
-        net._forward(0, last)  # builds the engine's plan
+        net.forward_from_to(0, last)  # builds the engine's plan
         sync()
         start = time.perf_counter()
         for _ in range(iterations):
-            net._forward(0, last)
+            net.forward_from_to(0, last)
         sync()
     elapsed = (time.perf_counter() - start) * 1e3
     log.info("Average Forward pass without gradients, whole net, %s engine: %s ms.", engine, _f32(elapsed / iterations))
@@ -543,10 +543,10 @@ def time_(argv: list[str]) -> int:
             log.info("Timing layer by layer with the eager engine (%s)", "GPU" if net.device.type == "cuda" else "CPU")
             last = len(net.layers) - 1
             log.info("Performing Forward")
-            initial_loss = net._forward(0, last)
+            initial_loss = net.forward_from_to(0, last)
             log.info("Initial loss: %s", _f32(initial_loss))
             log.info("Performing Backward")
-            net._backward(last, 0)
+            net.backward_from_to(last, 0)
             _benchmark(net, args.iterations)
         if engine != "eager":
             _whole_net_forward(net, engine, args.iterations)
