@@ -25,7 +25,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +203,16 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def label(self, index: int) -> str:
+        if self.detector:
+            assert self.deploy_model is not None
+            return self.deploy_model.label(index)
         labels = self.source.labels
         return labels[index] if index < len(labels) else str(index)
+
+    @property
+    def detector(self) -> bool:
+        """Whether the net is a detector (its output comes from DetectionOutput or Yolov3DetectionOutput)."""
+        return isinstance(self.deploy_model, deploy.DetectionModel)
 
     @property
     def remote(self) -> layer_worker.RemoteNet | None:
@@ -281,11 +289,17 @@ def load(source: ModelSource, allow_python_layers: bool = False) -> LoadedModel:
 
 
 def load_here(source: ModelSource) -> LoadedModel:
-    """A :class:`LoadedModel` whose net is built in this process."""
+    """A :class:`LoadedModel` whose net is built in this process: a :class:`caffe.deploy.DetectionModel` when
+    the net is a detector (images squashed to its input, as SSD does; the job's mean kept), else a
+    :class:`caffe.deploy.DeployModel`."""
     files, settings = files_and_settings(source)
     net = build_net(source.deploy, source.weights, source.python_layer)
+    kind: type[deploy.DeployModel] = deploy.DeployModel
     try:
-        model = deploy.DeployModel(files, settings, labels=list(source.labels), net=net, warn=False)
+        if deploy.is_detector(net):
+            kind = deploy.DetectionModel
+            settings = replace(settings, image_size=None, resize_mode=None)
+        model = kind(files, settings, labels=list(source.labels), net=net, warn=False)
     except CaffeError as e:
         raise InferenceError(str(e)) from None
     return LoadedModel(source, net, model.input, model.input_shape, model.output, model.softmax,
@@ -536,12 +550,73 @@ def visualizations(model: LoadedModel) -> list[dict[str, Any]]:
 @dataclass
 class OneResult:
     predictions: list[tuple[str, float]]
-    image: str  # data URI of the resized image
+    image: str  # data URI of the resized image (a detector's: the image with its boxes drawn)
     layers: list[dict[str, Any]] | None = None
+    detections: list[dict[str, Any]] | None = None  # a detector's boxes (see detection_dicts)
 
 
-def classify_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image") -> OneResult:
-    """Top-5 of one image (and, with ``visualize``, the per-layer visualizations)."""
+#: A detector's default confidence threshold; the longest side of the annotated image a page shows.
+DETECTION_THRESHOLD = 0.5
+SHOWN_SIDE = 800
+
+
+def parse_threshold(text: str | float | None) -> float:
+    """A detection threshold (a number in [0, 1]; empty: DETECTION_THRESHOLD); a 400 otherwise."""
+    if text in (None, ""):
+        return DETECTION_THRESHOLD
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InferenceError(f"threshold: expected a confidence between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise InferenceError(f"threshold: expected a confidence between 0 and 1, got {text!r}")
+    return value
+
+
+def detection_dicts(model: LoadedModel, found: Sequence[Any]) -> list[dict[str, Any]]:
+    """Detections as JSON: ``{label, label_id, confidence, box: [xmin, ymin, xmax, ymax]}`` (image pixels)."""
+    return [{"label": model.label(d.label), "label_id": d.label, "confidence": round(d.confidence, 4),
+             "box": [round(v, 1) for v in d.box]} for d in found]
+
+
+def detect_images(model: LoadedModel, images: Sequence[np.ndarray], threshold: float) -> list[list[Any]]:
+    """A detector's :class:`caffe.deploy.Detection` lists of decoded images. The caller holds ``model.lock``."""
+    assert isinstance(model.deploy_model, deploy.DetectionModel)
+    return model.deploy_model.detect(images, threshold)
+
+
+def shown_detections(model: LoadedModel, img: np.ndarray, found: Sequence[Any]) -> str:
+    """The image with its boxes, labels and confidences drawn, at most SHOWN_SIDE pixels a side, as a data URI."""
+    import cv2
+
+    from caffe.deploy.drawing import draw_detections
+
+    drawn = draw_detections(img, found, model.label)
+    side = max(drawn.shape[:2])
+    if side > SHOWN_SIDE:
+        scale = SHOWN_SIDE / side
+        size = (max(1, round(drawn.shape[1] * scale)), max(1, round(drawn.shape[0] * scale)))
+        drawn = cv2.resize(drawn, size, interpolation=cv2.INTER_AREA)
+    return png_data_uri(drawn)
+
+
+def detect_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image",
+               threshold: float = DETECTION_THRESHOLD) -> OneResult:
+    """A detector's boxes on one image (predictions: each box's ``(label, percent)``), drawn on it."""
+    img = decode_upload(data, model.input_shape[0], what)
+    with model.lock:
+        found = detect_images(model, [img], threshold)[0]
+        layers = visualizations(model) if visualize else None
+    predictions = [(model.label(d.label), round(d.confidence * 100.0, 2)) for d in found]
+    return OneResult(predictions, shown_detections(model, img, found), layers, detection_dicts(model, found))
+
+
+def classify_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image",
+                 threshold: float = DETECTION_THRESHOLD) -> OneResult:
+    """Top-5 of one image (and, with ``visualize``, the per-layer visualizations); a detector's boxes
+    above ``threshold`` (:func:`detect_one`)."""
+    if model.detector:
+        return detect_one(model, data, visualize, what, threshold)
     x, shown = load_input(model, data, what)
     with model.lock:
         probs = forward(model, x[None])[0]
@@ -559,6 +634,7 @@ class ManyResult:
     truth: list[int | None]
     labels: list[str]
     errors: dict[str, str] = field(default_factory=dict)
+    detections: dict[str, list[dict[str, Any]]] | None = None  # a detector's boxes per image
 
     def top5(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
         return [(p.label, round(p.probability * 100.0, 2)) for p in deploy.top_k(self.probs[i], k, self._label)]
@@ -572,7 +648,7 @@ class ManyResult:
 
     def evaluation(self) -> dict[str, Any] | None:
         """top-1/top-5 accuracy (percent), confusion matrix (rows: truth, columns: top-1) and per-class accuracy."""
-        if not self.has_truth or not len(self.probs):
+        if self.detections is not None or not self.has_truth or not len(self.probs):
             return None
         k = self.probs.shape[1]
         truth = np.asarray(self.truth, dtype=np.int64)
@@ -600,8 +676,31 @@ class ManyResult:
         return {p: self.top5(i) for i, p in enumerate(self.paths)}
 
 
-def classify_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]], batch_size: int = 16) -> ManyResult:
-    """Classify server-side images; unreadable images are reported in ``errors`` and left out."""
+def detect_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]],
+                threshold: float = DETECTION_THRESHOLD) -> ManyResult:
+    """A detector's boxes on server-side images (``detections``: path -> boxes); unreadable images are
+    reported in ``errors`` and left out."""
+    paths, truth, errors, detections = [], [], {}, {}
+    for path, label in items:
+        try:
+            img = decode_upload(read_image_file(path), model.input_shape[0], str(path))
+        except (InferenceError, DataError) as e:
+            errors[str(path)] = str(e)
+            continue
+        with model.lock:
+            found = detect_images(model, [img], threshold)[0]
+        paths.append(str(path))
+        truth.append(label)
+        detections[str(path)] = detection_dicts(model, found)
+    return ManyResult(paths, np.zeros((len(paths), 0)), truth, list(model.source.labels), errors, detections)
+
+
+def classify_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]], batch_size: int = 16,
+                  threshold: float = DETECTION_THRESHOLD) -> ManyResult:
+    """Classify server-side images (a detector: :func:`detect_many`); unreadable images are reported in
+    ``errors`` and left out."""
+    if model.detector:
+        return detect_many(model, items, threshold)
     inputs, paths, truth, errors = [], [], [], {}
     for path, label in items:
         try:

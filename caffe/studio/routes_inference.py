@@ -5,7 +5,8 @@ Pretrained models:
 * ``GET  /pretrained_models`` (``.json``): the list; ``GET /pretrained_models/new``: the upload form;
 * ``POST /pretrained_models`` (``.json``): upload ``weights_file`` + ``deploy_file`` and/or ``model_def_file``
   (train_val, kept as original.prototxt) + [``labels_file``, ``python_layer_file``, ``mean_file``,
-  ``mean_values``], ``image_type``, ``resize_mode``, ``width``, ``height``, ``job_name``;
+  ``mean_values``], ``image_type``, ``resize_mode``, ``width``, ``height``, ``job_name``; or a Caffe2 model:
+  ``init_net_file`` + ``predict_net_file`` [+ ``value_info_file``], converted to a deploy net and weights;
 * ``GET  /pretrained_models/{id}`` (``.json``); ``DELETE /pretrained_models/{id}`` (or ``POST .../delete``);
 * ``POST /models/{id}/to_pretrained`` (``snapshot_epoch``, ``job_name``): promote a trained model;
 * ``POST /pretrained_models/{id}/imagenet_labels``: a 1000-class model without labels gets the server's ImageNet
@@ -16,6 +17,9 @@ Inference (every route takes ``job_id`` - a model or pretrained job - and ``snap
 * ``POST /models/images/classification/classify_one`` (page) and ``classify_one.json``: ``image_file`` (upload),
   ``image_url`` (http/https) or ``image_path`` (a URL or a server path), ``show_visualizations``
   -> ``{"predictions": [[label, percent], ...]}`` (top-5; with visualizations also ``"visualizations"``);
+  a detector (SSD ``DetectionOutput`` or ``Yolov3DetectionOutput``) gives its boxes above ``threshold`` (default
+  0.5) as ``"detections": [{label, label_id, confidence, box: [xmin, ymin, xmax, ymax]}]`` (image pixels), and
+  its page draws them on the image; classify-many then lists ``{"detections": {path: [...]}}``;
 * ``POST .../classify_many`` (page) and ``classify_many.json``: ``image_list`` (upload of ``path [label]`` lines;
   relative paths are under ``image_folder``) or ``image_folder`` alone (a folder of class sub-folders), and
   ``num_test_images`` -> ``{"classifications": {path: [[label, percent], ...]}}`` plus, with ground truth,
@@ -58,6 +62,7 @@ router = APIRouter()
 
 MAX_TEXT_BYTES = 16 << 20  # a prototxt, labels, list or Python file
 MAX_MEAN_BYTES = 256 << 20
+MAX_CAFFE2_BYTES = 512 << 20  # a Caffe2 init_net.pb holds all the weights (as a .caffemodel does)
 URL_TIMEOUT_S = 10.0
 CLASSIFY = "/models/images/classification"
 
@@ -72,7 +77,7 @@ def _fail(request: Request, error: CaffeError, html: bool) -> Response:
 
 
 FORM_FIELDS = frozenset({"job_id", "snapshot_epoch", "image_file", "image_url", "image_path", "image_list",
-                         "image_folder", "num_test_images", "top_n"})  # the inference forms' fields
+                         "image_folder", "num_test_images", "top_n", "threshold"})  # the inference forms' fields
 _FIELD_PREFIX = re.compile(r"^([a-z_]+):")
 
 
@@ -208,15 +213,12 @@ def pretrained_new(request: Request) -> Response:
 
 
 async def _upload(request: Request) -> Any:
+    """A pretrained model from the upload form: Caffe weights + network, or a Caffe2 ``init_net_file`` +
+    ``predict_net_file`` [+ ``value_info_file``] (converted, :func:`caffe.studio.pretrained.upload_caffe2`)."""
     form = await _form(request)
-    weights = form.files.get("weights_file")
-    if weights is None:
-        raise DataError("weights_file: the weights (.caffemodel) are required")
-    args = {
+    store = studio_of(request).store
+    common = {
         "name": form.text("job_name"),
-        "weights": weights.file,
-        "deploy": await form.read_text("deploy_file"),
-        "original": await form.read_text("model_def_file"),
         "labels": await form.read("labels_file"),
         "python_layer": await form.read("python_layer_file"),
         "mean_file": await form.read("mean_file", MAX_MEAN_BYTES),
@@ -227,7 +229,29 @@ async def _upload(request: Request) -> Any:
         "resize_mode": form.text("resize_mode", "squash"),
         "allow_python_layers": _python_allowed(request),
     }
-    return form, await run_in_threadpool(lambda: pretrained.upload(studio_of(request).store, **args))
+    init_net = await form.read("init_net_file", MAX_CAFFE2_BYTES)
+    predict_net = await form.read("predict_net_file", MAX_TEXT_BYTES)
+    if init_net is not None or predict_net is not None:
+        if "weights_file" in form.files or "deploy_file" in form.files or "model_def_file" in form.files:
+            raise DataError("init_net_file: upload either a Caffe model (weights + network) or a Caffe2 model "
+                            "(init_net.pb + predict_net.pb), not both")
+        if init_net is None or predict_net is None:
+            missing = "init_net_file" if init_net is None else "predict_net_file"
+            raise DataError(f"{missing}: a Caffe2 model needs both init_net.pb and predict_net.pb")
+        value_info = await form.read("value_info_file")
+        caffe2_args = {**common, "init_net": init_net, "predict_net": predict_net, "value_info": value_info}
+        return form, await run_in_threadpool(lambda: pretrained.upload_caffe2(store, **caffe2_args))
+    weights = form.files.get("weights_file")
+    if weights is None:
+        raise DataError("weights_file: the weights (.caffemodel) are required (or a Caffe2 init_net.pb + "
+                        "predict_net.pb)")
+    args = {
+        **common,
+        "weights": weights.file,
+        "deploy": await form.read_text("deploy_file"),
+        "original": await form.read_text("model_def_file"),
+    }
+    return form, await run_in_threadpool(lambda: pretrained.upload(store, **args))
 
 
 @router.post("/pretrained_models.json", summary="Upload a pretrained model (weights + network [+ labels])")
@@ -428,7 +452,11 @@ async def _classify_one(request: Request, form: _Form) -> tuple[Any, inference.O
         except CaffeError as e:
             raise _at("job_id", e) from None
         try:
-            return model, inference.classify_one(model, data, form.flag("show_visualizations"), name)
+            threshold = inference.parse_threshold(form.text("threshold"))
+        except CaffeError as e:
+            raise _at("threshold", e) from None
+        try:
+            return model, inference.classify_one(model, data, form.flag("show_visualizations"), name, threshold)
         except CaffeError as e:
             raise _at(field, e) from None
 
@@ -443,6 +471,8 @@ async def classify_one_json(request: Request) -> Response:
     except CaffeError as e:
         return _fail(request, e, False)
     body: dict[str, Any] = {"predictions": [[label, pct] for label, pct in result.predictions]}
+    if result.detections is not None:
+        body["detections"] = result.detections
     if result.layers is not None:
         body["visualizations"] = result.layers
     if model.source.epoch is not None:
@@ -511,16 +541,24 @@ async def _classify_many(request: Request, form: _Form) -> tuple[Any, inference.
     except CaffeError as e:
         raise _at("image_list" if "image_list" in form.files else "image_folder", e) from None
 
+    try:
+        threshold = inference.parse_threshold(form.text("threshold"))
+    except CaffeError as e:
+        raise _at("threshold", e) from None
+
     def run() -> tuple[Any, inference.ManyResult]:
         model = inference.CACHE.get(source, _python_allowed(request))
-        return model, inference.classify_many(model, items)
+        return model, inference.classify_many(model, items, threshold=threshold)
 
     model, result = await run_in_threadpool(run)
     return model, result
 
 
 def _many_body(result: inference.ManyResult) -> dict[str, Any]:
-    body: dict[str, Any] = {"classifications": result.classifications()}
+    if result.detections is not None:
+        body: dict[str, Any] = {"detections": result.detections}
+    else:
+        body = {"classifications": result.classifications()}
     if result.errors:
         body["errors_by_image"] = result.errors
     evaluation = result.evaluation()
@@ -553,7 +591,10 @@ async def classify_many_page(request: Request) -> Response:
         evaluation = result.evaluation()
     except CaffeError as e:
         return _inline(request, "classify_many.html", form, e)
-    rows = [{"path": p, "truth": result._label(t) if t is not None else None, "top5": result.top5(i)}
+    detections = result.detections
+    rows = [{"path": p, "truth": result._label(t) if t is not None else None,
+             "top5": result.top5(i) if detections is None else [],
+             "detections": detections.get(p, []) if detections is not None else None}
             for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))]
     return _page(request, "classify_many.html",
                  _context(request, form, result=result, rows=rows, evaluation=evaluation, model=model))
@@ -565,6 +606,9 @@ async def _top_n(request: Request, form: _Form) -> tuple[Any, list[dict[str, Any
     except CaffeError as e:
         raise _at("top_n", e) from None
     model, result = await _classify_many(request, form)
+    if result.detections is not None:
+        raise _at("job_id", inference.InferenceError(
+            "top N images per class is for classifiers; this model is a detector: use classify many"))
     return model, inference.top_n(result, n or 9)
 
 
