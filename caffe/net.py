@@ -153,8 +153,9 @@ class BlobBackward(Protocol):
 class Net:
     """A network: ``Net(network_file, phase, level=0, stages=None, weights=None)``.
 
-    Also accepts a ``NetParameter`` instead of a file, and the deprecated pycaffe form
-    ``Net(network_file, pretrained_file, phase)``.
+    Also accepts a ``NetParameter`` instead of a file, a Caffe2 model folder (``init_net.pb`` +
+    ``predict_net.pb`` + ``value_info.json``: TEST phase unless given, with its weights), and the deprecated
+    pycaffe form ``Net(network_file, pretrained_file, phase)``.
     """
 
     def __init__(
@@ -176,6 +177,12 @@ class Net:
                 phase,
             )
             weights, phase, level = phase, level, 0
+        trained: pb.NetParameter | None = None
+        if isinstance(network, (str, os.PathLike)) and Path(network).is_dir():  # a Caffe2 model folder
+            from caffe.caffe2.model import convert_caffe2, find_caffe2_files
+
+            network, trained = convert_caffe2(find_caffe2_files(network))
+            phase = TEST if phase is None else phase
         if isinstance(network, pb.NetParameter):
             param = pb.NetParameter()
             param.CopyFrom(network)
@@ -209,6 +216,8 @@ class Net:
             if not Path(weights).is_file():
                 raise CaffeError(f"Could not open file {weights}")
             self.copy_from(weights)
+        elif trained is not None:  # a Caffe2 folder's own weights (its init net)
+            self.copy_from(trained)
 
     # ------------------------------------------------------------------ construction
     def _init(self, in_param: pb.NetParameter) -> None:

@@ -19,10 +19,10 @@ import pytest
 from conftest import ROOT, asset
 
 import caffe
-from caffe.caffe2 import Caffe2Error, UnsupportedOperatorError, parse_netdef, read_netdef, read_value_info
+from caffe.caffe2 import Caffe2Error, UnsupportedOperatorError, load_net, parse_netdef, read_netdef, read_value_info
 from caffe.caffe2.from_caffe import from_caffe
 from caffe.caffe2.io import fill_op, init_blobs, write_netdef
-from caffe.caffe2.model import find_caffe2_files, load_net
+from caffe.caffe2.model import find_caffe2_files
 from caffe.caffe2.to_caffe import to_caffe
 from caffe.errors import CaffeError
 from caffe.proto import caffe2_pb2 as c2
@@ -534,6 +534,10 @@ def test_load_net_and_find_model_accept_a_caffe2_folder(
     net = load_net(folder)
     net.blobs["data"].data[...] = x
     assert rel_diff(net.forward()["prob"], ws["prob"]) <= TOLERANCE
+    direct = caffe.Net(str(folder))  # caffe.Net takes the folder itself: TEST phase, the init net's weights
+    assert direct.phase == caffe.TEST
+    direct.blobs["data"].data[...] = x
+    np.testing.assert_array_equal(direct.forward()["prob"], net.forward()["prob"])
     monkeypatch.setenv("CAFFE_CACHE_DIR", str(tmp_path / "cache"))
     files = find_model(folder)
     assert files.deploy.name == "deploy.prototxt" and files.weights.suffix == ".caffemodel"

@@ -2,9 +2,7 @@
 
 * :func:`find_caffe2_files` - a folder's (or two given files') init net, predict net and value_info;
 * :func:`convert_caffe2` - read and convert them to a deploy NetParameter and its weights;
-* :func:`load_net` - a :class:`caffe.Net` of a Caffe2 model, converted in memory;
-* :func:`write_caffe` / :func:`write_caffe2` - the converted files written into a folder;
-* :func:`caffe_to_caffe2` - a Caffe deploy prototxt and weights as a Caffe2 model.
+* :func:`write_caffe` / :func:`write_caffe2` - the converted files written into a folder.
 """
 
 from __future__ import annotations
@@ -13,10 +11,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from caffe.caffe2.errors import Caffe2Error
-from caffe.caffe2.from_caffe import Caffe2Model, from_caffe
+from caffe.caffe2.from_caffe import Caffe2Model
 from caffe.caffe2.io import init_blobs, read_netdef, read_value_info, write_netdef, write_value_info
 from caffe.caffe2.to_caffe import to_caffe
 from caffe.proto import caffe_pb2 as pb
@@ -77,17 +74,6 @@ def convert_caffe2(
     return to_caffe(predict, blobs, shapes, str(files.predict_net))
 
 
-def load_net(folder: PathLike, phase: int | None = None, input_shape: list[int] | None = None) -> Any:
-    """A :class:`caffe.Net` (TEST phase by default) of the Caffe2 model folder ``folder``, with its weights."""
-    from caffe.common import TEST
-    from caffe.net import Net
-
-    deploy, weights = convert_caffe2(find_caffe2_files(folder), input_shape)
-    net = Net(deploy, TEST if phase is None else phase)
-    net.copy_from(weights)
-    return net
-
-
 def model_stem(name: str) -> str:
     """A file-name stem from a net's name (``AlexNet`` -> ``alexnet``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._").lower() or "model"
@@ -101,19 +87,6 @@ def write_caffe(deploy: pb.NetParameter, weights: pb.NetParameter, out_dir: Path
     write_text(prototxt, deploy)
     write_binary(caffemodel, weights)
     return prototxt, caffemodel
-
-
-def caffe_to_caffe2(deploy: PathLike, weights: PathLike | None) -> Caffe2Model:
-    """The Caffe2 model of a Caffe deploy prototxt and its weights (.caffemodel or .h5)."""
-    from caffe.common import TEST
-    from caffe.net import Net
-    from caffe.protoio import read_net_param
-
-    param = read_net_param(deploy)
-    net = Net(param, TEST)
-    if weights is not None:
-        net.copy_from(weights)
-    return from_caffe(param, net, str(deploy))
 
 
 def write_caffe2(model: Caffe2Model, out_dir: PathLike) -> Caffe2Files:

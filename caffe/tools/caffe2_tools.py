@@ -71,7 +71,7 @@ def convert_to_caffe2(argv: list[str]) -> int:
         return args
     if not (args.deploy and args.weights and args.out_dir):
         return usage_error(parser, "Need DEPLOY, WEIGHTS and OUT_DIR.")
-    from caffe.caffe2.model import caffe_to_caffe2, write_caffe2
+    from caffe.caffe2 import caffe_to_caffe2, write_caffe2
 
     model = caffe_to_caffe2(args.deploy, args.weights)
     files = write_caffe2(model, args.out_dir)
