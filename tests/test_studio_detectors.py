@@ -186,13 +186,17 @@ def test_caffe2_upload_classifies_as_its_caffe_twin(env):
     np.testing.assert_allclose([p[1] for p in got[c2_job]], [p[1] for p in got[caffe_job]], atol=0.02)
     assert "init_net_file" in client.get("/pretrained_models/new").text
 
-    # without value_info.json it still converts (the input layer gives the shape)
+    # without value_info.json the form's image settings (24 x 24, color) give the input shape
     r = client.post(
         "/pretrained_models.json",
         data={"job_name": "tiny c2 bare", **common},
         files={"init_net_file": ("init_net.pb", init_net), "predict_net_file": ("predict_net.pb", predict_net)},
     )
-    assert r.status_code in (201, 400), r.text
+    assert r.status_code == 201, r.text
+    bare = r.json()["job_id"]
+    r = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": bare}, files={"image_file": ("test1.jpg", image)})
+    assert r.status_code == 200, r.text  # (no labels uploaded: class numbers)
+    assert [p[1] for p in r.json()["predictions"]] == [p[1] for p in got[c2_job]]
 
 
 @pytest.mark.parametrize(

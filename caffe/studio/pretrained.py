@@ -283,8 +283,8 @@ def upload(
 def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes, value_info: bytes | None = None,
                   **kwargs: Any) -> Any:
     """Create a pretrained job from a Caffe2 model: ``init_net.pb`` and ``predict_net.pb`` (binary or text)
-    [+ ``value_info.json``], converted to a deploy net and weights (:mod:`caffe.caffe2`); ``kwargs`` as
-    :func:`upload` (labels, mean, image settings)."""
+    [+ ``value_info.json``; without it the image settings give the input shape], converted to a deploy net and
+    weights (:mod:`caffe.caffe2`); ``kwargs`` as :func:`upload` (labels, mean, image settings)."""
     import io
 
     from caffe.caffe2.model import convert_caffe2, find_caffe2_files
@@ -293,9 +293,13 @@ def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes,
         folder = Path(tmp)
         (folder / "init_net.pb").write_bytes(init_net)
         (folder / "predict_net.pb").write_bytes(predict_net)
+        shape = None
         if value_info is not None:
             (folder / "value_info.json").write_bytes(value_info)
-        deploy_param, weights = convert_caffe2(find_caffe2_files(folder))
+        else:  # the form's image settings give the input's shape
+            channels = 1 if str(kwargs.get("image_type", "color")).lower() in ("grayscale", "1") else 3
+            shape = [1, channels, int(kwargs.get("height", 256)), int(kwargs.get("width", 256))]
+        deploy_param, weights = convert_caffe2(find_caffe2_files(folder), shape)
     return upload(store, name=name, weights=io.BytesIO(weights.SerializeToString()), deploy=to_text(deploy_param),
                   **kwargs)
 
