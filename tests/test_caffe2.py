@@ -614,13 +614,11 @@ def test_studio_pretrained_upload_of_a_caffe2_model(caffe2_folder: tuple[Path, n
         assert store.get(job.id).status == "Done"
         facts = json.loads((Path(store.job_dir(job.id)) / "info.json").read_text())
         assert facts["input_shape"] == [1, 3, 224, 224] and facts["outputs"] == 10
-        with pytest.raises(CaffeError, match=r"value_info\.json"):
-            pretrained.upload_caffe2(
-                store,
-                name="no shape",
-                init_net=(folder / "init_net.pb").read_bytes(),
-                predict_net=(folder / "predict_net.pb").read_bytes(),
-            )
+        bare = {name: (folder / f"{name}.pb").read_bytes() for name in ("init_net", "predict_net")}
+        with pytest.raises(CaffeError, match=r"no value_info\.json: the input shape 1x3x256x256 from the image"):
+            pretrained.upload_caffe2(store, name="no shape", **bare)  # the form's default 256 x 256
+        job = pretrained.upload_caffe2(store, name="image size", width=224, height=224, **bare)
+        assert json.loads((Path(store.job_dir(job.id)) / "info.json").read_text())["input_shape"] == [1, 3, 224, 224]
 
 
 # ============================================================================ caffe zoo and the Caffe2 zoo's layout

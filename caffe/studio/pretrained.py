@@ -299,7 +299,15 @@ def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes,
         else:  # the form's image settings give the input's shape
             channels = 1 if str(kwargs.get("image_type", "color")).lower() in ("grayscale", "1") else 3
             shape = [1, channels, int(kwargs.get("height", 256)), int(kwargs.get("width", 256))]
-        deploy_param, weights = convert_caffe2(find_caffe2_files(folder), shape)
+        try:
+            deploy_param, weights = convert_caffe2(find_caffe2_files(folder), shape)
+        except CaffeError as e:
+            if shape is None:
+                raise
+            raise DataError(
+                f"no value_info.json: the input shape {'x'.join(map(str, shape))} from the image settings does not "
+                f"fit this net ({e}); upload its value_info.json or set the image size it takes"
+            ) from None
     return upload(store, name=name, weights=io.BytesIO(weights.SerializeToString()), deploy=to_text(deploy_param),
                   **kwargs)
 
