@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -100,12 +99,6 @@ random_seed: 5
 iter_size: %(iter_size)d
 clip_gradients: %(clip)s
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(nproc: int, *args: str) -> list[str]:
@@ -268,7 +261,7 @@ def test_torchrun_lenet_matches_one_process_of_double_batch_and_logs_once(
 def _two_ranks(folder: Path, *args: str) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[Path]]]:
     """Two ``caffe train`` processes joined by hand (torchrun's environment, no agent), logging to files;
     whichever still runs at the end is killed."""
-    port = str(_free_port())
+    port = parallel.new_address().rpartition(":")[2]
     logs = [folder / f"rank{rank}.log" for rank in (0, 1)]
     procs = []
     for rank in (0, 1):

@@ -297,8 +297,9 @@ def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes,
         if value_info is not None:
             (folder / "value_info.json").write_bytes(value_info)
         else:  # the form's image settings give the input's shape
-            channels = 1 if str(kwargs.get("image_type", "color")).lower() in ("grayscale", "1") else 3
-            shape = [1, channels, int(kwargs.get("height", 256)), int(kwargs.get("width", 256))]
+            names = ("image_type", "width", "height", "resize_mode")
+            settings = image_settings(**{k: kwargs[k] for k in names if k in kwargs})
+            shape = [1, settings["channels"], settings["height"], settings["width"]]
         try:
             deploy_param, weights = convert_caffe2(find_caffe2_files(folder), shape)
         except CaffeError as e:
