@@ -83,7 +83,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -995,6 +995,32 @@ class _App:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _add_model_routes(
+    app: FastAPI,
+    verb: str,
+    summary: str,
+    run: Callable[[str, Request], Awaitable[Any]],
+    doc: dict[str, Any],
+    default: str,
+    default_codes: tuple[int, ...],
+) -> None:
+    """``POST /models/{name}/<verb>`` and ``POST /<verb>`` (the default model), both answered by ``run``."""
+
+    async def named(name: str, request: Request) -> Any:
+        return await run(name, request)
+
+    async def default_model(request: Request) -> Any:
+        return await run(default, request)
+
+    app.post(f"/models/{{name}}/{verb}", summary=summary, responses=_error_responses(), **doc)(named)
+    app.post(
+        f"/{verb}",
+        summary=f"{summary} with the default model ('{default}')",
+        responses=_error_responses(*default_codes),
+        **doc,
+    )(default_model)
+
+
 def create_app(models: Sequence[ServedModel], options: ServeOptions | None = None) -> FastAPI:
     """The FastAPI application serving ``models`` (already loaded) with ``options``."""
     import caffe
@@ -1038,41 +1064,12 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
         "tags": ["inference"],
     }
 
-    @app.post("/models/{name}/predict", summary="Classify one image", responses=_error_responses(), **predict_doc)
-    async def predict(name: str, request: Request) -> dict[str, Any]:
-        return await state.predict(name, request)
-
     codes_default = tuple(c for c in _ERRORS if c != 404)
-
-    @app.post(
-        "/predict",
-        summary=f"Classify one image with the default model ('{state.default}')",
-        responses=_error_responses(*codes_default),
-        **predict_doc,
-    )
-    async def predict_default(request: Request) -> dict[str, Any]:
-        return await state.predict(state.default, request)
-
     detect_doc = {
         "response_model": DetectResponse,
         "openapi_extra": _predict_openapi("threshold", _THRESHOLD),
         "tags": ["inference"],
     }
-
-    @app.post(
-        "/models/{name}/detect", summary="Detect objects in one image", responses=_error_responses(), **detect_doc
-    )
-    async def detect(name: str, request: Request) -> dict[str, Any]:
-        return await state.detect(name, request)
-
-    @app.post(
-        "/detect",
-        summary=f"Detect objects in one image with the default model ('{state.default}')",
-        responses=_error_responses(*codes_default),
-        **detect_doc,
-    )
-    async def detect_default(request: Request) -> dict[str, Any]:
-        return await state.detect(state.default, request)
 
     segment_doc = {
         "openapi_extra": _predict_openapi(),
@@ -1082,18 +1079,12 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
         "`?format=json` the pixels of each class present.",
     }
 
-    @app.post("/models/{name}/segment", summary="Segment one image", responses=_error_responses(), **segment_doc)
-    async def segment(name: str, request: Request) -> Response | dict[str, Any]:
-        return await state.segment(name, request)
-
-    @app.post(
-        "/segment",
-        summary=f"Segment one image with the default model ('{state.default}')",
-        responses=_error_responses(*codes_default),
-        **segment_doc,
-    )
-    async def segment_default(request: Request) -> Response | dict[str, Any]:
-        return await state.segment(state.default, request)
+    for verb, summary, run, doc in (
+        ("predict", "Classify one image", state.predict, predict_doc),
+        ("detect", "Detect objects in one image", state.detect, detect_doc),
+        ("segment", "Segment one image", state.segment, segment_doc),
+    ):
+        _add_model_routes(app, verb, summary, run, doc, state.default, codes_default)
 
     @app.post(
         "/models/images/classification/classify_one.json",
