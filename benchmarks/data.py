@@ -35,8 +35,8 @@ from caffe.data.datum import decode_image_bytes
 from caffe.data.db import open_db
 from caffe.data.prefetch import set_data_workers
 from caffe.proto import caffe_pb2 as pb
-from caffe.tools.compute_image_mean import compute_mean, mean_blob_proto
 from caffe.tools.convert_imageset import convert_imageset_db
+from caffe.util.mean import compute_mean, mean_blob_proto
 
 SECTION = "## Data layer"
 BATCH = 32

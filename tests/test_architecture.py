@@ -17,8 +17,6 @@ KNOWN_PRIVATE = {
     ("caffe.export", "_axis"),  # Concat, Slice, InnerProduct, Reduction, Crop, Tile
     ("caffe.engine", "_tail"),  # Convolution's tail padding
     ("caffe.studio.routes_inference", "_label"),  # studio's own (another owner's module)
-    ("caffe.tools.serve_tools", "_caffe_glog"),  # set by caffe.tools.glog on a handler
-    ("caffe.tools.studio_tools", "_caffe_glog"),
 }
 
 # TODO(issue 15, item 4): the imports that still close cycles; the test removes them and requires no other cycle.
@@ -35,11 +33,6 @@ KNOWN_CYCLE_EDGES = {
     ("caffe.studio.pretrained", "caffe.studio.layer_worker"),
     ("caffe.studio.pretrained", "caffe.studio.models"),
     ("caffe.studio.validate", "caffe.studio.layer_worker"),
-    *((f"caffe.tools.{m}", "caffe.tools.cli") for m in (
-        "caffe2_tools", "download", "classify_tools", "train", "compute_image_mean", "convert_cifar_data",
-        "convert_imageset", "convert_mnist_data", "detect_tools", "device", "draw_tools", "export_tools",
-        "extract_features", "log_tools", "segment_tools", "serve_tools", "studio_tools", "upgrade_tools", "zoo_tools",
-    )),  # the tools import cli's shared helpers (glog, progress): to move into caffe/util/
 }  # fmt: skip
 
 

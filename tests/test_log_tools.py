@@ -16,7 +16,7 @@ from google.protobuf import text_format
 
 import caffe
 from caffe.proto import caffe_pb2 as pb
-from caffe.tools import entry, glog
+from caffe.tools import entry
 from caffe.tools.cli import main
 from caffe.tools.log_tools import (
     CHART_TYPES,
@@ -27,6 +27,7 @@ from caffe.tools.log_tools import (
     read_training_log,
     read_training_log_file,
 )
+from caffe.util import glog
 
 CAFFE_2014_LOG = "models/cifar10_quick_v1format_2014/train_log.txt"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -224,7 +224,7 @@ def test_encoded_file_without_extension_is_stored_as_is(tmp_path: Path, caplog: 
 def test_progress_bar_on_a_terminal_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
-    from caffe.tools import progress
+    from caffe.util import progress
 
     listfile = write_list(tmp_path / "list.txt", SOME)
     assert main(["convert_imageset", f"{DS}/", str(listfile), str(tmp_path / "a")]) == 0

@@ -481,7 +481,8 @@ def write_split(
     entries: list[Entry], db_path: Path, params: DatasetParams, split_index: int, progress: ProgressFn, stage: str
 ) -> tuple[list[Entry], list[dict[str, str]]]:
     """Write one split's LMDB; returns the entries stored (in key order) and the images skipped."""
-    from caffe.tools.progress import default_threads, new_database, ordered_map
+    from caffe.util.database import new_database
+    from caffe.util.threads import default_threads, ordered_map
 
     stored: list[Entry] = []
     skipped: list[dict[str, str]] = []
@@ -513,7 +514,7 @@ def _write_text(path: Path, lines: Iterable[str]) -> None:
 
 def write_mean(train_db: Path, job_dir: Path) -> np.ndarray:
     """``mean.binaryproto`` (as ``compute_image_mean``) and ``mean.jpg`` from the train database."""
-    from caffe.tools.compute_image_mean import compute_mean, mean_blob_proto
+    from caffe.util.mean import compute_mean, mean_blob_proto
 
     mean, _ = compute_mean(str(train_db), "lmdb")
     atomic_write(job_dir / "mean.binaryproto", mean_blob_proto(mean).SerializeToString())
@@ -621,8 +622,8 @@ def run_job(job_dir: str | os.PathLike) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from caffe.tools import glog
-    from caffe.tools.parent_watch import stop_when_parent_exits
+    from caffe.util import glog
+    from caffe.util.parent_watch import stop_when_parent_exits
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

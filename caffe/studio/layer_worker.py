@@ -6,7 +6,7 @@ model form or a model whose network has one is refused (403, naming the layer an
 uploaded module is still never imported by the server: it must not be named like a module the server can
 import (``os``, ``json``, ``caffe``...), and the net is built, checked and run by a worker process started in
 the job's folder - one per loaded model, ended when the model leaves the cache, when a call passes its
-deadline (killed with its process group) or when the server goes away (:mod:`caffe.tools.parent_watch`).
+deadline (killed with its process group) or when the server goes away (:mod:`caffe.util.parent_watch`).
 
 Protocol (stdin/stdout of the worker): a frame is a 4-byte big-endian length, a JSON header, then the raw
 bytes of the float32/float64 arrays the header's ``arrays`` describe. The server unpickles nothing and bounds
@@ -147,7 +147,7 @@ class Worker:
     Not thread-safe: the caller serializes calls (a LoadedModel's lock)."""
 
     def __init__(self, job_dir: Path, what: str, timeout_s: float | None = None) -> None:
-        from caffe.tools.parent_watch import ENV as PARENT_ENV
+        from caffe.util.parent_watch import ENV as PARENT_ENV
 
         self.what, self.timeout_s = what, TIMEOUT_S if timeout_s is None else timeout_s
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -427,7 +427,7 @@ def main() -> int:
     requests, answers = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)
-    from caffe.tools.parent_watch import stop_when_parent_exits
+    from caffe.util.parent_watch import stop_when_parent_exits
 
     stop_when_parent_exits()
 

@@ -23,7 +23,7 @@ snapshot of the iteration it is in: a bounded wait that follows the job's pace, 
 it waits; only then SIGTERM, and SIGKILL ``kill_grace`` later. ``force_stop()`` (a second Ctrl-C) sends
 SIGTERM at once. Its jobs end ``Interrupted``. A server that is killed cannot do this, so each job is told
 the server's pid (``CAFFE_STUDIO_PID``) and stops itself the same way when the server is gone
-(:mod:`caffe.tools.parent_watch`). Listeners registered with ``subscribe`` get every status change, from the
+(:mod:`caffe.util.parent_watch`). Listeners registered with ``subscribe`` get every status change, from the
 scheduler's threads.
 """
 
@@ -49,7 +49,7 @@ from caffe.errors import CaffeError
 from caffe.processes import group_alive
 from caffe.studio.gpus import Allotment, GpuRequest, describe, device_gpu, gpu_flag, gpu_pool, request_error
 from caffe.studio.store import FINISHED, Job, JobStore
-from caffe.tools.parent_watch import ENV as PARENT_ENV
+from caffe.util.parent_watch import ENV as PARENT_ENV
 
 log = logging.getLogger("caffe")
 

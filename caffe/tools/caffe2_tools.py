@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, parse_flags, usage_error
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

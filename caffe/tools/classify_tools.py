@@ -46,8 +46,8 @@ from caffe.errors import CaffeError, DataError
 from caffe.io import oversample as ten_crops
 from caffe.limits import read_file
 from caffe.protoio import atomic_write
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, parse_flags, usage_error
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 
@@ -297,7 +297,7 @@ def bare_gpu(argv: list[str]) -> list[str]:
 
 
 def select_device(spec: str) -> None:
-    from caffe.tools.train import _select_device as select
+    from caffe.tools.train import select_device as select
 
     if spec and not re.fullmatch(r"\d+(,\d+)*|all", spec):
         raise CaffeError(f"--gpu must be a device id (or ids, or 'all'), got '{spec}'")

@@ -6,35 +6,10 @@ Flags are accepted in gflags' forms, as Caffe's tool takes them: ``--name=value`
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from caffe.errors import CaffeError
-from caffe.tools import glog
-
-log = logging.getLogger("caffe")
-
-
-@dataclass
-class Command:
-    name: str
-    summary: str
-    run: Callable[[list[str]], int]
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, summary: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
-    """Register ``fn(argv) -> exit code`` as ``caffe <name>``."""
-
-    def deco(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
-        COMMANDS[name] = Command(name, summary, fn)
-        return fn
-
-    return deco
+from caffe.tools.registry import COMMANDS, run_command
 
 
 def _load_commands() -> None:
@@ -95,18 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cmd is None:
         print(f"caffe: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 1
-    glog.setup()
-    from caffe.tools.parent_watch import stop_when_parent_exits
-
-    stop_when_parent_exits()  # a job of the studio: stop if its server is killed
-    try:
-        return cmd.run(rest)
-    except CaffeError as e:
-        log.error("%s", e)
-        return 1
-    except KeyboardInterrupt:
-        log.error("Interrupted.")
-        return 130
+    return run_command(cmd.run, rest)
 
 
 def run_tool(name: str) -> Callable[[], int]:

@@ -24,8 +24,10 @@ import numpy as np
 from caffe.data.db import backend_name
 from caffe.errors import DataError
 from caffe.proto import caffe_pb2 as pb
-from caffe.tools.cli import command
-from caffe.tools.progress import Progress, ToolParser, check_new_database_path, new_database, parse_flags
+from caffe.tools.flags import ToolParser, parse_flags
+from caffe.tools.registry import command
+from caffe.util.database import check_new_database_path, new_database
+from caffe.util.progress import Progress
 
 log = logging.getLogger("caffe")
 

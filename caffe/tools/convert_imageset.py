@@ -14,7 +14,7 @@ misbehaves:
   concatenated the strings, reading ``/data/trainn01440764/...``); otherwise it is a plain prefix.
 * ``--check_size`` compares the decoded images' channels x height x width, also for encoded
   datums (Caffe compared an encoded file's byte count with 0 and aborted on the second image).
-* The database is created atomically (see :func:`caffe.tools.progress.new_database`); an existing
+* The database is created atomically (see :func:`caffe.util.database.new_database`); an existing
   non-empty ``DB_NAME`` is an error, as Caffe's ``db::NEW`` is.
 
 Images are read and decoded by ``--threads`` threads (default: one per core) and written in list
@@ -35,17 +35,11 @@ from caffe.data.db import backend_name, item_key
 from caffe.errors import CaffeError, DataError
 from caffe.limits import max_list_bytes, read_file
 from caffe.proto import caffe_pb2 as pb
-from caffe.tools.cli import command
-from caffe.tools.progress import (
-    Progress,
-    ToolParser,
-    check_new_database_path,
-    default_threads,
-    gflags_int,
-    new_database,
-    ordered_map,
-    parse_flags,
-)
+from caffe.tools.flags import ToolParser, gflags_int, parse_flags
+from caffe.tools.registry import command
+from caffe.util.database import check_new_database_path, new_database
+from caffe.util.progress import Progress
+from caffe.util.threads import default_threads, ordered_map
 
 log = logging.getLogger("caffe")
 

@@ -43,8 +43,8 @@ from caffe.tools.classify_tools import (
     pixel_settings,
     start_model_command,
 )
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser
+from caffe.tools.flags import ToolParser
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

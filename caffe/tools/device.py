@@ -9,7 +9,7 @@ import platform
 
 import torch
 
-from caffe.tools.cli import command
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

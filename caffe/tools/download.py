@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from caffe.errors import DataError
-from caffe.tools.cli import command
-from caffe.tools.progress import Progress, ToolParser, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, parse_flags, usage_error
+from caffe.tools.registry import command
+from caffe.util.progress import Progress
 
 log = logging.getLogger("caffe")
 

@@ -12,8 +12,8 @@ import logging
 
 from caffe.errors import CaffeError
 from caffe.protoio import atomic_write, read_net_param
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

@@ -18,8 +18,8 @@ import argparse
 import logging
 
 from caffe.errors import CaffeError
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

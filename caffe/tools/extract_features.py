@@ -26,8 +26,10 @@ from caffe import common
 from caffe.data.db import backend_name, feature_key
 from caffe.errors import CaffeError, DataError
 from caffe.proto import caffe_pb2 as pb
-from caffe.tools.cli import command
-from caffe.tools.progress import Progress, ToolParser, check_new_database_path, new_database, parse_flags
+from caffe.tools.flags import ToolParser, parse_flags
+from caffe.tools.registry import command
+from caffe.util.database import check_new_database_path, new_database
+from caffe.util.progress import Progress
 
 log = logging.getLogger("caffe")
 

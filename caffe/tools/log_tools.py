@@ -62,8 +62,8 @@ from datetime import datetime
 from pathlib import Path
 
 from caffe.errors import CaffeError
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, parse_flags, usage_error
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

@@ -24,9 +24,9 @@ from caffe import deploy
 from caffe.deploy.drawing import encode_image
 from caffe.protoio import atomic_write
 from caffe.tools import classify_tools as common
-from caffe.tools.cli import command
 from caffe.tools.detect_tools import OutputNames, make_folder
-from caffe.tools.progress import ToolParser
+from caffe.tools.flags import ToolParser
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

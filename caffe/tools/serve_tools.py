@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from caffe.errors import CaffeError
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.registry import command
+from caffe.util import glog
 
 if TYPE_CHECKING:
     from caffe.serve import ServedModel, ServeOptions
@@ -136,12 +137,7 @@ def run_server(
     """Run ``app`` under uvicorn until interrupted, logging through the ``caffe`` logger (glog lines)."""
     from caffe.serve import bind_socket, log_startup, uvicorn_server
 
-    caffe_handlers = [h for h in log.handlers if getattr(h, "_caffe_glog", False)]
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        lg = logging.getLogger(name)
-        lg.handlers = list(caffe_handlers)
-        lg.propagate = False
-        lg.setLevel(logging.INFO)
+    glog.route("uvicorn", "uvicorn.error", "uvicorn.access")
     sock = bind_socket(host, port)
     server = uvicorn_server(app, access_log)
     log_startup(models, host, sock.getsockname()[1], opts)

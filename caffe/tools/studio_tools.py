@@ -12,8 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.flags import ToolParser, gflags_int, parse_flags, usage_error
+from caffe.tools.registry import command
+from caffe.util import glog
 
 log = logging.getLogger("caffe")
 
@@ -88,16 +89,6 @@ def _devices(text: str | None) -> list[str] | None:
     return devices
 
 
-def _log_through_caffe() -> None:
-    """uvicorn's messages as glog lines, through the caffe logger's handler."""
-    handlers = [h for h in log.handlers if getattr(h, "_caffe_glog", False)]
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers = list(handlers)
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-
-
 @command("studio", "serve the studio web app (datasets, training, classification)")
 def studio(argv: list[str]) -> int:
     parser = build_parser()
@@ -141,7 +132,7 @@ def studio(argv: list[str]) -> int:
         if args.allowed_hosts is None
         else [h.strip() for h in args.allowed_hosts.split(",") if h.strip()],
     )
-    _log_through_caffe()
+    glog.route("uvicorn", "uvicorn.error", "uvicorn.access")  # uvicorn's messages as glog lines
 
     def ready(url: str) -> None:
         log.info("Studio jobs in %s; devices: %s", config.jobs_dir, ", ".join(config.devices or []))

@@ -39,8 +39,8 @@ import torch
 from caffe import common, parallel
 from caffe.errors import DeviceError, SolverError
 from caffe.proto import caffe_pb2 as pb
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, _UsageError, gflags_int
+from caffe.tools.flags import ToolParser, UsageError, gflags_int
+from caffe.tools.registry import command, run_command
 
 log = logging.getLogger("caffe")
 
@@ -94,7 +94,7 @@ def _parse(parser: ToolParser, argv: Sequence[str]) -> argparse.Namespace | int:
         if getattr(args, "dtype", None):
             common.set_dtype(args.dtype)
         return args
-    except (_Usage, _UsageError) as e:
+    except (_Usage, UsageError) as e:
         return _usage_error(parser, str(e))
     except SystemExit as e:  # --help
         return int(e.code or 0)
@@ -141,7 +141,7 @@ def _use_gpu(device_id: int) -> None:
     common.set_mode_gpu()
 
 
-def _select_device(spec: str) -> list[int]:
+def select_device(spec: str) -> list[int]:
     """``caffe test``/``caffe time``: the first of ``--gpu``'s devices, or the CPU."""
     gpus = _gpu_ids(spec)
     if gpus:
@@ -352,9 +352,7 @@ def _launch(gpus: list[int], argv: list[str]) -> int:
 
 def _rank_main(argv: list[str]) -> int:
     """One rank started by ``_launch``: ``caffe train`` with the same flags (it finds its GPU by LOCAL_RANK)."""
-    from caffe.tools.cli import main
-
-    return main(["train", *argv])
+    return run_command(train, list(argv))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +388,7 @@ def test(argv: list[str]) -> int:
     if args.iterations < 1:
         return _usage_error(parser, f"--iterations must be positive, got {args.iterations}")
     try:
-        _select_device(args.gpu)
+        select_device(args.gpu)
     except _Usage as e:
         return _usage_error(parser, str(e))
     from caffe.net import Net
@@ -519,7 +517,7 @@ def time_(argv: list[str]) -> int:
     if args.iterations < 1:
         return _usage_error(parser, f"--iterations must be positive, got {args.iterations}")
     try:
-        _select_device(args.gpu)
+        select_device(args.gpu)
     except _Usage as e:
         return _usage_error(parser, str(e))
     from caffe.engine import inference_engine, set_inference_engine

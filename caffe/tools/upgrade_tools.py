@@ -7,7 +7,7 @@ import logging
 from caffe import upgrade
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_binary, read_text, write_binary, write_text
-from caffe.tools.cli import command
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

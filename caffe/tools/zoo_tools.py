@@ -16,8 +16,8 @@ import logging
 import sys
 
 from caffe import zoo
-from caffe.tools.cli import command
-from caffe.tools.progress import ToolParser, parse_flags
+from caffe.tools.flags import ToolParser, parse_flags
+from caffe.tools.registry import command
 
 log = logging.getLogger("caffe")
 

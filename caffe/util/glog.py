@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from typing import TextIO
 
 _LEVEL_LETTER = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E", logging.CRITICAL: "F"}
 
@@ -29,15 +30,33 @@ class GlogFormatter(logging.Formatter):
         return head + record.getMessage()
 
 
-def setup(level: int = logging.INFO, stream: object = None) -> logging.Logger:
+class GlogHandler(logging.StreamHandler):
+    """The stream handler :func:`setup` adds to the ``caffe`` logger (glog lines)."""
+
+
+def handlers(logger: logging.Logger | None = None) -> list[logging.Handler]:
+    """The glog handlers of ``logger`` (the ``caffe`` logger by default)."""
+    logger = logger or logging.getLogger("caffe")
+    return [h for h in logger.handlers if isinstance(h, GlogHandler)]
+
+
+def setup(level: int = logging.INFO, stream: TextIO | None = None) -> logging.Logger:
     """Log the ``caffe`` logger's messages in glog format to ``stream`` (stderr by default)."""
     logger = logging.getLogger("caffe")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_caffe_glog", False):
-            logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    for handler in handlers(logger):
+        logger.removeHandler(handler)
+    handler = GlogHandler(stream or sys.stderr)
     handler.setFormatter(GlogFormatter())
-    handler._caffe_glog = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
     return logger
+
+
+def route(*names: str, level: int = logging.INFO) -> None:
+    """Write the messages of the loggers ``names`` (uvicorn's, say) as glog lines, through the ``caffe`` handlers."""
+    glog = handlers()
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers = list(glog)
+        logger.propagate = False
+        logger.setLevel(level)
