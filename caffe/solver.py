@@ -149,7 +149,7 @@ class EventLog:
 
 
 class Solver:
-    """Caffe's Solver; subclasses implement the update (``compute_update_value``) and its history."""
+    """Caffe's Solver; subclasses implement the update rule (``update_rule``) and its history."""
 
     type_name: ClassVar[str] = ""
     history_per_param: ClassVar[int] = 1  # AdaDelta and Adam keep two history blobs per parameter
@@ -309,25 +309,45 @@ class Solver:
 
     # ------------------------------------------------------------------ update
     def apply_update(self) -> None:
-        """Caffe's ApplyUpdate: rate, clipping, then per parameter normalize, regularize, update; w -= diff."""
+        """Caffe's ApplyUpdate: rate, clipping, then normalize, regularize and the rule; w -= diff.
+
+        The parameters are updated in groups sharing ``lr_mult`` and ``decay_mult`` (usually two: weights
+        and biases), each step of the rule one ``torch._foreach_*`` call over the group.
+        """
         rate = self.learning_rate()
         if self.param.display and self.iter % self.param.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
         self._last_rate = rate
+        params = self.net.learnable_params
         with torch.no_grad():
             if self.world_size > 1:  # Caffe's multi-GPU rule: the ranks' diffs averaged before clip/normalize
-                parallel.average([b.mutable_grad for b in self.net.learnable_params])
+                parallel.average([b.mutable_grad for b in params])
             self.clip_gradients()
-            for i, blob in enumerate(self.net.learnable_params):
-                self.normalize(blob)
-                self.regularize(i, blob)
-                self.compute_update_value(i, blob, rate)
+            n = len(params)
+            for indices, lr_mult, decay_mult in self._update_groups():
+                grads = [params[i].mutable_grad for i in indices]
+                if self.param.iter_size > 1:
+                    torch._foreach_mul_(grads, 1.0 / self.param.iter_size)
+                self._regularize(grads, [params[i].tensor for i in indices], decay_mult)
+                history = [
+                    [self.history[k * n + i].mutable_tensor for i in indices] for k in range(self.history_per_param)
+                ]
+                self.update_rule(grads, history, self._local_rate(rate, lr_mult))
             self.net.update()
             if self.world_size > 1 and self.net.debug_info:  # debug_info: every rank holds rank 0's weights
-                parallel.check_identical(
-                    [b.tensor for b in self.net.learnable_params], f"iteration {self.iter}'s weights"
-                )
+                parallel.check_identical([b.tensor for b in params], f"iteration {self.iter}'s weights")
         self.iter += 1
+
+    def _update_groups(self) -> list[tuple[list[int], float, float]]:
+        """The learnable parameters' indices grouped by (lr_mult, decay_mult), in first-seen order."""
+        key = (tuple(self.net.params_lr), tuple(self.net.params_weight_decay))
+        if getattr(self, "_groups_key", None) != key:
+            groups: dict[tuple[float, float], list[int]] = {}
+            for i, mults in enumerate(zip(*key, strict=True)):
+                groups.setdefault(mults, []).append(i)
+            self._groups = [(indices, lr, decay) for (lr, decay), indices in groups.items()]
+            self._groups_key = key
+        return self._groups
 
     def clip_gradients(self) -> None:
         clip = self.param.clip_gradients
@@ -343,31 +363,29 @@ class Solver:
                 fmt(clip),
                 fmt(factor),
             )
-            for b in params:
-                b.mutable_grad.mul_(factor)
+            torch._foreach_mul_([b.mutable_grad for b in params], factor)
 
-    def normalize(self, blob: Blob) -> None:
-        if self.param.iter_size > 1:
-            blob.mutable_grad.mul_(1.0 / self.param.iter_size)
-
-    def regularize(self, i: int, blob: Blob) -> None:
-        decay = self.param.weight_decay * self.net.params_weight_decay[i]
+    def _regularize(self, grads: list[torch.Tensor], weights: list[torch.Tensor], decay_mult: float) -> None:
+        """Add the weight decay's gradient (L2: decay * w; L1: decay * sign(w)) to ``grads``."""
+        decay = self.param.weight_decay * decay_mult
         if not decay:
             return
         kind = self.param.regularization_type
         if kind == "L2":
-            blob.mutable_grad.add_(blob.tensor, alpha=decay)
+            torch._foreach_add_(grads, weights, alpha=decay)
         elif kind == "L1":
-            blob.mutable_grad.add_(torch.sign(blob.tensor), alpha=decay)
+            torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=decay)
         else:
             raise SolverError(f"{self.source}: unknown regularization_type '{kind}' (L2 or L1)")
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
-        """Turn ``blob``'s diff into the step to subtract (the solver type's rule)."""
+    def update_rule(self, grads: list[torch.Tensor], history: list[list[torch.Tensor]], rate: float) -> None:
+        """Turn a group's diffs into the steps to subtract (the solver type's rule); ``history[k][j]`` is
+        the k-th history blob of the group's j-th parameter, ``rate`` the group's local rate."""
         raise NotImplementedError
 
-    def local_rate(self, i: int, rate: float) -> float:
-        return float(self._np_dtype(rate) * self._np_dtype(self.net.params_lr[i]))
+    def _local_rate(self, rate: float, lr_mult: float) -> float:
+        """``rate * lr_mult`` rounded as Caffe's ``Dtype`` computes it."""
+        return float(self._np_dtype(rate) * self._np_dtype(lr_mult))
 
     # ------------------------------------------------------------------ the loop
     def add_callback(self, on_start: Callable[[], Any] | Callback, on_gradients_ready: Callable[[], Any] | None = None):

@@ -1,9 +1,12 @@
 """The six update rules of Caffe, with its exact equations (learning rate inside the history).
 
-In each, ``g`` is the parameter's diff after normalization and regularization and ``r`` the local
-rate (``lr * lr_mult``); the rule leaves the step to subtract in the diff, and the solver then does
-``w -= diff``. History blobs are kept in Caffe's order (AdaDelta and Adam: all first-moment blobs,
-then all second ones), so ``.solverstate`` files interchange with Caffe's.
+Each rule updates a *group* of parameters that share one local rate ``r = lr * lr_mult``: ``grads``
+are their diffs after normalization and regularization, ``history[k]`` the k-th history blob of each;
+the rule leaves the step to subtract in the diffs, and the solver then does ``w -= diff``. The rules
+are written with ``torch._foreach_*`` operations over the whole group (one call per operation, not a
+Python loop per blob); on the CPU these run the very kernels of the per-tensor operations, so the
+numbers are those of Caffe's per-blob loop. History blobs are kept in Caffe's order (AdaDelta and
+Adam: all first-moment blobs, then all second ones), so ``.solverstate`` files interchange with Caffe's.
 """
 
 from __future__ import annotations
@@ -12,9 +15,27 @@ import math
 
 import torch
 
-from caffe.blob import Blob
 from caffe.errors import SolverError
 from caffe.solver import Solver, register_solver
+
+Tensors = list[torch.Tensor]
+
+
+def _squares(grads: Tensors) -> Tensors:
+    return torch._foreach_mul(grads, grads)
+
+
+def _decay_into(history: Tensors, values: Tensors, decay: float) -> None:
+    """``h = decay * h + (1 - decay) * values``."""
+    torch._foreach_mul_(history, decay)
+    torch._foreach_add_(history, values, alpha=1.0 - decay)
+
+
+def _divide_by_root(grads: Tensors, history: Tensors, delta: float) -> None:
+    """``g /= sqrt(h) + delta``."""
+    denominators = torch._foreach_sqrt(history)
+    torch._foreach_add_(denominators, delta)
+    torch._foreach_div_(grads, denominators)
 
 
 @register_solver("SGD")
@@ -26,22 +47,26 @@ class SGDSolver(Solver):
         """The learning rate of the current iteration (pycaffe master's ``SGDSolver.lr``)."""
         return self.learning_rate()
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
-        h = self.history[i].mutable_tensor
-        h.mul_(self.param.momentum).add_(blob.grad, alpha=self.local_rate(i, rate))
-        blob.mutable_grad.copy_(h)
+    def update_rule(self, grads: Tensors, history: list[Tensors], rate: float) -> None:
+        (h,) = history
+        torch._foreach_mul_(h, self.param.momentum)
+        torch._foreach_add_(h, grads, alpha=rate)
+        torch._foreach_copy_(grads, h)
 
 
 @register_solver("Nesterov")
 class NesterovSolver(Solver):
     """``h' = momentum * h + r * g; diff = (1 + momentum) * h' - momentum * h``."""
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
+    def update_rule(self, grads: Tensors, history: list[Tensors], rate: float) -> None:
         momentum = self.param.momentum
-        h = self.history[i].mutable_tensor
-        previous = h.clone()
-        h.mul_(momentum).add_(blob.grad, alpha=self.local_rate(i, rate))
-        blob.mutable_grad.copy_(h).mul_(1.0 + momentum).sub_(previous, alpha=momentum)
+        (h,) = history
+        previous = [t.clone() for t in h]
+        torch._foreach_mul_(h, momentum)
+        torch._foreach_add_(h, grads, alpha=rate)
+        torch._foreach_copy_(grads, h)
+        torch._foreach_mul_(grads, 1.0 + momentum)
+        torch._foreach_sub_(grads, previous, alpha=momentum)
 
 
 class _NoMomentum(Solver):
@@ -57,11 +82,11 @@ class _NoMomentum(Solver):
 class AdaGradSolver(_NoMomentum):
     """``h += g^2; diff = r * g / (sqrt(h) + delta)``."""
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
-        g = blob.mutable_grad
-        h = self.history[i].mutable_tensor
-        h.add_(g * g)
-        g.div_(h.sqrt().add_(self.param.delta)).mul_(self.local_rate(i, rate))
+    def update_rule(self, grads: Tensors, history: list[Tensors], rate: float) -> None:
+        (h,) = history
+        torch._foreach_add_(h, _squares(grads))
+        _divide_by_root(grads, h, self.param.delta)
+        torch._foreach_mul_(grads, rate)
 
 
 @register_solver("RMSProp")
@@ -73,12 +98,11 @@ class RMSPropSolver(_NoMomentum):
         if not 0 <= self.param.rms_decay < 1:
             raise SolverError(f"{self.source}: rms_decay should lie in [0, 1), got {self.param.rms_decay:g}")
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
-        decay = self.param.rms_decay
-        g = blob.mutable_grad
-        h = self.history[i].mutable_tensor
-        h.mul_(decay).add_(g * g, alpha=1.0 - decay)
-        g.div_(h.sqrt().add_(self.param.delta)).mul_(self.local_rate(i, rate))
+    def update_rule(self, grads: Tensors, history: list[Tensors], rate: float) -> None:
+        (h,) = history
+        _decay_into(h, _squares(grads), self.param.rms_decay)
+        _divide_by_root(grads, h, self.param.delta)
+        torch._foreach_mul_(grads, rate)
 
 
 @register_solver("AdaDelta")
@@ -87,15 +111,16 @@ class AdaDeltaSolver(Solver):
 
     history_per_param = 2
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
+    def update_rule(self, grads: Tensors, history: list[Tensors], rate: float) -> None:
         m, delta = self.param.momentum, self.param.delta
-        n = len(self.net.learnable_params)
-        g = blob.mutable_grad
-        h1, h2 = self.history[i].mutable_tensor, self.history[n + i].mutable_tensor
-        h1.mul_(m).add_(g * g, alpha=1.0 - m)
-        g.mul_(((h2 + delta) / (h1 + delta)).sqrt_())
-        h2.mul_(m).add_(g * g, alpha=1.0 - m)
-        g.mul_(self.local_rate(i, rate))
+        h1, h2 = history
+        _decay_into(h1, _squares(grads), m)
+        ratio = torch._foreach_add(h2, delta)
+        torch._foreach_div_(ratio, torch._foreach_add(h1, delta))
+        torch._foreach_sqrt_(ratio)
+        torch._foreach_mul_(grads, ratio)
+        _decay_into(h2, _squares(grads), m)
+        torch._foreach_mul_(grads, rate)
 
 
 @register_solver("Adam")
@@ -104,14 +129,13 @@ class AdamSolver(Solver):
 
     history_per_param = 2
 
-    def compute_update_value(self, i: int, blob: Blob, rate: float) -> None:
+    def update_rule(self, grads: Tensors, history: list[Tensors], rate: float) -> None:
         b1, b2 = self.param.momentum, self.param.momentum2
-        n = len(self.net.learnable_params)
         t = self.iter + 1
         correction = math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
-        g = blob.mutable_grad
-        m, v = self.history[i].mutable_tensor, self.history[n + i].mutable_tensor
-        m.mul_(b1).add_(g, alpha=1.0 - b1)
-        v.mul_(b2).add_(g * g, alpha=1.0 - b2)
-        torch.div(m, v.sqrt().add_(self.param.delta), out=g)
-        g.mul_(self.local_rate(i, rate) * correction)
+        m, v = history
+        _decay_into(m, grads, b1)
+        _decay_into(v, _squares(grads), b2)
+        torch._foreach_copy_(grads, m)
+        _divide_by_root(grads, v, self.param.delta)
+        torch._foreach_mul_(grads, rate * correction)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.common import TRAIN
 from caffe.layer import Layer, register
+from caffe.ops.pooling import max_pool2d
 from caffe.proto import caffe_pb2 as pb
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -465,9 +466,7 @@ class PoolPlan:
 
     # -------------------------------------------------------------- MAX
     def _max(self, x: torch.Tensor, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.native:
-            if not want_mask:
-                return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil), None
+        if self.native and want_mask:
             y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, return_indices=True)
             return y, idx.to(x.dtype)
         xp = self._padded(x, float("-inf"))
@@ -478,7 +477,7 @@ class PoolPlan:
             cols = idx.remainder(wp) - self.pad_lo[1]
             mask: torch.Tensor | None = rows * self.in_hw[1] + cols
         else:
-            y, mask = F.max_pool2d(xp, self.kernel, self.stride), None
+            y, mask = max_pool2d(xp, self.kernel, self.stride, self.out), None
         if self.has_empty:
             # A window wholly outside the image: Caffe leaves -FLT_MAX and index -1 (and no gradient).
             empty = self._empty_windows(x.device)

@@ -1,0 +1,80 @@
+"""MAX pooling over strided views: each output is the maximum of the k*k window offsets, taken as
+k*k strided slices of the input and reduced with ``torch.maximum`` (vectorized over the whole output).
+
+On the CPU ATen's NCHW ``max_pool2d`` walks each window in a scalar loop; this is 3-6x faster for
+Caffe's usual 2x2 and 3x3 windows (measured in ``benchmarks/train.py``'s notes). The gradient follows
+Caffe's rule: each window's diff goes to its *first* maximum in scan order (row, then column).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+MAX_WINDOW = 64  # larger windows (global pooling) keep ATen's kernel
+
+
+def _offsets(
+    x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]
+) -> Iterator[torch.Tensor]:
+    """The k*k strided views of ``x`` (…, H, W), one per window offset, in scan order."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    for di in range(kh):
+        for dj in range(kw):
+            yield x[..., di : di + sh * (oh - 1) + 1 : sh, dj : dj + sw * (ow - 1) + 1 : sw]
+
+
+def _maximum(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    views = _offsets(x, kernel, stride, out)
+    y = next(views).clone()  # keeps a channels-last input's layout
+    for view in views:
+        torch.maximum(y, view, out=y)
+    return y
+
+
+class _TilingMaxPool(torch.autograd.Function):
+    """Non-overlapping windows (stride == kernel): every input position lies in at most one window."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        y = _maximum(x, kernel, kernel, out)
+        ctx.save_for_backward(x, y)
+        ctx.kernel = kernel
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        kernel = ctx.kernel
+        out = tuple(y.shape[-2:])
+        covered = all(n == o * k for n, o, k in zip(x.shape[-2:], out, kernel, strict=True))
+        dx = torch.empty_like(x) if covered else torch.zeros_like(x)
+        free = torch.ones(y.shape, dtype=torch.bool, device=y.device)  # windows whose maximum is not yet taken
+        for view, target in zip(_offsets(x, kernel, kernel, out), _offsets(dx, kernel, kernel, out), strict=True):
+            first = view == y
+            first &= free
+            free ^= first
+            torch.mul(dy, first, out=target)
+        return dx, None, None
+
+
+def _capturing() -> bool:
+    """Traced (ONNX export) or compiled: ATen's operator, which exporters and inductor know as one node."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def max_pool2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """MAX pooling of (N, C, H, W) ``x`` (already padded) into ``out`` = (out_h, out_w) windows without
+    padding, floor rounding: ATen's ``max_pool2d(x, kernel, stride)``, faster on the CPU (ATen's itself
+    when traced or compiled). Its gradient when ``x`` needs one is Caffe's (to the first maximum): by
+    the tiling kernel for stride == kernel, by ATen's otherwise."""
+    if x.device.type != "cpu" or kernel[0] * kernel[1] > MAX_WINDOW or min(out) <= 0 or _capturing():
+        return torch.nn.functional.max_pool2d(x, kernel, stride)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return _maximum(x, kernel, stride, out)
+    if kernel == stride:
+        return _TilingMaxPool.apply(x, kernel, out)
+    return torch.nn.functional.max_pool2d(x, kernel, stride)
