@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from caffe import common
+from caffe import common, net_debug
 from caffe.blob import Blob, Shape
 from caffe.engine import CompiledPlan
 from caffe.errors import CaffeError, LayerError, NetError, ShapeError, UnknownLayerTypeError
@@ -38,6 +38,7 @@ from caffe.layer import Layer, create_layer, layer_class
 from caffe.limits import LimitError, check_blob
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param
+from caffe.pycaffe import PycaffeNet
 
 log = logging.getLogger("caffe")
 
@@ -150,7 +151,7 @@ class BlobBackward(Protocol):
 
 
 # ---------------------------------------------------------------------------- the Net
-class Net:
+class Net(PycaffeNet):
     """A network: ``Net(network_file, phase, level=0, stages=None, weights=None)``.
 
     Also accepts a ``NetParameter`` instead of a file, a Caffe2 model folder (``init_net.pb`` +
@@ -598,7 +599,7 @@ class Net:
                     cb(i)
                 loss += self._forward_layer(i, grad_mode)
                 if self.debug_info:
-                    self._forward_debug_info(i)
+                    net_debug.forward_info(self, i)
                 for cb in self._callbacks["after_forward"]:
                     cb(i)
         self._note_versions(start, end)
@@ -682,26 +683,13 @@ class Net:
                     cb(i)
                 self._backward_range(i, i)
                 if self.debug_info and self._layer_need_backward[i]:
-                    self._backward_debug_info(i)
+                    net_debug.backward_info(self, i)
                 for cb in self._callbacks["after_backward"]:
                     cb(i)
         else:
             self._backward_range(start, end)
         if self.debug_info and start == len(self._layers) - 1 and end == 0:
-            data = [b.tensor.detach().double() for b in self._learnable_params]
-            diff = [b.grad.detach().double() for b in self._learnable_params]
-            log.error(
-                "    [Backward] All net params (data, diff): L1 norm = (%s, %s); L2 norm = (%s, %s)",
-                *(
-                    f"{v:g}"
-                    for v in (
-                        sum(float(t.abs().sum()) for t in data),
-                        sum(float(t.abs().sum()) for t in diff),
-                        sum(float(t.pow(2).sum()) for t in data) ** 0.5,
-                        sum(float(t.pow(2).sum()) for t in diff) ** 0.5,
-                    )
-                ),
-            )
+            net_debug.norms_info(self)
 
     def _backward_range(self, start: int, end: int) -> None:
         """Backward through layers ``start`` down to ``end``: runs of layers with a valid recorded graph
@@ -897,70 +885,6 @@ class Net:
         self._backward(len(self._layers) - 1, 0)
         return loss
 
-    def _batch(self, arrays: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        num = len(next(iter(arrays.values())))
-        batch_size = next(iter(self.blobs.values())).shape[0]
-        for i in range(0, num - num % batch_size, batch_size):
-            yield {name: arr[i : i + batch_size] for name, arr in arrays.items()}
-        rem = num % batch_size
-        if rem:
-            padded = {}
-            for name, arr in arrays.items():
-                pad = np.zeros((batch_size - rem, *arr.shape[1:]), dtype=arr.dtype)
-                padded[name] = np.concatenate([arr[-rem:], pad])
-            yield padded
-
-    class _Gathered:
-        """Arrays gathered over batches: per-item outputs item by item, scalars (losses) once per batch."""
-
-        def __init__(self, names: Iterable[str]) -> None:
-            self.items: dict[str, list[np.ndarray]] = {name: [] for name in names}
-            self.scalars: set[str] = set()
-
-        def add(self, arrays: dict[str, np.ndarray]) -> None:
-            for name, arr in arrays.items():
-                if arr.ndim:
-                    self.items[name].extend(arr.copy())
-                else:
-                    self.scalars.add(name)
-                    self.items[name].append(arr.copy())
-
-        def stacked(self, num: int | None) -> dict[str, np.ndarray]:
-            """Stack everything; per-item outputs are cut to ``num`` (dropping the last batch's padding)."""
-            return {
-                name: np.asarray(v) if name in self.scalars or num is None else np.asarray(v)[:num]
-                for name, v in self.items.items()
-            }
-
-    def forward_all(self, blobs: Iterable[str] | None = None, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
-        """Run forward over inputs of any length in batches of the net's batch size."""
-        blobs = list(blobs or [])
-        kwargs = {k: np.asarray(v) for k, v in kwargs.items()}
-        outs = self._Gathered(set(self.outputs + blobs))
-        for batch in self._batch(kwargs):
-            outs.add(self.forward(blobs=blobs, **batch))
-        return outs.stacked(len(next(iter(kwargs.values()))))
-
-    def forward_backward_all(
-        self, blobs: Iterable[str] | None = None, diffs: Iterable[str] | None = None, **kwargs: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Forward and backward in batches; inputs and output diffs as keyword arrays."""
-        from itertools import zip_longest
-
-        blobs, diffs = list(blobs or []), list(diffs or [])
-        kwargs = {k: np.asarray(v) for k, v in kwargs.items()}
-        outs = self._Gathered(set(self.outputs + blobs))
-        grads = self._Gathered(set(self.inputs + diffs))
-        fwd = {k: kwargs[k] for k in self.inputs if k in kwargs}
-        bwd = {k: kwargs[k] for k in self.outputs if k in kwargs}
-        f_batches = self._batch(fwd) if fwd else iter(())
-        b_batches = self._batch(bwd) if bwd else iter(())
-        for fb, bb in zip_longest(f_batches, b_batches, fillvalue={}):
-            outs.add(self.forward(blobs=blobs, **fb))
-            grads.add(self.backward(diffs=diffs, **bb))
-        num = len(next(iter(kwargs.values()))) if kwargs else None
-        return outs.stacked(num), grads.stacked(num)
-
     @contextlib.contextmanager
     def every_layer_backward(self) -> Iterator[int]:
         """Within this block, backward runs every layer with learnable parameters, as ``caffe time``
@@ -999,67 +923,10 @@ class Net:
     def update(self) -> None:
         """Caffe's Net::Update: data -= diff for every learnable parameter."""
         if self.debug_info:
-            for net_id in range(len(self._params)):
-                self._update_debug_info(net_id)
+            net_debug.update_info(self)
         with torch.no_grad():
             for blob in self._learnable_params:
                 blob.mutable_tensor.sub_(blob.grad)
-
-    # ------------------------------------------------------------------ debug_info (Caffe's per-layer log lines)
-    @staticmethod
-    def _abs_mean(t: torch.Tensor) -> str:
-        return f"{float(t.detach().abs().double().mean()) if t.numel() else 0.0:g}"
-
-    def _forward_debug_info(self, i: int) -> None:
-        name = self._layer_names[i]
-        for tid in self._top_ids[i]:
-            log.info(
-                "    [Forward] Layer %s, top blob %s data: %s",
-                name,
-                self._blob_names[tid],
-                self._abs_mean(self._blobs[tid].tensor),
-            )
-        for k, blob in enumerate(self._layers[i].blobs):
-            label = self._param_display_names[self._param_id_vecs[i][k]]
-            log.info("    [Forward] Layer %s, param blob %s data: %s", name, label, self._abs_mean(blob.tensor))
-
-    def _backward_debug_info(self, i: int) -> None:
-        name = self._layer_names[i]
-        for j, bid in enumerate(self._bottom_ids[i]):
-            if self._bottom_need_backward[i][j]:
-                log.info(
-                    "    [Backward] Layer %s, bottom blob %s diff: %s",
-                    name,
-                    self._blob_names[bid],
-                    self._abs_mean(self._blobs[bid].grad),
-                )
-        layer = self._layers[i]
-        for k, blob in enumerate(layer.blobs):
-            if layer.param_propagate_down[k]:
-                log.info("    [Backward] Layer %s, param blob %d diff: %s", name, k, self._abs_mean(blob.grad))
-
-    def _update_debug_info(self, net_id: int) -> None:
-        layer_id, _ = self._param_layer_indices[net_id]
-        blob = self._params[net_id]
-        label = self._param_display_names[net_id]
-        owner = self._param_owners[net_id]
-        if owner < 0:
-            log.info(
-                "    [Update] Layer %s, param %s data: %s; diff: %s",
-                self._layer_names[layer_id],
-                label,
-                self._abs_mean(blob.tensor),
-                self._abs_mean(blob.grad),
-            )
-        else:
-            log.info(
-                "    [Update] Layer %s, param blob %s (owned by layer %s, param %s) diff: %s",
-                self._layer_names[layer_id],
-                label,
-                self._layer_names[self._param_layer_indices[owner][0]],
-                self._param_display_names[owner],
-                self._abs_mean(blob.grad),
-            )
 
     def set_param_data(self, blob: Blob, value: torch.Tensor) -> None:
         """Overwrite a parameter's values in place (identity kept, so sharing and solvers see it)."""
@@ -1217,6 +1084,20 @@ class Net:
     def output_ids(self) -> list[int]:
         return list(self._output_ids)
 
+    def param_ids(self, i: int) -> list[int]:
+        """The net parameter ids of layer ``i``'s parameter blobs (indices into ``param_blobs``)."""
+        return list(self._param_id_vecs[i])
+
+    @property
+    def param_blobs(self) -> list[Blob]:
+        """Every layer's parameter blobs by net parameter id, shared ones repeated (Caffe's ``Net::params``)."""
+        return list(self._params)
+
+    @property
+    def param_layer_indices(self) -> list[tuple[int, int]]:
+        """(layer id, index among the layer's blobs) of each net parameter id."""
+        return list(self._param_layer_indices)
+
     def forward_from_to(self, start: int, end: int, wanted: Iterable[str] | None = None) -> float:
         """Caffe's ForwardFromTo: layers ``start`` to ``end`` inclusive; returns the weighted loss."""
         return self._forward(start, end, wanted)
@@ -1245,62 +1126,13 @@ class Net:
 
     # ------------------------------------------------------------------ pycaffe properties
     @property
-    def layers(self) -> list[Any]:
-        """The layers; a Python layer appears as the user's own object, as in pycaffe."""
-        return [getattr(layer, "impl", layer) for layer in self._layers]
-
-    @property
     def draws_random(self) -> bool:
         """Whether a forward draws torch random numbers (Dropout, DummyData, any Python layer)."""
         return any(layer.draws_random for layer in self._layers)
 
     @property
-    def _layer_names_list(self) -> list[str]:
-        return self._layer_names
-
-    @property
-    def blobs(self) -> OrderedDict[str, Blob]:
-        return OrderedDict(zip(self._blob_names, self._blobs, strict=True))
-
-    @property
     def blob_loss_weights(self) -> OrderedDict[str, float]:
         return OrderedDict(zip(self._blob_names, self._blob_loss_weights, strict=True))
-
-    @property
-    def layer_dict(self) -> OrderedDict[str, Layer]:
-        return OrderedDict(zip(self._layer_names, self.layers, strict=True))
-
-    @property
-    def params(self) -> OrderedDict[str, list[Blob]]:
-        return OrderedDict(
-            (name, layer.blobs) for name, layer in zip(self._layer_names, self._layers, strict=True) if layer.blobs
-        )
-
-    @property
-    def inputs(self) -> list[str]:
-        return [self._blob_names[i] for i in self._input_ids]
-
-    @property
-    def outputs(self) -> list[str]:
-        return [self._blob_names[i] for i in self._output_ids]
-
-    # pycaffe's underscore names for the graph API
-    _inputs = input_ids
-    _outputs = output_ids
-    _top_ids_of = top_ids
-    _bottom_ids_of = bottom_ids
-
-    @property
-    def top_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict(
-            (self._layer_names[i], [self._blob_names[t] for t in self._top_ids[i]]) for i in range(len(self._layers))
-        )
-
-    @property
-    def bottom_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict(
-            (self._layer_names[i], [self._blob_names[b] for b in self._bottom_ids[i]]) for i in range(len(self._layers))
-        )
 
     @property
     def layer_need_backward(self) -> list[bool]:
