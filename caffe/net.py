@@ -1039,6 +1039,11 @@ class Net(PycaffeNet):
     def after_backward(self, callback: Callable[[int], Any]) -> None:
         self._callbacks["after_backward"].append(callback)
 
+    @property
+    def has_layer_callbacks(self) -> bool:
+        """Whether per-layer callbacks are registered (before/after each layer's forward or backward)."""
+        return any(self._callbacks.values())
+
     # ------------------------------------------------------------------ graph API (what other modules use)
     @property
     def host_layers(self) -> list[Layer]:
