@@ -33,6 +33,7 @@ from caffe.limits import check_blob, check_path, check_regular_file, hdf5_errors
 from caffe.net import Net
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write, read_binary, read_net_param, read_solver_param
+from caffe.train_step import TrainEngine, check_train_engine, resolve_engine, train_engine
 
 log = logging.getLogger("caffe")
 RNG_STATE_SUFFIX = ".rng"  # torch's random-number state beside a .solverstate (see Solver._save_rng_state)
@@ -161,6 +162,7 @@ class Solver:
         events: str | os.PathLike | EventLog | None = None,
         action: Callable[[], str] | None = None,
         source: str | None = None,
+        engine: str | None = None,
     ) -> None:
         if isinstance(solver, pb.SolverParameter):
             self.param = pb.SolverParameter()
@@ -188,6 +190,8 @@ class Solver:
         self.requested_early_exit = False
         self.iter = 0
         self.current_step = 0
+        self.engine = check_train_engine(engine) if engine is not None else train_engine()
+        self._train_engine: TrainEngine | None = None
         if self.root:
             self._check_snapshot_prefix()
         if p.random_seed >= 0:
@@ -398,6 +402,13 @@ class Solver:
     def _requested(self) -> str:
         return self.action() if self.action is not None else SolverAction.NONE
 
+    def train_engine_for(self, iterations: int) -> TrainEngine:
+        """The training engine (``caffe.train_step``) for a run of ``iterations``; kept while its choice holds."""
+        name = resolve_engine(self.engine, iterations)
+        if self._train_engine is None or self._train_engine.requested != name:
+            self._train_engine = TrainEngine(self.net, name)
+        return self._train_engine
+
     def update_smoothed_loss(self, loss: float, start_iter: int) -> None:
         average = self.param.average_loss
         if len(self.losses) < average:
@@ -414,6 +425,7 @@ class Solver:
         p = self.param
         start_iter, stop_iter = self.iter, self.iter + int(iters)
         self.losses, self.smoothed_loss = [], 0.0
+        runner = self.train_engine_for(stop_iter - start_iter)
         timer, last_iter = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
@@ -432,7 +444,7 @@ class Solver:
             self.net.debug_info = display and p.debug_info
             loss = 0.0
             for _ in range(p.iter_size):
-                loss += self.net.forward_backward()
+                loss += runner.forward_backward()
             loss /= p.iter_size
             self.update_smoothed_loss(loss, start_iter)
             if display:

@@ -41,6 +41,7 @@ from caffe.errors import DeviceError, SolverError
 from caffe.proto import caffe_pb2 as pb
 from caffe.tools.flags import ToolParser, UsageError, gflags_int
 from caffe.tools.registry import command, run_command
+from caffe.train_step import TRAIN_ENGINES
 
 log = logging.getLogger("caffe")
 
@@ -237,6 +238,14 @@ def _train_parser() -> ToolParser:
         help="optional (neocaffe); append one JSON object per line to this file at the start, at every "
         "display, test and snapshot, and at the end of the training",
     )
+    parser.add_argument(
+        "--engine",
+        default=None,
+        choices=TRAIN_ENGINES,
+        help="optional (neocaffe); how each forward + backward runs: compiled (torch.compile, per input shape), "
+        "eager (layer by layer), or auto: compiled for runs long enough to repay the compile (default auto; "
+        "CAFFE_TRAIN_ENGINE sets it too)",
+    )
     return parser
 
 
@@ -318,7 +327,9 @@ def train(argv: list[str]) -> int:
         elif args.weights:
             del param.weights[:]
             param.weights.append(args.weights)
-        solver = get_solver(param, events=events, action=lambda: actions[handler.check()], source=args.solver)
+        solver = get_solver(
+            param, events=events, action=lambda: actions[handler.check()], source=args.solver, engine=args.engine
+        )
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)

@@ -1,0 +1,191 @@
+"""Training engines: how a Solver runs one forward + backward pass of its train net.
+
+* ``eager``: the Net's own ``forward_backward`` (layer by layer, every blob's data and diff kept).
+* ``compiled``: the layers after the data layers captured by ``torch.compile`` as one function of
+  the data blobs (per input shape), its backward compiled with it; the parameter diffs are
+  accumulated as the eager path does, every top blob keeps its data (intermediate blobs' diffs are
+  not written: read them after ``net.backward()``, which recomputes them from the blobs). The first
+  iteration compiles (seconds, logged); later ones run the compiled code.
+* ``auto`` (default): ``compiled`` for a run long enough to repay the compile time
+  (``AUTO_MIN_ITERATIONS`` or more iterations to go), ``eager`` otherwise.
+
+A net that cannot be captured trains eagerly whatever the choice, and says why once: a layer with its
+own backward (Python layers), ``debug_info``, or a compile that fails. Random layers (Dropout) draw
+the eager path's numbers (inductor's ``fallback_random``), so both engines train the same net to
+float rounding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from caffe.errors import CaffeError
+
+if TYPE_CHECKING:
+    from caffe.net import Net
+
+log = logging.getLogger("caffe")
+
+TRAIN_ENGINES = ("auto", "eager", "compiled")
+AUTO_MIN_ITERATIONS = 5000
+
+
+def check_train_engine(name: str) -> str:
+    if name not in TRAIN_ENGINES:
+        raise CaffeError(f"unknown training engine {name!r}; choose one of {', '.join(TRAIN_ENGINES)}")
+    return name
+
+
+_engine = check_train_engine(os.environ.get("CAFFE_TRAIN_ENGINE", "auto"))
+
+
+def set_train_engine(name: str) -> None:
+    """Choose how solvers built from now on run forward + backward: 'auto' (default), 'eager', 'compiled'."""
+    global _engine
+    _engine = check_train_engine(name)
+
+
+def train_engine() -> str:
+    return _engine
+
+
+def resolve_engine(name: str, iterations_to_go: int) -> str:
+    """The engine ``name`` means for a run with ``iterations_to_go`` iterations left."""
+    if name == "auto":
+        return "compiled" if iterations_to_go >= AUTO_MIN_ITERATIONS else "eager"
+    return name
+
+
+def capture_obstacle(net: Net) -> str | None:
+    """Why ``net`` cannot be captured (None: it can)."""
+    from caffe.net import BlobBackward
+
+    if net.debug_info:
+        return "debug_info prints every layer's blobs"
+    if net.has_layer_callbacks:
+        return "layer callbacks are registered"
+    for layer in net.host_layers:
+        if isinstance(layer, BlobBackward):
+            return f"layer '{layer.name}' ({layer.type}) has its own backward"
+    if _data_prefix(net) == net.num_layers:
+        return "the net has no layer after its data layers"
+    return None
+
+
+def _data_prefix(net: Net) -> int:
+    """The number of leading layers without bottoms (data layers: they run eagerly)."""
+    k = 0
+    while k < net.num_layers and not net.bottom_ids(k):
+        k += 1
+    return k
+
+
+class CompiledStep:
+    """``forward_backward`` of a net's layers after its data layers, as one compiled function."""
+
+    def __init__(self, net: Net) -> None:
+        self.net = net
+        self.start = _data_prefix(net)
+        n = net.num_layers
+        made = set()
+        needed: list[int] = []
+        for i in range(self.start, n):
+            for bid in net.bottom_ids(i):
+                if bid not in made and bid not in needed:
+                    needed.append(bid)
+            made.update(net.top_ids(i))
+        self.inputs = needed  # blob ids the captured layers read and do not make
+        self.outputs = sorted(made)  # blob ids they write
+        self.layers = [(i, net.host_layers[i], net.bottom_ids(i), net.top_ids(i)) for i in range(self.start, n)]
+        self.losses = [
+            (tid, layer.loss(j)) for _, layer, _, tops in self.layers for j, tid in enumerate(tops) if layer.loss(j)
+        ]
+        needs = net.layer_need_backward
+        wanted: dict[int, Any] = {}
+        for i, layer, _, _ in self.layers:
+            if needs[i]:
+                for k, blob in enumerate(layer.blobs):
+                    if layer.param_propagate_down[k]:
+                        wanted[id(blob)] = blob
+        self.params = [b for b in net.learnable_params if id(b) in wanted and b.tensor.requires_grad]
+        self.shapes: list[tuple[int, ...]] | None = None
+        self.function = torch.compile(self._forward, dynamic=False)
+        self.compile_seconds: float | None = None
+
+    def _forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        values = dict(zip(self.inputs, inputs, strict=True))
+        for _, layer, bottoms, tops in self.layers:
+            outputs = layer.forward([values[b] for b in bottoms])
+            values.update(zip(tops, outputs, strict=True))
+        total = sum(weight * values[tid].sum() for tid, weight in self.losses)
+        return total, [values[t] for t in self.outputs]
+
+    def ready_for(self, shapes: list[tuple[int, ...]]) -> bool:
+        """Whether the layers are set up for these input shapes (they are reshaped eagerly otherwise)."""
+        return shapes == self.shapes
+
+    def run(self) -> float:
+        """Forward + backward of the captured layers from the data blobs; returns the weighted loss."""
+        blobs = self.net.blob_list
+        inputs = [blobs[b].tensor.detach() for b in self.inputs]
+        started = time.perf_counter() if self.compile_seconds is None else None
+        with torch._inductor.config.patch(fallback_random=True):
+            total, outputs = self.function(*inputs)
+        if isinstance(total, torch.Tensor) and total.requires_grad and self.params:
+            grads = torch.autograd.grad(total, [b.tensor for b in self.params], allow_unused=True)
+            for blob, g in zip(self.params, grads, strict=True):
+                if g is not None:
+                    blob.accumulate_grad(g)
+        for bid, value in zip(self.outputs, outputs, strict=True):
+            blobs[bid].tensor = value.detach()
+        if started is not None:
+            self.compile_seconds = time.perf_counter() - started
+            log.info(
+                "Compiled the training step (%d layers after the data layers, inputs %s) in %.1f s",
+                len(self.layers),
+                ", ".join(f"{list(blobs[b].shape)}" for b in self.inputs),
+                self.compile_seconds,
+            )
+        return float(total.detach()) if isinstance(total, torch.Tensor) else float(total)
+
+
+class TrainEngine:
+    """What a Solver calls for each forward + backward: the compiled step when it can, else the Net's own."""
+
+    def __init__(self, net: Net, name: str) -> None:
+        self.net = net
+        self.requested = self.name = name
+        self.step: CompiledStep | None = None
+        if name == "compiled":
+            obstacle = capture_obstacle(net)
+            if obstacle is not None:
+                log.info("Training eagerly: the net cannot be compiled (%s)", obstacle)
+                self.name = "eager"
+            else:
+                self.step = CompiledStep(net)
+
+    def forward_backward(self) -> float:
+        net = self.net
+        if self.step is None or net.debug_info:
+            return net.forward_backward()
+        step = self.step
+        loss = net.forward_from_to(0, step.start - 1) if step.start else 0.0
+        shapes = [tuple(net.blob_list[b].shape) for b in step.inputs]
+        if not step.ready_for(shapes):  # first call or new data shapes: set the layers up eagerly once
+            loss += net.forward_from_to(step.start, net.num_layers - 1)
+            net.backward_from_to(net.num_layers - 1, 0)
+            step.shapes = shapes
+            return loss
+        try:
+            return loss + step.run()
+        except Exception as exc:
+            log.warning("The compiled training step failed (%s: %s); training eagerly", type(exc).__name__, exc)
+            self.step, self.name = None, "eager"
+            loss += net.forward_from_to(step.start, net.num_layers - 1)
+            net.backward_from_to(net.num_layers - 1, 0)
+            return loss
