@@ -44,7 +44,6 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from caffe.errors import CaffeError
-from caffe.serve import bind_socket, is_loopback, url_host, uvicorn_server
 from caffe.studio.csrf import CrossSiteMiddleware, csrf_input, csrf_token, require_csrf_token, server_names
 from caffe.studio.dependents import InUse, delete_job
 from caffe.studio.failure import job_failure
@@ -53,6 +52,7 @@ from caffe.studio.paths import safe_join
 from caffe.studio.scheduler import Scheduler, display_argv
 from caffe.studio.store import Job, JobNotFound, JobStore
 from caffe.studio.web import error_response, in_use_response, json_safe, studio_of, wants_html, with_models_flag
+from caffe.util.http import bind_socket, is_loopback, url_host, uvicorn_server
 
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
@@ -485,7 +485,7 @@ def _host_names(config: StudioConfig) -> frozenset[str]:
 def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
     """The studio app for ``config`` (a StudioConfig or a dict of its fields); its scheduler starts now
     (recovering interrupted jobs) and stops with the app's lifespan."""
-    from caffe.serve import BodyLimitMiddleware
+    from caffe.util.http import BodyLimitMiddleware
 
     config = StudioConfig.of(config)
     if not config.token and not is_loopback(config.host) and not config.unsafe_no_auth:

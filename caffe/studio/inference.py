@@ -637,9 +637,10 @@ class ManyResult:
     detections: dict[str, list[dict[str, Any]]] | None = None  # a detector's boxes per image
 
     def top5(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
-        return [(p.label, round(p.probability * 100.0, 2)) for p in deploy.top_k(self.probs[i], k, self._label)]
+        return [(p.label, round(p.probability * 100.0, 2)) for p in deploy.top_k(self.probs[i], k, self.label)]
 
-    def _label(self, j: int) -> str:
+    def label(self, j: int) -> str:
+        """Class ``j``'s label (its index when the model has no label for it)."""
         return self.labels[j] if j < len(self.labels) else str(j)
 
     @property
@@ -662,13 +663,13 @@ class ManyResult:
         for c in range(k):
             n = int(confusion[c].sum())
             if n:
-                per_class[self._label(c)] = {"correct": int(confusion[c, c]), "total": n,
-                                             "accuracy": round(100.0 * confusion[c, c] / n, 2)}
+                per_class[self.label(c)] = {"correct": int(confusion[c, c]), "total": n,
+                                            "accuracy": round(100.0 * confusion[c, c] / n, 2)}
         return {
             "top1_accuracy": round(100.0 * float((top1 == truth).mean()), 2),
             "top5_accuracy": round(100.0 * float((top5 == truth[:, None]).any(axis=1).mean()), 2),
             "confusion_matrix": confusion.tolist(),
-            "labels": [self._label(c) for c in range(k)],
+            "labels": [self.label(c) for c in range(k)],
             "per_class_accuracy": per_class,
         }
 
@@ -721,7 +722,7 @@ def top_n(result: ManyResult, n: int = 9) -> list[dict[str, Any]]:
     for c in range(result.probs.shape[1] if len(result.probs) else 0):
         order = np.argsort(-result.probs[:, c], kind="stable")[:n]
         images = [(result.paths[i], round(float(result.probs[i, c]) * 100.0, 2)) for i in order]
-        out.append({"label": result._label(c), "images": images})
+        out.append({"label": result.label(c), "images": images})
     return out
 
 

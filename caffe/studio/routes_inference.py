@@ -394,7 +394,7 @@ async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
     if not where:
         raise DataError("image_file: choose an image to upload, or give its URL (image_url)")
     if "://" in where:
-        from caffe.serve import RequestError, fetch_url
+        from caffe.util.http import RequestError, fetch_url
 
         try:
             return await run_in_threadpool(fetch_url, where, URL_TIMEOUT_S, limit), where
@@ -592,7 +592,7 @@ async def classify_many_page(request: Request) -> Response:
     except CaffeError as e:
         return _inline(request, "classify_many.html", form, e)
     detections = result.detections
-    rows = [{"path": p, "truth": result._label(t) if t is not None else None,
+    rows = [{"path": p, "truth": result.label(t) if t is not None else None,
              "top5": result.top5(i) if detections is None else [],
              "detections": detections.get(p, []) if detections is not None else None}
             for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))]

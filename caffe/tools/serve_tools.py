@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from caffe.errors import CaffeError
 from caffe.tools.flags import ToolParser, gflags_int, parse_flags, usage_error
 from caffe.tools.registry import command
-from caffe.util import glog
+from caffe.util.http import run_app
 
 if TYPE_CHECKING:
     from caffe.serve import ServedModel, ServeOptions
@@ -135,11 +135,7 @@ def run_server(
     app: object, host: str, port: int, models: Sequence[ServedModel], opts: ServeOptions, access_log: bool = False
 ) -> int:
     """Run ``app`` under uvicorn until interrupted, logging through the ``caffe`` logger (glog lines)."""
-    from caffe.serve import bind_socket, log_startup, uvicorn_server
+    from caffe.serve import log_startup
 
-    glog.route("uvicorn", "uvicorn.error", "uvicorn.access")
-    sock = bind_socket(host, port)
-    server = uvicorn_server(app, access_log)
-    log_startup(models, host, sock.getsockname()[1], opts)
-    server.run(sockets=[sock])
+    run_app(app, host, port, access_log, lambda bound: log_startup(models, host, bound, opts))
     return 0

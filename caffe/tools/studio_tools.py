@@ -15,6 +15,7 @@ from pathlib import Path
 from caffe.tools.flags import ToolParser, gflags_int, parse_flags, usage_error
 from caffe.tools.registry import command
 from caffe.util import glog
+from caffe.util.http import is_loopback
 
 log = logging.getLogger("caffe")
 
@@ -106,7 +107,7 @@ def studio(argv: list[str]) -> int:
     except ValueError as e:
         return usage_error(parser, f"--devices: {e}")
 
-    from caffe.studio.app import StudioConfig, default_jobs_dir, is_loopback, serve
+    from caffe.studio.app import StudioConfig, default_jobs_dir, serve
     from caffe.studio.paths import default_data_roots
 
     if args.data_roots is None:
