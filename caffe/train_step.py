@@ -33,6 +33,7 @@ log = logging.getLogger("caffe")
 
 TRAIN_ENGINES = ("auto", "eager", "compiled")
 AUTO_MIN_ITERATIONS = 5000
+RECOMPILE_LIMIT = 256  # nets compiled in one process (each solver's, each input shape)
 
 
 def check_train_engine(name: str) -> str:
@@ -114,6 +115,9 @@ class CompiledStep:
                         wanted[id(blob)] = blob
         self.params = [b for b in net.learnable_params if id(b) in wanted and b.tensor.requires_grad]
         self.shapes: list[tuple[int, ...]] | None = None
+        # Every CompiledStep compiles the same code object (``_forward``) for its own net: dynamo counts
+        # them as recompiles of one frame, and past its limit (8) would run the rest uncompiled.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self.function = torch.compile(self._forward, dynamic=False)
         self.compile_seconds: float | None = None
 
@@ -127,6 +131,14 @@ class CompiledStep:
 
     def ready_for(self, shapes: list[tuple[int, ...]]) -> bool:
         """Whether the layers are set up for these input shapes (they are reshaped eagerly otherwise)."""
+        if self.shapes is None:  # the shapes the net was built (or last reshaped) with
+            given = dict(zip(self.inputs, shapes, strict=True))
+            self.shapes = shapes
+            for _, layer, bottoms, _ in self.layers:
+                set_up = layer.bottom_shapes or []
+                for j, b in enumerate(bottoms):
+                    if b in given and (j >= len(set_up) or tuple(set_up[j]) != given[b]):
+                        self.shapes = None
         return shapes == self.shapes
 
     def run(self) -> float:

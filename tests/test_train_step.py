@@ -1,0 +1,159 @@
+"""Training speed work (issue 18): the strided MAX pooling kernel, the compiled training engine.
+
+The pooling kernel is checked against ATen's ``max_pool2d`` (values and Caffe's first-maximum
+gradient, ties included); the compiled engine against the eager one on the same seeded runs: LeNet on
+MNIST (same losses and weights to float rounding), the six update rules against Caffe's equations
+(tests/test_solvers.py's reference), and an exact resume. Compiles are slow on a CPU (seconds per
+net, inductor's on-disk cache helps the next time), so only these run on the compiled path.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_cli_train import mnist, write_solver  # noqa: F401  (fixture)
+from test_solvers import POLICIES, SOLVER_SETTINGS, run_and_compare
+
+import caffe
+from caffe import train_step
+from caffe.ops.pooling import max_pool2d
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+def _pool_out(shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:
+    return ((shape[-2] - kernel[0]) // stride[0] + 1, (shape[-1] - kernel[1]) // stride[1] + 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride"),
+    [
+        ((2, 3, 8, 8), (2, 2), (2, 2)),  # tiling
+        ((2, 3, 7, 9), (2, 2), (2, 2)),  # tiling, last row and column in no window
+        ((2, 3, 9, 7), (3, 3), (2, 2)),  # overlapping (AlexNet's)
+        ((1, 2, 6, 8), (3, 2), (1, 2)),  # rectangular
+    ],
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_strided_max_pool_equals_atens_values_and_first_maximum_gradient(shape, kernel, stride, ties):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if ties:  # few distinct values: windows hold several maxima, the first one (scan order) takes the diff
+        x = torch.randint(0, 3, shape, generator=gen).double()
+    out = _pool_out(shape, kernel, stride)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = F.max_pool2d(a, kernel, stride), max_pool2d(b, kernel, stride, out)
+    assert torch.equal(ya, yb)
+    dy = torch.randn(ya.shape, generator=gen, dtype=torch.float64)
+    ya.backward(dy)
+    yb.backward(dy)
+    assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        assert torch.equal(max_pool2d(x, kernel, stride, out), ya.detach())
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(max_pool2d(cl, kernel, stride, out), ya.detach())
+
+
+def test_tiling_pool_gradient_by_finite_differences():
+    x = torch.randn(1, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: max_pool2d(t, (2, 2), (2, 2), (2, 3)), (x,))
+
+
+# ---------------------------------------------------------------------------------------------- engines
+def test_engine_choice_and_refusal():
+    assert train_step.resolve_engine("auto", train_step.AUTO_MIN_ITERATIONS) == "compiled"
+    assert train_step.resolve_engine("auto", train_step.AUTO_MIN_ITERATIONS - 1) == "eager"
+    assert train_step.resolve_engine("eager", 10**6) == "eager"
+    with pytest.raises(caffe.CaffeError, match="unknown training engine 'jit'"):
+        train_step.set_train_engine("jit")
+
+
+def _lenet_run(folder: Path, name: str, engine: str, iters: int) -> tuple[list[float], list[np.ndarray]]:
+    solver_file = write_solver(
+        folder, name, folder / "lenet_train_test.prototxt", max_iter=iters, display=1, snapshot=0, test_interval=1000
+    )
+    caffe.set_random_seed(7)
+    solver = caffe.get_solver(str(solver_file), engine=engine)
+    losses = []
+    for _ in range(iters):
+        solver.step(1)
+        losses.append(solver.smoothed_loss)
+    return losses, [b.data.copy() for b in solver.net.learnable_params]
+
+
+def test_compiled_lenet_trains_as_the_eager_one(mnist: Path, caplog: pytest.LogCaptureFixture):  # noqa: F811
+    eager_losses, eager_weights = _lenet_run(mnist, "eager", "eager", 12)
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        compiled_losses, compiled_weights = _lenet_run(mnist, "compiled", "compiled", 12)
+    assert "Compiled the training step (8 layers after the data layers" in caplog.text
+    np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
+    assert eager_losses[-1] < eager_losses[0] - 0.1  # it learns
+    for a, b in zip(compiled_weights, eager_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(SOLVER_SETTINGS))
+def test_update_rules_on_the_compiled_path(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(train_step, "_engine", "compiled")
+    base_lr = 0.5 if kind == "AdaDelta" else 0.1
+    solver = run_and_compare(
+        tmp_path,
+        f"type: '{kind}' base_lr: {base_lr} weight_decay: 0.01 max_iter: 100 {POLICIES['step']} "
+        f"{SOLVER_SETTINGS[kind]}",
+    )
+    assert solver.train_engine_for(1).name == "compiled"
+
+
+def test_resume_on_the_compiled_path_is_exact(mnist: Path):  # noqa: F811
+    solver_file = write_solver(mnist, "resume", mnist / "lenet_train_test.prototxt", max_iter=8, snapshot=4)
+    caffe.set_random_seed(3)
+    straight = caffe.get_solver(str(solver_file), engine="compiled")
+    straight.solve()
+    caffe.set_random_seed(4)
+    resumed = caffe.get_solver(str(solver_file), engine="compiled")
+    resumed.solve(str(mnist / "resume_iter_4.solverstate"))
+    for a, b in zip(resumed.net.learnable_params, straight.net.learnable_params, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_a_python_layer_net_trains_eagerly_and_says_why(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    module = tmp_path / "twice_layer.py"
+    module.write_text(
+        "import caffe\n"
+        "class Twice(caffe.Layer):\n"
+        "    def setup(self, bottom, top): pass\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)\n"
+        "    def forward(self, bottom, top): top[0].data[...] = 2 * bottom[0].data\n"
+        "    def backward(self, top, propagate_down, bottom): bottom[0].diff[...] = 2 * top[0].diff\n"
+    )
+    net = tmp_path / "net.prototxt"
+    net.write_text(
+        """
+        layer { name: "data" type: "DummyData" top: "x" top: "t"
+                dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }
+                                   data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+                inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+        layer { name: "twice" type: "Python" bottom: "y" top: "z"
+                python_param { module: "twice_layer" layer: "Twice" } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "z" bottom: "t" top: "loss" }
+        """
+    )
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{net}" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 snapshot_prefix: "{tmp_path}/s"')
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with caplog.at_level(logging.INFO, logger="caffe"):
+            solver = caffe.get_solver(str(solver_file), engine="compiled")
+            solver.step(2)
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert "Training eagerly: the net cannot be compiled (layer 'twice' (Python) has its own backward)" in caplog.text
+    assert solver.train_engine_for(2).name == "eager"
