@@ -233,7 +233,7 @@ class InferencePlan:
         g = conv.geometry
         pad, stride, dil, groups = list(g.pad), list(g.stride), list(g.dilation), conv.group
         assert step.weight is not None
-        tail = getattr(conv, "_tail", ())
+        tail = getattr(conv, "tail_padding", ())  # Convolution and Deconvolution have it
         if any(tail):  # a kernel overhanging a tiny input (Caffe's truncating output size): zero rows
             x = F.pad(x, [0, tail[1], 0, tail[0]])
         if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and _onednn_ok():

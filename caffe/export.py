@@ -256,7 +256,7 @@ def _pool_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]
     if plan.method == MAX:
         if plan.native:
             return None  # MaxPool(pads, ceil_mode) computes Caffe's windows and sizes here
-        empty = plan._empty_windows(torch.device("cpu")) if plan.has_empty else None
+        empty = plan.empty_windows(torch.device("cpu")) if plan.has_empty else None
 
         def max_pool(b: list[torch.Tensor]) -> list[torch.Tensor]:
             x = F.pad(b[0], explicit, value=float("-inf")) if any(explicit) else b[0]
@@ -267,7 +267,7 @@ def _pool_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
         return max_pool
     full = kernel[0] * kernel[1]
-    divisor = plan._caffe_divisor(torch.empty(0, dtype=torch.float64))
+    divisor = plan.caffe_divisor(torch.empty(0, dtype=torch.float64))
     uniform = bool((divisor == full).all())
     if uniform and plan.native:
         return lambda b: [F.avg_pool2d(b[0], kernel, stride, pad, ceil_mode=False, count_include_pad=True)]

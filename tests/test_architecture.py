@@ -11,11 +11,8 @@ GENERATED = {"caffe.proto.caffe_pb2", "caffe.proto.caffe2_pb2"}
 
 # TODO(issue 15, item 2): reads left, each to become a public attribute or an export form the layer gives.
 KNOWN_PRIVATE = {
-    ("caffe.export", "_caffe_divisor"),  # Pooling's plan (caffe/layers/vision.py)
-    ("caffe.export", "_empty_windows"),  # Pooling's plan
     ("caffe.export", "_operand_view"),  # Scale/Bias
     ("caffe.export", "_axis"),  # Concat, Slice, InnerProduct, Reduction, Crop, Tile
-    ("caffe.engine", "_tail"),  # Convolution's tail padding: wants a public name in caffe/layers/vision.py first
 }
 
 # TODO(issue 15, item 4): the imports that still close cycles; the test removes them and requires no other cycle.

@@ -178,7 +178,11 @@ _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class _ConvolutionBase(Layer):
-    """Convolution and Deconvolution: parameters, blob shapes and shape rules (Caffe's BaseConvolutionLayer)."""
+    """Convolution and Deconvolution: parameters, blob shapes and shape rules (Caffe's BaseConvolutionLayer).
+
+    ``tail_padding`` (after reshape): zeros appended at the end of each spatial axis, where a kernel
+    overhangs a tiny input and Caffe's truncating output size still gives a window.
+    """
 
     min_bottom = 1
     min_top = 1
@@ -244,7 +248,7 @@ class _ConvolutionBase(Layer):
             if other != shape:
                 raise self.shape_error(f"shape mismatch - bottom[0]: {list(shape)} vs. bottom[{j}]: {list(other)}")
         out = self.output_spatial(shape)
-        self._tail = () if self.transposed else g.tail_pad(shape, out)
+        self.tail_padding = () if self.transposed else g.tail_pad(shape, out)
         top = (*shape[: g.axis], self.num_output, *out)
         return [top] * len(bottom)
 
@@ -256,7 +260,7 @@ class _ConvolutionBase(Layer):
             weight = weight.unsqueeze(-1)
         tops = []
         for x in bottom:
-            xb = _pad_tail(_batch_view(x, axis), self._tail)
+            xb = _pad_tail(_batch_view(x, axis), self.tail_padding)
             if self._zero_d:
                 y = self._fn(xb.unsqueeze(-1), weight, bias, **self._kwargs).squeeze(-1)
             else:
@@ -438,12 +442,12 @@ class PoolPlan:
     def _window_starts(self, dim: int, device: torch.device) -> torch.Tensor:
         return torch.arange(self.out[dim], device=device) * self.stride[dim] - self.pad[dim]
 
-    def _empty_windows(self, device: torch.device) -> torch.Tensor:
+    def empty_windows(self, device: torch.device) -> torch.Tensor:
         """(out_h, out_w) bool: windows lying wholly outside the image."""
         rows, cols = (self._window_starts(d, device) >= self.in_hw[d] for d in (0, 1))
         return rows[:, None] | cols[None, :]
 
-    def _caffe_divisor(self, x: torch.Tensor) -> torch.Tensor:
+    def caffe_divisor(self, x: torch.Tensor) -> torch.Tensor:
         """Caffe's AVE pool_size per window: the window clipped to [-pad, size + pad), counted before
         clipping to the image (an empty window past the image gets a size <= 0, as in Caffe)."""
         sizes = []
@@ -480,7 +484,7 @@ class PoolPlan:
             y, mask = max_pool2d(xp, self.kernel, self.stride, self.out), None
         if self.has_empty:
             # A window wholly outside the image: Caffe leaves -FLT_MAX and index -1 (and no gradient).
-            empty = self._empty_windows(x.device)
+            empty = self.empty_windows(x.device)
             y = y.masked_fill(empty, -FLT_MAX)
             if mask is not None:
                 mask = mask.masked_fill(empty, -1)
@@ -493,7 +497,7 @@ class PoolPlan:
         if self.native:
             return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, count_include_pad=True)
         sums = F.avg_pool2d(self._padded(x), self.kernel, self.stride, divisor_override=1)
-        return sums / self._caffe_divisor(x)
+        return sums / self.caffe_divisor(x)
 
     # -------------------------------------------------------------- STOCHASTIC
     def _stochastic_test(self, x: torch.Tensor) -> torch.Tensor:
