@@ -1,14 +1,15 @@
-"""Training speed: neocaffe's solver against the same net and update as a plain PyTorch loop, on one device.
+"""Training speed: neocaffe's solver (eager and compiled engines) against plain PyTorch loops, on one device.
 
-    python benchmarks/train.py [--iters 60] [--rounds 3] [--no-write] [--device cuda] [--out FILE]
+    python benchmarks/train.py [--iters 60] [--rounds 3] [--nets lenet,caffenet,googlenet,resnet50]
+                               [--no-write] [--device cuda] [--out FILE]
 
-LeNet on MNIST (Caffe's lenet_train_test.prototxt and lenet_solver.prototxt, batch 64, the data
-from an LMDB through the Data layer) and CaffeNet (caffe-ref bvlc_reference_caffenet/train_val.prototxt
-with random weights from its fillers, batch 32, DummyData input). The peer is the same network
-written as a torch.nn module, trained with torch.optim.SGD (momentum, weight decay, the per-layer
-learning-rate multipliers as parameter groups) on tensors already in memory. Rounds alternate
-between the two; medians are reported; the table goes to docs/benchmarks.md (``--device cuda``: both on
-GPU 0, timed between ``torch.cuda.synchronize()`` calls, in a section of its own).
+LeNet on MNIST (Caffe's lenet_train_test.prototxt and lenet_solver.prototxt, batch 64, the data from
+an LMDB through the Data layer); CaffeNet (caffe-ref's train_val, batch 32), GoogLeNet and ResNet-50
+1by2 (their deploy nets made trainable, batch 10), random weights, DummyData input. Four variants run
+in turn each round: neocaffe with the eager and the compiled training engine, and the same network as
+a torch.nn module (benchmarks/torch_models.py) trained with torch.optim.SGD on tensors already in
+memory, eager and under torch.compile. Medians are reported with each variant's first-call seconds
+(the compile); the table goes to docs/benchmarks.md (``--device cuda``: GPU 0, a section of its own).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from common import assets_dir, machine_info, median, write_docs_section
 from google.protobuf import text_format
+from torch_models import GoogLeNet, ResNet50Half
 
 import caffe
 from caffe.data.datum import array_to_datum
@@ -87,7 +89,7 @@ def device_info(device: torch.device) -> str:
     )
 
 
-def lenet_solver(db: Path) -> caffe.Solver:
+def lenet_solver(db: Path, engine: str = "auto") -> caffe.Solver:
     net = text_format.Parse(
         (assets_dir() / "caffe-ref/examples/mnist/lenet_train_test.prototxt").read_text(), pb.NetParameter()
     )
@@ -105,7 +107,8 @@ def lenet_solver(db: Path) -> caffe.Solver:
     solver.display = 0
     solver.snapshot = 0
     solver.solver_mode = pb.SolverParameter.CPU
-    return caffe.get_solver(solver)
+    caffe.set_random_seed(0)
+    return caffe.get_solver(solver, engine=engine)
 
 
 class LeNet(nn.Module):
@@ -121,7 +124,8 @@ class LeNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------- CaffeNet
-def caffenet_solver(batch: int) -> caffe.Solver:
+def caffenet_net(batch: int) -> pb.NetParameter:
+    """caffe-ref's CaffeNet train_val with DummyData of ``batch`` images (value 1) and labels (3)."""
     net = text_format.Parse(
         (assets_dir() / "caffe-ref/models/bvlc_reference_caffenet/train_val.prototxt").read_text(), pb.NetParameter()
     )
@@ -137,18 +141,7 @@ def caffenet_solver(batch: int) -> caffe.Solver:
             p.shape.add().dim.append(batch)
             p.data_filler.add(type="constant", value=1.0)
             p.data_filler.add(type="constant", value=3.0)
-    solver = pb.SolverParameter(
-        base_lr=0.01,
-        lr_policy="step",
-        gamma=0.1,
-        stepsize=100000,
-        momentum=0.9,
-        weight_decay=0.0005,
-        max_iter=1000,
-        solver_mode=pb.SolverParameter.CPU,
-    )
-    solver.net_param.CopyFrom(net)
-    return caffe.get_solver(solver)
+    return net
 
 
 class CaffeNet(nn.Module):
@@ -172,22 +165,69 @@ class CaffeNet(nn.Module):
         return self.fc8(x)
 
 
-def torch_step_fn(model: nn.Module, lr: float, batches: list[tuple[torch.Tensor, torch.Tensor]]):
-    """One SGD iteration of the plain PyTorch peer: weights lr x1 / decay x1, biases lr x2 / decay x0."""
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+def deploy_as_train(deploy: Path, batch: int, classes: int) -> pb.NetParameter:
+    """A deploy prototxt made trainable as Caffe users do: its Input becomes DummyData (data and a label),
+    its final Softmax a SoftmaxWithLoss (random weights from the fillers)."""
+    net = text_format.Parse(deploy.read_text(), pb.NetParameter())
+    (inp,) = [layer for layer in net.layer if layer.type == "Input"]
+    shape = [batch, *list(inp.input_param.shape[0].dim)[1:]]
+    inp.ClearField("input_param")
+    inp.type = "DummyData"
+    inp.top.append("label")
+    p = inp.dummy_data_param
+    p.shape.add().dim.extend(shape)
+    p.shape.add().dim.append(batch)
+    p.data_filler.add(type="constant", value=1.0)
+    p.data_filler.add(type="constant", value=float(classes // 2))
+    last = net.layer[-1]
+    assert last.type == "Softmax", last.type
+    last.type = "SoftmaxWithLoss"
+    last.bottom.append("label")
+    last.ClearField("top")
+    last.top.append("loss")
+    for layer in net.layer:
+        if layer.type == "BatchNorm":  # deploy nets freeze the statistics; training computes them
+            layer.batch_norm_param.ClearField("use_global_stats")
+    return net
+
+
+def net_solver(net: pb.NetParameter, engine: str) -> caffe.Solver:
+    solver = pb.SolverParameter(
+        base_lr=0.001,
+        lr_policy="fixed",
+        momentum=0.9,
+        weight_decay=0.0005,
+        max_iter=100000,
+        solver_mode=pb.SolverParameter.CPU,
+    )
+    solver.net_param.CopyFrom(net)
+    caffe.set_random_seed(0)
+    return caffe.get_solver(solver, engine=engine)
+
+
+def torch_step_fn(model: nn.Module, lr: float, batches: list[tuple[torch.Tensor, torch.Tensor]], compiled: bool):
+    """One SGD iteration of the plain PyTorch peer: weights lr x1 / decay x1, biases lr x2 / decay x0;
+    ``compiled``: the model's forward + loss under ``torch.compile`` (backward compiled with it)."""
+    weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
     opt = torch.optim.SGD(
         [{"params": weights, "lr": lr, "weight_decay": 0.0005}, {"params": biases, "lr": 2 * lr, "weight_decay": 0.0}],
         lr=lr,
         momentum=0.9,
+        foreach=True,
     )
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y)
+
+    loss_fn = torch.compile(loss_of, dynamic=False) if compiled else loss_of
     state = {"i": 0}
 
     def step() -> None:
         x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
         opt.zero_grad(set_to_none=False)
-        F.cross_entropy(model(x), y).backward()
+        loss_fn(x, y).backward()
         opt.step()
 
     return step
@@ -202,10 +242,57 @@ def rate(step, iters: int, device: torch.device | None = None) -> float:
     return iters / (time.perf_counter() - start)
 
 
+def first_call(step, device: torch.device | None) -> float:
+    """Seconds of the first call (the compile, for the compiled variants)."""
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+NETS = ("lenet", "caffenet", "googlenet", "resnet50")
+VARIANTS = ("neocaffe eager", "neocaffe compiled", "PyTorch eager", "PyTorch compiled")
+
+
+def benchmark_net(
+    name: str,
+    solvers: dict[str, caffe.Solver],
+    model_fn,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    iters: int,
+    rounds: int,
+    device: torch.device,
+) -> dict[str, object]:
+    """Every variant's it/s over alternating rounds, and each one's first-call seconds."""
+    steps = {
+        "neocaffe eager": lambda: solvers["eager"].step(1),
+        "neocaffe compiled": lambda: solvers["compiled"].step(1),
+        "PyTorch eager": torch_step_fn(model_fn().to(device), 0.001, batches, compiled=False),
+        "PyTorch compiled": torch_step_fn(model_fn().to(device), 0.001, batches, compiled=True),
+    }
+    first = {v: first_call(steps[v], device) for v in VARIANTS}
+    for v in VARIANTS:
+        steps[v]()  # one more warm-up each
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(rounds):
+        for v in VARIANTS:
+            rates[v].append(rate(steps[v], iters, device))
+        print(f"{name} round {r + 1}: " + ", ".join(f"{v} {rates[v][-1]:.2f}" for v in VARIANTS) + " it/s", flush=True)
+    engine = solvers["compiled"].train_engine_for(1)
+    assert engine.name == "compiled", f"{name}: neocaffe's compiled engine fell back to {engine.name}"
+    return {"rates": rates, "first": first}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=60, help="LeNet iterations per round (CaffeNet: iters / 20)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--nets",
+        default="lenet,caffenet,googlenet,resnet50",
+        help="comma-separated subset of lenet,caffenet,googlenet,resnet50",
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides train")
     parser.add_argument("--out", type=Path, help="also write the section (markdown) to this file")
@@ -215,38 +302,46 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(2)
     caffe.set_random_seed(0)
     use_device(device)
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        db, images, labels = mnist_lmdb(Path(tmp))
-        solver = lenet_solver(db)
-        assert solver.net.device.type == device.type, f"neocaffe's net is on {solver.net.device}, not {device}"
-        x = torch.from_numpy(images.astype(np.float32) * 0.00390625).to(device)
-        y = torch.from_numpy(labels.astype(np.int64)).to(device)
-        batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x) - 63, 64)]
-        plain = torch_step_fn(LeNet().to(device), 0.01, batches)
-        solver.step(5)
-        plain()
-        ours, peer = [], []
-        for r in range(args.rounds):
-            ours.append(rate(lambda: solver.step(1), args.iters, device))
-            peer.append(rate(plain, args.iters, device))
-            print(f"LeNet round {r + 1}: neocaffe {ours[-1]:.1f} it/s, plain PyTorch {peer[-1]:.1f} it/s", flush=True)
-        results["LeNet (MNIST, batch 64)"] = (ours, peer)
-    solver = caffenet_solver(32)
-    assert solver.net.device.type == device.type, f"neocaffe's net is on {solver.net.device}, not {device}"
-    model = CaffeNet().to(device)
-    xb = torch.ones(32, 3, 227, 227, device=device)
-    yb = torch.full((32,), 3, dtype=torch.int64, device=device)
-    plain = torch_step_fn(model, 0.01, [(xb, yb)])
-    solver.step(1)
-    plain()
-    ours, peer = [], []
-    n = max(2, args.iters // 20)
-    for r in range(args.rounds):
-        ours.append(rate(lambda: solver.step(1), n, device))
-        peer.append(rate(plain, n, device))
-        print(f"CaffeNet round {r + 1}: neocaffe {ours[-1]:.2f} it/s, plain PyTorch {peer[-1]:.2f} it/s", flush=True)
-    results["CaffeNet (batch 32, random weights)"] = (ours, peer)
+    wanted = args.nets.split(",")
+    results: dict[str, dict[str, object]] = {}
+    big_iters = max(2, args.iters // 20)
+    if "lenet" in wanted:
+        with tempfile.TemporaryDirectory() as tmp:
+            db, images, labels = mnist_lmdb(Path(tmp))
+            solvers = {e: lenet_solver(db, e) for e in ("eager", "compiled")}
+            x = torch.from_numpy(images.astype(np.float32) * 0.00390625).to(device)
+            y = torch.from_numpy(labels.astype(np.int64)).to(device)
+            batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x) - 63, 64)]
+            results["LeNet (MNIST, batch 64)"] = benchmark_net(
+                "LeNet", solvers, LeNet, batches, args.iters, args.rounds, device
+            )
+    bigs = {
+        "caffenet": ("CaffeNet (batch 32)", caffenet_net(32), CaffeNet, (32, 3, 227, 227), 1000),
+        "googlenet": (
+            "GoogLeNet (batch 10)",
+            deploy_as_train(assets_dir() / "caffe-ref/models/bvlc_googlenet/deploy.prototxt", 10, 1000),
+            GoogLeNet,
+            (10, 3, 224, 224),
+            1000,
+        ),
+        "resnet50": (
+            "ResNet-50 1by2 (batch 10)",
+            deploy_as_train(assets_dir() / "models/open_nsfw_resnet50_1by2/deploy.prototxt", 10, 2),
+            ResNet50Half,
+            (10, 3, 224, 224),
+            2,
+        ),
+    }
+    for key, (title, net, model_fn, shape, classes) in bigs.items():
+        if key not in wanted:
+            continue
+        solvers = {e: net_solver(net, e) for e in ("eager", "compiled")}
+        assert solvers["eager"].net.device.type == device.type
+        xb = torch.ones(shape, device=device)
+        yb = torch.full((shape[0],), classes // 2, dtype=torch.int64, device=device)
+        results[title] = benchmark_net(
+            title.split(" (")[0], solvers, lambda f=model_fn: f().train(), [(xb, yb)], big_iters, args.rounds, device
+        )
 
     gpu = device.type == "cuda"
     lines = [
@@ -255,17 +350,37 @@ def main(argv: list[str] | None = None) -> int:
         f"Reproduce with `python benchmarks/train.py{' --device cuda' if gpu else ''}`. {device_info(device)}",
         ("Both sides on the same GPU, timed between `torch.cuda.synchronize()` calls. " if gpu else "")
         + "Training iterations per second (forward, backward and the solver's update), medians of "
-        f"{args.rounds} alternating rounds. neocaffe: `caffe.get_solver(...)` + `step(1)` on Caffe's own "
-        "prototxts (LeNet reads its batches from an LMDB through the Data layer; CaffeNet uses DummyData). "
-        "Peer: the same network as a `torch.nn` module with `torch.optim.SGD` (momentum 0.9, weight decay, "
-        "biases at 2x lr) on tensors already in memory.",
+        f"{args.rounds} rounds in which every variant runs in turn. neocaffe: `caffe.get_solver(...)` + `step(1)` "
+        "on Caffe's own prototxts, with the eager and the compiled training engine (`caffe train --engine`); "
+        "LeNet reads its batches from an LMDB through the Data layer, the others use DummyData, random weights "
+        "from the prototxts' fillers; GoogLeNet and ResNet-50 1by2 (open_nsfw) are their deploy nets with the "
+        "Softmax made a SoftmaxWithLoss. Peers: the same networks as `torch.nn` modules "
+        "(`benchmarks/torch_models.py`) with `torch.optim.SGD(foreach=True)` (momentum 0.9, weight decay, "
+        "biases at 2x lr) on tensors already in memory, eager and under `torch.compile` (forward and loss; "
+        "the backward compiled with it). The last column divides neocaffe's best by the best peer; 'first call' "
+        "is the first iteration's seconds (the compile, for the compiled variants; inductor's on-disk cache "
+        "was warm or cold as noted).",
         "",
-        "| model | neocaffe it/s | plain PyTorch it/s | neocaffe / PyTorch |",
-        "|---|---|---|---|",
+        "| model | "
+        + " | ".join(f"{v} it/s" for v in VARIANTS)
+        + " | best neocaffe / best PyTorch | first call (s): "
+        + ", ".join(VARIANTS)
+        + " |",
+        "|---|" + "---|" * (len(VARIANTS) + 2),
     ]
-    for name, (ours, peer) in results.items():
-        ratio = median([o / p for o, p in zip(ours, peer, strict=True)])
-        lines.append(f"| {name} | {median(ours):.2f} | {median(peer):.2f} | {ratio:.2f}x |")
+    for name, res in results.items():
+        rates, first = res["rates"], res["first"]
+        med = {v: median(rates[v]) for v in VARIANTS}
+        ratio = max(med["neocaffe eager"], med["neocaffe compiled"]) / max(
+            med["PyTorch eager"], med["PyTorch compiled"]
+        )
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{med[v]:.2f}" for v in VARIANTS)
+            + f" | {ratio:.2f}x | "
+            + ", ".join(f"{first[v]:.1f}" for v in VARIANTS)
+            + " |"
+        )
     lines.append("")
     print("\n".join(lines))
     if args.out:
