@@ -157,3 +157,25 @@ def test_a_python_layer_net_trains_eagerly_and_says_why(tmp_path: Path, caplog: 
         sys.path.remove(str(tmp_path))
     assert "Training eagerly: the net cannot be compiled (layer 'twice' (Python) has its own backward)" in caplog.text
     assert solver.train_engine_for(2).name == "eager"
+
+
+def test_caffe_time_shows_the_compiled_step_beside_the_eager_one(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from caffe.tools.cli import main
+
+    net = tmp_path / "mlp.prototxt"
+    net.write_text(
+        """
+        layer { name: "data" type: "DummyData" top: "x" top: "label"
+                dummy_data_param { shape { dim: 8 dim: 6 } shape { dim: 8 }
+                                   data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+                inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+        """
+    )
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        assert main(["time", "--model", str(net), "--iterations", "3", "--engine", "compiled"]) == 0
+    text = caplog.text
+    assert "Average Forward-Backward, whole net, eager training engine:" in text
+    assert "Average Forward-Backward, whole net, compiled training engine:" in text
+    assert "Compiled / eager time:" in text

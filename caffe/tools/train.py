@@ -448,6 +448,13 @@ def _time_parser() -> ToolParser:
     parser.add_argument(
         "--weights", default="", help="optional; weights to load first, separated by ',' (Caffe ignores this flag)"
     )
+    parser.add_argument(
+        "--engine",
+        default="eager",
+        choices=("eager", "compiled"),
+        help="optional (neocaffe); compiled: after the per-layer (eager) figures, also time the compiled "
+        "training step, whole net, beside the eager one (the first iteration compiles)",
+    )
     _common_flags(parser)
     return parser
 
@@ -514,6 +521,41 @@ def _whole_net_forward(net: object, engine: str, iterations: int) -> None:
     log.info("Average Forward pass without gradients, whole net, %s engine: %s ms.", engine, _f32(elapsed / iterations))
 
 
+def _whole_step(net: object, iterations: int) -> None:
+    """Forward + backward of the whole net per iteration, eager then compiled (``caffe.train_step``)."""
+    from caffe.net import Net
+    from caffe.train_step import TrainEngine
+
+    assert isinstance(net, Net)
+    compiled = TrainEngine(net, "compiled")
+    if compiled.name != "compiled":
+        return  # TrainEngine said why
+    if compiled.step is not None and not compiled.step.losses:
+        log.info("No loss in the net: no training step to compile (time the TRAIN net)")
+        return
+    sync = _sync(net.device)
+    timings = {}
+    for engine in (TrainEngine(net, "eager"), compiled):
+        sync()
+        start = time.perf_counter()
+        engine.forward_backward()  # the compiled one compiles here
+        sync()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(iterations):
+            net.clear_param_diffs()
+            engine.forward_backward()
+        sync()
+        timings[engine.name] = (time.perf_counter() - start) * 1e3 / iterations
+        log.info(
+            "Average Forward-Backward, whole net, %s training engine: %s ms (first iteration %s s)",
+            engine.name,
+            _f32(timings[engine.name]),
+            _f32(first),
+        )
+    log.info("Compiled / eager time: %s", _f32(timings["compiled"] / timings["eager"]))
+
+
 @command("time", "benchmark model execution time")
 def time_(argv: list[str]) -> int:
     parser = _time_parser()
@@ -557,6 +599,8 @@ def time_(argv: list[str]) -> int:
             log.info("Performing Backward")
             net.backward_from_to(last, 0)
             _benchmark(net, args.iterations)
+            if args.engine == "compiled":
+                _whole_step(net, args.iterations)
         if engine != "eager":
             _whole_net_forward(net, engine, args.iterations)
     finally:
