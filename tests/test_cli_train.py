@@ -97,7 +97,10 @@ def caffe_cmd(*args: str) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    """The subprocesses' environment: this checkout on the path; the eager training engine, as the endless
+    runs these tests stop with signals would otherwise compile first (tests/test_train_step.py tests that)."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "CAFFE_TRAIN_ENGINE": os.environ.get("CAFFE_TRAIN_ENGINE", "eager")}
 
 
 def run_caffe(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
