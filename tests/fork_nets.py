@@ -30,7 +30,7 @@ def random_weights(net: caffe.Net, seed: int = 0) -> None:
             elif layer.type == "PReLU":
                 data[...] = rng.uniform(0, 0.3, data.shape)
             elif i == 0 and data.ndim > 1:  # filters: He-scaled by fan-in
-                data[...] = rng.normal(0, math.prod(data.shape[1:]) ** -0.5, data.shape)
+                data[...] = rng.standard_normal(data.shape, np.float32) * np.float32(math.prod(data.shape[1:]) ** -0.5)
             else:  # biases, shifts, means
                 data[...] = rng.normal(0, 0.1, data.shape)
 

@@ -167,3 +167,22 @@ def test_se_resnet50_axpy():
 def test_every_fixture_is_listed_in_sources(name: str):
     """Each fixture has its row (repository, commit, path, license) in SOURCES.md."""
     assert f"| `{name}` |" in (FORKS / "SOURCES.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "boxes"),
+    [
+        ("py-faster-rcnn_ZF_faster_rcnn_end2end_test.prototxt", 84),
+        ("py-R-FCN_ResNet-50_rfcn_end2end_test_agnostic.prototxt", 8),
+    ],
+)
+def test_rcnn_nets_with_no_proposal_give_empty_outputs(name: str, boxes: int):
+    """An image too small for any proposal to survive min_size (im_info 2x2 pixels): no ROIs, so ROIPooling /
+    PSROIPooling and everything after them hold 0 rows, as Caffe's blobs of num 0 (this was a reshape error)."""
+    net = caffe.Net(str(FORKS / name), caffe.TEST)
+    random_weights(net)
+    random_input(net)
+    net.blobs["im_info"].data[...] = [2, 2, 1]
+    out = net.forward()
+    assert net.blobs["rois"].shape == (0, 5)
+    assert out["cls_prob"].shape == (0, 21) and out["bbox_pred"].shape == (0, boxes)

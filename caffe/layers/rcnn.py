@@ -45,9 +45,9 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
 
 
 def _roi_array(layer: Layer, rois: torch.Tensor, batch: int) -> np.ndarray:
-    """The ROIs as an (R, 5) float32 array, batch indices truncated to integers (as the forks' C++ casts
-    them) and checked to be in [0, batch) (the forks' CHECK)."""
-    arr = rois.detach().reshape(rois.shape[0], -1)[:, :5].to(device="cpu", dtype=torch.float32).numpy().copy()
+    """The ROIs (R, 5[, 1, 1]) as an (R, 5) float32 array, batch indices truncated to integers (as the forks'
+    C++ casts them) and checked to be in [0, batch) (the forks' CHECK). R may be 0 (no proposal survived)."""
+    arr = rois.detach().reshape(-1, 5).to(device="cpu", dtype=torch.float32).numpy().copy()
     arr[:, 0] = np.trunc(arr[:, 0])
     index = arr[:, 0]
     if arr.size and (index.min() < 0 or index.max() >= batch):
