@@ -179,3 +179,21 @@ def test_caffe_time_shows_the_compiled_step_beside_the_eager_one(tmp_path: Path,
     assert "Average Forward-Backward, whole net, eager training engine:" in text
     assert "Average Forward-Backward, whole net, compiled training engine:" in text
     assert "Compiled / eager time:" in text
+
+
+def test_test_passes_run_on_the_inference_engine(mnist: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+    """Issue 18, item 3: the solver's test passes are gradient-free whole-net forwards, which the net hands
+    to its inference engine (fused by default), not the eager layer-by-layer path."""
+    from caffe.engine import InferencePlan
+
+    runs = []
+    original = InferencePlan.run
+    monkeypatch.setattr(InferencePlan, "run", lambda self: runs.append(self.net) or original(self))
+    solver_file = write_solver(mnist, "tests_on_engine", mnist / "lenet_train_test.prototxt", max_iter=2, snapshot=0)
+    solver = caffe.get_solver(str(solver_file), engine="eager")
+    solver.step(1)  # the test at iteration 0 (test_initialization), then a training iteration (eager)
+    assert len(runs) == solver.param.test_iter[0] and all(net is solver.test_nets[0] for net in runs)
+    runs.clear()
+    results = solver.test(0)
+    assert len(runs) == solver.param.test_iter[0] and all(net is solver.test_nets[0] for net in runs)
+    assert 0.0 <= results["accuracy"] <= 1.0
