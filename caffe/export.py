@@ -25,7 +25,9 @@ The files need nothing from neocaffe to run:
   The module is traced on the net's device (the CPU unless ``caffe.set_mode_gpu()``); the spatial
   input shape is fixed; the batch is free where ``dynamic_batch`` was asked for.
 
-Caffe semantics that ONNX runtimes differ on are written out explicitly in the ONNX graph:
+Each layer that needs one gives its export form (:meth:`caffe.layer.Layer.export_forward`): the same
+values in exportable ops, and whether it runs for any batch size. Caffe semantics that ONNX runtimes
+differ on are written out explicitly in the ONNX graph:
 Caffe's AVE pooling divisor (the window clipped to the padded input, counted with the padding) is
 exported as Pad + AveragePool (+ a constant per-window rescale where windows overhang), never as
 an ``AveragePool`` with ``ceil_mode``; ceil-mode MAX pooling is ``MaxPool(ceil_mode=1)`` where
@@ -49,28 +51,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from caffe import common
 from caffe.engine import InferencePlan, _ConvStep, _PlanModule
 from caffe.errors import CaffeError
+from caffe.layer import BatchSizeFixed, ExportForward, Layer
 
 log = logging.getLogger("caffe")
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Softmax over one axis, Split/Squeeze with tensor inputs: the semantics the graphs rely on
-
-# Layer types whose forward never bakes the batch size into the computation (their tops' axis 0 is
-# the bottoms' axis 0 whatever its size); with dynamic_batch every other type needs an export form.
-_BATCH_FREE = frozenset(
-    {
-        "Input", "Split", "Silence", "Convolution", "Deconvolution", "Pooling", "LRN", "BatchNorm", "Eltwise",
-        "Concat", "Slice", "Softmax", "InnerProduct", "Crop", "Tile", "Reduction", "Dropout", "ReLU", "PReLU",
-        "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Threshold", "Clip", "Swish", "Power", "Exp", "Log",
-    }
-)  # fmt: skip
-_VIEW_TYPES = ("Flatten", "Reshape")
 
 
 class ExportError(CaffeError):
@@ -228,123 +219,50 @@ def _output_ids(net: Any, outputs: Sequence[str] | None) -> list[int]:
     return [net.blob_index[n] for n in names]
 
 
-def _view_form(net: Any, layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """Flatten/Reshape for any batch: ``reshape(-1, *rest)`` if the top's axis 0 follows the bottom's."""
-    bottom = tuple(layer.bottom_shapes[0])
-    top = tuple(layer.top_shape(bottom))
-    try:
-        probe = (bottom[0] + 1, *bottom[1:]) if bottom else None
-        other = tuple(layer.top_shape(probe)) if probe else None
-    except CaffeError:
-        other = None
-    if not top or other is None or other[0] != bottom[0] + 1 or other[1:] != top[1:] or top[0] != bottom[0]:
-        raise _batch_error(net, layer, "its top's first axis does not follow the batch size")
-    rest = top[1:]
-    return lambda b: [b[0].reshape(-1, *rest)]
-
-
-def _pool_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]] | None:
-    """Caffe's MAX/AVE pooling in ops whose ONNX semantics are unambiguous (see the module docstring)."""
-    from caffe.layers.vision import AVE, FLT_MAX, MAX
-
-    plan = layer.plan
-    if plan.method not in (MAX, AVE) or plan.is_global or len(layer.tops) > 1:  # a mask top
-        return None
-    kernel, stride, pad = plan.kernel, plan.stride, plan.pad
-    left, right, top, bottom = plan.explicit_pad
-    explicit = [left, max(right, 0), top, max(bottom, 0)]  # a negative pad only drops what floor mode drops
-    if plan.method == MAX:
-        if plan.native:
-            return None  # MaxPool(pads, ceil_mode) computes Caffe's windows and sizes here
-        empty = plan.empty_windows(torch.device("cpu")) if plan.has_empty else None
-
-        def max_pool(b: list[torch.Tensor]) -> list[torch.Tensor]:
-            x = F.pad(b[0], explicit, value=float("-inf")) if any(explicit) else b[0]
-            y = F.max_pool2d(x, kernel, stride)
-            if empty is not None:
-                y = y.masked_fill(empty.to(y.device), -FLT_MAX)
-            return [y]
-
-        return max_pool
-    full = kernel[0] * kernel[1]
-    divisor = plan.caffe_divisor(torch.empty(0, dtype=torch.float64))
-    uniform = bool((divisor == full).all())
-    if uniform and plan.native:
-        return lambda b: [F.avg_pool2d(b[0], kernel, stride, pad, ceil_mode=False, count_include_pad=True)]
-    rescale = None if uniform else (full / divisor)
-
-    def ave_pool(b: list[torch.Tensor]) -> list[torch.Tensor]:
-        x = F.pad(b[0], explicit) if any(explicit) else b[0]
-        y = F.avg_pool2d(x, kernel, stride)
-        if rescale is not None:
-            y = y * rescale.to(y.dtype).to(y.device)
-        return [y]
-
-    return ave_pool
-
-
-def _batch_norm_form(layer: Any) -> Callable[[list[torch.Tensor]], list[torch.Tensor]] | None:
-    """BatchNorm with global statistics as one BatchNormalization of constant mean and variance."""
-    p = layer.layer_param.batch_norm_param
-    if not (p.use_global_stats if p.HasField("use_global_stats") else layer.phase == common.TEST):
-        return None
-    with torch.no_grad():
-        s = layer.param_tensor(2).detach()
-        factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-        mean = (layer.param_tensor(0).detach() * factor).clone()
-        var = (layer.param_tensor(1).detach() * factor).clone()
-    eps = float(p.eps)
-    return lambda b: [F.batch_norm(b[0], mean, var, training=False, eps=eps)]
-
-
-def _batch_error(net: Any, layer: Any, why: str) -> ExportError:
+def _batch_error(net: Any, layer: Layer, why: str) -> ExportError:
     return ExportError(
         f"cannot export net '{net.name}' with a dynamic batch: layer '{layer.name}' ({layer.type}) fixes the batch "
         f"size ({why}); export with a fixed batch instead"
     )
 
 
-def _scale_bias_batch_free(layer: Any) -> bool:
-    view = getattr(layer, "_operand_view", ())
-    return not view or view[0] == 1
-
-
-def _export_forms(net: Any, dynamic_batch: bool, for_onnx: bool) -> dict[int, Callable[..., list[torch.Tensor]]]:
-    """Layer index -> the forward to trace instead of the layer's own (same values, exportable form)."""
-    forms: dict[int, Callable[..., list[torch.Tensor]]] = {}
+def _export_forms(net: Any, dynamic_batch: bool, for_onnx: bool) -> dict[int, ExportForward]:
+    """Layer index -> the export form its layer gives (:meth:`caffe.layer.Layer.export_forward`) for this
+    export; the Input layers, which feed the graph's inputs, run none."""
+    inputs = set(net.input_ids)
+    forms: dict[int, ExportForward] = {}
     for i, layer in enumerate(net.host_layers):
-        if for_onnx and layer.type in ("Pooling", "BatchNorm"):
-            form = _pool_form(layer) if layer.type == "Pooling" else _batch_norm_form(layer)
-            if form is not None:
-                forms[i] = form
-        if not dynamic_batch:
+        if not net.bottom_ids(i) and set(net.top_ids(i)) <= inputs:
             continue
-        if layer.type in _VIEW_TYPES:
-            forms[i] = _view_form(net, layer)
-        elif layer.type in ("Scale", "Bias"):
-            if not _scale_bias_batch_free(layer):
-                raise _batch_error(net, layer, "its operand covers the batch axis")
-        elif layer.type not in _BATCH_FREE:
-            raise _batch_error(net, layer, f"its forward computes with the {layer.type} layer's set-up batch size")
-        elif layer.type == "Concat" and getattr(layer, "_axis", 1) == 0 and len(net.bottom_ids(i)) > 1:
-            raise _batch_error(net, layer, "it concatenates along the batch axis")
-        elif layer.type == "Slice" and getattr(layer, "_axis", 1) == 0 and len(net.top_ids(i)) > 1:
-            raise _batch_error(net, layer, "it slices along the batch axis")
-        elif layer.type in ("InnerProduct", "Reduction", "Crop", "Tile") and getattr(layer, "_axis", 1) == 0:
-            raise _batch_error(net, layer, "it works along the batch axis")
+        try:
+            form = layer.export_forward(onnx=for_onnx, dynamic_batch=dynamic_batch)
+        except BatchSizeFixed as e:
+            raise _batch_error(net, layer, str(e)) from None
+        if form is not None:
+            forms[i] = form
     return forms
 
 
-@contextlib.contextmanager
-def _forms_installed(net: Any, forms: Mapping[int, Callable[..., list[torch.Tensor]]]) -> Iterator[None]:
-    layers = [net.host_layers[i] for i in forms]
-    try:
-        for layer, form in zip(layers, forms.values()):
-            layer.forward = form
-        yield
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)
+class _FormLayer:
+    """A layer as the exported graph runs it: its export form as ``forward``, everything else the layer's."""
+
+    def __init__(self, layer: Layer, form: ExportForward) -> None:
+        self.layer, self.forward = layer, form
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.layer, name)
+
+
+class _ExportNet:
+    """The net as the traced module reads it: the same graph, with the layers that give an export form
+    wrapped in it (the net and its layers are left as they are)."""
+
+    def __init__(self, net: Any, forms: Mapping[int, ExportForward]) -> None:
+        self.net = net
+        self.host_layers = [_FormLayer(lr, forms[i]) if i in forms else lr for i, lr in enumerate(net.host_layers)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.net, name)
 
 
 @contextlib.contextmanager
@@ -361,21 +279,20 @@ def exportable_module(
 ) -> Iterator[tuple[torch.nn.Module, tuple[torch.Tensor, ...], list[str], list[str]]]:
     """The net as an ``nn.Module`` ready to trace: yields (module, example inputs, input names, output names).
 
-    Inside the block the net is reshaped to the export shapes and layers that need one trace an
-    export form of their forward; both are undone when the block ends.
+    Inside the block the net is reshaped to the export shapes (undone when the block ends); the module
+    traces each layer's export form where the layer gives one (:meth:`caffe.layer.Layer.export_forward`).
     """
     check_exportable(net)
     net.sync_device()
     out_ids = _output_ids(net, outputs)
     with _shaped(net, batch, input_shapes) as shapes:
-        forms = _export_forms(net, dynamic_batch, for_onnx)
-        module = _PlanModule(_plan(net, fold), net.input_ids, out_ids).eval()
+        graph = _ExportNet(net, _export_forms(net, dynamic_batch, for_onnx))
+        module = _PlanModule(_plan(graph, fold), net.input_ids, out_ids).eval()
         gen = torch.Generator().manual_seed(seed)
         example = tuple(
             torch.rand(shapes[n], generator=gen, dtype=net.blobs[n].dtype).to(net.device) for n in net.inputs
         )
-        with _forms_installed(net, forms):
-            yield module, example, list(net.inputs), [net.blob_names[b] for b in out_ids]
+        yield module, example, list(net.inputs), [net.blob_names[b] for b in out_ids]
 
 
 @contextlib.contextmanager

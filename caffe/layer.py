@@ -30,6 +30,12 @@ from caffe.proto import caffe_pb2 as pb
 _REGISTRY: dict[str, type[Layer]] = {}
 
 L = TypeVar("L", bound="type[Layer]")
+ExportForward = Callable[[list[torch.Tensor]], list[torch.Tensor]]
+
+
+class BatchSizeFixed(LayerError):
+    """A layer's answer to :meth:`Layer.export_forward` with ``dynamic_batch``: its forward fixes the batch
+    size; the message says why."""
 
 
 def register(*type_names: str) -> Callable[[L], L]:
@@ -165,6 +171,16 @@ class Layer:
 
     def pointwise_activation(self) -> tuple[str, list[float]] | None:
         """If this layer is an element-wise activation oneDNN can fuse, its (name, scalars)."""
+        return None
+
+    # ------------------------------------------------------------------ export form (caffe.export)
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """The forward an exported graph traces instead of :meth:`forward` (the same values in exportable
+        ops); None: :meth:`forward` traces as it is. ``onnx``: the graph is ONNX; ``dynamic_batch``: it must
+        run for any batch size, and a layer whose forward fixes the batch size raises :class:`BatchSizeFixed`
+        saying why. Default: no form, and a batch fixed at set-up (batch-free layers say otherwise)."""
+        if dynamic_batch:
+            raise BatchSizeFixed(f"its forward computes with the {self.type} layer's set-up batch size")
         return None
 
     # ------------------------------------------------------------------ helpers for subclasses

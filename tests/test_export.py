@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from conftest import asset
 from PIL import Image
 
@@ -184,3 +185,87 @@ def test_unsupported_layers_and_bad_requests_are_named(tmp_path: Path, squeezene
     assert main(["export", "--model", str(python), "--output", str(tmp_path / "p.onnx"), "--opset", "12"]) == 1
     assert main(["export", "--model", str(python), "--output", str(tmp_path / "p.bin")]) == 1  # format unknown
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.pt"))
+
+
+# ---------------------------------------------------------------------------------------------- export forms
+FORMS_NET = """name: "forms"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv"
+  scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "ave" type: "Pooling" bottom: "conv" top: "ave"
+  pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "max" type: "Pooling" bottom: "conv" top: "max" pooling_param { pool: MAX kernel_size: 2 stride: 4 } }
+layer { name: "lrn" type: "LRN" bottom: "ave" top: "lrn" lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 } }
+layer { name: "cat" type: "Concat" bottom: "lrn" bottom: "ave" top: "cat" }
+layer { name: "slice" type: "Slice" bottom: "cat" top: "s1" top: "s2" slice_param { axis: 1 } }
+layer { name: "max2" type: "Eltwise" bottom: "s1" bottom: "s2" top: "el" eltwise_param { operation: MAX } }
+layer { name: "crop" type: "Crop" bottom: "el" bottom: "max" top: "crop" crop_param { axis: 2 offset: 1 } }
+layer { name: "tile" type: "Tile" bottom: "crop" top: "tile" tile_param { axis: 1 tiles: 2 } }
+layer { name: "flat" type: "Flatten" bottom: "tile" top: "flat" }
+layer { name: "ip" type: "InnerProduct" bottom: "flat" top: "ip"
+  inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "reshape" type: "Reshape" bottom: "ip" top: "rs" reshape_param { shape { dim: 0 dim: 2 dim: -1 } } }
+layer { name: "sum" type: "Reduction" bottom: "rs" top: "sum" reduction_param { axis: 2 operation: SUMSQ } }
+layer { name: "bias" type: "Bias" bottom: "sum" top: "bias" bias_param { filler { type: "constant" value: 0.3 } } }
+layer { name: "prob" type: "Softmax" bottom: "bias" top: "prob" }
+"""
+
+
+def forms_net(tmp_path: Path, text: str = FORMS_NET) -> caffe.Net:
+    path = tmp_path / "forms.prototxt"
+    path.write_text(text)
+    return ex.load_net(path)
+
+
+def test_layers_give_export_forms_that_compute_their_forward(tmp_path: Path):
+    net = forms_net(tmp_path)
+    net.forward(data=np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32))
+    layers = net.layer_dict
+    for name in ("ave", "max", "bn"):  # Caffe's pooling windows and BatchNorm's statistics, written out for ONNX
+        layer = layers[name]
+        form = layer.export_forward(onnx=True)
+        assert form is not None and layer.export_forward() is None, name
+        bottom = [b.tensor for b in layer.bottoms]
+        assert float((form(bottom)[0] - layer.forward(bottom)[0]).abs().max()) <= 1e-6, name
+    assert layers["relu"].export_forward(onnx=True, dynamic_batch=True) is None  # traced as it is
+    flat = layers["flat"].export_forward(dynamic_batch=True)  # for any batch: reshape(-1, 72)
+    assert flat is not None and flat([torch.zeros(5, 8, 3, 3)])[0].shape == (5, 72)
+
+
+def test_dynamic_batch_through_export_forms(tmp_path: Path):
+    net = forms_net(tmp_path)
+    for name in ("forms.onnx", "forms.pt"):
+        result = ex.export(net, tmp_path / name, dynamic_batch=True)
+        diffs = ex.verify(net, result, batch_sizes=[1, 2, 5])
+        assert max(diffs.values()) <= TOL, (name, diffs)
+    # the net's layers are left as they were: no forward or parameter swapped in
+    assert not [layer.name for layer in net.layers if {"forward", "param_tensor"} & set(vars(layer))]
+
+
+@pytest.mark.parametrize(
+    ("layer", "why"),
+    [
+        ('type: "Concat" bottom: "data" bottom: "data" concat_param { axis: 0 }', "concatenates along the batch"),
+        ('type: "Slice" bottom: "data" top: "more" slice_param { axis: 0 }', "slices along the batch axis"),
+        ('type: "Scale" bottom: "data" scale_param { axis: 0 num_axes: 2 }', "operand covers the batch axis"),
+        ('type: "InnerProduct" bottom: "data" inner_product_param { axis: 0 num_output: 2 }', "along the batch axis"),
+        ('type: "Reduction" bottom: "data" reduction_param { axis: 0 }', "works along the batch axis"),
+        ('type: "Tile" bottom: "data" tile_param { axis: 0 tiles: 2 }', "works along the batch axis"),
+        ('type: "Crop" bottom: "data" bottom: "data" crop_param { axis: 0 }', "works along the batch axis"),
+        ('type: "Reshape" bottom: "data" reshape_param { shape { dim: 2 dim: -1 } }', "does not follow the batch"),
+        ('type: "MVN" bottom: "data"', "computes with the MVN layer's set-up batch size"),
+    ],
+)
+def test_dynamic_batch_refused_where_a_layer_fixes_it(tmp_path: Path, layer: str, why: str):
+    net = forms_net(
+        tmp_path,
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }\n'
+        f'layer {{ name: "it" {layer} top: "out" }}\n',
+    )
+    with pytest.raises(ex.ExportError, match=rf"layer 'it' \(\w+\) fixes the batch size \(.*{why}"):
+        ex.to_torchscript(net, tmp_path / "x.pt", dynamic_batch=True)
+    assert ex.to_torchscript(net, tmp_path / "x.pt").path.is_file()  # a fixed batch exports

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from caffe.blob import Shape
-from caffe.layer import Layer, register
+from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
 from caffe.proto import caffe_pb2 as pb
 
 
@@ -57,6 +57,12 @@ class InnerProductLayer(Layer):
         else:
             y = F.linear(x, weight, bias)
         return [y.reshape(*bottom[0].shape[: self._axis], self._n)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless the product starts at axis 0."""
+        if dynamic_batch and self._axis == 0:
+            raise BatchSizeFixed("it works along the batch axis")
+        return None
 
 
 # ---------------------------------------------------------------------------- Embed
@@ -162,6 +168,12 @@ class _BroadcastOperand(Layer):
         what = f"{self._operand} bottom[1]" if len(bottom) > 1 else f"{self._operand} parameter"
         self._operand_view = self._view_shape(bottom[0], operand, what)
         return [bottom[0]]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless the operand covers the batch axis."""
+        if dynamic_batch and self._operand_view and self._operand_view[0] != 1:
+            raise BatchSizeFixed("its operand covers the batch axis")
+        return None
 
 
 @register("Bias")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from caffe.blob import Shape, proto_shape
 from caffe.common import TRAIN
-from caffe.layer import Layer, register
+from caffe.layer import ExportForward, Layer, register
 from caffe.proto import caffe_pb2 as pb
 
 # Caffe's BNLL caps x at this value in the gradient's exp(x) (and softplus is linear beyond it).
@@ -53,6 +53,10 @@ class NeuronLayer(Layer):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """Element-wise: ``forward`` traces as is, for any batch size."""
+        return None
 
 
 @register("ReLU")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from caffe.blob import Shape
 from caffe.common import TEST
-from caffe.layer import Layer, register
+from caffe.layer import ExportForward, Layer, register
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -76,6 +76,10 @@ class LRNLayer(Layer):
         shift = self._k if self._across else 1.0
         scale = self._window_mean_of_squares(x) * self._alpha + shift
         return [x * scale.pow(-self._beta)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """Per-sample: ``forward`` traces as is, for any batch size."""
+        return None
 
 
 # ---------------------------------------------------------------------------- MVN
@@ -170,10 +174,7 @@ class BatchNormLayer(Layer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x = bottom[0]
         if self._use_global_stats:
-            s = self.param_tensor(2).detach()
-            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            mean = self.param_tensor(0).detach() * factor
-            var = self.param_tensor(1).detach() * factor
+            mean, var = self._global_statistics()
             return [F.batch_norm(x, mean, var, training=False, eps=self._eps)]
         dims = [0, *range(2, x.dim())]
         m = x.numel() // self._channels
@@ -185,16 +186,30 @@ class BatchNormLayer(Layer):
         self._update_statistics(x.detach(), dims, m)
         return [top]
 
+    def _global_statistics(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, variance), detached and in ``dtype``: the stored sums divided by s (0 where s is 0)."""
+        mean, var, s = (self.param_tensor(k).detach() for k in range(3))
+        if dtype is not None:
+            mean, var, s = mean.to(dtype), var.to(dtype), s.to(dtype)
+        factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+        return mean * factor, var * factor
+
     def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """With global statistics BatchNorm is x * a + b per channel: a = 1/sqrt(var + eps), b = -mean * a."""
         if not self._use_global_stats:
             return None
-        s = self.param_tensor(2).detach().double()
-        factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-        mean = self.param_tensor(0).detach().double() * factor
-        var = self.param_tensor(1).detach().double() * factor
+        mean, var = self._global_statistics(torch.float64)
         a = 1.0 / torch.sqrt(var + self._eps)
         return a, -mean * a
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """For ONNX, global statistics as one BatchNormalization of constant mean and variance."""
+        if not (onnx and self._use_global_stats):
+            return None
+        with torch.no_grad():
+            mean, var = (t.clone() for t in self._global_statistics())
+        eps = self._eps
+        return lambda b: [F.batch_norm(b[0], mean, var, training=False, eps=eps)]
 
     def _update_statistics(self, x: torch.Tensor, dims: list[int], m: int) -> None:
         with torch.no_grad():

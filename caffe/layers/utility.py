@@ -30,7 +30,8 @@ from itertools import pairwise
 import torch
 
 from caffe.blob import Shape
-from caffe.layer import Layer, register
+from caffe.errors import CaffeError
+from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
 from caffe.proto import caffe_pb2 as pb
 
 
@@ -91,6 +92,10 @@ class SplitLayer(Layer):
         # which sends channels-last pooling down PyTorch's slow NCHW kernel.)
         return [bottom[0]] * len(self.tops)
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None
+
 
 # ---------------------------------------------------------------------------- views of the bottom
 class _ViewLayer(Layer):
@@ -111,6 +116,22 @@ class _ViewLayer(Layer):
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return [bottom[0].reshape(self._shape)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """With a dynamic batch ``reshape(-1, *rest)``, where the top's axis 0 follows the bottom's."""
+        if not dynamic_batch:
+            return None
+        bottom = tuple(self.bottom_shapes[0])
+        top = tuple(self.top_shape(bottom))
+        try:
+            probe = (bottom[0] + 1, *bottom[1:]) if bottom else None
+            other = tuple(self.top_shape(probe)) if probe else None
+        except CaffeError:
+            other = None
+        if not top or other is None or other[0] != bottom[0] + 1 or other[1:] != top[1:] or top[0] != bottom[0]:
+            raise BatchSizeFixed("its top's first axis does not follow the batch size")
+        rest = top[1:]
+        return lambda b: [b[0].reshape(-1, *rest)]
 
 
 @register("Flatten")
@@ -212,6 +233,12 @@ class ConcatLayer(Layer):
             return [bottom[0]]
         return [torch.cat(bottom, dim=self._axis)]
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless it joins along the batch axis."""
+        if dynamic_batch and self._axis == 0 and len(self.bottoms) > 1:
+            raise BatchSizeFixed("it concatenates along the batch axis")
+        return None
+
 
 @register("Slice")
 class SliceLayer(Layer):
@@ -257,6 +284,12 @@ class SliceLayer(Layer):
         if len(self._sizes) == 1:
             return [bottom[0]]
         return [t.contiguous() for t in torch.split(bottom[0], self._sizes, dim=self._axis)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless it cuts along the batch axis."""
+        if dynamic_batch and self._axis == 0 and len(self.tops) > 1:
+            raise BatchSizeFixed("it slices along the batch axis")
+        return None
 
 
 @register("BatchReindex")
@@ -356,6 +389,12 @@ class TileLayer(Layer):
         reps[self._axis] = self.layer_param.tile_param.tiles
         return [bottom[0].repeat(reps)]
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless ``axis`` is the batch axis."""
+        if dynamic_batch and self._axis == 0:
+            raise BatchSizeFixed("it works along the batch axis")
+        return None
+
 
 # ---------------------------------------------------------------------------- element-wise and reductions
 _ELTWISE = pb.EltwiseParameter
@@ -400,6 +439,10 @@ class EltwiseLayer(Layer):
                 out = torch.where(b > out, b, out)
         return [out]
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None
+
 
 _REDUCTION = pb.ReductionParameter
 
@@ -432,6 +475,12 @@ class ReductionLayer(Layer):
             coeff /= self._dim  # Caffe scales the sum by coeff / dim
         return [out if coeff == 1.0 else out * coeff]
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless ``axis`` is the batch axis."""
+        if dynamic_batch and self._axis == 0:
+            raise BatchSizeFixed("it works along the batch axis")
+        return None
+
 
 @register("Softmax")
 class SoftmaxLayer(Layer):
@@ -446,6 +495,10 @@ class SoftmaxLayer(Layer):
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return [torch.softmax(bottom[0], dim=self._axis)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None
 
 
 @register("ArgMax")
@@ -522,3 +575,7 @@ class SilenceLayer(Layer):
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return []
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None

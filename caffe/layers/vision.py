@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from caffe.blob import Shape
 from caffe.common import TRAIN
-from caffe.layer import Layer, register
+from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
 from caffe.ops.pooling import max_pool2d
 from caffe.proto import caffe_pb2 as pb
 
@@ -268,6 +268,10 @@ class _ConvolutionBase(Layer):
             tops.append(_unbatch(y, x.shape[:axis], axis))
         return tops
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None
+
 
 @register("Convolution")
 class ConvolutionLayer(_ConvolutionBase):
@@ -468,6 +472,45 @@ class PoolPlan:
             return self._ave(x), None
         return (self._stochastic_train(x) if train else self._stochastic_test(x)), None
 
+    def onnx_forward(self) -> ExportForward | None:
+        """MAX/AVE pooling in ops whose ONNX semantics are unambiguous: an explicit pad, then a plain MaxPool
+        or AveragePool (AVE rescaled per window where windows overhang), never AveragePool with ``ceil_mode``;
+        None where the layer's own forward already is such ops."""
+        if self.method not in (MAX, AVE) or self.is_global:
+            return None
+        kernel, stride = self.kernel, self.stride
+        left, right, top, bottom = self.explicit_pad
+        explicit = [left, max(right, 0), top, max(bottom, 0)]  # a negative pad only drops what floor mode drops
+        if self.method == MAX:
+            if self.native:
+                return None  # MaxPool(pads, ceil_mode) computes Caffe's windows and sizes here
+            empty = self.empty_windows(torch.device("cpu")) if self.has_empty else None
+
+            def max_pool(b: list[torch.Tensor]) -> list[torch.Tensor]:
+                x = F.pad(b[0], explicit, value=float("-inf")) if any(explicit) else b[0]
+                y = F.max_pool2d(x, kernel, stride)
+                if empty is not None:
+                    y = y.masked_fill(empty.to(y.device), -FLT_MAX)
+                return [y]
+
+            return max_pool
+        full = kernel[0] * kernel[1]
+        divisor = self.caffe_divisor(torch.empty(0, dtype=torch.float64))
+        uniform = bool((divisor == full).all())
+        if uniform and self.native:
+            pad = self.pad
+            return lambda b: [F.avg_pool2d(b[0], kernel, stride, pad, ceil_mode=False, count_include_pad=True)]
+        rescale = None if uniform else (full / divisor)
+
+        def ave_pool(b: list[torch.Tensor]) -> list[torch.Tensor]:
+            x = F.pad(b[0], explicit) if any(explicit) else b[0]
+            y = F.avg_pool2d(x, kernel, stride)
+            if rescale is not None:
+                y = y * rescale.to(y.dtype).to(y.device)
+            return [y]
+
+        return ave_pool
+
     # -------------------------------------------------------------- MAX
     def _max(self, x: torch.Tensor, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.native and want_mask:
@@ -597,6 +640,11 @@ class PoolingLayer(Layer):
         y, mask = self.plan(bottom[0], self.phase == TRAIN, self._want_mask)
         return [y] if mask is None else [y, mask]
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """For ONNX, the plan's explicit form (:meth:`PoolPlan.onnx_forward`) unless a mask top is written;
+        any batch size."""
+        return self.plan.onnx_forward() if onnx and not self._want_mask else None
+
 
 @register("SPP")
 class SPPLayer(Layer):
@@ -697,3 +745,9 @@ class CropLayer(Layer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         # A copy, as Caffe's: the top owns its memory (writes to it must not reach bottom[0]).
         return [bottom[0][self._index].contiguous()]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size unless the crop starts at the batch axis."""
+        if dynamic_batch and self.axis == 0:
+            raise BatchSizeFixed("it works along the batch axis")
+        return None
