@@ -64,8 +64,6 @@ INPUTS: dict[str, tuple[int, ...]] = {key: (3, 99, 99) for key in ALEXNETS} | {
     "models/squeezenet_v1.0/deploy.prototxt": (3, 131, 131),
     "models/squeezenet_v1.1/deploy.prototxt": (3, 131, 131),
     "models/squeezenet_v1.0_deepcompression/SqueezeNet_deploy.prototxt": (3, 131, 131),
-    "forks/DenseNet-Caffe_DenseNet_121.prototxt": (3, 64, 64),
-    "forks/ShuffleNet_shufflenet_1x_g3_deploy.prototxt": (3, 64, 64),
 }
 # SSD heads: a random-weight net's class confidences stay near 1/21, below MobileNet-SSD's 0.25, so both
 # sides would find nothing (and show it differently: the fork one row of -1s, cv2 rows of zeros)
@@ -224,13 +222,12 @@ def _compared(
 
 # ------------------------------------------------------------------------------------------ tests
 COMPARED = [k for k in NETS if k not in CV2_FAILS and k not in CV2_DEPARTS]
-# over 2 s of CPU each (large fully connected weights to save, 224x224 ImageNet nets, DenseNet's first forward)
+# over 2 s of CPU each (large fully connected weights to save, 224x224 ImageNet nets)
 SLOW = set(ALEXNETS) | {
     "caffe-ref/examples/net_surgery/bvlc_caffenet_full_conv.prototxt",
     "caffe-ref/models/bvlc_googlenet/deploy.prototxt",
     "caffe-ref/models/bvlc_googlenet/train_val.prototxt",
     "have-fun-src/googlenet-customized.prototxt",
-    "forks/DenseNet-Caffe_DenseNet_121.prototxt",
     "forks/SENet_SE-ResNet-50.prototxt",
     "forks/Pelee_voc_deploy_merged.prototxt",
 }

@@ -110,40 +110,6 @@ def test_pelee_voc_deploy_merged():
     assert np.all((rows[:, 1] >= 1) & (rows[:, 1] <= 20)) and np.all(rows[:, 2] >= 0.01)
 
 
-def test_densenet121_ceil_mode():
-    """DenseNet-121 (shicai/DenseNet-Caffe) at 112x112 (global pooling at the end; 224 in the file): pool1
-    has ceil_mode: false, so 56 -> 28 (Caffe's default ceiling would give 29; at 224 the paper's 56); the
-    transitions' 2x2 AVE pools keep Caffe's ceiling, so 7 -> 4 (a floor would give 3); growth rate 32:
-    dense block 1 ends at 64 + 6 * 32 = 256 channels, transitions halve them, the last block ends at 1024."""
-    net = _run("DenseNet-Caffe_DenseNet_121.prototxt", (1, 3, 112, 112))
-    pool1 = net.layer_dict["pool1"].layer_param.pooling_param
-    assert pool1.HasField("ceil_mode") and not pool1.ceil_mode
-    assert _shapes(net, "conv1", "pool1", "concat_2_6", "pool2", "pool3", "pool4", "pool5", "fc6") == [
-        (1, 64, 56, 56),
-        (1, 64, 28, 28),
-        (1, 256, 28, 28),
-        (1, 128, 14, 14),
-        (1, 256, 7, 7),
-        (1, 512, 4, 4),
-        (1, 1024, 1, 1),
-        (1, 1000, 1, 1),
-    ]
-
-
-def test_shufflenet_1x_g3():
-    """ShuffleNet 1x, g = 3: stages of 240, 480 and 960 channels at 28, 14 and 7 (the paper's Table 1),
-    ShuffleChannel after each grouped 1x1 convolution, ConvolutionDepthwise for the 3x3s."""
-    net = _run("ShuffleNet_shufflenet_1x_g3_deploy.prototxt")
-    types = [layer.type for layer in net.layer_dict.values()]
-    assert types.count("ShuffleChannel") == 15 and types.count("ConvolutionDepthwise") == 16
-    assert _shapes(net, "resx4_elewise", "resx12_elewise", "resx16_elewise", "fc1000") == [
-        (1, 240, 28, 28),
-        (1, 480, 14, 14),
-        (1, 960, 7, 7),
-        (1, 1000, 1, 1),
-    ]
-
-
 def test_se_resnet50_axpy():
     """SE-ResNet-50 (hujie-frank/SENet): each block's Axpy adds the squeeze-excited residual to the shortcut,
     top = a * bottom[1] + bottom[2] as SENet's axpy_layer.cpp computes it; prob is a distribution of 1000."""
