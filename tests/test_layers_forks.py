@@ -361,17 +361,23 @@ def test_shuffle_channel_order_and_cv2(tmp_path: Path):
 
 
 AXPY = """
-layer { name: "a" type: "Pooling" bottom: "data" top: "a" pooling_param { pool: AVE global_pooling: true } }
-layer { name: "out" type: "Axpy" bottom: "a" bottom: "data" bottom: "data" top: "out" }
+layer {{ name: "a" type: "Pooling" bottom: "data" top: "a" pooling_param {{ pool: AVE global_pooling: true }} }}
+layer {{ name: "y" type: "Power" bottom: "data" top: "y" power_param {{ scale: -2 shift: 0.5 }} }}
+layer {{ name: "out" type: "Axpy" bottom: "a" bottom: "{}" bottom: "{}" top: "out" }}
 """
 
 
-def test_axpy_matches_hand_and_cv2(tmp_path: Path):
+def test_axpy_matches_hand_and_cv2_with_its_operands_swapped(tmp_path: Path):
+    """SENet's Axpy is ``a * bottom[1] + bottom[2]``; OpenCV's importer computes ``a * bottom[2] + bottom[1]``,
+    so OpenCV agrees only once the two bottoms are swapped (x and y differ here, or the order would not show)."""
     x = np.random.default_rng(13).standard_normal((1, 3, 4, 5)).astype(np.float32)
-    ours, ref = _ours_and_cv2(tmp_path, _net_text(x.shape, AXPY), x, "out")
-    a = x.mean(axis=(2, 3), keepdims=True)
-    np.testing.assert_allclose(ours, a * x + x, rtol=1e-5, atol=1e-6)
-    assert _rel_err(ours, ref) < 1e-6
+    ours, ref = _ours_and_cv2(tmp_path, _net_text(x.shape, AXPY.format("data", "y")), x, "out")
+    a, y = x.mean(axis=(2, 3), keepdims=True), 0.5 - 2 * x
+    np.testing.assert_allclose(ours, a * x + y, rtol=1e-5, atol=1e-6)
+    assert _rel_err(ours, ref) > 0.1  # OpenCV, as written: a * y + x
+    (tmp_path / "swapped").mkdir()
+    _, swapped = _ours_and_cv2(tmp_path / "swapped", _net_text(x.shape, AXPY.format("y", "data")), x, "out")
+    assert _rel_err(ours, swapped) < 1e-6
 
 
 def test_axpy_gradient():
