@@ -2,8 +2,8 @@
 
 It builds the train net and the test nets (sharing the train net's weights), runs iterations
 (``iter_size`` forward/backward passes, then an update), tests every ``test_interval``, prints
-Caffe's log lines (so Caffe's log parsers and DIGITS read them), writes snapshots in Caffe's file
-names and formats (atomically), restores them exactly, and can also write one JSON line per
+Caffe's log lines (so Caffe's log parsers and DIGITS read them), writes snapshots and restores them
+exactly (the files and formats are ``caffe.snapshot``'s), and can also write one JSON line per
 display, test and snapshot for programs that follow a training (``events``).
 
 The update rule is the subclass's (``caffe.solvers``): SGD, Nesterov, AdaGrad, RMSProp, AdaDelta,
@@ -12,7 +12,6 @@ Adam, each keeping Caffe's history blobs.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -27,16 +26,16 @@ import torch
 from google.protobuf import text_format
 
 from caffe import common, parallel
-from caffe.blob import Blob, array_to_blob_proto, blob_proto_to_array
-from caffe.errors import SolverError, WeightsError
-from caffe.limits import check_blob, check_path, check_regular_file, hdf5_errors
+from caffe import snapshot as snapshots
+from caffe.blob import Blob
+from caffe.errors import SolverError
+from caffe.limits import check_path
 from caffe.net import Net
 from caffe.proto import caffe_pb2 as pb
-from caffe.protoio import atomic_write, read_binary, read_net_param, read_solver_param
+from caffe.protoio import read_net_param, read_solver_param
 from caffe.train_step import TrainEngine, check_train_engine, resolve_engine, train_engine
 
 log = logging.getLogger("caffe")
-RNG_STATE_SUFFIX = ".rng"  # torch's random-number state beside a .solverstate (see Solver._save_rng_state)
 
 _SOLVERS: dict[str, type[Solver]] = {}
 
@@ -56,6 +55,8 @@ def _cpow(base: float, exponent: float) -> float:
 
 
 def register_solver(name: str) -> Callable[[type[Solver]], type[Solver]]:
+    """Class decorator: register an update rule's Solver subclass under its ``type`` name."""
+
     def deco(cls: type[Solver]) -> type[Solver]:
         _SOLVERS[name] = cls
         cls.type_name = name
@@ -65,8 +66,8 @@ def register_solver(name: str) -> Callable[[type[Solver]], type[Solver]]:
 
 
 def solver_class(type_name: str) -> type[Solver]:
-    import caffe.solvers  # noqa: F401  (registers the solver types)
-
+    """The Solver subclass registered for ``type_name`` (``caffe.solvers`` registers Caffe's six; ``import
+    caffe`` imports it, so this module never imports its subclasses)."""
     cls = _SOLVERS.get(type_name)
     if cls is None:
         raise SolverError(f"unknown solver type '{type_name}' (known: {', '.join(sorted(_SOLVERS))})")
@@ -193,7 +194,7 @@ class Solver:
         self.engine = check_train_engine(engine) if engine is not None else train_engine()
         self._train_engine: TrainEngine | None = None
         if self.root:
-            self._check_snapshot_prefix()
+            snapshots.check_snapshot_prefix(self.param, self.source)
         if p.random_seed >= 0:
             common.set_random_seed(p.random_seed + self.rank)
         if p.HasField("solver_mode") and p.solver_mode == pb.SolverParameter.GPU and common.mode() == "CPU":
@@ -571,185 +572,40 @@ class Solver:
             results[name] = float(data[0]) if len(data) == 1 else [float(v) for v in data]
         return results
 
-    # ------------------------------------------------------------------ snapshots
-    def _check_snapshot_prefix(self) -> None:
-        p = self.param
-        if not p.snapshot:
-            return
-        if not p.HasField("snapshot_prefix"):
-            raise SolverError(f"{self.source}: snapshot is specified but snapshot_prefix is not")
-        check_path(p.snapshot_prefix, f"snapshot_prefix of {self.source}", SolverError)
-        probe = Path(self.snapshot_filename(".tempfile"))
-        try:  # Caffe's check: write a probe file where the snapshots will go
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError:
-            raise SolverError(
-                f"{self.source}: cannot write to snapshot prefix '{p.snapshot_prefix}': make sure that the "
-                "directory exists and is writable"
-            ) from None
-
+    # ------------------------------------------------------------------ snapshots (caffe.snapshot)
     def snapshot_filename(self, extension: str) -> str:
-        return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
+        return snapshots.snapshot_filename(self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self) -> tuple[str, str]:
         """Write the weights, then the solver state (each atomically); returns both file names."""
-        p = self.param
-        if p.snapshot_format == pb.SolverParameter.HDF5:
-            model = self.snapshot_filename(".caffemodel.h5")
-            log.info("Snapshotting to HDF5 file %s", model)
-            self.net.save_hdf5(model, write_diff=p.snapshot_diff)
-        else:
-            model = self.snapshot_filename(".caffemodel")
-            log.info("Snapshotting to binary proto file %s", model)
-            self.net.save(model, write_diff=p.snapshot_diff)
+        model = snapshots.write_weights(self.net, self.param, self.iter)
         state = self.snapshot_solver_state(model)
         if self.net.draws_random:
-            self._save_rng_state(state)
+            snapshots.save_rng_state(state)
         if self.events is not None:
             self.events.write("snapshot", iter=self.iter, model=model, state=state)
         return model, state
 
     def snapshot_solver_state(self, model_filename: str) -> str:
-        if self.param.snapshot_format == pb.SolverParameter.HDF5:
-            import h5py
-
-            name = self.snapshot_filename(".solverstate.h5")
-            log.info("Snapshotting solver state to HDF5 file %s", name)
-            tmp = Path(name).with_name(f".{Path(name).name}.tmp")
-            learned = model_filename.encode()
-            try:
-                with h5py.File(tmp, "w") as f:
-                    # Caffe's hdf5_save_int: a 1-element int dataset; hdf5_save_string (H5LTmake_dataset_string):
-                    # a scalar fixed-length, NUL-terminated string (Caffe's reader cannot read variable-length)
-                    f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
-                    f.create_dataset("learned_net", data=np.array(learned, dtype=f"S{len(learned) + 1}"))
-                    f.create_dataset("current_step", data=np.array([self.current_step], dtype=np.int32))
-                    group = f.create_group("history")
-                    for i, blob in enumerate(self.history):
-                        group.create_dataset(str(i), data=np.asarray(blob.data, dtype=self._np_dtype))
-                os.replace(tmp, name)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
-            return name
-        name = self.snapshot_filename(".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", name)
-        state = pb.SolverState(iter=self.iter, learned_net=model_filename, current_step=self.current_step)
-        for blob in self.history:
-            state.history.append(array_to_blob_proto(blob.data, double=self._np_dtype == np.float64))
-        atomic_write(name, state.SerializeToString())
-        return name
-
-    @staticmethod
-    def _rng_file(state_file: str | os.PathLike) -> Path:
-        return Path(f"{state_file}{RNG_STATE_SUFFIX}")
-
-    def _save_rng_state(self, state_file: str) -> None:
-        """torch's random-number state beside the solver state (``<state>.rng``, a neocaffe addition that
-        Caffe ignores), for nets whose layers draw random numbers while training (Dropout, DummyData's
-        fillers): after a restore they draw what an uninterrupted run would have drawn."""
-        states = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        buffer = io.BytesIO()
-        torch.save(states, buffer)
-        atomic_write(self._rng_file(state_file), buffer.getvalue())
-
-    def _restore_rng_state(self, state_file: str | os.PathLike) -> None:
-        path = self._rng_file(state_file)
-        if not path.exists():  # a state written by Caffe, or before this addition
-            return
-        try:
-            states = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-            torch.set_rng_state(states["cpu"])
-        except Exception as e:
-            log.warning("%s: cannot restore the random-number state (%s); Dropout masks will differ", path, e)
-            return
-        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(list(states["cuda"]))
+        """Write the iteration, the weights' file name, the lr step and the history; returns the file name."""
+        state = snapshots.SolverState(self.iter, model_filename, self.current_step, [b.data for b in self.history])
+        return snapshots.write_state(self.param, state, self._np_dtype)
 
     def restore(self, state_file: str | os.PathLike) -> None:
         """Continue from a ``.solverstate`` (or ``.solverstate.h5``): iteration, weights, step, history."""
-        path = check_path(state_file, "solver state file", SolverError)
-        if not path.exists():
-            raise SolverError(f"{state_file}: solver state file not found")
-        if path.name.endswith(".h5"):
-            iteration, learned, step, history = self._read_state_hdf5(path)
-        else:
-            iteration, learned, step, history = self._read_state_proto(path)
-        if len(history) != len(self.history):
+        path, state = snapshots.read_state(state_file)
+        if len(state.history) != len(self.history):
             raise SolverError(
-                f"{state_file}: incorrect length of history blobs: the state has {len(history)}, "
+                f"{state_file}: incorrect length of history blobs: the state has {len(state.history)}, "
                 f"the {self.type_name} solver of this net needs {len(self.history)}"
             )
-        self.iter, self.current_step = int(iteration), int(step)
-        if learned:
-            self.net.copy_from(str(self._learned_net_path(path, learned)))
+        self.iter, self.current_step = state.iter, state.current_step
+        if state.learned_net:
+            self.net.copy_from(str(snapshots.learned_net_path(path, state.learned_net)))
         log.info("%sSolver: restoring history", self.type_name)
-        for i, (blob, arr) in enumerate(zip(self.history, history, strict=True)):
-            if arr.size != blob.count:
-                raise SolverError(
-                    f"{state_file}: history blob {i} holds {arr.size} values, the parameter has {blob.count}"
-                )
-            with torch.no_grad():
-                blob.mutable_tensor.copy_(torch.from_numpy(np.asarray(arr, dtype=self._np_dtype).reshape(blob.shape)))
-        self._fast_forward_data()
-        self._restore_rng_state(path)
-
-    @staticmethod
-    def _learned_net_path(state_file: Path, learned: str) -> Path:
-        """The weights a state names: as written, else beside the state (the snapshot folder was moved)."""
-        weights = check_path(learned, f"learned_net of {state_file}", SolverError)
-        if not weights.exists() and (state_file.parent / weights.name).exists():
-            weights = state_file.parent / weights.name
-        return weights
-
-    @staticmethod
-    def _read_state_proto(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
-        state = read_binary(path, pb.SolverState(), "solverstate")
-        try:
-            history = [blob_proto_to_array(h) for h in state.history]
-        except WeightsError as e:
-            raise SolverError(f"{path}: history blob: {e}") from None
-        learned = state.learned_net if state.HasField("learned_net") else None
-        return state.iter, learned, state.current_step, history
-
-    def _fast_forward_data(self) -> None:
-        """Move the data layers to where an uninterrupted run would be at ``iter``.
-
-        Caffe's readers start again at the first record after a restore (its SolverState has no data
-        position). Here they continue: the train net has read ``iter * iter_size`` batches, each test net
-        ``test_iter`` batches per test before ``iter``. With the same ``random_seed`` a resumed training then
-        reads the same records with the same crops and mirrors as one that was never interrupted.
-        """
-        p = self.param
-        nets = [(self.net, self.iter * max(1, p.iter_size))]
-        if p.test_interval and self.test_nets:
-            tests = len([t for t in range(0, self.iter, p.test_interval) if t > 0 or p.test_initialization])
-            nets += [(net, tests * p.test_iter[i]) for i, net in enumerate(self.test_nets)]
-        for net, batches in nets:
-            for layer in net.layers:
-                forward = getattr(layer, "fast_forward", None)
-                if forward is not None:
-                    forward(batches)
-
-    @staticmethod
-    def _read_state_hdf5(path: Path) -> tuple[int, str | None, int, list[np.ndarray]]:
-        import h5py
-
-        check_regular_file(path, "HDF5 solver state", SolverError)
-        with hdf5_errors(path, "HDF5 solver state", SolverError), h5py.File(path, "r") as f:
-            learned = _h5_scalar(f, "learned_net", path, required=False)
-            if isinstance(learned, bytes):
-                learned = learned.rstrip(b"\0").decode("utf-8", errors="replace")
-            group = f.get("history")
-            if not isinstance(group, h5py.Group):
-                raise SolverError(f"{path}: HDF5 solver state has no /history group")
-            history = [_h5_array(group, str(i), path) for i in range(len(group))]
-            iteration = int(_h5_scalar(f, "iter", path))
-            step = int(_h5_scalar(f, "current_step", path))
-            return iteration, learned, step, history
+        snapshots.load_history(self.history, state.history, self._np_dtype, state_file)
+        snapshots.fast_forward_data(self.param, self.iter, self.net, self.test_nets)
+        snapshots.restore_rng_state(path)
 
     # ------------------------------------------------------------------ pycaffe
     def share_weights(self, net: Net) -> None:
@@ -757,34 +613,3 @@ class Solver:
 
     def __repr__(self) -> str:
         return f"<caffe.{type(self).__name__} net='{self.net.name}' iter={self.iter}>"
-
-
-def _h5_dataset(group: Any, name: str, path: Path) -> Any:
-    import h5py
-
-    node = group.get(name)
-    if not isinstance(node, h5py.Dataset):
-        raise SolverError(f"{path}: HDF5 solver state has no dataset {group.name.rstrip('/')}/{name}")
-    return node
-
-
-def _h5_scalar(f: Any, name: str, path: Path, required: bool = True) -> Any:
-    """The first value of a small dataset (Caffe writes ints as 1-element datasets); None if absent and optional."""
-    if not required and name not in f:
-        return None
-    node = _h5_dataset(f, name, path)
-    if node.size is None or node.size < 1 or node.size > 1 << 16:
-        raise SolverError(f"{path}: HDF5 solver state dataset {name} holds {node.size} values, expected one")
-    value = np.asarray(node[()]).reshape(-1)[0]
-    if name != "learned_net" and value.dtype.kind not in "iu":
-        raise SolverError(f"{path}: HDF5 solver state dataset {name} is {value.dtype}, expected an integer")
-    return value
-
-
-def _h5_array(group: Any, name: str, path: Path) -> np.ndarray:
-    """A numeric history dataset, refused before reading when its declared size is over the blob budget."""
-    node = _h5_dataset(group, name, path)
-    if node.dtype.kind not in "fiu":
-        raise SolverError(f"{path}: HDF5 solver state dataset history/{name} is {node.dtype}, expected numbers")
-    check_blob(node.shape or (), node.dtype.itemsize, f"{path}: history/{name}")
-    return np.asarray(node[()])

@@ -22,7 +22,7 @@ where ``caffe train`` imports it.
 
 Resume: ``caffe train --snapshot`` from the newest ``snapshot_iter_N.solverstate``. The solver state
 holds the iteration, lr step and history; the restore also moves the data layers to where the
-interrupted run was (reads and crop/mirror draws included, see ``Solver._fast_forward_data``), so with
+interrupted run was (reads and crop/mirror draws included, see ``caffe.snapshot.fast_forward_data``), so with
 the form's random seed a resumed run ends with the weights of an uninterrupted one (Dropout included:
 torch's random-number state is kept beside the solver state, ``snapshot_iter_N.solverstate.rng``).
 """
