@@ -4,7 +4,7 @@
 ``caffe.set_mode_cpu()``/``set_mode_gpu()``, ``caffe.Layer`` for Python layers, ``caffe.io`` ...
 """
 
-from caffe import io
+from caffe import io, layers  # layers: importing it registers every layer family
 from caffe._version import __version__
 from caffe.blob import Blob
 from caffe.common import (
@@ -46,7 +46,7 @@ from caffe.pycaffe_extras import (
     solver_rank,
 )
 from caffe.solver import Solver, get_solver
-from caffe.solvers import (
+from caffe.solvers import (  # registers the solver types for get_solver
     AdaDeltaSolver,
     AdaGradSolver,
     AdamSolver,

@@ -11,6 +11,9 @@ A layer is configured entirely by its ``LayerParameter``. Subclasses implement t
 Backward is derived by autograd from ``forward``; layers whose Caffe gradient is not the gradient
 of their forward (or that have none) express that inside ``forward`` (``detach``, a custom
 ``torch.autograd.Function``). The :class:`~caffe.net.Net` decides which gradients are needed.
+
+The registry is filled by the families in ``caffe.layers`` as they are imported (``@register``);
+``import caffe`` imports them all, so this module never imports its subclasses.
 """
 
 from __future__ import annotations
@@ -55,7 +58,6 @@ def register(*type_names: str) -> Callable[[L], L]:
 
 def layer_type_list() -> list[str]:
     """Every registered layer type, sorted (pycaffe's ``caffe.layer_type_list()``)."""
-    _load_layers()
     return sorted(_REGISTRY)
 
 
@@ -98,7 +100,7 @@ def unknown_type_message(type_name: str, layer_name: str) -> str:
 
 
 def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
-    _load_layers()
+    """The class registered for ``type_name``; an UnknownLayerTypeError naming the layer otherwise."""
     cls = _REGISTRY.get(type_name)
     if cls is None:
         raise UnknownLayerTypeError(unknown_type_message(type_name, layer_name))
@@ -108,10 +110,6 @@ def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:
 def create_layer(param: pb.LayerParameter) -> Layer:
     """Instantiate the registered class for ``param.type``."""
     return layer_class(param.type, param.name)(param)
-
-
-def _load_layers() -> None:
-    import caffe.layers  # noqa: F401  (registers every family)
 
 
 class Layer:

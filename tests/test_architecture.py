@@ -12,22 +12,6 @@ GENERATED = {"caffe.proto.caffe_pb2", "caffe.proto.caffe2_pb2"}
 # Private reads still allowed outside their module, as (module, attribute): none are left (issue 15, item 2).
 KNOWN_PRIVATE: set[tuple[str, str]] = set()
 
-# TODO(issue 15, item 4): the imports that still close cycles; the test removes them and requires no other cycle.
-KNOWN_CYCLE_EDGES = {
-    *((f"caffe.layers.{m}", "caffe.layer") for m in (
-        "core", "data", "dense_image_data", "detection", "forks", "vision", "hdf5", "input", "loss", "neuron",
-        "normalization", "python", "rcnn", "recurrent", "utility", "window_data", "yolo",
-    )),  # caffe.layer loads caffe.layers (the registry's families) on first use
-    ("caffe.data.transform", "caffe.protoio"),
-    ("caffe.layers.loss", "caffe.protoio"),
-    ("caffe.solvers", "caffe.solver"),
-    ("caffe.studio.inference", "caffe.studio.layer_worker"),
-    ("caffe.studio.inference", "caffe.studio.models"),
-    ("caffe.studio.pretrained", "caffe.studio.layer_worker"),
-    ("caffe.studio.pretrained", "caffe.studio.models"),
-    ("caffe.studio.validate", "caffe.studio.layer_worker"),
-}  # fmt: skip
-
 
 def modules() -> dict[str, ast.Module]:
     found = {}
@@ -171,10 +155,7 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def test_no_import_cycles_among_caffe_modules():
-    graph = {
-        name: {t for t in targets if (name, t) not in KNOWN_CYCLE_EDGES} for name, targets in import_graph().items()
-    }
-    new = cycles(graph)
-    assert not new, "import cycles among caffe/ modules (function-level imports included):\n" + "\n".join(
-        " <-> ".join(c) for c in new
+    found = cycles(import_graph())
+    assert not found, "import cycles among caffe/ modules (function-level imports included):\n" + "\n".join(
+        " <-> ".join(c) for c in found
     )

@@ -284,8 +284,19 @@ def require_consent(source: ModelSource, allowed: bool) -> bool:
 def load(source: ModelSource, allow_python_layers: bool = False) -> LoadedModel:
     """Build a :class:`LoadedModel` from its files (no cache); a net with Python layers runs in a worker."""
     if require_consent(source, allow_python_layers):
-        return layer_worker.start_model(source)
+        return load_remote(source)
     return load_here(source)
+
+
+def load_remote(source: ModelSource) -> LoadedModel:
+    """A :class:`LoadedModel` whose net (it has Python layers) is built and run by a worker process."""
+    net = layer_worker.start_net(source.deploy, source.weights, source.python_layer)
+    try:
+        prep = preprocessing_of(source, net.input_shape)
+        return LoadedModel(source, net, net.input, net.input_shape, net.output, net.softmax, prep)
+    except BaseException:
+        net.close()
+        raise
 
 
 def load_here(source: ModelSource) -> LoadedModel:
@@ -527,7 +538,8 @@ def visualizations(model: LoadedModel) -> list[dict[str, Any]]:
     Each entry: ``{"layer", "type", "blob", "shape", "activation": {image, maps, mean, std, hist},
     "weights": {image?, shape, params, mean, std, hist} | None}``. The caller holds ``model.lock``.
     """
-    views = model.remote.layer_views() if model.remote is not None else layer_views(model.net)
+    remote = model.remote
+    views = [LayerView(**view) for view in remote.layer_views()] if remote is not None else layer_views(model.net)
     out = []
     for view in views:
         entry: dict[str, Any] = {"layer": view.layer, "type": view.type, "blob": None, "activation": None,

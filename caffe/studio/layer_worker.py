@@ -1,5 +1,6 @@
 """Python layers in the studio: the operator's consent, the names an uploaded layer module may take, and the
-child process that builds and runs every net with a ``Python`` layer (``python -m caffe.studio.layer_worker``).
+child process that builds and runs every net with a ``Python`` layer (``python -m caffe.studio.layer_worker_main``,
+its requests' handlers; the protocol and the request loop are here).
 
 Python layers run only when the server was started with ``--allow_python_layers``; without it an upload, a
 model form or a model whose network has one is refused (403, naming the layer and the flag). With it, an
@@ -27,7 +28,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ class Worker:
         self.what, self.timeout_s = what, TIMEOUT_S if timeout_s is None else timeout_s
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "caffe.studio.layer_worker"], cwd=job_dir, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "caffe.studio.layer_worker_main"], cwd=job_dir, env=env,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
                                          start_new_session=True)
         except OSError as e:
@@ -297,31 +298,32 @@ def validate_nets(job_dir: Path, nets: list[dict[str, Any]]) -> CaffeError | Non
     return None
 
 
-def start_model(source: Any) -> Any:
-    """A :class:`caffe.studio.inference.LoadedModel` whose net lives in a worker (see :class:`RemoteNet`)."""
-    from caffe.studio import inference
-
-    worker = Worker(source.deploy.parent, source.deploy.name)
+def start_net(deploy: Path, weights: Path, python_layer: Path | None) -> RemoteNet:
+    """A worker in ``deploy``'s folder with the net of ``deploy`` and ``weights`` loaded (``python_layer``: the
+    uploaded layer file); the :class:`RemoteNet` standing for it, with the net's checked facts."""
+    worker = Worker(deploy.parent, deploy.name)
     try:
-        reply, _ = worker.call("load", {"deploy": source.deploy.name, "weights": str(source.weights),
-                                        "python_layer": source.python_layer.name if source.python_layer else None})
+        reply, _ = worker.call("load", {"deploy": deploy.name, "weights": str(weights),
+                                        "python_layer": python_layer.name if python_layer else None})
         shape = _ints(reply.get("input_shape"), "input_shape")
         if len(shape) != 3 or 0 in shape:
             raise PythonLayerError(f"worker: input shape {shape} is not C x H x W")
         c, h, w = shape
-        prep = inference.preprocessing_of(source, (c, h, w))
-        return inference.LoadedModel(source, RemoteNet(worker), _text(reply.get("input"), "input"), (c, h, w),
-                                     _text(reply.get("output"), "output"), bool(reply.get("softmax")), prep)
+        return RemoteNet(worker, _text(reply.get("input"), "input"), (c, h, w), _text(reply.get("output"), "output"),
+                         bool(reply.get("softmax")))
     except BaseException:
         worker.close()
         raise
 
 
 class RemoteNet:
-    """Stands for a net that lives in a worker: forward passes and per-layer views are asked of it."""
+    """Stands for a net that lives in a worker: forward passes and per-layer views are asked of it. ``input``,
+    ``input_shape`` (C, H, W), ``output`` and ``softmax`` (whether its scores are probabilities) are the net's."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, input: str, input_shape: tuple[int, int, int], output: str,
+                 softmax: bool) -> None:
         self.worker = worker
+        self.input, self.input_shape, self.output, self.softmax = input, input_shape, output, softmax
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """N x C x H x W inputs -> N x K scores (probabilities when the model applies a softmax)."""
@@ -330,10 +332,9 @@ class RemoteNet:
             raise PythonLayerError(f"{self.worker.what}: the worker answered no scores for the batch")
         return np.asarray(out[0], dtype=np.float64)
 
-    def layer_views(self) -> list[Any]:
-        """:func:`caffe.studio.inference.layer_views` of the worker's net after its last forward."""
-        from caffe.studio.inference import LayerView
-
+    def layer_views(self) -> list[dict[str, Any]]:
+        """:func:`caffe.studio.inference.layer_views` of the worker's net after its last forward, each view as
+        the keyword arguments of a :class:`caffe.studio.inference.LayerView`."""
         reply, arrays = self.worker.call("views")
         rows = reply.get("views")
         if not isinstance(rows, list):
@@ -346,10 +347,10 @@ class RemoteNet:
                 raise PythonLayerError("worker: a layer view names no array")
             return arrays[index]
 
-        return [LayerView(_text(r.get("layer"), "layer"), _text(r.get("type"), "type"),
-                          None if r.get("blob") is None else _text(r["blob"], "blob"),
-                          _ints(r.get("shape"), "shape"), array(r.get("data")), array(r.get("weights")),
-                          _int(r.get("params"), "params"))
+        return [{"layer": _text(r.get("layer"), "layer"), "type": _text(r.get("type"), "type"),
+                 "blob": None if r.get("blob") is None else _text(r["blob"], "blob"),
+                 "shape": _ints(r.get("shape"), "shape"), "data": array(r.get("data")),
+                 "weights": array(r.get("weights")), "params": _int(r.get("params"), "params")}
                 for r in rows if isinstance(r, dict)]
 
     def close(self) -> None:
@@ -357,58 +358,7 @@ class RemoteNet:
 
 
 # --------------------------------------------------------------------------------------- the worker's side
-def _check(state: dict[str, Any], header: dict[str, Any], _: list[np.ndarray]) -> tuple[dict, list]:
-    from caffe.studio.pretrained import weights_facts
-
-    py = header.get("python_layer")
-    facts, output = weights_facts(Path.cwd(), Path(py) if py else None)
-    return {"facts": facts, "output": output}, []
-
-
-def _validate(state: dict[str, Any], header: dict[str, Any], _: list[np.ndarray]) -> tuple[dict, list]:
-    from caffe.studio.validate import NetToBuild, build_all
-
-    nets = header.get("nets")
-    if not isinstance(nets, list) or not all(isinstance(n, dict) for n in nets):
-        raise PythonLayerError("worker: validate needs a list of nets")
-    build_all([NetToBuild.from_dict(n) for n in nets])
-    return {"built": len(nets)}, []
-
-
-def _load(state: dict[str, Any], header: dict[str, Any], _: list[np.ndarray]) -> tuple[dict, list]:
-    from caffe.studio import inference
-
-    py = header.get("python_layer")
-    source = inference.ModelSource(job_id="", deploy=Path(header["deploy"]).resolve(),
-                                   weights=Path(header["weights"]), python_layer=Path(py) if py else None)
-    model = state["model"] = inference.load_here(source)
-    return {"input": model.input, "input_shape": list(model.input_shape), "output": model.output,
-            "softmax": model.softmax}, []
-
-
-def _forward(state: dict[str, Any], _: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict, list]:
-    from caffe.studio import inference
-
-    return {}, [inference.forward(state["model"], np.array(arrays[0], dtype=np.float32))]
-
-
-def _views(state: dict[str, Any], _: dict[str, Any], __: list[np.ndarray]) -> tuple[dict, list]:
-    from caffe.studio import inference
-
-    rows, arrays = [], []
-    for view in inference.layer_views(state["model"].net):
-        row = {"layer": view.layer, "type": view.type, "blob": view.blob, "shape": view.shape,
-               "params": view.params, "data": None, "weights": None}
-        for key in ("data", "weights"):
-            value = getattr(view, key)
-            if value is not None and value.size:
-                row[key] = len(arrays)
-                arrays.append(np.asarray(value, np.float32))
-        rows.append(row)
-    return {"views": rows}, arrays
-
-
-HANDLERS = {"check": _check, "load": _load, "validate": _validate, "forward": _forward, "views": _views}
+Handler = Callable[[dict[str, Any], dict[str, Any], list[np.ndarray]], tuple[dict[str, Any], list[np.ndarray]]]
 
 
 def _error(e: BaseException) -> dict[str, Any]:
@@ -419,8 +369,10 @@ def _error(e: BaseException) -> dict[str, Any]:
     return {"error": _one_line(message), "status": status if type(status) is int else 400, "named": named}
 
 
-def main() -> int:
-    """Serve requests on stdin until it closes; the user's prints go to stderr, their stdin is empty."""
+def serve(handlers: Mapping[str, Handler], model_free: Collection[str]) -> int:
+    """In the worker process: answer requests on stdin with ``handlers[op](state, header, arrays)`` until it
+    closes (ops other than ``model_free`` need a loaded model); the user's prints go to stderr, their stdin is
+    empty."""
     global IN_WORKER
     IN_WORKER = True
     sys.dont_write_bytecode = True
@@ -444,8 +396,9 @@ def main() -> int:
         except EOFError:
             return 0
         try:
-            handler = HANDLERS[str(header.get("op"))]
-            if handler not in (_check, _load, _validate) and "model" not in state:
+            op = str(header.get("op"))
+            handler = handlers[op]
+            if op not in model_free and "model" not in state:
                 raise PythonLayerError("no model loaded")
             reply, out = handler(state, header, arrays)
         except Exception as e:  # the user's code may fail in any way: its message goes back
@@ -453,8 +406,3 @@ def main() -> int:
         answers.write(encode_frame(reply, out))
         answers.flush()
 
-
-if __name__ == "__main__":  # run as the canonical module, whose IN_WORKER the studio's modules read
-    from caffe.studio.layer_worker import main as worker_main
-
-    sys.exit(worker_main())
