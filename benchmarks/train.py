@@ -284,6 +284,34 @@ def benchmark_net(
     return {"rates": rates, "first": first}
 
 
+# The original Caffe's `caffe time` (forward + backward per iteration) on this project's kind of 2-core machine
+# (issue 18): LeNet batch 64 11.6 ms; GoogLeNet batch 10 767 ms.
+CAFFE_TIME_MS = {"LeNet (MNIST, batch 64)": 11.6, "GoogLeNet (batch 10)": 767.0}
+
+
+def summary(results: dict[str, dict[str, object]], gpu: bool) -> list[str]:
+    """Sentences under the table: milliseconds per iteration, and the issue's targets met or not."""
+    out = []
+    for name, res in results.items():
+        med = {v: median(res["rates"][v]) for v in VARIANTS}
+        best_ours = max(("neocaffe eager", "neocaffe compiled"), key=lambda v: med[v])
+        best_peer = max(("PyTorch eager", "PyTorch compiled"), key=lambda v: med[v])
+        ratio = med[best_ours] / med[best_peer]
+        text = (
+            f"{name}: {1e3 / med[best_ours]:.1f} ms per iteration ({best_ours}) against {1e3 / med[best_peer]:.1f} ms "
+            f"({best_peer}): {ratio:.2f}x, the >= 1.0x target {'met' if ratio >= 1.0 else 'not met'}"
+        )
+        if not gpu and name in CAFFE_TIME_MS:
+            caffe_ms = CAFFE_TIME_MS[name]
+            speedup = caffe_ms * med[best_ours] / 1e3
+            text += (
+                f"; the original Caffe's forward + backward took {caffe_ms:g} ms ({speedup:.2f}x our whole "
+                "iteration, update and data included; target 1.5x)"
+            )
+        out.append(text + ".")
+    return [*out, ""] if out else out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=60, help="LeNet iterations per round (CaffeNet: iters / 20)")
@@ -382,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             + " |"
         )
     lines.append("")
+    lines += summary(results, gpu)
     print("\n".join(lines))
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
