@@ -197,3 +197,40 @@ def test_test_passes_run_on_the_inference_engine(mnist: Path, monkeypatch: pytes
     results = solver.test(0)
     assert len(runs) == solver.param.test_iter[0] and all(net is solver.test_nets[0] for net in runs)
     assert 0.0 <= results["accuracy"] <= 1.0
+
+
+BN_DROPOUT_NET = """
+layer { name: "data" type: "DummyData" top: "x" top: "label"
+        dummy_data_param { shape { dim: 8 dim: 3 dim: 6 dim: 6 } shape { dim: 8 }
+                           data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }
+layer { name: "drop" type: "Dropout" bottom: "c" top: "c" dropout_param { dropout_ratio: 0.3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "y"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+"""
+
+
+def test_batchnorm_statistics_and_dropout_masks_on_the_compiled_path():
+    """BatchNorm's running statistics (updated in place during the forward) and Dropout's random masks
+    come out of the compiled step as out of the eager one (inductor's fallback_random: torch's generator)."""
+    from google.protobuf import text_format
+
+    from caffe.proto import caffe_pb2 as pb
+
+    runs = {}
+    for engine in ("eager", "compiled"):
+        param = pb.SolverParameter(base_lr=0.1, lr_policy="fixed", momentum=0.9, max_iter=100)
+        text_format.Parse(BN_DROPOUT_NET, param.net_param)
+        caffe.set_random_seed(5)
+        solver = caffe.get_solver(param, engine=engine)
+        solver.step(6)
+        assert solver.train_engine_for(6).name == engine
+        runs[engine] = [b.data.copy() for b in solver.net.learnable_params + solver.net.params["bn"]]
+    for a, b in zip(runs["eager"], runs["compiled"], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(runs["eager"][-3], 0)  # the running mean moved
