@@ -260,10 +260,19 @@ class Blob:
 
     @property
     def mutable_tensor(self) -> torch.Tensor:
-        """The data on the compute device, to be modified in place (e.g. by a solver update)."""
+        """The data on the compute device, to be modified in place (e.g. by a solver update).
+
+        Inside a region torch.compile captures, the version is left alone (a Python counter read there
+        would become a guard, failing at every call): whoever runs the compiled code marks the blobs it
+        may have changed afterwards (``mark_modified``)."""
         self._fresh()
-        self._version += 1
+        if not torch.compiler.is_compiling():
+            self._version += 1
         return self._data.mutable_dev()
+
+    def mark_modified(self) -> None:
+        """The data may have changed in place (by compiled code): caches derived from it are out of date."""
+        self._version += 1
 
     @tensor.setter
     def tensor(self, value: torch.Tensor) -> None:

@@ -114,6 +114,7 @@ class CompiledStep:
                     if layer.param_propagate_down[k]:
                         wanted[id(blob)] = blob
         self.params = [b for b in net.learnable_params if id(b) in wanted and b.tensor.requires_grad]
+        self.layer_blobs = [b for _, layer, _, _ in self.layers for b in layer.blobs]
         self.shapes: list[tuple[int, ...]] | None = None
         # Every CompiledStep compiles the same code object (``_forward``) for its own net: dynamo counts
         # them as recompiles of one frame, and past its limit (8) would run the rest uncompiled.
@@ -155,6 +156,8 @@ class CompiledStep:
                     blob.accumulate_grad(g)
         for bid, value in zip(self.outputs, outputs, strict=True):
             blobs[bid].tensor = value.detach()
+        for blob in self.layer_blobs:  # e.g. BatchNorm's statistics, updated in place by the compiled forward
+            blob.mark_modified()
         if started is not None:
             self.compile_seconds = time.perf_counter() - started
             log.info(
