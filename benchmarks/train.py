@@ -309,6 +309,17 @@ def summary(results: dict[str, dict[str, object]], gpu: bool) -> list[str]:
                 "iteration, update and data included; target 1.5x)"
             )
         out.append(text + ".")
+    if out and not gpu:
+        out.append(
+            "Where neocaffe loses: LeNet reads and decodes its batches from an LMDB through the Data layer, whose "
+            "decoding threads share the 2 cores with the training, while the peers read tensors already in memory; "
+            "ResNet-50's Caffe-style BatchNorm + Scale pairs cost more passes over the activations than PyTorch's "
+            "affine batch_norm (the running statistics are a pass of their own, Scale another), which the compiled "
+            "engine only partly fuses. The compiled engine helps the small nets (LeNet, ResNet-50's many small "
+            "layers) and is slower than eager on CaffeNet and GoogLeNet, whose time is in large convolutions: "
+            "`auto` compiles only runs long enough to repay the compile, whatever the net, so measure before "
+            "choosing `--engine compiled` for a large net."
+        )
     return [*out, ""] if out else out
 
 
@@ -386,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         "(`benchmarks/torch_models.py`) with `torch.optim.SGD(foreach=True)` (momentum 0.9, weight decay, "
         "biases at 2x lr) on tensors already in memory, eager and under `torch.compile` (forward and loss; "
         "the backward compiled with it). The last column divides neocaffe's best by the best peer; 'first call' "
-        "is the first iteration's seconds (the compile, for the compiled variants; inductor's on-disk cache "
-        "was warm or cold as noted).",
+        "is the first iteration's seconds (the compile, for the compiled variants: inductor's on-disk cache "
+        "was warm from earlier runs; cold, LeNet's took 15-25 s and CaffeNet's about 75 s on this machine, "
+        "under load).",
         "",
         "| model | "
         + " | ".join(f"{v} it/s" for v in VARIANTS)
