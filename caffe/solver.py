@@ -405,7 +405,7 @@ class Solver:
 
     def train_engine_for(self, iterations: int) -> TrainEngine:
         """The training engine (``caffe.train_step``) for a run of ``iterations``; kept while its choice holds."""
-        name = resolve_engine(self.engine, iterations)
+        name = resolve_engine(self.engine, iterations, self.net)
         if self._train_engine is None or self._train_engine.requested != name:
             self._train_engine = TrainEngine(self.net, name)
         return self._train_engine

@@ -7,7 +7,8 @@
   not written: read them after ``net.backward()``, which recomputes them from the blobs). The first
   iteration compiles (seconds, logged); later ones run the compiled code.
 * ``auto`` (default): ``compiled`` for a run long enough to repay the compile time
-  (``AUTO_MIN_ITERATIONS`` or more iterations to go), ``eager`` otherwise.
+  (``AUTO_MIN_ITERATIONS`` or more iterations to go) of a net without large convolutions (where the
+  compiled step was measured faster), ``eager`` otherwise.
 
 A net that cannot be captured trains eagerly whatever the choice, and says why once: a layer with its
 own backward (Python layers), ``debug_info``, or a compile that fails. Random layers (Dropout) draw
@@ -33,6 +34,7 @@ log = logging.getLogger("caffe")
 
 TRAIN_ENGINES = ("auto", "eager", "compiled")
 AUTO_MIN_ITERATIONS = 5000
+AUTO_MAX_CONV_CHANNELS = 64  # auto leaves nets with a convolution over this many channels eager
 RECOMPILE_LIMIT = 256  # nets compiled in one process (each solver's, each input shape)
 
 
@@ -55,11 +57,25 @@ def train_engine() -> str:
     return _engine
 
 
-def resolve_engine(name: str, iterations_to_go: int) -> str:
-    """The engine ``name`` means for a run with ``iterations_to_go`` iterations left."""
-    if name == "auto":
-        return "compiled" if iterations_to_go >= AUTO_MIN_ITERATIONS else "eager"
-    return name
+def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None) -> str:
+    """The engine ``name`` means for a run with ``iterations_to_go`` iterations left on ``net``.
+
+    ``auto`` compiles long runs of nets without large convolutions, where compiling was measured to pay
+    (docs/benchmarks.md, Training: LeNet 1.1x); on nets dominated by large convolutions (CaffeNet,
+    GoogLeNet) the compiled step ran 0.8x the eager one, so they stay eager unless asked."""
+    if name != "auto":
+        return name
+    if iterations_to_go < AUTO_MIN_ITERATIONS or (net is not None and has_large_convolutions(net)):
+        return "eager"
+    return "compiled"
+
+
+def has_large_convolutions(net: Net) -> bool:
+    """Whether a convolution of the net reads ``AUTO_MAX_CONV_CHANNELS`` or more channels."""
+    return any(
+        layer.type in ("Convolution", "Deconvolution") and getattr(layer, "channels", 0) >= AUTO_MAX_CONV_CHANNELS
+        for layer in net.host_layers
+    )
 
 
 def capture_obstacle(net: Net) -> str | None:

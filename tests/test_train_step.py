@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import asset
 from test_cli_train import mnist, write_solver  # noqa: F401  (fixture)
 from test_solvers import POLICIES, SOLVER_SETTINGS, run_and_compare
 
@@ -69,6 +70,11 @@ def test_engine_choice_and_refusal():
     assert train_step.resolve_engine("auto", train_step.AUTO_MIN_ITERATIONS) == "compiled"
     assert train_step.resolve_engine("auto", train_step.AUTO_MIN_ITERATIONS - 1) == "eager"
     assert train_step.resolve_engine("eager", 10**6) == "eager"
+    lenet = caffe.Net(str(asset("caffe-ref/examples/mnist/lenet.prototxt")), caffe.TEST)
+    caffenet = caffe.Net(str(asset("caffe-ref/models/bvlc_reference_caffenet/deploy.prototxt")), caffe.TEST)
+    assert train_step.resolve_engine("auto", 10**6, lenet) == "compiled"  # convolutions over 1 and 20 channels
+    assert train_step.resolve_engine("auto", 10**6, caffenet) == "eager"  # over 96, 256, 384: eager was faster
+    assert train_step.resolve_engine("compiled", 10, caffenet) == "compiled"
     with pytest.raises(caffe.CaffeError, match="unknown training engine 'jit'"):
         train_step.set_train_engine("jit")
 
