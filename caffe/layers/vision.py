@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.common import TRAIN
 from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
-from caffe.ops.pooling import max_pool2d
+from caffe.ops.pooling import aten_pools_faster, max_pool2d
 from caffe.proto import caffe_pb2 as pb
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -516,6 +516,8 @@ class PoolPlan:
         if self.native and want_mask:
             y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, return_indices=True)
             return y, idx.to(x.dtype)
+        if self.native and aten_pools_faster(x):  # no padded copy: ATen's windows are Caffe's here
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil), None
         xp = self._padded(x, float("-inf"))
         if want_mask:
             y, idx = F.max_pool2d(xp, self.kernel, self.stride, return_indices=True)

@@ -61,6 +61,13 @@ class _TilingMaxPool(torch.autograd.Function):
         return dx, None, None
 
 
+def aten_pools_faster(x: torch.Tensor) -> bool:
+    """Whether ATen's kernel is the faster one for ``x``: off the CPU, and for channels-last (or other
+    non-NCHW) layouts, where ATen's CPU kernel is vectorized over channels (0.20 vs 0.23 ms on a
+    64x112x112 channels-last input; NCHW: 3.8 vs 1.0 ms)."""
+    return x.device.type != "cpu" or not x.is_contiguous()
+
+
 def _capturing() -> bool:
     """Traced (ONNX export) or compiled: ATen's operator, which exporters and inductor know as one node."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
@@ -71,7 +78,7 @@ def max_pool2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
     padding, floor rounding: ATen's ``max_pool2d(x, kernel, stride)``, faster on the CPU (ATen's itself
     when traced or compiled). Its gradient when ``x`` needs one is Caffe's (to the first maximum): by
     the tiling kernel for stride == kernel, by ATen's otherwise."""
-    if x.device.type != "cpu" or kernel[0] * kernel[1] > MAX_WINDOW or min(out) <= 0 or _capturing():
+    if aten_pools_faster(x) or kernel[0] * kernel[1] > MAX_WINDOW or min(out) <= 0 or _capturing():
         return torch.nn.functional.max_pool2d(x, kernel, stride)
     if not (x.requires_grad and torch.is_grad_enabled()):
         return _maximum(x, kernel, stride, out)
