@@ -193,6 +193,8 @@ class Solver:
         self.current_step = 0
         self.engine = check_train_engine(engine) if engine is not None else train_engine()
         self._train_engine: TrainEngine | None = None
+        self._groups_key: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # see _update_groups
+        self._groups: list[tuple[list[int], float, float]] = []
         if self.root:
             snapshots.check_snapshot_prefix(self.param, self.source)
         if p.random_seed >= 0:
@@ -346,7 +348,7 @@ class Solver:
     def _update_groups(self) -> list[tuple[list[int], float, float]]:
         """The learnable parameters' indices grouped by (lr_mult, decay_mult), in first-seen order."""
         key = (tuple(self.net.params_lr), tuple(self.net.params_weight_decay))
-        if getattr(self, "_groups_key", None) != key:
+        if self._groups_key != key:
             groups: dict[tuple[float, float], list[int]] = {}
             for i, mults in enumerate(zip(*key, strict=True)):
                 groups.setdefault(mults, []).append(i)

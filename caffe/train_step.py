@@ -208,15 +208,17 @@ class TrainEngine:
         loss = net.forward_from_to(0, step.start - 1) if step.start else 0.0
         shapes = [tuple(net.blob_list[b].shape) for b in step.inputs]
         if not step.ready_for(shapes):  # first call or new data shapes: set the layers up eagerly once
-            loss += net.forward_from_to(step.start, net.num_layers - 1)
-            net.backward_from_to(net.num_layers - 1, 0)
             step.shapes = shapes
-            return loss
+            return loss + self._eager_from(step.start)
         try:
             return loss + step.run()
         except Exception as exc:
             log.warning("The compiled training step failed (%s: %s); training eagerly", type(exc).__name__, exc)
             self.step, self.name = None, "eager"
-            loss += net.forward_from_to(step.start, net.num_layers - 1)
-            net.backward_from_to(net.num_layers - 1, 0)
-            return loss
+            return loss + self._eager_from(step.start)
+
+    def _eager_from(self, start: int) -> float:
+        """Forward from layer ``start`` (the data layers have run) and the whole backward, eagerly."""
+        loss = self.net.forward_from_to(start, self.net.num_layers - 1)
+        self.net.backward_from_to(self.net.num_layers - 1, 0)
+        return loss
