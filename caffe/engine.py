@@ -386,9 +386,17 @@ class _Refresh:
 class _PlanModule(torch.nn.Module):
     """nn.Module form of a plan, so that inductor can freeze the folded weights as constants."""
 
-    def __init__(self, plan: InferencePlan, inputs: list[int], outputs: list[int]) -> None:
+    def __init__(
+        self,
+        plan: InferencePlan,
+        inputs: list[int],
+        outputs: list[int],
+        forms: dict[int, Callable[[list[torch.Tensor]], list[torch.Tensor]]] | None = None,
+    ) -> None:
+        """``forms``: layer index -> the function to run instead of the layer's ``forward`` (an export form)."""
         super().__init__()
         self.plan = plan
+        self.forms = dict(forms or {})
         self.inputs, self.outputs = inputs, outputs
         for n, step in enumerate(plan.steps):
             if isinstance(step, _ConvStep):
@@ -424,8 +432,9 @@ class _PlanModule(torch.nn.Module):
             layer = net.host_layers[step]
             if layer.type == "Input":
                 continue
+            run = self.forms.get(step, layer.forward)
             with _frozen_params(layer, self._params, step):
-                outs = layer.forward([values[b] for b in net.bottom_ids(step)])
+                outs = run([values[b] for b in net.bottom_ids(step)])
             for t, o in zip(net.top_ids(step), outs, strict=True):
                 values[t] = o
         return tuple(values[b] for b in self.outputs)

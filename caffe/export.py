@@ -243,28 +243,6 @@ def _export_forms(net: Any, dynamic_batch: bool, for_onnx: bool) -> dict[int, Ex
     return forms
 
 
-class _FormLayer:
-    """A layer as the exported graph runs it: its export form as ``forward``, everything else the layer's."""
-
-    def __init__(self, layer: Layer, form: ExportForward) -> None:
-        self.layer, self.forward = layer, form
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.layer, name)
-
-
-class _ExportNet:
-    """The net as the traced module reads it: the same graph, with the layers that give an export form
-    wrapped in it (the net and its layers are left as they are)."""
-
-    def __init__(self, net: Any, forms: Mapping[int, ExportForward]) -> None:
-        self.net = net
-        self.host_layers = [_FormLayer(lr, forms[i]) if i in forms else lr for i, lr in enumerate(net.host_layers)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.net, name)
-
-
 @contextlib.contextmanager
 def exportable_module(
     net: Any,
@@ -286,8 +264,8 @@ def exportable_module(
     net.sync_device()
     out_ids = _output_ids(net, outputs)
     with _shaped(net, batch, input_shapes) as shapes:
-        graph = _ExportNet(net, _export_forms(net, dynamic_batch, for_onnx))
-        module = _PlanModule(_plan(graph, fold), net.input_ids, out_ids).eval()
+        forms = _export_forms(net, dynamic_batch, for_onnx)
+        module = _PlanModule(_plan(net, fold), net.input_ids, out_ids, forms).eval()
         gen = torch.Generator().manual_seed(seed)
         example = tuple(
             torch.rand(shapes[n], generator=gen, dtype=net.blobs[n].dtype).to(net.device) for n in net.inputs
