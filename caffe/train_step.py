@@ -18,6 +18,7 @@ float rounding.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ import torch
 from caffe.errors import CaffeError
 
 if TYPE_CHECKING:
+    from caffe.blob import Blob
     from caffe.net import Net
 
 log = logging.getLogger("caffe")
@@ -102,6 +104,10 @@ def _data_prefix(net: Net) -> int:
     return k
 
 
+def _store_contiguous(blob: Blob, value: torch.Tensor) -> None:
+    blob.tensor = value.contiguous()
+
+
 class CompiledStep:
     """``forward_backward`` of a net's layers after its data layers, as one compiled function."""
 
@@ -144,7 +150,9 @@ class CompiledStep:
             outputs = layer.forward([values[b] for b in bottoms])
             values.update(zip(tops, outputs, strict=True))
         total = sum(weight * values[tid].sum() for tid, weight in self.losses)
-        return total, [values[t] for t in self.outputs]
+        # The tops leave detached: outputs that required grad would each get a tangent in the compiled
+        # backward (a tensor of zeros made and added per blob and iteration); only ``total`` carries the grad.
+        return total, [values[t].detach() for t in self.outputs]
 
     def ready_for(self, shapes: list[tuple[int, ...]]) -> bool:
         """Whether the layers are set up for these input shapes (they are reshaped eagerly otherwise)."""
@@ -163,7 +171,9 @@ class CompiledStep:
         blobs = self.net.blob_list
         inputs = [blobs[b].tensor.detach() for b in self.inputs]
         started = time.perf_counter() if self.compile_seconds is None else None
-        with torch._inductor.config.patch(fallback_random=True):
+        # keep_output_stride=False: the tops leave in the layout inductor chose (channels-last around its
+        # convolutions) instead of a copy back to NCHW per blob and iteration; see _store_contiguous.
+        with torch._inductor.config.patch(fallback_random=True, keep_output_stride=False):
             total, outputs = self.function(*inputs)
         if isinstance(total, torch.Tensor) and total.requires_grad and self.params:
             grads = torch.autograd.grad(total, [b.tensor for b in self.params], allow_unused=True)
@@ -171,7 +181,10 @@ class CompiledStep:
                 if g is not None:
                     blob.accumulate_grad(g)
         for bid, value in zip(self.outputs, outputs, strict=True):
-            blobs[bid].tensor = value.detach()
+            blob = blobs[bid]
+            blob.tensor = value
+            if not value.is_contiguous():  # inductor's layout (channels-last convolutions): Caffe's on first read
+                blob.mark_stale(functools.partial(_store_contiguous, blob, value))
         for blob in self.layer_blobs:  # e.g. BatchNorm's statistics, updated in place by the compiled forward
             blob.mark_modified()
         if started is not None:

@@ -79,7 +79,9 @@ def test_engine_choice_and_refusal():
         train_step.set_train_engine("jit")
 
 
-def _lenet_run(folder: Path, name: str, engine: str, iters: int) -> tuple[list[float], list[np.ndarray]]:
+def _lenet_run(
+    folder: Path, name: str, engine: str, iters: int
+) -> tuple[list[float], list[np.ndarray], dict[str, np.ndarray]]:
     solver_file = write_solver(
         folder, name, folder / "lenet_train_test.prototxt", max_iter=iters, display=1, snapshot=0, test_interval=1000
     )
@@ -89,18 +91,25 @@ def _lenet_run(folder: Path, name: str, engine: str, iters: int) -> tuple[list[f
     for _ in range(iters):
         solver.step(1)
         losses.append(solver.smoothed_loss)
-    return losses, [b.data.copy() for b in solver.net.learnable_params]
+    tops = {}
+    for blob_name, blob in solver.net.blobs.items():
+        tops[blob_name] = blob.data
+        assert tops[blob_name].flags.c_contiguous, blob_name  # Caffe's layout, whatever the compiled code used
+    return losses, [b.data.copy() for b in solver.net.learnable_params], {k: v.copy() for k, v in tops.items()}
 
 
 def test_compiled_lenet_trains_as_the_eager_one(mnist: Path, caplog: pytest.LogCaptureFixture):  # noqa: F811
-    eager_losses, eager_weights = _lenet_run(mnist, "eager", "eager", 12)
+    eager_losses, eager_weights, eager_tops = _lenet_run(mnist, "eager", "eager", 12)
     with caplog.at_level(logging.INFO, logger="caffe"):
-        compiled_losses, compiled_weights = _lenet_run(mnist, "compiled", "compiled", 12)
+        compiled_losses, compiled_weights, compiled_tops = _lenet_run(mnist, "compiled", "compiled", 12)
     assert "Compiled the training step (8 layers after the data layers" in caplog.text
     np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
     assert eager_losses[-1] < eager_losses[0] - 0.1  # it learns
     for a, b in zip(compiled_weights, eager_weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert set(compiled_tops) == set(eager_tops) and "conv2" in compiled_tops
+    for name, value in eager_tops.items():  # every blob holds the last forward's values, as after an eager step
+        np.testing.assert_allclose(compiled_tops[name], value, rtol=1e-3, atol=1e-4, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", sorted(SOLVER_SETTINGS))

@@ -176,14 +176,19 @@ class BatchNormLayer(Layer):
         if self._use_global_stats:
             mean, var = self._global_statistics()
             return [F.batch_norm(x, mean, var, training=False, eps=self._eps)]
-        dims = [0, *range(2, x.dim())]
         m = x.numel() // self._channels
         if m > 1:
-            top = F.batch_norm(x, None, None, training=True, eps=self._eps)
+            # One pass gives the top and the statistics: with momentum 1 the "running" buffers receive the
+            # batch mean and the unbiased variance (m/(m-1) times the biased one: Caffe's correction).
+            mean, var = x.new_zeros(self._channels), x.new_zeros(self._channels)
+            top = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self._eps)
         else:  # one value per channel: torch refuses batch statistics; Caffe gives (x - x) / sqrt(eps)
-            centred = x - x.mean(dim=dims, keepdim=True)
+            dims = [0, *range(2, x.dim())]
+            mean = x.detach().mean(dim=dims)
+            centred = x - mean.reshape(1, -1, *([1] * (x.dim() - 2)))
             top = centred / (centred.pow(2).mean(dim=dims, keepdim=True) + self._eps).sqrt()
-        self._update_statistics(x.detach(), dims, m)
+            var = torch.zeros_like(mean)  # Caffe's correction is 1 here: the variance of one value
+        self._update_statistics(mean, var)
         return [top]
 
     def _global_statistics(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,10 +216,10 @@ class BatchNormLayer(Layer):
         eps = self._eps
         return lambda b: [F.batch_norm(b[0], mean, var, training=False, eps=eps)]
 
-    def _update_statistics(self, x: torch.Tensor, dims: list[int], m: int) -> None:
+    def _update_statistics(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Caffe's moving sums: s = maf*s + 1, mean_blob = maf*mean_blob + mean, var_blob likewise with
+        ``var`` the unbiased batch variance."""
         with torch.no_grad():
-            var, mean = torch.var_mean(x, dim=dims, correction=0)
-            correction = m / (m - 1) if m > 1 else 1.0
             self.blobs[2].mutable_tensor.mul_(self._maf).add_(1.0)
-            self.blobs[0].mutable_tensor.mul_(self._maf).add_(mean)
-            self.blobs[1].mutable_tensor.mul_(self._maf).add_(var, alpha=correction)
+            self.blobs[0].mutable_tensor.mul_(self._maf).add_(mean.detach())
+            self.blobs[1].mutable_tensor.mul_(self._maf).add_(var.detach())
