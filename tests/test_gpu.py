@@ -116,7 +116,7 @@ LENET_ITERS = 100
 _cpu_runs: dict[tuple[str, str], list[np.ndarray]] = {}  # CPU weights by (dtype, pooling), shared by the cases
 
 
-def _train_lenet(folder: Path, data: Path, mode: str, dtype: str, pool: str) -> list[np.ndarray]:
+def _train_lenet(folder: Path, data: Path, mode: str, dtype: str, pool: str, engine: str = "eager") -> list[np.ndarray]:
     """LeNet (the tutorial's net on the ``mnist`` fixture's LMDB, its pooling ``pool``) trained ``LENET_ITERS``
     iterations in this process on the CPU or GPU 0 from the same seed; its learnable weights."""
     folder.mkdir()
@@ -131,9 +131,11 @@ def _train_lenet(folder: Path, data: Path, mode: str, dtype: str, pool: str) -> 
             caffe.set_mode_gpu()
         else:
             caffe.set_mode_cpu()
-        s = caffe.get_solver(str(solver))
+        s = caffe.get_solver(str(solver), engine=engine)
         assert s.net.device.type == ("cuda" if mode == "gpu" else "cpu")
+        assert s.net.layers[0].prefetcher.pool.pinned == (mode == "gpu")  # page-locked batches on the GPU
         s.step(LENET_ITERS)
+        assert s.train_engine_for(1).name == engine
         return [np.array(b.data, dtype=np.float64) for b in s.net.learnable_params]
     finally:
         caffe.set_mode_cpu()
@@ -164,3 +166,29 @@ def test_gpu_mode_computes_in_true_float32_and_sets_the_current_device(gpu):
     """Caffe's float32, not PyTorch's TF32 convolutions (10-bit mantissa); set_device is cudaSetDevice."""
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.cuda.current_device() == 0
+
+
+def test_compiled_training_step_on_gpu_trains_as_the_eager_one(mnist: Path):  # noqa: F811
+    """The compiled engine on CUDA: the same LeNet weights as the eager engine after LENET_ITERS iterations."""
+    eager = _train_lenet(mnist / "gpu_engine_eager", mnist, "gpu", "float", "AVE")
+    compiled = _train_lenet(mnist / "gpu_engine_compiled", mnist, "gpu", "float", "AVE", engine="compiled")
+    worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(eager, compiled, strict=True))
+    print(f"LeNet {LENET_ITERS} iterations on the GPU, compiled vs eager {worst:.3e}")
+    assert worst <= 1e-4
+
+
+def test_device_copies_never_refill_a_pinned_buffer_mid_copy():
+    """Pooled page-locked buffers copied without waiting: each batch arrives as it was when copied."""
+    from caffe.data.prefetch import BufferPool, DeviceCopies
+
+    pool, copies = BufferPool(keep=4, pinned=True), DeviceCopies(limit=2)
+    device = torch.device("cuda")
+    results = []
+    for i in range(12):  # the pool lends a buffer again as soon as it is free: refilled at once
+        host = torch.from_numpy(pool.take((256, 1024)))
+        assert host.is_pinned()
+        host.fill_(float(i))
+        results.append(copies.copy([host], device, torch.float32)[0])
+        del host
+    torch.cuda.synchronize()
+    assert [float(r.mean()) for r in results] == [float(i) for i in range(12)]

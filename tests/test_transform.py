@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import caffe
 from caffe.data.prefetch import Decoded, Prefetcher, Record
@@ -281,3 +282,13 @@ def test_buffer_pool_gives_back_and_keeps_a_bounded_number():
     held = [pool.take((2, 3)) for _ in range(4)]
     del b, c, held
     assert len(pool._free[((2, 3), np.dtype(np.float32))]) == 2  # keep=2: the rest are left to the GC
+
+
+def test_device_copies_keep_each_host_batch_until_its_copy_is_done():
+    """On the CPU nothing is pinned and nothing is held (the GPU half: tests/test_gpu.py)."""
+    from caffe.data.prefetch import DeviceCopies
+
+    copies = DeviceCopies(limit=2)
+    x = torch.arange(6, dtype=torch.float32)
+    (y,) = copies.copy([x], torch.device("cpu"), torch.float64)
+    assert y.dtype == torch.float64 and torch.equal(y, x.double()) and not copies._in_flight

@@ -5,7 +5,8 @@ batch needs (so a seeded run repeats exactly, whatever the thread timing) and ha
 to the decode workers in turn; a worker decodes and transforms a batch's items straight into its
 float buffer (OpenCV and NumPy release the GIL, so the workers run in parallel); the net's thread
 takes the batches in order and only wraps a finished buffer as a tensor. Batch buffers are recycled
-once the net has dropped every tensor made from them (:class:`BufferPool`).
+once the net has dropped every tensor made from them (:class:`BufferPool`); for a GPU net they are
+page-locked and copied asynchronously (:class:`DeviceCopies`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import queue
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -64,8 +66,9 @@ class BufferPool:
     finalizer returns the array to the pool. A buffer still in use is never reused: the pool makes a new one instead.
     """
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, *, pinned: bool = False) -> None:
         self.keep = max(1, int(keep))  # free buffers kept per (shape, dtype); more are left to the GC
+        self.pinned = pinned  # page-locked host memory (CUDA): the copies to the GPU run asynchronously
         self._free: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
         self._lock = threading.RLock()  # re-entrant: a finalizer may run while this thread holds it
         self.made = 0  # arrays allocated (for tests and benchmarks)
@@ -79,7 +82,11 @@ class BufferPool:
             if array is None:
                 self.made += 1
         if array is None:
-            array = np.empty(key[0], key[1])
+            if self.pinned:
+                dtype = torch.from_numpy(np.empty(0, key[1])).dtype
+                array = torch.empty(key[0], dtype=dtype, pin_memory=True).numpy()  # the array keeps the tensor
+            else:
+                array = np.empty(key[0], key[1])
         lent = array.view()
         weakref.finalize(lent, self._give_back, key, array).atexit = False
         return lent
@@ -153,6 +160,7 @@ class Prefetcher:
         seed: int = 0,
         name: str = "data",
         skip_batches: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         self.source, self.transformer, self.batch_size = source, transformer, int(batch_size)
         self.depth = max(1, int(depth))
@@ -167,7 +175,7 @@ class Prefetcher:
         self._stop = threading.Event()
         self._error: DataError | None = None  # the error that stopped the threads, raised again on next()
         self._threads: list[threading.Thread] = []
-        self.pool = BufferPool(keep=self.depth + self.workers + 2)
+        self.pool = BufferPool(keep=self.depth + self.workers + 2, pinned=pin_memory)
         if skip_batches:
             self._skip(int(skip_batches))
 
@@ -303,3 +311,24 @@ class Prefetcher:
     @property
     def mean_wait_ms(self) -> float:
         return 1000.0 * self.wait_seconds / max(1, self.batches)
+
+
+class DeviceCopies:
+    """Batches copied to the GPU without waiting: each host batch (a pooled, pinned buffer) is kept
+    referenced until its copy has finished, so the pool cannot hand the buffer out again mid-copy."""
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = max(1, int(limit))
+        self._in_flight: deque[tuple[Any, tuple[torch.Tensor, ...]]] = deque()
+
+    def copy(self, tensors: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+        """``tensors`` on ``device`` in ``dtype``, copied asynchronously on the current stream."""
+        out = [t.to(device=device, dtype=dtype, non_blocking=True) for t in tensors]
+        if device.type == "cuda" and any(t.is_pinned() for t in tensors):
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(device))
+            self._in_flight.append((done, tuple(tensors)))
+        while self._in_flight and (len(self._in_flight) > self.limit or self._in_flight[0][0].query()):
+            event, _ = self._in_flight.popleft()
+            event.synchronize()  # a no-op when it has completed
+        return out

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from caffe import common
 from caffe.blob import Shape
-from caffe.data.prefetch import Decoded, Prefetcher, Record, Source
+from caffe.data.prefetch import Decoded, DeviceCopies, Prefetcher, Record, Source
 from caffe.data.shard import ALONE, Shard, shared_seed
 from caffe.data.transform import CHW, HWC, DataTransformer
 from caffe.errors import DataError
@@ -116,7 +117,9 @@ class _PrefetchingDataLayer(SharedSeed, Layer):
             seed=self._seed + 1,
             name=where,
             skip_batches=skip_batches,
+            pin_memory=common.device().type == "cuda",
         )
+        self._copies = DeviceCopies()  # a replaced prefetcher's batches in flight go back to its own pool
         weakref.finalize(self, self.prefetcher.stop)
 
     def fast_forward(self, batches: int) -> None:
@@ -141,8 +144,7 @@ class _PrefetchingDataLayer(SharedSeed, Layer):
         self._data_shape = tuple(data.shape)
         device, dtype = self.tops[0].device, self.tops[0].dtype
         if device.type != "cpu" or dtype != torch.float32:
-            data = data.to(device=device, dtype=dtype, non_blocking=True)
-            labels = labels.to(device=device, dtype=dtype, non_blocking=True)
+            data, labels = self._copies.copy([data, labels], device, dtype)
         return [data, labels][: len(self.tops)]
 
 
