@@ -10,6 +10,7 @@ net, inductor's on-disk cache helps the next time), so only these run on the com
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +175,50 @@ def test_a_python_layer_net_trains_eagerly_and_says_why(tmp_path: Path, caplog: 
     assert solver.train_engine_for(2).name == "eager"
 
 
-def test_caffe_time_shows_the_compiled_step_beside_the_eager_one(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+_FIGURE = r"([0-9.e+-]+)"
+_COMPILED_LINE = re.compile(
+    rf"^ *(\S+)\tforward: {_FIGURE} ms \(compiled {_FIGURE} ms\)\.\tbackward: {_FIGURE} ms \(compiled {_FIGURE} ms\)\.$"
+)
+_EAGER_ONLY_LINE = re.compile(rf"^ *(\S+)\tforward: {_FIGURE} ms \(eager only: ([^)]+)\)\.\tbackward: {_FIGURE} ms\.$")
+
+
+def _time_compiled(net: Path, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """``caffe time --engine compiled`` on ``net``: its log messages."""
     from caffe.tools.cli import main
 
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        assert main(["time", "--model", str(net), "--iterations", "2", "--engine", "compiled"]) == 0
+    return [record.getMessage() for record in caplog.records]
+
+
+def _side_by_side(messages: list[str], layers: list[str]) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """The block 'eager and compiled' after Caffe's per-layer lines (kept as they were, every layer):
+    layer -> its four figures (eager and compiled forward, eager and compiled backward) or why eager only."""
+    caffe_lines = messages.index("Average time per layer: ")
+    for k, name in enumerate(layers):
+        forward, backward = messages[caffe_lines + 1 + 2 * k : caffe_lines + 3 + 2 * k]
+        assert re.fullmatch(rf" *{name}\tforward: {_FIGURE} ms\.", forward)
+        assert re.fullmatch(rf" *{name}\tbackward: {_FIGURE} ms\.", backward)
+    header = messages.index("Average time per layer, eager and compiled:")
+    assert header > caffe_lines
+    compiled: dict[str, list[float]] = {}
+    eager_only: dict[str, str] = {}
+    for name, line in zip(layers, messages[header + 1 : header + 1 + len(layers)], strict=True):
+        if match := _COMPILED_LINE.match(line):
+            assert match[1] == name
+            compiled[name] = [float(x) for x in match.groups()[1:]]
+        else:
+            match = _EAGER_ONLY_LINE.match(line)
+            assert match and match[1] == name, line
+            eager_only[name] = match[3]
+    return compiled, eager_only
+
+
+def test_caffe_time_shows_the_compiled_step_beside_the_eager_one(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """With ``--engine compiled``, ``caffe time`` keeps Caffe's lines and adds each layer's figures with its
+    forward compiled alone (layers the compiled step captures; data and Python layers eager only), then
+    the whole-net forward-backward of both training engines."""
     net = tmp_path / "mlp.prototxt"
     net.write_text(
         """
@@ -185,15 +227,54 @@ def test_caffe_time_shows_the_compiled_step_beside_the_eager_one(tmp_path: Path,
                                    data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
         layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
                 inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+        layer { name: "bn" type: "BatchNorm" bottom: "y" top: "y" }
         layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
         """
     )
-    with caplog.at_level(logging.INFO, logger="caffe"):
-        assert main(["time", "--model", str(net), "--iterations", "3", "--engine", "compiled"]) == 0
-    text = caplog.text
+    messages = _time_compiled(net, caplog)
+    compiled, eager_only = _side_by_side(messages, ["data", "ip", "bn", "loss"])
+    assert eager_only == {"data": "data layer"}
+    assert set(compiled) == {"ip", "bn", "loss"}
+    assert all(figure > 0 for figures in compiled.values() for figure in figures)
+    text = "\n".join(messages)
     assert "Average Forward-Backward, whole net, eager training engine:" in text
     assert "Average Forward-Backward, whole net, compiled training engine:" in text
     assert "Compiled / eager time:" in text
+    assert "timed eagerly only" not in text  # no compile failed
+
+    module = tmp_path / "twice_layer.py"
+    module.write_text(
+        "import caffe\n"
+        "class Twice(caffe.Layer):\n"
+        "    def setup(self, bottom, top): pass\n"
+        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)\n"
+        "    def forward(self, bottom, top): top[0].data[...] = 2 * bottom[0].data\n"
+        "    def backward(self, top, propagate_down, bottom): bottom[0].diff[...] = 2 * top[0].diff\n"
+    )
+    net.write_text(
+        """
+        layer { name: "data" type: "DummyData" top: "x" top: "label"
+                dummy_data_param { shape { dim: 8 dim: 6 } shape { dim: 8 }
+                                   data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
+        layer { name: "twice" type: "Python" bottom: "x" top: "z"
+                python_param { module: "twice_layer" layer: "Twice" } }
+        layer { name: "ip" type: "InnerProduct" bottom: "z" top: "y"
+                inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+        """
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        messages = _time_compiled(net, caplog)
+    finally:
+        sys.path.remove(str(tmp_path))
+    compiled, eager_only = _side_by_side(messages, ["data", "twice", "ip", "loss"])
+    assert eager_only == {"data": "data layer", "twice": "own backward"}
+    assert set(compiled) == {"ip", "loss"}
+    assert all(figure > 0 for figures in compiled.values() for figure in figures)
+    assert any("Training eagerly: the net cannot be compiled" in m for m in messages)
 
 
 def test_test_passes_run_on_the_inference_engine(mnist: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811

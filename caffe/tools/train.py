@@ -12,7 +12,9 @@ the C++ tool keep working. What differs:
   ``LOCAL_RANK``'s GPU, or the CPU (gloo) without CUDA; rank 0 alone logs (others only warnings).
 * ``caffe time`` also accepts ``--weights`` (Caffe's tutorial passes it; Caffe ignored it), and
   times the layers one by one with the eager engine; it adds the whole-net forward time of the
-  inference engine in use (``fused`` by default) after Caffe's totals.
+  inference engine in use (``fused`` by default) after Caffe's totals. ``--engine compiled`` adds, after
+  Caffe's lines, each layer's figures beside those of its forward compiled alone
+  (``caffe.tools.layer_timing``), then the whole-net forward-backward of both training engines.
 
 Signals during ``caffe train`` are Caffe's: SIGINT and SIGHUP only set a flag, which the solver
 reads after each iteration and before each test batch; ``--sigint_effect`` (default ``stop``) and
@@ -453,14 +455,18 @@ def _time_parser() -> ToolParser:
         "--engine",
         default="eager",
         choices=("eager", "compiled"),
-        help="optional (neocaffe); compiled: after the per-layer (eager) figures, also time the compiled "
-        "training step, whole net, beside the eager one (the first iteration compiles)",
+        help="optional (neocaffe); compiled: after Caffe's per-layer (eager) figures and totals, print "
+        "'Average time per layer, eager and compiled:', each layer's eager forward and backward beside "
+        "those of its forward compiled alone by torch.compile (data, Python and untraceable layers: eager "
+        "only), then the whole-net forward-backward of the eager and the compiled training step and their "
+        "ratio (each compile happens before its timing)",
     )
     _common_flags(parser)
     return parser
 
 
-def _benchmark(net: object, iterations: int) -> None:
+def _benchmark(net: object, iterations: int) -> tuple[list[float], list[float]]:
+    """Caffe's layer-by-layer benchmark, logged; returns each layer's average forward and backward (ms)."""
     from caffe.net import Net
 
     assert isinstance(net, Net)
@@ -491,15 +497,42 @@ def _benchmark(net: object, iterations: int) -> None:
             backward_per_layer[i] += clock() - start
         backward_time += clock() - backward_start
         log.info("Iteration: %d forward-backward time: %s ms.", j + 1, _f32((clock() - iter_start) * 1e3))
+    forward_ms = [t * 1e3 / iterations for t in forward_per_layer]
+    backward_ms = [t * 1e3 / iterations for t in backward_per_layer]
     log.info("Average time per layer: ")
     for i in range(n):
-        log.info("%10s\tforward: %s ms.", names[i], _f32(forward_per_layer[i] * 1e3 / iterations))
-        log.info("%10s\tbackward: %s ms.", names[i], _f32(backward_per_layer[i] * 1e3 / iterations))
+        log.info("%10s\tforward: %s ms.", names[i], _f32(forward_ms[i]))
+        log.info("%10s\tbackward: %s ms.", names[i], _f32(backward_ms[i]))
     total = (clock() - total_start) * 1e3
     log.info("Average Forward pass: %s ms.", _f32(forward_time * 1e3 / iterations))
     log.info("Average Backward pass: %s ms.", _f32(backward_time * 1e3 / iterations))
     log.info("Average Forward-Backward: %s ms.", _f32(total / iterations))
     log.info("Total Time: %s ms.", _f32(total))
+    return forward_ms, backward_ms
+
+
+def _compiled_layers(net: object, iterations: int, eager: tuple[list[float], list[float]]) -> None:
+    """Each layer's eager figures (from ``_benchmark``) beside those of its forward compiled alone."""
+    from caffe.net import Net
+    from caffe.tools.layer_timing import CompiledLayerTime, time_compiled_layers
+
+    assert isinstance(net, Net)
+    log.info("Compiling and timing the layers one by one (torch.compile per layer)")
+    compiled = time_compiled_layers(net, iterations, _sync(net.device))
+    log.info("Average time per layer, eager and compiled:")
+    for name, forward, backward, c in zip(net.layer_names, *eager, compiled, strict=True):
+        if not isinstance(c, CompiledLayerTime):
+            log.info("%10s\tforward: %s ms (eager only: %s).\tbackward: %s ms.", name, _f32(forward), c, _f32(backward))
+            continue
+        after = "compiled: no backward" if c.backward is None else f"compiled {_f32(c.backward)} ms"
+        log.info(
+            "%10s\tforward: %s ms (compiled %s ms).\tbackward: %s ms (%s).",
+            name,
+            _f32(forward),
+            _f32(c.forward),
+            _f32(backward),
+            after,
+        )
 
 
 def _whole_net_forward(net: object, engine: str, iterations: int) -> None:
@@ -599,8 +632,9 @@ def time_(argv: list[str]) -> int:
             log.info("Initial loss: %s", _f32(initial_loss))
             log.info("Performing Backward")
             net.backward_from_to(last, 0)
-            _benchmark(net, args.iterations)
+            eager = _benchmark(net, args.iterations)
             if args.engine == "compiled":
+                _compiled_layers(net, args.iterations, eager)
                 _whole_step(net, args.iterations)
         if engine != "eager":
             _whole_net_forward(net, engine, args.iterations)
