@@ -242,34 +242,19 @@ def test_caffe_time_shows_the_compiled_step_beside_the_eager_one(tmp_path: Path,
     assert "Compiled / eager time:" in text
     assert "timed eagerly only" not in text  # no compile failed
 
-    module = tmp_path / "twice_layer.py"
-    module.write_text(
-        "import caffe\n"
-        "class Twice(caffe.Layer):\n"
-        "    def setup(self, bottom, top): pass\n"
-        "    def reshape(self, bottom, top): top[0].reshape(*bottom[0].data.shape)\n"
-        "    def forward(self, bottom, top): top[0].data[...] = 2 * bottom[0].data\n"
-        "    def backward(self, top, propagate_down, bottom): bottom[0].diff[...] = 2 * top[0].diff\n"
-    )
     net.write_text(
         """
         layer { name: "data" type: "DummyData" top: "x" top: "label"
                 dummy_data_param { shape { dim: 8 dim: 6 } shape { dim: 8 }
                                    data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
         layer { name: "twice" type: "Python" bottom: "x" top: "z"
-                python_param { module: "twice_layer" layer: "Twice" } }
+                python_param { module: "pylayers.scale_layers" layer: "TimesParam" param_str: "2" } }
         layer { name: "ip" type: "InnerProduct" bottom: "z" top: "y"
                 inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
         layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
         """
     )
-    import sys
-
-    sys.path.insert(0, str(tmp_path))
-    try:
-        messages = _time_compiled(net, caplog)
-    finally:
-        sys.path.remove(str(tmp_path))
+    messages = _time_compiled(net, caplog)
     compiled, eager_only = _side_by_side(messages, ["data", "twice", "ip", "loss"])
     assert eager_only == {"data": "data layer", "twice": "own backward"}
     assert set(compiled) == {"ip", "loss"}
