@@ -924,9 +924,10 @@ class Net(PycaffeNet):
         """Caffe's Net::Update: data -= diff for every learnable parameter."""
         if self.debug_info:
             net_debug.update_info(self)
-        with torch.no_grad():
-            for blob in self._learnable_params:
-                blob.mutable_tensor.sub_(blob.grad)
+        params = self._learnable_params
+        if params:
+            with torch.no_grad():
+                torch._foreach_sub_([b.mutable_tensor for b in params], [b.grad for b in params])
 
     def set_param_data(self, blob: Blob, value: torch.Tensor) -> None:
         """Overwrite a parameter's values in place (identity kept, so sharing and solvers see it)."""

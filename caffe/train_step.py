@@ -185,9 +185,9 @@ class CompiledStep:
             total, outputs = self.function(*inputs)
         if isinstance(total, torch.Tensor) and total.requires_grad and self.params:
             grads = torch.autograd.grad(total, [b.tensor for b in self.params], allow_unused=True)
-            for blob, g in zip(self.params, grads, strict=True):
-                if g is not None:
-                    blob.accumulate_grad(g)
+            got = [(blob.mutable_grad, g) for blob, g in zip(self.params, grads, strict=True) if g is not None]
+            if got:  # diffs accumulate (iter_size), as the eager path's
+                torch._foreach_add_([d for d, _ in got], [g for _, g in got])
         for bid, value in zip(self.outputs, outputs, strict=True):
             blob = blobs[bid]
             blob.tensor = value
