@@ -246,8 +246,7 @@ def _train_parser() -> ToolParser:
         choices=TRAIN_ENGINES,
         help="optional (neocaffe); how each forward + backward runs: compiled (torch.compile, per input shape), "
         "eager (layer by layer), or auto: compiled for runs long enough to repay the compile, of nets without "
-        "large convolutions (default auto; "
-        "CAFFE_TRAIN_ENGINE sets it too)",
+        "large convolutions or with BatchNorm layers (default auto; CAFFE_TRAIN_ENGINE sets it too)",
     )
     return parser
 
