@@ -330,13 +330,14 @@ class CompiledPlan:
         fn = self._compiled.get(wanted)
         if fn is None:
             log.info("Compiling the inference graph of net '%s' (once per input shape)", self.plan.net.name)
-            fn = torch.compile(_PlanModule(self.plan, self._inputs, list(wanted)), dynamic=False)
+            # freezing as this compile's option (no config patch around every call)
+            fn = torch.compile(
+                _PlanModule(self.plan, self._inputs, list(wanted)), dynamic=False, options={"freezing": True}
+            )
             self._compiled[wanted] = fn
         return fn
 
     def run(self, wanted: set[int] | None = None) -> float:
-        import torch._inductor.config as inductor_config
-
         net = self.plan.net
         blobs = net.blob_list
         shapes = [blobs[b].shape for b in self._inputs]
@@ -347,8 +348,7 @@ class CompiledPlan:
         want = tuple(b for b in self._produced if b in keep)
         fn = self._function(want)
         inputs = [blobs[b].tensor for b in self._inputs]
-        with inductor_config.patch(freezing=True):
-            outs = fn(*inputs)
+        outs = fn(*inputs)
         for blob_id, value in zip(want, outs, strict=True):
             blobs[blob_id].tensor = value
         stale = [blobs[b] for b in self._produced if b not in keep]

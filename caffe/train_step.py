@@ -149,7 +149,12 @@ class CompiledStep:
         # Every CompiledStep compiles the same code object (``_forward``) for its own net: dynamo counts
         # them as recompiles of one frame, and past its limit (8) would run the rest uncompiled.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        self.function = torch.compile(self._forward, dynamic=False)
+        # Inductor's options for this compile only (no config patch around each call): Dropout draws torch's
+        # numbers as the eager path does; the tops leave in the layout inductor chose (channels-last around
+        # its convolutions) instead of a copy back to NCHW per blob and iteration, see _store_contiguous.
+        self.function = torch.compile(
+            self._forward, dynamic=False, options={"fallback_random": True, "keep_output_stride": False}
+        )
         self.compile_seconds: float | None = None
 
     def _forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -179,10 +184,7 @@ class CompiledStep:
         blobs = self.net.blob_list
         inputs = [blobs[b].tensor.detach() for b in self.inputs]
         started = time.perf_counter() if self.compile_seconds is None else None
-        # keep_output_stride=False: the tops leave in the layout inductor chose (channels-last around its
-        # convolutions) instead of a copy back to NCHW per blob and iteration; see _store_contiguous.
-        with torch._inductor.config.patch(fallback_random=True, keep_output_stride=False):
-            total, outputs = self.function(*inputs)
+        total, outputs = self.function(*inputs)
         if isinstance(total, torch.Tensor) and total.requires_grad and self.params:
             grads = torch.autograd.grad(total, [b.tensor for b in self.params], allow_unused=True)
             got = [(blob.mutable_grad, g) for blob, g in zip(self.params, grads, strict=True) if g is not None]

@@ -1,7 +1,7 @@
 """``caffe time --engine compiled``: each layer's forward and backward with its forward compiled alone.
 
 Every layer the compiled training step would capture gets its own ``torch.compile`` (``dynamic=False``,
-inductor's ``fallback_random`` as in ``caffe.train_step``), run on the bottoms the eager benchmark left
+inductor's ``fallback_random`` option as in ``caffe.train_step``), run on the bottoms the eager benchmark left
 in the net; its backward is autograd's through the compiled forward, seeded with the tops' diffs of
 the eager pass. Data layers, layers with their own backward (Python layers), untraceable layers and
 layers whose compile fails stay eager: :func:`time_compiled_layers` says why instead of a figure.
@@ -84,12 +84,11 @@ def _time_layer(net: Net, i: int, iterations: int, sync: Callable[[], None]) -> 
     needs_backward = net.layer_need_backward[i]
     wants_diff = [needs_backward and need for need in net.bottom_need_backward[i]]
     bottom_ids, top_ids = net.bottom_ids(i), net.top_ids(i)
-    function = torch.compile(layer.forward, dynamic=False)
+    function = torch.compile(layer.forward, dynamic=False, options={"fallback_random": True})
 
     def forward() -> list[torch.Tensor]:
         bottoms = [blobs[b].tensor.detach().requires_grad_(w) for b, w in zip(bottom_ids, wants_diff, strict=True)]
-        with torch._inductor.config.patch(fallback_random=True):
-            outputs = function(bottoms)
+        outputs = function(bottoms)
         for blob in layer.blobs:  # e.g. BatchNorm's statistics, updated in place by the compiled forward
             blob.mark_modified()
         return outputs
