@@ -99,7 +99,7 @@ fi
 step "1a. nvidia-smi" "$OUT_DIR/env.txt" 30 nvidia-smi
 step "1b. caffe device_query --gpu all" "$OUT_DIR/env.txt" 90 python -m caffe device_query --gpu all
 
-step "2. pytest tests/test_gpu.py" "$OUT_DIR/tests.log" 240 \
+step "2. pytest tests/test_gpu.py" "$OUT_DIR/tests.log" 300 \
     python -m pytest -q -rA -s -p no:cacheprovider tests/test_gpu.py
 step "3. pytest tests/test_distributed.py -k cuda" "$OUT_DIR/tests.log" 200 \
     python -m pytest -q -rA -s -p no:cacheprovider tests/test_distributed.py -k cuda

@@ -168,15 +168,6 @@ def test_gpu_mode_computes_in_true_float32_and_sets_the_current_device(gpu):
     assert torch.cuda.current_device() == 0
 
 
-def test_compiled_training_step_on_gpu_trains_as_the_eager_one(mnist: Path):  # noqa: F811
-    """The compiled engine on CUDA: the same LeNet weights as the eager engine after LENET_ITERS iterations."""
-    eager = _train_lenet(mnist / "gpu_engine_eager", mnist, "gpu", "float", "AVE")
-    compiled = _train_lenet(mnist / "gpu_engine_compiled", mnist, "gpu", "float", "AVE", engine="compiled")
-    worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(eager, compiled, strict=True))
-    print(f"LeNet {LENET_ITERS} iterations on the GPU, compiled vs eager {worst:.3e}")
-    assert worst <= 1e-4
-
-
 def test_device_copies_never_refill_a_pinned_buffer_mid_copy():
     """Pooled page-locked buffers copied without waiting: each batch arrives as it was when copied."""
     from caffe.data.prefetch import BufferPool, DeviceCopies
@@ -192,3 +183,12 @@ def test_device_copies_never_refill_a_pinned_buffer_mid_copy():
         del host
     torch.cuda.synchronize()
     assert [float(r.mean()) for r in results] == [float(i) for i in range(12)]
+
+
+def test_compiled_training_step_on_gpu_trains_as_the_eager_one(mnist: Path):  # noqa: F811
+    """The compiled engine on CUDA: the same LeNet weights as the eager engine after LENET_ITERS iterations."""
+    eager = _train_lenet(mnist / "gpu_engine_eager", mnist, "gpu", "float", "AVE")
+    compiled = _train_lenet(mnist / "gpu_engine_compiled", mnist, "gpu", "float", "AVE", engine="compiled")
+    worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(eager, compiled, strict=True))
+    print(f"LeNet {LENET_ITERS} iterations on the GPU, compiled vs eager {worst:.3e}")
+    assert worst <= 1e-4
