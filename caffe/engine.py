@@ -79,7 +79,7 @@ class _Fused:
 
 
 @dataclass
-class _ConvStep(_Fused):
+class ConvStep(_Fused):
     """A convolution with an in-place chain folded in: y = act(conv(x, W*a) + b*a + c)."""
 
     weight: torch.Tensor | None = None
@@ -105,7 +105,7 @@ class InferencePlan:
 
     def __init__(self, net: Net) -> None:
         self.net = net
-        self.steps: list[_ConvStep | int] = []
+        self.steps: list[ConvStep | int] = []
         absorbed: set[int] = set()
         for i, layer in enumerate(net.host_layers):
             if i in absorbed:
@@ -117,7 +117,7 @@ class InferencePlan:
                 self.steps.append(step)
                 absorbed.update(step.chain)
         self.absorbed = absorbed
-        self.schedule: list[_ConvStep | _AffineStep | int] = []
+        self.schedule: list[ConvStep | _AffineStep | int] = []
         folded: set[int] = set()
         for step in self.steps:
             if isinstance(step, int) and step in folded:
@@ -128,12 +128,12 @@ class InferencePlan:
                 folded.update(affine.chain)
 
     # ---------------------------------------------------------------------------- building
-    def _conv_chain(self, i: int) -> _ConvStep | None:
+    def _conv_chain(self, i: int) -> ConvStep | None:
         net, layer = self.net, self.net.host_layers[i]
         g = getattr(layer, "geometry", None)
         if g is None or g.num_spatial != 2 or g.axis != 1 or len(net.top_ids(i)) != 1 or any(layer.loss_weights):
             return None
-        return _ConvStep(i, *self._in_place_chain(i))
+        return ConvStep(i, *self._in_place_chain(i))
 
     def _in_place_chain(self, i: int) -> tuple[list[int], tuple[str, list[float]] | None]:
         """The layers after ``i`` that work in place on its one top: per-channel affines, then at most
@@ -172,7 +172,7 @@ class InferencePlan:
         layers = self.net.host_layers
         return tuple(b.version for k in (step.index, *step.chain) for b in layers[k].blobs)
 
-    def fold(self, step: _ConvStep) -> None:
+    def fold(self, step: ConvStep) -> None:
         versions = self._param_versions(step)
         if versions == step.versions and step.weight is not None:
             return
@@ -227,7 +227,7 @@ class InferencePlan:
             y = _ACTIVATIONS[step.activation[0]](y, step.activation[1])
         return y
 
-    def _run_conv(self, step: _ConvStep, x: torch.Tensor) -> torch.Tensor:
+    def _run_conv(self, step: ConvStep, x: torch.Tensor) -> torch.Tensor:
         self.fold(step)
         conv = self.net.host_layers[step.index]
         g = conv.geometry
@@ -275,7 +275,7 @@ class InferencePlan:
             i = step.index
             x = blobs[net.bottom_ids(i)[0]].tensor
             net.reshape_layer(i, [tuple(x.shape)])
-            run = self._run_conv if isinstance(step, _ConvStep) else self._run_affine
+            run = self._run_conv if isinstance(step, ConvStep) else self._run_affine
             blobs[net.top_ids(i)[0]].tensor = net.run_guarded(i, "forward", run, step, x)
         return loss
 
@@ -323,7 +323,7 @@ class CompiledPlan:
             if prints != self._prints:
                 self._compiled.clear()
                 for step in self.plan.steps:
-                    if isinstance(step, _ConvStep):
+                    if isinstance(step, ConvStep):
                         self.plan.fold(step)
                 self._prints = prints
             self._versions = self._all_versions()
@@ -332,7 +332,7 @@ class CompiledPlan:
             log.info("Compiling the inference graph of net '%s' (once per input shape)", self.plan.net.name)
             # freezing as this compile's option (no config patch around every call)
             fn = torch.compile(
-                _PlanModule(self.plan, self._inputs, list(wanted)), dynamic=False, options={"freezing": True}
+                PlanModule(self.plan, self._inputs, list(wanted)), dynamic=False, options={"freezing": True}
             )
             self._compiled[wanted] = fn
         return fn
@@ -383,7 +383,7 @@ class _Refresh:
             self.plan.run()
 
 
-class _PlanModule(torch.nn.Module):
+class PlanModule(torch.nn.Module):
     """nn.Module form of a plan, so that inductor can freeze the folded weights as constants."""
 
     def __init__(
@@ -399,7 +399,7 @@ class _PlanModule(torch.nn.Module):
         self.forms = dict(forms or {})
         self.inputs, self.outputs = inputs, outputs
         for n, step in enumerate(plan.steps):
-            if isinstance(step, _ConvStep):
+            if isinstance(step, ConvStep):
                 self.register_parameter(f"w{n}", torch.nn.Parameter(step.weight.detach().clone(), requires_grad=False))
                 self.register_parameter(f"b{n}", torch.nn.Parameter(step.bias.detach().clone(), requires_grad=False))
         layers = plan.net.host_layers
@@ -419,7 +419,7 @@ class _PlanModule(torch.nn.Module):
             inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
         values: dict[int, torch.Tensor] = dict(zip(self.inputs, inputs, strict=True))
         for n, step in enumerate(self.plan.steps):
-            if isinstance(step, _ConvStep):
+            if isinstance(step, ConvStep):
                 conv = net.host_layers[step.index]
                 g = conv.geometry
                 x = values[net.bottom_ids(step.index)[0]]

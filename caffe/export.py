@@ -1,7 +1,7 @@
 """Export a deploy (TEST-phase) net to ONNX or TorchScript: ``caffe export`` and its library form.
 
 ``to_onnx(net, "model.onnx")`` and ``to_torchscript(net, "model.pt")`` trace the same ``nn.Module``
-the ``compiled`` inference engine compiles (:class:`caffe.engine._PlanModule`): one call of each
+the ``compiled`` inference engine compiles (:class:`caffe.engine.PlanModule`): one call of each
 layer's torch ``forward`` in net order, parameters frozen as module parameters. With ``fold=True``
 the module is built over the fused plan, so BatchNorm/Scale/Bias chains after a convolution are
 folded into its weights and the activation is applied to the convolution's output (a small
@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from caffe import common
-from caffe.engine import InferencePlan, _ConvStep, _PlanModule
+from caffe.engine import ConvStep, InferencePlan, PlanModule
 from caffe.errors import CaffeError
 from caffe.layer import BatchSizeFixed, ExportForward, Layer
 
@@ -197,14 +197,14 @@ def _shaped(
 class _LayerPlan(InferencePlan):
     """The plan with every layer as its own step: nothing folded."""
 
-    def _conv_chain(self, i: int) -> _ConvStep | None:
+    def _conv_chain(self, i: int) -> ConvStep | None:
         return None
 
 
 def _plan(net: Any, fold: bool) -> InferencePlan:
     plan = InferencePlan(net) if fold else _LayerPlan(net)
     for step in plan.steps:
-        if isinstance(step, _ConvStep):
+        if isinstance(step, ConvStep):
             plan.fold(step)
     return plan
 
@@ -265,7 +265,7 @@ def exportable_module(
     out_ids = _output_ids(net, outputs)
     with _shaped(net, batch, input_shapes) as shapes:
         forms = _export_forms(net, dynamic_batch, for_onnx)
-        module = _PlanModule(_plan(net, fold), net.input_ids, out_ids, forms).eval()
+        module = PlanModule(_plan(net, fold), net.input_ids, out_ids, forms).eval()
         gen = torch.Generator().manual_seed(seed)
         example = tuple(
             torch.rand(shapes[n], generator=gen, dtype=net.blobs[n].dtype).to(net.device) for n in net.inputs

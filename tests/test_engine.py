@@ -8,7 +8,7 @@ import torch
 from conftest import asset
 
 import caffe
-from caffe.engine import InferencePlan, _AffineStep, _ConvStep
+from caffe.engine import ConvStep, InferencePlan, _AffineStep
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def resnet() -> caffe.Net:
 
 def test_fused_plan_folds_batchnorm_scale_relu_chains():
     plan = InferencePlan(resnet())
-    convs = [s for s in plan.steps if isinstance(s, _ConvStep)]
+    convs = [s for s in plan.steps if isinstance(s, ConvStep)]
     assert len(convs) == 53
     names = plan.net._layer_names
     first = convs[0]
