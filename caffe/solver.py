@@ -31,6 +31,8 @@ from caffe.blob import Blob
 from caffe.errors import SolverError
 from caffe.limits import check_path
 from caffe.net import Net
+from caffe.precision import check_precision
+from caffe.precision import precision as default_precision
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param, read_solver_param
 from caffe.train_step import TrainEngine, check_train_engine, resolve_engine, train_engine
@@ -164,6 +166,7 @@ class Solver:
         action: Callable[[], str] | None = None,
         source: str | None = None,
         engine: str | None = None,
+        precision: str | None = None,
     ) -> None:
         if isinstance(solver, pb.SolverParameter):
             self.param = pb.SolverParameter()
@@ -192,6 +195,11 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self.engine = check_train_engine(engine) if engine is not None else train_engine()
+        self.precision = check_precision(precision) if precision is not None else default_precision()
+        if self.precision != "fp32":
+            resolve_engine(self.engine, 0, None, self.precision)  # refuses the eager engine now, not mid-run
+            if common.dtype() != torch.float32:
+                raise SolverError(f"training precision {self.precision} is for float nets, not {common.dtype()}")
         self._train_engine: TrainEngine | None = None
         self._groups_key: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # see _update_groups
         self._groups: list[tuple[list[int], float, float]] = []
@@ -329,6 +337,8 @@ class Solver:
         with torch.no_grad():
             if self.world_size > 1:  # Caffe's multi-GPU rule: the ranks' diffs averaged before clip/normalize
                 parallel.average([b.mutable_grad for b in params])
+            if self._skip_overflowed_update(params):
+                return
             self.clip_gradients()
             n = len(params)
             for indices, lr_mult, decay_mult in self._update_groups():
@@ -344,6 +354,15 @@ class Solver:
             if self.world_size > 1 and self.net.debug_info:  # debug_info: every rank holds rank 0's weights
                 parallel.check_identical([b.tensor for b in params], f"iteration {self.iter}'s weights")
         self.iter += 1
+
+    def _skip_overflowed_update(self, params: list[Any]) -> bool:
+        """fp16 training: skip the update (weights and history untouched) if the (averaged) diffs overflowed."""
+        scaler = self._train_engine.scaler if self._train_engine is not None else None
+        if scaler is None or scaler.diffs_finite([b.grad for b in params]):
+            return False
+        log.info("Iteration %d: fp16 diffs overflowed; update skipped, loss scale now %g", self.iter, scaler.scale)
+        self.iter += 1
+        return True
 
     def _update_groups(self) -> list[tuple[list[int], float, float]]:
         """The learnable parameters' indices grouped by (lr_mult, decay_mult), in first-seen order."""
@@ -407,9 +426,9 @@ class Solver:
 
     def train_engine_for(self, iterations: int) -> TrainEngine:
         """The training engine (``caffe.train_step``) for a run of ``iterations``; kept while its choice holds."""
-        name = resolve_engine(self.engine, iterations, self.net)
+        name = resolve_engine(self.engine, iterations, self.net, self.precision)
         if self._train_engine is None or self._train_engine.requested != name:
-            self._train_engine = TrainEngine(self.net, name)
+            self._train_engine = TrainEngine(self.net, name, self.precision)
         return self._train_engine
 
     def update_smoothed_loss(self, loss: float, start_iter: int) -> None:

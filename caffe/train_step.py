@@ -10,6 +10,9 @@
   (``AUTO_MIN_ITERATIONS`` or more iterations to go) of a net where the compiled step was measured
   faster (no large convolutions, or BatchNorm layers), ``eager`` otherwise.
 
+A reduced precision (``caffe.precision``: bf16, fp16) runs the compiled step under autocast; its tops
+read as float32 (converted on first read) and its diffs are float32 (fp16: unscaled).
+
 A net that cannot be captured trains eagerly whatever the choice, and says why once: a layer with its
 own backward (Python layers), ``debug_info``, or a compile that fails. Random layers (Dropout) draw
 the eager path's numbers (inductor's ``fallback_random``), so both engines train the same net to
@@ -18,6 +21,7 @@ float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from caffe.errors import CaffeError
+from caffe.precision import LossScaler, autocast_dtype
 
 if TYPE_CHECKING:
     from caffe.blob import Blob
@@ -59,13 +64,20 @@ def train_engine() -> str:
     return _engine
 
 
-def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None) -> str:
+def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, precision: str = "fp32") -> str:
     """The engine ``name`` means for a run with ``iterations_to_go`` iterations left on ``net``.
+
+    A reduced ``precision`` (``caffe.precision``) is the compiled step's: ``auto`` compiles, ``eager``
+    is refused.
 
     ``auto`` compiles long runs where compiling was measured to pay (docs/benchmarks.md, Training): nets
     without large convolutions (LeNet 1.2x the eager step) and nets with BatchNorm layers (ResNet-50
     1by2 1.3x: the compiled step fuses BatchNorm, Scale and ReLU passes). Nets dominated by large
     convolutions alone (CaffeNet, GoogLeNet) ran as fast either way, so they stay eager unless asked."""
+    if precision != "fp32":
+        if name == "eager":
+            raise CaffeError(f"training precision {precision} needs the compiled training engine, not eager")
+        return "compiled"
     if name != "auto":
         return name
     if iterations_to_go < AUTO_MIN_ITERATIONS:
@@ -112,15 +124,21 @@ def _data_prefix(net: Net) -> int:
     return k
 
 
-def _store_contiguous(blob: Blob, value: torch.Tensor) -> None:
-    blob.tensor = value.contiguous()
+def _store_as_caffe(blob: Blob, value: torch.Tensor) -> None:
+    """Caffe's form of a top the compiled step left in its own layout or precision: contiguous, the blob's dtype."""
+    blob.tensor = value.to(blob.dtype).contiguous()
 
 
 class CompiledStep:
     """``forward_backward`` of a net's layers after its data layers, as one compiled function."""
 
-    def __init__(self, net: Net) -> None:
+    def __init__(self, net: Net, precision: str = "fp32") -> None:
         self.net = net
+        self.precision = precision
+        self.autocast = autocast_dtype(precision)  # None: float32 throughout
+        self.scaler = LossScaler() if precision == "fp16" else None
+        if precision == "fp16" and net.device.type == "cpu":
+            log.warning("fp16 on the CPU runs without float16 arithmetic (measured 8x slower than fp32): use bf16")
         self.start = _data_prefix(net)
         n = net.num_layers
         made = set()
@@ -151,7 +169,7 @@ class CompiledStep:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         # Inductor's options for this compile only (no config patch around each call): Dropout draws torch's
         # numbers as the eager path does; the tops leave in the layout inductor chose (channels-last around
-        # its convolutions) instead of a copy back to NCHW per blob and iteration, see _store_contiguous.
+        # its convolutions) instead of a copy back to NCHW per blob and iteration, see _store_as_caffe.
         self.function = torch.compile(
             self._forward, dynamic=False, options={"fallback_random": True, "keep_output_stride": False}
         )
@@ -159,10 +177,12 @@ class CompiledStep:
 
     def _forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         values = dict(zip(self.inputs, inputs, strict=True))
-        for _, layer, bottoms, tops in self.layers:
-            outputs = layer.forward([values[b] for b in bottoms])
-            values.update(zip(tops, outputs, strict=True))
-        total = sum(weight * values[tid].sum() for tid, weight in self.losses)
+        reduced = torch.autocast(self.net.device.type, self.autocast) if self.autocast is not None else None
+        with reduced or contextlib.nullcontext():
+            for _, layer, bottoms, tops in self.layers:
+                outputs = layer.forward([values[b] for b in bottoms])
+                values.update(zip(tops, outputs, strict=True))
+        total = sum(weight * values[tid].float().sum() for tid, weight in self.losses)
         # The tops leave detached: outputs that required grad would each get a tangent in the compiled
         # backward (a tensor of zeros made and added per blob and iteration); only ``total`` carries the grad.
         return total, [values[t].detach() for t in self.outputs]
@@ -186,23 +206,26 @@ class CompiledStep:
         started = time.perf_counter() if self.compile_seconds is None else None
         total, outputs = self.function(*inputs)
         if isinstance(total, torch.Tensor) and total.requires_grad and self.params:
-            grads = torch.autograd.grad(total, [b.tensor for b in self.params], allow_unused=True)
+            scale = self.scaler.scale if self.scaler is not None else 1.0
+            grads = torch.autograd.grad(total * scale, [b.tensor for b in self.params], allow_unused=True)
             got = [(blob.mutable_grad, g) for blob, g in zip(self.params, grads, strict=True) if g is not None]
-            if got:  # diffs accumulate (iter_size), as the eager path's
-                torch._foreach_add_([d for d, _ in got], [g for _, g in got])
+            if got:  # diffs accumulate (iter_size), as the eager path's; fp16: unscaled (inf stays inf)
+                torch._foreach_add_([d for d, _ in got], [g for _, g in got], alpha=1.0 / scale)
         for bid, value in zip(self.outputs, outputs, strict=True):
             blob = blobs[bid]
             blob.tensor = value
-            if not value.is_contiguous():  # inductor's layout (channels-last convolutions): Caffe's on first read
-                blob.mark_stale(functools.partial(_store_contiguous, blob, value))
+            # inductor's layout (channels-last convolutions) or autocast's dtype: Caffe's on first read
+            if not value.is_contiguous() or value.dtype != blob.dtype:
+                blob.mark_stale(functools.partial(_store_as_caffe, blob, value))
         for blob in self.layer_blobs:  # e.g. BatchNorm's statistics, updated in place by the compiled forward
             blob.mark_modified()
         if started is not None:
             self.compile_seconds = time.perf_counter() - started
             log.info(
-                "Compiled the training step (%d layers after the data layers, inputs %s) in %.1f s",
+                "Compiled the training step (%d layers after the data layers, inputs %s%s) in %.1f s",
                 len(self.layers),
                 ", ".join(f"{list(blobs[b].shape)}" for b in self.inputs),
+                "" if self.autocast is None else f"; {self.precision} autocast",
                 self.compile_seconds,
             )
         return float(total.detach()) if isinstance(total, torch.Tensor) else float(total)
@@ -211,17 +234,25 @@ class CompiledStep:
 class TrainEngine:
     """What a Solver calls for each forward + backward: the compiled step when it can, else the Net's own."""
 
-    def __init__(self, net: Net, name: str) -> None:
+    def __init__(self, net: Net, name: str, precision: str = "fp32") -> None:
         self.net = net
         self.requested = self.name = name
+        self.precision = precision
         self.step: CompiledStep | None = None
         if name == "compiled":
             obstacle = capture_obstacle(net)
+            if obstacle is not None and precision != "fp32":
+                raise CaffeError(f"training precision {precision} needs the compiled training step: {obstacle}")
             if obstacle is not None:
                 log.info("Training eagerly: the net cannot be compiled (%s)", obstacle)
                 self.name = "eager"
             else:
-                self.step = CompiledStep(net)
+                self.step = CompiledStep(net, precision)
+
+    @property
+    def scaler(self) -> LossScaler | None:
+        """fp16's loss scale (the solver skips an update whose diffs overflowed), else None."""
+        return self.step.scaler if self.step is not None else None
 
     def forward_backward(self) -> float:
         net = self.net

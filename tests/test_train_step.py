@@ -323,3 +323,77 @@ def test_batchnorm_statistics_and_dropout_masks_on_the_compiled_path():
     for a, b in zip(runs["eager"], runs["compiled"], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
     assert not np.allclose(runs["eager"][-3], 0)  # the running mean moved
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def _precision_run(folder: Path, name: str, precision: str, iters: int = 30) -> caffe.Solver:
+    solver_file = write_solver(
+        folder, name, folder / "lenet_train_test.prototxt", max_iter=iters, display=1, snapshot=0, test_interval=1000
+    )
+    caffe.set_random_seed(7)
+    solver = caffe.get_solver(str(solver_file), precision=precision)
+    solver.step(iters)
+    return solver
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_trains_lenet_close_to_fp32(mnist: Path, precision: str, caplog: pytest.LogCaptureFixture):  # noqa: F811
+    """bf16/fp16 (beyond Caffe, opt-in): the compiled step under autocast learns as float32 does; blobs,
+    diffs and weights stay float32 NumPy arrays (snapshots are Caffe files)."""
+    reference = _precision_run(mnist, "fp32", "fp32")
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        reduced = _precision_run(mnist, precision, precision)
+    assert f"{precision} autocast" in caplog.text
+    engine = reduced.train_engine_for(1)
+    assert engine.name == "compiled" and engine.precision == precision
+    assert (engine.scaler is not None) == (precision == "fp16")
+    assert reduced.smoothed_loss < 0.6 * 2.3  # it learns (chance: ln 10)
+    assert abs(reduced.smoothed_loss - reference.smoothed_loss) < 0.1 * reference.smoothed_loss + 0.02
+    for name, blob in reduced.net.blobs.items():
+        assert blob.data.dtype == np.float32 and blob.data.flags.c_contiguous, name
+    for blob in reduced.net.learnable_params:
+        assert blob.data.dtype == np.float32 and blob.diff.dtype == np.float32
+    conv = reduced.net.params["conv1"][0].data
+    apart = np.abs(conv - reference.net.params["conv1"][0].data).max() / np.abs(conv).max()
+    assert 0 < apart < 0.2  # computed in the reduced type (not float32's numbers), yet the same training
+
+
+def test_fp16_overflow_skips_the_update_and_halves_the_loss_scale(mnist: Path):  # noqa: F811
+    solver = _precision_run(mnist, "fp16_over", "fp16", iters=3)
+    scaler = solver.train_engine_for(1).scaler
+    before = [b.data.copy() for b in solver.net.learnable_params]
+    history = [h.data.copy() for h in solver.history]
+    scaler.scale = 1e38  # the scaled loss's gradients overflow float16 (and float32)
+    solver.step(1)
+    assert scaler.scale == 5e37 and solver.iter == 4
+    for a, b in zip(before, solver.net.learnable_params, strict=True):
+        np.testing.assert_array_equal(a, b.data)  # weights untouched
+    for a, b in zip(history, solver.history, strict=True):
+        np.testing.assert_array_equal(a, b.data)  # momentum untouched
+    scaler.scale = 2.0**10
+    solver.step(2)  # and training goes on at a workable scale
+    assert any(not np.array_equal(a, b.data) for a, b in zip(before, solver.net.learnable_params, strict=True))
+
+
+def test_reduced_precision_refuses_what_it_cannot_do(mnist: Path):  # noqa: F811
+    solver_file = write_solver(mnist, "refuse", mnist / "lenet_train_test.prototxt", max_iter=1, snapshot=0)
+    with pytest.raises(caffe.CaffeError, match="precision bf16 needs the compiled training engine"):
+        caffe.get_solver(str(solver_file), engine="eager", precision="bf16")
+    with pytest.raises(caffe.CaffeError, match="unknown training precision 'fp8'"):
+        caffe.get_solver(str(solver_file), precision="fp8")
+    caffe.set_dtype("double")
+    try:
+        with pytest.raises(caffe.CaffeError, match="precision fp16 is for float nets"):
+            caffe.get_solver(str(solver_file), precision="fp16")
+    finally:
+        caffe.set_dtype("float")
+
+
+def test_caffe_train_precision_flag(mnist: Path, capsys: pytest.CaptureFixture[str]):  # noqa: F811
+    from caffe.tools.cli import main
+
+    solver = write_solver(mnist, "flag", mnist / "lenet_train_test.prototxt", max_iter=2, snapshot=0)
+    assert main(["train", f"--solver={solver}", "--engine=eager", "--precision=bf16"]) == 1
+    err = capsys.readouterr().err
+    assert "precision bf16 needs the compiled training engine" in err and "Traceback" not in err
+    assert main(["train", f"--solver={solver}", "--precision=bf16"]) == 0

@@ -40,6 +40,7 @@ import torch
 
 from caffe import common, parallel
 from caffe.errors import DeviceError, SolverError
+from caffe.precision import PRECISIONS
 from caffe.proto import caffe_pb2 as pb
 from caffe.tools.flags import ToolParser, UsageError, gflags_int
 from caffe.tools.registry import command, run_command
@@ -248,6 +249,14 @@ def _train_parser() -> ToolParser:
         "eager (layer by layer), or auto: compiled for runs long enough to repay the compile, of nets without "
         "large convolutions or with BatchNorm layers (default auto; CAFFE_TRAIN_ENGINE sets it too)",
     )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="optional (neocaffe, beyond Caffe); fp32 (default: Caffe's numerics), or bf16 / fp16: the compiled "
+        "training step computes convolutions and products in that type under autocast (weights, diffs, update "
+        "and snapshots stay float32; fp16 with a dynamic loss scale); CAFFE_PRECISION sets it too",
+    )
     return parser
 
 
@@ -330,7 +339,12 @@ def train(argv: list[str]) -> int:
             del param.weights[:]
             param.weights.append(args.weights)
         solver = get_solver(
-            param, events=events, action=lambda: actions[handler.check()], source=args.solver, engine=args.engine
+            param,
+            events=events,
+            action=lambda: actions[handler.check()],
+            source=args.solver,
+            engine=args.engine,
+            precision=args.precision,
         )
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
