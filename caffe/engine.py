@@ -18,7 +18,6 @@ recomputed when a parameter blob's version changes (a NumPy view handed out, a s
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from caffe.errors import CaffeError
+from caffe.util.choice import Choice
 
 if TYPE_CHECKING:
     from caffe.net import Net
@@ -34,21 +33,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("caffe")
 
 ENGINES = ("eager", "fused", "compiled")
-_engine = os.environ.get("CAFFE_INFERENCE_ENGINE", "fused")
-if _engine not in ENGINES:
-    raise CaffeError(f"CAFFE_INFERENCE_ENGINE={_engine!r} is not one of {', '.join(ENGINES)}")
+INFERENCE_ENGINE = Choice("inference engine", ENGINES, "CAFFE_INFERENCE_ENGINE", "fused")
 
 
 def set_inference_engine(name: str) -> None:
     """Choose how gradient-free forward passes run: 'eager', 'fused' (default) or 'compiled'."""
-    global _engine
-    if name not in ENGINES:
-        raise CaffeError(f"unknown inference engine {name!r}; choose one of {', '.join(ENGINES)}")
-    _engine = name
+    INFERENCE_ENGINE.set(name)
 
 
 def inference_engine() -> str:
-    return _engine
+    return INFERENCE_ENGINE.value
 
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor, list[float]], torch.Tensor]] = {

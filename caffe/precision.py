@@ -12,11 +12,10 @@ before the backward, the diffs divided after it, and an iteration whose diffs ov
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
-from caffe.errors import CaffeError
+from caffe.util.choice import Choice
 
 log = logging.getLogger("caffe")
 
@@ -24,23 +23,20 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+PRECISION = Choice("training precision", PRECISIONS, "CAFFE_PRECISION", "fp32")
+
+
 def check_precision(name: str) -> str:
-    if name not in PRECISIONS:
-        raise CaffeError(f"unknown training precision {name!r}; choose one of {', '.join(PRECISIONS)}")
-    return name
-
-
-_precision = check_precision(os.environ.get("CAFFE_PRECISION", "fp32"))
+    return PRECISION.check(name)
 
 
 def set_precision(name: str) -> None:
     """Choose the training precision of solvers built from now on: 'fp32' (default), 'bf16', 'fp16'."""
-    global _precision
-    _precision = check_precision(name)
+    PRECISION.set(name)
 
 
 def precision() -> str:
-    return _precision
+    return PRECISION.value
 
 
 def autocast_dtype(name: str) -> torch.dtype | None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ import torch
 
 from caffe.errors import CaffeError
 from caffe.precision import LossScaler, autocast_dtype
+from caffe.util.choice import Choice
 
 if TYPE_CHECKING:
     from caffe.blob import Blob
@@ -45,23 +45,20 @@ AUTO_MAX_CONV_CHANNELS = 64  # auto leaves nets with a convolution over this man
 RECOMPILE_LIMIT = 256  # nets compiled in one process (each solver's, each input shape)
 
 
+TRAIN_ENGINE = Choice("training engine", TRAIN_ENGINES, "CAFFE_TRAIN_ENGINE", "auto")
+
+
 def check_train_engine(name: str) -> str:
-    if name not in TRAIN_ENGINES:
-        raise CaffeError(f"unknown training engine {name!r}; choose one of {', '.join(TRAIN_ENGINES)}")
-    return name
-
-
-_engine = check_train_engine(os.environ.get("CAFFE_TRAIN_ENGINE", "auto"))
+    return TRAIN_ENGINE.check(name)
 
 
 def set_train_engine(name: str) -> None:
     """Choose how solvers built from now on run forward + backward: 'auto' (default), 'eager', 'compiled'."""
-    global _engine
-    _engine = check_train_engine(name)
+    TRAIN_ENGINE.set(name)
 
 
 def train_engine() -> str:
-    return _engine
+    return TRAIN_ENGINE.value
 
 
 def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, precision: str = "fp32") -> str:

@@ -67,6 +67,21 @@ def test_tiling_pool_gradient_by_finite_differences():
 
 
 # ---------------------------------------------------------------------------------------------- engines
+def test_a_process_choice_takes_its_default_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    from caffe.util.choice import Choice
+
+    monkeypatch.setenv("CAFFE_TEST_CHOICE", "b")
+    choice = Choice("test choice", ("a", "b"), "CAFFE_TEST_CHOICE", "a")
+    assert choice.value == "b"
+    choice.set("a")
+    assert choice.value == "a"
+    with pytest.raises(caffe.CaffeError, match="unknown test choice 'c'; choose one of a, b"):
+        choice.set("c")
+    monkeypatch.setenv("CAFFE_TEST_CHOICE", "z")
+    with pytest.raises(caffe.CaffeError, match="CAFFE_TEST_CHOICE='z' is not one of a, b"):
+        Choice("test choice", ("a", "b"), "CAFFE_TEST_CHOICE", "a")
+
+
 def test_engine_choice_and_refusal():
     assert train_step.resolve_engine("auto", train_step.AUTO_MIN_ITERATIONS) == "compiled"
     assert train_step.resolve_engine("auto", train_step.AUTO_MIN_ITERATIONS - 1) == "eager"
@@ -118,7 +133,7 @@ def test_compiled_lenet_trains_as_the_eager_one(mnist: Path, caplog: pytest.LogC
 
 @pytest.mark.parametrize("kind", sorted(SOLVER_SETTINGS))
 def test_update_rules_on_the_compiled_path(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(train_step, "_engine", "compiled")
+    monkeypatch.setattr(train_step.TRAIN_ENGINE, "value", "compiled")
     base_lr = 0.5 if kind == "AdaDelta" else 0.1
     solver = run_and_compare(
         tmp_path,
