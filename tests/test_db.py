@@ -422,3 +422,30 @@ def test_backend_names():
     with pytest.raises(DataError):
         backend_name(5)
     assert LMDB.backend == "lmdb" and LevelDB.backend == "leveldb"
+
+
+def test_a_release_during_an_acquire_on_the_same_thread_does_not_deadlock():
+    """The garbage collector can finalize an abandoned reader while its thread holds the registry's lock
+    (inside an open): that reader's release must go through (it once hung the test suite)."""
+    from caffe.data.db import _SharedRegistry
+
+    class Held:
+        def __init__(self, key):
+            self.key, self.refs, self.closed = key, 0, False
+
+        def close(self):
+            self.closed = True
+
+    registry = _SharedRegistry()
+    old = registry.acquire((1, 1), lambda: Held((1, 1)))
+
+    def make():
+        registry.release(old)  # what a finalizer run by the GC at this point does
+        return Held((1, 2))
+
+    done = []
+    thread = threading.Thread(target=lambda: done.append(registry.acquire((1, 2), make)), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert done and old.closed and done[0].refs == 1
+    assert registry.items == {(1, 2): done[0]}

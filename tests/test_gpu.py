@@ -116,7 +116,9 @@ LENET_ITERS = 100
 _cpu_runs: dict[tuple[str, str], list[np.ndarray]] = {}  # CPU weights by (dtype, pooling), shared by the cases
 
 
-def _train_lenet(folder: Path, data: Path, mode: str, dtype: str, pool: str, engine: str = "eager") -> list[np.ndarray]:
+def _train_lenet(
+    folder: Path, data: Path, mode: str, dtype: str, pool: str, engine: str = "eager", precision: str = "fp32"
+) -> list[np.ndarray]:
     """LeNet (the tutorial's net on the ``mnist`` fixture's LMDB, its pooling ``pool``) trained ``LENET_ITERS``
     iterations in this process on the CPU or GPU 0 from the same seed; its learnable weights."""
     folder.mkdir()
@@ -131,7 +133,7 @@ def _train_lenet(folder: Path, data: Path, mode: str, dtype: str, pool: str, eng
             caffe.set_mode_gpu()
         else:
             caffe.set_mode_cpu()
-        s = caffe.get_solver(str(solver), engine=engine)
+        s = caffe.get_solver(str(solver), engine=engine, precision=precision)
         assert s.net.device.type == ("cuda" if mode == "gpu" else "cpu")
         assert s.net.layers[0].prefetcher.pool.pinned == (mode == "gpu")  # page-locked batches on the GPU
         s.step(LENET_ITERS)
@@ -185,10 +187,32 @@ def test_device_copies_never_refill_a_pinned_buffer_mid_copy():
     assert [float(r.mean()) for r in results] == [float(i) for i in range(12)]
 
 
+_gpu_compiled: dict[str, list[np.ndarray]] = {}
+
+
+def _gpu_compiled_fp32(mnist: Path) -> list[np.ndarray]:  # noqa: F811
+    """LeNet trained on the GPU by the compiled engine in fp32 (once per session: it compiles)."""
+    if "fp32" not in _gpu_compiled:
+        _gpu_compiled["fp32"] = _train_lenet(mnist / "gpu_engine_compiled", mnist, "gpu", "float", "AVE", "compiled")
+    return _gpu_compiled["fp32"]
+
+
 def test_compiled_training_step_on_gpu_trains_as_the_eager_one(mnist: Path):  # noqa: F811
     """The compiled engine on CUDA: the same LeNet weights as the eager engine after LENET_ITERS iterations."""
     eager = _train_lenet(mnist / "gpu_engine_eager", mnist, "gpu", "float", "AVE")
-    compiled = _train_lenet(mnist / "gpu_engine_compiled", mnist, "gpu", "float", "AVE", engine="compiled")
+    compiled = _gpu_compiled_fp32(mnist)
     worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(eager, compiled, strict=True))
     print(f"LeNet {LENET_ITERS} iterations on the GPU, compiled vs eager {worst:.3e}")
     assert worst <= 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_reduced_precision_on_gpu_trains_close_to_fp32(mnist: Path, precision: str):  # noqa: F811
+    """--precision on CUDA (tensor cores): LeNet's weights after LENET_ITERS iterations near the fp32 run's."""
+    reference = _gpu_compiled_fp32(mnist)
+    reduced = _train_lenet(
+        mnist / f"gpu_prec_{precision}", mnist, "gpu", "float", "AVE", engine="compiled", precision=precision
+    )
+    worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(reference, reduced, strict=True))
+    print(f"LeNet {LENET_ITERS} iterations on the GPU, {precision} vs fp32 {worst:.3e}")
+    assert 0 < worst < 0.2

@@ -649,7 +649,10 @@ class _SharedRegistry:
 
     def __init__(self) -> None:
         self.items: dict[tuple[int, int], _Shared] = {}
-        self.lock = threading.Lock()  # open and close under it: a concurrent open must not race a close
+        # Open and close under it: a concurrent open must not race a close. Re-entrant: the garbage collector
+        # may finalize an abandoned reader (a data layer's record generator) while this thread holds the lock,
+        # and its release runs here, on an object other than the one being acquired.
+        self.lock = threading.RLock()
 
     def acquire(
         self, key: tuple[int, int] | None, make: Callable[[], _S], check: Callable[[_S], None] | None = None
