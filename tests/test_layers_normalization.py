@@ -186,6 +186,11 @@ def test_batch_norm_one_value_per_channel():
     np.testing.assert_allclose(blobs[0].data, x[0])
     np.testing.assert_array_equal(blobs[1].data, 0.0)  # no m/(m-1) correction when m == 1
     np.testing.assert_array_equal(blobs[2].data, [1.0])
+    layer = net.layers[-1]  # its statistics move on again below
+    xt = torch.from_numpy(x).requires_grad_()
+    (top,) = layer.forward([xt])
+    top.backward(torch.ones_like(top))
+    np.testing.assert_array_equal(xt.grad.numpy(), 0.0)  # Caffe's (dy - mean dy - mean(dy*y)*y)/std: 0 at m == 1
 
 
 def test_batch_norm_global_stats_divide_by_the_scale_factor():

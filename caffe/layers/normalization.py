@@ -184,9 +184,10 @@ class BatchNormLayer(Layer):
             top = F.batch_norm(x, mean, var, training=True, momentum=1.0, eps=self._eps)
         else:  # one value per channel: torch refuses batch statistics; Caffe gives (x - x) / sqrt(eps)
             dims = [0, *range(2, x.dim())]
-            mean = x.detach().mean(dim=dims)
-            centred = x - mean.reshape(1, -1, *([1] * (x.dim() - 2)))
+            batch_mean = x.mean(dim=dims, keepdim=True)  # in the graph: the top's gradient is Caffe's zero
+            centred = x - batch_mean
             top = centred / (centred.pow(2).mean(dim=dims, keepdim=True) + self._eps).sqrt()
+            mean = batch_mean.reshape(-1)
             var = torch.zeros_like(mean)  # Caffe's correction is 1 here: the variance of one value
         self._update_statistics(mean, var)
         return [top]
