@@ -35,7 +35,13 @@ from caffe.precision import check_precision
 from caffe.precision import precision as default_precision
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param, read_solver_param
-from caffe.train_step import TrainEngine, check_train_engine, resolve_engine, train_engine
+from caffe.train_step import (
+    TrainEngine,
+    check_engine_precision,
+    check_train_engine,
+    resolve_engine,
+    train_engine,
+)
 
 log = logging.getLogger("caffe")
 
@@ -197,7 +203,7 @@ class Solver:
         self.engine = check_train_engine(engine) if engine is not None else train_engine()
         self.precision = check_precision(precision) if precision is not None else default_precision()
         if self.precision != "fp32":
-            resolve_engine(self.engine, 0, None, self.precision)  # refuses the eager engine now, not mid-run
+            check_engine_precision(self.engine, self.precision)
             if common.dtype() != torch.float32:
                 raise SolverError(f"training precision {self.precision} is for float nets, not {common.dtype()}")
         self._train_engine: TrainEngine | None = None

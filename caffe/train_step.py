@@ -71,9 +71,8 @@ def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, pre
     without large convolutions (LeNet 1.2x the eager step) and nets with BatchNorm layers (ResNet-50
     1by2 1.3x: the compiled step fuses BatchNorm, Scale and ReLU passes). Nets dominated by large
     convolutions alone (CaffeNet, GoogLeNet) ran as fast either way, so they stay eager unless asked."""
+    check_engine_precision(name, precision)
     if precision != "fp32":
-        if name == "eager":
-            raise CaffeError(f"training precision {precision} needs the compiled training engine, not eager")
         return "compiled"
     if name != "auto":
         return name
@@ -82,6 +81,12 @@ def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, pre
     if net is not None and has_large_convolutions(net) and not has_batch_norm(net):
         return "eager"
     return "compiled"
+
+
+def check_engine_precision(name: str, precision: str) -> None:
+    """A reduced precision is the compiled step's: the eager engine is refused (at once, not mid-run)."""
+    if precision != "fp32" and name == "eager":
+        raise CaffeError(f"training precision {precision} needs the compiled training engine, not eager")
 
 
 def has_large_convolutions(net: Net) -> bool:
