@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from caffe.util.choice import Choice
+from caffe.util.inductor import compiled
 
 if TYPE_CHECKING:
     from caffe.net import Net
@@ -325,9 +326,7 @@ class CompiledPlan:
         if fn is None:
             log.info("Compiling the inference graph of net '%s' (once per input shape)", self.plan.net.name)
             # freezing as this compile's option (no config patch around every call)
-            fn = torch.compile(
-                PlanModule(self.plan, self._inputs, list(wanted)), dynamic=False, options={"freezing": True}
-            )
+            fn = compiled(PlanModule(self.plan, self._inputs, list(wanted)), freezing=True)
             self._compiled[wanted] = fn
         return fn
 

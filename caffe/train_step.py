@@ -32,6 +32,7 @@ import torch
 from caffe.errors import CaffeError
 from caffe.precision import LossScaler, autocast_dtype
 from caffe.util.choice import Choice
+from caffe.util.inductor import compiled
 
 if TYPE_CHECKING:
     from caffe.blob import Blob
@@ -172,9 +173,7 @@ class CompiledStep:
         # Inductor's options for this compile only (no config patch around each call): Dropout draws torch's
         # numbers as the eager path does; the tops leave in the layout inductor chose (channels-last around
         # its convolutions) instead of a copy back to NCHW per blob and iteration, see _store_as_caffe.
-        self.function = torch.compile(
-            self._forward, dynamic=False, options={"fallback_random": True, "keep_output_stride": False}
-        )
+        self.function = compiled(self._forward, fallback_random=True, keep_output_stride=False)
         self.compile_seconds: float | None = None
 
     def _forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

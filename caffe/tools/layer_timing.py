@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from caffe.util.inductor import compiled
+
 if TYPE_CHECKING:
     from caffe.net import Net
 
@@ -84,7 +86,7 @@ def _time_layer(net: Net, i: int, iterations: int, sync: Callable[[], None]) -> 
     needs_backward = net.layer_need_backward[i]
     wants_diff = [needs_backward and need for need in net.bottom_need_backward[i]]
     bottom_ids, top_ids = net.bottom_ids(i), net.top_ids(i)
-    function = torch.compile(layer.forward, dynamic=False, options={"fallback_random": True})
+    function = compiled(layer.forward, fallback_random=True)
 
     def forward() -> list[torch.Tensor]:
         bottoms = [blobs[b].tensor.detach().requires_grad_(w) for b, w in zip(bottom_ids, wants_diff, strict=True)]
