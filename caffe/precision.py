@@ -12,6 +12,7 @@ before the backward, the diffs divided after it, and an iteration whose diffs ov
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -52,6 +53,15 @@ class LossScaler:
         self.scale = float(scale)
         self.growth_interval = int(growth_interval)
         self.good_steps = 0
+
+    def state(self) -> tuple[float, int]:
+        """(scale, good iterations since the last change): what a snapshot keeps for an exact resume."""
+        return self.scale, self.good_steps
+
+    def load_state(self, scale: float, good_steps: int) -> None:
+        if not (math.isfinite(scale) and scale > 0 and good_steps >= 0):
+            raise ValueError(f"not a loss scale: {scale}, {good_steps} good iterations")
+        self.scale, self.good_steps = float(scale), int(good_steps)
 
     def diffs_finite(self, diffs: list[torch.Tensor]) -> bool:
         """Whether every value of ``diffs`` is finite; moves the scale accordingly."""

@@ -119,31 +119,38 @@ def rng_file(state_file: str | os.PathLike) -> Path:
     return Path(f"{state_file}{RNG_STATE_SUFFIX}")
 
 
-def save_rng_state(state_file: str | os.PathLike) -> None:
+def save_rng_state(state_file: str | os.PathLike, loss_scale: tuple[float, int] | None = None) -> None:
     """torch's random-number state beside the solver state (``<state>.rng``, a neocaffe addition that
     Caffe ignores), for nets whose layers draw random numbers while training (Dropout, DummyData's
-    fillers): after a restore they draw what an uninterrupted run would have drawn."""
+    fillers): after a restore they draw what an uninterrupted run would have drawn. fp16 training also
+    keeps its ``loss_scale`` there (scale, good iterations: ``caffe.precision.LossScaler.state``)."""
     states = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    if loss_scale is not None:
+        states["loss_scale"] = torch.tensor(loss_scale, dtype=torch.float64)
     buffer = io.BytesIO()
     torch.save(states, buffer)
     atomic_write(rng_file(state_file), buffer.getvalue())
 
 
-def restore_rng_state(state_file: str | os.PathLike) -> None:
-    """Set torch's random state from ``<state>.rng`` when there is one (a warning if it cannot be read)."""
+def restore_rng_state(state_file: str | os.PathLike) -> tuple[float, int] | None:
+    """Set torch's random state from ``<state>.rng`` when there is one (a warning if it cannot be read);
+    returns the fp16 loss scale (scale, good iterations) it keeps, if any."""
     path = rng_file(state_file)
     if not path.exists():  # a state written by Caffe, or before this addition
-        return
+        return None
     try:
         states = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
         torch.set_rng_state(states["cpu"])
+        scale = states.get("loss_scale")
+        loss_scale = None if scale is None else (float(scale[0]), int(scale[1]))
     except Exception as e:
         log.warning("%s: cannot restore the random-number state (%s); Dropout masks will differ", path, e)
-        return
+        return None
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(list(states["cuda"]))
+    return loss_scale
 
 
 def read_state(state_file: str | os.PathLike) -> tuple[Path, SolverState]:

@@ -31,7 +31,7 @@ from caffe.blob import Blob
 from caffe.errors import SolverError
 from caffe.limits import check_path
 from caffe.net import Net
-from caffe.precision import check_precision
+from caffe.precision import LossScaler, check_precision
 from caffe.precision import precision as default_precision
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param, read_solver_param
@@ -206,6 +206,8 @@ class Solver:
             check_engine_precision(self.engine, self.precision)
             if common.dtype() != torch.float32:
                 raise SolverError(f"training precision {self.precision} is for float nets, not {common.dtype()}")
+        # fp16's dynamic loss scale: the solver's (snapshots keep it), lent to the compiled step
+        self.loss_scaler = LossScaler() if self.precision == "fp16" else None
         self._train_engine: TrainEngine | None = None
         self._groups_key: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # see _update_groups
         self._groups: list[tuple[list[int], float, float]] = []
@@ -343,31 +345,32 @@ class Solver:
         with torch.no_grad():
             if self.world_size > 1:  # Caffe's multi-GPU rule: the ranks' diffs averaged before clip/normalize
                 parallel.average([b.mutable_grad for b in params])
-            if self._skip_overflowed_update(params):
-                return
-            self.clip_gradients()
-            n = len(params)
-            for indices, lr_mult, decay_mult in self._update_groups():
-                grads = [params[i].mutable_grad for i in indices]
-                if self.param.iter_size > 1:
-                    torch._foreach_mul_(grads, 1.0 / self.param.iter_size)
-                self._regularize(grads, [params[i].tensor for i in indices], decay_mult)
-                history = [
-                    [self.history[k * n + i].mutable_tensor for i in indices] for k in range(self.history_per_param)
-                ]
-                self.update_rule(grads, history, self._local_rate(rate, lr_mult))
-            self.net.update()
-            if self.world_size > 1 and self.net.debug_info:  # debug_info: every rank holds rank 0's weights
-                parallel.check_identical([b.tensor for b in params], f"iteration {self.iter}'s weights")
+            if not self._overflowed(params):
+                self._update(params, rate)
         self.iter += 1
 
-    def _skip_overflowed_update(self, params: list[Any]) -> bool:
-        """fp16 training: skip the update (weights and history untouched) if the (averaged) diffs overflowed."""
-        scaler = self._train_engine.scaler if self._train_engine is not None else None
+    def _update(self, params: list[Blob], rate: float) -> None:
+        """Clip, then per (lr_mult, decay_mult) group: normalize, regularize, the rule; w -= diff (no_grad)."""
+        self.clip_gradients()
+        n = len(params)
+        for indices, lr_mult, decay_mult in self._update_groups():
+            grads = [params[i].mutable_grad for i in indices]
+            if self.param.iter_size > 1:
+                torch._foreach_mul_(grads, 1.0 / self.param.iter_size)
+            self._regularize(grads, [params[i].tensor for i in indices], decay_mult)
+            history = [[self.history[k * n + i].mutable_tensor for i in indices] for k in range(self.history_per_param)]
+            self.update_rule(grads, history, self._local_rate(rate, lr_mult))
+        self.net.update()
+        if self.world_size > 1 and self.net.debug_info:  # debug_info: every rank holds rank 0's weights
+            parallel.check_identical([b.tensor for b in params], f"iteration {self.iter}'s weights")
+
+    def _overflowed(self, params: list[Blob]) -> bool:
+        """fp16 training: whether the (averaged) diffs overflowed, so the update is skipped (weights and
+        history untouched) and the loss scale halves."""
+        scaler = self.loss_scaler
         if scaler is None or scaler.diffs_finite([b.grad for b in params]):
             return False
         log.info("Iteration %d: fp16 diffs overflowed; update skipped, loss scale now %g", self.iter, scaler.scale)
-        self.iter += 1
         return True
 
     def _update_groups(self) -> list[tuple[list[int], float, float]]:
@@ -434,7 +437,7 @@ class Solver:
         """The training engine (``caffe.train_step``) for a run of ``iterations``; kept while its choice holds."""
         name = resolve_engine(self.engine, iterations, self.net, self.precision)
         if self._train_engine is None or self._train_engine.requested != name:
-            self._train_engine = TrainEngine(self.net, name, self.precision)
+            self._train_engine = TrainEngine(self.net, name, self.precision, self.loss_scaler)
         return self._train_engine
 
     def update_smoothed_loss(self, loss: float, start_iter: int) -> None:
@@ -607,8 +610,8 @@ class Solver:
         """Write the weights, then the solver state (each atomically); returns both file names."""
         model = snapshots.write_weights(self.net, self.param, self.iter)
         state = self.snapshot_solver_state(model)
-        if self.net.draws_random:
-            snapshots.save_rng_state(state)
+        if self.net.draws_random or self.loss_scaler is not None:
+            snapshots.save_rng_state(state, self.loss_scaler.state() if self.loss_scaler is not None else None)
         if self.events is not None:
             self.events.write("snapshot", iter=self.iter, model=model, state=state)
         return model, state
@@ -632,7 +635,13 @@ class Solver:
         log.info("%sSolver: restoring history", self.type_name)
         snapshots.load_history(self.history, state.history, self._np_dtype, state_file)
         snapshots.fast_forward_data(self.param, self.iter, self.net, self.test_nets)
-        snapshots.restore_rng_state(path)
+        loss_scale = snapshots.restore_rng_state(path)
+        if self.loss_scaler is not None and loss_scale is not None:
+            try:
+                self.loss_scaler.load_state(*loss_scale)
+            except ValueError as e:
+                raise SolverError(f"{snapshots.rng_file(path)}: {e}") from None
+            log.info("Restored the fp16 loss scale %g", self.loss_scaler.scale)
 
     # ------------------------------------------------------------------ pycaffe
     def share_weights(self, net: Net) -> None:

@@ -135,11 +135,12 @@ def _store_as_caffe(blob: Blob, value: torch.Tensor) -> None:
 class CompiledStep:
     """``forward_backward`` of a net's layers after its data layers, as one compiled function."""
 
-    def __init__(self, net: Net, precision: str = "fp32") -> None:
+    def __init__(self, net: Net, precision: str = "fp32", scaler: LossScaler | None = None) -> None:
+        """``scaler``: fp16's loss scale (the solver's, kept in its snapshots); a new one if not given."""
         self.net = net
         self.precision = precision
         self.autocast = autocast_dtype(precision)  # None: float32 throughout
-        self.scaler = LossScaler() if precision == "fp16" else None
+        self.scaler = (scaler or LossScaler()) if precision == "fp16" else None
         if precision == "fp16" and net.device.type == "cpu":
             log.warning("fp16 on the CPU runs without float16 arithmetic (measured 8x slower than fp32): use bf16")
         self.start = _data_prefix(net)
@@ -235,7 +236,7 @@ class CompiledStep:
 class TrainEngine:
     """What a Solver calls for each forward + backward: the compiled step when it can, else the Net's own."""
 
-    def __init__(self, net: Net, name: str, precision: str = "fp32") -> None:
+    def __init__(self, net: Net, name: str, precision: str = "fp32", scaler: LossScaler | None = None) -> None:
         self.net = net
         self.requested = self.name = name
         self.precision = precision
@@ -248,7 +249,7 @@ class TrainEngine:
                 log.info("Training eagerly: the net cannot be compiled (%s)", obstacle)
                 self.name = "eager"
             else:
-                self.step = CompiledStep(net, precision)
+                self.step = CompiledStep(net, precision, scaler)
 
     @property
     def scaler(self) -> LossScaler | None:

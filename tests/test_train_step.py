@@ -390,6 +390,24 @@ def test_fp16_overflow_skips_the_update_and_halves_the_loss_scale(mnist: Path): 
     assert any(not np.array_equal(a, b.data) for a, b in zip(before, solver.net.learnable_params, strict=True))
 
 
+def test_fp16_loss_scale_is_kept_in_the_snapshot(mnist: Path):  # noqa: F811
+    """A resumed fp16 run goes on with the loss scale it had (beside the state, in ``<state>.rng``), not 2^16."""
+    solver = _precision_run(mnist, "fp16_snap", "fp16", iters=2)
+    assert solver.loss_scaler is solver.train_engine_for(1).scaler  # the solver's, lent to the compiled step
+    solver.loss_scaler.load_state(2.0**9, 17)
+    _, state = solver.snapshot()
+    assert Path(f"{state}.rng").is_file()  # LeNet draws no random numbers: written for the loss scale
+    resumed = caffe.get_solver(solver.source, precision="fp16")
+    assert resumed.loss_scaler.state() == (2.0**16, 0)
+    resumed.restore(state)
+    assert resumed.loss_scaler.state() == (2.0**9, 17) and resumed.iter == 2
+    resumed.step(1)
+    assert resumed.train_engine_for(1).scaler.state() == (2.0**9, 18)  # the restored scale trains on
+    fp32 = caffe.get_solver(solver.source)
+    fp32.restore(state)  # an fp32 run ignores it
+    assert fp32.loss_scaler is None
+
+
 def test_reduced_precision_refuses_what_it_cannot_do(mnist: Path):  # noqa: F811
     solver_file = write_solver(mnist, "refuse", mnist / "lenet_train_test.prototxt", max_iter=1, snapshot=0)
     with pytest.raises(caffe.CaffeError, match="precision bf16 needs the compiled training engine"):
