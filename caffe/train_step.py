@@ -13,6 +13,10 @@
 A reduced precision (``caffe.precision``: bf16, fp16) runs the compiled step under autocast; its tops
 read as float32 (converted on first read) and its diffs are float32 (fp16: unscaled).
 
+On a GPU, ``CAFFE_CUDA_GRAPHS=on`` (or ``CUDA_GRAPHS.set("on")`` before the solver's first step) replays
+the compiled step as CUDA graphs (inductor's cudagraph trees: one launch per forward and per backward);
+opt-in until checked on a GPU (tests/test_gpu.py).
+
 A net that cannot be captured trains eagerly whatever the choice, and says why once: a layer with its
 own backward (Python layers), ``debug_info``, or a compile that fails. Random layers (Dropout) draw
 the eager path's numbers (inductor's ``fallback_random``), so both engines train the same net to
@@ -47,6 +51,9 @@ RECOMPILE_LIMIT = 256  # nets compiled in one process (each solver's, each input
 
 
 TRAIN_ENGINE = Choice("training engine", TRAIN_ENGINES, "CAFFE_TRAIN_ENGINE", "auto")
+# CUDA graphs for the compiled step of a GPU net (inductor's cudagraph trees): replays the whole forward +
+# backward as one graph launch. Opt-in until the GPU checks (tests/test_gpu.py) have run on a lent GPU.
+CUDA_GRAPHS = Choice("CUDA graphs setting", ("off", "on"), "CAFFE_CUDA_GRAPHS", "off")
 
 
 def check_train_engine(name: str) -> str:
@@ -174,7 +181,9 @@ class CompiledStep:
         # Inductor's options for this compile only (no config patch around each call): Dropout draws torch's
         # numbers as the eager path does; the tops leave in the layout inductor chose (channels-last around
         # its convolutions) instead of a copy back to NCHW per blob and iteration, see _store_as_caffe.
-        self.function = compiled(self._forward, fallback_random=True, keep_output_stride=False)
+        self.cuda_graphs = net.device.type == "cuda" and CUDA_GRAPHS.value == "on"
+        graphs = {"triton.cudagraphs": True} if self.cuda_graphs else {}
+        self.function = compiled(self._forward, fallback_random=True, keep_output_stride=False, **graphs)
         self.compile_seconds: float | None = None
 
     def _forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -206,6 +215,8 @@ class CompiledStep:
         blobs = self.net.blob_list
         inputs = [blobs[b].tensor.detach() for b in self.inputs]
         started = time.perf_counter() if self.compile_seconds is None else None
+        if self.cuda_graphs:  # a new iteration: the graphs' previous outputs (last iteration's tops) may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         total, outputs = self.function(*inputs)
         if isinstance(total, torch.Tensor) and total.requires_grad and self.params:
             scale = self.scaler.scale if self.scaler is not None else 1.0
@@ -227,7 +238,8 @@ class CompiledStep:
                 "Compiled the training step (%d layers after the data layers, inputs %s%s) in %.1f s",
                 len(self.layers),
                 ", ".join(f"{list(blobs[b].shape)}" for b in self.inputs),
-                "" if self.autocast is None else f"; {self.precision} autocast",
+                ("" if self.autocast is None else f"; {self.precision} autocast")
+                + ("; CUDA graphs" if self.cuda_graphs else ""),
                 self.compile_seconds,
             )
         return float(total.detach()) if isinstance(total, torch.Tensor) else float(total)

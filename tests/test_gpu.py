@@ -3,6 +3,7 @@ machines without CUDA)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,20 @@ def test_reduced_precision_on_gpu_trains_close_to_fp32(mnist: Path, precision: s
     worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(reference, reduced, strict=True))
     print(f"LeNet {LENET_ITERS} iterations on the GPU, {precision} vs fp32 {worst:.3e}")
     assert 0 < worst < 0.2
+
+
+def test_compiled_training_step_under_cuda_graphs_trains_as_without(mnist: Path, caplog: pytest.LogCaptureFixture):  # noqa: F811
+    """CAFFE_CUDA_GRAPHS=on: the compiled step replayed as CUDA graphs gives the compiled fp32 run's LeNet weights."""
+    from caffe.train_step import CUDA_GRAPHS
+
+    reference = _gpu_compiled_fp32(mnist)
+    CUDA_GRAPHS.set("on")
+    try:
+        with caplog.at_level(logging.INFO, logger="caffe"):
+            graphed = _train_lenet(mnist / "gpu_cuda_graphs", mnist, "gpu", "float", "AVE", engine="compiled")
+    finally:
+        CUDA_GRAPHS.set("off")
+    assert "CUDA graphs" in caplog.text and "training eagerly" not in caplog.text
+    worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(reference, graphed, strict=True))
+    print(f"LeNet {LENET_ITERS} iterations on the GPU, CUDA graphs vs without {worst:.3e}")
+    assert worst <= 1e-5

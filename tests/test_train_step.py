@@ -98,6 +98,25 @@ def test_engine_choice_and_refusal():
         train_step.set_train_engine("jit")
 
 
+def test_cuda_graphs_are_for_gpu_nets_only(monkeypatch: pytest.MonkeyPatch):
+    """CAFFE_CUDA_GRAPHS=on asks inductor for CUDA graphs on a GPU net; a CPU net's step is compiled as always."""
+    lenet = caffe.Net(str(asset("caffe-ref/examples/mnist/lenet.prototxt")), caffe.TEST)
+    monkeypatch.setattr(train_step.CUDA_GRAPHS, "value", "on")
+    asked: list[dict] = []
+    monkeypatch.setattr(train_step, "compiled", lambda function, **options: asked.append(options) or function)
+    assert not train_step.CompiledStep(lenet).cuda_graphs
+    assert "triton.cudagraphs" not in asked[-1] and asked[-1]["keep_output_stride"] is False
+    if torch.cuda.is_available():
+        caffe.set_mode_gpu()
+        try:
+            gpu_net = caffe.Net(str(asset("caffe-ref/examples/mnist/lenet.prototxt")), caffe.TEST)
+        finally:
+            caffe.set_mode_cpu()
+        assert train_step.CompiledStep(gpu_net).cuda_graphs and asked[-1]["triton.cudagraphs"] is True
+    with pytest.raises(caffe.CaffeError, match="unknown CUDA graphs setting 'yes'"):
+        train_step.CUDA_GRAPHS.set("yes")
+
+
 def _lenet_run(
     folder: Path, name: str, engine: str, iters: int
 ) -> tuple[list[float], list[np.ndarray], dict[str, np.ndarray]]:
