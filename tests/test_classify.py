@@ -154,7 +154,7 @@ def test_urls_are_fetched_and_failures_reported(tmp_path: Path, http_server: str
     assert code == 1
     assert [r["input"] for r in results] == [ok, missing, refused]  # in input order
     assert results[0]["predictions"][0]["index"] == 278  # kit fox, as from the file
-    assert "HTTP error 404" in results[1]["error"] and "HTTP error 404" in err
+    assert "HTTP 404" in results[1]["error"] and "HTTP 404" in err
     assert "Connection refused" in results[2]["error"]
 
 

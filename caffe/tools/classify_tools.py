@@ -26,14 +26,11 @@ status is then 1.
 from __future__ import annotations
 
 import csv
-import http.client
 import io
 import json
 import logging
 import re
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +45,7 @@ from caffe.limits import read_file
 from caffe.protoio import atomic_write
 from caffe.tools.flags import ToolParser, parse_flags, usage_error
 from caffe.tools.registry import command
+from caffe.util import http
 
 log = logging.getLogger("caffe")
 
@@ -82,27 +80,12 @@ class Image:
 
 
 def fetch_url(url: str, timeout: float, max_bytes: int) -> bytes:
-    """The body of an http/https ``url``; failures, timeouts and bodies over ``max_bytes`` are InputErrors."""
-    if not re.match(r"^https?://", url, re.IGNORECASE):
-        raise InputError(f"{url}: only http:// and https:// URLs are fetched")
-    request = urllib.request.Request(url, headers={"User-Agent": "neocaffe-classify"})
+    """The body of an http/https ``url`` (``caffe.util.http.fetch_url``: redirects to http(s) only);
+    failures, timeouts and bodies over ``max_bytes`` (--max_mb) are InputErrors."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise InputError(f"{url}: {length} bytes, more than the {max_bytes} allowed (--max_mb)")
-            data = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise InputError(f"{url}: HTTP error {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise InputError(f"{url}: cannot fetch ({e.reason})") from None
-    except TimeoutError:
-        raise InputError(f"{url}: no answer within {timeout:g} s (--timeout)") from None
-    except (http.client.HTTPException, OSError) as e:
-        raise InputError(f"{url}: cannot fetch ({e})") from None
-    if len(data) > max_bytes:
-        raise InputError(f"{url}: more than the {max_bytes} bytes allowed (--max_mb)")
-    return data
+        return http.fetch_url(url, timeout, max_bytes)
+    except http.RequestError as e:
+        raise InputError(e.message + (" (--max_mb)" if e.status == 413 else "")) from None
 
 
 def _video_frames(path: Path, every: int, channels: int) -> Iterator[Image]:
