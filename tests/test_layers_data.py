@@ -14,6 +14,9 @@ from google.protobuf import text_format
 import caffe
 from caffe.data.datum import array_to_datum, image_to_datum
 from caffe.data.db import item_key, open_db
+from caffe.data.prefetch import Decoded, Prefetcher, Record
+from caffe.data.transform import DataTransformer
+from caffe.layers.data import DatumSource
 from caffe.proto import caffe_pb2 as pb
 from caffe.weights import array_to_blob_proto
 
@@ -28,11 +31,12 @@ def data_net(source: Path, batch: int = 4, phase: int = caffe.TEST, extra: str =
     return caffe.Net(text_format.Parse(text, pb.NetParameter()), phase)
 
 
-def write_db(path: Path, datums: list[pb.Datum], backend: str = "lmdb") -> None:
+def write_db(path: Path, datums: list[pb.Datum | bytes], backend: str = "lmdb") -> None:
+    """Datums (or records as they are, given as bytes) under keys ``00000000_item0``, ..."""
     with open_db(path, backend, "new") as db:
         txn = db.transaction()
         for i, d in enumerate(datums):
-            txn.put(item_key(i, f"item{i}"), d.SerializeToString())
+            txn.put(item_key(i, f"item{i}"), d if isinstance(d, bytes) else d.SerializeToString())
         txn.commit()
 
 
@@ -354,3 +358,155 @@ def test_train_and_test_nets_read_one_leveldb_together(tmp_path: Path):
         seen["train"] += train.forward()["label"].astype(int).tolist()
         seen["test"] += test.forward()["label"].astype(int).tolist()
     assert seen == {"train": [0, 1, 2, 3, 4, 0], "test": [0, 1, 2, 3, 4, 0, 1, 2, 3]}
+
+
+# ---------------------------------------------------------------------------- whole-batch decoding of raw Datums
+class CountingSource(DatumSource):
+    """A DatumSource counting the records it decodes one by one."""
+
+    decoded = 0
+
+    def decode(self, record: Record) -> Decoded:
+        self.decoded += 1
+        return super().decode(record)
+
+
+class ItemByItemSource(CountingSource):
+    """A DatumSource that leaves every batch to the per-item path."""
+
+    def decode_batch(self, records: list[Record]) -> None:
+        return None
+
+
+def transformer(phase: int, **fields) -> DataTransformer:
+    values = fields.pop("mean_value", [])
+    param = pb.TransformationParameter(**fields)
+    param.mean_value.extend(values)
+    return DataTransformer(param, phase, "test")
+
+
+def read_batches(
+    source_class: type[CountingSource], path: Path, phase: int, fields: dict, batches: int = 3, workers: int = 0
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """``batches`` batches of 5 through a Prefetcher (seeded alike each time), and the records decoded one by one."""
+    t = transformer(phase, **fields)
+    source = source_class(str(path), "lmdb", t, 0, np.random.default_rng(0))
+    prefetcher = Prefetcher(source, t, 5, workers=workers, seed=11)
+    try:
+        out = [tuple(x.numpy().copy() for x in prefetcher.next()) for _ in range(batches)]
+    finally:
+        prefetcher.stop(join=True)
+        source.close()
+    return out, source.decoded
+
+
+@pytest.mark.parametrize(
+    "channels, phase, fields, workers",
+    [
+        (1, caffe.TRAIN, {"scale": 0.00390625}, 0),  # MNIST's
+        (1, caffe.TRAIN, {"scale": 0.00390625}, 2),
+        (3, caffe.TEST, {"mean_file": "mean", "scale": 0.017}, 0),
+        (3, caffe.TRAIN, {"mean_value": [104, 117, 123], "scale": 0.017}, 0),
+        (3, caffe.TRAIN, {"mean_value": [104.5]}, 0),
+        (3, caffe.TRAIN, {"crop_size": 4, "mirror": True, "mean_file": "mean", "scale": 0.25}, 0),
+        (3, caffe.TRAIN, {"crop_size": 4, "mirror": True, "mean_value": [104, 117, 123], "scale": 0.017}, 2),
+        (3, caffe.TEST, {"crop_size": 4, "mirror": True, "mean_file": "mean"}, 0),  # centre crop
+        (3, caffe.TEST, {"crop_size": 5, "mean_value": [104, 117, 123], "scale": 0.5}, 0),
+    ],
+)
+def test_raw_batches_decoded_whole_equal_item_by_item_bit_for_bit(
+    tmp_path: Path, channels: int, phase: int, fields: dict, workers: int
+):
+    """Raw Datums of one shape are decoded and transformed a batch at once: the same floats and labels (and, with
+    random crops and mirrors, the same draws) as decoding and placing them one by one, and nothing decoded singly."""
+    items = raw_items(n=7, c=channels, h=8, w=7)
+    write_db(tmp_path / "db", [array_to_datum(a, label=1000 * i - 3) for i, a in enumerate(items)])
+    if fields.get("mean_file"):
+        mean = np.random.default_rng(3).random((1, channels, 8, 7)).astype(np.float32) * 120
+        (tmp_path / "mean.binaryproto").write_bytes(array_to_blob_proto(mean).SerializeToString())
+        fields = {**fields, "mean_file": str(tmp_path / "mean.binaryproto")}
+    whole, singly = read_batches(CountingSource, tmp_path / "db", phase, fields, workers=workers)
+    each, each_singly = read_batches(ItemByItemSource, tmp_path / "db", phase, fields, workers=workers)
+    assert singly == 0 and each_singly >= 15  # (with workers, batches read ahead too)
+    for (data, labels), (each_data, each_labels) in zip(whole, each, strict=True):
+        assert data.dtype == each_data.dtype == np.float32 and np.array_equal(data, each_data)
+        assert labels.dtype == each_labels.dtype == np.float32 and np.array_equal(labels, each_labels)
+    np.testing.assert_array_equal(whole[1][1], [4997, 5997, -3, 997, 1997])  # records 5, 6, then 0, 1, 2
+    if fields == {"scale": 0.00390625}:
+        expected = np.stack(items[:5]).astype(np.float32) * np.float32(0.00390625)
+        assert np.array_equal(whole[0][0], expected)
+
+
+def test_a_data_layer_decodes_a_raw_batch_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Through a Data layer, only set-up's first record is decoded on its own; the batches are decoded whole."""
+    decoded: list[str] = []
+    decode = DatumSource.decode
+
+    def counting(self: DatumSource, record: Record) -> Decoded:
+        decoded.append(record.name)
+        return decode(self, record)
+
+    monkeypatch.setattr(DatumSource, "decode", counting)
+    items = raw_items(n=7)
+    write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(items)])
+    net = data_net(tmp_path / "db", batch=4, extra="transform_param { scale: 0.5 }")
+    for _ in range(3):
+        out = net.forward()
+    release(net)
+    assert len(decoded) == 1
+    np.testing.assert_array_equal(out["data"][0], items[1].astype(np.float32) * 0.5)  # batch 3 starts at record 8 of 7
+
+
+def odd_record(kind: str) -> pb.Datum | bytes:
+    """A record that a batch of raw 3x6x5 Datums cannot be decoded whole with."""
+    if kind == "float":
+        return array_to_datum(np.full((3, 6, 5), 2.5, np.float32), label=9)
+    if kind == "shape":
+        return array_to_datum(np.zeros((3, 5, 5), np.uint8))
+    if kind == "encoded":
+        return image_to_datum(DOLPHINS[0], label=0, encoding="jpg")
+    if kind == "corrupt":
+        return b"\xff\xfe not a datum"
+    if kind == "bytes":
+        return pb.Datum(channels=3, height=6, width=5, data=b"\0" * 10)
+    if kind == "negative":
+        return pb.Datum(channels=-3, height=6, width=5, data=b"\0" * 90)
+    assert kind == "empty"
+    return pb.Datum(channels=0, height=6, width=5)
+
+
+@pytest.mark.parametrize(
+    "kind, error",
+    [
+        ("float", None),  # a float Datum of the same shape is a valid item
+        ("shape", r"00000002_item2'?: item of shape \(3, 5, 5\) in a batch whose first item is \(3, 6, 5\)"),
+        ("encoded", r"00000002_item2'?: item of shape \(\d+, \d+, 3\) in a batch whose first item is \(3, 6, 5\)"),
+        ("corrupt", r"00000002_item2'?: not a valid Datum \(corrupt record\)"),
+        ("bytes", r"00000002_item2'?: Datum holds 10 bytes but is 3x6x5"),
+        ("negative", r"00000002_item2'?: Datum has a negative dimension \(-3x6x5\)"),
+        ("empty", r"00000002_item2'?: empty Datum"),
+    ],
+)
+def test_a_batch_not_decodable_whole_is_decoded_item_by_item(tmp_path: Path, kind: str, error: str | None):
+    """decode_batch leaves a batch holding an odd record to decode, which names what is wrong as before."""
+    items = raw_items(n=4, h=6, w=5)
+    records: list[pb.Datum | bytes] = [array_to_datum(a, label=i) for i, a in enumerate(items)]
+    records[2] = odd_record(kind)
+    write_db(tmp_path / "db", records)
+    t = transformer(caffe.TEST)
+    source = CountingSource(str(tmp_path / "db"), "lmdb", t, 0, np.random.default_rng(0))
+    assert source.decode_batch(source.next_records(4)) is None
+    prefetcher = Prefetcher(source, t, 4, workers=0)
+    try:
+        if error is not None:
+            with pytest.raises(caffe.DataError, match=error):
+                prefetcher.next()
+            return
+        data, labels = prefetcher.next()
+    finally:
+        prefetcher.stop(join=True)
+        source.close()
+    assert source.decoded == 4  # item by item
+    np.testing.assert_array_equal(data[2].numpy(), np.full((3, 6, 5), 2.5, np.float32))
+    np.testing.assert_array_equal(data[3].numpy(), items[3].astype(np.float32))
+    np.testing.assert_array_equal(labels.numpy(), [0, 1, 9, 3])

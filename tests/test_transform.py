@@ -292,3 +292,46 @@ def test_device_copies_keep_each_host_batch_until_its_copy_is_done():
     x = torch.arange(6, dtype=torch.float32)
     (y,) = copies.copy([x], torch.device("cpu"), torch.float64)
     assert y.dtype == torch.float64 and torch.equal(y, x.double()) and not copies._in_flight
+
+
+@pytest.mark.parametrize(
+    "phase, fields, mean_file, dtype",
+    [
+        (caffe.TRAIN, {"scale": 0.00390625}, False, np.uint8),
+        (caffe.TRAIN, {"scale": 0.00390625}, True, np.uint8),
+        (caffe.TRAIN, {"crop_size": 5, "mirror": True, "scale": 0.017, "mean_value": [104, 117, 123]}, False, np.uint8),
+        (caffe.TRAIN, {"crop_size": 5, "mirror": True, "scale": 0.017}, True, np.uint8),
+        (caffe.TRAIN, {"crop_size": 5, "mirror": True, "scale": 0.25}, True, np.float32),
+        (caffe.TRAIN, {"mirror": True, "mean_value": [7.5]}, False, np.uint8),
+        (caffe.TEST, {"crop_size": 5, "mirror": True, "scale": 0.017, "mean_value": [104, 117, 123]}, False, np.uint8),
+        (caffe.TEST, {"crop_size": 5, "mirror": True, "scale": 0.017}, True, np.uint8),
+        (caffe.TEST, {"crop_size": 4, "scale": 0.5}, False, np.float32),
+    ],
+)
+def test_place_batch_is_place_for_every_item_bit_for_bit(phase: int, fields: dict, mean_file: bool, dtype: type):
+    rng = np.random.default_rng(4)
+    items = (rng.random((12, 3, 9, 11)) * 256).astype(dtype)
+    t = transformer(phase, **fields)
+    if mean_file:
+        t.mean = (rng.random((3, 9, 11)) * 100).astype(np.float32)
+    draws = [t.draw(rng) for _ in range(12)]
+    shape = (12, *t.output_shape(3, 9, 11))
+    each, whole = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+    for i in range(12):
+        t.place(items[i], CHW, each[i], draws[i])
+    t.place_batch(items, whole, draws)
+    assert np.array_equal(whole, each)
+    if t.mirror:
+        assert 0 < sum(d[2] for d in draws) < 12  # mirrored and unmirrored items in the batch
+
+
+def test_place_with_a_mean_file_is_mean_then_scale_in_float32():
+    """The numbers :meth:`place` and :meth:`place_batch` give: float32(x) - mean, then times float32(scale)."""
+    rng = np.random.default_rng(2)
+    items = rng.integers(0, 256, (4, 3, 6, 6), dtype=np.uint8)
+    t = transformer(caffe.TEST, crop_size=4, scale=0.017)
+    t.mean = (rng.random((3, 6, 6)) * 100).astype(np.float32)
+    out = np.empty((4, 3, 4, 4), np.float32)
+    t.place_batch(items, out, [t.draw(rng)] * 4)
+    expected = (items[:, :, 1:5, 1:5].astype(np.float32) - t.mean[:, 1:5, 1:5]) * np.float32(0.017)
+    assert expected.dtype == np.float32 and np.array_equal(out, expected)

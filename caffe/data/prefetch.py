@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from caffe.data.transform import HWC, DataTransformer
+from caffe.data.transform import CHW, HWC, DataTransformer
 from caffe.errors import DataError
 
 log = logging.getLogger("caffe")
@@ -128,6 +128,8 @@ class Source(Protocol):
     def decode(self, record: Record) -> Decoded: ...
 
     # Optional: ``skip(n)`` moves on as ``next_records(n)`` would, without reading anything (fast-forward).
+    # Optional: ``decode_batch(records)`` decodes a whole batch as ((N, C, H, W) array, float32 labels) in a few
+    # NumPy operations, or returns None for a batch it leaves to ``decode`` item by item.
 
 
 @dataclass
@@ -206,20 +208,32 @@ class Prefetcher:
         return _Batch(records, [self.transformer.draw(self.rng) for _ in records])
 
     def _build(self, batch: _Batch) -> None:
-        """Decode and transform every item of ``batch`` into a float32 buffer of the pool (one thread)."""
+        """Decode and transform every item of ``batch`` into a float32 buffer of the pool (one thread): the whole
+        batch at once when the source can decode it so, else item by item."""
         records = batch.records
+        decode_batch = getattr(self.source, "decode_batch", None)
+        whole = decode_batch(records) if decode_batch is not None else None
+        if whole is not None:
+            items, batch.labels = whole
+            buffer = self._take_buffer(batch, items.shape[1:], CHW)
+            self.transformer.place_batch(items, buffer, batch.draws)
+            return
         first = self.source.decode(records[0])
-        array = first.array
-        c, h, w = (array.shape[2], *array.shape[:2]) if first.layout == HWC else array.shape
-        self.transformer.check_item(c, h, w, records[0].name)
-        c, hh, ww = self.transformer.output_shape(c, h, w)
-        shape = (len(records), hh, ww, c) if first.layout == HWC else (len(records), c, hh, ww)
-        batch.layout, batch.item_shape = first.layout, array.shape
-        batch.buffer = self.pool.take(shape)
+        self._take_buffer(batch, first.array.shape, first.layout)
         batch.labels = np.empty(len(records), dtype=np.float32)
         self._place(batch, 0, first)
         for i in range(1, len(records)):
             self._place(batch, i, self.source.decode(records[i]))
+
+    def _take_buffer(self, batch: _Batch, item_shape: tuple[int, ...], layout: str) -> np.ndarray:
+        """Check the first item's size and take the batch's buffer from the pool."""
+        c, h, w = (item_shape[2], *item_shape[:2]) if layout == HWC else item_shape
+        self.transformer.check_item(c, h, w, batch.records[0].name)
+        c, hh, ww = self.transformer.output_shape(c, h, w)
+        n = len(batch.records)
+        batch.layout, batch.item_shape = layout, tuple(item_shape)
+        batch.buffer = self.pool.take((n, hh, ww, c) if layout == HWC else (n, c, hh, ww))
+        return batch.buffer
 
     def _place(self, batch: _Batch, i: int, item: Decoded) -> None:
         if item.array.shape != batch.item_shape or item.layout != batch.layout:

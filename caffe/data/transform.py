@@ -1,7 +1,8 @@
 """Caffe's DataTransformer, applied batch-wise: crop, mirror, mean (file or values), scale.
 
 Each item is cropped, mirrored, mean-subtracted and scaled by the prefetch workers in one fused
-NumPy pass straight into the batch's float32 buffer, which the net then uses as it is. Numbers
+NumPy pass straight into the batch's float32 buffer, which the net then uses as it is (a batch of
+raw Datums of one shape: a few NumPy passes for the whole batch, bit for bit the same). Numbers
 are Caffe's: ``top = (x - mean) * scale`` with the mean cropped at the same offsets as the
 image and never mirrored (mirroring applies to the mean-subtracted crop).
 
@@ -112,39 +113,61 @@ class DataTransformer:
         """
         height, width = item.shape[:2] if layout == HWC else item.shape[1:]
         h, w = self.offsets(height, width, draw)
-        size_h, size_w = out.shape[:2] if layout == HWC else out.shape[1:]
-        flip = draw[2]
+        self._window(item, layout, out, h, w, draw[2])
+        self._normalize(out, layout)
+        return h, w
+
+    def place_batch(self, items: np.ndarray, out: np.ndarray, draws: list[tuple[float, float, bool]]) -> None:
+        """:meth:`place` for every item of a CHW batch ``items`` (N, C, H, W) into ``out`` (N, C, h, w), bit for bit.
+
+        The mean values and the scale apply to the whole batch at once, and so does the rest when no item
+        has a window or mirror of its own (TEST, or neither random crops nor mirrors): a few NumPy passes
+        per batch instead of a few per item.
+        """
+        height, width = items.shape[2:]
+        if self.draws_per_item:  # random crops or mirrors: each item's own window
+            for item, slot, draw in zip(items, out, draws):
+                h, w = self.offsets(height, width, draw)
+                self._window(item, CHW, slot, h, w, draw[2])
+        else:
+            h, w = self.offsets(height, width, (0.0, 0.0, False))
+            self._window(items, CHW, out, h, w, False)
+        self._normalize(out, CHW)
+
+    def _window(self, x: np.ndarray, layout: str, out: np.ndarray, h: int, w: int, flip: bool) -> None:
+        """Write ``crop(x) - crop(mean)`` (mirrored if ``flip``) at offsets (h, w) into the float32 ``out``: one
+        item, or (CHW) a batch (N, C, H, W) whose items share the window."""
         if layout == HWC:
-            crop = item[h : h + size_h, w : w + size_w]
+            size_h, size_w = out.shape[:2]
+            crop = x[h : h + size_h, w : w + size_w]
             if flip:  # cv2.flip: a SIMD copy into a contiguous array (a negative-stride view is slow below)
                 crop = cv2.flip(crop, 1).reshape(crop.shape)
         else:
-            crop = item[:, h : h + size_h, w : w + size_w]
-            crop = crop[:, :, ::-1] if flip else crop
-        if self.mean is not None:
-            # mirror(crop(x) - crop(mean)) = mirror(crop(x)) - crop(mirrored mean at the mirrored offset)
-            ww = width - w - size_w if flip else w
-            mean = self._mean_view(layout, flip)
-            if layout == HWC and crop.dtype == np.uint8 and crop.shape[2] <= 4:
-                # one fused pass: uint8 - float32 -> float32 straight into the slot
-                cv2.subtract(
-                    crop, mean[h : h + size_h, ww : ww + size_w], dst=out.reshape(crop.shape), dtype=cv2.CV_32F
-                )
-            else:
-                out[...] = crop
-                mean = (
-                    mean[h : h + size_h, ww : ww + size_w]
-                    if layout == HWC
-                    else mean[:, h : h + size_h, ww : ww + size_w]
-                )
-                np.subtract(out, mean, out=out)
-        else:
+            size_h, size_w = out.shape[-2:]
+            crop = x[..., h : h + size_h, w : w + size_w]
+            crop = crop[..., ::-1] if flip else crop
+        if self.mean is None:
             out[...] = crop  # one casting copy into the float32 slot
-            if self.mean_values is not None:
-                np.subtract(out, self.mean_values if layout == HWC else self.mean_values[:, None, None], out=out)
+            return
+        # mirror(crop(x) - crop(mean)) = mirror(crop(x)) - crop(mirrored mean at the mirrored offset)
+        ww = (x.shape[1] if layout == HWC else x.shape[-1]) - w - size_w if flip else w
+        mean = self._mean_view(layout, flip)
+        if layout == HWC:
+            mean = mean[h : h + size_h, ww : ww + size_w]
+            if crop.dtype == np.uint8 and crop.shape[2] <= 4:
+                # one fused pass: uint8 - float32 -> float32 straight into the slot
+                cv2.subtract(crop, mean, dst=out.reshape(crop.shape), dtype=cv2.CV_32F)
+                return
+        else:
+            mean = mean[:, h : h + size_h, ww : ww + size_w]
+        np.subtract(crop, mean, out=out, dtype=np.float32)  # the item cast to float32, then the float32 mean
+
+    def _normalize(self, out: np.ndarray, layout: str) -> None:
+        """Subtract the mean values (no mean file) and scale, in place: one item or a batch, float32 throughout."""
+        if self.mean is None and self.mean_values is not None:
+            np.subtract(out, self.mean_values if layout == HWC else self.mean_values[:, None, None], out=out)
         if self.scale != 1.0:
             np.multiply(out, np.float32(self.scale), out=out)
-        return h, w
 
     @staticmethod
     def to_tensor(buffer: np.ndarray, layout: str) -> torch.Tensor:
