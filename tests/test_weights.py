@@ -130,3 +130,23 @@ def test_blob_proto_double_and_legacy_dims():
     bad.data.extend([1.0, 2.0])
     with pytest.raises(caffe.WeightsError, match="holds 2 values"):
         blob_proto_to_array(bad)
+
+
+@pytest.mark.parametrize("double", [False, True])
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (3, 4), (2, 3, 5, 7), (70000,)], ids=str)
+def test_array_to_blob_proto_is_the_repeated_fields_caffe_writes(shape: tuple[int, ...], double: bool):
+    """The packed-field fast path gives the message (and bytes) that filling the repeated fields value by
+    value gives: same values, same field (data/diff or double_data/double_diff), from any dtype and layout."""
+    rng = np.random.default_rng(sum(shape) + double)
+    data = rng.standard_normal(shape).astype(">f8")  # big-endian: converted, not reinterpreted
+    diff = np.asfortranarray(rng.standard_normal(shape))  # column-major: raveled in C order
+    kind = np.float64 if double else np.float32
+    expected = pb.BlobProto()
+    expected.shape.dim.extend(shape)
+    (expected.double_data if double else expected.data).extend(data.astype(kind).ravel().tolist())
+    (expected.double_diff if double else expected.diff).extend(np.ascontiguousarray(diff, kind).ravel().tolist())
+    got = array_to_blob_proto(data, diff, double=double)
+    assert got == expected and got.SerializeToString() == expected.SerializeToString()
+    alone = array_to_blob_proto(data, double=double)
+    assert not alone.diff and not alone.double_diff
+    assert len(alone.double_data if double else alone.data) == data.size
