@@ -284,3 +284,26 @@ def test_nothing_to_plot_and_missing_log(tmp_path: Path, caplog: pytest.LogCaptu
         assert main(["parse_log", str(tmp_path / "missing.log"), str(tmp_path)]) == 1
         assert "cannot read log file" in caplog.text and "missing.log" in caplog.text
         assert main(["parse_log", str(train_only), str(tmp_path), "--delimiter", ";;"]) == 1
+
+
+def test_glog_handler_follows_stderr_after_a_redirection_ends(monkeypatch: pytest.MonkeyPatch):
+    """The handler glog.setup() adds writes to the current sys.stderr: a background thread logging after a
+    redirection of stderr ended (its stream closed) writes to stderr, not a 'Logging error' traceback."""
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(logging.Handler, "handleError", lambda self, record: errors.append(sys.exc_info()[1]))
+    logger = logging.getLogger("caffe")
+    monkeypatch.setattr(logger, "handlers", list(logger.handlers))  # restored after the test
+    monkeypatch.setattr(logger, "level", logger.level)
+    redirected, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", redirected)
+    glog.setup()
+    logger.info("while redirected")
+    assert "while redirected" in redirected.getvalue()
+    monkeypatch.setattr(sys, "stderr", later)
+    redirected.close()
+    logger.info("after the redirection")
+    assert "after the redirection" in later.getvalue() and not errors
+    fixed = io.StringIO()
+    glog.setup(stream=fixed)  # a stream of its own stays its stream
+    logger.info("to the given stream")
+    assert "to the given stream" in fixed.getvalue() and "to the given stream" not in later.getvalue()

@@ -31,7 +31,22 @@ class GlogFormatter(logging.Formatter):
 
 
 class GlogHandler(logging.StreamHandler):
-    """The stream handler :func:`setup` adds to the ``caffe`` logger (glog lines)."""
+    """The stream handler :func:`setup` adds to the ``caffe`` logger (glog lines). Without a stream of its
+    own it writes to whatever ``sys.stderr`` is when a record comes (as logging's last-resort handler does):
+    a background thread (a data layer's prefetcher) logging after a redirection of stderr has ended then
+    writes to the current stderr instead of a closed one."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._own_stream = stream
+        super().__init__(stream)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return self._own_stream if self._own_stream is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO | None) -> None:
+        self._own_stream = value if value is not sys.stderr else None
 
 
 def handlers(logger: logging.Logger | None = None) -> list[logging.Handler]:
@@ -45,7 +60,7 @@ def setup(level: int = logging.INFO, stream: TextIO | None = None) -> logging.Lo
     logger = logging.getLogger("caffe")
     for handler in handlers(logger):
         logger.removeHandler(handler)
-    handler = GlogHandler(stream or sys.stderr)
+    handler = GlogHandler(stream)
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)
