@@ -11,14 +11,11 @@ before the backward, the diffs divided after it, and an iteration whose diffs ov
 
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 
 from caffe.util.choice import Choice
-
-log = logging.getLogger("caffe")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

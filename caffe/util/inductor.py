@@ -13,6 +13,7 @@ as inductor always did. Measured: LeNet's first compiled step with inductor's ca
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -64,17 +65,18 @@ def probe_marker() -> Path:
 
     compiler = shutil.which(get_cpp_compiler()) or get_cpp_compiler()
     stat = os.stat(compiler)
-    identity = [torch.__version__, sys.executable, compiler, stat.st_size, stat.st_mtime_ns, reported_isas()]
+    identity = [torch.__version__, sys.executable, compiler, stat.st_size, stat.st_mtime_ns, list(reported_isas())]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
     return Path(cache_dir()) / "neocaffe" / f"vec-isa-ok-{key}"
 
 
-def reported_isas() -> list[str]:
-    """The vector instruction sets inductor would probe on this CPU."""
+@functools.cache
+def reported_isas() -> tuple[str, ...]:
+    """The vector instruction sets inductor would probe on this CPU (read once per process)."""
     from torch._inductor import cpu_vec_isa
 
     flags = cpu_vec_isa.x86_isa_checker()
-    return [str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
+    return tuple(str(isa) for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split()))
 
 
 def _skip_probe_when_known_good() -> None:
@@ -84,7 +86,7 @@ def _skip_probe_when_known_good() -> None:
         return  # the user decided
     marker = probe_marker()
     if not marker.is_file():
-        if [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()] != reported_isas():
+        if tuple(str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()) != reported_isas():
             return  # a set failed its probe: keep probing in every process
         marker.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(marker, b"every vector ISA this CPU reports passed inductor's probe\n")
