@@ -6,9 +6,11 @@
   accumulated as the eager path does, every top blob keeps its data (intermediate blobs' diffs are
   not written: read them after ``net.backward()``, which recomputes them from the blobs). The first
   iteration compiles (seconds, logged); later ones run the compiled code.
-* ``auto`` (default): ``compiled`` for a run long enough to repay the compile time
-  (``AUTO_MIN_ITERATIONS`` or more iterations to go) of a net where the compiled step was measured
-  faster (no large convolutions, or BatchNorm layers), ``eager`` otherwise.
+* ``auto`` (default): ``compiled`` for a run long enough to repay the compile time of a net where the
+  compiled step was measured faster (no large convolutions, or BatchNorm layers), ``eager`` otherwise.
+  Long enough: ``AUTO_MIN_ITERATIONS`` iterations to go, or ``AUTO_CACHED_MIN_ITERATIONS`` when this
+  machine has compiled the same step before (its code is in inductor's on-disk cache: about a second
+  to load instead of 15-25 s to compile).
 
 A reduced precision (``caffe.precision``: bf16, fp16) runs the compiled step under autocast; its tops
 read as float32 (converted on first read) and its diffs are float32 (fp16: unscaled).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,8 +38,9 @@ import torch
 
 from caffe.errors import CaffeError
 from caffe.precision import LossScaler, autocast_dtype
+from caffe.proto import caffe_pb2 as pb
 from caffe.util.choice import Choice
-from caffe.util.inductor import compiled
+from caffe.util.inductor import compiled, compiled_before, remember_compiled
 
 if TYPE_CHECKING:
     from caffe.blob import Blob
@@ -46,6 +50,10 @@ log = logging.getLogger("caffe")
 
 TRAIN_ENGINES = ("auto", "eager", "compiled")
 AUTO_MIN_ITERATIONS = 5000
+# A step whose code is in inductor's cache costs ~3.2 s at the start of a process (imports ~2 s, the
+# warm compile ~1.2 s); LeNet's compiled iteration saves ~3 ms: even at ~1,100 iterations (measured: 1,000
+# iterations of the MNIST tutorial 18.1 s either way), ahead from 2,000.
+AUTO_CACHED_MIN_ITERATIONS = 2000
 AUTO_MAX_CONV_CHANNELS = 64  # auto leaves nets with a convolution over this many channels eager
 RECOMPILE_LIMIT = 256  # nets compiled in one process (each solver's, each input shape)
 
@@ -75,7 +83,8 @@ def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, pre
     A reduced ``precision`` (``caffe.precision``) is the compiled step's: ``auto`` compiles, ``eager``
     is refused.
 
-    ``auto`` compiles long runs where compiling was measured to pay (docs/benchmarks.md, Training): nets
+    ``auto`` compiles long runs (shorter ones when this machine compiled the step before) where compiling
+    was measured to pay (docs/benchmarks.md, Training): nets
     without large convolutions (LeNet 1.2x the eager step) and nets with BatchNorm layers (ResNet-50
     1by2 1.3x: the compiled step fuses BatchNorm, Scale and ReLU passes). Nets dominated by large
     convolutions alone (CaffeNet, GoogLeNet) ran as fast either way, so they stay eager unless asked."""
@@ -84,11 +93,13 @@ def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, pre
         return "compiled"
     if name != "auto":
         return name
-    if iterations_to_go < AUTO_MIN_ITERATIONS:
-        return "eager"
     if net is not None and has_large_convolutions(net) and not has_batch_norm(net):
         return "eager"
-    return "compiled"
+    if iterations_to_go >= AUTO_MIN_ITERATIONS:
+        return "compiled"
+    if net is not None and iterations_to_go >= AUTO_CACHED_MIN_ITERATIONS and compiled_before(step_identity(net)):
+        return "compiled"
+    return "eager"
 
 
 def check_engine_precision(name: str, precision: str) -> None:
@@ -126,6 +137,34 @@ def capture_obstacle(net: Net) -> str | None:
     return None
 
 
+def step_identity(net: Net, precision: str = "fp32") -> list[Any]:
+    """What the compiled step of ``net`` depends on, as JSON values (``caffe.util.inductor``'s record of
+    the steps this machine compiled): the device, the precision, CUDA graphs, the net's layers (weights
+    left out) and the shapes of the blobs the step reads."""
+    structure = pb.NetParameter()
+    structure.CopyFrom(net.net_param)
+    for layer in structure.layer:
+        del layer.blobs[:]
+    for layer in structure.layers:  # V1 nets
+        del layer.blobs[:]
+    digest = hashlib.sha256(structure.SerializeToString(deterministic=True)).hexdigest()
+    cuda_graphs = net.device.type == "cuda" and CUDA_GRAPHS.value == "on"
+    shapes = [list(net.blob_list[b].shape) for b in _step_inputs(net, _data_prefix(net))]
+    return [net.device.type, precision, cuda_graphs, digest, shapes]
+
+
+def _step_inputs(net: Net, start: int) -> list[int]:
+    """The ids of the blobs that the layers from ``start`` read and do not make, in first-read order."""
+    made: set[int] = set()
+    needed: list[int] = []
+    for i in range(start, net.num_layers):
+        for bid in net.bottom_ids(i):
+            if bid not in made and bid not in needed:
+                needed.append(bid)
+        made.update(net.top_ids(i))
+    return needed
+
+
 def _data_prefix(net: Net) -> int:
     """The number of leading layers without bottoms (data layers: they run eagerly)."""
     k = 0
@@ -152,15 +191,8 @@ class CompiledStep:
             log.warning("fp16 on the CPU runs without float16 arithmetic (measured 8x slower than fp32): use bf16")
         self.start = _data_prefix(net)
         n = net.num_layers
-        made = set()
-        needed: list[int] = []
-        for i in range(self.start, n):
-            for bid in net.bottom_ids(i):
-                if bid not in made and bid not in needed:
-                    needed.append(bid)
-            made.update(net.top_ids(i))
-        self.inputs = needed  # blob ids the captured layers read and do not make
-        self.outputs = sorted(made)  # blob ids they write
+        self.inputs = _step_inputs(net, self.start)  # blob ids the captured layers read and do not make
+        self.outputs = sorted({t for i in range(self.start, n) for t in net.top_ids(i)})  # blob ids they write
         self.layers = [(i, net.host_layers[i], net.bottom_ids(i), net.top_ids(i)) for i in range(self.start, n)]
         self.losses = [
             (tid, layer.loss(j)) for _, layer, _, tops in self.layers for j, tid in enumerate(tops) if layer.loss(j)
@@ -234,6 +266,7 @@ class CompiledStep:
             blob.mark_modified()
         if started is not None:
             self.compile_seconds = time.perf_counter() - started
+            remember_compiled(step_identity(self.net, self.precision), self.compile_seconds)
             log.info(
                 "Compiled the training step (%d layers after the data layers, inputs %s%s) in %.1f s",
                 len(self.layers),

@@ -9,8 +9,12 @@ net, inductor's on-disk cache helps the next time), so only these run on the com
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ from test_solvers import POLICIES, SOLVER_SETTINGS, run_and_compare
 import caffe
 from caffe import train_step
 from caffe.ops.pooling import max_pool2d
+from caffe.util import inductor
 
 
 # ---------------------------------------------------------------------------------------------- pooling
@@ -96,6 +101,65 @@ def test_engine_choice_and_refusal():
     assert train_step.resolve_engine("auto", 10**6, resnet) == "compiled"  # BatchNorm: measured 1.3x eager
     with pytest.raises(caffe.CaffeError, match="unknown training engine 'jit'"):
         train_step.set_train_engine("jit")
+
+
+def test_auto_compiles_shorter_runs_of_a_step_this_machine_compiled_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    lenet = caffe.Net(str(asset("caffe-ref/examples/mnist/lenet.prototxt")), caffe.TEST)
+    short = train_step.AUTO_CACHED_MIN_ITERATIONS
+    assert train_step.resolve_engine("auto", short, lenet) == "eager"  # never compiled here: 15-25 s to repay
+    inductor.remember_compiled(train_step.step_identity(lenet), 1.2)
+    marker_files = list((tmp_path / "inductor" / "neocaffe" / "compiled").iterdir())
+    assert len(marker_files) == 1 and json.loads(marker_files[0].read_text()) == {"compile seconds": 1.2}
+    assert train_step.resolve_engine("auto", short, lenet) == "compiled"
+    assert train_step.resolve_engine("auto", short - 1, lenet) == "eager"
+    assert train_step.resolve_engine("eager", short, lenet) == "eager"
+    lenet.blobs["data"].reshape(32, 1, 28, 28)  # other input shapes: another compile
+    assert train_step.resolve_engine("auto", short, lenet) == "eager"
+    lenet.blobs["data"].reshape(64, 1, 28, 28)
+    assert train_step.resolve_engine("auto", short, lenet) == "compiled"
+    changed = caffe.Net(str(asset("caffe-ref/examples/mnist/lenet.prototxt")), caffe.TEST)
+    changed.net_param.layer[1].convolution_param.kernel_size[0] = 3  # another net (the record keys its layers)
+    assert train_step.step_identity(changed) != train_step.step_identity(lenet)
+    caffenet = caffe.Net(str(asset("caffe-ref/models/bvlc_reference_caffenet/deploy.prototxt")), caffe.TEST)
+    inductor.remember_compiled(train_step.step_identity(caffenet), 60.0)
+    assert train_step.resolve_engine("auto", short, caffenet) == "eager"  # large convolutions: eager as fast
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cleared"))  # inductor's cache gone: so is the record
+    assert train_step.resolve_engine("auto", short, lenet) == "eager"
+
+
+def test_a_compiled_step_is_remembered(mnist: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+    """The first successful compile of a step is recorded beside inductor's cache (the compile is stubbed)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mnist / "inductor"))
+    monkeypatch.setattr(train_step, "compiled", lambda function, **options: function)
+    solver_file = write_solver(mnist, "remember", mnist / "lenet_train_test.prototxt", max_iter=2, test_interval=1000)
+    solver = caffe.get_solver(str(solver_file), engine="compiled")
+    identity = train_step.step_identity(solver.net)
+    assert not inductor.compiled_before(identity)
+    solver.step(1)  # the (stubbed) compile
+    assert solver.train_engine_for(1).step.compile_seconds is not None and inductor.compiled_before(identity)
+    assert not inductor.compiled_before(train_step.step_identity(solver.net, "bf16"))
+
+
+def test_inductor_cache_dir_is_inductors_own(tmp_path: Path):
+    """neocaffe finds inductor's cache folder without importing inductor, where inductor itself would."""
+    script = (
+        "import sys\nfrom caffe.util import inductor\nfound = inductor.inductor_cache_dir()\n"
+        "assert 'torch._inductor' not in sys.modules\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\nprint(found, cache_dir())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    for given in (None, "relative-cache"):
+        if given is not None:
+            env["TORCHINDUCTOR_CACHE_DIR"] = given
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        found, theirs = done.stdout.split()
+        assert found == theirs
 
 
 def test_cuda_graphs_are_for_gpu_nets_only(monkeypatch: pytest.MonkeyPatch):
