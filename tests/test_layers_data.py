@@ -510,3 +510,28 @@ def test_a_batch_not_decodable_whole_is_decoded_item_by_item(tmp_path: Path, kin
     np.testing.assert_array_equal(data[2].numpy(), np.full((3, 6, 5), 2.5, np.float32))
     np.testing.assert_array_equal(data[3].numpy(), items[3].astype(np.float32))
     np.testing.assert_array_equal(labels.numpy(), [0, 1, 9, 3])
+
+
+class PlacingItself(DataTransformer):
+    """A transformer that places items its own way (as the SegNet fork's DenseTransformer does)."""
+
+    places_batches = False
+
+    def place(self, item: np.ndarray, layout: str, out: np.ndarray, draw: tuple) -> tuple[int, int]:
+        out[...] = -1.0
+        return 0, 0
+
+
+def test_a_transformer_placing_its_own_way_gets_every_item(tmp_path: Path):
+    """A batch the source could decode whole still goes item by item through a transformer whose ``place`` is
+    its own, so its placing is never skipped."""
+    write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(raw_items(n=4, h=6, w=5))])
+    t = PlacingItself(pb.TransformationParameter(), caffe.TEST, "test")
+    source = CountingSource(str(tmp_path / "db"), "lmdb", t, 0, np.random.default_rng(0))
+    prefetcher = Prefetcher(source, t, 4, workers=0)
+    try:
+        data, _ = prefetcher.next()
+    finally:
+        prefetcher.stop(join=True)
+        source.close()
+    assert source.decoded == 4 and np.all(data.numpy() == -1.0)

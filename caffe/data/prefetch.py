@@ -211,7 +211,7 @@ class Prefetcher:
         """Decode and transform every item of ``batch`` into a float32 buffer of the pool (one thread): the whole
         batch at once when the source can decode it so, else item by item."""
         records = batch.records
-        decode_batch = getattr(self.source, "decode_batch", None)
+        decode_batch = getattr(self.source, "decode_batch", None) if self.transformer.places_batches else None
         whole = decode_batch(records) if decode_batch is not None else None
         if whole is not None:
             items, batch.labels = whole

@@ -30,6 +30,10 @@ class DataTransformer:
     """Caffe's TransformationParameter for one layer (``where`` names it in messages); with the ``shard`` of
     one of several ranks, each item's random draws are those its global item gets in one process's sequence."""
 
+    #: Whether :meth:`place_batch` does what :meth:`place` does per item (False: a subclass places its own way,
+    #: so batches are placed item by item).
+    places_batches = True
+
     def __init__(self, param: pb.TransformationParameter, phase: int, where: str, shard: Shard = ALONE) -> None:
         self.where, self.shard = where, shard
         self.scale = float(param.scale)

@@ -78,6 +78,8 @@ class DenseTransformer(DataTransformer):
     """transform_param's mean and scale on the image channels; the fork's mirror and crop on image and
     labels alike (drawn per item like Caffe's transformer draws, so shards and restarts repeat them)."""
 
+    places_batches = False  # its items are HWC images with their label plane: see place
+
     def __init__(self, param: pb.TransformationParameter, dense: pb.DenseImageDataParameter, phase: int, where: str,
                  shard: Shard = ALONE) -> None:  # fmt: skip
         if param.mirror or param.crop_size:
