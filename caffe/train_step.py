@@ -44,6 +44,7 @@ from caffe.util.inductor import compiled, compiled_before, remember_compiled
 
 if TYPE_CHECKING:
     from caffe.blob import Blob
+    from caffe.layer import Layer
     from caffe.net import Net
 
 log = logging.getLogger("caffe")
@@ -121,16 +122,22 @@ def has_batch_norm(net: Net) -> bool:
     return any(layer.type == "BatchNorm" for layer in net.host_layers)
 
 
-def capture_obstacle(net: Net) -> str | None:
-    """Why ``net`` cannot be captured (None: it can)."""
+def has_own_backward(layer: Layer) -> bool:
+    """Whether ``layer`` computes its bottoms' diffs itself (a Python layer's ``backward``), which autograd
+    through a compiled forward cannot capture."""
     from caffe.net import BlobBackward
 
+    return isinstance(layer, BlobBackward)
+
+
+def capture_obstacle(net: Net) -> str | None:
+    """Why ``net`` cannot be captured (None: it can)."""
     if net.debug_info:
         return "debug_info prints every layer's blobs"
     if net.has_layer_callbacks:
         return "layer callbacks are registered"
     for layer in net.host_layers:
-        if isinstance(layer, BlobBackward):
+        if has_own_backward(layer):
             return f"layer '{layer.name}' ({layer.type}) has its own backward"
     if _data_prefix(net) == net.num_layers:
         return "the net has no layer after its data layers"

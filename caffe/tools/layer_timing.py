@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from caffe.train_step import has_own_backward
 from caffe.util.inductor import compiled
 
 if TYPE_CHECKING:
@@ -35,12 +36,10 @@ class CompiledLayerTime:
 
 def eager_only_reason(net: Net, i: int) -> str | None:
     """Why layer ``i`` is not compiled on its own (None: it is)."""
-    from caffe.net import BlobBackward
-
     layer = net.host_layers[i]
     if not net.bottom_ids(i):
         return "data layer"
-    if isinstance(layer, BlobBackward):
+    if has_own_backward(layer):
         return "own backward"
     if not layer.traceable:
         return "not traceable"
