@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from caffe.net import Net
 
 log = logging.getLogger("caffe")
-RNG_STATE_SUFFIX = ".rng"  # torch's random-number state beside a .solverstate (see save_rng_state)
+RNG_STATE_SUFFIX = ".rng"  # torch's random-number state beside a .solverstate (see save_state_extras)
 
 
 @dataclass
@@ -119,9 +119,9 @@ def rng_file(state_file: str | os.PathLike) -> Path:
     return Path(f"{state_file}{RNG_STATE_SUFFIX}")
 
 
-def save_rng_state(state_file: str | os.PathLike, loss_scale: tuple[float, int] | None = None) -> None:
-    """torch's random-number state beside the solver state (``<state>.rng``, a neocaffe addition that
-    Caffe ignores), for nets whose layers draw random numbers while training (Dropout, DummyData's
+def save_state_extras(state_file: str | os.PathLike, loss_scale: tuple[float, int] | None = None) -> None:
+    """neocaffe's additions beside a solver state, in ``<state>.rng`` (Caffe ignores the file): torch's
+    random-number state, for nets whose layers draw random numbers while training (Dropout, DummyData's
     fillers): after a restore they draw what an uninterrupted run would have drawn. fp16 training also
     keeps its ``loss_scale`` there (scale, good iterations: ``caffe.precision.LossScaler.state``)."""
     states = {"cpu": torch.get_rng_state()}
@@ -134,9 +134,9 @@ def save_rng_state(state_file: str | os.PathLike, loss_scale: tuple[float, int] 
     atomic_write(rng_file(state_file), buffer.getvalue())
 
 
-def restore_rng_state(state_file: str | os.PathLike) -> tuple[float, int] | None:
-    """Set torch's random state from ``<state>.rng`` when there is one (a warning if it cannot be read);
-    returns the fp16 loss scale (scale, good iterations) it keeps, if any."""
+def restore_state_extras(state_file: str | os.PathLike) -> tuple[float, int] | None:
+    """Read :func:`save_state_extras`' file when there is one (a warning if it cannot be read): set torch's
+    random state; return the fp16 loss scale (scale, good iterations) it keeps, if any."""
     path = rng_file(state_file)
     if not path.exists():  # a state written by Caffe, or before this addition
         return None

@@ -611,7 +611,7 @@ class Solver:
         model = snapshots.write_weights(self.net, self.param, self.iter)
         state = self.snapshot_solver_state(model)
         if self.net.draws_random or self.loss_scaler is not None:
-            snapshots.save_rng_state(state, self.loss_scaler.state() if self.loss_scaler is not None else None)
+            snapshots.save_state_extras(state, self.loss_scaler.state() if self.loss_scaler is not None else None)
         if self.events is not None:
             self.events.write("snapshot", iter=self.iter, model=model, state=state)
         return model, state
@@ -635,7 +635,7 @@ class Solver:
         log.info("%sSolver: restoring history", self.type_name)
         snapshots.load_history(self.history, state.history, self._np_dtype, state_file)
         snapshots.fast_forward_data(self.param, self.iter, self.net, self.test_nets)
-        loss_scale = snapshots.restore_rng_state(path)
+        loss_scale = snapshots.restore_state_extras(path)
         if self.loss_scaler is not None and loss_scale is not None:
             try:
                 self.loss_scaler.load_state(*loss_scale)
