@@ -83,13 +83,15 @@ class Seed:
         """Text tokens (start, end, kind: number, string, word, brace)."""
         if self._tokens is None:
             kinds = {"n": "number", "s": "string", "w": "word", "b": "brace"}
-            self._tokens = [(m.start(), m.end(), kinds[m.lastgroup or "w"]) for m in _TOKEN.finditer(
-                self.data.decode("latin-1"))][:50_000]
+            self._tokens = [
+                (m.start(), m.end(), kinds[m.lastgroup or "w"]) for m in _TOKEN.finditer(self.data.decode("latin-1"))
+            ][:50_000]
         return self._tokens
 
 
 _TOKEN = re.compile(
-    r'(?P<n>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)|(?P<s>"(?:[^"\\]|\\.)*")|(?P<w>[A-Za-z_]\w*)|(?P<b>[{}\[\]])')
+    r'(?P<n>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)|(?P<s>"(?:[^"\\]|\\.)*")|(?P<w>[A-Za-z_]\w*)|(?P<b>[{}\[\]])'
+)
 
 
 def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
@@ -148,10 +150,34 @@ def _encode_varint(value: int) -> bytes:
 
 
 INTERESTING_INTS = (0, 1, -1, 2, 255, 256, 65535, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**63, -(2**31))
-INTERESTING_TEXT = ("0", "-1", "-2147483648", "2147483647", "2147483648", "4294967296", "9223372036854775807",
-                    "18446744073709551616", "1e309", "-1e309", "nan", "inf", "1e-320", "99999999999999999999999999")
-INTERESTING_STRINGS = ('"a\\000b"', '"\\000"', '""', '"/dev/zero"', '"/etc/passwd"', '"../../../../etc/passwd"',
-                       '"' + "A" * 5000 + '"', '"\\377\\376"', '"/proc/self/environ"', '"x\\n\\ny"')
+INTERESTING_TEXT = (
+    "0",
+    "-1",
+    "-2147483648",
+    "2147483647",
+    "2147483648",
+    "4294967296",
+    "9223372036854775807",
+    "18446744073709551616",
+    "1e309",
+    "-1e309",
+    "nan",
+    "inf",
+    "1e-320",
+    "99999999999999999999999999",
+)
+INTERESTING_STRINGS = (
+    '"a\\000b"',
+    '"\\000"',
+    '""',
+    '"/dev/zero"',
+    '"/etc/passwd"',
+    '"../../../../etc/passwd"',
+    '"' + "A" * 5000 + '"',
+    '"\\377\\376"',
+    '"/proc/self/environ"',
+    '"x\\n\\ny"',
+)
 
 
 def _chunk(n: int, rng: random.Random) -> tuple[int, int]:
@@ -181,9 +207,10 @@ def m_int(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
         try:
             packed = struct.pack(fmt, value)
         except struct.error:
-            packed = struct.pack(fmt.replace("i", "I").replace("q", "Q"), value & ((1 << (8 * struct.calcsize(fmt)))
-                                                                               - 1))
-        d[at:at + len(packed)] = packed
+            packed = struct.pack(
+                fmt.replace("i", "I").replace("q", "Q"), value & ((1 << (8 * struct.calcsize(fmt))) - 1)
+            )
+        d[at : at + len(packed)] = packed
     return d
 
 
@@ -253,8 +280,30 @@ def m_token(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
     elif kind == "string":
         new = rng.choice(INTERESTING_STRINGS)
     elif kind == "word":
-        new = rng.choice(("layer", "type", "bottom", "top", "include", "dim", "shape", "x", "0", "{", "}", ":",
-                          "input_dim", "layers", "net", "learned_net", "source", "mean_file", "null", "true"))
+        new = rng.choice(
+            (
+                "layer",
+                "type",
+                "bottom",
+                "top",
+                "include",
+                "dim",
+                "shape",
+                "x",
+                "0",
+                "{",
+                "}",
+                ":",
+                "input_dim",
+                "layers",
+                "net",
+                "learned_net",
+                "source",
+                "mean_file",
+                "null",
+                "true",
+            )
+        )
     else:
         new = rng.choice(("{", "}", "[", "]", "", "{}"))
     d[a:b] = new.encode()
@@ -289,28 +338,30 @@ def m_lines(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
 def m_png_size(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
     """A PNG's IHDR width/height set to extremes, with the chunk CRC fixed so decoders believe it."""
     if d[:8] == b"\x89PNG\r\n\x1a\n" and len(d) >= 33:
-        d[16:24] = struct.pack(">II", rng.choice((0, 1, 2**31 - 1, 65535, 100_000)), rng.choice((0, 1, 2**31 - 1,
-                                                                                                   70_000)))
+        d[16:24] = struct.pack(
+            ">II", rng.choice((0, 1, 2**31 - 1, 65535, 100_000)), rng.choice((0, 1, 2**31 - 1, 70_000))
+        )
         d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])))
     return d
 
 
 def m_tar_header(d: bytearray, rng: random.Random, seed: Seed) -> bytearray:
     """A tar header field (name, mode, size, type, link name) replaced."""
-    headers = [i for i in range(0, len(d) - 511, 512) if d[i + 257:i + 262] == b"ustar"]
+    headers = [i for i in range(0, len(d) - 511, 512) if d[i + 257 : i + 262] == b"ustar"]
     if headers:
         h = rng.choice(headers)
         what = rng.randrange(4)
         if what == 0:
             name = rng.choice((b"../evil", b"/etc/x", b"a/../../b", b"", b"\x00", b"deploy.prototxt", b"x" * 99))
-            d[h:h + 100] = name.ljust(100, b"\x00")[:100]
+            d[h : h + 100] = name.ljust(100, b"\x00")[:100]
         elif what == 1:
-            d[h + 124:h + 136] = rng.choice((b"77777777777\x00", b"-1\x00", b"\x80" + b"\xff" * 11, b"0" * 12,
-                                             b"00000001000\x00"))
+            d[h + 124 : h + 136] = rng.choice(
+                (b"77777777777\x00", b"-1\x00", b"\x80" + b"\xff" * 11, b"0" * 12, b"00000001000\x00")
+            )
         elif what == 2:
-            d[h + 156:h + 157] = rng.choice((b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"x", b"S", b"L", b"K"))
+            d[h + 156 : h + 157] = rng.choice((b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"x", b"S", b"L", b"K"))
         else:
-            d[h + 157:h + 257] = rng.choice((b"/etc/passwd", b"../x", b"deploy.prototxt")).ljust(100, b"\x00")
+            d[h + 157 : h + 257] = rng.choice((b"/etc/passwd", b"../x", b"deploy.prototxt")).ljust(100, b"\x00")
     return d
 
 
@@ -367,6 +418,7 @@ def target(name: str, weight: float, batch: int = 100, web: bool = False, plante
         TARGETS[name] = Target(name, setup, weight, batch, web, planted)
         WEIGHTS[name] = weight
         return setup
+
     return register
 
 
@@ -418,8 +470,11 @@ def _images() -> list[Seed]:
     small_png = out.getvalue()
     out = io.BytesIO()
     gray.convert("RGB").resize((16, 16)).save(out, "JPEG", quality=80)
-    return [Seed("small.png", small_png, "image"), Seed("small.jpg", out.getvalue(), "image"),
-            Seed("dolphin.jpg", _asset("dolphins-and-seahorses/dolphin/image_0042.jpg").read_bytes(), "image")]
+    return [
+        Seed("small.png", small_png, "image"),
+        Seed("small.jpg", out.getvalue(), "image"),
+        Seed("dolphin.jpg", _asset("dolphins-and-seahorses/dolphin/image_0042.jpg").read_bytes(), "image"),
+    ]
 
 
 def _text_files(work: Path, files: list[str], read: Callable[[str], Any]):
@@ -432,8 +487,12 @@ def _text_files(work: Path, files: list[str], read: Callable[[str], Any]):
 def _prototxt(work: Path):
     from caffe.protoio import read_net_param
 
-    files = [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt", f"{LENET_V1}/lenet_train_test.prototxt",
-             "caffe-ref/examples/cifar10/cifar10_quick.prototxt"]
+    files = [
+        f"{LENET}/lenet.prototxt",
+        f"{LENET_V1}/lenet.prototxt",
+        f"{LENET_V1}/lenet_train_test.prototxt",
+        "caffe-ref/examples/cifar10/cifar10_quick.prototxt",
+    ]
     return _text_files(work, files, read_net_param)
 
 
@@ -441,8 +500,11 @@ def _prototxt(work: Path):
 def _solver_prototxt(work: Path):
     from caffe.protoio import read_solver_param
 
-    files = ["caffe-ref/examples/mnist/lenet_solver.prototxt", "caffe-ref/examples/mnist/lenet_solver_adam.prototxt",
-             f"{LENET_V1}/lenet_solver.prototxt"]
+    files = [
+        "caffe-ref/examples/mnist/lenet_solver.prototxt",
+        "caffe-ref/examples/mnist/lenet_solver_adam.prototxt",
+        f"{LENET_V1}/lenet_solver.prototxt",
+    ]
     return _text_files(work, files, read_solver_param)
 
 
@@ -450,8 +512,9 @@ def _solver_prototxt(work: Path):
 def _net(work: Path):
     import caffe
 
-    seeds, run = _text_files(work, [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt"],
-                             lambda path: caffe.Net(path, caffe.TEST))
+    seeds, run = _text_files(
+        work, [f"{LENET}/lenet.prototxt", f"{LENET_V1}/lenet.prototxt"], lambda path: caffe.Net(path, caffe.TEST)
+    )
     return [*seeds, Seed("tiny", TINY_NET.encode(), "text")], run
 
 
@@ -461,12 +524,15 @@ def _caffemodel(work: Path):
 
     _, tiny_weights, tiny = _tiny_model(work)
     lenet = caffe.Net(str(_asset(f"{LENET}/lenet.prototxt")), caffe.TEST)
-    seeds = [Seed("lenet_newformat", _asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes(), "proto"),
-             Seed("lenet_v1", _asset(f"{LENET_V1}/lenet_iter_10000.caffemodel").read_bytes(), "proto"),
-             Seed("tiny", tiny_weights.read_bytes(), "proto")]
+    seeds = [
+        Seed("lenet_newformat", _asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes(), "proto"),
+        Seed("lenet_v1", _asset(f"{LENET_V1}/lenet_iter_10000.caffemodel").read_bytes(), "proto"),
+        Seed("tiny", tiny_weights.read_bytes(), "proto"),
+    ]
 
     def run(data: bytes, seed: Seed) -> None:
         (tiny if seed.name == "tiny" else lenet).copy_from(str(_scratch(work, "in.caffemodel", data)))
+
     return seeds, run
 
 
@@ -480,8 +546,9 @@ def _solverstate(work: Path):
     net.layer.add(name="label", type="Input", top=["label"]).input_param.shape.add(dim=[64])
     net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["ip2", "label"], top=["loss"])
     del net.layer[[layer.name for layer in net.layer].index("prob")]
-    solver_param = pb.SolverParameter(net_param=net, base_lr=0.01, momentum=0.9, lr_policy="fixed",
-                                      snapshot_prefix=str(work / "snap"))
+    solver_param = pb.SolverParameter(
+        net_param=net, base_lr=0.01, momentum=0.9, lr_policy="fixed", snapshot_prefix=str(work / "snap")
+    )
     solver = caffe.get_solver(str(_scratch(work, "solver.prototxt", str(solver_param).encode())))
     state = _asset(f"{LENET_V1}/lenet_iter_10000.solverstate").read_bytes()
     learned = pb.SolverState.FromString(state).learned_net
@@ -490,6 +557,7 @@ def _solverstate(work: Path):
 
     def run(data: bytes, seed: Seed) -> None:
         solver.restore(str(_scratch(work, "in.solverstate", data)))
+
     return seeds, run
 
 
@@ -501,11 +569,14 @@ def _binaryproto(work: Path):
     from caffe import io as cio
 
     small = cio.array_to_blobproto(np.arange(3 * 4 * 4, dtype=np.float32).reshape(1, 3, 4, 4)).SerializeToString()
-    seeds = [Seed("imagenet_mean", _asset("models/imagenet-common/imagenet_mean.binaryproto").read_bytes(), "proto"),
-             Seed("small_mean", small, "proto")]
+    seeds = [
+        Seed("imagenet_mean", _asset("models/imagenet-common/imagenet_mean.binaryproto").read_bytes(), "proto"),
+        Seed("small_mean", small, "proto"),
+    ]
 
     def run(data: bytes, seed: Seed) -> None:
         deploy.read_mean(_scratch(work, "in.binaryproto", data))
+
     return seeds, run
 
 
@@ -519,10 +590,14 @@ def _caffe2_netdef(work: Path):
 
     text = _asset("caffe2/bvlc_alexnet/predict_net.pbtxt").read_bytes()
     binary = read_netdef(_asset("caffe2/inception_v2/predict_net.pbtxt")).SerializeToString()
-    init = caffe2_pb2.NetDef(op=[fill_op("conv1_w", np.ones((2, 3, 3, 3), np.float32)),
-                                 fill_op("conv1_b", np.zeros(2, np.float32))]).SerializeToString()
-    seeds = [Seed("alexnet.pbtxt", text, "text"), Seed("inception_v2.pb", binary, "proto"),
-             Seed("init.pb", init, "proto")]
+    init = caffe2_pb2.NetDef(
+        op=[fill_op("conv1_w", np.ones((2, 3, 3, 3), np.float32)), fill_op("conv1_b", np.zeros(2, np.float32))]
+    ).SerializeToString()
+    seeds = [
+        Seed("alexnet.pbtxt", text, "text"),
+        Seed("inception_v2.pb", binary, "proto"),
+        Seed("init.pb", init, "proto"),
+    ]
 
     def run(data: bytes, seed: Seed) -> None:
         net = read_netdef(_scratch(work, "in.pb", data))
@@ -530,6 +605,7 @@ def _caffe2_netdef(work: Path):
             init_blobs(net, "init")
         else:
             to_caffe(net, {}, {"data": [1, 3, 224, 224]}, "predict")
+
     return seeds, run
 
 
@@ -545,11 +621,14 @@ def _datum(work: Path):
     raw = array_to_datum(rng.integers(0, 255, (3, 8, 8), dtype=np.uint8), label=3)
     flt = array_to_datum(rng.standard_normal((2, 4, 4)).astype(np.float32), label=1)
     encoded = [pb.Datum(encoded=True, data=s.data, label=1) for s in _images()[:2]]
-    seeds = [Seed(n, d.SerializeToString(), "proto") for n, d in
-             (("raw", raw), ("float", flt), ("png", encoded[0]), ("jpeg", encoded[1]))]
+    seeds = [
+        Seed(n, d.SerializeToString(), "proto")
+        for n, d in (("raw", raw), ("float", flt), ("png", encoded[0]), ("jpeg", encoded[1]))
+    ]
 
     def run(data: bytes, seed: Seed) -> None:
         datum_to_array(parse_binary(data, pb.Datum(), "fuzz", "Datum"), "fuzz")
+
     return seeds, run
 
 
@@ -560,6 +639,7 @@ def _hdf5(work: Path):
 
     def run(data: bytes, seed: Seed) -> None:
         tiny.copy_from(str(_scratch(work, "in.caffemodel.h5", data)))
+
     return seeds, run
 
 
@@ -594,6 +674,7 @@ def _archive(work: Path):
                 deploy.read_labels(files.labels)
         finally:
             shutil.rmtree(cache, ignore_errors=True)
+
     return seeds, run
 
 
@@ -648,8 +729,9 @@ def _studio_pretrained(work: Path):
         if seed.name == "form":
             try:
                 value = json.loads(data.decode("utf-8", "replace"))
-                fields = ({str(k): str(v) for k, v in value.items()} if isinstance(value, dict)
-                          else {"width": str(value)})
+                fields = (
+                    {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {"width": str(value)}
+                )
             except (ValueError, RecursionError):
                 fields = {"job_name": "fuzz", "width": data.decode("latin-1")}
         else:
@@ -657,13 +739,16 @@ def _studio_pretrained(work: Path):
         r = web.post("/pretrained_models.json", data=fields, files={k: (k, v) for k, v in files.items()})
         _forget(store, r)
         return web.refused(r)
+
     return seeds, run
 
 
 def _labelled_folder(work: Path) -> Path:
     root = work / "labelled"
-    for cls, names in (("dolphin", ("image_0042.jpg", "image_0001.jpg")), ("seahorse", ("image_0001.jpg",
-                                                                                         "image_0002.jpg"))):
+    for cls, names in (
+        ("dolphin", ("image_0042.jpg", "image_0001.jpg")),
+        ("seahorse", ("image_0001.jpg", "image_0002.jpg")),
+    ):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for n in names:
             shutil.copy(_asset(f"dolphins-and-seahorses/{cls}/{n}"), root / cls / n)
@@ -677,18 +762,34 @@ def _studio_dataset(work: Path):
     listing = work / "train.txt"
     listing.write_text(f"{folder}/dolphin/image_0042.jpg 0\n{folder}/seahorse/image_0001.jpg 1\n")
     (work / "labels.txt").write_text("dolphin\nseahorse\n")
-    by_folder = {"dataset_name": "fuzz", "method": "folder", "folder_train": str(folder), "resize_width": 16,
-                 "resize_height": 16, "resize_channels": 3, "resize_mode": "squash", "folder_pct_val": 25}
-    by_text = {"dataset_name": "fuzz", "method": "textfile", "textfile_local_train_images": str(listing),
-               "textfile_local_labels_file": str(work / "labels.txt"), "resize_width": 16, "resize_height": 16}
-    seeds = [Seed("folder.json", json.dumps(by_folder).encode(), "json"),
-             Seed("textfile.json", json.dumps(by_text).encode(), "json")]
+    by_folder = {
+        "dataset_name": "fuzz",
+        "method": "folder",
+        "folder_train": str(folder),
+        "resize_width": 16,
+        "resize_height": 16,
+        "resize_channels": 3,
+        "resize_mode": "squash",
+        "folder_pct_val": 25,
+    }
+    by_text = {
+        "dataset_name": "fuzz",
+        "method": "textfile",
+        "textfile_local_train_images": str(listing),
+        "textfile_local_labels_file": str(work / "labels.txt"),
+        "resize_width": 16,
+        "resize_height": 16,
+    }
+    seeds = [
+        Seed("folder.json", json.dumps(by_folder).encode(), "json"),
+        Seed("textfile.json", json.dumps(by_text).encode(), "json"),
+    ]
 
     def run(data: bytes, seed: Seed) -> None:
-        r = web.post("/datasets/images/classification.json", content=data,
-                     headers={"content-type": "application/json"})
+        r = web.post("/datasets/images/classification.json", content=data, headers={"content-type": "application/json"})
         _forget(store, r)
         return web.refused(r)
+
     return seeds, run
 
 
@@ -696,16 +797,28 @@ def _studio_dataset(work: Path):
 def _studio_classify_one(work: Path):
     _, weights, _ = _tiny_model(work)
     web, _ = _studio(work)
-    r = web.post("/pretrained_models.json", data={"job_name": "tiny", "width": "8", "height": "8"},
-                 files={"weights_file": ("w.caffemodel", weights.read_bytes()), "deploy_file": ("d.prototxt", TINY_NET),
-                        "labels_file": ("labels.txt", b"a\nb\n")})
+    r = web.post(
+        "/pretrained_models.json",
+        data={"job_name": "tiny", "width": "8", "height": "8"},
+        files={
+            "weights_file": ("w.caffemodel", weights.read_bytes()),
+            "deploy_file": ("d.prototxt", TINY_NET),
+            "labels_file": ("labels.txt", b"a\nb\n"),
+        },
+    )
     if r.status_code != 201:
         raise RuntimeError(f"fuzz setup: the tiny model upload failed: {r.status_code} {r.text}")
     job_id = r.json()["job_id"]
 
     def run(data: bytes, seed: Seed) -> None:
-        return web.refused(web.post("/models/images/classification/classify_one.json", data={"job_id": job_id},
-                                    files={"image_file": (seed.name, data)}))
+        return web.refused(
+            web.post(
+                "/models/images/classification/classify_one.json",
+                data={"job_id": job_id},
+                files={"image_file": (seed.name, data)},
+            )
+        )
+
     return _images(), run
 
 
@@ -727,6 +840,7 @@ def _serve_predict(work: Path):
         if seed.name.endswith(".jpg"):  # a raw body, as curl --data-binary sends it
             return web.refused(web.post("/models/tiny/predict", content=data, headers={"content-type": "image/jpeg"}))
         return web.refused(web.post("/models/tiny/predict", files={"file": (seed.name, data)}))
+
     return _images(), run
 
 
@@ -736,6 +850,7 @@ def _planted_error(work: Path):
     def run(data: bytes, seed: Seed) -> None:
         if data.count(b"\x00") % 3 == 1:
             raise ValueError("planted non-caffe exception")
+
     return [Seed("zeros", bytes(64), "bytes")], run
 
 
@@ -744,6 +859,7 @@ def _planted_hang(work: Path):
     def run(data: bytes, seed: Seed) -> None:
         if data.count(b"\x00") % 5 == 1:
             time.sleep(3600)
+
     return [Seed("zeros", bytes(64), "bytes")], run
 
 
@@ -752,6 +868,7 @@ def _planted_crash(work: Path):
     def run(data: bytes, seed: Seed) -> None:
         if data.count(b"\x00") % 5 == 2:
             os.abort()
+
     return [Seed("zeros", bytes(64), "bytes")], run
 
 
@@ -825,8 +942,16 @@ class Runner:
             return outcome, None
         frame = _innermost(exc.__traceback__)
         key = f"{name} | {type(exc).__name__} | {frame}"
-        failure = Failure(name, outcome, key, index, seed.name, f"{type(exc).__name__}: {exc}"[:500], frame,
-                          "".join(traceback.format_exception(exc, limit=-12))[-4000:])
+        failure = Failure(
+            name,
+            outcome,
+            key,
+            index,
+            seed.name,
+            f"{type(exc).__name__}: {exc}"[:500],
+            frame,
+            "".join(traceback.format_exception(exc, limit=-12))[-4000:],
+        )
         if key not in self.seen:
             self.seen.add(key)
             failure.data = self.shrink(name, data, seed, key)
@@ -838,13 +963,17 @@ class Runner:
 
         def same(candidate: bytes) -> bool:
             outcome, exc = self.attempt(name, candidate, seed)
-            return exc is not None and outcome == "non-caffe" and \
-                f"{name} | {type(exc).__name__} | {_innermost(exc.__traceback__)}" == key
+            return (
+                exc is not None
+                and outcome == "non-caffe"
+                and f"{name} | {type(exc).__name__} | {_innermost(exc.__traceback__)}" == key
+            )
+
         size = max(len(data) // 2, 1)
         while size >= 1 and time.monotonic() < deadline:
             i = 0
             while i < len(data) and time.monotonic() < deadline:
-                candidate = data[:i] + data[i + size:]
+                candidate = data[:i] + data[i + size :]
                 if same(candidate):
                     data = candidate
                 else:
@@ -862,8 +991,9 @@ def _work_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="caffe-fuzz-", dir=base))
 
 
-def worker_main(conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, names: list[str],
-                log: str | None = None) -> None:
+def worker_main(
+    conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, names: list[str], log: str | None = None
+) -> None:
     """Run batches ``(target, start, stop)`` sent on ``conn``; ``slot`` = [target number, index, start ns, busy]."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -891,6 +1021,7 @@ def worker_main(conn: Connection, slot: Any, run_seed: int, max_memory_mb: int, 
 
         def mark() -> None:
             slot[2] = time.monotonic_ns()
+
         runner.on_input = mark
         peak = 0
         while (msg := conn.recv()) is not None:
@@ -968,21 +1099,28 @@ class Report:
 
     def table(self) -> str:
         """The Markdown summary: one row per target, then the totals."""
-        rows = ["| target | inputs | ok | caffe error | non-caffe | hang | crash | inputs/s per worker |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [
+            "| target | inputs | ok | caffe error | non-caffe | hang | crash | inputs/s per worker |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name in sorted(self.counts):
             c = self.counts[name]
             n = sum(c.values())
             rate = n / self.seconds[name] if self.seconds.get(name) else 0.0
             rows.append(f"| {name} | {n:,} | " + " | ".join(f"{c[o]:,}" for o in OUTCOMES) + f" | {rate:,.0f} |")
-        rows.append(f"| **all** | **{self.total():,}** | " + " | ".join(f"**{self.total(o):,}**" for o in OUTCOMES)
-                    + f" | {self.total() / self.wall if self.wall else 0:,.0f} (wall, {self.jobs} workers) |")
+        rows.append(
+            f"| **all** | **{self.total():,}** | "
+            + " | ".join(f"**{self.total(o):,}**" for o in OUTCOMES)
+            + f" | {self.total() / self.wall if self.wall else 0:,.0f} (wall, {self.jobs} workers) |"
+        )
         peak = f"{self.peak_rss / (1 << 20):,.0f} MiB" if self.peak_rss else "n/a"
         rows.append("")
-        rows.append(f"Run seed {self.run_seed}; {self.wall:,.0f} s wall with {self.jobs} worker(s); peak memory of a "
-                    f"worker (max RSS) {peak}; workers restarted for memory: {self.recycled}; inputs over the hang "
-                    f"limit that finished when rerun alone (counted by that outcome): {len(self.slow)}; "
-                    f"{len(self.failures)} distinct finding(s).")
+        rows.append(
+            f"Run seed {self.run_seed}; {self.wall:,.0f} s wall with {self.jobs} worker(s); peak memory of a "
+            f"worker (max RSS) {peak}; workers restarted for memory: {self.recycled}; inputs over the hang "
+            f"limit that finished when rerun alone (counted by that outcome): {len(self.slow)}; "
+            f"{len(self.failures)} distinct finding(s)."
+        )
         return "\n".join(rows)
 
 
@@ -1009,8 +1147,17 @@ def batches(counts: dict[str, int]) -> Iterator[tuple[str, int, int]]:
 class Harness:
     """The parent: hands batches to worker processes, watches for hangs and deaths, saves reproducers."""
 
-    def __init__(self, names: list[str], *, jobs: int, run_seed: int, hang_s: float, max_memory_mb: int,
-                 out: Path, progress: bool = True) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        *,
+        jobs: int,
+        run_seed: int,
+        hang_s: float,
+        max_memory_mb: int,
+        out: Path,
+        progress: bool = True,
+    ) -> None:
         self.names, self.jobs, self.run_seed = names, jobs, run_seed
         self.hang_s, self.max_memory_mb, self.out, self.show = hang_s, max_memory_mb, out, progress
         self.ctx = mp.get_context("spawn")
@@ -1020,9 +1167,11 @@ class Harness:
     def _start(self) -> Worker:
         parent, child = self.ctx.Pipe()
         slot = self.ctx.Array("q", 4, lock=False)
-        p = self.ctx.Process(target=worker_main, args=(child, slot, self.run_seed, self.max_memory_mb, self.names,
-                                                        str(self.out / "workers.log")),
-                             daemon=True)
+        p = self.ctx.Process(
+            target=worker_main,
+            args=(child, slot, self.run_seed, self.max_memory_mb, self.names, str(self.out / "workers.log")),
+            daemon=True,
+        )
         p.start()
         child.close()
         return Worker(p, parent, slot)
@@ -1066,8 +1215,11 @@ class Harness:
                 return new
             self._stop(new, kill=True)
             new = self._start()
-        detail = (f"worker killed after {self.hang_s:g} s (its threads' stacks: workers.log)" if outcome == "hang"
-                  else f"worker died (exit code {code})")
+        detail = (
+            f"worker killed after {self.hang_s:g} s (its threads' stacks: workers.log)"
+            if outcome == "hang"
+            else f"worker died (exit code {code})"
+        )
         key = f"{name} | {outcome}"
         failure = Failure(name, outcome, key, index, "?", detail, "?", "")
         self.report.add(name, {outcome: 1}, [failure])
@@ -1141,8 +1293,11 @@ class Harness:
     def _progress(self, elapsed: float, planned: int) -> None:
         r = self.report
         done = r.total()
-        line = (f"[{elapsed:6.0f}s] {done:,}/{planned:,} inputs  {done / max(elapsed, 1e-9):,.0f}/s  "
-                + "  ".join(f"{o} {r.total(o):,}" for o in OUTCOMES) + f"  peak {r.peak_rss >> 20:,} MiB")
+        line = (
+            f"[{elapsed:6.0f}s] {done:,}/{planned:,} inputs  {done / max(elapsed, 1e-9):,.0f}/s  "
+            + "  ".join(f"{o} {r.total(o):,}" for o in OUTCOMES)
+            + f"  peak {r.peak_rss >> 20:,} MiB"
+        )
         sys.stderr.write(("\r" + line) if sys.stderr.isatty() else line + "\n")
         sys.stderr.flush()
 
@@ -1193,7 +1348,8 @@ def save_findings(report: Report, out: Path) -> list[Path]:
             f"target: {f.target}\noutcome: {f.outcome}\nerror: {f.error}\nframe: {f.frame}\nseen: {f.count}\n"
             f"first input: --seed {report.run_seed} --dump {f.target}:{f.index} (seed file {f.seed})\n"
             f"reproducer: {base.with_suffix('.bin')} ({len(f.data)} bytes; rerun: python scripts/fuzz.py --replay "
-            f"{base.with_suffix('.bin')} --targets {f.target})\n\n{f.trace}")
+            f"{base.with_suffix('.bin')} --targets {f.target})\n\n{f.trace}"
+        )
         paths.append(base.with_suffix(".bin"))
     return paths
 
@@ -1204,8 +1360,10 @@ def findings_markdown(report: Report, out: Path) -> str:
         lines.append("None.")
     for f in sorted(report.failures.values(), key=lambda f: f.key):
         repro = out / "findings" / f"{_slug(f.key)}.bin"
-        lines.append(f"- **{f.target}** - {f.outcome}: `{f.error[:200]}` at `{f.frame}` (seen {f.count}x); "
-                     f"reproducer `{repro}` ({len(f.data)} bytes)")
+        lines.append(
+            f"- **{f.target}** - {f.outcome}: `{f.error[:200]}` at `{f.frame}` (seen {f.count}x); "
+            f"reproducer `{repro}` ({len(f.data)} bytes)"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -1278,19 +1436,32 @@ def main(argv: list[str] | None = None) -> int:
         dest.write_bytes(data)
         print(f"{dest} (seed file {seed.name}, {len(data)} bytes)")
         return 0
-    harness = Harness(names, jobs=args.jobs, run_seed=args.seed, hang_s=args.hang_s,
-                      max_memory_mb=args.max_memory_mb, out=args.out)
+    harness = Harness(
+        names, jobs=args.jobs, run_seed=args.seed, hang_s=args.hang_s, max_memory_mb=args.max_memory_mb, out=args.out
+    )
     report = harness.run(args.inputs, args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     save_findings(report, args.out)
     summary = report.table()
     (args.out / "summary.md").write_text(summary + "\n")
     (args.out / "findings.md").write_text(findings_markdown(report, args.out))
-    (args.out / "report.json").write_text(json.dumps({
-        "counts": {k: dict(v) for k, v in report.counts.items()}, "seconds": report.seconds, "wall": report.wall,
-        "peak_rss": report.peak_rss, "rss_after": report.rss_after, "recycled": report.recycled, "slow": report.slow,
-        "jobs": report.jobs, "seed": report.run_seed,
-        "findings": [{k: v for k, v in vars(f).items() if k != "data"} for f in report.failures.values()]}, indent=1))
+    (args.out / "report.json").write_text(
+        json.dumps(
+            {
+                "counts": {k: dict(v) for k, v in report.counts.items()},
+                "seconds": report.seconds,
+                "wall": report.wall,
+                "peak_rss": report.peak_rss,
+                "rss_after": report.rss_after,
+                "recycled": report.recycled,
+                "slow": report.slow,
+                "jobs": report.jobs,
+                "seed": report.run_seed,
+                "findings": [{k: v for k, v in vars(f).items() if k != "data"} for f in report.failures.values()],
+            },
+            indent=1,
+        )
+    )
     if args.findings_md:
         args.findings_md.write_text(findings_markdown(report, args.out))
     if args.write_docs:

@@ -43,8 +43,29 @@ def _raw_zip(members: list[tuple[str, bytes, int, int, int]]) -> bytes:
         offset, raw = out.tell(), name.encode()
         out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, crc, len(data), size, len(raw), 0))
         out.write(raw + data)
-        central.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0x0314, 20, 0, method, 0, 0x21, crc, len(data),
-                                  size, len(raw), 0, 0, 0, 0, 0o100644 << 16, offset) + raw)
+        central.write(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                0x0314,
+                20,
+                0,
+                method,
+                0,
+                0x21,
+                crc,
+                len(data),
+                size,
+                len(raw),
+                0,
+                0,
+                0,
+                0,
+                0o100644 << 16,
+                offset,
+            )
+            + raw
+        )
     cd = central.getvalue()
     eocd = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(cd), out.tell(), 0)
     return out.getvalue() + cd + eocd
@@ -75,8 +96,9 @@ def _cache_files(cache: Path) -> list[Path]:
 def test_zip_bomb_is_refused_before_writing(tmp_path: Path):
     data, crc = _zeros_deflate(BOMB_MB)
     bomb = tmp_path / "bomb.zip"
-    bomb.write_bytes(_raw_zip([("deploy.prototxt", b"", 0, 0, 0),
-                               ("snapshot_iter_1.caffemodel", data, 8, crc, BOMB_MB * MiB)]))
+    bomb.write_bytes(
+        _raw_zip([("deploy.prototxt", b"", 0, 0, 0), ("snapshot_iter_1.caffemodel", data, 8, crc, BOMB_MB * MiB)])
+    )
     assert bomb.stat().st_size < MiB
     with zipfile.ZipFile(bomb) as z:  # a real, valid bomb: 600 MB of zeros
         assert z.getinfo("snapshot_iter_1.caffemodel").file_size == BOMB_MB * MiB
@@ -149,23 +171,37 @@ def test_too_many_members_is_refused(tmp_path: Path):
 
 
 def _lenet_archive(tmp_path: Path, name: str, info: dict | None = None) -> Path:
-    return deploy.package_model(tmp_path / name, deploy=asset(f"{LENET}/lenet.prototxt"),
-                                weights=asset(f"{LENET}/lenet_iter_10000.caffemodel"), info=info)
+    return deploy.package_model(
+        tmp_path / name,
+        deploy=asset(f"{LENET}/lenet.prototxt"),
+        weights=asset(f"{LENET}/lenet_iter_10000.caffemodel"),
+        info=info,
+    )
 
 
 def _corrupt_zip_deflate(good: bytes) -> bytes:
     """The zip with bytes inside its first member's deflate data replaced (zlib.error when inflated)."""
     start = 30 + struct.unpack_from("<H", good, 26)[0] + struct.unpack_from("<H", good, 28)[0]
-    return good[:start] + b"\xff" * 64 + good[start + 64:]
+    return good[:start] + b"\xff" * 64 + good[start + 64 :]
 
 
 def _corrupt_gzip_body(good: bytes) -> bytes:
     middle = len(good) // 2
-    return good[:middle] + bytes(b ^ 0x5A for b in good[middle:middle + 256]) + good[middle + 256:]
+    return good[:middle] + bytes(b ^ 0x5A for b in good[middle : middle + 256]) + good[middle + 256 :]
 
 
-@pytest.mark.parametrize("case", ["zip deflate", "zip truncated", "tar.gz body", "tar.gz truncated",
-                                  "tar.xz garbage", "tar.bz2 garbage", "zip empty"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "zip deflate",
+        "zip truncated",
+        "tar.gz body",
+        "tar.gz truncated",
+        "tar.xz garbage",
+        "tar.bz2 garbage",
+        "zip empty",
+    ],
+)
 def test_corrupt_archive_is_a_caffe_error_naming_it(tmp_path: Path, case: str):
     kind = "zip" if case.startswith("zip") else "tar.gz"
     good = _lenet_archive(tmp_path, f"good.{kind}").read_bytes()

@@ -14,8 +14,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import fuzz  # noqa: E402
 
 #: Inputs per target in the suite's quick run (the slow targets build nets or go through a web app).
-QUICK = {"net": 40, "caffemodel": 30, "solverstate": 15, "studio_pretrained": 15, "studio_dataset": 15,
-         "studio_classify_one": 20, "serve_predict": 30}
+QUICK = {
+    "net": 40,
+    "caffemodel": 30,
+    "solverstate": 15,
+    "studio_pretrained": 15,
+    "studio_dataset": 15,
+    "studio_classify_one": 20,
+    "serve_predict": 30,
+}
 
 
 @pytest.mark.parametrize("name", fuzz._public())

@@ -69,11 +69,17 @@ def ran_in(folder: Path) -> list[int]:
 
 def net_text(module: str | None, channels: int = 3, size: int = 24) -> str:
     """Input -> [Python 'scale' (``module``)] -> InnerProduct 'fc' (2 outputs) -> Softmax."""
-    scale = (f'layer {{ name: "scale" type: "Python" bottom: "data" top: "scaled" '
-             f'python_param {{ module: "{module}" layer: "Scale" }} }}\n') if module else ""
+    scale = (
+        (
+            f'layer {{ name: "scale" type: "Python" bottom: "data" top: "scaled" '
+            f'python_param {{ module: "{module}" layer: "Scale" }} }}\n'
+        )
+        if module
+        else ""
+    )
     return (
         f'name: "consent"\nlayer {{ name: "data" type: "Input" top: "data" '
-        f'input_param {{ shape {{ dim: 1 dim: {channels} dim: {size} dim: {size} }} }} }}\n{scale}'
+        f"input_param {{ shape {{ dim: 1 dim: {channels} dim: {size} dim: {size} }} }} }}\n{scale}"
         f'layer {{ name: "fc" type: "InnerProduct" bottom: "{"scaled" if module else "data"}" top: "fc" '
         'inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.01 } } }\n'
         'layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }\n'
@@ -90,9 +96,11 @@ def tiny_weights(folder: Path, channels: int = 3, size: int = 24) -> bytes:
 
 
 def upload(client: TestClient, folder: Path, module: str | None, python_file: bool = True, **form: str):
-    files = {"weights_file": ("w.caffemodel", tiny_weights(folder)),
-             "deploy_file": ("deploy.prototxt", net_text(module).encode()),
-             "labels_file": ("labels.txt", b"dark\nlight\n")}
+    files = {
+        "weights_file": ("w.caffemodel", tiny_weights(folder)),
+        "deploy_file": ("deploy.prototxt", net_text(module).encode()),
+        "labels_file": ("labels.txt", b"dark\nlight\n"),
+    }
     if python_file:
         files["python_layer_file"] = ("layer.py", layer_file(folder))
     data = {"job_name": "consent", "width": "24", "height": "24", **form}
@@ -126,10 +134,15 @@ def test_studio_without_the_flag_refuses_python_layers_and_never_runs_them(tmp_p
         assert no_file.status_code == 403 and "'scale'" in no_file.json()["detail"]
         file_only = upload(client, tmp_path, None)  # a plain net, but a Python layer file with it
         assert file_only.status_code == 403 and FLAG in file_only.json()["detail"]
-        page = client.post("/pretrained_models", headers={"Accept": "text/html"},
-                           data={"job_name": "x", "width": "24", "height": "24"},
-                           files={"weights_file": ("w", tiny_weights(tmp_path)),
-                                  "deploy_file": ("d", net_text("consent_off_layer").encode())})
+        page = client.post(
+            "/pretrained_models",
+            headers={"Accept": "text/html"},
+            data={"job_name": "x", "width": "24", "height": "24"},
+            files={
+                "weights_file": ("w", tiny_weights(tmp_path)),
+                "deploy_file": ("d", net_text("consent_off_layer").encode()),
+            },
+        )
         assert page.status_code == 403 and FLAG in page.text
         assert FLAG in client.get("/pretrained_models/new").text  # the form says why Python layers are off
         assert client.get("/pretrained_models.json").json()["pretrained_models"] == []
@@ -148,8 +161,11 @@ def test_studio_with_the_flag_runs_an_uploaded_layer_in_a_worker_only(tmp_path):
         job_id = r.json()["job_id"]
         checked = ran_in(tmp_path)
         assert checked and os.getpid() not in checked  # validated in another process
-        one = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": job_id, "show_visualizations": "1"},
-                          files={"image_file": ("a.png", png())})
+        one = client.post(
+            f"{CLASSIFY}/classify_one.json",
+            data={"job_id": job_id, "show_visualizations": "1"},
+            files={"image_file": ("a.png", png())},
+        )
         assert one.status_code == 200, one.text
         predictions = dict(one.json()["predictions"])
         assert set(predictions) == {"dark", "light"} and sum(predictions.values()) == pytest.approx(100, abs=0.1)
@@ -158,8 +174,12 @@ def test_studio_with_the_flag_runs_an_uploaded_layer_in_a_worker_only(tmp_path):
         assert layers["scale"]["activation"]["image"].startswith("data:image/png;base64,")
         many = client.post(f"{CLASSIFY}/classify_many.json", data={"job_id": job_id, "image_folder": str(images)})
         assert many.status_code == 200 and len(many.json()["classifications"]) == 3, many.text
-        page = client.post(f"{CLASSIFY}/classify_one", data={"job_id": job_id, "show_visualizations": "1"},
-                           files={"image_file": ("a.png", png())}, headers={"Accept": "text/html"})
+        page = client.post(
+            f"{CLASSIFY}/classify_one",
+            data={"job_id": job_id, "show_visualizations": "1"},
+            files={"image_file": ("a.png", png())},
+            headers={"Accept": "text/html"},
+        )
         assert page.status_code == 200 and "dark" in page.text
         pids = ran_in(tmp_path)
         assert len(pids) == 2 and os.getpid() not in pids  # the check's worker, then the classifying worker
@@ -203,24 +223,38 @@ def dataset_client(tmp_path):
         client = make_client(tmp_path, [tmp_path], allow_python_layers=allow)
         store = client.app.state.studio.store
         job = store.create("dataset", "tiny", {})
-        params = datasets.DatasetParams.from_dict({"folder_train": str(make_images(tmp_path / "images")),
-                                                   "resize_channels": 1, "resize_width": 28, "resize_height": 28})
+        params = datasets.DatasetParams.from_dict(
+            {
+                "folder_train": str(make_images(tmp_path / "images")),
+                "resize_channels": 1,
+                "resize_width": 28,
+                "resize_height": 28,
+            }
+        )
         store.update(job.id, status="Done", result=datasets.create_dataset(store.job_dir(job.id), params))
         return client, job.id
 
     return make
 
 
-TRAIN = {"model_name": "py", "train_epochs": "1", "batch_size": "8", "lr_policy": "fixed", "random_seed": "3",
-         "device": "cpu"}
+TRAIN = {
+    "model_name": "py",
+    "train_epochs": "1",
+    "batch_size": "8",
+    "lr_policy": "fixed",
+    "random_seed": "3",
+    "device": "cpu",
+}
 
 
 def test_model_form_with_a_python_layer_is_refused_without_the_flag(tmp_path, dataset_client):
     client, dataset = dataset_client(False)
     with client:
         network = net_text("consent_custom_layer", 1, 28)
-        r = client.post("/models/images/classification.json",
-                        data={**TRAIN, "dataset": dataset, "method": "custom", "custom_network": network})
+        r = client.post(
+            "/models/images/classification.json",
+            data={**TRAIN, "dataset": dataset, "method": "custom", "custom_network": network},
+        )
         assert r.status_code == 400, r.text
         message = r.json()["fields"]["custom_network"]
         assert "'scale'" in message and FLAG in message
@@ -230,11 +264,16 @@ def test_model_form_with_a_python_layer_is_refused_without_the_flag(tmp_path, da
 def test_with_the_flag_a_pretrained_python_layer_fine_tunes_in_the_training_process(tmp_path, dataset_client):
     client, dataset = dataset_client(True)
     with client:
-        files = {"weights_file": ("w", tiny_weights(tmp_path / "w", 1, 28)),
-                 "deploy_file": ("d", net_text("consent_tune_layer", 1, 28).encode()),
-                 "python_layer_file": ("layer.py", layer_file(tmp_path))}
-        r = client.post("/pretrained_models.json", files=files,
-                        data={"job_name": "py", "image_type": "grayscale", "width": "28", "height": "28"})
+        files = {
+            "weights_file": ("w", tiny_weights(tmp_path / "w", 1, 28)),
+            "deploy_file": ("d", net_text("consent_tune_layer", 1, 28).encode()),
+            "python_layer_file": ("layer.py", layer_file(tmp_path)),
+        }
+        r = client.post(
+            "/pretrained_models.json",
+            files=files,
+            data={"job_name": "py", "image_type": "grayscale", "width": "28", "height": "28"},
+        )
         assert r.status_code == 201, r.text
         form = {**TRAIN, "dataset": dataset, "method": "pretrained", "pretrained_networks": r.json()["job_id"]}
         created = client.post("/models/images/classification.json", data=form)
@@ -244,8 +283,9 @@ def test_with_the_flag_a_pretrained_python_layer_fine_tunes_in_the_training_proc
         job_dir = Path(studio.store.job_dir(job.id))
         assert job.status == "Done", (job_dir / "log.txt").read_text()[-3000:]
         assert (job_dir / "consent_tune_layer.py").is_file()
-        one = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": job.id},
-                          files={"image_file": ("a.png", png(size=28))})
+        one = client.post(
+            f"{CLASSIFY}/classify_one.json", data={"job_id": job.id}, files={"image_file": ("a.png", png(size=28))}
+        )
         assert one.status_code == 200 and {p[0] for p in one.json()["predictions"]} == {"dark", "light"}, one.text
         promoted = client.post(f"/models/{job.id}/to_pretrained", data={"job_name": "promoted"})
         assert promoted.status_code == 201, promoted.text

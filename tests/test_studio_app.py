@@ -80,13 +80,25 @@ def test_home_page_lists_jobs_by_kind(app, client):
     page = client.get("/", headers=HTML)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    for needle in ('id="new-dataset"', 'id="new-model"', 'id="new-pretrained"', 'id="tab-datasets"',
-                   'id="tab-models"', 'id="tab-pretrained"', 'id="datasets-table"', 'id="models-table"',
-                   'id="pretrained-table"', "Pretrained Models (1)", f'href="/datasets/{ds.id}"',
-                   f'href="/models/{model.id}"', 'href="/pretrained_models/', '/static/studio.js'):
+    for needle in (
+        'id="new-dataset"',
+        'id="new-model"',
+        'id="new-pretrained"',
+        'id="tab-datasets"',
+        'id="tab-models"',
+        'id="tab-pretrained"',
+        'id="datasets-table"',
+        'id="models-table"',
+        'id="pretrained-table"',
+        "Pretrained Models (1)",
+        f'href="/datasets/{ds.id}"',
+        f'href="/models/{model.id}"',
+        'href="/pretrained_models/',
+        "/static/studio.js",
+    ):
         assert needle in html, needle
-    row = html[html.index(f'id="job-{model.id}"'):]
-    row = row[:row.index("</tr>")]
+    row = html[html.index(f'id="job-{model.id}"') :]
+    row = row[: row.index("</tr>")]
     assert "alexnet-from-scratch" in row and "dolphins-and-seahorses" in row and "Running" in row
     assert 'data-status="Done"' in html
 
@@ -184,9 +196,11 @@ def test_events_replay_a_finished_job(app, client):
     assert r.headers["content-type"].startswith("text/event-stream")
     events = sse_events(r.text)
     assert events[0]["event"] == "status" and events[0]["status"] == "Done"
-    assert events[1:] == [{"event": "progress", "done": 1, "_id": 1},
-                          {"event": "done", "counts": {"train": 3}, "_id": 2},
-                          {"event": "end", "status": "Done", "returncode": 0, "time": events[-1]["time"]}]
+    assert events[1:] == [
+        {"event": "progress", "done": 1, "_id": 1},
+        {"event": "done", "counts": {"train": 3}, "_id": 2},
+        {"event": "end", "status": "Done", "returncode": 0, "time": events[-1]["time"]},
+    ]
     # a reconnecting browser sends the last id it saw: only what follows is replayed
     again = sse_events(client.get(f"/jobs/{job.id}/events", headers={"Last-Event-ID": "1"}).text)
     assert [e["event"] for e in again] == ["status", "done", "end"]
@@ -302,8 +316,14 @@ def test_token_protects_every_route(tmp_path):
     with TestClient(app) as c:
         r = c.get("/", headers=HTML, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/login?next=%2F"
-        protected = (("GET", "/index.json"), ("GET", f"/jobs/{job.id}/log.txt"), ("POST", f"/jobs/{job.id}/clone"),
-                     ("DELETE", f"/jobs/{job.id}"), ("GET", f"/jobs/{job.id}/events"), ("GET", "/openapi.json"))
+        protected = (
+            ("GET", "/index.json"),
+            ("GET", f"/jobs/{job.id}/log.txt"),
+            ("POST", f"/jobs/{job.id}/clone"),
+            ("DELETE", f"/jobs/{job.id}"),
+            ("GET", f"/jobs/{job.id}/events"),
+            ("GET", "/openapi.json"),
+        )
         for method, url in protected:
             r = c.request(method, url)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", url

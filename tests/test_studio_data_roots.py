@@ -47,9 +47,16 @@ def env(tmp_path, monkeypatch):
 
 def _lists(root: Path, **fields: str) -> dict[str, str]:
     """A textfile dataset form over ``root``'s lists, with ``fields`` replacing some of them."""
-    return {"dataset_name": "lists", "method": "textfile", "resize_width": "4", "resize_height": "4",
-            "textfile_train_images": str(root / "train.txt"), "textfile_labels_file": str(root / "labels.txt"),
-            "textfile_train_folder": str(root / "imgs"), **fields}
+    return {
+        "dataset_name": "lists",
+        "method": "textfile",
+        "resize_width": "4",
+        "resize_height": "4",
+        "textfile_train_images": str(root / "train.txt"),
+        "textfile_labels_file": str(root / "labels.txt"),
+        "textfile_train_folder": str(root / "imgs"),
+        **fields,
+    }
 
 
 def _secrets(path: str) -> list[str]:
@@ -105,8 +112,9 @@ def test_symlinks_inside_a_root_leading_out_of_it_are_refused(env, tmp_path):
     text = _refused(client.post(CREATE, json={"dataset_name": "x", "folder_train": str(root / "elsewhere")}))
     assert "folder_train" in text and "outside the folders" in text
     (root / "passwd.txt").symlink_to("/etc/passwd")
-    text = _refused(client.post(CREATE, json=_lists(root, textfile_train_images=str(root / "passwd.txt"))),
-                    _secrets("/etc/passwd"))
+    text = _refused(
+        client.post(CREATE, json=_lists(root, textfile_train_images=str(root / "passwd.txt"))), _secrets("/etc/passwd")
+    )
     assert "outside the folders" in text
     # a class folder that is a link out: left out, and none of the names of the files out there are listed
     (outside / "imgs" / "cat" / "secret-name.png").write_bytes((outside / "imgs" / "cat" / "img_00.png").read_bytes())
@@ -129,7 +137,6 @@ def test_folders_and_images_outside_the_roots_are_refused(env):
     fields = {"job_id": "20240101-000000-abcd", "image_path": "/etc/passwd"}
     r = client.post(f"{CLASSIFY}/classify_one.json", data=fields)
     assert r.status_code == 403 and "outside the folders" in _refused(r, _secrets("/etc/passwd"))
-
 
 
 def test_classify_many_refuses_a_folder_holding_a_link_out_of_the_roots(env, tmp_path):
@@ -184,8 +191,9 @@ def test_the_default_roots_are_the_working_directory(env, tmp_path, monkeypatch)
         other = tmp_path / "other"
         other.mkdir()
         flag = f"{other},{root}"
-        assert caffe_main(["studio", "--jobs_dir", str(tmp_path / "jobs2"), "--devices", "cpu",
-                           "--data_roots", flag]) in (0, None)
+        assert caffe_main(
+            ["studio", "--jobs_dir", str(tmp_path / "jobs2"), "--devices", "cpu", "--data_roots", flag]
+        ) in (0, None)
         assert caffe_main(["studio", "--jobs_dir", str(tmp_path / "jobs2"), "--data_roots", str(tmp_path / "no")]) == 1
     finally:
         logging.getLogger("caffe").removeHandler(lines)
@@ -206,8 +214,9 @@ def test_list_files_are_read_bounded(env, tmp_path, monkeypatch):
     os.mkfifo(root / "fifo")  # nobody writes to it: reading it would block forever
     assert "not a file" in _refused(client.post(CREATE, json=_lists(root, textfile_train_images=str(root / "fifo"))))
     # /dev/zero, even where an operator allowed /dev: refused at once
-    with TestClient(create_app({"jobs_dir": tmp_path / "jobs3", "devices": ["cpu"],
-                                "data_roots": [root, Path("/dev")]})) as wide:
+    with TestClient(
+        create_app({"jobs_dir": tmp_path / "jobs3", "devices": ["cpu"], "data_roots": [root, Path("/dev")]})
+    ) as wide:
         for field in ("textfile_train_images", "textfile_labels_file"):
             assert "not a file" in _refused(wide.post(CREATE, json=_lists(root, **{field: "/dev/zero"})))
     assert default == 64 << 20  # the bound outside this test
@@ -216,13 +225,23 @@ def test_list_files_are_read_bounded(env, tmp_path, monkeypatch):
 def test_valid_datasets_inside_the_roots_still_work(env):
     client, root, _ = env
     studio = client.app.state.studio
-    r = client.post(CREATE, json={"dataset_name": "folder", "folder_train": str(root / "imgs"),
-                                  "folder_pct_val": "34", "resize_width": "4", "resize_height": "4"})
+    r = client.post(
+        CREATE,
+        json={
+            "dataset_name": "folder",
+            "folder_train": str(root / "imgs"),
+            "folder_pct_val": "34",
+            "resize_width": "4",
+            "resize_height": "4",
+        },
+    )
     assert r.status_code == 200, r.text
     (root / "abs.txt").write_text(f"{root}/imgs/cat/img_02.png 0\n{root}/imgs/dog/img_02.png 1\n")
     assert client.post(CREATE, json=_lists(root, textfile_val_images=str(root / "abs.txt"))).status_code == 200
-    uploads = {"textfile_train_images": ("train.txt", (root / "train.txt").read_bytes()),
-               "textfile_labels_file": ("labels.txt", b"cat\ndog\n")}
+    uploads = {
+        "textfile_train_images": ("train.txt", (root / "train.txt").read_bytes()),
+        "textfile_labels_file": ("labels.txt", b"cat\ndog\n"),
+    }
     form = {k: v for k, v in _lists(root).items() if k not in uploads}
     r = client.post(CREATE, data=form, files=uploads)
     assert r.status_code == 200, r.text

@@ -291,11 +291,17 @@ def _lists(tmp_path: Path, train: str, labels: str = "cat\ndog\n") -> ds.Dataset
     _folder(tmp_path / "imgs", {"cat": 2, "dog": 2})
     (tmp_path / "train.txt").write_text(train)
     (tmp_path / "labels.txt").write_text(labels)
-    return ds.DatasetParams.from_dict({
-        "method": "textfile", "textfile_train_images": str(tmp_path / "train.txt"),
-        "textfile_labels_file": str(tmp_path / "labels.txt"), "textfile_train_folder": str(tmp_path / "imgs"),
-        "resize_width": 4, "resize_height": 4, "data_roots": [str(tmp_path)],
-    })
+    return ds.DatasetParams.from_dict(
+        {
+            "method": "textfile",
+            "textfile_train_images": str(tmp_path / "train.txt"),
+            "textfile_labels_file": str(tmp_path / "labels.txt"),
+            "textfile_train_folder": str(tmp_path / "imgs"),
+            "resize_width": 4,
+            "resize_height": 4,
+            "data_roots": [str(tmp_path)],
+        }
+    )
 
 
 def test_list_files_make_a_dataset(tmp_path):
@@ -381,9 +387,22 @@ def dolphins(studio):
 def test_form_has_labelled_fields(studio):
     client, _ = studio
     html = client.get("/datasets/images/classification/new").text
-    for field_id in ("dataset-name", "folder-train", "folder-pct-val", "folder-pct-test", "resize-width",
-                     "resize-height", "resize-mode", "resize-channels", "encoding", "folder-min-per-class",
-                     "folder-max-per-class", "textfile-train-upload", "textfile-labels-local", "create-dataset"):
+    for field_id in (
+        "dataset-name",
+        "folder-train",
+        "folder-pct-val",
+        "folder-pct-test",
+        "resize-width",
+        "resize-height",
+        "resize-mode",
+        "resize-channels",
+        "encoding",
+        "folder-min-per-class",
+        "folder-max-per-class",
+        "textfile-train-upload",
+        "textfile-labels-local",
+        "create-dataset",
+    ):
         assert f'id="{field_id}"' in html, field_id
         if field_id not in ("create-dataset", "resize-height"):
             assert f'for="{field_id}"' in html, field_id
@@ -497,8 +516,15 @@ def test_json_route_with_uploaded_lists(studio):
         "textfile_val_images": ("v.txt", io.BytesIO(b"dolphin/image_0002.jpg 0\n")),
         "textfile_labels_file": ("l.txt", io.BytesIO(b"dolphin\nseahorse\n")),
     }
-    data = {"method": "textfile", "dataset_name": "lists", "textfile_train_folder": str(DOLPHINS),
-            "resize_width": "32", "resize_height": "32", "resize_mode": "crop", "encoding": "none"}
+    data = {
+        "method": "textfile",
+        "dataset_name": "lists",
+        "textfile_train_folder": str(DOLPHINS),
+        "resize_width": "32",
+        "resize_height": "32",
+        "resize_mode": "crop",
+        "encoding": "none",
+    }
     r = client.post("/datasets/images/classification.json", data=data, files=files)
     assert r.status_code == 200, r.text
     body = r.json()

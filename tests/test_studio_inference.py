@@ -64,10 +64,20 @@ def tiny_weights(folder: Path, seed: int = 3) -> tuple[Path, Path]:
 
 def upload_tiny(client: TestClient, folder: Path, seed: int = 3) -> str:
     _, weights = tiny_weights(folder, seed)
-    r = client.post("/pretrained_models.json", data={
-        "job_name": "tiny", "width": "24", "height": "24", "mean_values": ",".join(map(str, TINY_MEAN)),
-    }, files={"weights_file": ("w.caffemodel", weights.read_bytes()), "deploy_file": ("d.prototxt", TINY_NET),
-              "labels_file": ("labels.txt", b"dolphin\nseahorse\n")})
+    r = client.post(
+        "/pretrained_models.json",
+        data={
+            "job_name": "tiny",
+            "width": "24",
+            "height": "24",
+            "mean_values": ",".join(map(str, TINY_MEAN)),
+        },
+        files={
+            "weights_file": ("w.caffemodel", weights.read_bytes()),
+            "deploy_file": ("d.prototxt", TINY_NET),
+            "labels_file": ("labels.txt", b"dolphin\nseahorse\n"),
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()["job_id"]
 
@@ -88,8 +98,10 @@ def small_folder(tmp: Path, per_class: int = 3) -> Path:
     """dolphin/ and seahorse/ with ``per_class`` images each (the grayscale dolphin among them)."""
     src = asset("dolphins-and-seahorses")
     root = tmp / "labelled"
-    for cls, names in (("dolphin", ["image_0042.jpg", "image_0001.jpg", "image_0002.jpg"]),
-                       ("seahorse", ["image_0001.jpg", "image_0002.jpg", "image_0003.jpg"])):
+    for cls, names in (
+        ("dolphin", ["image_0042.jpg", "image_0001.jpg", "image_0002.jpg"]),
+        ("seahorse", ["image_0001.jpg", "image_0002.jpg", "image_0003.jpg"]),
+    ):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for n in names[:per_class]:
             shutil.copy(src / cls / n, root / cls / n)
@@ -109,12 +121,16 @@ def env(tmp_path_factory):
 def squeezenet(env):
     client, _ = env
     sq = asset(SQUEEZENET)
-    r = client.post("/pretrained_models.json", data={"job_name": "SqueezeNet", "width": "227", "height": "227"}, files={
-        "weights_file": ("w.caffemodel", (sq / "squeezenet_v1.0_deepcompression_decoded.caffemodel").read_bytes()),
-        "deploy_file": ("deploy.prototxt", (sq / "SqueezeNet_deploy.prototxt").read_bytes()),
-        "model_def_file": ("train_val.prototxt", (sq / "SqueezeNet_trainval.prototxt").read_bytes()),
-        "labels_file": ("synset_words.txt", asset("models/imagenet-common/synset_words.txt").read_bytes()),
-    })
+    r = client.post(
+        "/pretrained_models.json",
+        data={"job_name": "SqueezeNet", "width": "227", "height": "227"},
+        files={
+            "weights_file": ("w.caffemodel", (sq / "squeezenet_v1.0_deepcompression_decoded.caffemodel").read_bytes()),
+            "deploy_file": ("deploy.prototxt", (sq / "SqueezeNet_deploy.prototxt").read_bytes()),
+            "model_def_file": ("train_val.prototxt", (sq / "SqueezeNet_trainval.prototxt").read_bytes()),
+            "labels_file": ("synset_words.txt", asset("models/imagenet-common/synset_words.txt").read_bytes()),
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()["job_id"]
 
@@ -136,8 +152,11 @@ def test_classify_one_squeezenet_matches_reference(env, squeezenet):
     """The reference's preprocessing (PIL bilinear 227x227, BGR, mean 104,117,123 from the train_val's data
     layer) gives its top-1; the percent ratios of the top-5 equal exp() of the reference logit differences."""
     client, _ = env
-    r = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": squeezenet},
-                    files={"image_file": ("cat.jpg", asset(CAT).read_bytes(), "image/jpeg")})
+    r = client.post(
+        f"{CLASSIFY}/classify_one.json",
+        data={"job_id": squeezenet},
+        files={"image_file": ("cat.jpg", asset(CAT).read_bytes(), "image/jpeg")},
+    )
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     ref = reference_top5()
@@ -150,8 +169,11 @@ def test_classify_one_squeezenet_matches_reference(env, squeezenet):
 
 def test_classify_one_page_and_visualizations(env, squeezenet):
     client, _ = env
-    r = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": squeezenet, "show_visualizations": "1"},
-                    files={"image_file": ("cat.jpg", asset(CAT).read_bytes())})
+    r = client.post(
+        f"{CLASSIFY}/classify_one.json",
+        data={"job_id": squeezenet, "show_visualizations": "1"},
+        files={"image_file": ("cat.jpg", asset(CAT).read_bytes())},
+    )
     assert r.status_code == 200, r.text
     layers = r.json()["visualizations"]
     from caffe.protoio import read_net_param
@@ -166,15 +188,22 @@ def test_classify_one_page_and_visualizations(env, squeezenet):
     conv1 = layers[0]
     assert conv1["layer"] == "conv1" and conv1["weights"]["shape"] == [96, 3, 7, 7]
     assert conv1["weights"]["params"] == 96 * 3 * 7 * 7 + 96
-    loaded = caffe.Net(str(asset(f"{SQUEEZENET}/SqueezeNet_deploy.prototxt")), caffe.TEST,
-                       weights=str(asset(f"{SQUEEZENET}/squeezenet_v1.0_deepcompression_decoded.caffemodel")))
+    loaded = caffe.Net(
+        str(asset(f"{SQUEEZENET}/SqueezeNet_deploy.prototxt")),
+        caffe.TEST,
+        weights=str(asset(f"{SQUEEZENET}/squeezenet_v1.0_deepcompression_decoded.caffemodel")),
+    )
     w = loaded.params["conv1"][0].data
     assert conv1["weights"]["mean"] == pytest.approx(float(w.mean()), rel=1e-4)
     assert conv1["weights"]["std"] == pytest.approx(float(w.std()), rel=1e-4)
     assert conv1["weights"]["image"].startswith("data:image/png;base64,")
     # the HTML page shows the same top-5 and one block per layer
-    page = client.post(f"{CLASSIFY}/classify_one", data={"job_id": squeezenet, "show_visualizations": "1"},
-                       files={"image_file": ("cat.jpg", asset(CAT).read_bytes())}, headers={"Accept": "text/html"})
+    page = client.post(
+        f"{CLASSIFY}/classify_one",
+        data={"job_id": squeezenet, "show_visualizations": "1"},
+        files={"image_file": ("cat.jpg", asset(CAT).read_bytes())},
+        headers={"Accept": "text/html"},
+    )
     assert page.status_code == 200
     assert page.text.count('class="vis-layer"') == len(layers)
     assert "kit fox" in page.text and 'id="predictions"' in page.text
@@ -184,8 +213,14 @@ def test_classify_one_form_page(env, squeezenet):
     client, _ = env
     r = client.get(f"{CLASSIFY}/classify_one", params={"job_id": squeezenet})
     assert r.status_code == 200
-    for element_id in ("job-id", "snapshot-epoch", "image-file", "image-url", "show-visualizations",
-                       "classify-one-submit"):
+    for element_id in (
+        "job-id",
+        "snapshot-epoch",
+        "image-file",
+        "image-url",
+        "show-visualizations",
+        "classify-one-submit",
+    ):
         assert f'id="{element_id}"' in r.text
     assert f'value="{squeezenet}" data-epochs="[]" selected' in r.text
 
@@ -223,8 +258,9 @@ def test_classify_one_refusals(env, tiny):
     assert outside.status_code == 403
     traversal = client.post(url, data={"job_id": tiny, "image_path": str(asset(".")) + "/../../etc/passwd"})
     assert traversal.status_code == 403 and ".." in traversal.json()["detail"]
-    unknown = client.post(url, data={"job_id": "20000101-000000-abcd"},
-                          files={"image_file": ("c.jpg", asset(CAT).read_bytes())})
+    unknown = client.post(
+        url, data={"job_id": "20000101-000000-abcd"}, files={"image_file": ("c.jpg", asset(CAT).read_bytes())}
+    )
     assert unknown.status_code == 404
 
 
@@ -242,8 +278,9 @@ def test_classify_one_server_path_and_url(env, tiny):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        by_url = client.post(url, data={"job_id": tiny,
-                                        "image_url": f"http://127.0.0.1:{server.server_port}/{img.name}"}).json()
+        by_url = client.post(
+            url, data={"job_id": tiny, "image_url": f"http://127.0.0.1:{server.server_port}/{img.name}"}
+        ).json()
     finally:
         server.shutdown()
         server.server_close()
@@ -256,8 +293,9 @@ def _hand_count(probs: np.ndarray, truth: list[int]) -> tuple[float, list[list[i
     for p, t in zip(probs, truth, strict=True):
         confusion[t][int(np.argmax(p))] += 1
     correct = sum(confusion[i][i] for i in range(2))
-    per_class = {name: round(100.0 * confusion[i][i] / sum(confusion[i]), 2)
-                 for i, name in enumerate(("dolphin", "seahorse"))}
+    per_class = {
+        name: round(100.0 * confusion[i][i] / sum(confusion[i]), 2) for i, name in enumerate(("dolphin", "seahorse"))
+    }
     return round(100.0 * correct / len(truth), 2), confusion, per_class
 
 
@@ -280,15 +318,18 @@ def test_classify_many_folder_accuracy_and_confusion(env, tiny):
     assert body["confusion_matrix"] == confusion
     assert {k: v["accuracy"] for k, v in body["per_class_accuracy"].items()} == per_class
     # the same images as an uploaded list (absolute paths, label names or numbers) give the same evaluation
-    listing = "\n".join(f"{p} {t if i % 2 else ('dolphin', 'seahorse')[t]}"
-                        for i, (p, t) in enumerate(zip(images, truth, strict=True)))
-    r2 = client.post(f"{CLASSIFY}/classify_many.json", data={"job_id": tiny},
-                     files={"image_list": ("list.txt", listing.encode())})
+    listing = "\n".join(
+        f"{p} {t if i % 2 else ('dolphin', 'seahorse')[t]}" for i, (p, t) in enumerate(zip(images, truth, strict=True))
+    )
+    r2 = client.post(
+        f"{CLASSIFY}/classify_many.json", data={"job_id": tiny}, files={"image_list": ("list.txt", listing.encode())}
+    )
     assert r2.status_code == 200, r2.text
     assert r2.json()["confusion_matrix"] == confusion and r2.json()["top1_accuracy"] == top1
     # and the page shows the matrix (Plotly heat map and table) and the per-class table
-    page = client.post(f"{CLASSIFY}/classify_many", data={"job_id": tiny, "image_folder": str(folder)},
-                       headers={"Accept": "text/html"})
+    page = client.post(
+        f"{CLASSIFY}/classify_many", data={"job_id": tiny, "image_folder": str(folder)}, headers={"Accept": "text/html"}
+    )
     assert page.status_code == 200
     assert 'id="confusion-matrix"' in page.text and 'id="per-class-accuracy"' in page.text
     assert f'id="accuracy-top1">{top1:.2f}%' in page.text
@@ -298,13 +339,17 @@ def test_classify_many_list_without_labels_and_limits(env, tiny):
     client, tmp = env
     folder = small_folder(tmp)
     listing = "dolphin/image_0001.jpg\n# a comment\n\nseahorse/image_0003.jpg\nseahorse/image_0001.jpg\n"
-    r = client.post(f"{CLASSIFY}/classify_many.json", data={"job_id": tiny, "image_folder": str(folder),
-                                                             "num_test_images": "2"},
-                    files={"image_list": ("list.txt", listing.encode())})
+    r = client.post(
+        f"{CLASSIFY}/classify_many.json",
+        data={"job_id": tiny, "image_folder": str(folder), "num_test_images": "2"},
+        files={"image_list": ("list.txt", listing.encode())},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert list(body["classifications"]) == [str(folder / "dolphin/image_0001.jpg"),
-                                             str(folder / "seahorse/image_0003.jpg")]
+    assert list(body["classifications"]) == [
+        str(folder / "dolphin/image_0001.jpg"),
+        str(folder / "seahorse/image_0003.jpg"),
+    ]
     assert "confusion_matrix" not in body  # no ground truth
 
 
@@ -313,14 +358,20 @@ def test_classify_many_path_traversal_refused(env, tiny):
     folder = small_folder(tmp)
     url = f"{CLASSIFY}/classify_many.json"
     for listing in ("../../../../etc/passwd 0\n", "dolphin/../../../../../etc/passwd\n", "/etc/passwd 1\n"):
-        r = client.post(url, data={"job_id": tiny, "image_folder": str(folder)},
-                        files={"image_list": ("list.txt", listing.encode())})
+        r = client.post(
+            url,
+            data={"job_id": tiny, "image_folder": str(folder)},
+            files={"image_list": ("list.txt", listing.encode())},
+        )
         assert r.status_code == 403, (listing, r.text)
         assert "image_list:1" in r.json()["detail"]
     assert client.post(url, data={"job_id": tiny, "image_folder": "/etc"}).status_code == 403
     assert client.post(url, data={"job_id": tiny, "image_folder": f"{folder}/../.."}).status_code == 403
-    missing = client.post(url, data={"job_id": tiny, "image_folder": str(folder)},
-                          files={"image_list": ("l.txt", b"dolphin/nope.jpg 0\n")})
+    missing = client.post(
+        url,
+        data={"job_id": tiny, "image_folder": str(folder)},
+        files={"image_list": ("l.txt", b"dolphin/nope.jpg 0\n")},
+    )
     assert missing.status_code == 404 and "nope.jpg" in missing.json()["detail"]
     bad_class = tmp / "bad_classes"
     (bad_class / "whale").mkdir(parents=True, exist_ok=True)
@@ -339,8 +390,11 @@ def test_top_n(env, tiny):
         assert entry["label"] == ("dolphin", "seahorse")[c]
         best = np.argsort(-probs[:, c], kind="stable")[:2]
         assert [p for p, _ in entry["images"]] == [str(images[i]) for i in best]
-    page = client.post(f"{CLASSIFY}/top_n", data={"job_id": tiny, "image_folder": str(folder), "top_n": "2"},
-                       headers={"Accept": "text/html"})
+    page = client.post(
+        f"{CLASSIFY}/top_n",
+        data={"job_id": tiny, "image_folder": str(folder), "top_n": "2"},
+        headers={"Accept": "text/html"},
+    )
     assert page.status_code == 200 and page.text.count("<figure>") == 4 and "data:image/png;base64," in page.text
 
 
@@ -366,8 +420,9 @@ def make_model_job(store, tmp: Path, iters=(10, 20)) -> str:
     mean.shape.dim.extend([1, 3, 24, 24])
     mean.data.extend(model_mean_image().ravel().tolist())
     (job_dir / "mean.binaryproto").write_bytes(mean.SerializeToString())
-    (job_dir / "info.json").write_text(json.dumps({"iterations per epoch": 10, "image dimensions": [24, 24, 3],
-                                                   "mean subtraction": "image"}))
+    (job_dir / "info.json").write_text(
+        json.dumps({"iterations per epoch": 10, "image dimensions": [24, 24, 3], "mean subtraction": "image"})
+    )
     store.update(job.id, status="Done")
     return job.id
 
@@ -380,8 +435,9 @@ def test_model_job_snapshots_by_epoch(env):
     url = f"{CLASSIFY}/classify_one.json"
     answers = {}
     for epoch, seed in (("1", 10), ("2", 11), ("", 11)):
-        r = client.post(url, data={"job_id": job_id, "snapshot_epoch": epoch},
-                        files={"image_file": ("a.jpg", img.read_bytes())})
+        r = client.post(
+            url, data={"job_id": job_id, "snapshot_epoch": epoch}, files={"image_file": ("a.jpg", img.read_bytes())}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["snapshot_epoch"] == (float(epoch) if epoch else 2.0)
         deploy, weights = tiny_weights(tmp / "check", seed)
@@ -389,8 +445,9 @@ def test_model_job_snapshots_by_epoch(env):
         assert [pct for _, pct in r.json()["predictions"]] == pytest.approx(sorted(100 * p, reverse=True), abs=0.011)
         answers[epoch] = r.json()["predictions"]
     assert answers["1"] != answers["2"] and answers["2"] == answers[""]
-    missing = client.post(url, data={"job_id": job_id, "snapshot_epoch": "7"},
-                          files={"image_file": ("a.jpg", img.read_bytes())})
+    missing = client.post(
+        url, data={"job_id": job_id, "snapshot_epoch": "7"}, files={"image_file": ("a.jpg", img.read_bytes())}
+    )
     assert missing.status_code == 404 and "epoch 7" in missing.json()["detail"]
     form = client.get(f"{CLASSIFY}/classify_one", params={"job_id": job_id})
     assert 'value="1"' in form.text and 'value="2"' in form.text
@@ -410,8 +467,10 @@ def test_model_job_snapshots_by_epoch(env):
 def test_lru_cache_reuses_and_evicts(tmp_path):
     deploy, weights = tiny_weights(tmp_path)
     cache = inference.ModelCache(size=2)
-    sources = [inference.ModelSource(job_id=str(i), deploy=deploy, weights=w)
-               for i, w in enumerate([weights, *(tiny_weights(tmp_path, s)[1] for s in (5, 6))])]
+    sources = [
+        inference.ModelSource(job_id=str(i), deploy=deploy, weights=w)
+        for i, w in enumerate([weights, *(tiny_weights(tmp_path, s)[1] for s in (5, 6))])
+    ]
     first = cache.get(sources[0])
     assert cache.get(sources[0]) is first and len(cache) == 1
     cache.get(sources[1])

@@ -21,8 +21,15 @@ from caffe.protoio import read_net_param, read_solver_param
 from caffe.studio import datasets
 from caffe.studio import models as m
 
-ARCHIVE_FILES = {"deploy.prototxt", "mean.binaryproto", "solver.prototxt", "info.json", "original.prototxt",
-                 "labels.txt", "train_val.prototxt"}
+ARCHIVE_FILES = {
+    "deploy.prototxt",
+    "mean.binaryproto",
+    "solver.prototxt",
+    "info.json",
+    "original.prototxt",
+    "labels.txt",
+    "train_val.prototxt",
+}
 
 
 # ---------------------------------------------------------------------------------------------- mapping
@@ -45,15 +52,23 @@ def test_solver_mapping_guide_attempt_one():
 def test_solver_mapping_every_field():
     """1270 images, batch 32 x accumulation 2: ceil(1270/64) = 20 iterations per epoch, 10 epochs -> 200;
     lr policy percentages scale by 200/100 = 2."""
-    f = form(train_epochs="10", snapshot_interval="2.5", val_interval="0.5", batch_accumulation="2",
-             learning_rate="0.05", lr_policy="multistep", lr_multistep_values="50, 85", random_seed="7")
+    f = form(
+        train_epochs="10",
+        snapshot_interval="2.5",
+        val_interval="0.5",
+        batch_accumulation="2",
+        learning_rate="0.05",
+        lr_policy="multistep",
+        lr_multistep_values="50, 85",
+        random_seed="7",
+    )
     s = m.solver_param(f, 1270, 250, 32, 50)
     assert (s.max_iter, s.iter_size, s.snapshot, s.test_interval, list(s.test_iter)) == (200, 2, 50, 10, [5])
     assert list(s.stepvalue) == [100, 170] and s.gamma == pytest.approx(0.5)
     assert s.weight_decay == pytest.approx(0.0005) and s.random_seed == 7
     assert s.display == 2  # max(1, min(floor(200 / 80), ceil(5000 / 64)))
     scaled = {
-        "exp": {"gamma": 0.95 ** 0.5},
+        "exp": {"gamma": 0.95**0.5},
         "inv": {"gamma": 0.05, "power": 0.5},
         "poly": {"power": 3.0},
         "sigmoid": {"gamma": -0.05, "stepsize": 100},
@@ -106,10 +121,12 @@ def test_form_errors_name_their_fields():
 
 def test_nan_advice_from_events(tmp_path):
     (tmp_path / "info.json").write_text(json.dumps({"iterations per epoch": 10, "max iterations": 100}))
-    events = [{"event": "start", "iter": 0, "max_iter": 100, "time": 0.0},
-              {"event": "train", "iter": 10, "loss": 0.7, "lr": 0.01, "time": 1.0},
-              {"event": "test", "iter": 10, "outputs": {"loss": 0.6, "accuracy": 0.5}, "time": 1.5},
-              {"event": "train", "iter": 20, "loss": float("nan"), "lr": 0.01, "time": 2.0}]
+    events = [
+        {"event": "start", "iter": 0, "max_iter": 100, "time": 0.0},
+        {"event": "train", "iter": 10, "loss": 0.7, "lr": 0.01, "time": 1.0},
+        {"event": "test", "iter": 10, "outputs": {"loss": 0.6, "accuracy": 0.5}, "time": 1.5},
+        {"event": "train", "iter": 20, "loss": float("nan"), "lr": 0.01, "time": 2.0},
+    ]
     p = m.training_progress(tmp_path, events)
     assert p["nan"] == "the training loss (iteration 20)"
     assert "lower base learning rate" in p["advice"]
@@ -141,16 +158,28 @@ def env(tmp_path_factory):
     with TestClient(app) as client:
         store = app.state.studio.store
         job = store.create("dataset", "tiny", {})
-        params = datasets.DatasetParams.from_dict({"folder_train": str(make_images(tmp / "images")),
-                                                   "resize_channels": 1, "resize_width": 28, "resize_height": 28})
+        params = datasets.DatasetParams.from_dict(
+            {
+                "folder_train": str(make_images(tmp / "images")),
+                "resize_channels": 1,
+                "resize_width": 28,
+                "resize_height": 28,
+            }
+        )
         result = datasets.create_dataset(store.job_dir(job.id), params)
         assert result["counts"] == {"train": 24, "val": 8}
         store.update(job.id, status="Done", result=result)
         yield client, app.state.studio, job.id
 
 
-LENET = {"model_name": "tiny lenet", "standard_networks": "lenet", "train_epochs": "4", "batch_size": "8",
-         "lr_policy": "fixed", "random_seed": "3"}
+LENET = {
+    "model_name": "tiny lenet",
+    "standard_networks": "lenet",
+    "train_epochs": "4",
+    "batch_size": "8",
+    "lr_policy": "fixed",
+    "random_seed": "3",
+}
 
 
 def test_malformed_custom_prototxt_shows_its_line(env):
@@ -169,8 +198,17 @@ def test_new_model_page_and_helpers(env):
     client, _, dataset = env
     page = client.get("/models/images/classification/new")
     assert page.status_code == 200
-    for element in ("model-dataset", "model-train-epochs", "model-learning-rate", "model-lr-policy",
-                    "method-pretrained", "model-custom-network", "model-customize", "create-model", "lr-chart"):
+    for element in (
+        "model-dataset",
+        "model-train-epochs",
+        "model-learning-rate",
+        "model-lr-policy",
+        "method-pretrained",
+        "model-custom-network",
+        "model-customize",
+        "create-model",
+        "lr-chart",
+    ):
         assert f'id="{element}"' in page.text
     custom = client.post("/models/customize.json", data={"dataset": dataset, "standard_networks": "alexnet"}).json()
     net = pb.NetParameter()
@@ -273,11 +311,22 @@ def test_server_restart_during_training_then_resume_to_the_end(tmp_path):
     with TestClient(app) as client:
         store = app.state.studio.store
         dataset = store.create("dataset", "tiny", {})
-        params = datasets.DatasetParams.from_dict({"folder_train": str(make_images(tmp_path / "images")),
-                                                   "resize_channels": 1, "resize_width": 28, "resize_height": 28})
+        params = datasets.DatasetParams.from_dict(
+            {
+                "folder_train": str(make_images(tmp_path / "images")),
+                "resize_channels": 1,
+                "resize_width": 28,
+                "resize_height": 28,
+            }
+        )
         store.update(dataset.id, status="Done", result=datasets.create_dataset(store.job_dir(dataset.id), params))
-        fields = {**LENET, "dataset": dataset.id, "train_epochs": "100", "snapshot_interval": "50",
-                  "val_interval": "25"}
+        fields = {
+            **LENET,
+            "dataset": dataset.id,
+            "train_epochs": "100",
+            "snapshot_interval": "50",
+            "val_interval": "25",
+        }
         r = client.post("/models/images/classification.json", data=fields)
         assert r.status_code == 201, r.text
         job_id = r.json()["job_id"]

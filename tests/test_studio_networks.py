@@ -107,8 +107,10 @@ def test_finetune_googlenet_renames_three_classifiers():
 
 @pytest.mark.parametrize(
     ("path", "classifier"),
-    [("models/squeezenet_v1.0/train_val.prototxt", "conv10"),
-     ("models/squeezenet_v1.0_deepcompression/SqueezeNet_deploy.prototxt", "conv_final")],
+    [
+        ("models/squeezenet_v1.0/train_val.prototxt", "conv10"),
+        ("models/squeezenet_v1.0_deepcompression/SqueezeNet_deploy.prototxt", "conv_final"),
+    ],
 )
 def test_finetune_squeezenet_renames_the_final_convolution(path, classifier):
     """SqueezeNet's classifier is a 1x1 convolution behind an in-place ReLU and a global pooling."""
@@ -126,8 +128,10 @@ def test_finetune_squeezenet_renames_the_final_convolution(path, classifier):
 
 def test_guide_customized_nets_are_not_renamed_again():
     """The guide's hand-edited nets already have 2 outputs (fc9; loss1a/2a/3a): nothing to rename."""
-    for name, classifiers in (("alexnet", ["fc9"]),
-                              ("googlenet", ["loss1a/classifier", "loss2a/classifier", "loss3a/classifier"])):
+    for name, classifiers in (
+        ("alexnet", ["fc9"]),
+        ("googlenet", ["loss1a/classifier", "loss2a/classifier", "loss3a/classifier"]),
+    ):
         net = load(asset(f"have-fun-src/{name}-customized.prototxt"))
         assert [x.name for x in nets.classifier_layers(net)] == classifiers
         assert nets.retarget(net, 2, finetune=True) == []

@@ -32,8 +32,10 @@ def _post(client, data=None, **files):
 
 
 def _lenet(client, deploy: str | None = None, **extra):
-    files = {"weights_file": ("w.caffemodel", asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes()),
-             "deploy_file": ("deploy.prototxt", deploy or asset(f"{LENET}/lenet.prototxt").read_text())}
+    files = {
+        "weights_file": ("w.caffemodel", asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes()),
+        "deploy_file": ("deploy.prototxt", deploy or asset(f"{LENET}/lenet.prototxt").read_text()),
+    }
     files.update(extra)
     return _post(client, {"image_type": "grayscale", "width": "28", "height": "28"}, **files)
 
@@ -51,8 +53,14 @@ def test_upload_layout_and_pages(env):
     store = client.app.state.studio.store
     job_dir = Path(store.job_dir(job_id))
     files = sorted(p.name for p in job_dir.iterdir())
-    assert files == ["deploy.prototxt", "info.json", "labels.txt", "original.prototxt", "python_layer.py",
-                     "weights.caffemodel"]
+    assert files == [
+        "deploy.prototxt",
+        "info.json",
+        "labels.txt",
+        "original.prototxt",
+        "python_layer.py",
+        "weights.caffemodel",
+    ]
     assert (job_dir / "weights.caffemodel").read_bytes() == asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes()
     info = json.loads((job_dir / "info.json").read_text())
     assert info["input_shape"] == [64, 1, 28, 28] and info["outputs"] == 10 and info["channels"] == 1
@@ -64,13 +72,28 @@ def test_upload_layout_and_pages(env):
     assert show.status_code == 200 and "python_layer.py" in show.text and 'id="pretrained-classify-one"' in show.text
     assert client.get(f"/pretrained_models/{job_id}.json").json()["info"]["labels_file"] == "labels.txt"
     form = client.get("/pretrained_models/new")
-    for element_id in ("weights-file", "model-def-file", "deploy-file", "labels-file", "python-layer-file",
-                       "mean-file", "mean-values", "image-type", "resize-mode", "width", "height", "job-name"):
+    for element_id in (
+        "weights-file",
+        "model-def-file",
+        "deploy-file",
+        "labels-file",
+        "python-layer-file",
+        "mean-file",
+        "mean-values",
+        "image-type",
+        "resize-mode",
+        "width",
+        "height",
+        "job-name",
+    ):
         assert f'id="{element_id}"' in form.text and f'for="{element_id}"' in form.text  # every field is labelled
     assert 'id="pretrained-submit"' in form.text
     # LeNet classifies a real digit with it (the net's own Softmax output is used as it is)
-    one = client.post("/models/images/classification/classify_one.json", data={"job_id": job_id},
-                      files={"image_file": ("d.png", _mnist_digit_png())})
+    one = client.post(
+        "/models/images/classification/classify_one.json",
+        data={"job_id": job_id},
+        files={"image_file": ("d.png", _mnist_digit_png())},
+    )
     assert one.status_code == 200 and one.json()["predictions"][0][0] == f"digit {_MNIST_LABEL}"
 
 
@@ -97,9 +120,12 @@ def _mnist_digit_png() -> bytes:
 def test_deploy_derived_from_train_val_matches_the_given_deploy(env):
     """Only the train_val (the guide's upload): the derived deploy net gives softmax(the reference deploy's scores)."""
     client, _ = env
-    r = _post(client, {"job_name": "sq from train_val"},
-              weights_file=("w.caffemodel", asset(SQ_WEIGHTS).read_bytes()),
-              model_def_file=("train_val.prototxt", asset(f"{SQ}/SqueezeNet_trainval.prototxt").read_bytes()))
+    r = _post(
+        client,
+        {"job_name": "sq from train_val"},
+        weights_file=("w.caffemodel", asset(SQ_WEIGHTS).read_bytes()),
+        model_def_file=("train_val.prototxt", asset(f"{SQ}/SqueezeNet_trainval.prototxt").read_bytes()),
+    )
     assert r.status_code == 201, r.text
     job_dir = Path(client.app.state.studio.store.job_dir(r.json()["job_id"]))
     assert (job_dir / "original.prototxt").read_text() == asset(f"{SQ}/SqueezeNet_trainval.prototxt").read_text()
@@ -113,8 +139,10 @@ def test_deploy_derived_from_train_val_matches_the_given_deploy(env):
     probs = derived.forward(data=x)[derived.outputs[0]].reshape(1, -1)
     expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-7)
-    assert not any(layer.type in ("Data", "SoftmaxWithLoss", "Accuracy")
-                   for layer in read_net_param(job_dir / "deploy.prototxt").layer)
+    assert not any(
+        layer.type in ("Data", "SoftmaxWithLoss", "Accuracy")
+        for layer in read_net_param(job_dir / "deploy.prototxt").layer
+    )
 
 
 def test_bad_prototxt_names_its_line(env):
@@ -124,8 +152,12 @@ def test_bad_prototxt_names_its_line(env):
     r = _lenet(client, "\n".join(text))
     assert r.status_code == 400
     assert "deploy.prototxt:5" in r.json()["detail"] and "bogus_field" in r.json()["detail"]
-    page = client.post("/pretrained_models", data={"job_name": "page"}, headers={"Accept": "text/html"},
-                       files={"weights_file": ("w", b"x"), "deploy_file": ("d", b"layer {")})
+    page = client.post(
+        "/pretrained_models",
+        data={"job_name": "page"},
+        headers={"Accept": "text/html"},
+        files={"weights_file": ("w", b"x"), "deploy_file": ("d", b"layer {")},
+    )
     assert page.status_code == 400 and 'id="pretrained-error"' in page.text and "deploy.prototxt:1" in page.text
     assert "page" not in _names(client)
 
@@ -138,18 +170,24 @@ def test_weights_mismatch_is_reported(env):
     assert r.status_code == 400
     detail = r.json()["detail"]
     assert "no weights for layer(s) ip2_new" in detail and "ip2" in detail.split("the weights file has:")[1]
-    wrong_net = _post(client, weights_file=("w.caffemodel", asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes()),
-                      deploy_file=("d.prototxt", asset(f"{SQ}/SqueezeNet_deploy.prototxt").read_bytes()))
+    wrong_net = _post(
+        client,
+        weights_file=("w.caffemodel", asset(f"{LENET}/lenet_iter_10000.caffemodel").read_bytes()),
+        deploy_file=("d.prototxt", asset(f"{SQ}/SqueezeNet_deploy.prototxt").read_bytes()),
+    )
     assert wrong_net.status_code == 400
     assert wrong_net.json()["detail"].startswith("weights.caffemodel: cannot copy param 0 weights from layer 'conv1'")
     garbage = _post(
-        client, weights_file=("w.caffemodel", b"\xff\x00 not a caffemodel"),
-        deploy_file=("d.prototxt", asset(f"{LENET}/lenet.prototxt").read_bytes()))
+        client,
+        weights_file=("w.caffemodel", b"\xff\x00 not a caffemodel"),
+        deploy_file=("d.prototxt", asset(f"{LENET}/lenet.prototxt").read_bytes()),
+    )
     assert garbage.status_code == 400 and garbage.json()["detail"].startswith("weights.caffemodel: not a valid")
     assert len(_names(client)) == before  # nothing left behind
     jobs_dir = client.app.state.studio.config.jobs_dir
     assert sorted(p.name for p in jobs_dir.iterdir() if p.is_dir()) == sorted(
-        j.id for j in client.app.state.studio.store.list())
+        j.id for j in client.app.state.studio.store.list()
+    )
 
 
 def test_other_upload_refusals(env):
@@ -163,8 +201,10 @@ def test_other_upload_refusals(env):
     no_net = _post(client, weights_file=("w.caffemodel", b"x"))
     assert no_net.status_code == 400 and "network" in no_net.json()["detail"]
     bad_size = client.post(
-        "/pretrained_models.json", data={"job_name": "x", "width": "-3"},
-        files={"weights_file": ("w", b"x"), "deploy_file": ("d", b"name: 'n'")})
+        "/pretrained_models.json",
+        data={"job_name": "x", "width": "-3"},
+        files={"weights_file": ("w", b"x"), "deploy_file": ("d", b"name: 'n'")},
+    )
     assert bad_size.status_code == 400 and "width" in bad_size.json()["detail"]
     # found by scripts/fuzz.py: a net whose input and output is a scalar blob was an IndexError (500)
     scalar = _lenet(client, deploy='name: "" layer { name: "" type: "Input" top: "a" }')
@@ -204,8 +244,12 @@ def test_promote_model_snapshot(env):
 def test_delete(env):
     client, tmp = env
     _, weights = tiny_weights(tmp / "del")
-    r = _post(client, {"job_name": "to delete"}, weights_file=("w", weights.read_bytes()),
-              deploy_file=("d", TINY_NET.encode()))
+    r = _post(
+        client,
+        {"job_name": "to delete"},
+        weights_file=("w", weights.read_bytes()),
+        deploy_file=("d", TINY_NET.encode()),
+    )
     job_id = r.json()["job_id"]
     store = client.app.state.studio.store
     user = store.create("model", "fine-tune", {}, parent=job_id)
@@ -218,8 +262,12 @@ def test_delete(env):
     assert client.delete(f"/pretrained_models/{job_id}").status_code == 404
     assert client.get(f"/pretrained_models/{job_id}.json").status_code == 404
     assert client.delete(f"/pretrained_models/{user.id}").status_code == 404  # not a pretrained job
-    other = _post(client, {"job_name": "form delete"}, weights_file=("w", weights.read_bytes()),
-                  deploy_file=("d", TINY_NET.encode())).json()["job_id"]
+    other = _post(
+        client,
+        {"job_name": "form delete"},
+        weights_file=("w", weights.read_bytes()),
+        deploy_file=("d", TINY_NET.encode()),
+    ).json()["job_id"]
     page = client.post(f"/pretrained_models/{other}/delete", headers={"Accept": "text/html"}, follow_redirects=False)
     assert page.status_code == 303 and page.headers["location"] == "/pretrained_models"
     assert "form delete" not in _names(client)
@@ -257,8 +305,11 @@ def test_python_layer_file_is_used(env):
     with_layer = "\n".join([ln for ln in lines if ln != softmax] + [softmax]) + "\n"
     ids = []
     for deploy, py in ((TINY_NET, None), (with_layer, NEGATE)):
-        files = {"weights_file": ("w", weights.read_bytes()), "deploy_file": ("d", deploy.encode()),
-                 "labels_file": ("l.txt", b"dolphin\nseahorse\n")}
+        files = {
+            "weights_file": ("w", weights.read_bytes()),
+            "deploy_file": ("d", deploy.encode()),
+            "labels_file": ("l.txt", b"dolphin\nseahorse\n"),
+        }
         if py:
             files["python_layer_file"] = ("negate.py", py)
         r = _post(client, {"job_name": "py", "mean_values": "100,110,120", "width": "24", "height": "24"}, **files)
@@ -266,8 +317,10 @@ def test_python_layer_file_is_used(env):
         ids.append(r.json()["job_id"])
     img = asset("dolphins-and-seahorses/dolphin/image_0005.jpg").read_bytes()
     url = "/models/images/classification/classify_one.json"
-    plain, negated = (dict(client.post(url, data={"job_id": i}, files={"image_file": ("a.jpg", img)})
-                           .json()["predictions"]) for i in ids)
+    plain, negated = (
+        dict(client.post(url, data={"job_id": i}, files={"image_file": ("a.jpg", img)}).json()["predictions"])
+        for i in ids
+    )
     assert plain["dolphin"] != plain["seahorse"]
     assert negated["dolphin"] == pytest.approx(plain["seahorse"], abs=0.011)
     assert negated["seahorse"] == pytest.approx(plain["dolphin"], abs=0.011)

@@ -139,8 +139,18 @@ def start_server_with_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "layers"), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "wb") as server_log:
         server = subprocess.Popen(
-            caffe_argv("studio", "--port", "0", "--jobs-dir", str(jobs), "--devices", "cpu", "--stop_grace", "2",
-                       "--allow_python_layers"),  # the training's network has a Python layer
+            caffe_argv(
+                "studio",
+                "--port",
+                "0",
+                "--jobs-dir",
+                str(jobs),
+                "--devices",
+                "cpu",
+                "--stop_grace",
+                "2",
+                "--allow_python_layers",
+            ),  # the training's network has a Python layer
             stdout=server_log,
             stderr=subprocess.STDOUT,
             env=env,

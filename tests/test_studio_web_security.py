@@ -83,8 +83,12 @@ def test_every_state_changing_route_refuses_another_origin(app, client, headers)
     assert len(routes) >= 15  # forms and JSON routes of every kind of job, and /login
     before = snapshot(app)
     for method, path in routes:
-        r = client.request(method, path, headers={**headers, "Accept": "application/json"},
-                           data={"dataset_name": "x", "job_name": "x", "csrf_token": "guessed"})
+        r = client.request(
+            method,
+            path,
+            headers={**headers, "Accept": "application/json"},
+            data={"dataset_name": "x", "job_name": "x", "csrf_token": "guessed"},
+        )
         assert r.status_code == 403, (method, path, r.status_code)
         assert "cross-site" in r.json()["detail"]
     assert snapshot(app) == before
@@ -95,8 +99,12 @@ def test_every_state_changing_route_needs_the_token_from_a_browser(app, client):
     for method, path in state_changing_routes(app):
         if path == "/login":
             continue  # acts with no session's authority (its Origin is checked)
-        r = client.request(method, path, headers={"Origin": OWN, "Accept": "application/json"},
-                           data={"dataset_name": "x", "job_name": "x"})
+        r = client.request(
+            method,
+            path,
+            headers={"Origin": OWN, "Accept": "application/json"},
+            data={"dataset_name": "x", "job_name": "x"},
+        )
         assert r.status_code == 403 and "CSRF token" in r.json()["detail"], (method, path, r.status_code)
     assert snapshot(app) == before
 
@@ -148,8 +156,12 @@ def test_same_origin_browser_requests_need_the_pages_token(app, client):
     assert client.post(f"/jobs/{job}/clone", headers={**own, "X-CSRF-Token": token}).status_code == 201
     # the hidden field of a form, url-encoded or multipart; a Referer stands for a missing Origin
     assert client.post(f"/jobs/{job}/clone", headers=own, data={"csrf_token": token}).status_code == 201
-    r = client.post(f"/jobs/{job}/clone", headers={"Referer": f"{OWN}/models/{job}", "Accept": "application/json"},
-                    data={"csrf_token": token}, files={"unused": ("a.txt", b"a")})
+    r = client.post(
+        f"/jobs/{job}/clone",
+        headers={"Referer": f"{OWN}/models/{job}", "Accept": "application/json"},
+        data={"csrf_token": token},
+        files={"unused": ("a.txt", b"a")},
+    )
     assert r.status_code == 201
 
 
@@ -190,12 +202,25 @@ def test_with_a_token_a_rebound_page_has_no_cookie(tmp_path):
     assert snapshot(app) == before
 
 
-@pytest.mark.parametrize(("host", "ok"), [
-    ("127.0.0.1:5000", True), ("[::1]:5000", True), ("localhost:5000", True), ("LOCALHOST", True),
-    ("app.localhost:5000", True), ("192.168.1.20:5000", True), ("gpu-box:5000", True), ("testserver", True),
-    ("evil.example:5000", False), ("127.0.0.1.evil.example", False), ("", False), ("evil.example.", False),
-    ("studio.lab.example:5000", True), ("[bad", False),
-])
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("127.0.0.1:5000", True),
+        ("[::1]:5000", True),
+        ("localhost:5000", True),
+        ("LOCALHOST", True),
+        ("app.localhost:5000", True),
+        ("192.168.1.20:5000", True),
+        ("gpu-box:5000", True),
+        ("testserver", True),
+        ("evil.example:5000", False),
+        ("127.0.0.1.evil.example", False),
+        ("", False),
+        ("evil.example.", False),
+        ("studio.lab.example:5000", True),
+        ("[bad", False),
+    ],
+)
 def test_host_names(host, ok):
     assert host_allowed(host, server_names("127.0.0.1", ["studio.lab.example"])) is ok
 
@@ -203,9 +228,15 @@ def test_host_names(host, ok):
 def test_every_post_form_carries_the_token(app, client):
     jobs = with_jobs(app)
     token = app.state.studio.csrf_token
-    pages = ["/datasets/images/classification/new", "/models/images/classification/new", "/pretrained_models/new",
-             f"/datasets/{jobs['dataset']}", f"/models/{jobs['model']}", f"/pretrained_models/{jobs['pretrained']}",
-             "/pretrained_models"]
+    pages = [
+        "/datasets/images/classification/new",
+        "/models/images/classification/new",
+        "/pretrained_models/new",
+        f"/datasets/{jobs['dataset']}",
+        f"/models/{jobs['model']}",
+        f"/pretrained_models/{jobs['pretrained']}",
+        "/pretrained_models",
+    ]
     html = {"Accept": "text/html"}
     forms = 0
     for page in pages:
@@ -222,20 +253,33 @@ def test_every_post_form_carries_the_token(app, client):
 
 def chunked_upload(field: str, size: int) -> Iterator[bytes]:
     """A multipart body sent in chunks, with no Content-Length (as a streaming client sends it)."""
-    yield (f'--XX\r\nContent-Disposition: form-data; name="{field}"; filename="f.bin"\r\n'
-           "Content-Type: application/octet-stream\r\n\r\n").encode()
+    yield (
+        f'--XX\r\nContent-Disposition: form-data; name="{field}"; filename="f.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     for _ in range(size // 500):
         yield b"\0" * 500
     yield b"\r\n--XX--\r\n"
 
 
-@pytest.mark.parametrize("path", ["/pretrained_models", "/pretrained_models.json", "/datasets/images/classification",
-                                  "/models/images/classification", "/models/images/classification/classify_one"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/pretrained_models",
+        "/pretrained_models.json",
+        "/datasets/images/classification",
+        "/models/images/classification",
+        "/models/images/classification/classify_one",
+    ],
+)
 def test_chunked_body_over_the_limit_is_413(tmp_path, path):
     app = create_app(config(tmp_path, max_upload_bytes=2000))
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.post(path, content=chunked_upload("weights_file", 5000),
-                   headers={"content-type": "multipart/form-data; boundary=XX"})
+        r = c.post(
+            path,
+            content=chunked_upload("weights_file", 5000),
+            headers={"content-type": "multipart/form-data; boundary=XX"},
+        )
         assert r.status_code == 413 and "2000-byte limit" in r.json()["detail"]
     assert snapshot(app) == []
     assert not [p for p in (tmp_path / "jobs").iterdir() if p.is_dir()]
@@ -250,8 +294,11 @@ def test_caffe_serve_answers_413_to_chunked_bodies_too():
 
     app = serve_app([Stub()], ServeOptions(max_body_bytes=2000))  # type: ignore[list-item]
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.post("/models/stub/predict", content=chunked_upload("file", 5000),
-                   headers={"content-type": "multipart/form-data; boundary=XX"})
+        r = c.post(
+            "/models/stub/predict",
+            content=chunked_upload("file", 5000),
+            headers={"content-type": "multipart/form-data; boundary=XX"},
+        )
         assert r.status_code == 413 and "2000-byte limit" in r.json()["detail"]
 
 
@@ -352,6 +399,5 @@ def test_caffe_studio_allowed_hosts_flag(tmp_path, monkeypatch):
 def test_json_nested_thousands_deep_is_a_400(client):
     """Found by scripts/fuzz.py: the JSON decoder's RecursionError was a 500."""
     body = b"[" * 100_000 + b"]" * 100_000
-    r = client.post("/datasets/images/classification.json", content=body,
-                    headers={"Content-Type": "application/json"})
+    r = client.post("/datasets/images/classification.json", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.text

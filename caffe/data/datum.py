@@ -117,8 +117,10 @@ def _check_png_chunks(data: bytes, name: str) -> None:
         (length,) = struct.unpack_from(">I", data, pos)
         kind = data[pos + 4 : pos + 8]
         if length > end - pos - 12:
-            raise DataError(f"{name}: truncated or corrupt PNG: chunk {kind.decode('latin-1')!r} declares "
-                            f"{length} bytes, {max(0, end - pos - 12)} remain")
+            raise DataError(
+                f"{name}: truncated or corrupt PNG: chunk {kind.decode('latin-1')!r} declares "
+                f"{length} bytes, {max(0, end - pos - 12)} remain"
+            )
         if kind == b"IHDR" and length >= 10:
             width, height, depth, colour = struct.unpack_from(">IIBB", data, pos + 8)
             _check_decoded_size(width, height, _PNG_CHANNELS.get(colour, 4), 2 if depth == 16 else 1, name)

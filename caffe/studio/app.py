@@ -135,8 +135,13 @@ class LoginLimiter:
     without a failure, forgets the client. At most ``capacity`` clients are kept (the least recent go)."""
 
     def __init__(
-        self, free: int = 5, base: float = 1.0, max_wait: float = 900.0, forget_s: float = 3600.0,
-        capacity: int = 10_000, clock: Callable[[], float] = time.monotonic,
+        self,
+        free: int = 5,
+        base: float = 1.0,
+        max_wait: float = 900.0,
+        forget_s: float = 3600.0,
+        capacity: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.free, self.base, self.max_wait, self.forget_s = free, base, max_wait, forget_s
         self.capacity = capacity
@@ -169,8 +174,9 @@ class LoginLimiter:
             while len(self._failures) > self.capacity:
                 self._failures.popitem(last=False)
         delay = self._delay(count)
-        log.warning("Studio: failed login from %s (%d in a row)%s", client, count,
-                    f"; next try in {delay:g} s" if delay else "")
+        log.warning(
+            "Studio: failed login from %s (%d in a row)%s", client, count, f"; next try in {delay:g} s" if delay else ""
+        )
 
     def succeeded(self, client: str) -> None:
         with self._lock:
@@ -413,7 +419,7 @@ def _model_progress(store: JobStore, job: Job) -> dict[str, Any]:
 
 
 def _duration(seconds: float) -> str:
-    """"1h 02m", "3m 05s", "12s" (as the pages' studio.duration)."""
+    """ "1h 02m", "3m 05s", "12s" (as the pages' studio.duration)."""
     s = round(seconds)
     h, m, r = s // 3600, s % 3600 // 60, s % 60
     return f"{h}h {m:02d}m" if h else f"{m}m {r:02d}s" if m else f"{r}s"
@@ -440,8 +446,11 @@ def _job_summary(job: Job, store: JobStore | None = None) -> dict[str, Any]:
 def _gpu_state(scheduler: Scheduler) -> dict[str, Any]:
     """The GPU pool: every GPU, the free ones, and which job holds each of the others."""
     held = scheduler.held_gpus()
-    return {"all": scheduler.gpus, "free": [g for g in scheduler.gpus if g not in held],
-            "held": {str(g): job for g, job in held.items()}}
+    return {
+        "all": scheduler.gpus,
+        "free": [g for g in scheduler.gpus if g not in held],
+        "held": {str(g): job for g, job in held.items()},
+    }
 
 
 def _templates() -> Jinja2Templates:
@@ -508,7 +517,11 @@ def create_app(config: StudioConfig | Mapping[str, Any]) -> FastAPI:
     from caffe import __version__
 
     app = FastAPI(
-        title="neocaffe studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+        title="neocaffe studio",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
         dependencies=[Depends(require_csrf_token)],
     )
     templates = _templates()

@@ -180,8 +180,13 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         except KeyError:
             dataset_params = {}
     settings = _image_settings({**dataset_params, **(job.params or {})}, info)
-    return ModelSource(deploy=job_dir / "deploy.prototxt", weights=job_dir / chosen["file"], epoch=chosen["epoch"],
-                       **settings, **common)
+    return ModelSource(
+        deploy=job_dir / "deploy.prototxt",
+        weights=job_dir / chosen["file"],
+        epoch=chosen["epoch"],
+        **settings,
+        **common,
+    )
 
 
 # --------------------------------------------------------------------------------------- loaded nets
@@ -250,13 +255,15 @@ def build_net(deploy: Path, weights: Path | None, python_layer: Path | None = No
 
 def files_and_settings(source: ModelSource) -> tuple[deploy.ModelFiles, deploy.Settings]:
     """The job as a deployable model: its files and the preprocessing DIGITS gives it (see the module)."""
-    files = deploy.ModelFiles(source.deploy, source.weights, mean=source.mean_file, folder=source.deploy.parent,
-                              name=source.job_id, info={})
+    files = deploy.ModelFiles(
+        source.deploy, source.weights, mean=source.mean_file, folder=source.deploy.parent, name=source.job_id, info={}
+    )
     mean: Any = source.mean_file
     if mean is None and source.mean_values:
         mean = np.asarray(source.mean_values, dtype=np.float32)
-    settings = deploy.Settings(mean=mean, mean_mode=source.mean_mode, image_size=(source.height, source.width),
-                               resize_mode=source.resize_mode)
+    settings = deploy.Settings(
+        mean=mean, mean_mode=source.mean_mode, image_size=(source.height, source.width), resize_mode=source.resize_mode
+    )
     return files, settings
 
 
@@ -313,8 +320,9 @@ def load_here(source: ModelSource) -> LoadedModel:
         model = kind(files, settings, labels=list(source.labels), net=net, warn=False)
     except CaffeError as e:
         raise InferenceError(str(e)) from None
-    return LoadedModel(source, net, model.input, model.input_shape, model.output, model.softmax,
-                       model.preprocessing, model)
+    return LoadedModel(
+        source, net, model.input, model.input_shape, model.output, model.softmax, model.preprocessing, model
+    )
 
 
 class ModelCache:
@@ -370,8 +378,9 @@ class ModelCache:
 CACHE = ModelCache()
 
 
-def load_model(store: Any, job_id: str, epoch: float | str | None = None,
-               allow_python_layers: bool = False) -> LoadedModel:
+def load_model(
+    store: Any, job_id: str, epoch: float | str | None = None, allow_python_layers: bool = False
+) -> LoadedModel:
     """The loaded net of a job (see :func:`resolve`), from the LRU cache when it is there."""
     return CACHE.get(resolve(store, job_id, epoch), allow_python_layers)
 
@@ -525,10 +534,17 @@ def layer_views(net: Any) -> list[LayerView]:
         if layer.type in ("Input", "Split", "Silence") or set(tops) & set(net.bottom_names.get(name) or []):
             continue  # an in-place layer's result is shown as its producer's activation
         params = net.params.get(name) or []
-        out.append(LayerView(name, layer.type, tops[0] if tops else None,
-                             list(net.blobs[tops[0]].shape) if tops else [],
-                             net.blobs[tops[0]].data[0] if tops else None, params[0].data if params else None,
-                             int(sum(p.count for p in params))))
+        out.append(
+            LayerView(
+                name,
+                layer.type,
+                tops[0] if tops else None,
+                list(net.blobs[tops[0]].shape) if tops else [],
+                net.blobs[tops[0]].data[0] if tops else None,
+                params[0].data if params else None,
+                int(sum(p.count for p in params)),
+            )
+        )
     return out
 
 
@@ -542,8 +558,13 @@ def visualizations(model: LoadedModel) -> list[dict[str, Any]]:
     views = [LayerView(**view) for view in remote.layer_views()] if remote is not None else layer_views(model.net)
     out = []
     for view in views:
-        entry: dict[str, Any] = {"layer": view.layer, "type": view.type, "blob": None, "activation": None,
-                                 "weights": None}
+        entry: dict[str, Any] = {
+            "layer": view.layer,
+            "type": view.type,
+            "blob": None,
+            "activation": None,
+            "weights": None,
+        }
         if view.blob is not None and view.data is not None:
             image, shown = activation_image(view.data)
             entry.update(blob=view.blob, shape=view.shape)
@@ -587,8 +608,15 @@ def parse_threshold(text: str | float | None) -> float:
 
 def detection_dicts(model: LoadedModel, found: Sequence[Any]) -> list[dict[str, Any]]:
     """Detections as JSON: ``{label, label_id, confidence, box: [xmin, ymin, xmax, ymax]}`` (image pixels)."""
-    return [{"label": model.label(d.label), "label_id": d.label, "confidence": round(d.confidence, 4),
-             "box": [round(v, 1) for v in d.box]} for d in found]
+    return [
+        {
+            "label": model.label(d.label),
+            "label_id": d.label,
+            "confidence": round(d.confidence, 4),
+            "box": [round(v, 1) for v in d.box],
+        }
+        for d in found
+    ]
 
 
 def detect_images(model: LoadedModel, images: Sequence[np.ndarray], threshold: float) -> list[list[Any]]:
@@ -612,8 +640,13 @@ def shown_detections(model: LoadedModel, img: np.ndarray, found: Sequence[Any]) 
     return png_data_uri(drawn)
 
 
-def detect_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image",
-               threshold: float = DETECTION_THRESHOLD) -> OneResult:
+def detect_one(
+    model: LoadedModel,
+    data: bytes,
+    visualize: bool = False,
+    what: str = "image",
+    threshold: float = DETECTION_THRESHOLD,
+) -> OneResult:
     """A detector's boxes on one image (predictions: each box's ``(label, percent)``), drawn on it."""
     img = decode_upload(data, model.input_shape[0], what)
     with model.lock:
@@ -623,8 +656,13 @@ def detect_one(model: LoadedModel, data: bytes, visualize: bool = False, what: s
     return OneResult(predictions, shown_detections(model, img, found), layers, detection_dicts(model, found))
 
 
-def classify_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image",
-                 threshold: float = DETECTION_THRESHOLD) -> OneResult:
+def classify_one(
+    model: LoadedModel,
+    data: bytes,
+    visualize: bool = False,
+    what: str = "image",
+    threshold: float = DETECTION_THRESHOLD,
+) -> OneResult:
     """Top-5 of one image (and, with ``visualize``, the per-layer visualizations); a detector's boxes
     above ``threshold`` (:func:`detect_one`)."""
     if model.detector:
@@ -675,8 +713,11 @@ class ManyResult:
         for c in range(k):
             n = int(confusion[c].sum())
             if n:
-                per_class[self.label(c)] = {"correct": int(confusion[c, c]), "total": n,
-                                            "accuracy": round(100.0 * confusion[c, c] / n, 2)}
+                per_class[self.label(c)] = {
+                    "correct": int(confusion[c, c]),
+                    "total": n,
+                    "accuracy": round(100.0 * confusion[c, c] / n, 2),
+                }
         return {
             "top1_accuracy": round(100.0 * float((top1 == truth).mean()), 2),
             "top5_accuracy": round(100.0 * float((top5 == truth[:, None]).any(axis=1).mean()), 2),
@@ -689,8 +730,9 @@ class ManyResult:
         return {p: self.top5(i) for i, p in enumerate(self.paths)}
 
 
-def detect_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]],
-                threshold: float = DETECTION_THRESHOLD) -> ManyResult:
+def detect_many(
+    model: LoadedModel, items: Sequence[tuple[Path, int | None]], threshold: float = DETECTION_THRESHOLD
+) -> ManyResult:
     """A detector's boxes on server-side images (``detections``: path -> boxes); unreadable images are
     reported in ``errors`` and left out."""
     paths, truth, errors, detections = [], [], {}, {}
@@ -708,8 +750,12 @@ def detect_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]],
     return ManyResult(paths, np.zeros((len(paths), 0)), truth, list(model.source.labels), errors, detections)
 
 
-def classify_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]], batch_size: int = 16,
-                  threshold: float = DETECTION_THRESHOLD) -> ManyResult:
+def classify_many(
+    model: LoadedModel,
+    items: Sequence[tuple[Path, int | None]],
+    batch_size: int = 16,
+    threshold: float = DETECTION_THRESHOLD,
+) -> ManyResult:
     """Classify server-side images (a detector: :func:`detect_many`); unreadable images are reported in
     ``errors`` and left out."""
     if model.detector:
@@ -816,5 +862,3 @@ def scan_folder(folder: Path, labels: Sequence[str]) -> list[tuple[Path, int | N
     if not found:
         raise InferenceError(f"{folder}: no images ({', '.join(SUPPORTED_EXTENSIONS)}) in it")
     return found
-
-

@@ -70,11 +70,15 @@ def check_module_names(param: pb.NetParameter, source: str, only: Collection[str
         if only is not None and name not in only:
             continue
         if not name.isidentifier() or keyword.iskeyword(name):
-            raise PythonLayerError(f"{source}: layer '{layer.name}': python_param.module '{name}' must be a plain "
-                                   "Python name (letters, digits, '_') for the uploaded Python layer file")
+            raise PythonLayerError(
+                f"{source}: layer '{layer.name}': python_param.module '{name}' must be a plain "
+                "Python name (letters, digits, '_') for the uploaded Python layer file"
+            )
         if _importable(name):
-            raise PythonLayerError(f"{source}: layer '{layer.name}': python_param.module '{name}' is the name of a "
-                                   "module the server can import; name the uploaded module otherwise")
+            raise PythonLayerError(
+                f"{source}: layer '{layer.name}': python_param.module '{name}' is the name of a "
+                "module the server can import; name the uploaded module otherwise"
+            )
 
 
 def _importable(name: str) -> bool:
@@ -89,8 +93,9 @@ def _importable(name: str) -> bool:
 def register_module(path: Path | None, param: pb.NetParameter) -> None:
     """In the worker only: make an uploaded layer file importable under the module names its net uses."""
     if not IN_WORKER:
-        raise PythonLayerError(f"{param.name or 'the network'}: a net with Python layers is built only in a "
-                               "worker process", 403)
+        raise PythonLayerError(
+            f"{param.name or 'the network'}: a net with Python layers is built only in a worker process", 403
+        )
     if path is None:
         return
     for layer in python_layers(param):
@@ -102,8 +107,9 @@ def register_module(path: Path | None, param: pb.NetParameter) -> None:
         try:
             spec.loader.exec_module(module)
         except Exception as e:  # the user's code: any error is theirs
-            raise PythonLayerError(f"{path.name}: the Python layer file fails to import: {type(e).__name__}: {e}"
-                                   ) from None
+            raise PythonLayerError(
+                f"{path.name}: the Python layer file fails to import: {type(e).__name__}: {e}"
+            ) from None
         sys.modules[name] = module
 
 
@@ -153,9 +159,15 @@ class Worker:
         self.what, self.timeout_s = what, TIMEOUT_S if timeout_s is None else timeout_s
         env = {**os.environ, PARENT_ENV: str(os.getpid()), "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "caffe.studio.layer_worker_main"], cwd=job_dir, env=env,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "caffe.studio.layer_worker_main"],
+                cwd=job_dir,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,
+            )
         except OSError as e:
             raise PythonLayerError(f"{what}: cannot start a Python layer worker: {e}", 503) from None
         for stream in (self.proc.stdin, self.proc.stdout):
@@ -166,8 +178,9 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def call(self, op: str, header: dict[str, Any] | None = None,
-             arrays: Sequence[np.ndarray] = ()) -> tuple[dict[str, Any], list[np.ndarray]]:
+    def call(
+        self, op: str, header: dict[str, Any] | None = None, arrays: Sequence[np.ndarray] = ()
+    ) -> tuple[dict[str, Any], list[np.ndarray]]:
         """The worker's answer to one request; its error (the user's exception) raised as PythonLayerError."""
         if not self.alive:
             raise self._gone()
@@ -208,15 +221,16 @@ class Worker:
         poller = select.poll()
         poller.register(fd, event)
         if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
-            raise PythonLayerError(f"{self.what}: the Python layer's process did not answer within "
-                                   f"{self.timeout_s:g} s and was stopped")
+            raise PythonLayerError(
+                f"{self.what}: the Python layer's process did not answer within {self.timeout_s:g} s and was stopped"
+            )
 
     def _send(self, data: bytes, deadline: float) -> None:
         fd, view = self.proc.stdin.fileno(), memoryview(data)  # type: ignore[union-attr]
         while view:
             self._wait(fd, deadline, select.POLLOUT)
             try:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             except BlockingIOError:
                 continue
             except (BrokenPipeError, OSError):
@@ -276,9 +290,12 @@ def check_weights(job_dir: Path, python_layer: Path | None) -> tuple[dict[str, A
     if not isinstance(facts, dict):
         raise PythonLayerError("worker: an answer without the network's facts")
     shape = facts.get("input_shape")
-    checked = {"input_shape": None if shape is None else _ints(shape, "input_shape"),
-               "outputs": None if facts.get("outputs") is None else _int(facts["outputs"], "outputs"),
-               "layers": _int(facts.get("layers"), "layers"), "parameters": _int(facts.get("parameters"), "parameters")}
+    checked = {
+        "input_shape": None if shape is None else _ints(shape, "input_shape"),
+        "outputs": None if facts.get("outputs") is None else _int(facts["outputs"], "outputs"),
+        "layers": _int(facts.get("layers"), "layers"),
+        "parameters": _int(facts.get("parameters"), "parameters"),
+    }
     output = reply.get("output")
     return checked, None if output is None else _text(output, "output")
 
@@ -303,14 +320,25 @@ def start_net(deploy: Path, weights: Path, python_layer: Path | None) -> RemoteN
     uploaded layer file); the :class:`RemoteNet` standing for it, with the net's checked facts."""
     worker = Worker(deploy.parent, deploy.name)
     try:
-        reply, _ = worker.call("load", {"deploy": deploy.name, "weights": str(weights),
-                                        "python_layer": python_layer.name if python_layer else None})
+        reply, _ = worker.call(
+            "load",
+            {
+                "deploy": deploy.name,
+                "weights": str(weights),
+                "python_layer": python_layer.name if python_layer else None,
+            },
+        )
         shape = _ints(reply.get("input_shape"), "input_shape")
         if len(shape) != 3 or 0 in shape:
             raise PythonLayerError(f"worker: input shape {shape} is not C x H x W")
         c, h, w = shape
-        return RemoteNet(worker, _text(reply.get("input"), "input"), (c, h, w), _text(reply.get("output"), "output"),
-                         bool(reply.get("softmax")))
+        return RemoteNet(
+            worker,
+            _text(reply.get("input"), "input"),
+            (c, h, w),
+            _text(reply.get("output"), "output"),
+            bool(reply.get("softmax")),
+        )
     except BaseException:
         worker.close()
         raise
@@ -320,8 +348,9 @@ class RemoteNet:
     """Stands for a net that lives in a worker: forward passes and per-layer views are asked of it. ``input``,
     ``input_shape`` (C, H, W), ``output`` and ``softmax`` (whether its scores are probabilities) are the net's."""
 
-    def __init__(self, worker: Worker, input: str, input_shape: tuple[int, int, int], output: str,
-                 softmax: bool) -> None:
+    def __init__(
+        self, worker: Worker, input: str, input_shape: tuple[int, int, int], output: str, softmax: bool
+    ) -> None:
         self.worker = worker
         self.input, self.input_shape, self.output, self.softmax = input, input_shape, output, softmax
 
@@ -347,11 +376,19 @@ class RemoteNet:
                 raise PythonLayerError("worker: a layer view names no array")
             return arrays[index]
 
-        return [{"layer": _text(r.get("layer"), "layer"), "type": _text(r.get("type"), "type"),
-                 "blob": None if r.get("blob") is None else _text(r["blob"], "blob"),
-                 "shape": _ints(r.get("shape"), "shape"), "data": array(r.get("data")),
-                 "weights": array(r.get("weights")), "params": _int(r.get("params"), "params")}
-                for r in rows if isinstance(r, dict)]
+        return [
+            {
+                "layer": _text(r.get("layer"), "layer"),
+                "type": _text(r.get("type"), "type"),
+                "blob": None if r.get("blob") is None else _text(r["blob"], "blob"),
+                "shape": _ints(r.get("shape"), "shape"),
+                "data": array(r.get("data")),
+                "weights": array(r.get("weights")),
+                "params": _int(r.get("params"), "params"),
+            }
+            for r in rows
+            if isinstance(r, dict)
+        ]
 
     def close(self) -> None:
         self.worker.close()
@@ -405,4 +442,3 @@ def serve(handlers: Mapping[str, Handler], model_free: Collection[str]) -> int:
             reply, out = _error(e), []
         answers.write(encode_frame(reply, out))
         answers.flush()
-

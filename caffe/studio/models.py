@@ -610,8 +610,9 @@ def create_model_job(store: Any, scheduler: Any, form: ModelForm, allow_python_l
             check_python_layers(form, files, allow_python_layers)
             write_files(job_dir, files, store.job_dir(form.dataset))
             h, w, c = files.info["image dimensions"]
-            validate.check(files.train_val, files.deploy, (c, h, w), validation=bool(files.solver.test_iter),
-                           job_dir=job_dir)
+            validate.check(
+                files.train_val, files.deploy, (c, h, w), validation=bool(files.solver.test_iter), job_dir=job_dir
+            )
         except validate.NET_ERRORS as e:
             raise network_error(store, form, e) from None
         store.update(job.id, result={"info": files.info})
@@ -827,8 +828,7 @@ def model_summary(store: Any, job_id: str) -> dict[str, Any]:
         "no_snapshot": job.status in STOPPED and point is None,  # stopped before any snapshot: restart only
         "error": job_failure(job_dir, job.result, job.returncode).to_dict() if job.status == "Error" else None,
         "has_data": bool(progress["train"]["epoch"] or progress["val"]),
-        "charts": charts.model_charts(progress, job_dir, job_info(job_dir).get("classes"),
-                                      job.params.get("lr_policy")),
+        "charts": charts.model_charts(progress, job_dir, job_info(job_dir).get("classes"), job.params.get("lr_policy")),
         "gpus": job.gpus,  # held now (Running) or by the last run
         "gpu_request": job.gpu_request,
         "hardware": job_hardware(job),

@@ -271,8 +271,9 @@ def deploy_net(net: pb.NetParameter, shape: tuple[int, int, int]) -> pb.NetParam
     return out
 
 
-def _input_problem(body: list[pb.LayerParameter], sources: list[pb.LayerParameter], inputs: list[str],
-                   produced: set[str]) -> str:
+def _input_problem(
+    body: list[pb.LayerParameter], sources: list[pb.LayerParameter], inputs: list[str], produced: set[str]
+) -> str:
     """Why the deploy net has not one input: the layer reading a blob that no layer before it produces
     (with the nearest blob names), or no layer reading the data."""
     data = {s.top[0] for s in sources if s.top}

@@ -92,8 +92,7 @@ def parse_labels(data: bytes, source: str = "labels.txt") -> list[str]:
     return labels
 
 
-def check_python_layers(params: dict[str, pb.NetParameter | None], python_layer: bytes | None,
-                        allowed: bool) -> None:
+def check_python_layers(params: dict[str, pb.NetParameter | None], python_layer: bytes | None, allowed: bool) -> None:
     """An upload's networks (by file name) and Python layer file: refused (403) unless Python layers are
     allowed; an uploaded module must not be named like a module the server can import (400)."""
     for source, param in params.items():
@@ -102,16 +101,19 @@ def check_python_layers(params: dict[str, pb.NetParameter | None], python_layer:
             if python_layer:
                 layer_worker.check_module_names(param, source)
     if python_layer and not allowed:
-        raise layer_worker.PythonLayerError(f"python_layer.py: Python layer files are accepted only when the studio "
-                                            f"is started with {CONSENT_FLAG}", 403)
+        raise layer_worker.PythonLayerError(
+            f"python_layer.py: Python layer files are accepted only when the studio is started with {CONSENT_FLAG}", 403
+        )
 
 
-def check_weights(job_dir: Path, python_layer: Path | None = None,
-                  allow_python_layers: bool = False) -> tuple[dict[str, Any], str | None]:
+def check_weights(
+    job_dir: Path, python_layer: Path | None = None, allow_python_layers: bool = False
+) -> tuple[dict[str, Any], str | None]:
     """:func:`weights_facts` of the job's folder; a net with Python layers (when allowed) is checked by a
     worker process."""
-    source = inference.ModelSource("", job_dir / "deploy.prototxt", job_dir / "weights.caffemodel",
-                                   python_layer=python_layer)
+    source = inference.ModelSource(
+        "", job_dir / "deploy.prototxt", job_dir / "weights.caffemodel", python_layer=python_layer
+    )
     if inference.require_consent(source, allow_python_layers):
         return layer_worker.check_weights(job_dir, python_layer)
     return weights_facts(job_dir, python_layer)
@@ -152,8 +154,10 @@ def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict
     inp = net.inputs[0] if net.inputs else None
     out = net.outputs[-1] if net.outputs else None
     if inp is not None and len(net.blobs[inp].shape) != 4:
-        raise NetError(f"deploy.prototxt: input '{inp}' has shape {list(net.blobs[inp].shape)}; an image "
-                       "classifier's input is N x C x H x W")
+        raise NetError(
+            f"deploy.prototxt: input '{inp}' has shape {list(net.blobs[inp].shape)}; an image "
+            "classifier's input is N x C x H x W"
+        )
     if out is not None and not net.blobs[out].shape:
         raise NetError(f"deploy.prototxt: output '{out}' is a scalar; a classifier's output has a value per class")
     return {
@@ -186,8 +190,9 @@ def _copy_stream(src: IO[bytes] | Path, dest: Path) -> None:
         raise
 
 
-def image_settings(image_type: str | int = "color", width: int = 256, height: int = 256,
-                   resize_mode: str = "squash") -> dict[str, Any]:
+def image_settings(
+    image_type: str | int = "color", width: int = 256, height: int = 256, resize_mode: str = "squash"
+) -> dict[str, Any]:
     """The image options of the upload form (DIGITS' defaults: color, 256 x 256, squash), checked."""
     kind = str(image_type).lower()
     if kind not in ("color", "3", "grayscale", "gray", "1"):
@@ -244,12 +249,14 @@ def upload(
     else:
         assert original_param is not None
         try:
-            deploy_param = deploy_from_original(original_param, settings["channels"], settings["height"],
-                                                settings["width"])
+            deploy_param = deploy_from_original(
+                original_param, settings["channels"], settings["height"], settings["width"]
+            )
         except NetError as e:
             raise NetError(f"original.prototxt: cannot derive a deploy network: {e}") from None
-    check_python_layers({"deploy.prototxt": deploy_param, "original.prototxt": original_param}, python_layer,
-                        allow_python_layers)
+    check_python_layers(
+        {"deploy.prototxt": deploy_param, "original.prototxt": original_param}, python_layer, allow_python_layers
+    )
     label_list = parse_labels(labels) if labels else []
     if python_layer:
         check_python_layer(python_layer)
@@ -264,8 +271,9 @@ def upload(
     try:
         deploy_text = deploy if (deploy or "").strip() else to_text(deploy_param)
         atomic_write(job_dir / "deploy.prototxt", str(deploy_text).encode("utf-8"))
-        atomic_write(job_dir / "original.prototxt", (original if original_param is not None else deploy or "")
-                     .encode("utf-8"))
+        atomic_write(
+            job_dir / "original.prototxt", (original if original_param is not None else deploy or "").encode("utf-8")
+        )
         _copy_stream(weights, job_dir / "weights.caffemodel")
         if label_list:
             atomic_write(job_dir / "labels.txt", ("\n".join(label_list) + "\n").encode("utf-8"))
@@ -273,15 +281,17 @@ def upload(
             atomic_write(job_dir / "python_layer.py", python_layer)
         if mean_file:
             atomic_write(job_dir / "mean.binaryproto", mean_file)
-        return _finish(store, job, job_dir, {"source": "upload", **settings, "mean_values": means}, label_list,
-                       allow_python_layers)
+        return _finish(
+            store, job, job_dir, {"source": "upload", **settings, "mean_values": means}, label_list, allow_python_layers
+        )
     except BaseException:
         store.delete(job.id)
         raise
 
 
-def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes, value_info: bytes | None = None,
-                  **kwargs: Any) -> Any:
+def upload_caffe2(
+    store: Any, *, name: str, init_net: bytes, predict_net: bytes, value_info: bytes | None = None, **kwargs: Any
+) -> Any:
     """Create a pretrained job from a Caffe2 model: ``init_net.pb`` and ``predict_net.pb`` (binary or text)
     [+ ``value_info.json``; without it the image settings give the input shape], converted to a deploy net and
     weights (:mod:`caffe.caffe2`); ``kwargs`` as :func:`upload` (labels, mean, image settings)."""
@@ -309,12 +319,14 @@ def upload_caffe2(store: Any, *, name: str, init_net: bytes, predict_net: bytes,
                 f"no value_info.json: the input shape {'x'.join(map(str, shape))} from the image settings does not "
                 f"fit this net ({e}); upload its value_info.json or set the image size it takes"
             ) from None
-    return upload(store, name=name, weights=io.BytesIO(weights.SerializeToString()), deploy=to_text(deploy_param),
-                  **kwargs)
+    return upload(
+        store, name=name, weights=io.BytesIO(weights.SerializeToString()), deploy=to_text(deploy_param), **kwargs
+    )
 
 
-def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: list[str],
-            allow_python_layers: bool = False) -> Any:
+def _finish(
+    store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: list[str], allow_python_layers: bool = False
+) -> Any:
     """Validate the written folder (net builds, weights fit, labels match), write info.json, mark Done."""
     py = job_dir / "python_layer.py"
     facts, output = check_weights(job_dir, py if py.is_file() else None, allow_python_layers)
@@ -324,8 +336,9 @@ def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: l
             f"{facts['outputs']} values per image"
         )
     if (job_dir / "mean.binaryproto").is_file():
-        deploy.fit_mean(deploy.read_mean(job_dir / "mean.binaryproto"), tuple(facts["input_shape"][1:]), "image",
-                        "mean.binaryproto")
+        deploy.fit_mean(
+            deploy.read_mean(job_dir / "mean.binaryproto"), tuple(facts["input_shape"][1:]), "image", "mean.binaryproto"
+        )
     info = {
         **info,
         "name": job.name,
@@ -342,8 +355,13 @@ def _finish(store: Any, job: Any, job_dir: Path, info: dict[str, Any], labels: l
     return store.update(job.id, status="Done", result={**facts, "labels": len(labels)})
 
 
-def promote(store: Any, model_job_id: str, epoch: float | str | None = None, name: str | None = None,
-            allow_python_layers: bool = False) -> Any:
+def promote(
+    store: Any,
+    model_job_id: str,
+    epoch: float | str | None = None,
+    name: str | None = None,
+    allow_python_layers: bool = False,
+) -> Any:
     """A pretrained job from a model job's snapshot (``epoch``, default the last), as DIGITS' "Make Pretrained Model".
 
     Copies deploy.prototxt, original.prototxt (the model's network), the snapshot as weights.caffemodel,
@@ -355,21 +373,35 @@ def promote(store: Any, model_job_id: str, epoch: float | str | None = None, nam
     if model.kind != "model":
         raise PretrainedError(f"job {model_job_id} is a {model.kind} job; only a trained model can be promoted")
     src_dir = Path(store.job_dir(model_job_id))
-    settings = {"channels": source.channels, "width": source.width, "height": source.height,
-                "resize_mode": source.resize_mode}
-    info = {"source": "model", "model_job": model_job_id, "snapshot_epoch": source.epoch,
-            "snapshot_file": source.weights.name, **settings, "mean_values": list(source.mean_values)}
+    settings = {
+        "channels": source.channels,
+        "width": source.width,
+        "height": source.height,
+        "resize_mode": source.resize_mode,
+    }
+    info = {
+        "source": "model",
+        "model_job": model_job_id,
+        "snapshot_epoch": source.epoch,
+        "snapshot_file": source.weights.name,
+        **settings,
+        "mean_values": list(source.mean_values),
+    }
     title = name or f"{model.name} (epoch {source.epoch:g})"
     job = store.create("pretrained", title, info, parent=model_job_id)
     job_dir = Path(store.job_dir(job.id))
     try:
         _copy_stream(source.deploy, job_dir / "deploy.prototxt")
-        original = next((p for p in (src_dir / "original.prototxt", src_dir / "train_val.prototxt") if p.is_file()),
-                        source.deploy)
+        original = next(
+            (p for p in (src_dir / "original.prototxt", src_dir / "train_val.prototxt") if p.is_file()), source.deploy
+        )
         _copy_stream(original, job_dir / "original.prototxt")
         _copy_stream(source.weights, job_dir / "weights.caffemodel")
-        for src, dest in ((src_dir / "labels.txt", "labels.txt"), (source.mean_file, "mean.binaryproto"),
-                          (source.python_layer or _module_file(source.deploy), "python_layer.py")):
+        for src, dest in (
+            (src_dir / "labels.txt", "labels.txt"),
+            (source.mean_file, "mean.binaryproto"),
+            (source.python_layer or _module_file(source.deploy), "python_layer.py"),
+        ):
             if src is not None and src.is_file():
                 _copy_stream(src, job_dir / dest)
         return _finish(store, job, job_dir, info, list(source.labels), allow_python_layers)
@@ -455,6 +487,15 @@ def delete(store: Any, job_id: str) -> None:
 
 def summary(jobs: Iterable[Any]) -> list[dict[str, Any]]:
     """JSON rows of pretrained jobs for the list page and ``/pretrained_models.json``."""
-    return [{"id": j.id, "name": j.name, "status": j.status, "created": j.created, "source": j.params.get("source"),
-             "parent": j.parent, **{k: j.result.get(k) for k in ("input_shape", "outputs", "labels", "parameters")}}
-            for j in jobs]
+    return [
+        {
+            "id": j.id,
+            "name": j.name,
+            "status": j.status,
+            "created": j.created,
+            "source": j.params.get("source"),
+            "parent": j.parent,
+            **{k: j.result.get(k) for k in ("input_shape", "outputs", "labels", "parameters")},
+        }
+        for j in jobs
+    ]

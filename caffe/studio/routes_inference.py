@@ -76,8 +76,20 @@ def _fail(request: Request, error: CaffeError, html: bool) -> Response:
     return error_response(request, getattr(error, "status", None) or 400, str(error), html)
 
 
-FORM_FIELDS = frozenset({"job_id", "snapshot_epoch", "image_file", "image_url", "image_path", "image_list",
-                         "image_folder", "num_test_images", "top_n", "threshold"})  # the inference forms' fields
+FORM_FIELDS = frozenset(
+    {
+        "job_id",
+        "snapshot_epoch",
+        "image_file",
+        "image_url",
+        "image_path",
+        "image_list",
+        "image_folder",
+        "num_test_images",
+        "top_n",
+        "threshold",
+    }
+)  # the inference forms' fields
 _FIELD_PREFIX = re.compile(r"^([a-z_]+):")
 
 
@@ -189,9 +201,15 @@ def _epochs(request: Request, job_id: str) -> list[float]:
 def _context(request: Request, form: _Form | None, **extra: Any) -> dict[str, Any]:
     values = dict(form.values) if form else dict(request.query_params)
     job_id = str(values.get("job_id") or "")
-    return {"jobs": _job_choices(request), "values": values, "job_id": job_id,
-            "epochs": _epochs(request, job_id) if job_id else [], "errors": {},
-            "roots": [str(r) for r in data_roots(request)], **extra}
+    return {
+        "jobs": _job_choices(request),
+        "values": values,
+        "job_id": job_id,
+        "epochs": _epochs(request, job_id) if job_id else [],
+        "errors": {},
+        "roots": [str(r) for r in data_roots(request)],
+        **extra,
+    }
 
 
 # --------------------------------------------------------------------------------------- pretrained
@@ -208,8 +226,11 @@ def pretrained_list(request: Request) -> Response:
 
 @router.get("/pretrained_models/new", include_in_schema=False)
 def pretrained_new(request: Request) -> Response:
-    return _page(request, "pretrained_new.html", {"values": {}, "resize_modes": RESIZE_MODES,
-                                                  "python_layers": _python_allowed(request)})
+    return _page(
+        request,
+        "pretrained_new.html",
+        {"values": {}, "resize_modes": RESIZE_MODES, "python_layers": _python_allowed(request)},
+    )
 
 
 async def _upload(request: Request) -> Any:
@@ -233,8 +254,10 @@ async def _upload(request: Request) -> Any:
     predict_net = await form.read("predict_net_file", MAX_TEXT_BYTES)
     if init_net is not None or predict_net is not None:
         if "weights_file" in form.files or "deploy_file" in form.files or "model_def_file" in form.files:
-            raise DataError("init_net_file: upload either a Caffe model (weights + network) or a Caffe2 model "
-                            "(init_net.pb + predict_net.pb), not both")
+            raise DataError(
+                "init_net_file: upload either a Caffe model (weights + network) or a Caffe2 model "
+                "(init_net.pb + predict_net.pb), not both"
+            )
         if init_net is None or predict_net is None:
             missing = "init_net_file" if init_net is None else "predict_net_file"
             raise DataError(f"{missing}: a Caffe2 model needs both init_net.pb and predict_net.pb")
@@ -243,8 +266,9 @@ async def _upload(request: Request) -> Any:
         return form, await run_in_threadpool(lambda: pretrained.upload_caffe2(store, **caffe2_args))
     weights = form.files.get("weights_file")
     if weights is None:
-        raise DataError("weights_file: the weights (.caffemodel) are required (or a Caffe2 init_net.pb + "
-                        "predict_net.pb)")
+        raise DataError(
+            "weights_file: the weights (.caffemodel) are required (or a Caffe2 init_net.pb + predict_net.pb)"
+        )
     args = {
         **common,
         "weights": weights.file,
@@ -274,16 +298,26 @@ async def pretrained_create(request: Request) -> Response:
             return _fail(request, e, False)
         values = form.values if form else {}
         status = getattr(e, "status", 400)
-        return _page(request, "pretrained_new.html", {"values": values, "resize_modes": RESIZE_MODES, "error": str(e),
-                                                      "python_layers": _python_allowed(request)}, status)
+        return _page(
+            request,
+            "pretrained_new.html",
+            {
+                "values": values,
+                "resize_modes": RESIZE_MODES,
+                "error": str(e),
+                "python_layers": _python_allowed(request),
+            },
+            status,
+        )
     if html:
         return RedirectResponse(f"/pretrained_models/{job.id}", status_code=303)
     return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
 
 
 def _pretrained_job(request: Request, job_id: str) -> Any:
-    return job_of_kind(request, job_id, "pretrained", "pretrained model",
-                       lambda message: pretrained.PretrainedError(message, 404))
+    return job_of_kind(
+        request, job_id, "pretrained", "pretrained model", lambda message: pretrained.PretrainedError(message, 404)
+    )
 
 
 @router.get("/pretrained_models/{job_id}.json", summary="A pretrained model")
@@ -307,8 +341,18 @@ def pretrained_show(request: Request, job_id: str) -> Response:
     info = inference.read_info(job_dir)
     offer = pretrained.lacks_labels(job_dir, info)
     imagenet = pretrained.imagenet_labels_file(data_roots(request)) if offer else None
-    return _page(request, "pretrained_show.html", {"job": job, "info": info, "files": files, "parent": job.parent,
-                                                   "lacks_labels": offer, "imagenet_labels": imagenet})
+    return _page(
+        request,
+        "pretrained_show.html",
+        {
+            "job": job,
+            "info": info,
+            "files": files,
+            "parent": job.parent,
+            "lacks_labels": offer,
+            "imagenet_labels": imagenet,
+        },
+    )
 
 
 @router.post("/pretrained_models/{job_id}/imagenet_labels", summary="Give a 1000-class model the ImageNet labels")
@@ -374,8 +418,9 @@ async def promote(request: Request, job_id: str) -> Response:
         form = await _form(request)
         epoch = form.text("snapshot_epoch") or None
         name = form.text("job_name") or None
-        job = await run_in_threadpool(pretrained.promote, studio_of(request).store, job_id, epoch, name,
-                                      _python_allowed(request))
+        job = await run_in_threadpool(
+            pretrained.promote, studio_of(request).store, job_id, epoch, name, _python_allowed(request)
+        )
     except CaffeError as e:
         return _fail(request, e, html)
     if html:
@@ -404,8 +449,7 @@ async def _image_bytes(request: Request, form: _Form) -> tuple[bytes, str]:
     return inference.read_image_file(path), str(path)
 
 
-def _server_path(text: str, roots: list[Path], what: str = "file", field: str = "",
-                 shown: str | None = None) -> Path:
+def _server_path(text: str, roots: list[Path], what: str = "file", field: str = "", shown: str | None = None) -> Path:
     """The server ``what`` ("file", "image" or "folder") at ``text``, inside the data roots (symlinks
     followed): a 403 outside them, a 404 when missing (naming it as ``shown``, default ``text``); messages
     start with ``field``."""
@@ -493,8 +537,7 @@ async def classify_one_page(request: Request) -> Response:
         model, result, name = await _classify_one(request, form)
     except CaffeError as e:
         return _inline(request, "classify_one.html", form, e)
-    return _page(request, "classify_one.html",
-                 _context(request, form, result=result, model=model, image_name=name))
+    return _page(request, "classify_one.html", _context(request, form, result=result, model=model, image_name=name))
 
 
 # --------------------------------------------------------------------------------------- classify many / top N
@@ -522,7 +565,9 @@ async def _images(request: Request, form: _Form, labels: tuple[str, ...]) -> lis
             if not any(is_within(path, r) for r in roots):
                 raise inference.InferenceError(
                     f"image_folder: {str(path.parent)!r} holds a link to a place outside the folders this server "
-                    f"may read: {', '.join(map(str, roots)) or '(none)'}", 403)
+                    f"may read: {', '.join(map(str, roots)) or '(none)'}",
+                    403,
+                )
     else:
         raise DataError("image_list: upload a list of images, or give image_folder (a folder of class sub-folders)")
     count = form.number("num_test_images", None, 1)
@@ -592,12 +637,20 @@ async def classify_many_page(request: Request) -> Response:
     except CaffeError as e:
         return _inline(request, "classify_many.html", form, e)
     detections = result.detections
-    rows = [{"path": p, "truth": result.label(t) if t is not None else None,
-             "top5": result.top5(i) if detections is None else [],
-             "detections": detections.get(p, []) if detections is not None else None}
-            for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))]
-    return _page(request, "classify_many.html",
-                 _context(request, form, result=result, rows=rows, evaluation=evaluation, model=model))
+    rows = [
+        {
+            "path": p,
+            "truth": result.label(t) if t is not None else None,
+            "top5": result.top5(i) if detections is None else [],
+            "detections": detections.get(p, []) if detections is not None else None,
+        }
+        for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))
+    ]
+    return _page(
+        request,
+        "classify_many.html",
+        _context(request, form, result=result, rows=rows, evaluation=evaluation, model=model),
+    )
 
 
 async def _top_n(request: Request, form: _Form) -> tuple[Any, list[dict[str, Any]]]:
@@ -607,8 +660,12 @@ async def _top_n(request: Request, form: _Form) -> tuple[Any, list[dict[str, Any
         raise _at("top_n", e) from None
     model, result = await _classify_many(request, form)
     if result.detections is not None:
-        raise _at("job_id", inference.InferenceError(
-            "top N images per class is for classifiers; this model is a detector: use classify many"))
+        raise _at(
+            "job_id",
+            inference.InferenceError(
+                "top N images per class is for classifiers; this model is a detector: use classify many"
+            ),
+        )
     return model, inference.top_n(result, n or 9)
 
 
@@ -618,8 +675,9 @@ async def top_n_json(request: Request) -> Response:
         _, classes = await _top_n(request, await _form(request))
     except CaffeError as e:
         return _fail(request, e, False)
-    return JSONResponse({"top_n": [{"label": c["label"], "images": [[p, pct] for p, pct in c["images"]]}
-                                   for c in classes]})
+    return JSONResponse(
+        {"top_n": [{"label": c["label"], "images": [[p, pct] for p, pct in c["images"]]} for c in classes]}
+    )
 
 
 @router.get(f"{CLASSIFY}/top_n", include_in_schema=False)
@@ -634,7 +692,8 @@ async def top_n_page(request: Request) -> Response:
         form = await _form(request)
         model, classes = await _top_n(request, form)
         thumbs = await run_in_threadpool(
-            lambda: {p: inference.thumbnail_uri(p) for c in classes for p, _ in c["images"]})
+            lambda: {p: inference.thumbnail_uri(p) for c in classes for p, _ in c["images"]}
+        )
     except CaffeError as e:
         return _inline(request, "top_n.html", form, e)
     return _page(request, "top_n.html", _context(request, form, classes=classes, thumbs=thumbs, model=model))

@@ -118,8 +118,9 @@ def model_new(request: Request, clone: str = "") -> Response:
 
 def _create(request: Request, values: dict[str, Any]) -> Job:
     studio = studio_of(request)
-    return m.create_model_job(studio.store, studio.scheduler, m.ModelForm.from_dict(values),
-                              studio.config.allow_python_layers)
+    return m.create_model_job(
+        studio.store, studio.scheduler, m.ModelForm.from_dict(values), studio.config.allow_python_layers
+    )
 
 
 @router.post("/models/images/classification", include_in_schema=False)
@@ -184,8 +185,14 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
         "lr": rates,
         "max_iter": solver.max_iter,
         "chart": charts.learning_rate([m.epoch_of(i, per_epoch) for i in iters], rates, solver.lr_policy),
-        "solver": {"lr_policy": solver.lr_policy, "base_lr": solver.base_lr, "gamma": solver.gamma,
-                   "power": solver.power, "stepsize": solver.stepsize, "stepvalue": list(solver.stepvalue)},
+        "solver": {
+            "lr_policy": solver.lr_policy,
+            "base_lr": solver.base_lr,
+            "gamma": solver.gamma,
+            "power": solver.power,
+            "stepsize": solver.stepsize,
+            "stepvalue": list(solver.stepvalue),
+        },
     }
 
 
@@ -207,8 +214,13 @@ def model_show(request: Request, job_id: str) -> Response:
     job = _model_job(request, job_id)
     store = studio_of(request).store
     summary = _summary(request, job_id)
-    context = {"job": job, "summary": summary, "formats": ARCHIVE_FORMATS, "dataset_name": _name(store, job.parent),
-               "network": _network(store, summary["info"].get("network") or "")}
+    context = {
+        "job": job,
+        "summary": summary,
+        "formats": ARCHIVE_FORMATS,
+        "dataset_name": _name(store, job.parent),
+        "network": _network(store, summary["info"].get("network") or ""),
+    }
     return studio_of(request).templates.TemplateResponse(request, "model_show.html", context)
 
 

@@ -27,8 +27,23 @@ ACTIVE = frozenset({"Waiting", "Running"})  # a scheduler owns the job
 FINISHED = frozenset({"Done", "Error", "Aborted", "Interrupted"})
 
 _JSON_FIELDS = ("params", "result", "argv", "gpu_request", "gpus")
-_COLUMNS = ("id", "kind", "name", "status", "created", "updated", "params", "result", "parent", "argv", "resource",
-            "pid", "returncode", "gpu_request", "gpus")
+_COLUMNS = (
+    "id",
+    "kind",
+    "name",
+    "status",
+    "created",
+    "updated",
+    "params",
+    "result",
+    "parent",
+    "argv",
+    "resource",
+    "pid",
+    "returncode",
+    "gpu_request",
+    "gpus",
+)
 _UPDATABLE = frozenset(_COLUMNS) - {"id", "kind", "created"}
 
 _SCHEMA = """

@@ -72,7 +72,10 @@ def error_response(request: Request, status: int, message: str, html: bool) -> R
 
 
 def job_of_kind(
-    request: Request, job_id: str, kind: str, noun: str | None = None,
+    request: Request,
+    job_id: str,
+    kind: str,
+    noun: str | None = None,
     error: Callable[[str], Exception] = lambda message: HTTPException(404, message),
 ) -> Job:
     """The job ``job_id`` if it is a ``kind`` job; else ``error(message)`` calling what was looked for a
