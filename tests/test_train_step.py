@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -27,7 +28,7 @@ from test_solvers import POLICIES, SOLVER_SETTINGS, run_and_compare
 
 import caffe
 from caffe import train_step
-from caffe.ops.pooling import max_pool2d
+from caffe.ops.pooling import max_pool2d, max_pool2d_with_indices
 from caffe.util import inductor
 
 
@@ -64,6 +65,60 @@ def test_strided_max_pool_equals_atens_values_and_first_maximum_gradient(shape, 
     cl = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.equal(max_pool2d(cl, kernel, stride, out), ya.detach())
+
+
+def _caffe_max_pool(x: torch.Tensor, kernel, stride, pad, ceil: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caffe's MAX pooling written out (pooling_layer.cpp's loops): windows clipped to the image, each
+    window's first maximum in scan order; the top and each window's index in the input plane."""
+    n, c, h, w = x.shape
+    size = [
+        (math.ceil if ceil else math.floor)((d + 2 * p - k) / s) + 1 for d, k, s, p in zip((h, w), kernel, stride, pad)
+    ]
+    for i, (d, s, p) in enumerate(zip((h, w), stride, pad)):
+        if p and (size[i] - 1) * s >= d + p:
+            size[i] -= 1  # the last window must start inside the image (or its padding)
+    y = torch.empty(n, c, *size, dtype=x.dtype)
+    idx = torch.empty(n, c, *size, dtype=torch.int64)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            h0, w0 = i * stride[0] - pad[0], j * stride[1] - pad[1]
+            h1, w1 = min(h0 + kernel[0], h), min(w0 + kernel[1], w)
+            h0, w0 = max(h0, 0), max(w0, 0)
+            for a in range(n):
+                for b in range(c):
+                    best, at = -math.inf, -1
+                    for r in range(h0, h1):
+                        for q in range(w0, w1):
+                            if x[a, b, r, q] > best:
+                                best, at = float(x[a, b, r, q]), r * w + q
+                    y[a, b, i, j], idx[a, b, i, j] = best, at
+    return y, idx
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "stride", "pad", "ceil"),
+    [
+        ((2, 3, 9, 9), (3, 3), (2, 2), (0, 0), True),  # AlexNet's, ceil
+        ((2, 3, 10, 10), (3, 3), (2, 2), (0, 0), True),  # GoogLeNet's pool1: the last window overhangs
+        ((2, 4, 6, 6), (3, 3), (1, 1), (1, 1), True),  # GoogLeNet's inception pools
+        ((1, 2, 7, 8), (3, 2), (2, 1), (1, 0), False),  # rectangular, floor
+    ],
+)
+def test_channels_last_max_pool_is_caffes_pooling(shape, kernel, stride, pad, ceil):
+    """max_pool2d_with_indices (a channels-last copy through ATen's vectorized kernel) against Caffe's loops
+    written out, on values with many ties: the same top, indices (first maximum) and gradient."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, shape, generator=gen).double()
+    expected_y, expected_idx = _caffe_max_pool(x, kernel, stride, pad, ceil)
+    xg = x.clone().requires_grad_()
+    y, idx = max_pool2d_with_indices(xg, kernel, stride, pad, ceil)
+    assert y.is_contiguous() and idx.is_contiguous()
+    assert torch.equal(y, expected_y) and torch.equal(idx, expected_idx)
+    dy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    y.backward(dy)
+    expected_dx = torch.zeros(shape[0], shape[1], shape[2] * shape[3], dtype=torch.float64)
+    expected_dx.scatter_add_(2, expected_idx.flatten(2), dy.flatten(2))  # each window's diff to its first maximum
+    assert torch.equal(xg.grad, expected_dx.view(shape))
 
 
 def test_tiling_pool_gradient_by_finite_differences():

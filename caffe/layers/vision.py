@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.common import TRAIN
 from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
-from caffe.ops.pooling import aten_pools_faster, max_pool2d
+from caffe.ops.pooling import aten_pools_faster, max_pool2d, max_pool2d_with_indices
 from caffe.proto import caffe_pb2 as pb
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -514,10 +514,13 @@ class PoolPlan:
     # -------------------------------------------------------------- MAX
     def _max(self, x: torch.Tensor, want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.native and want_mask:
-            y, idx = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil, return_indices=True)
+            y, idx = max_pool2d_with_indices(x, self.kernel, self.stride, self.pad, self.ceil)
             return y, idx.to(x.dtype)
         if self.native and aten_pools_faster(x):  # no padded copy: ATen's windows are Caffe's here
             return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil), None
+        if self.native and self.kernel != self.stride and x.requires_grad and torch.is_grad_enabled():
+            # overlapping windows with a gradient: ATen's vectorized channels-last kernel, no padded copy
+            return max_pool2d_with_indices(x, self.kernel, self.stride, self.pad, self.ceil)[0], None
         xp = self._padded(x, float("-inf"))
         if want_mask:
             y, idx = F.max_pool2d(xp, self.kernel, self.stride, return_indices=True)
