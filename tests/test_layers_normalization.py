@@ -10,6 +10,7 @@ import torch
 from gradcheck import check_gradient, layer_net, set_inputs
 
 import caffe
+from caffe.ops.channel_window import channel_window_sum
 
 
 def _rand(*shape: int, seed: int = 0) -> np.ndarray:
@@ -298,3 +299,18 @@ def test_traceable_in_test_phase(text):
     with torch.no_grad():
         traced = torch.jit.trace(lambda t: layer.forward([t])[0], (x,))
         torch.testing.assert_close(traced(x * 2), layer.forward([x * 2])[0])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: the ONNX exporter's path
+@pytest.mark.parametrize(("channels", "pad"), [(7, 2), (5, 1), (3, 3), (1, 2)])
+def test_channel_window_sum_eager_traced_and_its_gradient(channels: int, pad: int):
+    """LRN's window over channels: the eager in-place sum, the traced one and a sum written out agree; the
+    eager gradient passes a finite-difference check (the window is symmetric: its backward is the same sum)."""
+    x = torch.from_numpy(_rand(2, channels, 3, 2))
+    expected = torch.stack(
+        [x[:, max(c - pad, 0) : c + pad + 1].sum(dim=1) for c in range(channels)], dim=1
+    )  # clipped at the ends = zero padded
+    torch.testing.assert_close(channel_window_sum(x, pad), expected, rtol=1e-14, atol=0)
+    traced = torch.jit.trace(lambda t: channel_window_sum(t, pad), (x,))
+    torch.testing.assert_close(traced(x * 3), expected * 3, rtol=1e-14, atol=0)
+    assert torch.autograd.gradcheck(lambda t: channel_window_sum(t, pad), (x.clone().requires_grad_(),))
