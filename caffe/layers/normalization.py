@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.common import TEST
 from caffe.layer import ExportForward, Layer, register
-from caffe.ops.channel_window import channel_window_sum
+from caffe.ops.channel_window import lrn_across_channels
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -49,18 +49,12 @@ class LRNLayer(Layer):
             raise self.shape_error(f"input must have 4 axes (num, channels, height, width), got shape {bottom[0]}")
         return [bottom[0]]
 
-    def _window_mean_of_squares(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of x^2 over the zero-padded window (divisor always the full window size)."""
-        sq = x * x
-        if self._across:
-            return channel_window_sum(sq, self._pad) / self._size
-        return F.avg_pool2d(sq, self._size, stride=1, padding=self._pad, count_include_pad=True)
-
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x = bottom[0]
-        shift = self._k if self._across else 1.0
-        scale = self._window_mean_of_squares(x) * self._alpha + shift
-        return [x * scale.pow(-self._beta)]
+        if self._across:
+            return [lrn_across_channels(x, self._size, self._alpha, self._beta, self._k)]
+        mean = F.avg_pool2d(x * x, self._size, stride=1, padding=self._pad, count_include_pad=True)
+        return [x * (mean * self._alpha + 1.0).pow(-self._beta)]
 
     def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
         """Per-sample: ``forward`` traces as is, for any batch size."""

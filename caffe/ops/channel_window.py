@@ -6,6 +6,11 @@ symmetric, so the backward is the same sum of the incoming gradient): for GoogLe
 192 channels at 56x56) 5.3 ms where a banded 1x1 convolution took 37 ms and average pooling over a
 padded channel axis more. Traced or compiled, the same sum is written without in-place adds (slices
 of a zero-padded copy), which inductor fuses into one loop.
+
+:func:`lrn_across_channels` is the whole of LRN's ACROSS_CHANNELS normalization with Caffe's own backward
+(``dx = dy * scale^-beta - 2 * alpha * beta / size * x * window_sum(dy * y / scale)``) on a few reused
+buffers instead of autograd's graph of a dozen full-size temporaries: forward + backward about twice as
+fast (GoogLeNet's norm2, batch 10: 61 -> 36 ms; CaffeNet's norm1, batch 32: 16.5 -> 8.4 ms).
 """
 
 from __future__ import annotations
@@ -45,3 +50,32 @@ def channel_window_sum(x: torch.Tensor, pad: int) -> torch.Tensor:
         padded = F.pad(x, (0, 0) * (x.dim() - 2) + (pad, pad))
         return sum(padded[:, d : d + channels] for d in range(1, 2 * pad + 1)) + padded[:, :channels]
     return _ChannelWindowSum.apply(x, pad)
+
+
+class _LRNAcrossChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:  # type: ignore[override]
+        pad = (size - 1) // 2
+        scale = _shifted_sum(x * x, pad).mul_(alpha / size).add_(k)
+        powed = torch.pow(scale, -beta)
+        y = x * powed
+        ctx.save_for_backward(x, y, scale, powed)
+        ctx.pad, ctx.ratio = pad, 2.0 * alpha * beta / size
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, y, scale, powed = ctx.saved_tensors
+        ratios = (dy * y).div_(scale)
+        dx = _shifted_sum(ratios, ctx.pad).mul_(x).mul_(-ctx.ratio)
+        return dx.addcmul_(dy, powed), None, None, None, None
+
+
+def lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Caffe's LRN across channels of (N, C, ...) ``x``: ``x * (k + alpha / size * window_sum(x^2))^-beta``,
+    the window ``size`` channels centred on each (zero padded); Caffe's backward."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        scale = channel_window_sum(x * x, (size - 1) // 2) * (alpha / size) + k
+        return x * scale.pow(-beta)
+    return _LRNAcrossChannels.apply(x, size, alpha, beta, k)
