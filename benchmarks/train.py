@@ -318,7 +318,7 @@ def summary(results: dict[str, dict[str, object]], gpu: bool) -> list[str]:
             "memory. On this virtual machine one variant's rate moves by up to 10 % between runs: ratios within "
             "0.95-1.05x are ties. `auto` compiles long runs of the nets where compiling was measured faster (no "
             "large convolutions, or BatchNorm layers); CaffeNet and GoogLeNet, whose time is in large "
-            "convolutions, ran as fast either way and stay eager."
+            "convolutions, trained at least as fast eagerly (see the table) and stay eager."
         )
     return [*out, ""] if out else out
 
