@@ -309,5 +309,6 @@ class DropoutLayer(NeuronLayer):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.phase != TRAIN:
             return x if self.scale_train else x * (1.0 - self.ratio)
-        keep = torch.empty_like(x, requires_grad=False).bernoulli_(1.0 - self.ratio)
-        return x * (keep * self.scale)
+        # Caffe's Bernoulli draw, u < 1 - ratio for u ~ U[0, 1): torch's bernoulli_ on the CPU draws 4x slower
+        keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) < (1.0 - self.ratio)
+        return x * keep * self.scale  # Caffe: bottom * mask * scale
