@@ -84,11 +84,11 @@ def resolve_engine(name: str, iterations_to_go: int, net: Net | None = None, pre
     A reduced ``precision`` (``caffe.precision``) is the compiled step's: ``auto`` compiles, ``eager``
     is refused.
 
-    ``auto`` compiles long runs (shorter ones when this machine compiled the step before) where compiling
-    was measured to pay (docs/benchmarks.md, Training): nets
-    without large convolutions (LeNet 1.2x the eager step) and nets with BatchNorm layers (ResNet-50
-    1by2 1.3x: the compiled step fuses BatchNorm, Scale and ReLU passes). Nets dominated by large
-    convolutions alone (CaffeNet, GoogLeNet) ran as fast either way, so they stay eager unless asked."""
+    ``auto`` compiles long runs (shorter ones when this machine compiled the step before) of the nets
+    where compiling was measured to pay (docs/benchmarks.md, Training): nets without large convolutions
+    (LeNet 1.3x the eager step) and nets with BatchNorm layers (ResNet-50 1by2 1.2x: the compiled step
+    fuses BatchNorm, Scale and ReLU passes). Nets dominated by large convolutions alone (CaffeNet,
+    GoogLeNet) trained at least as fast eagerly, so they stay eager unless asked."""
     check_engine_precision(name, precision)
     if precision != "fp32":
         return "compiled"
