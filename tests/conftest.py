@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+# A shell without job control starts a background command (`.ci/run &`) with SIGINT ignored, and every process
+# this one starts would inherit that: the studio's stand-in jobs would then outlive the SIGINT of an abort or a
+# stop (measured: two studio tests failed so). The suite runs with Python's own Ctrl-C handling instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ASSETS = Path(os.environ.get("CAFFE_TEST_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
 
