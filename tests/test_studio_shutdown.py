@@ -255,3 +255,35 @@ def test_a_script_serving_from_a_thread_stops_within_seconds_on_ctrl_c(tmp_path)
         assert store.get(job_id).status == "Interrupted"
     finally:
         store.close()
+
+
+IGNORING_LAUNCH = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # what a background command of a shell without job control gets
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1]])  # SIG_IGN survives exec, as it does for a job
+"""
+STUDIO_JOB = """
+import os, sys, time
+os.environ["CAFFE_STUDIO_PID"] = str(os.getppid())
+from caffe.util.parent_watch import stop_when_parent_exits
+assert stop_when_parent_exits() is not None
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_studio_job_started_with_sigint_ignored_still_stops_on_sigint():
+    """A server started in the background passes SIGINT on ignored: its jobs take SIGINT back (the studio
+    stops them with it), so this one ends within seconds of a SIGINT instead of at the 60 s sleep's end."""
+    job = subprocess.Popen(
+        [sys.executable, "-c", IGNORING_LAUNCH, STUDIO_JOB], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert job.stdout.readline().strip() == "ready"
+        job.send_signal(signal.SIGINT)
+        assert job.wait(SHUTDOWN_LIMIT_S) != 0
+        assert "KeyboardInterrupt" in job.stderr.read()
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()

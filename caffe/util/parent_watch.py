@@ -6,7 +6,8 @@ itself in ``CAFFE_STUDIO_PID``. A server that exits cleanly ends its jobs; one t
 parent is still that server; when it is not, the job acts as if the server had stopped it: SIGINT
 to itself (a training snapshots and stops, as ``caffe train`` does on SIGINT), and at exit the
 processes it started itself (its process group) are ended too. A job that does not stop within
-``STOP_GRACE_S`` is killed with its group.
+``STOP_GRACE_S`` is killed with its group. A job that inherited SIGINT ignored takes it back (Python's
+KeyboardInterrupt), since SIGINT is how the studio stops it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def stop_when_parent_exits() -> threading.Thread | None:
     if os.getppid() != parent and pid_alive(parent):
         log.warning("%s=%s is not this process's parent: not watching it", ENV, value)
         return None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # A server started as a background command of a shell without job control passes SIGINT on ignored;
+        # the studio stops its jobs with SIGINT, and so does the watch below.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=_watch, args=(parent,), name="studio-parent-watch", daemon=True)
     thread.start()
     return thread
