@@ -58,16 +58,16 @@ class _LRNAcrossChannels(torch.autograd.Function):
         pad = (size - 1) // 2
         scale = _shifted_sum(x * x, pad).mul_(alpha / size).add_(k)
         powed = torch.pow(scale, -beta)
-        y = x * powed
-        ctx.save_for_backward(x, y, scale, powed)
+        # The top is not kept (recomputed below): a layer after this one may write it in place.
+        ctx.save_for_backward(x, scale, powed)
         ctx.pad, ctx.ratio = pad, 2.0 * alpha * beta / size
-        return y
+        return x * powed
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, y, scale, powed = ctx.saved_tensors
-        ratios = (dy * y).div_(scale)
+        x, scale, powed = ctx.saved_tensors
+        ratios = (dy * x).mul_(powed).div_(scale)  # dy * top / scale
         dx = _shifted_sum(ratios, ctx.pad).mul_(x).mul_(-ctx.ratio)
         return dx.addcmul_(dy, powed), None, None, None, None
 
