@@ -303,9 +303,10 @@ def test_traceable_in_test_phase(text):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace: the ONNX exporter's path
 @pytest.mark.parametrize(("channels", "pad"), [(7, 2), (5, 1), (3, 3), (1, 2)])
-def test_channel_window_sum_eager_traced_and_its_gradient(channels: int, pad: int):
-    """LRN's window over channels: the eager in-place sum, the traced one and a sum written out agree; the
-    eager gradient passes a finite-difference check (the window is symmetric: its backward is the same sum)."""
+def test_channel_window_sum_traced_and_its_gradient(channels: int, pad: int):
+    """LRN's window over channels in plain ops (its traced and compiled form): eager, traced and a sum written
+    out agree, and its gradient passes a finite-difference check. (The eager in-place sum is LRN's own, checked
+    by test_lrn_forward_and_gradient.)"""
     x = torch.from_numpy(_rand(2, channels, 3, 2))
     expected = torch.stack(
         [x[:, max(c - pad, 0) : c + pad + 1].sum(dim=1) for c in range(channels)], dim=1

@@ -32,6 +32,7 @@ import torch
 from caffe.blob import Shape
 from caffe.errors import CaffeError
 from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
+from caffe.ops import capturing
 from caffe.proto import caffe_pb2 as pb
 
 
@@ -72,7 +73,7 @@ def _check_not_in_place(layer: Layer) -> None:
 
 def _validating() -> bool:
     """Whether value checks (which read tensor data) may run: not while tracing or compiling."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    return not capturing()
 
 
 # ---------------------------------------------------------------------------- Split

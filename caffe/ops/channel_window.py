@@ -1,16 +1,13 @@
-"""Sums over a window of neighbouring channels, LRN's ACROSS_CHANNELS window: ``out[:, c] = x[:, c - pad]
-+ ... + x[:, c + pad]`` with zeros beyond the first and last channel.
-
-Eagerly the window is ``2 * pad`` in-place adds of channel-shifted views into one copy (the window is
-symmetric, so the backward is the same sum of the incoming gradient): for GoogLeNet's norm2 (batch 10,
-192 channels at 56x56) 5.3 ms where a banded 1x1 convolution took 37 ms and average pooling over a
-padded channel axis more. Traced or compiled, the same sum is written without in-place adds (slices
-of a zero-padded copy), which inductor fuses into one loop.
+"""LRN's ACROSS_CHANNELS normalization: a sum over a window of neighbouring channels, ``out[:, c] =
+x[:, c - pad] + ... + x[:, c + pad]`` with zeros beyond the first and last channel.
 
 :func:`lrn_across_channels` is the whole of LRN's ACROSS_CHANNELS normalization with Caffe's own backward
 (``dx = dy * scale^-beta - 2 * alpha * beta / size * x * window_sum(dy * y / scale)``) on a few reused
 buffers instead of autograd's graph of a dozen full-size temporaries: forward + backward about twice as
-fast (GoogLeNet's norm2, batch 10: 61 -> 36 ms; CaffeNet's norm1, batch 32: 16.5 -> 8.4 ms).
+fast (GoogLeNet's norm2, batch 10: 61 -> 36 ms; CaffeNet's norm1, batch 32: 16.5 -> 8.4 ms). Eagerly the
+window is ``2 * pad`` in-place adds of channel-shifted views into one copy (5.3 ms for that norm2 where the
+banded 1x1 convolution it replaces took 37 ms); traced or compiled, the plain formula with
+:func:`channel_window_sum` (slices of a zero-padded copy, which inductor fuses into one loop).
 """
 
 from __future__ import annotations
@@ -19,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from caffe.ops import capturing
 
 
 def _shifted_sum(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -29,27 +28,14 @@ def _shifted_sum(x: torch.Tensor, pad: int) -> torch.Tensor:
     return out
 
 
-class _ChannelWindowSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, pad: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.pad = pad
-        return _shifted_sum(x, pad)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return _shifted_sum(grad, ctx.pad), None
-
-
 def channel_window_sum(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """For (N, C, ...) ``x``: each channel's sum with its ``pad`` neighbours on either side (zero padded)."""
+    """For (N, C, ...) ``x``: each channel's sum with its ``pad`` neighbours on either side (zero padded), in
+    plain ops (the traced and compiled form; eagerly :func:`lrn_across_channels` sums in place)."""
     if pad <= 0:
         return x.clone()
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        channels = x.shape[1]
-        padded = F.pad(x, (0, 0) * (x.dim() - 2) + (pad, pad))
-        return sum(padded[:, d : d + channels] for d in range(1, 2 * pad + 1)) + padded[:, :channels]
-    return _ChannelWindowSum.apply(x, pad)
+    channels = x.shape[1]
+    padded = F.pad(x, (0, 0) * (x.dim() - 2) + (pad, pad))
+    return sum(padded[:, d : d + channels] for d in range(1, 2 * pad + 1)) + padded[:, :channels]
 
 
 class _LRNAcrossChannels(torch.autograd.Function):
@@ -75,7 +61,7 @@ class _LRNAcrossChannels(torch.autograd.Function):
 def lrn_across_channels(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """Caffe's LRN across channels of (N, C, ...) ``x``: ``x * (k + alpha / size * window_sum(x^2))^-beta``,
     the window ``size`` channels centred on each (zero padded); Caffe's backward."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if capturing():
         scale = channel_window_sum(x * x, (size - 1) // 2) * (alpha / size) + k
         return x * scale.pow(-beta)
     return _LRNAcrossChannels.apply(x, size, alpha, beta, k)

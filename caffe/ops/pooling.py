@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from caffe.ops import capturing
+
 MAX_WINDOW = 64  # larger windows (global pooling) keep ATen's kernel
 
 
@@ -113,7 +115,7 @@ def max_pool2d_with_indices(
     """``F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)``, the same values, indices
     (each window's first maximum in scan order) and gradient, for an NCHW CPU ``x``: computed on a channels-last
     copy, where ATen's kernel is vectorized over the channels (ATen's own call when traced or compiled)."""
-    if x.dim() != 4 or aten_pools_faster(x) or _capturing():
+    if x.dim() != 4 or aten_pools_faster(x) or capturing():
         return torch.nn.functional.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)
     return _ChannelsLastMaxPool.apply(x, kernel, stride, pad, ceil)
 
@@ -125,17 +127,12 @@ def aten_pools_faster(x: torch.Tensor) -> bool:
     return x.device.type != "cpu" or not x.is_contiguous()
 
 
-def _capturing() -> bool:
-    """Traced (ONNX export) or compiled: ATen's operator, which exporters and inductor know as one node."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
 def max_pool2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
     """MAX pooling of (N, C, H, W) ``x`` (already padded) into ``out`` = (out_h, out_w) windows without
     padding, floor rounding: ATen's ``max_pool2d(x, kernel, stride)``, faster on the CPU (ATen's itself
     when traced or compiled). Its gradient when ``x`` needs one is Caffe's (to the first maximum): by
     the tiling kernel for stride == kernel, by :func:`max_pool2d_with_indices` otherwise."""
-    if aten_pools_faster(x) or kernel[0] * kernel[1] > MAX_WINDOW or min(out) <= 0 or _capturing():
+    if aten_pools_faster(x) or kernel[0] * kernel[1] > MAX_WINDOW or min(out) <= 0 or capturing():
         return torch.nn.functional.max_pool2d(x, kernel, stride)
     if not (x.requires_grad and torch.is_grad_enabled()):
         return _maximum(x, kernel, stride, out)
