@@ -57,6 +57,42 @@ def test_ssd_fork_prototxt_parses_and_an_unknown_type_is_still_named(tmp_path: P
         caffe.Net(str(renamed), caffe.TEST)
 
 
+def _unknown_fields(message, path: str = "net") -> list[str]:
+    """Where ``message`` (recursively) holds fields our caffe.proto does not know, with their numbers."""
+    from google.protobuf import unknown_fields
+
+    found = [f"{path}: {f.field_number}" for f in unknown_fields.UnknownFieldSet(message)]
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            for i, item in enumerate(value if field.is_repeated else [value]):
+                found += _unknown_fields(item, f"{path}.{field.name}[{i}]")
+    return found
+
+
+def test_ssd_training_net_embedded_in_res10_parses_with_the_forks_numbers():
+    """The res10 face detector's .caffemodel embeds its SSD training net (AnnotatedData, MultiBoxLoss): every
+    field of it is one of ours, with the values the fork's training script sets."""
+    net = read_net_param_binary(asset("models/res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel"))
+    assert _unknown_fields(net) == []
+    data = next(layer for layer in net.layer if layer.type == "AnnotatedData")
+    t = data.transform_param
+    assert (t.resize_param.height, t.resize_param.width, t.resize_param.resize_mode) == (
+        300,
+        300,
+        pb.ResizeParameter.WARP,
+    )
+    assert t.expand_param.max_expand_ratio == 4 and t.distort_param.hue_delta == 18
+    assert t.emit_constraint.emit_type == pb.EmitConstraint.CENTER
+    samplers = data.annotated_data_param.batch_sampler
+    assert len(samplers) == 7 and samplers[1].sample_constraint.min_jaccard_overlap == pytest.approx(0.1)
+    assert samplers[1].sampler.min_aspect_ratio == 0.5 and samplers[1].max_trials == 50
+    loss = next(layer for layer in net.layer if layer.type == "MultiBoxLoss")
+    m = loss.multibox_loss_param
+    assert (m.num_classes, m.code_type, m.mining_type) == (2, pb.PriorBoxParameter.CENTER_SIZE, m.MAX_NEGATIVE)
+    assert m.neg_pos_ratio == 3 and m.overlap_threshold == 0.5 and m.match_type == m.PER_PREDICTION
+    assert list(loss.bottom) == ["mbox_loc", "mbox_conf", "mbox_priorbox", "label"]
+
+
 def test_v1_lenet_weights_upgrade_with_legacy_shapes():
     net = read_net_param_binary(asset("models/lenet_mnist_v1format_2014/lenet_iter_10000.caffemodel"))
     types = {layer.name: layer.type for layer in net.layer}
