@@ -67,7 +67,6 @@ _CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
 
 #: Layer types of Caffe's forks that neocaffe does not implement, and who defines them (named in the error).
 FORK_TYPES: dict[str, str] = {
-    "MultiBoxLoss": _SSD_TRAINING,
     "AnnotatedData": _SSD_TRAINING,
     "DetectionEvaluate": _SSD_TRAINING,
     "SmoothL1Loss": f"rbgirshick/caffe-fast-rcnn and {_SSD}, a training loss, not supported yet",
