@@ -161,7 +161,8 @@ def _decode_jpeg(data: bytes, mode: str, name: str = "<bytes>") -> np.ndarray | 
     return img[:, :, 0] if output == "GRAY" else img
 
 
-def _encode_image(img: np.ndarray, encoding: str, name: str) -> bytes:
+def encode_image(img: np.ndarray, encoding: str, name: str) -> bytes:
+    """An OpenCV image's file bytes in ``encoding`` (``"jpg"``, ``"png"``...); DataError naming ``name``."""
     ext = "." + encoding
     try:
         ok, buf = cv2.imencode(ext, img)
@@ -208,7 +209,7 @@ def image_to_datum(
             except OSError as e:
                 raise DataError(f"{path}: cannot read the image file: {e.strerror}") from None
         else:
-            datum.data = _encode_image(img, encoding, str(path))
+            datum.data = encode_image(img, encoding, str(path))
         datum.label = label
         datum.encoded = True
         return datum

@@ -138,7 +138,7 @@ class _Batch:
     draws: list[tuple[float, float, bool]]
     layout: str = HWC
     buffer: np.ndarray | None = None
-    labels: np.ndarray | None = None
+    labels: Any = None  # float32 (N,) array, or what the transformer's new_labels gives
     item_shape: tuple[int, ...] = ()
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -220,7 +220,7 @@ class Prefetcher:
             return
         first = self.source.decode(records[0])
         self._take_buffer(batch, first.array.shape, first.layout)
-        batch.labels = np.empty(len(records), dtype=np.float32)
+        batch.labels = self.transformer.new_labels(len(records))
         self._place(batch, 0, first)
         for i in range(1, len(records)):
             self._place(batch, i, self.source.decode(records[i]))
@@ -236,15 +236,15 @@ class Prefetcher:
         return batch.buffer
 
     def _place(self, batch: _Batch, i: int, item: Decoded) -> None:
-        if item.array.shape != batch.item_shape or item.layout != batch.layout:
+        fits = item.array.shape == batch.item_shape or self.transformer.resizes_items
+        if not fits or item.layout != batch.layout:
             raise DataError(
                 f"{self.name}: {batch.records[i].name}: item of shape {item.array.shape} in a batch whose first "
                 f"item is {batch.item_shape}; images in a batch must have the same size (resize them, or use "
                 "batch_size 1)"
             )
         assert batch.buffer is not None and batch.labels is not None
-        self.transformer.place(item.array, item.layout, batch.buffer[i], batch.draws[i])
-        batch.labels[i] = item.label
+        batch.labels[i] = self.transformer.place_item(item, batch.buffer[i], batch.draws[i], batch.records[i].name)
 
     def _feed(self) -> None:
         """Read records in order and hand whole batches to the workers in turn."""
@@ -305,7 +305,7 @@ class Prefetcher:
                 self._error = error
                 raise error.with_traceback(None)
             assert batch.buffer is not None and batch.labels is not None
-            return self.transformer.to_tensor(batch.buffer, batch.layout), torch.from_numpy(batch.labels)
+            return self.transformer.to_tensor(batch.buffer, batch.layout), self.transformer.labels_tensor(batch.labels)
         finally:
             if self.workers:
                 self._slots.release()

@@ -13,6 +13,8 @@ results stay deterministic).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import cv2
 import numpy as np
 import torch
@@ -22,6 +24,9 @@ from caffe.common import TRAIN
 from caffe.data.shard import ALONE, Shard
 from caffe.errors import CaffeError, DataError
 from caffe.proto import caffe_pb2 as pb
+
+if TYPE_CHECKING:
+    from caffe.data.prefetch import Decoded
 
 HWC, CHW = "hwc", "chw"  # layouts of an item: decoded image (H, W, C) or raw Datum planes (C, H, W)
 
@@ -33,6 +38,8 @@ class DataTransformer:
     #: Whether :meth:`place_batch` does what :meth:`place` does per item (False: a subclass places its own way,
     #: so batches are placed item by item).
     places_batches = True
+    #: Whether items of any size may share a batch (True: :meth:`place_item` brings each to the batch's size).
+    resizes_items = False
 
     def __init__(self, param: pb.TransformationParameter, phase: int, where: str, shard: Shard = ALONE) -> None:
         self.where, self.shard = where, shard
@@ -120,6 +127,20 @@ class DataTransformer:
         self._window(item, layout, out, h, w, draw[2])
         self._normalize(out, layout)
         return h, w
+
+    def place_item(self, item: Decoded, out: np.ndarray, draw: tuple, name: str) -> Any:
+        """:meth:`place` a decoded item (``name``: its record, for messages) into ``out``; returns its label as
+        :meth:`new_labels` stores it (a subclass may transform the label with the item)."""
+        self.place(item.array, item.layout, out, draw)
+        return item.label
+
+    def new_labels(self, n: int) -> Any:
+        """Where a batch of ``n`` items keeps the labels :meth:`place_item` returns: a float32 (N,) array."""
+        return np.empty(n, dtype=np.float32)
+
+    def labels_tensor(self, labels: Any) -> torch.Tensor:
+        """A finished batch's labels (from :meth:`new_labels`) as the label top."""
+        return torch.from_numpy(labels)
 
     def place_batch(self, items: np.ndarray, out: np.ndarray, draws: list[tuple[float, float, bool]]) -> None:
         """:meth:`place` for every item of a CHW batch ``items`` (N, C, H, W) into ``out`` (N, C, h, w), bit for bit.

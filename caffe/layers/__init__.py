@@ -6,13 +6,15 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
 ``recurrent`` (RNN, LSTM, LSTMUnit), ``data``, ``window_data`` and ``dense_image_data`` (Data, ImageData,
 WindowData, SegNet's DenseImageData: prefetching readers), ``detection`` (the SSD fork's Normalize, Permute,
-PriorBox, DetectionOutput), ``multibox_loss`` (its training loss, MultiBoxLoss), ``hdf5`` (HDF5Data,
+PriorBox, DetectionOutput), ``multibox_loss`` (its training loss, MultiBoxLoss), ``annotated_data`` (its
+training data, AnnotatedData: images with boxes, augmented), ``hdf5`` (HDF5Data,
 HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the depthwise
 convolutions of Caffe's forks) and ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN
 forks) and ``yolo`` (the YOLOv3 ports' Yolov3DetectionOutput).
 """
 
 from caffe.layers import (  # noqa: F401
+    annotated_data,
     core,
     data,
     dense_image_data,

@@ -246,34 +246,37 @@ class DatumSource:
         return array, np.fromiter(map(_label, datums), dtype=np.float32, count=len(datums))
 
     def decode(self, record: Record) -> Decoded:
-        from caffe.data.datum import datum_image_hwc
-
         try:
             datum = pb.Datum.FromString(record.payload)
         except Exception:
             raise DataError(f"{record.name}: not a valid Datum (corrupt record)") from None
+        return self.decode_datum(datum, record.name)
+
+    def decode_datum(self, datum: pb.Datum, name: str) -> Decoded:
+        """A parsed Datum's image (encoded: HWC as the transformer's force_color/force_gray decode it; raw: CHW
+        bytes or floats) and label; DataError naming ``name`` (its record) when it is inconsistent."""
+        from caffe.data.datum import datum_image_hwc
+
         t = self.transformer
         if datum.encoded:
-            image = datum_image_hwc(datum, t.force_color, t.force_gray, name=record.name)
+            image = datum_image_hwc(datum, t.force_color, t.force_gray, name=name)
             return Decoded(image, HWC, float(datum.label))
         shape = (datum.channels, datum.height, datum.width)
         if min(shape) < 0:
-            raise DataError(f"{record.name}: Datum has a negative dimension ({'x'.join(map(str, shape))})")
+            raise DataError(f"{name}: Datum has a negative dimension ({'x'.join(map(str, shape))})")
         count = math.prod(shape)
         if datum.data:
             if len(datum.data) != count:
-                raise DataError(
-                    f"{record.name}: Datum holds {len(datum.data)} bytes but is {'x'.join(map(str, shape))}"
-                )
+                raise DataError(f"{name}: Datum holds {len(datum.data)} bytes but is {'x'.join(map(str, shape))}")
             array = np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
         else:
             if len(datum.float_data) != count:
                 raise DataError(
-                    f"{record.name}: Datum holds {len(datum.float_data)} floats but is {'x'.join(map(str, shape))}"
+                    f"{name}: Datum holds {len(datum.float_data)} floats but is {'x'.join(map(str, shape))}"
                 )
             array = np.array(datum.float_data, dtype=np.float32).reshape(shape)
         if count == 0:
-            raise DataError(f"{record.name}: empty Datum (0 channels, height or width)")
+            raise DataError(f"{name}: empty Datum (0 channels, height or width)")
         return Decoded(array, CHW, float(datum.label))
 
 
@@ -289,6 +292,8 @@ def _backend_name(value: int) -> str:
 class DataLayer(_PrefetchingDataLayer):
     """Datums from an LMDB or LevelDB (``data_param``: source, backend, batch_size, rand_skip, prefetch)."""
 
+    source_class: type[DatumSource] = DatumSource  # what reads the records (a subclass may read other messages)
+
     def batch_size(self) -> int:
         return int(self.layer_param.data_param.batch_size)
 
@@ -302,17 +307,17 @@ class DataLayer(_PrefetchingDataLayer):
         if not p.source:
             raise self.error("data_param.source is not set")
         if not Path(p.source).exists():
-            raise DataError(f"layer '{self.name}' (Data): database {p.source} does not exist")
+            raise DataError(f"layer '{self.name}' ({self.type}): database {p.source} does not exist")
         backend = _backend_name(p.backend)
         found = detect_backend(p.source)
         if found != backend:
             if p.HasField("backend"):
                 raise DataError(
-                    f"layer '{self.name}' (Data): {p.source} is a {found} database but data_param.backend is "
+                    f"layer '{self.name}' ({self.type}): {p.source} is a {found} database but data_param.backend is "
                     f"{backend.upper()}; set backend: {found.upper()}"
                 )
             backend = found  # Caffe's default (LEVELDB) was not chosen by the user: read what is there
-        return DatumSource(p.source, backend, self.transformer, int(p.rand_skip), rng, self.shard)
+        return self.source_class(p.source, backend, self.transformer, int(p.rand_skip), rng, self.shard)
 
 
 # ---------------------------------------------------------------------------- ImageData (list of files)

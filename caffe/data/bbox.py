@@ -1,0 +1,190 @@
+"""Normalized boxes for SSD's training data (the weiliu89/caffe ``ssd`` fork's rules, read from its sources).
+
+Boxes are rows ``(xmin, ymin, xmax, ymax)`` of fractions of the image's width and height; an annotation
+table (:data:`ROW`) adds the class, the instance id and the difficult flag around them. A box is empty
+when its width or height is negative (area 0); stored ``size`` fields are not read, areas are recomputed.
+
+* :func:`project`: boxes seen from inside a window (a crop, or the canvas of an expansion), clipped to
+  it; boxes that do not overlap it, or are left with no area, are dropped.
+* :func:`emit_mask`: which boxes an :class:`EmitConstraint` lets through a window (centre inside it, or
+  covered by more than ``emit_overlap`` of their own area).
+* :func:`sample_windows`: the batch samplers' random crops that meet their sample constraints.
+* :func:`resize_boxes`: boxes after a resize (WARP, FIT_LARGE_SIZE_AND_PAD).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from caffe.layers.detection import box_areas
+from caffe.proto import caffe_pb2 as pb
+
+#: Columns of an annotation table: one box a row.
+GROUP, INSTANCE, XMIN, YMIN, XMAX, YMAX, DIFFICULT = range(7)
+ROW = 7
+COORDS = slice(XMIN, YMAX + 1)
+
+UNIT = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+def empty_table() -> np.ndarray:
+    return np.zeros((0, ROW))
+
+
+def _apart(window: np.ndarray, boxes: np.ndarray, strict: bool) -> np.ndarray:
+    """Boxes entirely on one side of ``window`` (``strict``: boxes touching its edge count as overlapping)."""
+    lo, hi = (np.greater, np.less) if strict else (np.greater_equal, np.less_equal)
+    x0, y0, x1, y1 = boxes.T
+    return lo(x0, window[2]) | hi(x1, window[0]) | lo(y0, window[3]) | hi(y1, window[1])
+
+
+def intersection(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Each box's intersection with ``window`` (all zeros where they are apart), (K, 4)."""
+    apart = _apart(window, boxes, strict=True)
+    inter = np.concatenate([np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1)
+    inter[apart] = 0.0
+    return inter
+
+
+def jaccard(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of ``window`` with each box (0 where they do not overlap)."""
+    inter = intersection(window, boxes)
+    iw, ih = inter[:, 2] - inter[:, 0], inter[:, 3] - inter[:, 1]
+    size = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    union = box_areas(window[None])[0] + box_areas(boxes) - size
+    return np.divide(size, union, out=np.zeros_like(size), where=size > 0)
+
+
+def coverage(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """The part of each box's area that ``window`` covers."""
+    size = box_areas(intersection(window, boxes))
+    return np.divide(size, box_areas(boxes), out=np.zeros_like(size), where=size > 0)
+
+
+def covered_by(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The part of ``window``'s area that each box covers."""
+    size = box_areas(intersection(window, boxes))
+    return np.divide(size, box_areas(window[None])[0], out=np.zeros_like(size), where=size > 0)
+
+
+def project(window: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``boxes`` in the coordinates of ``window``, clipped to [0, 1], and the mask of those kept: boxes that
+    overlap the window and keep an area."""
+    keep = ~_apart(window, boxes, strict=False)
+    size = np.tile(window[2:] - window[:2], 2)
+    moved = np.clip((boxes - np.tile(window[:2], 2)) / size, 0.0, 1.0)
+    return moved, keep & (box_areas(moved) > 0)
+
+
+def emit_mask(window: np.ndarray, boxes: np.ndarray, emit: pb.EmitConstraint | None) -> np.ndarray:
+    """Which boxes ``emit`` lets through ``window`` (all without a constraint)."""
+    if emit is None:
+        return np.ones(len(boxes), dtype=bool)
+    if emit.emit_type == pb.EmitConstraint.CENTER:
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        return (cx >= window[0]) & (cx <= window[2]) & (cy >= window[1]) & (cy <= window[3])
+    return coverage(boxes, window) > emit.emit_overlap
+
+
+def crop_table(table: np.ndarray, window: np.ndarray, emit: pb.EmitConstraint | None) -> np.ndarray:
+    """The annotation rows that survive cutting ``window`` out of the image, in its coordinates (row order kept)."""
+    boxes = table[:, COORDS]
+    moved, keep = project(window, boxes)
+    keep &= emit_mask(window, boxes, emit)
+    out = table[keep].copy()
+    out[:, COORDS] = moved[keep]
+    return out
+
+
+def mirror_table(table: np.ndarray) -> np.ndarray:
+    """The rows of a horizontally flipped image: x -> 1 - x (xmin and xmax swap)."""
+    out = table.copy()
+    out[:, XMIN], out[:, XMAX] = 1.0 - table[:, XMAX], 1.0 - table[:, XMIN]
+    return out
+
+
+# ---------------------------------------------------------------------------- resize policies
+def resize_boxes(boxes: np.ndarray, param: pb.ResizeParameter, width: int, height: int) -> np.ndarray:
+    """Boxes of a ``width`` x ``height`` image after ``param``'s resize: WARP clips them to the image;
+    FIT_LARGE_SIZE_AND_PAD also moves them into the unpadded band (the fork's padding, unrounded)."""
+    out = boxes.copy()
+    out[:, :2] = np.maximum(out[:, :2], 0.0)
+    out[:, 2:] = np.minimum(out[:, 2:], 1.0)
+    if param.resize_mode != pb.ResizeParameter.FIT_LARGE_SIZE_AND_PAD:
+        return out
+    new_w, new_h = float(param.width), float(param.height)
+    aspect = width / height
+    if aspect > new_w / new_h:  # bands above and below
+        pad = (new_h - new_w / aspect) / 2
+        out[:, [1, 3]] = (pad + out[:, [1, 3]] * (new_h - 2 * pad)) / new_h
+    else:
+        pad = (new_w - aspect * new_h) / 2
+        out[:, [0, 2]] = (pad + out[:, [0, 2]] * (new_w - 2 * pad)) / new_w
+    return out
+
+
+# ---------------------------------------------------------------------------- batch samplers
+def sample_window(sampler: pb.Sampler, rng: np.random.Generator) -> np.ndarray:
+    """One random crop of the unit image: a scale and an aspect ratio (kept within what fits), then a place."""
+    scale = rng.uniform(sampler.min_scale, sampler.max_scale)
+    ratio = rng.uniform(sampler.min_aspect_ratio, sampler.max_aspect_ratio)
+    ratio = min(max(ratio, scale**2), 1.0 / scale**2)
+    w, h = scale * math.sqrt(ratio), scale / math.sqrt(ratio)
+    x, y = rng.uniform(0.0, max(0.0, 1.0 - w)), rng.uniform(0.0, max(0.0, 1.0 - h))  # (w or h 1 + rounding)
+    return np.array([x, y, x + w, y + h])
+
+
+def _within(value: float, constraint: pb.SampleConstraint, low: str, high: str) -> bool:
+    if constraint.HasField(low) and value < getattr(constraint, low):
+        return False
+    return not (constraint.HasField(high) and value > getattr(constraint, high))
+
+
+def meets_constraint(window: np.ndarray, objects: np.ndarray, constraint: pb.SampleConstraint) -> bool:
+    """Whether ``window`` meets ``constraint`` against one of the ground-truth ``objects`` (always, without bounds).
+
+    Only the first kind of bound that is set decides (jaccard overlap, else the part of the window a box covers,
+    else the part of a box the window covers), as in the fork: its search counts a box found once it passed the
+    first kind, even when a later kind then fails. The SSD prototxts set one kind per sampler.
+    """
+    for low, high, measure in (
+        ("min_jaccard_overlap", "max_jaccard_overlap", jaccard),
+        ("min_sample_coverage", "max_sample_coverage", covered_by),
+        ("min_object_coverage", "max_object_coverage", lambda w, b: coverage(b, w)),
+    ):
+        if constraint.HasField(low) or constraint.HasField(high):
+            return any(_within(float(v), constraint, low, high) for v in measure(window, objects))
+    return True
+
+
+def sample_windows(samplers: list[pb.BatchSampler], objects: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Every batch sampler's crops (of the whole image: ``use_original_image``) that meet its constraint:
+    up to ``max_trials`` draws each, at most ``max_sample`` kept when set."""
+    found: list[np.ndarray] = []
+    for sampler in samplers:
+        if not sampler.use_original_image:
+            continue
+        kept = 0
+        for _ in range(sampler.max_trials):
+            if sampler.HasField("max_sample") and kept >= sampler.max_sample:
+                break
+            window = sample_window(sampler.sampler, rng)
+            if meets_constraint(window, objects, sampler.sample_constraint):
+                found.append(window)
+                kept += 1
+    return found
+
+
+def check_sampler(sampler: pb.BatchSampler, where: str) -> str | None:
+    """What is wrong with a batch sampler's ranges, or None."""
+    s = sampler.sampler
+    if not 0.0 < s.min_scale <= s.max_scale <= 1.0:
+        return f"{where}: sampler scales must satisfy 0 < min_scale <= max_scale <= 1, got {s.min_scale}, {s.max_scale}"
+    if not 0.0 < s.min_aspect_ratio <= s.max_aspect_ratio < math.inf:
+        return (
+            f"{where}: sampler aspect ratios must satisfy 0 < min_aspect_ratio <= max_aspect_ratio (finite), got "
+            f"{s.min_aspect_ratio}, {s.max_aspect_ratio}"
+        )
+    return None
