@@ -253,6 +253,26 @@ def test_seeded_train_runs_repeat_and_test_phase_is_deterministic(tmp_path: Path
         np.testing.assert_allclose(rows(l1)[:, 3:7], [[0.2, 0.2, 0.7, 0.6]] * 2, atol=1e-6)  # no random operation
 
 
+def test_fast_forward_gives_what_reading_on_gives(tmp_path: Path):
+    """A resumed training's layer skips n batches without reading them: the same records and random draws."""
+    src = augmented_db(tmp_path)
+
+    def fresh() -> caffe.Net:
+        caffe.set_random_seed(11)
+        return net(src, caffe.TRAIN, batch=2, transform=TRAIN_ALL, anno=SAMPLERS)
+
+    reader = fresh()
+    for _ in range(4):
+        reader.forward()
+    want = [(o["data"].copy(), o["label"].copy()) for o in (reader.forward() for _ in range(2))]
+    skipper = fresh()
+    skipper.layer_dict["data"].fast_forward(4)
+    for data, label in want:
+        got = skipper.forward()
+        np.testing.assert_array_equal(got["data"], data)
+        np.testing.assert_array_equal(got["label"], label)
+
+
 # ---------------------------------------------------------------------------- refusals and bad records
 @pytest.mark.parametrize(
     ("transform", "anno", "words"),
@@ -329,3 +349,44 @@ def test_voc_xml_and_label_map(tmp_path: Path):
                                     "<object><name>horse</name></object></annotation>")  # fmt: skip
     with pytest.raises(DataError, match=r"b.xml: unknown class name 'horse'"):
         read_voc_xml(tmp_path / "b.xml", names)
+
+
+VOC = """<annotation><size><width>{w}</width><height>{h}</height></size>{objects}</annotation>"""
+OBJECT = "<object><name>{name}</name><difficult>{d}</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>" \
+         "<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"  # fmt: skip
+
+
+def test_create_annoset_writes_what_the_layer_reads(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    from caffe.tools.cli import main
+
+    (tmp_path / "labelmap.prototxt").write_text('item { name: "background" label: 0 } item { name: "face" label: 1 }')
+    images = [gradient(40, 60), gradient(30, 30)]
+    objects = [
+        [dict(name="face", d=0, x0=6, y0=4, x1=30, y1=20), dict(name="face", d=1, x0=30, y1=40, x1=60, y0=0)],
+        [],
+    ]
+    lines = []
+    for i, (img, objs) in enumerate(zip(images, objects)):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), img)
+        h, w = img.shape[:2]
+        (tmp_path / f"im{i}.xml").write_text(VOC.format(w=w, h=h, objects="".join(OBJECT.format(**o) for o in objs)))
+        lines.append(f"im{i}.png im{i}.xml")
+    (tmp_path / "list.txt").write_text("\n".join(lines))
+    db = tmp_path / "annoset"
+    args = [
+        "--label_map_file",
+        str(tmp_path / "labelmap.prototxt"),
+        "--encoded",
+        f"{tmp_path}/",
+        str(tmp_path / "list.txt"),
+    ]
+    assert main(["create_annoset", *args, str(db)]) == 0
+    n = net(db)
+    out = n.forward()
+    np.testing.assert_array_equal(out["data"][0], chw(images[0]))
+    expect = [[0, 1, 0, 0.1, 0.1, 0.5, 0.5, 0], [0, 1, 1, 0.5, 0.0, 1.0, 1.0, 1]]
+    np.testing.assert_allclose(rows(out["label"]), expect, atol=1e-7)
+    out = n.forward()
+    assert out["data"].shape == (1, 3, 30, 30) and (out["label"] == -1).all()
+    assert main(["create_annoset", "--anno_type=classification", *args, str(tmp_path / "x")]) == 1
+    assert "--anno_type: only 'detection'" in caplog.text and not (tmp_path / "x").exists()

@@ -20,6 +20,7 @@ def _load_commands() -> None:
         convert_cifar_data,
         convert_imageset,
         convert_mnist_data,
+        create_annoset,
         detect_tools,
         device,
         download,

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -87,7 +89,8 @@ def read_list(path: str | os.PathLike) -> list[ListEntry]:
     return entries
 
 
-def _join_root(root: str, name: str) -> str:
+def join_root(root: str, name: str) -> str:
+    """``ROOTFOLDER`` + a listed name (a folder named without its trailing ``/`` is joined with one)."""
     if root and not root.endswith(("/", os.sep)) and os.path.isdir(root):
         return root + "/" + name
     return root + name
@@ -100,7 +103,7 @@ def _match_ext(filename: str, encoding: str) -> bool:
     return ext == enc or (enc == "jpg" and ext == "jpeg")
 
 
-class _Converter:
+class DatumConverter:
     """Turns one list entry into a serialized Datum (runs on worker threads)."""
 
     def __init__(self, root: str, height: int, width: int, is_color: bool, encoded: bool, encode_type: str) -> None:
@@ -114,7 +117,7 @@ class _Converter:
         return name[dot + 1 :].lower() if dot >= 0 else ""
 
     def __call__(self, entry: ListEntry) -> Converted:
-        path = _join_root(self.root, entry.name)
+        path = join_root(self.root, entry.name)
         try:
             raw = read_file(path, "image")
         except CaffeError as e:  # missing, not a regular file, or over the size limit: skipped as Caffe does
@@ -147,29 +150,93 @@ class _Converter:
         return Converted(datum.SerializeToString(), shape)
 
 
+@dataclass
+class ImageOptions:
+    """convert_imageset's flags: how images are read, stored and written (create_annoset shares them)."""
+
+    gray: bool = False
+    shuffle: bool = False
+    backend: str = "lmdb"
+    resize_width: int = 0
+    resize_height: int = 0
+    check_size: bool = False
+    encoded: bool = False
+    encode_type: str = ""
+    random_seed: int = 0
+    threads: int = 0
+
+    def converter(self, root: str) -> DatumConverter:
+        """What reads and stores each image (``encode_type`` implies ``encoded``)."""
+        if (self.resize_height > 0) != (self.resize_width > 0):
+            log.warning(
+                "Only one of --resize_height/--resize_width is set: images keep their size (both are needed to resize)"
+            )
+        if self.encode_type and not self.encoded:
+            log.info("encode_type specified, assuming encoded=true.")
+        return DatumConverter(
+            root,
+            max(0, self.resize_height),
+            max(0, self.resize_width),
+            not self.gray,
+            self.encoded or bool(self.encode_type),
+            self.encode_type,
+        )
+
+    def write(
+        self,
+        entries: list[Any],
+        convert: Callable[[Any], Converted],
+        db_name: str | os.PathLike,
+        tool: str,
+        list_file: str | os.PathLike,
+    ) -> tuple[int, int]:
+        """:func:`write_converted` with these options (``list_file`` names the list in messages)."""
+        return write_converted(
+            entries,
+            convert,
+            db_name,
+            self.backend,
+            check_size=self.check_size,
+            threads=self.threads,
+            tool=tool,
+            source=list_file,
+        )
+
+
 def convert_imageset_db(
-    root: str,
-    list_file: str | os.PathLike,
-    db_name: str | os.PathLike,
-    *,
-    gray: bool = False,
-    shuffle: bool = False,
-    backend: str = "lmdb",
-    resize_width: int = 0,
-    resize_height: int = 0,
-    check_size: bool = False,
-    encoded: bool = False,
-    encode_type: str = "",
-    random_seed: int = 0,
-    threads: int = 0,
+    root: str, list_file: str | os.PathLike, db_name: str | os.PathLike, **options: Any
 ) -> tuple[int, int]:
-    """Write the database; returns (records written, images that could not be read)."""
-    backend = backend_name(backend)
+    """Write the database; returns (records written, images that could not be read). ``options``: the fields of
+    :class:`ImageOptions` (gray, shuffle, backend, resize_width, resize_height, check_size, encoded, encode_type,
+    random_seed, threads)."""
+    o = checked_options(options, db_name)
+    entries = listed_order(read_list(list_file), o.shuffle, o.random_seed, list_file)
+    if o.encoded and not o.encode_type:
+        for e in entries:
+            if "." not in e.name:
+                log.warning("Failed to guess the encoding of '%s'", e.name)
+    return o.write(entries, o.converter(root), db_name, "convert_imageset", list_file)
+
+
+def checked_options(options: dict[str, Any], db_name: str | os.PathLike) -> ImageOptions:
+    """The options with the backend's and encoding's names checked, and ``db_name`` free for a new database."""
+    o = ImageOptions(**options)
+    o.backend, o.encode_type = backend_name(o.backend), checked_encode_type(o.encode_type)
+    check_new_database_path(db_name)
+    return o
+
+
+def checked_encode_type(encode_type: str) -> str:
+    """``--encode_type`` without its dot, lower case; DataError if OpenCV cannot write it."""
     encode_type = encode_type.lower().lstrip(".")
     if encode_type and not cv2.haveImageWriter("x." + encode_type):
         raise DataError(f"--encode_type={encode_type}: OpenCV cannot write .{encode_type} images")
-    check_new_database_path(db_name)
-    entries = read_list(list_file)
+    return encode_type
+
+
+def listed_order(entries: list[Any], shuffle: bool, random_seed: int, list_file: str | os.PathLike) -> list[Any]:
+    """The list's entries in writing order (``--shuffle``: permuted by a generator seeded with ``random_seed``);
+    DataError for an empty list."""
     if shuffle:
         log.info("Shuffling data")
         order = np.random.default_rng(random_seed).permutation(len(entries))
@@ -177,19 +244,24 @@ def convert_imageset_db(
     log.info("A total of %d images.", len(entries))
     if not entries:
         raise DataError(f"{list_file}: the image list is empty; nothing to convert")
-    if encode_type and not encoded:
-        log.info("encode_type specified, assuming encoded=true.")
-        encoded = True
-    if encoded and not encode_type:
-        for e in entries:
-            if "." not in e.name:
-                log.warning("Failed to guess the encoding of '%s'", e.name)
-    if (resize_height > 0) != (resize_width > 0):
-        log.warning(
-            "Only one of --resize_height/--resize_width is set: images keep their size (both are needed to resize)"
-        )
-    convert = _Converter(root, max(0, resize_height), max(0, resize_width), not gray, encoded, encode_type)
+    return entries
 
+
+def write_converted(
+    entries: Sequence[Any],
+    convert: Callable[[Any], Converted],
+    db_name: str | os.PathLike,
+    backend: str,
+    *,
+    check_size: bool,
+    threads: int,
+    tool: str,
+    source: str | os.PathLike,
+) -> tuple[int, int]:
+    """Convert ``entries`` (each with a ``name``) on ``threads`` threads and write them in order under Caffe's keys
+    (``%08d_<name>``, the number being the entry's position), committing every 1000; entries that could not be read
+    are warned about and skipped. Returns (records written, entries skipped); none read is a DataError naming the
+    list ``source``, and no database is left behind."""
     count = failed = 0
     first_shape: tuple[int, int, int] | None = None
     cv_threads = cv2.getNumThreads()
@@ -197,7 +269,7 @@ def convert_imageset_db(
     if threads > 1:
         cv2.setNumThreads(1)  # parallel over images, not inside each resize
     try:
-        with new_database(db_name, backend) as db, Progress(len(entries), "convert_imageset", "img") as bar:
+        with new_database(db_name, backend) as db, Progress(len(entries), tool, "img") as bar:
             txn = db.transaction()
             for line_id, (entry, result) in enumerate(zip(entries, ordered_map(convert, entries, threads))):
                 bar.update()
@@ -219,7 +291,7 @@ def convert_imageset_db(
                     txn.commit()
                     log.info("Processed %d files.", count)
             if count == 0:
-                raise DataError(f"{list_file}: none of the {len(entries)} listed images could be read; nothing written")
+                raise DataError(f"{source}: none of the {len(entries)} listed images could be read; nothing written")
             if count % COMMIT_EVERY != 0:
                 txn.commit()
                 log.info("Processed %d files.", count)
@@ -233,6 +305,16 @@ def convert_imageset_db(
 @command("convert_imageset", "convert a list of images and labels to an LMDB/LevelDB of Datums")
 def convert_imageset(argv: list[str]) -> int:
     parser = ToolParser("convert_imageset", USAGE)
+    add_image_flags(parser)
+    args = parse_flags(parser, argv)
+    if isinstance(args, int):
+        return args
+    convert_imageset_db(args.root_folder, args.list_file, args.db_name, **image_options(args))
+    return 0
+
+
+def add_image_flags(parser: ToolParser) -> None:
+    """convert_imageset's flags and ``ROOTFOLDER/ LISTFILE DB_NAME`` (shared with the SSD fork's create_annoset)."""
     parser.add_bool("gray", "When this option is on, treat images as grayscale ones")
     parser.add_bool("shuffle", "Randomly shuffle the order of images and their labels")
     parser.add_argument("--backend", default="lmdb", help="The backend {lmdb, leveldb} for storing the result")
@@ -248,22 +330,8 @@ def convert_imageset(argv: list[str]) -> int:
     parser.add_argument("root_folder", metavar="ROOTFOLDER/")
     parser.add_argument("list_file", metavar="LISTFILE")
     parser.add_argument("db_name", metavar="DB_NAME")
-    args = parse_flags(parser, argv)
-    if isinstance(args, int):
-        return args
-    convert_imageset_db(
-        args.root_folder,
-        args.list_file,
-        args.db_name,
-        gray=args.gray,
-        shuffle=args.shuffle,
-        backend=args.backend,
-        resize_width=args.resize_width,
-        resize_height=args.resize_height,
-        check_size=args.check_size,
-        encoded=args.encoded,
-        encode_type=args.encode_type,
-        random_seed=args.random_seed,
-        threads=args.threads,
-    )
-    return 0
+
+
+def image_options(args: Any) -> dict[str, Any]:
+    """The :class:`ImageOptions` that :func:`add_image_flags`'s flags give, as keyword arguments."""
+    return {name: getattr(args, name) for name in ImageOptions.__dataclass_fields__}
