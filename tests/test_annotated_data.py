@@ -150,6 +150,13 @@ def test_center_crop_with_emit_center_drops_a_box_whose_centre_is_outside(tmp_pa
     assert overlap[:, 1].tolist() == [1]  # 1/3 of box 1's area is cut off, 8/9 of box 2's
 
 
+def test_crop_h_and_crop_w_cut_the_centre_in_test(tmp_path: Path):
+    src = write_db(tmp_path / "db", [annotated_datum(gradient(), [(1, 0.3, 0.4, 0.5, 0.9)])])
+    out = net(src, transform="crop_h: 40 crop_w: 60").forward()  # rows 30..69, columns 20..79
+    np.testing.assert_array_equal(out["data"][0], chw(gradient()[30:70, 20:80]))
+    np.testing.assert_allclose(rows(out["label"])[0, 3:7], [(0.3 - 0.2) / 0.6, (0.4 - 0.3) / 0.4, 0.5, 1.0], atol=1e-6)
+
+
 def test_sampled_crop_moves_boxes_as_computed_by_hand(tmp_path: Path):
     # Crops of half the side; where each one lies is read back from the pixels (B = column, G = row).
     img = gradient(200, 200)
@@ -279,7 +286,7 @@ def test_fast_forward_gives_what_reading_on_gives(tmp_path: Path):
     [
         ("noise_param { prob: 0.5 }", "", "noise_param"),
         ("resize_param { resize_mode: FIT_SMALL_SIZE height: 30 width: 30 }", "", "FIT_SMALL_SIZE"),
-        ("crop_h: 10 crop_w: 12", "", "crop_h"),
+        ("crop_h: 10", "", "crop_h and crop_w together"),
         ("expand_param { max_expand_ratio: 1 }", "", "max_expand_ratio"),
         ("", "batch_sampler { sampler { min_scale: 0 } }", "batch_sampler[0]"),
     ],
@@ -326,6 +333,25 @@ def test_res10_training_data_layer_builds_and_runs(tmp_path: Path):
         assert set(table[:, 0].tolist()) <= {0.0, 1.0} and (table[:, 1] == 1).all()
         assert ((table[:, 3:7] >= 0) & (table[:, 3:7] <= 1)).all()
         assert (table[:, 3] <= table[:, 5]).all() and (table[:, 4] <= table[:, 6]).all()
+
+
+def test_res10_whole_training_net_trains_on_an_annotated_database(tmp_path: Path):
+    """AnnotatedData feeding the fork's MultiBoxLoss: the detector's embedded training net, with its weights, gives
+    a finite loss and finite gradients."""
+    from caffe.protoio import read_net_param_binary
+
+    param = read_net_param_binary(asset(RES10))
+    for layer in param.layer:
+        layer.ClearField("blobs")
+    param.layer[0].data_param.source = str(augmented_db(tmp_path))
+    param.layer[0].data_param.batch_size = 2
+    caffe.set_random_seed(0)
+    n = caffe.Net(param, caffe.TRAIN, weights=str(asset(RES10)))
+    loss = float(n.forward()["mbox_loss"])
+    assert np.isfinite(loss) and loss > 0
+    n.backward()
+    diffs = [blobs[0].diff for blobs in n.params.values()]
+    assert all(np.isfinite(d).all() for d in diffs) and any(np.abs(d).sum() > 0 for d in diffs)
 
 
 # ---------------------------------------------------------------------------- the writer

@@ -15,8 +15,8 @@ its order, to each item:
    uniformly and cut out (none kept: the whole image);
 4. resize (``resize_param``: WARP or FIT_LARGE_SIZE_AND_PAD; one of ``interp_mode`` drawn per item in TRAIN,
    the first listed in TEST, LINEAR when none);
-5. Caffe's transformation (:class:`~caffe.data.transform.DataTransformer`): crop_size, mirror (TRAIN), mean,
-   scale.
+5. Caffe's transformation (:class:`~caffe.data.transform.DataTransformer`): crop (``crop_size``, or the fork's
+   ``crop_h`` x ``crop_w``; at random in TRAIN, centred in TEST), mirror (TRAIN), mean, scale.
 
 Boxes follow the image through each step; after a crop (steps 3 and 5) only those that still overlap it and
 meet ``emit_constraint`` (centre inside, or ``emit_overlap`` of their area covered) are kept, clipped and
@@ -24,14 +24,16 @@ re-normalized; mirroring flips their x. The label top is the fork's: (1, 1, boxe
 ``[item, class, instance, xmin, ymin, xmax, ymax, difficult]``, one row of -1 when the batch has no box; without
 an annotation type (neither the records' ``type`` nor ``anno_type``) it is the datums' labels (N,).
 
-Refused at set-up with an error naming the layer and the option: ``noise_param`` with ``prob`` > 0, resize
-mode FIT_SMALL_SIZE, ``crop_h``/``crop_w``, an expansion with a mean file, out-of-range sampler or expansion
-values. Differences from the fork, none of which changes what a correct run gives: random numbers come from
-the layer's seeded generator (one seed per item, drawn in order, so seeded runs and resumed runs repeat);
-intermediate images stay decoded (the fork re-encodes them as JPEG after each step, losing detail); distortion
-also applies to raw datums (the fork skips it for them); the image size a FIT_LARGE_SIZE_AND_PAD policy sees is
-the decoded image's (the fork reads the datum's height and width fields); a mean file is mirrored with the
-image, as Caffe's transformer does (the fork does not); a sampled crop is at least one pixel wide and high.
+Refused at set-up with an error naming the layer and the option: ``noise_param`` with ``prob`` > 0, resize mode
+FIT_SMALL_SIZE (its size changes from image to image), ``crop_h`` without ``crop_w`` or the reverse, an expansion
+with a mean file, out-of-range sampler, expansion or distortion values, an ``anno_type`` other than BBOX. A record
+that cannot be read is an error naming the database and key. Differences from the fork (none moves a box):
+random numbers come from the layer's seeded generator (one seed per item, drawn in order, so
+seeded runs and resumed runs repeat); intermediate images stay decoded (the fork re-encodes them as JPEG after
+each step, losing detail); distortion also applies to raw datums (the fork skips it for them); the image size a
+FIT_LARGE_SIZE_AND_PAD policy sees is the decoded image's (the fork reads the datum's height and width fields); a
+mean file is mirrored with the image, as Caffe's transformer does (the fork does not); a sampled crop is at least
+one pixel wide and high.
 ``label_map_file`` is accepted and not read (as in the fork).
 """
 
@@ -235,17 +237,32 @@ class AnnotatedTransformer(DataTransformer):
         self.resize = param.resize_param if param.HasField("resize_param") else None
         self.emit = param.emit_constraint if param.HasField("emit_constraint") else None
         self.forced_type = anno.HasField("anno_type")
+        # the final crop (height, width): crop_size, else the fork's crop_h x crop_w
+        self.window = (self.crop, self.crop) if self.crop else (int(param.crop_h), int(param.crop_w))
         self.boxes = True  # the label top is the box table (False: the datums' labels), set by the layer
 
     # ------------------------------------------------------------------ shapes
     def resized(self, height: int, width: int) -> tuple[int, int]:
         return (int(self.resize.height), int(self.resize.width)) if self.resize is not None else (height, width)
 
+    def cropped(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
+        return (channels, *self.window) if self.window[0] else (channels, height, width)
+
     def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
-        return super().output_shape(channels, *self.resized(height, width))
+        return self.cropped(channels, *self.resized(height, width))
+
+    def offsets(self, height: int, width: int, draw: tuple[float, float, bool]) -> tuple[int, int]:
+        """The final crop's (top, left): uniform in TRAIN, centred in TEST (crop_size, or crop_h x crop_w)."""
+        (ch, cw), train = self.window, self.train
+        if not ch:
+            return 0, 0
+        if train:
+            return int(draw[0] * (height - ch + 1)), int(draw[1] * (width - cw + 1))
+        return (height - ch) // 2, (width - cw) // 2
 
     def check_item(self, channels: int, height: int, width: int, name: str = "") -> None:
         super().check_item(channels, *self.resized(height, width), name)
+        self._check_size((*self.resized(height, width), channels), self.output_shape(channels, height, width), name)
         if self.resize is not None and len(self.resize.pad_value) not in (0, 1, channels):
             raise DataError(
                 f"{self.where}: resize_param: specify either 1 pad_value or as many as channels ({channels}), "
@@ -279,17 +296,20 @@ class AnnotatedTransformer(DataTransformer):
         height, width = image.shape[:2]
         if self.resize is not None:
             image = resize_image(image, self.resize, self._interp(rng))
-        self._check_size(image.shape, out.shape, name)
+        self._check_size(image.shape, (out.shape[2], *out.shape[:2]), name)
         top, left = self.place(image, HWC, out, draw[:3])
         if not self.boxes:
             return notes.label
         return self._final_boxes(table, (width, height), image.shape[:2], (top, left), out.shape[:2], draw[2])
 
     def _check_size(self, shape: tuple[int, ...], slot: tuple[int, ...], name: str) -> None:
-        """DataError unless an image of ``shape`` (H, W, C), once cropped, fills the batch's ``slot``."""
+        """DataError unless an image of ``shape`` (H, W, C), once cropped, fills the batch's ``slot`` (C, H, W)."""
         h, w, c = shape
-        fits = not self.crop or min(h, w) >= self.crop
-        if fits and super().output_shape(c, h, w) == (slot[2], *slot[:2]):
+        if h < self.window[0] or w < self.window[1]:
+            raise DataError(
+                f"{self.where}: {name}: crop {self.window[0]}x{self.window[1]} is larger than the image ({h}x{w})"
+            )
+        if self.cropped(c, h, w) == tuple(slot):
             return
         raise DataError(
             f"{self.where}: {name}: an image of {h}x{w}x{c} (height x width x channels) does not fit the batch's "
@@ -381,8 +401,8 @@ def check_transformation(param: pb.TransformationParameter, anno: pb.AnnotatedDa
 def _transformation_problem(p: pb.TransformationParameter) -> str | None:
     if p.HasField("noise_param") and p.noise_param.prob > 0:
         return "transform_param.noise_param (prob > 0) is not supported: remove it or set prob: 0"
-    if p.crop_h or p.crop_w:
-        return "transform_param.crop_h / crop_w are not supported: use crop_size"
+    if not p.crop_size and bool(p.crop_h) != bool(p.crop_w):
+        return "transform_param: set crop_h and crop_w together (or crop_size)"
     if p.HasField("resize_param"):
         r = p.resize_param
         if r.resize_mode == RP.FIT_SMALL_SIZE:
