@@ -221,6 +221,29 @@ def test_distortion_changes_pixels_not_boxes(tmp_path: Path):
     np.testing.assert_allclose(rows(out["label"])[0, 3:7], [0.1, 0.1, 0.2, 0.2], atol=1e-7)
 
 
+@pytest.mark.parametrize("kind", ["brightness", "contrast"])
+def test_brightness_shifts_and_contrast_scales_every_pixel_alike(tmp_path: Path, kind: str):
+    img = np.random.default_rng(1).integers(40, 210, (20, 30, 3), dtype=np.uint8)
+    src = write_db(tmp_path / "db", [annotated_datum(img, [(1, 0.1, 0.1, 0.2, 0.2)])])
+    distort = {"brightness": "brightness_prob: 1 brightness_delta: 32",
+               "contrast": "contrast_prob: 1 contrast_lower: 0.5 contrast_upper: 1.5"}[kind]  # fmt: skip
+    caffe.set_random_seed(5)
+    n = net(src, caffe.TRAIN, transform=f"distort_param {{ {distort} }}")
+    changes = set()
+    for _ in range(3):
+        out = n.forward()["data"][0].transpose(1, 2, 0).astype(np.float64)
+        if kind == "brightness":  # one integer shift within +-32 (no pixel saturates)
+            shift = np.unique(out - img)
+            assert len(shift) == 1 and abs(shift[0]) <= 32
+            changes.add(float(shift[0]))
+        else:  # one factor in [0.5, 1.5], each pixel rounded to the nearest integer (saturated at 255)
+            factor = float(np.median((out / img)[img > 100]))
+            assert 0.5 - 0.01 <= factor <= 1.5 + 0.01
+            np.testing.assert_allclose(out, np.minimum(np.rint(img * factor), 255), atol=1.0)
+            changes.add(round(factor, 3))
+    assert len(changes) > 1
+
+
 TRAIN_ALL = """mirror: true mean_value: 104 mean_value: 117 mean_value: 123
     resize_param { resize_mode: WARP height: 64 width: 64 interp_mode: LINEAR interp_mode: AREA interp_mode: CUBIC }
     emit_constraint { emit_type: CENTER }
