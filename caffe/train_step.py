@@ -139,8 +139,12 @@ def capture_obstacle(net: Net) -> str | None:
     for layer in net.host_layers:
         if has_own_backward(layer):
             return f"layer '{layer.name}' ({layer.type}) has its own backward"
-    if _data_prefix(net) == net.num_layers:
+    start = _data_prefix(net)
+    if start == net.num_layers:
         return "the net has no layer after its data layers"
+    for layer in net.host_layers[start:]:
+        if not layer.traceable:  # e.g. MultiBoxLoss, whose label blob also changes shape from batch to batch
+            return f"layer '{layer.name}' ({layer.type}) computes from its values on the CPU"
     return None
 
 

@@ -315,3 +315,49 @@ def test_res10_face_detector_fine_tunes_with_its_own_multibox_loss(tmp_path):
     s.net.blobs["label"].data[...] = [[[[0, 1, 0, 0.3, 0.2, 0.6, 0.7, 0]]]]
     after = float(s.net.forward()["mbox_loss"])
     assert np.isfinite(first) and after < first
+
+
+_TINY_SSD = """
+name: "tiny_ssd"
+layer { name: "in" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 16 dim: 16 } shape { dim: 1 dim: 1 dim: 2 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "feat"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "loc" type: "Convolution" bottom: "feat" top: "loc"
+        convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "conf" type: "Convolution" bottom: "feat" top: "conf"
+        convolution_param { num_output: 6 kernel_size: 1 weight_filler { type: "xavier" } } }
+layer { name: "locp" type: "Permute" bottom: "loc" top: "locp" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "locf" type: "Flatten" bottom: "locp" top: "locf" }
+layer { name: "confp" type: "Permute" bottom: "conf" top: "confp"
+        permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conff" type: "Flatten" bottom: "confp" top: "conff" }
+layer { name: "prior" type: "PriorBox" bottom: "feat" bottom: "data" top: "prior"
+        prior_box_param { min_size: 6 aspect_ratio: 2 flip: false
+                          variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+layer { name: "loss" type: "MultiBoxLoss" bottom: "locf" bottom: "conff" bottom: "prior" bottom: "label" top: "loss"
+        multibox_loss_param { num_classes: 3 code_type: CENTER_SIZE } }
+"""
+
+
+def test_a_small_ssd_trains_and_the_compiled_engine_leaves_it_eager(tmp_path):
+    """PriorBox, Permute, Flatten and MultiBoxLoss in a solver: the loss falls on a fixed batch; asked for the
+    compiled engine, the solver trains eagerly and says why (the matching reads the values on the CPU, and the
+    label blob changes shape from batch to batch)."""
+    (tmp_path / "net.prototxt").write_text(_TINY_SSD)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.01 lr_policy: "fixed" momentum: 0.9 max_iter: 10 '
+        "display: 0 random_seed: 1"
+    )
+    s = caffe.get_solver(str(tmp_path / "solver.prototxt"), engine="compiled")
+    engine = s.train_engine_for(10)
+    assert engine.name == "eager"
+    assert "layer 'loss' (MultiBoxLoss)" in str(caffe.train_step.capture_obstacle(s.net))
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16))
+    losses = []
+    for _ in range(5):
+        s.net.blobs["data"].data[...] = x
+        s.net.blobs["label"].data[...] = [[[[0, 1, 0, 0.1, 0.1, 0.5, 0.6, 0], [1, 2, 0, 0.4, 0.3, 0.9, 0.8, 0]]]]
+        s.step(1)
+        losses.append(float(s.net.blobs["loss"].data))
+    assert losses[-1] < 0.8 * losses[0]

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from caffe.layers.detection import box_areas
+from caffe.layers.detection import box_areas, overlaps
 from caffe.proto import caffe_pb2 as pb
 
 #: Columns of an annotation table: one box a row.
@@ -48,13 +48,17 @@ def intersection(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter
 
 
+def jaccard_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) intersection over union of every box of ``a`` with every box of ``b``, in their dtype (the fork's
+    JaccardOverlap: boxes that only touch, or are apart, overlap 0)."""
+    columns_a = np.concatenate([a.T, box_areas(a)[None]])
+    columns_b = np.concatenate([b.T, box_areas(b)[None]])
+    return overlaps(columns_a[:, :, None], columns_b[:, None, :])
+
+
 def jaccard(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Intersection over union of ``window`` with each box (0 where they do not overlap)."""
-    inter = intersection(window, boxes)
-    iw, ih = inter[:, 2] - inter[:, 0], inter[:, 3] - inter[:, 1]
-    size = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    union = box_areas(window[None])[0] + box_areas(boxes) - size
-    return np.divide(size, union, out=np.zeros_like(size), where=size > 0)
+    return jaccard_matrix(window[None], boxes)[0]
 
 
 def coverage(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:

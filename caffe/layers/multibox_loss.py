@@ -31,21 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from caffe.blob import Shape
+from caffe.data.bbox import jaccard_matrix
 from caffe.layer import register
-from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, box_areas, decode_boxes, overlaps
+from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, decode_boxes
 from caffe.layers.loss import FLT_MIN, VALID, LossLayer, _straight_through
 from caffe.proto import caffe_pb2 as pb
 
 P = pb.MultiBoxLossParameter
 _F32 = np.float32
-
-
-def _jaccard(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(B, G) Jaccard overlaps of float32 corner boxes, as the fork's JaccardOverlap (boxes that only touch
-    overlap 0; an inverted box has size 0)."""
-    b = np.concatenate([boxes.T, box_areas(boxes)[None]])
-    g = np.concatenate([gt.T, box_areas(gt)[None]])
-    return overlaps(b[:, :, None], g[:, None, :]).astype(_F32)
 
 
 def match_priors(
@@ -65,7 +58,7 @@ def match_priors(
     if ignore_cross_boundary:
         crossing = ((boxes < 0) | (boxes > 1)).any(axis=1)
         match[crossing] = -2
-    overlaps = _jaccard(boxes, gt)
+    overlaps = jaccard_matrix(boxes.astype(_F32), gt.astype(_F32)).astype(_F32)
     overlaps[match == -2] = 0
     present = overlaps > 1e-6
     best = np.where(present, overlaps, _F32(0)).max(axis=1)
