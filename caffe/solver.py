@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from caffe import common, parallel
 from caffe import snapshot as snapshots
 from caffe.blob import Blob
 from caffe.errors import SolverError
+from caffe.layers.detection_evaluate import AP_VERSIONS, DetectionTally
 from caffe.limits import check_path
 from caffe.net import Net
 from caffe.precision import LossScaler, check_precision
@@ -100,9 +101,10 @@ def learning_rate_at(
 ) -> tuple[float, int]:
     """Caffe's GetLearningRate as a pure function: the rate at iteration ``it`` (rounded to Caffe's ``Dtype``)
     and the step after it (``step``: the current step before it, which ``multistep`` advances at most once
-    per call, as Caffe does; ``step`` sets it from ``it``)."""
+    per call, as Caffe does; ``step`` sets it from ``it``; the SSD fork's ``plateau`` is ``base_lr * gamma^step``
+    with the step :func:`plateau_step` advances)."""
     policy = p.lr_policy
-    if policy in ("step", "exp", "inv", "multistep") and p.gamma < 0:
+    if policy in ("step", "exp", "inv", "multistep", "plateau") and p.gamma < 0:
         raise SolverError(f"{source}: lr_policy '{policy}' needs gamma >= 0, got {fmt(p.gamma)}")
     if policy == "fixed":
         rate = p.base_lr
@@ -119,6 +121,8 @@ def learning_rate_at(
         if step < len(p.stepvalue) and it >= p.stepvalue[step]:
             step += 1
         rate = p.base_lr * p.gamma**step
+    elif policy == "plateau":
+        rate = p.base_lr * p.gamma**step
     elif policy == "poly":
         rate = p.base_lr * _cpow(1.0 - it / p.max_iter, p.power)
     elif policy == "sigmoid":
@@ -127,8 +131,28 @@ def learning_rate_at(
         z = -p.gamma * (it - p.stepsize)  # exp overflows to inf, the rate to 0, as in C++ (no OverflowError)
         rate = p.base_lr * (1.0 / (1.0 + (math.exp(z) if z < 700 else math.inf)))
     else:
-        raise SolverError(f"{source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid)")
+        raise SolverError(
+            f"{source}: unknown lr_policy '{policy}' (fixed, step, exp, inv, multistep, poly, sigmoid, plateau)"
+        )
     return float(dtype(rate)), step
+
+
+class Plateau(NamedTuple):
+    """The SSD fork's ``plateau`` policy's memory: the lowest smoothed loss so far and the iteration of the last
+    event (a new lowest loss or a step). Not in snapshots, as in the fork: a resumed run starts afresh."""
+
+    minimum_loss: float = float(np.finfo(np.float32).max)
+    last_event: int = 0
+
+
+def plateau_step(p: pb.SolverParameter, it: int, step: int, state: Plateau, loss: float) -> tuple[int, Plateau]:
+    """The fork's ``plateau`` rule at iteration ``it`` with the smoothed ``loss``: a lower loss is an event; when
+    ``plateau_winsize[step]`` iterations passed since the last event, the step advances (another event)."""
+    if loss < state.minimum_loss:
+        state = Plateau(loss, it)
+    if step < len(p.plateau_winsize) and it >= state.last_event + p.plateau_winsize[step]:
+        step, state = step + 1, state._replace(last_event=it)
+    return step, state
 
 
 class SolverAction:
@@ -192,6 +216,7 @@ class Solver:
             raise SolverError(f"{self.source}: iter_size should be at least 1, got {p.iter_size}")
         self.rank, self.world_size = parallel.world()  # several ranks: rank 0 alone logs, tests, snapshots
         self.root = self.rank == 0
+        self._check_fork_fields()
         if not self.root:
             events = None
         self.events = EventLog(events) if isinstance(events, (str, os.PathLike)) else events
@@ -200,6 +225,7 @@ class Solver:
         self.requested_early_exit = False
         self.iter = 0
         self.current_step = 0
+        self.plateau = Plateau()
         self.engine = check_train_engine(engine) if engine is not None else train_engine()
         self.precision = check_precision(precision) if precision is not None else default_precision()
         if self.precision != "fp32":
@@ -229,6 +255,19 @@ class Solver:
             for _ in range(self.history_per_param)
             for b in self.net.learnable_params
         ]
+
+    def _check_fork_fields(self) -> None:
+        """The SSD fork's solver fields: a known eval_type and ap_version; plateau with one process only."""
+        p = self.param
+        if p.eval_type not in ("classification", "detection"):
+            raise SolverError(f"{self.source}: unknown eval_type '{p.eval_type}' (classification, detection)")
+        if p.eval_type == "detection" and p.ap_version not in AP_VERSIONS:
+            raise SolverError(f"{self.source}: unknown ap_version '{p.ap_version}' ({', '.join(AP_VERSIONS)})")
+        if p.lr_policy == "plateau" and self.world_size > 1:
+            raise SolverError(
+                f"{self.source}: lr_policy 'plateau' follows each process's own smoothed loss, so several "
+                "processes would part ways: train it with one"
+            )
 
     # ------------------------------------------------------------------ nets
     def _net_param(self, field: str) -> pb.NetParameter:
@@ -314,11 +353,23 @@ class Solver:
     # ------------------------------------------------------------------ learning rate
     def learning_rate(self) -> float:
         """Caffe's GetLearningRate for the current iteration (updates ``current_step`` as Caffe does)."""
+        if self.param.lr_policy == "plateau":
+            self._advance_plateau()
         rate, step = learning_rate_at(self.param, self.iter, self.current_step, self._np_dtype, self.source)
         if self.param.lr_policy == "multistep" and step != self.current_step:
             log.info("MultiStep Status: Iteration %d, step = %d", self.iter, step)
         self.current_step = step
         return rate
+
+    def _advance_plateau(self) -> None:
+        """The fork's plateau bookkeeping for this iteration, with its log lines."""
+        p, it = self.param, self.iter
+        step, self.plateau = plateau_step(p, it, self.current_step, self.plateau, self.smoothed_loss)
+        if step != self.current_step:
+            log.info("Plateau Status: Iteration %d, step = %d", it, step)
+        self.current_step = step
+        if p.display and it % p.display == 0 and self.plateau.last_event > it - p.display:
+            log.info("Plateau Status: Iteration %d, current minimum_loss = %s", it, fmt(self.plateau.minimum_loss))
 
     @property
     def _np_dtype(self) -> type[np.floating]:
@@ -552,11 +603,13 @@ class Solver:
             self.test(i)
 
     def test(self, test_net_id: int = 0) -> dict[str, float]:
-        """Caffe's Test: mean of each output over test_iter batches, logged as 'Test net output #k'."""
+        """Caffe's Test: mean of each output over test_iter batches, logged as 'Test net output #k'; with the SSD
+        fork's ``eval_type: "detection"`` each output's mean AP over its DetectionEvaluate rows instead."""
         p = self.param
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         net = self.test_nets[test_net_id]
         iters = p.test_iter[test_net_id]
+        tally = DetectionTally(list(net.outputs)) if p.eval_type == "detection" else None
         totals: list[np.ndarray] | None = None
         loss = 0.0
         for _ in range(iters):
@@ -573,6 +626,9 @@ class Solver:
                 batch_loss = net.forward_from_to(0, net.num_layers - 1)
             if p.test_compute_loss:
                 loss += batch_loss
+            if tally is not None:
+                tally.add([net.blobs[name].data for name in net.outputs])
+                continue
             values = [net.blobs[name].data.astype(np.float64).reshape(-1).copy() for name in net.outputs]
             totals = values if totals is None else [t + v for t, v in zip(totals, values, strict=True)]
         if self.requested_early_exit:
@@ -580,11 +636,25 @@ class Solver:
             return {}
         if p.test_compute_loss:
             log.info("Test loss: %s", fmt(loss / iters))
-        means = [t / iters for t in totals] if totals is not None else []
+        if tally is not None:
+            means = self._mean_precisions(tally)
+        else:
+            means = [t / iters for t in totals] if totals is not None else []
         results = self._log_outputs(net, "Test", means)
         if self.events is not None:
             self.events.write("test", iter=self.iter, net=test_net_id, outputs=results)
         return results
+
+    def _mean_precisions(self, tally: DetectionTally) -> list[np.ndarray]:
+        """Each output's mean AP (``ap_version``), each class's AP logged with ``show_per_class_result``."""
+        means = []
+        for index in range(len(tally.names)):
+            mean, per_class = tally.precisions(index, self.param.ap_version)
+            if self.param.show_per_class_result:
+                for label, ap in per_class.items():
+                    log.info("class%d: %s", label, fmt(ap))
+            means.append(np.array([mean]))
+        return means
 
     @staticmethod
     def _log_outputs(net: Net, kind: str, values: list[np.ndarray] | None) -> dict[str, float | list[float]]:

@@ -482,7 +482,7 @@ def test_training_modules_of_py_faster_rcnn_are_named():
 @pytest.mark.parametrize(
     ("type_name", "fork"),
     [
-        ("DetectionEvaluate", "weiliu89/caffe's ssd branch"),
+        ("Region", "darknet's region layer"),
         ("Reorg", "YOLOv2"),
         ("Yolov3", "YOLOv3 Caffe port"),
         ("ImageSegData", "DeepLab"),
@@ -505,8 +505,8 @@ def test_truly_unknown_types_keep_the_plain_error(tmp_path: Path):
 
 
 def test_fork_prototxt_with_unknown_fields_names_the_fork(tmp_path: Path):
-    text = _input({"x": (1, 2)}) + 'layer { name: "eval" type: "DetectionEvaluate" bottom: "x" }'
-    with pytest.raises(UnknownLayerTypeError, match=r"DetectionEvaluate.*from weiliu89/caffe's ssd branch"):
+    text = _input({"x": (1, 2)}) + 'layer { name: "region" type: "Region" bottom: "x" }'
+    with pytest.raises(UnknownLayerTypeError, match=r"Region.*from the YOLOv2 Caffe ports"):
         caffe.Net(_write(tmp_path, text), caffe.TEST)
     with pytest.raises(ParseError):
         parse_text("layer { name: 'x' type: 'ReLU' relu_param { nonsense: 1 } }", pb.NetParameter())

@@ -33,7 +33,7 @@ def empty_table() -> np.ndarray:
     return np.zeros((0, ROW))
 
 
-def _apart(window: np.ndarray, boxes: np.ndarray, strict: bool) -> np.ndarray:
+def apart(window: np.ndarray, boxes: np.ndarray, strict: bool) -> np.ndarray:
     """Boxes entirely on one side of ``window`` (``strict``: boxes touching its edge count as overlapping)."""
     lo, hi = (np.greater, np.less) if strict else (np.greater_equal, np.less_equal)
     x0, y0, x1, y1 = boxes.T
@@ -42,9 +42,9 @@ def _apart(window: np.ndarray, boxes: np.ndarray, strict: bool) -> np.ndarray:
 
 def intersection(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Each box's intersection with ``window`` (all zeros where they are apart), (K, 4)."""
-    apart = _apart(window, boxes, strict=True)
+    outside = apart(window, boxes, strict=True)
     inter = np.concatenate([np.maximum(boxes[:, :2], window[:2]), np.minimum(boxes[:, 2:], window[2:])], axis=1)
-    inter[apart] = 0.0
+    inter[outside] = 0.0
     return inter
 
 
@@ -76,7 +76,7 @@ def covered_by(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def project(window: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``boxes`` in the coordinates of ``window``, clipped to [0, 1], and the mask of those kept: boxes that
     overlap the window and keep an area."""
-    keep = ~_apart(window, boxes, strict=False)
+    keep = ~apart(window, boxes, strict=False)
     size = np.tile(window[2:] - window[:2], 2)
     moved = np.clip((boxes - np.tile(window[:2], 2)) / size, 0.0, 1.0)
     return moved, keep & (box_areas(moved) > 0)

@@ -6,7 +6,8 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
 ``recurrent`` (RNN, LSTM, LSTMUnit), ``data``, ``window_data`` and ``dense_image_data`` (Data, ImageData,
 WindowData, SegNet's DenseImageData: prefetching readers), ``detection`` (the SSD fork's Normalize, Permute,
-PriorBox, DetectionOutput), ``multibox_loss`` (its training loss, MultiBoxLoss), ``annotated_data`` (its
+PriorBox, DetectionOutput), ``detection_evaluate`` (its evaluation during training, DetectionEvaluate, and the
+mean AP), ``multibox_loss`` (its training loss, MultiBoxLoss), ``annotated_data`` (its
 training data, AnnotatedData: images with boxes, augmented), ``hdf5`` (HDF5Data,
 HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the depthwise
 convolutions of Caffe's forks) and ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN
@@ -19,6 +20,7 @@ from caffe.layers import (  # noqa: F401
     data,
     dense_image_data,
     detection,
+    detection_evaluate,
     forks,
     hdf5,
     input,
