@@ -470,3 +470,34 @@ def test_plateau_in_the_solver(tmp_path: Path, caplog: pytest.LogCaptureFixture)
     assert "Plateau Status: Iteration 2, step = 1" in lines and "Plateau Status: Iteration 5, step = 2" in lines
     assert "Plateau Status: Iteration 0, current minimum_loss = 0" in lines
     assert "Iteration 6, lr = 0.01" in lines
+
+
+def test_caffe_test_reports_the_mean_ap_of_detection_evaluate_outputs(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """``caffe test`` on a net ending in DetectionEvaluate: the rows' count changes from net to net, so they are
+    gathered over the iterations and reported as a mean AP (``--ap_version``), not averaged value by value."""
+    import h5py
+
+    from caffe.tools.train import test as caffe_test
+
+    rows = np.array(_FIXED, dtype=np.float32)
+    label = np.array([*_LABEL, [-1] * 8], dtype=np.float32)  # padded to the detections' count: ends the truth
+    with h5py.File(tmp_path / "fixed.h5", "w") as f:
+        f["det"], f["label"] = rows, label
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'fixed.h5'}\n")
+    (tmp_path / "net.prototxt").write_text(f"""
+        layer {{ name: "h5" type: "HDF5Data" top: "det" top: "label"
+                 hdf5_data_param {{ source: "{tmp_path / "list.txt"}" batch_size: 4 }} }}
+        layer {{ name: "d" type: "Reshape" bottom: "det" top: "d"
+                 reshape_param {{ shape {{ dim: 1 dim: 1 dim: -1 dim: 7 }} }} }}
+        layer {{ name: "g" type: "Reshape" bottom: "label" top: "g"
+                 reshape_param {{ shape {{ dim: 1 dim: 1 dim: -1 dim: 8 }} }} }}
+        layer {{ name: "fixed_eval" type: "DetectionEvaluate" bottom: "d" bottom: "g" top: "fixed_eval"
+                 detection_evaluate_param {{ num_classes: 4 }} }}
+    """)
+    weights = tmp_path / "none.caffemodel"
+    weights.write_bytes(pb.NetParameter(name="none").SerializeToString())
+    args = [f"--model={tmp_path / 'net.prototxt'}", f"--weights={weights}", "--iterations=2"]
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        assert caffe_test([*args, "--ap_version=11point"]) == 0
+    # the same batch twice: every count and detection doubled, the same precision-recall curve
+    assert f"fixed_eval = {np.float32(_CLASS_1 / 3):g} (mean AP, 11point)" in [r.getMessage() for r in caplog.records]

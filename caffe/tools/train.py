@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from caffe import common, parallel
-from caffe.errors import DeviceError, SolverError
+from caffe.errors import CaffeError, DeviceError, SolverError
+from caffe.layers.detection_evaluate import AP_VERSIONS, DetectionTally
 from caffe.precision import PRECISIONS
 from caffe.proto import caffe_pb2 as pb
 from caffe.tools.flags import ToolParser, UsageError, gflags_int
@@ -393,6 +394,13 @@ def _test_parser() -> ToolParser:
     parser.add_argument(
         "--iterations", type=gflags_int, default=50, help="the number of iterations to run (default 50)"
     )
+    parser.add_argument(
+        "--ap_version",
+        default="Integral",
+        choices=AP_VERSIONS,
+        help="optional (neocaffe); how the mean AP of DetectionEvaluate outputs is computed (the SSD fork's "
+        "solver field ap_version; default Integral)",
+    )
     _common_flags(parser)
     return parser
 
@@ -423,7 +431,10 @@ def test(argv: list[str]) -> int:
     net = Net(args.model, common.TEST, level=args.level, stages=_stages(args.stage))
     net.copy_from(args.weights)
     log.info("Running for %d iterations.", args.iterations)
-    outputs = net.outputs
+    producer = {top: net.layer_dict[layer].type for layer, tops in net.top_names.items() for top in tops}
+    detection = [name for name in net.outputs if producer.get(name) == "DetectionEvaluate"]
+    outputs = [name for name in net.outputs if name not in detection]
+    tally = DetectionTally(detection)
     weights = net.blob_loss_weights
     scores: list[np.ndarray] = []
     loss = np.float32(0)
@@ -431,12 +442,18 @@ def test(argv: list[str]) -> int:
         with torch.no_grad():
             iter_loss = net.forward_from_to(0, net.num_layers - 1)
         loss += np.float32(iter_loss)
+        tally.add([np.asarray(net.blobs[name].data, dtype=np.float32) for name in detection])
         for j, name in enumerate(outputs):
             values = np.asarray(net.blobs[name].data, dtype=np.float32).reshape(-1)
             for v in values:
                 log.info("Batch %d, %s = %s", i, name, _f32(v))
             if i == 0:
                 scores.append(values.copy())
+            elif values.size != scores[j].size:
+                raise CaffeError(
+                    f"{args.model}: output '{name}' holds {values.size} values at batch {i}, {scores[j].size} at "
+                    "batch 0: caffe test averages outputs of a fixed size"
+                )
             else:
                 scores[j] += values
     loss /= np.float32(args.iterations)
@@ -446,7 +463,10 @@ def test(argv: list[str]) -> int:
         for score in total:
             mean = np.float32(score) / np.float32(args.iterations)
             extra = f" (* {_f32(weight)} = {_f32(weight * mean)} loss)" if weight else ""
-            log.info("%s = %s%s", name, _f32(mean), extra)
+            log.info("%s = %s", name, _f32(mean) + extra)
+    for k, name in enumerate(detection):  # the SSD fork's evaluation rows: their mean average precision
+        mean_ap, _ = tally.precisions(k, args.ap_version)
+        log.info("%s = %s (mean AP, %s)", name, _f32(mean_ap), args.ap_version)
     return 0
 
 
