@@ -37,7 +37,10 @@ def _nets() -> dict[str, Path]:
     """``id -> prototxt``: the assets' nets (solvers aside) by relative path, the fixtures as forks/NAME."""
     found = {p.relative_to(ASSETS).as_posix(): p for p in sorted(ASSETS.rglob("*.prototxt")) if "solver" not in p.name}
     assert len(found) > 40, f"the assets at {ASSETS} are missing nets (set CAFFE_TEST_ASSETS)"
-    found.update({f"forks/{p.name}": p for p in sorted(FORKS.glob("*.prototxt"))})
+    # the SSD fork's training files (AnnotatedData, MultiBoxLoss, DetectionEvaluate, a solver) are
+    # test_ssd_fork_training.py's; their deploy net, MobileNet-SSD_MobileNetSSD_deploy.prototxt, is swept
+    training = {f"MobileNet-SSD_voc_{n}.prototxt" for n in ("MobileNetSSD_train", "MobileNetSSD_test", "solver")}
+    found.update({f"forks/{p.name}": p for p in sorted(FORKS.glob("*.prototxt")) if p.name not in training})
     return found
 
 
