@@ -212,6 +212,15 @@ def test_expansion_keeps_boxes_on_the_same_pixels(tmp_path: Path):
     assert len(sizes) > 1  # different zoom-outs
 
 
+def test_an_expansion_beyond_the_blob_budget_is_a_clean_error(tmp_path: Path):
+    """max_expand_ratio is bounded only by the prototxt: a canvas past the blob budget is refused, not allocated."""
+    src = write_db(tmp_path / "db", [annotated_datum(np.zeros((60, 80, 3), np.uint8), [(1, 0.1, 0.1, 0.5, 0.5)])])
+    expand = "expand_param { prob: 1 max_expand_ratio: 100000 } resize_param { height: 32 width: 32 }"
+    caffe.set_random_seed(0)
+    with pytest.raises(caffe.CaffeError, match=r"expansion canvas .* budget for one blob"):
+        net(src, caffe.TRAIN, transform=expand).forward()
+
+
 def test_distortion_changes_pixels_not_boxes(tmp_path: Path):
     src = write_db(tmp_path / "db", [annotated_datum(gradient(), [(1, 0.1, 0.1, 0.2, 0.2)])])
     distort = "distort_param { brightness_prob: 1 brightness_delta: 32 hue_prob: 1 hue_delta: 18 }"

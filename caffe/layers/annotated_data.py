@@ -56,6 +56,7 @@ from caffe.data.transform import CHW, HWC, DataTransformer
 from caffe.errors import DataError
 from caffe.layer import register
 from caffe.layers.data import DataLayer, DatumSource
+from caffe.limits import check_blob
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -177,6 +178,7 @@ def expand(
     lies in the image's normalized coordinates."""
     h, w, c = image.shape
     big_h, big_w = int(h * ratio), int(w * ratio)
+    check_blob((big_h, big_w, c), 1, f"expansion canvas ({ratio:.3g} x {h}x{w})")
     top, left = math.floor(rng.uniform(0, big_h - h)), math.floor(rng.uniform(0, big_w - w))
     canvas = np.empty((big_h, big_w, c), dtype=np.uint8)
     canvas[...] = fill
