@@ -28,15 +28,15 @@ test iterations and gives each class's AP and their mean, as the fork's solver d
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from caffe.blob import Shape
 from caffe.data.bbox import apart, intersection, jaccard_matrix, project
-from caffe.errors import SolverError
+from caffe.errors import CaffeError, SolverError
 from caffe.layer import Layer, register
+from caffe.limits import read_text
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -66,7 +66,7 @@ def group_boxes(rows: np.ndarray, columns: list[int], end_at_unknown_image: bool
 
 def read_name_sizes(path: str) -> list[tuple[int, int]]:
     """(height, width) of each image listed in a name-size file (``name height width`` per line)."""
-    tokens = Path(path).read_text().split()
+    tokens = read_text(path, "name-size file").split()
     try:
         if len(tokens) % 3:
             raise ValueError(f"{len(tokens)} words")
@@ -155,7 +155,7 @@ class DetectionEvaluateLayer(Layer):
         if p.HasField("name_size_file"):
             try:
                 self._sizes = read_name_sizes(p.name_size_file)
-            except (OSError, ValueError) as e:
+            except (CaffeError, ValueError) as e:
                 raise self.error(f"name_size_file: {e}") from None
         self._resize = p.resize_param if p.HasField("resize_param") else None
         if self._resize is not None:
