@@ -234,3 +234,29 @@ def test_compiled_training_step_under_cuda_graphs_trains_as_without(mnist: Path,
     worst = max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(reference, graphed, strict=True))
     print(f"LeNet {LENET_ITERS} iterations on the GPU, CUDA graphs vs without {worst:.3e}")
     assert worst <= 1e-5
+
+
+def test_ssd_training_layers_on_the_gpu_match_the_cpu(gpu, tmp_path: Path):
+    """A small SSD (PriorBox, Permute, MultiBoxLoss) trains on CUDA with the CPU's losses: the matching and mining
+    read the values back to the host, the loss and its gradient stay on the device."""
+    from test_multibox_loss import _TINY_SSD
+
+    (tmp_path / "net.prototxt").write_text(_TINY_SSD)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.01 lr_policy: "fixed" momentum: 0.9 max_iter: 10 '
+        "display: 0 random_seed: 1"
+    )
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16))
+    label = [[[[0, 1, 0, 0.1, 0.1, 0.5, 0.6, 0], [1, 2, 0, 0.4, 0.3, 0.9, 0.8, 0]]]]
+    losses = {}
+    for mode in ("gpu", "cpu"):
+        getattr(caffe, f"set_mode_{mode}")()
+        s = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+        assert s.net.device.type == ("cuda" if mode == "gpu" else "cpu")
+        losses[mode] = []
+        for _ in range(4):
+            s.net.blobs["data"].data[...] = x
+            s.net.blobs["label"].data[...] = label
+            s.step(1)
+            losses[mode].append(float(s.net.blobs["loss"].data))
+    np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-3)
