@@ -632,6 +632,69 @@ def _datum(work: Path):
     return seeds, run
 
 
+ANNOTATED_NET = """name: "anno"
+layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label"
+  data_param {{ source: "{source}" batch_size: 1 backend: LMDB }}
+  transform_param {{ mirror: true mean_value: 104 mean_value: 117 mean_value: 123
+    resize_param {{ height: 32 width: 32 interp_mode: LINEAR interp_mode: NEAREST }}
+    emit_constraint {{ emit_type: CENTER }} expand_param {{ prob: 0.5 max_expand_ratio: 2 }}
+    distort_param {{ brightness_prob: 0.5 brightness_delta: 32 hue_prob: 0.5 hue_delta: 18 }} }}
+  annotated_data_param {{ batch_sampler {{ max_sample: 1 max_trials: 1 }}
+    batch_sampler {{ sampler {{ min_scale: 0.3 max_scale: 1 min_aspect_ratio: 0.5 max_aspect_ratio: 2 }}
+      sample_constraint {{ min_jaccard_overlap: 0.3 }} max_sample: 1 max_trials: 20 }} }} }}
+"""
+
+
+@target("annotated_datum", weight=100, batch=300)
+def _annotated_datum(work: Path):
+    """An SSD training record through AnnotatedData's TRAIN path: parse, decode, distort, expand, sample, resize,
+    crop its boxes; mutated boxes (NaN, inverted, huge) and images included."""
+    import numpy as np
+
+    import caffe
+    from caffe.data.annotation import annotated_datum
+    from caffe.data.db import item_key, open_db
+    from caffe.data.prefetch import Record
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    boxes = [(1, 0.1, 0.2, 0.6, 0.7), (2, 0.5, 0.5, 0.9, 0.95, True)]
+    records = [annotated_datum(image, boxes), annotated_datum(image, boxes[:1], encoding="png")]
+    with open_db(work / "anno_lmdb", "lmdb", "new") as db:
+        txn = db.transaction()
+        txn.put(item_key(0, "seed"), records[0].SerializeToString())
+        txn.commit()
+    (work / "anno.prototxt").write_text(ANNOTATED_NET.format(source=work / "anno_lmdb"))
+    layer = caffe.Net(str(work / "anno.prototxt"), caffe.TRAIN).layer_dict["data"]
+    draws = np.random.default_rng(1)
+    seeds = [Seed(n, r.SerializeToString(), "proto") for n, r in (("raw", records[0]), ("png", records[1]))]
+
+    def run(data: bytes, seed: Seed) -> None:
+        item = layer.source.decode(Record(data, "fuzz record"))
+        out = np.empty((32, 32, 3), dtype=np.float32)
+        layer.transformer.place_item(item, out, layer.transformer.draw(draws), "fuzz record")
+
+    return seeds, run
+
+
+@target("voc_xml", weight=50, batch=300)
+def _voc_xml(work: Path):
+    """A Pascal VOC annotation file as create_annoset reads it."""
+    from caffe.data.annotation import read_voc_xml
+
+    xml = (
+        b"<annotation><filename>a.jpg</filename><size><width>640</width><height>480</height><depth>3</depth>"
+        b"</size><object><name>face</name><difficult>0</difficult><bndbox><xmin>10</xmin><ymin>20</ymin>"
+        b"<xmax>300</xmax><ymax>400</ymax></bndbox></object><object><name>cat</name><difficult>1</difficult>"
+        b"<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object></annotation>\n"
+    )
+
+    def run(data: bytes, seed: Seed) -> None:
+        read_voc_xml(_scratch(work, "in.xml", data), {"face": 1, "cat": 2})
+
+    return [Seed("voc.xml", xml, "text")], run
+
+
 @target("hdf5_weights", weight=40, batch=100)
 def _hdf5(work: Path):
     _, weights, tiny = _tiny_model(work)
