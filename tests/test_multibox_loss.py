@@ -269,6 +269,11 @@ def test_refusals_are_clear():
     with pytest.raises(caffe.LayerError, match="HARD_EXAMPLE"):
         _net(1, 1, params="mining_type: HARD_EXAMPLE")
     net = _net(1, 1, classes=2)
+    values = {"loc": np.zeros((1, 4)), "conf": np.zeros((1, 2)), "prior": _priors([[0, 0, 1, 1]])}
+    with pytest.raises(caffe.LayerError, match=r"label bottom row 0 holds a non-finite value"):
+        _run(net, **values, label=_label([[0, 1, 0, np.nan, 0, 1, 1, 0]]))
+    with pytest.raises(caffe.LayerError, match=r"has label 7, not in \[0, 2\)"):
+        _run(net, **values, label=_label([[0, 7, 0, 0, 0, 1, 1, 0]]))
     with pytest.raises(caffe.LayerError, match="background label 0"):
         _run(
             net,

@@ -232,6 +232,9 @@ class MultiBoxLossLayer(LossLayer):
         GetGroundTruth: padding rows skipped, difficult boxes dropped unless use_difficult_gt)."""
         p = self.layer_param.multibox_loss_param
         rows = label.detach().reshape(-1, 8).to("cpu", torch.float32).numpy()
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if len(bad):
+            raise self.error(f"label bottom row {int(bad[0])} holds a non-finite value: {rows[bad[0]].tolist()}")
         out: dict[int, list[np.ndarray]] = {}
         for r in rows:
             item = int(r[0])
@@ -239,6 +242,8 @@ class MultiBoxLossLayer(LossLayer):
                 continue
             if int(r[1]) == self.background:
                 raise self.error(f"ground truth box of image {item} has the background label {self.background}")
+            if not 0 <= int(r[1]) < self.classes:
+                raise self.error(f"ground truth box of image {item} has label {int(r[1])}, not in [0, {self.classes})")
             if r[7] != 0 and not p.use_difficult_gt:
                 continue
             out.setdefault(item, []).append(np.array([r[3], r[4], r[5], r[6], int(r[1])], dtype=_F32))
