@@ -379,7 +379,7 @@ class Net(PycaffeNet):
             raise (e if str(e).startswith(context) else LimitError(f"{context} {what}: {e}")) from None
         except CaffeError:
             raise
-        except (RuntimeError, ValueError, IndexError, TypeError, ZeroDivisionError) as e:
+        except (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError) as e:  # e.g. int(inf) overflows
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LayerError(f"layer '{layer.name}' ({layer.type}) {what} failed: {msg}") from e
 

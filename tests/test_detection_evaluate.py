@@ -501,3 +501,14 @@ def test_caffe_test_reports_the_mean_ap_of_detection_evaluate_outputs(tmp_path: 
         assert caffe_test([*args, "--ap_version=11point"]) == 0
     # the same batch twice: every count and detection doubled, the same precision-recall curve
     assert f"fixed_eval = {np.float32(_CLASS_1 / 3):g} (mean AP, 11point)" in [r.getMessage() for r in caplog.records]
+
+
+def test_non_finite_rows_are_layer_errors():
+    """A NaN or infinite image or class in the rows ends in the layer's error, not Python's (int(inf) overflows)."""
+    for det, truth in (
+        ([[0, np.nan, 0.5, *A]], [[0, 1, 0, *A, 0]]),
+        ([[np.inf, 1, 0.5, *A]], [[0, 1, 0, *A, 0]]),
+        ([[0, 1, 0.5, *A]], [[np.inf, 1, 0, *A, 0]]),
+    ):
+        with pytest.raises(LayerError, match=r"\(DetectionEvaluate\) forward failed"):
+            _evaluate(det, truth, "num_classes: 4")
