@@ -448,3 +448,42 @@ def test_create_annoset_writes_what_the_layer_reads(tmp_path: Path, caplog: pyte
     assert out["data"].shape == (1, 3, 30, 30) and (out["label"] == -1).all()
     assert main(["create_annoset", "--anno_type=classification", *args, str(tmp_path / "x")]) == 1
     assert "--anno_type: only 'detection'" in caplog.text and not (tmp_path / "x").exists()
+
+
+def test_sample_constraints_by_hand():
+    """The three kinds of bound, against two objects: jaccard overlap, the part of the window a box covers, the
+    part of a box the window covers; the first kind set decides; any one object suffices."""
+    from caffe.data import bbox
+
+    windows = np.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    objects = np.array([[0.0, 0.0, 0.25, 0.5], [0.6, 0.6, 0.8, 0.8]])
+    # jaccard: window 0 / object 0 = 0.125 / 0.25 = 0.5; window 1 / object 1 = 0.04 / 0.25 = 0.16; window 2:
+    # 0.125 and 0.04 of 1
+    c = pb.SampleConstraint(min_jaccard_overlap=0.5)
+    assert bbox.constraint_mask(windows, objects, c).tolist() == [True, False, False]
+    c = pb.SampleConstraint(min_jaccard_overlap=0.1, max_jaccard_overlap=0.2)
+    assert bbox.constraint_mask(windows, objects, c).tolist() == [False, True, True]
+    # sample coverage (window's part covered): 0.5, 0.16, 0.125 at best
+    c = pb.SampleConstraint(min_sample_coverage=0.15)
+    assert bbox.constraint_mask(windows, objects, c).tolist() == [True, True, False]
+    # object coverage (object's part inside the window): 1 for every window that holds an object whole
+    c = pb.SampleConstraint(min_object_coverage=1.0, min_jaccard_overlap=0.45)  # jaccard is set: it decides
+    assert bbox.constraint_mask(windows, objects, c).tolist() == [True, False, False]
+    c = pb.SampleConstraint(min_object_coverage=1.0)
+    assert bbox.constraint_mask(windows, objects, c).tolist() == [True, True, True]
+    assert bbox.constraint_mask(windows, objects[:0], c).tolist() == [False, False, False]  # no object: none
+    assert bbox.constraint_mask(windows, objects[:0], pb.SampleConstraint()).all()  # no bound: all
+
+
+def test_a_sampler_keeps_the_first_max_sample_crops_that_pass():
+    from caffe.data import bbox
+
+    sampler = pb.BatchSampler(max_trials=200, max_sample=3)
+    sampler.sampler.min_scale, sampler.sampler.max_scale = 0.3, 1.0
+    sampler.sample_constraint.min_jaccard_overlap = 0.5
+    objects = np.array([[0.2, 0.2, 0.6, 0.7]])
+    kept = bbox.sample_windows([sampler], objects, np.random.default_rng(0))
+    drawn = bbox.sample_candidates(sampler.sampler, 200, np.random.default_rng(0))
+    passing = [w for w in drawn if bbox.jaccard_matrix(w[None], objects)[0, 0] >= 0.5]
+    assert len(passing) > 3 and np.array_equal(np.array(kept), np.array(passing[:3]))
+    assert all(0 <= v <= 1 for w in drawn for v in w)

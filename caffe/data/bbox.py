@@ -56,21 +56,10 @@ def jaccard_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return overlaps(columns_a[:, :, None], columns_b[:, None, :])
 
 
-def jaccard(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection over union of ``window`` with each box (0 where they do not overlap)."""
-    return jaccard_matrix(window[None], boxes)[0]
-
-
 def coverage(boxes: np.ndarray, window: np.ndarray) -> np.ndarray:
     """The part of each box's area that ``window`` covers."""
     size = box_areas(intersection(window, boxes))
     return np.divide(size, box_areas(boxes), out=np.zeros_like(size), where=size > 0)
-
-
-def covered_by(window: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """The part of ``window``'s area that each box covers."""
-    size = box_areas(intersection(window, boxes))
-    return np.divide(size, box_areas(window[None])[0], out=np.zeros_like(size), where=size > 0)
 
 
 def project(window: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,54 +119,70 @@ def resize_boxes(boxes: np.ndarray, param: pb.ResizeParameter, width: int, heigh
 
 
 # ---------------------------------------------------------------------------- batch samplers
-def sample_window(sampler: pb.Sampler, rng: np.random.Generator) -> np.ndarray:
-    """One random crop of the unit image: a scale and an aspect ratio (kept within what fits), then a place."""
-    scale = rng.uniform(sampler.min_scale, sampler.max_scale)
-    ratio = rng.uniform(sampler.min_aspect_ratio, sampler.max_aspect_ratio)
-    ratio = min(max(ratio, scale**2), 1.0 / scale**2)
-    w, h = scale * math.sqrt(ratio), scale / math.sqrt(ratio)
-    x, y = rng.uniform(0.0, max(0.0, 1.0 - w)), rng.uniform(0.0, max(0.0, 1.0 - h))  # (w or h 1 + rounding)
-    return np.array([x, y, x + w, y + h])
+def sample_candidates(sampler: pb.Sampler, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random crops (count, 4) of the unit image: each a scale and an aspect ratio (kept within what
+    fits), then a place."""
+    scale = rng.uniform(sampler.min_scale, sampler.max_scale, count)
+    ratio = np.clip(rng.uniform(sampler.min_aspect_ratio, sampler.max_aspect_ratio, count), scale**2, 1.0 / scale**2)
+    w, h = scale * np.sqrt(ratio), scale / np.sqrt(ratio)
+    x = rng.uniform(0.0, 1.0, count) * np.maximum(0.0, 1.0 - w)  # (w or h 1 + rounding)
+    y = rng.uniform(0.0, 1.0, count) * np.maximum(0.0, 1.0 - h)
+    return np.stack([x, y, x + w, y + h], axis=1)
 
 
-def _within(value: float, constraint: pb.SampleConstraint, low: str, high: str) -> bool:
-    if constraint.HasField(low) and value < getattr(constraint, low):
-        return False
-    return not (constraint.HasField(high) and value > getattr(constraint, high))
+def _overlap_areas(windows: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(W, B) areas of every window's intersection with every box (0 where they only touch or are apart)."""
+    iw = np.minimum(windows[:, None, 2], boxes[None, :, 2]) - np.maximum(windows[:, None, 0], boxes[None, :, 0])
+    ih = np.minimum(windows[:, None, 3], boxes[None, :, 3]) - np.maximum(windows[:, None, 1], boxes[None, :, 1])
+    return np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
 
 
-def meets_constraint(window: np.ndarray, objects: np.ndarray, constraint: pb.SampleConstraint) -> bool:
-    """Whether ``window`` meets ``constraint`` against one of the ground-truth ``objects`` (always, without bounds).
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    return np.divide(part, whole, out=np.zeros_like(part), where=part > 0)
+
+
+def constraint_mask(windows: np.ndarray, objects: np.ndarray, constraint: pb.SampleConstraint) -> np.ndarray:
+    """Which ``windows`` meet ``constraint`` against one of the ground-truth ``objects`` (all, without bounds).
 
     Only the first kind of bound that is set decides (jaccard overlap, else the part of the window a box covers,
     else the part of a box the window covers), as in the fork: its search counts a box found once it passed the
     first kind, even when a later kind then fails. The SSD prototxts set one kind per sampler.
     """
-    for low, high, measure in (
-        ("min_jaccard_overlap", "max_jaccard_overlap", jaccard),
-        ("min_sample_coverage", "max_sample_coverage", covered_by),
-        ("min_object_coverage", "max_object_coverage", lambda w, b: coverage(b, w)),
+    for low, high in (
+        ("min_jaccard_overlap", "max_jaccard_overlap"),
+        ("min_sample_coverage", "max_sample_coverage"),
+        ("min_object_coverage", "max_object_coverage"),
     ):
-        if constraint.HasField(low) or constraint.HasField(high):
-            return any(_within(float(v), constraint, low, high) for v in measure(window, objects))
-    return True
+        if not (constraint.HasField(low) or constraint.HasField(high)):
+            continue
+        if low == "min_jaccard_overlap":
+            values = jaccard_matrix(windows, objects)
+        elif low == "min_sample_coverage":  # the part of the window a box covers
+            values = _share(_overlap_areas(windows, objects), box_areas(windows)[:, None])
+        else:  # the part of a box the window covers
+            values = _share(_overlap_areas(windows, objects), box_areas(objects)[None, :])
+        ok = np.ones(values.shape, dtype=bool)
+        if constraint.HasField(low):
+            ok &= values >= getattr(constraint, low)
+        if constraint.HasField(high):
+            ok &= values <= getattr(constraint, high)
+        return ok.any(axis=1)
+    return np.ones(len(windows), dtype=bool)
 
 
 def sample_windows(samplers: list[pb.BatchSampler], objects: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Every batch sampler's crops (of the whole image: ``use_original_image``) that meet its constraint:
-    up to ``max_trials`` draws each, at most ``max_sample`` kept when set."""
+    """Every batch sampler's crops (of the whole image: ``use_original_image``) that meet its constraint: of
+    ``max_trials`` draws, the first ``max_sample`` that do (all when unset). The draws are made at once and the
+    first that pass kept: the same distribution as the fork's one-at-a-time search, which stops there."""
     found: list[np.ndarray] = []
     for sampler in samplers:
-        if not sampler.use_original_image:
+        if not sampler.use_original_image or not sampler.max_trials:
             continue
-        kept = 0
-        for _ in range(sampler.max_trials):
-            if sampler.HasField("max_sample") and kept >= sampler.max_sample:
-                break
-            window = sample_window(sampler.sampler, rng)
-            if meets_constraint(window, objects, sampler.sample_constraint):
-                found.append(window)
-                kept += 1
+        windows = sample_candidates(sampler.sampler, int(sampler.max_trials), rng)
+        passed = np.flatnonzero(constraint_mask(windows, objects, sampler.sample_constraint))
+        if sampler.HasField("max_sample"):
+            passed = passed[: sampler.max_sample]
+        found += list(windows[passed])
     return found
 
 

@@ -180,9 +180,14 @@ def expand(
     big_h, big_w = int(h * ratio), int(w * ratio)
     check_blob((big_h, big_w, c), 1, f"expansion canvas ({ratio:.3g} x {h}x{w})")
     top, left = math.floor(rng.uniform(0, big_h - h)), math.floor(rng.uniform(0, big_w - w))
-    canvas = np.empty((big_h, big_w, c), dtype=np.uint8)
-    canvas[...] = fill
-    canvas[top : top + h, left : left + w] = image
+    if c <= 4:  # OpenCV pads with a scalar of up to 4 channels (vectorized: 10-20x the NumPy fill)
+        border = (top, big_h - h - top, left, big_w - w - left)
+        canvas = cv2.copyMakeBorder(image, *border, cv2.BORDER_CONSTANT, value=[float(v) for v in fill])
+        canvas = canvas.reshape(big_h, big_w, c)
+    else:
+        canvas = np.empty((big_h, big_w, c), dtype=np.uint8)
+        canvas[...] = fill
+        canvas[top : top + h, left : left + w] = image
     return canvas, np.array([-left / w, -top / h, (big_w - left) / w, (big_h - top) / h])
 
 
