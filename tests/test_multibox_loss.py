@@ -106,9 +106,45 @@ def test_bipartite_then_per_prediction_matching():
 
 
 # ---------------------------------------------------------------------------- reference
-def _reference(loc, conf, prior, label, classes, neg_pos_ratio=3.0, threshold=0.5, neg_overlap=0.5):
+def _ref_loc_loss(loc, i, p, g, boxes, var):
+    """Smooth L1 of prior ``p``'s prediction in image ``i`` against box ``g`` encoded CENTER_SIZE."""
+    k = len(boxes)
+    pw, ph = boxes[p][2] - boxes[p][0], boxes[p][3] - boxes[p][1]
+    pcx, pcy = (boxes[p][0] + boxes[p][2]) / 2, (boxes[p][1] + boxes[p][3]) / 2
+    gcx, gcy = (g[0] + g[2]) / 2, (g[1] + g[3]) / 2
+    target = [
+        (gcx - pcx) / pw / var[p][0],
+        (gcy - pcy) / ph / var[p][1],
+        math.log((g[2] - g[0]) / pw) / var[p][2],
+        math.log((g[3] - g[1]) / ph) / var[p][3],
+    ]
+    total = 0.0
+    for d in loc[i].reshape(k, 4)[p] - np.array(target, dtype=np.float64):
+        total += 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5
+    return total
+
+
+def _ref_nms(bxs, scores, threshold, top_k, size, iou):
+    """The fork's ApplyNMS, loop by loop: indices by descending score (stable), top_k, greedy."""
+    pending = sorted(range(len(scores)), key=lambda q: -scores[q])
+    if top_k > -1:
+        pending = pending[:top_k]
+    out = []
+    while pending:
+        best = pending.pop(0)
+        if size(bxs[best]) < 1e-5:
+            continue
+        out.append(best)
+        if top_k > -1 and len(out) >= top_k:
+            break
+        pending = [q for q in pending if not size(bxs[q]) < 1e-5 and not iou(bxs[best], bxs[q]) > threshold]
+    return out
+
+
+def _reference(loc, conf, prior, label, classes, neg_pos_ratio=3.0, threshold=0.5, neg_overlap=0.5, hard=0, nms=None):
     """The fork's SSD defaults (shared location, PER_PREDICTION, MAX_NEGATIVE, CENTER_SIZE, Smooth L1,
-    softmax, VALID), written loop by loop as its C++ does, in float32."""
+    softmax, VALID), written loop by loop as its C++ does, in float32; ``hard``: HARD_EXAMPLE mining with that
+    sample_size; ``nms``: (nms_threshold, top_k) of the mining's NMS on the priors (use_prior_for_nms)."""
     f = np.float32
     n, k = loc.shape[0], prior.shape[2] // 4
     boxes, var = prior[0, 0].reshape(k, 4).astype(f), prior[0, 1].reshape(k, 4).astype(f)
@@ -163,32 +199,38 @@ def _reference(loc, conf, prior, label, classes, neg_pos_ratio=3.0, threshold=0.
                 if pick != -1:
                     match[p], best[p] = pick, top
         positives = [p for p in range(k) if match[p] > -1]
-        matches_total += len(positives)
         negatives = []
         if gt:
             scores = conf[i].reshape(k, classes).astype(f)
-            bg_loss = []
-            for p in range(k):
-                if match[p] == -1 and best[p] < f(neg_overlap):
-                    s = scores[p]
-                    prob = f(np.exp(s[0] - s.max()) / np.exp(s - s.max()).sum())
-                    loss = f(-np.log(max(prob, f(1.1754944e-38))))
-                    bg_loss.append((loss, p))
-            keep = min(int(f(len(positives)) * f(neg_pos_ratio)), len(bg_loss))
-            negatives = sorted(p for _, p in sorted(bg_loss, key=lambda t: (-t[0], t[1]))[:keep])
+
+            def conf_loss(p, lab, scores=scores):
+                s = scores[p]
+                prob = f(np.exp(s[lab] - s.max()) / np.exp(s - s.max()).sum())
+                return f(-np.log(max(prob, f(1.1754944e-38))))
+
+            if hard:
+                cand = [
+                    (f(conf_loss(p, gt[match[p]][1]) + _ref_loc_loss(loc, i, p, gt[match[p]][0], boxes, var))
+                    if match[p] > -1
+                    else conf_loss(p, 0), p)
+                    for p in range(k)
+                ]  # fmt: skip
+                keep = min(hard, k)
+            else:
+                cand = [(conf_loss(p, 0), p) for p in range(k) if match[p] == -1 and best[p] < f(neg_overlap)]
+                keep = min(int(f(len(positives)) * f(neg_pos_ratio)), len(cand))
+            if nms:
+                order = _ref_nms([boxes[p] for _, p in cand], [v for v, _ in cand], *nms, size, iou)
+                selected = [cand[o][1] for o in order[:keep]]
+            else:
+                selected = [p for _, p in sorted(cand, key=lambda t: (-t[0], t[1]))[:keep]]
+            if hard:
+                positives = [p for p in positives if p in selected]
+            negatives = sorted(p for p in selected if match[p] == -1)
+        matches_total += len(positives)
         for p in positives:
             g, lab = gt[match[p]]
-            pw, ph = boxes[p][2] - boxes[p][0], boxes[p][3] - boxes[p][1]
-            pcx, pcy = (boxes[p][0] + boxes[p][2]) / 2, (boxes[p][1] + boxes[p][3]) / 2
-            gcx, gcy = (g[0] + g[2]) / 2, (g[1] + g[3]) / 2
-            target = [
-                (gcx - pcx) / pw / var[p][0],
-                (gcy - pcy) / ph / var[p][1],
-                math.log((g[2] - g[0]) / pw) / var[p][2],
-                math.log((g[3] - g[1]) / ph) / var[p][3],
-            ]
-            for d in loc[i].reshape(k, 4)[p] - np.array(target, dtype=np.float64):
-                loc_sum += 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5
+            loc_sum += _ref_loc_loss(loc, i, p, g, boxes, var)
             s = conf[i].reshape(k, classes)[p]
             conf_sum += math.log(np.exp(s - s.max()).sum()) + s.max() - s[lab]
         for p in negatives:
@@ -223,6 +265,33 @@ def test_random_batches_match_the_forks_algorithm_written_out(seed: int):
     net = _net(40, g, n=3, params="code_type: CENTER_SIZE overlap_threshold: 0.3", classes=4)
     expected = _reference(values["loc"], values["conf"], values["prior"], values["label"], 4, threshold=0.3)
     assert _run(net, **values) == pytest.approx(expected, rel=1e-5)
+
+
+_ON_PRIORS = "use_prior_for_nms: true"
+
+
+@pytest.mark.parametrize(
+    ("params", "hard", "nms"),
+    [
+        ("mining_type: HARD_EXAMPLE sample_size: 10", 10, None),
+        ("nms_param { nms_threshold: 0.3 top_k: 30 } use_prior_for_nms: true", 0, (0.3, 30)),
+        (
+            "mining_type: HARD_EXAMPLE sample_size: 12 nms_param { nms_threshold: 0.45 top_k: 25 } " + _ON_PRIORS,
+            12,
+            (0.45, 25),
+        ),
+    ],
+    ids=["hard-example", "max-negative-nms", "hard-example-nms"],
+)
+def test_other_minings_match_the_forks_algorithm_written_out(params: str, hard: int, nms):
+    for seed in (5, 6):
+        values = _random_case(np.random.default_rng(seed))
+        g = values["label"].shape[2]
+        net = _net(40, g, n=3, params=f"code_type: CENTER_SIZE overlap_threshold: 0.3 {params}", classes=4)
+        expected = _reference(
+            values["loc"], values["conf"], values["prior"], values["label"], 4, threshold=0.3, hard=hard, nms=nms
+        )
+        assert _run(net, **values) == pytest.approx(expected, rel=1e-5), seed
 
 
 def test_gradient_matches_finite_differences():
@@ -266,8 +335,8 @@ def test_refusals_are_clear():
         )
     with pytest.raises(caffe.ShapeError, match="needs 3 values per image"):
         layer_net(_layer(), {"loc": (1, 4), "conf": (1, 4), "prior": (1, 2, 4), "label": (1, 1, 1, 8)})
-    with pytest.raises(caffe.LayerError, match="HARD_EXAMPLE"):
-        _net(1, 1, params="mining_type: HARD_EXAMPLE")
+    with pytest.raises(caffe.LayerError, match="sample_size must be positive"):
+        _net(1, 1, params="mining_type: HARD_EXAMPLE sample_size: 0")
     net = _net(1, 1, classes=2)
     values = {"loc": np.zeros((1, 4)), "conf": np.zeros((1, 2)), "prior": _priors([[0, 0, 1, 1]])}
     with pytest.raises(caffe.LayerError, match=r"label bottom row 0 holds a non-finite value"):

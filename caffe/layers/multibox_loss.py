@@ -10,7 +10,9 @@ best remaining prior/box pair, ties to the lower prior then the lower box), then
 every other prior to its best box overlapping it by ``overlap_threshold`` or more. With MAX_NEGATIVE
 mining, the unmatched priors overlapping no box by ``neg_overlap`` are ranked by their background
 confidence loss and the worst ``neg_pos_ratio`` times the positives kept (ties to the lower prior; the
-fork's sort leaves them unspecified). The loss is ``loc_weight * Lloc / n + Lconf / n``: ``Lloc`` the
+fork's sort leaves them unspecified); with HARD_EXAMPLE, every prior is ranked by its confidence plus
+location loss, ``sample_size`` kept, and the positives not kept are dropped. ``nms_param`` (a threshold > 0)
+puts the ranking through the fork's NMS, on the priors (``use_prior_for_nms``) or the decoded predictions. The loss is ``loc_weight * Lloc / n + Lconf / n``: ``Lloc`` the
 Smooth L1 (or half squared L2) sum over the matched priors' encoded offsets, ``Lconf`` the softmax (or
 logistic) cross-entropy sum over the positives and the mined negatives (all priors without mining), ``n``
 the ``loss_param.normalization`` divisor (VALID: the number of matches; at least 1). A term whose bottom
@@ -24,6 +26,7 @@ through undivided; ``log(max(p, FLT_MIN))``), the gradient follows the fork.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -33,12 +36,23 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.data.bbox import jaccard_matrix
 from caffe.layer import register
-from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, decode_boxes
+from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, box_areas, decode_boxes
 from caffe.layers.loss import FLT_MIN, VALID, LossLayer, _straight_through
 from caffe.proto import caffe_pb2 as pb
 
 P = pb.MultiBoxLossParameter
 _F32 = np.float32
+log = logging.getLogger("caffe")
+
+
+def _rows(matches: list[dict[int, tuple[np.ndarray, np.ndarray]]]) -> list[tuple[int, int, int, int]]:
+    """(image, loc class key, prior, box) of every match, in the fork's order (image, class, prior)."""
+    return [
+        (i, c, int(j), int(m[j]))
+        for i, per_class in enumerate(matches)
+        for c, (m, _) in sorted(per_class.items())
+        for j in np.flatnonzero(m > -1)
+    ]
 
 
 def match_priors(
@@ -110,20 +124,46 @@ def encode_boxes(
     return out.astype(_F32)
 
 
-def background_losses(conf: np.ndarray, background: int, logistic: bool) -> np.ndarray:
-    """(N, P) confidence loss of calling each prior background, in float32 (the fork's ranking of negatives)."""
+def prior_conf_losses(conf: np.ndarray, labels: np.ndarray, logistic: bool) -> np.ndarray:
+    """(N, P) confidence loss of each prior against its label (N, P), in float32 as the fork's ComputeConfLoss
+    (softmax: ``-log(max(p, FLT_MIN))``; logistic: the cross-entropy summed over the classes)."""
     conf = conf.astype(_F32)
     if logistic:
-        target = np.zeros(conf.shape[-1], dtype=_F32)
-        if 0 <= background < conf.shape[-1]:
-            target[background] = 1
+        target = (np.arange(conf.shape[-1]) == labels[..., None]).astype(_F32)
         positive = (conf >= 0).astype(_F32)
         terms = conf * (target - positive) - np.log1p(np.exp(conf - 2 * conf * positive))
         return (-terms.sum(axis=-1)).astype(_F32)
     top = conf.max(axis=-1, keepdims=True)
     total = np.exp(conf - top).sum(axis=-1)
-    prob = np.exp(conf[..., background] - top[..., 0]) / total
+    prob = np.exp(np.take_along_axis(conf, labels[..., None], axis=-1)[..., 0] - top[..., 0]) / total
     return (-np.log(np.maximum(prob, _F32(FLT_MIN)))).astype(_F32)
+
+
+def loc_terms(d: torch.Tensor, loss_type: int) -> torch.Tensor:
+    """Each coordinate's location loss for the differences ``d``: Smooth L1, or half the square (L2)."""
+    if loss_type == P.L2:
+        return 0.5 * d * d
+    a = d.abs()
+    return torch.where(a < 1, 0.5 * d * d, a - 0.5)
+
+
+def nms_by_loss(boxes: np.ndarray, scores: np.ndarray, threshold: float, top_k: int) -> list[int]:
+    """The fork's ApplyNMS: indices by descending score (stable; the first ``top_k`` when > -1), each kept unless
+    it overlaps a kept one by more than ``threshold``; boxes under 1e-5 in area are dropped; at most ``top_k``."""
+    order = np.argsort(-scores, kind="stable")
+    alive = order[:top_k] if top_k > -1 else order
+    areas = box_areas(boxes)
+    keep: list[int] = []
+    while len(alive):
+        best, alive = int(alive[0]), alive[1:]
+        if areas[best] < 1e-5:
+            continue
+        keep.append(best)
+        if -1 < top_k <= len(keep):
+            break
+        overlap = jaccard_matrix(boxes[best][None], boxes[alive])[0]
+        alive = alive[(areas[alive] >= 1e-5) & ~(overlap > threshold)]
+    return keep
 
 
 @register("MultiBoxLoss")
@@ -147,10 +187,8 @@ class MultiBoxLossLayer(LossLayer):
                 p.do_neg_mining == (self.mining != P.NONE),
                 "do_neg_mining (deprecated) contradicts mining_type; set mining_type only",
             )
-        self.require(self.mining != P.HARD_EXAMPLE, "mining_type HARD_EXAMPLE is not supported (NONE or MAX_NEGATIVE)")
         self.require(
-            self.mining == P.NONE or not (p.HasField("nms_param") and p.nms_param.nms_threshold > 0),
-            "nms_param during negative mining is not supported",
+            self.mining != P.HARD_EXAMPLE or p.sample_size > 0, f"sample_size must be positive, got {p.sample_size}"
         )
         self.require(self.mining == P.NONE or p.share_location, "negative mining needs share_location: true")
         self.logistic = p.conf_loss_type == P.LOGISTIC
@@ -205,16 +243,11 @@ class MultiBoxLossLayer(LossLayer):
         prior = bottom[2].detach().reshape(-1)[: 2 * k * 4].to("cpu", torch.float32).numpy().reshape(2, k, 4)
         gts = self._ground_truth(bottom[3])
         loc_np = None
-        if not p.use_prior_for_matching or p.bp_inside:
+        if not p.use_prior_for_matching or p.bp_inside or self.mining == P.HARD_EXAMPLE or self._nms_on_predictions:
             loc_np = loc.detach().to("cpu", torch.float32).numpy()
         matches = [self._match(gts.get(i), prior, None if loc_np is None else loc_np[i]) for i in range(n)]
-        negatives = self._mine(conf, matches, gts)
-        rows = [
-            (i, c, j, m[j])
-            for i in range(n)
-            for c, (m, _) in sorted(matches[i].items())
-            for j in np.flatnonzero(m > -1)
-        ]
+        negatives = self._mine(conf, matches, gts, loc, prior, loc_np)
+        rows = _rows(matches)
         num_matches = len(rows)
         # Caffe's normalizer with the matches as the valid count
         normalizer = (
@@ -286,34 +319,104 @@ class MultiBoxLossLayer(LossLayer):
             out[label] = (np.where(match > -1, index[np.maximum(match, 0)], match), best)
         return out
 
+    @property
+    def _nms_threshold(self) -> float:
+        p = self.layer_param.multibox_loss_param
+        return float(p.nms_param.nms_threshold) if p.HasField("nms_param") else 0.0
+
+    @property
+    def _nms_on_predictions(self) -> bool:
+        """Whether mining's NMS runs on the decoded predictions (it reads the location values)."""
+        p = self.layer_param.multibox_loss_param
+        return self.mining != P.NONE and self._nms_threshold > 0 and not p.use_prior_for_nms
+
     def _mine(
-        self, conf: torch.Tensor, matches: list[dict[int, tuple[np.ndarray, np.ndarray]]], gts: dict[int, np.ndarray]
+        self,
+        conf: torch.Tensor,
+        matches: list[dict[int, tuple[np.ndarray, np.ndarray]]],
+        gts: dict[int, np.ndarray],
+        loc: torch.Tensor,
+        prior: np.ndarray,
+        loc_np: np.ndarray | None,
     ) -> list[np.ndarray]:
-        """Each image's mined negative priors, ascending (MAX_NEGATIVE); empty lists without mining."""
+        """The fork's MineHardExamples: each image's mined negative priors, ascending (none without mining).
+
+        MAX_NEGATIVE ranks the unmatched priors overlapping no box by ``neg_overlap`` by their confidence loss and
+        keeps ``neg_pos_ratio`` times the positives; HARD_EXAMPLE ranks every prior by its confidence plus location
+        loss, keeps ``sample_size``, and unmatches the positives it did not keep (``matches`` changes). With
+        ``nms_param.nms_threshold`` > 0 the ranking goes through the fork's NMS (on the priors with
+        ``use_prior_for_nms``, else on the decoded predictions), ``top_k`` of it included.
+        """
         if self.mining == P.NONE:
             return [np.zeros(0, dtype=np.int64) for _ in matches]
         p = self.layer_param.multibox_loss_param
-        losses = background_losses(conf.detach().to("cpu", torch.float32).numpy(), self.background, self.logistic)
+        n, k = len(matches), self.priors
+        labels = np.full((n, k), self.background, dtype=np.int64)
+        rows = _rows(matches)
+        for i, _, j, box in rows:
+            labels[i, j] = int(gts[i][box, 4])
+        losses = prior_conf_losses(conf.detach().to("cpu", torch.float32).numpy(), labels, self.logistic)
+        if self.mining == P.HARD_EXAMPLE and rows:  # plus each matched prior's location loss
+            pred, target = self._loc_pairs(loc, rows, gts, prior, loc_np)
+            per_row = loc_terms(pred.detach() - target, p.loc_loss_type).sum(dim=1)
+            where = np.array([(r[0], r[2]) for r in rows])
+            losses[where[:, 0], where[:, 1]] += per_row.to("cpu", torch.float32).numpy()
         out = []
         for i, per_class in enumerate(matches):
             chosen: set[int] = set()
-            for match, best in per_class.values():
-                eligible = np.flatnonzero((match == -1) & (best < _F32(p.neg_overlap)))
-                wanted = min(int(np.float32(int((match > -1).sum())) * np.float32(p.neg_pos_ratio)), len(eligible))
-                order = np.argsort(-losses[i, eligible], kind="stable")[:wanted]
-                chosen.update(int(j) for j in eligible[order])
+            for c, (match, best) in sorted(per_class.items()):
+                if self.mining == P.MAX_NEGATIVE:
+                    eligible = np.flatnonzero((match == -1) & (best < _F32(p.neg_overlap)))
+                    wanted = min(int(np.float32(int((match > -1).sum())) * np.float32(p.neg_pos_ratio)), len(eligible))
+                else:
+                    eligible, wanted = np.arange(k), min(int(p.sample_size), k)
+                picked = self._pick(losses[i, eligible], eligible, wanted, prior, loc_np, i, c)
+                negative = picked[match[picked] == -1]  # unmatched before: a matched prior dropped is not one
+                if self.mining == P.HARD_EXAMPLE:  # the positives not picked are no longer matched
+                    kept = np.zeros(k, dtype=bool)
+                    kept[picked] = True
+                    match[(match > -1) & ~kept] = -1
+                chosen.update(int(j) for j in negative)
             out.append(np.array(sorted(chosen), dtype=np.int64))
         return out
 
-    def _loc_loss(
+    def _pick(
+        self,
+        losses: np.ndarray,
+        eligible: np.ndarray,
+        wanted: int,
+        prior: np.ndarray,
+        loc_np: np.ndarray | None,
+        image: int,
+        loc_class: int,
+    ) -> np.ndarray:
+        """The ``wanted`` eligible priors of highest loss (stable on ties), through NMS when it is set."""
+        p = self.layer_param.multibox_loss_param
+        if self._nms_threshold <= 0:
+            return eligible[np.argsort(-losses, kind="stable")[:wanted]]
+        if p.use_prior_for_nms:
+            boxes = prior[0][eligible]
+        else:
+            assert loc_np is not None
+            own = loc_np[image, eligible, max(loc_class, 0)]
+            boxes = decode_boxes(
+                own[None], prior[0][eligible], prior[1][eligible], p.code_type, p.encode_variance_in_target
+            )[0]
+        kept = nms_by_loss(boxes.astype(_F32), losses, self._nms_threshold, int(p.nms_param.top_k))
+        if len(kept) < wanted:
+            log.info("not enough sample after nms: %d", len(kept))
+        return eligible[np.array(kept[:wanted], dtype=np.int64)]
+
+    def _loc_pairs(
         self,
         loc: torch.Tensor,
         rows: list[tuple[int, int, int, int]],
         gts: dict[int, np.ndarray],
         prior: np.ndarray,
         loc_np: np.ndarray | None,
-    ) -> torch.Tensor:
-        """Smooth L1 (or half squared L2) sum of the matched priors' predictions against their encoded boxes."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matched priors' predictions (M, 4; with their gradient) and encoded boxes, as the fork's
+        EncodeLocPrediction pairs them (bp_inside, encode_variance_in_target)."""
         p = self.layer_param.multibox_loss_param
         image = torch.tensor([r[0] for r in rows], dtype=torch.long, device=loc.device)
         cls = torch.tensor([max(r[1], 0) for r in rows], dtype=torch.long, device=loc.device)
@@ -340,11 +443,19 @@ class MultiBoxLossLayer(LossLayer):
             var = torch.from_numpy(prior[1][j]).to(device=loc.device, dtype=loc.dtype)
             pred = _straight_through(pred, pred / var)
             target = target / var
-        d = pred - target
-        if p.loc_loss_type == P.L2:
-            return 0.5 * (d * d).sum()
-        a = d.abs()
-        return torch.where(a < 1, 0.5 * d * d, a - 0.5).sum()
+        return pred, target
+
+    def _loc_loss(
+        self,
+        loc: torch.Tensor,
+        rows: list[tuple[int, int, int, int]],
+        gts: dict[int, np.ndarray],
+        prior: np.ndarray,
+        loc_np: np.ndarray | None,
+    ) -> torch.Tensor:
+        """Smooth L1 (or half squared L2) sum of the matched priors' predictions against their encoded boxes."""
+        pred, target = self._loc_pairs(loc, rows, gts, prior, loc_np)
+        return loc_terms(pred - target, self.layer_param.multibox_loss_param.loc_loss_type).sum()
 
     def _check_sizes(self, gt: np.ndarray, priors: np.ndarray, rows: list[tuple[int, int, int, int]]) -> None:
         """The fork aborts on a degenerate box it must encode: say which one instead."""
