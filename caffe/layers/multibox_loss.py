@@ -12,8 +12,8 @@ mining, the unmatched priors overlapping no box by ``neg_overlap`` are ranked by
 confidence loss and the worst ``neg_pos_ratio`` times the positives kept (ties to the lower prior; the
 fork's sort leaves them unspecified); with HARD_EXAMPLE, every prior is ranked by its confidence plus
 location loss, ``sample_size`` kept, and the positives not kept are dropped. ``nms_param`` (a threshold > 0)
-puts the ranking through the fork's NMS, on the priors (``use_prior_for_nms``) or the decoded predictions. The loss is ``loc_weight * Lloc / n + Lconf / n``: ``Lloc`` the
-Smooth L1 (or half squared L2) sum over the matched priors' encoded offsets, ``Lconf`` the softmax (or
+puts the ranking through the fork's NMS, on the priors (``use_prior_for_nms``) or the decoded predictions.
+The loss is ``loc_weight * Lloc / n + Lconf / n``: ``Lloc`` the Smooth L1 (or half squared L2) sum over the matched priors' encoded offsets, ``Lconf`` the softmax (or
 logistic) cross-entropy sum over the positives and the mined negatives (all priors without mining), ``n``
 the ``loss_param.normalization`` divisor (VALID: the number of matches; at least 1). A term whose bottom
 has ``propagate_down: false`` is left out, as in the fork.
@@ -255,7 +255,8 @@ class MultiBoxLossLayer(LossLayer):
         )
         total = loc.new_zeros(())
         if self.use_loc:
-            total = total + float(p.loc_weight) * self._loc_loss(loc, rows, gts, prior, loc_np) / normalizer
+            pred, target = self._loc_pairs(loc, rows, gts, prior, loc_np)
+            total = total + float(p.loc_weight) * loc_terms(pred - target, p.loc_loss_type).sum() / normalizer
         if self.use_conf:
             total = total + self._conf_loss(conf, rows, negatives, gts) / normalizer
         return [total]
@@ -444,18 +445,6 @@ class MultiBoxLossLayer(LossLayer):
             pred = _straight_through(pred, pred / var)
             target = target / var
         return pred, target
-
-    def _loc_loss(
-        self,
-        loc: torch.Tensor,
-        rows: list[tuple[int, int, int, int]],
-        gts: dict[int, np.ndarray],
-        prior: np.ndarray,
-        loc_np: np.ndarray | None,
-    ) -> torch.Tensor:
-        """Smooth L1 (or half squared L2) sum of the matched priors' predictions against their encoded boxes."""
-        pred, target = self._loc_pairs(loc, rows, gts, prior, loc_np)
-        return loc_terms(pred - target, self.layer_param.multibox_loss_param.loc_loss_type).sum()
 
     def _check_sizes(self, gt: np.ndarray, priors: np.ndarray, rows: list[tuple[int, int, int, int]]) -> None:
         """The fork aborts on a degenerate box it must encode: say which one instead."""
