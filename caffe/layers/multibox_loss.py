@@ -13,10 +13,10 @@ confidence loss and the worst ``neg_pos_ratio`` times the positives kept (ties t
 fork's sort leaves them unspecified); with HARD_EXAMPLE, every prior is ranked by its confidence plus
 location loss, ``sample_size`` kept, and the positives not kept are dropped. ``nms_param`` (a threshold > 0)
 puts the ranking through the fork's NMS, on the priors (``use_prior_for_nms``) or the decoded predictions.
-The loss is ``loc_weight * Lloc / n + Lconf / n``: ``Lloc`` the Smooth L1 (or half squared L2) sum over the matched priors' encoded offsets, ``Lconf`` the softmax (or
-logistic) cross-entropy sum over the positives and the mined negatives (all priors without mining), ``n``
-the ``loss_param.normalization`` divisor (VALID: the number of matches; at least 1). A term whose bottom
-has ``propagate_down: false`` is left out, as in the fork.
+The loss is ``loc_weight * Lloc / n + Lconf / n``: ``Lloc`` the Smooth L1 (or half squared L2) sum over the
+matched priors' encoded offsets, ``Lconf`` the softmax (or logistic) cross-entropy sum over the positives and
+the mined negatives (all priors without mining), ``n`` the ``loss_param.normalization`` divisor (VALID: the
+number of matches; at least 1). A term whose bottom has ``propagate_down: false`` is left out, as in the fork.
 
 The matching and mining are selections made on the CPU from the values (no gradient); the loss is then
 ordinary tensor code, whose gradient is the fork's backward. Where the fork's backward ignores its
