@@ -677,10 +677,10 @@ def _annotated_datum(work: Path):
     return seeds, run
 
 
-@target("voc_xml", weight=50, batch=300)
-def _voc_xml(work: Path):
-    """A Pascal VOC annotation file as create_annoset reads it."""
-    from caffe.data.annotation import read_voc_xml
+@target("annotation_file", weight=100, batch=300)
+def _annotation_file(work: Path):
+    """create_annoset's annotation readers: a Pascal VOC XML file and the fork's per-image JSON (COCO boxes)."""
+    from caffe.data.annotation import read_json_boxes, read_voc_xml
 
     xml = (
         b"<annotation><filename>a.jpg</filename><size><width>640</width><height>480</height><depth>3</depth>"
@@ -688,11 +688,20 @@ def _voc_xml(work: Path):
         b"<xmax>300</xmax><ymax>400</ymax></bndbox></object><object><name>cat</name><difficult>1</difficult>"
         b"<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>3</xmax><ymax>4</ymax></bndbox></object></annotation>\n"
     )
+    doc = (
+        b'{"image": {"file_name": "a.jpg", "height": 480, "width": 640}, "annotation": ['
+        b'{"category_id": "cat", "bbox": [10, 20, 300, 400], "iscrowd": 0}, '
+        b'{"category_id": "face", "bbox": [1.5, 2, 3, 4], "iscrowd": 1}]}\n'
+    )
+    names = {"face": 1, "cat": 2}
 
     def run(data: bytes, seed: Seed) -> None:
-        read_voc_xml(_scratch(work, "in.xml", data), {"face": 1, "cat": 2})
+        if seed.kind == "json":
+            read_json_boxes(_scratch(work, "in.json", data), names, (480, 640))
+        else:
+            read_voc_xml(_scratch(work, "in.xml", data), names)
 
-    return [Seed("voc.xml", xml, "text")], run
+    return [Seed("voc.xml", xml, "text"), Seed("coco.json", doc, "json")], run
 
 
 @target("hdf5_weights", weight=40, batch=100)

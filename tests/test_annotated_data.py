@@ -487,3 +487,62 @@ def test_a_sampler_keeps_the_first_max_sample_crops_that_pass():
     passing = [w for w in drawn if bbox.jaccard_matrix(w[None], objects)[0, 0] >= 0.5]
     assert len(passing) > 3 and np.array_equal(np.array(kept), np.array(passing[:3]))
     assert all(0 <= v <= 1 for w in drawn for v in w)
+
+
+@pytest.mark.parametrize("label_type", ["json", "txt"])
+def test_create_annoset_reads_the_forks_json_and_txt_labels(tmp_path: Path, label_type: str):
+    """The fork's other annotation formats, boxes normalized by hand: its per-image JSON (COCO's x, y, width,
+    height; category names through the label map; iscrowd as difficult) and plain ``label x0 y0 x1 y1`` text.
+    An image listed with an annotation file that does not exist is stored without boxes (a background image)."""
+    import json
+
+    from caffe.data.db import open_db
+    from caffe.tools.cli import main
+
+    (tmp_path / "labelmap.prototxt").write_text('item { name: "none" label: 0 } item { name: "cat" label: 3 }')
+    cv2.imwrite(str(tmp_path / "a.png"), gradient(40, 80))  # height 40, width 80
+    cv2.imwrite(str(tmp_path / "b.png"), gradient(20, 20))
+    if label_type == "json":
+        doc = {
+            "image": {"height": 40, "width": 80},
+            "annotation": [
+                {"category_id": "cat", "bbox": [8, 4, 32, 16], "iscrowd": 0},
+                {"category_id": "cat", "bbox": [40, 0, 40, 40], "iscrowd": 1},
+            ],
+        }
+        (tmp_path / "a.json").write_text(json.dumps(doc))
+    else:
+        (tmp_path / "a.txt").write_text("3 8 4 40 20\n3 40 0 80 40\n")
+    (tmp_path / "list.txt").write_text(f"a.png a.{label_type}\nb.png b.{label_type}\n")
+    args = ["--label_type", label_type, "--encoded", f"{tmp_path}/", str(tmp_path / "list.txt"), str(tmp_path / "db")]
+    if label_type == "json":
+        args = ["--label_map_file", str(tmp_path / "labelmap.prototxt"), *args]
+    assert main(["create_annoset", *args]) == 0
+    with open_db(tmp_path / "db", "lmdb", "read") as db, db.cursor() as cursor:
+        records = [pb.AnnotatedDatum.FromString(value) for _, value in cursor]
+    (group,) = records[0].annotation_group
+    boxes = [
+        (a.instance_id, a.bbox.xmin, a.bbox.ymin, a.bbox.xmax, a.bbox.ymax, a.bbox.difficult) for a in group.annotation
+    ]
+    crowd = label_type == "json"
+    assert group.group_label == 3
+    assert boxes == [
+        (0, pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.5), pytest.approx(0.5), False),
+        (1, pytest.approx(0.5), 0.0, 1.0, 1.0, crowd),
+    ]
+    assert len(records) == 2 and not records[1].annotation_group and records[1].type == pb.AnnotatedDatum.BBOX
+
+
+def test_annotation_readers_refuse_non_finite_and_deep_input(tmp_path: Path):
+    """Found by the fuzz targets voc_xml and annotation_json: an infinite or NaN size, and JSON nested past
+    Python's recursion limit, are DataErrors naming the file (were OverflowError, ValueError, RecursionError)."""
+    from caffe.data.annotation import read_json_boxes, read_voc_xml
+
+    for size in ("inf", "nan"):
+        (tmp_path / "a.xml").write_text(VOC.format(w=size, h=10, objects=""))
+        with pytest.raises(caffe.DataError, match=r"a\.xml: <size/width> is .*not a finite number"):
+            read_voc_xml(tmp_path / "a.xml", {})
+    for text in ('{"image": {"height": 1e999, "width": 5}, "annotation": []}', "[" * 100_000 + "]" * 100_000):
+        (tmp_path / "a.json").write_text(text)
+        with pytest.raises(caffe.DataError, match=r"a\.json: not a valid JSON annotation file"):
+            read_json_boxes(tmp_path / "a.json", {}, (10, 10))

@@ -5,11 +5,18 @@
 * :func:`read_label_map` / :func:`label_map_names`: the fork's ``labelmap.prototxt`` (``item { name label
   display_name }``) and its name -> label dictionary;
 * :func:`read_voc_xml`: a Pascal VOC annotation file's boxes, normalized by the ``size`` it records (pixel
-  corners divided by width and height, as the fork does; ``difficult`` read wherever it stands in an object).
+  corners divided by width and height, as the fork does; ``difficult`` read wherever it stands in an object);
+* :func:`read_json_boxes`: the fork's per-image JSON (its COCO scripts write them): ``image`` {``height``,
+  ``width``} (else the image's own size), ``annotation`` [{``category_id`` (a label map name), ``bbox`` [x, y,
+  width, height] in pixels, ``iscrowd`` (stored as difficult)}];
+* :func:`read_txt_boxes`: plain text lines ``label xmin ymin xmax ymax`` (label numbers, pixel corners), normalized
+  by the image's own size.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -122,10 +129,58 @@ def _voc_box(obj: ET.Element, names: dict[str, int], width: int, height: int, pa
 def _number(node: ET.Element, tag: str, path: object) -> float:
     text = node.findtext(tag)
     try:
-        return float(text or "")
+        value = float(text or "")
     except ValueError:
-        raise DataError(f"{path}: <{tag}> is {text!r}, not a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"{path}: <{tag}> is {text!r}, not a finite number")
+    return value
 
 
 def _int(node: ET.Element, tag: str, path: object) -> int:
     return int(_number(node, tag, path))
+
+
+def read_json_boxes(path: str | os.PathLike, names: dict[str, int], image_size: tuple[int, int]) -> list[Box]:
+    """The fork's per-image JSON annotation (see the module docstring); ``image_size``: the image's (height,
+    width), used when the file records none. DataError naming the file for anything malformed."""
+    try:
+        doc = json.loads(read_file(path, "annotation file"))
+        image = doc.get("image") or {}
+        height, width = int(image.get("height", image_size[0])), int(image.get("width", image_size[1]))
+        objects = doc["annotation"]
+        if height <= 0 or width <= 0:
+            raise ValueError(f"no valid image width/height ({width} x {height})")
+        boxes = []
+        for obj in objects:
+            name = str(obj["category_id"])
+            if name not in names:
+                raise ValueError(f"unknown category_id {name!r} (not in the label map)")
+            x, y, w, h = (float(v) for v in obj["bbox"])
+            corners = (x / width, y / height, (x + w) / width, (y + h) / height)
+            if not all(map(math.isfinite, corners)):
+                raise ValueError(f"bbox {obj['bbox']} is not finite")
+            boxes.append(Box(names[name], *corners, bool(int(obj.get("iscrowd", 0)))))
+        return boxes
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as e:  # JSON: ValueError
+        detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        raise DataError(f"{path}: not a valid JSON annotation file ({detail})") from None
+
+
+def read_txt_boxes(path: str | os.PathLike, image_size: tuple[int, int]) -> list[Box]:
+    """Plain text boxes ``label xmin ymin xmax ymax`` (whitespace separated, pixel corners), normalized by the
+    image's (height, width) ``image_size``; reading stops at the first incomplete or non-numeric entry, as the
+    fork's stream does."""
+    height, width = image_size
+    words = read_file(path, "annotation file").decode("utf-8", "replace").split()
+    boxes = []
+    for k in range(0, len(words) - 4, 5):
+        try:
+            label, corners = int(words[k]), [float(v) for v in words[k + 1 : k + 5]]
+        except ValueError:
+            break
+        if not all(map(math.isfinite, corners)):
+            raise DataError(f"{path}: box {words[k : k + 5]} is not finite")
+        x0, y0, x1, y1 = corners
+        boxes.append(Box(label, x0 / width, y0 / height, x1 / width, y1 / height))
+    return boxes
