@@ -475,10 +475,12 @@ class MultiBoxLossLayer(LossLayer):
                 target[r[0], r[2]], positive[r[0], r[2]] = label, True
             scores, target, positive = conf.reshape(n * k, c), target.reshape(-1), positive.reshape(-1)
         else:  # per image: its positives (in prior order), then its negatives
+            positives: list[list[tuple[int, int, int, bool]]] = [[] for _ in range(n)]
+            for r, label in zip(rows, labels, strict=True):  # rows come image by image
+                positives[r[0]].append((r[0], r[2], label, True))
             picked: list[tuple[int, int, int, bool]] = []
             for i in range(n):
-                picked += [(i, r[2], label, True) for r, label in zip(rows, labels, strict=True) if r[0] == i]
-                picked += [(i, int(j), self.background, False) for j in negatives[i]]
+                picked += positives[i] + [(i, int(j), self.background, False) for j in negatives[i]]
             image = torch.tensor([q[0] for q in picked], dtype=torch.long, device=conf.device)
             where = torch.tensor([q[1] for q in picked], dtype=torch.long, device=conf.device)
             scores = conf[image, where]  # (K, C); empty when nothing was picked (zero gradient)
