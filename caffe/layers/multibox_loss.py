@@ -124,19 +124,18 @@ def encode_boxes(
     return out.astype(_F32)
 
 
-def prior_conf_losses(conf: np.ndarray, labels: np.ndarray, logistic: bool) -> np.ndarray:
-    """(N, P) confidence loss of each prior against its label (N, P), in float32 as the fork's ComputeConfLoss
-    (softmax: ``-log(max(p, FLT_MIN))``; logistic: the cross-entropy summed over the classes)."""
-    conf = conf.astype(_F32)
+def prior_conf_losses(conf: torch.Tensor, labels: np.ndarray, logistic: bool) -> np.ndarray:
+    """(N, P) float32 confidence loss of each prior (conf (N, P, C), computed where it lies, in float32) against its
+    label (N, P), as the fork's ComputeConfLoss: softmax ``-log(max(p, FLT_MIN))``; logistic the cross-entropy summed
+    over the classes. Only this (N, P) table leaves the device."""
+    x = conf.detach().float()
+    index = torch.from_numpy(labels).to(x.device)
     if logistic:
-        target = (np.arange(conf.shape[-1]) == labels[..., None]).astype(_F32)
-        positive = (conf >= 0).astype(_F32)
-        terms = conf * (target - positive) - np.log1p(np.exp(conf - 2 * conf * positive))
-        return (-terms.sum(axis=-1)).astype(_F32)
-    top = conf.max(axis=-1, keepdims=True)
-    total = np.exp(conf - top).sum(axis=-1)
-    prob = np.exp(np.take_along_axis(conf, labels[..., None], axis=-1)[..., 0] - top[..., 0]) / total
-    return (-np.log(np.maximum(prob, _F32(FLT_MIN)))).astype(_F32)
+        target = torch.nn.functional.one_hot(index, x.shape[-1]).to(x.dtype)
+        losses = F.binary_cross_entropy_with_logits(x, target, reduction="none").sum(dim=-1)
+    else:
+        losses = -torch.log_softmax(x, dim=-1).gather(-1, index[..., None])[..., 0].clamp(min=math.log(FLT_MIN))
+    return losses.to("cpu").numpy()
 
 
 def loc_terms(d: torch.Tensor, loss_type: int) -> torch.Tensor:
@@ -356,7 +355,7 @@ class MultiBoxLossLayer(LossLayer):
         rows = _rows(matches)
         for i, _, j, box in rows:
             labels[i, j] = int(gts[i][box, 4])
-        losses = prior_conf_losses(conf.detach().to("cpu", torch.float32).numpy(), labels, self.logistic)
+        losses = prior_conf_losses(conf, labels, self.logistic)
         if self.mining == P.HARD_EXAMPLE and rows:  # plus each matched prior's location loss
             pred, target = self._loc_pairs(loc, rows, gts, prior, loc_np)
             per_row = loc_terms(pred.detach() - target, p.loc_loss_type).sum(dim=1)
