@@ -144,7 +144,7 @@ def capture_obstacle(net: Net) -> str | None:
         return "the net has no layer after its data layers"
     for layer in net.host_layers[start:]:
         if not layer.traceable:  # e.g. MultiBoxLoss, whose label blob also changes shape from batch to batch
-            return f"layer '{layer.name}' ({layer.type}) computes from its values on the CPU"
+            return f"layer '{layer.name}' ({layer.type}) cannot be traced (it decides on values or keeps state)"
     return None
 
 

@@ -463,7 +463,7 @@ def test(argv: list[str]) -> int:
         for score in total:
             mean = np.float32(score) / np.float32(args.iterations)
             extra = f" (* {_f32(weight)} = {_f32(weight * mean)} loss)" if weight else ""
-            log.info("%s = %s", name, _f32(mean) + extra)
+            log.info("%s = %s%s", name, _f32(mean), extra)
     for k, name in enumerate(detection):  # the SSD fork's evaluation rows: their mean average precision
         mean_ap, _ = tally.precisions(k, args.ap_version)
         log.info("%s = %s (mean AP, %s)", name, _f32(mean_ap), args.ap_version)
