@@ -29,7 +29,6 @@ from caffe import common, parallel
 from caffe import snapshot as snapshots
 from caffe.blob import Blob
 from caffe.errors import SolverError
-from caffe.layers.detection_evaluate import AP_VERSIONS, DetectionTally
 from caffe.limits import check_path
 from caffe.net import Net
 from caffe.precision import LossScaler, check_precision
@@ -43,6 +42,7 @@ from caffe.train_step import (
     resolve_engine,
     train_engine,
 )
+from caffe.util.detection_ap import AP_VERSIONS, DetectionTally
 
 log = logging.getLogger("caffe")
 

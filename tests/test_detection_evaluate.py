@@ -13,10 +13,11 @@ from gradcheck import layer_net, set_inputs
 
 import caffe
 from caffe.errors import LayerError, ShapeError, SolverError
-from caffe.layers.detection_evaluate import average_precision, pixel_jaccard, to_pixels
+from caffe.layers.detection_evaluate import pixel_jaccard, to_pixels
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_solver_param
 from caffe.solver import Plateau, learning_rate_at, plateau_step
+from caffe.util.detection_ap import average_precision
 
 A = [0.1, 0.1, 0.5, 0.5]  # class 1
 B = [0.6, 0.6, 0.9, 0.9]  # class 1, difficult

@@ -4,6 +4,8 @@ Boxes are rows ``(xmin, ymin, xmax, ymax)`` of fractions of the image's width an
 table (:data:`ROW`) adds the class, the instance id and the difficult flag around them. A box is empty
 when its width or height is negative (area 0); stored ``size`` fields are not read, areas are recomputed.
 
+* :func:`box_areas`, :func:`overlaps`, :func:`jaccard_matrix`: areas and intersection over union (the fork's
+  BBoxSize and JaccardOverlap), for these layers, MultiBoxLoss's matching and DetectionOutput's NMS.
 * :func:`project`: boxes seen from inside a window (a crop, or the canvas of an expansion), clipped to
   it; boxes that do not overlap it, or are left with no area, are dropped.
 * :func:`emit_mask`: which boxes an :class:`EmitConstraint` lets through a window (centre inside it, or
@@ -18,7 +20,6 @@ import math
 
 import numpy as np
 
-from caffe.layers.detection import box_areas, overlaps
 from caffe.proto import caffe_pb2 as pb
 
 #: Columns of an annotation table: one box a row.
@@ -27,6 +28,23 @@ ROW = 7
 COORDS = slice(XMIN, YMAX + 1)
 
 UNIT = np.array([0.0, 0.0, 1.0, 1.0])
+
+
+def box_areas(boxes: np.ndarray) -> np.ndarray:
+    """Width * height, 0 for an inverted box (the fork's BBoxSize of normalized boxes)."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return np.where((w < 0) | (h < 0), 0.0, w * h)
+
+
+def overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection over union of one box with each of ``boxes``; 0 where they do not overlap.
+
+    Boxes are columns ``(xmin, ymin, xmax, ymax, area, ...)``: ``box`` (R,), ``boxes`` (R, K).
+    """
+    iw = np.minimum(boxes[2], box[2]) - np.maximum(boxes[0], box[0])
+    ih = np.minimum(boxes[3], box[3]) - np.maximum(boxes[1], box[1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    return inter / np.where(inter > 0, box[4] + boxes[4] - inter, 1.0)
 
 
 def empty_table() -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from caffe.blob import Shape
+from caffe.data.bbox import box_areas, overlaps
 from caffe.layer import Layer, register
 from caffe.proto import caffe_pb2 as pb
 
@@ -255,23 +256,6 @@ def decode_boxes(
     half_w = np.exp(var[:, 2] * loc[..., 2]) * pw[:, 0] / 2
     half_h = np.exp(var[:, 3] * loc[..., 3]) * ph[:, 0] / 2
     return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
-
-
-def box_areas(boxes: np.ndarray) -> np.ndarray:
-    """Width * height, 0 for an inverted box (the fork's BBoxSize of normalized boxes)."""
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return np.where((w < 0) | (h < 0), 0.0, w * h)
-
-
-def overlaps(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Intersection over union of one box with each of ``boxes``; 0 where they do not overlap.
-
-    Boxes are columns ``(xmin, ymin, xmax, ymax, area, ...)``: ``box`` (R,), ``boxes`` (R, K).
-    """
-    iw = np.minimum(boxes[2], box[2]) - np.maximum(boxes[0], box[0])
-    ih = np.minimum(boxes[3], box[3]) - np.maximum(boxes[1], box[1])
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    return inter / np.where(inter > 0, box[4] + boxes[4] - inter, 1.0)
 
 
 # Candidates left at which NMS computes all their pairwise overlaps at once rather than a row per kept

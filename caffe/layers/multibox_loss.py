@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from caffe.blob import Shape
-from caffe.data.bbox import jaccard_matrix
+from caffe.data.bbox import box_areas, jaccard_matrix
 from caffe.layer import register
-from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, box_areas, decode_boxes
+from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, decode_boxes
 from caffe.layers.loss import FLT_MIN, VALID, LossLayer, _straight_through
 from caffe.proto import caffe_pb2 as pb
 

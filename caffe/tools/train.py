@@ -40,12 +40,12 @@ import torch
 
 from caffe import common, parallel
 from caffe.errors import CaffeError, DeviceError, SolverError
-from caffe.layers.detection_evaluate import AP_VERSIONS, DetectionTally
 from caffe.precision import PRECISIONS
 from caffe.proto import caffe_pb2 as pb
 from caffe.tools.flags import ToolParser, UsageError, gflags_int
 from caffe.tools.registry import command, run_command
 from caffe.train_step import TRAIN_ENGINES
+from caffe.util.detection_ap import AP_VERSIONS, DetectionTally
 
 log = logging.getLogger("caffe")
 
