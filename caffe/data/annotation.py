@@ -10,7 +10,9 @@
   ``width``} (else the image's own size), ``annotation`` [{``category_id`` (a label map name), ``bbox`` [x, y,
   width, height] in pixels, ``iscrowd`` (stored as difficult)}];
 * :func:`read_txt_boxes`: plain text lines ``label xmin ymin xmax ymax`` (label numbers, pixel corners), normalized
-  by the image's own size.
+  by the image's own size;
+* :func:`read_voc_objects`, :func:`read_json_objects`, :func:`read_kitti_objects`: a VOC, JSON or DIGITS KITTI label
+  file's objects by class *name*, corners in pixels (:class:`NamedBox`), for callers that map names themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,23 @@ class Box:
     xmax: float
     ymax: float
     difficult: bool = False
+
+
+@dataclass(frozen=True)
+class NamedBox:
+    """One object as an annotation file names it: its class name and corners in pixels."""
+
+    name: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    difficult: bool = False
+
+    def normalized(self, label: int, width: float, height: float) -> Box:
+        """The object as a :class:`Box` of class ``label``, corners divided by ``width`` and ``height``."""
+        x0, y0, x1, y1 = self.xmin / width, self.ymin / height, self.xmax / width, self.ymax / height
+        return Box(label, x0, y0, x1, y1, self.difficult)
 
 
 def annotated_datum(
@@ -107,23 +126,33 @@ def read_voc_xml(path: str | os.PathLike, names: dict[str, int]) -> tuple[list[B
 
     DataError naming the file for a file that does not parse, a missing or zero size, an unknown class name.
     """
+    objects, width, height = read_voc_objects(path, known=names)
+    return [obj.normalized(names[obj.name], width, height) for obj in objects], width, height
+
+
+def read_voc_objects(
+    path: str | os.PathLike, max_bytes: int | None = None, known: Container[str] | None = None
+) -> tuple[list[NamedBox], int, int]:
+    """A Pascal VOC XML file's objects (class name, pixel corners, ``difficult``) and the width and height its
+    ``size`` records; DataError naming the file for a file that does not parse, a missing or zero size, or (given
+    ``known``) a class name not in ``known``."""
     try:
-        root = ET.fromstring(read_file(path, "annotation file"))
+        root = ET.fromstring(read_file(path, "annotation file", max_bytes=max_bytes))
     except ET.ParseError as e:
         raise DataError(f"{path}: not a valid XML annotation file ({e})") from None
     width, height = _int(root, "size/width", path), _int(root, "size/height", path)
     if width <= 0 or height <= 0:
         raise DataError(f"{path}: no valid image width/height ({width} x {height})")
-    return [_voc_box(obj, names, width, height, path) for obj in root.iter("object")], width, height
+    return [_voc_object(obj, path, known) for obj in root.iter("object")], width, height
 
 
-def _voc_box(obj: ET.Element, names: dict[str, int], width: int, height: int, path: object) -> Box:
+def _voc_object(obj: ET.Element, path: object, known: Container[str] | None) -> NamedBox:
     name = (obj.findtext("name") or "").strip()
-    if name not in names:
+    if known is not None and name not in known:
         raise DataError(f"{path}: unknown class name {name!r} (not in the label map)")
     corners = [_number(obj, f"bndbox/{k}", path) for k in ("xmin", "ymin", "xmax", "ymax")]
     difficult = (obj.findtext("difficult") or "0").strip() == "1"
-    return Box(names[name], corners[0] / width, corners[1] / height, corners[2] / width, corners[3] / height, difficult)
+    return NamedBox(name, *corners, difficult)
 
 
 def _number(node: ET.Element, tag: str, path: object) -> float:
@@ -144,27 +173,36 @@ def _int(node: ET.Element, tag: str, path: object) -> int:
 def read_json_boxes(path: str | os.PathLike, names: dict[str, int], image_size: tuple[int, int]) -> list[Box]:
     """The fork's per-image JSON annotation (see the module docstring); ``image_size``: the image's (height,
     width), used when the file records none. DataError naming the file for anything malformed."""
+    objects, height, width = read_json_objects(path, image_size)
+    unknown = next((obj.name for obj in objects if obj.name not in names), None)
+    if unknown is not None:
+        message = f"unknown category_id {unknown!r} (not in the label map)"
+        raise DataError(f"{path}: not a valid JSON annotation file ({message})")
+    return [obj.normalized(names[obj.name], width, height) for obj in objects]
+
+
+def read_json_objects(
+    path: str | os.PathLike, image_size: tuple[int, int], max_bytes: int | None = None
+) -> tuple[list[NamedBox], int, int]:
+    """The fork's per-image JSON annotation as objects (``category_id``, pixel corners, ``iscrowd`` as difficult)
+    and the (height, width) they are measured in: the file's ``image`` size, else ``image_size``."""
     try:
-        doc = json.loads(read_file(path, "annotation file"))
+        doc = json.loads(read_file(path, "annotation file", max_bytes=max_bytes))
         image = doc.get("image") or {}
         height, width = int(image.get("height", image_size[0])), int(image.get("width", image_size[1]))
-        objects = doc["annotation"]
         if height <= 0 or width <= 0:
             raise ValueError(f"no valid image width/height ({width} x {height})")
-        boxes = []
-        for obj in objects:
-            name = str(obj["category_id"])
-            if name not in names:
-                raise ValueError(f"unknown category_id {name!r} (not in the label map)")
-            x, y, w, h = (float(v) for v in obj["bbox"])
-            corners = (x / width, y / height, (x + w) / width, (y + h) / height)
-            if not all(map(math.isfinite, corners)):
-                raise ValueError(f"bbox {obj['bbox']} is not finite")
-            boxes.append(Box(names[name], *corners, bool(int(obj.get("iscrowd", 0)))))
-        return boxes
+        return [_json_object(obj) for obj in doc["annotation"]], height, width
     except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RecursionError) as e:  # JSON: ValueError
         detail = f"missing {e}" if isinstance(e, KeyError) else str(e)
         raise DataError(f"{path}: not a valid JSON annotation file ({detail})") from None
+
+
+def _json_object(obj: dict) -> NamedBox:
+    x, y, w, h = (float(v) for v in obj["bbox"])
+    if not all(map(math.isfinite, (x, y, x + w, y + h))):
+        raise ValueError(f"bbox {obj['bbox']} is not finite")
+    return NamedBox(str(obj["category_id"]), x, y, x + w, y + h, bool(int(obj.get("iscrowd", 0))))
 
 
 def read_txt_boxes(path: str | os.PathLike, image_size: tuple[int, int]) -> list[Box]:
@@ -184,3 +222,36 @@ def read_txt_boxes(path: str | os.PathLike, image_size: tuple[int, int]) -> list
         x0, y0, x1, y1 = corners
         boxes.append(Box(label, x0 / width, y0 / height, x1 / width, y1 / height))
     return boxes
+
+
+KITTI_COLUMNS = 15  # type truncated occluded alpha left top right bottom h w l x y z rotation_y [score]
+
+
+def read_kitti_objects(path: str | os.PathLike, max_bytes: int | None = None) -> list[NamedBox]:
+    """DIGITS' KITTI label file (``<image stem>.txt``): one object a line, ``type truncated occluded alpha left top
+    right bottom height width length x y z rotation_y [score]``, separated by spaces. As DIGITS, only the type
+    (lower-cased) and the box corners (pixels) are used; blank lines are skipped. A line of fewer than 15 values or
+    a corner that is not a finite number is a DataError naming ``file:line``; the file is read bounded."""
+    data = read_file(path, "label file", max_bytes=max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text label file (byte {e.start})") from None
+    objects = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        values = line.split()
+        if values:
+            objects.append(_kitti_object(values, f"{path}:{lineno}"))
+    return objects
+
+
+def _kitti_object(values: list[str], where: str) -> NamedBox:
+    if len(values) < KITTI_COLUMNS:
+        raise DataError(f"{where}: {len(values)} values, a KITTI label line has {KITTI_COLUMNS} (type ... rotation_y)")
+    try:
+        corners = [float(v) for v in values[4:8]]
+    except ValueError:
+        corners = [math.nan]
+    if not all(map(math.isfinite, corners)):
+        raise DataError(f"{where}: the box (left top right bottom) {' '.join(values[4:8])!r} is not 4 finite numbers")
+    return NamedBox(values[0].lower(), *corners)
