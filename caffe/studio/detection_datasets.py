@@ -1,0 +1,542 @@
+"""Object detection datasets, as DIGITS' "New Object Detection Dataset" makes them, stored for SSD:
+``python -m caffe.studio.detection_datasets <job_dir>``.
+
+The job reads ``<job_dir>/params.json`` (:class:`DetectionParams`; DIGITS' form field names) and writes:
+
+* ``train_db/``, ``val_db/``: LMDBs of AnnotatedDatums (``type: BBOX``) keyed ``%08d_<image path>``, each an
+  image encoded as PNG or JPEG (as ``create_annoset --encoded`` stores it) and its boxes normalized to [0, 1]
+  of the stored picture, grouped by class (:func:`caffe.data.annotation.annotated_datum`);
+* ``labelmap.prototxt`` (the SSD fork's LabelMap: item 0 is the background, then each class with its label)
+  and ``labels.txt`` (line ``i`` names label ``i``; line 0 the background);
+* ``train.txt``, ``val.txt``: the image paths, one a line, in record order;
+* ``events.jsonl``: ``progress`` {stage, done, total}, then ``done`` {the result} or ``error`` {message}.
+
+Images are found (sub-folders included) in ``train_image_folder`` [``val_image_folder``]; each needs a label
+file of the same stem in the label folder (the same relative path, else the file name only), or, without a
+label folder, beside the image. ``label_format`` ``auto`` takes each file by its extension: ``.xml`` Pascal
+VOC, ``.json`` the SSD fork's per-image JSON, ``.txt`` DIGITS' KITTI lines (``type truncated occluded alpha
+left top right bottom h w l x y z rotation_y``; only the type and the box are used). Without a validation
+folder, ``folder_pct_val`` percent of the training images (seeded by ``seed``) become the validation set.
+
+DIGITS' rules kept (``digits/extensions/data/objectDetection/``): class names are matched lower-cased;
+``custom_classes`` is a comma-separated list of names, class ``i`` being the ``i``-th (from 0), and class 0 is
+"don't care" - for SSD the background, whose objects are not stored (nor are those of names the list does not
+name; DIGITS maps them to 0 too); an image without a label file is skipped; ``val_min_box_size``: validation
+objects narrower or lower than this many pixels (in the label file) are don't-care in DIGITS - here they are
+stored marked ``difficult``, which the fork's evaluation ignores with ``evaluate_difficult_gt: false``;
+``padding_image_width``/``height`` paste each image at the top left of a black canvas of that size (an image
+larger than the canvas is skipped); ``resize_image_width``/``height`` then squash it to that size.
+Changed for SSD: without ``custom_classes`` the classes are the names found in the label files (sorted, after
+the background ``dontcare``), not DIGITS' fixed KITTI table, since SSD needs consecutive labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caffe.data.annotation import (
+    Box,
+    NamedBox,
+    annotated_datum,
+    read_json_objects,
+    read_kitti_objects,
+    read_voc_objects,
+)
+from caffe.data.db import item_key
+from caffe.deploy.images import image_array, resize_image
+from caffe.errors import CaffeError, DataError
+from caffe.limits import MiB
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import write_text
+from caffe.studio import datasets as ds
+
+log = logging.getLogger("caffe")
+
+TASK = "object-detection"
+LABEL_FORMATS = ("auto", "voc", "kitti", "json")
+FORMAT_OF_EXTENSION = {".xml": "voc", ".json": "json", ".txt": "kitti"}
+ENCODINGS = ("png", "jpg")
+SPLITS = ("train", "val")
+BACKGROUND = "dontcare"  # DIGITS' class 0
+MAX_LABEL_BYTES = 16 * MiB  # the largest label file read
+MAX_SIDE = 16384
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+@dataclass
+class DetectionParams:
+    """The "New Object Detection Dataset" form, with DIGITS' field names."""
+
+    dataset_name: str = ""
+    train_image_folder: str = ""
+    train_label_folder: str = ""  # "": the label files lie beside the images
+    val_image_folder: str = ""
+    val_label_folder: str = ""
+    folder_pct_val: float = 25.0  # without a validation folder
+    label_format: str = "auto"
+    custom_classes: str = ""
+    resize_image_width: int | None = None
+    resize_image_height: int | None = None
+    padding_image_width: int | None = None
+    padding_image_height: int | None = None
+    val_min_box_size: int = 25
+    encoding: str = "png"
+    seed: int = 0
+    task: str = TASK
+    data_roots: list[str] | None = None  # as DatasetParams.data_roots
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DetectionParams:
+        """Typed and checked parameters; a bad value is a DataError naming its field."""
+        defaults = {f.name: f.default for f in fields(cls)}
+        kwargs = {
+            name: ds._coerce(name, value, 0 if name in _SIZE_FIELDS else defaults[name])
+            for name, value in values.items()
+            if name in defaults and name != "task" and not _blank(value)
+        }
+        params = cls(**kwargs)
+        params.check()
+        return params
+
+    def check(self) -> None:
+        def bad(name: str, why: str) -> DataError:
+            return DataError(f"{name}: {why} (got {getattr(self, name)!r})")
+
+        if not self.train_image_folder:
+            raise DataError("train_image_folder: the folder of training images is required")
+        if self.val_label_folder and not self.val_image_folder:
+            raise DataError("val_image_folder: required when a validation label folder is given")
+        if self.label_format not in LABEL_FORMATS:
+            raise bad("label_format", f"must be one of {', '.join(LABEL_FORMATS)}")
+        if self.encoding not in ENCODINGS:
+            raise bad("encoding", f"must be one of {', '.join(ENCODINGS)}")
+        if not 0 <= self.folder_pct_val < 100:
+            raise bad("folder_pct_val", "must be a percentage from 0 to under 100")
+        if self.val_min_box_size < 0:
+            raise bad("val_min_box_size", "must be 0 (no minimum) or more pixels")
+        for kind in ("resize", "padding"):
+            self._check_size(kind, bad)
+        self.class_names()
+
+    def _check_size(self, kind: str, bad: Callable[[str, str], DataError]) -> None:
+        width, height = f"{kind}_image_width", f"{kind}_image_height"
+        if (getattr(self, width) is None) != (getattr(self, height) is None):
+            missing = width if getattr(self, width) is None else height
+            raise DataError(f"{missing}: give both {width} and {height}, or neither")
+        for name in (width, height):
+            if getattr(self, name) is not None and not 1 <= getattr(self, name) <= MAX_SIDE:
+                raise bad(name, f"must be between 1 and {MAX_SIDE} pixels")
+
+    def class_names(self) -> list[str] | None:
+        """``custom_classes`` as class names (label ``i`` is the ``i``-th; 0 the background), or None."""
+        if not self.custom_classes.strip():
+            return None
+        names = [n.strip().lower() for n in self.custom_classes.split(",")]
+        if "" in names:
+            raise DataError(f"custom_classes: an empty class name in {ds._quote(self.custom_classes)}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise DataError(f"custom_classes: {', '.join(map(repr, repeated))} listed more than once")
+        if len(names) < 2:
+            raise DataError("custom_classes: name the background (class 0, e.g. dontcare) and at least one class")
+        return names
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SIZE_FIELDS = ("resize_image_width", "resize_image_height", "padding_image_width", "padding_image_height")
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# which images, which label files
+
+
+@dataclass
+class Sample:
+    """An image and its label file (``fmt``: voc, json or kitti); after reading, its objects and the
+    (width, height) their pixel corners refer to (None: the image's own size)."""
+
+    image: str
+    label_file: str
+    fmt: str
+    objects: list[NamedBox] = field(default_factory=list)
+    size: tuple[int, int] | None = None
+
+
+@dataclass
+class DetectionPlan:
+    labels: list[str]
+    splits: dict[str, list[Sample]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _extensions(label_format: str) -> list[str]:
+    if label_format == "auto":
+        return list(FORMAT_OF_EXTENSION)
+    return [ext for ext, fmt in FORMAT_OF_EXTENSION.items() if fmt == label_format]
+
+
+def find_label_file(image: Path, image_folder: Path, label_folder: Path, label_format: str) -> tuple[Path, str] | None:
+    """The label file of ``image`` (same relative path, else same name, with a label extension) and its format."""
+    relative = image.relative_to(image_folder).with_suffix("")
+    for base in dict.fromkeys((label_folder / relative, label_folder / relative.name)):
+        for ext in _extensions(label_format):
+            candidate = base.parent / (base.name + ext)
+            if candidate.is_file():
+                return candidate, FORMAT_OF_EXTENSION[ext]
+    return None
+
+
+def scan_split(
+    params: DetectionParams, split: str, roots: list[Path] | None, skipped: list[dict[str, str]]
+) -> list[Sample]:
+    """The images of ``split``'s folder paired with their label files (sorted); the rest to ``skipped``."""
+    image_folder = ds.check_server_path(getattr(params, f"{split}_image_folder"), f"{split}_image_folder", roots)
+    label_text = getattr(params, f"{split}_label_folder")
+    label_folder = ds.check_server_path(label_text, f"{split}_label_folder", roots) if label_text else image_folder
+    found: list[dict[str, str]] = []
+    images = ds.scan_class_folder(image_folder, roots, found)
+    skipped.extend(s for s in found if Path(s["path"]).suffix.lower() not in FORMAT_OF_EXTENSION)
+    samples = []
+    for image in images:
+        label = find_label_file(Path(image), image_folder, label_folder, params.label_format)
+        if label is None:
+            exts = "/".join(_extensions(params.label_format))
+            reason = f"no label file ({Path(image).stem}{{{exts}}}) in {label_folder}"
+            skipped.append({"path": image, "reason": reason})
+        elif not ds._inside(label[0], roots):
+            skipped.append({"path": str(label[0]), "reason": "a link to a file outside the allowed folders"})
+        else:
+            samples.append(Sample(image, str(label[0]), label[1]))
+    if not samples:
+        raise DataError(
+            f"{split}_image_folder: no image in {image_folder} has a label file"
+            f" ({len(images)} image(s), label files looked for in {label_folder})"
+        )
+    return samples
+
+
+def scan(params: DetectionParams, extra_roots: Iterable[Path] = ()) -> dict[str, list[Sample]]:
+    """The samples of each split before any label file is read: every check of the form, cheaply."""
+    roots = None if params.data_roots is None else ds.allowed_roots(params.data_roots)
+    if roots is not None:
+        roots += [Path(r).resolve() for r in extra_roots]
+    skipped: list[dict[str, str]] = []
+    splits = {"train": scan_split(params, "train", roots, skipped)}
+    splits["val"] = scan_split(params, "val", roots, skipped) if params.val_image_folder else []
+    return splits
+
+
+def read_objects(sample: Sample) -> None:
+    """Read ``sample``'s label file into its objects (names lower-cased, as DIGITS); DataError naming the file."""
+    from caffe.tools.create_annoset import original_size
+
+    if sample.fmt == "voc":
+        objects, width, height = read_voc_objects(sample.label_file, MAX_LABEL_BYTES)
+        sample.size = (width, height)
+    elif sample.fmt == "json":
+        objects, height, width = read_json_objects(sample.label_file, original_size(sample.image), MAX_LABEL_BYTES)
+        sample.size = (width, height)
+    else:
+        objects = read_kitti_objects(sample.label_file, MAX_LABEL_BYTES)
+    sample.objects = [NamedBox(o.name.lower(), o.xmin, o.ymin, o.xmax, o.ymax, o.difficult) for o in objects]
+
+
+def _read_all(samples: list[Sample], skipped: list[dict[str, str]], progress: ProgressFn) -> list[Sample]:
+    """The samples whose label files read; the others to ``skipped`` (the file and why)."""
+    kept = []
+    progress("labels", 0, len(samples))
+    for done, sample in enumerate(samples, start=1):
+        try:
+            read_objects(sample)
+            kept.append(sample)
+        except CaffeError as e:
+            skipped.append({"path": sample.label_file, "reason": str(e).removeprefix(f"{sample.label_file}: ")})
+        if done % 100 == 0 or done == len(samples):
+            progress("labels", done, len(samples))
+    return kept
+
+
+def class_labels(params: DetectionParams, samples: Iterable[Sample]) -> tuple[list[str], list[str]]:
+    """The class names (index = label, 0 the background) and warnings about them."""
+    custom = params.class_names()
+    if custom is None:
+        found = sorted({o.name for s in samples for o in s.objects} - {BACKGROUND})
+        return [BACKGROUND, *found], []
+    warnings = []
+    if custom[0] not in (BACKGROUND, "background"):
+        warnings.append(
+            f"custom_classes: {custom[0]!r} is class 0, the background: its objects are not stored"
+            " (DIGITS' rule; begin the list with dontcare to keep them)"
+        )
+    return custom, warnings
+
+
+def make_plan(
+    params: DetectionParams, extra_roots: Iterable[Path] = (), progress: ProgressFn | None = None
+) -> DetectionPlan:
+    """Scan, read the label files, name the classes and split off the validation set (seeded)."""
+    progress = progress or (lambda stage, done, total: None)
+    splits = scan(params, extra_roots)
+    skipped: list[dict[str, str]] = []
+    splits = {s: _read_all(samples, skipped, progress) for s, samples in splits.items()}
+    if not splits["train"]:
+        raise DataError("none of the training label files could be read (see the skipped files)")
+    rng = np.random.default_rng(params.seed)
+    train = [splits["train"][i] for i in rng.permutation(len(splits["train"]))]
+    if not params.val_image_folder and params.folder_pct_val > 0:
+        n_train, n_val, _ = ds.split_sizes(len(train), params.folder_pct_val, 0)
+        train, splits["val"] = train[:n_train], train[n_train : n_train + n_val]
+    if not train:
+        raise DataError("folder_pct_val: no training images would be left; lower the percentage")
+    splits["train"] = train
+    labels, warnings = class_labels(params, (s for split in splits.values() for s in split))
+    if len(labels) < 2:
+        raise DataError("the label files name no object class (only don't-care objects, or none)")
+    return DetectionPlan(labels, splits, skipped, warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass
+class Record:
+    payload: bytes | None
+    error: str = ""
+    boxes: Counter = field(default_factory=Counter)  # label -> boxes stored
+    ignored: int = 0  # objects of class 0 or of names not among the classes
+    difficult: int = 0
+
+
+class RecordMaker:
+    """A sample -> a serialized AnnotatedDatum (runs on worker threads)."""
+
+    def __init__(self, params: DetectionParams, labels: list[str], split: str) -> None:
+        self.p, self.index = params, {name: i for i, name in enumerate(labels)}
+        self.min_box = params.val_min_box_size if split == "val" else 0
+
+    def __call__(self, sample: Sample) -> Record:
+        try:
+            pixels = image_array(ds.load_image(sample.image), 3)
+            own = pixels.shape[1], pixels.shape[0]
+            pixels = self._pad(pixels)
+        except DataError as e:
+            return Record(None, str(e).removeprefix(f"{sample.image}: "))
+        record = Record(None)
+        boxes = self._boxes(sample, record, own, (pixels.shape[1], pixels.shape[0]))
+        if self.p.resize_image_width is not None:
+            pixels = resize_image(pixels, self.p.resize_image_height, self.p.resize_image_width, "squash")
+        bgr = np.ascontiguousarray(pixels[:, :, ::-1])
+        record.payload = annotated_datum(bgr, boxes, encoding=self.p.encoding, name=sample.image).SerializeToString()
+        return record
+
+    def _pad(self, pixels: np.ndarray) -> np.ndarray:
+        """DIGITS' padding: the image at the top left of a black canvas of the padding size."""
+        if self.p.padding_image_width is None:
+            return pixels
+        h, w = pixels.shape[:2]
+        ph, pw = self.p.padding_image_height, self.p.padding_image_width
+        if w > pw or h > ph:
+            raise DataError(f"{w} x {h} pixels, larger than the padding size {pw} x {ph}")
+        canvas = np.zeros((ph, pw, 3), np.uint8)
+        canvas[:h, :w] = pixels
+        return canvas
+
+    def _boxes(self, sample: Sample, record: Record, own: tuple[int, int], canvas: tuple[int, int]) -> list[Box]:
+        """The sample's objects as boxes normalized to the (padded) picture of ``canvas`` (width, height), the
+        image being ``own`` (width, height); don't-care objects are counted, not kept."""
+        ref = sample.size or own
+        sx, sy = (own[k] / ref[k] / canvas[k] for k in (0, 1))  # label pixels -> image pixels -> [0, 1]
+        boxes = []
+        for o in sample.objects:
+            label = self.index.get(o.name, 0)
+            if label == 0:
+                record.ignored += 1
+                continue
+            small = self.min_box and (o.xmax - o.xmin < self.min_box or o.ymax - o.ymin < self.min_box)
+            box = Box(label, o.xmin * sx, o.ymin * sy, o.xmax * sx, o.ymax * sy, o.difficult or bool(small))
+            boxes.append(box)
+            record.boxes[label] += 1
+            record.difficult += box.difficult
+        return boxes
+
+
+@dataclass
+class SplitResult:
+    stored: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    boxes: Counter = field(default_factory=Counter)
+    ignored: int = 0
+    difficult: int = 0
+
+    def add(self, record: Record) -> None:
+        self.boxes.update(record.boxes)
+        self.ignored += record.ignored
+        self.difficult += record.difficult
+
+
+def write_records(
+    samples: list[Sample], db_path: Path, maker: RecordMaker, progress: ProgressFn, stage: str
+) -> SplitResult:
+    """One split's LMDB of AnnotatedDatums, written atomically; what was stored and skipped."""
+    from caffe.util.database import new_database
+    from caffe.util.threads import default_threads, ordered_map
+
+    out = SplitResult()
+    every = max(1, len(samples) // 100)
+    progress(stage, 0, len(samples))
+    with new_database(db_path, "lmdb") as db:
+        txn = db.transaction()
+        records = ordered_map(maker, samples, min(4, default_threads()))
+        for done, (sample, record) in enumerate(zip(samples, records, strict=True), start=1):
+            if record.payload is None:
+                log.warning("Skipping %s: %s", sample.image, record.error)
+                out.skipped.append({"path": sample.image, "reason": record.error})
+            else:
+                txn.put(item_key(len(out.stored), sample.image), record.payload)
+                out.stored.append(sample.image)
+                out.add(record)
+                if len(out.stored) % ds.COMMIT_EVERY == 0:
+                    txn.commit()
+            if done % every == 0 or done == len(samples):
+                progress(stage, done, len(samples))
+        txn.commit()
+    log.info("%s: %d images written to %s", stage, len(out.stored), db_path.name)
+    return out
+
+
+def write_label_files(job_dir: Path, labels: list[str]) -> None:
+    """``labelmap.prototxt`` (the fork's LabelMap) and ``labels.txt``."""
+    label_map = pb.LabelMap()
+    for i, name in enumerate(labels):
+        label_map.item.add(name=name, label=i, display_name=name)
+    write_text(job_dir / "labelmap.prototxt", label_map)
+    ds._write_text(job_dir / "labels.txt", labels)
+
+
+def _image_dims(params: DetectionParams) -> list[int] | None:
+    if params.resize_image_width is not None:
+        return [params.resize_image_height, params.resize_image_width, 3]
+    if params.padding_image_width is not None:
+        return [params.padding_image_height, params.padding_image_width, 3]
+    return None
+
+
+def create_detection_dataset(
+    job_dir: str | os.PathLike, params: DetectionParams, progress: ProgressFn | None = None
+) -> dict:
+    """Make the dataset's files in ``job_dir``; returns the result (see the module)."""
+    job_dir = Path(job_dir)
+    progress = progress or (lambda stage, done, total: None)
+    start = time.time()
+    plan = make_plan(params, [job_dir.resolve()], progress)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    log.info("Found %d images, %d classes", sum(map(len, plan.splits.values())), len(plan.labels) - 1)
+    write_label_files(job_dir, plan.labels)
+    skipped = list(plan.skipped)
+    counts, boxes, ignored, difficult = {}, {}, {}, {}
+    for split in SPLITS:
+        samples = plan.splits[split]
+        result = SplitResult()
+        if samples:
+            maker = RecordMaker(params, plan.labels, split)
+            result = write_records(samples, job_dir / f"{split}_db", maker, progress, split)
+            if not result.stored:
+                raise DataError(f"none of the {len(samples)} {split} images could be read (see the skipped files)")
+        skipped.extend(result.skipped)
+        ds._write_text(job_dir / f"{split}.txt", result.stored)
+        counts[split] = len(result.stored)
+        boxes[split] = {name: result.boxes.get(i, 0) for i, name in enumerate(plan.labels) if i}
+        ignored[split], difficult[split] = result.ignored, result.difficult
+    for item in skipped:
+        log.warning("Skipped %s: %s", item["path"], item["reason"])
+    out = {
+        "task": TASK,
+        "labels": plan.labels,
+        "classes": len(plan.labels),
+        "counts": counts,
+        "boxes": boxes,
+        "ignored_boxes": ignored,
+        "difficult_boxes": difficult,
+        "image_dims": _image_dims(params),
+        "encoding": params.encoding,
+        "label_map_file": "labelmap.prototxt",
+        "skipped": skipped,
+        "warnings": plan.warnings,
+        "seconds": round(time.time() - start, 3),
+    }
+    log.info("Dataset done: %s (%.1f s)", ", ".join(f"{n} {s}" for s, n in counts.items()), out["seconds"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the job process
+
+
+def run_job(job_dir: str | os.PathLike) -> int:
+    """Run the detection dataset job of ``job_dir`` (its ``params.json``); 0 on success, 1 on bad input."""
+    from caffe.solver import EventLog
+
+    job_dir = Path(job_dir)
+    events = EventLog(job_dir / "events.jsonl")
+    try:
+        try:
+            values = json.loads((job_dir / "params.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{job_dir / 'params.json'}: cannot read the job's parameters ({e})") from None
+        if not isinstance(values, dict):
+            raise DataError(f"{job_dir / 'params.json'}: not a JSON object")
+        params = DetectionParams.from_dict(values)
+        result = create_detection_dataset(
+            job_dir, params, lambda s, d, t: events.write("progress", stage=s, done=d, total=t)
+        )
+        ds._save_result(job_dir, result)
+        events.write("done", **result)
+        return 0
+    except CaffeError as e:
+        log.error("%s", e)
+        events.write("error", message=str(e))
+        return 1
+    finally:
+        events.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from caffe.util import glog
+    from caffe.util.parent_watch import stop_when_parent_exits
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m caffe.studio.detection_datasets JOB_DIR", file=sys.stderr)
+        return 1
+    glog.setup(stream=sys.stdout)
+    stop_when_parent_exits()
+    return run_job(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
