@@ -238,15 +238,18 @@ def scan_split(
     return samples
 
 
-def scan(params: DetectionParams, extra_roots: Iterable[Path] = ()) -> dict[str, list[Sample]]:
-    """The samples of each split before any label file is read: every check of the form, cheaply."""
+def scan(
+    params: DetectionParams, extra_roots: Iterable[Path] = ()
+) -> tuple[dict[str, list[Sample]], list[dict[str, str]]]:
+    """The samples of each split before any label file is read (every check of the form, cheaply), and the
+    files left out with why."""
     roots = None if params.data_roots is None else ds.allowed_roots(params.data_roots)
     if roots is not None:
         roots += [Path(r).resolve() for r in extra_roots]
     skipped: list[dict[str, str]] = []
     splits = {"train": scan_split(params, "train", roots, skipped)}
     splits["val"] = scan_split(params, "val", roots, skipped) if params.val_image_folder else []
-    return splits
+    return splits, skipped
 
 
 def read_objects(sample: Sample) -> None:
@@ -294,13 +297,23 @@ def class_labels(params: DetectionParams, samples: Iterable[Sample]) -> tuple[li
     return custom, warnings
 
 
+def _check_objects(labels: list[str], samples: list[Sample], custom: str) -> None:
+    """DataError when no object of the label files is of a class (all would be left out)."""
+    found = {o.name for s in samples for o in s.objects}
+    if found & set(labels[1:]):
+        return
+    names = ", ".join(sorted(found)[:20]) or "none"
+    if custom.strip():
+        raise DataError(f"custom_classes: no object in the label files is of these classes (found: {names})")
+    raise DataError(f"the label files name no object class besides {BACKGROUND} (found: {names})")
+
+
 def make_plan(
     params: DetectionParams, extra_roots: Iterable[Path] = (), progress: ProgressFn | None = None
 ) -> DetectionPlan:
     """Scan, read the label files, name the classes and split off the validation set (seeded)."""
     progress = progress or (lambda stage, done, total: None)
-    splits = scan(params, extra_roots)
-    skipped: list[dict[str, str]] = []
+    splits, skipped = scan(params, extra_roots)
     splits = {s: _read_all(samples, skipped, progress) for s, samples in splits.items()}
     if not splits["train"]:
         raise DataError("none of the training label files could be read (see the skipped files)")
@@ -312,9 +325,9 @@ def make_plan(
     if not train:
         raise DataError("folder_pct_val: no training images would be left; lower the percentage")
     splits["train"] = train
-    labels, warnings = class_labels(params, (s for split in splits.values() for s in split))
-    if len(labels) < 2:
-        raise DataError("the label files name no object class (only don't-care objects, or none)")
+    samples = [s for split in splits.values() for s in split]
+    labels, warnings = class_labels(params, samples)
+    _check_objects(labels, samples, params.custom_classes)
     return DetectionPlan(labels, splits, skipped, warnings)
 
 

@@ -4,9 +4,13 @@
 * ``POST /datasets/images/classification``: create the job, then redirect to its page;
 * ``POST /datasets/images/classification.json``: the same for API callers -> ``{job_id, name, status}``
   or 400 ``{errors: [...]}``;
-* ``GET  /datasets/{id}``, ``/datasets/{id}.json``: status, progress, counts per class, mean image;
+* ``GET  /datasets/images/object-detection/new``, ``POST /datasets/images/object-detection`` [``.json``]: the same for
+  an object detection dataset (:mod:`caffe.studio.detection_datasets`);
+* ``GET  /datasets/{id}``, ``/datasets/{id}.json``: status, progress, counts per class (detection: images per split
+  and boxes per class), mean image;
 * ``GET  /datasets/{id}/explore?db=train&label=&page=&size=``: the stored images by class, paged;
-  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG, ``/datasets/{id}/mean.jpg``;
+  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG (a detection record with its boxes drawn),
+  ``/datasets/{id}/mean.jpg``;
 * ``GET  /folders.json?path=``: the folder picker's listing of server folders inside the data roots.
 
 Every form is checked before a job is queued (folder, list and image paths, symlinks followed, against the
@@ -20,6 +24,7 @@ import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,14 +33,17 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from google.protobuf.message import DecodeError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from caffe.data.datum import datum_to_array, parse_datum
 from caffe.data.db import item_key, open_db
 from caffe.errors import CaffeError, DataError
+from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write
 from caffe.studio import datasets as ds
+from caffe.studio import detection_datasets as dd
 from caffe.studio.paths import list_folders
 from caffe.studio.scheduler import python_module_argv
 from caffe.studio.store import Job
@@ -45,6 +53,9 @@ router = APIRouter()
 
 PAGE_SIZES = (10, 25, 50, 100)
 _PARAM_NAMES = {f.name for f in fields(ds.DatasetParams)} - {"data_roots"}
+_DETECTION_PARAM_NAMES = {f.name for f in fields(dd.DetectionParams)} - {"data_roots", "task"}
+CreateFn = Callable[[Request, dict[str, Any], dict[str, tuple[str, bytes]]], Job]
+FormPageFn = Callable[..., Response]
 _UPLOADS = ("train_images", "val_images", "test_images", "labels_file")  # textfile_<x> / textfile_local_<x>
 
 
@@ -149,25 +160,90 @@ def dataset_new(request: Request, clone: str = "") -> Response:
     return _form_page(request, values)
 
 
-@router.post("/datasets/images/classification.json", name="dataset_create_json")
-async def dataset_create_json(request: Request) -> Response:
+async def _create_response(request: Request, create: CreateFn, form_page: FormPageFn | None) -> Response:
+    """Run ``create`` on the submitted form: the job's ``{job_id, name, status}`` (``form_page`` None) or a redirect
+    to its page; a bad form is 400 ``{errors: [...]}``, or the form again with the error."""
+    values: dict[str, Any] = {}
     try:
         values, uploads = await _form_values(request)
-        job = await run_in_threadpool(create_dataset_job, request, values, uploads)
+        job = await run_in_threadpool(create, request, values, uploads)
     except DataError as e:
-        return JSONResponse({"errors": [str(e)]}, status_code=400)
-    return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status})
+        if form_page is None:
+            return JSONResponse({"errors": [str(e)]}, status_code=400)
+        return form_page(request, values, str(e), status=400)
+    if form_page is None:
+        return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status})
+    return RedirectResponse(f"/datasets/{job.id}", status_code=303)
+
+
+@router.post("/datasets/images/classification.json", name="dataset_create_json")
+async def dataset_create_json(request: Request) -> Response:
+    return await _create_response(request, create_dataset_job, None)
 
 
 @router.post("/datasets/images/classification", name="dataset_create")
 async def dataset_create(request: Request) -> Response:
-    values: dict[str, Any] = {}
+    return await _create_response(request, create_dataset_job, _form_page)
+
+
+# ---------------------------------------------------------------------------------------------
+# creating an object detection dataset
+
+
+def create_detection_job(request: Request, values: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> Job:
+    """Check the detection form (every folder, against the data roots; images with label files), then create
+    and submit the job; DataError naming the field if the form is bad. Uploads are not used."""
+    studio = studio_of(request)
+    name = str(values.get("dataset_name") or "").strip()
+    name = name or Path(str(values.get("train_image_folder") or "").strip().rstrip("/")).name
+    if not name:
+        raise DataError("dataset_name: give the dataset a name")
+    clean = {k: v for k, v in values.items() if k in _DETECTION_PARAM_NAMES}
+    clean["data_roots"] = [str(r) for r in data_roots(request)]
     try:
-        values, uploads = await _form_values(request)
-        job = await run_in_threadpool(create_dataset_job, request, values, uploads)
-    except DataError as e:
-        return _form_page(request, values, str(e), status=400)
-    return RedirectResponse(f"/datasets/{job.id}", status_code=303)
+        params = dd.DetectionParams.from_dict(clean)
+        dd.scan(params)
+    except (CaffeError, ValueError) as e:
+        raise DataError(str(e)) from None
+    job = studio.store.create("dataset", name, {})
+    job_dir = studio.store.job_dir(job.id)
+    submitted = {**params.to_dict(), "dataset_name": name}
+    atomic_write(job_dir / "params.json", json.dumps(submitted, indent=1).encode("utf-8"))
+    studio.store.update(job.id, params=submitted)
+    return studio.scheduler.submit(job.id, python_module_argv("caffe.studio.detection_datasets", str(job_dir)), None)
+
+
+def _detection_form_page(
+    request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200
+) -> Response:
+    shown = dd.DetectionParams().to_dict()
+    shown.update({k: v for k, v in (values or {}).items() if isinstance(v, str | int | float)})
+    context = {
+        "values": {k: "" if v is None else _shown(v) for k, v in shown.items()},
+        "error": error,
+        "roots": [str(r) for r in data_roots(request)],
+        "label_formats": dd.LABEL_FORMATS,
+        "encodings": dd.ENCODINGS,
+    }
+    templates = studio_of(request).templates
+    return templates.TemplateResponse(request, "detection_dataset_new.html", context, status_code=status)
+
+
+@router.get("/datasets/images/object-detection/new", name="detection_dataset_new")
+def detection_dataset_new(request: Request, clone: str = "") -> Response:
+    """The form; ``?clone=<dataset id>`` fills it with that dataset's parameters."""
+    values = _dataset_job(request, clone).params if clone else None
+    return _detection_form_page(request, values)
+
+
+@router.post("/datasets/images/object-detection.json", name="detection_dataset_create_json")
+async def detection_dataset_create_json(request: Request) -> Response:
+    return await _create_response(request, create_detection_job, None)
+
+
+@router.post("/datasets/images/object-detection", name="detection_dataset_create")
+async def detection_dataset_create(request: Request) -> Response:
+    return await _create_response(request, create_detection_job, _detection_form_page)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +288,13 @@ def dataset_info(request: Request, job: Job) -> dict[str, Any]:
         "error": error,
         "dbs": [s for s in ds.SPLITS if (job_dir / f"{s}_db").is_dir()],
         "has_mean": (job_dir / "mean.jpg").is_file(),
+        "task": _task(job),
     }
+
+
+def _task(job: Job) -> str:
+    """``object-detection`` or ``classification`` (datasets made before the task was recorded)."""
+    return str(job.params.get("task") or "classification")
 
 
 @router.get("/datasets/{job_id}.json", name="dataset_json")
@@ -272,6 +354,8 @@ def dataset_explore(
     job = _dataset_job(request, job_id)
     split = _split_name(db)
     job_dir = studio_of(request).store.job_dir(job.id)
+    if _task(job) == dd.TASK:
+        return _detection_explore(request, job, job_dir, split, page, size)
     labels = _read_labels(job_dir)
     entries = list(enumerate(_db_entries(job_dir, split)))
     counts = [0] * len(labels)
@@ -309,6 +393,37 @@ def dataset_explore(
     return studio_of(request).templates.TemplateResponse(request, "dataset_explore.html", context)
 
 
+def _detection_explore(request: Request, job: Job, job_dir: Path, split: str, page: int, size: int) -> Response:
+    """The explore page of a detection dataset: its images in record order, paged (no class filter)."""
+    try:
+        paths = [p for p in (job_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines() if p]
+    except OSError:
+        raise HTTPException(404, f"this dataset has no {split} database") from None
+    size = size if size in PAGE_SIZES else 25
+    pages = max(1, math.ceil(len(paths) / size))
+    page = min(max(page, 0), pages - 1)
+    first = page * size
+    shown = [
+        {"index": first + i, "path": p, "name": Path(p).name, "label": "", "class": ""}
+        for i, p in enumerate(paths[first : first + size])
+    ]
+    context = {
+        "job": {"id": job.id, "name": job.name, "status": job.status},
+        "db": split,
+        "dbs": [s for s in dd.SPLITS if (job_dir / f"{s}_db").is_dir()],
+        "labels": [],
+        "counts": [],
+        "label": None,
+        "page": page,
+        "pages": pages,
+        "size": size,
+        "sizes": PAGE_SIZES,
+        "total": len(paths),
+        "images": shown,
+    }
+    return studio_of(request).templates.TemplateResponse(request, "dataset_explore.html", context)
+
+
 _RECORD_LOCK = threading.Lock()
 
 
@@ -319,18 +434,7 @@ def record_png(db_path: Path, index: int) -> bytes:
     already open in the process, so the database is opened through caffe.data.db (one shared
     environment per process), and reads are serialized because a release closing that environment
     can race with the next open."""
-    if not db_path.is_dir():
-        raise HTTPException(404, f"no database {db_path.name}")
-    prefix = item_key(index, "")
-    with (
-        _RECORD_LOCK,
-        open_db(db_path, "lmdb", "read", readahead=False) as db,
-        db.env.begin() as txn,
-        txn.cursor() as cur,
-    ):
-        if not cur.set_range(prefix) or not cur.key().startswith(prefix):
-            raise HTTPException(404, f"no record {index} in {db_path.name}")
-        key, value = cur.key(), cur.value()
+    key, value = _record(db_path, index)
     name = f"{db_path.name} record {key.decode('utf-8', 'replace')!r}"
     try:
         chw = datum_to_array(parse_datum(value, name), name)
@@ -343,13 +447,56 @@ def record_png(db_path: Path, index: int) -> bytes:
     return buf.tobytes()
 
 
+def _record(db_path: Path, index: int) -> tuple[bytes, bytes]:
+    """The key and value of the ``index``-th record of a dataset LMDB (see :func:`record_png`); 404 if none."""
+    if not db_path.is_dir():
+        raise HTTPException(404, f"no database {db_path.name}")
+    prefix = item_key(index, "")
+    with (
+        _RECORD_LOCK,
+        open_db(db_path, "lmdb", "read", readahead=False) as db,
+        db.env.begin() as txn,
+        txn.cursor() as cur,
+    ):
+        if not cur.set_range(prefix) or not cur.key().startswith(prefix):
+            raise HTTPException(404, f"no record {index} in {db_path.name}")
+        return bytes(cur.key()), bytes(cur.value())
+
+
+def detection_record_png(db_path: Path, index: int, labels: list[str]) -> bytes:
+    """The ``index``-th AnnotatedDatum of a detection dataset LMDB as PNG bytes, its boxes drawn and named."""
+    from caffe.deploy.detection import Detection
+    from caffe.deploy.drawing import draw_detections, encode_image
+
+    key, value = _record(db_path, index)
+    name = f"{db_path.name} record {key.decode('utf-8', 'replace')!r}"
+    try:
+        anno = pb.AnnotatedDatum.FromString(value)
+        chw = datum_to_array(anno.datum, name)
+    except (DataError, DecodeError) as e:
+        raise HTTPException(500, f"{name}: not a readable AnnotatedDatum ({e})") from None
+    rgb = chw.transpose(1, 2, 0)[:, :, ::-1] if chw.shape[0] == 3 else chw.transpose(1, 2, 0)
+    h, w = rgb.shape[:2]
+    found = [
+        Detection(g.group_label, 1.0, (a.bbox.xmin * w, a.bbox.ymin * h, a.bbox.xmax * w, a.bbox.ymax * h))
+        for g in anno.annotation_group
+        for a in g.annotation
+    ]
+    drawn = draw_detections(rgb, found, lambda i: labels[i] if 0 <= i < len(labels) else str(i))
+    return encode_image(drawn, ".png")
+
+
 @router.get("/datasets/{job_id}/explore/image", name="dataset_explore_image")
 def dataset_explore_image(request: Request, job_id: str, db: str = "train", index: int = 0) -> Response:
     job = _dataset_job(request, job_id)
     split = _split_name(db)
     if index < 0:
         raise HTTPException(400, "index must be >= 0")
-    data = record_png(studio_of(request).store.job_dir(job.id) / f"{split}_db", index)
+    job_dir = studio_of(request).store.job_dir(job.id)
+    if _task(job) == dd.TASK:
+        data = detection_record_png(job_dir / f"{split}_db", index, _read_labels(job_dir))
+    else:
+        data = record_png(job_dir / f"{split}_db", index)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
 
