@@ -15,7 +15,9 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
+import caffe
 from caffe.data.annotation import label_map_names, read_kitti_objects, read_label_map
 from caffe.data.db import item_key
 from caffe.deploy.drawing import class_colour
@@ -155,6 +157,16 @@ def test_voc_dataset_records_labelmap_and_split(tmp_path):
                 (1, 0, 0, 1, 1, True),
             ]
             assert [a.instance_id for g in anno.annotation_group for a in g.annotation] == [0, 1, 0]
+    # the AnnotatedData layer (SSD's training input) reads the records: one label row per box
+    text = f"""layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label"
+        data_param {{ source: "{job / "train_db"}" batch_size: 3 backend: LMDB }} }}"""
+    net = caffe.Net(text_format.Parse(text, pb.NetParameter()), caffe.TEST)
+    net.forward()
+    assert net.blobs["data"].data.shape == (3, 3, H, W)
+    assert np.array_equal(net.blobs["data"].data[1], pictures[train[1]].transpose(2, 0, 1))
+    rows = net.blobs["label"].data[0, 0]
+    expected = [[0, 2, 0, 0.1, 0.1, 0.5, 0.5, 0], [0, 2, 1, 0.25, 0.25, 0.75, 0.75, 0], [0, 1, 0, 0, 0, 1, 1, 1]]
+    assert rows.shape == (9, 8) and np.allclose(rows[:3], expected) and rows[3:, 0].tolist() == [1, 1, 1, 2, 2, 2]
     again = _make(tmp_path / "job2", train_image_folder=str(data), folder_pct_val=25, val_min_box_size=0, seed=3)
     assert again["counts"] == result["counts"]
     assert (tmp_path / "job2" / "train.txt").read_text() == (job / "train.txt").read_text()  # seeded
@@ -252,6 +264,7 @@ def test_custom_classes_not_starting_with_dontcare_warns(tmp_path):
         ({"resize_image_width": "0", "resize_image_height": "8"}, "resize_image_width: must be between"),
         ({"padding_image_width": "1.5", "padding_image_height": "8"}, "padding_image_width: expected a whole number"),
         ({"val_min_box_size": "-1"}, "val_min_box_size: must be 0"),
+        ({"seed": "-1"}, "seed: must be 0 or more"),
         ({"folder_pct_val": "100"}, "folder_pct_val: must be a percentage"),
         ({"val_label_folder": "/x"}, "val_image_folder: required"),
         ({"custom_classes": "dontcare,,car"}, "custom_classes: an empty class name"),

@@ -128,6 +128,8 @@ class DetectionParams:
             raise bad("encoding", f"must be one of {', '.join(ENCODINGS)}")
         if not 0 <= self.folder_pct_val < 100:
             raise bad("folder_pct_val", "must be a percentage from 0 to under 100")
+        if self.seed < 0:
+            raise bad("seed", "must be 0 or more")
         if self.val_min_box_size < 0:
             raise bad("val_min_box_size", "must be 0 (no minimum) or more pixels")
         for kind in ("resize", "padding"):
