@@ -66,6 +66,7 @@ class ModelSource:
     width: int = 256
     resize_mode: str = "squash"
     mean_mode: str = "image"
+    input_scale: float = 1.0  # times the mean-subtracted pixels (an SSD trained with transform_param.scale)
     python_layer: Path | None = None
     epoch: float | None = None
 
@@ -142,6 +143,7 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         "labels": labels,
         "mean_file": mean_file if mean_file.is_file() else None,
         "mean_values": tuple(float(v) for v in info.get("mean_values") or ()),
+        "input_scale": float(info.get("input scale") or 1.0),
     }
     if job.kind == "pretrained":
         py = job_dir / "python_layer.py"
@@ -262,7 +264,11 @@ def files_and_settings(source: ModelSource) -> tuple[deploy.ModelFiles, deploy.S
     if mean is None and source.mean_values:
         mean = np.asarray(source.mean_values, dtype=np.float32)
     settings = deploy.Settings(
-        mean=mean, mean_mode=source.mean_mode, image_size=(source.height, source.width), resize_mode=source.resize_mode
+        mean=mean,
+        mean_mode=source.mean_mode,
+        image_size=(source.height, source.width),
+        resize_mode=source.resize_mode,
+        input_scale=source.input_scale,
     )
     return files, settings
 

@@ -34,6 +34,7 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -247,12 +248,7 @@ class DatasetInfo:
 
     @classmethod
     def from_job(cls, store: Any, job_id: str) -> DatasetInfo:
-        try:
-            job = store.get(job_id)
-        except KeyError:
-            raise FormError({"dataset": f"no dataset job {job_id!r}"}) from None
-        if job.kind != "dataset" or job.status != "Done":
-            raise FormError({"dataset": f"job {job_id} is not a finished dataset (status {job.status})"})
+        job = finished_dataset(store, job_id)
         d = store.job_dir(job_id)
         labels = [s.strip() for s in (d / "labels.txt").read_text(encoding="utf-8").splitlines() if s.strip()]
         counts = {}
@@ -265,6 +261,17 @@ class DatasetInfo:
         if counts.get("train", 0) < 1:
             raise FormError({"dataset": f"dataset {job_id} has no training images"})
         return cls(job_id, d, counts["train"], counts.get("val", 0), labels, (int(c), int(h), int(w)))
+
+
+def finished_dataset(store: Any, job_id: str) -> Any:
+    """The finished dataset job ``job_id``; a FormError on the dataset field otherwise."""
+    try:
+        job = store.get(job_id)
+    except KeyError:
+        raise FormError({"dataset": f"no dataset job {job_id!r}"}) from None
+    if job.kind != "dataset" or job.status != "Done":
+        raise FormError({"dataset": f"job {job_id} is not a finished dataset (status {job.status})"})
+    return job
 
 
 def _mean_dims(path: Path) -> tuple[int, int, int]:
@@ -596,17 +603,25 @@ def network_error(store: Any, form: ModelForm, e: CaffeError) -> FormError:
     return FormError({network_field(form): validate.where(str(e), source, text)})
 
 
-def create_model_job(store: Any, scheduler: Any, form: ModelForm, allow_python_layers: bool = False) -> Any:
+def create_model_job(
+    store: Any,
+    scheduler: Any,
+    form: ModelForm,
+    allow_python_layers: bool = False,
+    build: Callable[..., ModelFiles] | None = None,
+) -> Any:
     """Check the form, create the job, write its files and submit the training; returns the job.
 
-    A network with Python layers needs ``allow_python_layers`` (the studio's ``--allow_python_layers``)."""
+    A network with Python layers needs ``allow_python_layers`` (the studio's ``--allow_python_layers``).
+    ``build`` computes the files (default :func:`build_files`; object detection:
+    :func:`caffe.studio.detection_models.build_files`)."""
     devices = list(scheduler.devices)
     form.check(devices)
     job = store.create("model", form.model_name or "model", form.to_dict(), parent=form.dataset)
     job_dir = store.job_dir(job.id)
     try:
         try:
-            files = build_files(store, form, job_dir, devices)
+            files = (build or build_files)(store, form, job_dir, devices)
             check_python_layers(form, files, allow_python_layers)
             write_files(job_dir, files, store.job_dir(form.dataset))
             h, w, c = files.info["image dimensions"]

@@ -4,6 +4,9 @@
 * ``POST /models/images/classification``: create the job, then redirect to its page (errors: the form again);
 * ``POST /models/images/classification.json``: the same for API callers -> ``{job_id, name, status}`` or
   400 ``{errors: [...], fields: {field: message}}``; the fields are DIGITS' (see ``models.ModelForm``);
+* ``GET  /models/images/object-detection/new``, ``POST /models/images/object-detection[.json]``: the same for an SSD
+  detector trained on an object-detection dataset (:mod:`caffe.studio.detection_models`; a model form naming such a
+  dataset trains a detector whichever of the two routes it reaches);
 * ``POST /models/customize.json``: the chosen network as editable text (classifier set/renamed for the dataset);
 * ``POST /models/visualize-lr.json``: the learning rate over the training, computed by the solver's own code;
 * ``GET  /models/{id}`` (page), ``/models/{id}.json``: status, progress, ETA, snapshots, chart series, NaN advice;
@@ -26,9 +29,10 @@ from starlette.concurrency import run_in_threadpool
 
 from caffe.errors import CaffeError, DataError
 from caffe.studio import charts
+from caffe.studio import detection_models as dm
 from caffe.studio import models as m
 from caffe.studio import networks as nets
-from caffe.studio.paths import check_job_id
+from caffe.studio.paths import check_job_id, is_job_id
 from caffe.studio.store import Job
 from caffe.studio.web import job_of_kind, json_fields, json_safe, studio_of, wants_html
 
@@ -77,11 +81,15 @@ def _error_response(e: CaffeError) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------------------------------- the form
-def _choices(request: Request) -> dict[str, Any]:
+def _choices(request: Request, detection: bool = False) -> dict[str, Any]:
+    """The form's choices: the finished datasets and the previous models of the form's task."""
     store = studio_of(request).store
     return {
-        "datasets": [j for j in store.list("dataset") if j.status == "Done"],
-        "previous": [(j, m.snapshots(store.job_dir(j.id))) for j in store.list("model")],
+        "detection": detection,
+        "datasets": [j for j in store.list("dataset") if j.status == "Done" and dm.is_detection_job(j) == detection],
+        "previous": [
+            (j, m.snapshots(store.job_dir(j.id))) for j in store.list("model") if dm.is_detection_job(j) == detection
+        ],
         "pretrained": [j for j in store.list("pretrained") if j.status == "Done"],
         "standard": nets.STANDARD_NETWORKS,
         "solver_types": m.SOLVER_TYPES,
@@ -91,9 +99,16 @@ def _choices(request: Request) -> dict[str, Any]:
     }
 
 
-def _form_page(request: Request, values: dict[str, Any], errors: dict[str, str] | None = None) -> Response:
+def _form_page(
+    request: Request, values: dict[str, Any], errors: dict[str, str] | None = None, detection: bool | None = None
+) -> Response:
+    """The form (``detection`` None: the task of the dataset the values name, else classification)."""
     defaults = m.ModelForm().to_dict()
-    choices = _choices(request)
+    if detection is None:
+        detection = _detection_dataset(request, values.get("dataset"))
+    choices = _choices(request, detection)
+    if detection:  # no standard detection network; the mean is the network's
+        defaults.update(method="pretrained", use_mean="pixel")
     if not values.get("dataset") and len(choices["datasets"]) == 1:  # the only dataset: chosen already
         values = {**values, "dataset": choices["datasets"][0].id}
     context = {"values": {**defaults, **values}, "errors": errors or {}, **choices}
@@ -107,22 +122,45 @@ def model_new_short() -> RedirectResponse:
     return RedirectResponse("/models/images/classification/new", status_code=303)
 
 
-@router.get("/models/images/classification/new", include_in_schema=False)
-def model_new(request: Request, clone: str = "") -> Response:
-    """The form; ``?clone=<model id>`` fills it with that model's form (DIGITS' Clone), other query
-    parameters preset single fields (``?method=pretrained&pretrained_networks=<id>``)."""
+def _preset(request: Request, clone: str) -> dict[str, Any]:
+    """``?clone=<model id>`` fills the form with that model's form (DIGITS' Clone), other query parameters preset
+    single fields (``?method=pretrained&pretrained_networks=<id>``)."""
     values: dict[str, Any] = dict(studio_of(request).store.get(check_job_id(clone)).params) if clone else {}
     values.update({k: v for k, v in request.query_params.items() if k in m.ModelForm.__dataclass_fields__})
-    return _form_page(request, values)
+    return values
+
+
+@router.get("/models/images/classification/new", include_in_schema=False)
+def model_new(request: Request, clone: str = "") -> Response:
+    """The form (see :func:`_preset`); a clone of a detection model gets the detection form."""
+    return _form_page(request, _preset(request, clone))
+
+
+@router.get("/models/images/object-detection/new", include_in_schema=False)
+def detection_model_new(request: Request, clone: str = "") -> Response:
+    """The "New Object Detection Model" form (see :func:`_preset`)."""
+    return _form_page(request, _preset(request, clone), detection=True)
+
+
+def _detection_dataset(request: Request, job_id: Any) -> bool:
+    """Whether ``job_id`` names an object-detection dataset (False for anything else, unknown ids included)."""
+    if not isinstance(job_id, str) or not is_job_id(job_id):
+        return False
+    try:
+        return dm.is_detection_job(studio_of(request).store.get(job_id))
+    except KeyError:
+        return False
 
 
 def _create(request: Request, values: dict[str, Any]) -> Job:
+    """The model job of a form: a detector when its dataset is an object-detection dataset."""
     studio = studio_of(request)
-    return m.create_model_job(
-        studio.store, studio.scheduler, m.ModelForm.from_dict(values), studio.config.allow_python_layers
-    )
+    form = m.ModelForm.from_dict(values)
+    build = dm.build_files if _detection_dataset(request, form.dataset) else None
+    return m.create_model_job(studio.store, studio.scheduler, form, studio.config.allow_python_layers, build)
 
 
+@router.post("/models/images/object-detection", include_in_schema=False)
 @router.post("/models/images/classification", include_in_schema=False)
 async def model_create(request: Request) -> Response:
     values: dict[str, Any] = {}
@@ -130,10 +168,12 @@ async def model_create(request: Request) -> Response:
         values = await _values(request)
         job = await run_in_threadpool(_create, request, values)
     except CaffeError as e:
-        return _form_page(request, values, _errors(e))
+        detection = True if request.url.path.endswith("object-detection") else None
+        return _form_page(request, values, _errors(e), detection)
     return RedirectResponse(f"/models/{job.id}", status_code=303)
 
 
+@router.post("/models/images/object-detection.json", summary="Create an SSD object-detection model (DIGITS fields)")
 @router.post("/models/images/classification.json", summary="Create an image classification model (DIGITS fields)")
 async def model_create_json(request: Request) -> Response:
     try:
@@ -171,7 +211,11 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
     """Without a dataset, 100 iterations per epoch stand in for the real count (the curve's shape is
     the same: its parameters are percentages of the training)."""
     train_count, batch = 100, 1
-    if form.dataset:
+    if _detection_dataset(request, form.dataset):
+        store = studio_of(request).store
+        train_count = dm.DetectionDataset.from_job(store, form.dataset).train_count
+        batch = form.batch_size or dm.DEFAULT_BATCH_SIZE
+    elif form.dataset:
         data = m.DatasetInfo.from_job(studio_of(request).store, form.dataset)
         chosen = m.choose_network(studio_of(request).store, form) if form.method != "custom" else None
         net_batch = m.network_defaults(nets.trainable(chosen.net))["batch_size"] if chosen else None

@@ -2,8 +2,8 @@
 training is queued, so that an unknown layer type, a wrong ``bottom:`` or a shape error comes back at once as a
 field error naming the layer (and its line in the typed network), not minutes later from the training.
 
-Building reads no data and no weights: each ``Data`` layer is replaced by ``Input`` layers of the shapes it
-would produce - the dataset's image size and channels (or the crop) and the batch - so nothing opens the LMDB.
+Building reads no data and no weights: each ``Data`` (``AnnotatedData``) layer is replaced by ``Input`` layers of the
+shapes it would produce - the dataset's image size and channels (or the crop) and the batch - so nothing opens the LMDB.
 The nets are first built with a batch of 1 (cheap); only when that fails are they built again with the real
 batch, whose error is the one reported (a net may depend on its batch, e.g. a Reshape with a fixed first axis).
 A net with Python layers is built in a layer worker (:mod:`caffe.studio.layer_worker`, the job's folder, only
@@ -49,26 +49,32 @@ class NetToBuild:
 
 # ---------------------------------------------------------------------------------------------- the nets
 def _input_for(layer: pb.LayerParameter, image: tuple[int, int, int], batch: int | None) -> pb.LayerParameter:
-    """The Input layer standing for a Data layer: tops (N, C, H, W) and (N,) as the Data layer gives them."""
+    """The Input layer standing for a Data layer - tops (N, C, H, W) and (N,) - or an AnnotatedData layer - the
+    images at its resize and one box row (1, 1, 1, 8) - as the layer gives them."""
     c, h, w = image
-    crop = layer.transform_param.crop_size
     n = batch or layer.data_param.batch_size or 1
+    if layer.type == "AnnotatedData":
+        resize = layer.transform_param.resize_param
+        shapes = [[n, c, resize.height or h, resize.width or w], [1, 1, 1, 8]]
+    else:
+        crop = layer.transform_param.crop_size
+        shapes = [[n, c, crop or h, crop or w], [n]]
     out = pb.LayerParameter(name=layer.name, type="Input", top=list(layer.top))
     out.include.extend(layer.include)
     out.exclude.extend(layer.exclude)
-    shapes = [[n, c, crop or h, crop or w], [n]]
     for k in range(len(layer.top)):
         out.input_param.shape.add(dim=shapes[min(k, 1)])
     return out
 
 
 def shapes_only(net: pb.NetParameter, image: tuple[int, int, int], batch: int | None) -> pb.NetParameter:
-    """``net`` with each Data layer replaced by Input layers of its shapes (``batch`` None: the layer's own)."""
+    """``net`` with each Data (AnnotatedData) layer replaced by Input layers of its shapes (``batch`` None: the
+    layer's own)."""
     out = pb.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
     for layer in net.layer:
-        out.layer.append(_input_for(layer, image, batch) if layer.type == "Data" else layer)
+        out.layer.append(_input_for(layer, image, batch) if layer.type in ("Data", "AnnotatedData") else layer)
     return out
 
 

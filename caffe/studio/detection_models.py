@@ -1,0 +1,171 @@
+"""Object-detection model jobs: an SSD network trained on an object-detection dataset (the "New Object Detection
+Model" form; DIGITS trained DetectNet there, the studio trains the SSD fork's detectors).
+
+The form is :class:`caffe.studio.models.ModelForm` (same fields, same solver mapping); the network comes from a
+pretrained SSD detector (its deploy net, or the training net uploaded with it; weights copied by layer name, so the
+body and the box regressors start trained), a previous detection model, or a custom SSD network (deploy or
+training form). :mod:`caffe.studio.detection_networks` turns it into the job's nets: ``AnnotatedData`` layers
+reading the dataset's LMDBs, the confidence layers set to the dataset's classes (renamed ``*_retrain`` when their
+size changes under pretrained weights), ``MultiBoxLoss`` for training and, for validation, ``DetectionOutput`` +
+``DetectionEvaluate``: the solver runs the fork's ``eval_type: "detection"`` and the chart shows the mean average
+precision (``detection_eval``, 11-point, as the fork's VOC scripts). Crop size does not apply (SSD warps each image
+to the net's input); the mean is the network's own (its training data layer's, or the pretrained job's mean
+values), else the fork's 104, 117, 123; ``use_mean: none`` subtracts none. The job's ``info.json`` carries what
+the studio's inference needs: ``task: object-detection``, ``mean_values``, ``input scale``, ``image dimensions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from caffe.errors import NetError
+from caffe.proto import caffe_pb2 as pb
+from caffe.studio import detection_networks as dn
+from caffe.studio.models import (
+    FormError,
+    ModelFiles,
+    ModelForm,
+    Network,
+    choose_network,
+    finished_dataset,
+    iterations_per_epoch,
+    network_field,
+    solver_param,
+)
+
+TASK = "object-detection"
+DEFAULT_BATCH_SIZE = 8  # SSD's 300 x 300 images: the fork's 32 needs a GPU
+AP_VERSION = "11point"  # the fork's VOC scripts' choice
+
+
+def is_detection_job(job: Any) -> bool:
+    """Whether a dataset or model job is an object-detection one."""
+    return (job.result or {}).get("task") == TASK or (job.params or {}).get("task") == TASK
+
+
+@dataclass
+class DetectionDataset:
+    """What a detection model job needs from a finished object-detection dataset job."""
+
+    id: str
+    dir: Path
+    train_count: int
+    val_count: int
+    labels: list[str]  # background first
+
+    @property
+    def classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def label_map(self) -> Path:
+        return self.dir / "labelmap.prototxt"
+
+    @classmethod
+    def from_job(cls, store: Any, job_id: str) -> DetectionDataset:
+        job = finished_dataset(store, job_id)
+        if not is_detection_job(job):
+            raise FormError({"dataset": f"dataset {job_id} is an image classification dataset, not object detection"})
+        result = job.result or {}
+        counts = result.get("counts") or {}
+        labels = [str(x) for x in result.get("labels") or []]
+        if int(counts.get("train", 0)) < 1:
+            raise FormError({"dataset": f"dataset {job_id} has no training images"})
+        if len(labels) < 2:
+            raise FormError({"dataset": f"dataset {job_id} has no object classes"})
+        return cls(job_id, store.job_dir(job_id), int(counts["train"]), int(counts.get("val", 0)), labels)
+
+
+def _parts(chosen: Network, form: ModelForm) -> dn.SsdParts:
+    """The chosen network taken apart; its errors go to the network's field."""
+    if form.method == "standard":
+        raise FormError(
+            {
+                "standard_networks": "there is no standard object-detection network yet: fine-tune a pretrained SSD "
+                "detector (upload its deploy.prototxt and .caffemodel under Pretrained Models), or paste an SSD "
+                "network as a custom network"
+            }
+        )
+    try:
+        return dn.ssd_parts(chosen.net)
+    except NetError as e:
+        raise FormError({network_field(form): str(e)}) from None
+
+
+def _mean(store: Any, form: ModelForm, parts: dn.SsdParts) -> tuple[list[float], float]:
+    """The mean values and input scale: the network's own, the pretrained job's mean values, else the fork's."""
+    own = dn.network_mean(parts)
+    if form.use_mean == "none":
+        return [], own[1] if own else 1.0
+    if own is not None:
+        return own
+    if form.method == "pretrained":
+        values = (store.get(form.pretrained_networks).params or {}).get("mean_values") or []
+        if values:
+            return [float(v) for v in values], 1.0
+    return list(dn.DEFAULT_MEAN), 1.0
+
+
+def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
+    """Check the form and compute a detection job's files (nothing is written); see the module."""
+    form.check(devices)
+    if form.crop_size:
+        raise FormError({"crop_size": "object detection models resize each image to the network's input: no crop"})
+    data = DetectionDataset.from_job(store, form.dataset)
+    chosen = choose_network(store, form)
+    parts = _parts(chosen, form)
+    try:
+        renamed = dn.retarget(parts, data.classes, finetune=chosen.weights is not None)
+    except NetError as e:
+        raise FormError({network_field(form): str(e)}) from None
+    dn.fill_missing_fillers(parts)
+    mean, scale = _mean(store, form, parts)
+    batch = form.batch_size or parts.train_batch or DEFAULT_BATCH_SIZE
+    val_batch = min(parts.test_batch or batch, max(data.val_count, 1))
+    sources = dn.DataSources(
+        train_db=str(data.dir / "train_db"),
+        val_db=str(data.dir / "val_db") if data.val_count and form.val_interval else None,
+        label_map=str(data.label_map),
+        train_batch=batch,
+        val_batch=val_batch,
+        mean=mean,
+        scale=scale,
+    )
+    train_val = dn.train_val_net(parts, sources)
+    deploy = dn.deploy_net(parts)
+    solver = solver_param(form, data.train_count, data.val_count if sources.val_db else 0, batch, val_batch)
+    if sources.val_db:
+        solver.eval_type, solver.ap_version = "detection", AP_VERSION
+    solver.net = str(job_dir / "train_val.prototxt")
+    solver.snapshot_prefix = str(job_dir / "snapshot")
+    if form.gpu_request() is not None:
+        solver.solver_mode = pb.SolverParameter.GPU
+    c, h, w = parts.input_shape
+    info = {
+        "job id": job_dir.name,
+        "name": form.model_name,
+        "framework": "caffe",
+        "task": TASK,
+        "dataset": data.id,
+        "network": chosen.source,
+        "pretrained weights": str(chosen.weights) if chosen.weights else None,
+        "renamed layers": [list(r) for r in renamed],
+        "classes": data.classes,
+        "image dimensions": [h, w, c],
+        "crop size": None,
+        "mean subtraction": "pixel" if mean else "none",
+        "mean_values": mean,
+        "input scale": scale,
+        "resize_mode": "squash",
+        "train count": data.train_count,
+        "val count": data.val_count,
+        "iterations per epoch": iterations_per_epoch(data.train_count, batch, form.batch_accumulation or 1),
+        "max iterations": solver.max_iter,
+        "epochs": form.train_epochs,
+        "accuracy outputs": [dn.EVAL_BLOB] if sources.val_db else [],
+        "mean file": None,
+        "labels file": "labels.txt",
+    }
+    return ModelFiles(train_val, train_val, deploy, solver, info, chosen.weights, chosen.layer_files)
