@@ -222,6 +222,7 @@ def test_json_and_auto_formats_side_by_side_and_skipped_files(tmp_path):
     (data / "f.png").write_bytes(b"not a png")
     _kitti(data / "f.txt", [("boat", 0, 0, 1, 1)])
     (data / "notes.md").write_text("not an image")
+    _image(data / ("n" * 251 + ".png"), 5)  # its .json label file's name would be too long: no label file
     result = _make(tmp_path / "job", train_image_folder=str(data), folder_pct_val=0, val_min_box_size=0)
     assert result["counts"] == {"train": 3, "val": 0} and result["labels"] == ["dontcare", "boat"]
     listed = (tmp_path / "job" / "train.txt").read_text().splitlines()
@@ -230,7 +231,7 @@ def test_json_and_auto_formats_side_by_side_and_skipped_files(tmp_path):
     assert _boxes(records[str(data / "b.png")]) == [(1, 0.1, 0.1, 0.5, 0.5, False)]
     assert _boxes(records[str(data / "c.png")]) == [(1, 0, 0, 0.5, 0.5, False)]
     reasons = {Path(s["path"]).name: s["reason"] for s in result["skipped"]}
-    assert set(reasons) == {"d.png", "e.txt", "f.png", "notes.md"}, reasons
+    assert set(reasons) == {"d.png", "e.txt", "f.png", "notes.md", "n" * 251 + ".png"}, reasons
     assert "no label file (d{.xml/.json/.txt})" in reasons["d.png"]
     assert reasons["e.txt"] == f"{data / 'e.txt'}:1: 6 values, a KITTI label line has 15 (type ... rotation_y)"
     assert "not a readable image" in reasons["f.png"]

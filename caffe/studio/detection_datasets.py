@@ -70,7 +70,7 @@ ENCODINGS = ("png", "jpg")
 SPLITS = ("train", "val")
 BACKGROUND = "dontcare"  # DIGITS' class 0
 MAX_LABEL_BYTES = 16 * MiB  # the largest label file read
-MAX_SIDE = 16384
+MAX_SIDE = 8192  # the largest padding or resize side, as the classification form
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -206,9 +206,17 @@ def find_label_file(image: Path, image_folder: Path, label_folder: Path, label_f
     for base in dict.fromkeys((label_folder / relative, label_folder / relative.name)):
         for ext in _extensions(label_format):
             candidate = base.parent / (base.name + ext)
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate, FORMAT_OF_EXTENSION[ext]
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the file system refuses (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def scan_split(
