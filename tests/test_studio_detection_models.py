@@ -225,3 +225,25 @@ def test_fine_tuning_res10_trains_validates_and_detects(env):
     for found in faces:
         assert any(max(abs(a - b) for a, b in zip(found["box"], truth, strict=True)) < 12 for truth in FACES[
             "models/mtcnn_face_caffe/test1.jpg"])  # fmt: skip
+
+
+def test_customize_gives_the_train_val_net_to_edit(env, tmp_path):
+    """ "Customize" copies the job's train/val net into the editor; submitted back as a custom network it builds
+    the same training (the classes set, the dataset's databases read)."""
+    from caffe.studio import detection_models as dm
+    from caffe.studio import models as m
+    from caffe.studio.networks import parse_network
+
+    client, studio, dataset, pretrained = env
+    r = client.post("/models/customize.json", data=_form(dataset, pretrained))
+    assert r.status_code == 200, r.text
+    text = r.json()["network"]
+    net = parse_network(text, "customized")
+    data = [x for x in net.layer if x.type == "AnnotatedData"]
+    assert [x.data_param.source for x in data] == [
+        str(studio.store.job_dir(dataset) / "train_db"), str(studio.store.job_dir(dataset) / "val_db"),
+    ]  # fmt: skip
+    form = m.ModelForm.from_dict(_form(dataset, "", method="custom", custom_network=text))
+    files = dm.build_files(studio.store, form, tmp_path)
+    assert files.weights is None and files.train_val == net
+    validate.check(files.train_val, files.deploy, (3, 300, 300), validation=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from caffe.errors import NetError
 from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import to_text
 from caffe.studio import detection_networks as dn
 from caffe.studio.models import (
     FormError,
@@ -108,6 +109,42 @@ def _mean(store: Any, form: ModelForm, parts: dn.SsdParts) -> tuple[list[float],
     return list(dn.DEFAULT_MEAN), 1.0
 
 
+def _sources(store: Any, form: ModelForm, data: DetectionDataset, parts: dn.SsdParts) -> dn.DataSources:
+    """Where and how the job's data layers read: the dataset's LMDBs, the batch sizes, the mean."""
+    mean, scale = _mean(store, form, parts)
+    batch = form.batch_size or parts.train_batch or DEFAULT_BATCH_SIZE
+    return dn.DataSources(
+        train_db=str(data.dir / "train_db"),
+        val_db=str(data.dir / "val_db") if data.val_count and form.val_interval else None,
+        label_map=str(data.label_map),
+        train_batch=batch,
+        val_batch=min(parts.test_batch or batch, max(data.val_count, 1)),
+        mean=mean,
+        scale=scale,
+    )
+
+
+def customize(store: Any, form: ModelForm) -> dict[str, Any]:
+    """The chosen SSD network as editable text ("Customize"): the train/val net a job on the form's dataset trains
+    (its classes set; nothing renamed, since a custom network starts without weights)."""
+    data = DetectionDataset.from_job(store, form.dataset)
+    parts = _parts(choose_network(store, form), form)
+    try:
+        dn.retarget(parts, data.classes, finetune=False)
+    except NetError as e:
+        raise FormError({network_field(form): str(e)}) from None
+    dn.fill_missing_fillers(parts)
+    sources = _sources(store, form, data, parts)
+    return {
+        "network": to_text(dn.train_val_net(parts, sources)),
+        "renamed": [],
+        "finetune": False,
+        "suggested_lr": None,
+        "batch_size": sources.train_batch,
+        "crop_size": None,
+    }
+
+
 def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
     """Check the form and compute a detection job's files (nothing is written); see the module."""
     form.check(devices)
@@ -121,18 +158,8 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
     except NetError as e:
         raise FormError({network_field(form): str(e)}) from None
     dn.fill_missing_fillers(parts)
-    mean, scale = _mean(store, form, parts)
-    batch = form.batch_size or parts.train_batch or DEFAULT_BATCH_SIZE
-    val_batch = min(parts.test_batch or batch, max(data.val_count, 1))
-    sources = dn.DataSources(
-        train_db=str(data.dir / "train_db"),
-        val_db=str(data.dir / "val_db") if data.val_count and form.val_interval else None,
-        label_map=str(data.label_map),
-        train_batch=batch,
-        val_batch=val_batch,
-        mean=mean,
-        scale=scale,
-    )
+    sources = _sources(store, form, data, parts)
+    batch, val_batch, mean, scale = sources.train_batch, sources.val_batch, sources.mean, sources.scale
     train_val = dn.train_val_net(parts, sources)
     deploy = dn.deploy_net(parts)
     solver = solver_param(form, data.train_count, data.val_count if sources.val_db else 0, batch, val_batch)

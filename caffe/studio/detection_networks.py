@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from caffe.errors import NetError
 from caffe.proto import caffe_pb2 as pb
-from caffe.studio.networks import RETRAIN_SUFFIX, included
+from caffe.studio.networks import included, retrain_name
 
 DETECTION_SOURCE_TYPES = {"Input", "AnnotatedData", "Data", "DummyData", "ImageData"}
 HEAD_PATH_TYPES = ("Flatten", "Permute", "Reshape", "Concat")
@@ -271,16 +271,6 @@ def confidence_layers(parts: SsdParts) -> list[pb.LayerParameter]:
     return sorted(found, key=lambda x: [id(y) for y in parts.body].index(id(x)))
 
 
-def _rename(parts: SsdParts, layer: pb.LayerParameter) -> str:
-    taken = {x.name for x in parts.body}
-    new, n = f"{layer.name}{RETRAIN_SUFFIX}", 1
-    while new in taken:
-        n += 1
-        new = f"{layer.name}{RETRAIN_SUFFIX}{n}"
-    layer.name = new
-    return new
-
-
 def retarget(parts: SsdParts, classes: int, *, finetune: bool) -> list[tuple[str, str]]:
     """Set ``parts`` (in place) to ``classes`` classes, background included; returns the renamed layers."""
     old = parts.classes
@@ -302,8 +292,8 @@ def retarget(parts: SsdParts, classes: int, *, finetune: bool) -> list[tuple[str
                 )
             layer.convolution_param.num_output = outputs // old * classes
             if finetune:
-                before = layer.name
-                renames.append((before, _rename(parts, layer)))
+                before, layer.name = layer.name, retrain_name(layer.name, {x.name for x in parts.body})
+                renames.append((before, layer.name))
         for layer in parts.chain:
             dims = layer.reshape_param.shape.dim
             if layer.type == "Reshape" and len(dims) == 3 and dims[2] == old:

@@ -132,7 +132,8 @@ def num_output(layer: pb.LayerParameter) -> int:
     return getattr(layer, CLASSIFIER_TYPES[layer.type]).num_output
 
 
-def _retrain_name(name: str, taken: set[str]) -> str:
+def retrain_name(name: str, taken: set[str]) -> str:
+    """The name a retrained layer gets: ``name_retrain``, then ``_retrain2``, ... (the first not in ``taken``)."""
     m = re.fullmatch(rf"(.*){RETRAIN_SUFFIX}(\d*)", name)
     base, n = (m.group(1), int(m.group(2) or 1) + 1) if m else (name, 1)
     while True:
@@ -161,7 +162,7 @@ def retarget(net: pb.NetParameter, classes: int, *, finetune: bool) -> list[tupl
     for layer in classifiers:
         current = num_output(layer)
         if finetune and current not in (0, classes):
-            old, new = layer.name, _retrain_name(layer.name, taken)
+            old, new = layer.name, retrain_name(layer.name, taken)
             taken.add(new)
             renames.append((old, new))
             layer.name = new

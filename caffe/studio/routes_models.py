@@ -189,7 +189,8 @@ async def customize_json(request: Request) -> Response:
     try:
         values = await _values(request)
         form = m.ModelForm.from_dict(values)
-        body = await run_in_threadpool(m.customize, studio_of(request).store, form)
+        customize = dm.customize if _detection_dataset(request, form.dataset) else m.customize
+        body = await run_in_threadpool(customize, studio_of(request).store, form)
     except CaffeError as e:
         return _error_response(e)
     return JSONResponse(body)
