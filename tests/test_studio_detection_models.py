@@ -192,7 +192,7 @@ def test_form_errors_name_their_fields(env):
     assert f'value="{dataset}"' in page.text and 'id="method-standard"' not in page.text
 
 
-def test_fine_tuning_res10_trains_validates_and_detects(env):
+def test_fine_tuning_res10_trains_validates_and_detects(env, tmp_path):
     """The res10 face detector fine-tuned for one iteration on the two photos: the job's files are an SSD
     training with mAP validation, the chart has the mean AP, and the new snapshot finds the faces again."""
     client, studio, dataset, pretrained = env
@@ -225,6 +225,18 @@ def test_fine_tuning_res10_trains_validates_and_detects(env):
     for found in faces:
         assert any(max(abs(a - b) for a, b in zip(found["box"], truth, strict=True)) < 12 for truth in FACES[
             "models/mtcnn_face_caffe/test1.jpg"])  # fmt: skip
+
+    # the downloaded archive is a deployable detector on its own: caffe.deploy finds the same faces
+    from caffe import deploy
+
+    archive = client.get(f"/models/{job_id}/download.tar.gz")
+    assert archive.status_code == 200
+    (tmp_path / "model.tar.gz").write_bytes(archive.content)
+    model = deploy.open_model(deploy.find_model(tmp_path / "model.tar.gz"), warn=False)
+    assert isinstance(model, deploy.DetectionModel) and model.preprocessing.mean is not None
+    image = cv2.imread(str(asset("models/mtcnn_face_caffe/test1.jpg")))[:, :, ::-1]
+    found = model.detect([image], 0.5)[0]
+    assert sorted(round(v) for d in found for v in d.box) == sorted(round(v) for f in faces for v in f["box"])
 
 
 def test_customize_gives_the_train_val_net_to_edit(env, tmp_path):

@@ -9,7 +9,8 @@ Defaults, written once (:func:`preprocessing_defaults`):
 * a DIGITS model (its folder or archive has ``info.json``): images are resized to the dataset's
   ``image dimensions`` with its ``image resize mode``, then centre-cropped to the net's input, and a mean
   image is centre-cropped to the input (``mean subtraction``: ``image``, the default; ``pixel``: its
-  per-channel mean; ``none``), as DIGITS and the studio do;
+  per-channel mean; ``none``), as DIGITS and the studio do; its ``input scale`` (a studio detector trained with
+  ``transform_param.scale``) multiplies the mean-subtracted pixels unless the caller sets another;
 * any other model follows Caffe's C++ classification example: images are resized to the input, and a mean
   image gives its per-channel mean.
 
@@ -101,6 +102,12 @@ def preprocessing_defaults(files: ModelFiles, settings: Settings) -> tuple[PathL
     resize = settings.resize_mode or (str(info.get("image resize mode", "squash")) if digits else "squash")
     if resize not in RESIZE_MODES:
         resize = "squash"
+    scale = settings.input_scale
+    if digits and scale == 1.0 and info.get("input scale") not in (None, ""):
+        try:
+            scale = float(info["input scale"])
+        except (TypeError, ValueError):
+            raise ModelFilesError(f"info.json: input scale {info['input scale']!r} is not a number") from None
     filled = Settings(
         mean,
         mode,
@@ -109,7 +116,7 @@ def preprocessing_defaults(files: ModelFiles, settings: Settings) -> tuple[PathL
         settings.crop,
         settings.channel_swap,
         settings.raw_scale,
-        settings.input_scale,
+        scale,
         settings.interpolation or "pillow",
     )
     return mean, filled

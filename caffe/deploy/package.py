@@ -37,8 +37,9 @@ def _iteration_of(weights: Path, solver: PathLike | None) -> int:
     return 0
 
 
-#: The info.json keys that say how a training prepared its images (DIGITS' names).
-PREPROCESSING_KEYS = ("image dimensions", "image resize mode", "mean subtraction")
+#: The info.json keys that say how a training prepared its images (DIGITS' names; ``input scale``, the studio's
+#: detectors trained with ``transform_param.scale``, is ours).
+PREPROCESSING_KEYS = ("image dimensions", "image resize mode", "mean subtraction", "input scale")
 
 
 def _training_preprocessing(info_json: Path) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from caffe.errors import NetError
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import to_text
@@ -192,7 +194,9 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         "max iterations": solver.max_iter,
         "epochs": form.train_epochs,
         "accuracy outputs": [dn.EVAL_BLOB] if sources.val_db else [],
-        "mean file": None,
+        "mean file": "mean.binaryproto" if mean else None,
         "labels file": "labels.txt",
     }
-    return ModelFiles(train_val, train_val, deploy, solver, info, chosen.weights, chosen.layer_files)
+    # the mean values as a mean image too, so the job's archive and promoted model carry them as DIGITS' do
+    image = np.broadcast_to(np.asarray(mean, np.float32)[:, None, None], (c, h, w)) if len(mean) in (1, c) else None
+    return ModelFiles(train_val, train_val, deploy, solver, info, chosen.weights, chosen.layer_files, image)

@@ -447,6 +447,7 @@ class ModelFiles:
     info: dict[str, Any]
     weights: Path | None
     layer_files: dict[str, Path] = field(default_factory=dict)
+    mean: np.ndarray | None = None  # C x H x W: written as the job's mean.binaryproto instead of the dataset's
 
 
 def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
@@ -537,7 +538,7 @@ def _mean_values(data: DatasetInfo) -> list[float]:
 
 
 def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
-    """Write the job's files atomically (labels and mean copied from the dataset)."""
+    """Write the job's files atomically (labels and mean copied from the dataset, or the job's own mean)."""
     for name, message in (
         ("original.prototxt", files.original),
         ("train_val.prototxt", files.train_val),
@@ -549,6 +550,11 @@ def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
     for name in ("labels.txt", "mean.binaryproto"):
         if (dataset_dir / name).is_file():
             shutil.copyfile(dataset_dir / name, job_dir / name)
+    if files.mean is not None:
+        from caffe.io import array_to_blobproto
+
+        blob = array_to_blobproto(files.mean[np.newaxis].astype(np.float32))
+        atomic_write(job_dir / "mean.binaryproto", blob.SerializeToString())
     for module, path in files.layer_files.items():
         shutil.copyfile(path, job_dir / f"{module}.py")
 

@@ -386,6 +386,7 @@ def promote(
         "snapshot_file": source.weights.name,
         **settings,
         "mean_values": list(source.mean_values),
+        "input scale": source.input_scale,
     }
     title = name or f"{model.name} (epoch {source.epoch:g})"
     job = store.create("pretrained", title, info, parent=model_job_id)
