@@ -106,7 +106,7 @@ class DatasetParams:
         for name, value in values.items():
             if name not in known or value is None or (isinstance(value, str) and not value.strip()):
                 continue
-            kwargs[name] = _coerce(name, value, cls.__dataclass_fields__[name].default)
+            kwargs[name] = coerce_field(name, value, cls.__dataclass_fields__[name].default)
         params = cls(**kwargs)
         params.check()
         return params
@@ -150,7 +150,7 @@ class DatasetParams:
         return asdict(self)
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
+def coerce_field(name: str, value: Any, default: Any) -> Any:
     """A form value (text, number or bool) as the field's type; DataError naming the field."""
     try:
         if isinstance(default, bool):
@@ -183,12 +183,12 @@ def allowed_roots(configured: Iterable[str | os.PathLike] | None) -> list[Path]:
     return [Path(r).expanduser().resolve() for r in configured]
 
 
-def _inside(path: str | os.PathLike, roots: list[Path] | None) -> bool:
+def inside_roots(path: str | os.PathLike, roots: list[Path] | None) -> bool:
     """Whether ``path``, symlinks followed, lies inside one of ``roots`` (None: no restriction)."""
     return roots is None or any(Path(path).resolve().is_relative_to(r) for r in roots)
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     """``text`` as an error quotes it: repr, cut to :data:`QUOTE_CHARS` characters."""
     return repr(text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "...")
 
@@ -203,15 +203,15 @@ def check_server_path(text: str, field_name: str, roots: Iterable[str | os.PathL
     what = "folder" if kind == "dir" else "file"
     try:
         if not path.exists():
-            raise DataError(f"{field_name}: {what} {_quote(text)} does not exist")
+            raise DataError(f"{field_name}: {what} {quote(text)} does not exist")
         if kind == "dir" and not path.is_dir():
-            raise DataError(f"{field_name}: {_quote(text)} is not a directory")
+            raise DataError(f"{field_name}: {quote(text)} is not a directory")
         if kind == "file" and not path.is_file():
-            raise DataError(f"{field_name}: {_quote(text)} is not a file")
+            raise DataError(f"{field_name}: {quote(text)} is not a file")
     except OSError as e:  # e.g. a name too long for the file system
-        raise DataError(f"{field_name}: cannot use {what} {_quote(text)}: {e.strerror}") from None
+        raise DataError(f"{field_name}: cannot use {what} {quote(text)}: {e.strerror}") from None
     if not os.access(path, os.R_OK | (os.X_OK if kind == "dir" else 0)):
-        raise DataError(f"{field_name}: no permission to read {what} {_quote(text)}")
+        raise DataError(f"{field_name}: no permission to read {what} {quote(text)}")
     return path
 
 
@@ -307,7 +307,7 @@ def scan_class_folder(folder: Path, roots: list[Path] | None, skipped: list[dict
             path = os.path.join(dirpath, name)
             if not _is_image_name(name):
                 skipped.append({"path": path, "reason": f"not an image file ({' '.join(SUPPORTED_EXTENSIONS)})"})
-            elif not _inside(path, roots):
+            elif not inside_roots(path, roots):
                 skipped.append({"path": path, "reason": "a link to a file outside the allowed folders"})
             else:
                 found.append(path)
@@ -322,7 +322,7 @@ def plan_from_folder(params: DatasetParams, roots: list[Path] | None, rng: np.ra
     for p in sorted(folder.iterdir()):
         if not p.is_dir() or p.name.startswith("."):
             continue
-        if _inside(p, roots):
+        if inside_roots(p, roots):
             subdirs.append(p)
         else:  # a link out: its contents are not listed, not even in the skipped files
             plan.skipped.append({"path": str(p), "reason": "a link to a folder outside the allowed folders"})
@@ -392,20 +392,20 @@ def read_image_list(
         where = f"{field_name}: {path.name}:{lineno}"
         cut = max(line.rfind(" "), line.rfind("\t"))
         if cut < 0:
-            raise DataError(f"{where}: expected 'path label', found no label in {_quote(line)}")
+            raise DataError(f"{where}: expected 'path label', found no label in {quote(line)}")
         name, label_text = line[:cut].strip(), line[cut + 1 :]
         try:
             label = int(label_text)
         except ValueError:
-            raise DataError(f"{where}: the label {_quote(label_text)} is not a whole number") from None
+            raise DataError(f"{where}: the label {quote(label_text)} is not a whole number") from None
         if not 0 <= label < n_labels:
             raise DataError(f"{where}: label {label} is not in the labels file (0..{n_labels - 1})")
         if not os.path.isabs(name):
             if image_folder is None:
-                raise DataError(f"{where}: {_quote(name)} is a relative path; give the images folder or absolute paths")
+                raise DataError(f"{where}: {quote(name)} is a relative path; give the images folder or absolute paths")
             name = str(image_folder / name)
         try:
-            resolved = resolve_user_path(name, roots, shown=_quote(name))
+            resolved = resolve_user_path(name, roots, shown=quote(name))
         except CaffeError as e:
             raise DataError(f"{where}: {e}") from None
         entries.append(Entry(str(resolved), label))
@@ -508,7 +508,7 @@ def write_split(
     return stored, skipped
 
 
-def _write_text(path: Path, lines: Iterable[str]) -> None:
+def write_lines(path: Path, lines: Iterable[str]) -> None:
     atomic_write(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
@@ -537,7 +537,7 @@ def create_dataset(job_dir: str | os.PathLike, params: DatasetParams, progress: 
     for item in plan.skipped:
         log.warning("Skipping %s: %s", item["path"], item["reason"])
     log.info("Found %d images in %d classes", sum(map(len, plan.splits.values())), len(plan.labels))
-    _write_text(job_dir / "labels.txt", plan.labels)
+    write_lines(job_dir / "labels.txt", plan.labels)
     counts: dict[str, int] = {}
     per_class: dict[str, dict[str, int]] = {}
     skipped = list(plan.skipped)
@@ -551,7 +551,7 @@ def create_dataset(job_dir: str | os.PathLike, params: DatasetParams, progress: 
             skipped.extend(bad)
         if entries and not stored:
             raise DataError(f"none of the {len(entries)} {split} images could be read (see the skipped files)")
-        _write_text(job_dir / f"{split}.txt", (f"{e.path} {e.label}" for e in stored))
+        write_lines(job_dir / f"{split}.txt", (f"{e.path} {e.label}" for e in stored))
         counts[split] = len(stored)
         by_label = Counter(e.label for e in stored)
         per_class[split] = {name: by_label.get(i, 0) for i, name in enumerate(plan.labels)}
@@ -582,7 +582,7 @@ def create_dataset(job_dir: str | os.PathLike, params: DatasetParams, progress: 
 # the job process
 
 
-def _save_result(job_dir: Path, result: dict) -> None:
+def save_result(job_dir: Path, result: dict) -> None:
     """Store the result in the job's row, when the folder belongs to a studio store."""
     if not (job_dir.parent / "studio.sqlite3").exists():
         return
@@ -597,8 +597,14 @@ def _save_result(job_dir: Path, result: dict) -> None:
         store.close()
 
 
-def run_job(job_dir: str | os.PathLike) -> int:
-    """Run the dataset job of ``job_dir`` (its ``params.json``); 0 on success, 1 on bad input."""
+def run_job(
+    job_dir: str | os.PathLike,
+    parse: Callable[[dict[str, Any]], Any] = DatasetParams.from_dict,
+    create: Callable[..., dict] = create_dataset,
+) -> int:
+    """Run the dataset job of ``job_dir`` (its ``params.json`` read by ``parse``, the files made by ``create``:
+    classification by default, :mod:`caffe.studio.detection_datasets`' for object detection); 0 on success, 1 on
+    bad input."""
     from caffe.solver import EventLog
 
     job_dir = Path(job_dir)
@@ -608,9 +614,11 @@ def run_job(job_dir: str | os.PathLike) -> int:
             values = json.loads((job_dir / "params.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise DataError(f"{job_dir / 'params.json'}: cannot read the job's parameters ({e})") from None
-        params = DatasetParams.from_dict(values)
-        result = create_dataset(job_dir, params, lambda s, d, t: events.write("progress", stage=s, done=d, total=t))
-        _save_result(job_dir, result)
+        if not isinstance(values, dict):
+            raise DataError(f"{job_dir / 'params.json'}: not a JSON object")
+        params = parse(values)
+        result = create(job_dir, params, lambda s, d, t: events.write("progress", stage=s, done=d, total=t))
+        save_result(job_dir, result)
         events.write("done", **result)
         return 0
     except CaffeError as e:
@@ -621,17 +629,20 @@ def run_job(job_dir: str | os.PathLike) -> int:
         events.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, run: Callable[[str], int] = run_job, module: str = "caffe.studio.datasets"
+) -> int:
+    """The job process: ``python -m <module> JOB_DIR``."""
     from caffe.util import glog
     from caffe.util.parent_watch import stop_when_parent_exits
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m caffe.studio.datasets JOB_DIR", file=sys.stderr)
+        print(f"usage: python -m {module} JOB_DIR", file=sys.stderr)
         return 1
     glog.setup(stream=sys.stdout)
     stop_when_parent_exits()
-    return run_job(argv[0])
+    return run(argv[0])
 
 
 if __name__ == "__main__":

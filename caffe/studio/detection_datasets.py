@@ -32,7 +32,6 @@ the background ``dontcare``), not DIGITS' fixed KITTI table, since SSD needs con
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -106,7 +105,7 @@ class DetectionParams:
         """Typed and checked parameters; a bad value is a DataError naming its field."""
         defaults = {f.name: f.default for f in fields(cls)}
         kwargs = {
-            name: ds._coerce(name, value, 0 if name in _SIZE_FIELDS else defaults[name])
+            name: ds.coerce_field(name, value, 0 if name in _SIZE_FIELDS else defaults[name])
             for name, value in values.items()
             if name in defaults and name != "task" and not _blank(value)
         }
@@ -151,7 +150,7 @@ class DetectionParams:
             return None
         names = [n.strip().lower() for n in self.custom_classes.split(",")]
         if "" in names:
-            raise DataError(f"custom_classes: an empty class name in {ds._quote(self.custom_classes)}")
+            raise DataError(f"custom_classes: an empty class name in {ds.quote(self.custom_classes)}")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise DataError(f"custom_classes: {', '.join(map(repr, repeated))} listed more than once")
@@ -236,7 +235,7 @@ def scan_split(
             exts = "/".join(_extensions(params.label_format))
             reason = f"no label file ({Path(image).stem}{{{exts}}}) in {label_folder}"
             skipped.append({"path": image, "reason": reason})
-        elif not ds._inside(label[0], roots):
+        elif not ds.inside_roots(label[0], roots):
             skipped.append({"path": str(label[0]), "reason": "a link to a file outside the allowed folders"})
         else:
             samples.append(Sample(image, str(label[0]), label[1]))
@@ -457,7 +456,7 @@ def write_label_files(job_dir: Path, labels: list[str]) -> None:
     for i, name in enumerate(labels):
         label_map.item.add(name=name, label=i, display_name=name)
     write_text(job_dir / "labelmap.prototxt", label_map)
-    ds._write_text(job_dir / "labels.txt", labels)
+    ds.write_lines(job_dir / "labels.txt", labels)
 
 
 def _image_dims(params: DetectionParams) -> list[int] | None:
@@ -491,7 +490,7 @@ def create_detection_dataset(
             if not result.stored:
                 raise DataError(f"none of the {len(samples)} {split} images could be read (see the skipped files)")
         skipped.extend(result.skipped)
-        ds._write_text(job_dir / f"{split}.txt", result.stored)
+        ds.write_lines(job_dir / f"{split}.txt", result.stored)
         counts[split] = len(result.stored)
         boxes[split] = {name: result.boxes.get(i, 0) for i, name in enumerate(plan.labels) if i}
         ignored[split], difficult[split] = result.ignored, result.difficult
@@ -522,43 +521,11 @@ def create_detection_dataset(
 
 def run_job(job_dir: str | os.PathLike) -> int:
     """Run the detection dataset job of ``job_dir`` (its ``params.json``); 0 on success, 1 on bad input."""
-    from caffe.solver import EventLog
-
-    job_dir = Path(job_dir)
-    events = EventLog(job_dir / "events.jsonl")
-    try:
-        try:
-            values = json.loads((job_dir / "params.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"{job_dir / 'params.json'}: cannot read the job's parameters ({e})") from None
-        if not isinstance(values, dict):
-            raise DataError(f"{job_dir / 'params.json'}: not a JSON object")
-        params = DetectionParams.from_dict(values)
-        result = create_detection_dataset(
-            job_dir, params, lambda s, d, t: events.write("progress", stage=s, done=d, total=t)
-        )
-        ds._save_result(job_dir, result)
-        events.write("done", **result)
-        return 0
-    except CaffeError as e:
-        log.error("%s", e)
-        events.write("error", message=str(e))
-        return 1
-    finally:
-        events.close()
+    return ds.run_job(job_dir, DetectionParams.from_dict, create_detection_dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from caffe.util import glog
-    from caffe.util.parent_watch import stop_when_parent_exits
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m caffe.studio.detection_datasets JOB_DIR", file=sys.stderr)
-        return 1
-    glog.setup(stream=sys.stdout)
-    stop_when_parent_exits()
-    return run_job(argv[0])
+    return ds.main(argv, run_job, "caffe.studio.detection_datasets")
 
 
 if __name__ == "__main__":
