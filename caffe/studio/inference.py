@@ -24,7 +24,7 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 
 from caffe import deploy
 from caffe.deploy import RESIZE_MODES
+from caffe.deploy.segmentation import is_segmenter
 from caffe.errors import CaffeError, DataError
 from caffe.studio import layer_worker
 from caffe.studio.datasets import SUPPORTED_EXTENSIONS
@@ -222,6 +223,11 @@ class LoadedModel:
         return isinstance(self.deploy_model, deploy.DetectionModel)
 
     @property
+    def segmenter(self) -> bool:
+        """Whether the net segments (its output is N x C x H x W class scores: SegNet, FCN, ENet, PSPNet, ...)."""
+        return isinstance(self.deploy_model, deploy.SegmentationModel)
+
+    @property
     def remote(self) -> layer_worker.RemoteNet | None:
         """The worker's stand-in when the net runs in a worker process (it has Python layers)."""
         return self.net if isinstance(self.net, layer_worker.RemoteNet) else None
@@ -314,14 +320,14 @@ def load_remote(source: ModelSource) -> LoadedModel:
 
 def load_here(source: ModelSource) -> LoadedModel:
     """A :class:`LoadedModel` whose net is built in this process: a :class:`caffe.deploy.DetectionModel` when
-    the net is a detector (images squashed to its input, as SSD does; the job's mean kept), else a
-    :class:`caffe.deploy.DeployModel`."""
+    the net is a detector, a :class:`caffe.deploy.SegmentationModel` when it segments (images squashed to the
+    input, as SSD and ``caffe segment`` do; the job's mean kept), else a :class:`caffe.deploy.DeployModel`."""
     files, settings = files_and_settings(source)
     net = build_net(source.deploy, source.weights, source.python_layer)
     kind: type[deploy.DeployModel] = deploy.DeployModel
     try:
-        if deploy.is_detector(net):
-            kind = deploy.DetectionModel
+        if deploy.is_detector(net) or is_segmenter(net):
+            kind = deploy.DetectionModel if deploy.is_detector(net) else deploy.SegmentationModel
             settings = replace(settings, image_size=None, resize_mode=None)
         model = kind(files, settings, labels=list(source.labels), net=net, warn=False)
     except CaffeError as e:
@@ -592,6 +598,7 @@ class OneResult:
     image: str  # data URI of the resized image (a detector's: the image with its boxes drawn)
     layers: list[dict[str, Any]] | None = None
     detections: list[dict[str, Any]] | None = None  # a detector's boxes (see detection_dicts)
+    segmentation: list[dict[str, Any]] | None = None  # a segmenter's classes by area (see segmentation_dicts)
 
 
 #: A detector's default confidence threshold; the longest side of the annotated image a page shows.
@@ -633,17 +640,9 @@ def detect_images(model: LoadedModel, images: Sequence[np.ndarray], threshold: f
 
 def shown_detections(model: LoadedModel, img: np.ndarray, found: Sequence[Any]) -> str:
     """The image with its boxes, labels and confidences drawn, at most SHOWN_SIDE pixels a side, as a data URI."""
-    import cv2
-
     from caffe.deploy.drawing import draw_detections
 
-    drawn = draw_detections(img, found, model.label)
-    side = max(drawn.shape[:2])
-    if side > SHOWN_SIDE:
-        scale = SHOWN_SIDE / side
-        size = (max(1, round(drawn.shape[1] * scale)), max(1, round(drawn.shape[0] * scale)))
-        drawn = cv2.resize(drawn, size, interpolation=cv2.INTER_AREA)
-    return png_data_uri(drawn)
+    return png_data_uri(_at_most(draw_detections(img, found, model.label), SHOWN_SIDE))
 
 
 def detect_one(
@@ -662,6 +661,50 @@ def detect_one(
     return OneResult(predictions, shown_detections(model, img, found), layers, detection_dicts(model, found))
 
 
+def segmentation_dicts(model: LoadedModel, class_map: np.ndarray) -> list[dict[str, Any]]:
+    """The classes of a class map, largest area first: ``{label, label_id, pixels, percent}``."""
+    from caffe.deploy.segmentation import class_counts
+
+    total = max(1, class_map.size)
+    counted = sorted(class_counts(class_map), key=lambda c: (-c[1], c[0]))
+    return [
+        {"label": model.label(c), "label_id": c, "pixels": n, "percent": round(100.0 * n / total, 2)}
+        for c, n in counted
+    ]
+
+
+def shown_segmentation(img: np.ndarray, class_map: np.ndarray) -> str:
+    """The image with each pixel's class colour blended in (the PASCAL VOC palette, ``caffe segment``'s), at most
+    SHOWN_SIDE pixels a side, as a data URI."""
+    drawn = deploy.overlay(img if img.shape[2] == 3 else np.repeat(img, 3, axis=2), class_map)
+    return png_data_uri(_at_most(drawn, SHOWN_SIDE))
+
+
+def _at_most(img: np.ndarray, side: int) -> np.ndarray:
+    """``img`` shrunk (area interpolation) so that its longest side is at most ``side`` pixels."""
+    import cv2
+
+    longest = max(img.shape[:2])
+    if longest <= side:
+        return img
+    scale = side / longest
+    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def segment_one(model: LoadedModel, data: bytes, visualize: bool = False, what: str = "image") -> OneResult:
+    """A segmenter's class map of one image: its classes by area (predictions: ``(label, percent of the
+    pixels)``) and the image with the classes coloured in."""
+    assert isinstance(model.deploy_model, deploy.SegmentationModel)
+    img = decode_upload(data, model.input_shape[0], what)
+    with model.lock:
+        class_map = model.deploy_model.segment([img])[0]
+        layers = visualizations(model) if visualize else None
+    shares = segmentation_dicts(model, class_map)
+    predictions = [(s["label"], s["percent"]) for s in shares]
+    return OneResult(predictions, shown_segmentation(img, class_map), layers, segmentation=shares)
+
+
 def classify_one(
     model: LoadedModel,
     data: bytes,
@@ -670,9 +713,11 @@ def classify_one(
     threshold: float = DETECTION_THRESHOLD,
 ) -> OneResult:
     """Top-5 of one image (and, with ``visualize``, the per-layer visualizations); a detector's boxes
-    above ``threshold`` (:func:`detect_one`)."""
+    above ``threshold`` (:func:`detect_one`); a segmenter's classes (:func:`segment_one`)."""
     if model.detector:
         return detect_one(model, data, visualize, what, threshold)
+    if model.segmenter:
+        return segment_one(model, data, visualize, what)
     x, shown = load_input(model, data, what)
     with model.lock:
         probs = forward(model, x[None])[0]
@@ -691,6 +736,7 @@ class ManyResult:
     labels: list[str]
     errors: dict[str, str] = field(default_factory=dict)
     detections: dict[str, list[dict[str, Any]]] | None = None  # a detector's boxes per image
+    segmentations: dict[str, list[dict[str, Any]]] | None = None  # a segmenter's classes per image
 
     def top5(self, i: int, k: int = TOP_K) -> list[tuple[str, float]]:
         return [(p.label, round(p.probability * 100.0, 2)) for p in deploy.top_k(self.probs[i], k, self.label)]
@@ -705,7 +751,7 @@ class ManyResult:
 
     def evaluation(self) -> dict[str, Any] | None:
         """top-1/top-5 accuracy (percent), confusion matrix (rows: truth, columns: top-1) and per-class accuracy."""
-        if self.detections is not None or not self.has_truth or not len(self.probs):
+        if self.detections is not None or self.segmentations is not None or not self.has_truth or not len(self.probs):
             return None
         k = self.probs.shape[1]
         truth = np.asarray(self.truth, dtype=np.int64)
@@ -736,12 +782,12 @@ class ManyResult:
         return {p: self.top5(i) for i, p in enumerate(self.paths)}
 
 
-def detect_many(
-    model: LoadedModel, items: Sequence[tuple[Path, int | None]], threshold: float = DETECTION_THRESHOLD
-) -> ManyResult:
-    """A detector's boxes on server-side images (``detections``: path -> boxes); unreadable images are
-    reported in ``errors`` and left out."""
-    paths, truth, errors, detections = [], [], {}, {}
+def _each_image(
+    model: LoadedModel, items: Sequence[tuple[Path, int | None]], describe: Callable[[np.ndarray], list[dict]]
+) -> tuple[list[str], list[int | None], dict[str, str], dict[str, list[dict[str, Any]]]]:
+    """``describe`` (run holding ``model.lock``) of each readable server-side image: the paths, their truth, the
+    unreadable images' errors and the descriptions by path."""
+    paths, truth, errors, described = [], [], {}, {}
     for path, label in items:
         try:
             img = decode_upload(read_image_file(path), model.input_shape[0], str(path))
@@ -749,11 +795,33 @@ def detect_many(
             errors[str(path)] = str(e)
             continue
         with model.lock:
-            found = detect_images(model, [img], threshold)[0]
+            described[str(path)] = describe(img)
         paths.append(str(path))
         truth.append(label)
-        detections[str(path)] = detection_dicts(model, found)
-    return ManyResult(paths, np.zeros((len(paths), 0)), truth, list(model.source.labels), errors, detections)
+    return paths, truth, errors, described
+
+
+def detect_many(
+    model: LoadedModel, items: Sequence[tuple[Path, int | None]], threshold: float = DETECTION_THRESHOLD
+) -> ManyResult:
+    """A detector's boxes on server-side images (``detections``: path -> boxes); unreadable images are
+    reported in ``errors`` and left out."""
+    paths, truth, errors, found = _each_image(
+        model, items, lambda img: detection_dicts(model, detect_images(model, [img], threshold)[0])
+    )
+    return ManyResult(paths, np.zeros((len(paths), 0)), truth, list(model.source.labels), errors, detections=found)
+
+
+def segment_many(model: LoadedModel, items: Sequence[tuple[Path, int | None]]) -> ManyResult:
+    """A segmenter's classes on server-side images (``segmentations``: path -> classes by area); unreadable
+    images are reported in ``errors`` and left out."""
+    segmenter = model.deploy_model
+    assert isinstance(segmenter, deploy.SegmentationModel)
+    paths, truth, errors, shares = _each_image(
+        model, items, lambda img: segmentation_dicts(model, segmenter.segment([img])[0])
+    )
+    labels = list(model.source.labels)
+    return ManyResult(paths, np.zeros((len(paths), 0)), truth, labels, errors, segmentations=shares)
 
 
 def classify_many(
@@ -766,6 +834,8 @@ def classify_many(
     ``errors`` and left out."""
     if model.detector:
         return detect_many(model, items, threshold)
+    if model.segmenter:
+        return segment_many(model, items)
     inputs, paths, truth, errors = [], [], [], {}
     for path, label in items:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from caffe import deploy
+from caffe.deploy.segmentation import is_segmenter
 from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
 from caffe.layers.python import CONSENT_FLAG
 from caffe.proto import caffe_pb2 as pb
@@ -123,8 +124,8 @@ def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict
     """Build the job's deploy net (in this process) and load its weights; a name or shape mismatch is a
     WeightsError.
 
-    Returns facts for the job's result (input shape, output size, layer and parameter counts) and the name
-    of the net's last output.
+    Returns facts for the job's result (input shape, output size - a segmentation net's: its classes -, layer
+    and parameter counts) and the name of the net's last output.
     """
     from caffe.weights import is_hdf5, load_net_param
 
@@ -160,9 +161,13 @@ def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict
         )
     if out is not None and not net.blobs[out].shape:
         raise NetError(f"deploy.prototxt: output '{out}' is a scalar; a classifier's output has a value per class")
+    outputs = None
+    if out is not None:  # a segmentation net's classes are its output's channels, else one value per class
+        shape = net.blobs[out].shape
+        outputs = int(shape[1]) if is_segmenter(net, out) else int(net.blobs[out].count // max(1, shape[0]))
     return {
         "input_shape": list(net.blobs[inp].shape) if inp else None,
-        "outputs": int(net.blobs[out].count // max(1, net.blobs[out].shape[0])) if out else None,
+        "outputs": outputs,
         "layers": len(net.layers),
         "parameters": int(sum(b.count for blobs in net.params.values() for b in blobs)),
     }, out

@@ -19,7 +19,10 @@ Inference (every route takes ``job_id`` - a model or pretrained job - and ``snap
   -> ``{"predictions": [[label, percent], ...]}`` (top-5; with visualizations also ``"visualizations"``);
   a detector (SSD ``DetectionOutput`` or ``Yolov3DetectionOutput``) gives its boxes above ``threshold`` (default
   0.5) as ``"detections": [{label, label_id, confidence, box: [xmin, ymin, xmax, ymax]}]`` (image pixels), and
-  its page draws them on the image; classify-many then lists ``{"detections": {path: [...]}}``;
+  its page draws them on the image; classify-many then lists ``{"detections": {path: [...]}}``; a segmentation net
+  (its output N x C x H x W: SegNet, FCN, ENet, PSPNet) gives each class's share of the pixels as
+  ``"segmentation": [{label, label_id, pixels, percent}]`` (largest first; the predictions are these labels and
+  percentages), its page colours the classes in, and classify-many lists ``{"segmentations": {path: [...]}}``;
 * ``POST .../classify_many`` (page) and ``classify_many.json``: ``image_list`` (upload of ``path [label]`` lines;
   relative paths are under ``image_folder``) or ``image_folder`` alone (a folder of class sub-folders), and
   ``num_test_images`` -> ``{"classifications": {path: [[label, percent], ...]}}`` plus, with ground truth,
@@ -517,6 +520,8 @@ async def classify_one_json(request: Request) -> Response:
     body: dict[str, Any] = {"predictions": [[label, pct] for label, pct in result.predictions]}
     if result.detections is not None:
         body["detections"] = result.detections
+    if result.segmentation is not None:
+        body["segmentation"] = result.segmentation
     if result.layers is not None:
         body["visualizations"] = result.layers
     if model.source.epoch is not None:
@@ -602,6 +607,8 @@ async def _classify_many(request: Request, form: _Form) -> tuple[Any, inference.
 def _many_body(result: inference.ManyResult) -> dict[str, Any]:
     if result.detections is not None:
         body: dict[str, Any] = {"detections": result.detections}
+    elif result.segmentations is not None:
+        body = {"segmentations": result.segmentations}
     else:
         body = {"classifications": result.classifications()}
     if result.errors:
@@ -636,13 +643,14 @@ async def classify_many_page(request: Request) -> Response:
         evaluation = result.evaluation()
     except CaffeError as e:
         return _inline(request, "classify_many.html", form, e)
-    detections = result.detections
+    detections, segmentations = result.detections, result.segmentations
     rows = [
         {
             "path": p,
             "truth": result.label(t) if t is not None else None,
-            "top5": result.top5(i) if detections is None else [],
+            "top5": result.top5(i) if detections is None and segmentations is None else [],
             "detections": detections.get(p, []) if detections is not None else None,
+            "segmentation": segmentations.get(p, []) if segmentations is not None else None,
         }
         for i, (p, t) in enumerate(zip(result.paths, result.truth, strict=True))
     ]
@@ -659,11 +667,12 @@ async def _top_n(request: Request, form: _Form) -> tuple[Any, list[dict[str, Any
     except CaffeError as e:
         raise _at("top_n", e) from None
     model, result = await _classify_many(request, form)
-    if result.detections is not None:
+    if result.detections is not None or result.segmentations is not None:
+        kind = "detector" if result.detections is not None else "segmentation net"
         raise _at(
             "job_id",
             inference.InferenceError(
-                "top N images per class is for classifiers; this model is a detector: use classify many"
+                f"top N images per class is for classifiers; this model is a {kind}: use classify many"
             ),
         )
     return model, inference.top_n(result, n or 9)
