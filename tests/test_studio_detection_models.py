@@ -20,6 +20,7 @@ from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param, read_net_param_binary, read_solver_param
 from caffe.studio import detection_networks as dn
 from caffe.studio import validate
+from caffe.studio.networks import fill_missing_fillers
 
 SSD_DEPLOY = "models/res10_ssd_face_prototxt_only/deploy.prototxt"
 SSD_WEIGHTS = "models/res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel"
@@ -96,7 +97,7 @@ def test_retargeted_nets_build_with_one_score_per_prior_and_class(path, classes)
     renamed = dn.retarget(parts, classes, finetune=True)
     assert len(renamed) == (6 if classes != old else 0)
     assert all(new == f"{name}_retrain" for name, new in renamed)
-    dn.fill_missing_fillers(parts)
+    fill_missing_fillers(parts.body)
     deploy = Net(dn.deploy_net(parts), common.TEST)
     priors = deploy.blobs["mbox_priorbox"].data.shape[2] // 4
     assert deploy.blobs["mbox_conf_flatten"].data.shape == (1, priors * classes)

@@ -37,6 +37,7 @@ from caffe.studio.models import (
     network_field,
     solver_param,
 )
+from caffe.studio.networks import fill_missing_fillers
 
 TASK = "object-detection"
 DEFAULT_BATCH_SIZE = 8  # SSD's 300 x 300 images: the fork's 32 needs a GPU
@@ -135,7 +136,7 @@ def customize(store: Any, form: ModelForm) -> dict[str, Any]:
         dn.retarget(parts, data.classes, finetune=False)
     except NetError as e:
         raise FormError({network_field(form): str(e)}) from None
-    dn.fill_missing_fillers(parts)
+    fill_missing_fillers(parts.body)
     sources = _sources(store, form, data, parts)
     return {
         "network": to_text(dn.train_val_net(parts, sources)),
@@ -159,7 +160,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         renamed = dn.retarget(parts, data.classes, finetune=chosen.weights is not None)
     except NetError as e:
         raise FormError({network_field(form): str(e)}) from None
-    dn.fill_missing_fillers(parts)
+    fill_missing_fillers(parts.body)
     sources = _sources(store, form, data, parts)
     batch, val_batch, mean, scale = sources.train_batch, sources.val_batch, sources.mean, sources.scale
     train_val = dn.train_val_net(parts, sources)

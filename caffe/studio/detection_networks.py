@@ -303,19 +303,6 @@ def retarget(parts: SsdParts, classes: int, *, finetune: bool) -> list[tuple[str
     return renames
 
 
-def fill_missing_fillers(parts: SsdParts) -> None:
-    """Convolutions and inner products without fillers (deploy nets carry none) start as the fork's do: Xavier
-    weights, zero biases (Caffe's default, constant 0 weights, would not train)."""
-    for layer in parts.body:
-        param = {"Convolution": layer.convolution_param, "InnerProduct": layer.inner_product_param}.get(layer.type)
-        if param is None:
-            continue
-        if not param.HasField("weight_filler"):
-            param.weight_filler.type = "xavier"
-        if param.bias_term and not param.HasField("bias_filler"):
-            param.bias_filler.type = "constant"
-
-
 # ---------------------------------------------------------------------------------------------- writing
 def default_train_transform(height: int, width: int, mean: list[float], scale: float) -> pb.TransformationParameter:
     """The fork's training transformation (``ssd_pascal.py``): warp to the input size, mirror, photometric

@@ -176,6 +176,22 @@ def retarget(net: pb.NetParameter, classes: int, *, finetune: bool) -> list[tupl
     return renames
 
 
+def fill_missing_fillers(layers: list[pb.LayerParameter]) -> None:
+    """Convolutions, deconvolutions and inner products without fillers (deploy nets carry none) start as the
+    fork's detectors and segmenters do: Xavier weights, zero biases (Caffe's default, constant 0 weights, would
+    not train)."""
+    params = {"Convolution": "convolution_param", "Deconvolution": "convolution_param"}
+    params["InnerProduct"] = "inner_product_param"
+    for layer in layers:
+        if layer.type not in params:
+            continue
+        param = getattr(layer, params[layer.type])
+        if not param.HasField("weight_filler"):
+            param.weight_filler.type = "xavier"
+        if param.bias_term and not param.HasField("bias_filler"):
+            param.bias_filler.type = "constant"
+
+
 # ---------------------------------------------------------------------------------------------- train/val
 def trainable(net: pb.NetParameter, batch_size: int = DEFAULT_BATCH_SIZE) -> pb.NetParameter:
     """A net that can train: a deploy net (Input ... Softmax) gets a Data layer per phase and a
