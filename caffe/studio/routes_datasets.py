@@ -6,10 +6,13 @@
   or 400 ``{errors: [...]}``;
 * ``GET  /datasets/images/object-detection/new``, ``POST /datasets/images/object-detection`` [``.json``]: the same for
   an object detection dataset (:mod:`caffe.studio.detection_datasets`);
+* ``GET  /datasets/images/segmentation/new``, ``POST /datasets/images/segmentation`` [``.json``]: the same for a
+  semantic segmentation dataset (:mod:`caffe.studio.segmentation_datasets`);
 * ``GET  /datasets/{id}``, ``/datasets/{id}.json``: status, progress, counts per class (detection: images per split
-  and boxes per class), mean image;
+  and boxes per class; segmentation: images per split and pixels per class), mean image;
 * ``GET  /datasets/{id}/explore?db=train&label=&page=&size=``: the stored images by class, paged;
-  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG (a detection record with its boxes drawn),
+  ``/datasets/{id}/explore/image?db=&index=`` serves one record as PNG (a detection record with its boxes drawn, a
+  segmentation record with its class map coloured in),
   ``/datasets/{id}/mean.jpg``;
 * ``GET  /folders.json?path=``: the folder picker's listing of server folders inside the data roots.
 
@@ -44,6 +47,7 @@ from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import atomic_write
 from caffe.studio import datasets as ds
 from caffe.studio import detection_datasets as dd
+from caffe.studio import segmentation_datasets as sd
 from caffe.studio.paths import list_folders
 from caffe.studio.scheduler import python_module_argv
 from caffe.studio.store import Job
@@ -54,6 +58,7 @@ router = APIRouter()
 PAGE_SIZES = (10, 25, 50, 100)
 _PARAM_NAMES = {f.name for f in fields(ds.DatasetParams)} - {"data_roots"}
 _DETECTION_PARAM_NAMES = {f.name for f in fields(dd.DetectionParams)} - {"data_roots", "task"}
+_SEGMENTATION_PARAM_NAMES = {f.name for f in fields(sd.SegmentationParams)} - {"data_roots", "task"}
 CreateFn = Callable[[Request, dict[str, Any], dict[str, tuple[str, bytes]]], Job]
 FormPageFn = Callable[..., Response]
 _UPLOADS = ("train_images", "val_images", "test_images", "labels_file")  # textfile_<x> / textfile_local_<x>
@@ -193,57 +198,120 @@ async def dataset_create(request: Request) -> Response:
 def create_detection_job(request: Request, values: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> Job:
     """Check the detection form (every folder, against the data roots; images with label files), then create
     and submit the job; DataError naming the field if the form is bad. Uploads are not used."""
-    studio = studio_of(request)
+    parse, module = dd.DetectionParams.from_dict, "caffe.studio.detection_datasets"
+    return _task_job(request, values, "train_image_folder", _DETECTION_PARAM_NAMES, parse, dd.scan, module)
+
+
+def _task_job(
+    request: Request,
+    values: dict[str, Any],
+    folder_field: str,
+    names: set[str],
+    parse: Callable[[dict[str, Any]], Any],
+    check: Callable[[Any], Any],
+    module: str,
+) -> Job:
+    """The ``names`` fields of ``values`` (with the studio's data roots) parsed and checked, then a dataset job
+    (named ``dataset_name``, else after ``folder_field``'s folder) made of them (its params.json) and submitted
+    (``python -m module JOB_DIR``); DataError naming the field if the form is bad, before anything is created."""
     name = str(values.get("dataset_name") or "").strip()
-    name = name or Path(str(values.get("train_image_folder") or "").strip().rstrip("/")).name
+    name = name or Path(str(values.get(folder_field) or "").strip().rstrip("/")).name
     if not name:
         raise DataError("dataset_name: give the dataset a name")
-    clean = {k: v for k, v in values.items() if k in _DETECTION_PARAM_NAMES}
+    clean = {k: v for k, v in values.items() if k in names}
     clean["data_roots"] = [str(r) for r in data_roots(request)]
     try:
-        params = dd.DetectionParams.from_dict(clean)
-        dd.scan(params)
+        params = parse(clean)
+        check(params)
     except (CaffeError, ValueError) as e:
         raise DataError(str(e)) from None
+    studio = studio_of(request)
     job = studio.store.create("dataset", name, {})
     job_dir = studio.store.job_dir(job.id)
     submitted = {**params.to_dict(), "dataset_name": name}
     atomic_write(job_dir / "params.json", json.dumps(submitted, indent=1).encode("utf-8"))
     studio.store.update(job.id, params=submitted)
-    return studio.scheduler.submit(job.id, python_module_argv("caffe.studio.detection_datasets", str(job_dir)), None)
+    return studio.scheduler.submit(job.id, python_module_argv(module, str(job_dir)), None)
 
 
-def _detection_form_page(
-    request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200
+def _task_form_page(
+    request: Request,
+    template: str,
+    shown: dict[str, Any],
+    values: dict[str, Any] | None,
+    error: str,
+    status: int,
+    **extra: Any,
 ) -> Response:
-    shown = dd.DetectionParams().to_dict()
+    """A dataset form ``template``: the defaults ``shown`` updated with the submitted or cloned ``values``."""
     shown.update({k: v for k, v in (values or {}).items() if isinstance(v, str | int | float)})
     context = {
         "values": {k: "" if v is None else _shown(v) for k, v in shown.items()},
         "error": error,
         "roots": [str(r) for r in data_roots(request)],
-        "label_formats": dd.LABEL_FORMATS,
-        "encodings": dd.ENCODINGS,
+        **extra,
     }
-    templates = studio_of(request).templates
-    return templates.TemplateResponse(request, "detection_dataset_new.html", context, status_code=status)
+    return studio_of(request).templates.TemplateResponse(request, template, context, status_code=status)
 
 
-@router.get("/datasets/images/object-detection/new", name="detection_dataset_new")
-def detection_dataset_new(request: Request, clone: str = "") -> Response:
-    """The form; ``?clone=<dataset id>`` fills it with that dataset's parameters."""
-    values = _dataset_job(request, clone).params if clone else None
-    return _detection_form_page(request, values)
+def _detection_form_page(
+    request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200
+) -> Response:
+    defaults = dd.DetectionParams().to_dict()
+    extra = {"label_formats": dd.LABEL_FORMATS, "encodings": dd.ENCODINGS}
+    return _task_form_page(request, "detection_dataset_new.html", defaults, values, error, status, **extra)
 
 
-@router.post("/datasets/images/object-detection.json", name="detection_dataset_create_json")
-async def detection_dataset_create_json(request: Request) -> Response:
-    return await _create_response(request, create_detection_job, None)
+def add_task_routes(task: str, name: str, create: CreateFn, form_page: FormPageFn) -> None:
+    """``GET /datasets/images/<task>/new`` (the form; ``?clone=<dataset id>`` fills it with that dataset's
+    parameters), ``POST /datasets/images/<task>`` (-> the dataset page) and ``.json`` (-> ``{job_id, name,
+    status}``); the routes are named ``<name>_new``, ``<name>_create``, ``<name>_create_json``."""
+
+    def new(request: Request, clone: str = "") -> Response:
+        values = _dataset_job(request, clone).params if clone else None
+        return form_page(request, values)
+
+    async def create_json(request: Request) -> Response:
+        return await _create_response(request, create, None)
+
+    async def create_form(request: Request) -> Response:
+        return await _create_response(request, create, form_page)
+
+    base = f"/datasets/images/{task}"
+    router.add_api_route(f"{base}/new", new, methods=["GET"], name=f"{name}_new")
+    router.add_api_route(f"{base}.json", create_json, methods=["POST"], name=f"{name}_create_json")
+    router.add_api_route(base, create_form, methods=["POST"], name=f"{name}_create")
 
 
-@router.post("/datasets/images/object-detection", name="detection_dataset_create")
-async def detection_dataset_create(request: Request) -> Response:
-    return await _create_response(request, create_detection_job, _detection_form_page)
+add_task_routes("object-detection", "detection_dataset", create_detection_job, _detection_form_page)
+
+
+# ---------------------------------------------------------------------------------------------
+# creating a segmentation dataset
+
+
+def create_segmentation_job(request: Request, values: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> Job:
+    """Check the segmentation form (every folder and file against the data roots, the image/label pairs, the colour
+    map and class labels files), then create and submit the job; DataError naming the field if the form is bad."""
+    parse, module = sd.SegmentationParams.from_dict, "caffe.studio.segmentation_datasets"
+    return _task_job(request, values, "feature_folder", _SEGMENTATION_PARAM_NAMES, parse, sd.make_plan, module)
+
+
+def _segmentation_form_page(
+    request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200
+) -> Response:
+    values = dict(values or {})
+    values["has_val_folder"] = ds.coerce_field("has_val_folder", values.get("has_val_folder", False), False)
+    extra = {
+        "encodings": sd.ENCODINGS,
+        "channel_conversions": sd.CHANNEL_CONVERSIONS,
+        "colormap_methods": sd.COLORMAP_METHODS,
+    }
+    defaults = sd.SegmentationParams().to_dict()
+    return _task_form_page(request, "segmentation_dataset_new.html", defaults, values, error, status, **extra)
+
+
+add_task_routes(sd.TASK, "segmentation_dataset", create_segmentation_job, _segmentation_form_page)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +361,7 @@ def dataset_info(request: Request, job: Job) -> dict[str, Any]:
 
 
 def _task(job: Job) -> str:
-    """``object-detection`` or ``classification`` (datasets made before the task was recorded)."""
+    """``object-detection``, ``segmentation`` or ``classification`` (datasets made before the task was recorded)."""
     return str(job.params.get("task") or "classification")
 
 
@@ -356,6 +424,8 @@ def dataset_explore(
     job_dir = studio_of(request).store.job_dir(job.id)
     if _task(job) == dd.TASK:
         return _detection_explore(request, job, job_dir, split, page, size)
+    if _task(job) == sd.TASK:
+        return _paths_explore(request, job, job_dir, split, _record_names(job_dir / f"{split}_db"), page, size)
     labels = _read_labels(job_dir)
     entries = list(enumerate(_db_entries(job_dir, split)))
     counts = [0] * len(labels)
@@ -399,6 +469,13 @@ def _detection_explore(request: Request, job: Job, job_dir: Path, split: str, pa
         paths = [p for p in (job_dir / f"{split}.txt").read_text(encoding="utf-8").splitlines() if p]
     except OSError:
         raise HTTPException(404, f"this dataset has no {split} database") from None
+    return _paths_explore(request, job, job_dir, split, paths, page, size)
+
+
+def _paths_explore(
+    request: Request, job: Job, job_dir: Path, split: str, paths: list[str], page: int, size: int
+) -> Response:
+    """The explore page of the records named ``paths`` (record order), paged, without a class filter."""
     size = size if size in PAGE_SIZES else 25
     pages = max(1, math.ceil(len(paths) / size))
     page = min(max(page, 0), pages - 1)
@@ -486,6 +563,40 @@ def detection_record_png(db_path: Path, index: int, labels: list[str]) -> bytes:
     return encode_image(drawn, ".png")
 
 
+def _record_names(db_path: Path) -> list[str]:
+    """The names of a dataset LMDB's records (their keys less the ``%08d_`` index), in key order; 404 if none."""
+    if not db_path.is_dir():
+        raise HTTPException(404, f"this dataset has no {db_path.name.removesuffix('_db')} database")
+    prefix = len(item_key(0, ""))
+    with (
+        _RECORD_LOCK,
+        open_db(db_path, "lmdb", "read", readahead=False) as db,
+        db.env.begin() as txn,
+        txn.cursor() as cur,
+    ):
+        return [bytes(k)[prefix:].decode("utf-8", "replace") for k in cur.iternext(keys=True, values=False)]
+
+
+def segmentation_record_png(job_dir: Path, split: str, index: int) -> bytes:
+    """The ``index``-th image of a segmentation dataset with its class map (same index, labels database) coloured
+    in with the dataset's palette, as PNG bytes."""
+    from caffe.deploy.drawing import encode_image
+
+    key, image = _record(job_dir / f"{split}_db", index)
+    _, label = _record(job_dir / f"{split}_labels_db", index)
+    name = f"{split} record {key.decode('utf-8', 'replace')!r}"
+    try:
+        chw = datum_to_array(parse_datum(image, name), name)
+        classes = datum_to_array(parse_datum(label, name), name)[0]
+        colours = sd.read_palette(job_dir / "palette.json")
+    except DataError as e:
+        raise HTTPException(500, str(e)) from None
+    rgb = chw[::-1].transpose(1, 2, 0) if chw.shape[0] == 3 else np.repeat(chw.transpose(1, 2, 0), 3, axis=2)
+    if classes.shape != rgb.shape[:2]:
+        raise HTTPException(500, f"{name}: its class map is {classes.shape}, the image {rgb.shape[:2]}")
+    return encode_image(sd.overlay_classes(rgb, classes, colours), ".png")
+
+
 @router.get("/datasets/{job_id}/explore/image", name="dataset_explore_image")
 def dataset_explore_image(request: Request, job_id: str, db: str = "train", index: int = 0) -> Response:
     job = _dataset_job(request, job_id)
@@ -495,6 +606,8 @@ def dataset_explore_image(request: Request, job_id: str, db: str = "train", inde
     job_dir = studio_of(request).store.job_dir(job.id)
     if _task(job) == dd.TASK:
         data = detection_record_png(job_dir / f"{split}_db", index, _read_labels(job_dir))
+    elif _task(job) == sd.TASK:
+        data = segmentation_record_png(job_dir, split, index)
     else:
         data = record_png(job_dir / f"{split}_db", index)
     return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

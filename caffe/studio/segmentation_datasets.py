@@ -238,6 +238,8 @@ def scan_split(
     )
     features = ds.check_server_path(getattr(params, feature_field), feature_field, roots)
     labels = ds.check_server_path(getattr(params, label_field), label_field, roots)
+    if labels.resolve() == features.resolve():
+        raise DataError(f"{label_field}: the same folder as the {feature_field}; the label images need their own")
     images = ds.scan_class_folder(features, roots, skipped)
     index = _stem_index(labels, ds.scan_class_folder(labels, roots, skipped))
     pairs, used = [], set()
@@ -548,8 +550,6 @@ def create_segmentation_dataset(
     progress = progress or (lambda stage, done, total: None)
     start = time.time()
     plan = make_plan(params, [job_dir.resolve()])
-    if not plan.splits["train"]:
-        raise DataError("folder_pct_val: no training images would be left; lower the percentage")
     log.info("Found %d image/label pairs", sum(map(len, plan.splits.values())))
     size, channels = first_shape(plan.splits["train"], params)
     maker, check = RecordMaker(params, plan.colormap, size, channels), PaletteCheck()
@@ -586,6 +586,27 @@ def create_segmentation_dataset(
         "seconds": round(time.time() - start, 3),
     }
     log.info("Dataset done: %s (%.1f s)", ", ".join(f"{n} {s}" for s, n in out["counts"].items()), out["seconds"])
+    return out
+
+
+def read_palette(path: Path) -> np.ndarray:
+    """A dataset's ``palette.json`` as K x 3 uint8 RGB colours; DataError naming the file."""
+    try:
+        colours = np.array(json.loads(read_file(path, "palette", max_bytes=MAX_TEXT_BYTES, error=DataError)))
+    except ValueError as e:
+        raise DataError(f"{path}: not a JSON palette ({e})") from None
+    if colours.ndim != 2 or colours.shape[1:] != (3,) or not np.isin(colours, np.arange(256)).all():
+        raise DataError(f"{path}: not a list of [R, G, B] colours (0-255)")
+    return colours.astype(np.uint8)
+
+
+def overlay_classes(rgb: np.ndarray, classes: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """H x W x 3 RGB pixels with each pixel's class colour (``colours[class]``) blended in at ``alpha``; void
+    (255) pixels and classes without a colour are left as they are."""
+    coloured = classes < min(len(colours), IGNORE)
+    out = rgb.copy()
+    tint = colours[classes[coloured]].astype(np.float32)
+    out[coloured] = np.rint((1 - alpha) * rgb[coloured].astype(np.float32) + alpha * tint).astype(np.uint8)
     return out
 
 
