@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from caffe.errors import NetError
-from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import to_text
 from caffe.studio import detection_networks as dn
 from caffe.studio.models import (
@@ -33,20 +32,15 @@ from caffe.studio.models import (
     Network,
     choose_network,
     finished_dataset,
-    iterations_per_epoch,
+    job_info_fields,
+    job_solver,
     network_field,
-    solver_param,
 )
 from caffe.studio.networks import fill_missing_fillers
 
 TASK = "object-detection"
 DEFAULT_BATCH_SIZE = 8  # SSD's 300 x 300 images: the fork's 32 needs a GPU
 AP_VERSION = "11point"  # the fork's VOC scripts' choice
-
-
-def is_detection_job(job: Any) -> bool:
-    """Whether a dataset or model job is an object-detection one."""
-    return (job.result or {}).get("task") == TASK or (job.params or {}).get("task") == TASK
 
 
 @dataclass
@@ -69,9 +63,7 @@ class DetectionDataset:
 
     @classmethod
     def from_job(cls, store: Any, job_id: str) -> DetectionDataset:
-        job = finished_dataset(store, job_id)
-        if not is_detection_job(job):
-            raise FormError({"dataset": f"dataset {job_id} is an image classification dataset, not object detection"})
+        job = finished_dataset(store, job_id, TASK)
         result = job.result or {}
         counts = result.get("counts") or {}
         labels = [str(x) for x in result.get("labels") or []]
@@ -165,38 +157,21 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
     batch, val_batch, mean, scale = sources.train_batch, sources.val_batch, sources.mean, sources.scale
     train_val = dn.train_val_net(parts, sources)
     deploy = dn.deploy_net(parts)
-    solver = solver_param(form, data.train_count, data.val_count if sources.val_db else 0, batch, val_batch)
+    solver = job_solver(form, job_dir, data, batch, val_batch, validate=bool(sources.val_db))
     if sources.val_db:
         solver.eval_type, solver.ap_version = "detection", AP_VERSION
-    solver.net = str(job_dir / "train_val.prototxt")
-    solver.snapshot_prefix = str(job_dir / "snapshot")
-    if form.gpu_request() is not None:
-        solver.solver_mode = pb.SolverParameter.GPU
     c, h, w = parts.input_shape
     info = {
-        "job id": job_dir.name,
-        "name": form.model_name,
-        "framework": "caffe",
+        **job_info_fields(job_dir, form, data, chosen, renamed, solver, batch),
         "task": TASK,
-        "dataset": data.id,
-        "network": chosen.source,
-        "pretrained weights": str(chosen.weights) if chosen.weights else None,
-        "renamed layers": [list(r) for r in renamed],
-        "classes": data.classes,
         "image dimensions": [h, w, c],
         "crop size": None,
         "mean subtraction": "pixel" if mean else "none",
         "mean_values": mean,
         "input scale": scale,
         "resize_mode": "squash",
-        "train count": data.train_count,
-        "val count": data.val_count,
-        "iterations per epoch": iterations_per_epoch(data.train_count, batch, form.batch_accumulation or 1),
-        "max iterations": solver.max_iter,
-        "epochs": form.train_epochs,
         "accuracy outputs": [dn.EVAL_BLOB] if sources.val_db else [],
         "mean file": "mean.binaryproto" if mean else None,
-        "labels file": "labels.txt",
     }
     # the mean values as a mean image too, so the job's archive and promoted model carry them as DIGITS' do
     image = np.broadcast_to(np.asarray(mean, np.float32)[:, None, None], (c, h, w)) if len(mean) in (1, c) else None

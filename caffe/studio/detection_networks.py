@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from caffe.errors import NetError
 from caffe.proto import caffe_pb2 as pb
-from caffe.studio.networks import included, retrain_name
+from caffe.studio.networks import bare_copy, included, layers_behind, producer, retrain_name
 
 DETECTION_SOURCE_TYPES = {"Input", "AnnotatedData", "Data", "DummyData", "ImageData"}
 HEAD_PATH_TYPES = ("Flatten", "Permute", "Reshape", "Concat")
@@ -70,11 +70,6 @@ def _only(layers: list[pb.LayerParameter], kind: str, net: str) -> pb.LayerParam
     return found[0] if found else None
 
 
-def _producer(layers: list[pb.LayerParameter], blob: str) -> pb.LayerParameter | None:
-    """The last layer that writes ``blob``."""
-    return next((x for x in reversed(layers) if blob in x.top), None)
-
-
 def _input_shape(net: pb.NetParameter, sources: list[pb.LayerParameter]) -> tuple[str, tuple[int, int, int]]:
     """The image blob and its (C, H, W): an Input layer's shape, the net's ``input_shape``/``input_dim``, or the
     resize of an AnnotatedData layer."""
@@ -102,7 +97,7 @@ def _chain_back(layers: list[pb.LayerParameter], blob: str) -> tuple[list[pb.Lay
     optional) and the raw blob before it."""
     chain: list[pb.LayerParameter] = []
     for kinds in (("Flatten",), ("Softmax", "Sigmoid"), ("Reshape",)):
-        layer = _producer(layers, blob)
+        layer = producer(layers, blob)
         if layer is not None and layer.type in kinds and len(layer.bottom) == 1:
             chain.insert(0, layer)
             blob = layer.bottom[0]
@@ -202,24 +197,16 @@ def ssd_parts(net: pb.NetParameter) -> SsdParts:
         loc, conf, prior = loss.bottom[0], loss.bottom[1], loss.bottom[2]
     removed = {id(x) for x in sources} | {id(x) for x in chain}
     heads = ("MultiBoxLoss", "DetectionOutput", "Silence")
-    loss = _copy(loss) if loss is not None else standard_loss(output, loc, conf, prior)
+    loss = bare_copy(loss) if loss is not None else standard_loss(output, loc, conf, prior)
     if output is None:
         chain, output = standard_output(loss, loc, conf, prior)
     else:
-        output, chain = _copy(output), [_copy(x) for x in chain]
-    body = [_copy(x) for x in layers if id(x) not in removed and x.type not in heads]
+        output, chain = bare_copy(output), [bare_copy(x) for x in chain]
+    body = [bare_copy(x) for x in layers if id(x) not in removed and x.type not in heads]
     parts = SsdParts(name, input_blob, shape, body, loc, conf, prior, loss, chain, output)
     _take_data_settings(parts, sources)
     _label_blob(parts)
     return parts
-
-
-def _copy(layer: pb.LayerParameter) -> pb.LayerParameter:
-    out = pb.LayerParameter()
-    out.CopyFrom(layer)
-    del out.blobs[:]
-    out.ClearField("phase")
-    return out
 
 
 def _take_data_settings(parts: SsdParts, sources: list[pb.LayerParameter]) -> None:
@@ -250,25 +237,16 @@ def _label_blob(parts: SsdParts) -> None:
 # ---------------------------------------------------------------------------------------------- classes
 def confidence_layers(parts: SsdParts) -> list[pb.LayerParameter]:
     """The convolutions whose outputs make the raw confidences (through Permute, Flatten, Reshape and Concat)."""
-    found: list[pb.LayerParameter] = []
-    pending = [parts.conf]
-    seen: set[str] = set()
-    while pending:
-        blob = pending.pop()
-        if blob in seen:
-            continue
-        seen.add(blob)
-        layer = _producer(parts.body, blob)
-        if layer is None:
-            continue
+
+    def step(layer: pb.LayerParameter) -> tuple[bool, list[str]]:
         if layer.type == "Convolution":
-            if layer not in found:
-                found.append(layer)
-        elif layer.type in HEAD_PATH_TYPES:
-            pending.extend(layer.bottom)
+            return True, []
+        return False, list(layer.bottom) if layer.type in HEAD_PATH_TYPES else []
+
+    found = layers_behind(parts.body, parts.conf, step)
     if not found:
         raise NetError(f"network '{parts.name}': no Convolution layer found under the confidences '{parts.conf}'")
-    return sorted(found, key=lambda x: [id(y) for y in parts.body].index(id(x)))
+    return found
 
 
 def retarget(parts: SsdParts, classes: int, *, finetune: bool) -> list[tuple[str, str]]:
@@ -414,17 +392,13 @@ def train_val_net(parts: SsdParts, sources: DataSources) -> pb.NetParameter:
                         sources.label_map)
         )  # fmt: skip
     net.layer.extend(parts.body)
-    loss = _copy(parts.loss)
-    del loss.include[:]
-    del loss.exclude[:]
+    loss = bare_copy(parts.loss, rules=False)
     loss.include.add(phase=pb.TRAIN)
     net.layer.append(loss)
     if sources.val_db is None:
         return net
     for layer in (*parts.chain, parts.output):
-        tested = _copy(layer)
-        del tested.include[:]
-        del tested.exclude[:]
+        tested = bare_copy(layer, rules=False)
         tested.include.add(phase=pb.TEST)
         net.layer.append(tested)
     d = net.layer[-1].detection_output_param
@@ -452,9 +426,7 @@ def deploy_net(parts: SsdParts) -> pb.NetParameter:
     for layer in (*parts.body, *parts.chain, parts.output):
         if not included(layer, pb.NetState(phase=pb.TEST, stage=["deploy"])):
             continue
-        kept = _copy(layer)
-        del kept.include[:]
-        del kept.exclude[:]
+        kept = bare_copy(layer, rules=False)
         net.layer.append(kept)
     net.layer[-1].detection_output_param.ClearField("save_output_param")
     return net

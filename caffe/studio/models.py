@@ -263,14 +263,26 @@ class DatasetInfo:
         return cls(job_id, d, counts["train"], counts.get("val", 0), labels, (int(c), int(h), int(w)))
 
 
-def finished_dataset(store: Any, job_id: str) -> Any:
-    """The finished dataset job ``job_id``; a FormError on the dataset field otherwise."""
+TASKS = ("classification", "object-detection", "segmentation")
+
+
+def task_of(job: Any) -> str:
+    """A dataset or model job's task (a model's is in its info): ``classification`` unless it says another."""
+    result = job.result or {}
+    task = result.get("task") or (result.get("info") or {}).get("task") or (job.params or {}).get("task")
+    return task if task in TASKS else "classification"
+
+
+def finished_dataset(store: Any, job_id: str, task: str = "classification") -> Any:
+    """The finished ``task`` dataset job ``job_id``; a FormError on the dataset field otherwise."""
     try:
         job = store.get(job_id)
     except KeyError:
         raise FormError({"dataset": f"no dataset job {job_id!r}"}) from None
     if job.kind != "dataset" or job.status != "Done":
         raise FormError({"dataset": f"job {job_id} is not a finished dataset (status {job.status})"})
+    if task_of(job) != task:
+        raise FormError({"dataset": f"dataset {job_id} is for {task_of(job)}, not {task}"})
     return job
 
 
@@ -448,6 +460,7 @@ class ModelFiles:
     weights: Path | None
     layer_files: dict[str, Path] = field(default_factory=dict)
     mean: np.ndarray | None = None  # C x H x W: written as the job's mean.binaryproto instead of the dataset's
+    input_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # C, H, W of other Data tops
 
 
 def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
@@ -470,7 +483,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
     c, h, w = data.shape
     if crop and crop > min(h, w):
         raise FormError({"crop_size": f"{crop} is larger than the dataset's {w}x{h} images"})
-    mean = _mean_values(data) if form.use_mean == "pixel" else None
+    mean = mean_values(data.dir / "mean.binaryproto", data.shape) if form.use_mean == "pixel" else None
     for layer in layers:
         is_train = layer in train
         db = data.dir / ("train_db" if is_train else "val_db")
@@ -480,12 +493,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         elif not layer.data_param.batch_size:
             layer.data_param.batch_size = nets.DEFAULT_BATCH_SIZE
         tp = layer.transform_param
-        tp.ClearField("mean_file")
-        tp.ClearField("mean_value")
-        if form.use_mean == "image":
-            tp.mean_file = str(job_dir / "mean.binaryproto")
-        elif mean is not None:
-            tp.mean_value.extend(mean)
+        set_mean(tp, form.use_mean, job_dir, mean)
         if crop:
             tp.crop_size = crop
         else:
@@ -494,16 +502,43 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         for layer in val:
             train_val.layer.remove(layer)
     val_batch = val[0].data_param.batch_size if val else train[0].data_param.batch_size
-    solver = solver_param(
-        form, data.train_count, data.val_count if val else 0, train[0].data_param.batch_size, val_batch
-    )
+    solver = job_solver(form, job_dir, data, train[0].data_param.batch_size, val_batch, validate=bool(val))
+    deploy = nets.deploy_net(net, (c, crop or h, crop or w))
+    info = {
+        **job_info_fields(job_dir, form, data, chosen, renamed, solver, train[0].data_param.batch_size),
+        "crop size": crop,
+        "mean subtraction": form.use_mean,
+        "accuracy outputs": [t for x in train_val.layer if x.type == "Accuracy" for t in x.top],
+        "mean file": "mean.binaryproto",
+    }
+    return ModelFiles(net, train_val, deploy, solver, info, chosen.weights, chosen.layer_files)
+
+
+def job_solver(
+    form: ModelForm, job_dir: Path, data: Any, train_batch: int, val_batch: int, *, validate: bool
+) -> pb.SolverParameter:
+    """The job's solver (:func:`solver_param`; validation only with ``validate``), pointed at its folder;
+    ``data``: a dataset with train and val counts."""
+    solver = solver_param(form, data.train_count, data.val_count if validate else 0, train_batch, val_batch)
     solver.net = str(job_dir / "train_val.prototxt")
     solver.snapshot_prefix = str(job_dir / "snapshot")
     if form.gpu_request() is not None:
         solver.solver_mode = pb.SolverParameter.GPU
-    deploy = nets.deploy_net(net, (c, crop or h, crop or w))
-    per_epoch = iterations_per_epoch(data.train_count, train[0].data_param.batch_size, form.batch_accumulation or 1)
-    info = {
+    return solver
+
+
+def job_info_fields(
+    job_dir: Path,
+    form: ModelForm,
+    data: Any,
+    chosen: Network,
+    renamed: list[tuple[str, str]],
+    solver: pb.SolverParameter,
+    train_batch: int,
+) -> dict[str, Any]:
+    """The ``info.json`` fields every model job has (``data``: a dataset with id, classes, counts; a detection
+    dataset has no image size of its own: the net's is added by its job)."""
+    fields = {
         "job id": job_dir.name,
         "name": form.model_name,
         "framework": "caffe",
@@ -512,29 +547,37 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         "pretrained weights": str(chosen.weights) if chosen.weights else None,
         "renamed layers": [list(r) for r in renamed],
         "classes": data.classes,
-        "image dimensions": [h, w, c],
-        "crop size": crop,
-        "mean subtraction": form.use_mean,
         "train count": data.train_count,
         "val count": data.val_count,
-        "iterations per epoch": per_epoch,
+        "iterations per epoch": iterations_per_epoch(data.train_count, train_batch, form.batch_accumulation or 1),
         "max iterations": solver.max_iter,
         "epochs": form.train_epochs,
-        "accuracy outputs": [t for x in train_val.layer if x.type == "Accuracy" for t in x.top],
-        "mean file": "mean.binaryproto",
         "labels file": "labels.txt",
     }
-    return ModelFiles(net, train_val, deploy, solver, info, chosen.weights, chosen.layer_files)
+    if getattr(data, "shape", None):
+        c, h, w = data.shape
+        fields["image dimensions"] = [h, w, c]
+    return fields
 
 
-def _mean_values(data: DatasetInfo) -> list[float]:
-    """Per-channel means of the dataset's mean image ("pixel" mean subtraction)."""
+def mean_values(mean_file: Path, shape: tuple[int, int, int]) -> list[float]:
+    """Per-channel means of a dataset's mean image of ``shape`` (C, H, W) ("pixel" mean subtraction)."""
     from caffe.io import blobproto_to_array
     from caffe.protoio import read_binary
 
-    blob = read_binary(data.dir / "mean.binaryproto", pb.BlobProto(), "mean file")
-    arr = blobproto_to_array(blob).reshape(-1, data.shape[1], data.shape[2])
+    blob = read_binary(mean_file, pb.BlobProto(), "mean file")
+    arr = blobproto_to_array(blob).reshape(-1, shape[1], shape[2])
     return [float(v) for v in arr.mean(axis=(1, 2))]
+
+
+def set_mean(tp: pb.TransformationParameter, use_mean: str, job_dir: Path, values: list[float] | None) -> None:
+    """A data layer's mean as the form chose: ``image`` the job's mean.binaryproto, ``pixel`` ``values``, or none."""
+    tp.ClearField("mean_file")
+    tp.ClearField("mean_value")
+    if use_mean == "image":
+        tp.mean_file = str(job_dir / "mean.binaryproto")
+    elif use_mean == "pixel" and values is not None:
+        tp.mean_value.extend(values)
 
 
 def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
@@ -632,7 +675,12 @@ def create_model_job(
             write_files(job_dir, files, store.job_dir(form.dataset))
             h, w, c = files.info["image dimensions"]
             validate.check(
-                files.train_val, files.deploy, (c, h, w), validation=bool(files.solver.test_iter), job_dir=job_dir
+                files.train_val,
+                files.deploy,
+                (c, h, w),
+                validation=bool(files.solver.test_iter),
+                job_dir=job_dir,
+                tops=files.input_shapes,
             )
         except validate.NET_ERRORS as e:
             raise network_error(store, form, e) from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from caffe.errors import NetError
@@ -174,6 +175,46 @@ def retarget(net: pb.NetParameter, classes: int, *, finetune: bool) -> list[tupl
                                 field[k] = new
         getattr(layer, CLASSIFIER_TYPES[layer.type]).num_output = classes
     return renames
+
+
+def bare_copy(layer: pb.LayerParameter, *, rules: bool = True) -> pb.LayerParameter:
+    """A copy of ``layer`` without its weights and phase (and, ``rules=False``, its include/exclude rules)."""
+    out = pb.LayerParameter()
+    out.CopyFrom(layer)
+    del out.blobs[:]
+    out.ClearField("phase")
+    if not rules:
+        del out.include[:]
+        del out.exclude[:]
+    return out
+
+
+def producer(layers: list[pb.LayerParameter], blob: str) -> pb.LayerParameter | None:
+    """The last of ``layers`` that writes ``blob`` (None: none does)."""
+    return next((x for x in reversed(layers) if blob in x.top), None)
+
+
+def layers_behind(
+    layers: list[pb.LayerParameter], blob: str, step: Callable[[pb.LayerParameter], tuple[bool, list[str]]]
+) -> list[pb.LayerParameter]:
+    """Walk back from ``blob`` through the layers that make it: ``step(layer)`` says whether to keep the layer and
+    which of its bottoms to walk on. The kept layers, each once, in net order."""
+    kept: dict[int, pb.LayerParameter] = {}
+    pending, seen = [blob], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        layer = producer(layers, name)
+        if layer is None:
+            continue
+        keep, further = step(layer)
+        if keep:
+            kept[id(layer)] = layer
+        pending.extend(further)
+    order = [id(x) for x in layers]
+    return sorted(kept.values(), key=lambda x: order.index(id(x)))
 
 
 def fill_missing_fillers(layers: list[pb.LayerParameter]) -> None:

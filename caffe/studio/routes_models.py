@@ -5,8 +5,10 @@
 * ``POST /models/images/classification.json``: the same for API callers -> ``{job_id, name, status}`` or
   400 ``{errors: [...], fields: {field: message}}``; the fields are DIGITS' (see ``models.ModelForm``);
 * ``GET  /models/images/object-detection/new``, ``POST /models/images/object-detection[.json]``: the same for an SSD
-  detector trained on an object-detection dataset (:mod:`caffe.studio.detection_models`; a model form naming such a
-  dataset trains a detector whichever of the two routes it reaches);
+  detector trained on an object-detection dataset (:mod:`caffe.studio.detection_models`), and
+  ``/models/images/segmentation/...`` for a segmentation net on a segmentation dataset
+  (:mod:`caffe.studio.segmentation_models`); what trains follows the dataset the form names, whichever route it
+  reaches;
 * ``POST /models/customize.json``: the chosen network as editable text (classifier set/renamed for the dataset);
 * ``POST /models/visualize-lr.json``: the learning rate over the training, computed by the solver's own code;
 * ``GET  /models/{id}`` (page), ``/models/{id}.json``: status, progress, ETA, snapshots, chart series, NaN advice;
@@ -32,6 +34,7 @@ from caffe.studio import charts
 from caffe.studio import detection_models as dm
 from caffe.studio import models as m
 from caffe.studio import networks as nets
+from caffe.studio import segmentation_models as sm
 from caffe.studio.paths import check_job_id, is_job_id
 from caffe.studio.store import Job
 from caffe.studio.web import job_of_kind, json_fields, json_safe, studio_of, wants_html
@@ -81,15 +84,17 @@ def _error_response(e: CaffeError) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------------------------------- the form
-def _choices(request: Request, detection: bool = False) -> dict[str, Any]:
+BUILDERS = {"object-detection": dm.build_files, "segmentation": sm.build_files}  # classification: models'
+CUSTOMIZERS = {"object-detection": dm.customize, "segmentation": sm.customize}
+
+
+def _choices(request: Request, task: str = "classification") -> dict[str, Any]:
     """The form's choices: the finished datasets and the previous models of the form's task."""
     store = studio_of(request).store
     return {
-        "detection": detection,
-        "datasets": [j for j in store.list("dataset") if j.status == "Done" and dm.is_detection_job(j) == detection],
-        "previous": [
-            (j, m.snapshots(store.job_dir(j.id))) for j in store.list("model") if dm.is_detection_job(j) == detection
-        ],
+        "task": task,
+        "datasets": [j for j in store.list("dataset") if j.status == "Done" and m.task_of(j) == task],
+        "previous": [(j, m.snapshots(store.job_dir(j.id))) for j in store.list("model") if m.task_of(j) == task],
         "pretrained": [j for j in store.list("pretrained") if j.status == "Done"],
         "standard": nets.STANDARD_NETWORKS,
         "solver_types": m.SOLVER_TYPES,
@@ -100,15 +105,16 @@ def _choices(request: Request, detection: bool = False) -> dict[str, Any]:
 
 
 def _form_page(
-    request: Request, values: dict[str, Any], errors: dict[str, str] | None = None, detection: bool | None = None
+    request: Request, values: dict[str, Any], errors: dict[str, str] | None = None, task: str | None = None
 ) -> Response:
-    """The form (``detection`` None: the task of the dataset the values name, else classification)."""
+    """The form (``task`` None: the task of the dataset the values name, else classification)."""
     defaults = m.ModelForm().to_dict()
-    if detection is None:
-        detection = _detection_dataset(request, values.get("dataset"))
-    choices = _choices(request, detection)
-    if detection:  # no standard detection network; the mean is the network's
-        defaults.update(method="pretrained", use_mean="pixel")
+    task = task or _dataset_task(request, values.get("dataset"))
+    choices = _choices(request, task)
+    if task != "classification":  # no standard network: fine-tune a pretrained one
+        defaults["method"] = "pretrained"
+    if task == "object-detection":  # the mean is the network's
+        defaults["use_mean"] = "pixel"
     if not values.get("dataset") and len(choices["datasets"]) == 1:  # the only dataset: chosen already
         values = {**values, "dataset": choices["datasets"][0].id}
     context = {"values": {**defaults, **values}, "errors": errors or {}, **choices}
@@ -130,52 +136,40 @@ def _preset(request: Request, clone: str) -> dict[str, Any]:
     return values
 
 
-@router.get("/models/images/classification/new", include_in_schema=False)
-def model_new(request: Request, clone: str = "") -> Response:
-    """The form (see :func:`_preset`); a clone of a detection model gets the detection form."""
-    return _form_page(request, _preset(request, clone))
+@router.get("/models/images/{task}/new", include_in_schema=False)
+def model_new(request: Request, task: str, clone: str = "") -> Response:
+    """The "New Image Classification / Object Detection / Segmentation Model" form (see :func:`_preset`); a clone
+    gets its dataset's form."""
+    if task not in m.TASKS:
+        raise HTTPException(404, f"no {task!r} models: {', '.join(m.TASKS)}")
+    values = _preset(request, clone)
+    return _form_page(request, values, task=_dataset_task(request, values.get("dataset")) if clone else task)
 
 
-@router.get("/models/images/object-detection/new", include_in_schema=False)
-def detection_model_new(request: Request, clone: str = "") -> Response:
-    """The "New Object Detection Model" form (see :func:`_preset`)."""
-    return _form_page(request, _preset(request, clone), detection=True)
-
-
-def _detection_dataset(request: Request, job_id: Any) -> bool:
-    """Whether ``job_id`` names an object-detection dataset (False for anything else, unknown ids included)."""
+def _dataset_task(request: Request, job_id: Any) -> str:
+    """The task of the dataset ``job_id`` names (classification for anything else, unknown ids included)."""
     if not isinstance(job_id, str) or not is_job_id(job_id):
-        return False
+        return "classification"
     try:
-        return dm.is_detection_job(studio_of(request).store.get(job_id))
+        return m.task_of(studio_of(request).store.get(job_id))
     except KeyError:
-        return False
+        return "classification"
 
 
 def _create(request: Request, values: dict[str, Any]) -> Job:
-    """The model job of a form: a detector when its dataset is an object-detection dataset."""
+    """The model job of a form, for its dataset's task (a detector, a segmentation net or a classifier)."""
     studio = studio_of(request)
     form = m.ModelForm.from_dict(values)
-    build = dm.build_files if _detection_dataset(request, form.dataset) else None
+    build = BUILDERS.get(_dataset_task(request, form.dataset))
     return m.create_model_job(studio.store, studio.scheduler, form, studio.config.allow_python_layers, build)
 
 
-@router.post("/models/images/object-detection", include_in_schema=False)
-@router.post("/models/images/classification", include_in_schema=False)
-async def model_create(request: Request) -> Response:
-    values: dict[str, Any] = {}
-    try:
-        values = await _values(request)
-        job = await run_in_threadpool(_create, request, values)
-    except CaffeError as e:
-        detection = True if request.url.path.endswith("object-detection") else None
-        return _form_page(request, values, _errors(e), detection)
-    return RedirectResponse(f"/models/{job.id}", status_code=303)
-
-
-@router.post("/models/images/object-detection.json", summary="Create an SSD object-detection model (DIGITS fields)")
-@router.post("/models/images/classification.json", summary="Create an image classification model (DIGITS fields)")
-async def model_create_json(request: Request) -> Response:
+# (before the page route: "/models/images/{task}" would take "classification.json" as its task)
+@router.post("/models/images/{task}.json", summary="Create a classification, object-detection or segmentation model")
+async def model_create_json(request: Request, task: str) -> Response:
+    """DIGITS' fields; the dataset's task decides what trains (an SSD detector, a segmentation net, a classifier)."""
+    if task not in m.TASKS:
+        return JSONResponse({"errors": [f"no {task!r} models: {', '.join(m.TASKS)}"]}, status_code=404)
     try:
         values = await _values(request)
         job = await run_in_threadpool(_create, request, values)
@@ -184,12 +178,27 @@ async def model_create_json(request: Request) -> Response:
     return JSONResponse({"job_id": job.id, "name": job.name, "status": job.status}, status_code=201)
 
 
+@router.post("/models/images/{task}", include_in_schema=False)
+async def model_create(request: Request, task: str) -> Response:
+    """Create the job (the dataset's task decides what trains), then its page; errors: the form again."""
+    values: dict[str, Any] = {}
+    if task not in m.TASKS:
+        raise HTTPException(404, f"no {task!r} models: {', '.join(m.TASKS)}")
+    try:
+        values = await _values(request)
+        job = await run_in_threadpool(_create, request, values)
+    except CaffeError as e:
+        shown = _dataset_task(request, values["dataset"]) if values.get("dataset") else task
+        return _form_page(request, values, _errors(e), shown)
+    return RedirectResponse(f"/models/{job.id}", status_code=303)
+
+
 @router.post("/models/customize.json", summary="The chosen network as text, ready for the custom editor")
 async def customize_json(request: Request) -> Response:
     try:
         values = await _values(request)
         form = m.ModelForm.from_dict(values)
-        customize = dm.customize if _detection_dataset(request, form.dataset) else m.customize
+        customize = CUSTOMIZERS.get(_dataset_task(request, form.dataset), m.customize)
         body = await run_in_threadpool(customize, studio_of(request).store, form)
     except CaffeError as e:
         return _error_response(e)
@@ -212,10 +221,12 @@ def _lr_preview(request: Request, form: m.ModelForm) -> dict[str, Any]:
     """Without a dataset, 100 iterations per epoch stand in for the real count (the curve's shape is
     the same: its parameters are percentages of the training)."""
     train_count, batch = 100, 1
-    if _detection_dataset(request, form.dataset):
+    task = _dataset_task(request, form.dataset)
+    if task != "classification":
         store = studio_of(request).store
-        train_count = dm.DetectionDataset.from_job(store, form.dataset).train_count
-        batch = form.batch_size or dm.DEFAULT_BATCH_SIZE
+        find = dm.DetectionDataset.from_job if task == "object-detection" else sm.segmentation_dataset
+        train_count = find(store, form.dataset).train_count
+        batch = form.batch_size or (dm.DEFAULT_BATCH_SIZE if task == "object-detection" else nets.DEFAULT_BATCH_SIZE)
     elif form.dataset:
         data = m.DatasetInfo.from_job(studio_of(request).store, form.dataset)
         chosen = m.choose_network(studio_of(request).store, form) if form.method != "custom" else None

@@ -48,10 +48,16 @@ class NetToBuild:
 
 
 # ---------------------------------------------------------------------------------------------- the nets
-def _input_for(layer: pb.LayerParameter, image: tuple[int, int, int], batch: int | None) -> pb.LayerParameter:
-    """The Input layer standing for a Data layer - tops (N, C, H, W) and (N,) - or an AnnotatedData layer - the
-    images at its resize and one box row (1, 1, 1, 8) - as the layer gives them."""
-    c, h, w = image
+Tops = dict[str, tuple[int, int, int]]  # (C, H, W) of a Data layer's first top when it is not the images
+
+
+def _input_for(
+    layer: pb.LayerParameter, image: tuple[int, int, int], batch: int | None, tops: Tops | None = None
+) -> pb.LayerParameter:
+    """The Input layer standing for a Data layer - tops (N, C, H, W) and (N,), C, H, W from ``tops`` for its first
+    top when named there (a segmentation job's label maps) - or an AnnotatedData layer - the images at its resize
+    and one box row (1, 1, 1, 8) - as the layer gives them."""
+    c, h, w = (tops or {}).get(layer.top[0], image) if layer.top else image
     n = batch or layer.data_param.batch_size or 1
     if layer.type == "AnnotatedData":
         resize = layer.transform_param.resize_param
@@ -67,14 +73,16 @@ def _input_for(layer: pb.LayerParameter, image: tuple[int, int, int], batch: int
     return out
 
 
-def shapes_only(net: pb.NetParameter, image: tuple[int, int, int], batch: int | None) -> pb.NetParameter:
+def shapes_only(
+    net: pb.NetParameter, image: tuple[int, int, int], batch: int | None, tops: Tops | None = None
+) -> pb.NetParameter:
     """``net`` with each Data (AnnotatedData) layer replaced by Input layers of its shapes (``batch`` None: the
     layer's own)."""
     out = pb.NetParameter()
     out.CopyFrom(net)
     del out.layer[:]
     for layer in net.layer:
-        out.layer.append(_input_for(layer, image, batch) if layer.type in ("Data", "AnnotatedData") else layer)
+        out.layer.append(_input_for(layer, image, batch, tops) if layer.type in ("Data", "AnnotatedData") else layer)
     return out
 
 
@@ -85,9 +93,10 @@ def job_nets(
     *,
     validation: bool,
     batch: int | None,
+    tops: Tops | None = None,
 ) -> list[NetToBuild]:
     """The nets a training builds (train, validation when it validates) and the deploy net."""
-    param = shapes_only(train_val, image, batch)
+    param = shapes_only(train_val, image, batch, tops)
     nets = [NetToBuild("train net", param, common.TRAIN)]
     if validation:
         nets.append(NetToBuild("validation net", param, common.TEST))
@@ -132,16 +141,17 @@ def check(
     *,
     validation: bool,
     job_dir: Path | None = None,
+    tops: Tops | None = None,
 ) -> None:
     """Build the job's nets (a layer worker in ``job_dir`` when they have Python layers: the caller checked
-    the consent); raises the first net's error."""
+    the consent); raises the first net's error. ``tops``: see :func:`_input_for`."""
     if python_layers(train_val) or python_layers(deploy):
-        _check_in_worker(train_val, deploy, image, validation, job_dir)
+        _check_in_worker(train_val, deploy, image, validation, job_dir, tops)
         return
     try:
-        build_all(job_nets(train_val, deploy, image, validation=validation, batch=1))
+        build_all(job_nets(train_val, deploy, image, validation=validation, batch=1, tops=tops))
     except CaffeError:
-        build_all(job_nets(train_val, deploy, image, validation=validation, batch=None))
+        build_all(job_nets(train_val, deploy, image, validation=validation, batch=None, tops=tops))
 
 
 def _check_in_worker(
@@ -150,13 +160,14 @@ def _check_in_worker(
     image: tuple[int, int, int],
     validation: bool,
     job_dir: Path | None,
+    tops: Tops | None = None,
 ) -> None:
     from caffe.studio.layer_worker import validate_nets
 
     if job_dir is None:
         raise ValueError("a net with Python layers is validated in its job's folder")
     for batch in (1, None):
-        nets = job_nets(train_val, deploy, image, validation=validation, batch=batch)
+        nets = job_nets(train_val, deploy, image, validation=validation, batch=batch, tops=tops)
         error = validate_nets(job_dir, [n.to_dict() for n in nets])
         if error is None:
             return
