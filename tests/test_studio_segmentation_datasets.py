@@ -241,8 +241,12 @@ def test_bad_pairs_are_skipped_with_their_reason(tmp_path):
     assert reasons["notes.txt"].startswith("not an image file")
     assert reasons["mismatch.png"] == "the image is 12 x 8 pixels, its label image 6 x 4"
     assert reasons["small.png"].startswith("6 x 4 pixels, not the dataset's 12 x 8")
-    assert "a RGB label image; with colormap_method 'label'" in reasons["rgb.png"]
-    assert "all label images must share one palette" in reasons["repainted.png"]
+    assert "/l/rgb.png: a label image of mode RGB; with colormap_method 'label'" in reasons["rgb.png"]
+    assert re.match(
+        r".*/l/repainted\.png: its palette colours class \d .*\(all label images must share one palette\)",
+        reasons["repainted.png"],
+    )
+    assert r["skipped_count"] == len(r["skipped"]) == 7
     # with a resize, the small pair is stored
     r = _make(
         tmp_path / "job2",
@@ -398,6 +402,11 @@ def test_dataset_json_page_and_explore_overlay(studio, voc_job):
     assert client.get(f"/datasets/{job_id}/mean.jpg").status_code == 200
     html = client.get(f"/datasets/{job_id}/explore", params={"db": "train"}).text
     assert [int(i) for i in re.findall(r'data-index="(\d+)"', html)] == [0, 1, 2] and "(3 images)" in html
+    assert re.findall(r'background: (#\w+)"></span> (class \d)', html) == [
+        ("#000000", "class 0"),
+        ("#800000", "class 1"),
+        ("#008000", "class 2"),
+    ]
     png = client.get(f"/datasets/{job_id}/explore/image", params={"db": "train", "index": 1})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     shown = cv2.imdecode(np.frombuffer(png.content, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]  # RGB

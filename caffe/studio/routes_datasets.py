@@ -425,7 +425,8 @@ def dataset_explore(
     if _task(job) == dd.TASK:
         return _detection_explore(request, job, job_dir, split, page, size)
     if _task(job) == sd.TASK:
-        return _paths_explore(request, job, job_dir, split, _record_names(job_dir / f"{split}_db"), page, size)
+        names = _record_names(job_dir / f"{split}_db")
+        return _paths_explore(request, job, job_dir, split, names, page, size, _class_legend(job_dir))
     labels = _read_labels(job_dir)
     entries = list(enumerate(_db_entries(job_dir, split)))
     counts = [0] * len(labels)
@@ -472,10 +473,28 @@ def _detection_explore(request: Request, job: Job, job_dir: Path, split: str, pa
     return _paths_explore(request, job, job_dir, split, paths, page, size)
 
 
+def _class_legend(job_dir: Path) -> list[dict[str, str]]:
+    """Each class of a segmentation dataset with its colour (``#rrggbb``), as the explore page shows them."""
+    try:
+        colours = sd.read_palette(job_dir / "palette.json")
+    except DataError:
+        return []
+    labels = _read_labels(job_dir)
+    return [{"name": name, "colour": "#" + bytes(colours[i]).hex()} for i, name in enumerate(labels[: len(colours)])]
+
+
 def _paths_explore(
-    request: Request, job: Job, job_dir: Path, split: str, paths: list[str], page: int, size: int
+    request: Request,
+    job: Job,
+    job_dir: Path,
+    split: str,
+    paths: list[str],
+    page: int,
+    size: int,
+    legend: list[dict[str, str]] | None = None,
 ) -> Response:
-    """The explore page of the records named ``paths`` (record order), paged, without a class filter."""
+    """The explore page of the records named ``paths`` (record order), paged, without a class filter; ``legend``:
+    the class colours drawn over the images."""
     size = size if size in PAGE_SIZES else 25
     pages = max(1, math.ceil(len(paths) / size))
     page = min(max(page, 0), pages - 1)
@@ -497,6 +516,7 @@ def _paths_explore(
         "sizes": PAGE_SIZES,
         "total": len(paths),
         "images": shown,
+        "legend": legend or [],
     }
     return studio_of(request).templates.TemplateResponse(request, "dataset_explore.html", context)
 

@@ -64,6 +64,7 @@ IGNORE = 255  # VOC's void: stored as is, counted apart, never a class
 MAX_LABEL_BYTES = 64 * MiB  # the largest label image read
 MAX_TEXT_BYTES = 1 * MiB  # the largest colour map or class labels file
 MAX_SIDE = 8192
+MAX_SKIPPED_LISTED = 1000  # the result lists (and the log names) this many skipped files; skipped_count counts all
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -363,14 +364,14 @@ def label_map(path: str, colormap: np.ndarray | None) -> tuple[np.ndarray, np.nd
     im = open_label(path)
     if colormap is not None:
         if im.mode not in ("RGB", "RGBA", "P"):
-            raise DataError(f"{path}: a {im.mode} label image; the colour map needs RGB label images")
+            raise DataError(f"{path}: a label image of mode {im.mode}; the colour map needs RGB label images")
         return classes_of_colours(np.asarray(im.convert("RGB")), colormap, path), None
     if im.mode == "P":
         return np.asarray(im, dtype=np.uint8), palette_colours(im)
     if im.mode in ("L", "1"):
         return np.asarray(im, dtype=np.uint8), None
     raise DataError(
-        f"{path}: a {im.mode} label image; with colormap_method 'label' label images are single-channel"
+        f"{path}: a label image of mode {im.mode}; with colormap_method 'label' label images are 8-bit single-channel"
         " (palette or grayscale); give RGB label images a colour map file (colormap_method 'textfile')"
     )
 
@@ -475,7 +476,8 @@ def write_split(
         txns = [images.transaction(), labels.transaction()]
         records = ordered_map(maker, pairs, min(4, default_threads()))
         for done, (pair, record) in enumerate(zip(pairs, records, strict=True), start=1):
-            error = record.error or check.problem(record)
+            problem = check.problem(record)
+            error = record.error or (f"{pair.label}: {problem}" if problem else "")
             if error:
                 out.skipped.append({"path": pair.image, "reason": error.removeprefix(f"{pair.image}: ")})
             else:
@@ -569,7 +571,7 @@ def create_segmentation_dataset(
     ds.write_mean(job_dir / "train_db", job_dir)
     progress("mean", 1, 1)
     skipped = plan.skipped + [s for r in results.values() for s in r.skipped]
-    for item in skipped:
+    for item in skipped[:MAX_SKIPPED_LISTED]:
         log.warning("Skipped %s: %s", item["path"], item["reason"])
     out = {
         "task": TASK,
@@ -582,7 +584,8 @@ def create_segmentation_dataset(
         "encoding": params.encoding,
         "mean_file": "mean.binaryproto",
         "palette_file": "palette.json",
-        "skipped": skipped,
+        "skipped": skipped[:MAX_SKIPPED_LISTED],
+        "skipped_count": len(skipped),
         "seconds": round(time.time() - start, 3),
     }
     log.info("Dataset done: %s (%.1f s)", ", ".join(f"{n} {s}" for s, n in out["counts"].items()), out["seconds"])
