@@ -679,8 +679,9 @@ def _annotated_datum(work: Path):
 
 @target("annotation_file", weight=100, batch=300)
 def _annotation_file(work: Path):
-    """create_annoset's annotation readers: a Pascal VOC XML file and the fork's per-image JSON (COCO boxes)."""
-    from caffe.data.annotation import read_json_boxes, read_voc_xml
+    """The annotation readers of create_annoset and the studio's detection datasets: a Pascal VOC XML file, the
+    fork's per-image JSON (COCO boxes) and DIGITS' KITTI text."""
+    from caffe.data.annotation import read_json_boxes, read_kitti_objects, read_voc_xml
 
     xml = (
         b"<annotation><filename>a.jpg</filename><size><width>640</width><height>480</height><depth>3</depth>"
@@ -695,13 +696,49 @@ def _annotation_file(work: Path):
     )
     names = {"face": 1, "cat": 2}
 
+    kitti = (
+        b"Car 0.00 0 -1.58 587.01 173.33 614.12 200.12 1.65 1.67 3.64 -0.65 1.71 46.70 -1.59\n"
+        b"DontCare -1 -1 -10 503.89 169.71 590.61 190.13 -1 -1 -1 -1000 -1000 -1000 -10 0.9\n"
+    )
+
     def run(data: bytes, seed: Seed) -> None:
         if seed.kind == "json":
             read_json_boxes(_scratch(work, "in.json", data), names, (480, 640))
+        elif seed.name == "kitti.txt":
+            read_kitti_objects(_scratch(work, "in.txt", data), 1 << 20)
         else:
             read_voc_xml(_scratch(work, "in.xml", data), names)
 
-    return [Seed("voc.xml", xml, "text"), Seed("coco.json", doc, "json")], run
+    return [Seed("voc.xml", xml, "text"), Seed("coco.json", doc, "json"), Seed("kitti.txt", kitti, "text")], run
+
+
+@target("segmentation_labels", weight=60, batch=200)
+def _segmentation_labels(work: Path):
+    """The studio's segmentation datasets: a label image (palette PNG, or RGB through a colour map file) and the
+    colour map file itself."""
+    import numpy as np
+    from PIL import Image
+
+    from caffe.studio.segmentation_datasets import label_map, read_colormap
+
+    colours = [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+    classes = np.zeros((6, 8), np.uint8)
+    classes[1:4, 2:6], classes[4:, :3] = 1, 2
+    paletted = Image.fromarray(classes, mode="P")
+    paletted.putpalette([v for c in colours for v in c])
+    pal, rgb = io.BytesIO(), io.BytesIO()
+    paletted.save(pal, "PNG")
+    Image.fromarray(np.asarray(colours, np.uint8)[classes]).save(rgb, "PNG")
+    colormap = np.asarray(colours, np.uint8)
+
+    def run(data: bytes, seed: Seed) -> None:
+        if seed.name == "colormap.txt":
+            read_colormap(_scratch(work, "colormap.txt", data))
+        else:
+            label_map(str(_scratch(work, "label.png", data)), colormap if seed.name == "rgb.png" else None)
+
+    seeds = [Seed("palette.png", pal.getvalue(), "image"), Seed("rgb.png", rgb.getvalue(), "image")]
+    return [*seeds, Seed("colormap.txt", b"0 0 0\n128 0 0\n0 128 0\n", "text")], run
 
 
 @target("hdf5_weights", weight=40, batch=100)

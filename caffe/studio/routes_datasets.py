@@ -48,6 +48,7 @@ from caffe.protoio import atomic_write
 from caffe.studio import datasets as ds
 from caffe.studio import detection_datasets as dd
 from caffe.studio import segmentation_datasets as sd
+from caffe.studio.models import task_of
 from caffe.studio.paths import list_folders
 from caffe.studio.scheduler import python_module_argv
 from caffe.studio.store import Job
@@ -356,13 +357,8 @@ def dataset_info(request: Request, job: Job) -> dict[str, Any]:
         "error": error,
         "dbs": [s for s in ds.SPLITS if (job_dir / f"{s}_db").is_dir()],
         "has_mean": (job_dir / "mean.jpg").is_file(),
-        "task": _task(job),
+        "task": task_of(job),
     }
-
-
-def _task(job: Job) -> str:
-    """``object-detection``, ``segmentation`` or ``classification`` (datasets made before the task was recorded)."""
-    return str(job.params.get("task") or "classification")
 
 
 @router.get("/datasets/{job_id}.json", name="dataset_json")
@@ -422,9 +418,9 @@ def dataset_explore(
     job = _dataset_job(request, job_id)
     split = _split_name(db)
     job_dir = studio_of(request).store.job_dir(job.id)
-    if _task(job) == dd.TASK:
+    if task_of(job) == dd.TASK:
         return _detection_explore(request, job, job_dir, split, page, size)
-    if _task(job) == sd.TASK:
+    if task_of(job) == sd.TASK:
         names = _record_names(job_dir / f"{split}_db")
         return _paths_explore(request, job, job_dir, split, names, page, size, _class_legend(job_dir))
     labels = _read_labels(job_dir)
@@ -624,9 +620,9 @@ def dataset_explore_image(request: Request, job_id: str, db: str = "train", inde
     if index < 0:
         raise HTTPException(400, "index must be >= 0")
     job_dir = studio_of(request).store.job_dir(job.id)
-    if _task(job) == dd.TASK:
+    if task_of(job) == dd.TASK:
         data = detection_record_png(job_dir / f"{split}_db", index, _read_labels(job_dir))
-    elif _task(job) == sd.TASK:
+    elif task_of(job) == sd.TASK:
         data = segmentation_record_png(job_dir, split, index)
     else:
         data = record_png(job_dir / f"{split}_db", index)
