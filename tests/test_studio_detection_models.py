@@ -260,3 +260,17 @@ def test_customize_gives_the_train_val_net_to_edit(env, tmp_path):
     files = dm.build_files(studio.store, form, tmp_path)
     assert files.weights is None and files.train_val == net
     validate.check(files.train_val, files.deploy, (3, 300, 300), validation=True)
+
+
+@pytest.mark.parametrize("path", [SSD_DEPLOY, MOBILENET_TRAIN], ids=["res10", "mobilenet"])
+def test_a_jobs_own_train_val_net_round_trips(path):
+    """A previous detection model's train/val net (the "previous networks" choice) gives the same net back."""
+    parts = _parts(asset(path) if isinstance(path, str) else path)
+    dn.retarget(parts, 3, finetune=True)
+    fill_missing_fillers(parts.body)
+    sources = dn.DataSources("train_db", "val_db", "labelmap.prototxt", 2, 1, [104.0, 117.0, 123.0])
+    first = dn.train_val_net(parts, sources)
+    again = dn.ssd_parts(first)
+    assert again.classes == 3 and dn.retarget(again, 3, finetune=True) == []
+    assert dn.train_val_net(again, sources) == first
+    assert dn.deploy_net(again) == dn.deploy_net(parts)

@@ -192,3 +192,16 @@ def test_training_from_scratch_learns_the_painted_classes(env):
     for label, name in ((1, "red"), (2, "green")):
         truth = 100.0 * ((painted == label) | ((labels == 255) & (image == COLOURS[label]).all(axis=2))).mean()
         assert shares[name] == pytest.approx(truth, abs=2.0), (name, shares)
+
+
+def test_a_jobs_own_train_val_net_round_trips():
+    """A previous segmentation model's train/val net (the "previous networks" choice) gives the same net back."""
+    parts = _parts(FCN)
+    sn.retarget(parts, 4, finetune=True)
+    fill_missing_fillers(parts.body)
+    transform = pb.TransformationParameter(mean_file="mean.binaryproto")
+    sources = sn.SegSources("t", "tl", "v", "vl", 2, 1, transform)
+    first = sn.train_val_net(parts, sources)
+    again = sn.seg_parts(first)
+    assert sn.classes_of(again) == 4 and sn.retarget(again, 4, finetune=True) == []
+    assert sn.train_val_net(again, sources) == first

@@ -63,15 +63,16 @@ def _batch(layer: pb.LayerParameter) -> int:
 def seg_parts(net: pb.NetParameter) -> SegParts:
     """Take a segmentation network apart (see the module); a NetError says what is missing."""
     name = net.name or "network"
-    sources = [x for x in net.layer if x.type in SOURCE_TYPES and not x.bottom]
+    layers = list(net.layer)  # one wrapper per layer for the whole function: the id()s below stay theirs
+    sources = [x for x in layers if x.type in SOURCE_TYPES and not x.bottom]
     image_sources = [x for x in sources if x.top and x.top[0] != LABEL_BLOB]
     input_blob = image_sources[0].top[0] if image_sources else (net.input[0] if net.input else "data")
-    losses = [x for x in net.layer if x.type == "SoftmaxWithLoss"]
+    losses = [x for x in layers if x.type == "SoftmaxWithLoss"]
     if len(losses) > 1:
         raise NetError(f"network '{name}': {len(losses)} SoftmaxWithLoss layers; one expected")
     dropped = {id(x) for x in sources} | {id(x) for x in losses}
-    dropped |= {id(x) for x in net.layer if x.type in ("Accuracy", "Silence")}
-    rest = [x for x in net.layer if id(x) not in dropped]
+    dropped |= {id(x) for x in layers if x.type in ("Accuracy", "Silence")}
+    rest = [x for x in layers if id(x) not in dropped]
     tail: list[pb.LayerParameter] = []
     if losses:
         score = losses[0].bottom[0]
