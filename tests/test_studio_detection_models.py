@@ -239,6 +239,22 @@ def test_fine_tuning_res10_trains_validates_and_detects(env, tmp_path):
     found = model.detect([image], 0.5)[0]
     assert sorted(round(v) for d in found for v in d.box) == sorted(round(v) for f in faces for v in f["box"])
 
+    # promoted to a pretrained model, it detects the same faces and is a network to fine-tune again
+    from caffe.studio import detection_models as dm
+    from caffe.studio import models as m
+
+    r = client.post(f"/models/{job_id}/to_pretrained", data={"job_name": "faces, tuned"})
+    assert r.status_code == 201, r.text
+    promoted = r.json()["job_id"]
+    again = client.post(
+        "/models/images/classification/classify_one.json",
+        data={"job_id": promoted},
+        files={"image_file": ("test1.jpg", asset("models/mtcnn_face_caffe/test1.jpg").read_bytes())},
+    ).json()
+    assert [d["box"] for d in again["detections"] if d["confidence"] > 0.5] == [f["box"] for f in faces]
+    files = dm.build_files(studio.store, m.ModelForm.from_dict(_form(dataset, promoted)), tmp_path / "next")
+    assert files.weights == studio.store.job_dir(promoted) / "weights.caffemodel" and files.info["renamed layers"] == []
+
 
 def test_customize_gives_the_train_val_net_to_edit(env, tmp_path):
     """ "Customize" copies the job's train/val net into the editor; submitted back as a custom network it builds

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from caffe import deploy
+from caffe.deploy import is_detector
 from caffe.deploy.segmentation import is_segmenter
 from caffe.errors import CaffeError, DataError, NetError, ParseError, WeightsError
 from caffe.layers.python import CONSENT_FLAG
@@ -124,8 +125,8 @@ def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict
     """Build the job's deploy net (in this process) and load its weights; a name or shape mismatch is a
     WeightsError.
 
-    Returns facts for the job's result (input shape, output size - a segmentation net's: its classes -, layer
-    and parameter counts) and the name of the net's last output.
+    Returns facts for the job's result (input shape, output size - a segmentation net's: its classes; a
+    detector's: None -, layer and parameter counts) and the name of the net's last output.
     """
     from caffe.weights import is_hdf5, load_net_param
 
@@ -161,8 +162,8 @@ def weights_facts(job_dir: Path, python_layer: Path | None = None) -> tuple[dict
         )
     if out is not None and not net.blobs[out].shape:
         raise NetError(f"deploy.prototxt: output '{out}' is a scalar; a classifier's output has a value per class")
-    outputs = None
-    if out is not None:  # a segmentation net's classes are its output's channels, else one value per class
+    outputs = None  # a detector's rows are boxes, not classes: its labels are not counted
+    if out is not None and not is_detector(net):  # a segmentation net's classes are its output's channels
         shape = net.blobs[out].shape
         outputs = int(shape[1]) if is_segmenter(net, out) else int(net.blobs[out].count // max(1, shape[0]))
     return {
