@@ -192,6 +192,15 @@ def test_training_from_scratch_learns_the_painted_classes(env):
     for label, name in ((1, "red"), (2, "green")):
         truth = 100.0 * ((painted == label) | ((labels == 255) & (image == COLOURS[label]).all(axis=2))).mean()
         assert shares[name] == pytest.approx(truth, abs=2.0), (name, shares)
+    # promoted to a pretrained model (its mean, input scale and labels kept), it segments the same
+    promoted = client.post(f"/models/{job_id}/to_pretrained", data={"job_name": "paint, trained"})
+    assert promoted.status_code == 201, promoted.text
+    r = client.post(
+        "/models/images/classification/classify_one.json",
+        data={"job_id": promoted.json()["job_id"]},
+        files={"image_file": ("paint.png", (tmp / "paint.png").read_bytes())},
+    )
+    assert {c["label"]: c["percent"] for c in r.json()["segmentation"]} == shares
 
 
 def test_a_jobs_own_train_val_net_round_trips():
