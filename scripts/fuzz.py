@@ -741,6 +741,41 @@ def _segmentation_labels(work: Path):
     return [*seeds, Seed("colormap.txt", b"0 0 0\n128 0 0\n0 128 0\n", "text")], run
 
 
+@target("task_networks", weight=30, batch=100)
+def _task_networks(work: Path):
+    """The studio's network surgery for detection and segmentation model jobs: a mutated SSD or FCN/SegNet prototxt
+    taken apart, retargeted to other classes and written back as train/val and deploy nets."""
+    from caffe.studio import detection_networks as dn
+    from caffe.studio import segmentation_networks as sn
+    from caffe.studio.networks import fill_missing_fillers, parse_network
+
+    forks = ROOT / "tests" / "data" / "forks"
+    ssd = [
+        ("res10.prototxt", _asset("models/res10_ssd_face_prototxt_only/deploy.prototxt").read_bytes()),
+        ("mobilenet_ssd_train.prototxt", (forks / "MobileNet-SSD_voc_MobileNetSSD_train.prototxt").read_bytes()),
+    ]
+    seg = [("segnet.prototxt", (forks / "SegNet-Tutorial_segnet_basic_inference.prototxt").read_bytes()),
+           ("enet.prototxt", (forks / "ENet_enet_deploy_final.prototxt").read_bytes())]  # fmt: skip
+    detection = {name for name, _ in ssd}
+
+    def run(data: bytes, seed: Seed) -> None:
+        net = parse_network(data.decode("utf-8", errors="replace"), seed.name)
+        if seed.name in detection:
+            parts = dn.ssd_parts(net)
+            dn.retarget(parts, 3, finetune=True)
+            fill_missing_fillers(parts.body)
+            dn.train_val_net(parts, dn.DataSources("t", "v", "map", 2, 1, [104.0, 117.0, 123.0]))
+            dn.deploy_net(parts)
+        else:
+            parts = sn.seg_parts(net)
+            sn.retarget(parts, 4, finetune=True)
+            fill_missing_fillers(parts.body)
+            sn.train_val_net(parts, sn.SegSources("t", "tl", "v", "vl", 2, 1, sn.image_transform(parts)))
+            sn.deploy_net(parts, (3, 32, 32))
+
+    return [Seed(name, data, "text") for name, data in (*ssd, *seg)], run
+
+
 @target("hdf5_weights", weight=40, batch=100)
 def _hdf5(work: Path):
     _, weights, tiny = _tiny_model(work)
@@ -889,17 +924,70 @@ def _studio_dataset(work: Path):
         "resize_width": 16,
         "resize_height": 16,
     }
+    boxes, maps = _boxed_folder(work), _painted_folders(work)
+    by_boxes = {
+        "dataset_name": "fuzz",
+        "train_image_folder": str(boxes),
+        "val_image_folder": str(boxes),
+        "label_format": "auto",
+        "custom_classes": "dontcare,face",
+        "val_min_box_size": 4,
+        "encoding": "png",
+    }
+    by_maps = {
+        "dataset_name": "fuzz",
+        "feature_folder": str(maps / "images"),
+        "label_folder": str(maps / "labels"),
+        "folder_pct_val": 50,
+        "colormap_method": "label",
+        "resize_image_width": 8,
+        "resize_image_height": 8,
+    }
     seeds = [
         Seed("folder.json", json.dumps(by_folder).encode(), "json"),
         Seed("textfile.json", json.dumps(by_text).encode(), "json"),
-    ]
+        Seed("object-detection.json", json.dumps(by_boxes).encode(), "json"),
+        Seed("segmentation.json", json.dumps(by_maps).encode(), "json"),
+    ]  # fmt: skip
+    routes = {"object-detection.json": "object-detection", "segmentation.json": "segmentation"}
 
     def run(data: bytes, seed: Seed) -> None:
-        r = web.post("/datasets/images/classification.json", content=data, headers={"content-type": "application/json"})
+        task = routes.get(seed.name, "classification")
+        r = web.post(f"/datasets/images/{task}.json", content=data, headers={"content-type": "application/json"})
         _forget(store, r)
         return web.refused(r)
 
     return seeds, run
+
+
+def _boxed_folder(work: Path) -> Path:
+    """Two photos with Pascal VOC boxes beside them (the object-detection form's folder)."""
+    root = work / "boxed"
+    root.mkdir(parents=True, exist_ok=True)
+    for n, (x0, y0, x1, y1) in (("test1", (89, 18, 155, 107)), ("test2", (192, 62, 346, 268))):
+        shutil.copy(_asset(f"models/mtcnn_face_caffe/{n}.jpg"), root / f"{n}.jpg")
+        (root / f"{n}.xml").write_text(
+            f"<annotation><size><width>450</width><height>400</height><depth>3</depth></size><object><name>face"
+            f"</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox>"
+            "</object></annotation>"
+        )
+    return root
+
+
+def _painted_folders(work: Path) -> Path:
+    """Four 8 x 8 pictures and their grayscale label maps (the segmentation form's folders)."""
+    import cv2
+    import numpy as np
+
+    root = work / "painted"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        classes = np.zeros((8, 8), np.uint8)
+        classes[i : i + 3, 2:6] = 1
+        cv2.imwrite(str(root / "images" / f"{i}.png"), np.stack([classes * 200] * 3, axis=2))
+        cv2.imwrite(str(root / "labels" / f"{i}.png"), classes)
+    return root
 
 
 @target("studio_classify_one", weight=5, batch=20, web=True)

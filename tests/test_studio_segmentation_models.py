@@ -214,3 +214,12 @@ def test_a_jobs_own_train_val_net_round_trips():
     again = sn.seg_parts(first)
     assert sn.classes_of(again) == 4 and sn.retarget(again, 4, finetune=True) == []
     assert sn.train_val_net(again, sources) == first
+
+
+def test_in_place_layers_on_the_scores_are_walked_past():
+    """Found by scripts/fuzz.py (task_networks): an in-place layer writing the score blob made the walk back to
+    the score layer loop forever; the walk now passes it to the layer it modifies."""
+    text = FCN + 'layer { name: "score_relu" type: "ReLU" bottom: "score" top: "score" }\n'
+    parts = _parts(text)
+    assert sn.classes_of(parts) == 21
+    assert sn.retarget(parts, 3, finetune=True) == [("score_fr", "score_fr_retrain"), ("upscore", "upscore_retrain")]

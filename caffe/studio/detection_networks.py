@@ -96,11 +96,12 @@ def _chain_back(layers: list[pb.LayerParameter], blob: str) -> tuple[list[pb.Lay
     """The confidence chain that ends in ``blob`` (the fork's Reshape -> Softmax/Sigmoid -> Flatten, each step
     optional) and the raw blob before it."""
     chain: list[pb.LayerParameter] = []
+    before = len(layers)
     for kinds in (("Flatten",), ("Softmax", "Sigmoid"), ("Reshape",)):
-        layer = producer(layers, blob)
-        if layer is not None and layer.type in kinds and len(layer.bottom) == 1:
-            chain.insert(0, layer)
-            blob = layer.bottom[0]
+        i = producer(layers, blob, before)
+        if i is not None and layers[i].type in kinds and len(layers[i].bottom) == 1:
+            chain.insert(0, layers[i])
+            blob, before = layers[i].bottom[0], i
     return chain, blob
 
 

@@ -91,8 +91,10 @@ def data_layers(net: pb.NetParameter) -> list[pb.LayerParameter]:
 
 
 # ---------------------------------------------------------------------------------------------- classifiers
-def _producer(layers: list[pb.LayerParameter], blob: str, before: int) -> int | None:
-    for i in range(before - 1, -1, -1):
+def producer(layers: list[pb.LayerParameter], blob: str, before: int | None = None) -> int | None:
+    """The index of the last of ``layers[:before]`` (all of them when None) that writes ``blob``: walking back
+    from layer ``i`` with ``before=i`` passes an in-place layer (ReLU, BatchNorm) to the layer it modifies."""
+    for i in range((len(layers) if before is None else before) - 1, -1, -1):
         if blob in layers[i].top:
             return i
     return None
@@ -117,7 +119,7 @@ def classifier_layers(net: pb.NetParameter) -> list[pb.LayerParameter]:
     layers = list(net.layer)
     found: dict[int, pb.LayerParameter] = {}
     for at, blob in _heads(net):
-        i = _producer(layers, blob, at)
+        i = producer(layers, blob, at)
         while i is not None:
             layer = layers[i]
             if layer.type in CLASSIFIER_TYPES:
@@ -125,7 +127,7 @@ def classifier_layers(net: pb.NetParameter) -> list[pb.LayerParameter]:
                 break
             if len(layer.bottom) != 1:
                 break
-            i = _producer(layers, layer.bottom[0], i)
+            i = producer(layers, layer.bottom[0], i)
     return [found[i] for i in sorted(found)]
 
 
@@ -189,32 +191,27 @@ def bare_copy(layer: pb.LayerParameter, *, rules: bool = True) -> pb.LayerParame
     return out
 
 
-def producer(layers: list[pb.LayerParameter], blob: str) -> pb.LayerParameter | None:
-    """The last of ``layers`` that writes ``blob`` (None: none does)."""
-    return next((x for x in reversed(layers) if blob in x.top), None)
-
-
 def layers_behind(
     layers: list[pb.LayerParameter], blob: str, step: Callable[[pb.LayerParameter], tuple[bool, list[str]]]
 ) -> list[pb.LayerParameter]:
-    """Walk back from ``blob`` through the layers that make it: ``step(layer)`` says whether to keep the layer and
-    which of its bottoms to walk on. The kept layers, each once, in net order."""
+    """Walk back from ``blob`` (as the net's end reads it) through the layers that make it: ``step(layer)`` says
+    whether to keep the layer and which of its bottoms to walk on. The kept layers, each once, in net order."""
     kept: dict[int, pb.LayerParameter] = {}
-    pending, seen = [blob], set()
+    pending: list[tuple[str, int]] = [(blob, len(layers))]
+    seen: set[tuple[str, int]] = set()
     while pending:
-        name = pending.pop()
-        if name in seen:
+        name, before = pending.pop()
+        if (name, before) in seen:
             continue
-        seen.add(name)
-        layer = producer(layers, name)
-        if layer is None:
+        seen.add((name, before))
+        i = producer(layers, name, before)
+        if i is None:
             continue
-        keep, further = step(layer)
+        keep, further = step(layers[i])
         if keep:
-            kept[id(layer)] = layer
-        pending.extend(further)
-    order = [id(x) for x in layers]
-    return sorted(kept.values(), key=lambda x: order.index(id(x)))
+            kept[i] = layers[i]
+        pending.extend((b, i) for b in further)
+    return [kept[i] for i in sorted(kept)]
 
 
 def fill_missing_fillers(layers: list[pb.LayerParameter]) -> None:

@@ -78,17 +78,21 @@ def seg_parts(net: pb.NetParameter) -> SegParts:
         score = losses[0].bottom[0]
         rest = [x for x in rest if not (x.type in TAIL_TYPES and score in x.bottom)]
     else:
-        consumed = {b for x in rest for b in x.bottom}
-        outputs = [t for x in rest for t in x.top if t not in consumed]
+        unread: dict[str, None] = {}  # Caffe's outputs: tops no later layer reads (an in-place layer re-makes one)
+        for x in rest:
+            for b in x.bottom:
+                unread.pop(b, None)
+            unread.update(dict.fromkeys(x.top))
+        outputs = list(unread)
         if not outputs:
             raise NetError(f"network '{name}': no output blob (a segmentation net ends in N x C x H x W scores)")
         score = outputs[-1]
-        layer = producer(rest, score)
-        while layer is not None and layer.type in TAIL_TYPES and len(layer.bottom) == 1:
-            tail.insert(0, layer)
-            score = layer.bottom[0]
-            layer = producer([x for x in rest if x not in tail], score)
-        rest = [x for x in rest if x not in tail]
+        i = producer(rest, score)
+        while i is not None and rest[i].type in TAIL_TYPES and len(rest[i].bottom) == 1:
+            tail.insert(0, rest[i])
+            score = rest[i].bottom[0]
+            i = producer(rest, score, i)
+        rest = [x for x in rest if all(x is not t for t in tail)]
     if producer(rest, score) is None:
         raise NetError(f"network '{name}': no layer makes its score blob '{score}'")
     parts = SegParts(name, input_blob, [bare_copy(x) for x in rest], score, [bare_copy(x) for x in tail], None)
@@ -123,9 +127,11 @@ def score_layers(parts: SegParts, classes: int) -> list[pb.LayerParameter]:
 
 def classes_of(parts: SegParts) -> int:
     """The number of classes the net scores: the channels of the layer making the score blob."""
-    layer = producer(parts.body, parts.score)
-    while layer is not None and layer.type not in SCORE_TYPES and layer.bottom:
-        layer = producer(parts.body, layer.bottom[0])
+    body = parts.body
+    i = producer(body, parts.score)
+    while i is not None and body[i].type not in SCORE_TYPES and body[i].bottom:
+        i = producer(body, body[i].bottom[0], i)
+    layer = body[i] if i is not None else None
     if layer is None or layer.type not in SCORE_TYPES:
         raise NetError(
             f"network '{parts.name}': no Convolution or Deconvolution layer makes its scores '{parts.score}'"
