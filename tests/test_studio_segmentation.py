@@ -101,3 +101,48 @@ def test_classify_many_lists_shares_and_top_n_refuses(env):
     assert page.status_code == 200 and page.text.count('class="segmented"') == 2
     top = client.post(f"{CLASSIFY}/top_n.json", data=form)
     assert top.status_code == 400 and "segmentation net" in top.text
+
+
+def test_segnets_own_prototxt_uploads_and_segments(env, tmp_path):
+    """SegNet-Tutorial's segnet_basic_inference.prototxt as written (its DenseImageData layer, its Softmax) uploads as
+    the original network: the studio derives its deploy net at the form's size and segments with it, as
+    caffe.deploy's SegmentationModel does with the same files."""
+    from pathlib import Path
+
+    from caffe.protoio import to_text
+    from caffe.studio.networks import parse_network
+    from caffe.studio.pretrained import deploy_from_original
+
+    client, tmp, _ = env
+    original = (
+        Path(__file__).parent / "data" / "forks" / "SegNet-Tutorial_segnet_basic_inference.prototxt"
+    ).read_text()
+    deploy_text = to_text(deploy_from_original(parse_network(original, "segnet"), 3, 40, 64))
+    (tmp_path / "deploy.prototxt").write_text(deploy_text)
+    caffe.set_random_seed(4)
+    net = caffe.Net(str(tmp_path / "deploy.prototxt"), caffe.TEST)
+    net.save(str(tmp_path / "segnet.caffemodel"))
+    names = "".join(f"class{i}\n" for i in range(11)).encode()
+    r = client.post(
+        "/pretrained_models.json",
+        data={"job_name": "segnet", "width": "64", "height": "40"},  # its upsample4 pads: H / 8 odd
+        files={
+            "weights_file": ("segnet.caffemodel", (tmp_path / "segnet.caffemodel").read_bytes()),
+            "model_def_file": ("segnet.prototxt", original.encode()),
+            "labels_file": ("labels.txt", names),
+        },
+    )
+    assert r.status_code == 201, r.text
+    image = (tmp / "images" / "green_then_red.png").read_bytes()
+    body = client.post(
+        f"{CLASSIFY}/classify_one.json", data={"job_id": r.json()["job_id"]}, files={"image_file": ("a.png", image)}
+    ).json()
+    assert sum(c["pixels"] for c in body["segmentation"]) == 32 * 64
+    model = deploy.open_model(
+        deploy.find_model(deploy=tmp_path / "deploy.prototxt", weights=tmp_path / "segnet.caffemodel"),
+        deploy.Settings(mean_mode="none"), segmentation=True, warn=False,
+    )  # fmt: skip
+    rgb = np.ascontiguousarray(cv2.imread(str(tmp / "images" / "green_then_red.png"))[:, :, ::-1])
+    class_map = model.segment([rgb])[0]
+    expected = {f"class{c}": int(n) for c, n in zip(*np.unique(class_map, return_counts=True), strict=True)}
+    assert {c["label"]: c["pixels"] for c in body["segmentation"]} == expected

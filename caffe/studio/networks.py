@@ -34,7 +34,8 @@ STANDARD_DIR = Path(__file__).with_name("standard_networks")
 STANDARD_NETWORKS = {"lenet": "LeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet", "squeezenet": "SqueezeNet"}
 DEFAULT_BATCH_SIZE = 16  # DIGITS' default when neither the network nor the form gives one
 
-SOURCE_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "Input", "Python"}
+SOURCE_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "Input", "Python",
+                "DenseImageData", "AnnotatedData"}  # fmt: skip
 LOSS_TYPES = {
     "SoftmaxWithLoss",
     "MultinomialLogisticLoss",
