@@ -847,7 +847,7 @@ def _studio(work: Path) -> tuple[_Web, Any]:
 
     app = create_app({"jobs_dir": work / "jobs", "devices": ["cpu"], "data_roots": [str(work)]})
     studio = app.state.studio
-    studio.scheduler.submit = lambda job_id, argv, resource=None: studio.store.get(job_id)  # never run jobs
+    studio.scheduler.submit = lambda job_id, argv, resource=None, **_: studio.store.get(job_id)  # never run jobs
     return _Web(app), studio.store
 
 
@@ -988,6 +988,61 @@ def _painted_folders(work: Path) -> Path:
         cv2.imwrite(str(root / "images" / f"{i}.png"), np.stack([classes * 200] * 3, axis=2))
         cv2.imwrite(str(root / "labels" / f"{i}.png"), classes)
     return root
+
+
+@target("studio_model", weight=2.5, batch=10, web=True)
+def _studio_model(work: Path):
+    """The model forms of the three tasks (DIGITS' JSON fields; jobs are never run): a classifier, an SSD detector
+    fine-tuned from a pretrained upload and a segmentation net typed in, on finished datasets of each task."""
+    import numpy as np
+
+    from caffe.io import array_to_blobproto
+    from caffe.studio import datasets as ds
+
+    web, store = _studio(work)
+    made = store.create("dataset", "images", {})
+    params = ds.DatasetParams.from_dict({"folder_train": str(_labelled_folder(work)), "resize_width": 16,
+                                         "resize_height": 16, "folder_pct_val": 50})  # fmt: skip
+    store.update(made.id, status="Done", result=ds.create_dataset(store.job_dir(made.id), params))
+    boxes = store.create("dataset", "boxes", {"task": "object-detection"})
+    store.update(boxes.id, status="Done", result={"task": "object-detection", "labels": ["dontcare", "face"],
+                                                   "classes": 2, "counts": {"train": 2, "val": 2}})  # fmt: skip
+    maps = store.create("dataset", "maps", {"task": "segmentation"})
+    mean = array_to_blobproto(np.full((1, 3, 8, 8), 100.0, np.float32)).SerializeToString()
+    (store.job_dir(maps.id) / "mean.binaryproto").write_bytes(mean)
+    result = {"task": "segmentation", "labels": ["a", "b", "c"], "classes": 3, "counts": {"train": 4, "val": 2},
+              "image_dims": [8, 8, 3]}  # fmt: skip
+    store.update(maps.id, status="Done", result=result)
+    weights = _asset("models/res10_ssd_face/res10_300x300_ssd_iter_140000.caffemodel").read_bytes()
+    deploy = _asset("models/res10_ssd_face_prototxt_only/deploy.prototxt").read_bytes()
+    r = web.post(
+        "/pretrained_models.json",
+        data={"job_name": "res10", "width": "300", "height": "300", "mean_values": "104,117,123"},
+        files={"weights_file": ("w.caffemodel", weights), "deploy_file": ("d.prototxt", deploy)},
+    )
+    pretrained = r.json()["job_id"]
+    seg_net = (
+        'name: "n" layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }'
+        ' layer { name: "score" type: "Convolution" bottom: "data" top: "score" convolution_param { num_output: 3'
+        " kernel_size: 1 } }"
+    )
+    common = {"train_epochs": 1, "batch_size": 2, "learning_rate": 0.01, "lr_policy": "fixed", "random_seed": 1}
+    forms = {
+        "classification": {"dataset": made.id, "method": "standard", "standard_networks": "lenet", **common},
+        "object-detection": {"dataset": boxes.id, "method": "pretrained", "pretrained_networks": pretrained, **common},
+        "segmentation": {"dataset": maps.id, "method": "custom", "custom_network": seg_net, "use_mean": "pixel",
+                         **common},
+    }  # fmt: skip
+    seeds = [Seed(f"{task}.json", json.dumps({"model_name": "fuzz", **form}).encode(), "json") for task, form in
+             forms.items()]  # fmt: skip
+
+    def run(data: bytes, seed: Seed) -> None:
+        task = seed.name.removesuffix(".json")
+        r = web.post(f"/models/images/{task}.json", content=data, headers={"content-type": "application/json"})
+        _forget(store, r)
+        return web.refused(r)
+
+    return seeds, run
 
 
 @target("studio_classify_one", weight=5, batch=20, web=True)

@@ -119,6 +119,20 @@ def test_form_errors_name_their_fields():
     assert "resume" in e.value.errors["snapshot_interval"]
 
 
+def test_numbers_past_the_solvers_fields_are_form_errors():
+    """Found by scripts/fuzz.py (studio_model): an infinite epoch count, a batch or seed past the proto's integer
+    fields and a training of more than 2^31 iterations were 500s; each is a 400 naming its field."""
+    with pytest.raises(m.FormError) as e:
+        m.ModelForm.from_dict({"train_epochs": "1e309", "learning_rate": "nan"})
+    assert set(e.value.errors) == {"train_epochs", "learning_rate"} and "finite" in e.value.errors["train_epochs"]
+    with pytest.raises(m.FormError) as e:
+        form(batch_size=str(2**32), random_seed=str(2**64), lr_step_size="1e30").check()
+    assert set(e.value.errors) == {"batch_size", "random_seed", "lr_step_size"}
+    with pytest.raises(m.FormError) as e:
+        m.solver_param(form(train_epochs="1000000"), 100_000, 0, 1, 1)
+    assert "over 2,147,483,647" in e.value.errors["train_epochs"]
+
+
 def test_nan_advice_from_events(tmp_path):
     (tmp_path / "info.json").write_text(json.dumps({"iterations per epoch": 10, "max iterations": 100}))
     events = [

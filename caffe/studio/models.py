@@ -51,6 +51,12 @@ from caffe.studio.failure import job_failure
 from caffe.studio.gpus import GpuRequest, device_gpu, gpu_pool, job_hardware, parse_gpu_list, request_error
 from caffe.studio.paths import is_job_id
 
+#: The largest values the form takes (beyond them the solver's and data layers' int32 fields overflow, or the
+#: rate schedule's percentages say nothing more).
+LIMITS = {"train_epochs": 1_000_000, "batch_size": 1_000_000, "batch_accumulation": 1_000_000, "crop_size": 65_536,
+          "random_seed": 2**63 - 1, "select_gpu_count": 4096, "snapshot_interval": 1_000_000, "val_interval": 1_000_000,
+          "previous_epoch": 1_000_000, "lr_step_size": 100.0, "lr_sigmoid_step": 100.0}  # fmt: skip
+MAX_ITER = 2**31 - 1  # SolverParameter.max_iter is an int32
 SOLVER_CLASSES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
                   "ADADELTA": "AdaDelta", "ADAM": "Adam"}  # fmt: skip
 SOLVER_TYPES = tuple(SOLVER_CLASSES)
@@ -136,6 +142,8 @@ class ModelForm:
                 continue
             if number is None:
                 setattr(form, f.name, str(raw))
+            elif not math.isfinite(number):
+                errors[f.name] = f"not a finite number: {raw!r}"
             elif kind.startswith("int") and number != int(number):
                 errors[f.name] = f"not a whole number: {raw!r}"
             else:
@@ -164,6 +172,10 @@ class ModelForm:
                 e[name] = f"{getattr(self, name)!r} is not one of {', '.join(allowed)}"
         if self.train_epochs < 1:
             e["train_epochs"] = "must be at least 1"
+        for name, most in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and abs(value) > most:
+                e[name] = f"must be at most {most:,}"
         if not self.snapshot_interval > 0:
             e["snapshot_interval"] = "must be more than 0 epochs (an interrupted training resumes from a snapshot)"
         if self.val_interval < 0:
@@ -178,10 +190,10 @@ class ModelForm:
         if self.lr_policy == "multistep":
             try:
                 steps = _percentages(self.lr_multistep_values)
-                if not steps or steps != sorted(steps):
+                if not steps or steps != sorted(steps) or not all(0 <= v <= 100 for v in steps):
                     raise ValueError
             except ValueError:
-                e["lr_multistep_values"] = "give increasing percentages of the training, e.g. 50,85"
+                e["lr_multistep_values"] = "give increasing percentages of the training (0-100), e.g. 50,85"
         if self.lr_policy in ("step", "sigmoid"):
             key = "lr_step_size" if self.lr_policy == "step" else "lr_sigmoid_step"
             if not getattr(self, key) > 0:
@@ -316,6 +328,8 @@ def solver_param(
     iter_size = form.batch_accumulation or 1
     per_epoch = iterations_per_epoch(train_count, train_batch, iter_size)
     s = pb.SolverParameter(type=SOLVER_CLASSES[form.solver_type])
+    if per_epoch * form.train_epochs > MAX_ITER:
+        raise FormError({"train_epochs": f"{form.train_epochs} epochs of {per_epoch} iterations: over {MAX_ITER:,}"})
     s.max_iter = per_epoch * form.train_epochs
     if iter_size > 1:
         s.iter_size = iter_size
