@@ -422,3 +422,21 @@ def test_form_post_redirects_to_the_dataset_page(studio):
     # val_min_box_size (25 by default) only marks validation boxes: no val set here
     assert job.result["difficult_boxes"] == {"train": 0, "val": 0}
     assert _pixels(_records(st.store.job_dir(job.id) / "train_db")[0][1]).shape == (32, 64, 3)
+
+
+def test_digits_generic_dataset_addresses(studio):
+    """DIGITS' REST addresses of its object-detection extension create the same job as the studio's own."""
+    client, st, data = studio
+    form = client.get("/datasets/generic/new/image-object-detection")
+    assert form.status_code == 200 and 'id="detection-dataset-form"' in form.text
+    r = client.post(
+        "/datasets/generic/create/image-object-detection.json",
+        data={"train_image_folder": str(data / "voc"), "dataset_name": "generic", "val_min_box_size": "0"},
+    )
+    assert r.status_code == 200, r.text
+    job = st.store.get(r.json()["job_id"])
+    assert job.params["task"] == "object-detection" and job.params["train_image_folder"] == str(data / "voc")
+    bad = client.post("/datasets/generic/create/image-object-detection.json", data={"train_image_folder": "/nope"})
+    assert bad.status_code == 400 and "train_image_folder" in bad.text
+    assert client.post("/datasets/generic/create/image-unknown.json", data={}).status_code in (404, 405)
+    st.scheduler.wait(job.id, timeout=120)

@@ -188,6 +188,9 @@ def test_form_errors_name_their_fields(env):
     ):  # fmt: skip
         r = client.post(url, data=_form(dataset, pretrained, **extra))
         assert r.status_code == 400 and field in r.json()["fields"], (extra, r.text)
+    # DIGITS' generic model address: the dataset's task decides (a detector here), errors as the studio's own
+    r = client.post("/models/images/generic.json", data=_form(dataset, pretrained, crop_size="224"))
+    assert r.status_code == 400 and "crop_size" in r.json()["fields"]
     page = client.get("/models/images/object-detection/new")
     assert page.status_code == 200 and "New Object Detection Model" in page.text
     assert f'value="{dataset}"' in page.text and 'id="method-standard"' not in page.text

@@ -5,9 +5,11 @@
 * ``POST /datasets/images/classification.json``: the same for API callers -> ``{job_id, name, status}``
   or 400 ``{errors: [...]}``;
 * ``GET  /datasets/images/object-detection/new``, ``POST /datasets/images/object-detection`` [``.json``]: the same for
-  an object detection dataset (:mod:`caffe.studio.detection_datasets`);
+  an object detection dataset (:mod:`caffe.studio.detection_datasets`; also at DIGITS' addresses,
+  ``/datasets/generic/new/image-object-detection`` and ``/datasets/generic/create/image-object-detection[.json]``);
 * ``GET  /datasets/images/segmentation/new``, ``POST /datasets/images/segmentation`` [``.json``]: the same for a
-  semantic segmentation dataset (:mod:`caffe.studio.segmentation_datasets`);
+  semantic segmentation dataset (:mod:`caffe.studio.segmentation_datasets`; also at DIGITS'
+  ``/datasets/generic/.../image-segmentation``);
 * ``GET  /datasets/{id}``, ``/datasets/{id}.json``: status, progress, counts per class (detection: images per split
   and boxes per class; segmentation: images per split and pixels per class), mean image;
 * ``GET  /datasets/{id}/explore?db=train&label=&page=&size=``: the stored images by class, paged;
@@ -263,10 +265,12 @@ def _detection_form_page(
     return _task_form_page(request, "detection_dataset_new.html", defaults, values, error, status, **extra)
 
 
-def add_task_routes(task: str, name: str, create: CreateFn, form_page: FormPageFn) -> None:
+def add_task_routes(task: str, name: str, create: CreateFn, form_page: FormPageFn, extension: str) -> None:
     """``GET /datasets/images/<task>/new`` (the form; ``?clone=<dataset id>`` fills it with that dataset's
     parameters), ``POST /datasets/images/<task>`` (-> the dataset page) and ``.json`` (-> ``{job_id, name,
-    status}``); the routes are named ``<name>_new``, ``<name>_create``, ``<name>_create_json``."""
+    status}``); the routes are named ``<name>_new``, ``<name>_create``, ``<name>_create_json``. The same at
+    DIGITS' generic-dataset addresses of the data ``extension`` (``/datasets/generic/new/<extension>``,
+    ``/datasets/generic/create/<extension>[.json]``), so DIGITS' REST scripts work unchanged."""
 
     def new(request: Request, clone: str = "") -> Response:
         values = _dataset_job(request, clone).params if clone else None
@@ -282,9 +286,13 @@ def add_task_routes(task: str, name: str, create: CreateFn, form_page: FormPageF
     router.add_api_route(f"{base}/new", new, methods=["GET"], name=f"{name}_new")
     router.add_api_route(f"{base}.json", create_json, methods=["POST"], name=f"{name}_create_json")
     router.add_api_route(base, create_form, methods=["POST"], name=f"{name}_create")
+    digits = "/datasets/generic"
+    router.add_api_route(f"{digits}/new/{extension}", new, methods=["GET"], include_in_schema=False)
+    router.add_api_route(f"{digits}/create/{extension}.json", create_json, methods=["POST"], include_in_schema=False)
+    router.add_api_route(f"{digits}/create/{extension}", create_form, methods=["POST"], include_in_schema=False)
 
 
-add_task_routes("object-detection", "detection_dataset", create_detection_job, _detection_form_page)
+add_task_routes(dd.TASK, "detection_dataset", create_detection_job, _detection_form_page, "image-object-detection")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +320,7 @@ def _segmentation_form_page(
     return _task_form_page(request, "segmentation_dataset_new.html", defaults, values, error, status, **extra)
 
 
-add_task_routes(sd.TASK, "segmentation_dataset", create_segmentation_job, _segmentation_form_page)
+add_task_routes(sd.TASK, "segmentation_dataset", create_segmentation_job, _segmentation_form_page, "image-segmentation")
 
 
 # ---------------------------------------------------------------------------------------------

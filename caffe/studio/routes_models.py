@@ -84,6 +84,7 @@ def _error_response(e: CaffeError) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------------------------------- the form
+ROUTE_TASKS = (*m.TASKS, "generic")  # DIGITS' generic models (POST /models/images/generic[.json]): the dataset's task
 BUILDERS = {"object-detection": dm.build_files, "segmentation": sm.build_files}  # classification: models'
 CUSTOMIZERS = {"object-detection": dm.customize, "segmentation": sm.customize}
 
@@ -168,7 +169,7 @@ def _create(request: Request, values: dict[str, Any]) -> Job:
 @router.post("/models/images/{task}.json", summary="Create a classification, object-detection or segmentation model")
 async def model_create_json(request: Request, task: str) -> Response:
     """DIGITS' fields; the dataset's task decides what trains (an SSD detector, a segmentation net, a classifier)."""
-    if task not in m.TASKS:
+    if task not in ROUTE_TASKS:
         return JSONResponse({"errors": [f"no {task!r} models: {', '.join(m.TASKS)}"]}, status_code=404)
     try:
         values = await _values(request)
@@ -182,13 +183,14 @@ async def model_create_json(request: Request, task: str) -> Response:
 async def model_create(request: Request, task: str) -> Response:
     """Create the job (the dataset's task decides what trains), then its page; errors: the form again."""
     values: dict[str, Any] = {}
-    if task not in m.TASKS:
+    if task not in ROUTE_TASKS:
         raise HTTPException(404, f"no {task!r} models: {', '.join(m.TASKS)}")
     try:
         values = await _values(request)
         job = await run_in_threadpool(_create, request, values)
     except CaffeError as e:
         shown = _dataset_task(request, values["dataset"]) if values.get("dataset") else task
+        shown = shown if shown in m.TASKS else "classification"
         return _form_page(request, values, _errors(e), shown)
     return RedirectResponse(f"/models/{job.id}", status_code=303)
 
