@@ -241,6 +241,20 @@ def test_fine_tuning_res10_trains_validates_and_detects(env, tmp_path):
     image = cv2.imread(str(asset("models/mtcnn_face_caffe/test1.jpg")))[:, :, ::-1]
     found = model.detect([image], 0.5)[0]
     assert sorted(round(v) for d in found for v in d.box) == sorted(round(v) for f in faces for v in f["box"])
+    # and `caffe detect` on the archive (as docs/ssd-training.md says)
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "caffe", "detect", str(tmp_path / "model.tar.gz"),
+         str(asset("models/mtcnn_face_caffe/test1.jpg")), "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (cli,) = json.loads(out)
+    assert sorted(d["label"] for d in cli["detections"]) == ["face", "face"]
+    assert sorted(round(v) for d in cli["detections"] for v in d["box"]) == sorted(
+        round(v) for f in faces for v in f["box"]
+    )
 
     # promoted to a pretrained model, it detects the same faces and is a network to fine-tune again
     from caffe.studio import detection_models as dm
