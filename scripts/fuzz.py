@@ -754,8 +754,21 @@ def _task_networks(work: Path):
         ("res10.prototxt", _asset("models/res10_ssd_face_prototxt_only/deploy.prototxt").read_bytes()),
         ("mobilenet_ssd_train.prototxt", (forks / "MobileNet-SSD_voc_MobileNetSSD_train.prototxt").read_bytes()),
     ]
+    fcn = (
+        b'name: "fcn" layer { name: "d" type: "Data" top: "data" include { phase: TRAIN }'
+        b" data_param { batch_size: 2 } }"
+        b' layer { name: "l" type: "Data" top: "label" include { phase: TRAIN } data_param { batch_size: 2 } }'
+        b' layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 21'
+        b' kernel_size: 1 } } layer { name: "up" type: "Deconvolution" bottom: "c" top: "up" param { lr_mult: 0 }'
+        b" convolution_param { num_output: 21 kernel_size: 4 stride: 2 bias_term: false } }"
+        b' layer { name: "score" type: "Crop" bottom: "up" bottom: "data" top: "score" }'
+        b' layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"'
+        b" loss_param { ignore_label: 255 normalize: false } }"
+        b' layer { name: "acc" type: "Accuracy" bottom: "score" bottom: "label" top: "acc" include { phase: TEST } }'
+    )
     seg = [("segnet.prototxt", (forks / "SegNet-Tutorial_segnet_basic_inference.prototxt").read_bytes()),
-           ("enet.prototxt", (forks / "ENet_enet_deploy_final.prototxt").read_bytes())]  # fmt: skip
+           ("enet.prototxt", (forks / "ENet_enet_deploy_final.prototxt").read_bytes()),
+           ("fcn_train.prototxt", fcn)]  # fmt: skip
     detection = {name for name, _ in ssd}
 
     def run(data: bytes, seed: Seed) -> None:

@@ -93,6 +93,9 @@ layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
     with pytest.raises(NetError, match="no Convolution or Deconvolution layer makes its scores 'fc'"):
         sn.classes_of(_parts(classifier))
+    lonely_loss = FCN + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" top: "loss" }\n'
+    with pytest.raises(NetError, match="'loss' \\(SoftmaxWithLoss\\) needs scores and labels"):
+        _parts(lonely_loss)
 
 
 # ---------------------------------------------------------------------------------------------- the studio

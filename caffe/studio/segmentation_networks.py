@@ -75,6 +75,8 @@ def seg_parts(net: pb.NetParameter) -> SegParts:
     rest = [x for x in layers if id(x) not in dropped]
     tail: list[pb.LayerParameter] = []
     if losses:
+        if len(losses[0].bottom) < 2:
+            raise NetError(f"network '{name}': layer '{losses[0].name}' (SoftmaxWithLoss) needs scores and labels")
         score = losses[0].bottom[0]
         rest = [x for x in rest if not (x.type in TAIL_TYPES and score in x.bottom)]
     else:
