@@ -216,6 +216,7 @@ def test_fine_tuning_res10_trains_validates_and_detects(env, tmp_path):
     assert client.get(f"/models/{job_id}").status_code == 200
     summary = client.get(f"/models/{job_id}.json").json()
     chart = summary["val"]["detection_eval"]
+    assert [t["name"] for t in summary["charts"]["main"]["data"]] == ["loss (train)", "mAP (val)"]
     assert chart["kind"] == "accuracy" and len(chart["value"]) == 2  # before and after the one iteration
     assert all(0.5 <= v <= 1.0 + 1e-6 for v in chart["value"])  # the three faces the net found before one small step
     page = client.post(

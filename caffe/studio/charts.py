@@ -67,7 +67,8 @@ def loss_accuracy(progress: dict[str, Any], top_k: dict[str, int], classes: int 
         if accuracy and not shown(name, top_k, classes):
             continue
         values = [_percent(v) for v in series["value"]] if accuracy else series["value"]
-        trace = {"x": series["epoch"], "y": values, "name": f"{name} (val)", "mode": mode(len(values))}
+        shown_name = progress.get("names", {}).get(name, name)  # e.g. a detector's detection_eval as "mAP"
+        trace = {"x": series["epoch"], "y": values, "name": f"{shown_name} (val)", "mode": mode(len(values))}
         data.append({**trace, "yaxis": "y2"} if accuracy else trace)
     layout: dict[str, Any] = {
         "margin": {"t": 10, "r": 60, "b": 45, "l": 60},

@@ -171,6 +171,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         "input scale": scale,
         "resize_mode": "squash",
         "accuracy outputs": [dn.EVAL_BLOB] if sources.val_db else [],
+        "output names": {dn.EVAL_BLOB: "mAP"},
         "mean file": "mean.binaryproto" if mean else None,
     }
     # the mean values as a mean image too, so the job's archive and promoted model carry them as DIGITS' do

@@ -886,6 +886,7 @@ def training_progress(job_dir: Path, events: list[dict[str, Any]] | None = None)
             "lr": [p["lr"] for p in train],
         },
         "val": {name: {**s, "kind": "accuracy" if name in accuracy else "loss"} for name, s in val_series.items()},
+        "names": info.get("output names") or {},  # how the charts call an output (a detector's mean AP: "mAP")
         "nan": nan,
         "advice": NAN_ADVICE.format(what=nan) if nan else None,
     }
