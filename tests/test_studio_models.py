@@ -123,8 +123,9 @@ def test_numbers_past_the_solvers_fields_are_form_errors():
     """Found by scripts/fuzz.py (studio_model): an infinite epoch count, a batch or seed past the proto's integer
     fields and a training of more than 2^31 iterations were 500s; each is a 400 naming its field."""
     with pytest.raises(m.FormError) as e:
-        m.ModelForm.from_dict({"train_epochs": "1e309", "learning_rate": "nan"})
-    assert set(e.value.errors) == {"train_epochs", "learning_rate"} and "finite" in e.value.errors["train_epochs"]
+        m.ModelForm.from_dict({"train_epochs": "1e309", "learning_rate": "nan", "lr_step_gamma": "1e300"})
+    assert set(e.value.errors) == {"train_epochs", "learning_rate", "lr_step_gamma"}
+    assert "finite" in e.value.errors["train_epochs"] and "range" in e.value.errors["lr_step_gamma"]
     with pytest.raises(m.FormError) as e:
         form(batch_size=str(2**32), random_seed=str(2**64), lr_step_size="1e30").check()
     assert set(e.value.errors) == {"batch_size", "random_seed", "lr_step_size"}

@@ -57,6 +57,7 @@ LIMITS = {"train_epochs": 1_000_000, "batch_size": 1_000_000, "batch_accumulatio
           "random_seed": 2**63 - 1, "select_gpu_count": 4096, "snapshot_interval": 1_000_000, "val_interval": 1_000_000,
           "previous_epoch": 1_000_000, "lr_step_size": 100.0, "lr_sigmoid_step": 100.0}  # fmt: skip
 MAX_ITER = 2**31 - 1  # SolverParameter.max_iter is an int32
+FLOAT32_MAX = 3.4028234663852886e38
 SOLVER_CLASSES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RMSPROP": "RMSProp",
                   "ADADELTA": "AdaDelta", "ADAM": "Adam"}  # fmt: skip
 SOLVER_TYPES = tuple(SOLVER_CLASSES)
@@ -144,6 +145,8 @@ class ModelForm:
                 setattr(form, f.name, str(raw))
             elif not math.isfinite(number):
                 errors[f.name] = f"not a finite number: {raw!r}"
+            elif kind.startswith("float") and abs(number) > FLOAT32_MAX:  # the solver's fields are 32-bit floats
+                errors[f.name] = f"out of range: {raw!r}"
             elif kind.startswith("int") and number != int(number):
                 errors[f.name] = f"not a whole number: {raw!r}"
             else:
