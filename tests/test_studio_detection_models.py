@@ -191,6 +191,8 @@ def test_form_errors_name_their_fields(env):
     # DIGITS' generic model address: the dataset's task decides (a detector here), errors as the studio's own
     r = client.post("/models/images/generic.json", data=_form(dataset, pretrained, crop_size="224"))
     assert r.status_code == 400 and "crop_size" in r.json()["fields"]
+    generic = client.get(f"/models/images/generic/new?dataset={dataset}")
+    assert generic.status_code == 200 and "New Object Detection Model" in generic.text
     page = client.get("/models/images/object-detection/new")
     assert page.status_code == 200 and "New Object Detection Model" in page.text
     assert f'value="{dataset}"' in page.text and 'id="method-standard"' not in page.text

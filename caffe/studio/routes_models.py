@@ -139,12 +139,13 @@ def _preset(request: Request, clone: str) -> dict[str, Any]:
 
 @router.get("/models/images/{task}/new", include_in_schema=False)
 def model_new(request: Request, task: str, clone: str = "") -> Response:
-    """The "New Image Classification / Object Detection / Segmentation Model" form (see :func:`_preset`); a clone
-    gets its dataset's form."""
-    if task not in m.TASKS:
+    """The "New Image Classification / Object Detection / Segmentation Model" form (see :func:`_preset`); a clone,
+    and DIGITS' generic address (``/models/images/generic/new?dataset=<id>``), get their dataset's form."""
+    if task not in ROUTE_TASKS:
         raise HTTPException(404, f"no {task!r} models: {', '.join(m.TASKS)}")
     values = _preset(request, clone)
-    return _form_page(request, values, task=_dataset_task(request, values.get("dataset")) if clone else task)
+    follow = clone or task == "generic"
+    return _form_page(request, values, task=_dataset_task(request, values.get("dataset")) if follow else task)
 
 
 def _dataset_task(request: Request, job_id: Any) -> str:
