@@ -101,13 +101,7 @@ class DatasetParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DatasetParams:
         """Typed and checked parameters; a bad value is a DataError naming its field."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in known or value is None or (isinstance(value, str) and not value.strip()):
-                continue
-            kwargs[name] = coerce_field(name, value, cls.__dataclass_fields__[name].default)
-        params = cls(**kwargs)
+        params = cls(**form_fields(cls, values))
         params.check()
         return params
 
@@ -148,6 +142,20 @@ class DatasetParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def form_fields(cls: type, values: dict[str, Any], whole: Iterable[str] = ()) -> dict[str, Any]:
+    """The ``values`` that name fields of the dataclass ``cls`` (blank ones left out, ``task`` never taken from a
+    form), each coerced to its default's type (a whole number for the ``whole`` fields, whose default is None)."""
+    defaults = {f.name: f.default for f in fields(cls)}
+    return {
+        name: coerce_field(name, value, 0 if name in whole else defaults[name])
+        for name, value in values.items()
+        if name in defaults
+        and name != "task"
+        and value is not None
+        and not (isinstance(value, str) and not value.strip())
+    }
 
 
 def coerce_field(name: str, value: Any, default: Any) -> Any:

@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +103,7 @@ class DetectionParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DetectionParams:
         """Typed and checked parameters; a bad value is a DataError naming its field."""
-        defaults = {f.name: f.default for f in fields(cls)}
-        kwargs = {
-            name: ds.coerce_field(name, value, 0 if name in _SIZE_FIELDS else defaults[name])
-            for name, value in values.items()
-            if name in defaults and name != "task" and not _blank(value)
-        }
-        params = cls(**kwargs)
+        params = cls(**ds.form_fields(cls, values, whole=_SIZE_FIELDS))
         params.check()
         return params
 
@@ -163,10 +157,6 @@ class DetectionParams:
 
 
 _SIZE_FIELDS = ("resize_image_width", "resize_image_height", "padding_image_width", "padding_image_height")
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +98,7 @@ class SegmentationParams:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SegmentationParams:
         """Typed and checked parameters; a bad value is a DataError naming its field."""
-        defaults = {f.name: f.default for f in fields(cls)}
-        kwargs = {
-            name: ds.coerce_field(name, value, 0 if name.startswith("resize_") else defaults[name])
-            for name, value in values.items()
-            if name in defaults and name != "task" and not _blank(value)
-        }
+        kwargs = ds.form_fields(cls, values, whole=("resize_image_width", "resize_image_height"))
         if kwargs.get("colormap_method") == "text":
             kwargs["colormap_method"] = "textfile"
         params = cls(**kwargs)
@@ -150,10 +145,6 @@ class SegmentationParams:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 # ---------------------------------------------------------------------------------------------
