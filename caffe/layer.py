@@ -61,12 +61,10 @@ def layer_type_list() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_SSD = "weiliu89/caffe's ssd branch"
 _CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
 
 #: Layer types of Caffe's forks that neocaffe does not implement, and who defines them (named in the error).
 FORK_TYPES: dict[str, str] = {
-    "SmoothL1Loss": f"rbgirshick/caffe-fast-rcnn and {_SSD}, a training loss, not supported yet",
     "BoxAnnotatorOHEM": "daijifeng001/caffe-rfcn, R-FCN's OHEM training layer",
     "Yolov3": "a YOLOv3 Caffe port's training loss, eric612/MobileNet-YOLO",
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",

@@ -1,4 +1,4 @@
-"""Loss layers and Accuracy, with Caffe master's semantics.
+"""Loss layers and Accuracy, with Caffe master's semantics (and the R-CNN forks' SmoothL1Loss).
 
 Every loss shares :class:`LossLayer`: a scalar top (shape ``()``) whose loss weight is 1 unless the
 prototxt says otherwise, an automatic top when none is named, and the check that the data and label
@@ -361,6 +361,63 @@ class HingeLossLayer(LossLayer):
             margin = margin * margin
         per_item = self.poison(margin.sum(1), bad)
         return [per_item.sum() / max(self.num, 1)]
+
+
+def smooth_l1(x: torch.Tensor, sigma2: float = 1.0) -> torch.Tensor:
+    """Elementwise Smooth L1 of the R-CNN forks: ``0.5 * sigma2 * x^2`` where ``|x| < 1 / sigma2``, else
+    ``|x| - 0.5 / sigma2`` (sigma2 = 0: all zero, as the forks' ``1 / 0`` threshold gives)."""
+    a = x.abs()
+    if sigma2 == 0:
+        return x * 0
+    return torch.where(a < 1.0 / sigma2, 0.5 * sigma2 * x * x, a - 0.5 / sigma2)
+
+
+@register("SmoothL1Loss")
+class SmoothL1LossLayer(LossLayer):
+    """The R-CNN forks' Smooth L1 box-regression loss, ``sum(smooth_l1(d)) / N`` for ``d = b0 - b1``.
+
+    * 4 bottoms (rbgirshick/caffe-fast-rcnn, py-faster-rcnn, R-FCN): predictions, targets, inside and
+      outside weights; the loss is ``sum(w_out * smooth_l1(w_in * d)) / N`` with ``smooth_l1_loss_param.sigma``,
+      and its gradient is the true one, ``w_out * w_in * smooth_l1'(w_in * d) / N``.
+    * 3 bottoms (weiliu89/caffe ssd): predictions, targets and one weight; the loss is
+      ``sum(smooth_l1(w * d)) / N`` and, as in that fork, the gradient leaves out the factor ``w``
+      (``smooth_l1'(w * d) / N``: the same as the true one for 0/1 masks).
+    * 2 bottoms: ``sum(smooth_l1(d)) / N``.
+
+    ``N`` is the first dimension of the predictions. Both predictions and targets take gradients (as in
+    the forks); the weights never do.
+    """
+
+    exact_num_bottom = None
+    min_bottom, max_bottom = 2, 4
+    no_grad_bottoms = (2, 3)
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        sigma = float(self.layer_param.smooth_l1_loss_param.sigma)
+        self.sigma2 = sigma * sigma
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        self.check_first_dim(bottom)
+        dims = [_legacy_dims(s) for s in bottom]
+        for i, d in enumerate(dims[1:], 1):
+            if d is None or dims[0] is None or d[1:] != dims[0][1:] or _count(bottom[i]) != _count(bottom[0]):
+                raise self.shape_error(
+                    f"bottom[{i}] must have the shape of bottom[0] (up to 4 axes): bottom[0] has shape "
+                    f"{_shape_str(bottom[0])}, bottom[{i}] has shape {_shape_str(bottom[i])}"
+                )
+        return [()]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        pred = bottom[0]
+        d = pred - bottom[1].reshape(pred.shape)
+        if len(bottom) >= 3:
+            inside = bottom[2].detach().reshape(pred.shape)
+            # The SSD fork's gradient omits the weight: d keeps its own gradient under w * d's value.
+            d = d * inside if len(bottom) == 4 else d + (d * inside - d).detach()
+        errors = smooth_l1(d, self.sigma2)
+        if len(bottom) == 4:
+            errors = errors * bottom[3].detach().reshape(pred.shape)
+        return [errors.sum() / max(pred.shape[0], 1)]
 
 
 @register("SigmoidCrossEntropyLoss")

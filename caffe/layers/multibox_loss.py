@@ -37,7 +37,7 @@ from caffe.blob import Shape
 from caffe.data.bbox import box_areas, jaccard_matrix
 from caffe.layer import register
 from caffe.layers.detection import CENTER_SIZE, CORNER, CORNER_SIZE, decode_boxes
-from caffe.layers.loss import FLT_MIN, VALID, LossLayer, _straight_through
+from caffe.layers.loss import FLT_MIN, VALID, LossLayer, _straight_through, smooth_l1
 from caffe.proto import caffe_pb2 as pb
 
 P = pb.MultiBoxLossParameter
@@ -142,8 +142,7 @@ def loc_terms(d: torch.Tensor, loss_type: int) -> torch.Tensor:
     """Each coordinate's location loss for the differences ``d``: Smooth L1, or half the square (L2)."""
     if loss_type == P.L2:
         return 0.5 * d * d
-    a = d.abs()
-    return torch.where(a < 1, 0.5 * d * d, a - 0.5)
+    return smooth_l1(d)
 
 
 def nms_by_loss(boxes: np.ndarray, scores: np.ndarray, threshold: float, top_k: int) -> list[int]:

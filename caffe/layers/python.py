@@ -2,7 +2,8 @@
 
 The user writes a subclass of :class:`caffe.Layer` (the class below, as in pycaffe) with
 ``setup/reshape/forward/backward`` working on :class:`~caffe.blob.Blob` lists; ``self.param_str``
-and ``self.phase`` are set before ``setup``; ``self.blobs.add_blob(*shape)`` adds learnable blobs.
+(also as ``self.param_str_``, its name in pycaffe until 2015) and ``self.phase`` are set before
+``setup``; ``self.blobs.add_blob(*shape)`` adds learnable blobs.
 The Net calls its ``backward(top, propagate_down, bottom)`` directly with the blobs, the top diffs
 filled in; it must write bottom diffs (and may accumulate into its parameter diffs), exactly as with
 Caffe's ``PythonLayer``. An exception from the user's code reaches the caller as a
@@ -107,6 +108,7 @@ class Layer:
     def __init__(self, param: pb.LayerParameter | None = None) -> None:
         self.layer_param = param
         self.param_str: str = param.python_param.param_str if param is not None else ""
+        self.param_str_: str = self.param_str  # the name pycaffe used before 2015 (py-faster-rcnn reads it)
         self.phase: int = param.phase if param is not None else 0
         self.blobs: BlobVec = BlobVec()
 
@@ -177,6 +179,7 @@ class PythonLayer(_Layer):
             raise self.error(f"Python module '{pp.module}' has no class '{pp.layer}'")
         self.impl: Layer = self._user("construction", cls, param)
         self.impl.param_str = pp.param_str
+        self.impl.param_str_ = pp.param_str  # pycaffe's name before 2015, still read by py-faster-rcnn's layers
         self.impl.phase = param.phase
         if not hasattr(self.impl, "blobs"):
             self.impl.blobs = BlobVec()
