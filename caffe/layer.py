@@ -65,7 +65,6 @@ _CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
 
 #: Layer types of Caffe's forks that neocaffe does not implement, and who defines them (named in the error).
 FORK_TYPES: dict[str, str] = {
-    "BoxAnnotatorOHEM": "daijifeng001/caffe-rfcn, R-FCN's OHEM training layer",
     "Yolov3": "a YOLOv3 Caffe port's training loss, eric612/MobileNet-YOLO",
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",
     "Reorg": "the YOLOv2 Caffe ports, darknet's reorg layer",

@@ -10,8 +10,9 @@ PriorBox, DetectionOutput), ``detection_evaluate`` (its evaluation during traini
 mean AP), ``multibox_loss`` (its training loss, MultiBoxLoss), ``annotated_data`` (its
 training data, AnnotatedData: images with boxes, augmented), ``hdf5`` (HDF5Data,
 HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the depthwise
-convolutions of Caffe's forks) and ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN
-forks) and ``yolo`` (the YOLOv3 ports' Yolov3DetectionOutput).
+convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN
+forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM) and
+``yolo`` (the YOLOv3 ports' Yolov3DetectionOutput).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -30,6 +31,7 @@ from caffe.layers import (  # noqa: F401
     normalization,
     python,
     rcnn,
+    rcnn_training,
     recurrent,
     utility,
     vision,

@@ -1,4 +1,4 @@
-"""Loss layers and Accuracy, with Caffe master's semantics (and the R-CNN forks' SmoothL1Loss).
+"""Loss layers and Accuracy, with Caffe master's semantics.
 
 Every loss shares :class:`LossLayer`: a scalar top (shape ``()``) whose loss weight is 1 unless the
 prototxt says otherwise, an automatic top when none is named, and the check that the data and label
@@ -35,12 +35,14 @@ LOG_THRESHOLD = 1e-20
 FLT_MIN = 1.1754943508222875e-38
 
 # Plain ints (protobuf enum wrappers cannot be read inside torch.compile).
-FULL, VALID, BATCH_SIZE, NONE = (
+FULL, VALID, BATCH_SIZE, NONE, PRE_FIXED = (
     int(pb.LossParameter.FULL),
     int(pb.LossParameter.VALID),
     int(pb.LossParameter.BATCH_SIZE),
     int(pb.LossParameter.NONE),
+    int(pb.LossParameter.PRE_FIXED),
 )
+BVLC_MODES = (FULL, VALID, BATCH_SIZE, NONE)
 
 
 def _count(shape: Shape, start: int = 0, end: int | None = None) -> int:
@@ -157,14 +159,15 @@ class LossLayer(_LabelledLayer):
         self, per_pos: torch.Tensor, valid: torch.Tensor | None, scores: torch.Tensor
     ) -> list[torch.Tensor]:
         """Tops of a softmax-based loss from per-position losses: the normalized loss (ignored
-        positions contribute 0) and, when asked for, the softmax ``prob`` (detached, as Caffe
-        ignores its diff)."""
+        positions contribute 0) and, when asked for, the softmax ``prob`` and each position's loss
+        (detached, as Caffe ignores their diffs; the third top is R-FCN's, shaped as the labels)."""
         if valid is not None:
             per_pos = torch.where(valid, per_pos, torch.zeros_like(per_pos))
         loss = per_pos.sum() / self.normalizer(self.mode, self.outer, self.inner, valid, scores.dtype)
-        if len(self.tops) >= 2:
-            return [loss, torch.softmax(scores.detach(), dim=self.axis)]
-        return [loss]
+        if len(self.tops) == 1:
+            return [loss]
+        tops = [loss, torch.softmax(scores.detach(), dim=self.axis)]
+        return [*tops, per_pos.detach()] if len(self.tops) >= 3 else tops
 
     def reshape_one_label_per_item(self, bottom: list[Shape]) -> list[Shape]:
         """For losses over N x D scores with one class label per item: sets ``num`` and ``dim``."""
@@ -178,21 +181,29 @@ class LossLayer(_LabelledLayer):
         self.dim = _count(bottom[0], 1)
         return [()]
 
-    def read_normalization(self, unset: int = VALID) -> int:
+    def read_normalization(self, unset: int = VALID, allowed: tuple[int, ...] = BVLC_MODES) -> int:
         """``loss_param.normalization``; else the legacy ``normalize`` (true: VALID, false: BATCH_SIZE);
-        else ``unset`` (VALID, or BATCH_SIZE for SigmoidCrossEntropyLoss)."""
+        else ``unset`` (VALID, or BATCH_SIZE for SigmoidCrossEntropyLoss). A mode not in ``allowed`` (R-FCN's
+        PRE_FIXED, which only its SmoothL1Loss reads) is an error naming the layer."""
         p = self.layer_param.loss_param
         if p.HasField("normalization"):
-            return int(p.normalization)
+            mode = int(p.normalization)
+            if mode not in allowed:
+                name = pb.LossParameter.NormalizationMode.Name(mode)
+                raise self.error(f"loss_param.normalization {name} is not read by {self.type} layers")
+            return mode
         if p.HasField("normalize"):
             return VALID if p.normalize else BATCH_SIZE
         return unset
 
     @staticmethod
     def normalizer(
-        mode: int, outer: int, inner: int, valid: torch.Tensor | None, dtype: torch.dtype
+        mode: int, outer: int, inner: int, valid: torch.Tensor | None, dtype: torch.dtype, fixed: float = 1.0
     ) -> float | torch.Tensor:
-        """Caffe's get_normalizer: the loss divisor, at least 1 (``valid``: non-ignored mask or None)."""
+        """Caffe's get_normalizer: the loss divisor, at least 1 (``valid``: non-ignored mask or None; ``fixed``:
+        R-FCN's ``pre_fixed_normalizer`` for PRE_FIXED)."""
+        if mode == PRE_FIXED:
+            return max(1.0, fixed)
         if mode == FULL:
             return float(max(1, outer * inner))
         if mode == VALID:
@@ -206,15 +217,17 @@ class LossLayer(_LabelledLayer):
         raise ValueError(f"unknown normalization mode {mode}")
 
 
-@register("SoftmaxWithLoss")
+@register("SoftmaxWithLoss", "SoftmaxWithLossOHEM")
 class SoftmaxWithLossLayer(LossLayer):
     """Softmax along ``softmax_param.axis`` then the mean negative log-likelihood of the label.
 
-    Optional second top ``prob``: the softmax, detached (Caffe's backward ignores its diff).
+    Optional second top ``prob``: the softmax, detached (Caffe's backward ignores its diff). Optional
+    third top (R-FCN's Caffe, where Microsoft/caffe names the layer ``SoftmaxWithLossOHEM``): each
+    position's unnormalized loss, 0 where the label is ignored, shaped as the labels, detached.
     """
 
     exact_num_top = None
-    min_top, max_top = 1, 2
+    min_top, max_top = 1, 3
 
     def layer_setup(self, bottom: list[Shape]) -> None:
         self.read_ignore_label(self.layer_param.loss_param)
@@ -223,14 +236,17 @@ class SoftmaxWithLossLayer(LossLayer):
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         self.check_first_dim(bottom)
         self.label_geometry(bottom, self.layer_param.softmax_param.axis, "softmax axis")
-        return [(), bottom[0]] if len(self.tops) >= 2 else [()]
+        return [(), bottom[0], bottom[1]][: len(self.tops)]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x, label = self.split(bottom[0], bottom[1])
         index, valid, bad = self.class_labels(label, self.num_classes, f"along softmax axis {self.axis}")
         logp = torch.log_softmax(x, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
         logp = _straight_through(logp, logp.clamp(min=math.log(FLT_MIN)))
-        return self.softmax_loss_tops(self.poison(-logp, bad), valid, bottom[0])
+        tops = self.softmax_loss_tops(self.poison(-logp, bad), valid, bottom[0])
+        if len(tops) >= 3:
+            tops[2] = tops[2].reshape(bottom[1].shape)
+        return tops
 
 
 @register("MultinomialLogisticLoss")
@@ -370,54 +386,6 @@ def smooth_l1(x: torch.Tensor, sigma2: float = 1.0) -> torch.Tensor:
     if sigma2 == 0:
         return x * 0
     return torch.where(a < 1.0 / sigma2, 0.5 * sigma2 * x * x, a - 0.5 / sigma2)
-
-
-@register("SmoothL1Loss")
-class SmoothL1LossLayer(LossLayer):
-    """The R-CNN forks' Smooth L1 box-regression loss, ``sum(smooth_l1(d)) / N`` for ``d = b0 - b1``.
-
-    * 4 bottoms (rbgirshick/caffe-fast-rcnn, py-faster-rcnn, R-FCN): predictions, targets, inside and
-      outside weights; the loss is ``sum(w_out * smooth_l1(w_in * d)) / N`` with ``smooth_l1_loss_param.sigma``,
-      and its gradient is the true one, ``w_out * w_in * smooth_l1'(w_in * d) / N``.
-    * 3 bottoms (weiliu89/caffe ssd): predictions, targets and one weight; the loss is
-      ``sum(smooth_l1(w * d)) / N`` and, as in that fork, the gradient leaves out the factor ``w``
-      (``smooth_l1'(w * d) / N``: the same as the true one for 0/1 masks).
-    * 2 bottoms: ``sum(smooth_l1(d)) / N``.
-
-    ``N`` is the first dimension of the predictions. Both predictions and targets take gradients (as in
-    the forks); the weights never do.
-    """
-
-    exact_num_bottom = None
-    min_bottom, max_bottom = 2, 4
-    no_grad_bottoms = (2, 3)
-
-    def layer_setup(self, bottom: list[Shape]) -> None:
-        sigma = float(self.layer_param.smooth_l1_loss_param.sigma)
-        self.sigma2 = sigma * sigma
-
-    def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        self.check_first_dim(bottom)
-        dims = [_legacy_dims(s) for s in bottom]
-        for i, d in enumerate(dims[1:], 1):
-            if d is None or dims[0] is None or d[1:] != dims[0][1:] or _count(bottom[i]) != _count(bottom[0]):
-                raise self.shape_error(
-                    f"bottom[{i}] must have the shape of bottom[0] (up to 4 axes): bottom[0] has shape "
-                    f"{_shape_str(bottom[0])}, bottom[{i}] has shape {_shape_str(bottom[i])}"
-                )
-        return [()]
-
-    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        pred = bottom[0]
-        d = pred - bottom[1].reshape(pred.shape)
-        if len(bottom) >= 3:
-            inside = bottom[2].detach().reshape(pred.shape)
-            # The SSD fork's gradient omits the weight: d keeps its own gradient under w * d's value.
-            d = d * inside if len(bottom) == 4 else d + (d * inside - d).detach()
-        errors = smooth_l1(d, self.sigma2)
-        if len(bottom) == 4:
-            errors = errors * bottom[3].detach().reshape(pred.shape)
-        return [errors.sum() / max(pred.shape[0], 1)]
 
 
 @register("SigmoidCrossEntropyLoss")

@@ -1,6 +1,6 @@
 """Stand-ins for py-faster-rcnn's four training Python layers (``lib/roi_data_layer``, ``lib/rpn``).
 
-neocaffe's own code, written for tests/test_faster_rcnn_training.py: each layer keeps the interface its
+neocaffe's own code, written for tests/test_rcnn_training.py: each layer keeps the interface its
 py-faster-rcnn namesake shows the Net (the tops, their shapes, ``param_str_`` read as YAML, tops reshaped
 in ``forward``, ``set_roidb`` on the data layer) but makes its values simply and deterministically
 instead of py-faster-rcnn's anchor matching and sampling. The test packages them as the modules the
@@ -91,7 +91,9 @@ class AnchorTargetLayer(_TargetLayer):
 
 
 class ProposalLayer(_TargetLayer):
-    """rpn_rois (R, 5): a fixed grid of 32x32 boxes over the image (batch index 0)."""
+    """rpn_rois (R, 5): a fixed grid of 32x32 boxes over the image (batch index 0), ``STEP`` pixels apart."""
+
+    STEP = 24
 
     def setup(self, bottom, top):
         self.feat_stride = int(_params(self)["feat_stride"])
@@ -99,37 +101,58 @@ class ProposalLayer(_TargetLayer):
 
     def forward(self, bottom, top):
         height, width = bottom[2].data[0, :2]
-        xs, ys = np.meshgrid(np.arange(0, width - 32, 24), np.arange(0, height - 32, 24))
+        xs, ys = np.meshgrid(np.arange(0, width - 32, self.STEP), np.arange(0, height - 32, self.STEP))
         boxes = np.stack([np.zeros(xs.size), xs.ravel(), ys.ravel(), xs.ravel() + 31, ys.ravel() + 31], axis=1)
         top[0].reshape(*boxes.shape)
         top[0].data[...] = boxes
 
 
 class ProposalTargetLayer(_TargetLayer):
-    """From rpn_rois and gt_boxes: 16 ROIs (the ground truth first), their labels (the class for a ground-truth
-    box, else 0), box targets (R, 4K) in the label's four columns, inside weights 1 there and outside
-    weights ``inside > 0``, as py-faster-rcnn lays them out."""
+    """From rpn_rois and gt_boxes: ``COUNT`` ROIs (the ground truth first), their labels (the class for a
+    ground-truth box, else 0), box targets (R, 4K) in the label's four columns (K = 2: py-R-FCN's
+    class-agnostic targets, columns 4-7 for any object), inside weights 1 there and outside weights
+    ``inside > 0``, as py-faster-rcnn lays them out."""
+
+    COUNT = 16
+    FOUR_AXES = False  # py-R-FCN's layer gives every top as (R, C, 1, 1)
 
     def setup(self, bottom, top):
         self.num_classes = int(_params(self)["num_classes"])
         self.rng = np.random.default_rng(11)
-        top[0].reshape(1, 5)
-        top[1].reshape(1)
+        tail = (1, 1) if self.FOUR_AXES else ()
+        top[0].reshape(1, 5, *tail)
+        top[1].reshape(1, *(1, *tail) if self.FOUR_AXES else ())
         for blob in top[2:]:
-            blob.reshape(1, self.num_classes * 4)
+            blob.reshape(1, self.num_classes * 4, *tail)
 
     def forward(self, bottom, top):
         gt = bottom[1].data
         gt_rois = np.hstack([np.zeros((len(gt), 1)), gt[:, :4]])
-        rois = np.vstack([gt_rois, bottom[0].data])[:16]
+        rois = np.vstack([gt_rois, bottom[0].data.reshape(-1, 5)])[: self.COUNT]
         labels = np.zeros(len(rois))
         labels[: len(gt)] = gt[:, 4]
         targets = np.zeros((len(rois), self.num_classes * 4))
         inside = np.zeros_like(targets)
         for i, cls in enumerate(labels.astype(int)):
             if cls > 0:
-                targets[i, 4 * cls : 4 * cls + 4] = self.rng.normal(0, 1, 4)
-                inside[i, 4 * cls : 4 * cls + 4] = 1.0
+                column = 4 * min(cls, self.num_classes - 1)
+                targets[i, column : column + 4] = self.rng.normal(0, 1, 4)
+                inside[i, column : column + 4] = 1.0
         for blob, value in zip(top, (rois, labels, targets, inside, (inside > 0).astype(np.float64)), strict=True):
+            if self.FOUR_AXES:
+                value = value.reshape(len(value), -1, 1, 1)
             blob.reshape(*value.shape)
             blob.data[...] = value
+
+
+class RfcnProposalLayer(ProposalLayer):
+    """py-R-FCN's proposals: enough of them for its hard example mining to choose from."""
+
+    STEP = 12
+
+
+class RfcnProposalTargetLayer(ProposalTargetLayer):
+    """py-R-FCN's proposal targets: 4-axis tops and more ROIs than its OHEM keeps."""
+
+    COUNT = 160
+    FOUR_AXES = True
