@@ -37,9 +37,12 @@ def _nets() -> dict[str, Path]:
     """``id -> prototxt``: the assets' nets (solvers aside) by relative path, the fixtures as forks/NAME."""
     found = {p.relative_to(ASSETS).as_posix(): p for p in sorted(ASSETS.rglob("*.prototxt")) if "solver" not in p.name}
     assert len(found) > 40, f"the assets at {ASSETS} are missing nets (set CAFFE_TEST_ASSETS)"
-    # the SSD fork's training files (AnnotatedData, MultiBoxLoss, DetectionEvaluate, a solver) are
-    # test_ssd_fork_training.py's; their deploy net, MobileNet-SSD_MobileNetSSD_deploy.prototxt, is swept
+    # the forks' training files are their training tests' (the SSD fork's: AnnotatedData, MultiBoxLoss,
+    # DetectionEvaluate, test_ssd_fork_training.py; the R-CNN forks' Python data and target layers,
+    # test_rcnn_training.py); their deploy and test nets are swept
     training = {f"MobileNet-SSD_voc_{n}.prototxt" for n in ("MobileNetSSD_train", "MobileNetSSD_test", "solver")}
+    training |= {f"py-faster-rcnn_ZF_faster_rcnn_end2end_{n}.prototxt" for n in ("train", "solver")}
+    training |= {f"py-R-FCN_ResNet-50_rfcn_end2end_{n}.prototxt" for n in ("train_agnostic_ohem", "solver_ohem")}
     found.update({f"forks/{p.name}": p for p in sorted(FORKS.glob("*.prototxt")) if p.name not in training})
     return found
 
