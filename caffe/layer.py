@@ -73,8 +73,6 @@ FORK_TYPES: dict[str, str] = {
     "CTCLoss": _CTC,
     "CTCGreedyDecoder": _CTC,
     "ContinuationIndicator": _CTC,
-    "CenterLoss": "ydwen/caffe-face, the center loss",
-    "MarginInnerProduct": "wy1iu/sphereface, A-Softmax",
     "LabelSpecificAdd": "happynear/AMSoftmax, additive margin softmax",
 }
 

@@ -12,7 +12,8 @@ training data, AnnotatedData: images with boxes, augmented), ``hdf5`` (HDF5Data,
 HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the depthwise
 convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN
 forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM) and
-``yolo`` (the YOLOv3 ports' Yolov3DetectionOutput).
+``yolo`` (the YOLOv3 ports' Yolov3DetectionOutput), ``face`` (the face recognition forks' CenterLoss and
+MarginInnerProduct).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -22,6 +23,7 @@ from caffe.layers import (  # noqa: F401
     dense_image_data,
     detection,
     detection_evaluate,
+    face,
     forks,
     hdf5,
     input,
