@@ -144,22 +144,30 @@ def _port_reference(p: dict, heads: list[np.ndarray]) -> np.ndarray:
                         conf = sig(v[first + c]) * obj
                         if conf > p["confidence_threshold"]:
                             preds.append((conf, c, box))
-        preds.sort(key=lambda r: -r[0])
-        gone: set[int] = set()
-        for i in range(len(preds)):
-            if i in gone:
-                continue
-            for j in range(i + 1, len(preds)):
-                a, b = preds[i][2], preds[j][2]
-                w = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
-                h = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
-                inter = 0.0 if w < 0 or h < 0 else w * h
-                if inter / (a[2] * a[3] + b[2] * b[3] - inter) >= p["nms_threshold"]:
-                    gone.add(j)
-        for i, (conf, c, (x0, y0, w, h)) in enumerate(preds):
-            if i not in gone:
-                out.append([image, c + 1, conf, x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2])
+        out += _port_rows(image, preds, p["nms_threshold"])
     return np.array(out).reshape(-1, 7)
+
+
+def _port_rows(image: int, preds: list, threshold: float) -> list[list[float]]:
+    """The YOLO ports' ending: sort by confidence, their greedy NMS loop (IoU >= threshold, across classes),
+    rows ``[image, class + 1, confidence, corners]``."""
+    preds = sorted(preds, key=lambda r: -r[0])
+    gone: set[int] = set()
+    for i in range(len(preds)):
+        if i in gone:
+            continue
+        for j in range(i + 1, len(preds)):
+            a, b = preds[i][2], preds[j][2]
+            w = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
+            h = min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2)
+            inter = 0.0 if w < 0 or h < 0 else w * h
+            if inter / (a[2] * a[3] + b[2] * b[3] - inter) >= threshold:
+                gone.add(j)
+    return [
+        [image, c + 1, conf, x0 - w / 2, y0 - h / 2, x0 + w / 2, y0 + h / 2]
+        for i, (conf, c, (x0, y0, w, h)) in enumerate(preds)
+        if i not in gone
+    ]
 
 
 @pytest.mark.parametrize("gaussian", [False, True])
@@ -213,6 +221,104 @@ def test_yolov3_tiny_prototxt_of_the_port_builds_and_runs():
     assert rows.shape[0] > 0 and np.all(rows[:, 0] == 0)
     assert np.all((rows[:, 1] >= 1) & (rows[:, 1] <= 80)) and np.all(rows[:, 2] > 0.01)
     assert np.all(np.diff(rows[:, 2]) <= 0)  # best first
+
+
+# -------------------------------------------------------------------------------------- YoloDetectionOutput
+def _yolo2_text(bottoms: int = 1, **fields: object) -> str:
+    body = " ".join(
+        " ".join(f"{k}: {x}" for x in v) if isinstance(v, (list, tuple)) else f"{k}: {v}" for k, v in fields.items()
+    )
+    names = " ".join(f'bottom: "b{i}"' for i in range(bottoms))
+    return f'type: "YoloDetectionOutput" {names} top: "det" yolo_detection_output_param {{ {body} }}'
+
+
+def test_yolov2_one_cell_hand_computed():
+    """One 2 x 3 map, one anchor of 1.5 x 0.5 cells, three classes (softmax): one candidate, the best class."""
+    head = np.full((1, 8, 2, 3), NEG)
+    head[0, :, 1, 2] = [0.0, _logit(0.25), math.log(2.0), 0.0, _logit(0.8), 1.0, 2.0, 0.0]
+    probs = np.exp([1.0, 2.0, 0.0]) / np.exp([1.0, 2.0, 0.0]).sum()
+    conf = 0.8 * probs[1]
+    text = _yolo2_text(num_classes=3, num_box=1, biases=[1.5, 0.5], confidence_threshold=0.5)
+    rows = _run(text, [head])
+    cx, cy, w, h = 2.5 / 3, 1.25 / 2, 2 * 1.5 / 3, 0.5 / 2
+    expected = [[0, 2, conf, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]  # class 1 -> label 2
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-7)
+    none = _run(_yolo2_text(num_classes=3, num_box=1, biases=[1.5, 0.5], confidence_threshold=0.54), [head])
+    np.testing.assert_array_equal(none, [[0, -1, -1, -1, -1, -1, -1]])
+
+
+def _yolo2_port_reference(p: dict, heads: list[np.ndarray]) -> np.ndarray:
+    """The port's loops (swap to cell-major, softmax, threshold, sort, greedy NMS), image by image."""
+    length = 5 + p["num_classes"]
+
+    def sig(v: float) -> float:
+        return 1 / (1 + math.exp(-v))
+
+    out = []
+    for image in range(heads[0].shape[0]):
+        preds = []
+        for head in heads:
+            _, _, hh, ww = head.shape
+            for j in range(hh):
+                for i in range(ww):
+                    for n in range(p["num_box"]):
+                        v = head[image, n * length : (n + 1) * length, j, i]
+                        e = np.exp(v[5:] - v[5:].max())
+                        prob = e / e.sum()
+                        c = int(np.argmax(prob))
+                        conf = sig(v[4]) * prob[c]
+                        box = (
+                            (i + sig(v[0])) / ww,
+                            (j + sig(v[1])) / hh,
+                            math.exp(v[2]) * p["biases"][2 * n] / ww,
+                            math.exp(v[3]) * p["biases"][2 * n + 1] / hh,
+                        )
+                        if conf >= p["confidence_threshold"]:
+                            preds.append((conf, c, box))
+        out += _port_rows(image, preds, p["nms_threshold"])
+    return np.array(out).reshape(-1, 7)
+
+
+def test_yolov2_matches_the_ports_loops_on_two_random_maps():
+    rng = np.random.default_rng(5)
+    p = {"num_classes": 4, "num_box": 3, "biases": [1.08, 1.19, 3.42, 4.41, 6.63, 11.38], "nms_threshold": 0.45}
+    p["confidence_threshold"] = 0.3
+    heads = [rng.normal(0, 1.5, (2, 27, 3, 3)), rng.normal(0, 1.5, (2, 27, 4, 6))]
+    rows = _run(_yolo2_text(2, **p), heads)
+    expected = _yolo2_port_reference(
+        {**p, "confidence_threshold": np.float32(0.3), "nms_threshold": np.float32(0.45)}, heads
+    )
+    assert len(expected) > 5 and len(expected) < 2 * (27 + 72)  # some kept, some suppressed
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("fields", "shapes", "message"),
+    [
+        ({"coords": 5}, [(1, 14, 2, 2)], "coords 5: only 4"),
+        ({"biases": [1.0, 1.0, 2.0]}, [(1, 14, 2, 2)], "need a .width, height. pair for each of the 2 anchors"),
+        ({}, [(1, 13, 2, 2)], r"expected N x 14 x H x W"),
+        ({}, [(1, 14, 2, 2)] * 3, r"bottom"),
+    ],
+)
+def test_yolov2_bad_parameters_are_refused(fields: dict, shapes: list, message: str):
+    p = {"num_classes": 2, "num_box": 2, "biases": [1, 1, 2, 2]} | fields
+    with pytest.raises(caffe.CaffeError, match=message):
+        layer_net(_yolo2_text(len(shapes), **p), {f"b{i}": s for i, s in enumerate(shapes)})
+
+
+def test_yolov2_mobilenet_yolo_deploy_of_the_port_builds_and_runs():
+    """eric612/MobileNet-YOLO ``models/yolov2/mobilenet_yolo_deploy.prototxt`` (@292c8de, BSD-2) with random
+    weights, its 416 input reshaped to 160: a 5 x 5 map and a 10 x 10 one from its upsampling branch."""
+    net = caffe.Net(str(FORKS / "MobileNet-YOLO_yolov2_mobilenet_yolo_deploy.prototxt"), caffe.TEST)
+    net.blobs["data"].reshape(1, 3, 160, 160)
+    net.reshape()
+    rows = net.forward()["detection_out"].reshape(-1, 7)
+    assert net.blobs["conv22"].shape[1] == 125 and net.blobs["conv23"].shape[1] == 125
+    assert rows.shape[0] > 0 and np.all(rows[:, 0] == 0)
+    valid = rows[rows[:, 1] > 0]
+    assert np.all(valid[:, 1] <= 20) and np.all(valid[:, 2] >= 0.4) and np.all(np.diff(valid[:, 2]) <= 0)
+    assert "YoloDetectionOutput" not in FORK_TYPES
 
 
 # ---------------------------------------------------------------------------------- caffe detect on YOLO

@@ -1,6 +1,7 @@
-"""The YOLOv3 Caffe ports' detection head: ``Yolov3DetectionOutput`` (eric612/MobileNet-YOLO and its forks).
+"""The YOLO Caffe ports' detection heads (eric612/MobileNet-YOLO and its forks): ``Yolov3DetectionOutput`` and
+YOLOv2's ``YoloDetectionOutput``.
 
-Semantics follow the port's CPU forward, read from its sources:
+``Yolov3DetectionOutput`` follows the port's CPU forward, read from its sources:
 
 * One bottom per YOLO head (``mask_group_num`` of them), each ``N x (num_box * (5 + num_classes)) x H x W``:
   per anchor, channels x, y, w, h, objectness, then one score per class (with ``gaussian_box``: x, its
@@ -17,12 +18,24 @@ Semantics follow the port's CPU forward, read from its sources:
 * Rows ``[image, class + 1, confidence, xmin, ymin, xmax, ymax]`` (1x1xKx7, unclipped), as SSD's
   ``DetectionOutput``; with no detection at all, one row ``[i, -1, ..., -1]`` per image.
 
-One difference: the port pools every image of a batch into one list labelled image 0; here each image is
-decoded and suppressed on its own (the same rows for a batch of one). Ties in confidence keep the order the
-candidates were found in (heads, cells, anchors, classes); the port's sort leaves it unspecified.
+``YoloDetectionOutput`` (YOLOv2, ``yolo_detection_output_param``, the port's field 601) reads one or two bottoms
+``N x (num_box * (5 + num_classes)) x H x W`` with the same anchors ``biases`` (pairs in grid cells): cell
+``(i, j)`` decodes to ``((i + sigmoid(x)) / W, (j + sigmoid(y)) / H, exp(w) * bias_w / W, exp(h) * bias_h / H)``;
+each anchor gives one candidate, its class the largest softmax probability (the first on ties) and its
+confidence ``sigmoid(objectness)`` times that probability, kept when at least ``confidence_threshold``. Then
+the same greedy class-agnostic NMS (IoU >= ``nms_threshold``) and rows. ``coords`` must be 4; ``side`` is
+read from the bottom, as the port does; ``label_map_file`` only names classes in the port's logs and is not
+read. The port assumes square maps (it walks W x W cells); here H and W are each used.
+
+For both, one difference: the ports pool every image of a batch into one list labelled image 0; here each
+image is decoded and suppressed on its own (the same rows for a batch of one). Ties in confidence keep the
+order the candidates were found in (heads, cells, anchors, classes); the ports' sorts leave it unspecified.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -61,12 +74,95 @@ def greedy_nms(boxes: np.ndarray, threshold: float) -> list[int]:
     return keep
 
 
+def _grid_boxes(xywh: np.ndarray, anchors: np.ndarray, anchor_units: tuple[float, float]) -> np.ndarray:
+    """Centre-size boxes relative to the input from an ``H x W x anchors x 4`` map of raw (x, y, w, h): the
+    centre ``(cell + sigmoid) / map size``, the size ``exp * anchor / anchor_units`` (the map's width and
+    height in the anchors' unit)."""
+    height, width = xywh.shape[:2]
+    cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+    return np.stack(
+        [
+            (cols[..., None] + _sigmoid(xywh[..., 0])) / width,
+            (rows[..., None] + _sigmoid(xywh[..., 1])) / height,
+            np.exp(xywh[..., 2]) * anchors[:, 0] / anchor_units[0],
+            np.exp(xywh[..., 3]) * anchors[:, 1] / anchor_units[1],
+        ],
+        axis=-1,
+    )
+
+
+Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (K, 4) as (x, y, w, h), classes, confidences
+
+
+def _image_rows(image: int, found: list[Candidates], nms: float) -> np.ndarray:
+    """(D, 7) rows of one image from its heads' candidates, best first, after the greedy NMS."""
+    boxes = np.concatenate([f[0] for f in found])
+    labels = np.concatenate([f[1] for f in found])
+    conf = np.concatenate([f[2] for f in found])
+    order = np.argsort(-conf, kind="stable")
+    boxes, labels, conf = boxes[order], labels[order], conf[order]
+    keep = greedy_nms(boxes, nms)
+    b = boxes[keep]
+    out = np.empty((len(keep), 7))
+    out[:, 0], out[:, 1], out[:, 2] = image, labels[keep] + 1, conf[keep]
+    out[:, 3:5] = b[:, :2] - b[:, 2:] / 2
+    out[:, 5:7] = b[:, :2] + b[:, 2:] / 2
+    return out
+
+
+def detection_rows(
+    bottom: list[torch.Tensor], candidates: Callable[[int, np.ndarray], Candidates], nms: float
+) -> list[torch.Tensor]:
+    """The (1, 1, D, 7) top of a YOLO head: each image's candidates (``candidates(head index, C x H x W)``)
+    suppressed and laid out as rows; one ``[i, -1, ...]`` row per image when nothing is found."""
+    heads = [t.detach().to(device="cpu", dtype=torch.float32).numpy().astype(np.float64) for t in bottom]
+    num = heads[0].shape[0]
+    rows = [_image_rows(i, [candidates(t, h[i]) for t, h in enumerate(heads)], nms) for i in range(num)]
+    if any(len(r) for r in rows):
+        out = np.concatenate(rows)
+    else:
+        out = np.full((num, 7), -1.0)
+        out[:, 0] = np.arange(num)
+    top = torch.from_numpy(out.reshape(1, 1, -1, 7))
+    return [top.to(dtype=bottom[0].dtype, device=bottom[0].device)]
+
+
+class _YoloHead(Layer):
+    """A YOLO detection head: bottoms ``N x (num_box * values) x H x W``, a (1, 1, D, 7) top of rows."""
+
+    exact_num_top = 1
+    traceable = False  # data-dependent output size
+    param_field: ClassVar[str]  # the LayerParameter field holding num_box and nms_threshold
+    _len: int  # values per anchor, set by layer_setup
+
+    def head_param(self) -> Any:
+        return getattr(self.layer_param, self.param_field)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        p = self.head_param()
+        for shape in bottom:
+            if len(shape) != 4 or shape[1] != p.num_box * self._len or shape[0] != bottom[0][0]:
+                raise self.shape_error(
+                    f"bottom {shape}: expected N x {p.num_box * self._len} x H x W (num_box {p.num_box} x "
+                    f"{self._len} values), N as the first bottom's"
+                )
+        return [(1, 1, 1, 7)]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        return detection_rows(bottom, self.candidates, float(self.head_param().nms_threshold))
+
+    def candidates(self, t: int, head: np.ndarray) -> Candidates:
+        """Boxes (x, y, w, h), classes and confidences above the threshold of bottom ``t``'s map ``head`` of one
+        image (C x H x W), in the port's order."""
+        raise NotImplementedError
+
+
 @register("Yolov3DetectionOutput")
-class Yolov3DetectionOutputLayer(Layer):
+class Yolov3DetectionOutputLayer(_YoloHead):
     """YOLOv3's detection head: decode every head, threshold, class-agnostic NMS; see the module docstring."""
 
-    min_bottom, exact_num_top = 1, 1
-    traceable = False  # data-dependent output size
+    min_bottom = 1
+    param_field = "yolov3_detection_output_param"
 
     def layer_setup(self, bottom: list[Shape]) -> None:
         p = self.layer_param.yolov3_detection_output_param
@@ -90,31 +186,8 @@ class Yolov3DetectionOutputLayer(Layer):
         )
         self._len = (9 if p.gaussian_box else 5) + int(p.num_classes)
 
-    def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        p = self.layer_param.yolov3_detection_output_param
-        for shape in bottom:
-            if len(shape) != 4 or shape[1] != p.num_box * self._len or shape[0] != bottom[0][0]:
-                raise self.shape_error(
-                    f"bottom {shape}: expected N x {p.num_box * self._len} x H x W (num_box {p.num_box} x "
-                    f"{self._len} values), N as the first bottom's"
-                )
-        return [(1, 1, 1, 7)]
-
-    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        heads = [t.detach().to(device="cpu", dtype=torch.float32).numpy().astype(np.float64) for t in bottom]
-        num = heads[0].shape[0]
-        rows = [self._image_rows(i, [h[i] for h in heads]) for i in range(num)]
-        if any(len(r) for r in rows):
-            out = np.concatenate(rows)
-        else:
-            out = np.full((num, 7), -1.0)
-            out[:, 0] = np.arange(num)
-        top = torch.from_numpy(out.reshape(1, 1, -1, 7))
-        return [top.to(dtype=bottom[0].dtype, device=bottom[0].device)]
-
-    def _candidates(self, t: int, head: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes (x, y, w, h), classes and confidences above the threshold of head ``t`` of one image, in the
-        port's order (cells, anchors, classes)."""
+    def candidates(self, t: int, head: np.ndarray) -> Candidates:
+        """In the port's order: cells, anchors, classes."""
         p = self.layer_param.yolov3_detection_output_param
         _, height, width = head.shape
         v = head.reshape(p.num_box, self._len, height, width).transpose(2, 3, 0, 1)  # H, W, anchor, values
@@ -126,31 +199,41 @@ class Yolov3DetectionOutputLayer(Layer):
         anchors = np.array([p.mask[t * self._group + n] for n in range(p.num_box)])
         biases = np.asarray(p.biases, dtype=np.float64).reshape(-1, 2)[anchors]
         stride = float(p.anchors_scale[t])
-        cols, rows = np.meshgrid(np.arange(width), np.arange(height))
-        boxes = np.stack(
-            [
-                (cols[..., None] + _sigmoid(v[..., xi])) / width,
-                (rows[..., None] + _sigmoid(v[..., yi])) / height,
-                np.exp(v[..., wi]) * biases[:, 0] / (width * stride),
-                np.exp(v[..., hi]) * biases[:, 1] / (height * stride),
-            ],
-            axis=-1,
-        )
+        boxes = _grid_boxes(v[..., [xi, yi, wi, hi]], biases, (width * stride, height * stride))
         row, col, anchor, label = np.nonzero(scores > p.confidence_threshold)
         return boxes[row, col, anchor], label, scores[row, col, anchor, label]
 
-    def _image_rows(self, image: int, heads: list[np.ndarray]) -> np.ndarray:
-        """(D, 7) rows of one image, best first."""
-        found = [self._candidates(t, head) for t, head in enumerate(heads)]
-        boxes = np.concatenate([f[0] for f in found])
-        labels = np.concatenate([f[1] for f in found])
-        conf = np.concatenate([f[2] for f in found])
-        order = np.argsort(-conf, kind="stable")
-        boxes, labels, conf = boxes[order], labels[order], conf[order]
-        keep = greedy_nms(boxes, float(self.layer_param.yolov3_detection_output_param.nms_threshold))
-        b = boxes[keep]
-        out = np.empty((len(keep), 7))
-        out[:, 0], out[:, 1], out[:, 2] = image, labels[keep] + 1, conf[keep]
-        out[:, 3:5] = b[:, :2] - b[:, 2:] / 2
-        out[:, 5:7] = b[:, :2] + b[:, 2:] / 2
-        return out
+
+@register("YoloDetectionOutput")
+class YoloDetectionOutputLayer(_YoloHead):
+    """YOLOv2's detection head: decode one or two maps, softmax classes, class-agnostic NMS (module docstring)."""
+
+    min_bottom, max_bottom = 1, 2
+    param_field = "yolo_detection_output_param"
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.yolo_detection_output_param
+        self.require(p.HasField("num_classes"), "yolo_detection_output_param: must specify num_classes")
+        self.require(p.num_classes > 0, "yolo_detection_output_param: num_classes must be positive")
+        self.require(p.num_box > 0, "yolo_detection_output_param: num_box must be positive")
+        self.require(p.coords == 4, f"yolo_detection_output_param: coords {p.coords}: only 4 (x, y, w, h) is read")
+        self.require(
+            len(p.biases) >= 2 * p.num_box,
+            f"biases: {len(p.biases)} values, need a (width, height) pair for each of the {p.num_box} anchors",
+        )
+        self._len = 5 + int(p.num_classes)
+
+    def candidates(self, t: int, head: np.ndarray) -> Candidates:
+        """One candidate per cell and anchor (both bottoms share the anchors), in the port's order."""
+        p = self.layer_param.yolo_detection_output_param
+        _, height, width = head.shape
+        v = head.reshape(p.num_box, self._len, height, width).transpose(2, 3, 0, 1)  # H, W, anchor, values
+        logits = v[..., 5:]
+        prob = np.exp(logits - logits.max(-1, keepdims=True))
+        prob /= prob.sum(-1, keepdims=True)
+        label = prob.argmax(-1)
+        conf = _sigmoid(v[..., 4]) * np.take_along_axis(prob, label[..., None], -1)[..., 0]
+        biases = np.asarray(p.biases, dtype=np.float64)[: 2 * p.num_box].reshape(-1, 2)
+        boxes = _grid_boxes(v[..., :4], biases, (width, height))
+        row, col, anchor = np.nonzero(conf >= p.confidence_threshold)
+        return boxes[row, col, anchor], label[row, col, anchor], conf[row, col, anchor]
