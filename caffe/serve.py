@@ -15,8 +15,8 @@ Endpoints
   form or the query. Answers ``{"model", "predictions": [{"label", "index", "probability"}, ...],
   "time_ms"}`` (``time_ms``: the server's time for this request).
 * ``POST /models/{name}/detect`` (and ``POST /detect``): for a detector (a net ending in SSD's
-  ``DetectionOutput`` or a YOLOv3 port's ``Yolov3DetectionOutput``, a :class:`caffe.deploy.DetectionModel`,
-  prepared as ``caffe detect`` prepares it),
+  ``DetectionOutput`` or a YOLO port's ``Yolov3DetectionOutput``/``YoloDetectionOutput``, a
+  :class:`caffe.deploy.DetectionModel`, prepared as ``caffe detect`` prepares it),
   one image given as above and ``threshold`` (default 0.5, in the JSON, the form or the query); answers
   ``{"model", "width", "height", "detections": [{"label", "index", "confidence", "box": [xmin, ymin,
   xmax, ymax]}, ...], "time_ms"}``, boxes in pixels of the image, clipped to it. A classifier answers
@@ -673,7 +673,7 @@ async def read_source(request: Request) -> _Source:
 
 _KINDS = {  # a served model's kind: what it is, its route
     "classification": ("a classifier", "predict"),
-    "detection": ("a detector (its net ends in DetectionOutput or Yolov3DetectionOutput)", "detect"),
+    "detection": ("a detector (its net ends in DetectionOutput or a YOLO port's detection output)", "detect"),
     "segmentation": ("a segmentation net (its output is N x C x H x W class scores)", "segment"),
 }
 

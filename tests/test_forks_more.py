@@ -332,15 +332,26 @@ layer { name: "det" type: "Yolov3DetectionOutput" bottom: "head" top: "det"
 """
 
 
-def write_yolo_model(folder: Path) -> tuple[Path, Path, Path]:
-    """A 2-class YOLOv3 head over a 2x2 grid (stride 16) whose convolution has zero weights and biases that
-    make every cell find class 0 ("cat") at 0.72 in its own quadrant: (deploy, weights, labels)."""
+YOLO2_DEPLOY = YOLO_DEPLOY.replace('type: "Yolov3DetectionOutput"', 'type: "YoloDetectionOutput"').replace(
+    """yolov3_detection_output_param { num_classes: 2 num_box: 1 mask_group_num: 1 mask: 0 biases: 16 biases: 16
+    anchors_scale: 16 confidence_threshold: 0.1 }""",
+    "yolo_detection_output_param { num_classes: 2 num_box: 1 biases: 1 biases: 1 confidence_threshold: 0.1 }",
+)
+# YOLOv2's classes are a softmax: logits 2 and 0 give class 0 the probability e^2 / (e^2 + 1)
+YOLO2_CAT = 0.8 * math.exp(2) / (math.exp(2) + 1)
+
+
+def write_yolo_model(folder: Path, v2: bool = False) -> tuple[Path, Path, Path]:
+    """A 2-class YOLOv3 (``v2``: YOLOv2) head over a 2x2 grid (stride 16) whose convolution has zero weights and
+    biases that make every cell find class 0 ("cat") at 0.72 (YOLO2_CAT) in its own quadrant: (deploy, weights,
+    labels)."""
     folder.mkdir(parents=True, exist_ok=True)
     deploy = folder / "deploy.prototxt"
-    deploy.write_text(YOLO_DEPLOY)
+    deploy.write_text(YOLO2_DEPLOY if v2 else YOLO_DEPLOY)
     net = caffe.Net(str(deploy), caffe.TEST)
     net.params["head"][0].data[...] = 0
-    net.params["head"][1].data[...] = [0, 0, 0, 0, _logit(0.8), _logit(0.9), NEG]
+    classes = [2.0, 0.0] if v2 else [_logit(0.9), NEG]
+    net.params["head"][1].data[...] = [0, 0, 0, 0, _logit(0.8), *classes]
     weights = folder / "yolo.caffemodel"
     net.save(str(weights))
     labels = folder / "labels.txt"
@@ -354,14 +365,15 @@ def quadrants(width: int, height: int) -> list[list[float]]:
     return [[x, y, x + w, y + h] for y in (0, h) for x in (0, w)]
 
 
-def test_caffe_detect_reads_a_yolov3_ports_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+@pytest.mark.parametrize("v2", [False, True])
+def test_caffe_detect_reads_a_yolo_ports_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], v2: bool):
     import json
 
     from PIL import Image
 
     from caffe.tools.cli import main
 
-    deploy, weights, labels = write_yolo_model(tmp_path / "yolo")
+    deploy, weights, labels = write_yolo_model(tmp_path / "yolo", v2)
     image = tmp_path / "street.png"
     Image.new("RGB", (60, 40), (90, 120, 30)).save(image)
     argv = ["detect", "--model", str(deploy), "--weights", str(weights), "--labels", str(labels)]
@@ -369,7 +381,7 @@ def test_caffe_detect_reads_a_yolov3_ports_output(tmp_path: Path, capsys: pytest
     (record,) = json.loads(capsys.readouterr().out)
     found = record["detections"]
     assert [(d["label"], d["index"]) for d in found] == [("cat", 1)] * 4
-    np.testing.assert_allclose([d["confidence"] for d in found], [0.72] * 4, rtol=1e-6)
+    np.testing.assert_allclose([d["confidence"] for d in found], [YOLO2_CAT if v2 else 0.72] * 4, rtol=1e-6)
     np.testing.assert_allclose([d["box"] for d in found], quadrants(60, 40), rtol=1e-5, atol=1e-4)
     assert main([*argv, "--threshold=0.8", str(image)]) == 0
     assert capsys.readouterr().out == ""

@@ -1,5 +1,5 @@
 """``DetectionModel``: a deployable detector (a net whose output comes from SSD's ``DetectionOutput`` or the
-YOLOv3 ports' ``Yolov3DetectionOutput``, which write the same rows).
+YOLO ports' ``Yolov3DetectionOutput`` and ``YoloDetectionOutput``, which write the same rows).
 
 It is a :class:`~caffe.deploy.model.DeployModel` (the same files, labels, mean and
 :class:`~caffe.deploy.preprocess.Preprocessing`) whose output is SSD's 1 x 1 x K x 7 rows ``[image, label,
@@ -28,7 +28,12 @@ from caffe.deploy.files import ModelFiles
 from caffe.deploy.model import DeployModel, Settings, output_producer
 from caffe.errors import CaffeError
 
-DETECTION_LAYERS = ("DetectionOutput", "Yolov3DetectionOutput")
+#: The detection output types and the LayerParameter field holding their ``num_classes``.
+DETECTION_LAYERS = {
+    "DetectionOutput": "detection_output_param",
+    "Yolov3DetectionOutput": "yolov3_detection_output_param",
+    "YoloDetectionOutput": "yolo_detection_output_param",
+}
 
 
 class Detection(NamedTuple):
@@ -77,7 +82,7 @@ class DetectionModel(DeployModel):
     A net whose output does not come from ``DetectionOutput`` is a ModelFilesError."""
 
     interpolation = "opencv"
-    label_offset = 0  # 1 for a YOLOv3 port (labels 1..num_classes name classes 0..num_classes - 1)
+    label_offset = 0  # 1 for a YOLO port (labels 1..num_classes name classes 0..num_classes - 1)
 
     def count_classes(self) -> int:
         """``num_classes`` of the detection layer producing the output (SSD: background included)."""
@@ -85,19 +90,17 @@ class DetectionModel(DeployModel):
         if producer not in DETECTION_LAYERS:
             raise ModelFilesError(
                 f"{self.files.deploy}: not a detector: its output '{self.output}' comes from a {producer} layer, "
-                "not DetectionOutput or Yolov3DetectionOutput"
+                f"not {', '.join(DETECTION_LAYERS)}"
             )
-        self.label_offset = 1 if producer == "Yolov3DetectionOutput" else 0
+        self.label_offset = 0 if producer == "DetectionOutput" else 1
         for name, tops in self.net.top_names.items():
             layer = self.net.layer_dict[name]
             if self.output in tops and layer.type == producer:
-                param = layer.layer_param
-                p = param.yolov3_detection_output_param if self.label_offset else param.detection_output_param
-                return int(p.num_classes)
+                return int(getattr(layer.layer_param, DETECTION_LAYERS[producer]).num_classes)
         return 0
 
     def label(self, index: int) -> str:
-        """The name of detection label ``index`` (a YOLOv3 port's label ``k`` is its class ``k - 1``)."""
+        """The name of detection label ``index`` (a YOLO port's label ``k`` is its class ``k - 1``)."""
         i = index - self.label_offset
         return self.labels[i] if 0 <= i < len(self.labels) else str(index)
 

@@ -219,7 +219,7 @@ class LoadedModel:
 
     @property
     def detector(self) -> bool:
-        """Whether the net is a detector (its output comes from DetectionOutput or Yolov3DetectionOutput)."""
+        """Whether the net is a detector (its output comes from DetectionOutput or a YOLO port's head)."""
         return isinstance(self.deploy_model, deploy.DetectionModel)
 
     @property
