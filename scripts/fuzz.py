@@ -518,6 +518,79 @@ def _net(work: Path):
     return [*seeds, Seed("tiny", TINY_NET.encode(), "text")], run
 
 
+FORK_TRAINING_NETS = {
+    # name -> (layer text, {input: shape}); inputs are filled with N(0, 1), label-like ones with small integers
+    "smooth_l1_fast_rcnn": (
+        'type: "SmoothL1Loss" bottom: "a" bottom: "b" bottom: "c" bottom: "d" top: "l"'
+        " smooth_l1_loss_param { sigma: 3.0 }",
+        {"a": (2, 8, 3, 3), "b": (2, 8, 3, 3), "c": (2, 8, 3, 3), "d": (2, 8, 3, 3)},
+    ),
+    "smooth_l1_ohem": (
+        'type: "SmoothL1LossOHEM" bottom: "a" bottom: "b" bottom: "c" top: "l" top: "each" loss_weight: 1'
+        " loss_weight: 0 loss_param { normalization: PRE_FIXED pre_fixed_normalizer: 128 }",
+        {"a": (4, 8, 1, 1), "b": (4, 8, 1, 1), "c": (4, 8, 1, 1)},
+    ),
+    "softmax_ohem": (
+        'type: "SoftmaxWithLossOHEM" bottom: "a" bottom: "label" top: "l" top: "p" top: "each" loss_weight: 1'
+        " loss_weight: 0 loss_weight: 0 loss_param { ignore_label: -1 }",
+        {"a": (4, 3, 1, 1), "label": (4, 1, 1, 1)},
+    ),
+    "box_annotator_ohem": (
+        'type: "BoxAnnotatorOHEM" bottom: "rois" bottom: "a" bottom: "label" bottom: "c" top: "lo" top: "wo"'
+        " box_annotator_ohem_param { roi_per_img: 2 ignore_label: -1 }",
+        {"rois": (4, 5, 1, 1), "a": (4, 1, 1, 1), "label": (4, 1, 1, 1), "c": (4, 8, 1, 1)},
+    ),
+    "center_loss": (
+        'type: "CenterLoss" bottom: "a" bottom: "label" top: "l" center_loss_param { num_output: 3'
+        ' center_filler { type: "gaussian" } }',
+        {"a": (4, 5), "label": (4,)},
+    ),
+    "margin_inner_product": (
+        'type: "MarginInnerProduct" bottom: "a" bottom: "label" top: "y" top: "lambda" margin_inner_product_param {'
+        ' num_output: 3 type: QUADRUPLE weight_filler { type: "xavier" } base: 1000 gamma: 0.12 power: 1'
+        " lambda_min: 5 iteration: 0 }",
+        {"a": (4, 5), "label": (4,)},
+    ),
+    "yolo_detection_output": (
+        'type: "YoloDetectionOutput" bottom: "a" bottom: "b" top: "det" yolo_detection_output_param {'
+        " num_classes: 2 num_box: 2 biases: 1 1 2 2 confidence_threshold: 0.1 nms_threshold: 0.45 }",
+        {"a": (1, 14, 3, 3), "b": (1, 14, 5, 5)},
+    ),
+}
+
+
+def fork_training_net(layer: str, inputs: dict[str, tuple[int, ...]]) -> str:
+    """One Input layer (a top per input) and the fork layer, as prototxt."""
+    shapes = " ".join(f"shape {{ {' '.join(f'dim: {d}' for d in s)} }}" for s in inputs.values())
+    tops = " ".join(f'top: "{name}"' for name in inputs)
+    net = f'force_backward: true layer {{ name: "in" type: "Input" {tops} input_param {{ {shapes} }} }}\n'
+    return net + f'layer {{ name: "f" {layer} }}\n'
+
+
+@target("fork_training_layers", weight=30, batch=100)
+def _fork_training_layers(work: Path):
+    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, YOLOv2's head) from mutated prototxts:
+    built in TRAIN, run forward and backward on random inputs (labels small integers)."""
+    import numpy as np
+
+    import caffe
+
+    def run(data: bytes, seed: Seed) -> None:
+        net = caffe.Net(str(_scratch(work, "in.prototxt", data)), caffe.TRAIN)
+        rng = np.random.default_rng(len(data))
+        for name in net.inputs:
+            blob = net.blobs[name]
+            if name == "label":
+                blob.data[...] = rng.integers(-1, 4, blob.shape)
+            else:
+                blob.data[...] = rng.normal(0, 1, blob.shape)
+        net.forward()
+        net.backward()
+
+    seeds = [Seed(name, fork_training_net(*spec).encode(), "text") for name, spec in FORK_TRAINING_NETS.items()]
+    return seeds, run
+
+
 @target("caffemodel", weight=20, batch=20)
 def _caffemodel(work: Path):
     import caffe

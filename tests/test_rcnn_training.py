@@ -296,6 +296,18 @@ def test_box_annotator_ohem_checks_its_parameter_and_shapes(param, shapes, match
         layer_net(OHEM + f" box_annotator_ohem_param {{ {param} }}", all_shapes)
 
 
+def test_box_annotator_ohem_budgets_any_image_index_and_refuses_bad_ones():
+    values = ohem_inputs([0, 0, 0, 0])
+    values["rois"][[1, 3], 0] = 1e30  # a huge index is one more image, not a table of 1e30 budgets
+    values["loss"] = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1, 1, 1)
+    got = run(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", values).blobs["lo"].data.reshape(-1)
+    np.testing.assert_array_equal(got, [-1, -1, values["labels"].reshape(-1)[2], values["labels"].reshape(-1)[3]])
+    for bad in (np.nan, -1.0):
+        values["rois"][0, 0] = bad
+        with pytest.raises(caffe.CaffeError, match="ROI batch indices must be finite and not negative"):
+            run(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", values)
+
+
 def test_box_annotator_ohem_takes_no_gradient():
     values = ohem_inputs([0, 0, 1])
     net = layer_net(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", {k: v.shape for k, v in values.items()})

@@ -159,9 +159,11 @@ class BoxAnnotatorOHEMLayer(Layer):
         (n, _, h, w), (_, channels, _, _) = self.legacy
         rois = bottom[0].detach().reshape(n, 5, h * w)[:, 0].reshape(-1).to("cpu", torch.float64).numpy()
         loss = bottom[1].detach().reshape(-1).to("cpu", torch.float64).numpy()
-        images = np.trunc(rois).astype(np.int64)
-        if images.size and (images.min() < 0):
-            raise self.error(f"ROI batch indices must not be negative, got {int(images.min())}")
+        if not np.isfinite(rois).all() or (rois.size and rois.min() <= -1):
+            bad = rois[~np.isfinite(rois) | (rois <= -1)][0]
+            raise self.error(f"ROI batch indices must be finite and not negative, got {bad}")
+        # each distinct image gets its budget (the fork sizes a table by the largest index)
+        _, images = np.unique(np.trunc(rois), return_inverse=True)
         order = np.argsort(-loss, kind="stable")
         taken = np.zeros(loss.size, dtype=bool)
         left = np.full(int(images.max()) + 1 if images.size else 0, self.roi_per_img)
