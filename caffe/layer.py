@@ -67,7 +67,6 @@ _CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
 FORK_TYPES: dict[str, str] = {
     "Yolov3": "a YOLOv3 Caffe port's training loss, eric612/MobileNet-YOLO",
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",
-    "Reorg": "the YOLOv2 Caffe ports, darknet's reorg layer",
     "ImageSegData": "DeepLab's Caffe, deeplab-public-ver2, its image and label data layer",
     "ROIAlign": "Mask R-CNN Caffe ports, after Caffe2/Detectron's RoIAlign",
     "CTCLoss": _CTC,

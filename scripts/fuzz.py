@@ -551,6 +551,7 @@ FORK_TRAINING_NETS = {
         " lambda_min: 5 iteration: 0 }",
         {"a": (4, 5), "label": (4,)},
     ),
+    "reorg": ('type: "Reorg" bottom: "a" top: "y" reorg_param { stride: 2 }', {"a": (1, 8, 4, 6)}),
     "yolo_detection_output": (
         'type: "YoloDetectionOutput" bottom: "a" bottom: "b" top: "det" yolo_detection_output_param {'
         " num_classes: 2 num_box: 2 biases: 1 1 2 2 confidence_threshold: 0.1 nms_threshold: 0.45 }",

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from google.protobuf import text_format
-from gradcheck import layer_net, set_inputs
+from gradcheck import check_gradient, layer_net, set_inputs
 
 import caffe
 from caffe.errors import LayerError
@@ -319,6 +319,55 @@ def test_yolov2_mobilenet_yolo_deploy_of_the_port_builds_and_runs():
     valid = rows[rows[:, 1] > 0]
     assert np.all(valid[:, 1] <= 20) and np.all(valid[:, 2] >= 0.4) and np.all(np.diff(valid[:, 2]) <= 0)
     assert "YoloDetectionOutput" not in FORK_TYPES
+
+
+# ---------------------------------------------------------------------------------------------------- Reorg
+def _reorg_port(x: np.ndarray, stride: int, forward: bool) -> np.ndarray:
+    """The port's reorg_cpu loop over the bottom's (N, C, H, W), flat in and out (darknet's reorg)."""
+    n_, c_, h_, w_ = x.shape
+    flat, out = x.reshape(-1), np.zeros(x.size)
+    t_c, t_h, t_w = c_ // (stride * stride), h_ * stride, w_ * stride
+    for n in range(n_):
+        for c in range(c_):
+            for h in range(h_):
+                for w in range(w_):
+                    bottom_index = w + w_ * (h + h_ * (c + c_ * n))
+                    offset = c // t_c
+                    w2, h2 = w * stride + offset % stride, h * stride + offset // stride
+                    top_index = w2 + t_w * (h2 + t_h * (c % t_c + t_c * n))
+                    if forward:
+                        out[top_index] = flat[bottom_index]
+                    else:
+                        out[bottom_index] = flat[top_index]
+    return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reorg_is_the_ports_loop_with_the_true_gradient(reverse: bool):
+    rng = np.random.default_rng(8)
+    shape = (2, 8, 3, 5) if reverse else (2, 4, 6, 4)
+    x = rng.normal(0, 1, shape)
+    text = f'type: "Reorg" bottom: "x" top: "y" reorg_param {{ stride: 2 reverse: {str(reverse).lower()} }}'
+    net = layer_net(text, {"x": shape})
+    set_inputs(net, {"x": x})
+    y = net.forward()["y"]
+    assert y.shape == ((2, 2, 6, 10) if reverse else (2, 16, 3, 2))
+    np.testing.assert_array_equal(y.reshape(-1), _reorg_port(x, 2, forward=reverse))
+    check_gradient(layer_net(text, {"x": shape}), {"x": x})
+
+
+@pytest.mark.parametrize(
+    ("param", "shape", "message"),
+    [
+        ("", (1, 4, 4, 4), "stride must be given"),
+        ("stride: 2", (1, 6, 4, 4), r"needs C a multiple of stride\^2"),
+        ("stride: 2", (1, 4, 5, 4), "H, W multiples of the stride"),
+        ("stride: 2", (4, 4, 4), "N x C x H x W"),
+    ],
+)
+def test_reorg_refuses_what_the_port_would_index_outside_of(param: str, shape: tuple, message: str):
+    with pytest.raises(caffe.CaffeError, match=message):
+        layer_net(f'type: "Reorg" bottom: "x" top: "y" reorg_param {{ {param} }}', {"x": shape})
 
 
 # ---------------------------------------------------------------------------------- caffe detect on YOLO

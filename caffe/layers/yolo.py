@@ -1,5 +1,5 @@
-"""The YOLO Caffe ports' detection heads (eric612/MobileNet-YOLO and its forks): ``Yolov3DetectionOutput`` and
-YOLOv2's ``YoloDetectionOutput``.
+"""The YOLO Caffe ports' layers (eric612/MobileNet-YOLO and its forks): the detection heads
+``Yolov3DetectionOutput`` and YOLOv2's ``YoloDetectionOutput``, and YOLOv2's ``Reorg``.
 
 ``Yolov3DetectionOutput`` follows the port's CPU forward, read from its sources:
 
@@ -27,9 +27,18 @@ the same greedy class-agnostic NMS (IoU >= ``nms_threshold``) and rows. ``coords
 read from the bottom, as the port does; ``label_map_file`` only names classes in the port's logs and is not
 read. The port assumes square maps (it walks W x W cells); here H and W are each used.
 
-For both, one difference: the ports pool every image of a batch into one list labelled image 0; here each
-image is decoded and suppressed on its own (the same rows for a batch of one). Ties in confidence keep the
-order the candidates were found in (heads, cells, anchors, classes); the ports' sorts leave it unspecified.
+``Reorg`` (``reorg_param``: ``stride`` s, ``reverse``) is darknet's passthrough rearrangement, element for element
+as the port's CPU loop: the bottom ``C x H x W`` is read as a ``C/s^2 x Hs x Ws`` array; output element
+``(c, h, w)`` of ``Cs^2 x H/s x W/s``, taken at the same flat position as ``(c, h, w)`` in ``C x H x W``, is the
+element ``(c mod C/s^2, hs + (c div C/s^2) div s, ws + (c div C/s^2) mod s)`` of that array (``reverse``
+scatters instead: ``C/s^2 x Hs x Ws``). C must be a multiple of s^2 and, forward, H and W of s (the port
+indexes outside its blobs otherwise). The gradient is the true one (the port's CPU backward reads an
+internal blob that is never written).
+
+For both detection heads, one difference: the ports pool every image of a batch into one list labelled image
+0; here each image is decoded and suppressed on its own (the same rows for a batch of one). Ties in
+confidence keep the order the candidates were found in (heads, cells, anchors, classes); the ports' sorts
+leave it unspecified.
 """
 
 from __future__ import annotations
@@ -237,3 +246,47 @@ class YoloDetectionOutputLayer(_YoloHead):
         boxes = _grid_boxes(v[..., :4], biases, (width, height))
         row, col, anchor = np.nonzero(conf >= p.confidence_threshold)
         return boxes[row, col, anchor], label[row, col, anchor], conf[row, col, anchor]
+
+
+def reorg_index(channels: int, height: int, width: int, stride: int) -> np.ndarray:
+    """The port's reorg mapping for one item: ``out[i] = bottom[index[i]]`` (flat, forward direction), where
+    position ``i`` is ``(c, h, w)`` of ``channels x height x width`` and ``index[i]`` is its place in the
+    bottom read as ``channels / stride^2 x height * stride x width * stride``."""
+    t_c, t_h, t_w = channels // (stride * stride), height * stride, width * stride
+    c, h, w = np.meshgrid(np.arange(channels), np.arange(height), np.arange(width), indexing="ij")
+    offset = c // t_c
+    top = (w * stride + offset % stride) + t_w * ((h * stride + offset // stride) + t_h * (c % t_c))
+    return top.reshape(-1)
+
+
+@register("Reorg")
+class ReorgLayer(Layer):
+    """YOLOv2's passthrough rearrangement (darknet's reorg); see the module docstring."""
+
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.reorg_param
+        self.require(p.HasField("stride") and p.stride > 0, "reorg_param.stride must be given and positive")
+        self.require(self.layer_param.top[0] != self.layer_param.bottom[0], "Reorg does not work in place")
+        self.stride = int(p.stride)
+        self.reverse = bool(p.reverse)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        if len(bottom[0]) != 4:
+            raise self.shape_error(f"the bottom must be N x C x H x W, got {tuple(bottom[0])}")
+        n, c, h, w = bottom[0]
+        s = self.stride
+        if c % (s * s) or (not self.reverse and (h % s or w % s)):
+            needs = "C a multiple of stride^2" + ("" if self.reverse else " and H, W multiples of the stride")
+            raise self.shape_error(f"bottom {tuple(bottom[0])} with stride {s}: needs {needs}")
+        self.top_shape = (n, c // (s * s), h * s, w * s) if self.reverse else (n, c * s * s, h // s, w // s)
+        # the port's loop runs over the bottom's (C, H, W) in both directions
+        index = torch.from_numpy(reorg_index(c, h, w, s))
+        self.index = index if not self.reverse else torch.argsort(index)
+        return [self.top_shape]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        flat = x.reshape(x.shape[0], -1)
+        return [flat[:, self.index.to(x.device)].reshape(self.top_shape)]
