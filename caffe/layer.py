@@ -81,7 +81,11 @@ def unknown_type_message(type_name: str, layer_name: str) -> str:
     fork = FORK_TYPES.get(type_name)
     if fork is not None:
         return f"layer '{layer_name}' has unknown type '{type_name}' (a Caffe fork's type, from {fork})"
-    close = difflib.get_close_matches(type_name, _REGISTRY, n=3, cutoff=0.5)
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, type_name, known).ratio(), known) for known in _REGISTRY), reverse=True
+    )
+    # the types about as close as the closest one (a typo of InnerProduct is not MarginInnerProduct)
+    close = [known for score, known in scored[:3] if score >= 0.5 and score >= scored[0][0] - 0.1] if scored else []
     if not close:
         lowered = {k.lower(): k for k in _REGISTRY}
         close = [lowered[type_name.lower()]] if type_name.lower() in lowered else []

@@ -483,7 +483,7 @@ def test_training_modules_of_py_faster_rcnn_are_named():
     ("type_name", "fork"),
     [
         ("Region", "darknet's region layer"),
-        ("Reorg", "YOLOv2"),
+        ("LabelSpecificAdd", "AMSoftmax"),
         ("Yolov3", "YOLOv3 Caffe port"),
         ("ImageSegData", "DeepLab"),
         ("ROIAlign", "Mask R-CNN"),

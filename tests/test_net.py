@@ -144,6 +144,11 @@ def test_unknown_type_names_layer_and_suggests():
         build('layer { name: "c1" type: "Convolutoin" }')
     with pytest.raises(caffe.UnknownLayerTypeError, match="unknown layer types Bar, Foo"):
         build('layer { name: "a" type: "Foo" } layer { name: "b" type: "Bar" }')
+    # only the types about as close as the closest: a typo of InnerProduct does not suggest MarginInnerProduct
+    with pytest.raises(caffe.UnknownLayerTypeError, match=r"did you mean 'InnerProduct'\?$"):
+        build('layer { name: "ip" type: "InnerProdcut" }')
+    with pytest.raises(caffe.UnknownLayerTypeError, match=r"did you mean 'ROIPooling', 'PSROIPooling'\?$"):
+        build('layer { name: "r" type: "ROIPoolng" }')
 
 
 def test_in_place_layers_share_the_blob():
