@@ -104,24 +104,20 @@ class CenterLossLayer(LossLayer):
 Margin = pb.MarginInnerProductParameter
 
 
-def _sign(t: torch.Tensor) -> torch.Tensor:
-    return torch.sign(t)  # caffe_cpu_sign: -1, 0 or 1
-
-
 def _psi_and_coefficients(cos: torch.Tensor, margin: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For the label's cosines: the fork's ``psi``, and its coefficients on ``w`` and on ``x * |x|`` (before
-    the division by ``-|x|``) of the backward, per margin type."""
-    s0 = _sign(cos)
+    """For the label's cosines: the fork's ``psi`` and its backward's coefficient on ``w`` and on ``x`` (the latter
+    times ``-|x|``), per margin type. Signs as ``caffe_cpu_sign``: -1, 0 or 1, as ``torch.sign``."""
+    s0 = torch.sign(cos)
     c2 = cos * cos
     if margin == Margin.DOUBLE:
         psi = 2 * s0 * c2 - 1
         return psi, 4 * s0 * cos, 2 * s0 * c2 + 1
     if margin == Margin.TRIPLE:
-        s1 = _sign(cos.abs() - 0.5)
+        s1 = torch.sign(cos.abs() - 0.5)
         s2 = s0 * (1 + s1) - 2
         c3 = c2 * cos
         return s1 * (4 * c3 - 3 * cos) + s2, s1 * (12 * c2 - 3), 8 * s1 * c3 - s2
-    s3 = s0 * _sign(2 * c2 - 1)
+    s3 = s0 * torch.sign(2 * c2 - 1)
     s4 = 2 * s0 + s3 - 3
     c4 = c2 * c2
     return s3 * (8 * c4 - 8 * c2 + 1) + s4, s3 * (32 * c2 * cos - 16 * cos), s3 * (24 * c4 - 8 * c2 - 1) - s4
