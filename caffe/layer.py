@@ -49,7 +49,7 @@ def register(*type_names: str) -> Callable[[L], L]:
             if name in _REGISTRY and _REGISTRY[name] is not cls:
                 raise RuntimeError(f"layer type '{name}' registered twice")
             _REGISTRY[name] = cls
-        if not getattr(cls, "type", ""):
+        if "type" not in cls.__dict__:  # a subclass registered under its own name reports that name
             cls.type = type_names[0]
         return cls
 
@@ -67,7 +67,6 @@ _CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
 FORK_TYPES: dict[str, str] = {
     "Yolov3": "a YOLOv3 Caffe port's training loss, eric612/MobileNet-YOLO",
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",
-    "ImageSegData": "DeepLab's Caffe, deeplab-public-ver2, its image and label data layer",
     "ROIAlign": "Mask R-CNN Caffe ports, after Caffe2/Detectron's RoIAlign",
     "CTCLoss": _CTC,
     "CTCGreedyDecoder": _CTC,
@@ -126,6 +125,8 @@ class Layer:
         self.layer_param = param
         self.name: str = param.name
         self.phase: int = param.phase
+        if param.type != self.type and _REGISTRY.get(param.type) is type(self):
+            self.type = param.type  # a class registered under several names reports the prototxt's
         self.blobs: list[Blob] = []
         self.param_propagate_down: list[bool] = []
         self.loss_weights: list[float] = []

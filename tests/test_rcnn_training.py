@@ -173,6 +173,7 @@ def test_softmax_loss_third_top_is_each_position_loss_and_ohem_name_is_the_same_
             "loss_weight: 1 loss_weight: 0 loss_weight: 0 loss_param { ignore_label: -1 }"
         )
         net = run(text, {"x": scores, "y": labels})
+        assert net.layers[-1].type == kind  # one class, two names: each layer reports its prototxt's
         each = softmax_losses(scores.reshape(6, 4), labels.reshape(6), ignore=-1)
         assert net.blobs["each"].shape == (6, 1, 1, 1)
         np.testing.assert_allclose(net.blobs["each"].data.reshape(6), each, rtol=1e-12)

@@ -4,16 +4,16 @@ Families follow Caffe's layer catalogue: ``input`` (Input, DummyData, MemoryData
 (convolution, pooling, crop), ``core`` (InnerProduct, Embed, Scale, Bias, Parameter),
 ``normalization`` (LRN, MVN, BatchNorm), ``neuron`` (element-wise activations, Dropout),
 ``utility`` (split/concat/slice/reshape/reductions, Softmax), ``loss`` (losses, Accuracy),
-``recurrent`` (RNN, LSTM, LSTMUnit), ``data``, ``window_data`` and ``dense_image_data`` (Data, ImageData,
-WindowData, SegNet's DenseImageData: prefetching readers), ``detection`` (the SSD fork's Normalize, Permute,
-PriorBox, DetectionOutput), ``detection_evaluate`` (its evaluation during training, DetectionEvaluate, and the
-mean AP), ``multibox_loss`` (its training loss, MultiBoxLoss), ``annotated_data`` (its
-training data, AnnotatedData: images with boxes, augmented), ``hdf5`` (HDF5Data,
-HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the depthwise
-convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN / R-FCN
-forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM) and
-``yolo`` (the YOLOv3 ports' Yolov3DetectionOutput), ``face`` (the face recognition forks' CenterLoss and
-MarginInnerProduct).
+``recurrent`` (RNN, LSTM, LSTMUnit), ``data``, ``window_data``, ``dense_image_data`` and ``image_seg_data``
+(Data, ImageData, WindowData, SegNet's DenseImageData, DeepLab's ImageSegData: prefetching readers),
+``detection`` (the SSD fork's Normalize, Permute, PriorBox, DetectionOutput), ``detection_evaluate`` (its
+evaluation during training, DetectionEvaluate, and the mean AP), ``multibox_loss`` (its training loss,
+MultiBoxLoss), ``annotated_data`` (its training data, AnnotatedData: images with boxes, augmented), ``hdf5``
+(HDF5Data, HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the
+depthwise convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN /
+R-FCN forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM),
+``yolo`` (the YOLO ports' detection outputs and Reorg) and ``face`` (the face recognition forks' CenterLoss
+and MarginInnerProduct).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -26,6 +26,7 @@ from caffe.layers import (  # noqa: F401
     face,
     forks,
     hdf5,
+    image_seg_data,
     input,
     loss,
     multibox_loss,
