@@ -83,6 +83,22 @@ def test_segnet_keeps_its_softmax_for_deploy_and_trains_from_the_scores():
                    tops={"label": (1, 360, 480)})  # fmt: skip
 
 
+def test_a_deeplab_training_net_with_image_seg_data_is_taken_apart():
+    deeplab = """name: "deeplab"
+layer { name: "data" type: "ImageSegData" top: "data" top: "label" top: "data_dim" include { phase: TRAIN }
+  image_data_param { source: "train.txt" batch_size: 10 label_type: PIXEL }
+  transform_param { mirror: true crop_size: 321 mean_value: 104 mean_value: 117 mean_value: 123 } }
+layer { name: "silence" type: "Silence" bottom: "data_dim" }
+layer { name: "fc8" type: "Convolution" bottom: "data" top: "fc8" convolution_param { num_output: 21 kernel_size: 3 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss"
+  loss_param { ignore_label: 255 } }
+"""
+    parts = _parts(deeplab)
+    assert parts.score == "fc8" and parts.input_blob == "data" and parts.train_batch == 10
+    assert parts.train_transform is not None and parts.train_transform.crop_size == 321
+    assert [x.name for x in parts.body] == ["fc8"] and sn.classes_of(parts) == 21
+
+
 def test_not_a_segmentation_net_is_a_clear_error():
     from caffe.errors import NetError
 

@@ -35,7 +35,7 @@ STANDARD_NETWORKS = {"lenet": "LeNet", "alexnet": "AlexNet", "googlenet": "GoogL
 DEFAULT_BATCH_SIZE = 16  # DIGITS' default when neither the network nor the form gives one
 
 SOURCE_TYPES = {"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "DummyData", "Input", "Python",
-                "DenseImageData", "AnnotatedData"}  # fmt: skip
+                "DenseImageData", "ImageSegData", "AnnotatedData"}  # fmt: skip
 LOSS_TYPES = {
     "SoftmaxWithLoss",
     "MultinomialLogisticLoss",

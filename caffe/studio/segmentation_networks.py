@@ -2,8 +2,9 @@
 
 A segmentation model job starts from a net as FCN, SegNet, ENet or DIGITS' FCN-AlexNet users hold them: a deploy
 net (``Input`` ... class scores N x C x H x W, maybe a ``Softmax``/``ArgMax`` after them) or a training net (its
-data layers - ``Data`` pairs, SegNet's ``DenseImageData`` - and a ``SoftmaxWithLoss``). :func:`seg_parts` keeps
-the body and finds the score blob: the loss's input, else the net's output before its Softmax/ArgMax.
+data layers - ``Data`` pairs, SegNet's ``DenseImageData``, DeepLab's ``ImageSegData`` - and a
+``SoftmaxWithLoss``). :func:`seg_parts` keeps the body and finds the score
+blob: the loss's input, else the net's output before its Softmax/ArgMax.
 
 :func:`retarget` sets the number of classes on the score layers: the convolutions and deconvolutions with one
 output per class that lead to the score blob through layers that keep the classes apart (Crop, Eltwise, ReLU,
@@ -27,7 +28,7 @@ from caffe.errors import NetError
 from caffe.proto import caffe_pb2 as pb
 from caffe.studio.networks import bare_copy, included, layers_behind, producer, retrain_name
 
-SOURCE_TYPES = {"Input", "Data", "DenseImageData", "ImageData", "HDF5Data", "DummyData", "MemoryData"}
+SOURCE_TYPES = {"Input", "Data", "DenseImageData", "ImageSegData", "ImageData", "HDF5Data", "DummyData", "MemoryData"}
 TAIL_TYPES = ("Softmax", "ArgMax")  # after the scores in deploy nets
 CLASS_PRESERVING = {"Crop", "Eltwise", "ReLU", "PReLU", "Dropout", "BatchNorm", "BN", "Scale", "Upsample", "Power",
                     "Interp", "Bias", "Sigmoid", "TanH"}  # fmt: skip
@@ -55,7 +56,7 @@ class SegParts:
 def _batch(layer: pb.LayerParameter) -> int:
     if layer.type == "DenseImageData":
         return int(layer.dense_image_data_param.batch_size)
-    if layer.type == "ImageData":
+    if layer.type in ("ImageData", "ImageSegData"):
         return int(layer.image_data_param.batch_size)
     return int(layer.data_param.batch_size)
 
