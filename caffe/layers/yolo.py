@@ -283,10 +283,12 @@ class ReorgLayer(Layer):
         self.top_shape = (n, c // (s * s), h * s, w * s) if self.reverse else (n, c * s * s, h // s, w // s)
         # the port's loop runs over the bottom's (C, H, W) in both directions
         index = torch.from_numpy(reorg_index(c, h, w, s))
-        self.index = index if not self.reverse else torch.argsort(index)
+        self.index = {index.device: index if not self.reverse else torch.argsort(index)}  # per device, made once
         return [self.top_shape]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x = bottom[0]
-        flat = x.reshape(x.shape[0], -1)
-        return [flat[:, self.index.to(x.device)].reshape(self.top_shape)]
+        index = self.index.get(x.device)
+        if index is None:
+            index = self.index[x.device] = next(iter(self.index.values())).to(x.device)
+        return [x.reshape(x.shape[0], -1)[:, index].reshape(self.top_shape)]
