@@ -554,7 +554,8 @@ FORK_TRAINING_NETS = {
     "reorg": ('type: "Reorg" bottom: "a" top: "y" reorg_param { stride: 2 }', {"a": (1, 8, 4, 6)}),
     "yolo_detection_output": (
         'type: "YoloDetectionOutput" bottom: "a" bottom: "b" top: "det" yolo_detection_output_param {'
-        " num_classes: 2 num_box: 2 biases: 1 1 2 2 confidence_threshold: 0.1 nms_threshold: 0.45 }",
+        " num_classes: 2 num_box: 2 biases: 1 biases: 1 biases: 2 biases: 2 confidence_threshold: 0.1"
+        " nms_threshold: 0.45 }",
         {"a": (1, 14, 3, 3), "b": (1, 14, 5, 5)},
     ),
 }
@@ -571,7 +572,7 @@ def fork_training_net(layer: str, inputs: dict[str, tuple[int, ...]]) -> str:
 @target("fork_training_layers", weight=30, batch=100)
 def _fork_training_layers(work: Path):
     """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, YOLOv2's head) from mutated prototxts:
-    built in TRAIN, run forward and backward on random inputs (labels small integers)."""
+    built in TRAIN, run forward and backward on random inputs (labels 0, 1 or 2: every seed's classes)."""
     import numpy as np
 
     import caffe
@@ -582,7 +583,7 @@ def _fork_training_layers(work: Path):
         for name in net.inputs:
             blob = net.blobs[name]
             if name == "label":
-                blob.data[...] = rng.integers(-1, 4, blob.shape)
+                blob.data[...] = rng.integers(0, 3, blob.shape)
             else:
                 blob.data[...] = rng.normal(0, 1, blob.shape)
         net.forward()

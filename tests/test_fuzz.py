@@ -80,3 +80,11 @@ def test_harness_records_planted_error_hang_and_crash(tmp_path: Path):
     assert len(list((tmp_path / "findings").glob("*.bin"))) == 3
     table = report.table()
     assert "| planted_hang | 15 |" in table and "**45**" in table
+
+
+@pytest.mark.parametrize("name", sorted(fuzz.FORK_TRAINING_NETS))
+def test_every_fork_training_seed_runs_as_written(name: str, tmp_path: Path):
+    """A seed that does not parse would leave its layer unfuzzed (only its mutants, which fail earlier)."""
+    seeds, run = fuzz.TARGETS["fork_training_layers"].setup(tmp_path)
+    seed = next(s for s in seeds if s.name == name)
+    run(seed.data, seed)

@@ -260,3 +260,47 @@ def test_ssd_training_layers_on_the_gpu_match_the_cpu(gpu, tmp_path: Path):
             s.step(1)
             losses[mode].append(float(s.net.blobs["loss"].data))
     np.testing.assert_allclose(losses["gpu"], losses["cpu"], rtol=1e-3)
+
+
+def _fork_training_nets() -> dict[str, tuple[str, dict[str, tuple[int, ...]]]]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import fuzz
+
+    return fuzz.FORK_TRAINING_NETS
+
+
+@pytest.mark.parametrize("name", sorted(_fork_training_nets()))
+def test_fork_training_layers_on_the_gpu_match_the_cpu(gpu, tmp_path: Path, name: str):
+    """The forks' training layers (R-CNN, R-FCN OHEM, face, YOLOv2) give the CPU's tops and gradients on CUDA."""
+    import fuzz
+
+    layer, inputs = fuzz.FORK_TRAINING_NETS[name]
+    (tmp_path / "net.prototxt").write_text(fuzz.fork_training_net(layer, inputs))
+    rng = np.random.default_rng(4)
+    values = {
+        k: (rng.integers(0, 3, s) if k == "label" else rng.normal(0, 1, s)).astype(np.float32)
+        for k, s in inputs.items()
+    }
+    if "rois" in values:
+        values["rois"][:, 0] = rng.integers(0, 2, values["rois"][:, 0].shape)  # batch indices
+    results = {}
+    for mode in ("gpu", "cpu"):
+        getattr(caffe, f"set_mode_{mode}")()
+        caffe.set_random_seed(3)
+        net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+        for k, v in values.items():
+            net.blobs[k].data[...] = v
+        tops = {k: v.copy() for k, v in net.forward().items()}
+        net.backward()
+        diffs = {k: net.blobs[k].diff.copy() for k in values if k not in ("label", "rois")}
+        params = [b.diff.copy() for blobs in net.params.values() for b in blobs]
+        results[mode] = (tops, diffs, params)
+    for got, want in zip(results["gpu"], results["cpu"], strict=True):
+        for a, b in zip(
+            got.values() if isinstance(got, dict) else got,
+            want.values() if isinstance(want, dict) else want,
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
