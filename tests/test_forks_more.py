@@ -436,6 +436,26 @@ def test_caffe_detect_reads_a_yolo_ports_output(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().out == ""
 
 
+def test_caffe_serve_detects_with_a_yolov2_port(tmp_path: Path):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from caffe.serve import create_app, load_model
+
+    deploy, weights, labels = write_yolo_model(tmp_path / "yolo2", v2=True)
+    model = load_model(f"yolo2={deploy},{weights}", labels=str(labels))
+    assert model.kind == "detection"
+    image = tmp_path / "street.png"
+    Image.new("RGB", (60, 40), (90, 120, 30)).save(image)
+    with TestClient(create_app([model])) as client:
+        r = client.post("/models/yolo2/detect", files={"file": ("street.png", image.read_bytes(), "image/png")})
+        assert r.status_code == 200, r.text
+        found = r.json()["detections"]
+    assert [(d["label"], d["index"]) for d in found] == [("cat", 1)] * 4
+    np.testing.assert_allclose([d["confidence"] for d in found], [YOLO2_CAT] * 4, rtol=1e-6)
+    np.testing.assert_allclose([d["box"] for d in found], quadrants(60, 40), rtol=1e-5, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------- DenseImageData
 def _dense_set(folder: Path, sizes: list[tuple[int, int]], gray: bool = False) -> Path:
     """Image / label PNG pairs whose image channels hold (label, 10 * k + 1, 10 * k + 2) for pair k and
