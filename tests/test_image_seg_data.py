@@ -100,6 +100,7 @@ def test_image_and_none_label_types_fill_the_label_map(tmp_path, label_type, lin
         ("im0.png lab0.png\n", "", "scale_factors: 0.5", "scale_factors other than 1 need a crop"),
         ("im0.png lab0.png\nim0.png\n", "label_type: PIXEL", "", r"list.txt:2: expected 'image label image'"),
         ("im0.png seven\n", "", "", r"list.txt:1: the class 'seven' is not an integer"),
+        ("im0.png lab0.png\n", "label_type: PIXEL", "crop_size: 4 scale_factors: 1e7", "budget for one blob"),
     ],
 )
 def test_what_the_fork_would_stop_on_is_a_caffe_error(tmp_path, list_text, image, transform, message):

@@ -35,7 +35,7 @@ from caffe.data.transform import HWC, DataTransformer
 from caffe.errors import DataError
 from caffe.layer import register
 from caffe.layers.data import ImageDataLayer, ImageListSource
-from caffe.limits import read_text
+from caffe.limits import check_blob, read_text
 from caffe.proto import caffe_pb2 as pb
 
 ImageParam = pb.ImageDataParameter
@@ -159,6 +159,7 @@ class SegTransformer(DataTransformer):
                 size = (int(image.shape[1] * factor), int(image.shape[0] * factor))
                 if min(size) < 1:
                     raise DataError(f"{self.where}: scale factor {factor:g} leaves a {size[1]}x{size[0]} image")
+                check_blob((size[1], size[0], item.shape[2]), 8, f"{self.where}: the image scaled by {factor:g}")
                 image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR).reshape(size[1], size[0], -1)
                 labels = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
         image = image.astype(np.float64)
