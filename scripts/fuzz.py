@@ -552,6 +552,7 @@ FORK_TRAINING_NETS = {
         {"a": (4, 5), "label": (4,)},
     ),
     "reorg": ('type: "Reorg" bottom: "a" top: "y" reorg_param { stride: 2 }', {"a": (1, 8, 4, 6)}),
+    "relu6": ('type: "ReLU6" bottom: "a" top: "y" relu6_param { negative_slope: 0.1 }', {"a": (2, 3, 4)}),
     "yolo_detection_output": (
         'type: "YoloDetectionOutput" bottom: "a" bottom: "b" top: "det" yolo_detection_output_param {'
         " num_classes: 2 num_box: 2 biases: 1 biases: 1 biases: 2 biases: 2 confidence_threshold: 0.1"

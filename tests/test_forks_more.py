@@ -370,6 +370,58 @@ def test_reorg_refuses_what_the_port_would_index_outside_of(param: str, shape: t
         layer_net(f'type: "Reorg" bottom: "x" top: "y" reorg_param {{ {param} }}', {"x": shape})
 
 
+# ---------------------------------------------------------------------------------------------------- ReLU6
+def test_relu6_values_and_the_ports_gradient_at_its_kinks():
+    x = np.array([[-2.0, 0.0, 3.0, 6.0, 7.0]])
+    text = 'type: "ReLU6" bottom: "x" top: "y" relu6_param { negative_slope: 0.1 }'
+    net = layer_net(text, {"x": x.shape})
+    set_inputs(net, {"x": x})
+    np.testing.assert_allclose(net.forward()["y"], [[-0.2, 0.0, 3.0, 6.0, 6.0]])
+    net.blobs["y"].diff[...] = 1.0
+    net.backward()
+    np.testing.assert_allclose(net.blobs["x"].diff, [[0.1, 0.1, 1.0, 0.0, 0.0]])  # slope at 0, none from 6
+    away = np.random.default_rng(2).choice([-3.0, -1.5, 0.5, 2.5, 4.0, 8.0], (3, 4)) + 0.01
+    check_gradient(layer_net(text, {"x": away.shape}), {"x": away})
+
+
+def test_yolov2_lite_deploy_of_the_port_matches_cv2_up_to_its_head(tmp_path: Path):
+    """eric612/MobileNet-YOLO ``models/yolov2/mobilenet_yolo_lite_deploy.prototxt`` (@4c7f444, BSD-2; ReLU6 after
+    its convolutions) runs whole, its 320 input reshaped to 160; without its YoloDetectionOutput, which cv2 cannot
+    create, its heads equal ``cv2.dnn``'s (whose ReLU6 is the clamp to [0, 6])."""
+    from fork_nets import random_input, random_weights
+
+    full = caffe.Net(str(FORKS / "MobileNet-YOLO_yolov2_mobilenet_yolo_lite_deploy.prototxt"), caffe.TEST)
+    full.blobs["data"].reshape(1, 3, 160, 160)
+    full.reshape()
+    assert full.forward()["detection_out"].shape[-1] == 7
+    param = text_format.Parse(
+        (FORKS / "MobileNet-YOLO_yolov2_mobilenet_yolo_lite_deploy.prototxt").read_text(), pb.NetParameter()
+    )
+    head = next(x for x in param.layer if x.type == "YoloDetectionOutput")
+    heads = list(head.bottom)
+    param.layer.remove(head)
+    param.layer[0].input_param.shape[0].dim[2:] = [160, 160]
+    proto = tmp_path / "lite.prototxt"
+    proto.write_text(text_format.MessageToString(param))
+    net = caffe.Net(str(proto), caffe.TEST)
+    random_weights(net)
+    inputs = {k: 50 * v for k, v in random_input(net).items()}  # large enough that the clamp at 6 acts
+    model = tmp_path / "lite.caffemodel"
+    net.save(str(model))
+    ours = net.forward(blobs=heads, **inputs)
+    for layer in param.layer:  # cv2 knows the fork's DepthwiseConvolution as what it is, a grouped Convolution
+        layer.type = "Convolution" if layer.type == "DepthwiseConvolution" else layer.type
+    (tmp_path / "lite_cv2.prototxt").write_text(text_format.MessageToString(param))
+    ref = cv2.dnn.readNetFromCaffe(str(tmp_path / "lite_cv2.prototxt"), str(model))
+    ref.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    for name, value in inputs.items():
+        ref.setInput(value, name)
+    for name, theirs in zip(heads, ref.forward(heads), strict=True):
+        worst = np.abs(ours[name] - theirs).max() / np.abs(theirs).max()
+        assert worst < 1e-4, (name, worst)
+    assert (ours[heads[0]] != 0).any() and (net.blobs["conv0"].data == 6).any()
+
+
 # ---------------------------------------------------------------------------------- caffe detect on YOLO
 YOLO_DEPLOY = """name: "tiny_yolo"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 32 dim: 32 } } }

@@ -15,6 +15,8 @@
 * ``DepthwiseConvolution`` (yonghenglh6/DepthwiseConvolution: Convolution with the prototxt's group)
   and ``ConvolutionDepthwise`` (MobileNet/ShuffleNet ports: one filter per input channel, num_output
   and group ignored, weight (C, 1, kh, kw)).
+* ``ReLU6`` (eric612/MobileNet-YOLO): ``min(max(x, 0) + negative_slope * min(x, 0), 6)`` with
+  ``relu6_param.negative_slope``; the gradient is the fork's: ``negative_slope`` at and below 0, 0 from 6 on.
 """
 
 from __future__ import annotations
@@ -385,3 +387,21 @@ class ConvolutionDepthwiseLayer(Layer):
         bias = self.param_tensor(1) if self.bias_term else None
         x = _pad_tail(bottom[0], self._tail)
         return [F.conv2d(x, self.param_tensor(0), bias, g.stride, g.pad, g.dilation, self.channels)]
+
+
+@register("ReLU6")
+class ReLU6Layer(Layer):
+    """MobileNet-YOLO's ReLU6 (see the module docstring)."""
+
+    exact_num_bottom = exact_num_top = 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        self.negative_slope = float(self.layer_param.relu6_param.negative_slope)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        return [bottom[0]]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        y = F.relu(x) if self.negative_slope == 0 else F.leaky_relu(x, self.negative_slope)
+        return [torch.where(x < 6, y, torch.full_like(y, 6.0))]  # from 6 on: the constant, gradient 0
