@@ -184,6 +184,16 @@ class Layer:
     def shape_error(self, message: str) -> ShapeError:
         return self.error(message, ShapeError)  # type: ignore[return-value]
 
+    def legacy_shape(self, shape: Shape, what: str = "a bottom") -> tuple[int, int, int, int]:
+        """Caffe's legacy (num, channels, height, width) of ``shape``: missing trailing axes are 1; more than 4
+        axes is a ShapeError naming ``what`` (Caffe's LegacyShape CHECK)."""
+        if len(shape) > 4:
+            raise self.shape_error(
+                f"needs {what} of at most 4 axes (num, channels, height, width), got shape {tuple(shape)}"
+            )
+        n, c, h, w = (*shape, *(1,) * (4 - len(shape)))
+        return int(n), int(c), int(h), int(w)
+
     def require(self, condition: bool, message: str) -> None:
         if not condition:
             raise self.error(message)

@@ -47,6 +47,18 @@ def read_pair_list(path: str) -> list[Record]:
     return [Record((image, label), image) for image, label in zip(words[::2], words[1::2], strict=True)]
 
 
+def with_label_plane(image: np.ndarray, labels: np.ndarray, label_path: str, image_name: str) -> Decoded:
+    """An image (H x W or H x W x C) with its label map (H x W) as one more channel, the item the prefetcher
+    carries for the segmentation data layers; the sizes must match."""
+    image = image[:, :, None] if image.ndim == 2 else image
+    if labels.shape[:2] != image.shape[:2]:
+        raise DataError(
+            f"{label_path}: label image {labels.shape[0]}x{labels.shape[1]} but image "
+            f"{image_name} is {image.shape[0]}x{image.shape[1]}: input and label image sizes must match"
+        )
+    return Decoded(np.concatenate([image, labels[:, :, None]], axis=2), HWC, 0.0)
+
+
 class DenseListSource(ImageListSource):
     """ImageData's list order (shuffle, rand_skip, shards) over ``dense_image_data_param``'s pairs; an item
     is the image with its label image as one more channel (H x W x C+1, uint8)."""
@@ -65,13 +77,7 @@ class DenseListSource(ImageListSource):
         labels = read_image(self.root + label_name, 0, 0, is_color=False)
         if self.height > 0:
             labels = cv2.resize(labels, (self.width, self.height), interpolation=cv2.INTER_NEAREST)
-        image = image[:, :, None] if image.ndim == 2 else image
-        if labels.shape[:2] != image.shape[:2]:
-            raise DataError(
-                f"{self.root + label_name}: label image {labels.shape[0]}x{labels.shape[1]} but image "
-                f"{image_name} is {image.shape[0]}x{image.shape[1]}: input and label image sizes must match"
-            )
-        return Decoded(np.concatenate([image, labels[:, :, None]], axis=2), HWC, 0.0)
+        return with_label_plane(image, labels, self.root + label_name, image_name)
 
 
 class DenseTransformer(DataTransformer):

@@ -38,14 +38,6 @@ CENTER_SIZE = pb.PriorBoxParameter.CENTER_SIZE
 CORNER_SIZE = pb.PriorBoxParameter.CORNER_SIZE
 
 
-def _legacy(layer: Layer, shape: Shape) -> tuple[int, int, int, int]:
-    """Caffe's legacy (num, channels, height, width): missing trailing axes are 1, more than 4 refused."""
-    if len(shape) > 4:
-        raise layer.shape_error(f"needs a bottom of at most 4 axes (num, channels, height, width), got shape {shape}")
-    n, c, h, w = (*shape, *(1,) * (4 - len(shape)))
-    return int(n), int(c), int(h), int(w)
-
-
 # ---------------------------------------------------------------------------- Normalize
 @register("Normalize")
 class NormalizeLayer(Layer):
@@ -57,7 +49,7 @@ class NormalizeLayer(Layer):
         p = self.layer_param.norm_param
         self._check_axes(bottom[0])
         self._across, self._shared, self._eps = p.across_spatial, p.channel_shared, float(p.eps)
-        self._channels = _legacy(self, bottom[0])[1]
+        self._channels = self.legacy_shape(bottom[0])[1]
         filler = p.scale_filler if p.HasField("scale_filler") else pb.FillerParameter(type="constant", value=1.0)
         self.add_param(() if self._shared else (self._channels,), filler)
 
@@ -67,7 +59,7 @@ class NormalizeLayer(Layer):
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         self._check_axes(bottom[0])
-        n, c, h, w = _legacy(self, bottom[0])
+        n, c, h, w = self.legacy_shape(bottom[0])
         if not self._shared and c != self._channels:
             raise self.shape_error(f"bottom has {c} channels, the scale blob has {self._channels}")
         self._rows = (n, c, h * w)
@@ -184,9 +176,9 @@ class PriorBoxLayer(Layer):
         return value
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        _, _, height, width = _legacy(self, bottom[0])
+        _, _, height, width = self.legacy_shape(bottom[0])
         if 0 in self._img:
-            _, _, img_h, img_w = _legacy(self, bottom[1])
+            _, _, img_h, img_w = self.legacy_shape(bottom[1])
         else:
             img_h, img_w = self._img
         if height * width == 0:
@@ -336,7 +328,7 @@ class DetectionOutputLayer(Layer):
             log.warning("layer '%s' (DetectionOutput): save_output_param and visualize are not supported", self.name)
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        loc, conf, prior = (_legacy(self, s) for s in bottom[:3])
+        loc, conf, prior = (self.legacy_shape(s) for s in bottom[:3])
         if loc[0] != conf[0]:
             raise self.shape_error(f"location and confidence bottoms differ in num: {bottom[0]} vs {bottom[1]}")
         self._num, self._priors = loc[0], prior[2] // 4

@@ -35,6 +35,7 @@ from caffe.data.transform import HWC, DataTransformer
 from caffe.errors import DataError
 from caffe.layer import register
 from caffe.layers.data import ImageDataLayer, ImageListSource
+from caffe.layers.dense_image_data import with_label_plane
 from caffe.limits import check_blob, read_text
 from caffe.proto import caffe_pb2 as pb
 
@@ -83,20 +84,14 @@ class SegListSource(ImageListSource):
 
         image_name, label = record.payload
         image = read_image(self.root + image_name, self.height, self.width, self.is_color)
-        image = image[:, :, None] if image.ndim == 2 else image
         if self.label_type == ImageParam.PIXEL:
             labels = read_image(self.root + label, 0, 0, is_color=False)
             if self.height > 0:
                 labels = cv2.resize(labels, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
-            if labels.shape[:2] != image.shape[:2]:
-                raise DataError(
-                    f"{self.root + label}: label image {labels.shape[0]}x{labels.shape[1]} but image "
-                    f"{image_name} is {image.shape[0]}x{image.shape[1]}: their sizes must match"
-                )
         else:
             value = _saturate(int(label)) if self.label_type == ImageParam.IMAGE else self.ignore
             labels = np.full(image.shape[:2], value, dtype=np.uint8)
-        return Decoded(np.concatenate([image, labels[:, :, None]], axis=2), HWC, 0.0)
+        return with_label_plane(image, labels, self.root + label, image_name)
 
 
 class SegTransformer(DataTransformer):

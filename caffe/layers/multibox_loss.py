@@ -206,7 +206,7 @@ class MultiBoxLossLayer(LossLayer):
         self.use_loc, self.use_conf = bool(down[0]), bool(down[1]) if len(down) > 1 else True
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        loc, conf, prior, label = (self._legacy(s) for s in bottom)
+        loc, conf, prior, label = (self.legacy_shape(s) for s in bottom)
         if loc[0] != conf[0]:
             raise self.shape_error(f"location and confidence bottoms differ in num: {bottom[0]} vs {bottom[1]}")
         self.num, self.priors = loc[0], prior[2] // 4
@@ -225,12 +225,6 @@ class MultiBoxLossLayer(LossLayer):
         if label[3] != 8:
             raise self.shape_error(f"label bottom {bottom[3]} must hold rows of 8 values (1 x 1 x boxes x 8)")
         return [()]
-
-    def _legacy(self, shape: Shape) -> tuple[int, int, int, int]:
-        if len(shape) > 4:
-            raise self.shape_error(f"needs bottoms of at most 4 axes, got shape {shape}")
-        n, c, h, w = (*shape, *(1,) * (4 - len(shape)))
-        return int(n), int(c), int(h), int(w)
 
     # ------------------------------------------------------------------ forward
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:

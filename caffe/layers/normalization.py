@@ -16,13 +16,6 @@ from caffe.proto import caffe_pb2 as pb
 log = logging.getLogger("caffe")
 
 
-def _legacy_4d(layer: Layer, shape: Shape) -> Shape:
-    """Caffe's (num, channels, height, width) of a blob of at most 4 axes (missing trailing axes are 1)."""
-    if len(shape) > 4:
-        raise layer.shape_error(f"needs a bottom of at most 4 axes (num, channels, height, width), got shape {shape}")
-    return (*shape, *(1,) * (4 - len(shape)))
-
-
 # ---------------------------------------------------------------------------- LRN
 @register("LRN")
 class LRNLayer(Layer):
@@ -77,7 +70,7 @@ class MVNLayer(Layer):
         self._normalize_variance, self._across, self._eps = p.normalize_variance, p.across_channels, float(p.eps)
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        self._top_shape = _legacy_4d(self, bottom[0])
+        self._top_shape = self.legacy_shape(bottom[0])
         self._rows = self._top_shape[0] if self._across else self._top_shape[0] * self._top_shape[1]
         return [self._top_shape]
 

@@ -41,13 +41,6 @@ from caffe.layers.loss import BVLC_MODES, PRE_FIXED, VALID, LossLayer, smooth_l1
 _RFCN_MODES = (*BVLC_MODES, PRE_FIXED)
 
 
-def _legacy(layer: Layer, shape: Shape, what: str) -> tuple[int, int, int, int]:
-    """Caffe's (num, channels, height, width) of a blob of at most 4 axes."""
-    if len(shape) > 4:
-        raise layer.shape_error(f"{what} must have at most 4 axes (num, channels, height, width), got {tuple(shape)}")
-    return tuple(shape) + (1,) * (4 - len(shape))  # type: ignore[return-value]
-
-
 @register("SmoothL1Loss")
 class SmoothL1LossLayer(LossLayer):
     """The R-CNN forks' Smooth L1 box-regression loss; see the module docstring for each fork's rule."""
@@ -80,7 +73,7 @@ class SmoothL1LossLayer(LossLayer):
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         self.check_first_dim(bottom)
-        dims = [_legacy(self, s, f"bottom[{i}]") for i, s in enumerate(bottom)]
+        dims = [self.legacy_shape(s, f"bottom[{i}]") for i, s in enumerate(bottom)]
         for i, d in enumerate(dims[1:], 1):
             if d[1:] != dims[0][1:] or math.prod(bottom[i]) != math.prod(bottom[0]):
                 raise self.shape_error(
@@ -88,14 +81,14 @@ class SmoothL1LossLayer(LossLayer):
                     f"bottom[{i}] has shape {tuple(bottom[i])}"
                 )
         n, _, h, w = dims[0]
-        self.legacy_shape = dims[0]
+        self.dims4 = dims[0]
         self.divisor = (
             self.normalizer(self.mode, n, h * w, None, torch.float64, self.fixed) if self.rfcn else float(max(n, 1))
         )
         return [(), (n, 1, h, w)][: len(self.tops)]
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        shape = self.legacy_shape
+        shape = self.dims4
         d = bottom[0].reshape(shape) - bottom[1].reshape(shape)
         if len(bottom) == 4:
             d = d * bottom[2].detach().reshape(shape)
@@ -137,7 +130,7 @@ class BoxAnnotatorOHEMLayer(Layer):
         return False
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        rois, loss, labels, weights = (_legacy(self, s, f"bottom[{i}]") for i, s in enumerate(bottom))
+        rois, loss, labels, weights = (self.legacy_shape(s, f"bottom[{i}]") for i, s in enumerate(bottom))
         n, _, h, w = rois
         if rois[1] != 5:
             raise self.shape_error(f"the ROIs (bottom[0]) must have 5 channels, got shape {tuple(bottom[0])}")
