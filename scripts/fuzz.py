@@ -559,6 +559,11 @@ FORK_TRAINING_NETS = {
         " nms_threshold: 0.45 }",
         {"a": (1, 14, 3, 3), "b": (1, 14, 5, 5)},
     ),
+    "yolov3_loss": (
+        'type: "Yolov3" bottom: "a" bottom: "label" top: "l" yolov3_param { num_class: 3 num: 2 biases: 8 biases: 8'
+        " biases: 16 biases: 24 biases: 30 biases: 20 mask: 1 mask: 2 anchors_scale: 8 thresh: 0.5 }",
+        {"a": (2, 16, 3, 4), "label": (2, 1, 4, 5)},
+    ),
 }
 
 
@@ -572,7 +577,7 @@ def fork_training_net(layer: str, inputs: dict[str, tuple[int, ...]]) -> str:
 
 @target("fork_training_layers", weight=30, batch=100)
 def _fork_training_layers(work: Path):
-    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, YOLOv2's head) from mutated prototxts:
+    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, the YOLO heads and loss) from mutated prototxts:
     built in TRAIN, run forward and backward on random inputs (labels 0, 1 or 2: every seed's classes)."""
     import numpy as np
 

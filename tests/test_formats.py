@@ -76,7 +76,8 @@ def test_ssd_training_net_embedded_in_res10_parses_with_the_forks_numbers():
     assert _unknown_fields(net) == []
     data = next(layer for layer in net.layer if layer.type == "AnnotatedData")
     t = data.transform_param
-    assert (t.resize_param.height, t.resize_param.width, t.resize_param.resize_mode) == (
+    assert len(t.resize_param) == 1
+    assert (t.resize_param[0].height, t.resize_param[0].width, t.resize_param[0].resize_mode) == (
         300,
         300,
         pb.ResizeParameter.WARP,

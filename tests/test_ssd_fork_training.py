@@ -54,22 +54,30 @@ def _user_copy(source: Path, tmp: Path, lmdb: Path, batch: int) -> Path:
     return out
 
 
-def test_mobilenet_ssd_trains_and_reports_map_with_its_own_files(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    _annotated_lmdb(tmp_path / "trainval_lmdb", 4, seed=0)
-    _annotated_lmdb(tmp_path / "test_lmdb", 2, seed=1)
-    solver = read_solver_param(SOLVER)  # RMSProp, multistep, eval_type "detection", ap_version "11point"
-    assert (solver.type, solver.eval_type, solver.ap_version) == ("RMSProp", "detection", "11point")
-    solver.train_net = str(_user_copy(TRAIN, tmp_path, tmp_path / "trainval_lmdb", 2))
-    solver.test_net[0] = str(_user_copy(TEST, tmp_path, tmp_path / "test_lmdb", 2))
+def solve_two_iterations(
+    solver: pb.SolverParameter, nets: tuple[Path, Path], tmp: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[caffe.Solver, list[str]]:
+    """A fork's solver and its (train, test) nets as a user edits them for a short run - two iterations of batch 2
+    from small LMDBs of boxes, one test pass at the end, on the CPU, seeded, no snapshots - solved; with the log."""
+    _annotated_lmdb(tmp / "trainval_lmdb", 4, seed=0)
+    _annotated_lmdb(tmp / "test_lmdb", 2, seed=1)
+    solver.train_net = str(_user_copy(nets[0], tmp, tmp / "trainval_lmdb", 2))
+    solver.test_net[0] = str(_user_copy(nets[1], tmp, tmp / "test_lmdb", 2))
     solver.test_iter[0], solver.test_interval, solver.max_iter = 1, 2, 2
     solver.solver_mode, solver.snapshot, solver.snapshot_after_train = pb.SolverParameter.CPU, 0, False
     solver.random_seed = 1
-    path = tmp_path / "solver.prototxt"
+    path = tmp / "solver.prototxt"
     path.write_text(text_format.MessageToString(solver))
     s = caffe.get_solver(str(path))
     with caplog.at_level(logging.INFO, logger="caffe"):
         s.solve()
-    lines = [r.getMessage() for r in caplog.records]
+    return s, [r.getMessage() for r in caplog.records]
+
+
+def test_mobilenet_ssd_trains_and_reports_map_with_its_own_files(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    solver = read_solver_param(SOLVER)  # RMSProp, multistep, eval_type "detection", ap_version "11point"
+    assert (solver.type, solver.eval_type, solver.ap_version) == ("RMSProp", "detection", "11point")
+    s, lines = solve_two_iterations(solver, (TRAIN, TEST), tmp_path, caplog)
     losses = [float(line.rsplit("= ", 1)[1]) for line in lines if line.startswith("Iteration ") and "loss = " in line]
     assert losses and all(math.isfinite(v) and v > 0 for v in losses)
     evaluation = [line for line in lines if "Test net output #0: detection_eval = " in line]

@@ -178,6 +178,8 @@ class Prefetcher:
         self._error: DataError | None = None  # the error that stopped the threads, raised again on next()
         self._threads: list[threading.Thread] = []
         self.pool = BufferPool(keep=self.depth + self.workers + 2, pinned=pin_memory)
+        self.seed = int(seed)
+        self._fed = 0  # batches whose records and draws are taken (the skipped ones included)
         if skip_batches:
             self._skip(int(skip_batches))
 
@@ -190,6 +192,7 @@ class Prefetcher:
             return
         skip(batches * self.batch_size)
         self.transformer.skip_draws(self.rng, batches * self.batch_size)
+        self._fed += batches
 
     def _start(self) -> None:
         """Start the feeder and decode threads (on the first batch asked for: a prefetcher replaced before
@@ -205,7 +208,9 @@ class Prefetcher:
     def _records(self) -> _Batch:
         """Read a batch's records and draw its random numbers (feeder thread, in order)."""
         records = self.source.next_records(self.batch_size)
-        return _Batch(records, [self.transformer.draw(self.rng) for _ in records])
+        draws = self.transformer.batch_draws([self.transformer.draw(self.rng) for _ in records], self.seed, self._fed)
+        self._fed += 1
+        return _Batch(records, draws)
 
     def _build(self, batch: _Batch) -> None:
         """Decode and transform every item of ``batch`` into a float32 buffer of the pool (one thread): the whole
@@ -229,7 +234,7 @@ class Prefetcher:
         """Check the first item's size and take the batch's buffer from the pool."""
         c, h, w = (item_shape[2], *item_shape[:2]) if layout == HWC else item_shape
         self.transformer.check_item(c, h, w, batch.records[0].name)
-        c, hh, ww = self.transformer.output_shape(c, h, w)
+        c, hh, ww = self.transformer.batch_shape(c, h, w, batch.draws)
         n = len(batch.records)
         batch.layout, batch.item_shape = layout, tuple(item_shape)
         batch.buffer = self.pool.take((n, hh, ww, c) if layout == HWC else (n, c, hh, ww))

@@ -79,6 +79,10 @@ class DataTransformer:
             return channels, self.crop, self.crop
         return channels, height, width
 
+    def batch_shape(self, channels: int, height: int, width: int, draws: list[tuple]) -> tuple[int, int, int]:
+        """The items' (C, H, W) in a batch with these ``draws`` (a subclass may size each batch its own way)."""
+        return self.output_shape(channels, height, width)
+
     # ------------------------------------------------------------------ per item (workers)
     @property
     def draws_per_item(self) -> int:
@@ -96,6 +100,11 @@ class DataTransformer:
             return 0.0, 0.0, False
         u_h, u_w, u_flip = self.shard.draws(rng, 1, self.draws_per_item)[0]
         return float(u_h), float(u_w), self.mirror and bool(u_flip < 0.5)
+
+    def batch_draws(self, draws: list[tuple], seed: int, number: int) -> list[tuple]:
+        """The draws of batch ``number`` (counted from the run's start; ``seed``: the prefetcher's) with what the
+        whole batch shares added; nothing here (AnnotatedData adds its resize policy)."""
+        return draws
 
     def skip_draws(self, rng: np.random.Generator, items: int) -> None:
         """Move ``rng`` on as ``items`` calls of :meth:`draw` would (a constant-time jump for PCG64)."""

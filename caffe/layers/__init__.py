@@ -12,8 +12,8 @@ MultiBoxLoss), ``annotated_data`` (its training data, AnnotatedData: images with
 (HDF5Data, HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the
 depthwise convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN /
 R-FCN forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM),
-``yolo`` (the YOLO ports' detection outputs and Reorg) and ``face`` (the face recognition forks' CenterLoss
-and MarginInnerProduct).
+``yolo`` (the YOLO ports' detection outputs and Reorg), ``yolo_training`` (MobileNet-YOLO's Yolov3 loss) and
+``face`` (the face recognition forks' CenterLoss and MarginInnerProduct).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -40,6 +40,7 @@ from caffe.layers import (  # noqa: F401
     vision,
     window_data,
     yolo,
+    yolo_training,
 )
 
 

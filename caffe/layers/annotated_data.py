@@ -12,28 +12,36 @@ its order, to each item:
    canvas up to ``max_expand_ratio`` times larger, filled with the mean values (0 without);
 3. TRAIN: batch samplers (``annotated_data_param.batch_sampler``): each draws up to ``max_trials`` crops,
    keeping at most ``max_sample`` that meet its ``sample_constraint``; one of all the crops kept is chosen
-   uniformly and cut out (none kept: the whole image);
+   uniformly and cut out (none kept: the whole image); without samplers, eric612/MobileNet-YOLO's jittered crop
+   when ``yolo_data_jitter`` is set or ``yolo_data_type`` is 1 (see :func:`jitter_window`);
 4. resize (``resize_param``: WARP or FIT_LARGE_SIZE_AND_PAD; one of ``interp_mode`` drawn per item in TRAIN,
-   the first listed in TEST, LINEAR when none);
+   the first listed in TEST, LINEAR when none). MobileNet-YOLO's multi-scale training lists several: each run
+   of 10 batches takes one, drawn by their ``prob`` (which must sum to 1), so the data top changes size;
 5. Caffe's transformation (:class:`~caffe.data.transform.DataTransformer`): crop (``crop_size``, or the fork's
    ``crop_h`` x ``crop_w``; at random in TRAIN, centred in TEST), mirror (TRAIN), mean, scale.
 
 Boxes follow the image through each step; after a crop (steps 3 and 5) only those that still overlap it and
 meet ``emit_constraint`` (centre inside, or ``emit_overlap`` of their area covered) are kept, clipped and
 re-normalized; mirroring flips their x. The label top is the fork's: (1, 1, boxes in the batch, 8), rows
-``[item, class, instance, xmin, ymin, xmax, ymax, difficult]``, one row of -1 when the batch has no box; without
-an annotation type (neither the records' ``type`` nor ``anno_type``) it is the datums' labels (N,).
+``[item, class, instance, xmin, ymin, xmax, ymax, difficult]``, one row of -1 when the batch has no box; with
+``yolo_data_type: 1``, MobileNet-YOLO's (N, 1, 300, 5), rows ``[class - 1, x centre, y centre, width, height]``
+then zeros (difficult boxes left out with ``train_diffcult: false``); without an annotation type (neither the
+records' ``type`` nor ``anno_type``) it is the datums' labels (N,).
 
 Refused at set-up with an error naming the layer and the option: ``noise_param`` with ``prob`` > 0, resize mode
 FIT_SMALL_SIZE (its size changes from image to image), ``crop_h`` without ``crop_w`` or the reverse, an expansion
-with a mean file, out-of-range sampler, expansion or distortion values, an ``anno_type`` other than BBOX. A record
+with a mean file, out-of-range sampler, expansion or distortion values, an ``anno_type`` other than BBOX,
+MobileNet-YOLO's ``difficult_label_warmup`` (it reads the solver's iteration) and a ``yolo_data_type`` other than
+0 or 1. A record
 that cannot be read is an error naming the database and key. Differences from the fork (none moves a box):
 random numbers come from the layer's seeded generator (one seed per item, drawn in order, so
 seeded runs and resumed runs repeat); intermediate images stay decoded (the fork re-encodes them as JPEG after
 each step, losing detail); distortion also applies to raw datums (the fork skips it for them); the image size a
 FIT_LARGE_SIZE_AND_PAD policy sees is the decoded image's (the fork reads the datum's height and width fields); a
 mean file is mirrored with the image, as Caffe's transformer does (the fork does not); a sampled crop is at least
-one pixel wide and high.
+one pixel wide and high; MobileNet-YOLO's jitter applies in TRAIN only (the port's test nets avoid it with an empty
+``batch_sampler``), and a file with neither of its YOLO fields is never jittered (the port's default 0.3 would
+jitter SSD files without samplers).
 ``label_map_file`` is accepted and not read (as in the fork).
 """
 
@@ -241,7 +249,11 @@ class AnnotatedTransformer(DataTransformer):
         super().__init__(param, phase, where, shard)
         check_transformation(param, anno, where)
         self.param, self.samplers = param, list(anno.batch_sampler)
-        self.resize = param.resize_param if param.HasField("resize_param") else None
+        self.policies = list(param.resize_param)  # several: MobileNet-YOLO's multi-scale training
+        self.chances = np.cumsum([r.prob for r in self.policies]) if len(self.policies) > 1 else None
+        self.jitter = yolo_jitter(anno)
+        self.yolo = anno.yolo_data_type == 1
+        self.difficult = bool(anno.train_diffcult)
         self.emit = param.emit_constraint if param.HasField("emit_constraint") else None
         self.forced_type = anno.HasField("anno_type")
         # the final crop (height, width): crop_size, else the fork's crop_h x crop_w
@@ -249,14 +261,22 @@ class AnnotatedTransformer(DataTransformer):
         self.boxes = True  # the label top is the box table (False: the datums' labels), set by the layer
 
     # ------------------------------------------------------------------ shapes
-    def resized(self, height: int, width: int) -> tuple[int, int]:
-        return (int(self.resize.height), int(self.resize.width)) if self.resize is not None else (height, width)
+    def resize(self, policy: int) -> pb.ResizeParameter | None:
+        """Resize policy ``policy`` (None without ``resize_param``)."""
+        return self.policies[policy] if self.policies else None
+
+    def resized(self, height: int, width: int, policy: int = 0) -> tuple[int, int]:
+        resize = self.resize(policy)
+        return (int(resize.height), int(resize.width)) if resize is not None else (height, width)
 
     def cropped(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
         return (channels, *self.window) if self.window[0] else (channels, height, width)
 
-    def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
-        return self.cropped(channels, *self.resized(height, width))
+    def output_shape(self, channels: int, height: int, width: int, policy: int = 0) -> tuple[int, int, int]:
+        return self.cropped(channels, *self.resized(height, width, policy))
+
+    def batch_shape(self, channels: int, height: int, width: int, draws: list[tuple]) -> tuple[int, int, int]:
+        return self.output_shape(channels, height, width, draws[0][4] if draws else 0)
 
     def offsets(self, height: int, width: int, draw: tuple[float, float, bool]) -> tuple[int, int]:
         """The final crop's (top, left): uniform in TRAIN, centred in TEST (crop_size, or crop_h x crop_w)."""
@@ -268,13 +288,16 @@ class AnnotatedTransformer(DataTransformer):
         return (height - ch) // 2, (width - cw) // 2
 
     def check_item(self, channels: int, height: int, width: int, name: str = "") -> None:
-        super().check_item(channels, *self.resized(height, width), name)
-        self._check_size((*self.resized(height, width), channels), self.output_shape(channels, height, width), name)
-        if self.resize is not None and len(self.resize.pad_value) not in (0, 1, channels):
-            raise DataError(
-                f"{self.where}: resize_param: specify either 1 pad_value or as many as channels ({channels}), "
-                f"got {len(self.resize.pad_value)}"
-            )
+        for policy in range(max(1, len(self.policies))):
+            size = self.resized(height, width, policy)
+            super().check_item(channels, *size, name)
+            self._check_size((*size, channels), self.output_shape(channels, height, width, policy), name)
+        for resize in self.policies:
+            if len(resize.pad_value) not in (0, 1, channels):
+                raise DataError(
+                    f"{self.where}: resize_param: specify either 1 pad_value or as many as channels ({channels}), "
+                    f"got {len(resize.pad_value)}"
+                )
 
     # ------------------------------------------------------------------ draws
     @property
@@ -282,11 +305,23 @@ class AnnotatedTransformer(DataTransformer):
         """TRAIN: the crop's two fractions, the mirror coin and the item's seed; TEST: nothing random."""
         return 4 if self.train else 0
 
-    def draw(self, rng: np.random.Generator) -> tuple[float, float, bool, int]:
+    def draw(self, rng: np.random.Generator) -> tuple[float, float, bool, int, int]:
+        """The crop's fractions, the mirror coin, the item's seed; then the batch's resize policy (0 here, set by
+        :meth:`batch_draws`)."""
         if not self.train:
-            return 0.0, 0.0, False, 0
+            return 0.0, 0.0, False, 0, 0
         u_h, u_w, u_flip, u_seed = self.shard.draws(rng, 1, 4)[0]
-        return float(u_h), float(u_w), self.mirror and bool(u_flip < 0.5), int(u_seed * 2**53)
+        return float(u_h), float(u_w), self.mirror and bool(u_flip < 0.5), int(u_seed * 2**53), 0
+
+    def batch_draws(self, draws: list[tuple], seed: int, number: int) -> list[tuple]:
+        """MobileNet-YOLO's multi-scale training: each run of 10 batches (from the first) takes one resize policy,
+        drawn with the policies' ``prob`` (a generator seeded by the layer's seed and the run's number, so a
+        resumed or sharded run draws the same)."""
+        if self.chances is None:
+            return draws
+        u = np.random.default_rng((seed, number // 10)).uniform(0.0, float(self.chances[-1]))
+        policy = min(int(np.searchsorted(self.chances, u, side="right")), len(self.policies) - 1)
+        return [(*d[:4], policy) for d in draws]
 
     # ------------------------------------------------------------------ one item
     def place_item(self, item: Decoded, out: np.ndarray, draw: tuple, name: str) -> Any:
@@ -297,17 +332,18 @@ class AnnotatedTransformer(DataTransformer):
             raise DataError(f"{self.where}: {name}: the AnnotatedDatum has no annotation type (BBOX) and the layer "
                             "sets no annotated_data_param.anno_type")  # fmt: skip
         table = notes.table
+        resize = self.resize(draw[4])
         rng = np.random.default_rng(draw[3]) if self.train else None
         if rng is not None:
-            image, table = self._augment(image, table, rng, name)
+            image, table = self._augment(image, table, rng, resize, name)
         height, width = image.shape[:2]
-        if self.resize is not None:
-            image = resize_image(image, self.resize, self._interp(rng))
+        if resize is not None:
+            image = resize_image(image, resize, self._interp(resize, rng))
         self._check_size(image.shape, (out.shape[2], *out.shape[:2]), name)
         top, left = self.place(image, HWC, out, draw[:3])
         if not self.boxes:
             return notes.label
-        return self._final_boxes(table, (width, height), image.shape[:2], (top, left), out.shape[:2], draw[2])
+        return self._final_boxes(table, resize, (width, height), image.shape[:2], (top, left), out.shape[:2], draw[2])
 
     def _check_size(self, shape: tuple[int, ...], slot: tuple[int, ...], name: str) -> None:
         """DataError unless an image of ``shape`` (H, W, C), once cropped, fills the batch's ``slot`` (C, H, W)."""
@@ -325,9 +361,14 @@ class AnnotatedTransformer(DataTransformer):
         )
 
     def _augment(
-        self, image: np.ndarray, table: np.ndarray, rng: np.random.Generator, name: str
+        self,
+        image: np.ndarray,
+        table: np.ndarray,
+        rng: np.random.Generator,
+        resize: pb.ResizeParameter | None,
+        name: str,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """TRAIN's distortion, expansion and sampled crop."""
+        """TRAIN's distortion, expansion and sampled (or MobileNet-YOLO's jittered) crop."""
         p = self.param
         if p.HasField("distort_param"):
             if image.shape[2] != 3:
@@ -339,12 +380,16 @@ class AnnotatedTransformer(DataTransformer):
             ratio = rng.uniform(1.0, p.expand_param.max_expand_ratio)
             image, window = expand(image, ratio, self._fill(image.shape[2]), rng)
             table = bbox.crop_table(table, window, self.emit)
+        windows: list[np.ndarray] = []
         if self.samplers:
             windows = bbox.sample_windows(self.samplers, table[:, bbox.COORDS], rng)
-            if windows:
-                window = np.clip(windows[int(rng.integers(len(windows)))], 0.0, 1.0)
-                image = crop_pixels(image, window)
-                table = bbox.crop_table(table, window, self.emit)
+        elif self.jitter:
+            keep_aspect = resize is not None and resize.resize_mode == RP.FIT_LARGE_SIZE_AND_PAD
+            windows = [jitter_window(self.jitter, keep_aspect, rng)]
+        if windows:
+            window = np.clip(windows[int(rng.integers(len(windows)))], 0.0, 1.0)
+            image = crop_pixels(image, window)
+            table = bbox.crop_table(table, window, self.emit)
         return image, table
 
     def _fill(self, channels: int) -> np.ndarray:
@@ -353,8 +398,9 @@ class AnnotatedTransformer(DataTransformer):
             return np.zeros(channels, dtype=np.uint8)
         return _saturate(np.broadcast_to(self.mean_values, (channels,)))
 
-    def _interp(self, rng: np.random.Generator | None) -> int:
-        modes = list(self.resize.interp_mode) if self.resize is not None else []
+    @staticmethod
+    def _interp(resize: pb.ResizeParameter, rng: np.random.Generator | None) -> int:
+        modes = list(resize.interp_mode)
         if not modes:
             return cv2.INTER_LINEAR
         return _INTERP[modes[int(rng.integers(len(modes)))] if rng is not None else modes[0]]
@@ -362,6 +408,7 @@ class AnnotatedTransformer(DataTransformer):
     def _final_boxes(
         self,
         table: np.ndarray,
+        resize: pb.ResizeParameter | None,
         before: tuple[int, int],
         size: tuple[int, int],
         offsets: tuple[int, int],
@@ -371,8 +418,8 @@ class AnnotatedTransformer(DataTransformer):
         """The boxes after the resize (image ``before`` = (width, height)), the crop of ``crop`` = (h, w) at
         ``offsets`` = (top, left) of the ``size`` = (h, w) image, and the mirror."""
         table = table.copy()
-        if self.resize is not None:
-            table[:, bbox.COORDS] = bbox.resize_boxes(table[:, bbox.COORDS], self.resize, *before)
+        if resize is not None:
+            table[:, bbox.COORDS] = bbox.resize_boxes(table[:, bbox.COORDS], resize, *before)
         (h, w), (top, left) = size, offsets
         window = np.array([left / w, top / h, (left + crop[1]) / w, (top + crop[0]) / h])
         table = bbox.crop_table(table, window, self.emit)
@@ -383,9 +430,12 @@ class AnnotatedTransformer(DataTransformer):
         return [None] * n
 
     def labels_tensor(self, labels: Any) -> torch.Tensor:
-        """The fork's label top: (1, 1, boxes, 8) rows ``[item, class, instance, x0, y0, x1, y1, difficult]``."""
+        """The fork's label top: (1, 1, boxes, 8) rows ``[item, class, instance, x0, y0, x1, y1, difficult]``, or
+        MobileNet-YOLO's (N, 1, 300, 5) (``yolo_data_type: 1``)."""
         if not self.boxes:
             return torch.tensor(labels, dtype=torch.float32)
+        if self.yolo:
+            return torch.from_numpy(yolo_label_rows(labels, self.difficult, self.where))
         return torch.from_numpy(label_rows(labels))
 
 
@@ -398,9 +448,49 @@ def label_rows(tables: list[np.ndarray]) -> np.ndarray:
     return out.astype(np.float32).reshape(1, 1, len(out), 8)
 
 
+YOLO_BOXES = 300  # MobileNet-YOLO's label rows per image
+
+
+def yolo_label_rows(tables: list[np.ndarray], difficult: bool, where: str) -> np.ndarray:
+    """A batch's annotation tables as MobileNet-YOLO's (N, 1, 300, 5) label blob: per image, rows ``[class - 1,
+    x centre, y centre, width, height]`` then zeros (``difficult``: keep difficult boxes). The port writes past
+    its 300 rows; here the first 300 are kept, with a warning."""
+    out = np.zeros((len(tables), 1, YOLO_BOXES, 5), dtype=np.float32)
+    for i, table in enumerate(tables):
+        if not difficult:
+            table = table[table[:, 6] == 0]
+        if len(table) > YOLO_BOXES:
+            log.warning("%s: an image has %d boxes, the YOLO labels keep the first %d", where, len(table), YOLO_BOXES)
+            table = table[:YOLO_BOXES]
+        x0, y0, x1, y1 = (table[:, k] for k in range(2, 6))
+        rows = np.column_stack([table[:, 0] - 1, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
+        out[i, 0, : len(rows)] = rows
+    return out
+
+
+def yolo_jitter(anno: pb.AnnotatedDataParameter) -> float:
+    """MobileNet-YOLO's random crop fraction, used when there is no batch_sampler: its ``yolo_data_jitter`` (the
+    port's default 0.3 applies to YOLO layers, ``yolo_data_type: 1``; an SSD file without the field has none)."""
+    return float(anno.yolo_data_jitter) if anno.HasField("yolo_data_jitter") or anno.yolo_data_type == 1 else 0.0
+
+
+def jitter_window(jitter: float, keep_aspect: bool, rng: np.random.Generator) -> np.ndarray:
+    """The port's jittered crop: none (the whole image) one time in five, else a window whose sides are uniform
+    in [1 - j, 1) of the image's (j = ``jitter`` / 2 one time in five, ``jitter`` otherwise; one draw for both
+    sides with ``keep_aspect``), at a uniform position."""
+    change = int(np.searchsorted([0.2, 0.4, 1.0], rng.uniform(0.0, 1.0), side="right"))
+    if change == 0:
+        return np.array([0.0, 0.0, 1.0, 1.0])
+    j = jitter / 2 if change == 1 else jitter
+    w = rng.uniform(1.0 - j, 1.0)
+    h = w if keep_aspect else rng.uniform(1.0 - j, 1.0)
+    x, y = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+    return np.array([x, y, x + w, y + h])
+
+
 def check_transformation(param: pb.TransformationParameter, anno: pb.AnnotatedDataParameter, where: str) -> None:
     """DataError naming the option for what the layer does not do or the fork refuses."""
-    problem = _transformation_problem(param) or _sampler_problem(anno, where)
+    problem = _transformation_problem(param) or _sampler_problem(anno, where) or _yolo_problem(anno)
     if problem:
         raise DataError(f"{where}: {problem}")
 
@@ -410,12 +500,16 @@ def _transformation_problem(p: pb.TransformationParameter) -> str | None:
         return "transform_param.noise_param (prob > 0) is not supported: remove it or set prob: 0"
     if not p.crop_size and bool(p.crop_h) != bool(p.crop_w):
         return "transform_param: set crop_h and crop_w together (or crop_size)"
-    if p.HasField("resize_param"):
-        r = p.resize_param
+    for r in p.resize_param:
         if r.resize_mode == RP.FIT_SMALL_SIZE:
             return "resize_param.resize_mode FIT_SMALL_SIZE is not supported (use WARP or FIT_LARGE_SIZE_AND_PAD)"
         if r.height <= 0 or r.width <= 0:
             return f"resize_param.height and width must be positive, got {r.height} x {r.width}"
+    if len(p.resize_param) > 1:  # MobileNet-YOLO's rule for several policies
+        chances = [r.prob for r in p.resize_param]
+        if not all(0.0 <= c <= 1.0 for c in chances) or abs(sum(chances) - 1.0) > 0.01:
+            found = ", ".join(f"{c:g}" for c in chances)
+            return f"resize_param: several policies need each prob in [0, 1], summing to 1; got {found}"
     if p.HasField("expand_param"):
         if p.expand_param.max_expand_ratio <= 1.0:
             return f"expand_param.max_expand_ratio must be > 1, got {p.expand_param.max_expand_ratio}"
@@ -427,6 +521,17 @@ def _transformation_problem(p: pb.TransformationParameter) -> str | None:
             return "distort_param: brightness_delta, hue_delta, contrast_lower and saturation_lower must be >= 0"
         if d.contrast_upper < d.contrast_lower or d.saturation_upper < d.saturation_lower:
             return "distort_param: contrast_upper / saturation_upper must be >= their lower bounds"
+    return None
+
+
+def _yolo_problem(anno: pb.AnnotatedDataParameter) -> str | None:
+    if anno.yolo_data_type not in (0, 1):
+        found = anno.yolo_data_type
+        return f"annotated_data_param.yolo_data_type must be 0 (SSD labels) or 1 (YOLO labels), got {found}"
+    if not 0.0 <= yolo_jitter(anno) < 1.0:
+        return f"annotated_data_param.yolo_data_jitter must be in [0, 1), got {anno.yolo_data_jitter}"
+    if anno.difficult_label_warmup:
+        return "annotated_data_param.difficult_label_warmup is not supported (it reads the solver's iteration)"
     return None
 
 
@@ -463,6 +568,8 @@ class AnnotatedDataLayer(DataLayer):
         assert isinstance(self.transformer, AnnotatedTransformer)
         self.transformer.boxes = first.HasField("type") or p.HasField("anno_type")
         self._label_shape = (1, 1, max(len(annotation_table(first)), 1), 8) if self.transformer.boxes else None
+        if self.transformer.boxes and self.transformer.yolo:
+            self._label_shape = (self._data_shape[0], 1, YOLO_BOXES, 5)
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         labels = self._label_shape or (self._data_shape[0],)

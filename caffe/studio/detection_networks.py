@@ -82,10 +82,10 @@ def _input_shape(net: pb.NetParameter, sources: list[pb.LayerParameter]) -> tupl
         if len(dims) == 4:
             return net.input[0], (int(dims[1]), int(dims[2]), int(dims[3]))
     for layer in sources:
-        resize = layer.transform_param.resize_param
-        if layer.type == "AnnotatedData" and resize.height and resize.width:
+        policies = layer.transform_param.resize_param  # several: a multi-scale YOLO net; the first is taken
+        if layer.type == "AnnotatedData" and policies and policies[0].height and policies[0].width:
             channels = 1 if layer.transform_param.force_gray else 3
-            return layer.top[0], (channels, int(resize.height), int(resize.width))
+            return layer.top[0], (channels, int(policies[0].height), int(policies[0].width))
     raise NetError(
         f"network '{net.name}': cannot tell its input size (give it an Input layer with a 4-D shape, or an "
         "AnnotatedData layer with transform_param.resize_param height and width)"
@@ -290,7 +290,7 @@ def default_train_transform(height: int, width: int, mean: list[float], scale: f
     t.mean_value.extend(mean)
     if scale != 1.0:
         t.scale = scale
-    r = t.resize_param
+    r = t.resize_param.add()
     r.prob, r.resize_mode, r.height, r.width = 1.0, pb.ResizeParameter.WARP, height, width
     r.interp_mode.extend(
         [pb.ResizeParameter.LINEAR, pb.ResizeParameter.AREA, pb.ResizeParameter.NEAREST, pb.ResizeParameter.CUBIC,
@@ -334,7 +334,7 @@ def test_transform(train: pb.TransformationParameter, height: int, width: int) -
         t.force_color = True
     if train.force_gray:
         t.force_gray = True
-    r = t.resize_param
+    r = t.resize_param.add()
     r.prob, r.resize_mode, r.height, r.width = 1.0, pb.ResizeParameter.WARP, height, width
     r.interp_mode.append(pb.ResizeParameter.LINEAR)
     return t
@@ -371,10 +371,11 @@ def train_transform(parts: SsdParts, sources: DataSources) -> pb.TransformationP
         return default_train_transform(h, w, sources.mean, sources.scale)
     t = pb.TransformationParameter()
     t.CopyFrom(parts.train_transform)
-    if not t.HasField("resize_param"):
-        t.resize_param.prob, t.resize_param.resize_mode = 1.0, pb.ResizeParameter.WARP
-        t.resize_param.interp_mode.append(pb.ResizeParameter.LINEAR)
-    t.resize_param.height, t.resize_param.width = h, w
+    if not t.resize_param:
+        r = t.resize_param.add(prob=1.0, resize_mode=pb.ResizeParameter.WARP)
+        r.interp_mode.append(pb.ResizeParameter.LINEAR)
+    if len(t.resize_param) == 1:  # several: the net's multi-scale policies, kept as written
+        t.resize_param[0].height, t.resize_param[0].width = h, w
     return t
 
 

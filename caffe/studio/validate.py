@@ -61,7 +61,8 @@ def _input_for(
     n = batch or layer.data_param.batch_size or 1
     if layer.type == "AnnotatedData":
         resize = layer.transform_param.resize_param
-        shapes = [[n, c, resize.height or h, resize.width or w], [1, 1, 1, 8]]
+        size = (resize[0].height or h, resize[0].width or w) if resize else (h, w)
+        shapes = [[n, c, *size], [1, 1, 1, 8]]
     else:
         crop = layer.transform_param.crop_size
         shapes = [[n, c, crop or h, crop or w], [n]]

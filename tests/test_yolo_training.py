@@ -1,0 +1,417 @@
+"""MobileNet-YOLO's YOLOv3 training (eric612/MobileNet-YOLO): the ``Yolov3`` loss against the port's loops written
+out element by element and a hand computation; its data (``AnnotatedData`` with YOLO labels, several resize
+policies, jittered crops); and the port's own train, test and solver files training here."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fork_nets import FORKS
+from google.protobuf import text_format
+from gradcheck import layer_net
+from test_ssd_fork_training import solve_two_iterations
+
+import caffe
+from caffe.data.annotation import annotated_datum
+from caffe.data.db import item_key, open_db
+from caffe.errors import CaffeError
+from caffe.layers.annotated_data import jitter_window
+from caffe.proto import caffe_pb2 as pb
+from caffe.protoio import read_solver_param
+
+PORT = "MobileNet-YOLO_yolov3_mobilenet_yolov3_lite_"
+BIASES = [6, 8, 10, 14, 16, 12, 30, 20, 24, 36, 40, 30]  # six anchors, input pixels
+
+
+def _sig(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    def overlap(x1: float, w1: float, x2: float, w2: float) -> float:
+        return min(x1 + w1 / 2, x2 + w2 / 2) - max(x1 - w1 / 2, x2 - w2 / 2)
+
+    w, h = overlap(a[0], a[2], b[0], b[2]), overlap(a[1], a[3], b[1], b[3])
+    inter = 0.0 if w < 0 or h < 0 else w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union else 0.0
+
+
+def port_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndarray]:
+    """The port's Forward_cpu and Backward_cpu, loop for loop (flat indices as in its sources): (loss, bottom diff
+    for a top diff of 1)."""
+    n_img, channels, side_h, side_w = x.shape
+    num, classes, scale = p["num"], p["num_class"], p["anchors_scale"]
+    biases, mask = p["biases"], p["mask"]
+    eps, thresh, iou_thresh = p.get("label_smooth_eps", 0.1), p.get("thresh", 0.2), p.get("iou_thresh", 0.5)
+    logic, focal = p.get("use_logic_gradient", False), p.get("use_focal_loss", False)
+    coord, object_scale, class_scale = p.get("coord_scale", 5.0), p.get("object_scale", 1.0), p.get("class_scale", 1.0)
+    inp, lab = x.reshape(-1).astype(np.float64), label.reshape(n_img, -1)
+    rows = lab.shape[1] // 5
+    count1 = channels * side_h * side_w
+    length, stride = 5 + classes, side_w * side_h
+    swap = inp.copy()
+    diff = np.zeros_like(inp)
+
+    def region_box(a: int, index: int, i: int, j: int) -> list[float]:
+        return [
+            (i + swap[index]) / side_w,
+            (j + swap[index + stride]) / side_h,
+            math.exp(swap[index + 2 * stride]) * biases[2 * a] / (side_w * scale),
+            math.exp(swap[index + 3 * stride]) * biases[2 * a + 1] / (side_h * scale),
+        ]
+
+    def delta_box(truth: list[float], a: int, index: int, i: int, j: int, s: float) -> float:
+        pred = region_box(a, index, i, j)
+        iou = _iou(pred, truth)
+        tx, ty = truth[0] * side_w - i, truth[1] * side_h - j
+        tw = math.log(truth[2] * side_w * scale / biases[2 * a])
+        th = math.log(truth[3] * side_h * scale / biases[2 * a + 1])
+        for c, t in enumerate((tx, ty, tw, th)):
+            diff[index + c * stride] = -s * (t - swap[index + c * stride])
+        return iou
+
+    def delta_class(index: int, label_class: int) -> None:
+        def smooth(y: float) -> float:
+            return y * (1 - eps) + 0.5 * eps if eps else y
+
+        if diff[index + stride * label_class]:
+            diff[index + stride * label_class] = -class_scale * (smooth(1.0) - swap[index + stride * label_class])
+            return
+        if focal:
+            pt = swap[index + stride * label_class] + 1e-15
+            grad = -(1 - pt) * (2 * pt * math.log(pt) + pt - 1)
+            for k in range(classes):
+                target = 1.0 if k == label_class else 0.0
+                diff[index + stride * k] = -class_scale * (target - swap[index + k * stride]) * 0.5 * grad
+            return
+        for k in range(classes):
+            diff[index + stride * k] = -class_scale * (
+                smooth(1.0 if k == label_class else 0.0) - swap[index + stride * k]
+            )
+
+    def truth_row(b: int, t: int) -> list[float]:
+        return [float(v) for v in lab[b, t * 5 : t * 5 + 5]]
+
+    for b in range(n_img):
+        for s in range(stride):
+            for n in range(num):
+                index = n * length * stride + s + b * count1
+                for c in range(length):
+                    if c not in (2, 3):
+                        swap[c * stride + index] = _sig(inp[c * stride + index])
+                y2, x2 = s // side_w, s % side_w
+                pred = region_box(mask[n], index, x2, y2)
+                best = 0.0
+                for t in range(rows):
+                    row = truth_row(b, t)
+                    if not row[1]:
+                        break
+                    best = max(best, _iou(pred, row[1:]))
+                diff[index + 4 * stride] = swap[index + 4 * stride]
+                if best > thresh:
+                    diff[index + 4 * stride] = 0
+        for t in range(rows):
+            row = truth_row(b, t)
+            if not row[3]:
+                break
+            truth = row[1:]
+            i, j = int(truth[0] * side_w), int(truth[1] * side_h)
+            pos = j * side_w + i
+            shift = [0.0, 0.0, truth[2], truth[3]]
+            best_n, best_iou = -1, 0.0
+            anchors = [[0.0, 0.0, biases[2 * a] / (side_w * scale), biases[2 * a + 1] / (side_h * scale)]
+                       for a in range(len(biases) // 2)]  # fmt: skip
+            for a, anchor in enumerate(anchors):
+                if _iou(anchor, shift) > best_iou:
+                    best_n, best_iou = a, _iou(anchor, shift)
+            targets = []
+            if best_n in mask:
+                best_n = mask.index(best_n)
+                targets.append(best_n)
+            for a, anchor in enumerate(anchors):
+                if a in mask and a != best_n and iou_thresh < 1 and _iou(anchor, shift) > iou_thresh:
+                    targets.append(mask.index(a))
+            for k in targets:
+                index = k * length * stride + pos + b * count1
+                delta_box(truth, mask[k], index, i, j, coord * (2 - truth[2] * truth[3]))
+                obj = -(1 - swap[index + 4 * stride])
+                diff[index + 4 * stride] = obj * object_scale if logic else obj
+                delta_class(index + 5 * stride, int(row[0]))
+    loss = float((diff**2).sum()) / n_img
+    if logic:
+        for idx in range(len(diff)):
+            if (idx // stride) % length not in (2, 3):
+                diff[idx] *= swap[idx] * (1 - swap[idx])
+    return loss, (diff / n_img).reshape(x.shape)
+
+
+def _yolov3_text(p: dict) -> str:
+    fields = []
+    for key, value in p.items():
+        for v in value if isinstance(value, list) else [value]:
+            fields.append(f"{key}: {str(v).lower() if isinstance(v, bool) else v}")
+    return f'name: "loss" type: "Yolov3" bottom: "x" bottom: "label" top: "loss" yolov3_param {{ {" ".join(fields)} }}'
+
+
+def _labels(boxes: list[list[list[float]]], rows: int = 6) -> np.ndarray:
+    out = np.zeros((len(boxes), 1, rows, 5), dtype=np.float32)
+    for b, image in enumerate(boxes):
+        out[b, 0, : len(image)] = image
+    return out
+
+
+# two images: a box whose best anchor is another head's, two boxes in one cell (the class set twice), a small box
+BOXES = [
+    [[1, 0.30, 0.40, 0.20, 0.25], [2, 0.70, 0.55, 0.50, 0.45], [0, 0.72, 0.58, 0.30, 0.40]],
+    [[2, 0.15, 0.80, 0.10, 0.12], [1, 0.55, 0.35, 0.60, 0.70]],
+]
+HEAD = {"num_class": 3, "num": 3, "anchors_scale": 8, "biases": BIASES, "mask": [3, 4, 5]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "matches"),
+    [
+        ({}, 2),
+        ({"mask": [0, 1, 2], "thresh": 0.3}, 4),
+        ({"use_logic_gradient": True, "object_scale": 5.0, "coord_scale": 1.0}, 2),
+        ({"use_focal_loss": True, "label_smooth_eps": 0.0}, 2),
+        ({"iou_thresh": 0.2, "class_scale": 2.0}, 6),  # boxes 2 and 3 share a cell and anchors
+        ({"iou_thresh": 1.0, "label_smooth_eps": 0.3}, 1),
+    ],
+    ids=["defaults", "small-anchors", "logic-gradient", "focal", "several-anchors", "one-anchor"],
+)
+def test_yolov3_loss_and_gradient_follow_the_ports_loops(extra: dict, matches: int):
+    p = {**HEAD, **extra}
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1.0, (2, 3 * 8, 4, 5))  # H 4, W 5: an input of 32 x 40
+    label = _labels(BOXES)
+    net = layer_net(_yolov3_text(p), {"x": x.shape, "label": label.shape}, phase=caffe.TRAIN)
+    net.blobs["x"].data[...] = x
+    net.blobs["label"].data[...] = label
+    loss = float(net.forward()["loss"])
+    net.backward()
+    want_loss, want_diff = port_loss(x.astype(np.float32), label, p)
+    assert want_loss > 1.0
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
+    np.testing.assert_allclose(net.blobs["x"].diff, want_diff, rtol=1e-4, atol=1e-6)
+    matched = np.abs(want_diff.reshape(2, 3, 8, 4, 5)[:, :, 5:]).sum(axis=2) > 0  # (image, anchor, cell)
+    assert matched.sum() == matches  # (image, anchor, cell) places given a box: the cases each set covers
+
+
+def test_yolov3_one_box_by_hand():
+    """One cell, one anchor of 16 x 16 pixels on a 16-pixel input, all outputs 0 (sigmoids 0.5, the anchor's own
+    size) and a centred box half the input's size: IoU 0.25, below thresh, so the objectness target is 1;
+    c = 2 - 0.25; the size targets log(0.5); the class target 1 - 0.1 / 2."""
+    p = {"num_class": 1, "num": 1, "anchors_scale": 16, "biases": [16, 16], "mask": [0], "coord_scale": 1.0}
+    net = layer_net(_yolov3_text(p), {"x": (1, 6, 1, 1), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
+    net.blobs["x"].data[...] = 0
+    net.blobs["label"].data[...] = _labels([[[0, 0.5, 0.5, 0.5, 0.5]]], rows=2)
+    loss = float(net.forward()["loss"])
+    net.backward()
+    c = 2 - 0.25
+    size = c * math.log(2)  # -c (log 0.5 - 0)
+    assert loss == pytest.approx(2 * size**2 + 0.5**2 + 0.45**2, rel=1e-6)
+    np.testing.assert_allclose(net.blobs["x"].diff.reshape(6), [0, 0, size, size, -0.5, -0.45], rtol=1e-6, atol=1e-7)
+
+
+def test_yolov3_trains_a_head_towards_its_boxes():
+    """SGD through the port's gradient brings a 1x1 convolution head's loss down on a fixed batch."""
+    head = {**HEAD, "thresh": 0.6}
+    text = f"""
+    force_backward: true
+    layer {{ name: "in" type: "Input" top: "data" top: "label"
+      input_param {{ shape {{ dim: 2 dim: 4 dim: 4 dim: 5 }} shape {{ dim: 2 dim: 1 dim: 6 dim: 5 }} }} }}
+    layer {{ name: "head" type: "Convolution" bottom: "data" top: "x"
+      convolution_param {{ num_output: 24 kernel_size: 1 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
+    layer {{ {_yolov3_text(head)} }}
+    """
+    rng = np.random.default_rng(0)
+    data, label = rng.normal(0, 1, (2, 4, 4, 5)), _labels(BOXES)
+    solver = pb.SolverParameter(base_lr=0.05, lr_policy="fixed", momentum=0.9, max_iter=60, display=0)
+    solver.net_param.CopyFrom(text_format.Parse(text, pb.NetParameter()))
+    solver.solver_mode, solver.random_seed = pb.SolverParameter.CPU, 1
+    s = caffe.SGDSolver(solver)
+    losses = []
+    for _ in range(60):
+        s.net.blobs["data"].data[...] = data
+        s.net.blobs["label"].data[...] = label
+        s.step(1)
+        losses.append(float(s.net.blobs["loss"].data))
+    assert losses[-1] < 0.2 * losses[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"iou_loss": "GIOU"}, "iou_loss GIOU is not supported"),
+        ({"mask": [3, 4, 9]}, "names an anchor beyond the 6"),
+        ({"mask": [3, 4]}, r"mask must list num \(3\) anchors"),
+        ({"biases": BIASES[:-1]}, "pairs"),
+    ],
+)
+def test_yolov3_refuses_what_it_cannot_do(extra: dict, match: str):
+    with pytest.raises(CaffeError, match=match):
+        layer_net(_yolov3_text({**HEAD, **extra}), {"x": (1, 24, 2, 2), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
+
+
+def test_yolov3_names_bad_shapes_and_labels():
+    with pytest.raises(CaffeError, match=r"N x 24 x H x W"):
+        layer_net(_yolov3_text(HEAD), {"x": (1, 20, 2, 2), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
+    net = layer_net(_yolov3_text(HEAD), {"x": (1, 24, 2, 2), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
+    net.blobs["label"].data[...] = _labels([[[7, 0.5, 0.5, 0.2, 0.2]]], rows=2)
+    with pytest.raises(CaffeError, match=r"layer 'loss'.*image 0: class 7 .* outside \[0, 3\)"):
+        net.forward()
+    net.blobs["label"].data[...] = _labels([[[1, 0.5, np.inf, 0.2, 0.2]]], rows=2)
+    with pytest.raises(CaffeError, match="not finite"):
+        net.forward()
+
+
+# ---------------------------------------------------------------------------- data
+def _boxes_lmdb(path: Path, images: list[tuple[np.ndarray, list[tuple]]]) -> None:
+    with open_db(path, "lmdb", "new") as db:
+        txn = db.transaction()
+        for i, (image, boxes) in enumerate(images):
+            txn.put(item_key(i, f"img{i}.png"), annotated_datum(image, boxes, encoding="png").SerializeToString())
+        txn.commit()
+
+
+def _data_net(source: Path, annotated: str, transform: str, phase: str = "TEST", batch: int = 2) -> str:
+    return f"""
+    layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label" include {{ phase: {phase} }}
+      transform_param {{ {transform} }}
+      data_param {{ source: "{source}" batch_size: {batch} backend: LMDB }}
+      annotated_data_param {{ {annotated} }} }}
+    """
+
+
+def _net(tmp_path: Path, text: str, phase: int = caffe.TEST) -> caffe.Net:
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    return caffe.Net(str(path), phase)
+
+
+def test_yolo_labels_are_centre_size_rows_of_300(tmp_path: Path):
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    _boxes_lmdb(
+        tmp_path / "db",
+        [(image, [(3, 0.1, 0.2, 0.5, 0.6), (1, 0.5, 0.5, 0.9, 1.0, True)]), (image, [(20, 0.0, 0.0, 1.0, 0.5)])],
+    )
+    resize = "resize_param { height: 32 width: 32 }"
+    net = _net(tmp_path, _data_net(tmp_path / "db", "yolo_data_type: 1", resize))
+    net.forward()
+    label = net.blobs["label"].data
+    assert label.shape == (2, 1, 300, 5) and net.blobs["data"].shape == (2, 3, 32, 32)
+    np.testing.assert_allclose(label[0, 0, :2], [[2, 0.3, 0.4, 0.4, 0.4], [0, 0.7, 0.75, 0.4, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(label[1, 0, :1], [[19, 0.5, 0.25, 1.0, 0.5]], atol=1e-6)
+    assert not label[0, 0, 2:].any() and not label[1, 0, 1:].any()
+    net = _net(tmp_path, _data_net(tmp_path / "db", "yolo_data_type: 1 train_diffcult: false", resize))
+    net.forward()
+    assert net.blobs["label"].data[0, 0, 0, 0] == 2 and not net.blobs["label"].data[0, 0, 1:].any()  # difficult out
+
+
+def test_several_resize_policies_change_the_size_every_ten_batches(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    _boxes_lmdb(tmp_path / "db", [(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), [(1, 0.2, 0.2, 0.6, 0.7)])])
+    sizes = {24: 0.5, 32: 0.25, 40: 0.25}
+    policies = " ".join(f"resize_param {{ prob: {p} height: {s} width: {s} }}" for s, p in sizes.items())
+    text = _data_net(tmp_path / "db", "yolo_data_type: 1", policies, phase="TRAIN", batch=1)
+
+    def shapes(seed: int) -> list[int]:
+        caffe.set_random_seed(seed)
+        net = _net(tmp_path, text, caffe.TRAIN)
+        out = []
+        for _ in range(60):
+            net.forward()
+            out.append(net.blobs["data"].shape[2])
+            assert net.blobs["data"].shape[2:] == (out[-1], out[-1])
+        return out
+
+    seen = shapes(5)
+    runs = [seen[k : k + 10] for k in range(0, 60, 10)]
+    assert all(len(set(run)) == 1 for run in runs) and set(seen) <= set(sizes)
+    assert len({run[0] for run in runs}) > 1  # six draws from three sizes: not all the same (for this seed)
+    assert shapes(5) == seen  # seeded: the same sizes again
+
+
+def test_jittered_crops_are_the_ports():
+    rng = np.random.default_rng(1)
+    windows = np.array([jitter_window(0.3, False, rng) for _ in range(4000)])
+    sides = windows[:, 2:] - windows[:, :2]
+    assert (windows >= 0).all() and (windows <= 1 + 1e-12).all() and (sides >= 0.7 - 1e-12).all()
+    whole = (sides == 1).all(axis=1)
+    assert abs(whole.mean() - 0.2) < 0.03  # one time in five the whole image
+    half = (sides[~whole] >= 0.85).all(axis=1).mean()  # jitter / 2 one time in five: sides >= 0.85
+    assert 0.25 + 0.75 * 0.25 - 0.05 < half < 0.25 + 0.75 * 0.25 + 0.05
+    square = np.array([jitter_window(0.3, True, rng) for _ in range(200)])
+    np.testing.assert_allclose(square[:, 2] - square[:, 0], square[:, 3] - square[:, 1])
+
+
+def test_jitter_crops_train_images_and_moves_their_boxes(tmp_path: Path):
+    """A box filling the image: after the port's jittered crop (no batch_sampler) it still fills the crop, and the
+    crops differ from item to item; an SSD file without the YOLO fields is not jittered."""
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    cv2.rectangle(image, (16, 16), (47, 47), (0, 0, 255), -1)
+    _boxes_lmdb(tmp_path / "db", [(image, [(1, 0.25, 0.25, 0.75, 0.75)])])
+    resize = "resize_param { height: 64 width: 64 }"
+    caffe.set_random_seed(2)
+    text = _data_net(tmp_path / "db", "yolo_data_type: 1 yolo_data_jitter: 0.5", resize, phase="TRAIN", batch=1)
+    net = _net(tmp_path, text, caffe.TRAIN)
+    rows = []
+    for _ in range(12):
+        net.forward()
+        rows.append(net.blobs["label"].data[0, 0, 0].copy())
+        red = net.blobs["data"].data[0, 0] < 100  # the rectangle: no blue, the background 200
+        x, y, w, h = rows[-1][1:]
+        ys, xs = np.nonzero(red)
+        np.testing.assert_allclose([xs.min() / 64, xs.max() / 64], [x - w / 2, x + w / 2], atol=0.05)
+        np.testing.assert_allclose([ys.min() / 64, ys.max() / 64], [y - h / 2, y + h / 2], atol=0.05)
+    assert len({tuple(np.round(r, 4)) for r in rows}) > 3
+    ssd = _data_net(tmp_path / "db", "", resize, phase="TRAIN", batch=1)
+    net = _net(tmp_path, ssd, caffe.TRAIN)
+    for _ in range(5):
+        net.forward()
+        np.testing.assert_allclose(net.blobs["label"].data[0, 0, 0, 3:7], [0.25, 0.25, 0.75, 0.75], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("annotated", "transform", "match"),
+    [
+        ("yolo_data_type: 2", "", "yolo_data_type must be 0"),
+        ("yolo_data_jitter: 1.0", "", r"yolo_data_jitter must be in \[0, 1\)"),
+        ("yolo_data_type: 1 difficult_label_warmup: true", "", "difficult_label_warmup is not supported"),
+        ("", "resize_param { prob: 0.5 height: 8 width: 8 } resize_param { prob: 0.2 height: 9 width: 9 }",
+         "summing to 1; got 0.5, 0.2"),
+    ],
+)  # fmt: skip
+def test_yolo_data_refusals_name_the_option(tmp_path: Path, annotated: str, transform: str, match: str):
+    _boxes_lmdb(tmp_path / "db", [(np.zeros((8, 8, 3), dtype=np.uint8), [(1, 0.2, 0.2, 0.6, 0.7)])])
+    with pytest.raises(CaffeError, match=match):
+        _net(tmp_path, _data_net(tmp_path / "db", annotated, transform))
+
+
+# ---------------------------------------------------------------------------- the port's files
+def test_mobilenet_yolov3_lite_trains_and_tests_with_its_own_files(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The port's VOC train net (ten resize policies, 320 to 608; distortion, expansion, samplers; two Yolov3
+    heads), test net (Yolov3DetectionOutput, DetectionEvaluate) and RMSProp solver, as a user edits them: database
+    paths, batch sizes, iteration counts, and iter_size 9 set to 1."""
+    solver = read_solver_param(FORKS / f"{PORT}solver.prototxt")
+    assert (solver.type, solver.iter_size, solver.eval_type) == ("RMSProp", 9, "detection")
+    solver.iter_size, solver.display = 1, 1
+    nets = (FORKS / f"{PORT}train.prototxt", FORKS / f"{PORT}test.prototxt")
+    s, lines = solve_two_iterations(solver, nets, tmp_path, caplog)
+    losses = [float(line.rsplit("= ", 1)[1].split()[0]) for line in lines if "Train net output" in line]
+    assert len(losses) == 4 and all(math.isfinite(v) and v > 0 for v in losses)  # det_loss1 and 2, twice
+    evaluation = [line for line in lines if "Test net output #0: detection_eval = " in line]
+    assert len(evaluation) == 1 and 0.0 <= float(evaluation[0].rsplit("= ", 1)[1]) <= 1.0
+    data, label = s.net.blobs["data"].data, s.net.blobs["label"].data
+    assert data.shape[0] == 2 and data.shape[2] == data.shape[3] and data.shape[2] in range(320, 609, 32)
+    assert label.shape == (2, 1, 300, 5)
+    real = label[label[..., 3] > 0]
+    assert len(real) >= 2 and set(real[:, 0]) <= set(range(20)) and (real[:, 1:] <= 1.0 + 1e-6).all()
+    conv19 = s.net.blobs["conv19"].data
+    assert conv19.shape[1:] == (75, data.shape[2] // 32, data.shape[3] // 32)
