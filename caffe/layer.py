@@ -65,7 +65,6 @@ _CTC = "OCR forks with CTC, e.g. senlinuc/caffe_ocr"
 
 #: Layer types of Caffe's forks that neocaffe does not implement, and who defines them (named in the error).
 FORK_TYPES: dict[str, str] = {
-    "RegionLoss": "the YOLOv2 Caffe ports' training loss, eric612/MobileNet-YOLO",
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",
     "ROIAlign": "Mask R-CNN Caffe ports, after Caffe2/Detectron's RoIAlign",
     "CTCLoss": _CTC,

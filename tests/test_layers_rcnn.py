@@ -484,7 +484,6 @@ def test_training_modules_of_py_faster_rcnn_are_named():
     [
         ("Region", "darknet's region layer"),
         ("LabelSpecificAdd", "AMSoftmax"),
-        ("RegionLoss", "YOLOv2 Caffe ports' training loss"),
         ("CTCGreedyDecoder", "CTC"),
         ("ROIAlign", "Mask R-CNN"),
         ("CTCLoss", "CTC"),

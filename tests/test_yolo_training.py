@@ -271,6 +271,140 @@ def test_yolov3_names_bad_shapes_and_labels():
         net.forward()
 
 
+# ---------------------------------------------------------------------------- RegionLoss (YOLOv2)
+def port_region_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndarray]:
+    """The port's RegionLoss Forward_cpu and Backward_cpu, loop for loop: (loss, bottom diff for a top diff of 1)."""
+    n_img, channels, side, _ = x.shape
+    num, classes, biases = p["num"], p["num_class"], p["biases"]
+    thresh, rescore, bias_match = p.get("thresh", 0.2), p.get("rescore", 1), p.get("bias_match", 1)
+    coord, object_scale = p.get("coord_scale", 5.0), p.get("object_scale", 1.0)
+    noobject_scale, class_scale = p.get("noobject_scale", 0.5), p.get("class_scale", 1.0)
+    inp, lab = x.reshape(-1).astype(np.float64), label.reshape(n_img, -1)
+    rows, count1 = lab.shape[1] // 5, channels * side * side
+    length, stride = 5 + classes, side * side
+    swap, diff = inp.copy(), np.zeros_like(inp)
+
+    def region_box(a: int, index: int, i: int, j: int) -> list[float]:
+        return [
+            (i + _sig(swap[index])) / side,
+            (j + _sig(swap[index + stride])) / side,
+            math.exp(swap[index + 2 * stride]) * biases[2 * a] / side,
+            math.exp(swap[index + 3 * stride]) * biases[2 * a + 1] / side,
+        ]
+
+    for b in range(n_img):
+        for s in range(stride):
+            for n in range(num):
+                index = n * length * stride + s + b * count1
+                swap[index + 4 * stride] = _sig(inp[index + 4 * stride])
+                logits = [swap[index + (5 + k) * stride] for k in range(classes)]
+                top = max(logits)
+                exps = [math.exp(v - top) for v in logits]
+                for k in range(classes):
+                    swap[index + (5 + k) * stride] = exps[k] / sum(exps)
+                pred = region_box(n, index, s % side, s // side)
+                best = 0.0
+                for t in range(rows):
+                    row = [float(v) for v in lab[b, t * 5 : t * 5 + 5]]
+                    if not row[1]:
+                        break
+                    best = max(best, _iou(pred, row[1:]))
+                so = swap[index + 4 * stride]
+                diff[index + 4 * stride] = -noobject_scale * (0 - so) * so * (1 - so)
+                if best > thresh:
+                    diff[index + 4 * stride] = 0
+        for t in range(rows):
+            row = [float(v) for v in lab[b, t * 5 : t * 5 + 5]]
+            if not row[3]:
+                break
+            truth = row[1:]
+            i, j = int(truth[0] * side), int(truth[1] * side)
+            pos = j * side + i
+            best_iou, best_index, best_n = 0.0, 0, 0
+            for n in range(num):
+                index2 = n * length * stride + pos + b * count1
+                pred = region_box(n, index2, i, j)
+                if bias_match:
+                    pred[2], pred[3] = biases[2 * n] / side, biases[2 * n + 1] / side
+                pred[0] = pred[1] = 0.0
+                iou = _iou(pred, [0.0, 0.0, truth[2], truth[3]])
+                if iou > best_iou:
+                    best_index, best_iou, best_n = index2, iou, n
+            scale = coord if rescore else coord * (2 - truth[2] * truth[3])
+            pred = region_box(best_n, best_index, i, j)
+            iou = _iou(pred, truth)
+            targets = (truth[0] * side - i, truth[1] * side - j, math.log(truth[2] * side / biases[2 * best_n]),
+                       math.log(truth[3] * side / biases[2 * best_n + 1]))  # fmt: skip
+            for c in (0, 1):
+                sc = _sig(swap[best_index + c * stride])
+                diff[best_index + c * stride] = -scale * (targets[c] - sc) * sc * (1 - sc)
+            for c in (2, 3):
+                diff[best_index + c * stride] = -scale * (targets[c] - swap[best_index + c * stride])
+            so = swap[best_index + 4 * stride]
+            diff[best_index + 4 * stride] = -object_scale * ((iou if rescore else 1.0) - so) * so * (1 - so)
+            for k in range(classes):
+                target = 1.0 if k == int(row[0]) else 0.0
+                diff[best_index + (5 + k) * stride] = -class_scale * (target - swap[best_index + (5 + k) * stride])
+    return float((diff**2).sum()) / n_img, (diff / n_img).reshape(x.shape)
+
+
+def _region_text(p: dict) -> str:
+    return _yolov3_text(p).replace('"Yolov3"', '"RegionLoss"').replace("yolov3_param", "region_loss_param")
+
+
+REGION = {"num_class": 3, "num": 3, "biases": [0.8, 1.0, 1.6, 2.4, 3.0, 2.0], "thresh": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("extra", "places"),
+    [
+        ({}, 5),
+        ({"rescore": 0, "object_scale": 5.0}, 5),
+        ({"bias_match": 0, "coord_scale": 1.0, "noobject_scale": 1.0}, 4),  # boxes 2 and 3: one cell, one anchor
+    ],
+    ids=["rescore", "no-rescore", "predicted-shapes"],
+)
+def test_region_loss_and_gradient_follow_the_ports_loops(extra: dict, places: int):
+    p = {**REGION, **extra}
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1.0, (2, 3 * 8, 5, 5))
+    label = _labels(BOXES)
+    net = layer_net(_region_text(p), {"x": x.shape, "label": label.shape}, phase=caffe.TRAIN)
+    net.blobs["x"].data[...] = x
+    net.blobs["label"].data[...] = label
+    loss = float(net.forward()["loss"])
+    net.backward()
+    want_loss, want_diff = port_region_loss(x.astype(np.float32), label, p)
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
+    np.testing.assert_allclose(net.blobs["x"].diff, want_diff, rtol=1e-4, atol=1e-6)
+    matched = np.abs(want_diff.reshape(2, 3, 8, 5, 5)[:, :, 5:]).sum(axis=2) > 0
+    assert matched.sum() == places  # (image, anchor, cell) places given a box
+
+
+def test_region_loss_one_box_by_hand():
+    """One cell, one anchor of one cell, two classes, all outputs 0 (sigmoids and probabilities 0.5) and a centred
+    box half the map: IoU 0.25 (below thresh 0.6); rescore: the objectness target is the IoU, c = coord_scale;
+    the size targets log(0.5)."""
+    p = {"num_class": 2, "num": 1, "biases": [1, 1], "thresh": 0.6, "coord_scale": 1.0, "object_scale": 5.0}
+    net = layer_net(_region_text(p), {"x": (1, 7, 1, 1), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
+    net.blobs["x"].data[...] = 0
+    net.blobs["label"].data[...] = _labels([[[0, 0.5, 0.5, 0.5, 0.5]]], rows=2)
+    loss = float(net.forward()["loss"])
+    net.backward()
+    size, obj = math.log(2), -5.0 * (0.25 - 0.5) * 0.25
+    assert loss == pytest.approx(2 * size**2 + obj**2 + 0.5**2 + 0.5**2, rel=1e-6)
+    np.testing.assert_allclose(net.blobs["x"].diff.reshape(7), [0, 0, size, size, obj, -0.5, 0.5], rtol=1e-6, atol=1e-7)
+
+
+def test_region_loss_refusals():
+    with pytest.raises(CaffeError, match="coords must be 4"):
+        layer_net(_region_text({**REGION, "coords": 5}), {"x": (1, 24, 2, 2), "label": (1, 1, 2, 5)}, caffe.TRAIN)
+    with pytest.raises(CaffeError, match=r"num \(5\) anchor pairs"):
+        layer_net(_region_text({**REGION, "num": 5}), {"x": (1, 40, 2, 2), "label": (1, 1, 2, 5)}, caffe.TRAIN)
+    with pytest.raises(CaffeError, match="must be square"):
+        layer_net(_region_text(REGION), {"x": (1, 24, 2, 3), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
+
+
 # ---------------------------------------------------------------------------- data
 def _boxes_lmdb(path: Path, images: list[tuple[np.ndarray, list[tuple]]]) -> None:
     with open_db(path, "lmdb", "new") as db:
@@ -415,3 +549,18 @@ def test_mobilenet_yolov3_lite_trains_and_tests_with_its_own_files(tmp_path: Pat
     assert len(real) >= 2 and set(real[:, 0]) <= set(range(20)) and (real[:, 1:] <= 1.0 + 1e-6).all()
     conv19 = s.net.blobs["conv19"].data
     assert conv19.shape[1:] == (75, data.shape[2] // 32, data.shape[3] // 32)
+
+
+def test_mobilenet_yolov2_lite_trains_and_tests_with_its_own_files(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The port's YOLOv2 lite VOC files: ten resize policies, RegionLoss; the test net's YoloDetectionOutput and
+    DetectionEvaluate; the RMSProp solver with iter_size 8 set to 1."""
+    solver = read_solver_param(FORKS / "MobileNet-YOLO_yolov2_mobilenet_yolo_lite_solver.prototxt")
+    assert (solver.type, solver.iter_size) == ("RMSProp", 8)
+    solver.iter_size, solver.display = 1, 1
+    nets = tuple(FORKS / f"MobileNet-YOLO_yolov2_mobilenet_yolo_lite_{n}.prototxt" for n in ("train", "test"))
+    s, lines = solve_two_iterations(solver, nets, tmp_path, caplog)
+    losses = [float(line.rsplit("= ", 1)[1].split()[0]) for line in lines if "Train net output" in line]
+    assert len(losses) == 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    evaluation = [line for line in lines if "Test net output #0: detection_eval = " in line]
+    assert len(evaluation) == 1 and 0.0 <= float(evaluation[0].rsplit("= ", 1)[1]) <= 1.0
+    assert s.net.blobs["label"].data.shape == (2, 1, 300, 5)

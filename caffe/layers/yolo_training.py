@@ -1,5 +1,8 @@
-"""MobileNet-YOLO's YOLOv3 training loss, ``Yolov3`` (eric612/MobileNet-YOLO, ``yolov3_param``, its field 603), with
-the port's rules, read from its sources.
+"""MobileNet-YOLO's training losses (eric612/MobileNet-YOLO), with the port's rules, read from its sources: YOLOv3's
+``Yolov3`` (``yolov3_param``, its field 603) and YOLOv2's ``RegionLoss`` (``region_loss_param``, its 600).
+
+``Yolov3``
+----------
 
 Bottoms: one YOLO head ``N x (num * (5 + num_class)) x H x W`` (per anchor: x, y, w, h, objectness, classes) and the
 labels of ``AnnotatedData`` with ``yolo_data_type: 1``: per image, rows ``[class, x, y, w, h]`` (centre and size
@@ -28,6 +31,26 @@ Every 16 forwards the port's statistics are logged (``noobj``, ``obj``, ``iou``,
 losses are refused by name. Differences, for inputs the port mishandles: a box centre at x or y = 1 goes to the
 last cell (the port indexes past its blob); a class outside ``[0, num_class)`` is an error (the port writes out
 of bounds); the label blob may have any number of rows per image (the port assumes 300).
+
+``RegionLoss``
+--------------
+YOLOv2's loss (darknet's ``region_layer`` rules as the port has them), on one map ``N x (num * (5 + num_class)) x S x
+S`` (the port walks S x S cells: the map must be square) and the same labels. ``biases`` are ``num`` anchors in
+grid cells. Per image:
+
+1. Objectness ``s_obj`` = sigmoid, the classes a softmax. Each cell and anchor's box is ``((i + sigmoid(x)) / S,
+   (j + sigmoid(y)) / S, exp(w) anchor_w / S, exp(h) anchor_h / S)``; its objectness delta is
+   ``noobject_scale s (1 - s) s_obj``, or 0 when its best IoU with a label box is above ``thresh``.
+2. Each label box goes to its centre's cell and the anchor whose shape (``bias_match``; else the predicted size)
+   fits it best: position deltas ``-c (t - sigmoid(x)) sigmoid'(x)``, size ``-c (t - w)`` (``c = coord_scale``
+   with ``rescore``, else ``coord_scale (2 - w h)``), objectness ``-object_scale (t - s) s (1 - s)`` with ``t``
+   the box's IoU (``rescore``) or 1, classes ``-class_scale (y - p_k)``.
+3. Loss ``sum(delta^2) / N``; gradient ``delta / N`` times the top's diff. Statistics logged every 10 forwards.
+
+``coords`` must be 4; ``softmax``, ``jitter``, ``absolute``, ``random``, ``softmax_tree`` and ``class_map`` are
+accepted and, as in the port, not used. Fewer than ``2 num`` biases is an error (the port fills in zero anchors,
+which match nothing). When no anchor overlaps a box (a box of no size) the port writes its deltas at the batch's
+first element; here at the box's cell, anchor 0.
 """
 
 from __future__ import annotations
@@ -35,7 +58,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,7 +73,6 @@ from caffe.proto import caffe_pb2 as pb
 log = logging.getLogger("caffe")
 
 F32 = np.float32
-_LOG_EVERY = 16
 
 
 @dataclass
@@ -67,99 +89,150 @@ class _Scores:
     count: int = 0
     matched: int = 0
 
+    def box(self, iou: float, objectness: float, category: float) -> None:
+        """One matched box's figures."""
+        self.recall += iou > 0.5
+        self.recall75 += iou > 0.75
+        self.iou += iou
+        self.obj += objectness
+        self.cat += category
+        self.count += 1
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
 
 
-class _Head:
-    """The port's forward for one image's head, on float32 arrays (see the module docstring)."""
+def _end(column: np.ndarray) -> int:
+    """Rows before the first 0 of ``column`` (the port's end of the label list)."""
+    zeros = np.flatnonzero(column == 0)
+    return int(zeros[0]) if len(zeros) else len(column)
 
-    def __init__(self, p: pb.Yolov3Parameter, num: int, classes: int) -> None:
+
+def _iou_many(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of each of ``boxes`` (K x 4, centre and size) with ``box``; 0 where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num(center_iou(box, boxes), nan=0.0).astype(F32)
+
+
+def _grid_boxes(xy: np.ndarray, wh: np.ndarray, anchors: np.ndarray, units: tuple[F32, F32]) -> np.ndarray:
+    """(num, H, W, 4) boxes: cell offsets ``xy`` (num, 2, H, W, already squashed), raw sizes ``wh``, ``anchors``
+    (num, 2) divided by ``units`` (width, height)."""
+    _, _, h, w = xy.shape
+    cols, rows = np.meshgrid(np.arange(w, dtype=F32), np.arange(h, dtype=F32))
+    return np.stack(
+        [
+            (cols + xy[:, 0]) / F32(w),
+            (rows + xy[:, 1]) / F32(h),
+            np.exp(wh[:, 0]) * anchors[:, 0, None, None] / units[0],
+            np.exp(wh[:, 1]) * anchors[:, 1, None, None] / units[1],
+        ],
+        axis=-1,
+    ).astype(F32)
+
+
+class _Head:
+    """One image's forward under a port's rules, on float32 arrays: ``run`` fills the deltas."""
+
+    def __init__(self, p: Any, num: int, classes: int) -> None:
         self.p, self.num, self.classes = p, num, classes
         self.biases = np.asarray(p.biases, dtype=F32).reshape(-1, 2)
+
+    def run(self, raw: np.ndarray, truth: np.ndarray, diff: np.ndarray, stats: _Scores) -> None:
+        raise NotImplementedError
+
+    def grad_factor(self, heads: np.ndarray) -> np.ndarray | None:
+        """What the deltas are multiplied by to become the gradient (None: nothing)."""
+        return None
+
+    def objectness(self, boxes: np.ndarray, truth: np.ndarray, s_obj: np.ndarray, stats: _Scores) -> np.ndarray:
+        """Where each box's best IoU with a label box (rows until an x of 0) is above ``thresh``: 0, else
+        ``s_obj``."""
+        best = np.zeros(boxes.shape[:-1], dtype=F32)
+        flat = boxes.reshape(-1, 4)
+        for t in truth[: _end(truth[:, 1]), 1:5]:
+            best = np.maximum(best, _iou_many(flat, t).reshape(best.shape))
+        stats.anyobj += float(s_obj.sum())
+        return np.where(best > F32(self.p.thresh), F32(0), s_obj)
+
+    def boxes(self, truth: np.ndarray) -> list[np.ndarray]:
+        """The label rows of the second pass (until a w of 0), each checked."""
+        rows = truth[: _end(truth[:, 3])]
+        for row in rows:
+            if not np.isfinite(row).all():
+                raise LayerError(f"a label box is not finite: {row.tolist()}")
+            if not 0 <= int(row[0]) < self.classes:
+                raise LayerError(f"class {int(row[0])} of a label box is outside [0, {self.classes}) (num_class)")
+        return list(rows)
+
+    @staticmethod
+    def cell(x: F32, y: F32, h: int, w: int) -> tuple[int, int]:
+        """The (i, j) cell of a centre (truncated, as the port; kept inside the map)."""
+        return min(max(int(x * F32(w)), 0), w - 1), min(max(int(y * F32(h)), 0), h - 1)
+
+    @staticmethod
+    def best_shape(fits: np.ndarray) -> int:
+        """The first anchor of the largest IoU above 0 (-1: none)."""
+        best_n, best_iou = -1, F32(0)
+        for n, iou in enumerate(fits):
+            if iou > best_iou:
+                best_n, best_iou = n, iou
+        return best_n
+
+
+class _Yolov3Head(_Head):
+    """``Yolov3``'s rules (see the module docstring)."""
+
+    def __init__(self, p: pb.Yolov3Parameter, num: int, classes: int) -> None:
+        super().__init__(p, num, classes)
         self.mask = [int(m) for m in p.mask[:num]]
         self.eps = F32(p.label_smooth_eps)
 
     def run(self, raw: np.ndarray, truth: np.ndarray, diff: np.ndarray, stats: _Scores) -> None:
         """Fill ``diff`` (num, 5 + classes, H, W) for one image: ``raw`` the head, ``truth`` its label rows."""
-        p, num = self.p, self.num
         _, _, h, w = raw.shape
-        stride = F32(p.anchors_scale)
+        stride = F32(self.p.anchors_scale)
         s = _sigmoid(raw)
         s[:, 2:4] = raw[:, 2:4]
-        cols, rows = np.meshgrid(np.arange(w, dtype=F32), np.arange(h, dtype=F32))
-        anchors = self.biases[self.mask]  # (num, 2)
-        boxes = np.stack(
-            [
-                (cols + s[:, 0]) / F32(w),
-                (rows + s[:, 1]) / F32(h),
-                np.exp(s[:, 2]) * anchors[:, 0, None, None] / (F32(w) * stride),
-                np.exp(s[:, 3]) * anchors[:, 1, None, None] / (F32(h) * stride),
-            ],
-            axis=-1,
-        ).astype(F32)  # (num, H, W, 4)
-        first = truth[: _end(truth[:, 1])]
-        best = np.zeros((num, h, w), dtype=F32)
-        flat = boxes.reshape(-1, 4)
-        for t in first[:, 1:5]:
-            iou = np.nan_to_num(_iou_many(flat, t), nan=0.0).reshape(num, h, w)
-            best = np.maximum(best, iou)
-        stats.anyobj += float(s[:, 4].sum())
-        diff[:, 4] = np.where(best > F32(p.thresh), F32(0), s[:, 4])
+        boxes = _grid_boxes(s[:, :2], raw[:, 2:4], self.biases[self.mask], (F32(w) * stride, F32(h) * stride))
+        diff[:, 4] = self.objectness(boxes, truth, s[:, 4], stats)
+        for row in self.boxes(truth):
+            self._truth(row, s, raw, diff, stats)
 
-        for row in truth[: _end(truth[:, 3])]:
-            self._truth(row, s, raw, diff, stats, (h, w))
+    def grad_factor(self, heads: np.ndarray) -> np.ndarray | None:
+        if not self.p.use_logic_gradient:
+            return None
+        s = _sigmoid(heads)
+        factor = s * (F32(1) - s)
+        factor[:, :, 2:4] = 1
+        return factor
 
-    def _truth(
-        self, row: np.ndarray, s: np.ndarray, raw: np.ndarray, diff: np.ndarray, stats: _Scores, size: tuple[int, int]
-    ) -> None:
+    def _truth(self, row: np.ndarray, s: np.ndarray, raw: np.ndarray, diff: np.ndarray, stats: _Scores) -> None:
         p = self.p
-        h, w = size
-        if not np.isfinite(row).all():
-            raise LayerError(f"a label box is not finite: {row.tolist()}")
-        label = int(row[0])
-        if not 0 <= label < self.classes:
-            raise LayerError(f"class {label} of a label box is outside [0, {self.classes}) (num_class)")
-        x, y, bw, bh = (F32(v) for v in row[1:5])
-        i, j = min(max(int(x * F32(w)), 0), w - 1), min(max(int(y * F32(h)), 0), h - 1)
-        shape = np.array([0, 0, bw, bh], dtype=F32)
-        fits = self._anchor_ious(shape, size)
-        best_n, best_iou = -1, F32(0)
-        for n, iou in enumerate(fits):
-            if iou > best_iou:
-                best_n, best_iou = n, iou
+        h, w = raw.shape[2:]
+        cell = self.cell(F32(row[1]), F32(row[2]), h, w)
+        stride = F32(p.anchors_scale)
+        anchors = np.zeros((len(self.biases), 4), dtype=F32)
+        anchors[:, 2] = self.biases[:, 0] / (F32(w) * stride)
+        anchors[:, 3] = self.biases[:, 1] / (F32(h) * stride)
+        fits = _iou_many(anchors, np.array([0, 0, row[3], row[4]], dtype=F32))
+        best_n = self.best_shape(fits)
         if best_n in self.mask:
             best_n = self.mask.index(best_n)  # the port's reuse of best_n (a head index from here on)
-            self._assign(best_n, (i, j), row, s, raw, diff, stats, size)
+            self._assign(best_n, cell, row, s, raw, diff, stats)
         if p.iou_thresh >= 1.0:
             return
         for n, iou in enumerate(fits):
             if n in self.mask and n != best_n and iou > F32(p.iou_thresh):
-                self._assign(self.mask.index(n), (i, j), row, s, raw, diff, stats, size)
-
-    def _anchor_ious(self, shape: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        h, w = size
-        stride = F32(self.p.anchors_scale)
-        anchors = np.zeros((len(self.biases), 4), dtype=F32)
-        anchors[:, 2] = self.biases[:, 0] / (F32(w) * stride)
-        anchors[:, 3] = self.biases[:, 1] / (F32(h) * stride)
-        return np.nan_to_num(_iou_many(anchors, shape), nan=0.0)
+                self._assign(self.mask.index(n), cell, row, s, raw, diff, stats)
 
     def _assign(
-        self,
-        k: int,
-        cell: tuple[int, int],
-        row: np.ndarray,
-        s: np.ndarray,
-        raw: np.ndarray,
-        diff: np.ndarray,
+        self, k: int, cell: tuple[int, int], row: np.ndarray, s: np.ndarray, raw: np.ndarray, diff: np.ndarray,
         stats: _Scores,
-        size: tuple[int, int],
-    ) -> None:
+    ) -> None:  # fmt: skip
         """Set box ``row``'s deltas at head anchor ``k`` of ``cell`` = (i, j)."""
         p = self.p
-        (i, j), (h, w) = cell, size
+        (i, j), (h, w) = cell, raw.shape[2:]
         stride = F32(p.anchors_scale)
         aw, ah = self.biases[self.mask[k]]
         x, y, bw, bh = (F32(v) for v in row[1:5])
@@ -169,22 +242,16 @@ class _Head:
              np.exp(rh) * ah / (F32(h) * stride)],
             dtype=F32,
         )  # fmt: skip
-        iou = float(np.nan_to_num(_iou_many(pred[None], np.array([x, y, bw, bh], dtype=F32)), nan=0.0)[0])
+        iou = float(_iou_many(pred[None], np.array([x, y, bw, bh], dtype=F32))[0])
         scale = F32(p.coord_scale) * (F32(2) - bw * bh)
-        with np.errstate(divide="ignore"):
-            tw = np.log(bw * F32(w) * stride / aw)
-            th = np.log(bh * F32(h) * stride / ah)
-        targets = (x * F32(w) - F32(i), y * F32(h) - F32(j), tw, th)
+        targets = (x * F32(w) - F32(i), y * F32(h) - F32(j), np.log(bw * F32(w) * stride / aw),
+                   np.log(bh * F32(h) * stride / ah))  # fmt: skip
         for c, (target, value) in enumerate(zip(targets, (sx, sy, rw, rh))):
             diff[k, c, j, i] = -scale * (F32(target) - value)
-        stats.recall += iou > 0.5
-        stats.recall75 += iou > 0.75
-        stats.iou += iou
-        stats.obj += float(s[k, 4, j, i])
         obj = -(F32(1) - s[k, 4, j, i])
         diff[k, 4, j, i] = obj * F32(p.object_scale) if p.use_logic_gradient else obj
-        stats.cat += self._classes(int(row[0]), s[k, 5:, j, i], diff[k, 5:, j, i])
-        stats.count += 1
+        category = self._classes(int(row[0]), s[k, 5:, j, i], diff[k, 5:, j, i])
+        stats.box(iou, float(s[k, 4, j, i]), category)
 
     def _classes(self, label: int, probs: np.ndarray, out: np.ndarray) -> float:
         """The port's class deltas into ``out`` (a view); returns the label's probability."""
@@ -206,18 +273,45 @@ class _Head:
         return float(probs[label])
 
 
-def _end(column: np.ndarray) -> int:
-    """Rows before the first 0 of ``column`` (the port's end of the label list)."""
-    zeros = np.flatnonzero(column == 0)
-    return int(zeros[0]) if len(zeros) else len(column)
+class _RegionHead(_Head):
+    """``RegionLoss``'s rules (see the module docstring)."""
+
+    def run(self, raw: np.ndarray, truth: np.ndarray, diff: np.ndarray, stats: _Scores) -> None:
+        p = self.p
+        side = raw.shape[3]
+        sig = _sigmoid(raw)
+        logits = raw[:, 5:] - raw[:, 5:].max(axis=1, keepdims=True)
+        probs = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(F32)
+        s_obj = sig[:, 4]
+        boxes = _grid_boxes(sig[:, :2], raw[:, 2:4], self.biases[: self.num], (F32(side), F32(side)))
+        noobj = F32(p.noobject_scale) * s_obj * (F32(1) - s_obj)
+        diff[:, 4] = self.objectness(boxes, truth, s_obj, stats) * noobj
+        for row in self.boxes(truth):
+            x, y, bw, bh = (F32(v) for v in row[1:5])
+            i, j = self.cell(x, y, side, side)
+            shapes = boxes[:, j, i].copy()
+            if p.bias_match:
+                shapes[:, 2:] = self.biases[: self.num] / F32(side)
+            shapes[:, :2] = 0
+            best_n = max(self.best_shape(_iou_many(shapes, np.array([0, 0, bw, bh], dtype=F32))), 0)
+            iou = float(_iou_many(boxes[best_n, j, i][None], np.array([x, y, bw, bh], dtype=F32))[0])
+            scale = F32(p.coord_scale) if p.rescore else F32(p.coord_scale) * (F32(2) - bw * bh)
+            aw, ah = self.biases[best_n]
+            for c, target in enumerate((x * F32(side) - F32(i), y * F32(side) - F32(j))):
+                sx = sig[best_n, c, j, i]
+                diff[best_n, c, j, i] = -scale * (F32(target) - sx) * sx * (F32(1) - sx)
+            for c, target in ((2, np.log(bw * F32(side) / aw)), (3, np.log(bh * F32(side) / ah))):
+                diff[best_n, c, j, i] = -scale * (F32(target) - raw[best_n, c, j, i])
+            s = s_obj[best_n, j, i]
+            goal = F32(iou) if p.rescore else F32(1)
+            diff[best_n, 4, j, i] = -F32(p.object_scale) * (goal - s) * s * (F32(1) - s)
+            label = int(row[0])
+            target = (np.arange(self.classes) == label).astype(F32)
+            diff[best_n, 5:, j, i] = -F32(p.class_scale) * (target - probs[best_n, :, j, i])
+            stats.box(iou, float(s), float(probs[best_n, label, j, i]))
 
 
-def _iou_many(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return center_iou(box, boxes).astype(F32)
-
-
-class _Yolov3Function(torch.autograd.Function):
+class _YoloLossFunction(torch.autograd.Function):
     """The loss with the port's gradient (its deltas, not the derivative of the loss)."""
 
     @staticmethod
@@ -231,40 +325,43 @@ class _Yolov3Function(torch.autograd.Function):
         return grad * top_diff, None, None
 
 
-@register("Yolov3")
-class Yolov3Layer(LossLayer):
-    """MobileNet-YOLO's YOLOv3 loss (``yolov3_param``); see the module docstring."""
+class _YoloLossLayer(LossLayer):
+    """Shared by the ports' losses: checks, the per-image forward on the CPU, the gradient, the statistics."""
 
     traceable = False  # the matching reads the values on the CPU
+    log_every: ClassVar[int] = 16
+    field: ClassVar[str] = ""
+
+    def checks(self, p: Any) -> list[tuple[bool, str]]:
+        """The layer's own (condition, problem) pairs beyond the shared ones."""
+        return []
+
+    def make_head(self, p: Any) -> _Head:
+        raise NotImplementedError
 
     def layer_setup(self, bottom: list[Shape]) -> None:
-        p = self.layer_param.yolov3_param
-        loss_name = pb.Yolov3Parameter.IOU_LOSS.Name(p.iou_loss)
-        anchors, mask = len(p.biases) // 2, list(p.mask[: p.num])
+        p = getattr(self.layer_param, self.field)
         checks = [
-            (p.iou_loss == pb.Yolov3Parameter.MSE,
-             f"iou_loss {loss_name} is not supported (MSE is: the port's default and its nets' choice)"),
             (p.num_class > 0 and p.num > 0, "num_class and num must be positive"),
             (len(p.biases) >= 2 and len(p.biases) % 2 == 0,
              f"biases must hold anchor (width, height) pairs, got {len(p.biases)} values"),
             (all(b > 0 and math.isfinite(b) for b in p.biases), "biases must be positive"),
-            (len(p.mask) >= p.num, f"mask must list num ({p.num}) anchors, got {len(p.mask)}"),
-            (all(m < anchors for m in mask), f"mask {mask} names an anchor beyond the {anchors} in biases"),
-            (p.anchors_scale > 0, "anchors_scale must be positive"),
+            *self.checks(p),
         ]  # fmt: skip
         for ok, problem in checks:
-            self.require(ok, f"yolov3_param: {problem}")
-        self.head = _Head(p, int(p.num), int(p.num_class))
+            self.require(ok, f"{self.field}: {problem}")
+        self.num, self.classes = int(p.num), int(p.num_class)
+        self.head = self.make_head(p)
         self.scores = _Scores()
         self.forwards = 0
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        p = self.layer_param.yolov3_param
         x, label = bottom
-        if len(x) != 4 or x[1] != p.num * (5 + p.num_class):
+        channels = self.num * (5 + self.classes)
+        if len(x) != 4 or x[1] != channels:
             raise self.shape_error(
-                f"bottom 0 must be N x (num * (5 + num_class)) x H x W = N x {p.num * (5 + p.num_class)} x H x W "
-                f"(num {p.num}, num_class {p.num_class}), got {tuple(x)}"
+                f"bottom 0 must be N x (num * (5 + num_class)) x H x W = N x {channels} x H x W "
+                f"(num {self.num}, num_class {self.classes}), got {tuple(x)}"
             )
         if not label or label[0] != x[0] or math.prod(label[1:]) % 5:
             raise self.shape_error(
@@ -275,35 +372,32 @@ class Yolov3Layer(LossLayer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x, label = bottom
         n, _, h, w = x.shape
-        p = self.layer_param.yolov3_param
-        heads = x.detach().to("cpu", torch.float32).numpy().reshape(n, p.num, 5 + p.num_class, h, w)
+        heads = x.detach().to("cpu", torch.float32).numpy().reshape(n, self.num, 5 + self.classes, h, w)
         truth = label.detach().to("cpu", torch.float32).numpy().reshape(n, -1, 5)
         diff = np.zeros_like(heads)
         stats = _Scores()
-        for b in range(n):
-            try:
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for b in range(n):
+                try:
                     self.head.run(heads[b], truth[b], diff[b], stats)
-            except LayerError as e:
-                raise self.error(f"image {b}: {e}") from None
-        loss = float(np.square(diff, dtype=np.float64).sum()) / n
-        if p.use_logic_gradient:
-            with np.errstate(over="ignore"):
-                s = _sigmoid(heads)
-            factor = s * (F32(1) - s)
-            factor[:, :, 2:4] = 1
+                except LayerError as e:
+                    raise self.error(f"image {b}: {e}") from None
+            loss = float(np.square(diff, dtype=np.float64).sum()) / n
+            factor = self.head.grad_factor(heads)
+        if factor is not None:
             diff *= factor
-        self._log(stats, n * p.num * h * w)
+        self._log(stats, n * self.num * h * w)
         grad = torch.from_numpy(diff.reshape(x.shape) / F32(n)).to(x.device, x.dtype)
         value = torch.tensor(loss, dtype=x.dtype, device=x.device)
-        return [_Yolov3Function.apply(x, value, grad)]
+        return [_YoloLossFunction.apply(x, value, grad)]
 
     def _log(self, batch: _Scores, cells: int) -> None:
-        """The port's statistics: summed over 15 forwards, logged on the 16th (whose own are dropped)."""
+        """The port's statistics: summed over ``log_every - 1`` forwards, logged on the next (whose own figures are
+        dropped, as the port's)."""
         self.forwards += 1
         sc = self.scores
         sc.matched += batch.count
-        if self.forwards % _LOG_EVERY:
+        if self.forwards % self.log_every:
             sc.anyobj += batch.anyobj / cells
             if batch.count:
                 for name in ("obj", "iou", "cat", "recall", "recall75"):
@@ -314,7 +408,51 @@ class Yolov3Layer(LossLayer):
             t = sc.count
             log.info(
                 "%s: noobj: %g obj: %g iou: %g cat: %g recall: %g recall75: %g count: %g",
-                self.name, sc.anyobj / _LOG_EVERY, sc.obj / t, sc.iou / t, sc.cat / t, sc.recall / t,
+                self.name, sc.anyobj / self.log_every, sc.obj / t, sc.iou / t, sc.cat / t, sc.recall / t,
                 sc.recall75 / t, sc.matched / t,
             )  # fmt: skip
         self.scores = _Scores()
+
+
+@register("Yolov3")
+class Yolov3Layer(_YoloLossLayer):
+    """MobileNet-YOLO's YOLOv3 loss (``yolov3_param``); see the module docstring."""
+
+    field = "yolov3_param"
+
+    def checks(self, p: pb.Yolov3Parameter) -> list[tuple[bool, str]]:
+        loss_name = pb.Yolov3Parameter.IOU_LOSS.Name(p.iou_loss)
+        anchors, mask = len(p.biases) // 2, list(p.mask[: p.num])
+        return [
+            (p.iou_loss == pb.Yolov3Parameter.MSE,
+             f"iou_loss {loss_name} is not supported (MSE is: the port's default and its nets' choice)"),
+            (len(p.mask) >= p.num, f"mask must list num ({p.num}) anchors, got {len(p.mask)}"),
+            (all(m < anchors for m in mask), f"mask {mask} names an anchor beyond the {anchors} in biases"),
+            (p.anchors_scale > 0, "anchors_scale must be positive"),
+        ]  # fmt: skip
+
+    def make_head(self, p: pb.Yolov3Parameter) -> _Head:
+        return _Yolov3Head(p, int(p.num), int(p.num_class))
+
+
+@register("RegionLoss")
+class RegionLossLayer(_YoloLossLayer):
+    """MobileNet-YOLO's YOLOv2 loss (``region_loss_param``); see the module docstring."""
+
+    field = "region_loss_param"
+    log_every = 10
+
+    def checks(self, p: pb.RegionLossParameter) -> list[tuple[bool, str]]:
+        return [
+            (p.coords == 4, f"coords must be 4 (x, y, w, h), got {p.coords}"),
+            (len(p.biases) >= 2 * p.num, f"biases must hold num ({p.num}) anchor pairs, got {len(p.biases)} values"),
+        ]
+
+    def make_head(self, p: pb.RegionLossParameter) -> _Head:
+        return _RegionHead(p, int(p.num), int(p.num_class))
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        tops = super().reshape(bottom)
+        if bottom[0][2] != bottom[0][3]:
+            raise self.shape_error(f"the map must be square (the port walks S x S cells), got {tuple(bottom[0])}")
+        return tops
