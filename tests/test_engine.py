@@ -163,7 +163,13 @@ def test_fused_equals_eager_on_ssd_detector_with_intermediate_blobs():
     for k in blobs:
         np.testing.assert_allclose(fused[k], eager[k], rtol=1e-4, atol=1e-4 * np.abs(eager[k]).max())
     assert fused["detection_out"].shape == eager["detection_out"].shape
-    np.testing.assert_allclose(fused["detection_out"], eager["detection_out"], atol=1e-4)
+    # the same rows; two of (nearly) equal confidence may come in either order (random weights make exact ties)
+    want = [row for row in eager["detection_out"].reshape(-1, 7)]
+    for row in fused["detection_out"].reshape(-1, 7):
+        matches = [k for k, w in enumerate(want) if np.allclose(row, w, rtol=0, atol=1e-4)]
+        assert matches, f"the fused engine's detection {row} is not among the eager one's"
+        want.pop(matches[0])
+    np.testing.assert_allclose(fused["detection_out"][..., 2], eager["detection_out"][..., 2], atol=1e-4)
 
 
 FALLBACKS = """
