@@ -734,13 +734,15 @@ layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label"
 @target("annotated_datum", weight=100, batch=300)
 def _annotated_datum(work: Path):
     """An SSD training record through AnnotatedData's TRAIN path: parse, decode, distort, expand, sample, resize,
-    crop its boxes; mutated boxes (NaN, inverted, huge) and images included."""
+    crop its boxes, then MobileNet-YOLO's label rows of them; mutated boxes (NaN, inverted, huge) and images
+    included."""
     import numpy as np
 
     import caffe
     from caffe.data.annotation import annotated_datum
     from caffe.data.db import item_key, open_db
     from caffe.data.prefetch import Record
+    from caffe.layers.annotated_data import yolo_label_rows
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
@@ -758,7 +760,8 @@ def _annotated_datum(work: Path):
     def run(data: bytes, seed: Seed) -> None:
         item = layer.source.decode(Record(data, "fuzz record"))
         out = np.empty((32, 32, 3), dtype=np.float32)
-        layer.transformer.place_item(item, out, layer.transformer.draw(draws), "fuzz record")
+        table = layer.transformer.place_item(item, out, layer.transformer.draw(draws), "fuzz record")
+        yolo_label_rows([table], False, "fuzz")  # MobileNet-YOLO's label rows of the same boxes
 
     return seeds, run
 

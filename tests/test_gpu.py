@@ -273,7 +273,8 @@ def _fork_training_nets() -> dict[str, tuple[str, dict[str, tuple[int, ...]]]]:
 
 @pytest.mark.parametrize("name", sorted(_fork_training_nets()))
 def test_fork_training_layers_on_the_gpu_match_the_cpu(gpu, tmp_path: Path, name: str):
-    """The forks' training layers (R-CNN, R-FCN OHEM, face, YOLOv2) give the CPU's tops and gradients on CUDA."""
+    """The forks' training layers (R-CNN, R-FCN OHEM, face, the YOLO heads and losses) give the CPU's tops and
+    gradients on CUDA."""
     import fuzz
 
     layer, inputs = fuzz.FORK_TRAINING_NETS[name]

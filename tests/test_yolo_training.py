@@ -470,6 +470,12 @@ def test_several_resize_policies_change_the_size_every_ten_batches(tmp_path: Pat
     assert all(len(set(run)) == 1 for run in runs) and set(seen) <= set(sizes)
     assert len({run[0] for run in runs}) > 1  # six draws from three sizes: not all the same (for this seed)
     assert shapes(5) == seen  # seeded: the same sizes again
+    caffe.set_random_seed(5)
+    resumed = _net(tmp_path, text, caffe.TRAIN)
+    resumed.layers[0].fast_forward(25)  # as a solver restoring a snapshot of iteration 25 does
+    for k in range(25, 60):
+        resumed.forward()
+        assert resumed.blobs["data"].shape[2] == seen[k]
 
 
 def test_jittered_crops_are_the_ports():
