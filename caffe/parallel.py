@@ -8,6 +8,7 @@ test, display and snapshot.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from caffe.errors import DeviceError
+
+log = logging.getLogger("caffe")
 
 _declared = (0, 1)  # pycaffe's set_solver_rank / set_solver_count, before caffe.NCCL joins the group
 
@@ -121,9 +124,13 @@ def _gpu_per_local_rank() -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one (also after a peer was lost: an error then is only
+    logged, so that it cannot hide the one that ended the run)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except (RuntimeError, ValueError) as e:
+            log.debug("leaving the process group: %s", _one_line(e))
 
 
 def _one_line(e: BaseException) -> str:

@@ -357,8 +357,8 @@ def train(argv: list[str]) -> int:
         handler.close()
         if events is not None:
             events.close()
-    if distributed:
-        parallel.shutdown()
+        if distributed:  # on an error too: a gloo group left to the interpreter's exit after a lost peer can
+            parallel.shutdown()  # abort the process ("terminate called without an active exception")
     return 0
 
 
