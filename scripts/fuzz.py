@@ -564,6 +564,11 @@ FORK_TRAINING_NETS = {
         " biases: 16 biases: 24 biases: 30 biases: 20 mask: 1 mask: 2 anchors_scale: 8 thresh: 0.5 }",
         {"a": (2, 16, 3, 4), "label": (2, 1, 4, 5)},
     ),
+    "yolov3_ciou_loss": (
+        'type: "Yolov3" bottom: "a" bottom: "label" top: "l" yolov3_param { num_class: 3 num: 2 biases: 8 biases: 8'
+        " biases: 16 biases: 24 mask: 0 mask: 1 anchors_scale: 8 iou_loss: CIOU accumulate: false max_delta: 5 }",
+        {"a": (1, 16, 4, 4), "label": (1, 1, 3, 5)},
+    ),
     "region_loss": (
         'type: "RegionLoss" bottom: "a" bottom: "label" top: "l" region_loss_param { num_class: 3 num: 2'
         " biases: 1 biases: 1.5 biases: 2.5 biases: 2 thresh: 0.6 rescore: 1 }",

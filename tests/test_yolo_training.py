@@ -20,6 +20,7 @@ from caffe.data.annotation import annotated_datum
 from caffe.data.db import item_key, open_db
 from caffe.errors import CaffeError
 from caffe.layers.annotated_data import jitter_window
+from caffe.layers.yolo_iou import KIND, iou_gradient, overlap
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_solver_param
 
@@ -50,9 +51,23 @@ def port_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndar
     eps, thresh, iou_thresh = p.get("label_smooth_eps", 0.1), p.get("thresh", 0.2), p.get("iou_thresh", 0.5)
     logic, focal = p.get("use_logic_gradient", False), p.get("use_focal_loss", False)
     coord, object_scale, class_scale = p.get("coord_scale", 5.0), p.get("object_scale", 1.0), p.get("class_scale", 1.0)
+    kind = KIND.IOU_LOSS.Value(p.get("iou_loss", "MSE"))
+    normalizer, max_delta, accumulate = (
+        p.get("iou_normalizer", 0.25),
+        p.get("max_delta", 10.0),
+        p.get("accumulate", True),
+    )
     inp, lab = x.reshape(-1).astype(np.float64), label.reshape(n_img, -1)
     rows = lab.shape[1] // 5
     count1 = channels * side_h * side_w
+    count, iou_loss = 0, 0.0
+
+    def match(a: list[float], b: list[float]) -> float:  # box_iou(a, b, iou_loss): the overlap of that kind
+        if kind == KIND.MSE:
+            return _iou(a, b)
+        value = float(overlap(kind, np.array([a], dtype=np.float32), np.array(b))[0])
+        return 0.0 if math.isnan(value) else value
+
     length, stride = 5 + classes, side_w * side_h
     swap = inp.copy()
     diff = np.zeros_like(inp)
@@ -67,6 +82,15 @@ def port_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndar
 
     def delta_box(truth: list[float], a: int, index: int, i: int, j: int, s: float) -> float:
         pred = region_box(a, index, i, j)
+        if kind != KIND.MSE:  # the IoU path: the overlap's gradient (FD-checked below), its sizes through exp
+            value = match(pred, truth) if kind in (KIND.GIOU, KIND.CIOU) else match_kind(KIND.DIOU, pred, truth)
+            sized = [v if k < 2 or v != 0 else 1.0 for k, v in enumerate(pred)]
+            grad = iou_gradient(kind, np.array(sized), np.array(truth))
+            for c in range(4):
+                d = grad[c] * (math.exp(swap[index + c * stride]) if c >= 2 else 1.0) * normalizer
+                d = 0.0 if not math.isfinite(d) else min(max(d, -max_delta), max_delta)
+                diff[index + c * stride] = (diff[index + c * stride] if accumulate else 0.0) - d
+            return value
         iou = _iou(pred, truth)
         tx, ty = truth[0] * side_w - i, truth[1] * side_h - j
         tw = math.log(truth[2] * side_w * scale / biases[2 * a])
@@ -74,6 +98,10 @@ def port_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndar
         for c, t in enumerate((tx, ty, tw, th)):
             diff[index + c * stride] = -s * (t - swap[index + c * stride])
         return iou
+
+    def match_kind(other: int, a: list[float], b: list[float]) -> float:
+        value = float(overlap(other, np.array([a], dtype=np.float32), np.array(b))[0])
+        return 0.0 if math.isnan(value) else value
 
     def delta_class(index: int, label_class: int) -> None:
         def smooth(y: float) -> float:
@@ -111,7 +139,7 @@ def port_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndar
                     row = truth_row(b, t)
                     if not row[1]:
                         break
-                    best = max(best, _iou(pred, row[1:]))
+                    best = max(best, match(pred, row[1:]))
                 diff[index + 4 * stride] = swap[index + 4 * stride]
                 if best > thresh:
                     diff[index + 4 * stride] = 0
@@ -127,22 +155,27 @@ def port_loss(x: np.ndarray, label: np.ndarray, p: dict) -> tuple[float, np.ndar
             anchors = [[0.0, 0.0, biases[2 * a] / (side_w * scale), biases[2 * a + 1] / (side_h * scale)]
                        for a in range(len(biases) // 2)]  # fmt: skip
             for a, anchor in enumerate(anchors):
-                if _iou(anchor, shift) > best_iou:
-                    best_n, best_iou = a, _iou(anchor, shift)
+                if match(anchor, shift) > best_iou:
+                    best_n, best_iou = a, match(anchor, shift)
             targets = []
             if best_n in mask:
                 best_n = mask.index(best_n)
                 targets.append(best_n)
             for a, anchor in enumerate(anchors):
-                if a in mask and a != best_n and iou_thresh < 1 and _iou(anchor, shift) > iou_thresh:
+                if a in mask and a != best_n and iou_thresh < 1 and match(anchor, shift) > iou_thresh:
                     targets.append(mask.index(a))
             for k in targets:
                 index = k * length * stride + pos + b * count1
-                delta_box(truth, mask[k], index, i, j, coord * (2 - truth[2] * truth[3]))
+                iou = delta_box(truth, mask[k], index, i, j, coord * (2 - truth[2] * truth[3]))
+                count, iou_loss = count + 1, iou_loss + (1 - iou)
                 obj = -(1 - swap[index + 4 * stride])
                 diff[index + 4 * stride] = obj * object_scale if logic else obj
                 delta_class(index + 5 * stride, int(row[0]))
-    loss = float((diff**2).sum()) / n_img
+    if kind == KIND.MSE:
+        loss = float((diff**2).sum()) / n_img
+    else:  # the objectness and class deltas squared, plus the normalized mean of 1 - overlap
+        loss = sum(diff[idx] ** 2 for idx in range(len(diff)) if (idx // stride) % length >= 4)
+        loss = (loss + (normalizer * iou_loss / count if count else 0.0)) / n_img
     if logic:
         for idx in range(len(diff)):
             if (idx // stride) % length not in (2, 3):
@@ -182,8 +215,23 @@ HEAD = {"num_class": 3, "num": 3, "anchors_scale": 8, "biases": BIASES, "mask": 
         ({"use_focal_loss": True, "label_smooth_eps": 0.0}, 2),
         ({"iou_thresh": 0.2, "class_scale": 2.0}, 6),  # boxes 2 and 3 share a cell and anchors
         ({"iou_thresh": 1.0, "label_smooth_eps": 0.3}, 1),
+        ({"iou_loss": "GIOU", "iou_thresh": 0.2}, 6),
+        ({"iou_loss": "DIOU", "iou_normalizer": 0.5, "max_delta": 0.05}, 2),
+        ({"iou_loss": "CIOU", "accumulate": False, "iou_thresh": 0.2}, 6),
+        ({"iou_loss": "IOU", "mask": [0, 1, 2]}, 4),
     ],
-    ids=["defaults", "small-anchors", "logic-gradient", "focal", "several-anchors", "one-anchor"],
+    ids=[
+        "defaults",
+        "small-anchors",
+        "logic-gradient",
+        "focal",
+        "several-anchors",
+        "one-anchor",
+        "giou",
+        "diou",
+        "ciou",
+        "iou",
+    ],
 )
 def test_yolov3_loss_and_gradient_follow_the_ports_loops(extra: dict, matches: int):
     p = {**HEAD, **extra}
@@ -201,6 +249,95 @@ def test_yolov3_loss_and_gradient_follow_the_ports_loops(extra: dict, matches: i
     np.testing.assert_allclose(net.blobs["x"].diff, want_diff, rtol=1e-4, atol=1e-6)
     matched = np.abs(want_diff.reshape(2, 3, 8, 4, 5)[:, :, 5:]).sum(axis=2) > 0  # (image, anchor, cell)
     assert matched.sum() == matches  # (image, anchor, cell) places given a box: the cases each set covers
+
+
+def _intersection(b: np.ndarray, t: np.ndarray) -> float:
+    iw = min(b[0] + b[2] / 2, t[0] + t[2] / 2) - max(b[0] - b[2] / 2, t[0] - t[2] / 2)
+    ih = min(b[1] + b[3] / 2, t[1] + t[3] / 2) - max(b[1] - b[3] / 2, t[1] - t[3] / 2)
+    return max(iw, 0.0) * max(ih, 0.0)
+
+
+def _true_iou(b: np.ndarray, t: np.ndarray) -> float:
+    inter = _intersection(b, t)
+    return inter / (b[2] * b[3] + t[2] * t[3] - inter)
+
+
+def _enclosing(b: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    cw = max(b[0] + b[2] / 2, t[0] + t[2] / 2) - min(b[0] - b[2] / 2, t[0] - t[2] / 2)
+    ch = max(b[1] + b[3] / 2, t[1] + t[3] / 2) - min(b[1] - b[3] / 2, t[1] - t[3] / 2)
+    return cw, ch
+
+
+def _giou(b: np.ndarray, t: np.ndarray) -> float:
+    cw, ch = _enclosing(b, t)
+    union = b[2] * b[3] + t[2] * t[3] - _intersection(b, t)
+    return _true_iou(b, t) - (cw * ch - union) / (cw * ch)
+
+
+def _distance(b: np.ndarray, t: np.ndarray) -> float:
+    cw, ch = _enclosing(b, t)
+    return -((b[0] - t[0]) ** 2 + (b[1] - t[1]) ** 2) / (cw * cw + ch * ch)
+
+
+def _aspect(b: np.ndarray, t: np.ndarray) -> float:
+    return 4 / math.pi**2 * (math.atan(t[2] / t[3]) - math.atan(b[2] / b[3])) ** 2
+
+
+def _fd(f, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    out = np.zeros(4)
+    for k in range(4):
+        step = np.zeros(4)
+        step[k] = 1e-6
+        out[k] = (f(b + step, t) - f(b - step, t)) / 2e-6
+    return out
+
+
+TRUTH = np.array([0.50, 0.45, 0.30, 0.40])
+OVERLAPPING = np.array([0.56, 0.38, 0.26, 0.33])  # overlaps the truth, no side shared
+
+
+@pytest.mark.parametrize("kind", ["IOU", "GIOU", "DIOU", "CIOU"])
+def test_iou_gradient_is_the_derivative_the_port_takes(kind: str):
+    """The port's overlap gradient against finite differences: the true derivative in x and y, twice it in w and h
+    (its sides-to-sizes step leaves out a 1/2), the DIoU term without its 0.6 exponent and, in x and y, with the
+    enclosing box's part of opposite sign, the CIoU aspect term without its 1 / (w^2 + h^2) factor - each as its
+    sources write them."""
+    value = KIND.IOU_LOSS.Value(kind)
+    got = iou_gradient(value, OVERLAPPING, TRUTH)
+    iou = _fd(_true_iou, OVERLAPPING, TRUTH)
+    part = _fd(_giou, OVERLAPPING, TRUTH) if kind == "GIOU" else iou
+    want = np.concatenate([part[:2], 2 * part[2:]])
+    if kind in ("DIOU", "CIOU"):
+        want += _fd(_distance, OVERLAPPING, TRUTH)
+        # in x and y the port takes the enclosing diagonal's change with the opposite sign
+        s, c = -_distance(OVERLAPPING, TRUTH), sum(v * v for v in _enclosing(OVERLAPPING, TRUTH))
+        dc = _fd(lambda b, t: sum(v * v for v in _enclosing(b, t)), OVERLAPPING, TRUTH)
+        want[:2] -= 2 * (s * c) * dc[:2] / c**2
+    if kind == "CIOU":
+        v, w, h = _aspect(OVERLAPPING, TRUTH), OVERLAPPING[2], OVERLAPPING[3]
+        alpha = v / (1 - _true_iou(OVERLAPPING, TRUTH) + v + 1e-6)
+        want[2:] += -(w * w + h * h) * alpha * _fd(_aspect, OVERLAPPING, TRUTH)[2:]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert np.abs(got).min() > 1e-3  # every component moves
+
+
+@pytest.mark.parametrize("kind", ["GIOU", "DIOU", "CIOU"])
+def test_iou_losses_pull_apart_boxes_together(kind: str):
+    """Boxes that do not overlap: the GIoU, DIoU and CIoU gradients point the centre towards the truth's (the IoU's
+    would be 0), and the overlap values are those of their definitions."""
+    apart = np.array([0.15, 0.85, 0.10, 0.12])
+    grad = iou_gradient(KIND.IOU_LOSS.Value(kind), apart, TRUTH)
+    assert float(np.dot(grad[:2], TRUTH[:2] - apart[:2])) > 0
+    got = float(overlap(KIND.IOU_LOSS.Value(kind), apart[None].astype(np.float32), TRUTH)[0])
+    cw, ch = _enclosing(apart, TRUTH)
+    union = apart[2] * apart[3] + TRUTH[2] * TRUTH[3]
+    d = -_distance(apart, TRUTH)
+    want = {
+        "GIOU": -(cw * ch - union) / (cw * ch),
+        "DIOU": -(d**0.6),
+        "CIOU": -(d + _aspect(apart, TRUTH) ** 2 / (1 + _aspect(apart, TRUTH) + 1e-6)),
+    }[kind]
+    assert got == pytest.approx(want, rel=1e-5)
 
 
 def test_yolov3_one_box_by_hand():
@@ -248,7 +385,7 @@ def test_yolov3_trains_a_head_towards_its_boxes():
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        ({"iou_loss": "GIOU"}, "iou_loss GIOU is not supported"),
+        ({"iou_loss": "GIOU", "max_delta": -1}, "max_delta must be positive"),
         ({"mask": [3, 4, 9]}, "names an anchor beyond the 6"),
         ({"mask": [3, 4]}, r"mask must list num \(3\) anchors"),
         ({"biases": BIASES[:-1]}, "pairs"),

@@ -26,9 +26,15 @@ relative to the input), ended by a row whose x (first pass) or w (second pass) i
    gradient of the raw outputs (darknet's logistic shortcut); with ``use_logic_gradient`` the sigmoid channels'
    deltas are first multiplied by ``s (1 - s)``.
 
+``iou_loss`` (default MSE, the rules above) may name an overlap instead, IOU, GIOU, DIOU or CIOU
+(:mod:`caffe.layers.yolo_iou`). That overlap then matches predictions and anchors to boxes in steps 1 and 2.
+The box deltas become minus the port's gradient of the overlap: the sizes are multiplied by ``exp`` of their
+raw outputs, then everything by ``iou_normalizer``. NaN and infinities become 0, the deltas are clipped to
+``max_delta`` and added to what an earlier box left there (``accumulate``; else they replace it). The loss is
+the squared objectness and class deltas plus ``iou_normalizer`` times the batch's mean ``1 - overlap``, over N.
+
 Every 16 forwards the port's statistics are logged (``noobj``, ``obj``, ``iou``, ``cat``, ``recall``, ``recall75``,
-``count``). Only ``iou_loss: MSE`` (the default, and what the port's nets use) is implemented; the (G/D/C)IoU
-losses are refused by name. Differences, for inputs the port mishandles: a box centre at x or y = 1 goes to the
+``count``). Differences, for inputs the port mishandles: a box centre at x or y = 1 goes to the
 last cell (the port indexes past its blob); a class outside ``[0, num_class)`` is an error (the port writes out
 of bounds); the label blob may have any number of rows per image (the port assumes 300).
 
@@ -68,6 +74,7 @@ from caffe.errors import LayerError
 from caffe.layer import register
 from caffe.layers.loss import LossLayer
 from caffe.layers.yolo import center_iou
+from caffe.layers.yolo_iou import KIND, iou_gradient, overlap
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -88,6 +95,7 @@ class _Scores:
     recall75: float = 0.0
     count: int = 0
     matched: int = 0
+    iou_loss: float = 0.0  # sum of 1 - overlap (Yolov3's IoU losses)
 
     def box(self, iou: float, objectness: float, category: float) -> None:
         """One matched box's figures."""
@@ -97,6 +105,7 @@ class _Scores:
         self.obj += objectness
         self.cat += category
         self.count += 1
+        self.iou_loss += 1.0 - iou
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -145,13 +154,21 @@ class _Head:
         """What the deltas are multiplied by to become the gradient (None: nothing)."""
         return None
 
+    def match(self, boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """How well each of ``boxes`` (K x 4) matches ``box``: the IoU here; 0 where undefined."""
+        return _iou_many(boxes, box)
+
+    def loss(self, diff: np.ndarray, stats: _Scores) -> float:
+        """The batch's loss before the division by N: the sum of the squared deltas."""
+        return float(np.square(diff, dtype=np.float64).sum())
+
     def objectness(self, boxes: np.ndarray, truth: np.ndarray, s_obj: np.ndarray, stats: _Scores) -> np.ndarray:
         """Where each box's best IoU with a label box (rows until an x of 0) is above ``thresh``: 0, else
         ``s_obj``."""
         best = np.zeros(boxes.shape[:-1], dtype=F32)
         flat = boxes.reshape(-1, 4)
         for t in truth[: _end(truth[:, 1]), 1:5]:
-            best = np.maximum(best, _iou_many(flat, t).reshape(best.shape))
+            best = np.maximum(best, self.match(flat, t).reshape(best.shape))
         stats.anyobj += float(s_obj.sum())
         return np.where(best > F32(self.p.thresh), F32(0), s_obj)
 
@@ -187,6 +204,19 @@ class _Yolov3Head(_Head):
         super().__init__(p, num, classes)
         self.mask = [int(m) for m in p.mask[:num]]
         self.eps = F32(p.label_smooth_eps)
+        self.kind = int(p.iou_loss)
+
+    def match(self, boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The port matches with its ``iou_loss`` overlap (GIoU, DIoU, CIoU), the IoU for MSE."""
+        return np.nan_to_num(overlap(self.kind, boxes, box), nan=0.0)
+
+    def loss(self, diff: np.ndarray, stats: _Scores) -> float:
+        """MSE: the squared deltas; the IoU losses: the squared objectness and class deltas plus
+        ``iou_normalizer`` times the mean of ``1 - overlap`` over the batch's matched boxes."""
+        if self.kind == KIND.MSE:
+            return super().loss(diff, stats)
+        total = float(np.square(diff[:, :, 4:], dtype=np.float64).sum())
+        return total + (self.p.iou_normalizer * stats.iou_loss / stats.count if stats.count else 0.0)
 
     def run(self, raw: np.ndarray, truth: np.ndarray, diff: np.ndarray, stats: _Scores) -> None:
         """Fill ``diff`` (num, 5 + classes, H, W) for one image: ``raw`` the head, ``truth`` its label rows."""
@@ -215,7 +245,7 @@ class _Yolov3Head(_Head):
         anchors = np.zeros((len(self.biases), 4), dtype=F32)
         anchors[:, 2] = self.biases[:, 0] / (F32(w) * stride)
         anchors[:, 3] = self.biases[:, 1] / (F32(h) * stride)
-        fits = _iou_many(anchors, np.array([0, 0, row[3], row[4]], dtype=F32))
+        fits = self.match(anchors, np.array([0, 0, row[3], row[4]], dtype=F32))
         best_n = self.best_shape(fits)
         if best_n in self.mask:
             best_n = self.mask.index(best_n)  # the port's reuse of best_n (a head index from here on)
@@ -242,16 +272,39 @@ class _Yolov3Head(_Head):
              np.exp(rh) * ah / (F32(h) * stride)],
             dtype=F32,
         )  # fmt: skip
-        iou = float(_iou_many(pred[None], np.array([x, y, bw, bh], dtype=F32))[0])
-        scale = F32(p.coord_scale) * (F32(2) - bw * bh)
-        targets = (x * F32(w) - F32(i), y * F32(h) - F32(j), np.log(bw * F32(w) * stride / aw),
-                   np.log(bh * F32(h) * stride / ah))  # fmt: skip
-        for c, (target, value) in enumerate(zip(targets, (sx, sy, rw, rh))):
-            diff[k, c, j, i] = -scale * (F32(target) - value)
+        truth = np.array([x, y, bw, bh], dtype=F32)
+        if self.kind == KIND.MSE:
+            iou = float(_iou_many(pred[None], truth)[0])
+            scale = F32(p.coord_scale) * (F32(2) - bw * bh)
+            targets = (x * F32(w) - F32(i), y * F32(h) - F32(j), np.log(bw * F32(w) * stride / aw),
+                       np.log(bh * F32(h) * stride / ah))  # fmt: skip
+            for c, (target, value) in enumerate(zip(targets, (sx, sy, rw, rh))):
+                diff[k, c, j, i] = -scale * (F32(target) - value)
+        else:
+            iou = self._overlap_deltas(pred, truth, diff[k, :4, j, i], raw[k, 2:4, j, i])
         obj = -(F32(1) - s[k, 4, j, i])
         diff[k, 4, j, i] = obj * F32(p.object_scale) if p.use_logic_gradient else obj
         category = self._classes(int(row[0]), s[k, 5:, j, i], diff[k, 5:, j, i])
         stats.box(iou, float(s[k, 4, j, i]), category)
+
+    def _overlap_deltas(self, pred: np.ndarray, truth: np.ndarray, out: np.ndarray, raw_size: np.ndarray) -> float:
+        """The IoU losses' box deltas into ``out`` (x, y, w, h; a view): minus the port's gradient of the overlap
+        (sizes times ``exp`` of the raw output), times ``iou_normalizer``, NaN and infinities made 0, clipped to
+        ``max_delta``, added to what is there (``accumulate``) or replacing it. Returns the overlap the loss and the
+        statistics use (GIoU, CIoU; DIoU for IOU and DIOU, as the port)."""
+        p = self.p
+        value = overlap(KIND.GIOU if self.kind == KIND.GIOU else KIND.CIOU if self.kind == KIND.CIOU else KIND.DIOU,
+                        pred[None], truth)[0]  # fmt: skip
+        sized = pred.copy()
+        sized[2:][sized[2:] == 0] = 1  # the port's guard for a box of no size
+        grad = iou_gradient(self.kind, sized, truth)
+        grad[2:] *= np.exp(raw_size.astype(np.float64))
+        grad = np.nan_to_num(grad * float(p.iou_normalizer), nan=0.0, posinf=0.0, neginf=0.0)
+        grad = np.clip(grad, -float(p.max_delta), float(p.max_delta))
+        if not p.accumulate:
+            out[:] = 0
+        out[:] = (out - grad).astype(F32)
+        return float(value)
 
     def _classes(self, label: int, probs: np.ndarray, out: np.ndarray) -> float:
         """The port's class deltas into ``out`` (a view); returns the label's probability."""
@@ -382,7 +435,7 @@ class _YoloLossLayer(LossLayer):
                     self.head.run(heads[b], truth[b], diff[b], stats)
                 except LayerError as e:
                     raise self.error(f"image {b}: {e}") from None
-            loss = float(np.square(diff, dtype=np.float64).sum()) / n
+            loss = self.head.loss(diff, stats) / n
             factor = self.head.grad_factor(heads)
         if factor is not None:
             diff *= factor
@@ -421,11 +474,10 @@ class Yolov3Layer(_YoloLossLayer):
     field = "yolov3_param"
 
     def checks(self, p: pb.Yolov3Parameter) -> list[tuple[bool, str]]:
-        loss_name = pb.Yolov3Parameter.IOU_LOSS.Name(p.iou_loss)
         anchors, mask = len(p.biases) // 2, list(p.mask[: p.num])
         return [
-            (p.iou_loss == pb.Yolov3Parameter.MSE,
-             f"iou_loss {loss_name} is not supported (MSE is: the port's default and its nets' choice)"),
+            (p.iou_normalizer >= 0 and math.isfinite(p.iou_normalizer), "iou_normalizer must be finite, >= 0"),
+            (p.max_delta > 0, f"max_delta must be positive, got {p.max_delta}"),
             (len(p.mask) >= p.num, f"mask must list num ({p.num}) anchors, got {len(p.mask)}"),
             (all(m < anchors for m in mask), f"mask {mask} names an anchor beyond the {anchors} in biases"),
             (p.anchors_scale > 0, "anchors_scale must be positive"),
