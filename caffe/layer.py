@@ -74,21 +74,30 @@ FORK_TYPES: dict[str, str] = {
 }
 
 
+_HINTED_LENGTH = 64  # longer type names get no "did you mean" (difflib's matching is quadratic in the length)
+
+
+def short_name(name: str, limit: int = 100) -> str:
+    """``name`` for a message: cut short, with its length, when it is long (a mangled file's)."""
+    return name if len(name) <= limit else f"{name[: limit - 40]}... ({len(name)} characters)"
+
+
 def unknown_type_message(type_name: str, layer_name: str) -> str:
     """Caffe's unknown-type error, with the fork that defines the type or the closest known types."""
     fork = FORK_TYPES.get(type_name)
+    where = f"layer '{short_name(layer_name)}' has unknown type '{short_name(type_name)}'"
     if fork is not None:
-        return f"layer '{layer_name}' has unknown type '{type_name}' (a Caffe fork's type, from {fork})"
+        return f"{where} (a Caffe fork's type, from {fork})"
     scored = sorted(
         ((difflib.SequenceMatcher(None, type_name, known).ratio(), known) for known in _REGISTRY), reverse=True
-    )
+    ) if len(type_name) <= _HINTED_LENGTH else []  # fmt: skip
     # the types about as close as the closest one (a typo of InnerProduct is not MarginInnerProduct)
     close = [known for score, known in scored[:3] if score >= 0.5 and score >= scored[0][0] - 0.1] if scored else []
     if not close:
         lowered = {k.lower(): k for k in _REGISTRY}
         close = [lowered[type_name.lower()]] if type_name.lower() in lowered else []
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"layer '{layer_name}' has unknown type '{type_name}'{hint}"
+    return f"{where}{hint}"
 
 
 def layer_class(type_name: str, layer_name: str = "?") -> type[Layer]:

@@ -34,7 +34,7 @@ from caffe import common, net_debug
 from caffe.blob import Blob, Shape
 from caffe.engine import CompiledPlan
 from caffe.errors import CaffeError, LayerError, NetError, ShapeError, UnknownLayerTypeError
-from caffe.layer import Layer, create_layer, layer_class
+from caffe.layer import Layer, create_layer, layer_class, short_name
 from caffe.limits import LimitError, check_blob
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_net_param
@@ -367,7 +367,9 @@ class Net(PycaffeNet):
             raise UnknownLayerTypeError(f"{self._source}: {next(iter(unknown.values()))}")
         if unknown:
             raise UnknownLayerTypeError(
-                f"{self._source}: unknown layer types {', '.join(sorted(unknown))} ({'; '.join(unknown.values())})"
+                f"{self._source}: unknown layer types {', '.join(sorted(map(short_name, unknown))[:20])}"
+                f"{f' and {len(unknown) - 20} more' if len(unknown) > 20 else ''} "
+                f"({'; '.join(list(unknown.values())[:20])})"
             )
 
     def _guard(self, layer: Layer, what: str, fn: Callable[..., Any], *args: Any) -> Any:

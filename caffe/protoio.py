@@ -53,7 +53,7 @@ def parse_text(text: str, message: M, source: str = "<string>") -> M:
 
 def _raise_if_fork_layers(text: str, source: str, detail: str) -> None:
     """A prototxt from a Caffe fork fails on its extra fields; name its unknown layer types instead."""
-    from caffe.layer import layer_type_list
+    from caffe.layer import layer_type_list, short_name
 
     lenient = pb.NetParameter()
     try:
@@ -69,11 +69,13 @@ def _raise_if_fork_layers(text: str, source: str, detail: str) -> None:
         from caffe.layer import FORK_TYPES
 
         listing = "; ".join(
-            f"{t} (e.g. layer '{names[0]}', {len(names)} in all{', from ' + FORK_TYPES[t] if t in FORK_TYPES else ''})"
-            for t, names in unknown.items()
+            f"{short_name(t)} (e.g. layer '{short_name(names[0])}', {len(names)} in all"
+            f"{', from ' + FORK_TYPES[t] if t in FORK_TYPES else ''})"
+            for t, names in list(unknown.items())[:20]
         )
         raise UnknownLayerTypeError(
-            f"{source}: unknown layer types {', '.join(sorted(unknown))} - this net needs a Caffe fork "
+            f"{source}: unknown layer types {', '.join(sorted(map(short_name, unknown))[:20])}"
+            f"{f' and {len(unknown) - 20} more' if len(unknown) > 20 else ''} - this net needs a Caffe fork "
             f"(BVLC Caffe has no such layers): {listing}; first unknown field: {detail}"
         )
 

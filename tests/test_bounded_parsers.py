@@ -480,3 +480,30 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(kind: str
     monkeypatch.setattr("caffe.data.datum.MAX_DECODE_PIXELS", 16 * 24 - 1)
     with pytest.raises(caffe.DataError, match="rec 5: a 24 x 16 image, more than"):
         decode_image_bytes(data, "color", "rec 5")
+
+
+def test_a_long_unknown_type_is_named_short_without_a_quadratic_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mangled file's type name of 200,000 characters: the error shows it cut short with its length, and the
+    closest-type hint (difflib, quadratic in the length: minutes for such names over a net of them) is not
+    searched; a short typo still gets its hint."""
+    import difflib
+
+    import caffe.layer
+
+    real = difflib.SequenceMatcher
+
+    def guarded(isjunk: object, a: str, b: str) -> difflib.SequenceMatcher:
+        assert len(a) <= 64, "the hint search ran on a long name"
+        return real(isjunk, a, b)
+
+    monkeypatch.setattr(caffe.layer.difflib, "SequenceMatcher", guarded)
+    long_type = "Convolutio" * 20000
+    path = tmp_path / "net.prototxt"
+    path.write_text(f'layer {{ name: "c" type: "{long_type}" }}\nlayer {{ name: "d" type: "Convolutoin" }}\n')
+    with pytest.raises(caffe.UnknownLayerTypeError) as raised:
+        caffe.Net(str(path), caffe.TEST)
+    message = str(raised.value)
+    assert "(200000 characters)" in message and len(message) < 1000
+    assert "did you mean 'Convolution'" in message

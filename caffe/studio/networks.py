@@ -339,7 +339,8 @@ def _input_problem(
     blob = strays[0]
     reader = next(layer for layer in body if blob in layer.bottom)
     before = [t for layer in body[: body.index(reader)] for t in layer.top] + sorted(data)
-    close = difflib.get_close_matches(blob, before, n=2, cutoff=0.6)
+    short = [b for b in before if len(b) <= 128]  # difflib's matching is quadratic in the names' length
+    close = difflib.get_close_matches(blob, short, n=2, cutoff=0.6) if len(blob) <= 128 else []
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"layer '{reader.name}' reads bottom '{blob}', which no layer before it produces{hint}"
 
