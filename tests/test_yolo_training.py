@@ -663,6 +663,8 @@ def test_jitter_crops_train_images_and_moves_their_boxes(tmp_path: Path):
         ("yolo_data_type: 1 difficult_label_warmup: true", "", "difficult_label_warmup is not supported"),
         ("", "resize_param { prob: 0.5 height: 8 width: 8 } resize_param { prob: 0.2 height: 9 width: 9 }",
          "summing to 1; got 0.5, 0.2"),
+        ("", "resize_param { prob: 0.5 height: 8 width: 8 } resize_param { prob: 0.5 height: 4000000 width: 400000 }",
+         r"resize_param\[1\]"),
     ],
 )  # fmt: skip
 def test_yolo_data_refusals_name_the_option(tmp_path: Path, annotated: str, transform: str, match: str):

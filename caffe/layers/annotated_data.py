@@ -570,6 +570,10 @@ class AnnotatedDataLayer(DataLayer):
         self._label_shape = (1, 1, max(len(annotation_table(first)), 1), 8) if self.transformer.boxes else None
         if self.transformer.boxes and self.transformer.yolo:
             self._label_shape = (self._data_shape[0], 1, YOLO_BOXES, 5)
+        n, c = self._data_shape[:2]
+        for policy in range(1, len(self.transformer.policies)):  # the first is checked with the data top
+            shape = (n, *self.transformer.output_shape(c, 1, 1, policy))
+            check_blob(shape, 4, f"layer '{self.name}' (AnnotatedData) resize_param[{policy}]")
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         labels = self._label_shape or (self._data_shape[0],)

@@ -73,7 +73,6 @@ from caffe.blob import Shape
 from caffe.errors import LayerError
 from caffe.layer import register
 from caffe.layers.loss import LossLayer
-from caffe.layers.yolo import center_iou
 from caffe.layers.yolo_iou import KIND, iou_gradient, overlap
 from caffe.proto import caffe_pb2 as pb
 
@@ -120,8 +119,7 @@ def _end(column: np.ndarray) -> int:
 
 def _iou_many(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     """IoU of each of ``boxes`` (K x 4, centre and size) with ``box``; 0 where undefined."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.nan_to_num(center_iou(box, boxes), nan=0.0).astype(F32)
+    return np.nan_to_num(overlap(KIND.IOU, boxes, box), nan=0.0)
 
 
 def _grid_boxes(xy: np.ndarray, wh: np.ndarray, anchors: np.ndarray, units: tuple[F32, F32]) -> np.ndarray:
