@@ -2,7 +2,7 @@
 code computes them (after darknet's AlexeyAB fork, the GIoU and DIoU papers). Boxes are centre and size
 ``(x, y, w, h)``.
 
-* IOU: the plain overlap (the port's formula: no clamp of a negative union).
+* IOU: the plain overlap (intersection over union; 0 where the boxes do not meet).
 * GIOU: ``IoU - (C - U) / C`` with ``C`` the area of the smallest box around both (``IoU`` when ``C`` is 0).
 * DIOU: ``IoU - (d / c)^0.6`` with ``d`` the squared distance of the centres and ``c`` the squared diagonal of
   the box around both. The port's exponent is 0.6; the paper has 1.
@@ -13,10 +13,12 @@ The gradient (:func:`iou_gradient`) is the port's, in ``(x, y, w, h)``:
 
 * IOU and GIOU: the derivative through the sides (top, bottom, left, right) with ``x = l + r``, ``y = t + b``,
   ``w = r - l``, ``h = b - t``. So the sizes get twice the derivative; the port notes that it leaves out the
-  factor 1/2.
+  factor 1/2. The intersection there is not clamped at 0.
 * GIOU: where the boxes do not overlap, only the enclosing-box term.
-* DIOU and CIOU: the IoU part plus the derivative of ``d / c`` with the exponent left out. Where the boxes do not
-  overlap, that term alone. CIOU adds ``alpha dv`` to the sizes.
+* DIOU and CIOU: the IoU part plus the derivative of ``-d / c`` with the exponent left out. In x and y the
+  enclosing diagonal's change enters with the opposite sign, which looks like a sign slip in the port. Where the
+  boxes do not overlap, that term alone. CIOU adds ``alpha 8 / pi^2 (atan(W/H) - atan(w/h))`` times h (to w) and
+  times -w (to h): ``-alpha dv`` without its factor ``1 / (w^2 + h^2)``.
 
 With IOU the loss and the statistics use the DIoU value, as the port's (its box delta returns the DIoU for
 both); the gradient stays the IoU's.
