@@ -143,6 +143,9 @@ class Layer:
         self.tops: list[Blob] = []
         self._last_bottom_shapes: list[Shape] | None = None
         self._top_shapes: list[Shape] = []
+        # The training's (iteration, stop iteration), set by the solver before each iteration (Net.set_progress; the
+        # forks' Layer::set_iter); (0, 0) outside a solver. Layers reading it are not traceable.
+        self.progress: tuple[int, int] = (0, 0)
 
     # ------------------------------------------------------------------ subclass API
     def layer_setup(self, bottom: list[Shape]) -> None:

@@ -918,6 +918,12 @@ class Net(PycaffeNet):
         self._set_loss_diffs()
 
     # ------------------------------------------------------------------ parameters
+    def set_progress(self, iteration: int, stop: int) -> None:
+        """Tell every layer where the training is: ``iteration`` of a run ending at ``stop`` (the forks' set_iter,
+        read by MobileNet-YOLO's AssistedExcitation and its difficult-box warm-up)."""
+        for layer in self._layers:
+            layer.progress = (int(iteration), int(stop))
+
     def clear_param_diffs(self) -> None:
         for blob in self._learnable_params:
             blob.zero_grad()

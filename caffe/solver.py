@@ -511,6 +511,7 @@ class Solver:
         timer, last_iter = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
+            self.net.set_progress(self.iter, stop_iter)
             if (
                 p.test_interval
                 and self.iter % p.test_interval == 0

@@ -569,6 +569,10 @@ FORK_TRAINING_NETS = {
         " biases: 16 biases: 24 mask: 0 mask: 1 anchors_scale: 8 iou_loss: CIOU accumulate: false max_delta: 5 }",
         {"a": (1, 16, 4, 4), "label": (1, 1, 3, 5)},
     ),
+    "assisted_excitation": (
+        'type: "AssistedExcitation" bottom: "a" bottom: "label" bottom: "m" top: "y"',
+        {"a": (2, 3, 4, 5), "label": (2, 1, 3, 5), "m": (2, 4, 5)},
+    ),
     "region_loss": (
         'type: "RegionLoss" bottom: "a" bottom: "label" top: "l" region_loss_param { num_class: 3 num: 2'
         " biases: 1 biases: 1.5 biases: 2.5 biases: 2 thresh: 0.6 rescore: 1 }",

@@ -43,6 +43,7 @@ def _nets() -> dict[str, Path]:
     training = {f"MobileNet-SSD_voc_{n}.prototxt" for n in ("MobileNetSSD_train", "MobileNetSSD_test", "solver")}
     training |= {f"MobileNet-YOLO_yolov3_mobilenet_yolov3_lite_{n}.prototxt" for n in ("train", "test", "solver")}
     training |= {f"MobileNet-YOLO_yolov2_mobilenet_yolo_lite_{n}.prototxt" for n in ("train", "test", "solver")}
+    training.add("MobileNet-YOLO_mobilenetv3_voc_train_AE.prototxt")
     training |= {f"py-faster-rcnn_ZF_faster_rcnn_end2end_{n}.prototxt" for n in ("train", "solver")}
     training |= {f"py-R-FCN_ResNet-50_rfcn_end2end_{n}.prototxt" for n in ("train_agnostic_ohem", "solver_ohem")}
     found.update({f"forks/{p.name}": p for p in sorted(FORKS.glob("*.prototxt")) if p.name not in training})

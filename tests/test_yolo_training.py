@@ -13,13 +13,14 @@ import pytest
 from fork_nets import FORKS
 from google.protobuf import text_format
 from gradcheck import layer_net
-from test_ssd_fork_training import solve_two_iterations
+from test_ssd_fork_training import _annotated_lmdb, _user_copy, solve_two_iterations
 
 import caffe
 from caffe.data.annotation import annotated_datum
 from caffe.data.db import item_key, open_db
 from caffe.errors import CaffeError
 from caffe.layers.annotated_data import jitter_window
+from caffe.layers.assisted_excitation import excitation_weight
 from caffe.layers.yolo_iou import KIND, iou_gradient, overlap
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import read_solver_param
@@ -660,7 +661,6 @@ def test_jitter_crops_train_images_and_moves_their_boxes(tmp_path: Path):
     [
         ("yolo_data_type: 2", "", "yolo_data_type must be 0"),
         ("yolo_data_jitter: 1.0", "", r"yolo_data_jitter must be in \[0, 1\)"),
-        ("yolo_data_type: 1 difficult_label_warmup: true", "", "difficult_label_warmup is not supported"),
         ("", "resize_param { prob: 0.5 height: 8 width: 8 } resize_param { prob: 0.2 height: 9 width: 9 }",
          "summing to 1; got 0.5, 0.2"),
         ("", "resize_param { prob: 0.5 height: 8 width: 8 } resize_param { prob: 0.5 height: 4000000 width: 400000 }",
@@ -671,6 +671,65 @@ def test_yolo_data_refusals_name_the_option(tmp_path: Path, annotated: str, tran
     _boxes_lmdb(tmp_path / "db", [(np.zeros((8, 8, 3), dtype=np.uint8), [(1, 0.2, 0.2, 0.6, 0.7)])])
     with pytest.raises(CaffeError, match=match):
         _net(tmp_path, _data_net(tmp_path / "db", annotated, transform))
+
+
+def test_difficult_boxes_wait_for_five_percent_of_the_run(tmp_path: Path):
+    """``difficult_label_warmup``: the YOLO labels leave difficult boxes out until the solver's iteration passes
+    stop / 20 (integer division, as the port's)."""
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    _boxes_lmdb(tmp_path / "db", [(image, [(3, 0.1, 0.2, 0.5, 0.6), (1, 0.5, 0.5, 0.9, 1.0, True)])])
+    text = _data_net(tmp_path / "db", "yolo_data_type: 1 difficult_label_warmup: true", "", batch=1)
+    net = _net(tmp_path, text)
+    kept = []
+    for progress in [(0, 0), (50, 1000), (51, 1000), (999, 1000)]:
+        net.layers[0].progress = progress
+        net.forward()
+        kept.append(int((net.blobs["label"].data[0, 0, :, 3] > 0).sum()))
+    assert kept == [1, 1, 2, 2]  # outside a solver, (0, 0), counts as the start of a run
+
+
+def test_assisted_excitation_by_hand():
+    """Two images, each brightened inside its own box by alpha times its map, in every channel; alpha from the
+    solver's progress; the features' gradient unchanged."""
+    text = 'name: "ae" type: "AssistedExcitation" bottom: "x" bottom: "label" bottom: "map" top: "y"'
+    net = layer_net(text, {"x": (2, 2, 4, 5), "label": (2, 1, 3, 5), "map": (2, 4, 5)}, phase=caffe.TRAIN)
+    rng = np.random.default_rng(0)
+    x, plane = rng.normal(0, 1, (2, 2, 4, 5)), rng.uniform(1, 2, (2, 4, 5))
+    net.blobs["x"].data[...] = x
+    net.blobs["map"].data[...] = plane
+    net.blobs["label"].data[...] = _labels([[[1, 0.5, 0.5, 0.4, 0.5]], [[0, 0.1, 0.9, 0.1, 0.1]]], rows=3)
+    for progress, alpha in [((0, 0), 1.0), ((300, 1000), math.cos(0.2 * math.pi)), ((800, 1000), 0.0)]:
+        net.layers[1].progress = progress
+        net.forward()
+        want = x.copy()
+        want[0, :, 1:3, 1:4] += alpha * plane[0, 1:3, 1:4]  # columns int(1.5)..int(4.45), rows int(1)..int(3.95)
+        want[1, :, 3:4, 0:1] += alpha * plane[1, 3:4, 0:1]  # a box under a cell wide: one cell
+        np.testing.assert_allclose(net.blobs["y"].data, want, rtol=1e-6, atol=1e-6)
+    assert excitation_weight(300, 1000) == pytest.approx(math.cos(0.2 * math.pi))
+    top = rng.normal(0, 1, x.shape)
+    net.blobs["y"].diff[...] = top
+    net.backward()
+    np.testing.assert_allclose(net.blobs["x"].diff, top)
+
+
+def test_the_solver_tells_the_layers_where_the_run_is():
+    text = """
+    layer { name: "d" type: "DummyData" top: "data" top: "target"
+      dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 }
+        data_filler { type: "gaussian" } data_filler { type: "gaussian" } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "out"
+      inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "target" top: "loss" }
+    """
+    solver = pb.SolverParameter(base_lr=0.01, lr_policy="fixed", max_iter=10, display=0)
+    solver.net_param.CopyFrom(text_format.Parse(text, pb.NetParameter()))
+    solver.solver_mode = pb.SolverParameter.CPU
+    s = caffe.SGDSolver(solver)
+    assert {layer.progress for layer in s.net.layers} == {(0, 0)}
+    s.step(3)
+    assert {layer.progress for layer in s.net.layers} == {(2, 3)}  # the last iteration run, of the run to 3
+    s.step(2)
+    assert {layer.progress for layer in s.net.layers} == {(4, 5)}
 
 
 # ---------------------------------------------------------------------------- the port's files
@@ -709,3 +768,35 @@ def test_mobilenet_yolov2_lite_trains_and_tests_with_its_own_files(tmp_path: Pat
     evaluation = [line for line in lines if "Test net output #0: detection_eval = " in line]
     assert len(evaluation) == 1 and 0.0 <= float(evaluation[0].rsplit("= ", 1)[1]) <= 1.0
     assert s.net.blobs["label"].data.shape == (2, 1, 300, 5)
+
+
+def test_mobilenetv3_with_assisted_excitation_trains_from_its_own_file(tmp_path: Path):
+    """The port's MobileNetV3 VOC net with AssistedExcitation (SE blocks, Power, Reduction over a Permute; five
+    resize policies; two Yolov3 heads) trains two iterations from a small LMDB; the excitation is the layer's rule
+    at the solver's progress."""
+    _annotated_lmdb(tmp_path / "lmdb", 4, seed=0)
+    train = _user_copy(FORKS / "MobileNet-YOLO_mobilenetv3_voc_train_AE.prototxt", tmp_path, tmp_path / "lmdb", 2)
+    solver = pb.SolverParameter(train_net=str(train), base_lr=0.0005, lr_policy="fixed", max_iter=2, display=1)
+    solver.solver_mode, solver.type, solver.random_seed = pb.SolverParameter.CPU, "RMSProp", 1
+    s = caffe.get_solver(solver)
+    s.solve()
+    net = s.net
+    ae = net.layer_dict["AE"]
+    assert ae.progress == (1, 2)
+    features, label, plane = (net.blobs[b].data for b in ("mul16", "label", "reduction"))
+    excited = net.blobs["AE"].data - features
+    alpha = excitation_weight(1, 2)
+    assert 0 < alpha < 1
+    n, _, h, w = features.shape
+    for b in range(n):
+        want = np.zeros((h, w), dtype=np.float32)
+        for row in label[b, 0]:
+            if row[1] == 0:
+                break
+            x0 = min(max(int((row[1] - row[3] / 2) * w), 0), w - 1)
+            y0 = min(max(int((row[2] - row[4] / 2) * h), 0), h - 1)
+            x1 = min(max(int((row[1] + row[3] / 2) * w + 0.95), x0 + 1), w)
+            y1 = min(max(int((row[2] + row[4] / 2) * h + 0.95), y0 + 1), h)
+            want[y0:y1, x0:x1] = alpha * plane.reshape(n, h, w)[b, y0:y1, x0:x1]
+        np.testing.assert_allclose(excited[b], np.broadcast_to(want, excited[b].shape), rtol=1e-4, atol=1e-5)
+    assert np.isfinite(net.blobs["det_loss1"].data) and float(net.blobs["det_loss1"].data) > 0

@@ -12,12 +12,14 @@ MultiBoxLoss), ``annotated_data`` (its training data, AnnotatedData: images with
 (HDF5Data, HDF5Output), ``python`` (user layers), ``forks`` (BN, Upsample, Interp, ShuffleChannel, Axpy, the
 depthwise convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN /
 R-FCN forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM),
-``yolo`` (the YOLO ports' detection outputs and Reorg), ``yolo_training`` (MobileNet-YOLO's Yolov3 and RegionLoss) and
-``face`` (the face recognition forks' CenterLoss and MarginInnerProduct).
+``yolo`` (the YOLO ports' detection outputs and Reorg), ``yolo_training`` (MobileNet-YOLO's Yolov3 and
+RegionLoss), ``assisted_excitation`` (its AssistedExcitation) and ``face`` (the face recognition forks' CenterLoss
+and MarginInnerProduct).
 """
 
 from caffe.layers import (  # noqa: F401
     annotated_data,
+    assisted_excitation,
     core,
     data,
     dense_image_data,

@@ -31,8 +31,8 @@ records' ``type`` nor ``anno_type``) it is the datums' labels (N,).
 Refused at set-up with an error naming the layer and the option: ``noise_param`` with ``prob`` > 0, resize mode
 FIT_SMALL_SIZE (its size changes from image to image), ``crop_h`` without ``crop_w`` or the reverse, an expansion
 with a mean file, out-of-range sampler, expansion or distortion values, an ``anno_type`` other than BBOX,
-MobileNet-YOLO's ``difficult_label_warmup`` (it reads the solver's iteration) and a ``yolo_data_type`` other than
-0 or 1. A record
+and a ``yolo_data_type`` other than 0 or 1 (MobileNet-YOLO's ``difficult_label_warmup`` leaves difficult boxes out
+of the YOLO labels until the solver is 5% into its run). A record
 that cannot be read is an error naming the database and key. Differences from the fork (none moves a box):
 random numbers come from the layer's seeded generator (one seed per item, drawn in order, so
 seeded runs and resumed runs repeat); intermediate images stay decoded (the fork re-encodes them as JPEG after
@@ -254,6 +254,8 @@ class AnnotatedTransformer(DataTransformer):
         self.jitter = yolo_jitter(anno)
         self.yolo = anno.yolo_data_type == 1
         self.difficult = bool(anno.train_diffcult)
+        self.warmup = bool(anno.difficult_label_warmup)
+        self.progress = (0, 0)  # the training's (iteration, stop), set by the layer before each batch is taken
         self.emit = param.emit_constraint if param.HasField("emit_constraint") else None
         self.forced_type = anno.HasField("anno_type")
         # the final crop (height, width): crop_size, else the fork's crop_h x crop_w
@@ -435,7 +437,9 @@ class AnnotatedTransformer(DataTransformer):
         if not self.boxes:
             return torch.tensor(labels, dtype=torch.float32)
         if self.yolo:
-            return torch.from_numpy(yolo_label_rows(labels, self.difficult, self.where))
+            iteration, stop = self.progress  # the port's warm-up: no difficult box in the first 5% of the run
+            difficult = self.difficult and (not self.warmup or iteration > stop // 20)
+            return torch.from_numpy(yolo_label_rows(labels, difficult, self.where))
         return torch.from_numpy(label_rows(labels))
 
 
@@ -530,8 +534,6 @@ def _yolo_problem(anno: pb.AnnotatedDataParameter) -> str | None:
         return f"annotated_data_param.yolo_data_type must be 0 (SSD labels) or 1 (YOLO labels), got {found}"
     if not 0.0 <= yolo_jitter(anno) < 1.0:
         return f"annotated_data_param.yolo_data_jitter must be in [0, 1), got {anno.yolo_data_jitter}"
-    if anno.difficult_label_warmup:
-        return "annotated_data_param.difficult_label_warmup is not supported (it reads the solver's iteration)"
     return None
 
 
@@ -574,6 +576,11 @@ class AnnotatedDataLayer(DataLayer):
         for policy in range(1, len(self.transformer.policies)):  # the first is checked with the data top
             shape = (n, *self.transformer.output_shape(c, 1, 1, policy))
             check_blob(shape, 4, f"layer '{self.name}' (AnnotatedData) resize_param[{policy}]")
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        assert isinstance(self.transformer, AnnotatedTransformer)
+        self.transformer.progress = self.progress  # read when this batch's labels are made, in this thread
+        return super().forward(bottom)
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         labels = self._label_shape or (self._data_shape[0],)
