@@ -778,6 +778,7 @@ def test_mobilenetv3_with_assisted_excitation_trains_from_its_own_file(tmp_path:
     train = _user_copy(FORKS / "MobileNet-YOLO_mobilenetv3_voc_train_AE.prototxt", tmp_path, tmp_path / "lmdb", 2)
     solver = pb.SolverParameter(train_net=str(train), base_lr=0.0005, lr_policy="fixed", max_iter=2, display=1)
     solver.solver_mode, solver.type, solver.random_seed = pb.SolverParameter.CPU, "RMSProp", 1
+    solver.snapshot_after_train = False
     s = caffe.get_solver(solver)
     s.solve()
     net = s.net
