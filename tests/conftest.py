@@ -37,14 +37,23 @@ def assets() -> Path:
     return ASSETS
 
 
+_ROOT_LITTER_OK = {".pytest_cache", "test-artifacts", ".ruff_cache", "__pycache__", ".coverage"}
+
+
 @pytest.fixture(autouse=True)
 def _cpu_mode_and_seed():
     import caffe
 
     caffe.set_mode_cpu()
     caffe.set_random_seed(1701)
+    before = set(os.listdir(ROOT))
     yield
     caffe.set_mode_cpu()
+    # a test writes under tmp_path: a file left beside the repository's own (a solver's default snapshot
+    # prefix is the working directory) would land in the next commit
+    litter = sorted(set(os.listdir(ROOT)) - before - _ROOT_LITTER_OK)
+    if litter:
+        pytest.fail(f"the test left {', '.join(litter)} in the repository root {ROOT}; write under tmp_path")
 
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
