@@ -1,6 +1,12 @@
-"""MobileNet-YOLO's YOLOv3 training (eric612/MobileNet-YOLO): the ``Yolov3`` loss against the port's loops written
-out element by element and a hand computation; its data (``AnnotatedData`` with YOLO labels, several resize
-policies, jittered crops); and the port's own train, test and solver files training here."""
+"""MobileNet-YOLO's YOLO training (eric612/MobileNet-YOLO), checked in these ways:
+
+- The ``Yolov3`` loss (MSE and the IoU losses) and ``RegionLoss`` against the port's loops written out element by
+  element, and against hand computations.
+- The overlap gradients against finite differences.
+- ``AssistedExcitation`` computed by hand, and the solver's progress reaching the layers.
+- The data: ``AnnotatedData`` with YOLO labels, several resize policies, jittered crops and the difficult-box
+  warm-up.
+- The port's own train, test and solver files, training here."""
 
 from __future__ import annotations
 
