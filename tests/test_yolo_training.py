@@ -205,6 +205,16 @@ def _labels(boxes: list[list[list[float]]], rows: int = 6) -> np.ndarray:
     return out
 
 
+def _loss_and_diff(text: str, x: np.ndarray, label: np.ndarray) -> tuple[float, np.ndarray]:
+    """A loss layer's value and its bottom's gradient (top diff 1) for the head ``x`` and the labels."""
+    net = layer_net(text, {"x": x.shape, "label": label.shape}, phase=caffe.TRAIN)
+    net.blobs["x"].data[...] = x
+    net.blobs["label"].data[...] = label
+    loss = float(net.forward()["loss"])
+    net.backward()
+    return loss, net.blobs["x"].diff.copy()
+
+
 # two images: a box whose best anchor is another head's, two boxes in one cell (the class set twice), a small box
 BOXES = [
     [[1, 0.30, 0.40, 0.20, 0.25], [2, 0.70, 0.55, 0.50, 0.45], [0, 0.72, 0.58, 0.30, 0.40]],
@@ -245,15 +255,11 @@ def test_yolov3_loss_and_gradient_follow_the_ports_loops(extra: dict, matches: i
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1.0, (2, 3 * 8, 4, 5))  # H 4, W 5: an input of 32 x 40
     label = _labels(BOXES)
-    net = layer_net(_yolov3_text(p), {"x": x.shape, "label": label.shape}, phase=caffe.TRAIN)
-    net.blobs["x"].data[...] = x
-    net.blobs["label"].data[...] = label
-    loss = float(net.forward()["loss"])
-    net.backward()
+    loss, diff = _loss_and_diff(_yolov3_text(p), x, label)
     want_loss, want_diff = port_loss(x.astype(np.float32), label, p)
     assert want_loss > 1.0
     np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
-    np.testing.assert_allclose(net.blobs["x"].diff, want_diff, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(diff, want_diff, rtol=1e-4, atol=1e-6)
     matched = np.abs(want_diff.reshape(2, 3, 8, 4, 5)[:, :, 5:]).sum(axis=2) > 0  # (image, anchor, cell)
     assert matched.sum() == matches  # (image, anchor, cell) places given a box: the cases each set covers
 
@@ -352,15 +358,11 @@ def test_yolov3_one_box_by_hand():
     size) and a centred box half the input's size: IoU 0.25, below thresh, so the objectness target is 1;
     c = 2 - 0.25; the size targets log(0.5); the class target 1 - 0.1 / 2."""
     p = {"num_class": 1, "num": 1, "anchors_scale": 16, "biases": [16, 16], "mask": [0], "coord_scale": 1.0}
-    net = layer_net(_yolov3_text(p), {"x": (1, 6, 1, 1), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
-    net.blobs["x"].data[...] = 0
-    net.blobs["label"].data[...] = _labels([[[0, 0.5, 0.5, 0.5, 0.5]]], rows=2)
-    loss = float(net.forward()["loss"])
-    net.backward()
+    loss, diff = _loss_and_diff(_yolov3_text(p), np.zeros((1, 6, 1, 1)), _labels([[[0, 0.5, 0.5, 0.5, 0.5]]], rows=2))
     c = 2 - 0.25
     size = c * math.log(2)  # -c (log 0.5 - 0)
     assert loss == pytest.approx(2 * size**2 + 0.5**2 + 0.45**2, rel=1e-6)
-    np.testing.assert_allclose(net.blobs["x"].diff.reshape(6), [0, 0, size, size, -0.5, -0.45], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(diff.reshape(6), [0, 0, size, size, -0.5, -0.45], rtol=1e-6, atol=1e-7)
 
 
 def test_yolov3_trains_a_head_towards_its_boxes():
@@ -513,14 +515,10 @@ def test_region_loss_and_gradient_follow_the_ports_loops(extra: dict, places: in
     rng = np.random.default_rng(5)
     x = rng.normal(0, 1.0, (2, 3 * 8, 5, 5))
     label = _labels(BOXES)
-    net = layer_net(_region_text(p), {"x": x.shape, "label": label.shape}, phase=caffe.TRAIN)
-    net.blobs["x"].data[...] = x
-    net.blobs["label"].data[...] = label
-    loss = float(net.forward()["loss"])
-    net.backward()
+    loss, diff = _loss_and_diff(_region_text(p), x, label)
     want_loss, want_diff = port_region_loss(x.astype(np.float32), label, p)
     np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
-    np.testing.assert_allclose(net.blobs["x"].diff, want_diff, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(diff, want_diff, rtol=1e-4, atol=1e-6)
     matched = np.abs(want_diff.reshape(2, 3, 8, 5, 5)[:, :, 5:]).sum(axis=2) > 0
     assert matched.sum() == places  # (image, anchor, cell) places given a box
 
@@ -530,14 +528,10 @@ def test_region_loss_one_box_by_hand():
     box half the map: IoU 0.25 (below thresh 0.6); rescore: the objectness target is the IoU, c = coord_scale;
     the size targets log(0.5)."""
     p = {"num_class": 2, "num": 1, "biases": [1, 1], "thresh": 0.6, "coord_scale": 1.0, "object_scale": 5.0}
-    net = layer_net(_region_text(p), {"x": (1, 7, 1, 1), "label": (1, 1, 2, 5)}, phase=caffe.TRAIN)
-    net.blobs["x"].data[...] = 0
-    net.blobs["label"].data[...] = _labels([[[0, 0.5, 0.5, 0.5, 0.5]]], rows=2)
-    loss = float(net.forward()["loss"])
-    net.backward()
+    loss, diff = _loss_and_diff(_region_text(p), np.zeros((1, 7, 1, 1)), _labels([[[0, 0.5, 0.5, 0.5, 0.5]]], rows=2))
     size, obj = math.log(2), -5.0 * (0.25 - 0.5) * 0.25
     assert loss == pytest.approx(2 * size**2 + obj**2 + 0.5**2 + 0.5**2, rel=1e-6)
-    np.testing.assert_allclose(net.blobs["x"].diff.reshape(7), [0, 0, size, size, obj, -0.5, 0.5], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(diff.reshape(7), [0, 0, size, size, obj, -0.5, 0.5], rtol=1e-6, atol=1e-7)
 
 
 def test_region_loss_refusals():
