@@ -13,7 +13,9 @@ MultiBoxLoss), ``annotated_data`` (its training data, AnnotatedData: images with
 depthwise convolutions of Caffe's forks), ``rcnn`` (ROIPooling, PSROIPooling, Proposal of the Faster R-CNN /
 R-FCN forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1LossOHEM, BoxAnnotatorOHEM),
 ``yolo`` (the YOLO ports' detection outputs and Reorg), ``yolo_training`` (MobileNet-YOLO's Yolov3 and
-RegionLoss), ``assisted_excitation`` (its AssistedExcitation) and ``face`` (the face recognition forks' CenterLoss
+RegionLoss), ``assisted_excitation`` (its AssistedExcitation), ``detectnet`` and ``detectnet_eval``
+(DIGITS' DetectNet from NVIDIA/caffe: DetectNetTransformation, L1Loss, its clustering and scoring layers) and
+``face`` (the face recognition forks' CenterLoss
 and MarginInnerProduct).
 """
 
@@ -25,6 +27,8 @@ from caffe.layers import (  # noqa: F401
     dense_image_data,
     detection,
     detection_evaluate,
+    detectnet,
+    detectnet_eval,
     face,
     forks,
     hdf5,

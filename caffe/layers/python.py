@@ -10,7 +10,8 @@ Caffe's ``PythonLayer``. An exception from the user's code reaches the caller as
 :class:`~caffe.errors.LayerError` naming the layer (a ``RuntimeError``, as in pycaffe).
 
 Forks' modules built in: the Caffe forks' test nets name Python layers their users never ship
-(py-faster-rcnn's and R-FCN's ``rpn.proposal_layer.ProposalLayer``). Rather than installing a
+(py-faster-rcnn's and R-FCN's ``rpn.proposal_layer.ProposalLayer``; DIGITS' DetectNet layers from
+NVIDIA/caffe's ``caffe.layers.detectnet``, which can only be neocaffe's). Rather than installing a
 top-level ``rpn`` package into site-packages (a name any user project may own), a layer whose
 module is in :data:`BUILTIN_MODULES` and cannot be found is built as neocaffe's own native layer
 (``param_str`` read as the fork reads it). That code is neocaffe's, so such a layer is not a
@@ -44,6 +45,11 @@ CONSENT_FLAG = "--allow_python_layers"
 #: (module, class) of forks' Python layers -> the registered native type built in their place.
 BUILTIN_MODULES: dict[tuple[str, str], str] = {
     ("rpn.proposal_layer", "ProposalLayer"): "Proposal",
+    # NVIDIA/caffe's own Python package (DIGITS' DetectNet): under ``caffe``, which is neocaffe here
+    ("caffe.layers.detectnet.clustering", "ClusterDetections"): "ClusterDetections",
+    ("caffe.layers.detectnet.clustering", "ClusterGroundtruth"): "ClusterGroundtruth",
+    ("caffe.layers.detectnet.mean_ap", "ScoreDetections"): "ScoreDetections",
+    ("caffe.layers.detectnet.mean_ap", "mAP"): "DetectNetMAP",
 }
 
 #: Forks' Python modules with no built-in counterpart (training-time layers), named in import errors.
@@ -70,9 +76,11 @@ def _findable(module: str, search: list[Path]) -> bool:
 def builtin_type(pp: pb.PythonParameter, search: list[Path] | None = None) -> str | None:
     """The native type built for this ``python_param`` (a fork's module that is not importable), else None."""
     native = BUILTIN_MODULES.get((pp.module, pp.layer))
-    if native is None or _findable(pp.module, [Path.cwd()] if search is None else search):
+    if native is None:
         return None
-    return native
+    if pp.module.startswith("caffe."):
+        return native  # a fork's module inside its own caffe package: the name is neocaffe's, so is the layer
+    return None if _findable(pp.module, [Path.cwd()] if search is None else search) else native
 
 
 def python_layers(param: pb.NetParameter) -> list[pb.LayerParameter]:
