@@ -573,6 +573,26 @@ FORK_TRAINING_NETS = {
         'type: "AssistedExcitation" bottom: "a" bottom: "label" bottom: "m" top: "y"',
         {"a": (2, 3, 4, 5), "label": (2, 1, 3, 5), "m": (2, 4, 5)},
     ),
+    "detectnet_transformation": (
+        'type: "DetectNetTransformation" bottom: "a" bottom: "boxes" top: "y" top: "label"'
+        " detectnet_groundtruth_param { stride: 4 scale_cvg: 0.4 gridbox_type: GRIDBOX_MIN min_cvg_len: 4"
+        " obj_norm: true image_size_x: 32 image_size_y: 16 object_class { src: 1 dst: 0 } object_class { src: 2"
+        " dst: 1 } } detectnet_augmentation_param { crop_prob: 1 shift_x: 8 shift_y: 4 flip_prob: 0.5"
+        " rotation_prob: 0.5 max_rotate_degree: 5 scale_prob: 0.5 scale_min: 0.8 scale_max: 1.2"
+        " hue_rotation_prob: 0.5 hue_rotation: 30 desaturation_prob: 0.5 desaturation_max: 0.8 }"
+        " transform_param { mean_value: 127 }",
+        {"a": (2, 3, 20, 36), "boxes": (2, 1, 4, 16)},
+    ),
+    "l1_loss": ('type: "L1Loss" bottom: "a" bottom: "b" top: "l" loss_weight: 2', {"a": (2, 4, 3), "b": (2, 12)}),
+    "detectnet_clustering": (
+        'type: "Python" bottom: "a" bottom: "b" top: "det" python_param { module:'
+        ' "caffe.layers.detectnet.clustering" layer: "ClusterDetections" param_str: "32, 16, 4, 0.1, 1, 0.2, 2, 1" }',
+        {"a": (2, 1, 4, 8), "b": (2, 4, 4, 8)},
+    ),
+    "detectnet_scoring": (
+        'type: "ScoreDetections" bottom: "a" bottom: "b" top: "s"',
+        {"a": (2, 50, 5), "b": (2, 50, 5)},
+    ),
     "region_loss": (
         'type: "RegionLoss" bottom: "a" bottom: "label" top: "l" region_loss_param { num_class: 3 num: 2'
         " biases: 1 biases: 1.5 biases: 2.5 biases: 2 thresh: 0.6 rescore: 1 }",
@@ -589,10 +609,23 @@ def fork_training_net(layer: str, inputs: dict[str, tuple[int, ...]]) -> str:
     return net + f'layer {{ name: "f" {layer} }}\n'
 
 
+def detectnet_tables(shape: tuple[int, ...], rng: Any) -> Any:
+    """Random box tables of DIGITS' DetectNet datasets, (N, 1, rows, 16): a box count, then pixel boxes."""
+    from caffe.data.detectnet import box_table
+
+    tables = []
+    for _ in range(shape[0]):
+        boxes = rng.uniform(-8, 40, (int(rng.integers(0, shape[2])), 16))
+        boxes[:, 5] = rng.integers(0, 3, len(boxes))
+        tables.append(box_table(boxes, shape[2] - 1))
+    return tables
+
+
 @target("fork_training_layers", weight=30, batch=100)
 def _fork_training_layers(work: Path):
-    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, the YOLO heads and loss) from mutated prototxts:
-    built in TRAIN, run forward and backward on random inputs (labels 0, 1 or 2: every seed's classes)."""
+    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, the YOLO heads and loss, DetectNet) from
+    mutated prototxts: built in TRAIN, run forward and backward on random inputs (labels 0, 1 or 2: every seed's
+    classes; DetectNet's box tables random boxes)."""
     import numpy as np
 
     import caffe
@@ -604,6 +637,8 @@ def _fork_training_layers(work: Path):
             blob = net.blobs[name]
             if name == "label":
                 blob.data[...] = rng.integers(0, 3, blob.shape)
+            elif name == "boxes":  # DIGITS' box tables (DetectNet): a header row, then boxes of classes 0-2
+                blob.data[...] = detectnet_tables(blob.shape, rng)
             else:
                 blob.data[...] = rng.normal(0, 1, blob.shape)
         net.forward()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -34,11 +35,13 @@ from caffe.data.detectnet import (
     transform_boxes,
     transform_image,
 )
+from caffe.deploy.detection import detectnet_rows
 from caffe.errors import CaffeError
 from caffe.io import array_to_datum
 from caffe.layers.python import python_layers
 from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import parse_text
+from caffe.tools.cli import main
 
 NETWORK = FORKS / "NVIDIA-caffe_kitti_detectnet_network.prototxt"
 SOLVER = FORKS / "NVIDIA-caffe_kitti_detectnet_solver.prototxt"
@@ -454,3 +457,66 @@ def test_nvidia_detectnet_deploy_form_runs_at_full_size():
     out = net.forward()
     assert out["bbox-list"].shape == (1, 50, 5)
     assert net.blobs["coverage"].data.shape == (1, 1, 24, 78) and net.blobs["bboxes"].data.shape == (1, 4, 24, 78)
+
+
+# ---------------------------------------------------------------- deploying a DetectNet model
+
+BRIGHTNESS_DETECTOR = """
+name: "brightness_detectnet"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 64 dim: 128 } } }
+layer { name: "cells" type: "Pooling" bottom: "data" top: "cells"
+        pooling_param { pool: AVE kernel_size: 16 stride: 16 } }
+layer { name: "cvg" type: "Convolution" bottom: "cells" top: "coverage"
+        convolution_param { num_output: 1 kernel_size: 1 } }
+layer { name: "bb" type: "Convolution" bottom: "cells" top: "bboxes"
+        convolution_param { num_output: 4 kernel_size: 1 } }
+layer {
+  name: "cluster" type: "Python" bottom: "coverage" bottom: "bboxes" top: "bbox-list"
+  python_param { module: "caffe.layers.detectnet.clustering" layer: "ClusterDetections"
+                 param_str: "128, 64, 16, 0.5, 1, 1.0, 8, 1" }
+}
+"""
+
+
+def _brightness_detector(folder: Path) -> Path:
+    """A DetectNet-shaped deploy model: a cell's coverage is its mean brightness (0-1), every cell proposes the
+    32x32 box 8 pixels up and left of its corner; neighbours group (eps 1.0), so a bright 32x32 square of 2x2
+    cells is found as itself, voted by 4 cells."""
+    folder.mkdir()
+    (folder / "deploy.prototxt").write_text(BRIGHTNESS_DETECTOR)
+    net = caffe.Net(str(folder / "deploy.prototxt"), caffe.TEST)
+    net.params["cvg"][0].data[...] = 1 / (3 * 255)
+    net.params["cvg"][1].data[...] = 0
+    net.params["bb"][0].data[...] = 0
+    net.params["bb"][1].data[...] = [-8, -8, 24, 24]
+    net.save(str(folder / "weights.caffemodel"))
+    return folder
+
+
+def test_detectnet_rows_become_ssd_rows():
+    rows = np.zeros((50, 5))
+    rows[0] = (10, 20, 50, 40, 1.5)
+    rows[1] = (0, 0, 8, 8, 0.0)
+    other = np.zeros((50, 5))
+    other[0] = (64, 0, 128, 32, 2.0)
+    out = detectnet_rows([rows, other], 3, 128, 64)
+    np.testing.assert_allclose(
+        out,
+        [
+            [3, 0, 1.5, 10 / 128, 20 / 64, 50 / 128, 40 / 64],
+            [3, 0, 0, 0, 0, 8 / 128, 8 / 64],
+            [3, 1, 2, 0.5, 0, 1, 0.5],
+        ],
+    )
+
+
+def test_caffe_detect_finds_the_bright_square_with_a_detectnet_model(tmp_path: Path, capsys: pytest.CaptureFixture):
+    model = _brightness_detector(tmp_path / "model")
+    image = np.zeros((128, 256, 3), np.uint8)
+    image[32:96, 64:128] = 255  # the input squashes it to 128 x 64: cells x 2-3, y 1-2
+    cv2.imwrite(str(tmp_path / "square.png"), image)
+    assert main(["detect", "--format=json", str(model), str(tmp_path / "square.png")]) == 0
+    found = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert len(found) == 1
+    assert found[0]["label"] == "0" and found[0]["confidence"] == pytest.approx(math.log(4), abs=1e-3)
+    np.testing.assert_allclose(found[0]["box"], [64, 32, 128, 96])  # in the original image's pixels

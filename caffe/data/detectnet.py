@@ -109,7 +109,7 @@ def draw_augmentation(
     flip = uniform() < param.flip_prob
     if uniform() < param.scale_prob:
         factor = float(_F(param.scale_min + (param.scale_max - param.scale_min) * uniform()))
-        scale = (_round(size[0] * factor), _round(size[1] * factor))
+        scale = (max(_round(size[0] * factor), 1), max(_round(size[1] * factor), 1))  # (the fork: 0 would fail)
     if uniform() < param.rotation_prob:
         rotation = float(_F((uniform() - 0.5) * 2 * param.max_rotate_degree))
     before_crop = rotated_size(scale, rotation) if abs(rotation) > _EPS else scale

@@ -1,5 +1,6 @@
 """``DetectionModel``: a deployable detector (a net whose output comes from SSD's ``DetectionOutput`` or the
-YOLO ports' ``Yolov3DetectionOutput`` and ``YoloDetectionOutput``, which write the same rows).
+YOLO ports' ``Yolov3DetectionOutput`` and ``YoloDetectionOutput``, which write the same rows, or from DIGITS'
+DetectNet clustering, ``ClusterDetections``, whose rows are turned into those).
 
 It is a :class:`~caffe.deploy.model.DeployModel` (the same files, labels, mean and
 :class:`~caffe.deploy.preprocess.Preprocessing`) whose output is SSD's 1 x 1 x K x 7 rows ``[image, label,
@@ -13,6 +14,10 @@ and ``cv2.dnn.blobFromImage`` do (``Settings.interpolation`` overrides); labels 
 ``labelmap*.prototxt`` beside the net: :func:`caffe.deploy.find_model`) name the ``num_classes`` classes of
 ``DetectionOutput``. A YOLOv3 port's labels are its classes plus one (no background class): a labels file
 of ``num_classes`` names (darknet's ``coco.names``) names labels 1 to ``num_classes``.
+DetectNet (a DIGITS model) writes one top per class, (N, 50, 5) rows ``[x1, y1, x2, y2, log(votes)]`` in pixels
+of the input, zero rows unused (:func:`detectnet_rows`); label ``k`` is its class ``k`` (the ``k``-th top, the
+``k``-th name), its confidence the log of the number of grid cells that voted for the box (0 for a single
+cell), compared with the threshold like any other.
 :func:`open_model` builds a model's net once and returns the model of its kind.
 """
 
@@ -33,6 +38,7 @@ DETECTION_LAYERS = {
     "DetectionOutput": "detection_output_param",
     "Yolov3DetectionOutput": "yolov3_detection_output_param",
     "YoloDetectionOutput": "yolo_detection_output_param",
+    "ClusterDetections": "",  # DIGITS' DetectNet: a class per top
 }
 
 
@@ -77,12 +83,25 @@ def split_rows(out: np.ndarray, n: int) -> list[np.ndarray]:
     return [rows[rows[:, 0] == i] for i in range(n)]
 
 
+def detectnet_rows(per_class: Sequence[np.ndarray], image: int, width: int, height: int) -> np.ndarray:
+    """One image's DetectNet rows (one (50, 5) array per class, pixels of a ``width`` x ``height`` input) as SSD
+    rows ``[image, class, confidence, xmin, ymin, xmax, ymax]`` relative to the input; unused rows left out."""
+    out = []
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    for k, rows in enumerate(per_class):
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+        for row in rows[np.any(rows[:, :4] != 0, axis=1)]:
+            out.append([image, k, row[4], *(row[:4] / scale)])
+    return np.array(out, dtype=np.float64).reshape(-1, 7)
+
+
 class DetectionModel(DeployModel):
     """A detector with its preprocessing and labels (see the module); arguments as :class:`DeployModel`'s.
-    A net whose output does not come from ``DetectionOutput`` is a ModelFilesError."""
+    A net whose output does not come from a detection layer (``DETECTION_LAYERS``) is a ModelFilesError."""
 
     interpolation = "opencv"
     label_offset = 0  # 1 for a YOLO port (labels 1..num_classes name classes 0..num_classes - 1)
+    class_tops: tuple[str, ...] = ()  # DetectNet: its clustering layer's tops, one per class
 
     def count_classes(self) -> int:
         """``num_classes`` of the detection layer producing the output (SSD: background included)."""
@@ -92,10 +111,13 @@ class DetectionModel(DeployModel):
                 f"{self.files.deploy}: not a detector: its output '{self.output}' comes from a {producer} layer, "
                 f"not {', '.join(DETECTION_LAYERS)}"
             )
-        self.label_offset = 0 if producer == "DetectionOutput" else 1
+        self.label_offset = 1 if producer in ("Yolov3DetectionOutput", "YoloDetectionOutput") else 0
         for name, tops in self.net.top_names.items():
             layer = self.net.layer_dict[name]
             if self.output in tops and layer.type == producer:
+                if producer == "ClusterDetections":
+                    self.class_tops = tuple(tops)
+                    return len(tops)
                 return int(getattr(layer.layer_param, DETECTION_LAYERS[producer]).num_classes)
         return 0
 
@@ -111,7 +133,11 @@ class DetectionModel(DeployModel):
 
     def detect_rows(self, batch: np.ndarray, rows: int | None = None) -> list[np.ndarray]:
         """One forward of N prepared inputs (padded to ``rows``): each image's output rows, K_i x 7."""
-        return split_rows(self.run(batch, rows), len(batch))
+        if not self.class_tops:
+            return split_rows(self.run(batch, rows), len(batch))
+        per_class = self.run_blobs(batch, rows, self.class_tops)
+        _, height, width = self.input_shape
+        return [detectnet_rows([top[i] for top in per_class], i, width, height) for i in range(len(batch))]
 
     def detect(
         self, images: Sequence[np.ndarray], threshold: float = 0.5, batch_size: int = 16

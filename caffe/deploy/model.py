@@ -269,6 +269,10 @@ class DeployModel:
 
     def run(self, batch: np.ndarray, rows: int | None = None) -> np.ndarray:
         """One forward of the N x C x H x W ``batch`` (padded with zeros to ``rows``): a copy of the output blob."""
+        return self.run_blobs(batch, rows, [self.output])[0]
+
+    def run_blobs(self, batch: np.ndarray, rows: int | None, names: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`run`, returning a copy of each blob in ``names`` (net outputs or not)."""
         n = len(batch)
         rows = max(rows or n, n)
         blob = self.net.blobs[self.input]
@@ -282,7 +286,8 @@ class DeployModel:
             data[:n] = batch
             if rows > n:
                 data[n:] = 0
-            return np.array(self.net.forward()[self.output])
+            outputs = self.net.forward()
+            return [np.array(outputs[name] if name in outputs else self.net.blobs[name].data) for name in names]
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         """Probabilities from the net's outputs (a softmax unless they already are: see the module)."""

@@ -15,6 +15,8 @@ sequence per image in the fork's order.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -31,6 +33,7 @@ from caffe.data.transform import load_mean
 from caffe.errors import DataError
 from caffe.layer import Layer, register
 from caffe.layers.loss import EuclideanLossLayer, LossLayer
+from caffe.limits import check_blob
 from caffe.proto import caffe_pb2 as pb
 
 TRAIN = pb.TRAIN
@@ -55,7 +58,14 @@ class DetectNetTransformationLayer(Layer):
         except ValueError as e:
             raise self.error(str(e)) from None
         self.image_size = (int(g.image_size_x), int(g.image_size_y))
-        self.augmentation = self.layer_param.detectnet_augmentation_param
+        self.augmentation = a = self.layer_param.detectnet_augmentation_param
+        for field in a.DESCRIPTOR.fields:
+            value = getattr(a, field.name)
+            self.require(math.isfinite(value), f"detectnet_augmentation_param.{field.name} must be finite, got {value}")
+        self.require(
+            a.scale_prob <= 0 or 0 < a.scale_min <= a.scale_max,
+            f"detectnet_augmentation_param needs 0 < scale_min <= scale_max, got {a.scale_min:g} and {a.scale_max:g}",
+        )
         t = self.layer_param.transform_param
         unread = [f.name for f, _ in t.ListFields() if f.name not in ("mean_value", "mean_file")]
         self.require(not unread, f"transform_param {', '.join(unread)} is not read by DetectNetTransformation")
@@ -77,9 +87,16 @@ class DetectNetTransformationLayer(Layer):
         self._mean_at: tuple[tuple[int, int], np.ndarray] | None = None
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
-        n, c, _, _ = self.legacy_shape(bottom[0], "an image bottom")
-        if c != 3:
+        n, c, h, w = self.legacy_shape(bottom[0], "an image bottom")
+        if c != 3 or h < 1 or w < 1:
             raise self.shape_error(f"takes 3-channel images, bottom[0] has shape {tuple(bottom[0])}")
+        if self.phase == TRAIN:  # the largest image an augmentation can make on the way
+            a = self.augmentation
+            most = max(a.scale_max, 1.0) if a.scale_prob > 0 else 1.0
+            side_w, side_h = math.ceil(w * most) + 1, math.ceil(h * most) + 1
+            if a.rotation_prob > 0:
+                side_w = side_h = math.ceil(math.hypot(side_w, side_h)) + 2
+            check_blob((3, side_h, side_w), 4, f"layer '{self.name}' ({self.type}): an image scaled by {most:g}")
         if not bottom[1] or int(bottom[1][0]) != n:
             raise self.shape_error(
                 f"needs one box table per image: bottom[0] has shape {tuple(bottom[0])}, bottom[1] {tuple(bottom[1])}"
