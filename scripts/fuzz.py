@@ -812,9 +812,10 @@ def _annotated_datum(work: Path):
 
 @target("annotation_file", weight=100, batch=300)
 def _annotation_file(work: Path):
-    """The annotation readers of create_annoset and the studio's detection datasets: a Pascal VOC XML file, the
-    fork's per-image JSON (COCO boxes) and DIGITS' KITTI text."""
-    from caffe.data.annotation import read_json_boxes, read_kitti_objects, read_voc_xml
+    """The annotation readers of create_annoset, create_detectnet_db and the studio's detection datasets: a Pascal
+    VOC XML file, the fork's per-image JSON (COCO boxes) and DIGITS' KITTI text."""
+    from caffe.data.annotation import read_json_boxes, read_kitti_objects, read_kitti_rows, read_voc_xml
+    from caffe.data.detectnet import KITTI_CLASSES, box_table, kitti_box_rows
 
     xml = (
         b"<annotation><filename>a.jpg</filename><size><width>640</width><height>480</height><depth>3</depth>"
@@ -838,7 +839,10 @@ def _annotation_file(work: Path):
         if seed.kind == "json":
             read_json_boxes(_scratch(work, "in.json", data), names, (480, 640))
         elif seed.name == "kitti.txt":
-            read_kitti_objects(_scratch(work, "in.txt", data), 1 << 20)
+            path = _scratch(work, "in.txt", data)
+            read_kitti_objects(path, 1 << 20)
+            rows = kitti_box_rows(read_kitti_rows(path, 1 << 20), KITTI_CLASSES)  # DetectNet's tables
+            box_table(rows, len(rows))
         else:
             read_voc_xml(_scratch(work, "in.xml", data), names)
 

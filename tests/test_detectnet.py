@@ -24,6 +24,7 @@ from google.protobuf import text_format
 from gradcheck import check_gradient, layer_net
 
 import caffe
+from caffe.data.datum import datum_to_array, parse_datum
 from caffe.data.db import open_db
 from caffe.data.detectnet import (
     Augmentation,
@@ -37,10 +38,9 @@ from caffe.data.detectnet import (
 )
 from caffe.deploy.detection import detectnet_rows
 from caffe.errors import CaffeError
-from caffe.io import array_to_datum
 from caffe.layers.python import python_layers
 from caffe.proto import caffe_pb2 as pb
-from caffe.protoio import parse_text
+from caffe.protoio import parse_text, read_binary
 from caffe.tools.cli import main
 
 NETWORK = FORKS / "NVIDIA-caffe_kitti_detectnet_network.prototxt"
@@ -381,26 +381,75 @@ def test_detectnet_modules_are_built_in_and_need_no_consent():
 # ---------------------------------------------------------------- NVIDIA/caffe's DetectNet network
 
 
-def _digits_lmdbs(root: Path, count: int, seed: int) -> tuple[Path, Path]:
-    """DIGITS' object-detection LMDBs: 3-channel uint8 images and their box tables, same keys."""
+def _kitti_folders(root: Path, count: int, seed: int) -> tuple[Path, Path]:
+    """``count`` PNG images of grey rectangles (cars, sometimes a pedestrian) and their KITTI label files."""
     rng = np.random.default_rng(seed)
     images, labels = root / "images", root / "labels"
-    with open_db(images, "lmdb", "new") as di, open_db(labels, "lmdb", "new") as dl:
-        ti, tl = di.transaction(), dl.transaction()
-        for k in range(count):
-            img = np.full((3, 96, 160), 40, np.uint8)
-            boxes = []
-            for _ in range(int(rng.integers(1, 4))):
-                bw, bh = int(rng.integers(24, 60)), int(rng.integers(20, 40))
-                x, y = int(rng.integers(0, 160 - bw)), int(rng.integers(0, 96 - bh))
-                img[:, y : y + bh, x : x + bw] = 200
-                boxes.append(_box(x, y, bw, bh))
-            key = f"{k:09d}".encode()
-            ti.put(key, array_to_datum(img).SerializeToString())
-            tl.put(key, array_to_datum(box_table(np.array(boxes), 5).astype(np.float64)).SerializeToString())
-        ti.commit()
-        tl.commit()
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for k in range(count):
+        img = np.full((96, 160, 3), 40, np.uint8)
+        lines = []
+        for j in range(int(rng.integers(1, 4))):
+            bw, bh = int(rng.integers(24, 60)), int(rng.integers(20, 40))
+            x, y = int(rng.integers(0, 160 - bw)), int(rng.integers(0, 96 - bh))
+            img[y : y + bh, x : x + bw] = 200
+            kind = "Pedestrian" if j == 2 else "Car"
+            lines.append(f"{kind} 0.00 0 -1.5 {x} {y} {x + bw} {y + bh} 1.5 1.6 3.9 1.0 1.5 {10 + j} 0.1")
+        cv2.imwrite(str(images / f"{k:06d}.png"), img)
+        (labels / f"{k:06d}.txt").write_text("\n".join(lines) + "\n")
     return images, labels
+
+
+def _digits_lmdbs(root: Path, count: int, seed: int) -> tuple[Path, Path]:
+    """DIGITS' object-detection LMDBs (features, labels), made by ``caffe create_detectnet_db``."""
+    images, labels = _kitti_folders(root / "kitti", count, seed)
+    assert main(["create_detectnet_db", str(images), str(labels), str(root / "db")]) == 0
+    return root / "db" / "features", root / "db" / "labels"
+
+
+def test_create_detectnet_db_stores_digits_records(tmp_path: Path):
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir()
+    labels.mkdir()
+    picture = np.zeros((60, 100, 3), np.uint8)
+    picture[10:30, 20:60] = (255, 0, 0)  # blue in BGR
+    cv2.imwrite(str(images / "000001.png"), picture)
+    (labels / "000001.txt").write_text(
+        "Car 0.10 1 -1.0 20 10 60 30 1.5 1.6 3.9 1.0 1.5 20.0 0.2\n"
+        "Pedestrian 0.00 0 0.5 70 5 76 50 1.7 0.6 0.8 2.0 1.6 8.0 -0.3\n"
+        "Tree 0 0 0 1 1 3 3 1 1 1 0 0 30.0 0\n"
+    )
+    cv2.imwrite(str(images / "000002.png"), picture)
+    (labels / "000002.txt").write_text("")
+    cv2.imwrite(str(images / "000003.png"), picture)  # no label file: skipped
+    cv2.imwrite(str(images / "000004.png"), np.zeros((90, 100, 3), np.uint8))  # taller than the padding: skipped
+    (labels / "000004.txt").write_text("")
+    argv = ["--pad_width=120", "--pad_height=80", "--resize_width=240", "--resize_height=160", "--noshuffle"]
+    assert (
+        main(["create_detectnet_db", *argv, "--min_box_size=10", str(images), str(labels), str(tmp_path / "db")]) == 0
+    )
+    with (
+        open_db(tmp_path / "db" / "features", "lmdb", "read") as f,
+        open_db(tmp_path / "db" / "labels", "lmdb", "read") as b,
+    ):
+        keys = [k for k, _ in f]
+        assert keys == [k for k, _ in b] == [b"000000000", b"000000001"]
+        stored = datum_to_array(parse_datum(f.get(keys[0]))).transpose(1, 2, 0)  # decoded: BGR
+        assert stored.shape == (160, 240, 3)  # padded to 120 x 80 at the top left, then doubled
+        assert not stored[122:].any() and not stored[:, 202:].any()  # the black padding
+        assert stored[22:58, 42:118].mean(axis=(0, 1)).tolist() == pytest.approx([255, 0, 0], abs=1)
+        table = datum_to_array(parse_datum(b.get(keys[0])))
+        empty = datum_to_array(parse_datum(b.get(keys[1])))
+    assert table.shape == empty.shape == (1, 4, 16)  # the most boxes (3) + the header
+    assert table[0, 0, :2].tolist() == [3, 16] and empty[0, 0, :2].tolist() == [0, 16]
+    rows = table[0, 1:]
+    assert rows[:, 15].tolist() == [30, 20, 8]  # farthest first
+    np.testing.assert_allclose(rows[1, :16], [40, 20, 80, 40, -1, 1, 0, 0.2, 0.1, 1, 3.9, 1.6, 1.5, 1, 1.5, 20])
+    assert rows[0, 5] == 0 and rows[2, 5] == 0  # an unknown type; a pedestrian 6 pixels wide, under --min_box_size
+    assert rows[2, :4].tolist() == [140, 10, 12, 90]
+    mean = caffe.io.blobproto_to_array(read_binary(tmp_path / "db" / "mean.binaryproto", pb.BlobProto()))
+    np.testing.assert_allclose(mean[0, :, 22:58, 42:118].mean(axis=(1, 2)), [255, 0, 0], atol=1)
 
 
 def _small_detectnet(root: Path) -> pb.NetParameter:

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,17 +232,35 @@ def read_kitti_objects(path: str | os.PathLike, max_bytes: int | None = None) ->
     right bottom height width length x y z rotation_y [score]``, separated by spaces. As DIGITS, only the type
     (lower-cased) and the box corners (pixels) are used; blank lines are skipped. A line of fewer than 15 values or
     a corner that is not a finite number is a DataError naming ``file:line``; the file is read bounded."""
+    return [_kitti_object(values, where) for values, where in _kitti_lines(path, max_bytes)]
+
+
+def read_kitti_rows(path: str | os.PathLike, max_bytes: int | None = None) -> list[tuple[str, list[float]]]:
+    """Every value of a KITTI label file: (type lower-cased, the 14 numbers after it: truncated occluded alpha left
+    top right bottom height width length x y z rotation_y) per object, for DIGITS' DetectNet tables. The checks
+    of :func:`read_kitti_objects`, and every number must be one."""
+    rows = []
+    for values, where in _kitti_lines(path, max_bytes):
+        _kitti_object(values, where)
+        try:
+            numbers = [float(v) for v in values[1:KITTI_COLUMNS]]
+        except ValueError:
+            raise DataError(f"{where}: the values after the type must be numbers") from None
+        rows.append((values[0].lower(), numbers))
+    return rows
+
+
+def _kitti_lines(path: str | os.PathLike, max_bytes: int | None) -> Iterator[tuple[list[str], str]]:
+    """The non-blank lines of a KITTI label file, split, with ``file:line``; read bounded, UTF-8."""
     data = read_file(path, "label file", max_bytes=max_bytes)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text label file (byte {e.start})") from None
-    objects = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         values = line.split()
         if values:
-            objects.append(_kitti_object(values, f"{path}:{lineno}"))
-    return objects
+            yield values, f"{path}:{lineno}"
 
 
 def _kitti_object(values: list[str], where: str) -> NamedBox:

@@ -34,6 +34,13 @@ CLASS = BOX_FIELDS.index("class")
 #: top-left corner, its inverse size, the object's normalization weight.
 LABEL_FIELDS = ("foreground", "x1", "y1", "x2", "y2", "inverse_width", "inverse_height", "obj_norm")
 
+#: DIGITS' KITTI class numbers (``ObjectType``) by lower-cased type; any other type is 0, don't care.
+KITTI_CLASSES = {
+    "car": 1, "van": 2, "truck": 3, "bus": 4, "pickup": 5, "vehicle-with-trailer": 6, "special-vehicle": 7,
+    "person": 8, "pedestrian": 8, "person-fa": 9, "person?": 10, "people": 11, "cyclist": 12, "tram": 13,
+    "person_sitting": 14, "misc": 15,
+}  # fmt: skip
+
 _F = np.float32
 _EPS = _F(np.finfo(np.float32).eps)  # the fork's FLT_EPSILON
 
@@ -47,6 +54,21 @@ def box_table(boxes: np.ndarray, max_boxes: int) -> np.ndarray:
     table[0, :2] = (len(boxes), BOX_WIDTH)
     table[1 : 1 + len(boxes)] = boxes
     return table[np.newaxis]
+
+
+def kitti_box_rows(objects: list[tuple[str, list[float]]], classes: dict[str, int]) -> np.ndarray:
+    """KITTI objects (type, the 14 numbers after it) as DIGITS' rows (K, 16) in its order: farthest first (by
+    the depth ``z``, descending), so that nearer objects win the grid cells they share. ``classes``: type ->
+    class number (others 0)."""
+    rows = []
+    for name, v in objects:
+        truncated, occluded, alpha, left, top, right, bottom, height, width, length, x, y, z, rotation_y = v
+        rows.append([
+            left, top, right - left, bottom - top, alpha, classes.get(name, 0), 0, rotation_y,
+            truncated, occluded, length, width, height, x, y, z,
+        ])  # fmt: skip
+    rows = sorted(rows, key=lambda r: r[-1])[::-1]
+    return np.array(rows, dtype=np.float32).reshape(-1, BOX_WIDTH)
 
 
 def read_boxes(values: np.ndarray) -> np.ndarray:

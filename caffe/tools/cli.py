@@ -21,6 +21,7 @@ def _load_commands() -> None:
         convert_imageset,
         convert_mnist_data,
         create_annoset,
+        create_detectnet_db,
         detect_tools,
         device,
         download,
