@@ -569,3 +569,21 @@ def test_caffe_detect_finds_the_bright_square_with_a_detectnet_model(tmp_path: P
     assert len(found) == 1
     assert found[0]["label"] == "0" and found[0]["confidence"] == pytest.approx(math.log(4), abs=1e-3)
     np.testing.assert_allclose(found[0]["box"], [64, 32, 128, 96])  # in the original image's pixels
+
+
+def test_caffe_serve_detects_with_a_detectnet_model_without_python_consent(tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from caffe.serve import create_app, load_model
+
+    model = _brightness_detector(tmp_path / "model")
+    served = load_model(f"detectnet={model}")  # the server's default: Python layers not allowed
+    assert served.kind == "detection"
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[16:48, 32:64] = 255
+    ok, png = cv2.imencode(".png", image)
+    with TestClient(create_app([served])) as c:
+        r = c.post("/models/detectnet/detect", files={"file": ("square.png", png.tobytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    (found,) = r.json()["detections"]
+    np.testing.assert_allclose(found["box"], [32, 16, 64, 48])
