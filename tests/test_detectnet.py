@@ -582,8 +582,28 @@ def test_caffe_serve_detects_with_a_detectnet_model_without_python_consent(tmp_p
     image = np.zeros((64, 128, 3), np.uint8)
     image[16:48, 32:64] = 255
     ok, png = cv2.imencode(".png", image)
+    assert ok
     with TestClient(create_app([served])) as c:
         r = c.post("/models/detectnet/detect", files={"file": ("square.png", png.tobytes(), "image/png")})
     assert r.status_code == 200, r.text
     (found,) = r.json()["detections"]
     np.testing.assert_allclose(found["box"], [32, 16, 64, 48])
+
+
+def test_transformation_layer_subtracts_a_mean_file_resized_to_the_images(tmp_path: Path):
+    mean = np.empty((1, 3, 5, 7), np.float32)
+    mean[0, :] = np.array([10.0, 20.0, 30.0])[:, None, None]  # a constant mean: resized, still constant
+    (tmp_path / "mean.binaryproto").write_bytes(caffe.io.array_to_blobproto(mean).SerializeToString())
+    extra = f'transform_param {{ mean_file: "{tmp_path / "mean.binaryproto"}" }}'
+    net = layer_net(
+        'type: "DetectNetTransformation" bottom: "img" bottom: "boxes" top: "data" top: "label" '
+        f"detectnet_groundtruth_param {{ {KITTI_TRUTH} image_size_x: 32 image_size_y: 16 }} {extra}",
+        {"img": (1, 3, 16, 32), "boxes": (1, 1, 2, 16)},
+        phase=caffe.TEST,
+        force_backward=False,
+    )
+    img = np.random.default_rng(4).uniform(0, 255, (1, 3, 16, 32))
+    net.blobs["img"].data[...] = img
+    net.blobs["boxes"].data[...] = box_table(np.zeros((0, 16)), 1)
+    net.forward()
+    np.testing.assert_allclose(net.blobs["data"].data, img - mean[:, :, :1, :1], atol=1e-3)

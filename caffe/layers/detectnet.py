@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 
@@ -109,8 +110,6 @@ class DetectNetTransformationLayer(Layer):
         if self.mean_file is None:
             return self.mean_values
         if self._mean_at is None or self._mean_at[0] != size:
-            import cv2
-
             resized = cv2.resize(self.mean_file, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
             self._mean_at = (size, resized / np.float32(255))
         return self._mean_at[1]

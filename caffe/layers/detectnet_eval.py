@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_BOXES = 50  # rows per image in every top, as in the fork
 MATCH_IOU = 0.7
+PIXEL_LIMIT = 1 << 28  # proposals are cut to this many pixels either way (a diverged net's boxes)
 
 
 def _params(layer: Layer, kinds: tuple[type, ...], optional: int) -> list:
@@ -78,7 +79,7 @@ class _Cluster(Layer):
     def layer_setup(self, bottom: list[Shape]) -> None:
         self.read_settings()
         self.require(self.classes >= 1, f"needs at least one class, param_str says {self.classes}")
-        self.require(self.threshold >= 0 and getattr(self, "group_eps", 0) >= 0, "thresholds must be >= 0")
+        self.require(self.threshold >= 0, f"the coverage threshold must be >= 0, got {self.threshold}")
         self.require(self.stride > 0 and self.width > 0 and self.height > 0, "image size and stride must be > 0")
         if len(self.layer_param.top) != self.classes:
             raise self.error(f"has {len(self.layer_param.top)} top(s) for {self.classes} class(es); needs one each")
@@ -95,15 +96,15 @@ class _Cluster(Layer):
             raise self.shape_error(f"needs boxes (N, 4, H, W) beside coverage (N, {c}, H, W), got {tuple(bottom[1])}")
         return [(n, MAX_BOXES, 5)] * self.classes
 
-    def proposals(self, coverage: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The boxes (K, 4) of the cells that count, and their coverage (K,)."""
+    def proposals(self, coverage: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """The boxes (K, 4) ``x1, y1, x2, y2`` in pixels of the cells that count (the grid of ``param_str``'s
+        size; any cells beyond it are not read, as in the fork)."""
         cvg = coverage[: self.grid[1], : self.grid[0]]
         ys, xs = np.nonzero(cvg > 0 if self.truth else cvg >= self.threshold)
         mx, my = xs * self.cell[0], ys * self.cell[1]
-        found = np.stack(
+        return np.stack(
             [boxes[0][ys, xs] + mx, boxes[1][ys, xs] + my, boxes[2][ys, xs] + mx, boxes[3][ys, xs] + my], axis=1
         ).astype(np.float64)
-        return found, cvg[ys, xs]
 
     def rows(self, coverage: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -129,11 +130,13 @@ class ClusterDetectionsLayer(_Cluster):
         self.width, self.height, self.stride, self.threshold = values[:4]
         self.group_threshold, self.group_eps, self.min_height = values[4:7]
         self.classes = values[7] if len(values) > 7 else 1
+        self.require(self.group_eps >= 0, f"the group eps must be >= 0, got {self.group_eps}")
 
     def rows(self, coverage: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        found, _ = self.proposals(coverage, boxes)
+        found = self.proposals(coverage, boxes)
         if not found.any():
             return np.zeros((0, 5))
+        found = found[np.isfinite(found).all(axis=1)].clip(-PIXEL_LIMIT, PIXEL_LIMIT)  # OpenCV's int rectangles
         rects = [[int(x1), int(y1), int(x2 - x1), int(y2 - y1)] for x1, y1, x2, y2 in found.tolist()]
         groups, weights = cv2.groupRectangles(rects, self.group_threshold, self.group_eps)
         out = [
@@ -157,7 +160,7 @@ class ClusterGroundtruthLayer(_Cluster):
         self.threshold = 0.0
 
     def rows(self, coverage: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        found, _ = self.proposals(coverage, boxes)
+        found = self.proposals(coverage, boxes)
         return np.unique(found, axis=0) if len(found) else np.zeros((0, 4))
 
 
