@@ -527,7 +527,7 @@ layer {
 """
 
 
-def _brightness_detector(folder: Path) -> Path:
+def brightness_detector(folder: Path) -> Path:
     """A DetectNet-shaped deploy model: a cell's coverage is its mean brightness (0-1), every cell proposes the
     32x32 box 8 pixels up and left of its corner; neighbours group (eps 1.0), so a bright 32x32 square of 2x2
     cells is found as itself, voted by 4 cells."""
@@ -560,7 +560,7 @@ def test_detectnet_rows_become_ssd_rows():
 
 
 def test_caffe_detect_finds_the_bright_square_with_a_detectnet_model(tmp_path: Path, capsys: pytest.CaptureFixture):
-    model = _brightness_detector(tmp_path / "model")
+    model = brightness_detector(tmp_path / "model")
     image = np.zeros((128, 256, 3), np.uint8)
     image[32:96, 64:128] = 255  # the input squashes it to 128 x 64: cells x 2-3, y 1-2
     cv2.imwrite(str(tmp_path / "square.png"), image)
@@ -576,7 +576,7 @@ def test_caffe_serve_detects_with_a_detectnet_model_without_python_consent(tmp_p
 
     from caffe.serve import create_app, load_model
 
-    model = _brightness_detector(tmp_path / "model")
+    model = brightness_detector(tmp_path / "model")
     served = load_model(f"detectnet={model}")  # the server's default: Python layers not allowed
     assert served.kind == "detection"
     image = np.zeros((64, 128, 3), np.uint8)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from conftest import asset
+from test_detectnet import brightness_detector
 from test_studio_inference import TINY_MEAN, TINY_NET, make_client, tiny_weights
 
 import caffe
@@ -134,6 +136,36 @@ def test_detector_classify_many_and_top_n(env, face_job):
         f"{CLASSIFY}/top_n.json", data={"job_id": face_job}, files={"image_list": ("list.txt", listing.encode())}
     )
     assert r.status_code == 400 and "detector" in r.text
+
+
+def test_a_digits_detectnet_upload_shows_its_boxes_and_log_votes(env):
+    """A DetectNet model (its clustering a Python layer of NVIDIA/caffe's, built in: no consent needed) uploads as a
+    pretrained model; classify-one and classify-many show its box and its confidence as log votes, not a percent."""
+    client, tmp = env
+    model = brightness_detector(tmp / "detectnet")
+    r = client.post(
+        "/pretrained_models.json",
+        data={"job_name": "detectnet", "width": "128", "height": "64"},
+        files={
+            "weights_file": ("w.caffemodel", (model / "weights.caffemodel").read_bytes()),
+            "deploy_file": ("deploy.prototxt", (model / "deploy.prototxt").read_bytes()),
+        },
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()["job_id"]
+    image = np.zeros((64, 128, 3), np.uint8)
+    image[16:48, 32:64] = 255
+    (tmp / "square.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    png = (tmp / "square.png").read_bytes()
+    r = client.post(f"{CLASSIFY}/classify_one.json", data={"job_id": job}, files={"image_file": ("s.png", png)})
+    assert r.status_code == 200, r.text
+    (found,) = r.json()["detections"]
+    assert found["box"] == [32.0, 16.0, 64.0, 48.0] and found["shown"] == f"{np.float16(np.log(4)):.2f}"
+    page = client.post(f"{CLASSIFY}/classify_one", data={"job_id": job}, files={"image_file": ("s.png", png)})
+    assert '<td class="detection-confidence">1.39</td>' in page.text
+    listing = f"{tmp / 'square.png'}\n".encode()
+    page = client.post(f"{CLASSIFY}/classify_many", data={"job_id": job}, files={"image_list": ("l.txt", listing)})
+    assert page.status_code == 200 and "0 (1.39) [32.0, 16.0, 64.0, 48.0]" in page.text
 
 
 # --------------------------------------------------------------------------------------- Caffe2 uploads

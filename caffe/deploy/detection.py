@@ -102,6 +102,11 @@ class DetectionModel(DeployModel):
     interpolation = "opencv"
     label_offset = 0  # 1 for a YOLO port (labels 1..num_classes name classes 0..num_classes - 1)
     class_tops: tuple[str, ...] = ()  # DetectNet: its clustering layer's tops, one per class
+    confidence_is_probability = True  # False for DetectNet: the log of a box's votes
+
+    def show_confidence(self, confidence: float) -> str:
+        """A detection's confidence as people read it: a percentage, or DetectNet's log votes as a number."""
+        return f"{confidence * 100:.2f}%" if self.confidence_is_probability else f"{confidence:.2f}"
 
     def count_classes(self) -> int:
         """``num_classes`` of the detection layer producing the output (SSD: background included)."""
@@ -116,7 +121,7 @@ class DetectionModel(DeployModel):
             layer = self.net.layer_dict[name]
             if self.output in tops and layer.type == producer:
                 if producer == "ClusterDetections":
-                    self.class_tops = tuple(tops)
+                    self.class_tops, self.confidence_is_probability = tuple(tops), False
                     return len(tops)
                 return int(getattr(layer.layer_param, DETECTION_LAYERS[producer]).num_classes)
         return 0
@@ -154,8 +159,9 @@ class DetectionModel(DeployModel):
         return found
 
     def describe(self) -> dict[str, Any]:
-        """:meth:`DeployModel.describe` with ``kind``."""
-        return {**super().describe(), "kind": "detection"}
+        """:meth:`DeployModel.describe` with ``kind`` and what its confidences are."""
+        confidence = "probability" if self.confidence_is_probability else "log votes (DetectNet)"
+        return {**super().describe(), "kind": "detection", "confidence": confidence}
 
 
 def open_model(

@@ -620,12 +620,16 @@ def parse_threshold(text: str | float | None) -> float:
 
 
 def detection_dicts(model: LoadedModel, found: Sequence[Any]) -> list[dict[str, Any]]:
-    """Detections as JSON: ``{label, label_id, confidence, box: [xmin, ymin, xmax, ymax]}`` (image pixels)."""
+    """Detections as JSON: ``{label, label_id, confidence, shown, box: [xmin, ymin, xmax, ymax]}`` (image pixels;
+    ``shown``: the confidence as the pages show it, a percentage or DetectNet's log votes)."""
+    assert isinstance(model.deploy_model, deploy.DetectionModel)
+    show = model.deploy_model.show_confidence
     return [
         {
             "label": model.label(d.label),
             "label_id": d.label,
             "confidence": round(d.confidence, 4),
+            "shown": show(d.confidence),
             "box": [round(v, 1) for v in d.box],
         }
         for d in found
@@ -652,12 +656,15 @@ def detect_one(
     what: str = "image",
     threshold: float = DETECTION_THRESHOLD,
 ) -> OneResult:
-    """A detector's boxes on one image (predictions: each box's ``(label, percent)``), drawn on it."""
+    """A detector's boxes on one image (predictions: each box's ``(label, percent)``, DetectNet's ``(label, log
+    votes)``), drawn on it."""
     img = decode_upload(data, model.input_shape[0], what)
     with model.lock:
         found = detect_images(model, [img], threshold)[0]
         layers = visualizations(model) if visualize else None
-    predictions = [(model.label(d.label), round(d.confidence * 100.0, 2)) for d in found]
+    assert isinstance(model.deploy_model, deploy.DetectionModel)
+    percent = 100.0 if model.deploy_model.confidence_is_probability else 1.0  # DetectNet's log votes as they are
+    predictions = [(model.label(d.label), round(d.confidence * percent, 2)) for d in found]
     return OneResult(predictions, shown_detections(model, img, found), layers, detection_dicts(model, found))
 
 
