@@ -498,6 +498,45 @@ def test_nvidia_detectnet_trains_and_validates_with_map(tmp_path: Path, caplog: 
     assert truth.shape == (2, 50, 5) and truth[:, 0, 2].min() > 0  # every validation image has a box
 
 
+def test_an_oracle_scores_100_percent_through_the_forks_validation_layers(tmp_path: Path):
+    """The validation net's own grid labels given back as the network's coverage and boxes: the fork's clustering
+    (its KITTI param_str: 3 votes needed, eps 0.02, at least 22 pixels high) finds every truth box again, and the
+    scoring layers report precision, recall and mAP 100."""
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.mkdir()
+    labels.mkdir()
+    for k, boxes in enumerate([[(10, 10, 60, 50), (90, 30, 150, 80)], [(40, 20, 100, 90)]]):
+        img = np.full((96, 160, 3), 40, np.uint8)
+        lines = []
+        for x1, y1, x2, y2 in boxes:
+            img[y1:y2, x1:x2] = 200
+            lines.append(f"Car 0 0 0 {x1} {y1} {x2} {y2} 1.5 1.6 3.9 1 1.5 10 0")
+        cv2.imwrite(str(images / f"{k:06d}.png"), img)
+        (labels / f"{k:06d}.txt").write_text("\n".join(lines) + "\n")
+    assert main(["create_detectnet_db", "--noshuffle", str(images), str(labels), str(tmp_path / "db")]) == 0
+    net = _small_detectnet(tmp_path / "unused")
+    for layer in net.layer:
+        if layer.type == "Data" and layer.name.startswith("val"):
+            layer.data_param.source = str(tmp_path / "db" / ("features" if layer.name.endswith("data") else "labels"))
+    net.state.phase, net.state.stage[:] = caffe.TEST, ["val"]
+    val = caffe.Net(net, caffe.TEST)
+    val.forward()
+    truth = val.blobs["bbox-list-label"].data.copy()
+    assert (truth[:, :, 2] > 0).sum() == 3  # three boxes (the images squashed from 160 x 96 to 256 x 128)
+    cluster = next(layer for layer in net.layer if layer.name == "cluster").python_param.param_str
+    oracle = _python_net("clustering", "ClusterDetections", cluster, {"cvg": (2, 1, 8, 16), "bb": (2, 4, 8, 16)}, ["d"])
+    oracle.blobs["cvg"].data[...] = val.blobs["coverage-label"].data
+    oracle.blobs["bb"].data[...] = val.blobs["bbox-label"].data
+    found = oracle.forward()["d"].copy()
+    assert (found[:, :, 2] > 0).sum() == 3 and found[:, :, 4].max() > math.log(3)
+    score = _python_net("mean_ap", "ScoreDetections", "", {"gt": (2, 50, 5), "det": (2, 50, 5)}, ["marked"])
+    score.blobs["gt"].data[...], score.blobs["det"].data[...] = truth, found
+    m = _python_net("mean_ap", "mAP", "256,128,16", {"marked": (2, 50, 5)}, ["mAP", "precision", "recall"])
+    m.blobs["marked"].data[...] = score.forward()["marked"]
+    out = m.forward()
+    assert (out["mAP"][0], out["precision"][0], out["recall"][0]) == (100, 100, 100)
+
+
 def test_nvidia_detectnet_deploy_form_runs_at_full_size():
     net = caffe.Net(str(NETWORK), caffe.TEST)  # no stage: Input, the Power shift, the network, the clustering
     assert list(net.inputs) == ["data"] and net.blobs["data"].data.shape == (1, 3, 384, 1248)

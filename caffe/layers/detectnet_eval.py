@@ -12,7 +12,8 @@ native type below (:data:`caffe.layers.python.BUILTIN_MODULES`), with the fork's
   ``groupRectangles`` merges them (boxes cut to whole pixels, as the fork's OpenCV did); groups at least
   the minimum height tall become rows ``[x1, y1, x2, y2, log(group size)]``.
 * ``ClusterGroundtruth`` (param_str: width, height, stride[, classes]) -- the labels' boxes, once each:
-  rows ``[x1, y1, x2, y2, 0]``, in sorted order (the fork's came in a set's order).
+  rows ``[x1, y1, x2, y2, 0]``, in sorted order (the fork's came in a set's order, and kept a box twice when its
+  cells gave it back with different float32 rounding: :func:`distinct_boxes`).
 * ``ScoreDetections`` -- bottoms: ground truth rows and detection rows; each truth box takes the first free
   detection with IoU >= 0.7. Rows ``[box, 1]`` for matched detections, ``[box, 2]`` for the others,
   ``[truth box, 3]`` for missed truth.
@@ -160,8 +161,18 @@ class ClusterGroundtruthLayer(_Cluster):
         self.threshold = 0.0
 
     def rows(self, coverage: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        found = self.proposals(coverage, boxes)
-        return np.unique(found, axis=0) if len(found) else np.zeros((0, 4))
+        return distinct_boxes(self.proposals(coverage, boxes))
+
+
+def distinct_boxes(found: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
+    """The rows of ``found`` (K, 4), sorted, each box once: rows within ``tolerance`` pixels are one box. The cells
+    of one label box give it back with float32 rounding differences (its corner minus each cell's, plus the cell's
+    again); the fork's set of exact values kept those as several boxes, each extra one then counted as missed."""
+    kept: list[np.ndarray] = []
+    for row in found[np.lexsort(found.T[::-1])] if len(found) else []:
+        if not kept or np.abs(np.asarray(kept) - row).max(axis=1).min() > tolerance:
+            kept.append(row)
+    return np.array(kept, dtype=np.float64).reshape(-1, 4)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
