@@ -8,6 +8,7 @@ test, display and snapshot.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -113,6 +114,11 @@ def init(device_type: str = "cpu") -> tuple[int, int]:
         dist.init_process_group(backend, init_method="env://", timeout=datetime.timedelta(seconds=TIMEOUT_S))
     except (RuntimeError, ValueError) as e:
         raise DeviceError(f"cannot join the process group ({backend}, env://): {_one_line(e)}") from None
+    # A gloo group still alive when the interpreter exits can abort the process ("terminate called without an
+    # active exception", from its threads' destructors): every process that joins leaves before it exits, also
+    # a script that never calls shutdown() (pycaffe's python/train.py flow).
+    atexit.unregister(shutdown)
+    atexit.register(shutdown)
     return world()
 
 
