@@ -45,7 +45,7 @@ def _nets() -> dict[str, Path]:
     training |= {f"MobileNet-YOLO_yolov2_mobilenet_yolo_lite_{n}.prototxt" for n in ("train", "test", "solver")}
     training.add("MobileNet-YOLO_mobilenetv3_voc_train_AE.prototxt")
     # NVIDIA/caffe's DetectNet (test_detectnet.py): cv2 reads no detectnet_*_param, nor its Python clustering
-    training |= {f"NVIDIA-caffe_kitti_detectnet_{n}.prototxt" for n in ("network", "solver")}
+    training |= {f"NVIDIA-caffe_kitti_detectnet_{n}.prototxt" for n in ("network", "network-2classes", "solver")}
     training |= {f"py-faster-rcnn_ZF_faster_rcnn_end2end_{n}.prototxt" for n in ("train", "solver")}
     training |= {f"py-R-FCN_ResNet-50_rfcn_end2end_{n}.prototxt" for n in ("train_agnostic_ohem", "solver_ohem")}
     found.update({f"forks/{p.name}": p for p in sorted(FORKS.glob("*.prototxt")) if p.name not in training})

@@ -44,6 +44,7 @@ from caffe.protoio import parse_text, read_binary
 from caffe.tools.cli import main
 
 NETWORK = FORKS / "NVIDIA-caffe_kitti_detectnet_network.prototxt"
+TWO_CLASSES = FORKS / "NVIDIA-caffe_kitti_detectnet_network-2classes.prototxt"  # cars and pedestrians
 SOLVER = FORKS / "NVIDIA-caffe_kitti_detectnet_solver.prototxt"
 
 
@@ -452,9 +453,9 @@ def test_create_detectnet_db_stores_digits_records(tmp_path: Path):
     np.testing.assert_allclose(mean[0, :, 22:58, 42:118].mean(axis=(1, 2)), [255, 0, 0], atol=1)
 
 
-def _small_detectnet(root: Path) -> pb.NetParameter:
+def _small_detectnet(root: Path, network: Path = NETWORK) -> pb.NetParameter:
     """The fork's DetectNet as a user shrinks it for a quick run: 256x128 inputs, batch 2, our LMDBs."""
-    net = parse_text(NETWORK.read_text(), pb.NetParameter())
+    net = parse_text(network.read_text(), pb.NetParameter())
     sources = {"train": _digits_lmdbs(root / "train", 4, 0), "val": _digits_lmdbs(root / "val", 2, 1)}
     for layer in net.layer:
         if layer.type == "Data":
@@ -471,11 +472,16 @@ def _small_detectnet(root: Path) -> pb.NetParameter:
     return net
 
 
-def test_nvidia_detectnet_trains_and_validates_with_map(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+@pytest.mark.parametrize("network", [NETWORK, TWO_CLASSES], ids=["cars", "cars_and_pedestrians"])
+def test_nvidia_detectnet_trains_and_validates_with_map(
+    network: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     solver = parse_text(SOLVER.read_text(), pb.SolverParameter())
     assert solver.test_state[0].stage == ["val"] and solver.solver_type == pb.SolverParameter.ADAM
     solver.ClearField("net")
-    solver.net_param.CopyFrom(_small_detectnet(tmp_path))
+    solver.net_param.CopyFrom(_small_detectnet(tmp_path, network))
+    classes = 2 if network == TWO_CLASSES else 1
+    suffixes = [f"-class{k}" for k in range(classes)] if classes > 1 else [""]
     solver.test_iter[:], solver.test_interval, solver.max_iter, solver.display = [1], 2, 2, 1
     solver.solver_mode, solver.snapshot, solver.snapshot_after_train, solver.random_seed = (
         pb.SolverParameter.CPU,
@@ -487,15 +493,17 @@ def test_nvidia_detectnet_trains_and_validates_with_map(tmp_path: Path, caplog: 
     with caplog.at_level(logging.INFO, logger="caffe"):
         s.solve()
     lines = [r.getMessage() for r in caplog.records]
-    for output in ("mAP", "precision", "recall", "loss_bbox", "loss_coverage"):
+    outputs = [f"{name}{suffix}" for suffix in suffixes for name in ("mAP", "precision", "recall")]
+    for output in (*outputs, "loss_bbox", "loss_coverage"):
         found = [line for line in lines if "Test net output" in line and f": {output} = " in line]
         assert found, output
         assert math.isfinite(float(found[-1].split(" = ")[1].split()[0]))
     assert s.net.blobs["transformed_data"].data.shape == (2, 3, 128, 256)
-    assert s.net.blobs["coverage-label"].data.shape == (2, 1, 8, 16) and s.net.blobs["coverage-label"].data.any()
+    coverage = s.net.blobs["coverage-label"].data
+    assert coverage.shape == (2, classes, 8, 16) and coverage.any()
     test = s.test_nets[0]
-    truth = test.blobs["bbox-list-label"].data
-    assert truth.shape == (2, 50, 5) and truth[:, 0, 2].min() > 0  # every validation image has a box
+    truth = test.blobs[f"bbox-list-label{suffixes[0]}"].data
+    assert truth.shape == (2, 50, 5) and truth[:, 0, 2].min() > 0  # every validation image has a car
 
 
 def test_an_oracle_scores_100_percent_through_the_forks_validation_layers(tmp_path: Path):
@@ -535,6 +543,33 @@ def test_an_oracle_scores_100_percent_through_the_forks_validation_layers(tmp_pa
     m.blobs["marked"].data[...] = score.forward()["marked"]
     out = m.forward()
     assert (out["mAP"][0], out["precision"][0], out["recall"][0]) == (100, 100, 100)
+
+
+def test_the_two_class_detectnet_deploys_as_a_two_class_detector(tmp_path: Path):
+    """NVIDIA/caffe's cars-and-pedestrians DetectNet: its deploy form is a DetectionModel of two classes, one
+    clustering top each (random weights but fixed boxes, the input shrunk to 256 x 128)."""
+    net = parse_text(TWO_CLASSES.read_text(), pb.NetParameter())
+    for layer in net.layer:
+        if layer.type == "Input":
+            layer.input_param.shape[0].dim[2:] = [128, 256]
+        elif layer.name == "cluster":  # every cell votes, all boxes group: a detection per class
+            layer.python_param.param_str = "256, 128, 16, 0.0, 1, 100.0, 0, 2"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "deploy.prototxt").write_text(text_format.MessageToString(net))
+    random = caffe.Net(str(folder / "deploy.prototxt"), caffe.TEST)
+    random.params["bbox/regressor"][0].data[...] = 0  # every cell proposes a 32 x 32 box around it
+    random.params["bbox/regressor"][1].data[...] = [-8, -8, 24, 24]
+    random.save(str(folder / "weights.caffemodel"))
+    model = caffe.deploy.open_model(caffe.deploy.find_model(folder), warn=False)
+    assert isinstance(model, caffe.deploy.DetectionModel) and model.classes == 2
+    assert model.class_tops == ("bbox-list-class0", "bbox-list-class1") and not model.confidence_is_probability
+    image = np.random.default_rng(0).integers(0, 255, (100, 200, 3), dtype=np.uint8)
+    found = model.detect([image], threshold=0.0)[0]
+    assert sorted(d.label for d in found) == [0, 1]  # both classes' tops read
+    for d in found:  # the mean of the 16 x 8 cells' boxes, (112, 48)-(144, 80) of 256 x 128, in 200 x 100 pixels
+        np.testing.assert_allclose(d.box, [87.5, 37.5, 112.5, 62.5])
+        assert d.confidence == pytest.approx(math.log(128), abs=1e-2)
 
 
 def test_nvidia_detectnet_deploy_form_runs_at_full_size():
