@@ -269,7 +269,7 @@ def test_transformation_layer_in_test_phase_and_its_errors():
         _transform_net(images=(2, 1, 16, 16))
 
 
-def test_transformation_layer_draws_follow_the_random_seed():
+def test_transformation_layer_draws_follow_the_random_seed(monkeypatch: pytest.MonkeyPatch):
     def run() -> tuple[np.ndarray, np.ndarray]:
         caffe.set_random_seed(5)
         net = _transform_net("detectnet_augmentation_param { flip_prob: 0.5 scale_prob: 1 shift_x: 8 }")
@@ -281,6 +281,10 @@ def test_transformation_layer_draws_follow_the_random_seed():
     (a, la), (b, lb) = run(), run()
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(la, lb)
+    monkeypatch.setattr("caffe.layers.detectnet.default_threads", lambda: 1)  # the same, transformed in one thread
+    c, lc = run()
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(la, lc)
     assert not np.array_equal(a[0], a[1]) or not np.array_equal(la[0], la[1])  # each image its own draw
 
 

@@ -10,12 +10,14 @@
 * ``L1Loss`` -- ``sum |a - b| / N``, gradient ``sign(a - b) / N`` to both bottoms (0 where they are equal).
 
 The random draws come from torch's generator (``caffe.set_random_seed``; snapshots keep its state), one
-sequence per image in the fork's order.
+sequence per image in the fork's order, all made in the net's thread; the images are then transformed on the
+layer's threads (one per core), so the results do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 
 from caffe.blob import Shape
 from caffe.data.detectnet import (
+    Augmentation,
     CoverageLabels,
     draw_augmentation,
     read_boxes,
@@ -36,6 +39,7 @@ from caffe.layer import Layer, register
 from caffe.layers.loss import EuclideanLossLayer, LossLayer
 from caffe.limits import check_blob
 from caffe.proto import caffe_pb2 as pb
+from caffe.util.threads import default_threads
 
 TRAIN = pb.TRAIN
 
@@ -86,6 +90,7 @@ class DetectNetTransformationLayer(Layer):
             self.require(mean.shape[0] == 3, f"mean_file {t.mean_file} has {mean.shape[0]} channels, needs 3")
             self.mean_file = mean.transpose(1, 2, 0).copy()
         self._mean_at: tuple[tuple[int, int], np.ndarray] | None = None
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None
 
     def reshape(self, bottom: list[Shape]) -> list[Shape]:
         n, c, h, w = self.legacy_shape(bottom[0], "an image bottom")
@@ -121,7 +126,8 @@ class DetectNetTransformationLayer(Layer):
         mean = self._mean((height, width))
         out_images = np.empty((len(images), 3, self.image_size[1], self.image_size[0]), dtype=np.float32)
         out_labels = np.empty((len(images), *self.coverage.shape), dtype=np.float32)
-        for i, (image, table) in enumerate(zip(images, tables, strict=True)):
+        jobs = []  # the boxes read and the draws made in order, in this thread (errors name the image)
+        for i, table in enumerate(tables):
             try:
                 boxes = read_boxes(table)
             except ValueError as e:
@@ -130,11 +136,27 @@ class DetectNetTransformationLayer(Layer):
                 aug = draw_augmentation(self.augmentation, (width, height), self.image_size, _uniform)
             else:
                 aug = test_augmentation(self.image_size)
-            seen = transform_image(image.transpose(1, 2, 0), aug, self.image_size, mean)
+            jobs.append((i, boxes, aug))
+
+        def one(job: tuple[int, np.ndarray, Augmentation]) -> None:
+            i, boxes, aug = job
+            seen = transform_image(images[i].transpose(1, 2, 0), aug, self.image_size, mean)
             out_images[i] = seen.transpose(2, 0, 1)
             out_labels[i] = self.coverage.generate(transform_boxes(boxes, aug, (width, height)))
+
+        for _ in self._workers(len(jobs)).map(one, jobs):  # OpenCV's work releases the GIL: images in parallel
+            pass
         like = {"device": bottom[0].device, "dtype": bottom[0].dtype}
         return [torch.from_numpy(out_images).to(**like), torch.from_numpy(out_labels).to(**like)]
+
+    def _workers(self, images: int) -> ThreadPoolExecutor:
+        """The layer's threads for a batch of ``images`` (one per core, at most one per image; kept)."""
+        wanted = max(1, min(images, default_threads()))
+        if self._pool is None or self._pool[0] != wanted:
+            if self._pool is not None:
+                self._pool[1].shutdown(wait=False)
+            self._pool = (wanted, ThreadPoolExecutor(max_workers=wanted, thread_name_prefix="caffe-detectnet"))
+        return self._pool[1]
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return False
