@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from caffe.blob import Shape
+from caffe.data.bbox import jaccard_matrix
 from caffe.layer import Layer, register
 
 log = logging.getLogger(__name__)
@@ -175,17 +176,6 @@ def distinct_boxes(found: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
     return np.array(kept, dtype=np.float64).reshape(-1, 4)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """The fork's IoU of two (x1, y1, x2, y2) boxes (no +1 on sizes; 0 when they do not overlap)."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    if inter == 0:
-        return 0.0
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union)
-
-
 @register("ScoreDetections")
 class ScoreDetectionsLayer(Layer):
     """Detections marked 1 (matched), 2 (false), and missed truth 3 (see the module docstring)."""
@@ -216,9 +206,10 @@ class ScoreDetectionsLayer(Layer):
         det = det[np.any(det != 0, axis=1)]
         truth_hit = np.zeros(len(truth), dtype=bool)
         det_hit = np.zeros(len(det), dtype=bool)
-        for i, t in enumerate(truth):
-            for j, d in enumerate(det):
-                if not det_hit[j] and iou(d, t) >= MATCH_IOU:
+        overlap = jaccard_matrix(truth, det)  # the fork's IoU (no +1 on sizes; 0 when apart)
+        for i in range(len(truth)):
+            for j in range(len(det)):
+                if not det_hit[j] and overlap[i, j] >= MATCH_IOU:
                     truth_hit[i] = det_hit[j] = True
                     break
         marked = [(det[det_hit], 1), (det[~det_hit], 2), (truth[~truth_hit], 3)]
