@@ -107,6 +107,17 @@ def _pad_noise(img: np.ndarray, size: int, axis: int, rng: np.random.Generator) 
     return np.concatenate(blocks, axis=axis)
 
 
+def pad_top_left(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """DIGITS' object-detection padding: H x W x C uint8 pixels at the top left of a black ``width`` x ``height``
+    canvas; a DataError when the image is larger than the canvas."""
+    h, w = img.shape[:2]
+    if w > width or h > height:
+        raise DataError(f"{w} x {h} pixels, larger than the padding size {width} x {height}")
+    canvas = np.zeros((height, width, *img.shape[2:]), np.uint8)
+    canvas[:h, :w] = img
+    return canvas
+
+
 def resize_image(
     img: np.ndarray,
     height: int,

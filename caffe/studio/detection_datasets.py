@@ -53,7 +53,7 @@ from caffe.data.annotation import (
     read_voc_objects,
 )
 from caffe.data.db import item_key
-from caffe.deploy.images import image_array, resize_image
+from caffe.deploy.images import image_array, pad_top_left, resize_image
 from caffe.errors import CaffeError, DataError
 from caffe.limits import MiB
 from caffe.proto import caffe_pb2 as pb
@@ -369,13 +369,7 @@ class RecordMaker:
         """DIGITS' padding: the image at the top left of a black canvas of the padding size."""
         if self.p.padding_image_width is None:
             return pixels
-        h, w = pixels.shape[:2]
-        ph, pw = self.p.padding_image_height, self.p.padding_image_width
-        if w > pw or h > ph:
-            raise DataError(f"{w} x {h} pixels, larger than the padding size {pw} x {ph}")
-        canvas = np.zeros((ph, pw, 3), np.uint8)
-        canvas[:h, :w] = pixels
-        return canvas
+        return pad_top_left(pixels, self.p.padding_image_width, self.p.padding_image_height)
 
     def _boxes(self, sample: Sample, record: Record, own: tuple[int, int], canvas: tuple[int, int]) -> list[Box]:
         """The sample's objects as boxes normalized to the (padded) picture of ``canvas`` (width, height), the

@@ -30,7 +30,7 @@ from caffe.data.annotation import read_kitti_rows
 from caffe.data.datum import encode_image, image_to_raw_datum
 from caffe.data.detectnet import BOX_WIDTH, KITTI_CLASSES, box_table, kitti_box_rows
 from caffe.deploy.errors import ImageDecodeError
-from caffe.deploy.images import image_array, open_image, resize_image
+from caffe.deploy.images import image_array, open_image, pad_top_left, resize_image
 from caffe.errors import DataError
 from caffe.io import array_to_blobproto, array_to_datum
 from caffe.limits import MiB
@@ -81,12 +81,10 @@ def _picture(path: Path, o: DetectNetOptions) -> tuple[np.ndarray, float, float]
     except ImageDecodeError as e:
         raise DataError(str(e)) from None
     if o.pad is not None:
-        h, w = pixels.shape[:2]
-        if w > o.pad[0] or h > o.pad[1]:
-            raise DataError(f"{path}: {w} x {h} pixels, larger than the padding size {o.pad[0]} x {o.pad[1]}")
-        canvas = np.zeros((o.pad[1], o.pad[0], 3), np.uint8)
-        canvas[:h, :w] = pixels
-        pixels = canvas
+        try:
+            pixels = pad_top_left(pixels, *o.pad)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
     if o.resize is None:
         return pixels, 1.0, 1.0
     sx, sy = o.resize[0] / pixels.shape[1], o.resize[1] / pixels.shape[0]
