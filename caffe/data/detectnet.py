@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from caffe.data.datum import array_to_datum, encode_image, image_to_raw_datum
 from caffe.proto import caffe_pb2 as pb
 
 #: The 16 values DIGITS stores per object (``GroundTruthObj.gt_to_lmdb_format``), in order.
@@ -40,6 +41,11 @@ KITTI_CLASSES = {
     "person": 8, "pedestrian": 8, "person-fa": 9, "person?": 10, "people": 11, "cyclist": 12, "tram": 13,
     "person_sitting": 14, "misc": 15,
 }  # fmt: skip
+#: The class names by number that a DetectNet dataset of DIGITS' KITTI classes lists (0: don't care).
+KITTI_CLASS_NAMES = (
+    "dontcare", "car", "van", "truck", "bus", "pickup", "vehicle-with-trailer", "special-vehicle", "pedestrian",
+    "person-fa", "person?", "people", "cyclist", "tram", "person_sitting", "misc",
+)  # fmt: skip
 
 _F = np.float32
 _EPS = _F(np.finfo(np.float32).eps)  # the fork's FLT_EPSILON
@@ -69,6 +75,33 @@ def kitti_box_rows(objects: list[tuple[str, list[float]]], classes: dict[str, in
         ])  # fmt: skip
     rows = sorted(rows, key=lambda r: r[-1])[::-1]
     return np.array(rows, dtype=np.float32).reshape(-1, BOX_WIDTH)
+
+
+def plain_box_rows(boxes: list[tuple[int, float, float, float, float]]) -> np.ndarray:
+    """Boxes ``(class, xmin, ymin, xmax, ymax)`` in pixels, of labels without KITTI's other fields (Pascal VOC,
+    JSON), as DIGITS' rows (K, 16) in the given order: position, size and class, the other fields 0."""
+    rows = np.zeros((len(boxes), BOX_WIDTH), dtype=np.float32)
+    for row, (label, xmin, ymin, xmax, ymax) in zip(rows, boxes, strict=True):
+        row[[0, 1, 2, 3, CLASS]] = (xmin, ymin, xmax - xmin, ymax - ymin, label)
+    return rows
+
+
+def record_key(index: int) -> bytes:
+    """The key of a DetectNet dataset's ``index``-th record in both its databases (DIGITS': 9 digits)."""
+    return f"{index:09d}".encode()
+
+
+def detectnet_record(
+    bgr: np.ndarray, rows: np.ndarray, max_boxes: int, encoding: str, name: str
+) -> tuple[bytes, bytes]:
+    """One image's two records, serialized: its features Datum (``bgr`` H x W x 3 uint8, encoded as ``encoding``,
+    png or jpg, or raw for ``none``) and its labels Datum (the box table of ``rows`` with ``max_boxes`` rows)."""
+    datum = image_to_raw_datum(bgr, 0, name)
+    if encoding != "none":
+        datum.ClearField("data")
+        datum.data, datum.encoded = encode_image(bgr, encoding, name), True
+    table = array_to_datum(box_table(rows, max_boxes).astype(np.float64))
+    return datum.SerializeToString(), table.SerializeToString()
 
 
 def read_boxes(values: np.ndarray) -> np.ndarray:

@@ -63,10 +63,10 @@ def loss_accuracy(progress: dict[str, Any], top_k: dict[str, int], classes: int 
     train = progress["train"]
     data = [{"x": train["epoch"], "y": train["loss"], "name": "loss (train)", "mode": mode(len(train["epoch"]))}]
     for name, series in progress["val"].items():
-        accuracy = series["kind"] == "accuracy"
+        accuracy = series["kind"] in ("accuracy", "percent")
         if accuracy and not shown(name, top_k, classes):
             continue
-        values = [_percent(v) for v in series["value"]] if accuracy else series["value"]
+        values = [_percent(v) for v in series["value"]] if series["kind"] == "accuracy" else series["value"]
         shown_name = progress.get("names", {}).get(name, name)  # e.g. a detector's detection_eval as "mAP"
         trace = {"x": series["epoch"], "y": values, "name": f"{shown_name} (val)", "mode": mode(len(values))}
         data.append({**trace, "yaxis": "y2"} if accuracy else trace)

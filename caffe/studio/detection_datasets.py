@@ -50,9 +50,19 @@ from caffe.data.annotation import (
     annotated_datum,
     read_json_objects,
     read_kitti_objects,
+    read_kitti_rows,
     read_voc_objects,
 )
 from caffe.data.db import item_key
+from caffe.data.detectnet import (
+    CLASS,
+    KITTI_CLASS_NAMES,
+    KITTI_CLASSES,
+    detectnet_record,
+    kitti_box_rows,
+    plain_box_rows,
+    record_key,
+)
 from caffe.deploy.images import image_array, pad_top_left, resize_image
 from caffe.errors import CaffeError, DataError
 from caffe.limits import MiB
@@ -66,6 +76,7 @@ TASK = "object-detection"
 LABEL_FORMATS = ("auto", "voc", "kitti", "json")
 FORMAT_OF_EXTENSION = {".xml": "voc", ".json": "json", ".txt": "kitti"}
 ENCODINGS = ("png", "jpg")
+DETECTORS = ("ssd", "detectnet")
 SPLITS = ("train", "val")
 BACKGROUND = "dontcare"  # DIGITS' class 0
 MAX_LABEL_BYTES = 16 * MiB  # the largest label file read
@@ -96,6 +107,7 @@ class DetectionParams:
     padding_image_height: int | None = None
     val_min_box_size: int = 25
     encoding: str = "png"
+    detector: str = "ssd"  # what the records are stored for: see the module
     seed: int = 0
     task: str = TASK
     data_roots: list[str] | None = None  # as DatasetParams.data_roots
@@ -119,6 +131,8 @@ class DetectionParams:
             raise bad("label_format", f"must be one of {', '.join(LABEL_FORMATS)}")
         if self.encoding not in ENCODINGS:
             raise bad("encoding", f"must be one of {', '.join(ENCODINGS)}")
+        if self.detector not in DETECTORS:
+            raise bad("detector", f"must be one of {', '.join(DETECTORS)}")
         if not 0 <= self.folder_pct_val < 100:
             raise bad("folder_pct_val", "must be a percentage from 0 to under 100")
         if self.seed < 0:
@@ -181,6 +195,7 @@ class DetectionPlan:
     splits: dict[str, list[Sample]]
     skipped: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)  # class name -> label (others: 0)
 
 
 def _extensions(label_format: str) -> list[str]:
@@ -284,6 +299,8 @@ def _read_all(samples: list[Sample], skipped: list[dict[str, str]], progress: Pr
 def class_labels(params: DetectionParams, samples: Iterable[Sample]) -> tuple[list[str], list[str]]:
     """The class names (index = label, 0 the background) and warnings about them."""
     custom = params.class_names()
+    if custom is None and params.detector == "detectnet":
+        return list(KITTI_CLASS_NAMES), []
     if custom is None:
         found = sorted({o.name for s in samples for o in s.objects} - {BACKGROUND})
         return [BACKGROUND, *found], []
@@ -296,10 +313,18 @@ def class_labels(params: DetectionParams, samples: Iterable[Sample]) -> tuple[li
     return custom, warnings
 
 
-def _check_objects(labels: list[str], samples: list[Sample], custom: str) -> None:
+def label_index(params: DetectionParams, labels: list[str]) -> dict[str, int]:
+    """Class name -> label: the names' positions, or for DetectNet without custom classes DIGITS' KITTI numbers
+    (with their other names, e.g. ``person`` for ``pedestrian``); names not in it are 0, don't care."""
+    if params.detector == "detectnet" and params.class_names() is None:
+        return dict(KITTI_CLASSES)
+    return {name: i for i, name in enumerate(labels)}
+
+
+def _check_objects(index: dict[str, int], samples: list[Sample], custom: str) -> None:
     """DataError when no object of the label files is of a class (all would be left out)."""
     found = {o.name for s in samples for o in s.objects}
-    if found & set(labels[1:]):
+    if any(index.get(name, 0) for name in found):
         return
     names = ", ".join(sorted(found)[:20]) or "none"
     if custom.strip():
@@ -326,8 +351,9 @@ def make_plan(
     splits["train"] = train
     samples = [s for split in splits.values() for s in split]
     labels, warnings = class_labels(params, samples)
-    _check_objects(labels, samples, params.custom_classes)
-    return DetectionPlan(labels, splits, skipped, warnings)
+    index = label_index(params, labels)
+    _check_objects(index, samples, params.custom_classes)
+    return DetectionPlan(labels, splits, skipped, warnings, index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,19 +362,25 @@ def make_plan(
 
 @dataclass
 class Record:
-    payload: bytes | None
+    payloads: tuple[bytes, ...] | None  # one per database
     error: str = ""
     boxes: Counter = field(default_factory=Counter)  # label -> boxes stored
     ignored: int = 0  # objects of class 0 or of names not among the classes
     difficult: int = 0
+    shape: tuple[int, int] = (0, 0)  # the stored picture's height, width
 
 
 class RecordMaker:
     """A sample -> a serialized AnnotatedDatum (runs on worker threads)."""
 
-    def __init__(self, params: DetectionParams, labels: list[str], split: str) -> None:
-        self.p, self.index = params, {name: i for i, name in enumerate(labels)}
+    databases = ("",)  # the split's database is ``<split>_db`` itself
+
+    def __init__(self, params: DetectionParams, index: dict[str, int], split: str) -> None:
+        self.p, self.index = params, index
         self.min_box = params.val_min_box_size if split == "val" else 0
+
+    def key(self, n: int, image: str) -> bytes:
+        return item_key(n, image)
 
     def __call__(self, sample: Sample) -> Record:
         try:
@@ -362,7 +394,9 @@ class RecordMaker:
         if self.p.resize_image_width is not None:
             pixels = resize_image(pixels, self.p.resize_image_height, self.p.resize_image_width, "squash")
         bgr = np.ascontiguousarray(pixels[:, :, ::-1])
-        record.payload = annotated_datum(bgr, boxes, encoding=self.p.encoding, name=sample.image).SerializeToString()
+        datum = annotated_datum(bgr, boxes, encoding=self.p.encoding, name=sample.image)
+        record.payloads = (datum.SerializeToString(),)
+        record.shape = bgr.shape[:2]
         return record
 
     def _pad(self, pixels: np.ndarray) -> np.ndarray:
@@ -390,6 +424,58 @@ class RecordMaker:
         return boxes
 
 
+class DetectNetRecordMaker(RecordMaker):
+    """A sample -> its two records in DIGITS' DetectNet form (:func:`caffe.data.detectnet.detectnet_record`): the
+    image, and its objects as a box table of ``max_boxes`` rows in pixels of the stored picture. KITTI objects keep
+    all their fields and DIGITS' order (farthest first); don't-care objects are kept as class 0, as DIGITS keeps
+    them; validation objects under ``val_min_box_size`` become class 0 (DIGITS' rule)."""
+
+    databases = ("features", "labels")
+
+    def __init__(self, params: DetectionParams, index: dict[str, int], split: str, max_boxes: int) -> None:
+        super().__init__(params, index, split)
+        self.max_boxes = max_boxes
+
+    def key(self, n: int, image: str) -> bytes:
+        return record_key(n)
+
+    def __call__(self, sample: Sample) -> Record:
+        try:
+            pixels = image_array(ds.load_image(sample.image), 3)
+            own = pixels.shape[1], pixels.shape[0]
+            pixels = self._pad(pixels)
+            rows = self._rows(sample, own)
+        except CaffeError as e:
+            return Record(None, str(e).removeprefix(f"{sample.image}: "))
+        if self.p.resize_image_width is not None:
+            rows[:, [0, 2]] *= np.float32(self.p.resize_image_width / pixels.shape[1])
+            rows[:, [1, 3]] *= np.float32(self.p.resize_image_height / pixels.shape[0])
+            pixels = resize_image(pixels, self.p.resize_image_height, self.p.resize_image_width, "squash")
+        record = Record(None)
+        for label in rows[:, CLASS].astype(int):
+            if label:
+                record.boxes[label] += 1
+            else:
+                record.ignored += 1
+        bgr = np.ascontiguousarray(pixels[:, :, ::-1])
+        record.payloads = detectnet_record(bgr, rows, self.max_boxes, self.p.encoding, sample.image)
+        record.shape = bgr.shape[:2]
+        return record
+
+    def _rows(self, sample: Sample, own: tuple[int, int]) -> np.ndarray:
+        """The sample's objects as rows in pixels of its image (``own``: width, height)."""
+        if sample.fmt == "kitti":
+            rows = kitti_box_rows(read_kitti_rows(sample.label_file, MAX_LABEL_BYTES), self.index)
+        else:
+            rows = plain_box_rows([(self.index.get(o.name, 0), o.xmin, o.ymin, o.xmax, o.ymax) for o in sample.objects])
+        if self.min_box:
+            rows[(rows[:, 2] < self.min_box) | (rows[:, 3] < self.min_box), CLASS] = 0
+        ref = sample.size or own
+        rows[:, [0, 2]] *= np.float32(own[0] / ref[0])
+        rows[:, [1, 3]] *= np.float32(own[1] / ref[1])
+        return rows
+
+
 @dataclass
 class SplitResult:
     stored: list[str] = field(default_factory=list)
@@ -397,8 +483,10 @@ class SplitResult:
     boxes: Counter = field(default_factory=Counter)
     ignored: int = 0
     difficult: int = 0
+    shapes: set[tuple[int, int]] = field(default_factory=set)  # the stored pictures' (height, width)
 
     def add(self, record: Record) -> None:
+        self.shapes.add(record.shape)
         self.boxes.update(record.boxes)
         self.ignored += record.ignored
         self.difficult += record.difficult
@@ -407,29 +495,38 @@ class SplitResult:
 def write_records(
     samples: list[Sample], db_path: Path, maker: RecordMaker, progress: ProgressFn, stage: str
 ) -> SplitResult:
-    """One split's LMDB of AnnotatedDatums, written atomically; what was stored and skipped."""
+    """One split's LMDB(s) (``db_path``, or its ``maker.databases`` inside it), written atomically, the records
+    with the same keys; what was stored and skipped."""
+    from contextlib import ExitStack
+
     from caffe.util.database import new_database
     from caffe.util.threads import default_threads, ordered_map
 
     out = SplitResult()
     every = max(1, len(samples) // 100)
     progress(stage, 0, len(samples))
-    with new_database(db_path, "lmdb") as db:
-        txn = db.transaction()
+    with ExitStack() as stack:
+        paths = [db_path / name if name else db_path for name in maker.databases]
+        dbs = [stack.enter_context(new_database(path, "lmdb")) for path in paths]
+        txns = [db.transaction() for db in dbs]
         records = ordered_map(maker, samples, min(4, default_threads()))
         for done, (sample, record) in enumerate(zip(samples, records, strict=True), start=1):
-            if record.payload is None:
+            if record.payloads is None:
                 log.warning("Skipping %s: %s", sample.image, record.error)
                 out.skipped.append({"path": sample.image, "reason": record.error})
             else:
-                txn.put(item_key(len(out.stored), sample.image), record.payload)
+                key = maker.key(len(out.stored), sample.image)
+                for txn, payload in zip(txns, record.payloads, strict=True):
+                    txn.put(key, payload)
                 out.stored.append(sample.image)
                 out.add(record)
                 if len(out.stored) % ds.COMMIT_EVERY == 0:
-                    txn.commit()
+                    for txn in txns:
+                        txn.commit()
             if done % every == 0 or done == len(samples):
                 progress(stage, done, len(samples))
-        txn.commit()
+        for txn in txns:
+            txn.commit()
     log.info("%s: %d images written to %s", stage, len(out.stored), db_path.name)
     return out
 
@@ -465,14 +562,21 @@ def create_detection_dataset(
     write_label_files(job_dir, plan.labels)
     skipped = list(plan.skipped)
     counts, boxes, ignored, difficult = {}, {}, {}, {}
+    most = max((len(s.objects) for split in plan.splits.values() for s in split), default=0)
+    shapes: set[tuple[int, ...]] = set()
     for split in SPLITS:
         samples = plan.splits[split]
         result = SplitResult()
         if samples:
-            maker = RecordMaker(params, plan.labels, split)
+            maker = (
+                DetectNetRecordMaker(params, plan.index, split, most)
+                if params.detector == "detectnet"
+                else RecordMaker(params, plan.index, split)
+            )
             result = write_records(samples, job_dir / f"{split}_db", maker, progress, split)
             if not result.stored:
                 raise DataError(f"none of the {len(samples)} {split} images could be read (see the skipped files)")
+            shapes |= result.shapes
         skipped.extend(result.skipped)
         ds.write_lines(job_dir / f"{split}.txt", result.stored)
         counts[split] = len(result.stored)
@@ -480,16 +584,26 @@ def create_detection_dataset(
         ignored[split], difficult[split] = result.ignored, result.difficult
     for item in skipped:
         log.warning("Skipped %s: %s", item["path"], item["reason"])
+    dims, mean = _image_dims(params), None
+    if params.detector == "detectnet" and dims is None and len(shapes) == 1:
+        dims = [*next(iter(shapes)), 3]  # DetectNet's batches need one size: the model job checks it
+    if params.detector == "detectnet" and dims is not None:
+        progress("mean", 0, 1)
+        ds.write_mean(job_dir / "train_db" / "features", job_dir)  # DIGITS' mean image, for networks that use it
+        progress("mean", 1, 1)
+        mean = "mean.binaryproto"
     out = {
         "task": TASK,
+        "detector": params.detector,
         "labels": plan.labels,
         "classes": len(plan.labels),
         "counts": counts,
         "boxes": boxes,
         "ignored_boxes": ignored,
         "difficult_boxes": difficult,
-        "image_dims": _image_dims(params),
+        "image_dims": dims,
         "encoding": params.encoding,
+        "mean_file": mean,
         "label_map_file": "labelmap.prototxt",
         "skipped": skipped,
         "warnings": plan.warnings,

@@ -1,5 +1,10 @@
-"""Object-detection model jobs: an SSD network trained on an object-detection dataset (the "New Object Detection
-Model" form; DIGITS trained DetectNet there, the studio trains the SSD fork's detectors).
+"""Object-detection model jobs: an SSD network, or DIGITS' DetectNet, trained on an object-detection dataset (the
+"New Object Detection Model" form).
+
+A DetectNet network (one with NVIDIA/caffe's ``DetectNetTransformation``, e.g. DIGITS' KITTI example pasted as a
+custom network) trains on a dataset stored for DetectNet, as DIGITS trains it: :mod:`caffe.studio.detectnet_networks`
+makes its nets, its classes and their names are the network's own (``object_class``), the mean is its own, and
+the chart shows its validation layer's mAP, precision and recall. The rest of this docstring is about SSD.
 
 The form is :class:`caffe.studio.models.ModelForm` (same fields, same solver mapping); the network comes from a
 pretrained SSD detector (its deploy net, or the training net uploaded with it; weights copied by layer name, so the
@@ -23,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from caffe.errors import NetError
+from caffe.proto import caffe_pb2 as pb
 from caffe.protoio import to_text
 from caffe.studio import detection_networks as dn
+from caffe.studio import detectnet_networks as dtn
 from caffe.studio.models import (
     FormError,
     ModelFiles,
@@ -52,6 +59,8 @@ class DetectionDataset:
     train_count: int
     val_count: int
     labels: list[str]  # background first
+    detector: str = "ssd"  # what the records are stored for (caffe.studio.detection_datasets)
+    image_dims: list[int] | None = None  # [height, width, channels] when all images have one size
 
     @property
     def classes(self) -> int:
@@ -71,7 +80,28 @@ class DetectionDataset:
             raise FormError({"dataset": f"dataset {job_id} has no training images"})
         if len(labels) < 2:
             raise FormError({"dataset": f"dataset {job_id} has no object classes"})
-        return cls(job_id, store.job_dir(job_id), int(counts["train"]), int(counts.get("val", 0)), labels)
+        dims = result.get("image_dims")
+        return cls(
+            job_id,
+            store.job_dir(job_id),
+            int(counts["train"]),
+            int(counts.get("val", 0)),
+            labels,
+            str(result.get("detector") or "ssd"),
+            [int(d) for d in dims] if dims else None,
+        )
+
+    def check_detector(self, detector: str) -> None:
+        """FormError (on the dataset) when its records are not stored for ``detector``."""
+        if self.detector == detector:
+            return
+        shown = {"ssd": "SSD", "detectnet": "DetectNet"}
+        raise FormError(
+            {
+                "dataset": f"dataset {self.id} is stored for {shown[self.detector]}; this network is a "
+                f"{shown[detector]} network: make the dataset again with Detector: {shown[detector]}"
+            }
+        )
 
 
 def _parts(chosen: Network, form: ModelForm) -> dn.SsdParts:
@@ -80,8 +110,8 @@ def _parts(chosen: Network, form: ModelForm) -> dn.SsdParts:
         raise FormError(
             {
                 "standard_networks": "there is no standard object-detection network yet: fine-tune a pretrained SSD "
-                "detector (upload its deploy.prototxt and .caffemodel under Pretrained Models), or paste an SSD "
-                "network as a custom network"
+                "detector (upload its deploy.prototxt and .caffemodel under Pretrained Models), or paste an SSD or "
+                "DetectNet network as a custom network"
             }
         )
     try:
@@ -119,11 +149,76 @@ def _sources(store: Any, form: ModelForm, data: DetectionDataset, parts: dn.SsdP
     )
 
 
+def _detectnet_nets(
+    form: ModelForm, data: DetectionDataset, chosen: Network
+) -> tuple[pb.NetParameter, pb.NetParameter, int, int, bool]:
+    """A DetectNet job's train/val and deploy nets, TRAIN and TEST batch sizes and whether it validates."""
+    data.check_detector("detectnet")
+    if not data.image_dims:
+        raise FormError(
+            {
+                "dataset": f"dataset {data.id}: its images have different sizes, and DetectNet trains on one: make it "
+                "again with a padding or resize size"
+            }
+        )
+    where = network_field(form)
+    unknown = dtn.unknown_classes(chosen.net, data.labels)
+    if unknown:
+        have = ", ".join(f"{i} {name}" for i, name in enumerate(data.labels) if i)
+        raise FormError(
+            {
+                where: f"object_class maps dataset class {', '.join(map(str, unknown))}, which dataset {data.id} "
+                f"does not have (its classes: {have})"
+            }
+        )
+    h, w, c = data.image_dims
+    val_db = data.dir / "val_db" if data.val_count and form.val_interval else None
+    sources = dtn.DetectNetSources(data.dir / "train_db", val_db, form.batch_size)
+    try:
+        train_val, batch, val_batch = dtn.train_val_net(chosen.net, sources)
+        deploy = dtn.deploy_net(chosen.net, (c, h, w))
+    except NetError as e:
+        raise FormError({where: str(e)}) from None
+    validate = any(x.type == "Data" and x.include and x.include[0].phase == pb.TEST for x in train_val.layer)
+    fill_missing_fillers(list(train_val.layer))
+    return train_val, deploy, batch, val_batch, validate
+
+
+def _detectnet_files(form: ModelForm, job_dir: Path, data: DetectionDataset, chosen: Network) -> ModelFiles:
+    """A DetectNet job's files (see the module)."""
+    train_val, deploy, batch, val_batch, validate = _detectnet_nets(form, data, chosen)
+    solver = job_solver(form, job_dir, data, batch, val_batch, validate=validate)
+    names = dtn.class_names(chosen.net, data.labels)
+    h, w, c = data.image_dims or (0, 0, 0)
+    info = {
+        **job_info_fields(job_dir, form, data, chosen, [], solver, batch),
+        "task": TASK,
+        "detector": "detectnet",
+        "classes": len(names),
+        "image dimensions": [h, w, c],
+        "crop size": None,
+        "mean subtraction": "none",  # the network subtracts its own (DetectNetTransformation)
+        "mean_values": [],
+        "input scale": 1.0,
+        "resize_mode": "squash",
+        "accuracy outputs": [],
+        "percent outputs": dtn.percent_outputs(train_val) if validate else [],
+    }
+    return ModelFiles(chosen.net, train_val, deploy, solver, info, chosen.weights, chosen.layer_files, labels=names)
+
+
 def customize(store: Any, form: ModelForm) -> dict[str, Any]:
-    """The chosen SSD network as editable text ("Customize"): the train/val net a job on the form's dataset trains
-    (its classes set; nothing renamed, since a custom network starts without weights)."""
+    """The chosen network as editable text ("Customize"): the train/val net a job on the form's dataset trains
+    (SSD: its classes set; nothing renamed, since a custom network starts without weights)."""
     data = DetectionDataset.from_job(store, form.dataset)
-    parts = _parts(choose_network(store, form), form)
+    chosen = choose_network(store, form)
+    if form.method != "standard" and dtn.is_detectnet(chosen.net):
+        train_val, _, batch, _, _ = _detectnet_nets(form, data, chosen)
+        network = to_text(train_val)
+        return {"network": network, "renamed": [], "finetune": False, "suggested_lr": None, "batch_size": batch,
+                "crop_size": None}  # fmt: skip
+    data.check_detector("ssd")
+    parts = _parts(chosen, form)
     try:
         dn.retarget(parts, data.classes, finetune=False)
     except NetError as e:
@@ -147,6 +242,9 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         raise FormError({"crop_size": "object detection models resize each image to the network's input: no crop"})
     data = DetectionDataset.from_job(store, form.dataset)
     chosen = choose_network(store, form)
+    if form.method != "standard" and dtn.is_detectnet(chosen.net):
+        return _detectnet_files(form, job_dir, data, chosen)
+    data.check_detector("ssd")
     parts = _parts(chosen, form)
     try:
         renamed = dn.retarget(parts, data.classes, finetune=chosen.weights is not None)

@@ -478,6 +478,7 @@ class ModelFiles:
     layer_files: dict[str, Path] = field(default_factory=dict)
     mean: np.ndarray | None = None  # C x H x W: written as the job's mean.binaryproto instead of the dataset's
     input_shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # C, H, W of other Data tops
+    labels: list[str] | None = None  # the model's class names, written as its labels.txt instead of the dataset's
 
 
 def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] | None = None) -> ModelFiles:
@@ -610,6 +611,8 @@ def write_files(job_dir: Path, files: ModelFiles, dataset_dir: Path) -> None:
     for name in ("labels.txt", "mean.binaryproto"):
         if (dataset_dir / name).is_file():
             shutil.copyfile(dataset_dir / name, job_dir / name)
+    if files.labels is not None:
+        atomic_write(job_dir / "labels.txt", "".join(f"{name}\n" for name in files.labels).encode())
     if files.mean is not None:
         from caffe.io import array_to_blobproto
 
@@ -838,6 +841,7 @@ def training_progress(job_dir: Path, events: list[dict[str, Any]] | None = None)
     per_epoch = info.get("iterations per epoch", 1)
     max_iter = info.get("max iterations", 0)
     accuracy = set(info.get("accuracy outputs", []))
+    percent = set(info.get("percent outputs", []))  # accuracies already in percent (DetectNet's mAP layer)
     train: list[dict[str, Any]] = []
     val: list[dict[str, Any]] = []
     it, session = 0, None
@@ -888,11 +892,16 @@ def training_progress(job_dir: Path, events: list[dict[str, Any]] | None = None)
             "loss": [p["loss"] for p in train],
             "lr": [p["lr"] for p in train],
         },
-        "val": {name: {**s, "kind": "accuracy" if name in accuracy else "loss"} for name, s in val_series.items()},
+        "val": {name: {**s, "kind": _kind(name, accuracy, percent)} for name, s in val_series.items()},
         "names": info.get("output names") or {},  # how the charts call an output (a detector's mean AP: "mAP")
         "nan": nan,
         "advice": NAN_ADVICE.format(what=nan) if nan else None,
     }
+
+
+def _kind(name: str, accuracy: set[str], percent: set[str]) -> str:
+    """How a validation output is charted: ``accuracy`` (a fraction), ``percent`` (already in %) or ``loss``."""
+    return "accuracy" if name in accuracy else "percent" if name in percent else "loss"
 
 
 def model_summary(store: Any, job_id: str) -> dict[str, Any]:

@@ -261,16 +261,28 @@ def _detection_form_page(
     request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200
 ) -> Response:
     defaults = dd.DetectionParams().to_dict()
-    extra = {"label_formats": dd.LABEL_FORMATS, "encodings": dd.ENCODINGS}
+    extra = {"label_formats": dd.LABEL_FORMATS, "encodings": dd.ENCODINGS, "detectors": dd.DETECTORS}
     return _task_form_page(request, "detection_dataset_new.html", defaults, values, error, status, **extra)
 
 
-def add_task_routes(task: str, name: str, create: CreateFn, form_page: FormPageFn, extension: str) -> None:
+def add_task_routes(
+    task: str,
+    name: str,
+    create: CreateFn,
+    form_page: FormPageFn,
+    extension: str,
+    digits_defaults: dict[str, Any] | None = None,
+) -> None:
     """``GET /datasets/images/<task>/new`` (the form; ``?clone=<dataset id>`` fills it with that dataset's
     parameters), ``POST /datasets/images/<task>`` (-> the dataset page) and ``.json`` (-> ``{job_id, name,
     status}``); the routes are named ``<name>_new``, ``<name>_create``, ``<name>_create_json``. The same at
     DIGITS' generic-dataset addresses of the data ``extension`` (``/datasets/generic/new/<extension>``,
-    ``/datasets/generic/create/<extension>[.json]``), so DIGITS' REST scripts work unchanged."""
+    ``/datasets/generic/create/<extension>[.json]``), so DIGITS' REST scripts work unchanged; a form posted
+    there gets ``digits_defaults`` for the fields it does not give (what DIGITS made)."""
+    digits_values = digits_defaults or {}
+
+    def digits_create(request: Request, values: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> Job:
+        return create(request, {**digits_values, **values}, uploads)
 
     def new(request: Request, clone: str = "") -> Response:
         values = _dataset_job(request, clone).params if clone else None
@@ -288,11 +300,25 @@ def add_task_routes(task: str, name: str, create: CreateFn, form_page: FormPageF
     router.add_api_route(base, create_form, methods=["POST"], name=f"{name}_create")
     digits = "/datasets/generic"
     router.add_api_route(f"{digits}/new/{extension}", new, methods=["GET"], include_in_schema=False)
-    router.add_api_route(f"{digits}/create/{extension}.json", create_json, methods=["POST"], include_in_schema=False)
-    router.add_api_route(f"{digits}/create/{extension}", create_form, methods=["POST"], include_in_schema=False)
+
+    async def digits_json(request: Request) -> Response:
+        return await _create_response(request, digits_create, None)
+
+    async def digits_form(request: Request) -> Response:
+        return await _create_response(request, digits_create, form_page)
+
+    router.add_api_route(f"{digits}/create/{extension}.json", digits_json, methods=["POST"], include_in_schema=False)
+    router.add_api_route(f"{digits}/create/{extension}", digits_form, methods=["POST"], include_in_schema=False)
 
 
-add_task_routes(dd.TASK, "detection_dataset", create_detection_job, _detection_form_page, "image-object-detection")
+add_task_routes(
+    dd.TASK,
+    "detection_dataset",
+    create_detection_job,
+    _detection_form_page,
+    "image-object-detection",
+    {"detector": "detectnet"},  # DIGITS stored its object-detection datasets for DetectNet
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,11 +574,12 @@ def record_png(db_path: Path, index: int) -> bytes:
     return buf.tobytes()
 
 
-def _record(db_path: Path, index: int) -> tuple[bytes, bytes]:
-    """The key and value of the ``index``-th record of a dataset LMDB (see :func:`record_png`); 404 if none."""
+def _record(db_path: Path, index: int, prefix: bytes | None = None) -> tuple[bytes, bytes]:
+    """The key and value of the ``index``-th record of a dataset LMDB (see :func:`record_png`), the first key
+    starting with ``prefix`` (default the studio's ``%08d_``); 404 if none."""
     if not db_path.is_dir():
         raise HTTPException(404, f"no database {db_path.name}")
-    prefix = item_key(index, "")
+    prefix = item_key(index, "") if prefix is None else prefix
     with (
         _RECORD_LOCK,
         open_db(db_path, "lmdb", "read", readahead=False) as db,
@@ -583,6 +610,27 @@ def detection_record_png(db_path: Path, index: int, labels: list[str]) -> bytes:
         for g in anno.annotation_group
         for a in g.annotation
     ]
+    drawn = draw_detections(rgb, found, lambda i: labels[i] if 0 <= i < len(labels) else str(i))
+    return encode_image(drawn, ".png")
+
+
+def detectnet_record_png(split_db: Path, index: int, labels: list[str]) -> bytes:
+    """The ``index``-th image of a DetectNet dataset split (``features`` and ``labels`` inside ``split_db``) as PNG
+    bytes, every box of its table drawn and named by its class (0: don't care)."""
+    from caffe.data.detectnet import CLASS, read_boxes, record_key
+    from caffe.deploy.detection import Detection
+    from caffe.deploy.drawing import draw_detections, encode_image
+
+    key, image = _record(split_db / "features", index, record_key(index))
+    _, table = _record(split_db / "labels", index, key)
+    name = f"{split_db.name} record {key.decode('utf-8', 'replace')!r}"
+    try:
+        chw = datum_to_array(parse_datum(image, name), name)
+        rows = read_boxes(datum_to_array(parse_datum(table, name), name))
+    except (DataError, ValueError) as e:
+        raise HTTPException(500, f"{name}: {e}") from None
+    rgb = chw.transpose(1, 2, 0)[:, :, ::-1] if chw.shape[0] == 3 else chw.transpose(1, 2, 0)
+    found = [Detection(int(r[CLASS]), 1.0, (r[0], r[1], r[0] + r[2], r[1] + r[3])) for r in rows]
     drawn = draw_detections(rgb, found, lambda i: labels[i] if 0 <= i < len(labels) else str(i))
     return encode_image(drawn, ".png")
 
@@ -628,7 +676,9 @@ def dataset_explore_image(request: Request, job_id: str, db: str = "train", inde
     if index < 0:
         raise HTTPException(400, "index must be >= 0")
     job_dir = studio_of(request).store.job_dir(job.id)
-    if task_of(job) == dd.TASK:
+    if task_of(job) == dd.TASK and (job_dir / f"{split}_db" / "features").is_dir():
+        data = detectnet_record_png(job_dir / f"{split}_db", index, _read_labels(job_dir))
+    elif task_of(job) == dd.TASK:
         data = detection_record_png(job_dir / f"{split}_db", index, _read_labels(job_dir))
     elif task_of(job) == sd.TASK:
         data = segmentation_record_png(job_dir, split, index)

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from caffe.data.annotation import read_kitti_rows
-from caffe.data.datum import encode_image, image_to_raw_datum
-from caffe.data.detectnet import BOX_WIDTH, KITTI_CLASSES, box_table, kitti_box_rows
+from caffe.data.detectnet import BOX_WIDTH, KITTI_CLASSES, detectnet_record, kitti_box_rows, record_key
 from caffe.deploy.errors import ImageDecodeError
 from caffe.deploy.images import image_array, open_image, pad_top_left, resize_image
 from caffe.errors import DataError
-from caffe.io import array_to_blobproto, array_to_datum
+from caffe.io import array_to_blobproto
 from caffe.limits import MiB
 from caffe.protoio import atomic_write
 from caffe.tools.flags import ToolParser, gflags_int, parse_flags
@@ -134,13 +133,9 @@ def create_detectnet_db(image_folder: str | os.PathLike, label_folder: str | os.
             rows[:, [0, 2]] *= np.float32(sx)
             rows[:, [1, 3]] *= np.float32(sy)
             bgr = np.ascontiguousarray(pixels[:, :, ::-1])
-            datum = image_to_raw_datum(bgr, 0, str(image))
-            if o.encoding != "none":
-                datum.ClearField("data")
-                datum.data, datum.encoded = encode_image(bgr, o.encoding, str(image)), True
-            key = f"{stored:09d}".encode()
-            ti.put(key, datum.SerializeToString())
-            tl.put(key, array_to_datum(box_table(rows, most).astype(np.float64)).SerializeToString())
+            picture, table = detectnet_record(bgr, rows, most, o.encoding, str(image))
+            ti.put(record_key(stored), picture)
+            tl.put(record_key(stored), table)
             stored += 1
             shapes.add(bgr.shape)
             if len(shapes) == 1:
