@@ -266,6 +266,19 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env):
     assert page.status_code == 200, page.text
     assert isinstance(page.json()["detections"], list)
 
+    # DIGITS' "Pretrained model" of a custom network: a weights file inside the data roots, copied by layer name
+    snapshot = str(job_dir / "snapshot_iter_2.caffemodel")
+    form = _form(dataset, small_network(TWO_CLASSES), custom_network_snapshot=snapshot)
+    r = client.post("/models/images/object-detection.json", data=form)
+    assert r.status_code == 201, r.text
+    again = studio.scheduler.wait(r.json()["job_id"], 600)
+    log = (studio.store.job_dir(again.id) / "log.txt").read_text()
+    assert again.status == "Done" and f"Finetuning from {snapshot}" in log
+    for path in ("/etc/hostname", f"{job_dir}/../../../../etc/hostname", str(job_dir / "none.caffemodel")):
+        form = _form(dataset, small_network(), custom_network_snapshot=path, data_roots="/")  # roots: the server's
+        r = client.post("/models/images/object-detection.json", data=form)
+        assert r.status_code == 400 and "custom_network_snapshot" in r.json()["fields"], (path, r.text)
+
 
 def test_the_dataset_page_and_explorer_show_detectnet_records(env):
     """The explorer draws a record's boxes from its box table: the grey picture's bright rectangles are outlined

@@ -445,6 +445,8 @@ class DetectNetRecordMaker(RecordMaker):
             own = pixels.shape[1], pixels.shape[0]
             pixels = self._pad(pixels)
             rows = self._rows(sample, own)
+            if len(rows) > self.max_boxes:  # the label file grew after it was first read
+                raise DataError(f"{sample.label_file}: {len(rows)} objects, {self.max_boxes} when the job began")
         except CaffeError as e:
             return Record(None, str(e).removeprefix(f"{sample.image}: "))
         if self.p.resize_image_width is not None:

@@ -49,7 +49,7 @@ from caffe.studio import charts, layer_worker, validate
 from caffe.studio import networks as nets
 from caffe.studio.failure import job_failure
 from caffe.studio.gpus import GpuRequest, device_gpu, gpu_pool, job_hardware, parse_gpu_list, request_error
-from caffe.studio.paths import is_job_id
+from caffe.studio.paths import is_job_id, resolve_user_path
 
 #: The largest values the form takes (beyond them the solver's and data layers' int32 fields overflow, or the
 #: rate schedule's percentages say nothing more).
@@ -93,6 +93,7 @@ class ModelForm:
     previous_epoch: float = 0.0  # weights of that epoch's snapshot; 0: the architecture only
     pretrained_networks: str = ""
     custom_network: str = ""
+    custom_network_snapshot: str = ""  # DIGITS' "Pretrained model" of a custom network: a weights file on the server
     solver_type: str = "SGD"
     train_epochs: int = 30
     snapshot_interval: float = 1.0
@@ -117,6 +118,8 @@ class ModelForm:
     device: str = "cpu"  # or "cuda:N": GPU N (as select_gpus=[N])
     select_gpu_count: int | None = None  # train on this many GPUs (any free ones); None or 0: see select_gpus
     select_gpus: list[int] = field(default_factory=list)  # train on these GPUs; neither: the CPU
+    # not a form field: the folders custom_network_snapshot may name, set by the server (none by default)
+    data_roots: list[Path] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelForm:
@@ -127,7 +130,7 @@ class ModelForm:
         except ValueError as e:
             errors["select_gpus"] = f"GPU ids are whole numbers: {e}"
         for f in fields(cls):
-            if f.name not in values or f.name == "select_gpus":
+            if f.name not in values or f.name in ("select_gpus", "data_roots"):  # data_roots: never from a request
                 continue
             raw = values[f.name]
             raw = raw.strip() if isinstance(raw, str) and f.name != "custom_network" else raw
@@ -156,7 +159,9 @@ class ModelForm:
         return form
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        del values["data_roots"]
+        return values
 
     def check(self, devices: list[str] | None = None) -> None:
         """Ranges and choices; raises FormError naming every bad field."""
@@ -428,7 +433,8 @@ def choose_network(store: Any, form: ModelForm) -> Network:
         key = form.standard_networks
         return Network(nets.parse_network(nets.standard_network(key), f"{key}.prototxt"), None, f"standard:{key}")
     if form.method == "custom":
-        return Network(nets.parse_network(form.custom_network, "custom network"), None, "custom")
+        net = nets.parse_network(form.custom_network, "custom network")
+        return Network(net, custom_weights(form), "custom")
     job_id = form.previous_networks if form.method == "previous" else form.pretrained_networks
     field = f"{form.method}_networks"
     try:
@@ -452,6 +458,21 @@ def choose_network(store: Any, form: ModelForm) -> Network:
     original = d / "original.prototxt"
     net = read_net_param(original if original.is_file() else d / "deploy.prototxt")
     return Network(net, d / "weights.caffemodel", f"pretrained:{job_id}", layer_files(net, d, "python_layer.py"))
+
+
+def custom_weights(form: ModelForm) -> Path | None:
+    """The weights a custom network starts from (``custom_network_snapshot``, DIGITS' "Pretrained model"): a file
+    on the server inside ``form.data_roots``; layers of the same name copy them (``caffe train --weights``)."""
+    text = form.custom_network_snapshot
+    if not text:
+        return None
+    try:
+        path = resolve_user_path(text, form.data_roots)
+    except CaffeError as e:
+        raise FormError({"custom_network_snapshot": str(e)}) from None
+    if not path.is_file():
+        raise FormError({"custom_network_snapshot": f"no file {text!r} on the server"})
+    return path
 
 
 def network_defaults(net: pb.NetParameter) -> dict[str, int | None]:

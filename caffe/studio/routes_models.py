@@ -37,7 +37,7 @@ from caffe.studio import networks as nets
 from caffe.studio import segmentation_models as sm
 from caffe.studio.paths import check_job_id, is_job_id
 from caffe.studio.store import Job
-from caffe.studio.web import job_of_kind, json_fields, json_safe, studio_of, wants_html
+from caffe.studio.web import data_roots, job_of_kind, json_fields, json_safe, studio_of, wants_html
 
 router = APIRouter()
 
@@ -102,6 +102,7 @@ def _choices(request: Request, task: str = "classification") -> dict[str, Any]:
         "lr_policies": m.LR_POLICIES,
         "gpus": studio_of(request).scheduler.gpus,
         "free_gpus": studio_of(request).scheduler.free_gpus(),
+        "roots": [str(r) for r in data_roots(request)],
     }
 
 
@@ -162,6 +163,7 @@ def _create(request: Request, values: dict[str, Any]) -> Job:
     """The model job of a form, for its dataset's task (a detector, a segmentation net or a classifier)."""
     studio = studio_of(request)
     form = m.ModelForm.from_dict(values)
+    form.data_roots = data_roots(request)
     build = BUILDERS.get(_dataset_task(request, form.dataset))
     return m.create_model_job(studio.store, studio.scheduler, form, studio.config.allow_python_layers, build)
 
