@@ -162,6 +162,21 @@ def test_class_names_come_from_the_networks_object_class_mapping():
     assert dtn.percent_outputs(_fork(TWO_CLASSES))[:3] == ["mAP-class0", "precision-class0", "recall-class0"]
 
 
+def test_size_mismatches_name_the_layers_sized_for_other_images():
+    """The fork's KITTI net on 256 x 128 images: its validation transformation (1248 x 384) and its clustering
+    layers (1248 x 352) are sized for larger images; on its own 1248 x 384 images nothing is (its clustering
+    covers the top 352 rows); the TRAIN transformation may crop to any size."""
+    found = dtn.size_mismatches(_fork(), (256, 128))
+    assert found == [
+        "layer 'val_transform': 1248 x 384",
+        "layer 'cluster': 1248 x 352",
+        "layer 'cluster_gt': 1248 x 352",
+    ]
+    assert dtn.size_mismatches(_fork(), (1248, 384)) == []
+    assert dtn.size_mismatches(_fork(), (1248, 350)) == found  # 2 rows short: every layer
+    assert dtn.size_mismatches(parse_text(small_network(), pb.NetParameter()), (256, 128)) == []
+
+
 def test_a_network_without_its_label_layer_is_refused():
     net = _fork()
     net.layer.remove(next(x for x in net.layer if x.name == "train_label"))
@@ -228,6 +243,8 @@ def test_form_errors_name_their_fields(env):
         (_form(ssd, small_network()), "dataset", "stored for SSD"),
         (_form(detectnet, ssd_net), "dataset", "stored for DetectNet"),
         (_form(detectnet, small_network(), crop_size="100"), "crop_size", "no crop"),
+        (_form(detectnet, small_network(width=1248, height=384)), "custom_network", "sized for other images"),
+        (_form(detectnet, str(dtn.deploy_net(_fork(), (3, 128, 256)))), "custom_network", "a DetectNet deploy net"),
     ):
         r = client.post(url, data=form)
         assert r.status_code == 400 and words in r.json()["fields"][field], r.text

@@ -149,6 +149,22 @@ def _sources(store: Any, form: ModelForm, data: DetectionDataset, parts: dn.SsdP
     )
 
 
+def _is_detectnet(form: ModelForm, chosen: Network) -> bool:
+    """Whether the chosen network is DetectNet's (trained by DIGITS' rules); a DetectNet deploy net is refused."""
+    if form.method == "standard":
+        return False
+    if dtn.is_detectnet_deploy(chosen.net):
+        raise FormError(
+            {
+                network_field(form): "this is a DetectNet deploy net (its clustering, no DetectNetTransformation): "
+                "training needs the whole network, with its train and val stages (NVIDIA/caffe's "
+                "detectnet_network.prototxt form, DIGITS' original.prototxt): upload the model with it, or paste "
+                "it as a custom network"
+            }
+        )
+    return dtn.is_detectnet(chosen.net)
+
+
 def _detectnet_nets(
     form: ModelForm, data: DetectionDataset, chosen: Network
 ) -> tuple[pb.NetParameter, pb.NetParameter, int, int, bool]:
@@ -172,6 +188,15 @@ def _detectnet_nets(
             }
         )
     h, w, c = data.image_dims
+    wrong = dtn.size_mismatches(chosen.net, (w, h))
+    if wrong:
+        raise FormError(
+            {
+                where: f"the network is sized for other images than dataset {data.id}'s {w} x {h} ("
+                f"{'; '.join(wrong[:4])}): set image_size_x/image_size_y of its DetectNetTransformation layers and "
+                f"the first two values of its clustering layers' param_str to {w}, {h}, or make the dataset that size"
+            }
+        )
     val_db = data.dir / "val_db" if data.val_count and form.val_interval else None
     sources = dtn.DetectNetSources(data.dir / "train_db", val_db, form.batch_size)
     try:
@@ -212,7 +237,7 @@ def customize(store: Any, form: ModelForm) -> dict[str, Any]:
     (SSD: its classes set; nothing renamed, since a custom network starts without weights)."""
     data = DetectionDataset.from_job(store, form.dataset)
     chosen = choose_network(store, form)
-    if form.method != "standard" and dtn.is_detectnet(chosen.net):
+    if _is_detectnet(form, chosen):
         train_val, _, batch, _, _ = _detectnet_nets(form, data, chosen)
         network = to_text(train_val)
         return {"network": network, "renamed": [], "finetune": False, "suggested_lr": None, "batch_size": batch,
@@ -242,7 +267,7 @@ def build_files(store: Any, form: ModelForm, job_dir: Path, devices: list[str] |
         raise FormError({"crop_size": "object detection models resize each image to the network's input: no crop"})
     data = DetectionDataset.from_job(store, form.dataset)
     chosen = choose_network(store, form)
-    if form.method != "standard" and dtn.is_detectnet(chosen.net):
+    if _is_detectnet(form, chosen):
         return _detectnet_files(form, job_dir, data, chosen)
     data.check_detector("ssd")
     parts = _parts(chosen, form)

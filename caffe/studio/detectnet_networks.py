@@ -31,6 +31,7 @@ from caffe.studio import networks as nets
 TRANSFORMATION = "DetectNetTransformation"
 DEFAULT_BATCH_SIZE = 16  # DIGITS' constants.DEFAULT_BATCH_SIZE
 PERCENT_LAYER = "DetectNetMAP"  # its tops (mAP, precision, recall) are percentages
+CLUSTERING = ("ClusterDetections", "ClusterGroundtruth")  # param_str: image width, height, ...
 
 
 @dataclass
@@ -45,6 +46,13 @@ class DetectNetSources:
 def is_detectnet(net: pb.NetParameter) -> bool:
     """Whether ``net`` is a DetectNet network (it has a ``DetectNetTransformation``)."""
     return any(layer.type == TRANSFORMATION for layer in net.layer)
+
+
+def is_detectnet_deploy(net: pb.NetParameter) -> bool:
+    """Whether ``net`` is a DetectNet deploy net: its clustering without the transformation (nothing to train)."""
+    return not is_detectnet(net) and any(
+        x.type == "Python" and builtin_type(x.python_param) == "ClusterDetections" for x in net.layer
+    )
 
 
 def _role(layer: pb.LayerParameter) -> str | None:
@@ -142,6 +150,29 @@ def class_names(net: pb.NetParameter, labels: list[str]) -> list[str]:
 def unknown_classes(net: pb.NetParameter, labels: list[str]) -> list[int]:
     """The dataset classes the network maps that the dataset does not have (0 and out of range)."""
     return sorted(src for src in class_mapping(net) if not 0 < src < len(labels))
+
+
+def size_mismatches(net: pb.NetParameter, size: tuple[int, int]) -> list[str]:
+    """Where the network is sized for other images than the dataset's ``size`` (width, height): the validation
+    transformation's ``image_size_x``/``_y`` (TEST resizes to it) when it differs, a clustering layer's
+    ``param_str`` (its first two values, the image's width and height) when it is larger: a smaller one clusters
+    the top-left part of the grid (the fork's KITTI net clusters the top 352 rows of its 384). Each as
+    "layer 'name': W x H". The TRAIN transformation may crop to another size."""
+    found = []
+    for layer in net.layer:
+        if layer.type == TRANSFORMATION and nets.included(layer, nets.VAL_STATE):
+            p = layer.detectnet_groundtruth_param
+            if (p.image_size_x, p.image_size_y) != size:
+                found.append(f"layer '{layer.name}': {p.image_size_x} x {p.image_size_y}")
+        elif layer.type == "Python" and builtin_type(layer.python_param) in CLUSTERING:
+            values = layer.python_param.param_str.split(",")[:2]
+            try:
+                w, h = (int(v) for v in values)
+            except ValueError:
+                continue  # the layer's own set-up names a bad param_str
+            if w > size[0] or h > size[1]:
+                found.append(f"layer '{layer.name}': {w} x {h}")
+    return found
 
 
 def percent_outputs(net: pb.NetParameter) -> list[str]:
