@@ -26,6 +26,8 @@ from caffe.errors import DataError
 MAX_PIXELS = 64_000_000
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 INTERPOLATIONS = ("pillow", "opencv")
+#: The file suffixes the command-line tools take as images when they list a folder (what the decoder reads).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
 def open_image(src: str | os.PathLike | IO[bytes], source: str) -> Image.Image:

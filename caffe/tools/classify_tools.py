@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from caffe import deploy
+from caffe.deploy.images import IMAGE_SUFFIXES
 from caffe.errors import CaffeError, DataError
 from caffe.io import oversample as ten_crops
 from caffe.limits import read_file
@@ -49,7 +50,6 @@ from caffe.util import http
 
 log = logging.getLogger("caffe")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 CLASSIFY_USAGE = """caffe classify [FLAGS] [MODEL] INPUT [INPUT ...]
@@ -113,7 +113,7 @@ def _video_frames(path: Path, every: int, channels: int) -> Iterator[Image]:
 
 
 def _folder_files(folder: Path, ext: str | None) -> list[Path]:
-    suffixes = (f".{ext.lower().lstrip('.')}",) if ext else IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    suffixes = (f".{ext.lower().lstrip('.')}",) if ext else IMAGE_SUFFIXES + VIDEO_EXTENSIONS
     files = sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
     if not files:
         raise InputError(f"{folder}: no {'*' + suffixes[0] if ext else 'image or video'} files in the folder")

@@ -29,7 +29,7 @@ import numpy as np
 from caffe.data.annotation import read_kitti_rows
 from caffe.data.detectnet import BOX_WIDTH, KITTI_CLASSES, detectnet_record, kitti_box_rows, record_key
 from caffe.deploy.errors import ImageDecodeError
-from caffe.deploy.images import image_array, open_image, pad_top_left, resize_image
+from caffe.deploy.images import IMAGE_SUFFIXES, image_array, open_image, pad_top_left, resize_image
 from caffe.errors import DataError
 from caffe.io import array_to_blobproto
 from caffe.limits import MiB
@@ -44,7 +44,6 @@ USAGE = """caffe create_detectnet_db [FLAGS] IMAGE_FOLDER LABEL_FOLDER OUT_FOLDE
 Store KITTI-labelled images as DIGITS' object-detection dataset for DetectNet: OUT_FOLDER/features and
 OUT_FOLDER/labels (LMDBs with the same keys) and OUT_FOLDER/mean.binaryproto."""
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 ENCODINGS = ("png", "jpg", "none")
 MAX_LABEL_BYTES = 16 * MiB
 
