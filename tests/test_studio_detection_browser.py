@@ -13,6 +13,7 @@ import cv2
 import pytest
 from conftest import ROOT, asset
 from studio_e2e_helpers import Shots, artifacts_dir, browser_page, job_log, wait_until_ended
+from test_detectnet import TWO_CLASSES
 
 from caffe.studio.app import create_app, serve_in_thread
 
@@ -126,3 +127,75 @@ def test_object_detection_walkthrough_in_a_browser(studio):
         shot(page, "detections")
         assert not js_errors, js_errors
     assert all(path.stat().st_size > 10_000 for path in shot.paths)
+
+
+@pytest.mark.slow
+def test_detectnet_walkthrough_in_a_browser(tmp_path):
+    """DIGITS' DetectNet tutorial in miniature: KITTI folders -> a dataset stored for DetectNet, padded ->
+    NVIDIA/caffe's cars-and-pedestrians network pasted as a custom network (a missing "Pretrained model" file is
+    named at its field) -> the validation's mAP on the model page -> the classify-one page with the model."""
+    from test_detectnet import _kitti_folders
+    from test_studio_detectnet import small_network
+
+    from caffe.data.detectnet import KITTI_CLASS_NAMES
+
+    train, val = _kitti_folders(tmp_path / "data" / "train", 4, 0), _kitti_folders(tmp_path / "data" / "val", 2, 1)
+    jobs = tmp_path / "jobs"
+    app = create_app({"jobs_dir": jobs, "devices": ["cpu"], "data_roots": [tmp_path / "data"]})
+    url, stop = serve_in_thread(app.state.studio.config, app)
+    shot = Shots(artifacts_dir() / "detectnet")
+    shot.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with browser_page(shot.folder) as (page, js_errors):
+            page.goto(url + "/datasets/images/object-detection/new")
+            page.wait_for_selector("#detection-dataset-form")
+            for field, folder in (("train-image", train[0]), ("train-label", train[1]), ("val-image", val[0]),
+                                  ("val-label", val[1])):  # fmt: skip
+                page.fill(f"#{field}-folder", str(folder))
+            page.select_option("#detector", "detectnet")
+            for field, value in (("padding-image-width", "256"), ("padding-image-height", "128"),
+                                 ("dataset-name", "kitti")):  # fmt: skip
+                page.fill(f"#{field}", value)
+            shot(page, "detectnet dataset form")
+            page.click("#create-dataset")
+            page.wait_for_url(re.compile(r"/datasets/[\w-]+$"))
+            dataset_id = page.get_attribute("#dataset-page", "data-job-id")
+            wait_until_ended(page, 90)
+            assert page.text_content("#job-status") == "Done", job_log(jobs, dataset_id)
+            car = KITTI_CLASS_NAMES.index("car")
+            assert int(page.text_content(f"#boxes-train-{car}")) > 0 and "train_db/features" in page.content()
+            shot(page, "detectnet dataset done")
+
+            page.goto(url + "/models/images/object-detection/new")
+            page.wait_for_selector("#model-form")
+            page.select_option("#model-dataset", dataset_id)
+            page.check("#method-custom")
+            page.fill("#model-custom-network", small_network(TWO_CLASSES))
+            page.fill("#model-custom-snapshot", str(tmp_path / "data" / "googlenet.caffemodel"))  # not there
+            for field, value in (("train-epochs", "1"), ("batch-size", "2"), ("learning-rate", "0.0001"),
+                                 ("random-seed", "1"), ("name", "detectnet")):  # fmt: skip
+                page.fill(f"#model-{field}", value)
+            page.select_option("#model-use-mean", "none")
+            page.click("#create-model")
+            page.wait_for_selector("#error-custom-network-snapshot")
+            assert "no file" in page.text_content("#error-custom-network-snapshot")
+            page.fill("#model-custom-snapshot", "")
+            shot(page, "detectnet model form")
+            page.click("#create-model")
+            page.wait_for_url(re.compile(r"/models/[\w-]+$"))
+            model_id = page.get_attribute("#model-page", "data-job-id")
+            wait_until_ended(page, 240)
+            assert page.text_content("#job-status") == "Done", job_log(jobs, model_id)
+            assert "mAP-class0" in page.content()  # the validation's chart series
+            shot(page, "detectnet model done")
+
+            page.click("#model-classify")
+            page.wait_for_selector("#classify-one-form")
+            page.set_input_files("#image-file", str(next(val[0].iterdir())))
+            page.click("#classify-one-submit")
+            page.wait_for_selector("#detections")
+            assert page.evaluate("() => document.getElementById('detected-image').naturalWidth") > 0
+            shot(page, "detectnet detections")
+            assert not js_errors, js_errors
+    finally:
+        stop()
