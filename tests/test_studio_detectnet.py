@@ -283,14 +283,16 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env):
     assert page.status_code == 200, page.text
     assert isinstance(page.json()["detections"], list)
 
-    # DIGITS' "Pretrained model" of a custom network: a weights file inside the data roots, copied by layer name
+    # DIGITS' "Pretrained model" of a custom network: a weights file inside the data roots, copied by layer name;
+    # posted as DIGITS' REST scripts do (its generic-model address, Adam as its DetectNet tutorial, no mean)
     snapshot = str(job_dir / "snapshot_iter_2.caffemodel")
-    form = _form(dataset, small_network(TWO_CLASSES), custom_network_snapshot=snapshot)
-    r = client.post("/models/images/object-detection.json", data=form)
+    form = _form(dataset, small_network(TWO_CLASSES), custom_network_snapshot=snapshot, solver_type="ADAM")
+    r = client.post("/models/images/generic.json", data={**form, "use_mean": "none"})
     assert r.status_code == 201, r.text
     again = studio.scheduler.wait(r.json()["job_id"], 600)
     log = (studio.store.job_dir(again.id) / "log.txt").read_text()
     assert again.status == "Done" and f"Finetuning from {snapshot}" in log
+    assert read_solver_param(studio.store.job_dir(again.id) / "solver.prototxt").type == "Adam"
     for path in ("/etc/hostname", f"{job_dir}/../../../../etc/hostname", str(job_dir / "none.caffemodel")):
         form = _form(dataset, small_network(), custom_network_snapshot=path, data_roots="/")  # roots: the server's
         r = client.post("/models/images/object-detection.json", data=form)
