@@ -250,7 +250,7 @@ def test_form_errors_name_their_fields(env):
         assert r.status_code == 400 and words in r.json()["fields"][field], r.text
 
 
-def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env):
+def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env, tmp_path: Path):
     """Two iterations of NVIDIA/caffe's cars-and-pedestrians network on the KITTI-style dataset: the job's files,
     the validation's mAP, precision and recall charted as percentages, the network's class names as the model's
     labels, and the classify-one page answering with DetectNet's log-vote confidences."""
@@ -282,6 +282,16 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env):
     )
     assert page.status_code == 200, page.text
     assert isinstance(page.json()["detections"], list)
+
+    # the downloaded archive deploys on its own: a two-class DetectNet detector, no mean (the net subtracts its own)
+    from caffe import deploy
+
+    archive = client.get(f"/models/{job_id}/download.tar.gz")
+    assert archive.status_code == 200
+    (tmp_path / "detectnet.tar.gz").write_bytes(archive.content)
+    model = deploy.open_model(deploy.find_model(tmp_path / "detectnet.tar.gz"), warn=False)
+    assert isinstance(model, deploy.DetectionModel) and model.class_tops and model.preprocessing.mean is None
+    assert list(model.labels) == ["car", "pedestrian"] and model.input_shape == (3, 128, 256)
 
     # DIGITS' "Pretrained model" of a custom network: a weights file inside the data roots, copied by layer name;
     # posted as DIGITS' REST scripts do (its generic-model address, Adam as its DetectNet tutorial, no mean)
