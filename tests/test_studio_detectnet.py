@@ -24,7 +24,7 @@ from caffe.data.detectnet import KITTI_CLASS_NAMES
 from caffe.errors import NetError
 from caffe.io import blobproto_to_array
 from caffe.proto import caffe_pb2 as pb
-from caffe.protoio import parse_text, read_binary, read_solver_param
+from caffe.protoio import parse_text, read_binary, read_net_param, read_solver_param
 from caffe.studio import detection_datasets as dd
 from caffe.studio import detectnet_networks as dtn
 from caffe.studio.networks import DEPLOY_STATE, included
@@ -282,6 +282,16 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env, tmp_pa
     )
     assert page.status_code == 200, page.text
     assert isinstance(page.json()["detections"], list)
+
+    # a previous DetectNet model is a network to train again (its all-in-one net, its snapshot's weights)
+    from caffe.studio import detection_models as dm
+    from caffe.studio import models as m
+
+    again = m.ModelForm.from_dict({**_form(dataset, ""), "method": "previous", "previous_networks": job_id,
+                                   "previous_epoch": "1"})  # fmt: skip
+    files = dm.build_files(studio.store, again, tmp_path / "next")
+    assert files.weights == job_dir / "snapshot_iter_2.caffemodel" and files.labels == ["car", "pedestrian"]
+    assert files.train_val == read_net_param(job_dir / "train_val.prototxt")
 
     # the downloaded archive deploys on its own: a two-class DetectNet detector, no mean (the net subtracts its own)
     from caffe import deploy
