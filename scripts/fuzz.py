@@ -880,9 +880,11 @@ def _segmentation_labels(work: Path):
 
 @target("task_networks", weight=30, batch=100)
 def _task_networks(work: Path):
-    """The studio's network surgery for detection and segmentation model jobs: a mutated SSD or FCN/SegNet prototxt
-    taken apart, retargeted to other classes and written back as train/val and deploy nets."""
+    """The studio's network surgery for detection and segmentation model jobs: a mutated SSD, DetectNet or
+    FCN/SegNet prototxt taken apart, retargeted to other classes and written back as train/val and deploy nets."""
+    from caffe.data.detectnet import KITTI_CLASS_NAMES
     from caffe.studio import detection_networks as dn
+    from caffe.studio import detectnet_networks as dtn
     from caffe.studio import segmentation_networks as sn
     from caffe.studio.networks import fill_missing_fillers, parse_network
 
@@ -907,10 +909,19 @@ def _task_networks(work: Path):
            ("enet.prototxt", (forks / "ENet_enet_deploy_final.prototxt").read_bytes()),
            ("fcn_train.prototxt", fcn)]  # fmt: skip
     detection = {name for name, _ in ssd}
+    two_classes = forks / "NVIDIA-caffe_kitti_detectnet_network-2classes.prototxt"
+    detectnet = [("detectnet.prototxt", two_classes.read_bytes())]
 
     def run(data: bytes, seed: Seed) -> None:
         net = parse_network(data.decode("utf-8", errors="replace"), seed.name)
-        if seed.name in detection:
+        if seed.name == "detectnet.prototxt":
+            if dtn.is_detectnet(net):  # as the studio's DetectNet model jobs use it
+                dtn.class_names(net, list(KITTI_CLASS_NAMES))
+                dtn.size_mismatches(net, (64, 32))
+                dtn.train_val_net(net, dtn.DetectNetSources(Path("t"), Path("v"), 2))
+                dtn.deploy_net(net, (3, 32, 64))
+                dtn.percent_outputs(net)
+        elif seed.name in detection:
             parts = dn.ssd_parts(net)
             dn.retarget(parts, 3, finetune=True)
             fill_missing_fillers(parts.body)
@@ -923,7 +934,7 @@ def _task_networks(work: Path):
             sn.train_val_net(parts, sn.SegSources("t", "tl", "v", "vl", 2, 1, sn.image_transform(parts)))
             sn.deploy_net(parts, (3, 32, 32))
 
-    return [Seed(name, data, "text") for name, data in (*ssd, *seg)], run
+    return [Seed(name, data, "text") for name, data in (*ssd, *seg, *detectnet)], run
 
 
 @target("hdf5_weights", weight=40, batch=100)
@@ -1084,6 +1095,7 @@ def _studio_dataset(work: Path):
         "val_min_box_size": 4,
         "encoding": "png",
     }
+    by_detectnet = {**by_boxes, "detector": "detectnet", "padding_image_width": 450, "padding_image_height": 400}
     by_maps = {
         "dataset_name": "fuzz",
         "feature_folder": str(maps / "images"),
@@ -1097,9 +1109,11 @@ def _studio_dataset(work: Path):
         Seed("folder.json", json.dumps(by_folder).encode(), "json"),
         Seed("textfile.json", json.dumps(by_text).encode(), "json"),
         Seed("object-detection.json", json.dumps(by_boxes).encode(), "json"),
+        Seed("detectnet.json", json.dumps(by_detectnet).encode(), "json"),
         Seed("segmentation.json", json.dumps(by_maps).encode(), "json"),
     ]  # fmt: skip
-    routes = {"object-detection.json": "object-detection", "segmentation.json": "segmentation"}
+    routes = {"object-detection.json": "object-detection", "detectnet.json": "object-detection",
+              "segmentation.json": "segmentation"}  # fmt: skip
 
     def run(data: bytes, seed: Seed) -> None:
         task = routes.get(seed.name, "classification")

@@ -20,7 +20,7 @@ from test_detectnet import NETWORK, TWO_CLASSES, _kitti_folders
 
 from caffe.data.datum import datum_to_array, parse_datum
 from caffe.data.db import open_db
-from caffe.data.detectnet import KITTI_CLASS_NAMES
+from caffe.data.detectnet import KITTI_CLASS_NAMES, MAX_CLASSES, object_classes
 from caffe.errors import NetError
 from caffe.io import blobproto_to_array
 from caffe.proto import caffe_pb2 as pb
@@ -177,6 +177,21 @@ def test_size_mismatches_name_the_layers_sized_for_other_images():
     assert dtn.size_mismatches(parse_text(small_network(), pb.NetParameter()), (256, 128)) == []
 
 
+def test_object_class_mappings_are_bounded():
+    """A network class is a coverage channel: a mapping to channel 10^9 would allocate a name (and a label channel)
+    per class up to it, so it is refused (the fields are unsigned: no negative class reaches here)."""
+    for src, dst in ((1, 10**9), (3, MAX_CLASSES)):
+        net = _fork()
+        for layer in (x for x in net.layer if x.type == "DetectNetTransformation"):
+            del layer.detectnet_groundtruth_param.object_class[:]
+            layer.detectnet_groundtruth_param.object_class.add(src=src, dst=dst)
+        with pytest.raises(NetError, match=f"layer 'train_transform'.*src: {src} dst: {dst}"):
+            dtn.class_names(net, list(KITTI_CLASS_NAMES))
+    truth = pb.DetectNetGroundTruthParameter(stride=16, image_size_x=64, image_size_y=32)
+    truth.object_class.add(src=1, dst=MAX_CLASSES - 1)
+    assert object_classes(truth) == {1: MAX_CLASSES - 1}
+
+
 def test_a_network_without_its_label_layer_is_refused():
     net = _fork()
     net.layer.remove(next(x for x in net.layer if x.name == "train_label"))
@@ -245,6 +260,7 @@ def test_form_errors_name_their_fields(env):
         (_form(detectnet, small_network(), crop_size="100"), "crop_size", "no crop"),
         (_form(detectnet, small_network(width=1248, height=384)), "custom_network", "sized for other images"),
         (_form(detectnet, str(dtn.deploy_net(_fork(), (3, 128, 256)))), "custom_network", "a DetectNet deploy net"),
+        (_form(detectnet, small_network().replace("dst: 0", "dst: 2000000000")), "custom_network", "dst from 0"),
     ):
         r = client.post(url, data=form)
         assert r.status_code == 400 and words in r.json()["fields"][field], r.text

@@ -47,6 +47,9 @@ KITTI_CLASS_NAMES = (
     "person-fa", "person?", "people", "cyclist", "tram", "person_sitting", "misc",
 )  # fmt: skip
 
+#: The most coverage channels a network's ``object_class`` may map to (the fork's nets use 1 or 2).
+MAX_CLASSES = 1024
+
 _F = np.float32
 _EPS = _F(np.finfo(np.float32).eps)  # the fork's FLT_EPSILON
 
@@ -273,6 +276,18 @@ def _intersect(a: tuple, b: tuple) -> tuple:
     return (x1, y1, w, h)
 
 
+def object_classes(param: pb.DetectNetGroundTruthParameter) -> dict[int, int]:
+    """``object_class`` as {dataset class: coverage channel}, else the fork's default {1: 0} (KITTI's car);
+    ValueError for a channel past MAX_CLASSES - 1 (both fields are unsigned)."""
+    mapping = {int(m.src): int(m.dst) for m in param.object_class} or {1: 0}
+    for src, dst in mapping.items():
+        if dst >= MAX_CLASSES:
+            raise ValueError(
+                f"detectnet_groundtruth_param.object_class {{ src: {src} dst: {dst} }}: dst from 0 to {MAX_CLASSES - 1}"
+            )
+    return mapping
+
+
 class CoverageLabels:
     """The fork's rectangular coverage generator: per grid cell, 8 values (:data:`LABEL_FIELDS`) and one
     coverage channel per output class. A cell that a box's coverage region (the box shrunk by ``scale_cvg``,
@@ -293,7 +308,7 @@ class CoverageLabels:
             raise ValueError(
                 f"a {param.image_size_x}x{param.image_size_y} image has no grid cell of stride {param.stride}"
             )
-        self.classes = {int(m.src): int(m.dst) for m in param.object_class} or {1: 0}  # the fork's default: KITTI car
+        self.classes = object_classes(param)
         self.channels = len(LABEL_FIELDS) + max(self.classes.values()) + 1
         self.image = (_F(0), _F(0), _F(param.image_size_x), _F(param.image_size_y))
         self.min_obj_norm = _F(0) if param.obj_norm else _F(1)

@@ -178,7 +178,10 @@ def _detectnet_nets(
             }
         )
     where = network_field(form)
-    unknown = dtn.unknown_classes(chosen.net, data.labels)
+    try:
+        unknown = dtn.unknown_classes(chosen.net, data.labels)
+    except NetError as e:
+        raise FormError({where: str(e)}) from None
     if unknown:
         have = ", ".join(f"{i} {name}" for i, name in enumerate(data.labels) if i)
         raise FormError(

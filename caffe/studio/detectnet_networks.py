@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from caffe.data.detectnet import object_classes
 from caffe.errors import NetError
 from caffe.layers.python import builtin_type
 from caffe.proto import caffe_pb2 as pb
@@ -130,12 +131,16 @@ def deploy_net(net: pb.NetParameter, shape: tuple[int, int, int]) -> pb.NetParam
 
 
 def class_mapping(net: pb.NetParameter) -> dict[int, int]:
-    """Dataset class -> network class, from the TRAIN transformation (the fork's default: {1: 0})."""
+    """Dataset class -> network class, from the TRAIN transformation (the fork's default: {1: 0}); a NetError
+    naming the layer for a network class past :data:`caffe.data.detectnet.MAX_CLASSES`."""
     layer = next(
         (x for x in net.layer if x.type == TRANSFORMATION and nets.included(x, nets.TRAIN_STATE)),
         next(x for x in net.layer if x.type == TRANSFORMATION),
     )
-    return {int(m.src): int(m.dst) for m in layer.detectnet_groundtruth_param.object_class} or {1: 0}
+    try:
+        return object_classes(layer.detectnet_groundtruth_param)
+    except ValueError as e:
+        raise NetError(f"network '{net.name}': layer '{layer.name}': {e}") from None
 
 
 def class_names(net: pb.NetParameter, labels: list[str]) -> list[str]:
