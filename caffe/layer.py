@@ -70,7 +70,6 @@ FORK_TYPES: dict[str, str] = {
     "CTCLoss": _CTC,
     "CTCGreedyDecoder": _CTC,
     "ContinuationIndicator": _CTC,
-    "LabelSpecificAdd": "happynear/AMSoftmax, additive margin softmax",
 }
 
 

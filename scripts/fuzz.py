@@ -598,6 +598,21 @@ FORK_TRAINING_NETS = {
         " biases: 1 biases: 1.5 biases: 2.5 biases: 2 thresh: 0.6 rescore: 1 }",
         {"a": (2, 16, 4, 4), "label": (2, 1, 4, 5)},
     ),
+    "normface_normalize": (
+        'type: "Normalize" bottom: "a" top: "y" top: "norm" normalize_param { normalize_type: "L1" bp_norm: true }',
+        {"a": (2, 3, 4, 5)},
+    ),
+    "normalized_inner_product": (
+        'type: "InnerProduct" bottom: "a" top: "y" inner_product_param { num_output: 3 normalize: true'
+        ' transpose: true weight_filler { type: "xavier" } }',
+        {"a": (4, 5)},
+    ),
+    "label_specific_add": (
+        'type: "LabelSpecificAdd" bottom: "a" bottom: "label" top: "y" top: "m" label_specific_add_param {'
+        " bias: -0.35 bias_base: -0.5 bias_gamma: 0.1 bias_power: 2 bias_min: -0.5 bias_max: -0.1 iteration: 3 }",
+        {"a": (4, 3), "label": (4,)},
+    ),
+    "flip": ('type: "Flip" bottom: "a" top: "y" flip_param { flip_height: true }', {"a": (2, 3, 4, 5)}),
 }
 
 
@@ -623,9 +638,9 @@ def detectnet_tables(shape: tuple[int, ...], rng: Any) -> Any:
 
 @target("fork_training_layers", weight=30, batch=100)
 def _fork_training_layers(work: Path):
-    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition, the YOLO heads and loss, DetectNet) from
-    mutated prototxts: built in TRAIN, run forward and backward on random inputs (labels 0, 1 or 2: every seed's
-    classes; DetectNet's box tables random boxes)."""
+    """The forks' training layers (R-CNN, R-FCN OHEM, face recognition with AM-Softmax's, the YOLO heads and loss,
+    DetectNet) from mutated prototxts: built in TRAIN, run forward and backward on random inputs (labels 0, 1 or
+    2: every seed's classes; DetectNet's box tables random boxes)."""
     import numpy as np
 
     import caffe
@@ -637,7 +652,7 @@ def _fork_training_layers(work: Path):
             blob = net.blobs[name]
             if name == "label":
                 blob.data[...] = rng.integers(0, 3, blob.shape)
-            elif name == "boxes":  # DIGITS' box tables (DetectNet): a header row, then boxes of classes 0-2
+            elif name == "boxes" and len(blob.shape) == 4 and blob.shape[3] == 16:  # DIGITS' box tables (DetectNet)
                 blob.data[...] = detectnet_tables(blob.shape, rng)
             else:
                 blob.data[...] = rng.normal(0, 1, blob.shape)

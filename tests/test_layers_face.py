@@ -1,4 +1,5 @@
-"""The face recognition forks' training layers: caffe-face's CenterLoss and SphereFace's MarginInnerProduct.
+"""The face recognition forks' training layers: caffe-face's CenterLoss, SphereFace's MarginInnerProduct, and
+happynear/caffe-windows' NormFace / AM-Softmax layers (Normalize, InnerProduct's normalize, LabelSpecificAdd).
 
 Values against the papers' formulas computed here in NumPy (A-Softmax's psi from arccos, not the fork's sign
 tests); backward passes against the forks' hand-written rules, written out again here element by element,
@@ -219,3 +220,240 @@ def test_margin_product_single_is_a_normalized_inner_product_with_true_gradient(
 def test_margin_product_checks(text, shapes, match):
     with pytest.raises(caffe.CaffeError, match=match):
         layer_net(text, shapes)
+
+
+# ------------------------------------------------------------------------------ happynear/caffe-windows (AM-Softmax)
+def test_happynears_fields_keep_the_forks_numbers():
+    fields = pb.LayerParameter.DESCRIPTOR.fields_by_name
+    assert fields["normalize_param"].number == 214 and fields["label_specific_add_param"].number == 241
+    assert fields["norm_param"].number == 206  # SSD's Normalize keeps its own
+    assert pb.InnerProductParameter.DESCRIPTOR.fields_by_name["normalize"].number == 7
+
+
+def test_normface_normalize_divides_each_positions_channels_by_their_norm():
+    """Per item and position, over the channels: L2 with 1e-6 under the root, L1 with 1e-6 added; a 2-axis bottom
+    gets a 4-axis top as in the fork; the second top holds the norms; a Normalize with norm_param is still SSD's."""
+    x = np.array([[3.0, 1.0], [4.0, 0.0]]).reshape(1, 2, 1, 2)  # positions (3, 4) and (1, 0)
+    net = run('type: "Normalize" bottom: "x" top: "y" top: "norm"', {"x": x})
+    np.testing.assert_allclose(net.blobs["norm"].data.ravel(), np.sqrt([25 + 1e-6, 1 + 1e-6]), rtol=1e-12)
+    np.testing.assert_allclose(net.blobs["y"].data[0, :, 0], [[3, 1], [4, 0]] / net.blobs["norm"].data[0, 0, 0])
+    assert not net.params  # no learned scale
+    net = run('type: "Normalize" bottom: "x" top: "y" normalize_param { normalize_type: "L1" }', {"x": -x})
+    np.testing.assert_allclose(net.blobs["y"].data[0, :, 0, 0], [-3 / (7 + 1e-6), -4 / (7 + 1e-6)], rtol=1e-12)
+    flat = RNG.normal(0, 1, (3, 5))
+    net = run('type: "Normalize" bottom: "x" top: "y"', {"x": flat})
+    assert net.blobs["y"].data.shape == (3, 5, 1, 1)
+    np.testing.assert_allclose(
+        net.blobs["y"].data.reshape(3, 5), flat / np.sqrt((flat**2).sum(1, keepdims=True) + 1e-6), rtol=1e-12
+    )
+    ssd = run('type: "Normalize" bottom: "x" top: "y" norm_param { across_spatial: true }', {"x": x})
+    assert len(ssd.params["layer"]) == 1 and np.isclose(np.square(ssd.blobs["y"].data).sum(), 1.0)
+
+
+@pytest.mark.parametrize("kind", ["L2", "L1"])
+def test_normface_normalize_gradient_is_the_true_one(kind):
+    x = RNG.normal(0, 1, (2, 3, 2, 2))
+    x[np.abs(x) < 0.05] = 0.3  # L1's kink at 0
+    text = f'type: "Normalize" bottom: "x" top: "y" normalize_param {{ normalize_type: "{kind}" }}'
+    check_gradient(layer_net(text, {"x": x.shape}), {"x": x})
+    with_norm = text.replace('top: "y"', 'top: "y" top: "norm"').replace("}", "bp_norm: true }")
+    check_gradient(layer_net(with_norm, {"x": x.shape}), {"x": x})
+
+
+def test_normface_normalize_without_bp_norm_ignores_the_norms_diff():
+    x = RNG.normal(0, 1, (2, 4))
+    net = layer_net('type: "Normalize" bottom: "x" top: "y" top: "norm"', {"x": x.shape})
+    set_inputs(net, {"x": x})
+    net.forward()
+    dy = RNG.normal(0, 1, (2, 4, 1, 1))
+    net.blobs["y"].diff[...] = dy
+    net.blobs["norm"].diff[...] = 100.0
+    net.backward()
+    y, n = net.blobs["y"].data.reshape(2, 4), net.blobs["norm"].data.reshape(2, 1)
+    g = dy.reshape(2, 4)
+    expected = (g - y * (y * g).sum(1, keepdims=True)) / n  # the fork's rule, the norms' diff left out
+    np.testing.assert_allclose(net.blobs["x"].diff, expected, rtol=1e-10)
+
+
+def _normalized_ip(extra: str = "") -> str:
+    return (
+        'type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 3 normalize: true '
+        f'weight_filler {{ type: "gaussian" std: 2 }} {extra} }}'
+    )
+
+
+def test_normalized_inner_product_scales_its_stored_rows_and_keeps_the_plain_gradient(tmp_path):
+    """Before the product the stored rows become w / sqrt(|w|^2 + 1e-6) (a snapshot holds them so); the
+    weights' diff is dy^T x with those rows, x's is dy W: the fork's backward, not the normalization's."""
+    x = RNG.normal(0, 1, (4, 5))
+    net = layer_net(_normalized_ip(), {"x": x.shape}, phase=caffe.TRAIN)
+    w0 = net.params["layer"][0].data.copy()
+    b0 = net.params["layer"][1].data.copy()
+    set_inputs(net, {"x": x})
+    net.forward()
+    w = w0 / np.sqrt((w0**2).sum(1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(net.params["layer"][0].data, w, rtol=1e-12)
+    np.testing.assert_allclose(net.blobs["y"].data, x @ w.T + b0, rtol=1e-12)
+    dy = RNG.normal(0, 1, (4, 3))
+    net.clear_param_diffs()
+    net.blobs["y"].diff[...] = dy
+    net.backward()  # after pycaffe's forward without gradients this records the layer again: rows scaled anew
+    np.testing.assert_allclose(net.params["layer"][0].diff, dy.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(net.blobs["x"].diff, dy @ w, rtol=1e-5)  # |w|^2 = 1 - 1e-6 the second time
+    net.save(str(tmp_path / "w.caffemodel"))
+    again = caffe.Net(str(_net_file(tmp_path, x.shape)), str(tmp_path / "w.caffemodel"), caffe.TEST)
+    np.testing.assert_allclose(again.params["layer"][0].data, w, rtol=1e-6)  # float32 on disk
+    assert type(net.layers[-1]).__name__ == "NormalizedInnerProductLayer" and net.layers[-1].type == "InnerProduct"
+
+
+def _net_file(folder, shape) -> str:
+    dims = "".join(f" dim: {d}" for d in shape)
+    path = folder / "ip.prototxt"
+    path.write_text(
+        f'layer {{ name: "input" type: "Input" top: "x" input_param {{ shape {{{dims} }} }} }}'
+        f' layer {{ name: "layer" {_normalized_ip()} }}'
+    )
+    return str(path)
+
+
+def test_normalized_inner_product_with_transpose_scales_the_rows_as_laid_out_in_memory():
+    """The fork scales N rows of K values in memory order, whatever ``transpose`` says (the (K, N) blob read as
+    N rows of K)."""
+    x = RNG.normal(0, 1, (2, 4))
+    net = layer_net(_normalized_ip("transpose: true bias_term: false"), {"x": x.shape})
+    w0 = net.params["layer"][0].data.copy()
+    assert w0.shape == (4, 3)
+    set_inputs(net, {"x": x})
+    net.forward()
+    rows = w0.reshape(3, 4)
+    stored = (rows / np.sqrt((rows**2).sum(1, keepdims=True) + 1e-6)).reshape(4, 3)
+    np.testing.assert_allclose(net.params["layer"][0].data, stored, rtol=1e-12)
+    np.testing.assert_allclose(net.blobs["y"].data, x @ stored, rtol=1e-12)
+
+
+MARGIN = 'type: "LabelSpecificAdd" bottom: "s" bottom: "y" top: "t" label_specific_add_param { bias: -0.35 }'
+
+
+def test_label_specific_add_subtracts_the_margin_at_the_label_in_train_only():
+    """AM-Softmax's cos - m at each item's label, only where cos is above m (the fork's test); other outputs and
+    the TEST phase unchanged; the gradient passes through as is."""
+    s = np.array([[0.9, 0.5, -0.2], [0.1, 0.2, 0.3], [0.4, 0.34, 0.0]])
+    y = np.array([0, 1, 1], float)
+    net = layer_net(MARGIN, {"s": s.shape, "y": y.shape}, phase=caffe.TRAIN)
+    set_inputs(net, {"s": s, "y": y})
+    net.forward()
+    expected = s.copy()
+    expected[0, 0] += np.float32(-0.35)  # 0.9 > 0.35; 0.2 and 0.34 are not above 0.35
+    np.testing.assert_allclose(net.blobs["t"].data, expected, rtol=1e-12)
+    dt = RNG.normal(0, 1, s.shape)
+    net.blobs["t"].diff[...] = dt
+    net.backward()
+    np.testing.assert_array_equal(net.blobs["s"].diff, dt)
+    test = run(MARGIN, {"s": s, "y": y}, phase=caffe.TEST)
+    np.testing.assert_array_equal(test.blobs["t"].data, s)
+
+
+def test_label_specific_add_anneals_its_margin_per_forward():
+    """bias = clamp(base + (1 + gamma * it)^power - 1, bias_min, bias_max), it counted per forward from
+    ``iteration``; the second top shows it."""
+    text = MARGIN.replace('top: "t"', 'top: "t" top: "m"').replace(
+        "bias: -0.35", "bias_base: -0.6 bias_gamma: 0.1 bias_power: 2 bias_min: -0.45 bias_max: -0.2 iteration: 0"
+    )
+    s, y = np.full((2, 3), 0.9), np.array([2, 0], float)
+    net = layer_net(text, {"s": s.shape, "y": y.shape}, phase=caffe.TRAIN)
+    set_inputs(net, {"s": s, "y": y})
+    seen = []
+    for it in (0, 1, 2):
+        net.forward()
+        bias = min(max(-0.6 + (1 + 0.1 * it) ** 2 - 1, -0.45), -0.2)
+        seen.append(float(net.blobs["m"].data[0]))
+        assert seen[-1] == pytest.approx(bias, rel=1e-6)
+        assert net.blobs["t"].data[0, 2] == pytest.approx(0.9 + bias, rel=1e-6)
+        assert net.blobs["t"].data[0, 0] == 0.9  # not the label
+    assert seen == pytest.approx([-0.45, -0.39, -0.2], rel=1e-5)  # under the floor, annealed, at the ceiling
+
+
+def test_label_specific_add_checks():
+    with pytest.raises(caffe.CaffeError, match="one label per item"):
+        layer_net(MARGIN, {"s": (2, 3), "y": (3,)})
+    with pytest.raises(caffe.CaffeError, match=r"label value 3 .*outside \[0, 3\)"):
+        run(MARGIN, {"s": np.zeros((2, 3)), "y": np.array([0, 3], float)})
+
+
+def test_am_softmax_trains_two_clusters_apart(tmp_path):
+    """AM-Softmax's head as the authors' face_train_test.prototxt writes it (features -> Normalize ->
+    normalized InnerProduct -> LabelSpecificAdd -0.35 -> Scale 30, not learned -> SoftmaxWithLoss), on two
+    classes of 2-D points: SGD lowers the loss, and the normalized class rows point to their classes."""
+    x = np.vstack([RNG.normal((2, 1), 0.3, (8, 2)), RNG.normal((-1, -2), 0.3, (8, 2))])
+    y = np.array([0] * 8 + [1] * 8, float)
+    (tmp_path / "net.prototxt").write_text("""
+    layer { name: "x" type: "Input" top: "x" top: "y" input_param { shape { dim: 16 dim: 2 } shape { dim: 16 } } }
+    layer { name: "norm1" type: "Normalize" bottom: "x" top: "norm1" }
+    layer { name: "fc6" type: "InnerProduct" bottom: "norm1" top: "fc6" param { lr_mult: 1 }
+            inner_product_param { num_output: 2 normalize: true bias_term: false weight_filler { type: "xavier" } } }
+    layer { name: "margin" type: "LabelSpecificAdd" bottom: "fc6" bottom: "y" top: "fc6_margin"
+            label_specific_add_param { bias: -0.35 } }
+    layer { name: "scale" type: "Scale" bottom: "fc6_margin" top: "fc6_scaled" param { lr_mult: 0 decay_mult: 0 }
+            scale_param { filler { type: "constant" value: 30 } } }
+    layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc6_scaled" bottom: "y" top: "loss" }
+    """)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" max_iter: 100 '
+        "random_seed: 3 snapshot_after_train: false"
+    )
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    solver.net.blobs["x"].data[...] = x
+    solver.net.blobs["y"].data[...] = y
+    solver.step(1)
+    first = float(solver.net.blobs["loss"].data)
+    solver.step(40)
+    assert float(solver.net.blobs["loss"].data) < first / 4
+    rows = solver.net.params["fc6"][0].data
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=0.05)  # normalized before each forward
+    centres = np.stack([x[:8].mean(0), x[8:].mean(0)])
+    cos = (rows @ centres.T) / np.linalg.norm(centres, axis=1)
+    assert cos[0, 0] > cos[0, 1] and cos[1, 1] > cos[1, 0]
+
+
+def test_flip_mirrors_width_and_height_and_flips_the_gradient_back():
+    x = RNG.normal(0, 1, (2, 3, 4, 5))
+    np.testing.assert_array_equal(run('type: "Flip" bottom: "x" top: "y"', {"x": x}).blobs["y"].data, x[..., ::-1])
+    both = 'type: "Flip" bottom: "x" top: "y" flip_param { flip_height: true }'
+    np.testing.assert_array_equal(run(both, {"x": x}).blobs["y"].data, x[:, :, ::-1, ::-1])
+    none = 'type: "Flip" bottom: "x" top: "y" flip_param { flip_width: false }'
+    np.testing.assert_array_equal(run(none, {"x": x}).blobs["y"].data, x)
+    check_gradient(layer_net(both, {"x": x.shape}), {"x": x})
+
+
+def test_a_mirror_summing_deploy_net_gives_the_normalized_sum_of_both_features(tmp_path):
+    """The AM-Softmax authors' deploy form (Flip, Concat on the batch, the trunk, Slice, Eltwise SUM, Normalize
+    with normalize_param) equals the trunk run by another net on the image and on its NumPy mirror."""
+    trunk = """
+    layer { name: "conv" type: "Convolution" bottom: "%s" top: "conv"
+            convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.5 } } }
+    layer { name: "relu" type: "PReLU" bottom: "conv" top: "conv" }
+    layer { name: "fc5" type: "InnerProduct" bottom: "conv" top: "fc5"
+            inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.5 } } }
+    """
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(
+        'input: "data" input_dim: 2 input_dim: 3 input_dim: 7 input_dim: 6\n'
+        'layer { name: "flip_data" type: "Flip" bottom: "data" top: "flip_data" }\n'
+        'layer { name: "concat_data" type: "Concat" bottom: "data" bottom: "flip_data" top: "concat_data"'
+        " concat_param { axis: 0 } }\n"
+        + trunk
+        % "concat_data"
+        + 'layer { name: "slice" type: "Slice" bottom: "fc5" top: "a" top: "b" slice_param { axis: 0 } }\n'
+        'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "s" eltwise_param { operation: SUM } }\n'
+        'layer { name: "norm" type: "Normalize" bottom: "s" top: "norm1" normalize_param { normalize_type: "L2" } }\n'
+    )
+    plain = tmp_path / "plain.prototxt"
+    plain.write_text('input: "data" input_dim: 2 input_dim: 3 input_dim: 7 input_dim: 6\n' + trunk % "data")
+    net = caffe.Net(str(deploy), caffe.TEST)
+    net.save(str(tmp_path / "w.caffemodel"))
+    alone = caffe.Net(str(plain), str(tmp_path / "w.caffemodel"), caffe.TEST)
+    x = RNG.normal(0, 1, (2, 3, 7, 6)).astype(np.float32)
+    features = net.forward(data=x)["norm1"].reshape(2, 6)
+    total = alone.forward(data=x)["fc5"].copy() + alone.forward(data=np.ascontiguousarray(x[..., ::-1]))["fc5"]
+    expected = total / np.sqrt((total**2).sum(1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)

@@ -19,6 +19,7 @@ import numpy as np
 from caffe.caffe2 import geometry as geo
 from caffe.caffe2.errors import UnsupportedOperatorError
 from caffe.caffe2.io import fill_op, make_arg
+from caffe.layers.core import NORMALIZE_EPS
 from caffe.proto import caffe2_pb2 as c2
 from caffe.proto import caffe_pb2 as pb
 
@@ -186,6 +187,8 @@ def _inner_product(st: _State, layer: pb.LayerParameter, x: Shape, params: list[
     if p.transpose:
         raise UnsupportedOperatorError(f"{st.source}: {_where(layer)}: transpose: true")
     w = params[0].reshape(params[0].shape[-2], params[0].shape[-1]) if params[0].ndim == 4 else params[0]
+    if p.normalize:  # happynear/caffe-windows: the rows the layer scales to unit length before each forward
+        w = (w / np.sqrt(np.square(w, dtype=np.float32).sum(axis=1, keepdims=True) + NORMALIZE_EPS)).astype(np.float32)
     b = params[1].reshape(-1) if p.bias_term else np.zeros(w.shape[0], dtype=np.float32)
     inputs = [layer.bottom[0], st.weight(f"{layer.name}_w", w), st.weight(f"{layer.name}_b", b)]
     op = st.op(layer, "FC", inputs, [layer.top[0]])

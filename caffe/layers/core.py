@@ -20,9 +20,15 @@ from caffe.proto import caffe_pb2 as pb
 # ---------------------------------------------------------------------------- InnerProduct
 @register("InnerProduct")
 class InnerProductLayer(Layer):
-    """``top = bottom (flattened from axis on) x W^T + b``; W is (N, K), or (K, N) with ``transpose``."""
+    """``top = bottom (flattened from axis on) x W^T + b``; W is (N, K), or (K, N) with ``transpose``.
+    With happynear/caffe-windows' ``normalize: true`` the layer is a :class:`NormalizedInnerProductLayer`."""
 
     exact_num_bottom, exact_num_top = 1, 1
+
+    def __new__(cls, param: pb.LayerParameter) -> InnerProductLayer:
+        if cls is InnerProductLayer and param.inner_product_param.normalize:
+            return super().__new__(NormalizedInnerProductLayer)
+        return super().__new__(cls)
 
     def layer_setup(self, bottom: list[Shape]) -> None:
         p = self.layer_param.inner_product_param
@@ -63,6 +69,24 @@ class InnerProductLayer(Layer):
         if dynamic_batch and self._axis == 0:
             raise BatchSizeFixed("it works along the batch axis")
         return None
+
+
+NORMALIZE_EPS = 1e-6  # happynear/caffe-windows' (its CPU code), added to each weight row's sum of squares
+
+
+class NormalizedInnerProductLayer(InnerProductLayer):
+    """happynear/caffe-windows' (NormFace, AM-Softmax) ``normalize: true``: before every forward the stored
+    weights, as N rows of K in memory, are scaled in place to unit length (``w / sqrt(|w|^2 + 1e-6)``), so
+    snapshots hold them normalized as the fork's do; then the plain product, whose gradient the weights get
+    (the fork's backward, not the normalization's derivative)."""
+
+    traceable = False  # changes its weights on each forward
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            rows = self.blobs[0].mutable_tensor.view(self._n, self._k)
+            rows.div_((rows.square().sum(dim=1, keepdim=True) + NORMALIZE_EPS).sqrt())
+        return super().forward(bottom)
 
 
 # ---------------------------------------------------------------------------- Embed

@@ -5,7 +5,8 @@ Semantics follow the fork's CPU code, read from its sources:
 * **Normalize** divides by the L2 norm ``sqrt(sum x^2 + eps)`` over C*H*W per image
   (``across_spatial``) or over the channels at each position, then multiplies by a learned scale (one
   value, or one per channel). Its backward is the fork's: the scale multiplies the normalization's
-  gradient *after* it (the exact gradient when the scale is shared or uniform).
+  gradient *after* it (the exact gradient when the scale is shared or uniform). A ``Normalize`` without
+  ``norm_param`` is happynear/caffe-windows' (:mod:`caffe.layers.face`).
 * **Permute** reorders axes; the axes not listed follow in their original order.
 * **PriorBox** writes, per feature-map cell (rows, then columns), per ``min_size``: the square prior
   ``min_size``, the square ``sqrt(min_size * max_size)``, then one prior per aspect ratio other than 1
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,9 +43,18 @@ CORNER_SIZE = pb.PriorBoxParameter.CORNER_SIZE
 # ---------------------------------------------------------------------------- Normalize
 @register("Normalize")
 class NormalizeLayer(Layer):
-    """L2 normalization with a learned scale (SSD's ``conv4_3_norm``); see the module docstring."""
+    """L2 normalization with a learned scale (SSD's ``conv4_3_norm``); see the module docstring. A
+    ``Normalize`` layer without ``norm_param`` (or with happynear/caffe-windows' ``normalize_param``) is that
+    fork's layer, :class:`caffe.layers.face.NormFaceNormalizeLayer`: SSD's nets always give ``norm_param``."""
 
     exact_num_bottom, exact_num_top = 1, 1
+
+    def __new__(cls, param: pb.LayerParameter) -> Any:
+        if cls is NormalizeLayer and (param.HasField("normalize_param") or not param.HasField("norm_param")):
+            from caffe.layers.face import NormFaceNormalizeLayer
+
+            return NormFaceNormalizeLayer(param)
+        return super().__new__(cls)
 
     def layer_setup(self, bottom: list[Shape]) -> None:
         p = self.layer_param.norm_param

@@ -18,6 +18,23 @@
   ``x`` scaled to unit length -- not the derivative of the forward, which a finite-difference check would
   not confirm.
 
+* happynear/caffe-windows (NormFace; AM-Softmax, Wang et al. 2018), its field numbers:
+
+  - ``Normalize`` with ``normalize_param`` (or with neither it nor SSD's ``norm_param``): each item's channels
+    at each position divided by ``sqrt(sum x^2 + 1e-6)`` (``L2``) or ``sum |x| + 1e-6`` (``L1``), no learned
+    blob, a 4-axis top whatever the bottom (the fork's); an optional second top holds the norms, whose diff
+    flows back only with ``bp_norm``. The fork's backward is the exact derivative, so autograd's is too.
+  - ``InnerProduct`` with ``normalize: true``: the stored weight rows (as laid out in memory, N rows of K) are
+    scaled in place to unit length, ``w / sqrt(|w|^2 + 1e-6)``, before every forward, then the plain
+    product; the weights' gradient is the plain product's (:class:`caffe.layers.core.InnerProductLayer`).
+  - ``LabelSpecificAdd``: bottoms, the outputs (one row per item) and the labels. In TRAIN each item's output
+    at its label gets ``bias`` added when it is above ``-bias`` (AM-Softmax's ``cos - m`` with ``bias: -m``,
+    kept at 0 or more); in TEST nothing is added (the fork's ``transform_test`` never changes that). With
+    ``bias_base`` the margin anneals each forward (``_annealed_bias``); a second top holds it. The gradient
+    passes through unchanged.
+  - ``Flip`` (``flip_param`` 212): the image mirrored along its width and/or height; the authors' deploy nets
+    sum the features of a face and of its mirror.
+
 The forks' ``center_loss_param`` and ``margin_inner_product_param`` are both field 147 there, BVLC's
 ``swish_param``; here they are 1147 and 2147 (prototxts name them).
 """
@@ -218,3 +235,116 @@ class MarginInnerProductLayer(_LabelledLayer):
         if len(self.tops) == 2:
             tops.append(torch.full((1,), self.lam, dtype=x.dtype, device=x.device))
         return tops
+
+
+# ---------------------------------------------------------------------------- happynear/caffe-windows
+NORMFACE_EPS = 1e-6  # the fork's, added to the sum of squares (L2) or of absolute values (L1)
+
+
+class NormFaceNormalizeLayer(Layer):
+    """happynear/caffe-windows' ``Normalize`` (NormFace, AM-Softmax); see the module docstring. Built for a
+    ``Normalize`` layer with ``normalize_param`` or with neither it nor SSD's ``norm_param``
+    (:class:`caffe.layers.detection.NormalizeLayer` decides)."""
+
+    type = "Normalize"
+    exact_num_bottom = 1
+    min_top, max_top = 1, 2
+    exact_num_top = None
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.normalize_param
+        self.require(p.normalize_type in ("L2", "L1"), f"normalize_param.normalize_type must be L2 or L1, got "
+                     f"{p.normalize_type!r}")  # fmt: skip
+        self.l2 = p.normalize_type == "L2"
+        self.bp_norm = p.bp_norm and len(self.tops) == 2
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        n, c, h, w = self.legacy_shape(bottom[0])  # the fork's top is 4-axis whatever the bottom
+        return [(n, c, h, w), (n, 1, h, w)][: len(self.tops)]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0].reshape(self.legacy_shape(tuple(bottom[0].shape)))
+        if self.l2:
+            norm = (x.square().sum(dim=1, keepdim=True) + NORMFACE_EPS).sqrt()
+        else:
+            norm = x.abs().sum(dim=1, keepdim=True) + NORMFACE_EPS
+        tops = [x / norm]
+        if len(self.tops) == 2:
+            tops.append(norm if self.bp_norm else norm.detach())  # without bp_norm the norms' diff stops here
+        return tops
+
+
+def _annealed_bias(p: pb.LabelSpecificAddParameter, iteration: int) -> float:
+    """The fork's annealed margin: clamp(base + (1 + gamma * iteration)^power - 1, bias_min, bias_max)."""
+    bias = float(p.bias_base) + (1.0 + float(p.bias_gamma) * iteration) ** float(p.bias_power) - 1.0
+    return min(max(bias, float(p.bias_min)), float(p.bias_max))
+
+
+@register("LabelSpecificAdd")
+class LabelSpecificAddLayer(_LabelledLayer):
+    """happynear/caffe-windows' AM-Softmax margin; see the module docstring."""
+
+    exact_num_bottom = 2
+    min_top, max_top = 1, 2
+    exact_num_top = None
+    traceable = False  # counts forwards (the annealed margin) and reads the labels
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index == 0
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.label_specific_add_param
+        self.bias = float(p.bias)
+        self.anneal = p.HasField("bias_base")
+        self.iteration = int(p.iteration)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        self.items = int(bottom[0][0]) if bottom[0] else 1
+        self.outputs = math.prod(bottom[0]) // max(self.items, 1)
+        if math.prod(bottom[1]) != self.items:
+            raise self.shape_error(
+                f"the label blob must hold one label per item ({self.items} items for bottom shape "
+                f"{tuple(bottom[0])}), got shape {tuple(bottom[1])}"
+            )
+        return [tuple(bottom[0]), (1,)][: len(self.tops)]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        if self.phase == pb.TRAIN:
+            if self.anneal:
+                self.bias = _annealed_bias(self.layer_param.label_specific_add_param, self.iteration)
+                self.iteration += 1
+            index, _, _ = self.class_labels(bottom[1].reshape(self.items), self.outputs, "(outputs per item)")
+            flat = x.reshape(self.items, self.outputs)
+            rows = torch.arange(self.items, device=x.device)
+            target = flat[rows, index]
+            shift = torch.where(target > -self.bias, self.bias, 0.0).to(x.dtype)  # only above -bias, as the fork
+            x = flat.index_put((rows, index), shift, accumulate=True).reshape(x.shape)
+        tops = [x]
+        if len(self.tops) == 2:
+            tops.append(torch.full((1,), self.bias, dtype=x.dtype, device=x.device))
+        return tops
+
+
+@register("Flip")
+class FlipLayer(Layer):
+    """happynear/caffe-windows' ``Flip``: the (legacy 4-axis) image mirrored along its width (``flip_width``,
+    default) and/or its height (``flip_height``); the gradient is flipped back. Its face models' deploy nets
+    concatenate an image with its mirror to sum both features."""
+
+    exact_num_bottom, exact_num_top = 1, 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        p = self.layer_param.flip_param
+        self.dims = [d for d, on in ((2, p.flip_height), (3, p.flip_width)) if on]
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        self.legacy_shape(bottom[0])  # at most 4 axes, as the fork's num/channels/height/width
+        return [tuple(bottom[0])]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        if not self.dims:
+            return [x.clone()]
+        legacy = x.reshape(self.legacy_shape(tuple(x.shape)))
+        return [torch.flip(legacy, self.dims).reshape(x.shape)]
