@@ -676,3 +676,23 @@ def test_zoo_downloads_caffe2_models_through_a_mirror(
     monkeypatch.setenv(zoo.MIRROR_ENV, "")
     monkeypatch.setenv(zoo.CAFFE2_URL_ENV, (tmp_path / "mirror").as_uri())
     assert zoo.download_model(clone) == (clone, True)
+
+
+def test_a_normalized_inner_product_exports_its_rows_normalized() -> None:
+    """happynear/caffe-windows' InnerProduct with normalize: true: Caffe2's FC gets the rows the layer scales to
+    unit length before each forward, so both give the same outputs."""
+    text = SMALL_NET.replace(
+        "inner_product_param { num_output: 5 }", "inner_product_param { num_output: 5 normalize: true }"
+    )
+    deploy = parse_text(text, pb.NetParameter())
+    net = random_caffe_net(deploy, seed=4)
+    net.params["bn"][1].data[...] = np.abs(net.params["bn"][1].data) + 0.5
+    net.params["bn"][2].data[...] = 2.0
+    raw = net.params["ip"][0].data.copy()
+    model = from_caffe(deploy, net, "small")  # before any forward: the stored rows are not yet normalized
+    x = np.random.default_rng(5).normal(size=(2, 3, 9, 11)).astype(np.float32)
+    net.blobs["data"].data[...] = x
+    want = net.forward()["prob"].copy()
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    ws = np_run(model.predict_net, dict(init_blobs(model.init_net)), {"data": x})
+    assert rel_diff(want, ws["prob"]) <= TOLERANCE
