@@ -1,5 +1,10 @@
-"""Object detection datasets, as DIGITS' "New Object Detection Dataset" makes them, stored for SSD:
-``python -m caffe.studio.detection_datasets <job_dir>``.
+"""Object detection datasets, as DIGITS' "New Object Detection Dataset" makes them, stored for SSD or (``detector:
+detectnet``) for DIGITS' DetectNet: ``python -m caffe.studio.detection_datasets <job_dir>``.
+
+For DetectNet the splits are DIGITS' ``train_db/features`` and ``train_db/labels`` (same for val): the images and
+their box tables, keyed alike (:class:`DetectNetRecordMaker`); the classes are DIGITS' KITTI numbers unless
+``custom_classes`` name them; small validation objects become class 0; ``mean.binaryproto`` and ``mean.jpg`` are
+written when the images have one size. What follows describes the SSD form, which is the default.
 
 The job reads ``<job_dir>/params.json`` (:class:`DetectionParams`; DIGITS' form field names) and writes:
 

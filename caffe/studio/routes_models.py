@@ -203,6 +203,7 @@ async def customize_json(request: Request) -> Response:
     try:
         values = await _values(request)
         form = m.ModelForm.from_dict(values)
+        form.data_roots = data_roots(request)
         customize = CUSTOMIZERS.get(_dataset_task(request, form.dataset), m.customize)
         body = await run_in_threadpool(customize, studio_of(request).store, form)
     except CaffeError as e:
