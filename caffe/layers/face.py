@@ -26,7 +26,7 @@
     flows back only with ``bp_norm``. The fork's backward is the exact derivative, so autograd's is too.
   - ``InnerProduct`` with ``normalize: true``: the stored weight rows (as laid out in memory, N rows of K) are
     scaled in place to unit length, ``w / sqrt(|w|^2 + 1e-6)``, before every forward, then the plain
-    product; the weights' gradient is the plain product's (:class:`caffe.layers.core.InnerProductLayer`).
+    product; the weights' gradient is the plain product's (:class:`caffe.layers.core.NormalizedInnerProductLayer`).
   - ``LabelSpecificAdd``: bottoms, the outputs (one row per item) and the labels. In TRAIN each item's output
     at its label gets ``bias`` added when it is above ``-bias`` (AM-Softmax's ``cos - m`` with ``bias: -m``,
     kept at 0 or more); in TEST nothing is added (the fork's ``transform_test`` never changes that). With
