@@ -437,6 +437,7 @@ def test_digits_generic_dataset_addresses(studio):
     job = st.store.get(r.json()["job_id"])
     assert job.params["task"] == "object-detection" and job.params["train_image_folder"] == str(data / "voc")
     assert job.params["detector"] == "detectnet"  # DIGITS stored its object-detection datasets for DetectNet
+    assert (job.params["padding_image_width"], job.params["padding_image_height"]) == (1248, 384)  # DIGITS' default
     bad = client.post("/datasets/generic/create/image-object-detection.json", data={"train_image_folder": "/nope"})
     assert bad.status_code == 400 and "train_image_folder" in bad.text
     assert client.post("/datasets/generic/create/image-unknown.json", data={}).status_code in (404, 405)

@@ -352,3 +352,25 @@ def test_the_dataset_page_and_explorer_show_detectnet_records(env):
     left, top = (int(float(v)) for v in label.read_text().split()[4:6])
     assert tuple(drawn[top + 5, left]) not in ((40, 40, 40), (200, 200, 200))  # a box edge, not the picture
     assert client.get(f"/datasets/{dataset}/explore/image?db=train&index=99").status_code == 404
+
+
+def test_a_grayscale_detectnet_dataset_stores_one_channel(tmp_path: Path):
+    """DIGITS' channel_conversion L: one-channel features (the luma of the picture), a one-channel mean and image
+    size; DIGITS' "none" (the file's own mode) is refused."""
+    folder = _folder(tmp_path / "train")
+    values = {"train_image_folder": str(folder), "detector": "detectnet", "folder_pct_val": "0",
+              "channel_conversion": "L"}  # fmt: skip
+    job = tmp_path / "job"
+    job.mkdir()
+    result = dd.create_detection_dataset(job, dd.DetectionParams.from_dict(values))
+    assert result["image_dims"] == [60, 100, 1]
+    order = (job / "train.txt").read_text().split()
+    (_, kitti), *_ = [r for name, r in zip(order, _records(job / "train_db" / "features"), strict=True)
+                      if Path(name).stem == "kitti"]  # fmt: skip
+    assert kitti.shape == (1, 60, 100)
+    blue = cv2.cvtColor(np.array([[[255, 0, 0]]], np.uint8), cv2.COLOR_BGR2GRAY)[0, 0]  # the rectangle's luma
+    assert abs(int(kitti[0, 20, 40]) - int(blue)) <= 1 and kitti[0, 50, 90] == 0
+    mean = blobproto_to_array(read_binary(job / "mean.binaryproto", pb.BlobProto()))
+    assert mean.shape == (1, 1, 60, 100)
+    with pytest.raises(Exception, match="channel_conversion: must be RGB or L"):
+        dd.DetectionParams.from_dict({**values, "channel_conversion": "none"})

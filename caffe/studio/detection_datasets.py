@@ -30,7 +30,9 @@ name; DIGITS maps them to 0 too); an image without a label file is skipped; ``va
 objects narrower or lower than this many pixels (in the label file) are don't-care in DIGITS - here they are
 stored marked ``difficult``, which the fork's evaluation ignores with ``evaluate_difficult_gt: false``;
 ``padding_image_width``/``height`` paste each image at the top left of a black canvas of that size (an image
-larger than the canvas is skipped); ``resize_image_width``/``height`` then squash it to that size.
+larger than the canvas is skipped); ``resize_image_width``/``height`` then squash it to that size;
+``channel_conversion`` ``RGB`` (default) or ``L`` stores 3 or 1 channels (DIGITS' ``none``, the file's own mode, is
+refused).
 Changed for SSD: without ``custom_classes`` the classes are the names found in the label files (sorted, after
 the background ``dontcare``), not DIGITS' fixed KITTI table, since SSD needs consecutive labels.
 """
@@ -82,6 +84,7 @@ LABEL_FORMATS = ("auto", "voc", "kitti", "json")
 FORMAT_OF_EXTENSION = {".xml": "voc", ".json": "json", ".txt": "kitti"}
 ENCODINGS = ("png", "jpg")
 DETECTORS = ("ssd", "detectnet")
+CHANNEL_CONVERSIONS = ("RGB", "L")  # DIGITS' choices, less its "none" (the file's own mode, RGBA included)
 SPLITS = ("train", "val")
 BACKGROUND = "dontcare"  # DIGITS' class 0
 MAX_LABEL_BYTES = 16 * MiB  # the largest label file read
@@ -113,6 +116,7 @@ class DetectionParams:
     val_min_box_size: int = 25
     encoding: str = "png"
     detector: str = "ssd"  # what the records are stored for: see the module
+    channel_conversion: str = "RGB"  # or L: grayscale, one channel
     seed: int = 0
     task: str = TASK
     data_roots: list[str] | None = None  # as DatasetParams.data_roots
@@ -138,6 +142,8 @@ class DetectionParams:
             raise bad("encoding", f"must be one of {', '.join(ENCODINGS)}")
         if self.detector not in DETECTORS:
             raise bad("detector", f"must be one of {', '.join(DETECTORS)}")
+        if self.channel_conversion not in CHANNEL_CONVERSIONS:
+            raise bad("channel_conversion", "must be RGB or L (grayscale); the studio stores no other mode")
         if not 0 <= self.folder_pct_val < 100:
             raise bad("folder_pct_val", "must be a percentage from 0 to under 100")
         if self.seed < 0:
@@ -387,9 +393,15 @@ class RecordMaker:
     def key(self, n: int, image: str) -> bytes:
         return item_key(n, image)
 
+    def _pixels(self, sample: Sample) -> np.ndarray:
+        """The sample's image as H x W x C uint8, RGB or (``channel_conversion: L``) grayscale."""
+        channels = channels_of(self.p)
+        pixels = image_array(ds.load_image(sample.image), channels)
+        return pixels[:, :, np.newaxis] if pixels.ndim == 2 else pixels
+
     def __call__(self, sample: Sample) -> Record:
         try:
-            pixels = image_array(ds.load_image(sample.image), 3)
+            pixels = self._pixels(sample)
             own = pixels.shape[1], pixels.shape[0]
             pixels = self._pad(pixels)
         except DataError as e:
@@ -398,7 +410,7 @@ class RecordMaker:
         boxes = self._boxes(sample, record, own, (pixels.shape[1], pixels.shape[0]))
         if self.p.resize_image_width is not None:
             pixels = resize_image(pixels, self.p.resize_image_height, self.p.resize_image_width, "squash")
-        bgr = np.ascontiguousarray(pixels[:, :, ::-1])
+        bgr = np.ascontiguousarray(pixels[:, :, ::-1])  # RGB -> BGR; grayscale unchanged
         datum = annotated_datum(bgr, boxes, encoding=self.p.encoding, name=sample.image)
         record.payloads = (datum.SerializeToString(),)
         record.shape = bgr.shape[:2]
@@ -446,7 +458,7 @@ class DetectNetRecordMaker(RecordMaker):
 
     def __call__(self, sample: Sample) -> Record:
         try:
-            pixels = image_array(ds.load_image(sample.image), 3)
+            pixels = self._pixels(sample)
             own = pixels.shape[1], pixels.shape[0]
             pixels = self._pad(pixels)
             rows = self._rows(sample, own)
@@ -464,7 +476,7 @@ class DetectNetRecordMaker(RecordMaker):
                 record.boxes[label] += 1
             else:
                 record.ignored += 1
-        bgr = np.ascontiguousarray(pixels[:, :, ::-1])
+        bgr = np.ascontiguousarray(pixels[:, :, ::-1])  # RGB -> BGR; grayscale unchanged
         record.payloads = detectnet_record(bgr, rows, self.max_boxes, self.p.encoding, sample.image)
         record.shape = bgr.shape[:2]
         return record
@@ -547,11 +559,16 @@ def write_label_files(job_dir: Path, labels: list[str]) -> None:
     ds.write_lines(job_dir / "labels.txt", labels)
 
 
+def channels_of(params: DetectionParams) -> int:
+    """The stored images' channels: 1 for ``channel_conversion: L``, else 3."""
+    return 1 if params.channel_conversion == "L" else 3
+
+
 def _image_dims(params: DetectionParams) -> list[int] | None:
     if params.resize_image_width is not None:
-        return [params.resize_image_height, params.resize_image_width, 3]
+        return [params.resize_image_height, params.resize_image_width, channels_of(params)]
     if params.padding_image_width is not None:
-        return [params.padding_image_height, params.padding_image_width, 3]
+        return [params.padding_image_height, params.padding_image_width, channels_of(params)]
     return None
 
 
@@ -593,7 +610,7 @@ def create_detection_dataset(
         log.warning("Skipped %s: %s", item["path"], item["reason"])
     dims, mean = _image_dims(params), None
     if params.detector == "detectnet" and dims is None and len(shapes) == 1:
-        dims = [*next(iter(shapes)), 3]  # DetectNet's batches need one size: the model job checks it
+        dims = [*next(iter(shapes)), channels_of(params)]  # DetectNet's batches need one size: the model job checks
     if params.detector == "detectnet" and dims is not None:
         progress("mean", 0, 1)
         ds.write_mean(job_dir / "train_db" / "features", job_dir)  # DIGITS' mean image, for networks that use it

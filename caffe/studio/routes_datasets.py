@@ -261,7 +261,12 @@ def _detection_form_page(
     request: Request, values: dict[str, Any] | None = None, error: str = "", status: int = 200
 ) -> Response:
     defaults = dd.DetectionParams().to_dict()
-    extra = {"label_formats": dd.LABEL_FORMATS, "encodings": dd.ENCODINGS, "detectors": dd.DETECTORS}
+    extra = {
+        "label_formats": dd.LABEL_FORMATS,
+        "encodings": dd.ENCODINGS,
+        "detectors": dd.DETECTORS,
+        "channel_conversions": dd.CHANNEL_CONVERSIONS,
+    }
     return _task_form_page(request, "detection_dataset_new.html", defaults, values, error, status, **extra)
 
 
@@ -317,7 +322,8 @@ add_task_routes(
     create_detection_job,
     _detection_form_page,
     "image-object-detection",
-    {"detector": "detectnet"},  # DIGITS stored its object-detection datasets for DetectNet
+    # DIGITS stored its object-detection datasets for DetectNet, padded to KITTI's 1248 x 384 unless told otherwise
+    {"detector": "detectnet", "padding_image_width": 1248, "padding_image_height": 384},
 )
 
 
