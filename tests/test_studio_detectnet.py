@@ -239,7 +239,13 @@ def env(tmp_path_factory):
             data={"train_image_folder": str(train[0]), "train_label_folder": str(train[1]), "dataset_name": "ssd"},
         ).json()["job_id"]
         assert studio.scheduler.wait(ssd, timeout=120).status == "Done"
-        yield client, studio, job.id, ssd
+        gray = client.post(
+            "/datasets/generic/create/image-object-detection.json",
+            data={"train_image_folder": str(train[0]), "train_label_folder": str(train[1]), "dataset_name": "gray",
+                  "padding_image_width": "256", "padding_image_height": "128", "channel_conversion": "L"},
+        ).json()["job_id"]  # fmt: skip
+        assert studio.scheduler.wait(gray, timeout=120).status == "Done"
+        yield client, studio, job.id, ssd, gray
 
 
 def _form(dataset: str, network: str, **more: str) -> dict[str, str]:
@@ -251,7 +257,7 @@ def _form(dataset: str, network: str, **more: str) -> dict[str, str]:
 
 
 def test_form_errors_name_their_fields(env):
-    client, _, detectnet, ssd = env
+    client, _, detectnet, ssd, gray = env
     url = "/models/images/object-detection.json"
     ssd_net = asset("models/res10_ssd_face_prototxt_only/deploy.prototxt").read_text()
     for form, field, words in (
@@ -261,6 +267,7 @@ def test_form_errors_name_their_fields(env):
         (_form(detectnet, small_network(width=1248, height=384)), "custom_network", "sized for other images"),
         (_form(detectnet, str(dtn.deploy_net(_fork(), (3, 128, 256)))), "custom_network", "a DetectNet deploy net"),
         (_form(detectnet, small_network().replace("dst: 0", "dst: 2000000000")), "custom_network", "dst from 0"),
+        (_form(gray, small_network()), "custom_network", "3-channel images"),  # a grayscale dataset
     ):
         r = client.post(url, data=form)
         assert r.status_code == 400 and words in r.json()["fields"][field], r.text
@@ -270,7 +277,7 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env, tmp_pa
     """Two iterations of NVIDIA/caffe's cars-and-pedestrians network on the KITTI-style dataset: the job's files,
     the validation's mAP, precision and recall charted as percentages, the network's class names as the model's
     labels, and the classify-one page answering with DetectNet's log-vote confidences."""
-    client, studio, dataset, _ = env
+    client, studio, dataset, *_ = env
     r = client.post("/models/images/object-detection.json", data=_form(dataset, small_network(TWO_CLASSES)))
     assert r.status_code == 201, r.text
     job_id = r.json()["job_id"]
@@ -338,7 +345,7 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env, tmp_pa
 def test_the_dataset_page_and_explorer_show_detectnet_records(env):
     """The explorer draws a record's boxes from its box table: the grey picture's bright rectangles are outlined
     in the class colours, at the pixels the label file gives (the padding leaves them in place)."""
-    client, studio, dataset, _ = env
+    client, studio, dataset, *_ = env
     page = client.get(f"/datasets/{dataset}")
     assert page.status_code == 200 and "train_db/features" in page.text and "DetectNet" in page.text
     assert client.get(f"/datasets/{dataset}/explore?db=train").status_code == 200
