@@ -316,6 +316,15 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env, tmp_pa
     assert files.weights == job_dir / "snapshot_iter_2.caffemodel" and files.labels == ["car", "pedestrian"]
     assert files.train_val == read_net_param(job_dir / "train_val.prototxt")
 
+    # promoted to a pretrained model, it is a DetectNet network to fine-tune (its all-in-one net, its weights)
+    r = client.post(f"/models/{job_id}/to_pretrained", data={"job_name": "detectnet, promoted"})
+    assert r.status_code == 201, r.text
+    promoted = r.json()["job_id"]
+    form = m.ModelForm.from_dict({**_form(dataset, ""), "method": "pretrained", "pretrained_networks": promoted})
+    files = dm.build_files(studio.store, form, tmp_path / "promoted")
+    assert files.weights == studio.store.job_dir(promoted) / "weights.caffemodel"
+    assert files.train_val == read_net_param(job_dir / "train_val.prototxt") and files.labels == ["car", "pedestrian"]
+
     # the downloaded archive deploys on its own: a two-class DetectNet detector, no mean (the net subtracts its own)
     from caffe import deploy
 
