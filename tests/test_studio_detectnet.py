@@ -320,6 +320,10 @@ def test_nvidia_detectnet_trains_validates_and_detects_in_the_studio(env, tmp_pa
     r = client.post(f"/models/{job_id}/to_pretrained", data={"job_name": "detectnet, promoted"})
     assert r.status_code == 201, r.text
     promoted = r.json()["job_id"]
+    from caffe.studio import inference
+
+    source = inference.resolve(studio.store, promoted)  # its net subtracts its own mean: none added, as trained
+    assert source.mean_mode == "none" and source.mean_file is None and source.labels == ("car", "pedestrian")
     form = m.ModelForm.from_dict({**_form(dataset, ""), "method": "pretrained", "pretrained_networks": promoted})
     files = dm.build_files(studio.store, form, tmp_path / "promoted")
     assert files.weights == studio.store.job_dir(promoted) / "weights.caffemodel"

@@ -146,6 +146,8 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
         "mean_values": tuple(float(v) for v in info.get("mean_values") or ()),
         "input_scale": float(info.get("input scale") or 1.0),
     }
+    mode = str(info.get("mean subtraction", "image"))  # a model's training choice, kept by its promotion
+    common["mean_mode"] = mode if mode in deploy.MEAN_MODES else "image"
     if job.kind == "pretrained":
         py = job_dir / "python_layer.py"
         return ModelSource(
@@ -174,8 +176,6 @@ def resolve(store: Any, job_id: str, epoch: float | str | None = None) -> ModelS
             have = ", ".join(f"{s['epoch']:g}" for s in found)
             raise InferenceError(f"model {job_id} has no snapshot for epoch {want:g} (snapshots: {have})", 404)
         chosen = matches[0]
-    mode = str(info.get("mean subtraction", "image"))
-    common["mean_mode"] = mode if mode in deploy.MEAN_MODES else "image"
     dataset_params: dict[str, Any] = {}
     if job.parent:
         try:

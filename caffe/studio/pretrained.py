@@ -371,8 +371,8 @@ def promote(
     """A pretrained job from a model job's snapshot (``epoch``, default the last), as DIGITS' "Make Pretrained Model".
 
     Copies deploy.prototxt, original.prototxt (the model's network), the snapshot as weights.caffemodel,
-    labels.txt, mean.binaryproto and the Python layer file (the model's ``<module>.py``), with the dataset's
-    image settings in info.json.
+    labels.txt, mean.binaryproto (unless the model subtracted no mean) and the Python layer file (the model's
+    ``<module>.py``), with the dataset's image settings and the model's mean subtraction in info.json.
     """
     source = inference.resolve(store, model_job_id, epoch)
     model = store.get(model_job_id)
@@ -393,6 +393,7 @@ def promote(
         **settings,
         "mean_values": list(source.mean_values),
         "input scale": source.input_scale,
+        "mean subtraction": source.mean_mode,  # none: the model was trained without one (its net may hold its own)
     }
     title = name or f"{model.name} (epoch {source.epoch:g})"
     job = store.create("pretrained", title, info, parent=model_job_id)
@@ -406,7 +407,7 @@ def promote(
         _copy_stream(source.weights, job_dir / "weights.caffemodel")
         for src, dest in (
             (src_dir / "labels.txt", "labels.txt"),
-            (source.mean_file, "mean.binaryproto"),
+            (source.mean_file if source.mean_mode != "none" else None, "mean.binaryproto"),
             (source.python_layer or _module_file(source.deploy), "python_layer.py"),
         ):
             if src is not None and src.is_file():
