@@ -324,3 +324,26 @@ def test_python_layer_file_is_used(env):
     assert plain["dolphin"] != plain["seahorse"]
     assert negated["dolphin"] == pytest.approx(plain["seahorse"], abs=0.011)
     assert negated["seahorse"] == pytest.approx(plain["dolphin"], abs=0.011)
+
+
+@pytest.mark.parametrize("mode", ["none", "pixel"])
+def test_a_promoted_model_keeps_its_mean_subtraction(env, mode):
+    """A model trained without a mean (or with the pixel mean) classifies the same once promoted: the promotion
+    keeps its mean subtraction rather than subtracting the mean image it copied."""
+    client, tmp = env
+    store = client.app.state.studio.store
+    model_id = make_model_job(store, tmp)
+    info_file = Path(store.job_dir(model_id)) / "info.json"
+    info = json.loads(info_file.read_text())
+    img = asset("dolphins-and-seahorses/seahorse/image_0010.jpg").read_bytes()
+    url = "/models/images/classification/classify_one.json"
+    with_image_mean = client.post(url, data={"job_id": model_id}, files={"image_file": ("a.jpg", img)}).json()
+    info_file.write_text(json.dumps({**info, "mean subtraction": mode}))
+    r = client.post(f"/models/{model_id}/to_pretrained", data={"job_name": f"mean {mode}"})
+    assert r.status_code == 201, r.text
+    promoted = r.json()["job_id"]
+    assert (Path(store.job_dir(promoted)) / "mean.binaryproto").is_file() == (mode != "none")
+    a = client.post(url, data={"job_id": model_id}, files={"image_file": ("a.jpg", img)}).json()
+    b = client.post(url, data={"job_id": promoted}, files={"image_file": ("a.jpg", img)}).json()
+    assert a["predictions"] != with_image_mean["predictions"]  # the mode matters for this model
+    assert b["predictions"] == a["predictions"]
