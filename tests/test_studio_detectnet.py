@@ -394,3 +394,18 @@ def test_a_grayscale_detectnet_dataset_stores_one_channel(tmp_path: Path):
     assert mean.shape == (1, 1, 60, 100)
     with pytest.raises(Exception, match="channel_conversion: must be RGB or L"):
         dd.DetectionParams.from_dict({**values, "channel_conversion": "none"})
+
+
+def test_customize_gives_the_detectnet_train_val_net_to_edit(env):
+    """ "Customize" on a DetectNet network: the train/val net the job would train, its Data layers reading the
+    dataset's features and labels at the form's batch size."""
+    client, studio, dataset, *_ = env
+    r = client.post("/models/customize.json", data=_form(dataset, small_network()))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    net = parse_text(body["network"], pb.NetParameter())
+    data = {x.name: x.data_param for x in net.layer if x.type == "Data"}
+    root = studio.store.job_dir(dataset)
+    assert data["train_data"].source == str(root / "train_db" / "features")
+    assert data["val_label"].source == str(root / "val_db" / "labels")
+    assert {p.batch_size for p in data.values()} == {2} and body["batch_size"] == 2
