@@ -97,3 +97,16 @@ def job_log(jobs_dir: Path, job_id: str, chars: int = 3000) -> str:
     """The tail of a job's log, for failure messages."""
     path = jobs_dir / job_id / "log.txt"
     return path.read_text(errors="replace")[-chars:] if path.is_file() else f"(no log at {path})"
+
+
+def create_and_finish(page: Any, jobs_dir: Path, kind: str, seconds: float) -> str:
+    """Submit a studio form (``kind``: dataset or model), follow its job's page until the job ends and check it is
+    Done (its log in the message otherwise); returns the job's id."""
+    import re
+
+    page.click(f"#create-{kind}")
+    page.wait_for_url(re.compile(rf"/{kind}s/[\w-]+$"))
+    job_id = page.get_attribute(f"#{kind}-page", "data-job-id")
+    wait_until_ended(page, seconds)
+    assert page.text_content("#job-status") == "Done", job_log(jobs_dir, job_id)
+    return job_id

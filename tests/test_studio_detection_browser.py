@@ -5,14 +5,13 @@ page go to the test artifacts (see ``studio_e2e_helpers``)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 
 import cv2
 import pytest
 from conftest import ROOT, asset
-from studio_e2e_helpers import Shots, artifacts_dir, browser_page, job_log, wait_until_ended
+from studio_e2e_helpers import Shots, artifacts_dir, browser_page, create_and_finish
 from test_detectnet import TWO_CLASSES
 
 from caffe.studio.app import create_app, serve_in_thread
@@ -85,11 +84,7 @@ def test_object_detection_walkthrough_in_a_browser(studio):
         page.fill("#val-image-folder", str(faces))
         page.fill("#dataset-name", "faces")
         shot(page, "detection dataset form")
-        page.click("#create-dataset")
-        page.wait_for_url(re.compile(r"/datasets/[\w-]+$"))
-        dataset_id = page.get_attribute("#dataset-page", "data-job-id")
-        wait_until_ended(page, 90)
-        assert page.text_content("#job-status") == "Done", job_log(jobs, dataset_id)
+        dataset_id = create_and_finish(page, jobs, "dataset", 90)
         assert page.text_content("#count-train") == "2" and page.text_content("#count-val") == "2"
         assert page.text_content("#boxes-train-1") == "3"  # class 1, face: three boxes
         shot(page, "detection dataset done")
@@ -106,11 +101,7 @@ def test_object_detection_walkthrough_in_a_browser(studio):
                              ("random-seed", "1"), ("name", "faces again")):  # fmt: skip
             page.fill(f"#model-{field}", value)
         shot(page, "detection model form")
-        page.click("#create-model")
-        page.wait_for_url(re.compile(r"/models/[\w-]+$"))
-        model_id = page.get_attribute("#model-page", "data-job-id")
-        wait_until_ended(page, 240)
-        assert page.text_content("#job-status") == "Done", job_log(jobs, model_id)
+        create_and_finish(page, jobs, "model", 240)
         assert "detection_eval" in page.content()  # the mean AP's chart series
         shot(page, "detection model done")
 
@@ -157,11 +148,7 @@ def test_detectnet_walkthrough_in_a_browser(tmp_path):
                                  ("dataset-name", "kitti")):  # fmt: skip
                 page.fill(f"#{field}", value)
             shot(page, "detectnet dataset form")
-            page.click("#create-dataset")
-            page.wait_for_url(re.compile(r"/datasets/[\w-]+$"))
-            dataset_id = page.get_attribute("#dataset-page", "data-job-id")
-            wait_until_ended(page, 90)
-            assert page.text_content("#job-status") == "Done", job_log(jobs, dataset_id)
+            dataset_id = create_and_finish(page, jobs, "dataset", 90)
             car = KITTI_CLASS_NAMES.index("car")
             assert int(page.text_content(f"#boxes-train-{car}")) > 0 and "train_db/features" in page.content()
             shot(page, "detectnet dataset done")
@@ -181,11 +168,7 @@ def test_detectnet_walkthrough_in_a_browser(tmp_path):
             assert "no file" in page.text_content("#error-custom-network-snapshot")
             page.fill("#model-custom-snapshot", "")
             shot(page, "detectnet model form")
-            page.click("#create-model")
-            page.wait_for_url(re.compile(r"/models/[\w-]+$"))
-            model_id = page.get_attribute("#model-page", "data-job-id")
-            wait_until_ended(page, 240)
-            assert page.text_content("#job-status") == "Done", job_log(jobs, model_id)
+            create_and_finish(page, jobs, "model", 240)
             assert "mAP-class0" in page.content()  # the validation's chart series
             shot(page, "detectnet model done")
 

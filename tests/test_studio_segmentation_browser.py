@@ -5,13 +5,11 @@ an uploaded picture. Screenshots of each page go to the test artifacts (see ``st
 
 from __future__ import annotations
 
-import re
-
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from studio_e2e_helpers import Shots, artifacts_dir, browser_page, job_log, wait_until_ended
+from studio_e2e_helpers import Shots, artifacts_dir, browser_page, create_and_finish
 
 from caffe.deploy import palette
 from caffe.studio.app import create_app, serve_in_thread
@@ -78,11 +76,7 @@ def test_segmentation_walkthrough_in_a_browser(studio):
         page.fill("#folder-pct-val", "25")
         page.fill("#dataset-name", "paint")
         shot(page, "segmentation dataset form")
-        page.click("#create-dataset")
-        page.wait_for_url(re.compile(r"/datasets/[\w-]+$"))
-        dataset_id = page.get_attribute("#dataset-page", "data-job-id")
-        wait_until_ended(page, 90)
-        assert page.text_content("#job-status") == "Done", job_log(jobs, dataset_id)
+        dataset_id = create_and_finish(page, jobs, "dataset", 90)
         assert page.text_content("#count-train") == "12" and page.text_content("#count-val") == "4"
         shot(page, "segmentation dataset done")
 
@@ -99,11 +93,7 @@ def test_segmentation_walkthrough_in_a_browser(studio):
                              ("random-seed", "3"), ("name", "paint net")):  # fmt: skip
             page.fill(f"#model-{field}", value)
         shot(page, "segmentation model form")
-        page.click("#create-model")
-        page.wait_for_url(re.compile(r"/models/[\w-]+$"))
-        model_id = page.get_attribute("#model-page", "data-job-id")
-        wait_until_ended(page, 240)
-        assert page.text_content("#job-status") == "Done", job_log(jobs, model_id)
+        create_and_finish(page, jobs, "model", 240)
         shot(page, "segmentation model done")
 
         # ---- the trained net's classes on an uploaded picture

@@ -597,6 +597,12 @@ def _record(db_path: Path, index: int, prefix: bytes | None = None) -> tuple[byt
         return bytes(cur.key()), bytes(cur.value())
 
 
+def _drawable(chw: np.ndarray) -> np.ndarray:
+    """A record's C x H x W pixels as H x W x C for drawing: BGR turned to RGB, one channel kept."""
+    hwc = chw.transpose(1, 2, 0)
+    return hwc[:, :, ::-1] if chw.shape[0] == 3 else hwc
+
+
 def detection_record_png(db_path: Path, index: int, labels: list[str]) -> bytes:
     """The ``index``-th AnnotatedDatum of a detection dataset LMDB as PNG bytes, its boxes drawn and named."""
     from caffe.deploy.detection import Detection
@@ -609,7 +615,7 @@ def detection_record_png(db_path: Path, index: int, labels: list[str]) -> bytes:
         chw = datum_to_array(anno.datum, name)
     except (DataError, DecodeError) as e:
         raise HTTPException(500, f"{name}: not a readable AnnotatedDatum ({e})") from None
-    rgb = chw.transpose(1, 2, 0)[:, :, ::-1] if chw.shape[0] == 3 else chw.transpose(1, 2, 0)
+    rgb = _drawable(chw)
     h, w = rgb.shape[:2]
     found = [
         Detection(g.group_label, 1.0, (a.bbox.xmin * w, a.bbox.ymin * h, a.bbox.xmax * w, a.bbox.ymax * h))
@@ -635,7 +641,7 @@ def detectnet_record_png(split_db: Path, index: int, labels: list[str]) -> bytes
         rows = read_boxes(datum_to_array(parse_datum(table, name), name))
     except (DataError, ValueError) as e:
         raise HTTPException(500, f"{name}: {e}") from None
-    rgb = chw.transpose(1, 2, 0)[:, :, ::-1] if chw.shape[0] == 3 else chw.transpose(1, 2, 0)
+    rgb = _drawable(chw)
     found = [Detection(int(r[CLASS]), 1.0, (r[0], r[1], r[0] + r[2], r[1] + r[3])) for r in rows]
     drawn = draw_detections(rgb, found, lambda i: labels[i] if 0 <= i < len(labels) else str(i))
     return encode_image(drawn, ".png")
