@@ -46,6 +46,14 @@ def set_inputs(net: caffe.Net, values: dict[str, np.ndarray]) -> None:
     net.reshape()
 
 
+def run_layer(layer_text: str, values: dict[str, np.ndarray], phase: int = caffe.TRAIN) -> caffe.Net:
+    """The one-layer net of ``layer_text`` for these inputs (its bottoms), run forward once."""
+    net = layer_net(layer_text, {k: v.shape for k, v in values.items()}, phase=phase)
+    set_inputs(net, values)
+    net.forward()
+    return net
+
+
 def check_gradient(
     net: caffe.Net,
     inputs: dict[str, np.ndarray],

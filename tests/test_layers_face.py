@@ -12,19 +12,12 @@ import math
 
 import numpy as np
 import pytest
-from gradcheck import check_gradient, layer_net, set_inputs
+from gradcheck import check_gradient, layer_net, run_layer, set_inputs
 
 import caffe
 from caffe.proto import caffe_pb2 as pb
 
 RNG = np.random.default_rng(11)
-
-
-def run(text: str, values: dict[str, np.ndarray], phase: int = caffe.TRAIN) -> caffe.Net:
-    net = layer_net(text, {k: v.shape for k, v in values.items()}, phase=phase)
-    set_inputs(net, values)
-    net.forward()
-    return net
 
 
 # ------------------------------------------------------------------------------------------- CenterLoss
@@ -103,7 +96,7 @@ def test_center_loss_checks(text, shapes, match):
 
 def test_center_loss_label_out_of_range_names_the_value():
     with pytest.raises(caffe.CaffeError, match=r"label value 4"):
-        run(CENTER, {"x": RNG.normal(0, 1, (2, 3)), "y": np.array([0.0, 4.0])})
+        run_layer(CENTER, {"x": RNG.normal(0, 1, (2, 3)), "y": np.array([0.0, 4.0])})
 
 
 # ----------------------------------------------------------------------------------- MarginInnerProduct
@@ -234,19 +227,19 @@ def test_normface_normalize_divides_each_positions_channels_by_their_norm():
     """Per item and position, over the channels: L2 with 1e-6 under the root, L1 with 1e-6 added; a 2-axis bottom
     gets a 4-axis top as in the fork; the second top holds the norms; a Normalize with norm_param is still SSD's."""
     x = np.array([[3.0, 1.0], [4.0, 0.0]]).reshape(1, 2, 1, 2)  # positions (3, 4) and (1, 0)
-    net = run('type: "Normalize" bottom: "x" top: "y" top: "norm"', {"x": x})
+    net = run_layer('type: "Normalize" bottom: "x" top: "y" top: "norm"', {"x": x})
     np.testing.assert_allclose(net.blobs["norm"].data.ravel(), np.sqrt([25 + 1e-6, 1 + 1e-6]), rtol=1e-12)
     np.testing.assert_allclose(net.blobs["y"].data[0, :, 0], [[3, 1], [4, 0]] / net.blobs["norm"].data[0, 0, 0])
     assert not net.params  # no learned scale
-    net = run('type: "Normalize" bottom: "x" top: "y" normalize_param { normalize_type: "L1" }', {"x": -x})
+    net = run_layer('type: "Normalize" bottom: "x" top: "y" normalize_param { normalize_type: "L1" }', {"x": -x})
     np.testing.assert_allclose(net.blobs["y"].data[0, :, 0, 0], [-3 / (7 + 1e-6), -4 / (7 + 1e-6)], rtol=1e-12)
     flat = RNG.normal(0, 1, (3, 5))
-    net = run('type: "Normalize" bottom: "x" top: "y"', {"x": flat})
+    net = run_layer('type: "Normalize" bottom: "x" top: "y"', {"x": flat})
     assert net.blobs["y"].data.shape == (3, 5, 1, 1)
     np.testing.assert_allclose(
         net.blobs["y"].data.reshape(3, 5), flat / np.sqrt((flat**2).sum(1, keepdims=True) + 1e-6), rtol=1e-12
     )
-    ssd = run('type: "Normalize" bottom: "x" top: "y" norm_param { across_spatial: true }', {"x": x})
+    ssd = run_layer('type: "Normalize" bottom: "x" top: "y" norm_param { across_spatial: true }', {"x": x})
     assert len(ssd.params["layer"]) == 1 and np.isclose(np.square(ssd.blobs["y"].data).sum(), 1.0)
 
 
@@ -349,7 +342,7 @@ def test_label_specific_add_subtracts_the_margin_at_the_label_in_train_only():
     net.blobs["t"].diff[...] = dt
     net.backward()
     np.testing.assert_array_equal(net.blobs["s"].diff, dt)
-    test = run(MARGIN, {"s": s, "y": y}, phase=caffe.TEST)
+    test = run_layer(MARGIN, {"s": s, "y": y}, phase=caffe.TEST)
     np.testing.assert_array_equal(test.blobs["t"].data, s)
 
 
@@ -377,7 +370,7 @@ def test_label_specific_add_checks():
     with pytest.raises(caffe.CaffeError, match="one label per item"):
         layer_net(MARGIN, {"s": (2, 3), "y": (3,)})
     with pytest.raises(caffe.CaffeError, match=r"label value 3 .*outside \[0, 3\)"):
-        run(MARGIN, {"s": np.zeros((2, 3)), "y": np.array([0, 3], float)})
+        run_layer(MARGIN, {"s": np.zeros((2, 3)), "y": np.array([0, 3], float)})
 
 
 def test_am_softmax_trains_two_clusters_apart(tmp_path):
@@ -417,11 +410,13 @@ def test_am_softmax_trains_two_clusters_apart(tmp_path):
 
 def test_flip_mirrors_width_and_height_and_flips_the_gradient_back():
     x = RNG.normal(0, 1, (2, 3, 4, 5))
-    np.testing.assert_array_equal(run('type: "Flip" bottom: "x" top: "y"', {"x": x}).blobs["y"].data, x[..., ::-1])
+    np.testing.assert_array_equal(
+        run_layer('type: "Flip" bottom: "x" top: "y"', {"x": x}).blobs["y"].data, x[..., ::-1]
+    )
     both = 'type: "Flip" bottom: "x" top: "y" flip_param { flip_height: true }'
-    np.testing.assert_array_equal(run(both, {"x": x}).blobs["y"].data, x[:, :, ::-1, ::-1])
+    np.testing.assert_array_equal(run_layer(both, {"x": x}).blobs["y"].data, x[:, :, ::-1, ::-1])
     none = 'type: "Flip" bottom: "x" top: "y" flip_param { flip_width: false }'
-    np.testing.assert_array_equal(run(none, {"x": x}).blobs["y"].data, x)
+    np.testing.assert_array_equal(run_layer(none, {"x": x}).blobs["y"].data, x)
     check_gradient(layer_net(both, {"x": x.shape}), {"x": x})
 
 

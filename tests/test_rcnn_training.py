@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
-from gradcheck import check_gradient, layer_net, set_inputs
+from gradcheck import check_gradient, layer_net, run_layer
 
 import caffe
 from caffe.proto import caffe_pb2 as pb
@@ -52,13 +52,6 @@ def loss_text(bottoms: list[str], sigma: float | None = None) -> str:
     return text + (f" smooth_l1_loss_param {{ sigma: {sigma} }}" if sigma is not None else "")
 
 
-def run(text: str, values: dict[str, np.ndarray]) -> caffe.Net:
-    net = layer_net(text, {k: v.shape for k, v in values.items()})
-    set_inputs(net, values)
-    net.forward()
-    return net
-
-
 # ------------------------------------------------------------------------------------------- the layer
 def test_parameter_has_the_fork_field_number_and_reads_from_text():
     assert pb.LayerParameter.DESCRIPTOR.fields_by_name["smooth_l1_loss_param"].number == 8266712  # caffe-fast-rcnn
@@ -69,7 +62,7 @@ def test_parameter_has_the_fork_field_number_and_reads_from_text():
 
 def test_two_bottoms_is_the_mean_over_items_of_summed_smooth_l1():
     pred, target = RNG.normal(0, 2, (4, 3, 2, 2)), RNG.normal(0, 2, (4, 3, 2, 2))
-    net = run(loss_text(["p", "t"]), {"p": pred, "t": target})
+    net = run_layer(loss_text(["p", "t"]), {"p": pred, "t": target})
     np.testing.assert_allclose(net.blobs["loss"].data, smooth_l1_ref(pred - target).sum() / 4, rtol=1e-12)
     assert net.blobs["loss"].shape == ()
     assert net.blob_loss_weights["loss"] == 1.0  # a loss layer: weight 1 unless told otherwise
@@ -85,7 +78,7 @@ def test_four_bottoms_fast_rcnn_rule_value_and_true_gradient(sigma):
     pred = target + away_from_kinks(shape, sigma) / np.where(inside == 0, 1, inside)
     values = {"p": pred, "t": target, "wi": inside, "wo": outside}
     text = loss_text(list(values), sigma)
-    net = run(text, values)
+    net = run_layer(text, values)
     z = inside * (pred - target)
     np.testing.assert_allclose(net.blobs["loss"].data, (outside * smooth_l1_ref(z, sigma)).sum() / 2, rtol=1e-12)
     net.blobs["loss"].diff[...] = 1.0
@@ -103,7 +96,7 @@ def test_three_bottoms_ssd_fork_rule_leaves_the_weight_out_of_the_gradient():
     weight = RNG.choice([0.5, 2.0], shape)
     pred = target + away_from_kinks(shape) / weight
     values = {"p": pred, "t": target, "w": weight}
-    net = run(loss_text(list(values)), values)
+    net = run_layer(loss_text(list(values)), values)
     z = weight * (pred - target)
     np.testing.assert_allclose(net.blobs["loss"].data, smooth_l1_ref(z).sum() / 3, rtol=1e-12)
     net.blobs["loss"].diff[...] = 1.0
@@ -114,13 +107,13 @@ def test_three_bottoms_ssd_fork_rule_leaves_the_weight_out_of_the_gradient():
 
 def test_sigma_zero_gives_zero_as_the_forks_do():
     values = {"p": RNG.normal(0, 1, (2, 3)), "t": RNG.normal(0, 1, (2, 3))}
-    assert float(run(loss_text(["p", "t"], 0.0), values).blobs["loss"].data) == 0.0
+    assert float(run_layer(loss_text(["p", "t"], 0.0), values).blobs["loss"].data) == 0.0
 
 
 def test_boundary_takes_the_linear_branch_as_the_forks_do():
     # |x| == 1/sigma^2 is not < 1/sigma^2: value |x| - 0.5/sigma^2, gradient sign(x)
     values = {"p": np.array([[0.25, -0.25]]), "t": np.zeros((1, 2))}
-    net = run(loss_text(["p", "t"], 2.0), values)
+    net = run_layer(loss_text(["p", "t"], 2.0), values)
     np.testing.assert_allclose(net.blobs["loss"].data, 2 * (0.25 - 0.125))
     net.blobs["loss"].diff[...] = 1.0
     net.backward()
@@ -172,7 +165,7 @@ def test_softmax_loss_third_top_is_each_position_loss_and_ohem_name_is_the_same_
             f'type: "{kind}" bottom: "x" bottom: "y" top: "loss" top: "prob" top: "each" '
             "loss_weight: 1 loss_weight: 0 loss_weight: 0 loss_param { ignore_label: -1 }"
         )
-        net = run(text, {"x": scores, "y": labels})
+        net = run_layer(text, {"x": scores, "y": labels})
         assert net.layers[-1].type == kind  # one class, two names: each layer reports its prototxt's
         each = softmax_losses(scores.reshape(6, 4), labels.reshape(6), ignore=-1)
         assert net.blobs["each"].shape == (6, 1, 1, 1)
@@ -204,7 +197,7 @@ def test_rfcn_forms_divide_as_loss_param_says_and_give_per_position_losses(norma
     for kind in ("SmoothL1Loss", "SmoothL1LossOHEM"):
         text = f'type: "{kind}" bottom: "p" bottom: "t" bottom: "w" top: "loss" top: "each" '
         text += "loss_weight: 1 loss_weight: 0"
-        net = run(text + f" loss_param {{ {normalization} }}", values)
+        net = run_layer(text + f" loss_param {{ {normalization} }}", values)
         np.testing.assert_allclose(net.blobs["loss"].data, errors.sum() / divisor, rtol=1e-12)
         assert net.blobs["each"].shape == (2, 1, 3, 2)
         np.testing.assert_allclose(net.blobs["each"].data, errors.sum(axis=1, keepdims=True), rtol=1e-12)
@@ -216,12 +209,12 @@ def test_rfcn_forms_divide_as_loss_param_says_and_give_per_position_losses(norma
 def test_ohem_form_with_two_bottoms_and_the_fast_rcnn_form_with_explicit_normalization():
     pred, target = RNG.normal(0, 2, (2, 4, 2, 2)), RNG.normal(0, 2, (2, 4, 2, 2))
     errors = smooth_l1_ref(pred - target).sum()
-    ohem = run('type: "SmoothL1LossOHEM" bottom: "p" bottom: "t" top: "l"', {"p": pred, "t": target})
+    ohem = run_layer('type: "SmoothL1LossOHEM" bottom: "p" bottom: "t" top: "l"', {"p": pred, "t": target})
     np.testing.assert_allclose(ohem.blobs["l"].data, errors / 8, rtol=1e-12)  # VALID: N * H * W
-    plain = run('type: "SmoothL1Loss" bottom: "p" bottom: "t" top: "l"', {"p": pred, "t": target})
+    plain = run_layer('type: "SmoothL1Loss" bottom: "p" bottom: "t" top: "l"', {"p": pred, "t": target})
     np.testing.assert_allclose(plain.blobs["l"].data, errors / 2, rtol=1e-12)  # caffe-fast-rcnn: N
     text = 'type: "SmoothL1Loss" bottom: "p" bottom: "t" top: "l" loss_param { normalization: NONE }'
-    np.testing.assert_allclose(run(text, {"p": pred, "t": target}).blobs["l"].data, errors, rtol=1e-12)
+    np.testing.assert_allclose(run_layer(text, {"p": pred, "t": target}).blobs["l"].data, errors, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -258,7 +251,7 @@ def ohem_inputs(images: list[int], channels: int = 8) -> dict[str, np.ndarray]:
 def test_box_annotator_ohem_keeps_each_images_hardest_rois():
     images = [0, 1, 0, 0, 1, 1, 0, 1, 0, 1]
     values = ohem_inputs(images)
-    net = run(OHEM + " box_annotator_ohem_param { roi_per_img: 3 }", values)
+    net = run_layer(OHEM + " box_annotator_ohem_param { roi_per_img: 3 }", values)
     loss = values["loss"].reshape(-1)
     keep = np.zeros(len(images), bool)
     for image in (0, 1):
@@ -274,9 +267,9 @@ def test_box_annotator_ohem_ignore_label_budget_larger_than_rois_and_ties():
     values = ohem_inputs([0, 0, 0, 0])
     values["loss"] = np.array([1.0, 2.0, 2.0, 1.0]).reshape(4, 1, 1, 1)
     text = OHEM + " box_annotator_ohem_param { roi_per_img: 2 ignore_label: 255 }"
-    got = run(text, values).blobs["lo"].data.reshape(-1)
+    got = run_layer(text, values).blobs["lo"].data.reshape(-1)
     np.testing.assert_array_equal(got, [255, *values["labels"].reshape(-1)[1:3], 255])
-    everything = run(OHEM + " box_annotator_ohem_param { roi_per_img: 9 }", values)
+    everything = run_layer(OHEM + " box_annotator_ohem_param { roi_per_img: 9 }", values)
     np.testing.assert_array_equal(everything.blobs["lo"].data, values["labels"])
 
 
@@ -301,12 +294,12 @@ def test_box_annotator_ohem_budgets_any_image_index_and_refuses_bad_ones():
     values = ohem_inputs([0, 0, 0, 0])
     values["rois"][[1, 3], 0] = 1e30  # a huge index is one more image, not a table of 1e30 budgets
     values["loss"] = np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1, 1, 1)
-    got = run(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", values).blobs["lo"].data.reshape(-1)
+    got = run_layer(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", values).blobs["lo"].data.reshape(-1)
     np.testing.assert_array_equal(got, [-1, -1, values["labels"].reshape(-1)[2], values["labels"].reshape(-1)[3]])
     for bad in (np.nan, -1.0):
         values["rois"][0, 0] = bad
         with pytest.raises(caffe.CaffeError, match="ROI batch indices must be finite and not negative"):
-            run(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", values)
+            run_layer(OHEM + " box_annotator_ohem_param { roi_per_img: 1 }", values)
 
 
 def test_box_annotator_ohem_takes_no_gradient():

@@ -16,13 +16,15 @@ R-FCN forks), ``rcnn_training`` (their training layers: SmoothL1Loss, SmoothL1Lo
 RegionLoss), ``assisted_excitation`` (its AssistedExcitation), ``detectnet`` and ``detectnet_eval``
 (DIGITS' DetectNet from NVIDIA/caffe: DetectNetTransformation, L1Loss, its clustering and scoring layers) and
 ``face`` (the face recognition forks' CenterLoss
-and MarginInnerProduct).
+and MarginInnerProduct), and for text recognition (senlinuc/caffe_ocr) ``sequence`` (Transpose, Reverse,
+ReverseTime), ``ctc`` (WarpCTCLoss, CTCGreedyDecoder) and junhyukoh's ``Lstm`` in ``recurrent``.
 """
 
 from caffe.layers import (  # noqa: F401
     annotated_data,
     assisted_excitation,
     core,
+    ctc,
     data,
     dense_image_data,
     detection,
@@ -42,6 +44,7 @@ from caffe.layers import (  # noqa: F401
     rcnn,
     rcnn_training,
     recurrent,
+    sequence,
     utility,
     vision,
     window_data,

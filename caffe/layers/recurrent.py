@@ -319,3 +319,92 @@ class LSTMLayer(RecurrentLayer):
         gates = inputs + F.linear(keep * h_prev, self.param_tensor(self._recurrent_weight_index))
         c, h = lstm_unit(c_prev, gates, keep)
         return h, c
+
+
+@register("Lstm")
+class JunhyukLstmLayer(LSTMLayer):
+    """junhyukoh/caffe-lstm's ``Lstm`` as senlinuc/caffe_ocr carries it (``lstm_param``): a (T, N, I) sequence
+    in, (T, N, num_output) out; blobs W_i (4H x I), W_h (4H x H), b (4H), the gates in LSTM's order.
+
+    Without a second bottom every forward starts from zero states. A second bottom, the continuation
+    indicators of a single stream (T values, the fork reads ``clip[t + n]``, meaningful for N = 1 only), makes
+    the state carry over from the previous forward, as the LSTM's ``cont``: a zero indicator drops h_{t-1} and
+    the forget term; as in the fork, W_h's gradient still counts that step's h_{t-1}.
+    ``clipping_threshold`` > 0 bounds the gradient of every step's gate inputs to that magnitude.
+    """
+
+    def __init__(self, param: pb.LayerParameter) -> None:
+        super().__init__(param)
+        self.min_bottom, self.max_bottom, self.exact_num_top = 1, 2, 1
+        self.clipping = 0.0
+        self.continued = False  # this forward has continuation indicators
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index == 0
+
+    @property
+    def _recurrent_weight_index(self) -> int:
+        return 1
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        lp = self.layer_param.lstm_param
+        if lp.num_output <= 0:
+            raise self.error(f"lstm_param.num_output must be positive, got {lp.num_output}")
+        self.num_output = int(lp.num_output)
+        self.clipping = float(lp.clipping_threshold)
+        if len(bottom[0]) < 3:
+            raise self.shape_error(f"bottom 0 must be (T, N, I), got shape {tuple(bottom[0])}")
+        self.input_dim = math.prod(bottom[0][2:])
+        rows = 4 * self.num_output
+        self.add_param((rows, self.input_dim), lp.weight_filler)
+        self.add_param((rows, self.num_output), lp.weight_filler)
+        self.add_param((rows,), lp.bias_filler)
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        x = bottom[0]
+        if len(x) < 3 or x[0] < 1 or math.prod(x[2:]) != self.input_dim:
+            raise self.shape_error(
+                f"bottom 0 must be (T, N, {self.input_dim}) (weights {self.blobs[0].shape}), got shape {tuple(x)}"
+            )
+        if len(bottom) > 1:
+            if x[1] != 1:
+                raise self.shape_error(
+                    f"a continuation bottom needs a single stream (the fork reads clip[t + n]), got shape {tuple(x)}"
+                )
+            if math.prod(bottom[1]) != x[0]:
+                raise self.shape_error(f"bottom 1 must hold {x[0]} continuation indicators, got {tuple(bottom[1])}")
+        return [(x[0], x[1], self.num_output)]
+
+    def step(self, inputs: torch.Tensor, keep: torch.Tensor, state: State) -> State:
+        h_prev, c_prev = state
+        if self.continued:
+            # the value of W_h (keep * h); W_h's gradient from the whole h (the fork's), h's only where kept
+            h_prev = keep * h_prev + ((1 - keep) * h_prev).detach()
+            recurrent = F.linear(h_prev, self.param_tensor(1))
+            gates = inputs + recurrent - ((1 - keep) * recurrent).detach()
+        else:  # the states start at zero: nothing to drop
+            gates = inputs + F.linear(h_prev, self.param_tensor(1))
+        if self.clipping > 0 and gates.requires_grad:
+            bound = self.clipping
+            gates.register_hook(lambda g: g.clamp(-bound, bound))
+        c, h = lstm_unit(c_prev, gates, keep)
+        return h, c
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = bottom[0]
+        steps, streams = x.shape[0], x.shape[1]
+        inputs = F.linear(x.reshape(steps, streams, -1), self.param_tensor(0), self.param_tensor(2))
+        self.continued = len(bottom) > 1
+        if self.continued:
+            keep = (bottom[1].detach().reshape(steps, streams, 1) != 0).to(inputs.dtype)
+            state = self._carried_state(streams, inputs)
+        else:
+            keep = torch.ones(steps, streams, 1, dtype=inputs.dtype, device=inputs.device)
+            state = tuple(inputs.new_zeros(streams, self.num_output) for _ in self.state_names)
+        hidden = []
+        for t in range(steps):
+            state = self.step(inputs[t], keep[t], state)
+            hidden.append(state[0])
+        if self.continued:
+            self._keep_state(state)
+        return [torch.stack(hidden)]
