@@ -613,6 +613,25 @@ FORK_TRAINING_NETS = {
         {"a": (4, 3), "label": (4,)},
     ),
     "flip": ('type: "Flip" bottom: "a" top: "y" flip_param { flip_height: true }', {"a": (2, 3, 4, 5)}),
+    "warp_ctc_loss": ('type: "WarpCTCLoss" bottom: "a" bottom: "label" top: "l"', {"a": (6, 2, 4), "label": (2, 3)}),
+    "ctc_greedy_decoder": (
+        'type: "CTCGreedyDecoder" bottom: "a" bottom: "label" top: "acc" ctc_decoder_param { blank_index: -1 }',
+        {"a": (6, 2, 4, 1), "label": (2, 3)},
+    ),
+    "lstm": (
+        'type: "Lstm" bottom: "a" top: "h" lstm_param { num_output: 3 clipping_threshold: 0.1'
+        ' weight_filler { type: "gaussian" std: 0.1 } }',
+        {"a": (4, 2, 5)},
+    ),
+    "transpose": (
+        'type: "Transpose" bottom: "a" top: "y" transpose_param { dim: 3 dim: 0 dim: 2 dim: 1 }',
+        {"a": (2, 3, 1, 4)},
+    ),
+    "reverse": ('type: "Reverse" bottom: "a" top: "y" reverse_param { axis: 1 }', {"a": (3, 2, 4)}),
+    "reverse_time": (
+        'type: "ReverseTime" bottom: "a" bottom: "label" top: "y" reverse_time_param { copy_remaining: true }',
+        {"a": (4, 3, 2), "label": (3,)},
+    ),
 }
 
 
@@ -639,8 +658,8 @@ def detectnet_tables(shape: tuple[int, ...], rng: Any) -> Any:
 @target("fork_training_layers", weight=30, batch=100)
 def _fork_training_layers(work: Path):
     """The forks' training layers (R-CNN, R-FCN OHEM, face recognition with AM-Softmax's, the YOLO heads and loss,
-    DetectNet) from mutated prototxts: built in TRAIN, run forward and backward on random inputs (labels 0, 1 or
-    2: every seed's classes; DetectNet's box tables random boxes)."""
+    DetectNet, caffe_ocr's CTC, Lstm and sequence layers) from mutated prototxts: built in TRAIN, run forward and
+    backward on random inputs (labels 0, 1 or 2: every seed's classes; DetectNet's box tables random boxes)."""
     import numpy as np
 
     import caffe
