@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 from gradcheck import check_gradient, layer_net, run_layer, set_inputs
+from ocr_fixtures import text_strips, train_crnn
 
 import caffe
 from caffe.errors import LayerError, ShapeError
@@ -361,57 +362,9 @@ def test_lstm_refuses_several_streams_with_continuation_and_a_changed_input_size
 
 
 # ------------------------------------------------------------------------------------------- a small CRNN learns
-CRNN = """
-name: "crnn"
-layer { name: "data" type: "Input" top: "data" top: "label"
-        input_param { shape { dim: 16 dim: 1 dim: 6 dim: 12 } shape { dim: 16 dim: 4 } } }
-layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-        convolution_param { num_output: 16 kernel_h: 6 kernel_w: 1 weight_filler { type: "xavier" } } }
-layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "seq" type: "Transpose" bottom: "conv" top: "seq" transpose_param { dim: 3 dim: 0 dim: 1 dim: 2 } }
-layer { name: "flat" type: "Reshape" bottom: "seq" top: "flat" reshape_param { shape { dim: 0 dim: 0 dim: -1 } } }
-layer { name: "fw" type: "Lstm" bottom: "flat" top: "fw"
-        lstm_param { num_output: 16 weight_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "rev" type: "Reverse" bottom: "flat" top: "rev" }
-layer { name: "bw_r" type: "Lstm" bottom: "rev" top: "bw_r"
-        lstm_param { num_output: 16 weight_filler { type: "gaussian" std: 0.1 } } }
-layer { name: "bw" type: "Reverse" bottom: "bw_r" top: "bw" }
-layer { name: "blstm" type: "Concat" bottom: "fw" bottom: "bw" top: "blstm" concat_param { axis: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "blstm" top: "fc"
-        inner_product_param { axis: 2 num_output: 6 weight_filler { type: "xavier" } } }
-layer { name: "ctc" type: "WarpCTCLoss" bottom: "fc" bottom: "label" top: "ctc" }
-layer { name: "acc" type: "CTCGreedyDecoder" bottom: "fc" bottom: "label" top: "acc" }
-"""
-
-
-def text_images(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """12-column strips: up to 4 characters (classes 1-5, each a column pattern two columns wide) with gaps."""
-    glyphs = np.eye(6)[1:] * 2 - 0.3  # class k lights row k - 1
-    images = rng.normal(0, 0.1, (n, 1, 6, 12))
-    labels = np.zeros((n, 4))
-    for i in range(n):
-        count = rng.integers(2, 5)
-        chars = rng.integers(1, 6, count)
-        labels[i, :count] = chars
-        for j, c in enumerate(chars):
-            images[i, 0, :, 3 * j : 3 * j + 2] += glyphs[c - 1][:, None]
-    return images, labels
-
-
 def test_a_small_crnn_learns_to_read(tmp_path):
-    net_file = tmp_path / "crnn.prototxt"
-    net_file.write_text(CRNN)
-    solver = pb.SolverParameter(net=str(net_file), base_lr=0.01, lr_policy="fixed", type="Adam", random_seed=3)
-    solver.momentum, solver.momentum2 = 0.9, 0.999
-    s = caffe.get_solver(solver)
-    rng = np.random.default_rng(0)
-    net = s.net
-    for _ in range(150):
-        images, labels = text_images(rng, 16)
-        net.blobs["data"].data[...] = images
-        net.blobs["label"].data[...] = labels
-        s.step(1)
-    images, labels = text_images(rng, 16)
+    net = train_crnn(tmp_path)
+    images, labels = text_strips(np.random.default_rng(1), 16)
     net.blobs["data"].data[...] = images
     net.blobs["label"].data[...] = labels
     net.forward()

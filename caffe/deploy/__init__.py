@@ -1,5 +1,5 @@
-"""Deployable models (classifiers, SSD detectors, segmentation nets): one owner for finding, preparing,
-running and packaging them.
+"""Deployable models (classifiers, SSD detectors, segmentation nets, text recognisers): one owner for finding,
+preparing, running and packaging them.
 
 A deployable model is a ``deploy.prototxt``, its weights, and optionally a mean and a labels file. It
 comes as a folder, a DIGITS "Download Model" archive, a zoo entry or explicit files.
@@ -13,6 +13,7 @@ comes as a folder, a DIGITS "Download Model" archive, a zoo entry or explicit fi
 * :mod:`caffe.deploy.detection` - :class:`DetectionModel` (SSD's ``DetectionOutput``: boxes in pixels) and
   :func:`open_model`, which gives a model of its kind;
 * :mod:`caffe.deploy.segmentation` - :class:`SegmentationModel` (class maps, the colour overlay);
+* :mod:`caffe.deploy.text` - :class:`TextRecognizer` (a CTC text recogniser's line of text);
 * :mod:`caffe.deploy.package` - :func:`package_model`, the DIGITS archive writer.
 
 ``caffe classify``, ``caffe serve``, the studio's inference and ``caffe package`` are thin callers.
@@ -71,6 +72,7 @@ from caffe.deploy.readers import (
     read_mean,
 )
 from caffe.deploy.segmentation import SegmentationModel, overlay, palette
+from caffe.deploy.text import Reading, TextRecognizer
 
 __all__ = [
     "ARCHIVE_FLOOR_BYTES",
@@ -97,8 +99,10 @@ __all__ = [
     "PathLike",
     "Prediction",
     "Preprocessing",
+    "Reading",
     "SegmentationModel",
     "Settings",
+    "TextRecognizer",
     "archive_limits",
     "archive_stem",
     "build_preprocessing",

@@ -7,7 +7,8 @@
 * weights: a zoo entry's ``caffemodel`` (its ``readme.md`` front matter; ``caffe zoo download`` fetches
   it), else the newest snapshot (``<prefix>_iter_N.caffemodel``, highest N), else the only ``.caffemodel``
   (or ``.caffemodel.h5``); several non-snapshot candidates are an error listing them;
-* mean: ``mean.binaryproto``, ``mean.npy``, else the only ``*.binaryproto`` / ``*mean*.npy``;
+* mean: ``mean.binaryproto``, ``mean.npy``, ``mean_values.txt`` (senlinuc/caffe_ocr's channel means, one a line),
+  else the only ``*.binaryproto`` / ``*mean*.npy``;
 * labels: ``labels.txt``, ``synset_words.txt``, ``synset.txt``, else the only ``*label*.txt``, else the only
   ``*labelmap*.prototxt`` (an SSD label map);
 * info: ``info.json`` (DIGITS' job description) when present: it makes the model a DIGITS model, whose
@@ -172,7 +173,7 @@ def _pick_weights(folder: Path) -> Path:
 
 
 def _pick_mean(folder: Path) -> Path | None:
-    for name in ("mean.binaryproto", "mean.npy"):
+    for name in ("mean.binaryproto", "mean.npy", "mean_values.txt"):
         if (folder / name).is_file():
             return folder / name
     found = sorted(folder.glob("*.binaryproto")) or sorted(folder.glob("*mean*.npy"))

@@ -112,11 +112,32 @@ def read_labels(path: PathLike) -> list[str]:
     return lines
 
 
+def read_mean_values(path: Path) -> np.ndarray:
+    """A text file of one channel mean a line (senlinuc/caffe_ocr's ``mean_values.txt``: 1 or 3 values) as C x 1 x 1."""
+    from caffe.limits import read_text
+
+    values = []
+    for number, line in enumerate(
+        read_text(path, "mean values", max_bytes=1 << 16, error=ModelFilesError).splitlines(), 1
+    ):
+        if line.strip():
+            try:
+                values.append(float(line))
+            except ValueError:
+                raise ModelFilesError(f"{path}:{number}: {line.strip()[:40]!r} is not a number") from None
+    if len(values) not in (1, 3):
+        raise ModelFilesError(f"{path}: {len(values)} mean values; expected 1 or 3, one a line")
+    return np.array(values, dtype=np.float32)[:, np.newaxis, np.newaxis]
+
+
 def read_mean(path: PathLike) -> np.ndarray:
-    """A mean file (``.binaryproto`` BlobProto or ``.npy``) as a float32 C x H x W array (C values: C x 1 x 1)."""
+    """A mean file (``.binaryproto`` BlobProto, ``.npy``, or ``.txt`` values one a line) as a float32 C x H x W
+    array (C values: C x 1 x 1)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFilesError(f"mean file {path}: not found")
+    if path.suffix == ".txt":
+        return read_mean_values(path)
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)

@@ -162,6 +162,15 @@ class Reader:
             except (DataError, OSError) as e:
                 yield Failure(spec, str(e) if isinstance(e, CaffeError) else f"{spec}: {e}")
 
+    def images(self, inputs: Sequence[str], records: list[dict[str, Any]]) -> Iterator[Image]:
+        """:meth:`read`'s images; each Failure is logged and appended to ``records`` as ``{"input", "error"}``."""
+        for item in self.read(inputs):
+            if isinstance(item, Failure):
+                log.error("%s", item.message)
+                records.append({"input": item.name, "error": item.message})
+            else:
+                yield item
+
     def _npy(self, path: Path) -> Iterator[Image]:
         try:
             arr = np.load(path, allow_pickle=False)

@@ -29,6 +29,7 @@ def _load_commands() -> None:
         export_tools,
         extract_features,
         log_tools,
+        recognize_tools,
         segment_tools,
         serve_tools,
         studio_tools,

@@ -76,14 +76,8 @@ def segment(argv: list[str]) -> int:
     log.info("Model: %s, weights %s; %s", files.deploy, files.weights, model.softmax_reason)
     names = OutputNames(make_folder(args.out, "--out"))
     records: list[dict[str, Any]] = []
-    done = failed = 0
-    for item in common.input_reader(args, model.input_shape[0]).read(inputs):
-        if isinstance(item, common.Failure):
-            log.error("%s", item.message)
-            records.append({"input": item.name, "error": item.message})
-            failed += 1
-            continue
-        assert isinstance(item, common.Image)
+    done = 0
+    for item in common.input_reader(args, model.input_shape[0]).images(inputs, records):
         classes = model.segment([item.pixels])[0]
         class_path = names.path(item.name, "_classes", ".png")
         overlay_path = names.path(item.name, "_overlay", ".png")
@@ -98,5 +92,6 @@ def segment(argv: list[str]) -> int:
             print(f"{item.name}: {class_path} {overlay_path} ({shares})", flush=True)
     if args.format == "json":
         print(json.dumps(records, indent=2))
+    failed = len(records) - done
     log.info("Segmented %d input(s) into %s%s", done, names.folder, f"; {failed} could not be read" if failed else "")
     return 1 if failed or not done else 0

@@ -1,0 +1,117 @@
+"""``caffe.deploy.TextRecognizer`` and ``caffe recognize``: a CRNN trained here (tests/ocr_fixtures.py) reads its
+strips back from PNG files in the fork's model folder layout (deploy.prototxt, model.caffemodel, label.txt,
+mean_values.txt), at twice the size, turned a quarter, and through the decoder or from the raw scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from ocr_fixtures import LABELS, MEAN, deploy_net, strip_pixels, train_crnn
+
+from caffe import deploy
+from caffe.deploy.errors import ModelFilesError
+from caffe.tools.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ocr_model")
+    net = train_crnn(folder)
+    net.save(str(folder / "model.caffemodel"))
+    (folder / "crnn.prototxt").unlink()  # the train net: the folder keeps the deploy net only
+    (folder / "deploy.prototxt").write_text(deploy_net())
+    (folder / "label.txt").write_text("\n".join(LABELS) + "\n")
+    (folder / "mean_values.txt").write_text(f"{MEAN}\n")
+    return folder
+
+
+def expected_text(labels: np.ndarray) -> str:
+    return "".join(LABELS[int(c)] for c in labels if c > 0)
+
+
+@pytest.fixture(scope="module")
+def strips(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[str]]:
+    """PNG files of eight strips at twice their size; the last two turned a quarter counter-clockwise (tall)."""
+    folder = tmp_path_factory.mktemp("strips")
+    pixels, labels = strip_pixels(np.random.default_rng(5), 8)
+    paths = []
+    for i, p in enumerate(pixels):
+        big = np.repeat(np.repeat(p, 2, axis=0), 2, axis=1)
+        if i >= 6:
+            big = np.rot90(big)  # 24 x 12: at least twice as tall as wide
+        paths.append(folder / f"strip{i}.png")
+        cv2.imwrite(str(paths[-1]), big)
+    return paths, [expected_text(row) for row in labels]
+
+
+def test_reads_the_text_of_each_strip(model_folder: Path, strips: tuple[list[Path], list[str]]):
+    model = deploy.TextRecognizer(deploy.find_model(model_folder))
+    assert model.mean is not None and model.mean.describe()["values"] == [MEAN]
+    assert (model.classes, model.blank, model.scores_blob) == (6, 0, "fc")
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[:, :, np.newaxis] for p in strips[0]]
+    readings = model.read(images)
+    assert [r.text for r in readings] == strips[1]
+    assert readings[0].classes == [LABELS.index(ch) for ch in strips[1][0]]
+
+
+def test_raw_scores_are_decoded_here_with_the_labels_blank(model_folder: Path, strips: tuple[list[Path], list[str]]):
+    scores_only = model_folder.parent / "scores_only"
+    scores_only.mkdir(exist_ok=True)
+    (scores_only / "deploy.prototxt").write_text(deploy_net(decoder=False))
+    for name in ("model.caffemodel", "label.txt", "mean_values.txt"):
+        (scores_only / name).write_bytes((model_folder / name).read_bytes())
+    model = deploy.TextRecognizer(deploy.find_model(scores_only))
+    assert (model.decoder_blank, model.blank, model.scores_blob) == (None, 0, "fc")
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[:, :, np.newaxis] for p in strips[0]]
+    assert [r.text for r in model.read(images)] == strips[1]
+    (scores_only / "label.txt").write_text("\n".join([*LABELS[1:], "blank"]) + "\n")  # the blank named last
+    assert deploy.TextRecognizer(deploy.find_model(scores_only)).blank == 5
+
+
+def test_caffe_recognize_prints_each_text(model_folder: Path, strips: tuple[list[Path], list[str]], capsys):
+    assert main(["recognize", str(model_folder), *map(str, strips[0][:3])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{p}: {t}" for p, t in zip(strips[0][:3], strips[1][:3], strict=True)]
+    assert main(["recognize", str(model_folder), str(strips[0][6]), "--format=json"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert record["text"] == strips[1][6]
+    assert record["classes"] == [LABELS.index(ch) for ch in strips[1][6]]
+
+
+def test_a_classifier_is_no_text_recognizer(tmp_path: Path):
+    (tmp_path / "deploy.prototxt").write_text(
+        'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+        'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" inner_product_param { num_output: 3 } }\n'
+    )
+    import caffe
+
+    caffe.Net(str(tmp_path / "deploy.prototxt"), caffe.TEST).save(str(tmp_path / "w.caffemodel"))
+    with pytest.raises(ModelFilesError, match=r"blob 'fc' has shape \(1, 3\); a CTC text recogniser"):
+        deploy.TextRecognizer(deploy.find_model(tmp_path), deploy.Settings(mean="0"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("104\nabc\n", r"mean_values.txt:2: 'abc' is not a number"), ("1\n2\n", "2 mean values")]
+)
+def test_mean_values_files_are_checked(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "mean_values.txt"
+    path.write_text(text)
+    with pytest.raises(ModelFilesError, match=message):
+        deploy.read_mean(path)
+    path.write_text("104\n\n117\n123\n")
+    np.testing.assert_array_equal(deploy.read_mean(path).ravel(), [104, 117, 123])
+
+
+def test_an_unreadable_input_is_reported_and_the_rest_is_read(
+    model_folder: Path, strips: tuple[list[Path], list[str]], tmp_path: Path, capsys, caplog
+):
+    missing = tmp_path / "missing.png"
+    assert main(["recognize", str(model_folder), str(missing), str(strips[0][1]), "--format=json"]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert records[0] == {"input": str(missing), "error": f"{missing}: no such file, folder or URL"}
+    assert records[1]["text"] == strips[1][1]
+    assert "no such file" in caplog.text
