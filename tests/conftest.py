@@ -57,3 +57,19 @@ def _cpu_mode_and_seed():
 
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def item_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the records a Data layer's source decodes one by one (``DatumSource.decode``) in this test."""
+    from caffe.layers.data import DatumSource
+
+    decoded: list[str] = []
+    decode = DatumSource.decode
+
+    def counting(self: DatumSource, record: object) -> object:
+        decoded.append(record.name)  # type: ignore[attr-defined]
+        return decode(self, record)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DatumSource, "decode", counting)
+    return decoded

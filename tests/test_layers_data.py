@@ -437,16 +437,9 @@ def test_raw_batches_decoded_whole_equal_item_by_item_bit_for_bit(
         assert np.array_equal(whole[0][0], expected)
 
 
-def test_a_data_layer_decodes_a_raw_batch_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_a_data_layer_decodes_a_raw_batch_whole(tmp_path: Path, item_decodes: list[str]):
     """Through a Data layer, only set-up's first record is decoded on its own; the batches are decoded whole."""
-    decoded: list[str] = []
-    decode = DatumSource.decode
-
-    def counting(self: DatumSource, record: Record) -> Decoded:
-        decoded.append(record.name)
-        return decode(self, record)
-
-    monkeypatch.setattr(DatumSource, "decode", counting)
+    decoded = item_decodes
     items = raw_items(n=7)
     write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(items)])
     net = data_net(tmp_path / "db", batch=4, extra="transform_param { scale: 0.5 }")

@@ -8,6 +8,10 @@ A ``Datum`` holds one item in one of three layouts:
 * encoded: ``encoded: true`` and ``data`` = an image file's bytes (JPEG, PNG, ...); ``channels``,
   ``height`` and ``width`` are left unset, as Caffe leaves them.
 
+A Datum of the OCR fork caffe_ocr holds a sequence of labels: its ``label`` field 5 is ``repeated``, so
+the wire holds field 5 several times, of which ``pb.Datum`` (``optional int32 label``) keeps the last.
+:func:`datum_labels` reads them all from the serialized bytes and :func:`serialize_datum` writes them.
+
 OpenCV (``cv2``) reads and decodes the images, as in Caffe, with one deliberate choice: EXIF
 orientation is ignored in every mode (Caffe's reference OpenCV 2.4 never applied it, and the native
 decode of a stored file cannot apply it), so an image gives the same pixels whether it was stored as
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -270,7 +276,7 @@ def datum_to_array(datum: pb.Datum, name: str = "datum") -> np.ndarray:
 
     uint8 from ``data``, float32 from ``float_data`` (pycaffe returned float64 of the same values);
     an encoded datum is decoded natively and returned as (C, H, W) uint8 as a convenience. The label
-    is not returned: read ``datum.label``.
+    is not returned: read ``datum.label``, or every label of a multi-label record with :func:`datum_labels`.
     """
     if datum.encoded:
         img = decode_image_bytes(datum.data, "native", name)
@@ -316,6 +322,151 @@ def parse_datum(value: bytes, name: str = "datum") -> pb.Datum:
     except DecodeError as e:
         raise DataError(f"{name}: not a valid serialized Datum ({len(value)} bytes): {e}") from None
     return datum
+
+
+# ---------------------------------------------------------------------------------------------
+# labels on the wire: caffe_ocr's ``repeated int32 label = 5``
+
+_LABEL_TAG = b"\x28"  # field 5, wire type 0 (varint)
+_DISCARD_UNKNOWN, _BYTE_SIZE = pb.Datum.DiscardUnknownFields, pb.Datum.ByteSize
+_INT32 = (-(2**31), 2**31)
+
+
+def datum_labels(value: bytes | pb.Datum, name: str = "datum") -> list[int]:
+    """Every label of a Datum, in order: ``[]`` when it has none, several for a caffe_ocr multi-label record.
+
+    ``value`` is the serialized Datum (a database value): all the field-5 values on its wire, packed ones
+    too. A parsed ``pb.Datum`` has kept only the last of them, so it gives ``[datum.label]`` (``[]`` when
+    unset). A corrupt record is a DataError naming ``name``.
+    """
+    if isinstance(value, pb.Datum):
+        return [value.label] if value.HasField("label") else []
+    payload = bytes(value)
+    datum = parse_datum(payload, name)
+    labels = wire_labels(payload, datum, name=name)
+    if labels is not None:
+        return labels
+    return [datum.label] if datum.HasField("label") else []
+
+
+def wire_labels(payload: bytes, datum: pb.Datum, data_size: int | None = None, name: str = "datum") -> list[int] | None:
+    """The labels on ``payload``'s wire when it may hold more than ``datum`` (parsed from it) kept, else None.
+
+    None means the payload is exactly as long as ``datum`` re-serialized without unknown fields (which are
+    discarded from ``datum``: packed labels are kept as one), so it holds at most one label, ``datum.label``.
+    The check re-serializes the small fields only when ``data_size`` is given: ``datum``'s ``data`` field, of
+    that many bytes, was cleared after parsing (the caller holds the bytes). Otherwise every field-5 value of
+    the wire is returned, walked in Python (a few microseconds for a raw or encoded Datum): repeated labels
+    make the wire longer; so do rarer encodings (duplicated or unknown fields), whose single label then
+    comes back as a one-item list.
+    """
+    datum.DiscardUnknownFields()
+    size = datum.ByteSize()
+    if data_size is not None:
+        size += 1 + _varint_size(data_size) + data_size
+    if size == len(payload):
+        return None
+    return _field5_values(payload, name)
+
+
+def one_label_each(payloads: Sequence[bytes], datums: Sequence[pb.Datum], data_size: int) -> bool:
+    """Whether no payload may hold more labels than its parsed datum kept (the batched form of
+    :func:`wire_labels`' check, about half a microsecond a record): each is exactly as long as its datum
+    re-serialized, whose ``data`` field of ``data_size`` bytes was cleared (unknown fields are discarded)."""
+    deque(map(_DISCARD_UNKNOWN, datums), 0)
+    extra = 1 + _varint_size(data_size) + data_size
+    return [size + extra for size in map(_BYTE_SIZE, datums)] == list(map(len, payloads))
+
+
+def serialize_datum(datum: pb.Datum, labels: Sequence[int]) -> bytes:
+    """``datum``'s bytes with ``labels`` as caffe_ocr's ``repeated int32 label = 5`` (``datum.label`` is ignored).
+
+    The fields come in number order, as protobuf writes the fork's Datum: channels, height, width, data, one
+    field 5 per label (a negative label as a 10-byte varint, as int32 is), float_data, encoded. One label
+    gives the same bytes as setting ``datum.label``. A label outside int32 is a DataError.
+    """
+    head, tail = pb.Datum(), pb.Datum()
+    head.CopyFrom(datum)
+    head.ClearField("label")
+    if len(datum.float_data):
+        tail.float_data.extend(datum.float_data)
+        head.ClearField("float_data")
+    if datum.HasField("encoded"):
+        tail.encoded = datum.encoded
+        head.ClearField("encoded")
+    parts = [head.SerializeToString()]
+    for label in labels:
+        label = int(label)
+        if not _INT32[0] <= label < _INT32[1]:
+            raise DataError(f"label {label} does not fit a Datum's int32 label")
+        parts += (_LABEL_TAG, _varint_bytes(label & 0xFFFFFFFFFFFFFFFF))
+    parts.append(tail.SerializeToString())
+    return b"".join(parts)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int, end: int, name: str) -> tuple[int, int]:
+    """The varint at ``pos`` (not past ``end``) and the position after it; DataError if it is cut or too long."""
+    value = shift = 0
+    while pos < end:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift >= 70:
+            break
+    raise DataError(f"{name}: not a valid serialized Datum (a varint is cut short or longer than 10 bytes)")
+
+
+def _int32(value: int) -> int:
+    """A varint's value read as protobuf reads an int32: its low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _field5_values(buf: bytes, name: str) -> list[int]:
+    """Every top-level field-5 value of a serialized message, varint or packed, in wire order."""
+    labels: list[int] = []
+    pos, end, depth = 0, len(buf), 0  # depth: inside unknown groups (wire types 3/4), whose fields are not ours
+    while pos < end:
+        key, pos = _read_varint(buf, pos, end, name)
+        field, kind = key >> 3, key & 7
+        if kind == 0:
+            value, pos = _read_varint(buf, pos, end, name)
+            if field == 5 and not depth:
+                labels.append(_int32(value))
+        elif kind == 2:
+            size, pos = _read_varint(buf, pos, end, name)
+            stop = pos + size
+            if stop > end:
+                raise DataError(f"{name}: not a valid serialized Datum (field {field} runs past its end)")
+            while field == 5 and not depth and pos < stop:  # packed labels
+                value, pos = _read_varint(buf, pos, stop, name)
+                labels.append(_int32(value))
+            pos = stop
+        elif kind in (1, 5):
+            pos += 8 if kind == 1 else 4
+        elif kind in (3, 4):
+            depth += 1 if kind == 3 else -1
+        else:
+            raise DataError(f"{name}: not a valid serialized Datum (wire type {kind} of field {field})")
+    if pos > end or depth:
+        raise DataError(f"{name}: not a valid serialized Datum (truncated)")
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------

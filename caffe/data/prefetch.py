@@ -109,11 +109,12 @@ class Record:
 
 @dataclass
 class Decoded:
-    """A decoded item: HWC (images) or CHW (raw Datums) array, its layout and label."""
+    """A decoded item: HWC (images) or CHW (raw Datums) array, its layout and label (a float, or what the
+    transformer's ``place_item`` takes: a float32 (L, 1, 1) array of a multi-label Datum, a layer's own object)."""
 
     array: np.ndarray
     layout: str
-    label: float
+    label: Any
 
 
 class Source(Protocol):
@@ -128,8 +129,8 @@ class Source(Protocol):
     def decode(self, record: Record) -> Decoded: ...
 
     # Optional: ``skip(n)`` moves on as ``next_records(n)`` would, without reading anything (fast-forward).
-    # Optional: ``decode_batch(records)`` decodes a whole batch as ((N, C, H, W) array, float32 labels) in a few
-    # NumPy operations, or returns None for a batch it leaves to ``decode`` item by item.
+    # Optional: ``decode_batch(records)`` decodes a whole batch as ((N, C, H, W) array, float32 labels (N, ...)) in
+    # a few NumPy operations, or returns None for a batch it leaves to ``decode`` item by item.
 
 
 @dataclass
@@ -283,7 +284,7 @@ class Prefetcher:
 
     # ------------------------------------------------------------------ net side
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch as (float data (N, C, H, W), labels (N,)); waits if it is not ready yet."""
+        """The next batch as (float data (N, C, H, W), labels (N, ...)); waits if it is not ready yet."""
         if self._error is not None:  # the threads are gone: say again what stopped them
             raise self._error.with_traceback(None)
         start = time.perf_counter()

@@ -40,6 +40,8 @@ class DataTransformer:
     places_batches = True
     #: Whether items of any size may share a batch (True: :meth:`place_item` brings each to the batch's size).
     resizes_items = False
+    #: One item's label shape in :meth:`new_labels`: () for a number per item, (L, 1, 1) for caffe_ocr's L labels.
+    label_shape: tuple[int, ...] = ()
 
     def __init__(self, param: pb.TransformationParameter, phase: int, where: str, shard: Shard = ALONE) -> None:
         self.where, self.shard = where, shard
@@ -144,8 +146,9 @@ class DataTransformer:
         return item.label
 
     def new_labels(self, n: int) -> Any:
-        """Where a batch of ``n`` items keeps the labels :meth:`place_item` returns: a float32 (N,) array."""
-        return np.empty(n, dtype=np.float32)
+        """Where a batch of ``n`` items keeps the labels :meth:`place_item` returns: a float32 (N, *label_shape)
+        array."""
+        return np.empty((n, *self.label_shape), dtype=np.float32)
 
     def labels_tensor(self, labels: Any) -> torch.Tensor:
         """A finished batch's labels (from :meth:`new_labels`) as the label top."""

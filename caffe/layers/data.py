@@ -4,6 +4,11 @@ Both read ahead in background threads (``caffe.data.prefetch``) and apply Caffe'
 (``transform_param``: crop, mirror, mean, scale). Tops: the data (N, C, H, W) and, if asked for,
 the labels (N,). The top shape comes from the first item, as in Caffe; with ``batch_size: 1`` the
 size may change from batch to batch.
+
+A database whose first Datum holds L > 1 labels (caffe_ocr's ``repeated int32 label``: a text line's
+character classes) gives a label top of (N, L, 1, 1), as that fork's Data layer does; every record must
+then hold L labels, and in a database of single labels none may hold several (a DataError naming the
+record, never the last label silently).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from itertools import islice
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ import torch
 
 from caffe import common
 from caffe.blob import Shape
+from caffe.data.datum import datum_labels, one_label_each, wire_labels
 from caffe.data.prefetch import Decoded, DeviceCopies, Prefetcher, Record, Source
 from caffe.data.shard import ALONE, Shard, shared_seed
 from caffe.data.transform import CHW, HWC, DataTransformer
@@ -173,6 +179,10 @@ class DatumSource:
                 raise DataError(f"{path}: the {backend} database is empty")
             first_key, first_value = cursor.key, cursor.value
         self._first = Record(first_value, self._describe(first_key))
+        try:  # the labels per record (caffe_ocr's multi-label Datums: more than 1), from the first record
+            self.label_count = len(datum_labels(first_value, self._first.name))
+        except DataError:  # a corrupt first record: decoding it names what is wrong
+            self.label_count = 1
         skip = int(rng.integers(rand_skip)) if rand_skip else 0
         if skip:
             log.info("Skipping first %d data points.", skip)
@@ -180,6 +190,11 @@ class DatumSource:
         # global records passed since the first one, in all passes (rand_skip and the rank's offset included)
         self._position = skip + shard.rank
         self._iter: Iterator[Record] | None = None
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """One item's label shape: () for a label per record, (L, 1, 1) for L > 1 (caffe_ocr's)."""
+        return (self.label_count, 1, 1) if self.label_count > 1 else ()
 
     def _describe(self, key: bytes) -> str:
         return f"{self.path} record {key.decode('utf-8', 'replace')!r}"
@@ -227,8 +242,9 @@ class DatumSource:
 
     def decode_batch(self, records: list[Record]) -> tuple[np.ndarray, np.ndarray] | None:
         """Raw Datums of bytes, all of one shape, as one (N, C, H, W) uint8 array and their float32 labels (one
-        copy for the batch); None for anything else (encoded or float Datums, mixed shapes, a corrupt record),
-        which :meth:`decode` then decodes one by one, naming what is wrong."""
+        copy for the batch); None for anything else (encoded or float Datums, mixed shapes, a corrupt record,
+        label counts other than the first record's), which :meth:`decode` then decodes one by one, naming what
+        is wrong."""
         try:
             first = pb.Datum.FromString(records[0].payload)
             if first.encoded or not first.data:  # an encoded database: one record parsed, not the batch
@@ -240,17 +256,52 @@ class DatumSource:
         if min(shape) <= 0 or set(map(_raw_shape, datums)) != {(*shape, False)}:
             return None
         data = [d.data for d in datums]
-        if set(map(len, data)) != {math.prod(shape)}:
+        size = math.prod(shape)
+        if set(map(len, data)) != {size}:
             return None
+        deque(map(_clear_data, datums), 0)  # the bytes are held: checking the labels re-serializes the rest only
         array = np.frombuffer(b"".join(data), dtype=np.uint8).reshape(len(datums), *shape)
-        return array, np.fromiter(map(_label, datums), dtype=np.float32, count=len(datums))
+        if one_label_each([r.payload for r in records], datums, size):
+            if self.label_count > 1:  # records of one label in a multi-label database: decode names them
+                return None
+            return array, np.fromiter(map(_label, datums), dtype=np.float32, count=len(datums))
+        try:  # several labels, or a rarer encoding of one
+            found = [wire_labels(r.payload, d, size, r.name) for r, d in zip(records, datums)]
+        except DataError:
+            return None
+        if self.label_count <= 1 or any(f is None or len(f) != self.label_count for f in found):
+            return None
+        return array, np.array(found, dtype=np.float32).reshape(len(datums), *self.label_shape)
 
     def decode(self, record: Record) -> Decoded:
         try:
             datum = pb.Datum.FromString(record.payload)
         except Exception:
             raise DataError(f"{record.name}: not a valid Datum (corrupt record)") from None
-        return self.decode_datum(datum, record.name)
+        item = self.decode_datum(datum, record.name)
+        size = None
+        if item.layout == CHW and item.array.dtype == np.uint8:  # raw bytes, now held by the item
+            datum.ClearField("data")
+            size = item.array.size
+        labels = wire_labels(record.payload, datum, size, record.name)
+        if labels is not None or self.label_count > 1:
+            item.label = self.item_label(datum, labels, record.name)
+        return item
+
+    def item_label(self, datum: pb.Datum, labels: list[int] | None, name: str) -> float | np.ndarray:
+        """A record's label as the label top holds it: a float, or (L, 1, 1) float32 when the first record holds
+        L > 1 labels. ``labels``: :func:`~caffe.data.datum.wire_labels`' answer (None: at most ``datum.label``).
+        A record holding another number of labels than the first record is a DataError naming it."""
+        count = (1 if datum.HasField("label") else 0) if labels is None else len(labels)
+        if self.label_count <= 1 and count <= 1:
+            return float(labels[0] if labels else datum.label)
+        if count == self.label_count:
+            return np.array(labels, dtype=np.float32).reshape(self.label_shape)
+        kind = "a multi-label Datum, as caffe_ocr writes" if count > 1 else "a single-label Datum"
+        raise DataError(
+            f"{name}: the Datum holds {count} label{'s' * (count != 1)} ({kind}) but the database's first record "
+            f"holds {self.label_count} ({self._first.name}); every record must hold as many labels as the first"
+        )
 
     def decode_datum(self, datum: pb.Datum, name: str) -> Decoded:
         """A parsed Datum's image (encoded: HWC as the transformer's force_color/force_gray decode it; raw: CHW
@@ -265,10 +316,11 @@ class DatumSource:
         if min(shape) < 0:
             raise DataError(f"{name}: Datum has a negative dimension ({'x'.join(map(str, shape))})")
         count = math.prod(shape)
-        if datum.data:
-            if len(datum.data) != count:
-                raise DataError(f"{name}: Datum holds {len(datum.data)} bytes but is {'x'.join(map(str, shape))}")
-            array = np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+        data = datum.data  # (each read of the field is a copy of its bytes)
+        if data:
+            if len(data) != count:
+                raise DataError(f"{name}: Datum holds {len(data)} bytes but is {'x'.join(map(str, shape))}")
+            array = np.frombuffer(data, dtype=np.uint8).reshape(shape)
         else:
             if len(datum.float_data) != count:
                 raise DataError(
@@ -282,6 +334,7 @@ class DatumSource:
 
 _raw_shape = attrgetter("channels", "height", "width", "encoded")
 _label = attrgetter("label")
+_clear_data = methodcaller("ClearField", "data")
 
 
 def _backend_name(value: int) -> str:
@@ -296,6 +349,14 @@ class DataLayer(_PrefetchingDataLayer):
 
     def batch_size(self) -> int:
         return int(self.layer_param.data_param.batch_size)
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        super().layer_setup(bottom)
+        assert isinstance(self.source, DatumSource)
+        self.transformer.label_shape = self.source.label_shape  # (L, 1, 1) per item for caffe_ocr's Datums
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        return [self._data_shape, (self._data_shape[0], *self.transformer.label_shape)][: len(self.tops)]
 
     def prefetch_depth(self) -> int:
         return max(1, int(self.layer_param.data_param.prefetch))

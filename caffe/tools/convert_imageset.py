@@ -17,6 +17,13 @@ misbehaves:
 * The database is created atomically (see :func:`caffe.util.database.new_database`); an existing
   non-empty ``DB_NAME`` is an error, as Caffe's ``db::NEW`` is.
 
+``--multi_label`` (neocaffe's flag, default off) writes the multi-label Datums of the OCR fork caffe_ocr:
+list lines are ``relative/path.png 12 7 0 33 ...``, the file name ending at the first space after the
+line's last '.', every integer after it a label (at least one), and each Datum holds them all as
+caffe_ocr's ``repeated int32 label = 5`` (the Data layer reads them as an (N, L, 1, 1) label top).
+Without the flag, a line whose name before its last space is no file but which reads as such a line is an
+error saying to pass ``--multi_label``.
+
 Images are read and decoded by ``--threads`` threads (default: one per core) and written in list
 order; a progress bar is shown when stderr is a terminal.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from caffe.data.datum import decode_image_bytes, image_to_raw_datum
+from caffe.data.datum import decode_image_bytes, image_to_raw_datum, serialize_datum
 from caffe.data.db import backend_name, item_key
 from caffe.errors import CaffeError, DataError
 from caffe.limits import max_list_bytes, read_file
@@ -50,13 +58,18 @@ COMMIT_EVERY = 1000
 USAGE = """convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME
 
 Convert a set of images to the leveldb/lmdb format used as input for Caffe.
-LISTFILE lines are 'relative/path/to/image.jpg LABEL' (the label after the last space)."""
+LISTFILE lines are 'relative/path/to/image.jpg LABEL' (the label after the last space), or with
+--multi_label 'relative/path/to/image.png LABEL LABEL ...' (caffe_ocr's text-line lists)."""
+
+_WHITESPACE = re.compile(r"[ \t]")
 
 
 @dataclass
 class ListEntry:
     name: str  # as listed (relative to ROOTFOLDER)
     label: int
+    labels: tuple[int, ...] = ()  # --multi_label: every label of the line, written as repeated field 5
+    line: int = 0  # the line number in LISTFILE
 
 
 @dataclass
@@ -66,13 +79,17 @@ class Converted:
     error: str = ""
 
 
-def read_list(path: str | os.PathLike) -> list[ListEntry]:
-    """``LISTFILE``: ``name label`` per line, split at the last space (or tab); blank lines skipped."""
+def read_list(path: str | os.PathLike, multi_label: bool = False) -> list[ListEntry]:
+    """``LISTFILE``: ``name label`` per line, split at the last space (or tab); blank lines skipped. With
+    ``multi_label``: ``name label [label ...]`` as caffe_ocr splits it (:func:`split_multi_label`)."""
     raw = read_file(path, "image list", max_bytes=max_list_bytes())
     entries = []
     for lineno, line in enumerate(raw.decode("utf-8", "surrogateescape").splitlines(), start=1):
         text = line.rstrip("\r\n")
         if not text.strip():
+            continue
+        if multi_label:
+            entries.append(_multi_label_entry(path, lineno, text))
             continue
         cut = max(text.rfind(" "), text.rfind("\t"))
         label_text = text[cut + 1 :].strip() if cut >= 0 else ""
@@ -83,10 +100,62 @@ def read_list(path: str | os.PathLike) -> list[ListEntry]:
             label = int(label_text, 10)
         except ValueError:
             raise DataError(f"{path}:{lineno}: the label {label_text!r} is not an integer (line {text!r})") from None
-        if not -(2**31) <= label < 2**31:
-            raise DataError(f"{path}:{lineno}: the label {label} does not fit Datum's int32 label")
-        entries.append(ListEntry(name, label))
+        _check_int32(label, path, lineno)
+        entries.append(ListEntry(name, label, line=lineno))
     return entries
+
+
+def _check_int32(label: int, path: str | os.PathLike, lineno: int) -> None:
+    if not -(2**31) <= label < 2**31:
+        raise DataError(f"{path}:{lineno}: the label {label} does not fit Datum's int32 label")
+
+
+def split_multi_label(text: str) -> tuple[str, list[str]]:
+    """caffe_ocr's split of a list line: the file name up to the first space (or tab) after the line's last '.'
+    (the first one when there is no '.'), then the whitespace-separated label texts."""
+    cut = _WHITESPACE.search(text, text.rfind(".") + 1)
+    if cut is None:
+        return text, []
+    return text[: cut.start()], text[cut.end() :].split()
+
+
+def _multi_label_entry(path: str | os.PathLike, lineno: int, text: str) -> ListEntry:
+    """One ``--multi_label`` line; DataError naming ``path:lineno`` unless it has a name and integer labels."""
+    name, fields = split_multi_label(text.strip())
+    if not fields:
+        raise DataError(
+            f"{path}:{lineno}: expected 'path label [label ...]' (--multi_label), found no label in {text!r}"
+        )
+    labels = []
+    for field in fields:
+        try:
+            labels.append(int(field, 10))
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: the label {field!r} is not an integer (line {text!r})") from None
+        _check_int32(labels[-1], path, lineno)
+    return ListEntry(name, labels[0], tuple(labels), lineno)
+
+
+def check_not_multi_label(entries: list[ListEntry], root: str, list_file: str | os.PathLike) -> None:
+    """DataError, saying to pass ``--multi_label``, for the first line read as ``name label`` whose name is no file
+    while caffe_ocr's split of the same line gives an existing file and several integer labels."""
+    for e in entries:
+        name, fields = split_multi_label(f"{e.name} {e.label}")
+        if name == e.name or len(fields) < 2 or not all(_is_int(f) for f in fields):
+            continue
+        if not os.path.exists(join_root(root, e.name)) and os.path.isfile(join_root(root, name)):
+            raise DataError(
+                f"{list_file}:{e.line}: no image {e.name!r}, but {name!r} followed by {len(fields)} labels is "
+                "caffe_ocr's multi-label line: pass --multi_label to store every label"
+            )
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text, 10)
+    except ValueError:
+        return False
+    return True
 
 
 def join_root(root: str, name: str) -> str:
@@ -130,7 +199,7 @@ class DatumConverter:
             img = cv2.resize(img, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
         shape = (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
         if not self.encoded:
-            return Converted(image_to_raw_datum(img, entry.label, path).SerializeToString(), shape)
+            return Converted(_serialized(image_to_raw_datum(img, entry.label, path), entry), shape)
         datum = pb.Datum()
         enc = self.encoding_for(entry.name)
         keep_file = (shape[0] == 3) == self.is_color and not self.height and not self.width
@@ -147,7 +216,12 @@ class DatumConverter:
             datum.data = buf.tobytes()
         datum.label = entry.label
         datum.encoded = True
-        return Converted(datum.SerializeToString(), shape)
+        return Converted(_serialized(datum, entry), shape)
+
+
+def _serialized(datum: pb.Datum, entry: ListEntry) -> bytes:
+    """The Datum's bytes, with every label of a ``--multi_label`` entry."""
+    return serialize_datum(datum, entry.labels) if entry.labels else datum.SerializeToString()
 
 
 @dataclass
@@ -204,13 +278,16 @@ class ImageOptions:
 
 
 def convert_imageset_db(
-    root: str, list_file: str | os.PathLike, db_name: str | os.PathLike, **options: Any
+    root: str, list_file: str | os.PathLike, db_name: str | os.PathLike, *, multi_label: bool = False, **options: Any
 ) -> tuple[int, int]:
-    """Write the database; returns (records written, images that could not be read). ``options``: the fields of
-    :class:`ImageOptions` (gray, shuffle, backend, resize_width, resize_height, check_size, encoded, encode_type,
-    random_seed, threads)."""
+    """Write the database; returns (records written, images that could not be read). ``multi_label``: caffe_ocr's
+    lines and Datums of several labels (see the module docstring). ``options``: the fields of :class:`ImageOptions`
+    (gray, shuffle, backend, resize_width, resize_height, check_size, encoded, encode_type, random_seed, threads)."""
     o = checked_options(options, db_name)
-    entries = listed_order(read_list(list_file), o.shuffle, o.random_seed, list_file)
+    entries = read_list(list_file, multi_label)
+    if not multi_label:
+        check_not_multi_label(entries, root, list_file)
+    entries = listed_order(entries, o.shuffle, o.random_seed, list_file)
     if o.encoded and not o.encode_type:
         for e in entries:
             if "." not in e.name:
@@ -305,11 +382,18 @@ def write_converted(
 @command("convert_imageset", "convert a list of images and labels to an LMDB/LevelDB of Datums")
 def convert_imageset(argv: list[str]) -> int:
     parser = ToolParser("convert_imageset", USAGE)
+    parser.add_bool(
+        "multi_label",
+        "Lines 'name.png LABEL LABEL ...' (the name ends at the first space after the last '.'); each Datum holds "
+        "every label, as the OCR fork caffe_ocr's repeated label (neocaffe)",
+    )
     add_image_flags(parser)
     args = parse_flags(parser, argv)
     if isinstance(args, int):
         return args
-    convert_imageset_db(args.root_folder, args.list_file, args.db_name, **image_options(args))
+    convert_imageset_db(
+        args.root_folder, args.list_file, args.db_name, multi_label=args.multi_label, **image_options(args)
+    )
     return 0
 
 
