@@ -26,6 +26,11 @@ Endpoints
   given as above; answers its class map at the image's size as a PNG (8-bit; 16-bit over 256 classes), or
   with ``?format=json`` ``{"model", "width", "height", "classes": [{"index", "label", "pixels"}], "time_ms"}``.
   Any other model answers 400 naming its route (and a segmentation net 400 on ``/predict``).
+* ``POST /models/{name}/recognize`` (and ``POST /recognize``): for a text recogniser (a net ending in
+  caffe_ocr's ``CTCGreedyDecoder``, a :class:`caffe.deploy.TextRecognizer`, prepared as ``caffe recognize``
+  prepares it: resized to the input height keeping the aspect ratio), one image given as above; answers
+  ``{"model", "width", "height", "text", "classes", "time_ms"}``. Its images have their own widths, so its
+  forwards run one image each.
 * ``POST /models/images/classification/classify_one.json``: DIGITS' REST call (form ``job_id`` = the
   model name, ``image_file`` or ``image_url``); answers ``{"predictions": [[label, percent], ...]}``.
 * ``GET /health``: status, models, uptime. ``GET /models``, ``GET /models/{name}``: input shape,
@@ -94,6 +99,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from caffe.deploy import DeployModel, DetectionModel, ImageDecodeError, ModelFiles, Settings, find_model, open_model
 from caffe.deploy.detection import to_detections
 from caffe.deploy.segmentation import SegmentationModel, class_counts
+from caffe.deploy.text import TextRecognizer
 from caffe.errors import CaffeError, NetError
 from caffe.util.http import (  # the HTTP plumbing's home; re-exported: caffe.serve's API
     BodyLimitMiddleware,
@@ -170,7 +176,7 @@ class ServedModel:
             input_scale=input_scale,
         )
         self.model = open_model(files, settings, labels=labels, engine=self.engine, segmentation=True)
-        kinds = {DetectionModel: "detection", SegmentationModel: "segmentation"}
+        kinds = {DetectionModel: "detection", SegmentationModel: "segmentation", TextRecognizer: "text"}
         self.kind = kinds.get(type(self.model), "classification")
         self.shape = self.model.input_shape
         self.forwards = 0
@@ -200,6 +206,17 @@ class ServedModel:
         prep = self.model.preprocessing
         return prep.to_input(prep.resize(pixels)), (int(pixels.shape[0]), int(pixels.shape[1]))
 
+    def preprocess_line(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """Image bytes -> a text recogniser's input at the image's width and the image's (height, width)."""
+        pixels = decode_request_image(self.model, data)
+        assert isinstance(self.model, TextRecognizer)
+        return self.model.prepare_line(pixels)[0], (int(pixels.shape[0]), int(pixels.shape[1]))
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch this model's forwards take (None: the server's): 1 for a text recogniser."""
+        return 1 if self.kind == "text" else None
+
     def batch_shape(self, n: int, max_batch: int) -> int:
         """The input batch a forward of ``n`` images runs at (padded to a few sizes for the compiled engine)."""
         if self.engine != "compiled":
@@ -214,8 +231,10 @@ class ServedModel:
         for a detector each image's K x 7 ``DetectionOutput`` rows."""
         n = len(x)
         rows = self.batch_shape(n, max_batch or n)
-        if isinstance(self.model, DetectionModel):
-            probs: np.ndarray | list[np.ndarray] = self.model.detect_rows(x, rows)
+        if isinstance(self.model, TextRecognizer):
+            probs: Any = [self.model.read_input(x[i : i + 1]) for i in range(n)]
+        elif isinstance(self.model, DetectionModel):
+            probs = self.model.detect_rows(x, rows)
         elif isinstance(self.model, SegmentationModel):
             probs = self.model.run(x, rows)  # N x C x H x W scores
         else:
@@ -227,6 +246,7 @@ class ServedModel:
 
     def warm_up(self, max_batch: int) -> None:
         """Run every input batch shape once (the compiled engine compiles each)."""
+        max_batch = self.max_batch or max_batch
         sizes = sorted({self.batch_shape(n, max_batch) for n in range(1, max_batch + 1)})
         for size in sizes:
             t = time.perf_counter()
@@ -675,6 +695,7 @@ _KINDS = {  # a served model's kind: what it is, its route
     "classification": ("a classifier", "predict"),
     "detection": ("a detector (its net ends in DetectionOutput or a YOLO port's detection output)", "detect"),
     "segmentation": ("a segmentation net (its output is N x C x H x W class scores)", "segment"),
+    "text": ("a text recogniser (its net ends in a CTCGreedyDecoder)", "recognize"),
 }
 
 
@@ -701,7 +722,7 @@ class _App:
             raise CaffeError("no model to serve")
         self.default = next(iter(self.models))
         self.batchers = {
-            name: Batcher(m, opts.max_batch, opts.max_wait_ms / 1000.0, opts.max_queue)
+            name: Batcher(m, m.max_batch or opts.max_batch, opts.max_wait_ms / 1000.0, opts.max_queue)
             for name, m in self.models.items()
         }
         threads = opts.threads or max(1, min(8, os.cpu_count() or 1))
@@ -800,6 +821,28 @@ class _App:
         ms = (time.perf_counter() - t0) * 1000.0
         return {"model": name, "width": w, "height": h, "classes": counts, "time_ms": round(ms, 3)}
 
+    async def recognize(self, name: str, request: Request) -> dict[str, Any]:
+        """The line of text in one image, and its classes."""
+        t0 = time.perf_counter()
+        model = self.model(name)
+        _require_kind(model, "text")
+        src = await read_source(request)
+        if src.top_k is not None or src.threshold is not None:
+            raise RequestError(422, "top_k and threshold are not fields of /recognize")
+        data = await self.image_bytes(src)
+        x, (h, w) = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess_line, data)
+        model.requests += 1
+        reading = await self.batchers[model.name].submit(x)
+        ms = (time.perf_counter() - t0) * 1000.0
+        return {
+            "model": name,
+            "width": w,
+            "height": h,
+            "text": reading.text,
+            "classes": reading.classes,
+            "time_ms": round(ms, 3),
+        }
+
     def close(self) -> None:
         for b in self.batchers.values():
             b.close()
@@ -890,10 +933,17 @@ def create_app(models: Sequence[ServedModel], options: ServeOptions | None = Non
         "`?format=json` the pixels of each class present.",
     }
 
+    recognize_doc = {
+        "openapi_extra": _predict_openapi(),
+        "tags": ["inference"],
+        "description": "The text a CTC text recogniser reads in the image (its line of text) and its classes.",
+    }
+
     for verb, summary, run, doc in (
         ("predict", "Classify one image", state.predict, predict_doc),
         ("detect", "Detect objects in one image", state.detect, detect_doc),
         ("segment", "Segment one image", state.segment, segment_doc),
+        ("recognize", "Read the line of text in one image", state.recognize, recognize_doc),
     ):
         _add_model_routes(app, verb, summary, run, doc, state.default, codes_default)
 

@@ -335,8 +335,9 @@ def test_docs_page_and_default_host():
     assert build_parser().parse_args(["m"]).host == "127.0.0.1"
     from fastapi.testclient import TestClient
 
-    class _Stub:  # create_app only needs names for the docs page
+    class _Stub:  # create_app only needs names (and batch limits) for the docs page
         name = "stub"
+        max_batch = None
 
     with TestClient(create_app([_Stub()])) as c:  # type: ignore[list-item]
         page = c.get("/docs")

@@ -115,3 +115,24 @@ def test_an_unreadable_input_is_reported_and_the_rest_is_read(
     assert records[0] == {"input": str(missing), "error": f"{missing}: no such file, folder or URL"}
     assert records[1]["text"] == strips[1][1]
     assert "no such file" in caplog.text
+
+
+def test_caffe_serve_reads_text_one_image_a_forward(model_folder: Path, strips: tuple[list[Path], list[str]]):
+    from fastapi.testclient import TestClient
+
+    from caffe.serve import create_app, load_model
+
+    served = load_model(f"ocr={model_folder}")
+    assert served.kind == "text" and served.max_batch == 1
+    with TestClient(create_app([served])) as client:
+        for path, text in zip(strips[0], strips[1], strict=True):
+            r = client.post("/recognize", files={"file": (path.name, path.read_bytes(), "image/png")})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert (body["text"], body["classes"]) == (text, [LABELS.index(ch) for ch in text])
+            assert (body["height"], body["width"]) == cv2.imread(str(path)).shape[:2]
+        r = client.post("/predict", files={"file": ("a.png", strips[0][0].read_bytes(), "image/png")})
+        assert r.status_code == 400 and "POST /models/ocr/recognize" in r.json()["detail"]
+        r = client.post("/recognize", content=b"not an image", headers={"content-type": "image/png"})
+        assert r.status_code == 400
+        assert client.get("/models/ocr").json()["stats"]["images"] == len(strips[0])

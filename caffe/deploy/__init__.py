@@ -72,7 +72,7 @@ from caffe.deploy.readers import (
     read_mean,
 )
 from caffe.deploy.segmentation import SegmentationModel, overlay, palette
-from caffe.deploy.text import Reading, TextRecognizer
+from caffe.deploy.text import Reading, TextRecognizer, is_text_recognizer
 
 __all__ = [
     "ARCHIVE_FLOOR_BYTES",
@@ -118,6 +118,7 @@ __all__ = [
     "is_archive",
     "is_detector",
     "is_mean_values",
+    "is_text_recognizer",
     "needs_softmax",
     "open_image",
     "open_model",

@@ -173,16 +173,20 @@ def open_model(
     warn: bool = True,
     segmentation: bool = False,
 ) -> DeployModel:
-    """The model of ``files`` as its kind: a :class:`DetectionModel` when the net ends in a detection layer,
-    with ``segmentation`` a :class:`~caffe.deploy.segmentation.SegmentationModel` when its output is N x C x H x W
-    class scores (:func:`~caffe.deploy.segmentation.is_segmenter`), else a (classification)
-    :class:`DeployModel`; the net is built once."""
+    """The model of ``files`` as its kind: a :class:`DetectionModel` when the net ends in a detection layer, a
+    :class:`~caffe.deploy.text.TextRecognizer` when it ends in a CTCGreedyDecoder, with ``segmentation`` a
+    :class:`~caffe.deploy.segmentation.SegmentationModel` when its output is N x C x H x W class scores
+    (:func:`~caffe.deploy.segmentation.is_segmenter`), else a (classification) :class:`DeployModel`; the net is
+    built once."""
     from caffe.deploy.segmentation import SegmentationModel, is_segmenter
+    from caffe.deploy.text import TextRecognizer, is_text_recognizer
 
     net = DeployModel.build_net(files)
     kind: type[DeployModel] = DeployModel
     if is_detector(net):
         kind = DetectionModel
+    elif is_text_recognizer(net):
+        kind = TextRecognizer
     elif segmentation and is_segmenter(net):
         kind = SegmentationModel
     return kind(files, settings, labels=labels, net=net, engine=engine, warn=warn)

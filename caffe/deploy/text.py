@@ -47,6 +47,12 @@ def _producer(net: Any, blob: str) -> str | None:
     return found
 
 
+def is_text_recognizer(net: Any, output: str | None = None) -> bool:
+    """Whether the net's ``output`` (default: its last) is written by a CTCGreedyDecoder."""
+    layer = _producer(net, output or net.outputs[-1])
+    return layer is not None and net.layer_dict[layer].type == "CTCGreedyDecoder"
+
+
 class TextRecognizer(DeployModel):
     """A CRNN-style text recogniser with its preprocessing and labels (see the module); arguments as
     :class:`DeployModel`'s, and ``keep_aspect``. An output that is neither a CTCGreedyDecoder's nor (T, N, C)
@@ -69,7 +75,7 @@ class TextRecognizer(DeployModel):
         layer = _producer(net, self.output)
         self.decoder_blank: int | None = None
         self.scores_blob = self.output
-        if layer is not None and net.layer_dict[layer].type == "CTCGreedyDecoder":
+        if layer is not None and is_text_recognizer(net, self.output):
             self.scores_blob = net.bottom_names[layer][0]
             self.decoder_blank = int(net.layer_dict[layer].layer_param.ctc_decoder_param.blank_index)
         shape = tuple(net.blobs[self.scores_blob].shape)
