@@ -45,3 +45,25 @@ def test_ssd_finetune_example_runs_the_whole_pipeline(tmp_path):
     for before, after in zip(found["original test1.jpg"], found["fine-tuned test1.jpg"], strict=True):
         assert max(abs(a - b) for a, b in zip(before, after, strict=True)) < 10  # pixels
     assert (tmp_path / "res10_finetuned_iter_2.caffemodel").is_file()
+
+
+def test_ocr_digits_example_runs_the_whole_pipeline(tmp_path):
+    """examples/ocr/train_digits.py, 20 iterations: rendered digit strings -> the fork's multi-label list files ->
+    convert_imageset --multi_label -> caffe train (Lstm, WarpCTCLoss, the TEST net's two accuracies) -> caffe
+    recognize on every held-out image."""
+    script = ROOT / "examples" / "ocr" / "train_digits.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--images", "60", "--iters", "20", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = (tmp_path / "train.txt").read_text().splitlines()[0].split()
+    assert first[0] == "train/00000.png" and len(first) == 7 and first[-1] == "0"  # 6 labels, blank-padded
+    assert re.search(r"Test net output #0: acc = [\d.]+\n.*Test net output #1: acc = [\d.]+", result.stderr)
+    assert (tmp_path / "crnn_digits_iter_20.caffemodel").is_file()
+    shown = [line for line in result.stdout.splitlines() if line.startswith("   test/")]
+    assert len(shown) == 10 and all("(drawn: '" in line for line in shown)
+    assert re.search(r"whole strings read right: \d+ of 10 ", result.stdout)
