@@ -136,3 +136,14 @@ def test_caffe_serve_reads_text_one_image_a_forward(model_folder: Path, strips: 
         r = client.post("/recognize", content=b"not an image", headers={"content-type": "image/png"})
         assert r.status_code == 400
         assert client.get("/models/ocr").json()["stats"]["images"] == len(strips[0])
+
+
+def test_a_sliver_of_an_image_is_read_at_most_max_width_wide(model_folder: Path):
+    model = deploy.TextRecognizer(deploy.find_model(model_folder))
+    assert model.max_width == 16 * 12
+    sliver = np.full((1, 5000, 1), 128, np.uint8)  # 6 x 30000 at the input's height, kept in proportion
+    assert model.prepare_line(sliver).shape == (1, 1, 6, 192)
+    assert model.prepare_line(sliver.transpose(1, 0, 2)).shape == (1, 1, 6, 192)  # tall: turned first
+    assert deploy.TextRecognizer(deploy.find_model(model_folder), max_width=20).prepare_line(sliver).shape[3] == 20
+    with pytest.raises(ModelFilesError, match="max_width 0"):
+        deploy.TextRecognizer(deploy.find_model(model_folder), max_width=0)

@@ -5,8 +5,9 @@ It is a :class:`~caffe.deploy.model.DeployModel` (the same files, labels and mea
 here the same way: best class per step, repeats merged, blanks dropped). Images are prepared as the fork's
 ``ocr_test`` does: one at least twice as tall as wide is turned a quarter turn clockwise; each is resized with
 OpenCV's bilinear interpolation to the net's input height keeping its aspect ratio (width ``H * w // h``, at
-least 1), and the net is reshaped to that width (``keep_aspect=False`` squashes every image to the input's
-size instead); the per-channel mean (``mean.binaryproto``'s, or ``mean_values.txt``) is subtracted from the
+least 1, at most ``max_width``: 16 times the input's by default, so that a sliver of an image cannot make a
+forward of gigabytes), and the net is reshaped to that width (``keep_aspect=False`` squashes every image to the
+input's size instead); the per-channel mean (``mean.binaryproto``'s, or ``mean_values.txt``) is subtracted from the
 0-255 BGR pixels. The text joins the labels of the classes (the fork's ``label.txt``: one label a line, the
 blank's line ``blank``); without labels it is the class numbers.
 """
@@ -60,12 +61,23 @@ class TextRecognizer(DeployModel):
 
     interpolation = "opencv"
 
-    def __init__(self, files: ModelFiles, settings: Settings | None = None, *, keep_aspect: bool = True, **kw: Any):
+    def __init__(
+        self,
+        files: ModelFiles,
+        settings: Settings | None = None,
+        *,
+        keep_aspect: bool = True,
+        max_width: int | None = None,
+        **kw: Any,
+    ) -> None:
         settings = settings or Settings()
         if settings.mean_mode is None:
             settings = replace(settings, mean_mode="pixel")  # a mean image fits one width only
         self.keep_aspect = keep_aspect
         super().__init__(files, settings, **kw)
+        self.max_width = int(max_width) if max_width is not None else 16 * self.input_shape[2]
+        if self.max_width < 1:
+            raise ModelFilesError(f"max_width {self.max_width}: must be at least 1")
         if keep_aspect and self.mean is not None and self.mean.array.shape[1:] != (1, 1):
             raise ModelFilesError("a mean image fits one input width only: subtract its pixel mean (mean mode pixel)")
 
@@ -109,7 +121,7 @@ class TextRecognizer(DeployModel):
             h, w = w, h
         c, height, width = self.input_shape
         if self.keep_aspect:
-            width = max(1, height * w // h)
+            width = min(max(1, height * w // h), self.max_width)
         prep = replace(self.preprocessing, input_shape=(c, height, width), image_size=None)
         resized = resize_image(pixels, height, width, "squash", interpolation=prep.interpolation)
         return prep.to_input(resized)[np.newaxis]
@@ -141,4 +153,5 @@ class TextRecognizer(DeployModel):
 
     def describe(self) -> dict[str, Any]:
         """:meth:`DeployModel.describe` with ``kind``, the blank and the resizing."""
-        return {**super().describe(), "kind": "text", "blank": self.blank, "keep_aspect": self.keep_aspect}
+        extra = {"kind": "text", "blank": self.blank, "keep_aspect": self.keep_aspect, "max_width": self.max_width}
+        return {**super().describe(), **extra}

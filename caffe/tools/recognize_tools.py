@@ -3,10 +3,10 @@
 ``caffe recognize [FLAGS] [MODEL] INPUT...``: MODEL and INPUTs as ``caffe classify`` takes them (the fork's
 model folder: ``deploy.prototxt``, ``model.caffemodel``, ``label.txt``, ``mean.binaryproto`` or
 ``mean_values.txt``). The model is a :class:`caffe.deploy.TextRecognizer`: each image (a tall one turned a
-quarter turn) is resized to the net's input height keeping its aspect ratio (``--squash``: to the input's size),
-prepared with ``--channel_swap``, ``--raw_scale``, the pixel mean and ``--input_scale``, and its best path is
-decoded. Printed: one line per input, ``NAME: TEXT``, or ``--format=json`` (text and classes). Unreadable
-inputs are reported and skipped (exit status 1).
+quarter turn) is resized to the net's input height keeping its aspect ratio, at most ``--max_width`` wide
+(``--squash``: to the input's size), prepared with ``--channel_swap``, ``--raw_scale``, the pixel mean and
+``--input_scale``, and its best path is decoded. Printed: one line per input, ``NAME: TEXT``, or
+``--format=json`` (text and classes). Unreadable inputs are reported and skipped (exit status 1).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _parser() -> ToolParser:
     common.add_model_flags(p, "Labels: one a line, the blank's line 'blank' (the fork's label.txt)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="What is printed")
     p.add_bool("squash", "Squash images to the net's input size instead of keeping their aspect ratio")
+    p.add_argument("--max_width", type=int, default=None, help="Widest input (default: 16 times the net's)")
     common.add_pixel_flags(p, interpolation="opencv")
     common.add_input_flags(p, "read", batch_size=None)
     return p
@@ -45,7 +46,8 @@ def recognize(argv: list[str]) -> int:
     if isinstance(started, int):
         return started
     args, files, inputs = started
-    model = deploy.TextRecognizer(files, common.pixel_settings(args), keep_aspect=not args.squash)
+    settings = common.pixel_settings(args)
+    model = deploy.TextRecognizer(files, settings, keep_aspect=not args.squash, max_width=args.max_width)
     log.info("Model: %s, weights %s; %s", files.deploy, files.weights, model.softmax_reason)
     records: list[dict[str, Any]] = []
     done = 0
