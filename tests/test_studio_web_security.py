@@ -291,6 +291,7 @@ def test_caffe_serve_answers_413_to_chunked_bodies_too():
 
     class Stub:  # the body is refused before a model is used
         name = "stub"
+        max_batch = None
 
     app = serve_app([Stub()], ServeOptions(max_body_bytes=2000))  # type: ignore[list-item]
     with TestClient(app, raise_server_exceptions=False) as c:
