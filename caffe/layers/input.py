@@ -83,6 +83,10 @@ class DummyDataLayer(Layer):
         else:
             default = pb.FillerParameter(type="constant", value=0)
             self._fillers = [p.data_filler[0] if len(p.data_filler) else default] * num_top
+        for i, dims in enumerate(shapes):  # refused before the fillers allocate them
+            if min(dims, default=0) >= 0:  # a negative one is the filler's error
+                what = f"{layer_context(self.name, self.type)} top '{self.layer_param.top[i]}'"
+                check_blob(dims, self.tops[i].dtype.itemsize, what)
         self._shapes = shapes
         self._values = [fill(f, s) for f, s in zip(self._fillers, shapes, strict=True)]
 
