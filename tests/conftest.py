@@ -73,3 +73,14 @@ def item_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(DatumSource, "decode", counting)
     return decoded
+
+
+@pytest.fixture(scope="session")
+def crnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the small CRNN's train net (``crnn.prototxt``, tests/ocr_fixtures.py) and its weights after 150
+    steps (``crnn.caffemodel``), trained once per session (the layer and the deploy tests share it)."""
+    from ocr_fixtures import train_crnn
+
+    folder = tmp_path_factory.mktemp("crnn")
+    train_crnn(folder).save(str(folder / "crnn.caffemodel"))
+    return folder

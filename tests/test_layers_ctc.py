@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 from gradcheck import check_gradient, layer_net, run_layer, set_inputs
-from ocr_fixtures import text_strips, train_crnn
+from ocr_fixtures import text_strips
 
 import caffe
 from caffe.errors import LayerError, ShapeError
@@ -362,8 +362,8 @@ def test_lstm_refuses_several_streams_with_continuation_and_a_changed_input_size
 
 
 # ------------------------------------------------------------------------------------------- a small CRNN learns
-def test_a_small_crnn_learns_to_read(tmp_path):
-    net = train_crnn(tmp_path)
+def test_a_small_crnn_learns_to_read(crnn_weights):
+    net = caffe.Net(str(crnn_weights / "crnn.prototxt"), caffe.TEST, weights=str(crnn_weights / "crnn.caffemodel"))
     images, labels = text_strips(np.random.default_rng(1), 16)
     net.blobs["data"].data[...] = images
     net.blobs["label"].data[...] = labels

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ocr_fixtures import LABELS, MEAN, deploy_net, strip_pixels, train_crnn
+from ocr_fixtures import LABELS, MEAN, deploy_net, strip_pixels
 
 from caffe import deploy
 from caffe.deploy.errors import ModelFilesError
@@ -18,11 +18,10 @@ from caffe.tools.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_folder(tmp_path_factory: pytest.TempPathFactory, crnn_weights: Path) -> Path:
+    """The fork's model folder layout around the trained CRNN."""
     folder = tmp_path_factory.mktemp("ocr_model")
-    net = train_crnn(folder)
-    net.save(str(folder / "model.caffemodel"))
-    (folder / "crnn.prototxt").unlink()  # the train net: the folder keeps the deploy net only
+    (folder / "model.caffemodel").write_bytes((crnn_weights / "crnn.caffemodel").read_bytes())
     (folder / "deploy.prototxt").write_text(deploy_net())
     (folder / "label.txt").write_text("\n".join(LABELS) + "\n")
     (folder / "mean_values.txt").write_text(f"{MEAN}\n")
