@@ -671,7 +671,7 @@ def _fork_training_layers(work: Path):
             blob = net.blobs[name]
             if name == "label":
                 blob.data[...] = rng.integers(0, 3, blob.shape)
-            elif name == "boxes" and len(blob.shape) == 4 and blob.shape[3] == 16:  # DIGITS' box tables (DetectNet)
+            elif name == "boxes" and len(blob.shape) == 4 and blob.shape[3] == 16 and blob.shape[2]:  # DetectNet's
                 blob.data[...] = detectnet_tables(blob.shape, rng)
             else:
                 blob.data[...] = rng.normal(0, 1, blob.shape)
@@ -777,7 +777,7 @@ def _caffe2_netdef(work: Path):
 def _datum(work: Path):
     import numpy as np
 
-    from caffe.data.datum import array_to_datum, datum_to_array
+    from caffe.data.datum import array_to_datum, datum_labels, datum_to_array, serialize_datum
     from caffe.proto import caffe_pb2 as pb
     from caffe.protoio import parse_binary
 
@@ -789,9 +789,12 @@ def _datum(work: Path):
         Seed(n, d.SerializeToString(), "proto")
         for n, d in (("raw", raw), ("float", flt), ("png", encoded[0]), ("jpeg", encoded[1]))
     ]
+    gray = array_to_datum(rng.integers(0, 255, (1, 4, 10), dtype=np.uint8))
+    seeds.append(Seed("multi_label", serialize_datum(gray, [3, 7, 0, -1, 300]), "proto"))  # caffe_ocr's
 
     def run(data: bytes, seed: Seed) -> None:
         datum_to_array(parse_binary(data, pb.Datum(), "fuzz", "Datum"), "fuzz")
+        datum_labels(data, "fuzz")
 
     return seeds, run
 
