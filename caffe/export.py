@@ -34,8 +34,10 @@ an ``AveragePool`` with ``ceil_mode``; ceil-mode MAX pooling is ``MaxPool(ceil_m
 Caffe's and ONNX's output sizes agree, else an explicit -inf Pad + MaxPool. Dropout is the identity
 in TEST and disappears from the graph.
 
-Layers that cannot be traced (``Python``, data layers other than ``Input``, recurrent layers,
-Filter ...) raise :class:`ExportError` naming every such layer.
+Layers that cannot be traced (``Python``, data layers other than ``Input``, BVLC's recurrent layers,
+Filter ...) raise :class:`ExportError` naming every such layer; a layer whose export form can be traced although
+its forward cannot (``export_traceable``: caffe_ocr's ``Lstm``, exported as one LSTM operator) is exported as that
+form.
 """
 
 from __future__ import annotations
@@ -86,7 +88,15 @@ class ExportResult:
 def untraceable_layers(net: Any) -> list[str]:
     """``'name' (Type)`` of every layer whose forward cannot be traced (Input layers are the graph inputs)."""
     layers = net.host_layers
-    return [f"'{layer.name}' ({layer.type})" for layer in layers if layer.type != "Input" and not layer.traceable]
+    return [
+        f"'{layer.name}' ({layer.type})"
+        for layer in layers
+        if layer.type != "Input" and not (layer.traceable or layer.export_traceable)
+    ]
+
+
+def _exportable_type(cls: type[Layer]) -> bool:
+    return cls.traceable or cls.export_traceable
 
 
 def _untraceable_error(where: str, bad: list[str]) -> ExportError:
@@ -131,7 +141,7 @@ def load_net(
     bad = [
         f"'{layer.name}' ({layer.type})"
         for layer in filter_net(param).layer
-        if layer.type != "Input" and not layer_class(layer.type, layer.name).traceable
+        if layer.type != "Input" and not _exportable_type(layer_class(layer.type, layer.name))
     ]
     if bad:
         raise _untraceable_error(str(model), bad)

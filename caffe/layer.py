@@ -166,6 +166,8 @@ class Layer:
     # A layer that the inference engine may fold into a preceding convolution describes itself here;
     # the defaults say "not foldable".
     traceable: ClassVar[bool] = True  # forward is pure tensor code (no Python-side state per call)
+    # forward is not traceable, but export_forward gives a form that is (exported as that form)
+    export_traceable: ClassVar[bool] = False
     draws_random: ClassVar[bool] = False  # forward draws from torch's random numbers (snapshots keep their state)
 
     def channel_affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -146,3 +146,44 @@ def test_a_sliver_of_an_image_is_read_at_most_max_width_wide(model_folder: Path)
     assert deploy.TextRecognizer(deploy.find_model(model_folder), max_width=20).prepare_line(sliver).shape[3] == 20
     with pytest.raises(ModelFilesError, match="max_width 0"):
         deploy.TextRecognizer(deploy.find_model(model_folder), max_width=0)
+
+
+def test_the_crnn_exports_to_onnx_and_torchscript_with_one_lstm_operator(
+    crnn_weights: Path, strips: tuple[list[Path], list[str]], tmp_path: Path
+):
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    import caffe
+    from caffe import export
+    from caffe.errors import LayerError
+    from caffe.layers.ctc import greedy_decode
+
+    (tmp_path / "scores.prototxt").write_text(deploy_net(decoder=False))
+    net = caffe.Net(str(tmp_path / "scores.prototxt"), caffe.TEST, weights=str(crnn_weights / "crnn.caffemodel"))
+    x = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)[::2, ::2] for p in strips[0][:6]]).astype(np.float32)
+    x = (x - MEAN)[:, np.newaxis]  # six strips at the net's size, the mean subtracted
+    ours = net.forward(data=x[:1])["fc"].copy()
+    export.to_onnx(net, tmp_path / "crnn.onnx")
+    graph = onnx.load(str(tmp_path / "crnn.onnx")).graph
+    assert [n.op_type for n in graph.node].count("LSTM") == 2
+    session = ort.InferenceSession(str(tmp_path / "crnn.onnx"), providers=["CPUExecutionProvider"])
+    [got] = session.run(None, {"data": x[:1]})
+    np.testing.assert_allclose(got, ours, atol=1e-5)
+    texts = ["".join(LABELS[c] for c in seq) for seq in greedy_decode(torch.from_numpy(got), 0, True)]
+    assert texts == strips[1][:1]
+    export.to_torchscript(net, tmp_path / "crnn.pt")
+    module = torch.jit.load(str(tmp_path / "crnn.pt"))
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x[:1]))[0].numpy(), ours, atol=1e-5)
+    with pytest.raises(export.ExportError, match=r"'fw' \(Lstm\) fixes the batch size"):
+        export.to_onnx(net, tmp_path / "dyn.onnx", dynamic_batch=True)
+    clipped = deploy_net(decoder=False).replace('bottom: "flat" top: "fw"', 'bottom: "flat" bottom: "clip" top: "fw"')
+    clipped = clipped.replace('top: "data"', 'top: "data" top: "clip"', 1).replace(
+        "input_param { shape { dim: 1 dim: 1 dim: 6 dim: 12 } }",
+        "input_param { shape { dim: 1 dim: 1 dim: 6 dim: 12 } shape { dim: 12 dim: 1 } }",
+    )
+    (tmp_path / "clip.prototxt").write_text(clipped)
+    with pytest.raises(LayerError, match="continuation bottom carries the state"):
+        export.to_onnx(caffe.Net(str(tmp_path / "clip.prototxt"), caffe.TEST), tmp_path / "clip.onnx")

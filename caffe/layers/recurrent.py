@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from caffe.blob import Shape
-from caffe.layer import Layer, register
+from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
 from caffe.proto import caffe_pb2 as pb
 
 log = logging.getLogger("caffe")
@@ -333,6 +333,8 @@ class JunhyukLstmLayer(LSTMLayer):
     ``clipping_threshold`` > 0 bounds the gradient of every step's gate inputs to that magnitude.
     """
 
+    export_traceable = True  # without continuation: one LSTM operator (export_forward)
+
     def __init__(self, param: pb.LayerParameter) -> None:
         super().__init__(param)
         self.min_bottom, self.max_bottom, self.exact_num_top = 1, 2, 1
@@ -408,3 +410,26 @@ class JunhyukLstmLayer(LSTMLayer):
         if self.continued:
             self._keep_state(state)
         return [torch.stack(hidden)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """The forward as one ``torch.lstm`` (an ONNX ``LSTM``): the gates reordered to its (input, forget,
+        candidate, output), the bias on its input side; zero initial states of the set-up batch size. A
+        continuation bottom (state carried between forwards) has no export form."""
+        if self.bottom_shapes is not None and len(self.bottom_shapes) > 1:
+            raise self.error("a continuation bottom carries the state from one forward to the next: no export form")
+        if dynamic_batch:
+            raise BatchSizeFixed("its initial states are made for the set-up batch size")
+        h = self.num_output
+        order = torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
+
+        def lstm(bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+            x = bottom[0]
+            steps, streams = x.shape[0], x.shape[1]
+            w_ih, w_hh, bias = (self.param_tensor(i)[order.to(x.device)] for i in range(3))
+            zeros = x.new_zeros(1, streams, h)
+            params = [w_ih, w_hh, bias, torch.zeros_like(bias)]
+            sequence = x.reshape(steps, streams, -1)
+            out, _, _ = torch.lstm(sequence, (zeros, zeros), params, True, 1, 0.0, False, False, False)
+            return [out]
+
+        return lstm

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from caffe.blob import Shape
-from caffe.layer import Layer, register
+from caffe.layer import ExportForward, Layer, register
 
 
 @register("Transpose")
@@ -43,6 +43,10 @@ class TransposeLayer(Layer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return [bottom[0].permute(self._dims).contiguous()]
 
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None
+
 
 @register("Reverse")
 class ReverseLayer(Layer):
@@ -59,6 +63,10 @@ class ReverseLayer(Layer):
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         return [bottom[0].flip(self._axis)]
+
+    def export_forward(self, *, onnx: bool = False, dynamic_batch: bool = False) -> ExportForward | None:
+        """``forward`` traces as is, for any batch size."""
+        return None
 
 
 @register("ReverseTime")
