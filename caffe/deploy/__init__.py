@@ -13,7 +13,8 @@ comes as a folder, a DIGITS "Download Model" archive, a zoo entry or explicit fi
 * :mod:`caffe.deploy.detection` - :class:`DetectionModel` (SSD's ``DetectionOutput``: boxes in pixels) and
   :func:`open_model`, which gives a model of its kind;
 * :mod:`caffe.deploy.segmentation` - :class:`SegmentationModel` (class maps, the colour overlay);
-* :mod:`caffe.deploy.text` - :class:`TextRecognizer` (a CTC text recogniser's line of text);
+* :mod:`caffe.deploy.text` - :class:`TextRecognizer` (a CTC text recogniser's line of text), with
+  :mod:`caffe.deploy.lexicon`'s :class:`Lexicon` (the nearby word the scores make likeliest);
 * :mod:`caffe.deploy.package` - :func:`package_model`, the DIGITS archive writer.
 
 ``caffe classify``, ``caffe serve``, the studio's inference and ``caffe package`` are thin callers.
@@ -45,6 +46,7 @@ from caffe.deploy.images import (
     open_image,
     resize_image,
 )
+from caffe.deploy.lexicon import Lexicon
 from caffe.deploy.model import (
     MEAN_HINT,
     DeployModel,
@@ -94,6 +96,7 @@ __all__ = [
     "DetectionModel",
     "FittedMean",
     "ImageDecodeError",
+    "Lexicon",
     "ModelFiles",
     "ModelFilesError",
     "PathLike",

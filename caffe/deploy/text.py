@@ -9,7 +9,8 @@ least 1, at most ``max_width``: 16 times the input's by default, so that a slive
 forward of gigabytes), and the net is reshaped to that width (``keep_aspect=False`` squashes every image to the
 input's size instead); the per-channel mean (``mean.binaryproto``'s, or ``mean_values.txt``) is subtracted from the
 0-255 BGR pixels. The text joins the labels of the classes (the fork's ``label.txt``: one label a line, the
-blank's line ``blank``); without labels it is the class numbers.
+blank's line ``blank``); without labels it is the class numbers. With a :class:`~caffe.deploy.lexicon.Lexicon`
+the text is the nearby word the scores make likeliest (the fork's English mode; see that module).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from caffe.deploy.errors import ModelFilesError
 from caffe.deploy.files import ModelFiles
 from caffe.deploy.images import resize_image
+from caffe.deploy.lexicon import Lexicon, best_by_ctc
 from caffe.deploy.model import DeployModel, Settings
 from caffe.engine import inference_engine, set_inference_engine
 from caffe.layers.ctc import greedy_decode
@@ -33,10 +35,11 @@ BLANK_LABEL = "blank"
 
 @dataclass(frozen=True)
 class Reading:
-    """One image's decoded classes and their text."""
+    """One image's decoded classes and their text (with a lexicon: the word chosen, ``decoded`` the best path's)."""
 
     classes: list[int]
     text: str
+    decoded: str = ""
 
 
 def _producer(net: Any, blob: str) -> str | None:
@@ -126,11 +129,11 @@ class TextRecognizer(DeployModel):
         resized = resize_image(pixels, height, width, "squash", interpolation=prep.interpolation)
         return prep.to_input(resized)[np.newaxis]
 
-    def read(self, images: Sequence[np.ndarray]) -> list[Reading]:
+    def read(self, images: Sequence[np.ndarray], lexicon: Lexicon | None = None) -> list[Reading]:
         """The classes and text of H x W x C uint8 images (one forward each: widths differ)."""
-        return [self.read_input(self.prepare_line(pixels)) for pixels in images]
+        return [self.read_input(self.prepare_line(pixels), lexicon) for pixels in images]
 
-    def read_input(self, batch: np.ndarray) -> Reading:
+    def read_input(self, batch: np.ndarray, lexicon: Lexicon | None = None) -> Reading:
         """The reading of one prepared 1 x C x H x W input."""
         blob = self.net.blobs[self.input]
         with self.lock:
@@ -141,15 +144,20 @@ class TextRecognizer(DeployModel):
                 self.net.reshape()
             blob.data[...] = batch
             outputs = self.net.forward()
+            raw = torch.from_numpy(np.array(self.net.blobs[self.scores_blob].data))
+            scores = raw.reshape(raw.shape[0], raw.shape[1], -1)
             if self.decoder_blank is not None:
                 row = np.asarray(outputs[self.output]).reshape(-1)
                 classes = [int(v + 0.5) for v in row if v >= 0]  # -1 pads the end
             else:
-                scores = torch.from_numpy(np.array(self.net.blobs[self.scores_blob].data))
-                classes = greedy_decode(scores.reshape(scores.shape[0], scores.shape[1], -1), self.blank, True)[0]
-        if self.labels:
-            return Reading(classes, "".join(self.label(c) for c in classes))
-        return Reading(classes, " ".join(map(str, classes)))
+                classes = greedy_decode(scores, self.blank, True)[0]
+        if not self.labels:
+            return Reading(classes, " ".join(map(str, classes)))
+        text = "".join(self.label(c) for c in classes)
+        if lexicon is None:
+            return Reading(classes, text, text)
+        word = best_by_ctc(scores[:, 0], lexicon.near(text, min(2, len(text) // 3)), self.labels, self.blank)
+        return Reading(classes, word or text, text)
 
     def describe(self) -> dict[str, Any]:
         """:meth:`DeployModel.describe` with ``kind``, the blank and the resizing."""

@@ -5,8 +5,9 @@ model folder: ``deploy.prototxt``, ``model.caffemodel``, ``label.txt``, ``mean.b
 ``mean_values.txt``). The model is a :class:`caffe.deploy.TextRecognizer`: each image (a tall one turned a
 quarter turn) is resized to the net's input height keeping its aspect ratio, at most ``--max_width`` wide
 (``--squash``: to the input's size), prepared with ``--channel_swap``, ``--raw_scale``, the pixel mean and
-``--input_scale``, and its best path is decoded. Printed: one line per input, ``NAME: TEXT``, or
-``--format=json`` (text and classes). Unreadable inputs are reported and skipped (exit status 1).
+``--input_scale``, and its best path is decoded; with ``--lexicon`` the text is the nearby word the scores
+make likeliest (:mod:`caffe.deploy.lexicon`). Printed: one line per input, ``NAME: TEXT``, or ``--format=json``
+(text and classes, and the best path's text). Unreadable inputs are reported and skipped (exit status 1).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _parser() -> ToolParser:
     p.add_argument("--format", choices=("text", "json"), default="text", help="What is printed")
     p.add_bool("squash", "Squash images to the net's input size instead of keeping their aspect ratio")
     p.add_argument("--max_width", type=int, default=None, help="Widest input (default: 16 times the net's)")
+    p.add_argument("--lexicon", help="Words, one a line: the nearby word the scores make likeliest (caffe_ocr's)")
     common.add_pixel_flags(p, interpolation="opencv")
     common.add_input_flags(p, "read", batch_size=None)
     return p
@@ -49,11 +51,15 @@ def recognize(argv: list[str]) -> int:
     settings = common.pixel_settings(args)
     model = deploy.TextRecognizer(files, settings, keep_aspect=not args.squash, max_width=args.max_width)
     log.info("Model: %s, weights %s; %s", files.deploy, files.weights, model.softmax_reason)
+    lexicon = deploy.Lexicon.read(args.lexicon) if args.lexicon else None
+    if lexicon is not None:
+        log.info("Lexicon: %s, %d words with their capitalized and upper-case forms", args.lexicon, lexicon.size)
     records: list[dict[str, Any]] = []
     done = 0
     for item in common.input_reader(args, model.input_shape[0]).images(inputs, records):
-        reading = model.read([item.pixels])[0]
-        records.append({"input": item.name, "text": reading.text, "classes": reading.classes})
+        reading = model.read([item.pixels], lexicon)[0]
+        record = {"input": item.name, "text": reading.text, "classes": reading.classes}
+        records.append({**record, "decoded": reading.decoded} if lexicon is not None else record)
         done += 1
         if args.format == "text":
             print(f"{item.name}: {reading.text}", flush=True)
