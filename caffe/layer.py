@@ -69,7 +69,6 @@ FORK_TYPES: dict[str, str] = {
     "ROIAlign": "Mask R-CNN Caffe ports, after Caffe2/Detectron's RoIAlign",
     "CTCLoss": _CTC,
     "ContinuationIndicator": _CTC,
-    "DenseBlock": "Tongcheng/caffe's memory-efficient DenseNet (senlinuc/caffe_ocr's DenseNet nets)",
 }
 
 

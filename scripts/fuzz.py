@@ -628,6 +628,12 @@ FORK_TRAINING_NETS = {
         {"a": (2, 3, 1, 4)},
     ),
     "reverse": ('type: "Reverse" bottom: "a" top: "y" reverse_param { axis: 1 }', {"a": (3, 2, 4)}),
+    "dense_block": (
+        'type: "DenseBlock" bottom: "a" top: "y" denseblock_param { numTransition: 2 growthRate: 3 use_BC: true'
+        ' use_dropout: true dropout_amount: 0.2 Filter_Filler { type: "msra" } BN_Scaler_Filler { type: "constant"'
+        " value: 1 } }",
+        {"a": (2, 4, 5, 6)},
+    ),
     "reverse_time": (
         'type: "ReverseTime" bottom: "a" bottom: "label" top: "y" reverse_time_param { copy_remaining: true }',
         {"a": (4, 3, 2), "label": (3,)},
@@ -658,8 +664,9 @@ def detectnet_tables(shape: tuple[int, ...], rng: Any) -> Any:
 @target("fork_training_layers", weight=30, batch=100)
 def _fork_training_layers(work: Path):
     """The forks' training layers (R-CNN, R-FCN OHEM, face recognition with AM-Softmax's, the YOLO heads and loss,
-    DetectNet, caffe_ocr's CTC, Lstm and sequence layers) from mutated prototxts: built in TRAIN, run forward and
-    backward on random inputs (labels 0, 1 or 2: every seed's classes; DetectNet's box tables random boxes)."""
+    DetectNet, caffe_ocr's CTC, Lstm, DenseBlock and sequence layers) from mutated prototxts: built in TRAIN, run
+    forward and backward on random inputs (labels 0, 1 or 2: every seed's classes; DetectNet's box tables random
+    boxes)."""
     import numpy as np
 
     import caffe

@@ -17,7 +17,8 @@ RegionLoss), ``assisted_excitation`` (its AssistedExcitation), ``detectnet`` and
 (DIGITS' DetectNet from NVIDIA/caffe: DetectNetTransformation, L1Loss, its clustering and scoring layers) and
 ``face`` (the face recognition forks' CenterLoss
 and MarginInnerProduct), and for text recognition (senlinuc/caffe_ocr) ``sequence`` (Transpose, Reverse,
-ReverseTime), ``ctc`` (WarpCTCLoss, CTCGreedyDecoder) and junhyukoh's ``Lstm`` in ``recurrent``.
+ReverseTime), ``ctc`` (WarpCTCLoss, CTCGreedyDecoder), junhyukoh's ``Lstm`` in ``recurrent`` and Tongcheng's
+``dense_block`` (DenseBlock).
 """
 
 from caffe.layers import (  # noqa: F401
@@ -26,6 +27,7 @@ from caffe.layers import (  # noqa: F401
     core,
     ctc,
     data,
+    dense_block,
     dense_image_data,
     detection,
     detection_evaluate,
