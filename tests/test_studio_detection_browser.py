@@ -11,7 +11,7 @@ import sys
 import cv2
 import pytest
 from conftest import ROOT, asset
-from studio_e2e_helpers import Shots, artifacts_dir, browser_page, create_and_finish
+from studio_e2e_helpers import Shots, artifacts_dir, browser_page, create_and_finish, paste
 from test_detectnet import TWO_CLASSES
 
 from caffe.studio.app import create_app, serve_in_thread
@@ -157,7 +157,7 @@ def test_detectnet_walkthrough_in_a_browser(tmp_path):
             page.wait_for_selector("#model-form")
             page.select_option("#model-dataset", dataset_id)
             page.check("#method-custom")
-            page.fill("#model-custom-network", small_network(TWO_CLASSES))
+            paste(page, "#model-custom-network", small_network(TWO_CLASSES))  # 43 KB
             page.fill("#model-custom-snapshot", str(tmp_path / "data" / "googlenet.caffemodel"))  # not there
             for field, value in (("train-epochs", "1"), ("batch-size", "2"), ("learning-rate", "0.0001"),
                                  ("random-seed", "1"), ("name", "detectnet")):  # fmt: skip

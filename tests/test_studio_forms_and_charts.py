@@ -369,7 +369,7 @@ def test_failure_paths_in_a_browser(tmp_path):
     """The guide's forms through their failure paths in the system Chromium: a misspelled type and a wrong
     bottom refused at submit with the typed network kept, a training whose charts have round accuracy ticks and
     a step lr, a non-image and a bad list answered inline, the folder picker; screenshots in tmp_path."""
-    from studio_e2e_helpers import Shots, browser_page, job_log, wait_until_ended
+    from studio_e2e_helpers import Shots, browser_page, job_log, paste, wait_until_ended
 
     from caffe.studio.app import serve_in_thread
 
@@ -392,14 +392,14 @@ def test_failure_paths_in_a_browser(tmp_path):
                 ('bottom: "pool2"', 'bottom: "pool_2"', "layer 'ip1' reads bottom 'pool_2'"),
             ):
                 typed = lenet.replace(old, new, 1)
-                page.fill("#model-custom-network", typed)
+                paste(page, "#model-custom-network", typed)
                 page.click("#create-model")
                 page.wait_for_selector("#error-custom-network")
                 assert expected in page.text_content("#error-custom-network")
                 assert page.input_value("#model-custom-network") == typed and page.is_checked("#method-custom")
                 assert page.input_value("#model-train-epochs") == "2"
                 shot(page, f"refused at submit {new}")
-            page.fill("#model-custom-network", lenet)
+            paste(page, "#model-custom-network", lenet)
             page.click("#create-model")
             page.wait_for_url(re.compile(r"/models/[\w-]+$"))
             model = page.get_attribute("#model-page", "data-job-id")
