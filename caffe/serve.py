@@ -792,6 +792,22 @@ class _App:
         ms = (time.perf_counter() - t0) * 1000.0
         return {"model": name, "width": w, "height": h, "detections": detections, "time_ms": round(ms, 3)}
 
+    async def run_one_image(
+        self,
+        model: ServedModel,
+        request: Request,
+        route: str,
+        prepare: Callable[[bytes], tuple[np.ndarray, tuple[int, int]]],
+    ) -> tuple[Any, tuple[int, int]]:
+        """A route that takes one image and no fields: its forward's answer and the image's (height, width)."""
+        src = await read_source(request)
+        if src.top_k is not None or src.threshold is not None:
+            raise RequestError(422, f"top_k and threshold are not fields of /{route}")
+        data = await self.image_bytes(src)
+        x, size = await asyncio.get_running_loop().run_in_executor(self.pool, prepare, data)
+        model.requests += 1
+        return await self.batchers[model.name].submit(x), size
+
     async def segment(self, name: str, request: Request) -> Response | dict[str, Any]:
         """The class map of one image at its size: a PNG (8-bit, 16-bit over 256 classes) or, with
         ``format=json``, the pixels of each class present."""
@@ -801,13 +817,7 @@ class _App:
         fmt = request.query_params.get("format", "png")
         if fmt not in ("png", "json"):
             raise RequestError(422, f"format {fmt!r}: expected 'png' or 'json'")
-        src = await read_source(request)
-        if src.top_k is not None or src.threshold is not None:
-            raise RequestError(422, "top_k and threshold are not fields of /segment")
-        data = await self.image_bytes(src)
-        x, (h, w) = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess_sized, data)
-        model.requests += 1
-        scores = await self.batchers[model.name].submit(x)
+        scores, (h, w) = await self.run_one_image(model, request, "segment", model.preprocess_sized)
         assert isinstance(model.model, SegmentationModel)
         labels = model.model.class_map(scores, h, w)
         if fmt == "png":
@@ -826,13 +836,7 @@ class _App:
         t0 = time.perf_counter()
         model = self.model(name)
         _require_kind(model, "text")
-        src = await read_source(request)
-        if src.top_k is not None or src.threshold is not None:
-            raise RequestError(422, "top_k and threshold are not fields of /recognize")
-        data = await self.image_bytes(src)
-        x, (h, w) = await asyncio.get_running_loop().run_in_executor(self.pool, model.preprocess_line, data)
-        model.requests += 1
-        reading = await self.batchers[model.name].submit(x)
+        reading, (h, w) = await self.run_one_image(model, request, "recognize", model.preprocess_line)
         ms = (time.perf_counter() - t0) * 1000.0
         return {
             "model": name,

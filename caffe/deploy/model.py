@@ -49,13 +49,19 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def producing_layer(net: Any, blob: str) -> str | None:
+    """The name of the last layer that writes ``blob`` (None when none does)."""
+    found = None
+    for name, tops in net.top_names.items():
+        if blob in tops:
+            found = name
+    return found
+
+
 def output_producer(net: Any, output: str) -> str:
     """The type of the last layer that writes the blob ``output`` ("?" when none does)."""
-    producer = "?"
-    for name, tops in net.top_names.items():
-        if output in tops:
-            producer = net.layer_dict[name].type
-    return producer
+    layer = producing_layer(net, output)
+    return net.layer_dict[layer].type if layer is not None else "?"
 
 
 def needs_softmax(net: Any, output: str) -> tuple[bool, str]:
@@ -276,11 +282,12 @@ class DeployModel:
         n = len(batch)
         rows = max(rows or n, n)
         blob = self.net.blobs[self.input]
+        shape = (rows, *batch.shape[1:])  # the input's C x H x W, or a text line's own width
         with self.lock:
             if self.engine is not None and inference_engine() != self.engine:
                 set_inference_engine(self.engine)
-            if blob.shape[0] != rows:
-                blob.reshape(rows, *self.input_shape)
+            if tuple(blob.shape) != shape:
+                blob.reshape(*shape)
                 self.net.reshape()
             data = blob.data
             data[:n] = batch

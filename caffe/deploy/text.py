@@ -26,8 +26,7 @@ from caffe.deploy.errors import ModelFilesError
 from caffe.deploy.files import ModelFiles
 from caffe.deploy.images import resize_image
 from caffe.deploy.lexicon import Lexicon, best_by_ctc
-from caffe.deploy.model import DeployModel, Settings
-from caffe.engine import inference_engine, set_inference_engine
+from caffe.deploy.model import DeployModel, Settings, output_producer, producing_layer
 from caffe.layers.ctc import greedy_decode
 
 BLANK_LABEL = "blank"
@@ -42,19 +41,9 @@ class Reading:
     decoded: str = ""
 
 
-def _producer(net: Any, blob: str) -> str | None:
-    """The name of the last layer that writes ``blob`` (None when none does)."""
-    found = None
-    for name, tops in net.top_names.items():
-        if blob in tops:
-            found = name
-    return found
-
-
 def is_text_recognizer(net: Any, output: str | None = None) -> bool:
     """Whether the net's ``output`` (default: its last) is written by a CTCGreedyDecoder."""
-    layer = _producer(net, output or net.outputs[-1])
-    return layer is not None and net.layer_dict[layer].type == "CTCGreedyDecoder"
+    return output_producer(net, output or net.outputs[-1]) == "CTCGreedyDecoder"
 
 
 class TextRecognizer(DeployModel):
@@ -87,7 +76,7 @@ class TextRecognizer(DeployModel):
     def count_classes(self) -> int:
         """The classes of the scores the text is decoded from (their third axis)."""
         net = self.net
-        layer = _producer(net, self.output)
+        layer = producing_layer(net, self.output)
         self.decoder_blank: int | None = None
         self.scores_blob = self.output
         if layer is not None and is_text_recognizer(net, self.output):
@@ -135,22 +124,12 @@ class TextRecognizer(DeployModel):
 
     def read_input(self, batch: np.ndarray, lexicon: Lexicon | None = None) -> Reading:
         """The reading of one prepared 1 x C x H x W input."""
-        blob = self.net.blobs[self.input]
-        with self.lock:
-            if self.engine is not None and inference_engine() != self.engine:
-                set_inference_engine(self.engine)
-            if tuple(blob.shape) != batch.shape:
-                blob.reshape(*batch.shape)
-                self.net.reshape()
-            blob.data[...] = batch
-            outputs = self.net.forward()
-            raw = torch.from_numpy(np.array(self.net.blobs[self.scores_blob].data))
-            scores = raw.reshape(raw.shape[0], raw.shape[1], -1)
-            if self.decoder_blank is not None:
-                row = np.asarray(outputs[self.output]).reshape(-1)
-                classes = [int(v + 0.5) for v in row if v >= 0]  # -1 pads the end
-            else:
-                classes = greedy_decode(scores, self.blank, True)[0]
+        output, raw = self.run_blobs(batch, None, [self.output, self.scores_blob])
+        scores = torch.from_numpy(raw).reshape(raw.shape[0], raw.shape[1], -1)
+        if self.decoder_blank is not None:
+            classes = [int(v + 0.5) for v in output.reshape(-1) if v >= 0]  # -1 pads the end
+        else:
+            classes = greedy_decode(scores, self.blank, True)[0]
         if not self.labels:
             return Reading(classes, " ".join(map(str, classes)))
         text = "".join(self.label(c) for c in classes)
