@@ -47,14 +47,22 @@ def _run(cache: Path, failing: str = "") -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_probe_runs_once_per_machine(tmp_path: Path) -> None:
-    first = _run(tmp_path)
+@pytest.fixture(scope="module")
+def remembered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """An inductor cache folder after one full probe, and that first run's report (shared by the cases that
+    need a remembered verdict)."""
+    cache = tmp_path_factory.mktemp("inductor")
+    return cache, _run(cache)
+
+
+def test_probe_runs_once_per_machine(remembered: tuple[Path, dict]) -> None:
+    cache, first = remembered
     if not first["reported"]:
         pytest.skip("this CPU reports no vector ISA inductor knows")
     assert sorted(set(first["calls"])) == sorted(first["reported"])  # probed every reported set
     assert first["ok"] is True and first["valid"] == first["reported"]
-    assert Path(first["marker"]).is_file() and Path(first["marker"]).parent.parent == tmp_path
-    second = _run(tmp_path)
+    assert Path(first["marker"]).is_file() and Path(first["marker"]).parent.parent == cache
+    second = _run(cache)
     # The remembered verdict: no probe of the sets themselves (inductor still probes the AVX-512 extensions,
     # BF16 and VNNI, whatever the setting: those checks are its own).
     assert "avx2" in first["calls"] and "avx2" not in second["calls"]
@@ -73,11 +81,11 @@ def test_a_failed_probe_is_never_remembered(tmp_path: Path) -> None:
     assert "avx2" in second["calls"] and second["ok"] is None  # probed again
 
 
-def test_the_users_setting_is_left_alone(tmp_path: Path) -> None:
-    _run(tmp_path)  # remembered
+def test_the_users_setting_is_left_alone(remembered: tuple[Path, dict]) -> None:
+    cache = remembered[0]
     script = SCRIPT.replace(
         "inductor.prepare_inductor()\n", "config.cpp.vec_isa_ok = False\ninductor.prepare_inductor()\n", 1
     )
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
     done = subprocess.run([sys.executable, "-c", script, ""], capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(done.stdout.strip().splitlines()[-1])["ok"] is False

@@ -150,7 +150,9 @@ def test_a_slow_iteration_is_snapshotted_at_shutdown_and_resumes_to_the_straight
         assert f"--snapshot={job_dir / 'snapshot_iter_2.solverstate'}" in r.json()["argv"]
         scheduler = app.state.studio.scheduler
         assert scheduler.wait(job_id, 300).status == "Done", (job_dir / "log.txt").read_text()[-3000:]
-        straight = client.post("/models/images/classification.json", data=form).json()["job_id"]
+        # the uninterrupted run: the same net with a layer that sleeps 0 s (sleeping changes no number)
+        plain = {**form, "custom_network": sleepy_lenet(0.0)}
+        straight = client.post("/models/images/classification.json", data=plain).json()["job_id"]
         assert scheduler.wait(straight, 300).status == "Done"
     resumed = learned_blobs(job_dir / "snapshot_iter_3.caffemodel")
     expected = learned_blobs(store.job_dir(straight) / "snapshot_iter_3.caffemodel")

@@ -489,11 +489,22 @@ def _precision_run(folder: Path, name: str, precision: str, iters: int = 30) -> 
     return solver
 
 
+@pytest.fixture(scope="module")
+def fp32_lenet(mnist: Path) -> caffe.Solver:  # noqa: F811
+    """The float32 run the reduced-precision ones are compared with (trained once)."""
+    return _precision_run(mnist, "fp32", "fp32")
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_trains_lenet_close_to_fp32(mnist: Path, precision: str, caplog: pytest.LogCaptureFixture):  # noqa: F811
+def test_reduced_precision_trains_lenet_close_to_fp32(
+    mnist: Path,  # noqa: F811
+    fp32_lenet: caffe.Solver,
+    precision: str,
+    caplog: pytest.LogCaptureFixture,
+):
     """bf16/fp16 (beyond Caffe, opt-in): the compiled step under autocast learns as float32 does; blobs,
     diffs and weights stay float32 NumPy arrays (snapshots are Caffe files)."""
-    reference = _precision_run(mnist, "fp32", "fp32")
+    reference = fp32_lenet
     with caplog.at_level(logging.INFO, logger="caffe"):
         reduced = _precision_run(mnist, precision, precision)
     assert f"{precision} autocast" in caplog.text
