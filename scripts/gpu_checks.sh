@@ -99,10 +99,12 @@ fi
 step "1a. nvidia-smi" "$OUT_DIR/env.txt" 30 nvidia-smi
 step "1b. caffe device_query --gpu all" "$OUT_DIR/env.txt" 90 python -m caffe device_query --gpu all
 
+# `-o addopts=`: in this process, without pyproject's xdist workers (which would hide `-s` output, and which the GPU
+# image may not have installed)
 step "2. pytest tests/test_gpu.py" "$OUT_DIR/tests.log" 300 \
-    python -m pytest -q -rA -s -p no:cacheprovider tests/test_gpu.py
+    python -m pytest -o addopts= -q -rA -s -p no:cacheprovider tests/test_gpu.py
 step "3. pytest tests/test_distributed.py -k cuda" "$OUT_DIR/tests.log" 200 \
-    python -m pytest -q -rA -s -p no:cacheprovider tests/test_distributed.py -k cuda
+    python -m pytest -o addopts= -q -rA -s -p no:cacheprovider tests/test_distributed.py -k cuda
 
 # 4. GPU rows: ResNet-50 (real weights), AlexNet and GoogLeNet (random), batches 1 and 32; the compiled engines
 # are left out (inductor needs about a minute per model and batch size on a GPU: over this script's budget).

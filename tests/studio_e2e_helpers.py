@@ -37,9 +37,10 @@ def sync_playwright() -> Any:
 
 
 @contextmanager
-def browser_page(artifacts: Path, timeout_ms: int = 30_000) -> Iterator[tuple[Any, list[str]]]:
+def browser_page(artifacts: Path, timeout_ms: int = 60_000) -> Iterator[tuple[Any, list[str]]]:
     """A page of a fresh headless system Chromium that accepts downloads, and the list of the uncaught
-    JavaScript errors of its pages. A failing test leaves ``failure.png`` in ``artifacts``."""
+    JavaScript errors of its pages. A failing test leaves ``failure.png`` in ``artifacts``. Actions wait up to
+    ``timeout_ms`` (generous: the suite's other worker shares the cores, and a wait only lasts when failing)."""
     (artifacts / "failure.png").unlink(missing_ok=True)  # from an earlier run
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
