@@ -634,6 +634,20 @@ FORK_TRAINING_NETS = {
         " value: 1 } }",
         {"a": (2, 4, 5, 6)},
     ),
+    "ctc_loss_deepdetect": (
+        'type: "CtcLoss" bottom: "a" bottom: "label" top: "l"'
+        " ctc_loss_param { alphabet_size: 4 time_step: 5 blank_label: 3 }",
+        {"a": (6, 2, 4), "label": (2, 3)},
+    ),
+    "labelsequence_accuracy": (
+        'type: "LabelsequenceAccuracy" bottom: "a" bottom: "label" top: "acc"'
+        " labelsequence_accuracy_param { blank_label: 1 }",
+        {"a": (2, 6, 4), "label": (2, 3)},
+    ),
+    "continuation_indicator": (
+        'type: "ContinuationIndicator" bottom: "a" top: "c" continuation_indicator_param { time_step: 4 axis: 1 }',
+        {"a": (4, 3, 2)},
+    ),
     "reverse_time": (
         'type: "ReverseTime" bottom: "a" bottom: "label" top: "y" reverse_time_param { copy_remaining: true }',
         {"a": (4, 3, 2), "label": (3,)},

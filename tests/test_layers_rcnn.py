@@ -483,7 +483,6 @@ def test_training_modules_of_py_faster_rcnn_are_named():
     ("type_name", "fork"),
     [
         ("Region", "darknet's region layer"),
-        ("ContinuationIndicator", "pull request 4681"),
         ("ROIAlign", "Mask R-CNN"),
         ("CTCLoss", "CTC"),
     ],

@@ -18,7 +18,8 @@ RegionLoss), ``assisted_excitation`` (its AssistedExcitation), ``detectnet`` and
 ``face`` (the face recognition forks' CenterLoss
 and MarginInnerProduct), and for text recognition (senlinuc/caffe_ocr) ``sequence`` (Transpose, Reverse,
 ReverseTime), ``ctc`` (WarpCTCLoss, CTCGreedyDecoder), junhyukoh's ``Lstm`` in ``recurrent`` and Tongcheng's
-``dense_block`` (DenseBlock).
+``dense_block`` (DenseBlock), with DeepDetect's (jolibrain/caffe) CtcLoss and LabelsequenceAccuracy in ``ctc`` and
+ContinuationIndicator in ``sequence``.
 """
 
 from caffe.layers import (  # noqa: F401

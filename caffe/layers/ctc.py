@@ -1,4 +1,5 @@
-"""Connectionist temporal classification for text recognition (senlinuc/caffe_ocr): WarpCTCLoss, CTCGreedyDecoder.
+"""Connectionist temporal classification for text recognition: senlinuc/caffe_ocr's WarpCTCLoss and
+CTCGreedyDecoder, jolibrain/caffe's (DeepDetect's) CtcLoss and LabelsequenceAccuracy.
 
 Both read a time-major (T, N, C) blob of unnormalised class scores (a fourth axis of 1 is allowed), class
 ``blank_index`` (0 by default) being CTC's blank.
@@ -25,6 +26,14 @@ bottom its top is the decoded classes, (N, T, 1, 1), -1 after each item's end. W
 (N, L, ...; read up to a negative entry, blanks skipped) its top is (1, 2, 1, 1): 1 minus the mean over the items
 of edit distance / longer length, and the fraction of items decoded exactly (an item with neither labels nor
 decoded classes has distance 0 but, as in the fork, is not counted exact). It has no backward.
+
+**CtcLoss** (DeepDetect's, also over warp-ctc) is WarpCTCLoss's two-bottom case with ``ctc_loss_param``'s
+``blank_label`` as the blank: every item reads the first ``time_step`` steps (at most T), ``alphabet_size`` must
+be C, and a batch whose labels are all blank is refused; value and gradient as WarpCTCLoss's.
+
+**LabelsequenceAccuracy** reads batch-major (N, T, C) scores and (N, L) labels: the fraction of items whose
+best path (repeats merged, ``labelsequence_accuracy_param.blank_label`` dropped) is their labels without blanks.
+Its top is a scalar; it has no backward.
 """
 
 from __future__ import annotations
@@ -178,6 +187,65 @@ class WarpCTCLossLayer(Layer):
             total = costs.sum().to(scores.dtype)
         # value: the mean over the items; gradient: that of the sum (the fork's)
         return [total + (total / items - total).detach()]
+
+
+@register("CtcLoss")
+class CtcLossLayer(WarpCTCLossLayer):
+    """DeepDetect's CTC loss: (T, N, C) scores and (N, L) labels padded with the blank (see the module)."""
+
+    min_bottom = max_bottom = 2
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        param = self.layer_param.ctc_loss_param
+        self._blank, self._steps = int(param.blank_label), int(param.time_step)
+        classes = _sequence_dims(self, bottom[0])[2]
+        if int(param.alphabet_size) != classes:
+            raise self.error(f"ctc_loss_param.alphabet_size {param.alphabet_size} must be the {classes} classes C")
+        if self._steps <= 0:
+            raise self.error("ctc_loss_param.time_step must be set (> 0)")
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        steps = _sequence_dims(self, bottom[0])[0]
+        if self._steps > steps:
+            raise self.shape_error(f"ctc_loss_param.time_step {self._steps} is more than the bottom's {steps} steps")
+        return super().reshape(bottom)
+
+    def _targets(self, bottom: list[torch.Tensor], steps: int) -> tuple[list[list[int]], list[int]]:
+        targets, _ = super()._targets(bottom, steps)
+        if not any(targets):
+            raise self.error(f"every label is the blank ({self._blank}): no item has a target")
+        return targets, [self._steps] * len(targets)
+
+
+@register("LabelsequenceAccuracy")
+class LabelsequenceAccuracyLayer(Layer):
+    """DeepDetect's whole-sequence accuracy: (N, T, C) scores decoded best-path against (N, L) labels."""
+
+    exact_num_bottom, exact_num_top = 2, 1
+    traceable = False
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        if len(bottom[0]) != 3:
+            raise self.shape_error(f"bottom 0 must be (N, T, C) scores, got shape {tuple(bottom[0])}")
+        items, _, classes = bottom[0]
+        self._blank = int(self.layer_param.labelsequence_accuracy_param.blank_label)
+        if not 0 <= self._blank < classes:
+            raise self.error(
+                f"labelsequence_accuracy_param.blank_label {self._blank} is not one of the {classes} classes"
+            )
+        _label_rows(self, bottom[1], items)
+        return [()]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        scores = bottom[0].detach()
+        items = scores.shape[0]
+        decoded = greedy_decode(scores.transpose(0, 1), self._blank, merge_repeated=True)
+        rows = bottom[1].detach().reshape(items, -1).to(torch.float64).trunc().long().tolist()
+        exact = sum(seq == [c for c in row if c != self._blank] for seq, row in zip(decoded, rows, strict=True))
+        return [torch.tensor(exact / items, dtype=scores.dtype, device=scores.device)]
 
 
 @register("CTCGreedyDecoder")

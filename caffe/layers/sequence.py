@@ -1,4 +1,5 @@
-"""The OCR forks' sequence plumbing (senlinuc/caffe_ocr): Transpose, Reverse and ReverseTime.
+"""The OCR forks' sequence plumbing: senlinuc/caffe_ocr's Transpose, Reverse and ReverseTime, and
+jolibrain/caffe's (DeepDetect's) ContinuationIndicator.
 
 A text recogniser's convolutions end in an (N, C, 1, W) map; these layers turn it into the (T, N, C) time-major
 sequence that the LSTMs and the CTC loss read, and run a backward LSTM on reversed time:
@@ -9,7 +10,12 @@ sequence that the LSTMs and the CTC loss read, and run a backward LSTM on revers
   ``length[n]`` steps reversed in place of each other; the steps after them are copied with
   ``reverse_time_param.copy_remaining`` and zero otherwise (the fork leaves them unwritten).
 
-Their backward passes are the same moves applied to the top's diff.
+* ``ContinuationIndicator`` -- the (time_step, N) sequence continuation indicators that BVLC's LSTM reads as
+  its second bottom: 0 at step 0, 1 after it. N is ``continuation_indicator_param.batch_size`` when set (the
+  fork's first version, which has no bottom), else the bottom's size along ``axis`` (its later one); the
+  bottom's values are not read.
+
+Their backward passes are the same moves applied to the top's diff (ContinuationIndicator has none).
 """
 
 from __future__ import annotations
@@ -105,4 +111,38 @@ class ReverseTimeLayer(Layer):
         if not self.layer_param.reverse_time_param.copy_remaining:
             mask = inside.reshape(steps, -1, *([1] * (x.dim() - 2)))
             out = torch.where(mask, out, torch.zeros_like(out))
+        return [out]
+
+
+@register("ContinuationIndicator")
+class ContinuationIndicatorLayer(Layer):
+    """(time_step, N) continuation indicators: 0 at the first step, 1 after it."""
+
+    min_bottom, max_bottom = 0, 1
+    exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return False
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        param = self.layer_param.continuation_indicator_param
+        self._steps, self._batch = int(param.time_step), int(param.batch_size)
+        if self._steps <= 0:
+            raise self.error("continuation_indicator_param.time_step must be set (> 0)")
+        if not self._batch:
+            if not bottom:
+                raise self.error("without a bottom, continuation_indicator_param.batch_size must be set (> 0)")
+            self._axis = self.check_axis(int(param.axis), len(bottom[0]), "continuation_indicator_param.axis")
+
+    def reshape(self, bottom: list[Shape]) -> list[Shape]:
+        items = self._batch or int(bottom[0][self.check_axis(self._axis, len(bottom[0]))])
+        if items <= 0:
+            raise self.shape_error(f"the batch size (bottom axis {self._axis}) is 0 (bottom shape {tuple(bottom[0])})")
+        return [(self._steps, items)]
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        top = self.tops[0]
+        items = self._batch or bottom[0].shape[self._axis]
+        out = torch.ones(self._steps, items, dtype=top.dtype, device=top.device)
+        out[0] = 0
         return [out]
