@@ -33,7 +33,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    _threads = os.environ["OMP_NUM_THREADS"].split(",")[0]  # OpenMP's nested form "a,b": the outer count
+    torch.set_num_threads(int(_threads) if _threads.strip().isdigit() and int(_threads) > 0 else 1)
 
 ASSETS = Path(os.environ.get("CAFFE_TEST_ASSETS", ROOT.parent / "shared" / "assets")).resolve()
 
