@@ -61,13 +61,10 @@ def layer_type_list() -> list[str]:
     return sorted(_REGISTRY)
 
 
-_CTC = "BVLC/caffe pull request 4681's CTC layers (neocaffe has caffe_ocr's WarpCTCLoss and DeepDetect's CtcLoss)"
-
 #: Layer types of Caffe's forks that neocaffe does not implement, and who defines them (named in the error).
 FORK_TYPES: dict[str, str] = {
     "Region": "the YOLOv2 Caffe ports, darknet's region layer",
     "ROIAlign": "Mask R-CNN Caffe ports, after Caffe2/Detectron's RoIAlign",
-    "CTCLoss": _CTC,
 }
 
 

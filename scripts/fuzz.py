@@ -634,6 +634,10 @@ FORK_TRAINING_NETS = {
         " value: 1 } }",
         {"a": (2, 4, 5, 6)},
     ),
+    "ctc_loss_pr4681": (
+        'type: "CTCLoss" bottom: "a" bottom: "cont" bottom: "label" top: "l" ctc_loss_param { blank_index: 3 }',
+        {"a": (6, 2, 4), "cont": (6, 2), "label": (6, 2)},
+    ),
     "ctc_loss_deepdetect": (
         'type: "CtcLoss" bottom: "a" bottom: "label" top: "l"'
         " ctc_loss_param { alphabet_size: 4 time_step: 5 blank_label: 3 }",
@@ -680,7 +684,7 @@ def _fork_training_layers(work: Path):
     """The forks' training layers (R-CNN, R-FCN OHEM, face recognition with AM-Softmax's, the YOLO heads and loss,
     DetectNet, caffe_ocr's CTC, Lstm, DenseBlock and sequence layers) from mutated prototxts: built in TRAIN, run
     forward and backward on random inputs (labels 0, 1 or 2: every seed's classes; DetectNet's box tables random
-    boxes)."""
+    boxes; a "cont" input one sequence per column)."""
     import numpy as np
 
     import caffe
@@ -694,6 +698,9 @@ def _fork_training_layers(work: Path):
                 blob.data[...] = rng.integers(0, 3, blob.shape)
             elif name == "boxes" and len(blob.shape) == 4 and blob.shape[3] == 16 and blob.shape[2]:  # DetectNet's
                 blob.data[...] = detectnet_tables(blob.shape, rng)
+            elif name == "cont" and blob.shape:  # sequence continuation indicators: 0 where one starts
+                blob.data[...] = 1
+                blob.data[0] = 0
             else:
                 blob.data[...] = rng.normal(0, 1, blob.shape)
         net.forward()

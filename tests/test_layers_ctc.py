@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -82,6 +83,17 @@ def summed_cost(x: np.ndarray, labels: list[list[int]], lengths: list[int]) -> f
     return total
 
 
+def numeric_gradient(cost: Callable[[np.ndarray], float], x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Central differences of ``cost`` at ``x``, element by element."""
+    out = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        out[i] = (cost(xp) - cost(xm)) / (2 * eps)
+    return out
+
+
 @pytest.mark.parametrize("weight", [1.0, 0.5])
 def test_gradient_is_the_forks_gradient_of_the_summed_costs(weight: float):
     x = RNG.normal(0, 1, (4, 3, 3))
@@ -89,12 +101,7 @@ def test_gradient_is_the_forks_gradient_of_the_summed_costs(weight: float):
     net = run_layer(WARP + f" loss_weight: {weight}", {"x": x, "y": y})
     net.backward()
     labels = [[1, 2], [2], [1, 1]]
-    numeric = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += 1e-5
-        xm[i] -= 1e-5
-        numeric[i] = (summed_cost(xp, labels, [4] * 3) - summed_cost(xm, labels, [4] * 3)) / 2e-5
+    numeric = numeric_gradient(lambda v: summed_cost(v, labels, [4] * 3), x)
     # not the mean's gradient: the fork writes the sum's, scaled here by the loss weight (its top diff)
     np.testing.assert_allclose(net.blobs["x"].diff, weight * numeric, atol=1e-7)
 
@@ -164,6 +171,72 @@ def test_float32_agrees_with_float64():
         nets.append(net)
     np.testing.assert_allclose(nets[0].blobs["loss"].data, nets[1].blobs["loss"].data, rtol=1e-5)
     np.testing.assert_allclose(nets[0].blobs["x"].diff, nets[1].blobs["x"].diff, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ BVLC pull request 4681's CTCLoss
+PR_CTC = 'type: "CTCLoss" bottom: "x" bottom: "i" bottom: "t" top: "loss"'
+
+
+def pr_inputs(x: np.ndarray, starts: list[int], targets: list[list[float]]) -> dict[str, np.ndarray]:
+    """Indicators (T, N) with item n's next sequence starting at ``starts[n]`` (T: none) and (T, N) targets."""
+    steps, items = x.shape[0], x.shape[1]
+    indicators = np.ones((steps, items))
+    indicators[0] = 0
+    target = -np.ones((steps, items))
+    for n in range(items):
+        indicators[starts[n] :, n] = 0
+        target[: len(targets[n]), n] = targets[n]
+    return {"x": x, "i": indicators, "t": target}
+
+
+def test_pr_ctc_loss_blank_defaults_to_the_last_class_and_targets_are_not_shifted():
+    x = RNG.normal(0, 1, (5, 2, 4))
+    net = run_layer(PR_CTC, pr_inputs(x, [5, 3], [[0, 2], [1]]))
+    costs = [ctc_cost(x[:5, 0], [0, 2], 3), ctc_cost(x[:3, 1], [1], 3)]
+    np.testing.assert_allclose(net.blobs["loss"].data, np.mean(costs), rtol=1e-10)
+    net = run_layer(PR_CTC + " ctc_loss_param { blank_index: 0 }", pr_inputs(x, [5, 3], [[3, 2], [1]]))
+    costs = [ctc_cost(x[:5, 0], [3, 2], 0), ctc_cost(x[:3, 1], [1], 0)]
+    np.testing.assert_allclose(net.blobs["loss"].data, np.mean(costs), rtol=1e-10)
+
+
+def test_pr_ctc_loss_ends_targets_at_the_blank_and_collapses_repeats_when_asked():
+    x = RNG.normal(0, 1, (4, 1, 3))
+    net = run_layer(PR_CTC, pr_inputs(x, [4], [[1, 2, 5]]))  # 2 is the blank: the targets end at it
+    np.testing.assert_allclose(net.blobs["loss"].data, ctc_cost(x[:, 0], [1], 2), rtol=1e-10)
+    text = PR_CTC + " ctc_loss_param { preprocess_collapse_repeated: true }"
+    net = run_layer(text, pr_inputs(x, [4], [[1, 1, 0]]))
+    np.testing.assert_allclose(net.blobs["loss"].data, ctc_cost(x[:, 0], [1, 0], 2), rtol=1e-10)
+    with pytest.raises(LayerError, match="item 0 has label 1 after an ending label"):
+        run_layer(PR_CTC, pr_inputs(x, [4], [[2, 1]]))
+
+
+def test_pr_ctc_loss_gradient_is_the_summed_costs_and_an_impossible_item_costs_infinity():
+    x = RNG.normal(0, 1, (4, 2, 3))
+    net = run_layer(PR_CTC + " loss_weight: 0.5", pr_inputs(x, [4, 4], [[1, 0], [0]]))
+    net.backward()
+    numeric = numeric_gradient(lambda v: ctc_cost(v[:, 0], [1, 0], 2) + ctc_cost(v[:, 1], [0], 2), x)
+    np.testing.assert_allclose(net.blobs["x"].diff, 0.5 * numeric, atol=1e-7)
+    # [0, 0] needs 3 steps (a blank between), item 1 has 2: the pull request adds an infinite cost and
+    # back-propagates the softmax of its steps
+    net = run_layer(PR_CTC, pr_inputs(x, [4, 2], [[1, 0], [0, 0]]))
+    assert np.isinf(net.blobs["loss"].data)
+    net.backward()
+    softmax = np.exp(x[:2, 1]) / np.exp(x[:2, 1]).sum(1, keepdims=True)
+    np.testing.assert_allclose(net.blobs["x"].diff[:2, 1], softmax, rtol=1e-10)
+    assert not net.blobs["x"].diff[2:, 1].any()
+    single = run_layer(PR_CTC, pr_inputs(x[:, :1], [4], [[1, 0]]))
+    single.backward()
+    np.testing.assert_allclose(net.blobs["x"].diff[:, :1], single.blobs["x"].diff, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [("output_delay: 1", "output_delay is not supported"), ("ctc_merge_repeated: false", "is not supported")],
+)
+def test_pr_ctc_loss_refuses_what_it_does_not_compute(param: str, message: str):
+    x = RNG.normal(0, 1, (4, 1, 3))
+    with pytest.raises(LayerError, match=message):
+        run_layer(PR_CTC + f" ctc_loss_param {{ {param} }}", pr_inputs(x, [4], [[1]]))
 
 
 # ------------------------------------------------------------------------------------------- CTCGreedyDecoder

@@ -484,7 +484,6 @@ def test_training_modules_of_py_faster_rcnn_are_named():
     [
         ("Region", "darknet's region layer"),
         ("ROIAlign", "Mask R-CNN"),
-        ("CTCLoss", "CTC"),
     ],
 )
 def test_unknown_fork_types_name_their_fork(type_name: str, fork: str):

@@ -1,5 +1,6 @@
 """Connectionist temporal classification for text recognition: senlinuc/caffe_ocr's WarpCTCLoss and
-CTCGreedyDecoder, jolibrain/caffe's (DeepDetect's) CtcLoss and LabelsequenceAccuracy.
+CTCGreedyDecoder, BVLC pull request 4681's CTCLoss, jolibrain/caffe's (DeepDetect's) CtcLoss and
+LabelsequenceAccuracy.
 
 Both read a time-major (T, N, C) blob of unnormalised class scores (a fourth axis of 1 is allowed), class
 ``blank_index`` (0 by default) being CTC's blank.
@@ -31,6 +32,15 @@ decoded classes has distance 0 but, as in the fork, is not counted exact). It ha
 ``blank_label`` as the blank: every item reads the first ``time_step`` steps (at most T), ``alphabet_size`` must
 be C, and a batch whose labels are all blank is refused; value and gradient as WarpCTCLoss's.
 
+**CTCLoss** (BVLC pull request 4681, its own CTC recursion) reads WarpCTCLoss's three-bottom layout without the
+shift: targets are the classes themselves; the blank is ``blank_index`` when set, else (the pull request's
+default, -1) the last class. A target at or past C, or equal to the blank, ends the item's targets (a later valid
+one is refused); ``preprocess_collapse_repeated`` merges equal neighbouring targets first. Value the mean cost,
+gradient that of the summed costs (times the loss weight, which the pull request ignores too). An item whose
+targets cannot be aligned in its steps costs infinity (so does the mean) and its gradient is its softmax, as
+there. ``output_delay`` and ``ctc_merge_repeated: false`` are refused; ``loss_calculation_t`` changes nothing
+(the path sum is the same at every step).
+
 **LabelsequenceAccuracy** reads batch-major (N, T, C) scores and (N, L) labels: the fraction of items whose
 best path (repeats merged, ``labelsequence_accuracy_param.blank_label`` dropped) is their labels without blanks.
 Its top is a scalar; it has no backward.
@@ -38,6 +48,7 @@ Its top is a scalar; it has no backward.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -126,25 +137,9 @@ class WarpCTCLossLayer(Layer):
             rows = bottom[1].detach().reshape(items, -1).to(torch.float64).trunc().long().tolist()
             return [[c for c in row if c != self._blank] for row in rows], [steps] * items
         if len(bottom) == 3:
-            indicator = bottom[1].detach().reshape(steps, items).to(torch.float64)
-            target = bottom[2].detach().reshape(steps, items).to(torch.float64)
             offset = 1 if self._blank == 0 else 0
-            targets, lengths = [], []
-            for n in range(items):
-                starts = ((indicator[1:, n] + 0.5).trunc() == 0).nonzero()
-                length = int(starts[0, 0]) + 1 if len(starts) else steps
-                ends = (target[:, n] < 0).nonzero()
-                count = int(ends[0, 0]) if len(ends) else steps
-                labels = [int(v) + offset for v in (target[:count, n] + 0.5).trunc().tolist()]
-                if not labels:
-                    if length > 1:
-                        raise self.error(f"item {n} has no targets but a sequence of {length} steps")
-                    length = 0
-                if len(labels) > length:
-                    raise self.error(f"item {n} has {len(labels)} targets for a sequence of {length} steps")
-                targets.append(labels)
-                lengths.append(length)
-            return targets, lengths
+            indicated = self._indicated(bottom, steps)
+            return [[int(v + 0.5) + offset for v in values] for values, _ in indicated], [n for _, n in indicated]
         seq_len = bottom[1].detach().reshape(-1).to(torch.float64).trunc().long().tolist()
         lab_len = bottom[2].detach().reshape(-1).to(torch.float64).trunc().long().tolist()
         table = bottom[3].detach().reshape(bottom[3].shape[0], items).to(torch.float64).trunc().long()
@@ -156,6 +151,27 @@ class WarpCTCLossLayer(Layer):
                 raise self.error(f"item {n} has label length {lab_len[n]}, outside [0, {table.shape[0]}]")
             targets.append(table[: lab_len[n], n].tolist())
         return targets, seq_len
+
+    def _indicated(self, bottom: list[torch.Tensor], steps: int) -> list[tuple[list[float], int]]:
+        """The sequence-indicator layout's items: each one's target values (up to the first negative) and its
+        number of steps (up to the next indicator that rounds to 0; 0 for an item without targets)."""
+        items = bottom[0].shape[1]
+        indicator = bottom[1].detach().reshape(steps, items).to(torch.float64)
+        target = bottom[2].detach().reshape(steps, items).to(torch.float64)
+        out = []
+        for n in range(items):
+            starts = ((indicator[1:, n] + 0.5).trunc() == 0).nonzero()
+            length = int(starts[0, 0]) + 1 if len(starts) else steps
+            ends = (target[:, n] < 0).nonzero()
+            values = target[: int(ends[0, 0]) if len(ends) else steps, n].tolist()
+            if not values:
+                if length > 1:
+                    raise self.error(f"item {n} has no targets but a sequence of {length} steps")
+                length = 0
+            if len(values) > length:
+                raise self.error(f"item {n} has {len(values)} targets for a sequence of {length} steps")
+            out.append((values, length))
+        return out
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         scores = bottom[0]
@@ -215,6 +231,66 @@ class CtcLossLayer(WarpCTCLossLayer):
         if not any(targets):
             raise self.error(f"every label is the blank ({self._blank}): no item has a target")
         return targets, [self._steps] * len(targets)
+
+
+@register("CTCLoss")
+class CTCLossLayer(WarpCTCLossLayer):
+    """BVLC pull request 4681's CTC loss: scores, sequence indicators and targets, each (T, N) (see the module)."""
+
+    min_bottom = max_bottom = 3
+
+    def layer_setup(self, bottom: list[Shape]) -> None:
+        param = self.layer_param.ctc_loss_param
+        classes = _sequence_dims(self, bottom[0])[2]
+        # the pull request's default blank is the last class (caffe_ocr's, for WarpCTCLoss, is 0)
+        blank = int(param.blank_index) if param.HasField("blank_index") else -1
+        self._blank = classes - 1 if blank < 0 else blank
+        if param.output_delay:
+            raise self.error("ctc_loss_param.output_delay is not supported (the pull request marks it untested)")
+        if not param.ctc_merge_repeated:
+            raise self.error("ctc_loss_param.ctc_merge_repeated: false (repeats kept apart) is not supported")
+
+    def _targets(self, bottom: list[torch.Tensor], steps: int) -> tuple[list[list[int]], list[int]]:
+        classes = bottom[0].shape[2]
+        collapse = self.layer_param.ctc_loss_param.preprocess_collapse_repeated
+        targets, lengths = [], []
+        for n, (values, length) in enumerate(self._indicated(bottom, steps)):
+            labels: list[int] = []
+            ended = False
+            for i, value in enumerate(values):
+                if i and collapse and value == values[i - 1]:
+                    continue
+                label = int(value + 0.5)
+                if label >= classes or label == self._blank:
+                    ended = True  # the pull request: a warning, and the sequence ends here
+                elif ended:
+                    raise self.error(f"item {n} has label {label} after an ending label (the blank or >= {classes})")
+                else:
+                    labels.append(label)
+            targets.append(labels)
+            lengths.append(length)
+        return targets, lengths
+
+    def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
+        loss = super().forward(bottom)[0]
+        scores = bottom[0]
+        steps, items, classes = scores.shape[0], scores.shape[1], scores.shape[2]
+        targets, lengths = self._targets(bottom, steps)
+        impossible = [n for n in range(items) if lengths[n] and not _alignable(targets[n], lengths[n])]
+        if not impossible:
+            return [loss]
+        # the pull request: such an item costs infinity and its gradient is its softmax (no path to remove)
+        probs = F.softmax(scores.reshape(steps, items, classes), dim=2).detach()
+        mask = torch.zeros(steps, items, 1, dtype=scores.dtype, device=scores.device)
+        for n in impossible:
+            mask[: lengths[n], n] = 1
+        surrogate = (probs * mask * scores.reshape(steps, items, classes)).sum()
+        return [loss + surrogate + (torch.full_like(loss, math.inf) - surrogate).detach()]
+
+
+def _alignable(labels: list[int], steps: int) -> bool:
+    """Whether CTC can emit ``labels`` in ``steps`` steps (a blank between each pair of equal neighbours)."""
+    return len(labels) + sum(a == b for a, b in itertools.pairwise(labels)) <= steps
 
 
 @register("LabelsequenceAccuracy")
