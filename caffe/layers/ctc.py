@@ -174,9 +174,12 @@ class WarpCTCLossLayer(Layer):
         return out
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        scores = bottom[0]
+        return [self._loss(bottom[0], *self._targets(bottom, bottom[0].shape[0]))]
+
+    def _loss(self, scores: torch.Tensor, targets: list[list[int]], lengths: list[int]) -> torch.Tensor:
+        """The top: the mean cost of the items' ``targets`` in their first ``lengths`` steps, with the gradient of
+        the summed costs."""
         steps, items, classes = scores.shape[0], scores.shape[1], scores.shape[2]
-        targets, lengths = self._targets(bottom, steps)
         for n, seq in enumerate(targets):
             bad = [c for c in seq if not 0 <= c < classes or c == self._blank]
             if bad:
@@ -202,7 +205,7 @@ class WarpCTCLossLayer(Layer):
             )
             total = costs.sum().to(scores.dtype)
         # value: the mean over the items; gradient: that of the sum (the fork's)
-        return [total + (total / items - total).detach()]
+        return total + (total / items - total).detach()
 
 
 @register("CtcLoss")
@@ -272,10 +275,10 @@ class CTCLossLayer(WarpCTCLossLayer):
         return targets, lengths
 
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
-        loss = super().forward(bottom)[0]
         scores = bottom[0]
         steps, items, classes = scores.shape[0], scores.shape[1], scores.shape[2]
         targets, lengths = self._targets(bottom, steps)
+        loss = self._loss(scores, targets, lengths)
         impossible = [n for n in range(items) if lengths[n] and not _alignable(targets[n], lengths[n])]
         if not impossible:
             return [loss]
