@@ -78,7 +78,7 @@ class Shots:
 def paste(page: Any, selector: str, text: str) -> None:
     """Put ``text`` into a text field at once, as a paste does (the field's value, then its input and change
     events): Playwright's ``fill`` inserts it character by character, which took Chromium 35 s for a 43 KB
-    DetectNet network on this project's 2-core machine, past the 30 s timeout."""
+    DetectNet network on this project's 2-core machine, past the 30 s timeout that actions then had."""
     page.eval_on_selector(
         selector,
         """(field, text) => {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gradcheck import run_layer
-from test_layers_ctc import ctc_cost, numeric_gradient, summed_cost
+from test_layers_ctc import ctc_cost, numeric_gradient, scores_for, summed_cost
 
 import caffe
 from caffe.errors import LayerError, ShapeError
@@ -80,15 +80,6 @@ def test_ctc_loss_refuses_what_the_fork_checks(text: str, y: list, error: type, 
         run_layer(text, {"x": RNG.normal(0, 1, (4, 2, 3)), "y": np.array(y, float)})
 
 
-def scores_for(paths: list[list[int]], classes: int) -> np.ndarray:
-    """(N, T, C) scores whose best class at step t of item n is paths[n][t]."""
-    out = RNG.uniform(0, 0.5, (len(paths), len(paths[0]), classes))
-    for n, path in enumerate(paths):
-        for t, c in enumerate(path):
-            out[n, t, c] = 1.0
-    return out
-
-
 def test_labelsequence_accuracy_is_the_fraction_of_exact_best_paths():
     blank = 4
     paths = [
@@ -101,7 +92,7 @@ def test_labelsequence_accuracy_is_the_fraction_of_exact_best_paths():
     net = run_layer(
         'type: "LabelsequenceAccuracy" bottom: "x" bottom: "y" top: "acc" '
         f"labelsequence_accuracy_param {{ blank_label: {blank} }}",
-        {"x": scores_for(paths, 5), "y": labels},
+        {"x": scores_for(paths, 5).transpose(1, 0, 2), "y": labels},  # batch-major
         phase=caffe.TEST,
     )
     assert net.blobs["acc"].data.shape == () and float(net.blobs["acc"].data) == 0.5

@@ -79,7 +79,7 @@ class TextRecognizer(DeployModel):
         layer = producing_layer(net, self.output)
         self.decoder_blank: int | None = None
         self.scores_blob = self.output
-        if layer is not None and is_text_recognizer(net, self.output):
+        if layer is not None and net.layer_dict[layer].type == "CTCGreedyDecoder":
             self.scores_blob = net.bottom_names[layer][0]
             self.decoder_blank = int(net.layer_dict[layer].layer_param.ctc_decoder_param.blank_index)
         shape = tuple(net.blobs[self.scores_blob].shape)
