@@ -69,6 +69,16 @@ def _straight_through(value: torch.Tensor, clamped: torch.Tensor) -> torch.Tenso
     return value + (clamped - value).detach()
 
 
+def at_labels(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[n, index[n, i], i]`` of (N, C, I) ``values``: a gather, or, when compiled, a sum over the
+    classes masked to the label's, whose gradient inductor fuses into its kernels (a gather's is ATen's
+    scatter-add, 0.3 ms a call on LeNet's (64, 10) scores on this project's CPU)."""
+    if not torch.compiler.is_compiling():
+        return values.gather(1, index.unsqueeze(1)).squeeze(1)
+    classes = torch.arange(values.shape[1], device=values.device).view(1, -1, 1)
+    return torch.where(classes == index.unsqueeze(1), values, torch.zeros_like(values)).sum(1)
+
+
 def _shape_str(shape: Shape) -> str:
     return str(tuple(int(d) for d in shape))
 
@@ -241,7 +251,7 @@ class SoftmaxWithLossLayer(LossLayer):
     def forward(self, bottom: list[torch.Tensor]) -> list[torch.Tensor]:
         x, label = self.split(bottom[0], bottom[1])
         index, valid, bad = self.class_labels(label, self.num_classes, f"along softmax axis {self.axis}")
-        logp = torch.log_softmax(x, dim=1).gather(1, index.unsqueeze(1)).squeeze(1)
+        logp = at_labels(torch.log_softmax(x, dim=1), index)
         logp = _straight_through(logp, logp.clamp(min=math.log(FLT_MIN)))
         tops = self.softmax_loss_tops(self.poison(-logp, bad), valid, bottom[0])
         if len(tops) >= 3:

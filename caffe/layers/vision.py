@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.common import TRAIN
 from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
+from caffe.ops.convolution import conv2d
 from caffe.ops.pooling import aten_pools_faster, max_pool2d, max_pool2d_with_indices
 from caffe.proto import caffe_pb2 as pb
 
@@ -173,7 +174,7 @@ def _unbatch(y: torch.Tensor, lead: Sequence[int], axis: int) -> torch.Tensor:
 
 
 # ============================================================================ Convolution / Deconvolution
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV = {1: F.conv1d, 2: conv2d, 3: F.conv3d}
 _DECONV = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
