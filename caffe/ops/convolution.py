@@ -47,6 +47,7 @@ SPEEDUP_NEEDED = 1.15  # the forward form is chosen only when measured clearly f
 MAX_PROBE_MS = 100.0  # a round of both kernels taking longer settles it (large shapes: one timed call each)
 ROUNDS = 5  # timed calls of each kernel at most; the fastest counts
 CLEAR_MARGIN = 1.3  # a round in which one kernel took this much longer than the other settles it
+PROBE_VERSION = 2  # part of a record's name: a changed probe measures again
 
 ShapeKey = tuple[tuple[int, ...], tuple[int, ...], Pair, Pair, Pair]  # input, weight, stride, pad, dilation
 _chosen: dict[ShapeKey, str] = {}  # this process's choices
@@ -158,8 +159,9 @@ weight_grad_kernel._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _machine_key(key: ShapeKey) -> str:
-    """The file name of ``key``'s choice: the shape with this torch, CPU and thread count."""
-    identity = [torch.__version__, platform.machine(), _cpu_model(), torch.get_num_threads(), *map(list, key)]
+    """The file name of ``key``'s choice: the shape with this probe, torch, CPU and thread count."""
+    identity = [PROBE_VERSION, torch.__version__, platform.machine(), _cpu_model(), torch.get_num_threads()]
+    identity += [list(part) for part in key]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
