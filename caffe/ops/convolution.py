@@ -62,7 +62,6 @@ class _SwappedWeightGrad(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, pad, dil)
-        ctx.has_bias = bias is not None
         return F.conv2d(x, weight, bias, stride, pad, dil)
 
     @staticmethod
@@ -71,11 +70,10 @@ class _SwappedWeightGrad(torch.autograd.Function):
         stride, pad, dil = ctx.geometry
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            mask = [True, False, False]
-            dx = torch.ops.aten.convolution_backward(dy, x, weight, None, stride, pad, dil, False, [0, 0], 1, mask)[0]
+            dx = _aten_backward(dy, x, weight, stride, pad, dil, input_grad=True)
         if ctx.needs_input_grad[1]:
             dw = swapped_weight_grad(x, dy, list(weight.shape[2:]), list(stride), list(pad), list(dil))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None, None, None
 
@@ -101,8 +99,16 @@ def aten_weight_grad(
     x: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, stride: Pair, pad: Pair, dil: Pair
 ) -> torch.Tensor:
     """ATen's own weight gradient of the same convolution (oneDNN's backward-weights kernel on the CPU)."""
-    mask = [False, True, False]
-    return torch.ops.aten.convolution_backward(dy, x, weight, None, stride, pad, dil, False, [0, 0], 1, mask)[1]
+    return _aten_backward(dy, x, weight, stride, pad, dil, input_grad=False)
+
+
+def _aten_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Pair, pad: Pair, dil: Pair, input_grad: bool
+) -> torch.Tensor:
+    """ATen's backward of ``conv2d(x, weight, stride, pad, dil)`` for one gradient: the input's or the weight's."""
+    mask = [input_grad, not input_grad, False]
+    grads = torch.ops.aten.convolution_backward(dy, x, weight, None, stride, pad, dil, False, [0, 0], 1, mask)
+    return grads[0] if input_grad else grads[1]
 
 
 def conv2d(
