@@ -10,6 +10,11 @@ Overlapping windows that need a gradient (AlexNet's and GoogLeNet's 3x3/2, GoogL
 kernel on a channels-last copy instead (:func:`max_pool2d_with_indices`), where it is vectorized over the
 channels: 2.5-4x faster with the copies included (GoogLeNet's pool1, batch 10: 31.6 -> 8.3 ms; a 3x3/1
 pool of 480 channels at 28x28: 49.8 -> 19 ms); its backward is ATen's NCHW scatter by the same indices.
+
+Under ``torch.compile`` on the CPU, MAX pooling that needs a gradient is ATen's kernel too, as an operator
+of its own (:func:`captured_max_pool2d`): inductor's generated forward-with-indices and backward ran
+1.4-3.6x slower than ATen's channels-last kernels on LeNet's, CaffeNet's, ResNet-50's and GoogLeNet's pools
+(``benchmarks/pooling.py``); whole compiled steps 1.02-1.12x faster (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -109,12 +114,79 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         return dx, None, None, None, None
 
 
+def _aten_max_pool2d(
+    x: torch.Tensor, kernel: list[int], stride: list[int], pad: list[int], ceil: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen's MAX pooling with indices of a 4-D ``x``, on a channels-last copy unless it is one (where ATen's
+    CPU kernel is vectorized over the channels): the top and indices in that layout. Also the operator's fake
+    (shapes and strides while tracing): ATen's meta kernels compute the same layout."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    return torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, pad, [1, 1], ceil)
+
+
+def _aten_max_pool2d_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    indices: torch.Tensor,
+    kernel: list[int],
+    stride: list[int],
+    pad: list[int],
+    ceil: bool,
+) -> torch.Tensor:
+    """The gradient of :func:`_aten_max_pool2d`: each window's diff added at its first maximum (ATen's
+    scatter, in ``x``'s layout)."""
+    return torch.ops.aten.max_pool2d_with_indices_backward(dy, x, kernel, stride, pad, [1, 1], ceil, indices)
+
+
+# Operators of their own, so that inductor calls ATen's kernels instead of generating its slower ones; any
+# layout of their inputs is accepted as it comes (``flexible_layout``).
+captured_max_pool2d = torch.library.custom_op(
+    "caffe::max_pool2d", _aten_max_pool2d, mutates_args=(), tags=(torch.Tag.flexible_layout,)
+)
+captured_max_pool2d.register_fake(_aten_max_pool2d)
+captured_max_pool2d_backward = torch.library.custom_op(
+    "caffe::max_pool2d_backward", _aten_max_pool2d_backward, mutates_args=(), tags=(torch.Tag.flexible_layout,)
+)
+captured_max_pool2d_backward.register_fake(_aten_max_pool2d_backward)
+
+
+def _keep_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, kernel, stride, pad, ceil = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.geometry = (kernel, stride, pad, ceil)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _captured_backward(ctx: Any, dy: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, indices = ctx.saved_tensors
+    return captured_max_pool2d_backward(dy, x, indices, *ctx.geometry), None, None, None, None
+
+
+captured_max_pool2d.register_autograd(_captured_backward, setup_context=_keep_for_backward)
+
+
+def compiled_cpu_training(x: torch.Tensor) -> bool:
+    """Whether ``x`` is being pooled inside a ``torch.compile`` capture on the CPU with a gradient to take
+    (not a TorchScript/ONNX trace: exporters get plain ATen operators)."""
+    return (
+        torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.requires_grad
+        and torch.is_grad_enabled()
+    )
+
+
 def max_pool2d_with_indices(
     x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int] = (0, 0), ceil: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)``, the same values, indices
     (each window's first maximum in scan order) and gradient, for an NCHW CPU ``x``: computed on a channels-last
-    copy, where ATen's kernel is vectorized over the channels (ATen's own call when traced or compiled)."""
+    copy, where ATen's kernel is vectorized over the channels (:func:`captured_max_pool2d` when compiled
+    for training; ATen's own call when traced, or compiled without a gradient)."""
+    if compiled_cpu_training(x):
+        return captured_max_pool2d(x, list(kernel), list(stride), list(pad), ceil)
     if x.dim() != 4 or aten_pools_faster(x) or capturing():
         return torch.nn.functional.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil, return_indices=True)
     return _ChannelsLastMaxPool.apply(x, kernel, stride, pad, ceil)
@@ -131,7 +203,9 @@ def max_pool2d(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
     """MAX pooling of (N, C, H, W) ``x`` (already padded) into ``out`` = (out_h, out_w) windows without
     padding, floor rounding: ATen's ``max_pool2d(x, kernel, stride)``, faster on the CPU (ATen's itself
     when traced or compiled). Its gradient when ``x`` needs one is Caffe's (to the first maximum): by
-    the tiling kernel for stride == kernel, by :func:`max_pool2d_with_indices` otherwise."""
+    the tiling kernel for stride == kernel, by :func:`max_pool2d_with_indices` otherwise (and when compiled)."""
+    if compiled_cpu_training(x) and min(out) > 0:
+        return max_pool2d_with_indices(x, kernel, stride)[0]
     if aten_pools_faster(x) or kernel[0] * kernel[1] > MAX_WINDOW or min(out) <= 0 or capturing():
         return torch.nn.functional.max_pool2d(x, kernel, stride)
     if not (x.requires_grad and torch.is_grad_enabled()):
