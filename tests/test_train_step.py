@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from capture import compiled_without_grad, eager_and_compiled_grads
 from conftest import asset
 from test_cli_train import mnist, write_solver  # noqa: F401  (fixture)
 from test_solvers import POLICIES, SOLVER_SETTINGS, run_and_compare
@@ -157,32 +158,40 @@ def test_the_captured_pooling_operator_is_caffes_pooling(channels_last):
 def test_compiled_training_pools_through_the_operator_and_matches_eager(kernel, stride):
     """Captured with a gradient, the Pooling layer's kernels become the operator pair (inductor's own
     forward-with-indices and backward ran 1.4-3.6x slower); without one, plain ATen stays."""
-    from torch._dynamo.testing import AotEagerAndRecordGraphs
-
     gen = torch.Generator().manual_seed(3)
     x = torch.randint(0, 4, (2, 3, 9, 9), generator=gen).float()
     dy = torch.randn(2, 3, 4, 4, generator=gen)
     out = _pool_out(x.shape, kernel, stride)
-
-    def loss(t: torch.Tensor) -> torch.Tensor:
-        return (max_pool2d(t * 1.0, kernel, stride, out) * dy).sum()
-
-    eager = x.clone().requires_grad_()
-    loss(eager).backward()
-    torch._dynamo.reset()
-    recorder = AotEagerAndRecordGraphs()
-    compiled = x.clone().requires_grad_()
-    torch.compile(loss, fullgraph=True, backend=recorder)(compiled).backward()
-    (forward,), (backward,) = recorder.fw_graphs, recorder.bw_graphs
-    assert "caffe.max_pool2d" in forward.code and "caffe.max_pool2d_backward" in backward.code
-    assert torch.equal(compiled.grad, eager.grad)  # ties included: the same first maxima
-    torch._dynamo.reset()
-    recorder = AotEagerAndRecordGraphs()
-    with torch.no_grad():
-        top = torch.compile(lambda t: max_pool2d(t, kernel, stride, out), backend=recorder)(x)
-    assert "caffe.max_pool2d" not in recorder.graphs[0].code
+    eager, compiled, forward, backward = eager_and_compiled_grads(
+        lambda t: (max_pool2d(t * 1.0, kernel, stride, out) * dy).sum(), x
+    )
+    assert "caffe.max_pool2d" in forward and "caffe.max_pool2d_backward" in backward
+    assert torch.equal(compiled, eager)  # ties included: the same first maxima
+    top, code = compiled_without_grad(lambda t: max_pool2d(t, kernel, stride, out), x)
+    assert "caffe.max_pool2d" not in code
     assert torch.equal(top, F.max_pool2d(x, kernel, stride))
-    torch._dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_pooling_layer_uses_the_operator_when_compiled_for_training(channels_last):
+    """The Pooling layer (CaffeNet's 3x3/2, ceil) routes a compiled training capture to the operator whatever the
+    input's layout (a grouped convolution's top may arrive channels-last), with eager's gradient."""
+    from caffe.layer import create_layer
+    from caffe.proto import caffe_pb2 as pb
+
+    param = pb.LayerParameter(name="pool", type="Pooling")
+    param.pooling_param.pool = pb.PoolingParameter.MAX
+    param.pooling_param.kernel_size, param.pooling_param.stride = 3, 2
+    layer = create_layer(param)
+    shape = (2, 4, 9, 9)
+    layer.setup([shape], 1)
+    x = torch.randint(0, 4, shape, generator=torch.Generator().manual_seed(4)).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    eager, compiled, forward, _ = eager_and_compiled_grads(lambda t: layer.forward([t])[0].square().sum(), x)
+    assert "caffe.max_pool2d" in forward
+    assert torch.equal(compiled, eager)
 
 
 # ---------------------------------------------------------------------------------------------- engines

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from caffe.blob import Shape
 from caffe.common import TRAIN
 from caffe.layer import BatchSizeFixed, ExportForward, Layer, register
+from caffe.ops import compiled_cpu_training
 from caffe.ops.convolution import conv2d
 from caffe.ops.pooling import aten_pools_faster, max_pool2d, max_pool2d_with_indices
 from caffe.proto import caffe_pb2 as pb
@@ -517,7 +518,8 @@ class PoolPlan:
         if self.native and want_mask:
             y, idx = max_pool2d_with_indices(x, self.kernel, self.stride, self.pad, self.ceil)
             return y, idx.to(x.dtype)
-        if self.native and aten_pools_faster(x):  # no padded copy: ATen's windows are Caffe's here
+        if self.native and aten_pools_faster(x) and not compiled_cpu_training(x):
+            # no padded copy: ATen's windows are Caffe's here
             return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil), None
         if self.native and self.kernel != self.stride and x.requires_grad and torch.is_grad_enabled():
             # overlapping windows with a gradient: ATen's vectorized channels-last kernel, no padded copy

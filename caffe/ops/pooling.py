@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from caffe.ops import capturing
+from caffe.ops import capturing, compiled_cpu_training, opaque_operator
 
 MAX_WINDOW = 64  # larger windows (global pooling) keep ATen's kernel
 
@@ -138,16 +138,9 @@ def _aten_max_pool2d_backward(
     return torch.ops.aten.max_pool2d_with_indices_backward(dy, x, kernel, stride, pad, [1, 1], ceil, indices)
 
 
-# Operators of their own, so that inductor calls ATen's kernels instead of generating its slower ones; any
-# layout of their inputs is accepted as it comes (``flexible_layout``).
-captured_max_pool2d = torch.library.custom_op(
-    "caffe::max_pool2d", _aten_max_pool2d, mutates_args=(), tags=(torch.Tag.flexible_layout,)
-)
-captured_max_pool2d.register_fake(_aten_max_pool2d)
-captured_max_pool2d_backward = torch.library.custom_op(
-    "caffe::max_pool2d_backward", _aten_max_pool2d_backward, mutates_args=(), tags=(torch.Tag.flexible_layout,)
-)
-captured_max_pool2d_backward.register_fake(_aten_max_pool2d_backward)
+# Operators of their own, so that inductor calls ATen's kernels instead of generating its slower ones.
+captured_max_pool2d = opaque_operator("max_pool2d", _aten_max_pool2d)
+captured_max_pool2d_backward = opaque_operator("max_pool2d_backward", _aten_max_pool2d_backward)
 
 
 def _keep_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -163,19 +156,6 @@ def _captured_backward(ctx: Any, dy: torch.Tensor, _: torch.Tensor) -> tuple[tor
 
 
 captured_max_pool2d.register_autograd(_captured_backward, setup_context=_keep_for_backward)
-
-
-def compiled_cpu_training(x: torch.Tensor) -> bool:
-    """Whether ``x`` is being pooled inside a ``torch.compile`` capture on the CPU with a gradient to take
-    (not a TorchScript/ONNX trace: exporters get plain ATen operators)."""
-    return (
-        torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and x.requires_grad
-        and torch.is_grad_enabled()
-    )
 
 
 def max_pool2d_with_indices(
