@@ -13,8 +13,8 @@ pool of 480 channels at 28x28: 49.8 -> 19 ms); its backward is ATen's NCHW scatt
 
 Under ``torch.compile`` on the CPU, MAX pooling that needs a gradient is ATen's kernel too, as an operator
 of its own (:func:`captured_max_pool2d`): inductor's generated forward-with-indices and backward ran
-1.4-3.6x slower than ATen's channels-last kernels on LeNet's, CaffeNet's, ResNet-50's and GoogLeNet's pools
-(``benchmarks/pooling.py``); whole compiled steps 1.02-1.12x faster (``docs/benchmarks.md``).
+1.2-3.6x slower than ATen's channels-last kernels on LeNet's, CaffeNet's, ResNet-50's and GoogLeNet's pools
+(``benchmarks/compiled_ops.py``); whole compiled steps 1.02-1.12x faster (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
