@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from capture import eager_and_compiled_grads
 from gradcheck import layer_net, set_inputs
-from torch._dynamo.testing import AotEagerAndRecordGraphs
 
 import caffe
 from caffe.ops import convolution as conv
@@ -151,21 +151,13 @@ def test_compiled_step_uses_the_forward_form_and_matches_eager(monkeypatch, choi
     monkeypatch.setattr(conv.WEIGHT_GRAD, "value", "swapped")
     x, weight, dy, stride, pad, dil = tensors(GEOMETRIES[1], dtype=torch.float32)
 
-    def loss(w: torch.Tensor) -> torch.Tensor:
-        return (conv.conv2d(x, w, None, stride, pad, dil) * dy).sum()
-
-    eager_w = weight.clone().requires_grad_()
-    loss(eager_w).backward()
-    compiled_w = weight.clone().requires_grad_()
-    torch._dynamo.reset()
-    recorder = AotEagerAndRecordGraphs()
-    traced = torch.compile(loss, fullgraph=True, backend=recorder)
-    traced(compiled_w).backward()
-    (backward,) = recorder.bw_graphs
-    assert "caffe.swapped_weight_grad" in backward.code
-    torch.testing.assert_close(compiled_w.grad, eager_w.grad, rtol=1e-5, atol=1e-5)
+    eager, compiled, _, backward = eager_and_compiled_grads(
+        lambda w: (conv.conv2d(x, w, None, stride, pad, dil) * dy).sum(), weight
+    )
+    assert "caffe.swapped_weight_grad" in backward
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     expected = conv.aten_weight_grad(x, dy, weight, stride, pad, dil)
-    torch.testing.assert_close(compiled_w.grad, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compiled, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_the_kernel_choice_is_marked_as_torch_compiler_would_mark_it():

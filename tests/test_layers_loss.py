@@ -730,24 +730,17 @@ def test_float32_net_matches_float64_reference():
 def test_label_pick_is_the_same_gather_when_compiled():
     """SoftmaxWithLoss picks each label's log-probability by a gather eagerly and by a masked sum when
     compiled (its gradient fused, not ATen's scatter): the same values and gradients."""
-    from torch._dynamo.testing import AotEagerAndRecordGraphs
+    from capture import eager_and_compiled_grads
 
     from caffe.layers.loss import at_labels
 
     values = torch.randn(5, 7, 3, dtype=torch.float64)
     index = torch.randint(0, 7, (5, 3))
     weights = torch.randn(5, 3, dtype=torch.float64)
-
-    def objective(v: torch.Tensor) -> torch.Tensor:
-        return (at_labels(v, index) * weights).sum()
-
-    eager = values.clone().requires_grad_()
-    objective(eager).backward()
-    torch._dynamo.reset()
-    recorder = AotEagerAndRecordGraphs()
-    compiled = values.clone().requires_grad_()
-    torch.compile(objective, fullgraph=True, backend=recorder)(compiled).backward()
-    assert "gather" not in recorder.fw_graphs[0].code and "scatter" not in recorder.bw_graphs[0].code
-    torch.testing.assert_close(compiled.grad, eager.grad, rtol=0, atol=0)
+    eager, compiled, forward, backward = eager_and_compiled_grads(
+        lambda v: (at_labels(v, index) * weights).sum(), values
+    )
+    assert "gather" not in forward and "scatter" not in backward
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     picked = torch.take_along_dim(values, index.unsqueeze(1), dim=1).squeeze(1)
     torch.testing.assert_close(at_labels(values, index), picked, rtol=0, atol=0)
