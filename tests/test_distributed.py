@@ -102,7 +102,10 @@ clip_gradients: %(clip)s
 
 
 def _torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    """torchrun's command line, run in a test's folder: its agent's log folder goes there too (by default a
+    new ``torchelastic_*`` folder in the temporary folder per run, never removed)."""
+    start = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return [*start, "--log-dir=torchrun-logs", *args]
 
 
 def _run(cmd: list[str], folder: Path, *path: str) -> subprocess.CompletedProcess[str]:

@@ -72,22 +72,26 @@ class _SwappedWeightGrad(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = _aten_backward(dy, x, weight, stride, pad, dil, input_grad=True)
         if ctx.needs_input_grad[1]:
-            dw = swapped_weight_grad(x, dy, list(weight.shape[2:]), list(stride), list(pad), list(dil))
+            grad = swapped_weight_grad if torch.compiler.is_compiling() else _weight_grad_as_forward
+            dw = grad(x, dy, list(weight.shape[2:]), list(stride), list(pad), list(dil))
         if ctx.needs_input_grad[2]:  # False when there is no bias
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None, None, None
 
 
-@torch.library.custom_op("caffe::swapped_weight_grad", mutates_args=())
-def swapped_weight_grad(
+def _weight_grad_as_forward(
     x: torch.Tensor, dy: torch.Tensor, kernel: list[int], stride: list[int], pad: list[int], dil: list[int]
 ) -> torch.Tensor:
     """The gradient of ``conv2d(x, w, stride, pad, dil)``'s weight (O, C, *kernel) given the top's ``dy``,
-    as one forward convolution of ``x`` read as (C, N, H, W) with ``dy`` read as (O, N, out_h, out_w).
-    An operator of its own: inductor calls it as it is, instead of re-laying out its convolution's
-    operands (channels-last copies of the transposed tensors ran slower than the transposed views)."""
+    as one forward convolution of ``x`` read as (C, N, H, W) with ``dy`` read as (O, N, out_h, out_w)."""
     z = F.conv2d(x.transpose(0, 1), dy.transpose(0, 1), None, dil, pad, stride)  # (C, O, >= kh, >= kw)
     return z[:, :, : kernel[0], : kernel[1]].transpose(0, 1).contiguous()
+
+
+# The same as an operator of its own, for compiled code: inductor calls it as it is instead of re-laying out
+# its convolution's operands (channels-last copies of the transposed tensors ran slower than the transposed
+# views). Eager code calls the function itself: a custom operator's first call imports dynamo (1.8 s).
+swapped_weight_grad = torch.library.custom_op("caffe::swapped_weight_grad", _weight_grad_as_forward, mutates_args=())
 
 
 @swapped_weight_grad.register_fake
@@ -223,7 +227,7 @@ def _measure(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Pair, p
         dy = torch.randn(F.conv2d(x, w, None, stride, pad, dil).shape, generator=numbers)
         kernels = {
             "aten": lambda: aten_weight_grad(x, dy, w, stride, pad, dil),
-            "swapped": lambda: swapped_weight_grad(x, dy, list(w_shape[2:]), list(stride), list(pad), list(dil)),
+            "swapped": lambda: _weight_grad_as_forward(x, dy, list(w_shape[2:]), list(stride), list(pad), list(dil)),
         }
         for run in kernels.values():  # warm-up: oneDNN builds its primitives on a shape's first call
             run()

@@ -47,9 +47,52 @@ _prepared = False
 
 def compiled(function: Callable[..., Any], **options: Any) -> Callable[..., Any]:
     """``torch.compile`` of ``function`` for fixed shapes (one compile per input shape) with inductor
-    ``options`` for this compile only, after :func:`prepare_inductor`."""
+    ``options`` for this compile only, after :func:`prepare_inductor`.
+
+    Its compiles may keep their traced forward and backward graphs in AOTAutograd's on-disk cache even when
+    they hold custom ``autograd.Function`` s (``caffe.ops``'s are pure: their graphs are functions of the
+    traced inputs alone), which torch leaves out by default: a later process skips the joint-graph trace
+    and the partition (LeNet's compiled training step: 3.0-3.3 s -> 1.7-2.1 s with warm caches)."""
     prepare_inductor()
-    return torch.compile(function, dynamic=False, options=options)
+    function_compiled = torch.compile(function, dynamic=False, options=options)
+    if options.get("freezing"):
+        return function_compiled  # AOTAutograd never caches frozen graphs: no flag to set (13 us a call)
+
+    def call(*args: Any) -> Any:
+        with _custom_functions_cacheable:
+            return function_compiled(*args)
+
+    return call
+
+
+class _CustomFunctionsCacheable:
+    """Sets torch's ``autograd_cache_allow_custom_autograd_functions`` while any of this module's compiled
+    functions runs (in any thread) and gives the flag back its own value when the last one returns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._before = False
+
+    def __enter__(self) -> None:
+        from torch._functorch import config
+
+        with self._lock:
+            if self._running == 0:
+                self._before = config.autograd_cache_allow_custom_autograd_functions
+                config.autograd_cache_allow_custom_autograd_functions = True
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        from torch._functorch import config
+
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                config.autograd_cache_allow_custom_autograd_functions = self._before
+
+
+_custom_functions_cacheable = _CustomFunctionsCacheable()
 
 
 def prepare_inductor() -> None:
