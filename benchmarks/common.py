@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from caffe.protoio import atomic_write
+from caffe.util import machine
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -201,42 +202,10 @@ class GemmProbe:
         return 2.0 * self.n**3 / (time.perf_counter() - t) / 1e9
 
 
-def cpu_model() -> str:
-    """Model name from /proc/cpuinfo, with family/model/stepping, clock, cache and a hypervisor note."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                k, v = (part.strip() for part in line.split(":", 1))
-                fields.setdefault(k, v)
-            elif not line.strip() and fields:
-                break  # the first processor is enough
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name", platform.machine())
-    extra = []
-    if "cpu family" in fields:
-        extra.append(
-            f"family {fields['cpu family']} model {fields.get('model', '?')} stepping {fields.get('stepping', '?')}"
-        )
-    if "cpu MHz" in fields:
-        extra.append(f"{float(fields['cpu MHz']) / 1000:.2f} GHz")
-    if "cache size" in fields:
-        extra.append(f"{fields['cache size']} cache")
-    if "hypervisor" in fields.get("flags", "").split():
-        extra.append("virtual machine")
-    return f"{name} ({', '.join(extra)})" if extra else name
-
-
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")]
-    except OSError:
-        pass
-    return []
+    """The vector-instruction flags that matter for these benchmarks."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+    return [f for f in machine.cpu_flags() if f in wanted]
 
 
 def machine_info() -> dict[str, str]:
@@ -253,7 +222,7 @@ def machine_info() -> dict[str, str]:
     except ImportError:
         neo = "?"
     return {
-        "cpu": cpu_model(),
+        "cpu": machine.cpu_description(),
         "cpu_flags": " ".join(cpu_flags()),
         "cores": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),

@@ -76,5 +76,16 @@ def test_bad_input_file_is_one_clean_error(tmp_path: Path, caplog: pytest.LogCap
     assert "bad.prototxt:2:1" in caplog.text or "bad.prototxt:1:" in caplog.text
 
 
-def test_device_query_runs():
-    assert main(["device_query"]) == 0
+def test_device_query_runs_and_names_the_cpu(caplog):
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        assert main(["device_query"]) == 0
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")]
+    if names:  # Linux on x86 (platform.processor() is empty there: the name comes from /proc/cpuinfo)
+        assert f"CPU: {names[0]}, " in caplog.text
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []

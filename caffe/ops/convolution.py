@@ -19,7 +19,6 @@ has the measurements.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from caffe.util import machine
 from caffe.util.choice import Choice
 from caffe.util.inductor import inductor_cache_dir
 
@@ -170,21 +170,9 @@ weight_grad_kernel._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 def _machine_key(key: ShapeKey) -> str:
     """The file name of ``key``'s choice: the shape with this probe, torch, CPU and thread count."""
-    identity = [PROBE_VERSION, torch.__version__, platform.machine(), _cpu_model(), torch.get_num_threads()]
+    identity = [PROBE_VERSION, torch.__version__, platform.machine(), machine.cpu_model(), torch.get_num_threads()]
     identity += [list(part) for part in key]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
-
-
-@functools.cache
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _choices_dir() -> Path:

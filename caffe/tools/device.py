@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 
 import torch
 
 from caffe.tools.registry import command
+from caffe.util import machine
 
 log = logging.getLogger("caffe")
 
@@ -34,7 +34,7 @@ def device_query(argv: list[str]) -> int:
     log.info("Querying GPUs %s", args.gpu)
     log.info(
         "CPU: %s, %d cores, torch %s (%d threads)",
-        platform.processor() or platform.machine(),
+        machine.cpu_model(),
         os.cpu_count() or 0,
         torch.__version__,
         torch.get_num_threads(),
