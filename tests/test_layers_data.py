@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -358,6 +361,20 @@ def test_train_and_test_nets_read_one_leveldb_together(tmp_path: Path):
         seen["train"] += train.forward()["label"].astype(int).tolist()
         seen["test"] += test.forward()["label"].astype(int).tolist()
     assert seen == {"train": [0, 1, 2, 3, 4, 0], "test": [0, 1, 2, 3, 4, 0, 1, 2, 3]}
+
+
+def test_a_collected_net_leaves_its_leveldb_free_for_another_process(tmp_path: Path):
+    """LevelDB admits one opener per machine: once a net that read it is collected, its prefetching threads
+    have ended and the database is closed, so another process may open it at once."""
+    items = raw_items(n=5)
+    write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(items)], "leveldb")
+    net = data_net(tmp_path / "db", batch=2, phase=caffe.TRAIN, data="backend: LEVELDB")
+    net.forward()  # the threads are reading ahead
+    del net
+    gc.collect()
+    script = f"from caffe.data.db import open_db; print(len(open_db({str(tmp_path / 'db')!r}, 'leveldb')))"
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0 and other.stdout.split()[-1] == "5", other.stderr[-1000:]
 
 
 # ---------------------------------------------------------------------------- whole-batch decoding of raw Datums

@@ -329,6 +329,11 @@ class Prefetcher:
                     t.join(timeout=5.0)
 
     @property
+    def running(self) -> bool:
+        """Whether any of the background threads is still alive."""
+        return any(t.is_alive() for t in self._threads)
+
+    @property
     def mean_wait_ms(self) -> float:
         return 1000.0 * self.wait_seconds / max(1, self.batches)
 

@@ -44,6 +44,14 @@ def _layer_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
 
 
+def _release(prefetcher: Prefetcher, source: Source) -> None:
+    """A data layer's finalizer: stop the prefetching threads and, once they have ended, close the source."""
+    prefetcher.stop(join=True)
+    close = getattr(source, "close", None)
+    if close is not None and not prefetcher.running:  # never under a thread still reading
+        close()
+
+
 class SharedSeed:
     """A data layer's seed (``_seed``: its order and augmentation), the same on every rank of a TRAIN net
     (:func:`caffe.data.shard.shared_seed`): each rank draws its own, then takes rank 0's once a group exists."""
@@ -127,7 +135,12 @@ class _PrefetchingDataLayer(SharedSeed, Layer):
             pin_memory=common.device().type == "cuda",
         )
         self._copies = DeviceCopies()  # a replaced prefetcher's batches in flight go back to its own pool
-        weakref.finalize(self, self.prefetcher.stop)
+        old = getattr(self, "_finalizer", None)
+        if old is not None:  # fast_forward stopped and closed what it held
+            old.detach()
+        # When the layer goes: its threads stopped and waited for, then its database closed (LevelDB admits one
+        # opener: a net deleted leaves the database free for the next, in this process or another).
+        self._finalizer = weakref.finalize(self, _release, self.prefetcher, self.source)
 
     def fast_forward(self, batches: int) -> None:
         """Continue as a run that has already read ``batches`` batches: same records, same random draws
