@@ -258,6 +258,15 @@ class CompiledStep:
         blobs = self.net.blob_list
         inputs = [blobs[b].tensor.detach() for b in self.inputs]
         started = time.perf_counter() if self.compile_seconds is None else None
+        identity = step_identity(self.net, self.precision) if started is not None else None
+        if identity is not None:  # the first call compiles: say why this iteration waits
+            log.info(
+                "Compiling the training step (%d layers after the data layers; %s)",
+                len(self.layers),
+                "compiled on this machine before: seconds"
+                if compiled_before(identity)
+                else "the first time on this machine: up to minutes",
+            )
         if self.cuda_graphs:  # a new iteration: the graphs' previous outputs (last iteration's tops) may be reused
             torch.compiler.cudagraph_mark_step_begin()
         total, outputs = self.function(*inputs)
@@ -275,9 +284,9 @@ class CompiledStep:
                 blob.mark_stale(functools.partial(_store_as_caffe, blob, value))
         for blob in self.layer_blobs:  # e.g. BatchNorm's statistics, updated in place by the compiled forward
             blob.mark_modified()
-        if started is not None:
+        if started is not None and identity is not None:
             self.compile_seconds = time.perf_counter() - started
-            remember_compiled(step_identity(self.net, self.precision), self.compile_seconds)
+            remember_compiled(identity, self.compile_seconds)
             log.info(
                 "Compiled the training step (%d layers after the data layers, inputs %s%s) in %.1f s",
                 len(self.layers),

@@ -327,6 +327,7 @@ def test_compiled_lenet_trains_as_the_eager_one(mnist: Path, caplog: pytest.LogC
     eager_losses, eager_weights, eager_tops = _lenet_run(mnist, "eager", "eager", 12)
     with caplog.at_level(logging.INFO, logger="caffe"):
         compiled_losses, compiled_weights, compiled_tops = _lenet_run(mnist, "compiled", "compiled", 12)
+    assert "Compiling the training step (8 layers after the data layers; " in caplog.text
     assert "Compiled the training step (8 layers after the data layers" in caplog.text
     np.testing.assert_allclose(compiled_losses, eager_losses, rtol=1e-5)
     assert eager_losses[-1] < eager_losses[0] - 0.1  # it learns
