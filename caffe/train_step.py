@@ -257,8 +257,8 @@ class CompiledStep:
         """Forward + backward of the captured layers from the data blobs; returns the weighted loss."""
         blobs = self.net.blob_list
         inputs = [blobs[b].tensor.detach() for b in self.inputs]
-        started = time.perf_counter() if self.compile_seconds is None else None
-        identity = step_identity(self.net, self.precision) if started is not None else None
+        started = time.perf_counter()
+        identity = step_identity(self.net, self.precision) if self.compile_seconds is None else None
         if identity is not None:  # the first call compiles: say why this iteration waits
             log.info(
                 "Compiling the training step (%d layers after the data layers; %s)",
@@ -284,7 +284,7 @@ class CompiledStep:
                 blob.mark_stale(functools.partial(_store_as_caffe, blob, value))
         for blob in self.layer_blobs:  # e.g. BatchNorm's statistics, updated in place by the compiled forward
             blob.mark_modified()
-        if started is not None and identity is not None:
+        if identity is not None:
             self.compile_seconds = time.perf_counter() - started
             remember_compiled(identity, self.compile_seconds)
             log.info(
