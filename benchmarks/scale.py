@@ -131,7 +131,8 @@ def command(solver: Path, cfg: Config) -> list[str]:
         return [sys.executable, *train, "--gpu", ",".join(map(str, range(cfg.procs)))]
     if cfg.procs == 1 or cfg.independent:
         return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.procs), *train]
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.procs)]
+    return [*run, "--log-dir=torchrun-logs", *train]  # the agent's logs in the run's folder, not a new /tmp one
 
 
 def iter_rate(log: str, warmup: int) -> float:
