@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from caffe.util.choice import Choice
-from caffe.util.inductor import compiled
+from caffe.util.inductor import NO_CPP_COMPILER, compiled, cpp_compiler_found
 
 if TYPE_CHECKING:
     from caffe.net import Net
@@ -302,6 +302,11 @@ class CompiledPlan:
 
     @staticmethod
     def supported(net: Net) -> bool:
+        """Whether the net can run compiled: Input blobs, traceable layers and, on the CPU, a C++ compiler
+        (else the fused plan runs it)."""
+        if net.device.type == "cpu" and not cpp_compiler_found():
+            log.warning("The compiled inference engine cannot run here, %s: the fused engine runs", NO_CPP_COMPILER)
+            return False
         return bool(net.input_ids) and all(layer.traceable for layer in net.host_layers)
 
     def _params(self) -> list[Any]:

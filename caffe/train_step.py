@@ -40,7 +40,7 @@ from caffe.errors import CaffeError
 from caffe.precision import LossScaler, autocast_dtype
 from caffe.proto import caffe_pb2 as pb
 from caffe.util.choice import Choice
-from caffe.util.inductor import compiled, compiled_before, remember_compiled
+from caffe.util.inductor import NO_CPP_COMPILER, compiled, compiled_before, cpp_compiler_found, remember_compiled
 
 if TYPE_CHECKING:
     from caffe.blob import Blob
@@ -145,6 +145,8 @@ def capture_obstacle(net: Net) -> str | None:
     for layer in net.host_layers[start:]:
         if not layer.traceable:  # e.g. MultiBoxLoss, whose label blob also changes shape from batch to batch
             return f"layer '{layer.name}' ({layer.type}) cannot be traced (it decides on values or keeps state)"
+    if net.device.type == "cpu" and not cpp_compiler_found():
+        return NO_CPP_COMPILER
     return None
 
 

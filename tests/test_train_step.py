@@ -28,6 +28,7 @@ from test_cli_train import mnist, write_solver  # noqa: F401  (fixture)
 from test_solvers import POLICIES, SOLVER_SETTINGS, run_and_compare
 
 import caffe
+from caffe import engine as caffe_engine
 from caffe import train_step
 from caffe.ops import pooling
 from caffe.ops.pooling import max_pool2d, max_pool2d_with_indices
@@ -398,6 +399,72 @@ def test_a_python_layer_net_trains_eagerly_and_says_why(tmp_path: Path, caplog: 
         sys.path.remove(str(tmp_path))
     assert "Training eagerly: the net cannot be compiled (layer 'twice' (Python) has its own backward)" in caplog.text
     assert solver.train_engine_for(2).name == "eager"
+
+
+@pytest.fixture
+def no_cpp_compiler(monkeypatch: pytest.MonkeyPatch):
+    """Inductor's C++ compiler search finds nothing (a machine without g++)."""
+    from torch._inductor import config
+
+    assert inductor.cpp_compiler_found()  # this machine has one (other tests compile)
+    monkeypatch.setattr(config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
+    inductor.cpp_compiler_found.cache_clear()
+    yield
+    inductor.cpp_compiler_found.cache_clear()
+
+
+def test_without_a_cpp_compiler_the_cpu_trains_and_infers_without_compiling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, no_cpp_compiler: None
+):
+    """Every CPU compile would fail: the compiled training engine trains eagerly and says why (nothing tried),
+    a reduced precision (compiled only) is refused, ``caffe time`` times the layers eagerly, and the compiled
+    inference engine hands the net to the fused one, with the same outputs."""
+    assert not inductor.cpp_compiler_found()
+    net = tmp_path / "net.prototxt"
+    net.write_text(
+        """
+        layer { name: "data" type: "DummyData" top: "x" top: "label"
+                dummy_data_param { shape { dim: 8 dim: 6 } shape { dim: 8 }
+                                   data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+                inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+        """
+    )
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{net}" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 snapshot_prefix: "{tmp_path}/s"')
+    with caplog.at_level(logging.INFO, logger="caffe"):
+        solver = caffe.get_solver(str(solver_file), engine="compiled")
+        solver.step(2)
+    assert "Training eagerly: the net cannot be compiled (no C++ compiler for inductor's CPU code" in caplog.text
+    assert solver.train_engine_for(2).name == "eager" and "Compiling the training step" not in caplog.text
+    with pytest.raises(caffe.CaffeError, match=r"training precision bf16 needs the compiled training step: no C\+\+"):
+        caffe.get_solver(str(solver_file), precision="bf16").step(1)
+
+    messages = _time_compiled(net, caplog)
+    _, eager_only = _side_by_side(messages, ["data", "ip", "loss"])
+    assert eager_only == {"data": "data layer", "ip": "no C++ compiler", "loss": "no C++ compiler"}
+
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text(
+        """
+        input: "x" input_shape { dim: 2 dim: 6 }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+                inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+        layer { name: "prob" type: "Softmax" bottom: "y" top: "prob" }
+        """
+    )
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    outputs = {}
+    for engine in ("eager", "compiled"):
+        monkeypatch.setattr(caffe_engine.INFERENCE_ENGINE, "value", engine)
+        caffe.set_random_seed(3)
+        model = caffe.Net(str(deploy), caffe.TEST)
+        with caplog.at_level(logging.INFO, logger="caffe"):
+            outputs[engine] = model.forward(x=x)["prob"].copy()
+    assert "The compiled inference engine cannot run here, no C++ compiler" in caplog.text
+    np.testing.assert_allclose(outputs["compiled"], outputs["eager"], rtol=1e-6)
 
 
 _FIGURE = r"([0-9.e+-]+)"

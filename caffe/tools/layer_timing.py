@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from caffe.train_step import has_own_backward
-from caffe.util.inductor import compiled
+from caffe.util.inductor import compiled, cpp_compiler_found
 
 if TYPE_CHECKING:
     from caffe.net import Net
@@ -39,6 +39,8 @@ def eager_only_reason(net: Net, i: int) -> str | None:
     layer = net.host_layers[i]
     if not net.bottom_ids(i):
         return "data layer"
+    if net.device.type == "cpu" and not cpp_compiler_found():
+        return "no C++ compiler"
     if has_own_backward(layer):
         return "own backward"
     if not layer.traceable:

@@ -110,6 +110,25 @@ def prepare_inductor() -> None:
             log.debug("Inductor's vector ISA probe left to inductor: %s", exc)
 
 
+NO_CPP_COMPILER = "no C++ compiler for inductor's CPU code (install g++, or name one in CXX)"
+
+
+@functools.cache
+def cpp_compiler_found() -> bool:
+    """Whether the C++ compiler inductor needs for CPU code is on this machine (``CXX``, else ``g++``; looked
+    up once per process, never run). Without one every CPU compile fails: callers choose their eager path."""
+    from torch._inductor import config
+
+    search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    for name in search:
+        if name is None:  # inductor's opt-in download of g++ through conda
+            if os.environ.get("TORCH_INDUCTOR_INSTALL_GXX"):
+                return True
+        elif shutil.which(name) is not None:
+            return True
+    return False
+
+
 def probe_marker() -> Path:
     """The file that records a passed probe for this torch, Python, compiler and CPU."""
     from torch._inductor.cpp_builder import get_cpp_compiler
