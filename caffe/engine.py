@@ -305,7 +305,7 @@ class CompiledPlan:
         """Whether the net can run compiled: Input blobs, traceable layers and, on the CPU, a C++ compiler
         (else the fused plan runs it)."""
         if net.device.type == "cpu" and not cpp_compiler_found():
-            log.warning("The compiled inference engine cannot run here, %s: the fused engine runs", NO_CPP_COMPILER)
+            log.warning("The fused inference engine runs instead of the compiled one: %s", NO_CPP_COMPILER)
             return False
         return bool(net.input_ids) and all(layer.traceable for layer in net.host_layers)
 

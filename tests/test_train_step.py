@@ -465,7 +465,7 @@ def test_without_a_cpp_compiler_the_cpu_trains_and_infers_without_compiling(
         model = caffe.Net(str(deploy), caffe.TEST)
         with caplog.at_level(logging.INFO, logger="caffe"):
             outputs[engine] = model.forward(x=x)["prob"].copy()
-    assert "The compiled inference engine cannot run here, no C++ compiler" in caplog.text
+    assert "The fused inference engine runs instead of the compiled one: no C++ compiler" in caplog.text
     np.testing.assert_allclose(outputs["compiled"], outputs["eager"], rtol=1e-6)
 
 

@@ -110,7 +110,7 @@ def prepare_inductor() -> None:
             log.debug("Inductor's vector ISA probe left to inductor: %s", exc)
 
 
-NO_CPP_COMPILER = "no C++ compiler for inductor's CPU code (install g++, or name one in CXX)"
+NO_CPP_COMPILER = "no C++ compiler for inductor's CPU code: install g++, or name one in CXX"
 
 
 @functools.cache
