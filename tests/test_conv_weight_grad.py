@@ -7,7 +7,6 @@ inductor's cache (the first process's answer is every later process's), the glob
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -194,41 +193,3 @@ def test_eager_backward_in_the_forward_form_does_not_load_the_compiler():
     done = subprocess.run([sys.executable, "-c", EAGER_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
-
-
-COMPILED_SCRIPT = r"""
-import json, sys
-import torch
-from torch._dynamo.utils import counters
-from torch._functorch import config
-from caffe.ops import convolution as conv
-from caffe.util.inductor import compiled
-g = torch.Generator().manual_seed(0)
-x = torch.randn(4, 3, 17, 19, generator=g)
-dy = torch.randn(4, 5, 9, 10, generator=g)
-w = torch.randn(5, 3, 3, 3, generator=g, requires_grad=True)
-loss = compiled(lambda x, w: (conv.conv2d(x, w, None, (2, 2), (1, 1), (1, 1)) * dy).sum())
-loss(x, w).backward()
-print(json.dumps({"aot": dict(counters["aot_autograd"]), "grad": w.grad.flatten().tolist(),
-                  "flag": config.autograd_cache_allow_custom_autograd_functions}))
-"""
-
-
-@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd")
-def test_a_later_process_takes_the_compiled_forward_form_from_aotautograds_cache(tmp_path):
-    """``caffe.util.inductor.compiled`` lets AOTAutograd cache graphs holding the forward form's autograd
-    Function (torch bypasses them by default), only while its functions run: a second process loads the
-    traced graphs instead of tracing and partitioning again, with the same gradient."""
-    env = {**os.environ, "CAFFE_CONV_WEIGHT_GRAD": "swapped", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
-    runs = []
-    for _ in range(2):
-        done = subprocess.run(
-            [sys.executable, "-c", COMPILED_SCRIPT], capture_output=True, text=True, env=env, timeout=300
-        )
-        assert done.returncode == 0, done.stderr[-2000:]
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    first, second = runs
-    assert first["aot"].get("autograd_cache_saved") == 1 and "autograd_cache_bypass" not in first["aot"]
-    assert second["aot"].get("autograd_cache_hit") == 1
-    assert first["flag"] is False and second["flag"] is False  # torch's own setting back after each call
-    assert second["grad"] == first["grad"]

@@ -45,6 +45,11 @@ _lock = threading.Lock()
 _prepared = False
 
 
+# Autocast's enter and exit nodes (bf16/fp16 training) are functions of their arguments, which the graph holds,
+# yet AOTAutograd's cache bypasses any graph with them unless they are marked (keyed by torch's version).
+AUTOCAST_CACHEABLE = {f"torch.amp.autocast_mode.{n}": torch.__version__ for n in ("_enter_autocast", "_exit_autocast")}
+
+
 def compiled(function: Callable[..., Any], **options: Any) -> Callable[..., Any]:
     """``torch.compile`` of ``function`` for fixed shapes (one compile per input shape) with inductor
     ``options`` for this compile only, after :func:`prepare_inductor`.
@@ -52,11 +57,13 @@ def compiled(function: Callable[..., Any], **options: Any) -> Callable[..., Any]
     Its compiles may keep their traced forward and backward graphs in AOTAutograd's on-disk cache even when
     they hold custom ``autograd.Function`` s (``caffe.ops``'s are pure: their graphs are functions of the
     traced inputs alone), which torch leaves out by default: a later process skips the joint-graph trace
-    and the partition (LeNet's compiled training step: 3.0-3.3 s -> 1.7-2.1 s with warm caches)."""
+    and the partition (LeNet's compiled training step: 3.0-3.3 s -> 1.7-2.1 s with warm caches). So may the
+    graphs of a reduced precision, whose autocast regions torch also leaves out (``AUTOCAST_CACHEABLE``)."""
     prepare_inductor()
+    if options.get("freezing"):  # AOTAutograd never caches frozen graphs: no flag to set (13 us a call)
+        return torch.compile(function, dynamic=False, options=options)
+    options = {"unsafe_marked_cacheable_functions": AUTOCAST_CACHEABLE, **options}
     function_compiled = torch.compile(function, dynamic=False, options=options)
-    if options.get("freezing"):
-        return function_compiled  # AOTAutograd never caches frozen graphs: no flag to set (13 us a call)
 
     def call(*args: Any) -> Any:
         with _custom_functions_cacheable:
