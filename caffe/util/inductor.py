@@ -1,4 +1,6 @@
-"""Inductor's per-process start-up work done once per machine, and what this machine has compiled.
+"""``torch.compile`` as neocaffe uses it (:func:`compiled`: our graphs kept by AOTAutograd's on-disk cache),
+inductor's per-process start-up work done once per machine, whether this machine has the C++ compiler its CPU
+code needs (:func:`cpp_compiler_found`), and what this machine has compiled.
 
 Before its first C++ kernel in a process, inductor checks every vector instruction set the CPU reports
 (AVX2, AVX-512, ...) by building a probe library and loading it in a fresh Python process, one process
