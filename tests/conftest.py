@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -77,15 +78,21 @@ requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a
 
 
 @pytest.fixture
-def item_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the records a Data layer's source decodes one by one (``DatumSource.decode``) in this test."""
+def item_decodes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """The names of the records a Data layer's source decodes one by one (``DatumSource.decode``) in this test:
+    those of databases under its ``tmp_path`` (an earlier test's net, not yet collected, may still be reading
+    ahead on its threads; collecting it first stops them)."""
     from caffe.layers.data import DatumSource
 
+    gc.collect()
     decoded: list[str] = []
     decode = DatumSource.decode
+    mine = str(tmp_path)
 
     def counting(self: DatumSource, record: object) -> object:
-        decoded.append(record.name)  # type: ignore[attr-defined]
+        name = record.name  # type: ignore[attr-defined]
+        if name.startswith(mine):
+            decoded.append(name)
         return decode(self, record)  # type: ignore[arg-type]
 
     monkeypatch.setattr(DatumSource, "decode", counting)
