@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -375,6 +376,36 @@ def test_a_collected_net_leaves_its_leveldb_free_for_another_process(tmp_path: P
     script = f"from caffe.data.db import open_db; print(len(open_db({str(tmp_path / 'db')!r}, 'leveldb')))"
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert other.returncode == 0 and other.stdout.split()[-1] == "5", other.stderr[-1000:]
+
+
+def test_a_data_layer_collected_on_its_own_thread_is_released_from_another(tmp_path: Path, monkeypatch):
+    """The collector may run a layer's finalizer on one of its prefetching threads (holding one of their queue
+    locks): stopping and joining them there could deadlock, so the work moves to a thread of its own."""
+    from caffe.layers import data as data_layers
+
+    items = raw_items(n=5)
+    write_db(tmp_path / "db", [array_to_datum(a, label=i) for i, a in enumerate(items)])
+    net = data_net(tmp_path / "db", batch=2)
+    net.forward()
+    layer = net.layer_dict["data"]
+    prefetcher = layer.prefetcher
+    assert prefetcher.running
+    here = threading.current_thread()
+    monkeypatch.setattr(prefetcher, "runs_on_current_thread", lambda: threading.current_thread() is here)
+    stopped_on: list[threading.Thread] = []
+    stop = prefetcher.stop
+
+    def recording_stop(join: bool = False) -> None:
+        stopped_on.append(threading.current_thread())
+        stop(join)
+
+    monkeypatch.setattr(prefetcher, "stop", recording_stop)
+    data_layers._release(prefetcher, layer.source)  # as if collected on one of its threads: returns at once
+    deadline = time.monotonic() + 30
+    while prefetcher.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not prefetcher.running
+    assert [t.name for t in stopped_on] == ["data-release"] and here not in stopped_on
 
 
 # ---------------------------------------------------------------------------- whole-batch decoding of raw Datums

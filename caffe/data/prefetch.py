@@ -328,6 +328,10 @@ class Prefetcher:
                 if t is not threading.current_thread():
                     t.join(timeout=5.0)
 
+    def runs_on_current_thread(self) -> bool:
+        """Whether the calling thread is one of the background threads."""
+        return threading.current_thread() in self._threads
+
     @property
     def running(self) -> bool:
         """Whether any of the background threads is still alive."""

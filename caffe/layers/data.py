@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -45,7 +46,12 @@ def _layer_seed() -> int:
 
 
 def _release(prefetcher: Prefetcher, source: Source) -> None:
-    """A data layer's finalizer: stop the prefetching threads and, once they have ended, close the source."""
+    """A data layer's finalizer: stop the prefetching threads and, once they have ended, close the source.
+    Collected on one of those threads (the collector runs wherever memory is allocated, maybe with one of
+    their queue locks held), it hands the work to a thread of its own."""
+    if prefetcher.runs_on_current_thread():
+        threading.Thread(target=_release, args=(prefetcher, source), name="data-release", daemon=True).start()
+        return
     prefetcher.stop(join=True)
     close = getattr(source, "close", None)
     if close is not None and not prefetcher.running:  # never under a thread still reading
