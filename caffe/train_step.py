@@ -259,7 +259,6 @@ class CompiledStep:
         """Forward + backward of the captured layers from the data blobs; returns the weighted loss."""
         blobs = self.net.blob_list
         inputs = [blobs[b].tensor.detach() for b in self.inputs]
-        started = time.perf_counter()
         identity = step_identity(self.net, self.precision) if self.compile_seconds is None else None
         if identity is not None:  # the first call compiles: say why this iteration waits
             log.info(
@@ -269,6 +268,7 @@ class CompiledStep:
                 if compiled_before(identity)
                 else "the first time on this machine: up to minutes",
             )
+        started = time.perf_counter() if identity is not None else 0.0
         if self.cuda_graphs:  # a new iteration: the graphs' previous outputs (last iteration's tops) may be reused
             torch.compiler.cudagraph_mark_step_begin()
         total, outputs = self.function(*inputs)

@@ -29,10 +29,12 @@ def compiled_cpu_training(x: torch.Tensor) -> bool:
     )
 
 
-def opaque_operator(name: str, fn: Callable[..., Any]) -> Any:
-    """``fn`` as the operator ``caffe::<name>``, which inductor calls as it is (taking its inputs in whatever
-    layout they come) instead of generating kernels of its own; ``fn`` also gives the shapes and strides while
-    tracing, so it may only allocate and compute (no value checks)."""
-    op = torch.library.custom_op(f"caffe::{name}", fn, mutates_args=(), tags=(torch.Tag.flexible_layout,))
+def opaque_operator(name: str, fn: Callable[..., Any], flexible_layout: bool = True) -> Any:
+    """``fn`` as the operator ``caffe::<name>``, which inductor calls as it is instead of generating kernels of
+    its own, taking its inputs in whatever layout they come (``flexible_layout``; else in the layout they were
+    traced with); ``fn`` also gives the shapes and strides while tracing, so it may only allocate and compute
+    (no value checks)."""
+    tags = (torch.Tag.flexible_layout,) if flexible_layout else ()
+    op = torch.library.custom_op(f"caffe::{name}", fn, mutates_args=(), tags=tags)
     op.register_fake(fn)
     return op

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from caffe.ops import opaque_operator
 from caffe.util import machine
 from caffe.util.choice import Choice
 from caffe.util.inductor import inductor_cache_dir
@@ -90,13 +91,9 @@ def _weight_grad_as_forward(
 
 # The same as an operator of its own, for compiled code: inductor calls it as it is instead of re-laying out
 # its convolution's operands (channels-last copies of the transposed tensors ran slower than the transposed
-# views). Eager code calls the function itself: a custom operator's first call imports dynamo (1.8 s).
-swapped_weight_grad = torch.library.custom_op("caffe::swapped_weight_grad", _weight_grad_as_forward, mutates_args=())
-
-
-@swapped_weight_grad.register_fake
-def _(x: torch.Tensor, dy: torch.Tensor, kernel: list[int], stride: list[int], pad: list[int], dil: list[int]):
-    return x.new_empty((dy.shape[1], x.shape[1], kernel[0], kernel[1]))
+# views; its inputs keep their traced layout: a flexible one measured no faster). Eager code calls the function
+# itself: a custom operator's first call imports dynamo (1.8 s).
+swapped_weight_grad = opaque_operator("swapped_weight_grad", _weight_grad_as_forward, flexible_layout=False)
 
 
 def aten_weight_grad(
